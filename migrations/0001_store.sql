@@ -95,6 +95,9 @@ CREATE TABLE tasks (
     model            text NOT NULL DEFAULT 'sonnet',
     agent            text NOT NULL DEFAULT 'claude',
     required_labels  text[] NOT NULL DEFAULT '{}',
+    -- Lets the claim's planner estimate the label gate from statistics (array containment has
+    -- none for empty arrays, which made it sort the whole queue instead of walking the index).
+    labels_required  boolean GENERATED ALWAYS AS (cardinality(required_labels) > 0) STORED,
     -- One retry budget per failure mode.
     agent_retries    integer NOT NULL DEFAULT 0,
     verify_retries   integer NOT NULL DEFAULT 0,
@@ -107,7 +110,6 @@ CREATE TABLE tasks (
     runner_id        bigint REFERENCES runners (id),
     leased_at        timestamptz,
     lease_expires_at timestamptz,
-    completed_attempt integer,
     -- true: the next run continues the existing branch (CI fix, PR comments); false: fresh from base.
     resume_branch    boolean NOT NULL DEFAULT false,
     -- Context for the next run (reviewer feedback, CI logs, verify output, PR comments, diagnoses).
@@ -149,6 +151,19 @@ CREATE TABLE task_dependencies (
     CHECK (task_id <> depends_on)
 );
 CREATE INDEX task_dependencies_reverse ON task_dependencies (depends_on);
+
+-- What each attempt's runner reported. One row per (task, attempt): a duplicate completion finds
+-- it and is acknowledged again without effect.
+CREATE TABLE task_results (
+    task_id      bigint NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+    attempt      integer NOT NULL,
+    lease_token  uuid NOT NULL,
+    outcome      text NOT NULL,
+    error        text,
+    data         jsonb,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (task_id, attempt)
+);
 
 CREATE TABLE task_events (
     id           bigserial PRIMARY KEY,
@@ -300,6 +315,7 @@ BEGIN
            SET status = 'failed',
                terminal_reason = 'dependency_failed',
                error = format('dependency #%s %s', NEW.id, NEW.status),
+               lease_token = NULL,
                lease_expires_at = NULL,
                ev_seq = d.ev_seq + 1,
                ev_actor = 'system',

@@ -1,1 +1,14 @@
-//! x
+//! The Backporcher controller: the one component that decides.
+//!
+//! It owns the task store in PostgreSQL ([`store`]), takes expired leases back ([`reaper`]), and
+//! serves its HTTP endpoints ([`server`]). Later layers (the runner gRPC service, the forge, the
+//! pipeline loops, the REST API) call into the store; none of them keeps task state in memory.
+//!
+//! Boundaries: the controller never depends on the runner crate; wire types stay at the edges;
+//! SQL lives in [`store`] only.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod reaper;
+pub mod server;
+pub mod store;

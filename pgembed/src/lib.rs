@@ -37,7 +37,9 @@ pub enum Error {
     )]
     BinariesNotFound,
     /// The process is root and no unprivileged user exists to run the server.
-    #[error("running as root and neither a `postgres` nor a `nobody` user exists to run the server; create one or set DATABASE_URL")]
+    #[error(
+        "running as root and neither a `postgres` nor a `nobody` user exists to run the server; create one or set DATABASE_URL"
+    )]
     NoServiceUser,
     /// A directory could not be prepared.
     #[error("cannot prepare {path}: {source}")]
@@ -163,10 +165,7 @@ impl Server {
     /// A connection URL for `database` as the `postgres` superuser.
     pub fn url(&self, database: &str) -> String {
         match &self.password {
-            Some(p) => format!(
-                "postgres://postgres:{p}@127.0.0.1:{}/{database}",
-                self.port
-            ),
+            Some(p) => format!("postgres://postgres:{p}@127.0.0.1:{}/{database}", self.port),
             None => format!("postgres://postgres@127.0.0.1:{}/{database}", self.port),
         }
     }
@@ -196,7 +195,10 @@ impl Server {
             match tokio::time::timeout(Duration::from_secs(60), rx).await {
                 Ok(_) => {}
                 Err(_) => {
-                    tracing::warn!(pid = self.pid, "postgres did not stop within 60 s; killing it");
+                    tracing::warn!(
+                        pid = self.pid,
+                        "postgres did not stop within 60 s; killing it"
+                    );
                     sys::signal_kill(self.pid);
                 }
             }
@@ -273,7 +275,11 @@ fn prepare_dir(dir: &Path, user: Option<&sys::User>) -> Result<(), Error> {
     Ok(())
 }
 
-async fn init_cluster(bin: &Path, config: &ServerConfig, user: Option<&sys::User>) -> Result<(), Error> {
+async fn init_cluster(
+    bin: &Path,
+    config: &ServerConfig,
+    user: Option<&sys::User>,
+) -> Result<(), Error> {
     let dir = &config.data_dir;
     let mut cmd = xcmd::Cmd::new(bin.join("initdb"), dir)
         .arg("-D")
@@ -284,9 +290,11 @@ async fn init_cluster(bin: &Path, config: &ServerConfig, user: Option<&sys::User
     match &config.password {
         Some(p) => {
             fs::write(&pwfile, p).map_err(io_err(&pwfile))?;
-            fs::set_permissions(&pwfile, fs::Permissions::from_mode(0o600)).map_err(io_err(&pwfile))?;
+            fs::set_permissions(&pwfile, fs::Permissions::from_mode(0o600))
+                .map_err(io_err(&pwfile))?;
             if let Some(u) = user {
-                std::os::unix::fs::chown(&pwfile, Some(u.uid), Some(u.gid)).map_err(io_err(&pwfile))?;
+                std::os::unix::fs::chown(&pwfile, Some(u.uid), Some(u.gid))
+                    .map_err(io_err(&pwfile))?;
             }
             cmd = cmd
                 .args(["-A", "scram-sha-256"])

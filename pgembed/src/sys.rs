@@ -17,7 +17,9 @@ pub(crate) struct User {
 
 /// `None` when this process is not root (the server then runs as ourselves).
 pub(crate) fn service_user() -> Result<Option<User>, Error> {
-    let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
+    let euid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1);
     if euid != 0 {
         return Ok(None);
     }

@@ -12,10 +12,19 @@ async fn fresh_databases_are_migrated_and_isolated() {
     assert_ne!(a.name, b.name);
     let mut ca = sqlx::PgConnection::connect(&a.url).await.unwrap();
     let mut cb = sqlx::PgConnection::connect(&b.url).await.unwrap();
-    sqlx::query("INSERT INTO t (v) VALUES ('x')").execute(&mut ca).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&mut cb).await.unwrap();
+    sqlx::query("INSERT INTO t (v) VALUES ('x')")
+        .execute(&mut ca)
+        .await
+        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&mut cb)
+        .await
+        .unwrap();
     assert_eq!(n, 0, "databases must not share rows");
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&mut ca).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&mut ca)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
 }
 
@@ -52,9 +61,17 @@ async fn durable_server_with_password_restarts_on_its_data() {
     };
     let server = pgembed::Server::start(&config).await.unwrap();
     server.ensure_database("app").await.unwrap();
-    let mut c = sqlx::PgConnection::connect(&server.url("app")).await.unwrap();
-    sqlx::query("CREATE TABLE kept (v int)").execute(&mut c).await.unwrap();
-    sqlx::query("INSERT INTO kept VALUES (7)").execute(&mut c).await.unwrap();
+    let mut c = sqlx::PgConnection::connect(&server.url("app"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE kept (v int)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO kept VALUES (7)")
+        .execute(&mut c)
+        .await
+        .unwrap();
     c.close().await.unwrap();
     // Wrong password is refused.
     let bad = server.url("app").replace("s3cret", "nope");
@@ -62,8 +79,13 @@ async fn durable_server_with_password_restarts_on_its_data() {
     server.stop().await.unwrap();
 
     let server = pgembed::Server::start(&config).await.unwrap();
-    let mut c = sqlx::PgConnection::connect(&server.url("app")).await.unwrap();
-    let v: i32 = sqlx::query_scalar("SELECT v FROM kept").fetch_one(&mut c).await.unwrap();
+    let mut c = sqlx::PgConnection::connect(&server.url("app"))
+        .await
+        .unwrap();
+    let v: i32 = sqlx::query_scalar("SELECT v FROM kept")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
     assert_eq!(v, 7);
     c.close().await.unwrap();
     server.stop().await.unwrap();

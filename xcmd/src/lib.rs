@@ -110,8 +110,14 @@ mod tests {
             .expect("sh runs");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("ONLY_THIS=1"));
-        assert!(!text.contains("CARGO_PKG_NAME"), "inherited env leaked: {text}");
+        assert!(
+            !text.contains("CARGO_PKG_NAME"),
+            "inherited env leaked: {text}"
+        );
         let canonical = dir.canonicalize().unwrap();
-        assert!(text.lines().any(|l| Path::new(l) == canonical || Path::new(l) == dir));
+        assert!(
+            text.lines()
+                .any(|l| Path::new(l) == canonical || Path::new(l) == dir)
+        );
     }
 }

@@ -1,0 +1,653 @@
+//! Runner-side writes: claim, renew, stage changes, log chunks and completion, all fenced by
+//! (task, attempt, lease token); plus the reaper and the restart grace period.
+//!
+//! A claim is one `FOR UPDATE SKIP LOCKED` statement that honours holds, dependencies, the global
+//! pause, runner labels and the per-repo concurrency cap, and orders by priority then age. The cap
+//! is exact: the statement increments the repository's `active_tasks` only while it is below the
+//! cap, on the locked repository row, and the tasks trigger decrements it when a lease ends.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::model::{
+    self, FailureMode, RunnerId, Status, Task, TaskId, TerminalReason, status_texts, task_columns,
+};
+use super::tasks::{Failure, RetryPolicy, retry_in};
+use super::{Error, Note, Result, Store};
+
+/// Largest log chunk accepted, in bytes. Larger chunks must be split by the runner.
+pub const MAX_LOG_CHUNK: usize = 256 * 1024;
+
+/// A runner asking for work.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    /// The runner (its registry labels, not what it claims about itself).
+    pub runner_id: RunnerId,
+    /// Labels of the runner; a task's required labels must all be among them.
+    pub labels: &'a [String],
+    /// Lease length.
+    pub lease: Duration,
+}
+
+/// The identity a runner writes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRef {
+    /// Task.
+    pub task_id: TaskId,
+    /// Attempt the lease belongs to.
+    pub attempt: i32,
+    /// The lease token.
+    pub token: Uuid,
+}
+
+impl LeaseRef {
+    /// The lease a freshly claimed task carries.
+    pub fn of(task: &Task) -> Option<Self> {
+        Some(Self {
+            task_id: task.id,
+            attempt: task.attempt,
+            token: task.lease_token?,
+        })
+    }
+}
+
+/// Result of a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    /// New expiry.
+    pub expires_at: DateTime<Utc>,
+    /// A user asked to cancel: stop the work and complete with [`Outcome::Canceled`].
+    pub cancel_requested: bool,
+}
+
+/// How a run ended, as the runner saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The agent produced a result that passed verification.
+    Succeeded,
+    /// The agent failed (including producing no change).
+    AgentFailed,
+    /// Verification kept failing after the runner's own fix rounds.
+    VerifyFailed,
+    /// The run hit its wall-clock or idle limit.
+    TimedOut,
+    /// The run hit its cost budget.
+    BudgetExceeded,
+    /// The run stopped because cancellation was requested.
+    Canceled,
+    /// The runner gave the work up for its own reasons (shutdown, lost workspace): re-queue
+    /// without spending a retry.
+    Abandoned,
+}
+
+impl Outcome {
+    /// Text stored in `task_results`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::AgentFailed => "agent_failed",
+            Outcome::VerifyFailed => "verify_failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::BudgetExceeded => "budget_exceeded",
+            Outcome::Canceled => "canceled",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// What a runner reports when it is done.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Error text for failures.
+    pub error: Option<String>,
+    /// Context the next run needs (verify output, agent summary).
+    pub context: Option<Value>,
+    /// Branch the result is on.
+    pub branch: Option<String>,
+    /// Head commit of the result.
+    pub head_sha: Option<String>,
+    /// Cost of this attempt.
+    pub cost_microusd: i64,
+    /// Anything else to keep with the result.
+    pub data: Option<Value>,
+}
+
+impl Completion {
+    /// A completion with only an outcome.
+    pub fn new(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            error: None,
+            context: None,
+            branch: None,
+            head_sha: None,
+            cost_microusd: 0,
+            data: None,
+        }
+    }
+}
+
+/// What the controller made of a completion.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    /// The task after it.
+    pub task: Task,
+    /// `true` when this attempt had already completed: nothing changed.
+    pub duplicate: bool,
+}
+
+/// A task the reaper took back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    /// Task.
+    pub task_id: TaskId,
+    /// Its status now (`queued`, or `canceled` when cancel had been requested).
+    pub status: Status,
+    /// Runner that held it.
+    pub runner_id: Option<RunnerId>,
+}
+
+// Re-queues (or, with a pending cancel, cancels) active tasks chosen by `$filter`, spending no retry.
+// Binds: $1 active statuses, $2 limit, $3 runner, $4 actor, $5 reason.
+macro_rules! take_back_sql {
+    ($filter:literal) => {
+        concat!(
+            "UPDATE tasks SET ",
+            "status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'canceled' ELSE 'queued' END, ",
+            "terminal_reason = CASE WHEN cancel_requested_at IS NOT NULL THEN 'canceled_by_user' END, ",
+            "lease_token = NULL, lease_expires_at = NULL, ",
+            "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = $5, ",
+            "ev_data = jsonb_build_object('runner', runner_id, 'attempt', attempt) ",
+            "WHERE id IN (SELECT id FROM tasks WHERE status = ANY($1) AND ($3::bigint IS NULL OR runner_id = $3) AND ",
+            $filter,
+            " LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, status, runner_id"
+        )
+    };
+}
+
+const CLAIM_SQL: &str = concat!(
+    "WITH cand AS (",
+    "  SELECT t.id, t.repo_id FROM tasks t JOIN repos r ON r.id = t.repo_id",
+    "  WHERE t.status = 'queued'",
+    "    AND (t.hold_kind IS NULL OR (t.hold_kind = 'circuit_breaker' AND t.hold_until <= now()))",
+    "    AND r.enabled",
+    "    AND (NOT t.labels_required OR t.required_labels <@ $2::text[])",
+    "    AND (r.max_concurrency IS NULL OR r.active_tasks < r.max_concurrency)",
+    "    AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks dt ON dt.id = d.depends_on",
+    "                    WHERE d.task_id = t.id AND dt.status <> 'merged')",
+    "    AND NOT (SELECT queue_paused FROM settings)",
+    "  ORDER BY t.priority, t.created_at, t.id",
+    "  LIMIT 1",
+    "  FOR UPDATE OF t SKIP LOCKED",
+    "), slot AS (",
+    "  UPDATE repos r SET active_tasks = r.active_tasks + 1 FROM cand",
+    "  WHERE r.id = cand.repo_id AND (r.max_concurrency IS NULL OR r.active_tasks < r.max_concurrency)",
+    "  RETURNING r.id",
+    "), claimed AS (",
+    "  UPDATE tasks t SET status = 'leased', attempt = t.attempt + 1, lease_token = gen_random_uuid(),",
+    "    runner_id = $1, leased_at = now(), lease_expires_at = now() + make_interval(secs => $3),",
+    "    hold_kind = NULL, hold_until = NULL, hold_by = NULL,",
+    "    ev_seq = t.ev_seq + 1, ev_actor = 'runner:' || $1, ev_reason = 'claimed', ev_data = NULL",
+    "  FROM cand JOIN slot ON slot.id = cand.repo_id",
+    "  WHERE t.id = cand.id",
+    "  RETURNING t.*",
+    ")",
+    "SELECT cand.id AS candidate, claimed.* FROM cand LEFT JOIN claimed ON claimed.id = cand.id"
+);
+
+/// The lease columns `complete` locks and checks.
+#[derive(sqlx::FromRow)]
+struct LockedLease {
+    status: String,
+    attempt: i32,
+    lease_token: Option<Uuid>,
+    cancel_requested: bool,
+    runner_id: Option<RunnerId>,
+}
+
+/// The claim statement's row: the candidate it locked, and the task if the claim won a slot.
+struct ClaimRow {
+    candidate: TaskId,
+    task: Option<Task>,
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        let candidate = row.try_get("candidate")?;
+        let won: Option<TaskId> = row.try_get("id")?;
+        let task = match won {
+            Some(_) => Some(<Task as sqlx::FromRow<_>>::from_row(row)?),
+            None => None,
+        };
+        Ok(Self { candidate, task })
+    }
+}
+
+impl Store {
+    /// Leases the next eligible task to a runner, or returns `None` when nothing is eligible.
+    pub async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Option<Task>> {
+        // A claim that found a candidate but lost the repository's last slot to a concurrent
+        // claimer tries again: other repositories may still have work.
+        for _ in 0..4 {
+            let row: Option<ClaimRow> = sqlx::query_as(CLAIM_SQL)
+                .bind(req.runner_id)
+                .bind(req.labels)
+                .bind(req.lease.as_secs_f64())
+                .fetch_optional(&self.pool)
+                .await?;
+            match row {
+                None => return Ok(None),
+                Some(ClaimRow { task: Some(t), .. }) => return Ok(Some(t)),
+                Some(ClaimRow {
+                    candidate,
+                    task: None,
+                }) => {
+                    tracing::debug!(candidate, "claim lost the repository slot; retrying");
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Extends a lease. Reports a pending cancellation so the runner can stop.
+    pub async fn renew(&self, lease: &LeaseRef, length: Duration) -> Result<Renewal> {
+        let row: Option<(DateTime<Utc>, bool)> = sqlx::query_as(
+            "UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $4) \
+             WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = ANY($5) \
+             RETURNING lease_expires_at, cancel_requested_at IS NOT NULL",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(length.as_secs_f64())
+        .bind(status_texts(Status::ACTIVE))
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some((expires_at, cancel_requested)) => Ok(Renewal {
+                expires_at,
+                cancel_requested,
+            }),
+            None => Err(self.lease_lost(lease).await),
+        }
+    }
+
+    /// The runner started (or restarted) the agent.
+    pub async fn start_agent(&self, lease: &LeaseRef) -> Result<Task> {
+        self.runner_step(lease, model::START_AGENT).await
+    }
+
+    /// The runner started the verify command.
+    pub async fn start_verify(&self, lease: &LeaseRef) -> Result<Task> {
+        self.runner_step(lease, model::START_VERIFY).await
+    }
+
+    async fn runner_step(&self, lease: &LeaseRef, step: model::Step) -> Result<Task> {
+        let row = sqlx::query_as::<_, Task>(concat!(
+            "UPDATE tasks SET status = $4, ",
+            "ev_seq = ev_seq + 1, ev_actor = 'runner:' || runner_id, ev_reason = $6, ev_data = NULL ",
+            "WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = ANY($5) RETURNING ",
+            task_columns!()
+        ))
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(step.to.as_str())
+        .bind(status_texts(step.from))
+        .bind(step.name)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(t) => Ok(t),
+            None => {
+                let t = self.task(lease.task_id).await?;
+                let holds_lease = t.attempt == lease.attempt
+                    && t.lease_token == Some(lease.token)
+                    && t.status.is_active();
+                if holds_lease {
+                    // The lease is fine; the step is not legal from here.
+                    Err(self.refused(lease.task_id, step).await)
+                } else {
+                    Err(Error::LeaseLost {
+                        task: lease.task_id,
+                        attempt: lease.attempt,
+                        current: t.status,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Stores one log chunk. Idempotent on (task, attempt, seq): a resent chunk is acknowledged
+    /// again and stored once. Returns whether it was new.
+    pub async fn append_log(
+        &self,
+        lease: &LeaseRef,
+        seq: i64,
+        stream: &str,
+        data: &[u8],
+    ) -> Result<bool> {
+        if data.len() > MAX_LOG_CHUNK {
+            return Err(Error::Invalid(format!(
+                "log chunk of {} bytes exceeds the {MAX_LOG_CHUNK}-byte limit; split it",
+                data.len()
+            )));
+        }
+        if seq < 0 {
+            return Err(Error::Invalid(format!("log sequence {seq} is negative")));
+        }
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO log_chunks (task_id, attempt, seq, stream, data) \
+             SELECT id, attempt, $4, $5, $6 FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3 \
+             ON CONFLICT (task_id, attempt, seq) DO NOTHING RETURNING seq",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(seq)
+        .bind(stream)
+        .bind(data)
+        .fetch_optional(&self.pool)
+        .await?;
+        if inserted.is_some() {
+            return Ok(true);
+        }
+        let fenced: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3)",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .fetch_one(&self.pool)
+        .await?;
+        if fenced {
+            Ok(false)
+        } else {
+            Err(self.lease_lost(lease).await)
+        }
+    }
+
+    /// The stored log of one attempt, in sequence order: (seq, stream, bytes).
+    pub async fn log_chunks(
+        &self,
+        task: TaskId,
+        attempt: i32,
+    ) -> Result<Vec<(i64, String, Vec<u8>)>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, stream, data FROM log_chunks WHERE task_id = $1 AND attempt = $2 ORDER BY seq",
+        )
+        .bind(task)
+        .bind(attempt)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records the runner's result and moves the task on. Idempotent: the same attempt completing
+    /// again is acknowledged with `duplicate = true` and changes nothing. A cancel requested
+    /// meanwhile always wins.
+    pub async fn complete(
+        &self,
+        lease: &LeaseRef,
+        c: &Completion,
+        policy: &RetryPolicy,
+    ) -> Result<Completed> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<LockedLease> = sqlx::query_as(
+            "SELECT status, attempt, lease_token, cancel_requested_at IS NOT NULL AS cancel_requested, runner_id \
+             FROM tasks WHERE id = $1 FOR UPDATE",
+        )
+        .bind(lease.task_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(LockedLease {
+            status,
+            attempt,
+            lease_token: token,
+            cancel_requested,
+            runner_id: runner,
+        }) = row
+        else {
+            return Err(Error::TaskNotFound(lease.task_id));
+        };
+        let status: Status = status
+            .parse()
+            .map_err(|e: model::UnknownValue| Error::Invalid(e.to_string()))?;
+
+        let previous: Option<Uuid> = sqlx::query_scalar(
+            "SELECT lease_token FROM task_results WHERE task_id = $1 AND attempt = $2",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if previous == Some(lease.token) {
+            drop(tx);
+            return Ok(Completed {
+                task: self.task(lease.task_id).await?,
+                duplicate: true,
+            });
+        }
+        if attempt != lease.attempt || token != Some(lease.token) || !status.is_active() {
+            return Err(Error::LeaseLost {
+                task: lease.task_id,
+                attempt: lease.attempt,
+                current: status,
+            });
+        }
+
+        sqlx::query(
+            "INSERT INTO task_results (task_id, attempt, lease_token, outcome, error, data) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(c.outcome.as_str())
+        .bind(&c.error)
+        .bind(json!({"context": c.context, "data": c.data, "head_sha": c.head_sha, "branch": c.branch}))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE tasks SET cost_microusd = cost_microusd + $2 WHERE id = $1")
+            .bind(lease.task_id)
+            .bind(c.cost_microusd)
+            .execute(&mut *tx)
+            .await?;
+
+        let actor = format!("runner:{}", runner.unwrap_or_default());
+        let task = if cancel_requested {
+            end_lease(
+                &mut tx,
+                lease.task_id,
+                Status::Canceled,
+                Some(TerminalReason::CanceledByUser),
+                c.error.as_deref(),
+                &actor,
+                "canceled",
+            )
+            .await?
+        } else {
+            match c.outcome {
+                Outcome::Succeeded => sqlx::query_as::<_, Task>(concat!(
+                    "UPDATE tasks SET status = 'pushing', branch = COALESCE($2, branch), ",
+                    "head_sha = COALESCE($3, head_sha), lease_expires_at = NULL, error = NULL, ",
+                    "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = 'completed', ev_data = NULL ",
+                    "WHERE id = $1 RETURNING ",
+                    task_columns!()
+                ))
+                .bind(lease.task_id)
+                .bind(&c.branch)
+                .bind(&c.head_sha)
+                .bind(&actor)
+                .fetch_one(&mut *tx)
+                .await?,
+                Outcome::AgentFailed | Outcome::TimedOut | Outcome::VerifyFailed => {
+                    let (mode, reason) = match c.outcome {
+                        Outcome::VerifyFailed => {
+                            (FailureMode::Verify, TerminalReason::VerifyFailed)
+                        }
+                        Outcome::TimedOut => (FailureMode::Agent, TerminalReason::TimedOut),
+                        _ => (FailureMode::Agent, TerminalReason::AgentFailed),
+                    };
+                    let failure = Failure {
+                        mode,
+                        reason: Some(reason),
+                        error: c
+                            .error
+                            .clone()
+                            .unwrap_or_else(|| c.outcome.as_str().to_owned()),
+                        context: c.context.clone(),
+                    };
+                    let note = Note::new(actor.clone(), c.outcome.as_str());
+                    retry_in(&mut tx, lease.task_id, &failure, policy, &note)
+                        .await?
+                        .ok_or(Error::TaskNotFound(lease.task_id))?
+                }
+                Outcome::BudgetExceeded => {
+                    end_lease(
+                        &mut tx,
+                        lease.task_id,
+                        Status::Failed,
+                        Some(TerminalReason::BudgetExceeded),
+                        c.error.as_deref(),
+                        &actor,
+                        "budget_exceeded",
+                    )
+                    .await?
+                }
+                Outcome::Canceled | Outcome::Abandoned => {
+                    end_lease(
+                        &mut tx,
+                        lease.task_id,
+                        Status::Queued,
+                        None,
+                        c.error.as_deref(),
+                        &actor,
+                        "abandoned",
+                    )
+                    .await?
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(Completed {
+            task,
+            duplicate: false,
+        })
+    }
+
+    /// Takes back leases that expired: re-queued without spending a retry (`lease_expired`), or
+    /// canceled when cancellation had been requested. Processes at most `limit` rows.
+    pub async fn reap_expired(&self, limit: i64) -> Result<Vec<Reaped>> {
+        self.take_back(
+            take_back_sql!("lease_expires_at < now() ORDER BY lease_expires_at"),
+            limit,
+            None,
+            "lease_expired",
+            "reaper",
+        )
+        .await
+    }
+
+    /// Takes back every lease of a runner that is gone (disabled, revoked, or known dead):
+    /// re-queued as `runner_lost`, without spending a retry.
+    pub async fn release_runner_leases(
+        &self,
+        runner: RunnerId,
+        actor: &str,
+    ) -> Result<Vec<Reaped>> {
+        self.take_back(
+            take_back_sql!("runner_id = $3"),
+            i64::MAX,
+            Some(runner),
+            "runner_lost",
+            actor,
+        )
+        .await
+    }
+
+    async fn take_back(
+        &self,
+        sql: &'static str,
+        limit: i64,
+        runner: Option<RunnerId>,
+        reason: &'static str,
+        actor: &str,
+    ) -> Result<Vec<Reaped>> {
+        let rows: Vec<(TaskId, String, Option<RunnerId>)> = sqlx::query_as(sql)
+            .bind(status_texts(Status::ACTIVE))
+            .bind(limit)
+            .bind(runner)
+            .bind(actor)
+            .bind(reason)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(task_id, status, runner_id)| {
+                Ok(Reaped {
+                    task_id,
+                    status: status
+                        .parse()
+                        .map_err(|e: model::UnknownValue| Error::Invalid(e.to_string()))?,
+                    runner_id,
+                })
+            })
+            .collect()
+    }
+
+    /// Gives every live lease at least `grace` more time: called when a controller starts, so
+    /// runners that were cut off by the restart can reconnect before their work is taken back.
+    pub async fn grant_grace(&self, grace: Duration) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE tasks SET lease_expires_at = GREATEST(lease_expires_at, now() + make_interval(secs => $1)) \
+             WHERE status = ANY($2)",
+        )
+        .bind(grace.as_secs_f64())
+        .bind(status_texts(Status::ACTIVE))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn lease_lost(&self, lease: &LeaseRef) -> Error {
+        match self.task(lease.task_id).await {
+            Ok(t) => Error::LeaseLost {
+                task: lease.task_id,
+                attempt: lease.attempt,
+                current: t.status,
+            },
+            Err(e) => e,
+        }
+    }
+}
+
+async fn end_lease(
+    tx: &mut sqlx::PgConnection,
+    id: TaskId,
+    to: Status,
+    reason: Option<TerminalReason>,
+    error: Option<&str>,
+    actor: &str,
+    why: &str,
+) -> Result<Task> {
+    Ok(sqlx::query_as::<_, Task>(concat!(
+        "UPDATE tasks SET status = $2, terminal_reason = $3, error = COALESCE($4, error), ",
+        "lease_token = CASE WHEN $2 = 'queued' THEN NULL ELSE lease_token END, lease_expires_at = NULL, ",
+        "ev_seq = ev_seq + 1, ev_actor = $5, ev_reason = $6, ev_data = NULL ",
+        "WHERE id = $1 RETURNING ",
+        task_columns!()
+    ))
+    .bind(id)
+    .bind(to.as_str())
+    .bind(reason.map(|r| r.as_str()))
+    .bind(error)
+    .bind(actor)
+    .bind(why)
+    .fetch_one(tx)
+    .await?)
+}

@@ -1,0 +1,224 @@
+//! The controller's storage: every decision about a task is a statement (or one transaction) here.
+//!
+//! Rules this module keeps, and its tests check:
+//! - a transition is one guarded `UPDATE … WHERE id = $1 AND status = ANY($from)`; the guard comes
+//!   from the step table in [`model`]; zero rows means an illegal transition, reported with the
+//!   task's current status;
+//! - the timeline entry of a transition is written by a trigger in the same transaction (a status
+//!   change without one is refused by the database);
+//! - runner writes (renew, log append, complete) are fenced by (task, attempt, lease token);
+//! - a task that fails or is canceled fails its dependents, by trigger, on every path;
+//! - PostgreSQL's `now()` is the only clock for leases.
+//!
+//! Submodules own one table family each: [`tasks`] (lifecycle operations driven by the controller
+//! and users), [`leases`] (claim, renew, logs, completion, reaping), [`repos`], [`runners`],
+//! [`settings`], and [`wake`] (LISTEN/NOTIFY).
+
+pub mod leases;
+pub mod model;
+pub mod repos;
+pub mod runners;
+pub mod settings;
+pub mod tasks;
+pub mod wake;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+pub use model::{FailureMode, HoldKind, RepoId, RunnerId, Status, Task, TaskId, TerminalReason};
+
+/// The embedded migrations (`migrations/` at the workspace root).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// What a store operation can report besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No task with this id.
+    #[error("task {0} not found")]
+    TaskNotFound(TaskId),
+    /// No repository with this id or name.
+    #[error("repository {0} is not registered; add it first")]
+    RepoNotFound(String),
+    /// No runner with this id or name.
+    #[error("runner {0} not found")]
+    RunnerNotFound(String),
+    /// The task is not in a status this step may start from.
+    #[error("task {task} is {current}; `{step}` is only possible from {expected}")]
+    IllegalTransition {
+        /// The task.
+        task: TaskId,
+        /// The step that was refused.
+        step: &'static str,
+        /// The task's status now.
+        current: Status,
+        /// Statuses the step accepts.
+        expected: String,
+    },
+    /// A hold prevents the step.
+    #[error("task {task} is held ({kind}); release it first")]
+    Held {
+        /// The task.
+        task: TaskId,
+        /// The hold in place.
+        kind: HoldKind,
+    },
+    /// Release was asked for a task that is not held.
+    #[error("task {0} is not held")]
+    NotHeld(TaskId),
+    /// A runner write carried an attempt or lease token that is no longer current.
+    #[error(
+        "lease of task {task} attempt {attempt} is no longer valid (task is {current}); stop this work"
+    )]
+    LeaseLost {
+        /// The task.
+        task: TaskId,
+        /// The attempt the writer claimed.
+        attempt: i32,
+        /// The task's status now.
+        current: Status,
+    },
+    /// A live task already exists for this issue.
+    #[error("issue #{issue} already has a live task ({existing})")]
+    DuplicateIssue {
+        /// The issue.
+        issue: i64,
+        /// The live task.
+        existing: TaskId,
+    },
+    /// A dependency ended without merging, so this task could never run.
+    #[error(
+        "task {task} depends on task {dependency}, which ended without merging; requeue that one first"
+    )]
+    DependencyFailed {
+        /// The task.
+        task: TaskId,
+        /// The dependency that ended.
+        dependency: TaskId,
+    },
+    /// The dependency would close a cycle.
+    #[error("task {task} cannot depend on {dependency}: that would close a dependency cycle")]
+    DependencyCycle {
+        /// The task.
+        task: TaskId,
+        /// The refused dependency.
+        dependency: TaskId,
+    },
+    /// Input that the store refuses, with what was wrong.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Result of store operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Who performed an operation and why, recorded in the timeline.
+#[derive(Debug, Clone)]
+pub struct Note {
+    /// `user:<name>`, `runner:<id>`, `controller`, `reaper`, …
+    pub actor: String,
+    /// A short machine-readable reason.
+    pub reason: String,
+    /// Optional details.
+    pub data: Option<serde_json::Value>,
+}
+
+impl Note {
+    /// A note without details.
+    pub fn new(actor: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            reason: reason.into(),
+            data: None,
+        }
+    }
+
+    /// Adds details.
+    pub fn with_data(mut self, data: serde_json::Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+}
+
+/// Handle on the database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects with a pool of at most `max_connections`.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool.
+    pub fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    /// The pool, for modules that own their own tables.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Builds the error for a guarded update that matched no row.
+    pub(crate) async fn refused(&self, task: TaskId, step: model::Step) -> Error {
+        let row: Option<(String, Option<String>)> =
+            match sqlx::query_as("SELECT status, hold_kind FROM tasks WHERE id = $1")
+                .bind(task)
+                .fetch_optional(&self.pool)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return e.into(),
+            };
+        let Some((status, hold)) = row else {
+            return Error::TaskNotFound(task);
+        };
+        let current: Status = match status.parse() {
+            Ok(s) => s,
+            Err(e) => return Error::Invalid(e.to_string()),
+        };
+        if let Some(kind) = hold.and_then(|h| h.parse().ok())
+            && step.from.contains(&current)
+        {
+            return Error::Held { task, kind };
+        }
+        Error::IllegalTransition {
+            task,
+            step: step.name,
+            current,
+            expected: step
+                .from
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
+/// Whether a database error is a unique violation of `constraint`.
+pub(crate) fn is_unique_violation(e: &sqlx::Error, constraint: &str) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") && d.constraint() == Some(constraint))
+}
+
+/// Whether a database error is a foreign-key violation.
+pub(crate) fn is_fk_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23503"))
+}

@@ -1,0 +1,227 @@
+//! Registered repositories and their per-repository settings.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::model::RepoId;
+use super::{Error, Result, Store, is_unique_violation};
+
+/// A registered repository.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct Repo {
+    /// Id.
+    pub id: RepoId,
+    /// `owner/name`.
+    pub name: String,
+    /// Where runners clone it from.
+    pub clone_url: String,
+    /// Base branch of task branches.
+    pub default_branch: String,
+    /// Build/test command run after the agent.
+    pub verify_command: Option<String>,
+    /// Approval mode override (`None` follows the global setting).
+    pub approval_mode: Option<String>,
+    /// `open` or `closed`: what a review error means.
+    pub review_fail_mode: String,
+    /// `none`, `gateway-only` or `open`.
+    pub egress_policy: String,
+    /// Whether a task may change `.github/workflows`.
+    pub allow_workflow_changes: bool,
+    /// Cost cap per task.
+    pub budget_task_microusd: Option<i64>,
+    /// Cost cap per day for the repository.
+    pub budget_daily_microusd: Option<i64>,
+    /// Most tasks on runners at once.
+    pub max_concurrency: Option<i32>,
+    /// Tasks on runners now.
+    pub active_tasks: i32,
+    /// Labels a runner needs to work on it.
+    pub runner_labels: Vec<String>,
+    /// Detected stack description.
+    pub stack: Option<String>,
+    /// Whether its tasks are dispatched.
+    pub enabled: bool,
+    /// Registered at.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A repository to register.
+#[derive(Debug, Clone)]
+pub struct NewRepo {
+    /// `owner/name`.
+    pub name: String,
+    /// Clone URL.
+    pub clone_url: String,
+    /// Default branch.
+    pub default_branch: String,
+}
+
+/// Settings changes; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default)]
+pub struct RepoSettings {
+    /// Verify command (`Some("")` clears it).
+    pub verify_command: Option<String>,
+    /// Approval mode (`Some("")` follows the global one).
+    pub approval_mode: Option<String>,
+    /// `open` or `closed`.
+    pub review_fail_mode: Option<String>,
+    /// `none`, `gateway-only` or `open`.
+    pub egress_policy: Option<String>,
+    /// Per-task budget (`Some(0)` clears it).
+    pub budget_task_microusd: Option<i64>,
+    /// Daily budget (`Some(0)` clears it).
+    pub budget_daily_microusd: Option<i64>,
+    /// Concurrency cap (`Some(0)` removes it).
+    pub max_concurrency: Option<i32>,
+    /// Runner labels required.
+    pub runner_labels: Option<Vec<String>>,
+    /// Whether tasks are dispatched.
+    pub enabled: Option<bool>,
+}
+
+const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command, approval_mode, \
+    review_fail_mode, egress_policy, allow_workflow_changes, budget_task_microusd, \
+    budget_daily_microusd, max_concurrency, active_tasks, runner_labels, stack, enabled, created_at";
+
+impl Store {
+    /// Registers a repository. Its name must be `owner/name`.
+    pub async fn add_repo(&self, r: &NewRepo) -> Result<Repo> {
+        if !valid_repo_name(&r.name) {
+            return Err(Error::Invalid(format!(
+                "repository name `{}` must look like owner/name",
+                r.name
+            )));
+        }
+        let res = sqlx::query_as::<_, Repo>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO repos (name, clone_url, default_branch) VALUES ($1, $2, $3) RETURNING {REPO_COLUMNS}"
+        )))
+        .bind(&r.name)
+        .bind(&r.clone_url)
+        .bind(&r.default_branch)
+        .fetch_one(&self.pool)
+        .await;
+        match res {
+            Ok(repo) => Ok(repo),
+            Err(e) if is_unique_violation(&e, "repos_name_key") => Err(Error::Invalid(format!(
+                "repository {} is already registered",
+                r.name
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One repository by `owner/name`.
+    pub async fn repo_by_name(&self, name: &str) -> Result<Repo> {
+        sqlx::query_as::<_, Repo>(sqlx::AssertSqlSafe(format!(
+            "SELECT {REPO_COLUMNS} FROM repos WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::RepoNotFound(name.to_owned()))
+    }
+
+    /// One repository by id.
+    pub async fn repo(&self, id: RepoId) -> Result<Repo> {
+        sqlx::query_as::<_, Repo>(sqlx::AssertSqlSafe(format!(
+            "SELECT {REPO_COLUMNS} FROM repos WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::RepoNotFound(id.to_string()))
+    }
+
+    /// Every repository, by name.
+    pub async fn repos(&self) -> Result<Vec<Repo>> {
+        Ok(sqlx::query_as::<_, Repo>(sqlx::AssertSqlSafe(format!(
+            "SELECT {REPO_COLUMNS} FROM repos ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Changes settings of a repository; values are checked before anything is written.
+    pub async fn update_repo(&self, id: RepoId, s: &RepoSettings) -> Result<Repo> {
+        check_choice(
+            "approval mode",
+            s.approval_mode.as_deref(),
+            &["", "full-auto", "review-merge", "review-all"],
+        )?;
+        check_choice(
+            "review fail mode",
+            s.review_fail_mode.as_deref(),
+            &["open", "closed"],
+        )?;
+        check_choice(
+            "egress policy",
+            s.egress_policy.as_deref(),
+            &["none", "gateway-only", "open"],
+        )?;
+        for (what, v) in [
+            ("task budget", s.budget_task_microusd),
+            ("daily budget", s.budget_daily_microusd),
+            ("concurrency cap", s.max_concurrency.map(i64::from)),
+        ] {
+            if let Some(v) = v
+                && v < 0
+            {
+                return Err(Error::Invalid(format!(
+                    "{what} must not be negative (got {v})"
+                )));
+            }
+        }
+        sqlx::query_as::<_, Repo>(sqlx::AssertSqlSafe(format!(
+            "UPDATE repos SET \
+               verify_command = CASE WHEN $2::text IS NULL THEN verify_command ELSE NULLIF($2, '') END, \
+               approval_mode = CASE WHEN $3::text IS NULL THEN approval_mode ELSE NULLIF($3, '') END, \
+               review_fail_mode = COALESCE($4, review_fail_mode), \
+               egress_policy = COALESCE($5, egress_policy), \
+               budget_task_microusd = CASE WHEN $6::bigint IS NULL THEN budget_task_microusd ELSE NULLIF($6, 0) END, \
+               budget_daily_microusd = CASE WHEN $7::bigint IS NULL THEN budget_daily_microusd ELSE NULLIF($7, 0) END, \
+               max_concurrency = CASE WHEN $8::int IS NULL THEN max_concurrency ELSE NULLIF($8, 0) END, \
+               runner_labels = COALESCE($9, runner_labels), \
+               enabled = COALESCE($10, enabled), \
+               updated_at = now() \
+             WHERE id = $1 RETURNING {REPO_COLUMNS}"
+        )))
+        .bind(id)
+        .bind(&s.verify_command)
+        .bind(&s.approval_mode)
+        .bind(&s.review_fail_mode)
+        .bind(&s.egress_policy)
+        .bind(s.budget_task_microusd)
+        .bind(s.budget_daily_microusd)
+        .bind(s.max_concurrency)
+        .bind(&s.runner_labels)
+        .bind(s.enabled)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| Error::RepoNotFound(id.to_string()))
+    }
+}
+
+fn check_choice(what: &str, value: Option<&str>, allowed: &[&str]) -> Result<()> {
+    match value {
+        Some(v) if !allowed.contains(&v) => Err(Error::Invalid(format!(
+            "{what} `{v}` is not one of: {}",
+            allowed
+                .iter()
+                .filter(|a| !a.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `owner/name` with GitHub's allowed characters.
+pub fn valid_repo_name(name: &str) -> bool {
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    matches!(name.split_once('/'), Some((owner, repo)) if ok(owner) && ok(repo))
+}

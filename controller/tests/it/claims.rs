@@ -1,0 +1,490 @@
+//! Claim: order, gates (holds, pause, dependencies, labels, per-repo cap, disabled repos) and
+//! many concurrent claimers.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use controller::store::leases::{ClaimRequest, Completion, Outcome};
+use controller::store::repos::RepoSettings;
+use controller::store::tasks::{RetryPolicy, Triage};
+use controller::store::{HoldKind, Status, Store};
+
+use crate::{claim, claim_req, force_status, note, queued, queued_with, repo, runner, store};
+
+#[tokio::test]
+async fn claims_follow_priority_then_age() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    let old_low = queued_with(
+        &store,
+        &repo,
+        "old low",
+        Triage {
+            priority: Some(200),
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = queued(&store, &repo, "a").await;
+    let b = queued(&store, &repo, "b").await;
+    let urgent = queued_with(
+        &store,
+        &repo,
+        "urgent",
+        Triage {
+            priority: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let order: Vec<i64> = [
+        claim(&store, r).await,
+        claim(&store, r).await,
+        claim(&store, r).await,
+        claim(&store, r).await,
+    ]
+    .iter()
+    .map(|(t, _)| t.id)
+    .collect();
+    assert_eq!(order, vec![urgent.id, a.id, b.id, old_low.id]);
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_claim_returns_a_fresh_lease_and_counts_the_attempt() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    queued(&store, &repo, "t").await;
+    let (t, lease) = claim(&store, r).await;
+    assert_eq!(t.status, Status::Leased);
+    assert_eq!(t.attempt, 1);
+    assert_eq!(t.runner_id, Some(r));
+    assert!(t.lease_expires_at.is_some());
+    assert_eq!(store.repo(repo.id).await.unwrap().active_tasks, 1);
+    // Giving it up re-queues; the next claim is attempt 2 with another token.
+    store
+        .complete(
+            &lease,
+            &Completion::new(Outcome::Abandoned),
+            &RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.repo(repo.id).await.unwrap().active_tasks, 0);
+    let (t2, lease2) = claim(&store, r).await;
+    assert_eq!(t2.id, t.id);
+    assert_eq!(t2.attempt, 2);
+    assert_ne!(lease2.token, lease.token);
+}
+
+#[tokio::test]
+async fn holds_block_claims_until_released() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    let t = queued_with(
+        &store,
+        &repo,
+        "needs approval",
+        Triage {
+            hold: Some(HoldKind::DispatchApproval),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        t.hold_kind.0,
+        Some(HoldKind::DispatchApproval),
+        "review-all hold set in the same statement"
+    );
+    let u = queued(&store, &repo, "user held").await;
+    store
+        .hold(u.id, HoldKind::User, None, &note("hold"))
+        .await
+        .unwrap();
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+    store.release(u.id, &note("release")).await.unwrap();
+    assert_eq!(claim(&store, r).await.0.id, u.id);
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+    store.dispatch_now(t.id, &note("approve")).await.unwrap();
+    assert_eq!(claim(&store, r).await.0.id, t.id);
+}
+
+#[tokio::test]
+async fn a_circuit_breaker_hold_releases_itself_at_its_time() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    let t = queued(&store, &repo, "tripped").await;
+    let until = chrono::Utc::now() + chrono::Duration::milliseconds(300);
+    store
+        .hold(
+            t.id,
+            HoldKind::CircuitBreaker,
+            Some(until),
+            &note("breaker"),
+        )
+        .await
+        .unwrap();
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (claimed, _) = claim(&store, r).await;
+    assert_eq!(claimed.id, t.id);
+    assert_eq!(
+        claimed.hold_kind.0, None,
+        "the expired hold is cleared by the claim"
+    );
+}
+
+#[tokio::test]
+async fn pause_stops_claims_and_resume_restarts_them() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    queued(&store, &repo, "t").await;
+    let s = store.pause("user:ops").await.unwrap();
+    assert!(s.queue_paused);
+    assert_eq!(s.paused_by.as_deref(), Some("user:ops"));
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+    store.resume().await.unwrap();
+    claim(&store, r).await;
+}
+
+#[tokio::test]
+async fn dependencies_gate_claims_until_every_one_merged() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    let a = queued(&store, &repo, "a").await;
+    let b = queued(&store, &repo, "b").await;
+    let c = queued_with(
+        &store,
+        &repo,
+        "c",
+        Triage {
+            depends_on: vec![a.id, b.id],
+            priority: Some(0),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(store.dependencies(c.id).await.unwrap(), vec![a.id, b.id]);
+    // c has the best priority but waits: a and b come first.
+    let first = claim(&store, r).await.0.id;
+    let second = claim(&store, r).await.0.id;
+    assert_eq!(HashSet::from([first, second]), HashSet::from([a.id, b.id]));
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+    force_status(&store, a.id, Status::Merged, r).await;
+    assert!(
+        store.claim(&claim_req(r)).await.unwrap().is_none(),
+        "b has not merged yet"
+    );
+    force_status(&store, b.id, Status::Merged, r).await;
+    assert_eq!(claim(&store, r).await.0.id, c.id);
+}
+
+#[tokio::test]
+async fn dependency_cycles_are_refused_and_the_batch_writes_nothing() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let new_task = |title: &str| {
+        let mut nt = controller::store::tasks::NewTask::for_issue(repo.id, 0, title, "x");
+        nt.issue_number = None;
+        nt
+    };
+    let x = store.create_task(&new_task("x")).await.unwrap();
+    let y = store.create_task(&new_task("y")).await.unwrap();
+    let err = store
+        .triage_batch(
+            &[
+                (
+                    x.id,
+                    Triage {
+                        depends_on: vec![y.id],
+                        ..Default::default()
+                    },
+                ),
+                (
+                    y.id,
+                    Triage {
+                        depends_on: vec![x.id],
+                        ..Default::default()
+                    },
+                ),
+            ],
+            &note("plan"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, controller::store::Error::DependencyCycle { .. }),
+        "{err}"
+    );
+    for id in [x.id, y.id] {
+        assert_eq!(
+            store.task(id).await.unwrap().status,
+            Status::New,
+            "nothing of the batch was written"
+        );
+        assert!(store.dependencies(id).await.unwrap().is_empty());
+    }
+    let err = store
+        .triage(
+            x.id,
+            &Triage {
+                depends_on: vec![x.id],
+                ..Default::default()
+            },
+            &note("plan"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, controller::store::Error::DependencyCycle { .. }),
+        "{err}"
+    );
+    // The same batch without the back edge goes through, dependencies and all.
+    let out = store
+        .triage_batch(
+            &[
+                (
+                    x.id,
+                    Triage {
+                        depends_on: vec![y.id],
+                        ..Default::default()
+                    },
+                ),
+                (y.id, Triage::default()),
+            ],
+            &note("plan"),
+        )
+        .await
+        .unwrap();
+    assert!(out.iter().all(|t| t.status == Status::Queued));
+    assert_eq!(store.dependencies(x.id).await.unwrap(), vec![y.id]);
+}
+
+#[tokio::test]
+async fn runner_labels_must_cover_the_task_labels() {
+    let store = store().await;
+    let repo = repo(&store, "acme/gpu").await;
+    store
+        .update_repo(
+            repo.id,
+            &RepoSettings {
+                runner_labels: Some(vec!["gpu".into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let r = runner(&store, "r1").await;
+    let t = queued(&store, &repo, "needs gpu").await;
+    assert_eq!(t.required_labels, vec!["gpu".to_string()]);
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+    let labels = vec!["linux".to_string(), "gpu".to_string()];
+    let got = store
+        .claim(&ClaimRequest {
+            runner_id: r,
+            labels: &labels,
+            lease: Duration::from_secs(60),
+        })
+        .await
+        .unwrap()
+        .expect("a gpu runner gets it");
+    assert_eq!(got.id, t.id);
+}
+
+#[tokio::test]
+async fn disabled_repositories_are_not_dispatched() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    queued(&store, &repo, "t").await;
+    store
+        .update_repo(
+            repo.id,
+            &RepoSettings {
+                enabled: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+    store
+        .update_repo(
+            repo.id,
+            &RepoSettings {
+                enabled: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    claim(&store, r).await;
+}
+
+#[tokio::test]
+async fn the_per_repo_cap_holds_and_frees_slots_as_leases_end() {
+    let store = store().await;
+    let capped = repo(&store, "acme/capped").await;
+    let other = repo(&store, "acme/other").await;
+    store
+        .update_repo(
+            capped.id,
+            &RepoSettings {
+                max_concurrency: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let r = runner(&store, "r1").await;
+    for i in 0..4 {
+        queued_with(
+            &store,
+            &capped,
+            &format!("c{i}"),
+            Triage {
+                priority: Some(1),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    let o = queued(&store, &other, "other").await;
+    let (c1, l1) = claim(&store, r).await;
+    let (c2, _) = claim(&store, r).await;
+    assert_eq!((c1.repo_id, c2.repo_id), (capped.id, capped.id));
+    // The cap is reached: the next claim skips to the other repository.
+    assert_eq!(claim(&store, r).await.0.id, o.id);
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+    // A lease ending frees a slot.
+    store
+        .complete(
+            &l1,
+            &Completion::new(Outcome::Succeeded),
+            &RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claim(&store, r).await.0.repo_id, capped.id);
+    assert_eq!(store.repo(capped.id).await.unwrap().active_tasks, 2);
+    // Removing the cap lets the rest go.
+    store
+        .update_repo(
+            capped.id,
+            &RepoSettings {
+                max_concurrency: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    claim(&store, r).await;
+}
+
+#[tokio::test]
+async fn the_per_repo_cap_holds_under_concurrent_claimers() {
+    let store = store().await;
+    let capped = repo(&store, "acme/capped").await;
+    store
+        .update_repo(
+            capped.id,
+            &RepoSettings {
+                max_concurrency: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let r = runner(&store, "r1").await;
+    for i in 0..40 {
+        queued(&store, &capped, &format!("c{i}")).await;
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        set.spawn(async move { store.claim(&claim_req(r)).await.unwrap().is_some() });
+    }
+    let mut won = 0;
+    while let Some(ok) = set.join_next().await {
+        won += usize::from(ok.unwrap());
+    }
+    assert_eq!(won, 3, "exactly the cap");
+    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'leased'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(active, 3);
+    assert_eq!(store.repo(capped.id).await.unwrap().active_tasks, 3);
+}
+
+#[tokio::test]
+async fn eight_concurrent_claimers_over_ten_thousand_rows_never_double_claim() {
+    let store = store().await;
+    let repos = [repo(&store, "acme/a").await, repo(&store, "acme/b").await];
+    let r = runner(&store, "r1").await;
+    seed_queued(&store, &[repos[0].id, repos[1].id], 10_000).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        set.spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(t) = store.claim(&claim_req(r)).await.unwrap() {
+                mine.push(t.id);
+            }
+            mine
+        });
+    }
+    let mut all = Vec::new();
+    let mut per_claimer = Vec::new();
+    while let Some(ids) = set.join_next().await {
+        let ids = ids.unwrap();
+        per_claimer.push(ids.len());
+        all.extend(ids);
+    }
+    let unique: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 10_000, "every row claimed");
+    assert_eq!(unique.len(), 10_000, "no row claimed twice");
+    assert!(
+        per_claimer.iter().all(|n| *n > 0),
+        "all claimers made progress: {per_claimer:?}"
+    );
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tasks WHERE attempt <> 1 OR status <> 'leased'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(attempts, 0);
+}
+
+/// Inserts `n` queued tasks round-robin over `repos` in one statement (through the trigger).
+pub async fn seed_queued(store: &Store, repos: &[i64], n: i64) {
+    sqlx::query(
+        "INSERT INTO tasks (repo_id, source, issue_title, status, priority, ev_actor, ev_reason) \
+         SELECT ($1::bigint[])[1 + (g % array_length($1::bigint[], 1))], 'api', 'seed ' || g, 'queued', \
+                100 + (g % 7), 'seed', 'created' \
+         FROM generate_series(1, $2) g",
+    )
+    .bind(repos)
+    .bind(n)
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn canceled_and_merged_tasks_are_never_claimed() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    let a = queued(&store, &repo, "a").await;
+    let b = queued(&store, &repo, "b").await;
+    store.cancel(a.id, &note("cancel")).await.unwrap();
+    force_status(&store, b.id, Status::Merged, r).await;
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+}

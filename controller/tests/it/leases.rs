@@ -1,0 +1,351 @@
+//! Fenced runner writes, completion idempotency, the reaper, the restart grace and notifications.
+
+use std::time::Duration;
+
+use controller::store::leases::{Completion, LeaseRef, MAX_LOG_CHUNK, Outcome};
+use controller::store::tasks::RetryPolicy;
+use controller::store::wake::{CANCEL_CHANNEL, QUEUE_CHANNEL, Wake};
+use controller::store::{Error, Status, Store};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{claim, eventually, note, queued, repo, runner, store};
+
+async fn expire_now(store: &Store, id: i64) {
+    sqlx::query("UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn stale_tokens_and_attempts_are_refused_everywhere() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    queued(&store, &repo, "t").await;
+    let (_, lease) = claim(&store, r).await;
+    let wrong_token = LeaseRef {
+        token: Uuid::new_v4(),
+        ..lease
+    };
+    let old_attempt = LeaseRef {
+        attempt: lease.attempt - 1,
+        ..lease
+    };
+    let policy = RetryPolicy::default();
+    for stale in [wrong_token, old_attempt] {
+        let e = store
+            .renew(&stale, Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::LeaseLost {
+                    current: Status::Leased,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = store
+            .append_log(&stale, 0, "stdout", b"x")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::LeaseLost { .. }), "{e}");
+        let e = store.start_agent(&stale).await.unwrap_err();
+        assert!(matches!(e, Error::LeaseLost { .. }), "{e}");
+        let e = store
+            .complete(&stale, &Completion::new(Outcome::Succeeded), &policy)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::LeaseLost { .. }), "{e}");
+    }
+    // The real lease still works after all that.
+    store.renew(&lease, Duration::from_secs(60)).await.unwrap();
+    store.start_agent(&lease).await.unwrap();
+    let done = store
+        .complete(&lease, &Completion::new(Outcome::Succeeded), &policy)
+        .await
+        .unwrap();
+    assert_eq!(done.task.status, Status::Pushing);
+}
+
+#[tokio::test]
+async fn a_superseded_runner_is_fenced_out_after_the_task_is_leased_again() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r1 = runner(&store, "r1").await;
+    let r2 = runner(&store, "r2").await;
+    let t = queued(&store, &repo, "t").await;
+    let (_, first) = claim(&store, r1).await;
+    expire_now(&store, t.id).await;
+    let reaped = store.reap_expired(100).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    let (_, second) = claim(&store, r2).await;
+    assert_eq!(second.attempt, first.attempt + 1);
+    let policy = RetryPolicy::default();
+    let e = store
+        .complete(&first, &Completion::new(Outcome::Succeeded), &policy)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::LeaseLost {
+                current: Status::Leased,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        store
+            .append_log(&first, 0, "stdout", b"late")
+            .await
+            .is_err()
+    );
+    let done = store
+        .complete(&second, &Completion::new(Outcome::Succeeded), &policy)
+        .await
+        .unwrap();
+    assert_eq!(done.task.status, Status::Pushing);
+    assert_eq!(done.task.runner_id, Some(r2));
+}
+
+#[tokio::test]
+async fn completion_is_idempotent() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    queued(&store, &repo, "t").await;
+    let (t, lease) = claim(&store, r).await;
+    let policy = RetryPolicy::default();
+    let mut c = Completion::new(Outcome::Succeeded);
+    c.cost_microusd = 1500;
+    c.head_sha = Some("abc123".into());
+    let first = store.complete(&lease, &c, &policy).await.unwrap();
+    assert!(!first.duplicate);
+    let events = store.timeline(t.id).await.unwrap().len();
+    for _ in 0..3 {
+        let again = store.complete(&lease, &c, &policy).await.unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.task.status, Status::Pushing);
+    }
+    let t = store.task(t.id).await.unwrap();
+    assert_eq!(t.cost_microusd, 1500, "cost counted once");
+    assert_eq!(
+        store.timeline(t.id).await.unwrap().len(),
+        events,
+        "no extra timeline entries"
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_completion_of_an_earlier_attempt_is_acknowledged_not_applied() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    queued(&store, &repo, "t").await;
+    let (_, first) = claim(&store, r).await;
+    let policy = RetryPolicy::default();
+    let failed = Completion {
+        error: Some("exit 1".into()),
+        ..Completion::new(Outcome::AgentFailed)
+    };
+    let out = store.complete(&first, &failed, &policy).await.unwrap();
+    assert_eq!(out.task.status, Status::Queued);
+    let (_, second) = claim(&store, r).await;
+    let again = store.complete(&first, &failed, &policy).await.unwrap();
+    assert!(
+        again.duplicate,
+        "the first attempt's completion is recognised"
+    );
+    let t = store.task(second.task_id).await.unwrap();
+    assert_eq!(t.status, Status::Leased);
+    assert_eq!(t.agent_retries, 1, "the retry was spent once");
+}
+
+#[tokio::test]
+async fn log_chunks_are_fenced_idempotent_and_ordered() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    queued(&store, &repo, "t").await;
+    let (t, lease) = claim(&store, r).await;
+    for seq in [2_i64, 0, 1, 1, 2] {
+        store
+            .append_log(&lease, seq, "stdout", format!("line {seq}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let chunks = store.log_chunks(t.id, lease.attempt).await.unwrap();
+    let seqs: Vec<i64> = chunks.iter().map(|c| c.0).collect();
+    assert_eq!(seqs, vec![0, 1, 2]);
+    assert_eq!(chunks[1].2, b"line 1");
+    assert!(
+        !store.append_log(&lease, 1, "stdout", b"dup").await.unwrap(),
+        "a resend is not new"
+    );
+    let big = vec![b'x'; MAX_LOG_CHUNK + 1];
+    let e = store
+        .append_log(&lease, 3, "stdout", &big)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("split it"), "{e}");
+    let e = store
+        .append_log(&lease, -1, "stdout", b"x")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)));
+}
+
+#[tokio::test]
+async fn the_reaper_requeues_expired_leases_without_spending_a_retry_and_leaves_live_ones() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    let a = queued(&store, &repo, "a").await;
+    let b = queued(&store, &repo, "b").await;
+    let (ca, _) = claim(&store, r).await;
+    let (cb, lb) = claim(&store, r).await;
+    assert_eq!((ca.id, cb.id), (a.id, b.id));
+    expire_now(&store, a.id).await;
+    let reaped = store.reap_expired(100).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].task_id, a.id);
+    assert_eq!(reaped[0].status, Status::Queued);
+    let a = store.task(a.id).await.unwrap();
+    assert_eq!(a.status, Status::Queued);
+    assert_eq!((a.agent_retries, a.ci_retries, a.review_retries), (0, 0, 0));
+    assert_eq!(a.attempt, 1, "attempt counts claims, not failures");
+    assert_eq!(a.lease_token, None);
+    let last = store.timeline(a.id).await.unwrap().pop().unwrap();
+    assert_eq!(last.reason, "lease_expired");
+    assert_eq!(last.actor, "reaper");
+    // b's lease is live and untouched.
+    assert_eq!(store.task(b.id).await.unwrap().status, Status::Leased);
+    store.renew(&lb, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(store.repo(repo.id).await.unwrap().active_tasks, 1);
+}
+
+#[tokio::test]
+async fn the_reaper_loop_takes_back_a_lease_soon_after_it_expires() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    let t = queued(&store, &repo, "t").await;
+    let claimed = store
+        .claim(&controller::store::leases::ClaimRequest {
+            runner_id: r,
+            labels: &[],
+            lease: Duration::from_millis(500),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, t.id);
+    let shutdown = CancellationToken::new();
+    let reaper = tokio::spawn(controller::reaper::run(
+        store.clone(),
+        Duration::from_secs(1),
+        shutdown.clone(),
+    ));
+    eventually(
+        Duration::from_secs(5),
+        "the reaper to re-queue the task",
+        || {
+            let store = store.clone();
+            async move { store.task(t.id).await.unwrap().status == Status::Queued }
+        },
+    )
+    .await;
+    shutdown.cancel();
+    reaper.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_restart_grace_extends_live_leases_only() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    let a = queued(&store, &repo, "a").await;
+    queued(&store, &repo, "b").await;
+    claim(&store, r).await;
+    expire_now(&store, a.id).await;
+    let n = store.grant_grace(Duration::from_secs(120)).await.unwrap();
+    assert_eq!(n, 1);
+    assert!(
+        store.reap_expired(100).await.unwrap().is_empty(),
+        "nothing expired after the grace"
+    );
+    let t = store.task(a.id).await.unwrap();
+    assert!(t.lease_expires_at.unwrap() > chrono::Utc::now() + chrono::Duration::seconds(100));
+}
+
+#[tokio::test]
+async fn renewals_report_a_pending_cancel() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    queued(&store, &repo, "t").await;
+    let (t, lease) = claim(&store, r).await;
+    assert!(
+        !store
+            .renew(&lease, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .cancel_requested
+    );
+    store.cancel(t.id, &note("cancel")).await.unwrap();
+    assert!(
+        store
+            .renew(&lease, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .cancel_requested
+    );
+}
+
+#[tokio::test]
+async fn notifications_announce_queue_changes_and_cancels() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    let mut waker = store.waker(&[QUEUE_CHANNEL, CANCEL_CHANNEL]).await.unwrap();
+    let t = queued(&store, &repo, "t").await;
+    let wake = waker.wait(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        wake,
+        Wake::Notified {
+            channel: QUEUE_CHANNEL.into(),
+            payload: repo.id.to_string()
+        }
+    );
+    claim(&store, r).await;
+    store.cancel(t.id, &note("cancel")).await.unwrap();
+    let wake = waker.wait(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        wake,
+        Wake::Notified {
+            channel: CANCEL_CHANNEL.into(),
+            payload: t.id.to_string()
+        }
+    );
+    store.pause("user:x").await.unwrap();
+    store.resume().await.unwrap();
+    let wake = waker.wait(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        wake,
+        Wake::Notified {
+            channel: QUEUE_CHANNEL.into(),
+            payload: "resume".into()
+        }
+    );
+    assert_eq!(
+        waker.wait(Duration::from_millis(50)).await.unwrap(),
+        Wake::Timeout
+    );
+}

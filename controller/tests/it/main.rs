@@ -1,0 +1,134 @@
+//! Controller integration tests, on a real PostgreSQL (a private server per test binary, a fresh
+//! database per test; `DATABASE_URL` to use another server).
+
+mod claims;
+mod leases;
+mod lifecycle;
+mod server;
+mod transitions;
+
+use std::time::Duration;
+
+use controller::store::leases::{ClaimRequest, LeaseRef};
+use controller::store::model::status_texts;
+use controller::store::repos::{NewRepo, Repo};
+use controller::store::tasks::{NewTask, Triage};
+use controller::store::{MIGRATOR, Note, RunnerId, Status, Store, Task};
+
+/// A store on a fresh, migrated database.
+pub async fn store() -> Store {
+    let db = pgembed::testing::cluster()
+        .await
+        .fresh_database(&MIGRATOR)
+        .await
+        .expect("fresh database");
+    Store::connect(&db.url, 40).await.expect("connect")
+}
+
+pub async fn repo(store: &Store, name: &str) -> Repo {
+    store
+        .add_repo(&NewRepo {
+            name: name.into(),
+            clone_url: format!("https://example.invalid/{name}.git"),
+            default_branch: "main".into(),
+        })
+        .await
+        .expect("add repo")
+}
+
+pub async fn runner(store: &Store, name: &str) -> RunnerId {
+    store
+        .register_runner(name, &[], 4)
+        .await
+        .expect("register runner")
+        .id
+}
+
+pub fn note(reason: &str) -> Note {
+    Note::new("user:test", reason)
+}
+
+/// A task created through the API (no issue number) and moved to `queued`.
+pub async fn queued(store: &Store, repo: &Repo, title: &str) -> Task {
+    queued_with(store, repo, title, Triage::default()).await
+}
+
+pub async fn queued_with(store: &Store, repo: &Repo, title: &str, triage: Triage) -> Task {
+    let mut t = NewTask::for_issue(repo.id, 0, title, "body");
+    t.issue_number = None;
+    let task = store.create_task(&t).await.expect("create task");
+    store
+        .triage(task.id, &triage, &note("triaged"))
+        .await
+        .expect("triage")
+}
+
+pub fn claim_req(runner: RunnerId) -> ClaimRequest<'static> {
+    ClaimRequest {
+        runner_id: runner,
+        labels: &[],
+        lease: Duration::from_secs(60),
+    }
+}
+
+/// Claims the next task for `runner`, expecting one.
+pub async fn claim(store: &Store, runner: RunnerId) -> (Task, LeaseRef) {
+    let t = store
+        .claim(&claim_req(runner))
+        .await
+        .expect("claim")
+        .expect("a task to claim");
+    let lease = LeaseRef::of(&t).expect("lease token");
+    (t, lease)
+}
+
+/// Puts a task straight into `status` (test setup only), keeping the row consistent: a lease for
+/// active statuses, a terminal reason for terminal ones, the repo's active count.
+pub async fn force_status(store: &Store, id: i64, status: Status, runner: RunnerId) -> Task {
+    let before = store.task(id).await.unwrap();
+    if status.is_active() && !before.status.is_active() {
+        sqlx::query("UPDATE repos SET active_tasks = active_tasks + 1 WHERE id = $1")
+            .bind(before.repo_id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "UPDATE tasks SET status = $2, \
+           terminal_reason = CASE $2 WHEN 'merged' THEN 'succeeded' WHEN 'failed' THEN 'agent_failed' \
+                                     WHEN 'canceled' THEN 'canceled_by_user' END, \
+           attempt = CASE WHEN $2 = ANY($3) THEN attempt + 1 ELSE attempt END, \
+           lease_token = CASE WHEN $2 = ANY($3) THEN gen_random_uuid() END, \
+           runner_id = CASE WHEN $2 = ANY($3) THEN $4 ELSE runner_id END, \
+           lease_expires_at = CASE WHEN $2 = ANY($3) THEN now() + interval '1 hour' END, \
+           ev_seq = ev_seq + 1, ev_actor = 'test', ev_reason = 'forced' \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(status.as_str())
+    .bind(status_texts(Status::ACTIVE))
+    .bind(runner)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.task(id).await.unwrap()
+}
+
+/// Waits for `cond` to hold, polling; fails after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
