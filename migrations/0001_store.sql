@@ -135,6 +135,10 @@ CREATE TABLE tasks (
     CHECK (source <> 'issue' OR issue_number IS NOT NULL)
 );
 
+-- A queue table: rows change status often, so keep statistics and dead tuples in check sooner
+-- than the defaults would.
+ALTER TABLE tasks SET (autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_scale_factor = 0.05);
+
 -- At most one live task per issue; a new one may start once the previous one ended.
 CREATE UNIQUE INDEX tasks_live_issue ON tasks (repo_id, issue_number)
     WHERE issue_number IS NOT NULL AND status NOT IN ('merged', 'failed', 'canceled');

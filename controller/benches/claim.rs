@@ -1,7 +1,7 @@
 //! Claim throughput and latency straight on the store.
 //!
 //! For each concurrency level, a fresh database gets `--tasks` queued tasks spread over
-//! `--repos` repositories (with `--durable`, on a server with fsync on); that many claimers (each a Tokio task with its own pooled connection)
+//! `--repos` repositories (with `--durable`, on a server with fsync on); that many claimers (each a runner of its own, as a Tokio task with a pooled connection)
 //! claim until the queue is empty. Prints claims per second and p50/p99/max claim latency as a
 //! Markdown table. Run: `cargo bench -p controller --bench claim -- [--tasks N] [--repos N]
 //! [--claimers 1,8,32] [--durable]`. Uses the private PostgreSQL of `pgembed::testing` (or `DATABASE_URL`).
@@ -91,17 +91,17 @@ async fn main() {
             }
         };
         let store = Store::connect(&url, (n as u32) + 2).await.expect("connect");
-        let runner = store
-            .register_runner("bench", &[], 1000)
-            .await
-            .expect("runner")
-            .id;
-        let repo_ids = seed(&store, args.repos, args.tasks).await;
-        let _ = repo_ids;
+        seed(&store, args.repos, args.tasks).await;
         let start = Instant::now();
         let mut set = tokio::task::JoinSet::new();
-        for _ in 0..n {
+        for i in 0..n {
             let store = store.clone();
+            // Each claimer is its own runner, as in a fleet.
+            let runner = store
+                .register_runner(&format!("bench-{i}"), &[], 1000)
+                .await
+                .expect("runner")
+                .id;
             set.spawn(async move {
                 let req = ClaimRequest {
                     runner_id: runner,
@@ -149,7 +149,7 @@ async fn main() {
     }
 }
 
-async fn seed(store: &Store, repos: i64, tasks: i64) -> Vec<i64> {
+async fn seed(store: &Store, repos: i64, tasks: i64) {
     let mut ids = Vec::new();
     for i in 0..repos {
         let repo = store

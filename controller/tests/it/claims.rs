@@ -475,6 +475,11 @@ pub async fn seed_queued(store: &Store, repos: &[i64], n: i64) {
     .execute(store.pool())
     .await
     .unwrap();
+    // What autovacuum does soon after a bulk load; the claim plan relies on statistics.
+    sqlx::query("ANALYZE tasks")
+        .execute(store.pool())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -486,5 +491,22 @@ async fn canceled_and_merged_tasks_are_never_claimed() {
     let b = queued(&store, &repo, "b").await;
     store.cancel(a.id, &note("cancel")).await.unwrap();
     force_status(&store, b.id, Status::Merged, r).await;
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_gated_head_of_the_queue_does_not_hide_eligible_work_behind_it() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    // 300 urgent tasks, all held: more than the claim's fast-path window.
+    seed_queued(&store, &[repo.id], 300).await;
+    sqlx::query("UPDATE tasks SET priority = 0, hold_kind = 'user', ev_seq = ev_seq + 1, ev_actor = 'test', ev_reason = 'hold'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let behind = queued(&store, &repo, "eligible, behind the held ones").await;
+    let (t, _) = claim(&store, r).await;
+    assert_eq!(t.id, behind.id);
     assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
 }
