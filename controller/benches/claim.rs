@@ -177,5 +177,4 @@ async fn seed(store: &Store, repos: i64, tasks: i64) {
         .execute(store.pool())
         .await
         .expect("analyze");
-    ids
 }
