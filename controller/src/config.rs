@@ -14,6 +14,16 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
+    /// Runner gRPC listen address.
+    pub grpc_listen: SocketAddr,
+    /// Names (DNS or IP) runners use to reach the gRPC listener; they go into its certificate.
+    pub server_names: Vec<String>,
+    /// Validity of runner client certificates (renewed by runners at a third left).
+    pub client_cert_validity: Duration,
+    /// How often runners heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Longest lease long-poll.
+    pub lease_wait: Duration,
     /// Lease length given to runners.
     pub lease: Duration,
     /// Extra time live leases get when a controller starts.
@@ -30,6 +40,11 @@ impl Default for Config {
             database_url: None,
             data_dir: PathBuf::from(".backporcher"),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            client_cert_validity: Duration::from_secs(30 * 24 * 3600),
+            heartbeat_interval: Duration::from_secs(25),
+            lease_wait: Duration::from_secs(50),
             lease: Duration::from_secs(75),
             restart_grace: Duration::from_secs(60),
             reaper_interval: Duration::from_secs(1),

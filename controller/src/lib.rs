@@ -1,7 +1,8 @@
 //! The Backporcher controller: the one component that decides.
 //!
-//! It owns the task store in PostgreSQL ([`store`]), takes expired leases back ([`reaper`]), and
-//! serves its HTTP endpoints ([`server`]). Later layers (the runner gRPC service, the forge, the
+//! It owns the task store in PostgreSQL ([`store`]), takes expired leases back ([`reaper`]), runs
+//! the runner CA ([`pki`]) and the runner gRPC service ([`grpc`]), and serves its HTTP endpoints
+//! ([`server`]). Later layers (the runner gRPC service, the forge, the
 //! pipeline loops, the REST API) call into the store; none of them keeps task state in memory.
 //!
 //! Boundaries: the controller never depends on the runner crate; wire types stay at the edges;
@@ -9,6 +10,9 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod grpc;
+pub mod pki;
 pub mod reaper;
 pub mod server;
+pub mod signals;
 pub mod store;

@@ -33,6 +33,21 @@ enum Command {
         /// HTTP listen address.
         #[arg(long, env = "BACKPORCHER_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Runner gRPC (mTLS) listen address.
+        #[arg(
+            long,
+            env = "BACKPORCHER_GRPC_LISTEN",
+            default_value = "127.0.0.1:7443"
+        )]
+        grpc_listen: SocketAddr,
+        /// Host names or IPs runners use to reach the gRPC listener (comma-separated).
+        #[arg(
+            long,
+            env = "BACKPORCHER_SERVER_NAMES",
+            value_delimiter = ',',
+            default_value = "localhost,127.0.0.1"
+        )]
+        server_names: Vec<String>,
         /// Lease length in seconds.
         #[arg(long, env = "BACKPORCHER_LEASE_SECONDS", default_value_t = 75)]
         lease_seconds: u64,
@@ -69,36 +84,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             database_url,
             data_dir,
             listen,
+            grpc_listen,
+            server_names,
             lease_seconds,
         } => {
+            let lease = Duration::from_secs(lease_seconds);
             let config = Config {
                 database_url,
                 data_dir,
                 http_listen: listen,
-                lease: Duration::from_secs(lease_seconds),
+                grpc_listen,
+                server_names,
+                lease,
+                heartbeat_interval: lease / 3,
                 ..Config::default()
             };
-            let listener = tokio::net::TcpListener::bind(config.http_listen)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot listen on {}: {e}; choose another address with --listen",
-                        config.http_listen
-                    )
-                })?;
+            let listeners = controller::server::Listeners::bind(&config).await?;
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();
             tokio::spawn(async move {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-                }
+                wait_for_signal().await;
                 tracing::info!("shutting down");
                 signal.cancel();
             });
-            controller::server::run(config, listener, shutdown).await
+            controller::server::run(config, listeners, shutdown).await
         }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

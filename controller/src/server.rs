@@ -9,12 +9,17 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use std::sync::Arc;
+
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::grpc::{self, GrpcConfig};
+use crate::pki::Pki;
 use crate::reaper;
+use crate::signals::Signals;
 use crate::store::Store;
 
 /// The embedded database's name.
@@ -89,10 +94,42 @@ async fn start_embedded(data_dir: &Path) -> anyhow::Result<pgembed::Server> {
     Ok(server)
 }
 
+/// The sockets the controller serves on, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTP (health, API).
+    pub http: TcpListener,
+    /// Runner gRPC over mTLS.
+    pub grpc: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses, with an error that says which one failed.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let http = TcpListener::bind(config.http_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (HTTP); choose another address with --listen",
+                    config.http_listen
+                )
+            })?;
+        let grpc = TcpListener::bind(config.grpc_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (runner gRPC); choose another address with --grpc-listen",
+                    config.grpc_listen
+                )
+            })?;
+        Ok(Self { http, grpc })
+    }
+}
+
 /// Runs the controller until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let db = Database::open(&config).await?;
@@ -105,28 +142,50 @@ pub async fn run(
             "live leases given a restart grace period"
         );
     }
-
-    let mut loops = JoinSet::new();
-    loops.spawn(reaper::run(
+    let pki = Arc::new(Pki::load_or_create(&store, config.client_cert_validity).await?);
+    let signals = Signals::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(signals.clone().run(store.clone(), shutdown.clone()));
+    tracker.spawn(reaper::run(
         store.clone(),
         config.reaper_interval,
         shutdown.clone(),
     ));
 
+    let grpc_config = GrpcConfig {
+        lease: config.lease,
+        heartbeat_interval: config.heartbeat_interval,
+        lease_wait: config.lease_wait,
+        ..GrpcConfig::default()
+    };
+    let deps = grpc::Deps {
+        store: store.clone(),
+        pki: pki.clone(),
+        server_names: config.server_names.clone(),
+        config: grpc_config,
+        signals: signals.clone(),
+        tracker: tracker.clone(),
+    };
+    let grpc = tokio::spawn(grpc::serve(deps, listeners.grpc, shutdown.clone()));
+
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(store.clone());
-    tracing::info!(addr = %listener.local_addr()?, "controller listening");
+    tracing::info!(addr = %listeners.http.local_addr()?, "controller listening");
     let http_shutdown = shutdown.clone();
-    axum::serve(listener, app)
+    let http = axum::serve(listeners.http, app)
         .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
         .await
-        .context("HTTP server failed")?;
+        .context("HTTP server failed");
 
     shutdown.cancel();
-    while loops.join_next().await.is_some() {}
+    let grpc = grpc.await.context("runner gRPC task panicked")?;
+    tracker.close();
+    tracker.wait().await;
     db.close().await;
+    http?;
+    grpc.context("runner gRPC server failed")?;
     tracing::info!("controller stopped");
     Ok(())
 }

@@ -308,6 +308,99 @@ impl Store {
         }
     }
 
+    /// Renews every lease a runner lists, in one statement. Leases that are not the runner's any
+    /// more come back as `None`: the runner must stop that work.
+    pub async fn renew_many(
+        &self,
+        runner: RunnerId,
+        leases: &[LeaseRef],
+        length: Duration,
+    ) -> Result<Vec<(LeaseRef, Option<Renewal>)>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = leases.iter().map(|l| l.task_id).collect();
+        let attempts: Vec<i32> = leases.iter().map(|l| l.attempt).collect();
+        let tokens: Vec<Uuid> = leases.iter().map(|l| l.token).collect();
+        let rows: Vec<(TaskId, i32, DateTime<Utc>, bool)> = sqlx::query_as(
+            "UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => $4) \
+             FROM unnest($1::bigint[], $2::int[], $3::uuid[]) AS k(id, attempt, token) \
+             WHERE t.id = k.id AND t.attempt = k.attempt AND t.lease_token = k.token \
+               AND t.runner_id = $5 AND t.status = ANY($6) \
+             RETURNING t.id, t.attempt, t.lease_expires_at, t.cancel_requested_at IS NOT NULL",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&tokens)
+        .bind(length.as_secs_f64())
+        .bind(runner)
+        .bind(status_texts(Status::ACTIVE))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(leases
+            .iter()
+            .map(|l| {
+                let renewed = rows
+                    .iter()
+                    .find(|(id, attempt, _, _)| *id == l.task_id && *attempt == l.attempt)
+                    .map(|(_, _, expires_at, cancel_requested)| Renewal {
+                        expires_at: *expires_at,
+                        cancel_requested: *cancel_requested,
+                    });
+                (*l, renewed)
+            })
+            .collect())
+    }
+
+    /// Stores the result bundle of an attempt (replacing an earlier upload of the same attempt).
+    pub async fn store_bundle(&self, lease: &LeaseRef, data: &[u8], sha256: &str) -> Result<()> {
+        let n = sqlx::query(
+            "INSERT INTO task_bundles (task_id, attempt, size, sha256, data) \
+             SELECT id, attempt, $4, $5, $6 FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3 \
+             ON CONFLICT (task_id, attempt) DO UPDATE SET size = EXCLUDED.size, sha256 = EXCLUDED.sha256, \
+               data = EXCLUDED.data, received_at = now()",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(data.len() as i64)
+        .bind(sha256)
+        .bind(data)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(self.lease_lost(lease).await);
+        }
+        Ok(())
+    }
+
+    /// The stored bundle of an attempt: (sha256, bytes).
+    pub async fn bundle(&self, task: TaskId, attempt: i32) -> Result<Option<(String, Vec<u8>)>> {
+        Ok(sqlx::query_as(
+            "SELECT sha256, data FROM task_bundles WHERE task_id = $1 AND attempt = $2",
+        )
+        .bind(task)
+        .bind(attempt)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Ranges of log sequence numbers missing below the highest one stored, as inclusive
+    /// `(first, last)` pairs: a gap in an attempt's log is visible, never silent.
+    pub async fn log_gaps(&self, task: TaskId, attempt: i32) -> Result<Vec<(i64, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT prev + 1, seq - 1 FROM ( \
+               SELECT seq, COALESCE(lag(seq) OVER (ORDER BY seq), -1) AS prev \
+               FROM log_chunks WHERE task_id = $1 AND attempt = $2) s \
+             WHERE seq > prev + 1 ORDER BY seq",
+        )
+        .bind(task)
+        .bind(attempt)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// The runner started (or restarted) the agent.
     pub async fn start_agent(&self, lease: &LeaseRef) -> Result<Task> {
         self.runner_step(lease, model::START_AGENT).await
@@ -400,6 +493,47 @@ impl Store {
             Ok(false)
         } else {
             Err(self.lease_lost(lease).await)
+        }
+    }
+
+    /// Stores a batch of log chunks in one statement; idempotent on (task, attempt, seq). Returns
+    /// the sequence numbers now stored (all of them: new ones and resends).
+    pub async fn append_logs(
+        &self,
+        lease: &LeaseRef,
+        chunks: &[(i64, String, Vec<u8>)],
+    ) -> Result<Vec<i64>> {
+        if let Some((seq, _, data)) = chunks.iter().find(|(_, _, d)| d.len() > MAX_LOG_CHUNK) {
+            return Err(Error::Invalid(format!(
+                "log chunk {seq} of {} bytes exceeds the {MAX_LOG_CHUNK}-byte limit; split it",
+                data.len()
+            )));
+        }
+        if let Some((seq, _, _)) = chunks.iter().find(|(s, _, _)| *s < 0) {
+            return Err(Error::Invalid(format!("log sequence {seq} is negative")));
+        }
+        let seqs: Vec<i64> = chunks.iter().map(|c| c.0).collect();
+        let streams: Vec<&str> = chunks.iter().map(|c| c.1.as_str()).collect();
+        let data: Vec<&[u8]> = chunks.iter().map(|c| c.2.as_slice()).collect();
+        let fenced: Option<bool> = sqlx::query_scalar(
+            "WITH t AS (SELECT id, attempt FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3), \
+             ins AS (INSERT INTO log_chunks (task_id, attempt, seq, stream, data) \
+               SELECT t.id, t.attempt, c.seq, c.stream, c.data \
+               FROM t, unnest($4::bigint[], $5::text[], $6::bytea[]) AS c(seq, stream, data) \
+               ON CONFLICT (task_id, attempt, seq) DO NOTHING RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM t)",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(&seqs)
+        .bind(&streams)
+        .bind(&data)
+        .fetch_optional(&self.pool)
+        .await?;
+        match fenced {
+            Some(true) => Ok(seqs),
+            _ => Err(self.lease_lost(lease).await),
         }
     }
 

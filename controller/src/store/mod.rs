@@ -44,6 +44,17 @@ pub enum Error {
     /// No runner with this id or name.
     #[error("runner {0} not found")]
     RunnerNotFound(String),
+    /// The runner was disabled by an admin.
+    #[error("runner {0} is disabled; an admin must enable it or enroll the host again")]
+    RunnerDisabled(RunnerId),
+    /// The presented certificate is not the runner's current one.
+    #[error(
+        "runner {0} presented a certificate that was replaced or revoked; enroll the host again"
+    )]
+    CertificateSuperseded(RunnerId),
+    /// A join token was refused, with why.
+    #[error("{0}")]
+    JoinToken(String),
     /// The task is not in a status this step may start from.
     #[error("task {task} is {current}; `{step}` is only possible from {expected}")]
     IllegalTransition {

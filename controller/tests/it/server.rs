@@ -26,11 +26,15 @@ async fn the_controller_runs_on_its_own_embedded_postgres_and_keeps_data_across_
     };
     for round in 0..2 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(controller::server::run(
             config.clone(),
-            listener,
+            controller::server::Listeners {
+                http: listener,
+                grpc,
+            },
             shutdown.clone(),
         ));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

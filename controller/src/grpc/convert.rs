@@ -1,0 +1,89 @@
+//! Wire ↔ domain conversions for the runner service, and store errors → gRPC statuses.
+
+use tonic::Status;
+
+use crate::store::leases::{LeaseRef, Outcome};
+use crate::store::repos::Repo;
+use crate::store::{Error, Task};
+
+/// A wire lease key as a domain lease reference.
+pub fn lease(key: Option<&proto::LeaseKey>) -> Result<LeaseRef, Status> {
+    let key = key.ok_or_else(|| Status::invalid_argument("the lease key is missing"))?;
+    let token = uuid::Uuid::parse_str(&key.token).map_err(|_| {
+        Status::invalid_argument(format!("lease token `{}` is not a UUID", key.token))
+    })?;
+    Ok(LeaseRef {
+        task_id: key.task_id,
+        attempt: key.attempt,
+        token,
+    })
+}
+
+/// A domain lease as a wire key.
+pub fn lease_key(l: &LeaseRef) -> proto::LeaseKey {
+    proto::LeaseKey {
+        task_id: l.task_id,
+        attempt: l.attempt,
+        token: l.token.to_string(),
+    }
+}
+
+/// A wire outcome as a domain one.
+pub fn outcome(o: i32) -> Result<Outcome, Status> {
+    use proto::Outcome as W;
+    Ok(match W::try_from(o).unwrap_or(W::Unspecified) {
+        W::Succeeded => Outcome::Succeeded,
+        W::AgentFailed => Outcome::AgentFailed,
+        W::VerifyFailed => Outcome::VerifyFailed,
+        W::TimedOut => Outcome::TimedOut,
+        W::BudgetExceeded => Outcome::BudgetExceeded,
+        W::Canceled => Outcome::Canceled,
+        W::Abandoned => Outcome::Abandoned,
+        W::Unspecified => {
+            return Err(Status::invalid_argument(format!(
+                "outcome {o} is not a known outcome"
+            )));
+        }
+    })
+}
+
+/// What a runner needs to know to run a task.
+pub fn task_spec(t: &Task, repo: &Repo) -> proto::TaskSpec {
+    proto::TaskSpec {
+        repo: repo.name.clone(),
+        clone_url: repo.clone_url.clone(),
+        default_branch: repo.default_branch.clone(),
+        verify_command: repo.verify_command.clone().unwrap_or_default(),
+        issue_number: t.issue_number.unwrap_or_default(),
+        title: t.issue_title.clone(),
+        body: t.issue_body.clone(),
+        prompt_override: t.prompt_override.clone().unwrap_or_default(),
+        model: t.model.clone(),
+        agent: t.agent.clone(),
+        retry_context_json: t.retry_context.0.to_string(),
+        resume_branch: t.resume_branch,
+        branch: t.branch.clone().unwrap_or_default(),
+        egress_policy: repo.egress_policy.clone(),
+        budget_microusd: repo.budget_task_microusd.unwrap_or_default(),
+        priority: t.priority,
+    }
+}
+
+/// A store error as a gRPC status. Database failures are logged here, once, and reported
+/// without internal detail.
+pub fn status(e: Error) -> Status {
+    match e {
+        Error::LeaseLost { .. } => Status::aborted(e.to_string()),
+        Error::TaskNotFound(_) | Error::RepoNotFound(_) | Error::RunnerNotFound(_) => {
+            Status::not_found(e.to_string())
+        }
+        Error::RunnerDisabled(_) | Error::JoinToken(_) => Status::permission_denied(e.to_string()),
+        Error::CertificateSuperseded(_) => Status::unauthenticated(e.to_string()),
+        Error::Invalid(_) => Status::invalid_argument(e.to_string()),
+        Error::Database(db) => {
+            tracing::error!(error = %db, "database error in the runner service");
+            Status::unavailable("the controller cannot reach its database; retry shortly")
+        }
+        other => Status::failed_precondition(other.to_string()),
+    }
+}

@@ -1,0 +1,478 @@
+//! The `Runner` service methods. Each checks the protocol version and (except `Join`) the client
+//! certificate, then calls the store.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use sha2::Digest;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::GrpcConfig;
+use super::convert::{self, status};
+use super::sessions::Sessions;
+use crate::pki::{Pki, cert_identity};
+use crate::signals::Signals;
+use crate::store::leases::{ClaimRequest, Completion, LeaseRef};
+use crate::store::runners::{HelloInfo, Runner};
+use crate::store::{Error, Status as TaskStatus, Store};
+
+/// The service state. Cheap to clone.
+#[derive(Clone)]
+pub struct RunnerService {
+    store: Store,
+    pki: Arc<Pki>,
+    config: Arc<GrpcConfig>,
+    signals: Signals,
+    sessions: Arc<Sessions>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl RunnerService {
+    /// Wires the service.
+    pub fn new(
+        store: Store,
+        pki: Arc<Pki>,
+        config: GrpcConfig,
+        signals: Signals,
+        sessions: Arc<Sessions>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            pki,
+            config: Arc::new(config),
+            signals,
+            sessions,
+            tracker,
+            shutdown,
+        }
+    }
+
+    /// The runner behind the request's client certificate.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<Runner, Status> {
+        proto::check_version(req.metadata())?;
+        let certs = req.peer_certs().ok_or_else(|| {
+            Status::unauthenticated(
+                "a client certificate is required; enroll this host with `backporcher-runner join`",
+            )
+        })?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let (id, serial) = cert_identity(leaf).ok_or_else(|| {
+            Status::unauthenticated("the client certificate does not name a runner")
+        })?;
+        self.store
+            .authenticate_runner(id, &serial)
+            .await
+            .map_err(status)
+    }
+
+    fn ms(d: Duration) -> u32 {
+        u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+    }
+
+    async fn heartbeat(
+        &self,
+        runner: &Runner,
+        hb: proto::Heartbeat,
+    ) -> Result<proto::HeartbeatReply, Status> {
+        let leases: Vec<LeaseRef> = hb
+            .active
+            .iter()
+            .map(|k| convert::lease(Some(k)))
+            .collect::<Result<_, _>>()?;
+        let renewed = self
+            .store
+            .renew_many(runner.id, &leases, self.config.lease)
+            .await
+            .map_err(status)?;
+        let current = self.store.runner(runner.id).await.map_err(status)?;
+        self.store.touch_runner(runner.id).await.map_err(status)?;
+        let leases = renewed
+            .into_iter()
+            .map(|(l, r)| {
+                let (state, expires) = match r {
+                    Some(r) if r.cancel_requested => {
+                        (proto::LeaseState::Cancel, r.expires_at.timestamp_millis())
+                    }
+                    Some(r) => (proto::LeaseState::Active, r.expires_at.timestamp_millis()),
+                    None => (proto::LeaseState::Lost, 0),
+                };
+                proto::LeaseStatus {
+                    task_id: l.task_id,
+                    attempt: l.attempt,
+                    state: state as i32,
+                    expires_at_ms: expires,
+                }
+            })
+            .collect();
+        Ok(proto::HeartbeatReply {
+            seq: hb.seq,
+            leases,
+            heartbeat_interval_ms: Self::ms(self.config.heartbeat_interval),
+            lease_ms: Self::ms(self.config.lease),
+            drain: current.state == "draining",
+        })
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<proto::SessionDown, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::runner_server::Runner for RunnerService {
+    async fn join(
+        &self,
+        req: Request<proto::JoinRequest>,
+    ) -> Result<Response<proto::JoinResponse>, Status> {
+        proto::check_version(req.metadata())?;
+        let r = req.into_inner();
+        // Refuse an unusable CSR before spending the token.
+        rcgen::CertificateSigningRequestParams::from_pem(&r.csr_pem).map_err(|e| {
+            Status::invalid_argument(format!("the certificate signing request is not valid: {e}"))
+        })?;
+        let runner = self
+            .store
+            .redeem_join_token(&r.token, &r.name, &r.hostname)
+            .await
+            .map_err(status)?;
+        let cert = self
+            .pki
+            .sign_runner(&r.csr_pem, runner.id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.store
+            .set_runner_cert(runner.id, &cert.serial, cert.not_after)
+            .await
+            .map_err(status)?;
+        tracing::info!(runner = runner.id, name = %runner.name, labels = ?runner.labels, "runner enrolled");
+        Ok(Response::new(proto::JoinResponse {
+            runner_id: runner.id,
+            certificate_pem: cert.pem,
+            ca_pem: self.pki.ca_pem().to_owned(),
+        }))
+    }
+
+    async fn hello(
+        &self,
+        req: Request<proto::HelloRequest>,
+    ) -> Result<Response<proto::HelloResponse>, Status> {
+        let runner = self.authenticate(&req).await?;
+        let r = req.into_inner();
+        let info = HelloInfo {
+            boot_id: &r.boot_id,
+            labels: &r.labels,
+            capacity: i32::try_from(r.capacity).unwrap_or(i32::MAX),
+            backends: &r.backends,
+            version: &r.version,
+            hostname: &r.hostname,
+        };
+        let (runner, released) = self
+            .store
+            .runner_hello(runner.id, &info)
+            .await
+            .map_err(status)?;
+        for t in &released {
+            tracing::info!(
+                runner = runner.id,
+                task = t.task_id,
+                "runner restarted; its earlier lease was taken back"
+            );
+        }
+        tracing::info!(runner = runner.id, capacity = runner.capacity, boot_id = %r.boot_id, "runner session started");
+        Ok(Response::new(proto::HelloResponse {
+            runner_id: runner.id,
+            heartbeat_interval_ms: Self::ms(self.config.heartbeat_interval),
+            lease_ms: Self::ms(self.config.lease),
+            lease_wait_ms: Self::ms(self.config.lease_wait),
+            labels: runner.labels.clone(),
+            drain: runner.state == "draining",
+            protocol_version: proto::PROTOCOL_VERSION,
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<proto::SessionUp>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let runner = self.authenticate(&req).await?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(32);
+        let handle = self.sessions.open(runner.id, tx.clone());
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = this.shutdown.cancelled() => break,
+                    m = inbound.next() => m,
+                };
+                let Some(Ok(msg)) = msg else { break };
+                let Some(proto::session_up::Msg::Heartbeat(hb)) = msg.msg else {
+                    continue;
+                };
+                let reply = match this.heartbeat(&runner, hb).await {
+                    Ok(r) => Ok(proto::SessionDown {
+                        msg: Some(proto::session_down::Msg::HeartbeatReply(r)),
+                    }),
+                    Err(e) => Err(e),
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    break;
+                }
+            }
+            this.sessions.close(runner.id, handle);
+            tracing::debug!(runner = runner.id, "runner session ended");
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as SessionStream
+        ))
+    }
+
+    async fn lease(
+        &self,
+        req: Request<proto::LeaseRequest>,
+    ) -> Result<Response<proto::LeaseResponse>, Status> {
+        let runner = self.authenticate(&req).await?;
+        let wait =
+            Duration::from_millis(u64::from(req.get_ref().wait_ms)).min(self.config.lease_wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let current = self.store.runner(runner.id).await.map_err(status)?;
+            if current.state != "active" {
+                return Ok(Response::new(proto::LeaseResponse {
+                    assignment: None,
+                    drain: true,
+                }));
+            }
+            // Look, then wait: the notification future is armed before looking.
+            let notified = self.signals.queue().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let held = self
+                .store
+                .runner_lease_count(runner.id)
+                .await
+                .map_err(status)?;
+            if held < i64::from(current.capacity) {
+                let claim = ClaimRequest {
+                    runner_id: runner.id,
+                    labels: &current.labels,
+                    lease: self.config.lease,
+                };
+                if let Some(task) = self.store.claim(&claim).await.map_err(status)? {
+                    let repo = self.store.repo(task.repo_id).await.map_err(status)?;
+                    let lease = LeaseRef::of(&task)
+                        .ok_or_else(|| Status::internal("claimed task has no lease token"))?;
+                    tracing::info!(
+                        task = task.id,
+                        attempt = task.attempt,
+                        runner = runner.id,
+                        "task leased"
+                    );
+                    return Ok(Response::new(proto::LeaseResponse {
+                        assignment: Some(proto::Assignment {
+                            lease: Some(convert::lease_key(&lease)),
+                            lease_expires_at_ms: task
+                                .lease_expires_at
+                                .map(|t| t.timestamp_millis())
+                                .unwrap_or_default(),
+                            task: Some(convert::task_spec(&task, &repo)),
+                        }),
+                        drain: false,
+                    }));
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Response::new(proto::LeaseResponse::default()));
+            }
+            // The sweep backstop covers notifications lost while the listener reconnects.
+            let sweep = (deadline - now).min(Duration::from_secs(1));
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Status::unavailable("the controller is shutting down; retry")),
+                _ = notified => {}
+                _ = tokio::time::sleep(sweep) => {}
+            }
+        }
+    }
+
+    async fn report_stage(
+        &self,
+        req: Request<proto::StageRequest>,
+    ) -> Result<Response<proto::StageResponse>, Status> {
+        self.authenticate(&req).await?;
+        let r = req.into_inner();
+        let lease = convert::lease(r.lease.as_ref())?;
+        let (res, target) = match proto::Stage::try_from(r.stage)
+            .unwrap_or(proto::Stage::Unspecified)
+        {
+            proto::Stage::Running => (self.store.start_agent(&lease).await, TaskStatus::Running),
+            proto::Stage::Verifying => {
+                (self.store.start_verify(&lease).await, TaskStatus::Verifying)
+            }
+            proto::Stage::Unspecified => {
+                return Err(Status::invalid_argument(format!(
+                    "stage {} is not known",
+                    r.stage
+                )));
+            }
+        };
+        match res {
+            Ok(_) => Ok(Response::new(proto::StageResponse {})),
+            // A resent report of the stage the task is already in is fine.
+            Err(Error::IllegalTransition { current, .. }) if current == target => {
+                Ok(Response::new(proto::StageResponse {}))
+            }
+            Err(e) => Err(status(e)),
+        }
+    }
+
+    async fn append_logs(
+        &self,
+        req: Request<proto::AppendLogsRequest>,
+    ) -> Result<Response<proto::AppendLogsResponse>, Status> {
+        self.authenticate(&req).await?;
+        let r = req.into_inner();
+        let lease = convert::lease(r.lease.as_ref())?;
+        let chunks: Vec<(i64, String, Vec<u8>)> = r
+            .chunks
+            .into_iter()
+            .map(|c| (c.seq, c.stream, c.data))
+            .collect();
+        let acked = self
+            .store
+            .append_logs(&lease, &chunks)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::AppendLogsResponse { acked }))
+    }
+
+    async fn upload_bundle(
+        &self,
+        req: Request<Streaming<proto::BundleChunk>>,
+    ) -> Result<Response<proto::UploadBundleResponse>, Status> {
+        self.authenticate(&req).await?;
+        let mut stream = req.into_inner();
+        let mut lease = None;
+        let mut data = Vec::new();
+        let mut claimed_sha = String::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if lease.is_none() {
+                lease = Some(convert::lease(chunk.lease.as_ref())?);
+            }
+            if data.len() + chunk.data.len() > self.config.max_bundle_bytes {
+                return Err(Status::invalid_argument(format!(
+                    "the bundle exceeds {} bytes; the change is too large to push",
+                    self.config.max_bundle_bytes
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+            if !chunk.sha256.is_empty() {
+                claimed_sha = chunk.sha256;
+            }
+        }
+        let lease =
+            lease.ok_or_else(|| Status::invalid_argument("the bundle upload carried no chunk"))?;
+        let sha = hex::encode(sha2::Sha256::digest(&data));
+        if !claimed_sha.is_empty() && claimed_sha != sha {
+            return Err(Status::data_loss(format!(
+                "the bundle arrived damaged (sha256 {sha}, expected {claimed_sha}); upload it again"
+            )));
+        }
+        self.store
+            .store_bundle(&lease, &data, &sha)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::UploadBundleResponse {
+            size: data.len() as u64,
+            sha256: sha,
+        }))
+    }
+
+    async fn complete(
+        &self,
+        req: Request<proto::CompleteRequest>,
+    ) -> Result<Response<proto::CompleteResponse>, Status> {
+        let runner = self.authenticate(&req).await?;
+        let r = req.into_inner();
+        let lease = convert::lease(r.lease.as_ref())?;
+        let parse = |what: &str, s: &str| -> Result<Option<serde_json::Value>, Status> {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            serde_json::from_str(s)
+                .map(Some)
+                .map_err(|e| Status::invalid_argument(format!("{what} is not valid JSON: {e}")))
+        };
+        let mut context = parse("context_json", &r.context_json)?;
+        if !r.verify_output.is_empty() {
+            let obj = serde_json::json!({"verify_output": r.verify_output, "context": context});
+            context = Some(obj);
+        }
+        let usage = r.usage.unwrap_or_default();
+        let completion = Completion {
+            outcome: convert::outcome(r.outcome)?,
+            error: (!r.error.is_empty()).then_some(r.error),
+            context,
+            branch: (!r.branch.is_empty()).then_some(r.branch),
+            head_sha: (!r.head_sha.is_empty()).then_some(r.head_sha),
+            cost_microusd: usage.cost_microusd,
+            data: Some(serde_json::json!({
+                "summary": r.summary,
+                "usage": {
+                    "input_tokens": usage.input_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "cache_read_tokens": usage.cache_read_tokens,
+                    "cache_write_tokens": usage.cache_write_tokens,
+                },
+                "data": parse("data_json", &r.data_json)?,
+            })),
+        };
+        let done = self
+            .store
+            .complete(&lease, &completion, &self.config.retry)
+            .await
+            .map_err(status)?;
+        tracing::info!(
+            task = lease.task_id, attempt = lease.attempt, runner = runner.id,
+            outcome = ?completion.outcome, status = %done.task.status, duplicate = done.duplicate,
+            "completion received"
+        );
+        Ok(Response::new(proto::CompleteResponse {
+            duplicate: done.duplicate,
+            task_status: done.task.status.to_string(),
+        }))
+    }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<proto::RenewCertificateRequest>,
+    ) -> Result<Response<proto::RenewCertificateResponse>, Status> {
+        let runner = self.authenticate(&req).await?;
+        let cert = self
+            .pki
+            .sign_runner(&req.get_ref().csr_pem, runner.id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.store
+            .set_runner_cert(runner.id, &cert.serial, cert.not_after)
+            .await
+            .map_err(status)?;
+        tracing::info!(runner = runner.id, not_after = %cert.not_after, "runner certificate renewed");
+        Ok(Response::new(proto::RenewCertificateResponse {
+            certificate_pem: cert.pem,
+            ca_pem: self.pki.ca_pem().to_owned(),
+        }))
+    }
+}

@@ -1,0 +1,124 @@
+//! An executor for protocol tests, scripted by the task title:
+//! - `sleep:<ms>`: works that long (stopping early on cancel), then succeeds;
+//! - `logs:<n>[:<ms>]`: writes `n` numbered lines (spread over `ms`), then succeeds;
+//! - `forever`: works until cancelled;
+//! - `fail`: the agent fails;
+//! - `bundle:<text>`: succeeds with `text` as the result bundle.
+//!
+//! Every run is appended to a shared file (`task attempt pid`), so tests can count executions
+//! across runner processes.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use runner::executor::{Executor, TaskContext};
+use runner::task::{ExecResult, Outcome, Usage};
+
+/// The scripted executor.
+#[derive(Debug, Clone)]
+pub struct ScriptExecutor {
+    /// File every run is recorded in.
+    pub runs_file: PathBuf,
+}
+
+impl ScriptExecutor {
+    /// Records runs in `runs_file`.
+    pub fn new(runs_file: PathBuf) -> Self {
+        Self { runs_file }
+    }
+
+    /// Runs recorded so far: (task, attempt, pid).
+    pub fn runs(&self) -> Vec<(i64, i32, u32)> {
+        std::fs::read_to_string(&self.runs_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((
+                    it.next()?.parse().ok()?,
+                    it.next()?.parse().ok()?,
+                    it.next()?.parse().ok()?,
+                ))
+            })
+            .collect()
+    }
+}
+
+async fn pause(ctx: &TaskContext, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = ctx.cancelled().cancelled() => false,
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for ScriptExecutor {
+    fn backends(&self) -> Vec<String> {
+        vec!["script".into()]
+    }
+
+    async fn run(&self, ctx: TaskContext) -> ExecResult {
+        let lease = ctx.assignment.lease.clone();
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.runs_file)
+        {
+            let _ = writeln!(
+                f,
+                "{} {} {}",
+                lease.task_id,
+                lease.attempt,
+                std::process::id()
+            );
+        }
+        let title = ctx.assignment.spec.title.clone();
+        let mut parts = title.split(':');
+        let verb = parts.next().unwrap_or_default();
+        let arg = |p: Option<&str>| p.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let mut result = ExecResult::new(Outcome::Succeeded);
+        result.usage = Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            cost_microusd: 42,
+            ..Usage::default()
+        };
+        match verb {
+            "sleep" => {
+                if !pause(&ctx, Duration::from_millis(arg(parts.next()))).await {
+                    return ExecResult::new(Outcome::Canceled);
+                }
+            }
+            "logs" => {
+                let n = arg(parts.next());
+                let spread = Duration::from_millis(arg(parts.next()));
+                let step = (n / 100).max(1);
+                for i in 0..n {
+                    ctx.log("stdout", format!("line {i}\n").as_bytes());
+                    if i % step == step - 1 && !spread.is_zero() && !pause(&ctx, spread / 100).await
+                    {
+                        return ExecResult::new(Outcome::Canceled);
+                    }
+                }
+            }
+            "forever" => {
+                ctx.cancelled().cancelled().await;
+                return ExecResult::new(Outcome::Canceled);
+            }
+            "fail" => {
+                result = ExecResult::new(Outcome::AgentFailed);
+                result.error = Some("the script said fail".into());
+            }
+            "bundle" => {
+                result.bundle = Some(parts.collect::<Vec<_>>().join(":").into_bytes());
+                result.head_sha = Some("0123456789abcdef0123456789abcdef01234567".into());
+            }
+            _ => {
+                result = ExecResult::new(Outcome::AgentFailed);
+                result.error = Some(format!("unknown script `{title}`"));
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,289 @@
+//! A controller in-process on loopback ports, on a fresh database of the test PostgreSQL, and
+//! helpers to enroll and run real runners against it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use controller::config::Config;
+use controller::pki::Pki;
+use controller::server::Listeners;
+use controller::store::repos::{NewRepo, Repo};
+use controller::store::tasks::{NewTask, Triage};
+use controller::store::{MIGRATOR, Note, Store, Task};
+use runner::identity::{Identity, Ticket};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::ScriptExecutor;
+
+/// Timings of a test controller.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Lease length.
+    pub lease: Duration,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Grace given to live leases at start.
+    pub restart_grace: Duration,
+    /// Client certificate validity.
+    pub cert_validity: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(3),
+            heartbeat: Duration::from_secs(1),
+            restart_grace: Duration::from_secs(10),
+            cert_validity: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A running controller.
+pub struct TestController {
+    /// Its store (same database).
+    pub store: Store,
+    /// Runner gRPC address.
+    pub grpc: SocketAddr,
+    /// HTTP address.
+    pub http: SocketAddr,
+    db_url: String,
+    options: Options,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Installs the ring provider for code that builds rustls configs without naming one.
+pub fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl TestController {
+    /// Starts a controller on a fresh database.
+    pub async fn start(options: Options) -> Self {
+        init();
+        let db = pgembed::testing::cluster()
+            .await
+            .fresh_database(&MIGRATOR)
+            .await
+            .expect("database");
+        Self::start_on(db.url, None, None, options).await
+    }
+
+    async fn start_on(
+        db_url: String,
+        grpc: Option<SocketAddr>,
+        http: Option<SocketAddr>,
+        options: Options,
+    ) -> Self {
+        let grpc_listener =
+            TcpListener::bind(grpc.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
+                .await
+                .expect("bind grpc");
+        let http_listener =
+            TcpListener::bind(http.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
+                .await
+                .expect("bind http");
+        let grpc = grpc_listener.local_addr().unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let config = Config {
+            database_url: Some(db_url.clone()),
+            lease: options.lease,
+            heartbeat_interval: options.heartbeat,
+            restart_grace: options.restart_grace,
+            client_cert_validity: options.cert_validity,
+            reaper_interval: Duration::from_millis(500),
+            lease_wait: Duration::from_secs(5),
+            ..Config::default()
+        };
+        let shutdown = CancellationToken::new();
+        let listeners = Listeners {
+            http: http_listener,
+            grpc: grpc_listener,
+        };
+        let handle = tokio::spawn(controller::server::run(config, listeners, shutdown.clone()));
+        let store = Store::connect(&db_url, 10).await.expect("store");
+        // Ready when the CA exists (created at start).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pki_ca)")
+                .fetch_one(store.pool())
+                .await
+                .unwrap_or(false);
+            if ready && tokio::net::TcpStream::connect(grpc).await.is_ok() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "controller did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            store,
+            grpc,
+            http,
+            db_url,
+            options,
+            shutdown,
+            handle,
+        }
+    }
+
+    /// The runner endpoint URL.
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.grpc.port())
+    }
+
+    /// Stops the controller (the database stays).
+    pub async fn stop(self) -> (String, SocketAddr, SocketAddr, Options) {
+        self.shutdown.cancel();
+        self.handle
+            .await
+            .expect("controller task")
+            .expect("controller ran");
+        self.store.pool().close().await;
+        (self.db_url, self.grpc, self.http, self.options)
+    }
+
+    /// Stops and starts again on the same database and ports.
+    pub async fn restart(self) -> Self {
+        let (db, grpc, http, options) = self.stop().await;
+        Self::start_on(db, Some(grpc), Some(http), options).await
+    }
+
+    /// Starts again after [`TestController::stop`].
+    pub async fn start_again(
+        db: String,
+        grpc: SocketAddr,
+        http: SocketAddr,
+        options: Options,
+    ) -> Self {
+        Self::start_on(db, Some(grpc), Some(http), options).await
+    }
+
+    /// A join ticket (token + CA fingerprint) with `labels`.
+    pub async fn ticket(&self, labels: &[&str]) -> String {
+        let labels: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
+        let token = self
+            .store
+            .create_join_token("user:admin", Duration::from_secs(600), &labels)
+            .await
+            .expect("token");
+        let pki = Pki::load_or_create(&self.store, Duration::from_secs(3600))
+            .await
+            .expect("pki");
+        pki.join_ticket(&token)
+    }
+
+    /// A repository.
+    pub async fn repo(&self, name: &str) -> Repo {
+        self.store
+            .add_repo(&NewRepo {
+                name: name.into(),
+                clone_url: format!("https://example.invalid/{name}.git"),
+                default_branch: "main".into(),
+            })
+            .await
+            .expect("repo")
+    }
+
+    /// A queued task whose title scripts the executor.
+    pub async fn task(&self, repo: &Repo, script: &str) -> Task {
+        let mut t = NewTask::for_issue(repo.id, 0, script, "scripted");
+        t.issue_number = None;
+        let t = self.store.create_task(&t).await.expect("task");
+        self.store
+            .triage(t.id, &Triage::default(), &Note::new("test", "triaged"))
+            .await
+            .expect("triage")
+    }
+}
+
+/// A fresh state directory.
+pub fn state_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "bp-e2e-{}-{name}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Enrolls a runner named `name` through the real join flow.
+pub async fn enroll(c: &TestController, name: &str, labels: &[&str]) -> (Identity, PathBuf) {
+    let dir = state_dir(name);
+    let ticket: Ticket = c.ticket(labels).await.parse().expect("ticket");
+    let id = runner::identity::join(&c.url(), &ticket, name, &dir)
+        .await
+        .expect("join");
+    (id, dir)
+}
+
+/// An in-process runner daemon.
+pub struct RunnerHandle {
+    /// Drain/stop switches.
+    pub control: runner::daemon::Control,
+    /// The daemon task.
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunnerHandle {
+    /// Stops it (work is abandoned) and waits.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.control.stop.cancel();
+        self.handle.await.expect("runner task")
+    }
+}
+
+/// Runs the real runner daemon in-process.
+pub fn spawn_runner(
+    identity: Identity,
+    state_dir: &Path,
+    executor: ScriptExecutor,
+    capacity: u32,
+) -> RunnerHandle {
+    let control = runner::daemon::Control::default();
+    let config = runner::daemon::Config {
+        state_dir: state_dir.to_owned(),
+        capacity,
+        labels: vec![],
+    };
+    let handle = tokio::spawn(runner::daemon::run(
+        config,
+        identity,
+        Arc::new(executor),
+        control.clone(),
+    ));
+    RunnerHandle { control, handle }
+}
+
+/// Waits for `cond`, polling; panics after `timeout` naming `what`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

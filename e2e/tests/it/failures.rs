@@ -1,0 +1,157 @@
+//! Runners and controllers that die: kill -9 of a runner process mid-task, a controller restart
+//! mid-task.
+
+use std::time::{Duration, Instant};
+
+use e2e::harness::{Options, TestController, enroll, spawn_runner};
+
+use crate::{executor, wait_status};
+
+fn runner_process(dir: &std::path::Path, runs: &std::path::Path) -> std::process::Child {
+    xcmd::Cmd::new(env!("CARGO_BIN_EXE_e2e-runner"), dir)
+        .arg(dir)
+        .arg(runs)
+        .arg("1")
+        .env("RUST_LOG", "warn")
+        .to_std()
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("runner process starts")
+}
+
+#[tokio::test]
+async fn a_runner_killed_mid_task_loses_its_lease_and_another_runner_completes_it_once() {
+    let lease = Duration::from_secs(3);
+    let c = TestController::start(Options {
+        lease,
+        heartbeat: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let repo = c.repo("acme/widgets").await;
+    let (_, dir_a) = enroll(&c, "a", &[]).await;
+    let exec = executor();
+    let mut a = runner_process(&dir_a, &exec.runs_file);
+    let t = c.task(&repo, "sleep:4000").await;
+    wait_status(&c, t.id, "running", Duration::from_secs(20)).await;
+    let first = c.store.task(t.id).await.unwrap();
+    let e = exec.clone();
+    e2e::harness::eventually(
+        Duration::from_secs(10),
+        "the work to start on a",
+        move || {
+            let e = e.clone();
+            async move { !e.runs().is_empty() }
+        },
+    )
+    .await;
+
+    a.kill().expect("kill -9");
+    let killed_at = Instant::now();
+    a.wait().unwrap();
+    wait_status(&c, t.id, "queued", lease + Duration::from_secs(3)).await;
+    let took_back = killed_at.elapsed();
+    let last = c.store.timeline(t.id).await.unwrap().pop().unwrap();
+    assert_eq!(last.reason, "lease_expired");
+    assert!(
+        took_back <= lease + Duration::from_secs(2),
+        "re-queued {took_back:?} after the kill"
+    );
+
+    let (id_b, dir_b) = enroll(&c, "b", &[]).await;
+    let b = spawn_runner(id_b.clone(), &dir_b, exec.clone(), 1);
+    wait_status(&c, t.id, "pushing", Duration::from_secs(20)).await;
+    let done = c.store.task(t.id).await.unwrap();
+    assert_eq!(done.attempt, first.attempt + 1);
+    assert_eq!(done.runner_id, Some(id_b.runner_id));
+    assert_eq!(done.agent_retries, 0, "a lost lease spends no retry");
+    let results: i64 = sqlx::query_scalar("SELECT count(*) FROM task_results WHERE task_id = $1")
+        .bind(t.id)
+        .fetch_one(c.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(results, 1, "completed exactly once");
+    let runs = exec.runs();
+    assert_eq!(runs.len(), 2, "ran on a, then on b: {runs:?}");
+    assert_ne!(runs[0].2, runs[1].2, "two different processes");
+    b.stop().await.unwrap();
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_runner_gives_back_the_leases_of_its_previous_process_at_once() {
+    let c = TestController::start(Options {
+        lease: Duration::from_secs(30),
+        ..Options::default()
+    })
+    .await;
+    let repo = c.repo("acme/widgets").await;
+    let (id, dir) = enroll(&c, "a", &[]).await;
+    let exec = executor();
+    let mut a = runner_process(&dir, &exec.runs_file);
+    let t = c.task(&repo, "sleep:60000").await;
+    wait_status(&c, t.id, "running", Duration::from_secs(20)).await;
+    a.kill().unwrap();
+    a.wait().unwrap();
+    // Same identity, new process: its hello releases the old lease long before the 30 s expiry.
+    let started = Instant::now();
+    let again = spawn_runner(id.clone(), &dir, exec.clone(), 1);
+    let store = c.store.clone();
+    e2e::harness::eventually(
+        Duration::from_secs(10),
+        "the old lease to be released",
+        || {
+            let store = store.clone();
+            async move {
+                store
+                    .timeline(t.id)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|e| e.reason == "runner_lost")
+            }
+        },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    again.stop().await.unwrap();
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_controller_restart_mid_task_keeps_the_lease_and_the_task_completes() {
+    let c = TestController::start(Options {
+        lease: Duration::from_secs(3),
+        heartbeat: Duration::from_secs(1),
+        restart_grace: Duration::from_secs(10),
+        ..Options::default()
+    })
+    .await;
+    let repo = c.repo("acme/widgets").await;
+    let (id, dir) = enroll(&c, "r1", &[]).await;
+    let runner = spawn_runner(id.clone(), &dir, executor(), 1);
+    let t = c.task(&repo, "sleep:6000").await;
+    wait_status(&c, t.id, "running", Duration::from_secs(20)).await;
+    let before = c.store.task(t.id).await.unwrap();
+
+    let (db, grpc, http, opts) = c.stop().await;
+    // Down for longer than a lease: only the restart grace keeps it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let c = TestController::start_again(db, grpc, http, opts).await;
+    wait_status(&c, t.id, "pushing", Duration::from_secs(20)).await;
+    let after = c.store.task(t.id).await.unwrap();
+    assert_eq!(
+        after.attempt, before.attempt,
+        "same lease, no second attempt"
+    );
+    assert!(
+        !c.store
+            .timeline(t.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.reason == "lease_expired")
+    );
+    runner.stop().await.unwrap();
+    c.stop().await;
+}

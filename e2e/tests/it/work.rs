@@ -1,0 +1,190 @@
+//! The happy path and the fenced writes: a runner leases, reports, ships logs and a bundle, and
+//! completes; duplicates are acknowledged, stale attempts refused.
+
+use std::time::Duration;
+
+use controller::store::Status;
+use e2e::harness::{Options, TestController, enroll, spawn_runner};
+use runner::client::Client;
+use runner::task::{ExecResult, Lease, Outcome};
+use tonic::Code;
+
+use crate::{executor, wait_status};
+
+#[tokio::test]
+async fn a_runner_runs_tasks_end_to_end() {
+    let c = TestController::start(Options::default()).await;
+    let repo = c.repo("acme/widgets").await;
+    let (id, dir) = enroll(&c, "r1", &[]).await;
+    let exec = executor();
+    let runner = spawn_runner(id.clone(), &dir, exec.clone(), 2);
+    let ok = c.task(&repo, "bundle:the result").await;
+    let failing = c.task(&repo, "fail").await;
+    let logged = c.task(&repo, "logs:50").await;
+    wait_status(&c, ok.id, "pushing", Duration::from_secs(20)).await;
+    wait_status(&c, logged.id, "pushing", Duration::from_secs(20)).await;
+    // The failing one is retried (agent budget) with model escalation, each run a new attempt.
+    let store = c.store.clone();
+    e2e::harness::eventually(
+        Duration::from_secs(30),
+        "the failing task to exhaust its retries",
+        || {
+            let store = store.clone();
+            async move { store.task(failing.id).await.unwrap().status == Status::Failed }
+        },
+    )
+    .await;
+    let f = c.store.task(failing.id).await.unwrap();
+    assert_eq!(f.agent_retries, 3);
+    assert_eq!(f.model, "opus");
+    assert_eq!(f.attempt, 4);
+
+    let t = c.store.task(ok.id).await.unwrap();
+    assert_eq!(t.cost_microusd, 42);
+    let (sha, data) = c
+        .store
+        .bundle(ok.id, t.attempt)
+        .await
+        .unwrap()
+        .expect("bundle stored");
+    assert_eq!(data, b"the result");
+    assert_eq!(sha.len(), 64);
+    let events: Vec<String> = c
+        .store
+        .timeline(ok.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.to_status)
+        .collect();
+    assert_eq!(
+        events,
+        vec!["new", "queued", "leased", "running", "pushing"]
+    );
+    let logs = c.store.log_chunks(logged.id, 1).await.unwrap();
+    assert_eq!(logs.len(), 50);
+    assert_eq!(logs[49].2, b"line 49\n");
+    assert_eq!(exec.runs().len(), 2 + 4, "one run per attempt");
+    runner.stop().await.unwrap();
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_completions_are_acknowledged_and_stale_attempts_refused() {
+    let c = TestController::start(Options::default()).await;
+    let repo = c.repo("acme/widgets").await;
+    let (id, _) = enroll(&c, "r1", &[]).await;
+    let client = Client::connect(&id).unwrap();
+    client
+        .hello(&runner::client::HelloInfo {
+            labels: vec![],
+            capacity: 1,
+            backends: vec![],
+            boot_id: "x".into(),
+            active: vec![],
+        })
+        .await
+        .unwrap();
+    let t = c.task(&repo, "sleep:1").await;
+    let (a, _) = client.lease(Duration::from_secs(5)).await.unwrap();
+    let a = a.expect("an assignment");
+    assert_eq!(a.lease.task_id, t.id);
+    let done = ExecResult::new(Outcome::Succeeded);
+    assert!(
+        !client.complete(&a.lease, &done).await.unwrap(),
+        "first completion is new"
+    );
+    assert!(
+        client.complete(&a.lease, &done).await.unwrap(),
+        "second is a duplicate"
+    );
+    assert_eq!(c.store.task(t.id).await.unwrap().status, Status::Pushing);
+
+    let stale = Lease {
+        attempt: a.lease.attempt - 1,
+        ..a.lease.clone()
+    };
+    let err = client.complete(&stale, &done).await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err}");
+    let wrong = Lease {
+        token: uuid::Uuid::new_v4().to_string(),
+        ..a.lease.clone()
+    };
+    let err = client
+        .append_logs(&wrong, vec![(0, "stdout".into(), b"x".to_vec())])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err}");
+    let err = client.upload_bundle(&wrong, b"bundle").await.unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err}");
+    let bad = Lease {
+        token: "not-a-uuid".into(),
+        ..a.lease.clone()
+    };
+    let err = client.complete(&bad, &done).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn labels_decide_which_runner_gets_a_task() {
+    let c = TestController::start(Options::default()).await;
+    let repo = c.repo("acme/gpu").await;
+    c.store
+        .update_repo(
+            repo.id,
+            &controller::store::repos::RepoSettings {
+                runner_labels: Some(vec!["gpu".into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (plain, plain_dir) = enroll(&c, "plain", &["linux"]).await;
+    let (gpu, gpu_dir) = enroll(&c, "gpu", &["linux", "gpu"]).await;
+    let exec = executor();
+    let r1 = spawn_runner(plain.clone(), &plain_dir, exec.clone(), 1);
+    let t = c.task(&repo, "sleep:10").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        c.store.task(t.id).await.unwrap().status,
+        Status::Queued,
+        "the plain runner may not take it"
+    );
+    let r2 = spawn_runner(gpu.clone(), &gpu_dir, exec.clone(), 1);
+    wait_status(&c, t.id, "pushing", Duration::from_secs(10)).await;
+    assert_eq!(
+        c.store.task(t.id).await.unwrap().runner_id,
+        Some(gpu.runner_id)
+    );
+    r1.stop().await.unwrap();
+    r2.stop().await.unwrap();
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_draining_runner_finishes_its_work_and_takes_no_more() {
+    let c = TestController::start(Options::default()).await;
+    let repo = c.repo("acme/widgets").await;
+    let (id, dir) = enroll(&c, "r1", &[]).await;
+    let runner = spawn_runner(id.clone(), &dir, executor(), 1);
+    let first = c.task(&repo, "sleep:1500").await;
+    wait_status(&c, first.id, "running", Duration::from_secs(10)).await;
+    c.store
+        .set_runner_state(id.runner_id, "draining")
+        .await
+        .unwrap();
+    let second = c.task(&repo, "sleep:10").await;
+    wait_status(&c, first.id, "pushing", Duration::from_secs(10)).await;
+    // The daemon returns by itself once drained.
+    tokio::time::timeout(Duration::from_secs(10), runner.handle)
+        .await
+        .expect("drained runner exits")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        c.store.task(second.id).await.unwrap().status,
+        Status::Queued
+    );
+    c.stop().await;
+}

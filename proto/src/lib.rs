@@ -1,0 +1,40 @@
+//! The runner↔controller gRPC contract, `backporcher.runner.v1`, generated from
+//! `proto/runner.proto`, plus the protocol constants both sides check.
+//!
+//! No logic lives here: the controller's gRPC layer and the runner's client convert these wire
+//! types to their own domain types at the edge.
+#![allow(missing_docs, clippy::all)] // generated code
+
+tonic::include_proto!("backporcher.runner.v1");
+
+/// The protocol version this build speaks. Bump on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Metadata header carrying the protocol version on every call.
+pub const VERSION_HEADER: &str = "bp-protocol-version";
+
+/// Checks the version header of a call; `Err` says what to do.
+pub fn check_version(metadata: &tonic::metadata::MetadataMap) -> Result<(), tonic::Status> {
+    let got = metadata
+        .get(VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    match got {
+        Some(PROTOCOL_VERSION) => Ok(()),
+        Some(other) => Err(tonic::Status::failed_precondition(format!(
+            "protocol version {other} is not supported; this side speaks version {PROTOCOL_VERSION}; upgrade the older of runner and controller"
+        ))),
+        None => Err(tonic::Status::failed_precondition(format!(
+            "missing {VERSION_HEADER} header; this side speaks protocol version {PROTOCOL_VERSION}"
+        ))),
+    }
+}
+
+/// Adds the version header to an outgoing request.
+pub fn with_version<T>(mut request: tonic::Request<T>) -> tonic::Request<T> {
+    request.metadata_mut().insert(
+        VERSION_HEADER,
+        tonic::metadata::MetadataValue::from(PROTOCOL_VERSION),
+    );
+    request
+}

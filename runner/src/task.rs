@@ -1,0 +1,136 @@
+//! The runner's domain types for a leased task and its result, converted from and to the wire
+//! types in [`crate::client`] only.
+
+use serde_json::Value;
+
+/// The lease a runner works under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// Task id.
+    pub task_id: i64,
+    /// Attempt number.
+    pub attempt: i32,
+    /// Lease token.
+    pub token: String,
+}
+
+/// What to do.
+#[derive(Debug, Clone, Default)]
+pub struct TaskSpec {
+    /// `owner/name`.
+    pub repo: String,
+    /// Clone URL.
+    pub clone_url: String,
+    /// Base branch.
+    pub default_branch: String,
+    /// Verify command, if any.
+    pub verify_command: Option<String>,
+    /// Issue number (0 for API tasks).
+    pub issue_number: i64,
+    /// Issue title.
+    pub title: String,
+    /// Untrusted issue text.
+    pub body: String,
+    /// Prompt edited by a user.
+    pub prompt_override: Option<String>,
+    /// Model.
+    pub model: String,
+    /// Agent backend.
+    pub agent: String,
+    /// Context items for this run.
+    pub retry_context: Value,
+    /// Continue the existing branch instead of starting from base.
+    pub resume_branch: bool,
+    /// Branch name, if one exists.
+    pub branch: Option<String>,
+    /// `none`, `gateway-only` or `open`.
+    pub egress_policy: String,
+    /// Cost cap in micro-dollars (0: none).
+    pub budget_microusd: i64,
+}
+
+/// A leased task.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    /// The lease.
+    pub lease: Lease,
+    /// The work.
+    pub spec: TaskSpec,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Produced a result that passed verification.
+    Succeeded,
+    /// The agent failed.
+    AgentFailed,
+    /// Verification kept failing.
+    VerifyFailed,
+    /// Ran past its time limit.
+    TimedOut,
+    /// Reached its budget.
+    BudgetExceeded,
+    /// Stopped because cancellation was requested.
+    Canceled,
+    /// Given up by the runner (shutdown).
+    Abandoned,
+}
+
+/// Tokens and money spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cache reads.
+    pub cache_read_tokens: i64,
+    /// Cache writes.
+    pub cache_write_tokens: i64,
+    /// Cost in micro-dollars.
+    pub cost_microusd: i64,
+}
+
+/// What the executor reports.
+#[derive(Debug, Clone)]
+pub struct ExecResult {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Error for failures.
+    pub error: Option<String>,
+    /// Short summary for people.
+    pub summary: String,
+    /// Context the next run needs.
+    pub context: Option<Value>,
+    /// Branch of the result.
+    pub branch: Option<String>,
+    /// Head commit of the result.
+    pub head_sha: Option<String>,
+    /// Git bundle of the result.
+    pub bundle: Option<Vec<u8>>,
+    /// Usage.
+    pub usage: Usage,
+    /// Output of the verify command.
+    pub verify_output: String,
+    /// Anything else to keep (diff stats, blast radius).
+    pub data: Option<Value>,
+}
+
+impl ExecResult {
+    /// A result with only an outcome.
+    pub fn new(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            error: None,
+            summary: String::new(),
+            context: None,
+            branch: None,
+            head_sha: None,
+            bundle: None,
+            usage: Usage::default(),
+            verify_output: String::new(),
+            data: None,
+        }
+    }
+}
