@@ -107,6 +107,7 @@ async fn main() {
                     runner_id: runner,
                     labels: &[],
                     lease: Duration::from_secs(60),
+                    capacity: None,
                 };
                 let mut lat = Vec::new();
                 loop {

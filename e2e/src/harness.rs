@@ -140,6 +140,20 @@ impl TestController {
         }
     }
 
+    /// A handle on a controller running elsewhere (another process) on `store`'s database:
+    /// the helpers work, `stop`/`restart` do not apply.
+    pub fn attach(store: Store, grpc: SocketAddr) -> Self {
+        Self {
+            store,
+            grpc,
+            http: grpc,
+            db_url: String::new(),
+            options: Options::default(),
+            shutdown: CancellationToken::new(),
+            handle: tokio::spawn(async { Ok(()) }),
+        }
+    }
+
     /// The runner endpoint URL.
     pub fn url(&self) -> String {
         format!("https://localhost:{}", self.grpc.port())
@@ -229,6 +243,33 @@ pub async fn enroll(c: &TestController, name: &str, labels: &[&str]) -> (Identit
         .await
         .expect("join");
     (id, dir)
+}
+
+/// A runner identity made directly with the CA (no join round trip): for benchmarks that need
+/// hundreds of runners.
+pub async fn quick_identity(c: &TestController, name: &str, capacity: i32) -> Identity {
+    let runner = c
+        .store
+        .register_runner(name, &[], capacity)
+        .await
+        .expect("runner");
+    let pki = Pki::load_or_create(&c.store, Duration::from_secs(3600))
+        .await
+        .expect("pki");
+    let (key_pem, csr_pem) = runner::identity::new_key_and_csr().expect("csr");
+    let cert = pki.sign_runner(&csr_pem, runner.id).expect("sign");
+    c.store
+        .set_runner_cert(runner.id, &cert.serial, cert.not_after)
+        .await
+        .expect("cert");
+    Identity {
+        runner_id: runner.id,
+        controller: c.url(),
+        name: name.to_owned(),
+        cert_pem: cert.pem,
+        key_pem,
+        ca_pem: pki.ca_pem().to_owned(),
+    }
 }
 
 /// An in-process runner daemon.

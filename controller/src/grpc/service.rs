@@ -247,8 +247,8 @@ impl proto::runner_server::Runner for RunnerService {
         let wait =
             Duration::from_millis(u64::from(req.get_ref().wait_ms)).min(self.config.lease_wait);
         let deadline = tokio::time::Instant::now() + wait;
+        let mut current = runner;
         loop {
-            let current = self.store.runner(runner.id).await.map_err(status)?;
             if current.state != "active" {
                 return Ok(Response::new(proto::LeaseResponse {
                     assignment: None,
@@ -259,39 +259,33 @@ impl proto::runner_server::Runner for RunnerService {
             let notified = self.signals.queue().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let held = self
-                .store
-                .runner_lease_count(runner.id)
-                .await
-                .map_err(status)?;
-            if held < i64::from(current.capacity) {
-                let claim = ClaimRequest {
-                    runner_id: runner.id,
-                    labels: &current.labels,
-                    lease: self.config.lease,
-                };
-                if let Some(task) = self.store.claim(&claim).await.map_err(status)? {
-                    let repo = self.store.repo(task.repo_id).await.map_err(status)?;
-                    let lease = LeaseRef::of(&task)
-                        .ok_or_else(|| Status::internal("claimed task has no lease token"))?;
-                    tracing::info!(
-                        task = task.id,
-                        attempt = task.attempt,
-                        runner = runner.id,
-                        "task leased"
-                    );
-                    return Ok(Response::new(proto::LeaseResponse {
-                        assignment: Some(proto::Assignment {
-                            lease: Some(convert::lease_key(&lease)),
-                            lease_expires_at_ms: task
-                                .lease_expires_at
-                                .map(|t| t.timestamp_millis())
-                                .unwrap_or_default(),
-                            task: Some(convert::task_spec(&task, &repo)),
-                        }),
-                        drain: false,
-                    }));
-                }
+            let claim = ClaimRequest {
+                runner_id: current.id,
+                labels: &current.labels,
+                lease: self.config.lease,
+                capacity: Some(current.capacity),
+            };
+            if let Some(task) = self.store.claim(&claim).await.map_err(status)? {
+                let repo = self.store.repo(task.repo_id).await.map_err(status)?;
+                let lease = LeaseRef::of(&task)
+                    .ok_or_else(|| Status::internal("claimed task has no lease token"))?;
+                tracing::info!(
+                    task = task.id,
+                    attempt = task.attempt,
+                    runner = current.id,
+                    "task leased"
+                );
+                return Ok(Response::new(proto::LeaseResponse {
+                    assignment: Some(proto::Assignment {
+                        lease: Some(convert::lease_key(&lease)),
+                        lease_expires_at_ms: task
+                            .lease_expires_at
+                            .map(|t| t.timestamp_millis())
+                            .unwrap_or_default(),
+                        task: Some(convert::task_spec(&task, &repo)),
+                    }),
+                    drain: false,
+                }));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -304,6 +298,13 @@ impl proto::runner_server::Runner for RunnerService {
                 _ = notified => {}
                 _ = tokio::time::sleep(sweep) => {}
             }
+            // The runner may have been drained or disabled meanwhile (checked like every call).
+            let serial = current.cert_serial.clone().unwrap_or_default();
+            current = self
+                .store
+                .authenticate_runner(current.id, &serial)
+                .await
+                .map_err(status)?;
         }
     }
 

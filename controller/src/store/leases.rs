@@ -30,6 +30,8 @@ pub struct ClaimRequest<'a> {
     pub labels: &'a [String],
     /// Lease length.
     pub lease: Duration,
+    /// Most leases the runner may hold at once (`None`: no limit).
+    pub capacity: Option<i32>,
 }
 
 /// The identity a runner writes with.
@@ -171,7 +173,7 @@ macro_rules! take_back_sql {
 }
 
 // The claim statement, with `$prelude` (extra CTEs) and `$from` choosing where candidates come from. Binds: $1 runner,
-// $2 runner labels, $3 lease seconds.
+// $2 runner labels, $3 lease seconds, $4 runner capacity (NULL: unlimited).
 macro_rules! claim_sql {
     ($prelude:literal, $from:literal) => {
         concat!(
@@ -185,6 +187,8 @@ macro_rules! claim_sql {
             "    AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks dt ON dt.id = d.depends_on",
             "                    WHERE d.task_id = t.id AND dt.status <> 'merged')",
             "    AND NOT (SELECT queue_paused FROM settings)",
+            "    AND ($4::int IS NULL OR (SELECT count(*) FROM tasks h WHERE h.runner_id = $1",
+            "         AND h.status IN ('leased', 'running', 'verifying')) < $4)",
             "  ORDER BY t.priority, t.created_at, t.id",
             "  LIMIT 1",
             "  FOR UPDATE OF t SKIP LOCKED",
@@ -281,6 +285,7 @@ impl Store {
             .bind(req.runner_id)
             .bind(req.labels)
             .bind(req.lease.as_secs_f64())
+            .bind(req.capacity)
             .fetch_optional(&self.pool)
             .await?)
     }

@@ -290,6 +290,7 @@ async fn runner_labels_must_cover_the_task_labels() {
             runner_id: r,
             labels: &labels,
             lease: Duration::from_secs(60),
+            capacity: None,
         })
         .await
         .unwrap()
@@ -509,4 +510,44 @@ async fn a_gated_head_of_the_queue_does_not_hide_eligible_work_behind_it() {
     let (t, _) = claim(&store, r).await;
     assert_eq!(t.id, behind.id);
     assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_runner_never_holds_more_leases_than_its_capacity() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    for i in 0..3 {
+        queued(&store, &repo, &format!("t{i}")).await;
+    }
+    let req = ClaimRequest {
+        runner_id: r,
+        labels: &[],
+        lease: Duration::from_secs(60),
+        capacity: Some(2),
+    };
+    assert!(store.claim(&req).await.unwrap().is_some());
+    let (second, lease) = {
+        let t = store.claim(&req).await.unwrap().expect("second slot");
+        let l = controller::store::leases::LeaseRef::of(&t).unwrap();
+        (t, l)
+    };
+    assert!(
+        store.claim(&req).await.unwrap().is_none(),
+        "capacity 2 reached"
+    );
+    assert_eq!(store.runner_lease_count(r).await.unwrap(), 2);
+    store
+        .complete(
+            &lease,
+            &Completion::new(Outcome::Succeeded),
+            &RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+    let _ = second;
+    assert!(
+        store.claim(&req).await.unwrap().is_some(),
+        "a finished lease frees a slot"
+    );
 }

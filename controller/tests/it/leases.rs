@@ -242,6 +242,7 @@ async fn the_reaper_loop_takes_back_a_lease_soon_after_it_expires() {
             runner_id: r,
             labels: &[],
             lease: Duration::from_millis(500),
+            capacity: None,
         })
         .await
         .unwrap()

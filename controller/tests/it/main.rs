@@ -68,6 +68,7 @@ pub fn claim_req(runner: RunnerId) -> ClaimRequest<'static> {
         runner_id: runner,
         labels: &[],
         lease: Duration::from_secs(60),
+        capacity: None,
     }
 }
 

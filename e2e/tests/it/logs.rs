@@ -58,6 +58,7 @@ async fn a_forced_gap_in_a_log_is_visible() {
             runner_id,
             labels: &[],
             lease: Duration::from_secs(60),
+            capacity: None,
         })
         .await
         .unwrap()
