@@ -295,6 +295,16 @@ pub fn spawn_runner(
     executor: ScriptExecutor,
     capacity: u32,
 ) -> RunnerHandle {
+    spawn_runner_with(identity, state_dir, Arc::new(executor), capacity)
+}
+
+/// Runs the real runner daemon in-process with any executor.
+pub fn spawn_runner_with(
+    identity: Identity,
+    state_dir: &Path,
+    executor: Arc<dyn runner::executor::Executor>,
+    capacity: u32,
+) -> RunnerHandle {
     let control = runner::daemon::Control::default();
     let config = runner::daemon::Config {
         state_dir: state_dir.to_owned(),
@@ -304,7 +314,7 @@ pub fn spawn_runner(
     let handle = tokio::spawn(runner::daemon::run(
         config,
         identity,
-        Arc::new(executor),
+        executor,
         control.clone(),
     ));
     RunnerHandle { control, handle }
@@ -327,4 +337,68 @@ where
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Whether the Docker tests are skipped (`BP_SKIP_DOCKER=1`); CI never sets it.
+pub fn skip_docker() -> bool {
+    std::env::var("BP_SKIP_DOCKER").is_ok_and(|v| v == "1")
+}
+
+/// A git repository to act as a task's remote: `origin.git` (bare) with `files` committed on
+/// `main`. Returns its path (usable as a clone URL).
+pub fn fixture_repo(files: &[(&str, &str)]) -> PathBuf {
+    let dir = state_dir("repo");
+    let origin = dir.join("origin.git");
+    let work = dir.join("seed");
+    let git = |cwd: &Path, args: &[&str]| {
+        let out = xcmd::Cmd::new("git", cwd)
+            .args([
+                "-c",
+                "user.name=Fixture",
+                "-c",
+                "user.email=fixture@localhost",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .to_std()
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(
+        &dir,
+        &["init", "--quiet", "--bare", origin.to_str().unwrap()],
+    );
+    git(&dir, &["init", "--quiet", work.to_str().unwrap()]);
+    for (name, content) in files {
+        let p = work.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "initial"]);
+    git(
+        &work,
+        &[
+            "push",
+            "--quiet",
+            origin.to_str().unwrap(),
+            "HEAD:refs/heads/main",
+        ],
+    );
+    origin
+}
+
+/// A free TCP port on all interfaces.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -1,7 +1,9 @@
-//! `backporcher-runner`: enrolls a host with a controller (`join`).
+//! `backporcher-runner`: enrolls a host with a controller (`join`) and runs tasks (`run`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,44 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Lease and run tasks until stopped (SIGTERM: finish current work, take no more).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Tasks at once.
+    #[arg(long, env = "BACKPORCHER_MAX_CONCURRENCY", default_value_t = 2)]
+    capacity: u32,
+    /// Labels this runner reports (the controller decides the effective ones).
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Agent image.
+    #[arg(
+        long,
+        env = "BACKPORCHER_AGENT_IMAGE",
+        default_value = "backporcher-agent:latest"
+    )]
+    image: String,
+    /// Model API the gateway forwards to.
+    #[arg(
+        long,
+        env = "BACKPORCHER_MODEL_API_URL",
+        default_value = "https://api.anthropic.com"
+    )]
+    model_api_url: String,
+    /// Port of the model gateway on the Docker bridges.
+    #[arg(long, env = "BACKPORCHER_GATEWAY_PORT", default_value_t = 4180)]
+    gateway_port: u16,
+    /// Hard limit of one agent run, in seconds.
+    #[arg(long, env = "BACKPORCHER_TASK_TIMEOUT", default_value_t = 3600)]
+    task_timeout: u64,
+    /// Longest silence of an agent run, in seconds.
+    #[arg(long, env = "BACKPORCHER_IDLE_TIMEOUT", default_value_t = 900)]
+    idle_timeout: u64,
+    /// Agent re-runs with failing verify output.
+    #[arg(long, env = "BACKPORCHER_MAX_VERIFY_RETRIES", default_value_t = 2)]
+    max_verify_retries: u32,
 }
 
 fn main() -> ExitCode {
@@ -78,5 +118,73 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Run(args) => run_daemon(cli.state_dir, args).await,
     }
+}
+
+async fn run_daemon(state_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
+    use runner::gateway::{Credential, Gateway, Prices};
+    let identity = runner::identity::Identity::load(&state_dir)?;
+    // The real model credential stays in this process; agents only ever see per-task tokens.
+    let credential = match (
+        std::env::var("ANTHROPIC_API_KEY"),
+        std::env::var("CLAUDE_CODE_OAUTH_TOKEN"),
+    ) {
+        (Ok(k), _) if !k.is_empty() => Credential::ApiKey(k),
+        (_, Ok(t)) if !t.is_empty() => Credential::OAuth(t),
+        _ => anyhow::bail!(
+            "set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN for a subscription) for the model gateway"
+        ),
+    };
+    let gateway = Gateway::new(&args.model_api_url, credential, Prices::default())?;
+    let sandbox = runner::sandbox::Sandbox::connect(runner::sandbox::SandboxConfig {
+        image: args.image,
+        runner: identity.name.clone(),
+        ..Default::default()
+    })
+    .await?;
+    let executor = runner::sandbox_executor::SandboxExecutor::start(
+        runner::sandbox_executor::ExecConfig {
+            state_dir: state_dir.clone(),
+            agent_timeout: Duration::from_secs(args.task_timeout),
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            verify_timeout: Duration::from_secs(args.task_timeout),
+            max_verify_fixes: args.max_verify_retries,
+            gateway_port: args.gateway_port,
+        },
+        sandbox,
+        gateway,
+    )
+    .await?;
+    let control = runner::daemon::Control::default();
+    let signals = control.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            seen += 1;
+            if seen == 1 {
+                tracing::info!(
+                    "draining: finishing current work, taking no more (signal again to stop now)"
+                );
+                signals.drain.cancel();
+            } else {
+                tracing::info!("stopping now");
+                signals.stop.cancel();
+            }
+        }
+    });
+    let config = runner::daemon::Config {
+        state_dir,
+        capacity: args.capacity,
+        labels: args.labels,
+    };
+    runner::daemon::run(config, identity, Arc::new(executor), control).await
 }

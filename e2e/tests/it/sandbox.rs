@@ -1,0 +1,620 @@
+//! Runner execution for real: Docker, the agent image, the real Claude Code CLI driven by the
+//! scripted model server through the runner's model gateway. Skipped with `BP_SKIP_DOCKER=1`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use controller::store::repos::RepoSettings;
+use controller::store::{Note, TerminalReason};
+use e2e::harness::{
+    Options, RunnerHandle, TestController, enroll, fixture_repo, free_port, skip_docker,
+    spawn_runner_with,
+};
+use runner::gateway::{Credential, Gateway, Prices};
+use runner::sandbox::{Sandbox, SandboxConfig};
+use runner::sandbox_executor::{ExecConfig, SandboxExecutor};
+use sim::model::{Match, ModelSim, Script, Step, ToolCall};
+
+use crate::wait_status;
+
+const REAL_KEY: &str = "sk-real-secret-never-in-a-container";
+
+struct Env {
+    c: TestController,
+    sim: ModelSim,
+    repo: controller::store::repos::Repo,
+    origin: std::path::PathBuf,
+    runner: RunnerHandle,
+    name: String,
+}
+
+struct Setup {
+    files: Vec<(&'static str, &'static str)>,
+    verify: Option<&'static str>,
+    egress: &'static str,
+    agent_timeout: Duration,
+    budget: Option<i64>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            files: vec![("README.md", "hello\n")],
+            verify: None,
+            egress: "gateway-only",
+            agent_timeout: Duration::from_secs(120),
+            budget: None,
+        }
+    }
+}
+
+async fn setup(tag: &str, s: Setup) -> Env {
+    let c = TestController::start(Options {
+        lease: Duration::from_secs(30),
+        heartbeat: Duration::from_secs(2),
+        ..Options::default()
+    })
+    .await;
+    let sim = ModelSim::new(Some(REAL_KEY.into()));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim_url = format!("http://{}", l.local_addr().unwrap());
+    sim.serve(l);
+    let origin = fixture_repo(&s.files);
+    let repo = c
+        .store
+        .add_repo(&controller::store::repos::NewRepo {
+            name: format!("acme/{tag}"),
+            clone_url: origin.to_string_lossy().into_owned(),
+            default_branch: "main".into(),
+        })
+        .await
+        .unwrap();
+    c.store
+        .update_repo(
+            repo.id,
+            &RepoSettings {
+                verify_command: s.verify.map(str::to_owned),
+                egress_policy: Some(s.egress.into()),
+                budget_task_microusd: s.budget,
+                ..RepoSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    let name = format!("sbx-{tag}-{}", std::process::id());
+    let (id, dir) = enroll(&c, &name, &[]).await;
+    let gateway = Gateway::new(
+        &sim_url,
+        Credential::ApiKey(REAL_KEY.into()),
+        Prices::default(),
+    )
+    .unwrap();
+    let sandbox = Sandbox::connect(SandboxConfig {
+        runner: name.clone(),
+        ..SandboxConfig::default()
+    })
+    .await
+    .expect("docker and the agent image");
+    let exec = SandboxExecutor::start(
+        ExecConfig {
+            state_dir: dir.clone(),
+            agent_timeout: s.agent_timeout,
+            idle_timeout: Duration::from_secs(120),
+            verify_timeout: Duration::from_secs(60),
+            max_verify_fixes: 2,
+            gateway_port: free_port(),
+        },
+        sandbox,
+        gateway,
+    )
+    .await
+    .expect("executor starts");
+    let runner = spawn_runner_with(id, &dir, Arc::new(exec), 2);
+    Env {
+        c,
+        sim,
+        repo,
+        origin,
+        runner,
+        name,
+    }
+}
+
+impl Env {
+    async fn task(&self, title: &str, body: &str) -> controller::store::Task {
+        let mut t = controller::store::tasks::NewTask::for_issue(self.repo.id, 0, title, body);
+        t.issue_number = None;
+        let t = self.c.store.create_task(&t).await.unwrap();
+        self.c
+            .store
+            .triage(t.id, &Default::default(), &Note::new("test", "triaged"))
+            .await
+            .unwrap()
+    }
+
+    async fn finish(self) {
+        self.runner.stop().await.unwrap();
+        self.c.stop().await;
+    }
+}
+
+fn git(cwd: &std::path::Path, args: &[&str]) -> String {
+    let out = xcmd::Cmd::new("git", cwd)
+        .args(args)
+        .to_std()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_real_cli_edits_the_checkout_verify_fails_once_and_the_fix_comes_back_in_the_bundle() {
+    if skip_docker() {
+        return;
+    }
+    let env = setup(
+        "edit",
+        Setup {
+            verify: Some("grep -q 'hello world' hello.txt"),
+            ..Setup::default()
+        },
+    )
+    .await;
+    env.sim.add_script(Script {
+        selector: "MARK-EDIT".into(),
+        steps: vec![
+            Step {
+                when: Match {
+                    tool_result: Some(false),
+                    ..Match::default()
+                },
+                tools: vec![ToolCall::write("/workspace/hello.txt", "hello wrld\n")],
+                ..Step::default()
+            },
+            Step {
+                when: Match {
+                    tool_result: Some(true),
+                    ..Match::default()
+                },
+                text: "Wrote hello.txt.".into(),
+                ..Step::default()
+            },
+            Step {
+                when: Match {
+                    contains: Some("verify command failed".into()),
+                    ..Match::default()
+                },
+                tools: vec![ToolCall::edit("/workspace/hello.txt", "wrld", "world")],
+                ..Step::default()
+            },
+            Step {
+                when: Match {
+                    tool_result: Some(true),
+                    ..Match::default()
+                },
+                text: "Fixed the typo.".into(),
+                ..Step::default()
+            },
+        ],
+    });
+    let t = env
+        .task("Say hello MARK-EDIT", "Create hello.txt saying hello world")
+        .await;
+    wait_status(&env.c, t.id, "pushing", Duration::from_secs(120)).await;
+    let task = env.c.store.task(t.id).await.unwrap();
+    assert!(task.cost_microusd > 0, "the gateway metered the calls");
+    let stages: Vec<String> = env
+        .c
+        .store
+        .timeline(t.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.to_status)
+        .collect();
+    assert_eq!(
+        stages,
+        vec![
+            "new",
+            "queued",
+            "leased",
+            "running",
+            "verifying",
+            "running",
+            "verifying",
+            "pushing"
+        ]
+    );
+    // Every model call reached the model with the real key, none with anything else.
+    let received = env.sim.received();
+    assert!(received.len() >= 4, "{} calls", received.len());
+    assert!(received.iter().all(|r| r.credential == REAL_KEY));
+    assert!(
+        received
+            .iter()
+            .any(|r| r.last_user_text.contains("verify command failed")),
+        "the verify output reached the agent"
+    );
+    // The bundle holds the fixed file on the task branch, on top of main.
+    let (_, bundle) = env
+        .c
+        .store
+        .bundle(t.id, task.attempt)
+        .await
+        .unwrap()
+        .expect("bundle");
+    let check = e2e::harness::state_dir("check");
+    std::fs::write(check.join("result.bundle"), &bundle).unwrap();
+    git(
+        &check,
+        &["clone", "--quiet", env.origin.to_str().unwrap(), "repo"],
+    );
+    let repo = check.join("repo");
+    git(&repo, &["bundle", "verify", "../result.bundle"]);
+    let branch = task.branch.clone().expect("branch recorded");
+    assert!(
+        branch.starts_with(&format!("backporcher/{}-say-hello", t.id)),
+        "{branch}"
+    );
+    git(
+        &repo,
+        &[
+            "fetch",
+            "--quiet",
+            "../result.bundle",
+            &format!("{branch}:check"),
+        ],
+    );
+    assert_eq!(git(&repo, &["show", "check:hello.txt"]), "hello world\n");
+    let log = git(&repo, &["log", "--format=%s", "main..check"]);
+    assert!(log.contains("Say hello MARK-EDIT"), "{log}");
+    let verify_logs = env
+        .c
+        .store
+        .log_chunks(t.id, task.attempt)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|c| c.1 == "agent")
+        .count();
+    assert!(verify_logs > 0, "stream-json events were logged");
+    env.finish().await;
+}
+
+const PROBE: &str = r#"echo "uid=$(id -u)"; grep CapEff /proc/self/status;
+needle=sk-real-; needle="${needle}secret";
+echo "secrets_in_env=$(env | grep -c -i -E "github_token|gh_token|$needle")";
+echo "secrets_in_fs=$(grep -rls "$needle" /workspace /task /home /tmp /etc /run /usr/local 2>/dev/null | wc -l)";
+gw=${ANTHROPIC_BASE_URL#http://}; h=${gw%:*}; p=${gw##*:};
+if (exec 3<>/dev/tcp/$h/$p) 2>/dev/null; then echo gateway=open; else echo gateway=closed; fi;
+if timeout 3 bash -c 'exec 3<>/dev/tcp/OTHER_HOST/OTHER_PORT' 2>/dev/null; then echo other=open; else echo other=closed; fi;
+if timeout 3 bash -c 'exec 3<>/dev/tcp/GWTCP_HOST/GWTCP_PORT' 2>/dev/null; then echo gwtcp=open; else echo gwtcp=closed; fi;
+if touch /probe 2>/dev/null; then echo rootfs=writable; else echo rootfs=readonly; fi"#;
+
+#[tokio::test]
+async fn inside_the_sandbox_no_secret_no_root_no_capability_and_only_the_allowed_network() {
+    if skip_docker() {
+        return;
+    }
+    // Another service on the host that no sandbox should reach (except with `open`).
+    let other = tokio::net::TcpListener::bind("172.17.0.1:0")
+        .await
+        .expect("docker0 address");
+    let other_addr = other.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let _ = other.accept().await;
+        }
+    });
+    for egress in ["none", "gateway-only", "open"] {
+        let env = setup(
+            &format!("probe-{egress}"),
+            Setup {
+                egress,
+                ..Setup::default()
+            },
+        )
+        .await;
+        let marker = format!("MARK-PROBE-{egress}");
+        // The TCP address of the gateway on the gateway-only network (for `none`, it must be out of reach).
+        let gw_net = env_gateway_only_address(&env).await;
+        let probe = PROBE
+            .replace("OTHER_HOST", &other_addr.ip().to_string())
+            .replace("OTHER_PORT", &other_addr.port().to_string())
+            .replace("GWTCP_HOST", &gw_net.0)
+            .replace("GWTCP_PORT", &gw_net.1.to_string());
+        env.sim.add_script(Script {
+            selector: marker.clone(),
+            steps: vec![
+                Step {
+                    when: Match {
+                        tool_result: Some(false),
+                        ..Match::default()
+                    },
+                    tools: vec![ToolCall::bash(&probe)],
+                    ..Step::default()
+                },
+                Step {
+                    when: Match {
+                        tool_result: Some(true),
+                        ..Match::default()
+                    },
+                    tools: vec![ToolCall::write("/workspace/probed.txt", "ok\n")],
+                    ..Step::default()
+                },
+                Step {
+                    when: Match {
+                        tool_result: Some(true),
+                        ..Match::default()
+                    },
+                    text: "probed".into(),
+                    ..Step::default()
+                },
+            ],
+        });
+        let t = env.task(&format!("Probe {marker}"), "probe").await;
+        wait_status(&env.c, t.id, "pushing", Duration::from_secs(120)).await;
+        let out = env
+            .sim
+            .received()
+            .into_iter()
+            .map(|r| r.last_user_text)
+            .find(|t| t.contains("uid="))
+            .expect("the probe output reached the model");
+        assert!(out.contains("uid=1000"), "{egress}: {out}");
+        assert!(
+            out.contains("CapEff:\t0000000000000000"),
+            "{egress}: no effective capability: {out}"
+        );
+        assert!(out.contains("secrets_in_env=0"), "{egress}: {out}");
+        assert!(out.contains("secrets_in_fs=0"), "{egress}: {out}");
+        assert!(out.contains("rootfs=readonly"), "{egress}: {out}");
+        assert!(
+            out.contains("gateway=open"),
+            "{egress}: the model gateway is reachable: {out}"
+        );
+        match egress {
+            "none" => {
+                assert!(out.contains("other=closed"), "none: {out}");
+                assert!(
+                    out.contains("gwtcp=closed"),
+                    "none reaches no TCP address at all: {out}"
+                );
+            }
+            "gateway-only" => assert!(
+                out.contains("other=closed"),
+                "gateway-only reaches only the gateway: {out}"
+            ),
+            _ => assert!(out.contains("other=open"), "open reaches the host: {out}"),
+        }
+        env.finish().await;
+    }
+}
+
+async fn env_gateway_only_address(env: &Env) -> (String, u16) {
+    // The executor's TCP listener on the gateway-only network: read it from the runner's config
+    // indirectly: the network's gateway address and any listening port there.
+    let sandbox = Sandbox::connect(SandboxConfig {
+        runner: env.name.clone(),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let ip = sandbox.ensure_gateway_network().await.unwrap();
+    let listening = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let hex_ip = ip
+        .split('.')
+        .rev()
+        .map(|o| format!("{:02X}", o.parse::<u8>().unwrap()))
+        .collect::<String>();
+    let port = listening
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (addr, state) = (f.get(1)?, f.get(3)?);
+            let (a, p) = addr.split_once(':')?;
+            (a == hex_ip && *state == "0A")
+                .then(|| u16::from_str_radix(p, 16).ok())
+                .flatten()
+        })
+        .next()
+        .expect("the gateway listens on the gateway-only network");
+    (ip, port)
+}
+
+#[tokio::test]
+async fn cancel_stops_the_container_within_five_seconds() {
+    if skip_docker() {
+        return;
+    }
+    let env = setup("cancel", Setup::default()).await;
+    env.sim.add_script(Script {
+        selector: "MARK-CANCEL".into(),
+        steps: vec![Step {
+            delay_ms: 120_000,
+            text: "too late".into(),
+            ..Step::default()
+        }],
+    });
+    let t = env.task("Slow MARK-CANCEL", "wait").await;
+    // Running, and the agent is waiting for the model.
+    let sim = env.sim.clone();
+    e2e::harness::eventually(
+        Duration::from_secs(60),
+        "the agent to call the model",
+        move || {
+            let sim = sim.clone();
+            async move { !sim.received().is_empty() }
+        },
+    )
+    .await;
+    let asked = Instant::now();
+    env.c
+        .store
+        .cancel(t.id, &Note::new("user:ops", "cancel"))
+        .await
+        .unwrap();
+    wait_status(&env.c, t.id, "canceled", Duration::from_secs(5)).await;
+    let label = format!("label=backporcher.task={}", t.id);
+    let runner = format!("label=backporcher.runner={}", env.name);
+    let ps = git_less_docker(&["ps", "-a", "-q", "--filter", &label, "--filter", &runner]);
+    assert!(ps.trim().is_empty(), "no container left: {ps}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "canceled after {:?}",
+        asked.elapsed()
+    );
+    env.finish().await;
+}
+
+fn git_less_docker(args: &[&str]) -> String {
+    let out = xcmd::Cmd::new("docker", "/")
+        .args(args)
+        .to_std()
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_wall_clock_limit_kills_the_agent() {
+    if skip_docker() {
+        return;
+    }
+    let env = setup(
+        "timeout",
+        Setup {
+            agent_timeout: Duration::from_secs(4),
+            ..Setup::default()
+        },
+    )
+    .await;
+    env.sim.add_script(Script {
+        selector: "MARK-TIMEOUT".into(),
+        steps: (0..4)
+            .map(|_| Step {
+                delay_ms: 120_000,
+                text: "too late".into(),
+                ..Step::default()
+            })
+            .collect(),
+    });
+    let t = env.task("Forever MARK-TIMEOUT", "wait").await;
+    let store = env.c.store.clone();
+    e2e::harness::eventually(Duration::from_secs(60), "a timed-out attempt", move || {
+        let store = store.clone();
+        async move {
+            store
+                .timeline(t.id)
+                .await
+                .unwrap()
+                .iter()
+                .any(|e| e.reason == "timed_out")
+        }
+    })
+    .await;
+    let task = env.c.store.task(t.id).await.unwrap();
+    assert_eq!(task.agent_retries, 1, "a timeout spends an agent retry");
+    env.c
+        .store
+        .cancel(t.id, &Note::new("user:ops", "cancel"))
+        .await
+        .unwrap();
+    wait_status(&env.c, t.id, "canceled", Duration::from_secs(15)).await;
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_task_over_its_budget_ends_as_budget_exceeded() {
+    if skip_docker() {
+        return;
+    }
+    // $0.01 budget; the first answer reports a million output tokens ($15 at sonnet prices).
+    let env = setup(
+        "budget",
+        Setup {
+            budget: Some(10_000),
+            ..Setup::default()
+        },
+    )
+    .await;
+    env.sim.add_script(Script {
+        selector: "MARK-BUDGET".into(),
+        steps: vec![
+            Step {
+                tools: vec![ToolCall::bash("sleep 20")],
+                extra_output_tokens: 1_000_000,
+                ..Step::default()
+            },
+            Step {
+                text: "should never be asked".into(),
+                ..Step::default()
+            },
+        ],
+    });
+    let t = env.task("Expensive MARK-BUDGET", "spend").await;
+    wait_status(&env.c, t.id, "failed", Duration::from_secs(60)).await;
+    let task = env.c.store.task(t.id).await.unwrap();
+    assert_eq!(task.terminal_reason.0, Some(TerminalReason::BudgetExceeded));
+    assert!(task.cost_microusd >= 10_000, "{}", task.cost_microusd);
+    assert_eq!(
+        env.sim.received().len(),
+        1,
+        "no model call after the budget was reached"
+    );
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_runner_start_removes_orphan_containers_and_checkouts() {
+    if skip_docker() {
+        return;
+    }
+    let name = format!("sbx-orphans-{}", std::process::id());
+    let label = format!("backporcher.runner={name}");
+    let created = git_less_docker(&[
+        "create",
+        "--label",
+        &label,
+        "backporcher-agent:latest",
+        "true",
+    ]);
+    assert!(!created.trim().is_empty(), "orphan created");
+    let dir = e2e::harness::state_dir("orphans");
+    std::fs::create_dir_all(dir.join("work/99-1/repo")).unwrap();
+    let gateway = Gateway::new(
+        "http://127.0.0.1:9",
+        Credential::ApiKey("k".into()),
+        Prices::default(),
+    )
+    .unwrap();
+    let sandbox = Sandbox::connect(SandboxConfig {
+        runner: name.clone(),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let exec = SandboxExecutor::start(
+        ExecConfig {
+            state_dir: dir.clone(),
+            agent_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            verify_timeout: Duration::from_secs(10),
+            max_verify_fixes: 0,
+            gateway_port: free_port(),
+        },
+        sandbox,
+        gateway,
+    )
+    .await
+    .unwrap();
+    let left = git_less_docker(&["ps", "-a", "-q", "--filter", &format!("label={label}")]);
+    assert!(left.trim().is_empty(), "orphans removed: {left}");
+    assert!(!dir.join("work/99-1").exists(), "stale checkouts removed");
+    drop(exec);
+}

@@ -1,0 +1,590 @@
+//! The production executor: a task in the Docker sandbox.
+//!
+//! For one attempt: check out the task branch from the repository's mirror, write the prompt,
+//! run the agent CLI in a container with the model gateway as its only model access, run the
+//! verify command in the same kind of container and give its output back to the agent while it
+//! fails (bounded), then commit what the agent left and make a git bundle of the branch against
+//! its base — the commit and bundle also happen in the sandbox, so nothing the agent wrote is ever
+//! executed by the runner. The outcome carries usage metered by the gateway and diff statistics.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::agent::{AgentBackend, AgentEvent, Claude};
+use crate::executor::{Executor, TaskContext};
+use crate::gateway::Gateway;
+use crate::prompt;
+use crate::sandbox::{Egress, Ended, RunSpec, Sandbox, Stream};
+use crate::task::{ExecResult, Outcome, Usage};
+use crate::workspace::Workspaces;
+
+/// How the executor runs tasks.
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    /// State directory (mirrors and the gateway socket live here).
+    pub state_dir: PathBuf,
+    /// Wall-clock limit of one agent run.
+    pub agent_timeout: Duration,
+    /// Longest silence of an agent run.
+    pub idle_timeout: Duration,
+    /// Wall-clock limit of one verify run.
+    pub verify_timeout: Duration,
+    /// Agent re-runs with the verify output before giving up.
+    pub max_verify_fixes: u32,
+    /// Port of the gateway's TCP listeners (on the bridge addresses).
+    pub gateway_port: u16,
+}
+
+/// Gateway addresses as the containers see them.
+#[derive(Debug, Clone)]
+struct GatewayUrls {
+    socket_dir: PathBuf,
+    gateway_only: String,
+    open: String,
+}
+
+/// The Docker executor.
+pub struct SandboxExecutor {
+    config: ExecConfig,
+    sandbox: Sandbox,
+    gateway: Gateway,
+    urls: GatewayUrls,
+    workspaces: Workspaces,
+    backends: HashMap<&'static str, Arc<dyn AgentBackend>>,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for SandboxExecutor {
+    fn drop(&mut self) {
+        for l in &self.listeners {
+            l.abort();
+        }
+        crate::sandbox::unguard_gateway_network(self.config.gateway_port);
+    }
+}
+
+impl SandboxExecutor {
+    /// Prepares the host: removes orphan containers, creates the gateway-only network and its
+    /// firewall guard, and starts the gateway on a unix socket and the bridge addresses.
+    pub async fn start(
+        config: ExecConfig,
+        sandbox: Sandbox,
+        gateway: Gateway,
+    ) -> anyhow::Result<Self> {
+        let orphans = sandbox.remove_orphans().await?;
+        if orphans > 0 {
+            tracing::info!(orphans, "removed containers of an earlier runner process");
+        }
+        let work = config.state_dir.join("work");
+        if work.exists() {
+            // Checkouts of an earlier process: their leases are gone with it.
+            let _ = tokio::fs::remove_dir_all(&work).await;
+        }
+        let gw_ip = sandbox.ensure_gateway_network().await?;
+        crate::sandbox::guard_gateway_network(config.gateway_port)?;
+        let bridge_ip = sandbox.bridge_address().await?;
+        let socket_dir = config.state_dir.join("gateway");
+        tokio::fs::create_dir_all(&socket_dir).await?;
+        set_mode(&socket_dir, 0o755)?;
+        let socket = socket_dir.join("gateway.sock");
+        let _ = tokio::fs::remove_file(&socket).await;
+        let mut listeners = Vec::new();
+        let unix = tokio::net::UnixListener::bind(&socket)
+            .with_context(|| format!("cannot listen on {}", socket.display()))?;
+        set_mode(&socket, 0o666)?;
+        listeners.push(gateway.serve_unix(unix));
+        for ip in [&gw_ip, &bridge_ip] {
+            let addr = format!("{ip}:{}", config.gateway_port);
+            let l = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the model gateway; choose another --gateway-port"))?;
+            listeners.push(gateway.serve_tcp(l));
+        }
+        let urls = GatewayUrls {
+            socket_dir,
+            gateway_only: format!("http://{gw_ip}:{}", config.gateway_port),
+            open: format!("http://{bridge_ip}:{}", config.gateway_port),
+        };
+        let mut backends: HashMap<&'static str, Arc<dyn AgentBackend>> = HashMap::new();
+        backends.insert("claude", Arc::new(Claude));
+        Ok(Self {
+            workspaces: Workspaces::new(config.state_dir.join("mirrors")),
+            config,
+            sandbox,
+            gateway,
+            urls,
+            backends,
+            listeners,
+        })
+    }
+
+    fn egress(&self, policy: &str) -> (Egress, String) {
+        match policy {
+            "none" => (
+                Egress::None {
+                    socket_dir: self.urls.socket_dir.clone(),
+                },
+                "http://127.0.0.1:4180".into(),
+            ),
+            "open" => (Egress::Open, self.urls.open.clone()),
+            _ => (Egress::GatewayOnly, self.urls.gateway_only.clone()),
+        }
+    }
+
+    async fn attempt(&self, ctx: &TaskContext) -> anyhow::Result<ExecResult> {
+        let spec = &ctx.assignment.spec;
+        let lease = &ctx.assignment.lease;
+        let backend = self
+            .backends
+            .get(spec.agent.as_str())
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "agent backend `{}` is not available on this runner (it has: claude)",
+                    spec.agent
+                )
+            })?;
+        ctx.log(
+            "runner",
+            format!("preparing {} (fetching the mirror)\n", spec.repo).as_bytes(),
+        );
+        let repo_dir = ctx.work_dir.join("repo");
+        let checkout = self
+            .workspaces
+            .checkout(spec, lease.task_id, &repo_dir)
+            .await?;
+        ctx.log(
+            "runner",
+            format!(
+                "checked out {} at {}\n",
+                checkout.branch,
+                &checkout.base[..12.min(checkout.base.len())]
+            )
+            .as_bytes(),
+        );
+        let task_dir = ctx.work_dir.join("task");
+        let out_dir = ctx.work_dir.join("out");
+        for d in [&task_dir, &out_dir] {
+            tokio::fs::create_dir_all(d).await?;
+        }
+        chown_sandbox(&out_dir).await?;
+        let token = self
+            .gateway
+            .register(lease.task_id, Some(spec.budget_microusd));
+        let (egress, gateway_url) = self.egress(&spec.egress_policy);
+        let labels = HashMap::from([
+            ("backporcher.task".to_string(), lease.task_id.to_string()),
+            ("backporcher.attempt".to_string(), lease.attempt.to_string()),
+        ]);
+        let mut extra: Vec<String> = Vec::new();
+        let mut rounds = 0;
+        let mut verify_output = String::new();
+        loop {
+            tokio::fs::write(task_dir.join("prompt.md"), prompt::build(spec, &extra)).await?;
+            if rounds > 0 && !ctx.stage(false).await {
+                return Ok(ExecResult::new(Outcome::Abandoned));
+            }
+            let mut env = backend.env(&spec.model);
+            env.push(format!("ANTHROPIC_BASE_URL={gateway_url}"));
+            env.push(format!("ANTHROPIC_API_KEY={}", token.token()));
+            let run = RunSpec {
+                name: format!("{}-{}-agent{rounds}", lease.task_id, lease.attempt),
+                cmd: backend.command(),
+                env,
+                mounts: vec![
+                    (checkout.dir.clone(), "/workspace".into(), false),
+                    (task_dir.clone(), "/task".into(), true),
+                ],
+                egress: egress.clone(),
+                labels: step_labels(&labels, "agent"),
+                wall: self.config.agent_timeout,
+                idle: self.config.idle_timeout,
+            };
+            // Stop the container when the task's budget runs out mid-run.
+            let stop = ctx.cancelled().child_token();
+            let watcher = {
+                let stop = stop.clone();
+                let used = self.gateway.clone();
+                let tok = token.token().to_owned();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        if used.usage_of(&tok).over_budget {
+                            stop.cancel();
+                            return;
+                        }
+                    }
+                })
+            };
+            let mut final_result: Option<AgentEvent> = None;
+            let mut rate_limited = None;
+            let mut lines = LineSplitter::default();
+            let ended = self
+                .sandbox
+                .run(&run, &stop, |stream, bytes| match stream {
+                    Stream::Stdout => {
+                        for line in lines.push(bytes) {
+                            ctx.log("agent", line.as_bytes());
+                            for ev in backend.parse_line(&line) {
+                                match ev {
+                                    AgentEvent::Result { .. } => final_result = Some(ev),
+                                    AgentEvent::RateLimited(m) => rate_limited = Some(m),
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                    Stream::Stderr => ctx.log("agent.stderr", bytes),
+                })
+                .await;
+            watcher.abort();
+            if let Some(last) = lines.rest() {
+                ctx.log("agent", last.as_bytes());
+                for ev in backend.parse_line(&last) {
+                    if let AgentEvent::Result { .. } = ev {
+                        final_result = Some(ev);
+                    }
+                }
+            }
+            let ended = ended?;
+            let used = token.used();
+            if used.over_budget {
+                return Ok(self.result(
+                    Outcome::BudgetExceeded,
+                    Some("the task reached its cost budget".into()),
+                    &token,
+                ));
+            }
+            match ended {
+                Ended::Cancelled => return Ok(self.result(Outcome::Canceled, None, &token)),
+                Ended::TimedOut => {
+                    return Ok(self.result(
+                        Outcome::TimedOut,
+                        Some(format!(
+                            "the agent ran past {:?}",
+                            self.config.agent_timeout
+                        )),
+                        &token,
+                    ));
+                }
+                Ended::Idle => {
+                    return Ok(self.result(
+                        Outcome::TimedOut,
+                        Some(format!(
+                            "the agent printed nothing for {:?}",
+                            self.config.idle_timeout
+                        )),
+                        &token,
+                    ));
+                }
+                Ended::Exited(code) => {
+                    let failed = code != 0
+                        || matches!(
+                            final_result,
+                            Some(AgentEvent::Result { is_error: true, .. }) | None
+                        );
+                    if failed {
+                        let why = match (&rate_limited, &final_result) {
+                            (Some(m), _) => format!("rate limited by the model API: {m}"),
+                            (None, Some(AgentEvent::Result { text, .. })) => {
+                                format!("the agent failed (exit {code}): {}", truncate(text, 500))
+                            }
+                            (None, _) => {
+                                format!("the agent exited with code {code} without a result")
+                            }
+                        };
+                        let mut r = self.result(Outcome::AgentFailed, Some(why), &token);
+                        r.data = Some(json!({"rate_limited": rate_limited.is_some()}));
+                        return Ok(r);
+                    }
+                }
+            }
+            let Some(verify) = spec.verify_command.clone() else {
+                break;
+            };
+            if !ctx.stage(true).await {
+                return Ok(ExecResult::new(Outcome::Abandoned));
+            }
+            ctx.log("runner", format!("verifying with `{verify}`\n").as_bytes());
+            let mut output = Vec::new();
+            let run = RunSpec {
+                name: format!("{}-{}-verify{rounds}", lease.task_id, lease.attempt),
+                cmd: vec!["bash".into(), "-c".into(), verify],
+                env: vec![],
+                mounts: vec![(checkout.dir.clone(), "/workspace".into(), false)],
+                egress: egress.clone(),
+                labels: step_labels(&labels, "verify"),
+                wall: self.config.verify_timeout,
+                idle: self.config.verify_timeout,
+            };
+            let ended = self
+                .sandbox
+                .run(&run, ctx.cancelled(), |_, bytes| {
+                    ctx.log("verify", bytes);
+                    output.extend_from_slice(bytes);
+                })
+                .await?;
+            verify_output = tail(&String::from_utf8_lossy(&output), 16_000);
+            match ended {
+                Ended::Exited(0) => break,
+                Ended::Cancelled => return Ok(self.result(Outcome::Canceled, None, &token)),
+                _ if rounds < self.config.max_verify_fixes => {
+                    rounds += 1;
+                    ctx.log(
+                        "runner",
+                        format!(
+                            "verify failed; giving the output to the agent (fix round {rounds})\n"
+                        )
+                        .as_bytes(),
+                    );
+                    extra.push(format!("The verify command failed ({ended:?}). Fix the change so it passes. Its output:\n{verify_output}"));
+                }
+                _ => {
+                    let mut r = self.result(
+                        Outcome::VerifyFailed,
+                        Some(format!(
+                            "verification still failed after {rounds} fix rounds"
+                        )),
+                        &token,
+                    );
+                    r.context = Some(json!({"verify_output": verify_output}));
+                    r.verify_output = verify_output;
+                    return Ok(r);
+                }
+            }
+        }
+        self.finish(
+            ctx,
+            &checkout,
+            &out_dir,
+            &labels,
+            &token,
+            verify_output,
+            &egress,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        ctx: &TaskContext,
+        checkout: &crate::workspace::Checkout,
+        out_dir: &Path,
+        labels: &HashMap<String, String>,
+        token: &crate::gateway::TaskToken,
+        verify_output: String,
+        egress: &Egress,
+    ) -> anyhow::Result<ExecResult> {
+        let spec = &ctx.assignment.spec;
+        let lease = &ctx.assignment.lease;
+        let message = if spec.issue_number > 0 {
+            format!(
+                "{} (#{})\n\nBackporcher task {}, attempt {}.",
+                truncate(&spec.title, 72),
+                spec.issue_number,
+                lease.task_id,
+                lease.attempt
+            )
+        } else {
+            format!(
+                "{}\n\nBackporcher task {}, attempt {}.",
+                truncate(&spec.title, 72),
+                lease.task_id,
+                lease.attempt
+            )
+        };
+        let script = r#"set -e
+cd /workspace
+git -c core.hooksPath=/dev/null add -A
+if ! git diff --cached --quiet; then
+  git -c core.hooksPath=/dev/null -c user.name=Backporcher -c user.email=backporcher@localhost commit -q -m "$BP_MESSAGE"
+fi
+head=$(git rev-parse HEAD)
+if [ "$head" = "$BP_BASE" ]; then echo none > /out/status; exit 0; fi
+git bundle create /out/result.bundle "$BP_BRANCH" "^$BP_BASE" 2>/dev/null
+git diff --numstat "$BP_BASE" HEAD > /out/numstat
+echo "$head" > /out/head
+echo ok > /out/status
+"#;
+        let run = RunSpec {
+            name: format!("{}-{}-finish", lease.task_id, lease.attempt),
+            cmd: vec!["bash".into(), "-c".into(), script.into()],
+            env: vec![
+                format!("BP_MESSAGE={message}"),
+                format!("BP_BASE={}", checkout.base),
+                format!("BP_BRANCH={}", checkout.branch),
+            ],
+            mounts: vec![
+                (checkout.dir.clone(), "/workspace".into(), false),
+                (out_dir.to_owned(), "/out".into(), false),
+            ],
+            egress: match egress {
+                Egress::None { .. } => egress.clone(),
+                _ => Egress::None {
+                    socket_dir: self.urls.socket_dir.clone(),
+                },
+            },
+            labels: step_labels(labels, "finish"),
+            wall: Duration::from_secs(300),
+            idle: Duration::from_secs(300),
+        };
+        let ended = self
+            .sandbox
+            .run(&run, ctx.cancelled(), |_, bytes| ctx.log("runner", bytes))
+            .await?;
+        match ended {
+            Ended::Exited(0) => {}
+            Ended::Cancelled => return Ok(self.result(Outcome::Canceled, None, token)),
+            other => anyhow::bail!("committing the change failed ({other:?})"),
+        }
+        let status = tokio::fs::read_to_string(out_dir.join("status"))
+            .await
+            .unwrap_or_default();
+        if status.trim() != "ok" {
+            return Ok(self.result(
+                Outcome::AgentFailed,
+                Some("the agent produced no changes".into()),
+                token,
+            ));
+        }
+        let bundle = tokio::fs::read(out_dir.join("result.bundle"))
+            .await
+            .context("the result bundle is missing")?;
+        let head = tokio::fs::read_to_string(out_dir.join("head"))
+            .await?
+            .trim()
+            .to_owned();
+        let numstat = tokio::fs::read_to_string(out_dir.join("numstat"))
+            .await
+            .unwrap_or_default();
+        let (mut ins, mut del) = (0i64, 0i64);
+        let files: Vec<String> = numstat
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split('\t');
+                ins += it.next()?.parse::<i64>().unwrap_or(0);
+                del += it.next()?.parse::<i64>().unwrap_or(0);
+                it.next().map(str::to_owned)
+            })
+            .collect();
+        ctx.log(
+            "runner",
+            format!("committed {head}: {} files, +{ins} -{del}\n", files.len()).as_bytes(),
+        );
+        let mut r = self.result(Outcome::Succeeded, None, token);
+        r.bundle = Some(bundle);
+        r.head_sha = Some(head);
+        r.branch = Some(checkout.branch.clone());
+        r.verify_output = verify_output;
+        r.summary = format!("{} files changed, +{ins} -{del}", files.len());
+        r.data = Some(
+            json!({"base": checkout.base, "files": files, "insertions": ins, "deletions": del}),
+        );
+        Ok(r)
+    }
+
+    fn result(
+        &self,
+        outcome: Outcome,
+        error: Option<String>,
+        token: &crate::gateway::TaskToken,
+    ) -> ExecResult {
+        let used = token.used();
+        let mut r = ExecResult::new(outcome);
+        r.error = error;
+        r.usage = Usage {
+            input_tokens: used.input_tokens,
+            output_tokens: used.output_tokens,
+            cache_read_tokens: used.cache_read_tokens,
+            cache_write_tokens: used.cache_write_tokens,
+            cost_microusd: used.cost_microusd.round() as i64,
+        };
+        r
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for SandboxExecutor {
+    fn backends(&self) -> Vec<String> {
+        self.backends.keys().map(|k| k.to_string()).collect()
+    }
+
+    async fn run(&self, ctx: TaskContext) -> ExecResult {
+        match self.attempt(&ctx).await {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                ctx.log("runner", format!("error: {msg}\n").as_bytes());
+                if ctx.cancelled().is_cancelled() {
+                    return ExecResult::new(Outcome::Canceled);
+                }
+                let mut r = ExecResult::new(Outcome::AgentFailed);
+                r.error = Some(msg);
+                r
+            }
+        }
+    }
+}
+
+fn step_labels(base: &HashMap<String, String>, step: &str) -> HashMap<String, String> {
+    let mut l = base.clone();
+    l.insert("backporcher.step".into(), step.into());
+    l
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let count = s.chars().count();
+    if count <= n {
+        s.to_owned()
+    } else {
+        format!("[…]{}", s.chars().skip(count - n).collect::<String>())
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+async fn chown_sandbox(path: &Path) -> anyhow::Result<()> {
+    std::os::unix::fs::chown(path, Some(1000), Some(1000))
+        .with_context(|| format!("cannot hand {} to the sandbox user", path.display()))
+}
+
+/// Splits a byte stream into lines (keeping the newline).
+#[derive(Default)]
+struct LineSplitter {
+    buf: Vec<u8>,
+}
+
+impl LineSplitter {
+    fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=i).collect();
+            out.push(String::from_utf8_lossy(&line).into_owned());
+        }
+        out
+    }
+
+    fn rest(&mut self) -> Option<String> {
+        (!self.buf.is_empty())
+            .then(|| String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned())
+    }
+}

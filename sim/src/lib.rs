@@ -1,0 +1,11 @@
+//! Simulators of the services Backporcher cannot reach in tests or in the offline demo, speaking
+//! their real wire protocols so the real clients cannot tell the difference.
+//!
+//! - [`model`]: a scripted Anthropic Messages API (`/v1/messages` with and without streaming,
+//!   `/v1/messages/count_tokens`) that answers with scripted text and `tool_use` blocks, so the
+//!   real Claude Code CLI really edits files.
+//!
+//! Never a normal dependency of the controller or the runner: tests and the demo only.
+#![deny(missing_docs)]
+
+pub mod model;

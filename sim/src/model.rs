@@ -1,0 +1,538 @@
+//! A scripted model server speaking the Anthropic Messages API.
+//!
+//! Scripts are chosen per conversation: a [`Script`] applies to a request when any user message
+//! contains its `selector`. Within a script, each [`Step`] answers one request and is then used up;
+//! a request takes the first unused step whose [`Match`] fits (text in the last user message, a
+//! `tool_result` present, the model asked). A request that no step fits gets a short closing text,
+//! so a conversation always ends.
+//!
+//! Replies stream as server-sent events exactly as the real API does (`message_start`,
+//! `content_block_start`/`_delta`/`_stop`, `message_delta` with usage, `message_stop`) or come as
+//! one JSON message when `stream` is false. Usage figures are derived from the sizes of request and
+//! reply. Every request is recorded for tests to inspect, and the server can be told to fail with
+//! a rate limit or an overload for a number of requests.
+//!
+//! Control API (JSON): `POST /_sim/scripts` adds a script, `DELETE /_sim/scripts` clears them,
+//! `GET /_sim/requests` lists what was received, `POST /_sim/fail` queues failures.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// A conversation script.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Script {
+    /// The script applies to requests in which a user message contains this text.
+    pub selector: String,
+    /// Replies, each used once.
+    pub steps: Vec<Step>,
+}
+
+/// One scripted reply and when it applies.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Step {
+    /// When it applies.
+    #[serde(default)]
+    pub when: Match,
+    /// Text before any tool calls.
+    #[serde(default)]
+    pub text: String,
+    /// Tool calls (`tool_use` blocks).
+    #[serde(default)]
+    pub tools: Vec<ToolCall>,
+    /// Delay before answering (to test timeouts and cancellation).
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Extra output tokens to report (to test budgets).
+    #[serde(default)]
+    pub extra_output_tokens: u64,
+}
+
+/// Conditions on a request; all given ones must hold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Match {
+    /// The last user message contains this text (its text blocks and tool results).
+    #[serde(default)]
+    pub contains: Option<String>,
+    /// The last user message does (or does not) carry a `tool_result`.
+    #[serde(default)]
+    pub tool_result: Option<bool>,
+    /// The requested model contains this text.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// A `tool_use` block to send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// Tool name (`Write`, `Edit`, `Bash`, `Read`, …).
+    pub name: String,
+    /// Its input.
+    pub input: Value,
+}
+
+impl ToolCall {
+    /// `Write` a file.
+    pub fn write(path: &str, content: &str) -> Self {
+        Self {
+            name: "Write".into(),
+            input: json!({"file_path": path, "content": content}),
+        }
+    }
+    /// `Edit` a file.
+    pub fn edit(path: &str, old: &str, new: &str) -> Self {
+        Self {
+            name: "Edit".into(),
+            input: json!({"file_path": path, "old_string": old, "new_string": new}),
+        }
+    }
+    /// Run a `Bash` command.
+    pub fn bash(command: &str) -> Self {
+        Self {
+            name: "Bash".into(),
+            input: json!({"command": command, "description": "scripted command"}),
+        }
+    }
+    /// `Read` a file.
+    pub fn read(path: &str) -> Self {
+        Self {
+            name: "Read".into(),
+            input: json!({"file_path": path}),
+        }
+    }
+}
+
+/// A request as received.
+#[derive(Debug, Clone, Serialize)]
+pub struct Received {
+    /// Path with query.
+    pub path: String,
+    /// Model asked for.
+    pub model: String,
+    /// Whether it asked to stream.
+    pub stream: bool,
+    /// The credential presented (`x-api-key` or bearer token).
+    pub credential: String,
+    /// Text of the last user message.
+    pub last_user_text: String,
+    /// Whole body.
+    pub body: Value,
+}
+
+/// A failure to answer with instead of a reply.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub enum Failure {
+    /// 429 `rate_limit_error` with `retry-after`.
+    RateLimit,
+    /// 529 `overloaded_error`.
+    Overloaded,
+}
+
+#[derive(Default)]
+struct Inner {
+    scripts: Vec<(Script, Vec<bool>)>,
+    received: Vec<Received>,
+    failures: VecDeque<Failure>,
+}
+
+/// The simulator's state; cheap to clone.
+#[derive(Clone, Default)]
+pub struct ModelSim {
+    inner: Arc<Mutex<Inner>>,
+    api_key: Arc<Option<String>>,
+}
+
+impl ModelSim {
+    /// A simulator that requires `api_key` (`None`: any credential).
+    pub fn new(api_key: Option<String>) -> Self {
+        Self {
+            inner: Arc::default(),
+            api_key: Arc::new(api_key),
+        }
+    }
+
+    /// Adds a script.
+    pub fn add_script(&self, script: Script) {
+        let used = vec![false; script.steps.len()];
+        self.inner
+            .lock()
+            .expect("sim lock")
+            .scripts
+            .push((script, used));
+    }
+
+    /// Requests received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.lock().expect("sim lock").received.clone()
+    }
+
+    /// The next `n` requests fail with `failure`.
+    pub fn fail_next(&self, failure: Failure, n: usize) {
+        let mut inner = self.inner.lock().expect("sim lock");
+        for _ in 0..n {
+            inner.failures.push_back(failure);
+        }
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/messages", post(messages))
+            .route("/v1/messages/count_tokens", post(count_tokens))
+            .route("/_sim/scripts", post(add_script).delete(clear_scripts))
+            .route("/_sim/requests", get(requests))
+            .route("/_sim/fail", post(queue_failure))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until the returned task is aborted.
+    pub fn serve(&self, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+        let app = self.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        })
+    }
+
+    fn choose(&self, body: &Value, received: Received) -> Result<Step, Failure> {
+        let mut inner = self.inner.lock().expect("sim lock");
+        inner.received.push(received);
+        if let Some(f) = inner.failures.pop_front() {
+            return Err(f);
+        }
+        let all_user_text = user_texts(body);
+        let (last_text, has_tool_result) = last_user(body);
+        let model = body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        for (script, used) in inner.scripts.iter_mut() {
+            if !all_user_text.iter().any(|t| t.contains(&script.selector)) {
+                continue;
+            }
+            for (i, step) in script.steps.iter().enumerate() {
+                if used[i] {
+                    continue;
+                }
+                let m = &step.when;
+                let fits = m
+                    .contains
+                    .as_ref()
+                    .is_none_or(|c| last_text.contains(c.as_str()))
+                    && m.tool_result.is_none_or(|t| t == has_tool_result)
+                    && m.model.as_ref().is_none_or(|x| model.contains(x.as_str()));
+                if fits {
+                    used[i] = true;
+                    return Ok(step.clone());
+                }
+            }
+            break;
+        }
+        Ok(Step {
+            text: "Done.".into(),
+            ..Step::default()
+        })
+    }
+}
+
+/// Text of every user message (text blocks and tool results).
+fn user_texts(body: &Value) -> Vec<String> {
+    body.get("messages")
+        .and_then(Value::as_array)
+        .map(|msgs| {
+            msgs.iter()
+                .filter(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+                .map(|m| content_text(m.get("content")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(blocks)) => blocks
+            .iter()
+            .map(|b| match b.get("type").and_then(Value::as_str) {
+                Some("text") => b
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                Some("tool_result") => content_text(b.get("content")),
+                _ => String::new(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn last_user(body: &Value) -> (String, bool) {
+    let last = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| {
+            m.iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        });
+    let Some(last) = last else {
+        return (String::new(), false);
+    };
+    let has_result = last
+        .get("content")
+        .and_then(Value::as_array)
+        .is_some_and(|b| {
+            b.iter()
+                .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+        });
+    (content_text(last.get("content")), has_result)
+}
+
+fn credential(headers: &HeaderMap) -> String {
+    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return k.to_owned();
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn api_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    let body = json!({"type": "error", "error": {"type": kind, "message": message}});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn tokens(text_len: usize) -> u64 {
+    (text_len as u64 / 4).max(1)
+}
+
+async fn messages(
+    State(sim): State<ModelSim>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: String,
+) -> Response {
+    let cred = credential(&headers);
+    if let Some(key) = sim.api_key.as_ref()
+        && &cred != key
+    {
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid x-api-key",
+        );
+    }
+    let Ok(json) = serde_json::from_str::<Value>(&body) else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "the body is not JSON",
+        );
+    };
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if model.is_empty() || json.get("messages").and_then(Value::as_array).is_none() {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "model and messages are required",
+        );
+    }
+    let stream = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let received = Received {
+        path: uri.to_string(),
+        model: model.clone(),
+        stream,
+        credential: cred,
+        last_user_text: last_user(&json).0,
+        body: json.clone(),
+    };
+    let step = match sim.choose(&json, received) {
+        Ok(s) => s,
+        Err(Failure::RateLimit) => {
+            let mut r = api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "Number of request tokens has exceeded your per-minute rate limit",
+            );
+            r.headers_mut()
+                .insert("retry-after", "1".parse().expect("header"));
+            return r;
+        }
+        Err(Failure::Overloaded) => {
+            return api_error(
+                StatusCode::from_u16(529).expect("529"),
+                "overloaded_error",
+                "Overloaded",
+            );
+        }
+    };
+    if step.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(step.delay_ms)).await;
+    }
+    let input_tokens = tokens(body.len());
+    let mut blocks = Vec::new();
+    if !step.text.is_empty() {
+        blocks.push(json!({"type": "text", "text": step.text}));
+    }
+    for (i, t) in step.tools.iter().enumerate() {
+        blocks.push(json!({"type": "tool_use", "id": format!("toolu_sim_{}_{i}", uuid_like()), "name": t.name, "input": t.input}));
+    }
+    if blocks.is_empty() {
+        blocks.push(json!({"type": "text", "text": "Done."}));
+    }
+    let reply_len: usize = blocks.iter().map(|b| b.to_string().len()).sum();
+    let output_tokens = tokens(reply_len) + step.extra_output_tokens;
+    let stop_reason = if step.tools.is_empty() {
+        "end_turn"
+    } else {
+        "tool_use"
+    };
+    let id = format!("msg_sim_{}", uuid_like());
+    if !stream {
+        let msg = json!({
+            "id": id, "type": "message", "role": "assistant", "model": model, "content": blocks,
+            "stop_reason": stop_reason, "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+        });
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            msg.to_string(),
+        )
+            .into_response();
+    }
+    let mut events: Vec<(String, Value)> = vec![(
+        "message_start".into(),
+        json!({"type": "message_start", "message": {
+            "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}),
+    )];
+    events.push(("ping".into(), json!({"type": "ping"})));
+    for (index, block) in blocks.iter().enumerate() {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                let text = block
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                events.push(("content_block_start".into(), json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})));
+                // Stream the text in a few deltas, as the real API does.
+                let chars: Vec<char> = text.chars().collect();
+                for piece in chars.chunks(chars.len().div_ceil(3).max(1)) {
+                    let piece: String = piece.iter().collect();
+                    events.push(("content_block_delta".into(), json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}})));
+                }
+            }
+            _ => {
+                let input = block.get("input").cloned().unwrap_or(json!({})).to_string();
+                events.push((
+                    "content_block_start".into(),
+                    json!({"type": "content_block_start", "index": index, "content_block": {
+                    "type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}}),
+                ));
+                let mid = input
+                    .char_indices()
+                    .nth(input.chars().count() / 2)
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
+                for part in [&input[..mid], &input[mid..]] {
+                    events.push(("content_block_delta".into(), json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": part}})));
+                }
+            }
+        }
+        events.push((
+            "content_block_stop".into(),
+            json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
+    events.push((
+        "message_delta".into(),
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": output_tokens}}),
+    ));
+    events.push(("message_stop".into(), json!({"type": "message_stop"})));
+    let frames = events.into_iter().map(|(e, d)| {
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(format!("event: {e}\ndata: {d}\n\n")))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(tokio_stream::iter(frames)))
+        .expect("response")
+}
+
+async fn count_tokens(body: String) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"input_tokens": tokens(body.len())}).to_string(),
+    )
+        .into_response()
+}
+
+async fn add_script(
+    State(sim): State<ModelSim>,
+    axum::Json(script): axum::Json<Script>,
+) -> StatusCode {
+    sim.add_script(script);
+    StatusCode::CREATED
+}
+
+async fn clear_scripts(State(sim): State<ModelSim>) -> StatusCode {
+    sim.inner.lock().expect("sim lock").scripts.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn requests(State(sim): State<ModelSim>) -> axum::Json<Vec<Received>> {
+    axum::Json(sim.received())
+}
+
+#[derive(Deserialize)]
+struct FailRequest {
+    failure: Failure,
+    count: usize,
+}
+
+async fn queue_failure(
+    State(sim): State<ModelSim>,
+    axum::Json(f): axum::Json<FailRequest>,
+) -> StatusCode {
+    sim.fail_next(f.failure, f.count);
+    StatusCode::CREATED
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{:016x}",
+        N.fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    )
+}
