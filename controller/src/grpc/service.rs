@@ -298,13 +298,12 @@ impl proto::runner_server::Runner for RunnerService {
                 _ = notified => {}
                 _ = tokio::time::sleep(sweep) => {}
             }
-            // The runner may have been drained or disabled meanwhile (checked like every call).
-            let serial = current.cert_serial.clone().unwrap_or_default();
-            current = self
-                .store
-                .authenticate_runner(current.id, &serial)
-                .await
-                .map_err(status)?;
+            // The runner may have been drained or disabled meanwhile. (Its certificate was checked
+            // when the call began; a renewal during the wait does not end the call.)
+            current = self.store.runner(current.id).await.map_err(status)?;
+            if current.state == "disabled" {
+                return Err(status(crate::store::Error::RunnerDisabled(current.id)));
+            }
         }
     }
 
