@@ -126,6 +126,8 @@ pub struct Received {
     pub last_user_text: String,
     /// Whole body.
     pub body: Value,
+    /// When it arrived (milliseconds since the Unix epoch).
+    pub at_ms: i64,
 }
 
 /// A failure to answer with instead of a reply.
@@ -368,6 +370,10 @@ async fn messages(
         credential: cred,
         last_user_text: last_user(&json).0,
         body: json.clone(),
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default(),
     };
     let step = match sim.choose(&json, received) {
         Ok(s) => s,

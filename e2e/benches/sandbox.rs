@@ -1,0 +1,272 @@
+//! Runner execution benchmarks: how long from a lease until the agent runs in its container
+//! (warm mirror, image present), and what a task checkout costs on a large repository (mirror +
+//! local checkout against a fresh clone).
+//!
+//! `cargo bench -p e2e --bench sandbox -- [--tasks 10] [--files 20000]`. Needs Docker and the
+//! agent image (`deploy/agent/build-offline.sh`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use controller::store::Note;
+use e2e::harness::{
+    Options, TestController, enroll, fixture_repo, free_port, spawn_runner_with, state_dir,
+};
+use runner::gateway::{Credential, Gateway, Prices};
+use runner::sandbox::{Sandbox, SandboxConfig};
+use runner::sandbox_executor::{ExecConfig, SandboxExecutor};
+use runner::task::TaskSpec;
+use runner::workspace::Workspaces;
+use sim::model::{ModelSim, Script, Step, ToolCall};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn pct(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p) as usize]
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    lease_to_agent(arg("--tasks", 10)).await;
+    checkout_cost(arg("--files", 20_000)).await;
+}
+
+async fn lease_to_agent(tasks: usize) {
+    let c = TestController::start(Options {
+        lease: Duration::from_secs(60),
+        heartbeat: Duration::from_secs(5),
+        ..Options::default()
+    })
+    .await;
+    let sim = ModelSim::new(Some("k".into()));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim_url = format!("http://{}", l.local_addr().unwrap());
+    sim.serve(l);
+    let origin = fixture_repo(&[("README.md", "hello\n")]);
+    let repo = c
+        .store
+        .add_repo(&controller::store::repos::NewRepo {
+            name: "bench/warm".into(),
+            clone_url: origin.to_string_lossy().into_owned(),
+            default_branch: "main".into(),
+        })
+        .await
+        .unwrap();
+    let (id, dir) = enroll(&c, "bench-runner", &[]).await;
+    let sandbox = Sandbox::connect(SandboxConfig {
+        runner: "bench-runner".into(),
+        ..SandboxConfig::default()
+    })
+    .await
+    .expect("docker and the agent image");
+    let gateway =
+        Gateway::new(&sim_url, Credential::ApiKey("k".into()), Prices::default()).unwrap();
+    let exec = SandboxExecutor::start(
+        ExecConfig {
+            state_dir: dir.clone(),
+            agent_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(120),
+            verify_timeout: Duration::from_secs(60),
+            max_verify_fixes: 0,
+            gateway_port: free_port(),
+        },
+        sandbox,
+        gateway,
+    )
+    .await
+    .unwrap();
+    let runner = spawn_runner_with(id, &dir, Arc::new(exec), 1);
+    let mut to_running = Vec::new();
+    let mut to_agent = Vec::new();
+    let mut total = Vec::new();
+    // One warm-up task (mirror clone), then the measured ones.
+    for i in 0..=tasks {
+        let marker = format!("[MARK-BENCH-{i}]");
+        sim.add_script(Script {
+            selector: marker.clone(),
+            steps: vec![
+                Step {
+                    tools: vec![ToolCall::write(&format!("/workspace/f{i}.txt"), "x\n")],
+                    ..Step::default()
+                },
+                Step {
+                    text: "done".into(),
+                    ..Step::default()
+                },
+            ],
+        });
+        let mut nt = controller::store::tasks::NewTask::for_issue(
+            repo.id,
+            0,
+            &format!("Bench {marker}"),
+            "write a file",
+        );
+        nt.issue_number = None;
+        let t = c.store.create_task(&nt).await.unwrap();
+        let before = sim.received().len();
+        c.store
+            .triage(t.id, &Default::default(), &Note::new("bench", "triaged"))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = c.store.task(t.id).await.unwrap().status;
+            if s.as_str() == "pushing" || s.is_terminal() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "task {} stuck", t.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if i == 0 {
+            continue;
+        }
+        let events = c.store.timeline(t.id).await.unwrap();
+        let at = |to: &str| {
+            events
+                .iter()
+                .find(|e| e.to_status == to)
+                .map(|e| e.at.timestamp_millis())
+                .expect("event")
+        };
+        let leased = at("leased");
+        let first_call = sim.received()[before..]
+            .iter()
+            .map(|r| r.at_ms)
+            .min()
+            .expect("a model call");
+        to_running.push((at("running") - leased) as f64);
+        to_agent.push((first_call - leased) as f64);
+        total.push((at("pushing") - leased) as f64);
+    }
+    println!("## Lease to agent, warm mirror, image present ({tasks} tasks)\n");
+    println!("| step | p50 ms | p90 ms | max ms |\n|---|---:|---:|---:|");
+    for (label, v) in [
+        (
+            "lease → the runner took it (`running` reported)",
+            &to_running,
+        ),
+        ("lease → the agent's first model call", &to_agent),
+        ("lease → result stored (`pushing`)", &total),
+    ] {
+        println!(
+            "| {label} | {:.0} | {:.0} | {:.0} |",
+            median(v.clone()),
+            pct(v.clone(), 0.9),
+            pct(v.clone(), 1.0)
+        );
+    }
+    println!();
+    runner.stop().await.unwrap();
+    c.stop().await;
+}
+
+async fn checkout_cost(files: usize) {
+    // A large repository: `files` files over 200 directories, 20 commits.
+    let origin = fixture_repo(&[("README.md", "big\n")]);
+    let seed = state_dir("big-seed");
+    let git = |cwd: &std::path::Path, args: &[&str]| {
+        let out = xcmd::Cmd::new("git", cwd)
+            .args(["-c", "user.name=B", "-c", "user.email=b@localhost"])
+            .args(args)
+            .to_std()
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&seed, &["clone", "--quiet", origin.to_str().unwrap(), "w"]);
+    let w = seed.join("w");
+    for round in 0..20 {
+        for i in (round..files).step_by(20) {
+            let d = w.join(format!("dir{:03}", i % 200));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join(format!("file{i}.rs")),
+                format!("// file {i} round {round}\n{}\n", "fn f() {}\n".repeat(40)),
+            )
+            .unwrap();
+        }
+        git(&w, &["add", "-A"]);
+        git(&w, &["commit", "--quiet", "-m", &format!("round {round}")]);
+    }
+    git(&w, &["push", "--quiet", "origin", "HEAD:main"]);
+    let size = xcmd::Cmd::new("du", "/")
+        .args(["-sm", origin.to_str().unwrap()])
+        .to_std()
+        .output()
+        .unwrap();
+    let mb = String::from_utf8_lossy(&size.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_owned();
+    let mut fresh = Vec::new();
+    let mut cleanup = Vec::new();
+    for i in 0..5 {
+        let dir = state_dir(&format!("fresh{i}"));
+        let t0 = Instant::now();
+        git(
+            &dir,
+            &[
+                "clone",
+                "--quiet",
+                "--no-local",
+                &format!("file://{}", origin.display()),
+                "repo",
+            ],
+        );
+        fresh.push(t0.elapsed().as_secs_f64() * 1000.0);
+        cleanup.push(dir);
+    }
+    let ws = Workspaces::new(state_dir("mirrors"));
+    let spec = TaskSpec {
+        repo: "bench/big".into(),
+        clone_url: origin.to_string_lossy().into_owned(),
+        default_branch: "main".into(),
+        title: "bench".into(),
+        ..TaskSpec::default()
+    };
+    let t0 = Instant::now();
+    ws.mirror(&spec).await.unwrap();
+    let first_mirror = t0.elapsed().as_secs_f64() * 1000.0;
+    let mut warm = Vec::new();
+    for i in 0..5 {
+        let dir = state_dir(&format!("warm{i}")).join("repo");
+        let t0 = Instant::now();
+        ws.checkout(&spec, i, &dir).await.unwrap();
+        warm.push(t0.elapsed().as_secs_f64() * 1000.0);
+        cleanup.push(dir.parent().unwrap().to_owned());
+    }
+    // Deleted only at the end: on this machine's ext4 (mounted with `discard`), deleting a large
+    // tree slows file creation for a while afterwards and would distort the next measurement.
+    for d in cleanup {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    println!("## Task checkout on a large repository ({files} files, 20 commits, {mb} MB bare)\n");
+    println!("| method | median ms |\n|---|---:|");
+    println!(
+        "| fresh clone over the git protocol (`git clone --no-local file://…`) | {:.0} |",
+        median(fresh)
+    );
+    println!("| first mirror (`git clone --mirror`, once per runner host) | {first_mirror:.0} |");
+    println!(
+        "| warm mirror: fetch + local checkout + hand to the sandbox user | {:.0} |",
+        median(warm)
+    );
+}
