@@ -52,6 +52,21 @@ enum Command {
         #[arg(long, env = "BACKPORCHER_LEASE_SECONDS", default_value_t = 75)]
         lease_seconds: u64,
     },
+    /// Mint a one-time join ticket for a runner host (`backporcher-runner join --token …`).
+    RunnerToken {
+        /// PostgreSQL URL; unset uses the embedded server under the data dir.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// State directory.
+        #[arg(long, env = "BACKPORCHER_DATA_DIR", default_value = ".backporcher")]
+        data_dir: PathBuf,
+        /// Labels the runner will carry (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        /// Minutes the ticket stays valid.
+        #[arg(long, default_value_t = 60)]
+        ttl_minutes: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -109,7 +124,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             controller::server::run(config, listeners, shutdown).await
         }
+        Command::RunnerToken {
+            database_url,
+            data_dir,
+            labels,
+            ttl_minutes,
+        } => runner_token(database_url, data_dir, labels, ttl_minutes).await,
     }
+}
+
+async fn runner_token(
+    database_url: Option<String>,
+    data_dir: PathBuf,
+    labels: Vec<String>,
+    ttl_minutes: u64,
+) -> anyhow::Result<()> {
+    let config = Config {
+        database_url,
+        data_dir,
+        ..Config::default()
+    };
+    let db = controller::server::Database::open_for_admin(&config).await?;
+    let token = db
+        .store
+        .create_join_token("admin:cli", Duration::from_secs(ttl_minutes * 60), &labels)
+        .await?;
+    let pki = controller::pki::Pki::load_or_create(&db.store, config.client_cert_validity).await?;
+    println!("{}", pki.join_ticket(&token));
+    eprintln!(
+        "valid for {ttl_minutes} minutes, once; on the runner host: backporcher-runner join --controller https://<host>:7443 --token '<ticket>'"
+    );
+    db.close().await;
+    Ok(())
 }
 
 async fn wait_for_signal() {

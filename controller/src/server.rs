@@ -52,6 +52,38 @@ impl Database {
         Ok(Self { store, embedded })
     }
 
+    /// For admin commands while a controller may be running: uses `DATABASE_URL`, or the embedded
+    /// server of the data dir if it is running (its port from `postmaster.pid`), or starts it.
+    pub async fn open_for_admin(config: &Config) -> anyhow::Result<Self> {
+        if config.database_url.is_none() {
+            let pg = config.data_dir.join("postgres");
+            let pw = std::fs::read_to_string(config.data_dir.join("postgres.password")).ok();
+            let port = std::fs::read_to_string(pg.join("postmaster.pid"))
+                .ok()
+                .and_then(|t| t.lines().nth(3).and_then(|p| p.trim().parse::<u16>().ok()));
+            if let (Some(pw), Some(port)) = (pw, port)
+                && let Ok(store) = Store::connect(
+                    &format!(
+                        "postgres://postgres:{}@127.0.0.1:{port}/{EMBEDDED_DB}",
+                        pw.trim()
+                    ),
+                    2,
+                )
+                .await
+            {
+                return Ok(Self {
+                    store,
+                    embedded: None,
+                });
+            }
+        }
+        Self::open(&Config {
+            max_db_connections: 2,
+            ..config.clone()
+        })
+        .await
+    }
+
     /// Closes the pool and stops the embedded server.
     pub async fn close(self) {
         self.store.pool().close().await;
