@@ -285,16 +285,7 @@ impl Sandbox {
             name: format!("bp-{runner}-{}", spec.name),
             ..spec.clone()
         };
-        let _ = self
-            .docker
-            .remove_container(
-                &spec.name,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await;
+        self.remove(&spec.name).await;
         let mut labels = spec.labels.clone();
         labels.insert(RUNNER_LABEL.into(), self.config.runner.clone());
         let mut binds: Vec<String> = spec
@@ -362,16 +353,7 @@ impl Sandbox {
             .await
             .with_context(|| format!("cannot create container {}", spec.name))?;
         let result = self.attach_and_wait(spec, cancel, &mut on_output).await;
-        let _ = self
-            .docker
-            .remove_container(
-                &spec.name,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await;
+        self.remove(&spec.name).await;
         result
     }
 
@@ -465,6 +447,19 @@ impl Sandbox {
             })
             .unwrap_or(self.config.nofile);
         self.config.nofile.min(host_hard)
+    }
+
+    async fn remove(&self, name: &str) {
+        let _ = self
+            .docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
     }
 
     async fn kill(&self, name: &str) {

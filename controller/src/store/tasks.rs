@@ -245,20 +245,28 @@ impl Store {
             Ok(Some(task)) => Ok(task),
             Ok(None) => Err(Error::RepoNotFound(t.repo_id.to_string())),
             Err(e) if is_unique_violation(&e, "tasks_live_issue") => {
-                let existing: TaskId = sqlx::query_scalar(
-                    "SELECT id FROM tasks WHERE repo_id = $1 AND issue_number = $2 \
-                     AND status NOT IN ('merged', 'failed', 'canceled')",
-                )
-                .bind(t.repo_id)
-                .bind(t.issue_number)
-                .fetch_one(&self.pool)
-                .await?;
-                Err(Error::DuplicateIssue {
-                    issue: t.issue_number.unwrap_or_default(),
-                    existing,
-                })
+                Err(self.duplicate_issue(t.repo_id, t.issue_number).await)
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The error for a second live task of an issue, naming the live one.
+    async fn duplicate_issue(&self, repo: RepoId, issue: Option<i64>) -> Error {
+        let existing = sqlx::query_scalar::<_, TaskId>(
+            "SELECT id FROM tasks WHERE repo_id = $1 AND issue_number = $2 \
+             AND status NOT IN ('merged', 'failed', 'canceled')",
+        )
+        .bind(repo)
+        .bind(issue)
+        .fetch_one(&self.pool)
+        .await;
+        match existing {
+            Ok(existing) => Error::DuplicateIssue {
+                issue: issue.unwrap_or_default(),
+                existing,
+            },
+            Err(e) => e.into(),
         }
     }
 
@@ -592,18 +600,7 @@ impl Store {
             }
             Err(e) if is_unique_violation(&e, "tasks_live_issue") => {
                 let t = self.task(id).await?;
-                let existing: TaskId = sqlx::query_scalar(
-                    "SELECT id FROM tasks WHERE repo_id = $1 AND issue_number = $2 \
-                     AND status NOT IN ('merged', 'failed', 'canceled')",
-                )
-                .bind(t.repo_id)
-                .bind(t.issue_number)
-                .fetch_one(&self.pool)
-                .await?;
-                Err(Error::DuplicateIssue {
-                    issue: t.issue_number.unwrap_or_default(),
-                    existing,
-                })
+                Err(self.duplicate_issue(t.repo_id, t.issue_number).await)
             }
             Err(e) => Err(e.into()),
         }

@@ -5,19 +5,11 @@ use std::time::Duration;
 use controller::store::leases::{Completion, LeaseRef, MAX_LOG_CHUNK, Outcome};
 use controller::store::tasks::RetryPolicy;
 use controller::store::wake::{CANCEL_CHANNEL, QUEUE_CHANNEL, Wake};
-use controller::store::{Error, Status, Store};
+use controller::store::{Error, Status};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{claim, eventually, note, queued, repo, runner, store};
-
-async fn expire_now(store: &Store, id: i64) {
-    sqlx::query("UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
-        .bind(id)
-        .execute(store.pool())
-        .await
-        .unwrap();
-}
+use crate::{claim, eventually, expire_now, note, queued, repo, runner, store};
 
 #[tokio::test]
 async fn stale_tokens_and_attempts_are_refused_everywhere() {

@@ -10,15 +10,9 @@ use controller::store::tasks::{
 use controller::store::{Error, FailureMode, HoldKind, Status, Store, Task, TerminalReason};
 use serde_json::json;
 
-use crate::{claim, claim_req, force_status, note, queued, queued_with, repo, runner, store};
-
-async fn expire_now(store: &Store, id: i64) {
-    sqlx::query("UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
-        .bind(id)
-        .execute(store.pool())
-        .await
-        .unwrap();
-}
+use crate::{
+    claim, claim_req, expire_now, force_status, note, queued, queued_with, repo, runner, store,
+};
 
 #[tokio::test]
 async fn cancel_during_a_run_never_resurrects_the_task() {

@@ -133,3 +133,12 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Makes a task's lease expire now (test setup only).
+pub async fn expire_now(store: &Store, id: i64) {
+    sqlx::query("UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
