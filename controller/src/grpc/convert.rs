@@ -2,8 +2,8 @@
 
 use tonic::Status;
 
+use crate::store::leases::ClaimedRepo;
 use crate::store::leases::{LeaseRef, Outcome};
-use crate::store::repos::Repo;
 use crate::store::{Error, Task};
 
 /// A wire lease key as a domain lease reference.
@@ -48,7 +48,7 @@ pub fn outcome(o: i32) -> Result<Outcome, Status> {
 }
 
 /// What a runner needs to know to run a task.
-pub fn task_spec(t: &Task, repo: &Repo) -> proto::TaskSpec {
+pub fn task_spec(t: &Task, repo: &ClaimedRepo) -> proto::TaskSpec {
     proto::TaskSpec {
         repo: repo.name.clone(),
         clone_url: repo.clone_url.clone(),

@@ -265,8 +265,7 @@ impl proto::runner_server::Runner for RunnerService {
                 lease: self.config.lease,
                 capacity: Some(current.capacity),
             };
-            if let Some(task) = self.store.claim(&claim).await.map_err(status)? {
-                let repo = self.store.repo(task.repo_id).await.map_err(status)?;
+            if let Some((task, repo)) = self.store.claim_with_repo(&claim).await.map_err(status)? {
                 let lease = LeaseRef::of(&task)
                     .ok_or_else(|| Status::internal("claimed task has no lease token"))?;
                 tracing::info!(

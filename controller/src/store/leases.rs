@@ -205,7 +205,10 @@ macro_rules! claim_sql {
             "  WHERE t.id = cand.id",
             "  RETURNING t.*",
             ")",
-            "SELECT cand.id AS candidate, claimed.* FROM cand LEFT JOIN claimed ON claimed.id = cand.id"
+            "SELECT cand.id AS candidate, claimed.*, r.name AS repo_name, r.clone_url AS repo_clone_url,",
+            "  r.default_branch AS repo_default_branch, r.verify_command AS repo_verify_command,",
+            "  r.egress_policy AS repo_egress_policy, r.budget_task_microusd AS repo_budget_task_microusd",
+            " FROM cand LEFT JOIN claimed ON claimed.id = cand.id LEFT JOIN repos r ON r.id = claimed.repo_id"
         )
     };
 }
@@ -236,7 +239,30 @@ struct LockedLease {
 /// The claim statement's row: the candidate it locked, and the task if the claim won a slot.
 struct ClaimRow {
     candidate: TaskId,
-    task: Option<Task>,
+    task: Option<(Task, ClaimedRepo)>,
+}
+
+/// What a runner needs of the repository of a task it claimed (read in the claim statement).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedRepo {
+    /// `owner/name`.
+    #[sqlx(rename = "repo_name")]
+    pub name: String,
+    /// Clone URL.
+    #[sqlx(rename = "repo_clone_url")]
+    pub clone_url: String,
+    /// Base branch.
+    #[sqlx(rename = "repo_default_branch")]
+    pub default_branch: String,
+    /// Verify command.
+    #[sqlx(rename = "repo_verify_command")]
+    pub verify_command: Option<String>,
+    /// Egress policy.
+    #[sqlx(rename = "repo_egress_policy")]
+    pub egress_policy: String,
+    /// Per-task budget.
+    #[sqlx(rename = "repo_budget_task_microusd")]
+    pub budget_task_microusd: Option<i64>,
 }
 
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
@@ -245,7 +271,10 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
         let candidate = row.try_get("candidate")?;
         let won: Option<TaskId> = row.try_get("id")?;
         let task = match won {
-            Some(_) => Some(<Task as sqlx::FromRow<_>>::from_row(row)?),
+            Some(_) => Some((
+                <Task as sqlx::FromRow<_>>::from_row(row)?,
+                <ClaimedRepo as sqlx::FromRow<_>>::from_row(row)?,
+            )),
             None => None,
         };
         Ok(Self { candidate, task })
@@ -255,6 +284,15 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
 impl Store {
     /// Leases the next eligible task to a runner, or returns `None` when nothing is eligible.
     pub async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Option<Task>> {
+        Ok(self.claim_with_repo(req).await?.map(|(t, _)| t))
+    }
+
+    /// [`Store::claim`], also returning what the runner needs of the task's repository (read in
+    /// the same statement).
+    pub async fn claim_with_repo(
+        &self,
+        req: &ClaimRequest<'_>,
+    ) -> Result<Option<(Task, ClaimedRepo)>> {
         // A claim that found a candidate but lost the repository's last slot to a concurrent
         // claimer tries again: other repositories may still have work.
         for _ in 0..4 {
