@@ -1,6 +1,8 @@
 //! Simulators of the services Backporcher cannot reach in tests or in the offline demo, speaking
 //! their real wire protocols so the real clients cannot tell the difference.
 //!
+//! - [`github`]: the GitHub REST endpoints the controller uses, real git over smart HTTP, signed
+//!   webhooks;
 //! - [`model`]: a scripted Anthropic Messages API (`/v1/messages` with and without streaming,
 //!   `/v1/messages/count_tokens`) that answers with scripted text and `tool_use` blocks, so the
 //!   real Claude Code CLI really edits files.
@@ -8,4 +10,5 @@
 //! Never a normal dependency of the controller or the runner: tests and the demo only.
 #![deny(missing_docs)]
 
+pub mod github;
 pub mod model;

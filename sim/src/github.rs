@@ -1,0 +1,1194 @@
+//! A GitHub simulator: the REST endpoints the controller uses, with GitHub's JSON shapes, headers
+//! and status codes, real git repositories served over smart HTTP by `git http-backend`, and
+//! signed webhook deliveries.
+//!
+//! REST (token in `Authorization: token …` or `Bearer …`): issues (list with `labels`/`state`
+//! filters and `ETag`/`If-None-Match` → 304; get; update state), issue labels (add, remove),
+//! issue comments (list, create), pull requests (create — 422 when one is open for the head —,
+//! list with `head`/`state`, get with `mergeable`, update, merge with a real squash/merge commit in
+//! the repository or 405/409), combined status and check runs of a commit, deleting a branch ref.
+//! Every answer carries rate-limit headers.
+//!
+//! Git: `GET/POST /{owner}/{repo}.git/…` run `git http-backend` with HTTP basic auth (any user,
+//! the token as password), so clone, fetch and push are real.
+//!
+//! Control API for tests (`/_sim/…`): create repositories, issues and labels, set a commit's CI
+//! result, register the webhook target, and read what was delivered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use hmac::{KeyInit, Mac};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// An issue or a pull request (they share numbers, as on GitHub).
+#[derive(Debug, Clone)]
+struct Item {
+    number: u64,
+    title: String,
+    body: String,
+    author: String,
+    state: String,
+    labels: Vec<String>,
+    comments: Vec<(u64, String, String)>,
+    pull: Option<Pull>,
+    updated: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Pull {
+    head: String,
+    base: String,
+    merged: bool,
+    merge_sha: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Repo {
+    default_branch: String,
+    items: BTreeMap<u64, Item>,
+    /// sha → (context, state)
+    statuses: HashMap<String, Vec<(String, String)>>,
+    /// sha → (name, status, conclusion)
+    checks: HashMap<String, Vec<(String, String, Option<String>)>>,
+    version: u64,
+}
+
+#[derive(Default)]
+struct SimState {
+    repos: HashMap<String, Repo>,
+    next_id: u64,
+    webhook: Option<(String, String)>,
+    deliveries: Vec<Value>,
+}
+
+/// The simulator; cheap to clone.
+#[derive(Clone)]
+pub struct GitHubSim {
+    state: Arc<Mutex<SimState>>,
+    root: PathBuf,
+    token: Arc<String>,
+    base_url: Arc<Mutex<String>>,
+    http: reqwest::Client,
+}
+
+impl GitHubSim {
+    /// A simulator keeping its repositories under `root`, accepting `token`.
+    pub fn new(root: &Path, token: &str) -> Self {
+        Self {
+            state: Arc::default(),
+            root: root.to_owned(),
+            token: Arc::new(token.to_owned()),
+            base_url: Arc::new(Mutex::new(String::new())),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Serves on `listener`.
+    pub fn serve(&self, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+        if let Ok(addr) = listener.local_addr() {
+            *self.base_url.lock().expect("sim lock") = format!("http://{addr}");
+        }
+        let app = self.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        })
+    }
+
+    /// Path of a repository's bare git directory.
+    pub fn git_dir(&self, full_name: &str) -> PathBuf {
+        self.root.join(format!("{full_name}.git"))
+    }
+
+    /// Creates a repository with `files` committed on its default branch.
+    pub fn create_repo(
+        &self,
+        full_name: &str,
+        default_branch: &str,
+        files: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let dir = self.git_dir(full_name);
+        std::fs::create_dir_all(dir.parent().unwrap_or(&self.root))?;
+        git(
+            &self.root,
+            &[
+                "init",
+                "--quiet",
+                "--bare",
+                "-b",
+                default_branch,
+                &dir.to_string_lossy(),
+            ],
+        )?;
+        git(&dir, &["config", "http.receivepack", "true"])?;
+        let seed = tempdir(&self.root, "seed")?;
+        git(&seed, &["init", "--quiet", "-b", default_branch])?;
+        for (path, content) in files {
+            let p = seed.join(path);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(p, content)?;
+        }
+        git(&seed, &["add", "-A"])?;
+        git(&seed, &["commit", "--quiet", "-m", "initial commit"])?;
+        git(
+            &seed,
+            &[
+                "push",
+                "--quiet",
+                &dir.to_string_lossy(),
+                &format!("HEAD:refs/heads/{default_branch}"),
+            ],
+        )?;
+        let _ = std::fs::remove_dir_all(seed);
+        self.state.lock().expect("sim lock").repos.insert(
+            full_name.to_owned(),
+            Repo {
+                default_branch: default_branch.to_owned(),
+                ..Repo::default()
+            },
+        );
+        Ok(())
+    }
+
+    /// Opens an issue; returns its number.
+    pub fn create_issue(
+        &self,
+        full_name: &str,
+        title: &str,
+        body: &str,
+        author: &str,
+        labels: &[&str],
+    ) -> u64 {
+        let mut st = self.state.lock().expect("sim lock");
+        let repo = st.repos.get_mut(full_name).expect("repository exists");
+        let number = repo.items.keys().next_back().copied().unwrap_or(0) + 1;
+        repo.version += 1;
+        let version = repo.version;
+        repo.items.insert(
+            number,
+            Item {
+                number,
+                title: title.into(),
+                body: body.into(),
+                author: author.into(),
+                state: "open".into(),
+                labels: labels.iter().map(|s| s.to_string()).collect(),
+                comments: Vec::new(),
+                pull: None,
+                updated: version,
+            },
+        );
+        number
+    }
+
+    /// Sets the CI result of a commit: a status context and a check run with that outcome
+    /// (`success`, `failure`, `pending`).
+    pub fn set_ci(&self, full_name: &str, sha: &str, outcome: &str) {
+        let mut st = self.state.lock().expect("sim lock");
+        let repo = st.repos.get_mut(full_name).expect("repository exists");
+        repo.statuses
+            .insert(sha.into(), vec![("ci/sim".into(), outcome.into())]);
+        let (status, conclusion) = match outcome {
+            "pending" => ("in_progress", None),
+            other => ("completed", Some(other.to_string())),
+        };
+        repo.checks.insert(
+            sha.into(),
+            vec![("build".into(), status.into(), conclusion)],
+        );
+    }
+
+    /// Sends webhooks to `url`, signed with `secret`.
+    pub fn set_webhook(&self, url: &str, secret: &str) {
+        self.state.lock().expect("sim lock").webhook = Some((url.into(), secret.into()));
+    }
+
+    /// Labels of an issue.
+    pub fn labels(&self, full_name: &str, number: u64) -> Vec<String> {
+        self.item(full_name, number)
+            .map(|i| i.labels)
+            .unwrap_or_default()
+    }
+
+    /// Comments on an issue or pull request.
+    pub fn comments(&self, full_name: &str, number: u64) -> Vec<String> {
+        self.item(full_name, number)
+            .map(|i| i.comments.into_iter().map(|c| c.2).collect())
+            .unwrap_or_default()
+    }
+
+    /// State of an issue or pull request (`open`, `closed`) and whether it was merged.
+    pub fn state_of(&self, full_name: &str, number: u64) -> Option<(String, bool)> {
+        self.item(full_name, number)
+            .map(|i| (i.state.clone(), i.pull.map(|p| p.merged).unwrap_or(false)))
+    }
+
+    fn item(&self, full_name: &str, number: u64) -> Option<Item> {
+        self.state
+            .lock()
+            .expect("sim lock")
+            .repos
+            .get(full_name)?
+            .items
+            .get(&number)
+            .cloned()
+    }
+
+    /// The routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/repos/{owner}/{repo}", get(get_repo))
+            .route("/repos/{owner}/{repo}/issues", get(list_issues))
+            .route(
+                "/repos/{owner}/{repo}/issues/{number}",
+                get(get_issue).patch(update_issue),
+            )
+            .route(
+                "/repos/{owner}/{repo}/issues/{number}/labels",
+                post(add_labels),
+            )
+            .route(
+                "/repos/{owner}/{repo}/issues/{number}/labels/{label}",
+                delete(remove_label),
+            )
+            .route(
+                "/repos/{owner}/{repo}/issues/{number}/comments",
+                get(list_comments).post(add_comment),
+            )
+            .route(
+                "/repos/{owner}/{repo}/pulls",
+                get(list_pulls).post(create_pull),
+            )
+            .route(
+                "/repos/{owner}/{repo}/pulls/{number}",
+                get(get_pull).patch(update_pull),
+            )
+            .route(
+                "/repos/{owner}/{repo}/pulls/{number}/merge",
+                axum::routing::put(merge_pull),
+            )
+            .route(
+                "/repos/{owner}/{repo}/commits/{sha}/status",
+                get(combined_status),
+            )
+            .route(
+                "/repos/{owner}/{repo}/commits/{sha}/check-runs",
+                get(check_runs),
+            )
+            .route(
+                "/repos/{owner}/{repo}/git/refs/heads/{*branch}",
+                delete(delete_branch),
+            )
+            .route("/{owner}/{repo}/{*rest}", get(git_http).post(git_http))
+            .with_state(self.clone())
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(v) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        if let Some(t) = v
+            .strip_prefix("token ")
+            .or_else(|| v.strip_prefix("Bearer "))
+        {
+            return t == self.token.as_str();
+        }
+        if let Some(b64) = v.strip_prefix("Basic ") {
+            use base64_lite::decode;
+            return decode(b64).is_some_and(|d| {
+                d.split_once(':')
+                    .is_some_and(|(_, p)| p == self.token.as_str())
+            });
+        }
+        false
+    }
+
+    fn url(&self) -> String {
+        self.base_url.lock().expect("sim lock").clone()
+    }
+
+    fn item_json(&self, full: &str, item: &Item) -> Value {
+        let labels: Vec<Value> = item
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| json!({"id": i + 1, "name": l, "color": "ededed"}))
+            .collect();
+        let mut v = json!({
+            "id": item.number * 1000 + 7,
+            "node_id": format!("I_{}", item.number),
+            "number": item.number,
+            "title": item.title,
+            "body": item.body,
+            "state": item.state,
+            "locked": false,
+            "labels": labels,
+            "user": {"login": item.author, "id": 1, "type": "User"},
+            "comments": item.comments.len(),
+            "url": format!("{}/repos/{full}/issues/{}", self.url(), item.number),
+            "html_url": format!("{}/{full}/issues/{}", self.url(), item.number),
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z",
+            "author_association": "MEMBER",
+        });
+        if item.pull.is_some() {
+            v["pull_request"] =
+                json!({"url": format!("{}/repos/{full}/pulls/{}", self.url(), item.number)});
+        }
+        v
+    }
+
+    fn pull_json(&self, full: &str, item: &Item) -> Value {
+        let pull = item.pull.clone().expect("a pull request");
+        let dir = self.git_dir(full);
+        let head_sha =
+            git(&dir, &["rev-parse", &format!("refs/heads/{}", pull.head)]).unwrap_or_default();
+        let base_sha =
+            git(&dir, &["rev-parse", &format!("refs/heads/{}", pull.base)]).unwrap_or_default();
+        let mergeable = if pull.merged || item.state != "open" {
+            None
+        } else {
+            Some(merge_tree(&dir, &base_sha, &head_sha).is_ok())
+        };
+        json!({
+            "id": item.number * 1000 + 9,
+            "node_id": format!("PR_{}", item.number),
+            "number": item.number,
+            "state": item.state,
+            "title": item.title,
+            "body": item.body,
+            "user": {"login": item.author, "id": 1, "type": "User"},
+            "head": {"ref": pull.head, "sha": head_sha, "label": format!("{}:{}", full.split('/').next().unwrap_or_default(), pull.head)},
+            "base": {"ref": pull.base, "sha": base_sha},
+            "merged": pull.merged,
+            "merge_commit_sha": pull.merge_sha,
+            "mergeable": mergeable,
+            "mergeable_state": match mergeable { Some(true) => "clean", Some(false) => "dirty", None => "unknown" },
+            "url": format!("{}/repos/{full}/pulls/{}", self.url(), item.number),
+            "html_url": format!("{}/{full}/pull/{}", self.url(), item.number),
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z",
+        })
+    }
+
+    /// Delivers an event to the webhook target (if any), signed with `X-Hub-Signature-256`.
+    pub async fn deliver(&self, event: &str, payload: Value) {
+        let target = self.state.lock().expect("sim lock").webhook.clone();
+        let Some((url, secret)) = target else { return };
+        let body = payload.to_string();
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+        mac.update(body.as_bytes());
+        let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        let delivery = {
+            let mut st = self.state.lock().expect("sim lock");
+            st.next_id += 1;
+            st.deliveries
+                .push(json!({"event": event, "payload": payload}));
+            format!("sim-{}", st.next_id)
+        };
+        let _ = self
+            .http
+            .post(&url)
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", delivery)
+            .header("X-Hub-Signature-256", sig)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+    }
+}
+
+/// Minimal base64 decoding for HTTP basic auth (standard alphabet, padding optional).
+mod base64_lite {
+    pub fn decode(s: &str) -> Option<String> {
+        let mut bits = 0u32;
+        let mut n = 0;
+        let mut out = Vec::new();
+        for c in s.trim().bytes() {
+            let v = match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' => 62,
+                b'/' => 63,
+                b'=' => continue,
+                _ => return None,
+            };
+            bits = (bits << 6) | u32::from(v);
+            n += 6;
+            if n >= 8 {
+                n -= 8;
+                out.push((bits >> n) as u8);
+                bits &= (1 << n) - 1;
+            }
+        }
+        String::from_utf8(out).ok()
+    }
+}
+
+fn git(cwd: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = xcmd::Cmd::new("git", cwd)
+        .args([
+            "-c",
+            "user.name=GitHub Sim",
+            "-c",
+            "user.email=sim@localhost",
+            "-c",
+            "core.hooksPath=/dev/null",
+        ])
+        .args(args)
+        .to_std()
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn tempdir(root: &Path, prefix: &str) -> anyhow::Result<PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = root.join(format!(
+        ".{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// The tree of merging `head` into `base`, or an error when they conflict.
+fn merge_tree(dir: &Path, base: &str, head: &str) -> anyhow::Result<String> {
+    let out = git(dir, &["merge-tree", "--write-tree", base, head])?;
+    Ok(out.lines().next().unwrap_or_default().to_owned())
+}
+
+fn gh_error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"message": message, "documentation_url": "https://docs.github.com/rest"})
+            .to_string(),
+    )
+        .into_response()
+}
+
+fn with_rate(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert("x-ratelimit-limit", HeaderValue::from_static("5000"));
+    h.insert("x-ratelimit-remaining", HeaderValue::from_static("4999"));
+    h.insert("x-ratelimit-reset", HeaderValue::from_static("4102444800"));
+    h.insert(
+        "x-github-api-version-selected",
+        HeaderValue::from_static("2022-11-28"),
+    );
+    r
+}
+
+fn ok_json(status: StatusCode, v: Value) -> Response {
+    with_rate(
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+            v.to_string(),
+        )
+            .into_response(),
+    )
+}
+
+macro_rules! auth {
+    ($sim:expr, $headers:expr) => {
+        if !$sim.authorized(&$headers) {
+            return with_rate(gh_error(StatusCode::UNAUTHORIZED, "Bad credentials"));
+        }
+    };
+}
+
+macro_rules! repo_or_404 {
+    ($st:expr, $full:expr) => {
+        match $st.repos.get_mut(&$full) {
+            Some(r) => r,
+            None => return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found")),
+        }
+    };
+}
+
+async fn get_repo(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let default_branch = {
+        let mut st = sim.state.lock().expect("sim lock");
+        repo_or_404!(st, full).default_branch.clone()
+    };
+    ok_json(
+        StatusCode::OK,
+        json!({
+            "id": 1, "name": r, "full_name": full, "private": true, "default_branch": default_branch,
+            "owner": {"login": o, "id": 1},
+            "clone_url": format!("{}/{full}.git", sim.url()),
+            "html_url": format!("{}/{full}", sim.url()),
+        }),
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct IssueQuery {
+    labels: Option<String>,
+    state: Option<String>,
+}
+
+async fn list_issues(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r)): UrlPath<(String, String)>,
+    Query(q): Query<IssueQuery>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let (items, version) = {
+        let mut st = sim.state.lock().expect("sim lock");
+        let repo = repo_or_404!(st, full);
+        (
+            repo.items.values().cloned().collect::<Vec<_>>(),
+            repo.version,
+        )
+    };
+    let etag = format!(
+        "W/\"{version}-{}-{}\"",
+        q.labels.clone().unwrap_or_default(),
+        q.state.clone().unwrap_or_default()
+    );
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        r.headers_mut()
+            .insert(header::ETAG, HeaderValue::from_str(&etag).expect("etag"));
+        return with_rate(r);
+    }
+    let want_state = q.state.unwrap_or_else(|| "open".into());
+    let want_labels: Vec<String> = q
+        .labels
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let list: Vec<Value> = items
+        .iter()
+        .filter(|i| want_state == "all" || i.state == want_state)
+        .filter(|i| want_labels.iter().all(|l| i.labels.contains(l)))
+        .map(|i| sim.item_json(&full, i))
+        .collect();
+    let mut resp = ok_json(StatusCode::OK, Value::Array(list));
+    resp.headers_mut()
+        .insert(header::ETAG, HeaderValue::from_str(&etag).expect("etag"));
+    resp
+}
+
+async fn get_issue(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    match sim.item(&full, n) {
+        Some(i) => ok_json(StatusCode::OK, sim.item_json(&full, &i)),
+        None => with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found")),
+    }
+}
+
+async fn update_issue(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return with_rate(gh_error(StatusCode::BAD_REQUEST, "Problems parsing JSON"));
+    };
+    let item = {
+        let mut st = sim.state.lock().expect("sim lock");
+        let repo = repo_or_404!(st, full);
+        repo.version += 1;
+        let version = repo.version;
+        let Some(item) = repo.items.get_mut(&n) else {
+            return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+        };
+        if let Some(s) = v.get("state").and_then(Value::as_str) {
+            item.state = s.into();
+        }
+        if let Some(t) = v.get("title").and_then(Value::as_str) {
+            item.title = t.into();
+        }
+        item.updated = version;
+        item.clone()
+    };
+    ok_json(StatusCode::OK, sim.item_json(&full, &item))
+}
+
+async fn add_labels(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let labels: Vec<String> = v
+        .get("labels")
+        .and_then(Value::as_array)
+        .or_else(|| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut st = sim.state.lock().expect("sim lock");
+    let repo = repo_or_404!(st, full);
+    repo.version += 1;
+    let Some(item) = repo.items.get_mut(&n) else {
+        return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+    };
+    for l in labels {
+        if !item.labels.contains(&l) {
+            item.labels.push(l);
+        }
+    }
+    let out: Vec<Value> = item
+        .labels
+        .iter()
+        .map(|l| json!({"name": l, "color": "ededed"}))
+        .collect();
+    ok_json(StatusCode::OK, Value::Array(out))
+}
+
+async fn remove_label(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n, label)): UrlPath<(String, String, u64, String)>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let mut st = sim.state.lock().expect("sim lock");
+    let repo = repo_or_404!(st, full);
+    repo.version += 1;
+    let Some(item) = repo.items.get_mut(&n) else {
+        return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+    };
+    if !item.labels.contains(&label) {
+        return with_rate(gh_error(StatusCode::NOT_FOUND, "Label does not exist"));
+    }
+    item.labels.retain(|l| *l != label);
+    let out: Vec<Value> = item.labels.iter().map(|l| json!({"name": l})).collect();
+    ok_json(StatusCode::OK, Value::Array(out))
+}
+
+async fn list_comments(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let Some(item) = sim.item(&format!("{o}/{r}"), n) else {
+        return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+    };
+    let list: Vec<Value> = item
+        .comments
+        .iter()
+        .map(|(id, user, body)| json!({"id": id, "body": body, "user": {"login": user, "id": 1}, "created_at": "2026-01-01T00:00:00Z"}))
+        .collect();
+    ok_json(StatusCode::OK, Value::Array(list))
+}
+
+async fn add_comment(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let text = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("body").and_then(Value::as_str).map(str::to_owned));
+    let Some(text) = text else {
+        return with_rate(gh_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "body is missing",
+        ));
+    };
+    let mut st = sim.state.lock().expect("sim lock");
+    st.next_id += 1;
+    let id = st.next_id;
+    let repo = repo_or_404!(st, full);
+    let Some(item) = repo.items.get_mut(&n) else {
+        return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+    };
+    item.comments
+        .push((id, "backporcher-bot".into(), text.clone()));
+    ok_json(
+        StatusCode::CREATED,
+        json!({"id": id, "body": text, "user": {"login": "backporcher-bot", "id": 2}}),
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct PullQuery {
+    head: Option<String>,
+    state: Option<String>,
+}
+
+async fn list_pulls(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r)): UrlPath<(String, String)>,
+    Query(q): Query<PullQuery>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let items: Vec<Item> = {
+        let mut st = sim.state.lock().expect("sim lock");
+        let repo = repo_or_404!(st, full);
+        repo.items
+            .values()
+            .filter(|i| i.pull.is_some())
+            .cloned()
+            .collect()
+    };
+    let want_state = q.state.unwrap_or_else(|| "open".into());
+    let want_head = q
+        .head
+        .map(|h| h.split_once(':').map(|(_, b)| b.to_owned()).unwrap_or(h));
+    let list: Vec<Value> = items
+        .iter()
+        .filter(|i| want_state == "all" || i.state == want_state)
+        .filter(|i| {
+            want_head
+                .as_ref()
+                .is_none_or(|h| i.pull.as_ref().is_some_and(|p| &p.head == h))
+        })
+        .map(|i| sim.pull_json(&full, i))
+        .collect();
+    ok_json(StatusCode::OK, Value::Array(list))
+}
+
+async fn create_pull(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return with_rate(gh_error(StatusCode::BAD_REQUEST, "Problems parsing JSON"));
+    };
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let (Some(title), Some(head), Some(base)) = (s("title"), s("head"), s("base")) else {
+        return with_rate(gh_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation Failed: title, head and base are required",
+        ));
+    };
+    let head = head
+        .split_once(':')
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or(head);
+    if git(
+        &sim.git_dir(&full),
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("refs/heads/{head}"),
+        ],
+    )
+    .is_err()
+    {
+        return with_rate(gh_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation Failed: head does not exist",
+        ));
+    }
+    let item = {
+        let mut st = sim.state.lock().expect("sim lock");
+        let repo = repo_or_404!(st, full);
+        if repo
+            .items
+            .values()
+            .any(|i| i.state == "open" && i.pull.as_ref().is_some_and(|p| p.head == head))
+        {
+            return with_rate(gh_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("Validation Failed: A pull request already exists for {o}:{head}."),
+            ));
+        }
+        let number = repo.items.keys().next_back().copied().unwrap_or(0) + 1;
+        repo.version += 1;
+        let item = Item {
+            number,
+            title,
+            body: s("body").unwrap_or_default(),
+            author: "backporcher-bot".into(),
+            state: "open".into(),
+            labels: Vec::new(),
+            comments: Vec::new(),
+            pull: Some(Pull {
+                head,
+                base,
+                merged: false,
+                merge_sha: None,
+            }),
+            updated: repo.version,
+        };
+        repo.items.insert(number, item.clone());
+        item
+    };
+    let json = sim.pull_json(&full, &item);
+    sim.deliver("pull_request", json!({"action": "opened", "number": item.number, "pull_request": json, "repository": {"full_name": full}})).await;
+    ok_json(StatusCode::CREATED, json)
+}
+
+async fn get_pull(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    match sim.item(&full, n).filter(|i| i.pull.is_some()) {
+        Some(i) => ok_json(StatusCode::OK, sim.pull_json(&full, &i)),
+        None => with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found")),
+    }
+}
+
+async fn update_pull(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let item = {
+        let mut st = sim.state.lock().expect("sim lock");
+        let repo = repo_or_404!(st, full);
+        repo.version += 1;
+        let Some(item) = repo.items.get_mut(&n).filter(|i| i.pull.is_some()) else {
+            return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+        };
+        if let Some(s) = v.get("state").and_then(Value::as_str) {
+            item.state = s.into();
+        }
+        if let Some(t) = v.get("title").and_then(Value::as_str) {
+            item.title = t.into();
+        }
+        if let Some(b) = v.get("body").and_then(Value::as_str) {
+            item.body = b.into();
+        }
+        item.clone()
+    };
+    ok_json(StatusCode::OK, sim.pull_json(&full, &item))
+}
+
+async fn merge_pull(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let v: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let method = v
+        .get("merge_method")
+        .and_then(Value::as_str)
+        .unwrap_or("merge")
+        .to_owned();
+    let Some(item) = sim.item(&full, n).filter(|i| i.pull.is_some()) else {
+        return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+    };
+    let pull = item.pull.clone().expect("pull");
+    if pull.merged || item.state != "open" {
+        return with_rate(gh_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Pull Request is not mergeable",
+        ));
+    }
+    let dir = sim.git_dir(&full);
+    let base_sha =
+        git(&dir, &["rev-parse", &format!("refs/heads/{}", pull.base)]).unwrap_or_default();
+    let head_sha =
+        git(&dir, &["rev-parse", &format!("refs/heads/{}", pull.head)]).unwrap_or_default();
+    if let Some(expected) = v.get("sha").and_then(Value::as_str)
+        && expected != head_sha
+    {
+        return with_rate(gh_error(
+            StatusCode::CONFLICT,
+            "Head branch was modified. Review and try the merge again.",
+        ));
+    }
+    let Ok(tree) = merge_tree(&dir, &base_sha, &head_sha) else {
+        return with_rate(gh_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Pull Request is not mergeable",
+        ));
+    };
+    let message = format!("{} (#{n})", item.title);
+    let parents: Vec<&str> = match method.as_str() {
+        "squash" | "rebase" => vec![base_sha.as_str()],
+        _ => vec![base_sha.as_str(), head_sha.as_str()],
+    };
+    let mut args = vec!["commit-tree", tree.as_str(), "-m", message.as_str()];
+    for p in &parents {
+        args.push("-p");
+        args.push(p);
+    }
+    let Ok(commit) = git(&dir, &args) else {
+        return with_rate(gh_error(StatusCode::INTERNAL_SERVER_ERROR, "merge failed"));
+    };
+    if git(
+        &dir,
+        &[
+            "update-ref",
+            &format!("refs/heads/{}", pull.base),
+            &commit,
+            &base_sha,
+        ],
+    )
+    .is_err()
+    {
+        return with_rate(gh_error(
+            StatusCode::CONFLICT,
+            "Base branch was modified. Review and try the merge again.",
+        ));
+    }
+    {
+        let mut st = sim.state.lock().expect("sim lock");
+        let repo = repo_or_404!(st, full);
+        repo.version += 1;
+        if let Some(i) = repo.items.get_mut(&n) {
+            i.state = "closed".into();
+            if let Some(p) = i.pull.as_mut() {
+                p.merged = true;
+                p.merge_sha = Some(commit.clone());
+            }
+        }
+    }
+    ok_json(
+        StatusCode::OK,
+        json!({"sha": commit, "merged": true, "message": "Pull Request successfully merged"}),
+    )
+}
+
+async fn combined_status(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, sha)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let sha = resolve(&sim, &full, &sha);
+    let statuses = sim
+        .state
+        .lock()
+        .expect("sim lock")
+        .repos
+        .get(&full)
+        .and_then(|r| r.statuses.get(&sha).cloned())
+        .unwrap_or_default();
+    let state = if statuses.is_empty() {
+        "pending"
+    } else if statuses.iter().any(|s| s.1 == "failure" || s.1 == "error") {
+        "failure"
+    } else if statuses.iter().all(|s| s.1 == "success") {
+        "success"
+    } else {
+        "pending"
+    };
+    let list: Vec<Value> = statuses.iter().map(|(c, s)| json!({"context": c, "state": s, "target_url": format!("{}/ci/{sha}", sim.url())})).collect();
+    ok_json(
+        StatusCode::OK,
+        json!({"state": state, "sha": sha, "total_count": list.len(), "statuses": list}),
+    )
+}
+
+async fn check_runs(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, sha)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let sha = resolve(&sim, &full, &sha);
+    let runs = sim
+        .state
+        .lock()
+        .expect("sim lock")
+        .repos
+        .get(&full)
+        .and_then(|r| r.checks.get(&sha).cloned())
+        .unwrap_or_default();
+    let list: Vec<Value> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, (name, status, conclusion))| json!({"id": i + 1, "name": name, "status": status, "conclusion": conclusion, "head_sha": sha, "details_url": format!("{}/ci/{sha}/{i}", sim.url())}))
+        .collect();
+    ok_json(
+        StatusCode::OK,
+        json!({"total_count": list.len(), "check_runs": list}),
+    )
+}
+
+fn resolve(sim: &GitHubSim, full: &str, r: &str) -> String {
+    git(
+        &sim.git_dir(full),
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{r}^{{commit}}"),
+        ],
+    )
+    .unwrap_or_else(|_| r.to_owned())
+}
+
+async fn delete_branch(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, branch)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let dir = sim.git_dir(&format!("{o}/{r}"));
+    match git(&dir, &["update-ref", "-d", &format!("refs/heads/{branch}")]) {
+        Ok(_) => with_rate(StatusCode::NO_CONTENT.into_response()),
+        Err(_) => with_rate(gh_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Reference does not exist",
+        )),
+    }
+}
+
+/// Smart HTTP through `git http-backend` (CGI).
+async fn git_http(
+    State(sim): State<GitHubSim>,
+    UrlPath((owner, repo, rest)): UrlPath<(String, String, String)>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !sim.authorized(&headers) {
+        let mut r = (StatusCode::UNAUTHORIZED, "authentication required").into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"GitHub\""),
+        );
+        return r;
+    }
+    let Some(name) = repo.strip_suffix(".git") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let full = format!("{owner}/{name}");
+    if !sim.git_dir(&full).exists() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let mut cmd = xcmd::Cmd::new("git", &sim.root)
+        .arg("http-backend")
+        .env("GIT_PROJECT_ROOT", &sim.root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", method.as_str())
+        .env("PATH_INFO", format!("/{full}.git/{rest}"))
+        .env("QUERY_STRING", uri.query().unwrap_or_default())
+        .env("REMOTE_USER", "sim")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env("CONTENT_LENGTH", body.len().to_string());
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        cmd = cmd.env("CONTENT_TYPE", ct);
+    }
+    if let Some(enc) = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        cmd = cmd.env("HTTP_CONTENT_ENCODING", enc);
+    }
+    if let Some(p) = headers.get("git-protocol").and_then(|v| v.to_str().ok()) {
+        cmd = cmd.env("GIT_PROTOCOL", p);
+    }
+    let mut child = match cmd
+        .to_tokio()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        let _ = stdin.write_all(&body).await;
+    }
+    let Ok(out) = child.wait_with_output().await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    // CGI output: headers, blank line, body.
+    let raw = out.stdout;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+    let Some((at, sep)) = split else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let head = String::from_utf8_lossy(&raw[..at]).into_owned();
+    let mut resp = Response::builder().status(StatusCode::OK);
+    for line in head.lines() {
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("status") {
+                let code = v
+                    .split_whitespace()
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(200);
+                resp = resp.status(code);
+            } else {
+                resp = resp.header(k.trim(), v.trim());
+            }
+        }
+    }
+    resp.body(Body::from(raw[at + sep..].to_vec()))
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}

@@ -1,0 +1,388 @@
+//! The GitHub simulator behaves like GitHub for the calls the controller makes, with real git.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use sim::github::GitHubSim;
+
+const TOKEN: &str = "ghs_simtoken";
+
+async fn start() -> (GitHubSim, String, std::path::PathBuf) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root = std::env::temp_dir().join(format!("ghsim-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&root).unwrap();
+    let sim = GitHubSim::new(&root, TOKEN);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    sim.serve(l);
+    (sim, url, root)
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn git(cwd: &Path, args: &[&str]) -> String {
+    let out = xcmd_like(cwd, args);
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn xcmd_like(cwd: &Path, args: &[&str]) -> std::process::Output {
+    xcmd::Cmd::new("git", cwd)
+        .args(["-c", "user.name=T", "-c", "user.email=t@localhost"])
+        .args(args)
+        .to_std()
+        .output()
+        .unwrap()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn api(
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut req = client()
+        .request(method, url)
+        .header("Authorization", format!("token {TOKEN}"));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        headers,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issues_labels_comments_and_etags() {
+    let (sim, url, _root) = start().await;
+    sim.create_repo("acme/widgets", "main", &[("README.md", "hi\n")])
+        .unwrap();
+    let n = sim.create_issue(
+        "acme/widgets",
+        "Add health check",
+        "GET /health",
+        "alice",
+        &["backporcher"],
+    );
+    sim.create_issue("acme/widgets", "Unrelated", "x", "bob", &[]);
+    let bad = client()
+        .get(format!("{url}/repos/acme/widgets/issues"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let (s, list, h) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets/issues?labels=backporcher&state=open"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["number"], n);
+    assert_eq!(list[0]["user"]["login"], "alice");
+    assert_eq!(h["x-ratelimit-remaining"], "4999");
+    let etag = h["etag"].to_str().unwrap().to_owned();
+    let r = client()
+        .get(format!(
+            "{url}/repos/acme/widgets/issues?labels=backporcher&state=open"
+        ))
+        .header("Authorization", format!("token {TOKEN}"))
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304, "unchanged since the ETag");
+    let (s, _, _) = api(
+        reqwest::Method::POST,
+        &format!("{url}/repos/acme/widgets/issues/{n}/labels"),
+        Some(json!({"labels": ["backporcher-in-progress"]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, _) = api(
+        reqwest::Method::DELETE,
+        &format!("{url}/repos/acme/widgets/issues/{n}/labels/backporcher"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        sim.labels("acme/widgets", n),
+        vec!["backporcher-in-progress".to_string()]
+    );
+    let r = client()
+        .get(format!(
+            "{url}/repos/acme/widgets/issues?labels=backporcher&state=open"
+        ))
+        .header("Authorization", format!("token {TOKEN}"))
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "changed: a new answer");
+    let (s, _, _) = api(
+        reqwest::Method::POST,
+        &format!("{url}/repos/acme/widgets/issues/{n}/comments"),
+        Some(json!({"body": "On it."})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(sim.comments("acme/widgets", n), vec!["On it.".to_string()]);
+    let (s, issue, _) = api(
+        reqwest::Method::PATCH,
+        &format!("{url}/repos/acme/widgets/issues/{n}"),
+        Some(json!({"state": "closed"})),
+    )
+    .await;
+    assert_eq!((s, issue["state"].as_str()), (200, Some("closed")));
+    let (s, _, _) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/nope/issues"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, repo, _) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            s,
+            repo["default_branch"].as_str(),
+            repo["full_name"].as_str()
+        ),
+        (200, Some("main"), Some("acme/widgets"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_over_http_pull_requests_ci_and_a_real_merge() {
+    let (sim, url, root) = start().await;
+    sim.create_repo(
+        "acme/widgets",
+        "main",
+        &[("a.txt", "one\n"), ("b.txt", "two\n")],
+    )
+    .unwrap();
+    let work = root.join("work");
+    let remote = format!(
+        "http://x:{TOKEN}@{}/acme/widgets.git",
+        url.trim_start_matches("http://")
+    );
+    git(&root, &["clone", "--quiet", &remote, "work"]);
+    // No token: refused.
+    let anon = format!("{url}/acme/widgets.git");
+    assert!(
+        !xcmd_like(&root, &["clone", "--quiet", &anon, "anon"])
+            .status
+            .success()
+    );
+    git(
+        &work,
+        &["checkout", "--quiet", "-b", "backporcher/1-feature"],
+    );
+    std::fs::write(work.join("a.txt"), "one, improved\n").unwrap();
+    git(&work, &["commit", "--quiet", "-am", "improve a"]);
+    git(
+        &work,
+        &["push", "--quiet", "origin", "backporcher/1-feature"],
+    );
+    let body = json!({"title": "Improve a", "head": "backporcher/1-feature", "base": "main", "body": "Closes #1"});
+    let (s, pr, _) = api(
+        reqwest::Method::POST,
+        &format!("{url}/repos/acme/widgets/pulls"),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(s, 201, "{pr}");
+    let number = pr["number"].as_u64().unwrap();
+    let (s, again, _) = api(
+        reqwest::Method::POST,
+        &format!("{url}/repos/acme/widgets/pulls"),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 422, "one open PR per head: {again}");
+    let (_, found, _) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets/pulls?head=acme:backporcher/1-feature&state=open"),
+        None,
+    )
+    .await;
+    assert_eq!(found.as_array().unwrap().len(), 1);
+    let head = pr["head"]["sha"].as_str().unwrap().to_owned();
+    // CI: pending, then green.
+    let (_, st, _) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets/commits/{head}/status"),
+        None,
+    )
+    .await;
+    assert_eq!(st["state"], "pending");
+    sim.set_ci("acme/widgets", &head, "success");
+    let (_, st, _) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets/commits/{head}/status"),
+        None,
+    )
+    .await;
+    assert_eq!(st["state"], "success");
+    let (_, runs, _) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets/commits/{head}/check-runs"),
+        None,
+    )
+    .await;
+    assert_eq!(runs["check_runs"][0]["conclusion"], "success");
+    let (_, got, _) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets/pulls/{number}"),
+        None,
+    )
+    .await;
+    assert_eq!(got["mergeable"], true);
+    let (s, merged, _) = api(
+        reqwest::Method::PUT,
+        &format!("{url}/repos/acme/widgets/pulls/{number}/merge"),
+        Some(json!({"merge_method": "squash", "sha": head})),
+    )
+    .await;
+    assert_eq!(s, 200, "{merged}");
+    assert_eq!(
+        sim.state_of("acme/widgets", number),
+        Some(("closed".into(), true))
+    );
+    git(&work, &["fetch", "--quiet", "origin"]);
+    assert_eq!(git(&work, &["show", "origin/main:a.txt"]), "one, improved");
+    assert_eq!(
+        git(&work, &["log", "-1", "--format=%s", "origin/main"]),
+        format!("Improve a (#{number})")
+    );
+    let (s, _, _) = api(
+        reqwest::Method::PUT,
+        &format!("{url}/repos/acme/widgets/pulls/{number}/merge"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, 405, "already merged");
+    let (s, _, _) = api(
+        reqwest::Method::DELETE,
+        &format!("{url}/repos/acme/widgets/git/refs/heads/backporcher/1-feature"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_pull_requests_are_not_mergeable() {
+    let (sim, url, root) = start().await;
+    sim.create_repo("acme/widgets", "main", &[("a.txt", "one\n")])
+        .unwrap();
+    let remote = format!(
+        "http://x:{TOKEN}@{}/acme/widgets.git",
+        url.trim_start_matches("http://")
+    );
+    git(&root, &["clone", "--quiet", &remote, "w"]);
+    let w = root.join("w");
+    git(&w, &["checkout", "--quiet", "-b", "feature"]);
+    std::fs::write(w.join("a.txt"), "feature\n").unwrap();
+    git(&w, &["commit", "--quiet", "-am", "feature"]);
+    git(&w, &["push", "--quiet", "origin", "feature"]);
+    git(&w, &["checkout", "--quiet", "main"]);
+    std::fs::write(w.join("a.txt"), "main moved\n").unwrap();
+    git(&w, &["commit", "--quiet", "-am", "main"]);
+    git(&w, &["push", "--quiet", "origin", "main"]);
+    let (_, pr, _) = api(
+        reqwest::Method::POST,
+        &format!("{url}/repos/acme/widgets/pulls"),
+        Some(json!({"title": "F", "head": "feature", "base": "main"})),
+    )
+    .await;
+    let number = pr["number"].as_u64().unwrap();
+    assert_eq!(pr["mergeable"], false);
+    assert_eq!(pr["mergeable_state"], "dirty");
+    let (s, e, _) = api(
+        reqwest::Method::PUT,
+        &format!("{url}/repos/acme/widgets/pulls/{number}/merge"),
+        Some(json!({"merge_method": "squash"})),
+    )
+    .await;
+    assert_eq!(s, 405, "{e}");
+    assert_eq!(e["message"], "Pull Request is not mergeable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed() {
+    let (sim, url, root) = start().await;
+    // A receiver that checks the signature like the controller will.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, bool)>::new()));
+    let r2 = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let r2 = r2.clone();
+                async move {
+                    use hmac::{KeyInit, Mac};
+                    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+                    mac.update(&body);
+                    let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+                    let got = headers["x-hub-signature-256"].to_str().unwrap().to_owned();
+                    r2.lock().unwrap().push((
+                        headers["x-github-event"].to_str().unwrap().to_owned(),
+                        got == want,
+                    ));
+                    "ok"
+                }
+            },
+        ),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    sim.set_webhook(&hook, "s3cret");
+    sim.create_repo("acme/widgets", "main", &[("a.txt", "one\n")])
+        .unwrap();
+    let remote = format!(
+        "http://x:{TOKEN}@{}/acme/widgets.git",
+        url.trim_start_matches("http://")
+    );
+    git(&root, &["clone", "--quiet", &remote, "w"]);
+    let w = root.join("w");
+    git(&w, &["checkout", "--quiet", "-b", "f"]);
+    std::fs::write(w.join("b.txt"), "b\n").unwrap();
+    git(&w, &["add", "-A"]);
+    git(&w, &["commit", "--quiet", "-m", "b"]);
+    git(&w, &["push", "--quiet", "origin", "f"]);
+    api(
+        reqwest::Method::POST,
+        &format!("{url}/repos/acme/widgets/pulls"),
+        Some(json!({"title": "F", "head": "f", "base": "main"})),
+    )
+    .await;
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got, vec![("pull_request".to_string(), true)]);
+}
