@@ -2,18 +2,20 @@
 //! and status codes, real git repositories served over smart HTTP by `git http-backend`, and
 //! signed webhook deliveries.
 //!
-//! REST (token in `Authorization: token …` or `Bearer …`): issues (list with `labels`/`state`
-//! filters and `ETag`/`If-None-Match` → 304; get; update state), issue labels (add, remove),
-//! issue comments (list, create), pull requests (create — 422 when one is open for the head —,
-//! list with `head`/`state`, get with `mergeable`, update, merge with a real squash/merge commit in
-//! the repository or 405/409), combined status and check runs of a commit, deleting a branch ref.
-//! Every answer carries rate-limit headers.
+//! REST (token in `Authorization: token …` or `Bearer …`): the repository, issues (list with
+//! `labels`/`state` filters and `ETag`/`If-None-Match` → 304; get; update state), issue labels
+//! (add, remove), issue comments (list, create), pull requests (create — 422 when one is open for
+//! the head —, list with `head`/`state`, get with `mergeable`, update, merge with a real
+//! squash/merge commit in the repository or 405/409), reviews and review comments, combined status
+//! and check runs of a commit, Actions job logs, deleting a branch ref. Every answer carries
+//! rate-limit headers; primary and secondary rate-limit answers can be queued.
 //!
 //! Git: `GET/POST /{owner}/{repo}.git/…` run `git http-backend` with HTTP basic auth (any user,
 //! the token as password), so clone, fetch and push are real.
 //!
-//! Control API for tests (`/_sim/…`): create repositories, issues and labels, set a commit's CI
-//! result, register the webhook target, and read what was delivered.
+//! Tests drive it through methods: create repositories and issues, set a commit's CI result (with
+//! a failed job's log), submit a review with line comments, queue rate limits, and register the
+//! webhook target.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -59,7 +61,20 @@ struct Repo {
     statuses: HashMap<String, Vec<(String, String)>>,
     /// sha → (name, status, conclusion)
     checks: HashMap<String, Vec<(String, String, Option<String>)>>,
+    /// sha → log text of the failed job
+    job_logs: HashMap<String, String>,
+    /// pull number → reviews (id, user, state, body, line comments)
+    reviews: HashMap<u64, Vec<(u64, String, String, String, Vec<String>)>>,
     version: u64,
+}
+
+/// A rate-limit answer to give instead of serving a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    /// The hourly quota is spent: 403 with `x-ratelimit-remaining: 0` and a reset time.
+    Primary,
+    /// Abuse detection: 403 with `retry-after`.
+    Secondary,
 }
 
 #[derive(Default)]
@@ -68,6 +83,7 @@ struct SimState {
     next_id: u64,
     webhook: Option<(String, String)>,
     deliveries: Vec<Value>,
+    limits: std::collections::VecDeque<RateLimit>,
 }
 
 /// The simulator; cheap to clone.
@@ -208,6 +224,55 @@ impl GitHubSim {
         );
     }
 
+    /// Sets the CI of a commit to failed with `log` as the failed job's log.
+    pub fn fail_ci(&self, full_name: &str, sha: &str, log: &str) {
+        self.set_ci(full_name, sha, "failure");
+        let mut st = self.state.lock().expect("sim lock");
+        if let Some(repo) = st.repos.get_mut(full_name) {
+            repo.job_logs.insert(sha.into(), log.into());
+        }
+    }
+
+    /// The next `n` REST requests get a rate-limit answer.
+    pub fn rate_limit_next(&self, kind: RateLimit, n: usize) {
+        let mut st = self.state.lock().expect("sim lock");
+        for _ in 0..n {
+            st.limits.push_back(kind);
+        }
+    }
+
+    /// A user submits a review with line comments on a pull request (and the webhook fires).
+    pub async fn submit_review(
+        &self,
+        full_name: &str,
+        number: u64,
+        user: &str,
+        body: &str,
+        comments: &[&str],
+    ) -> u64 {
+        let id = {
+            let mut st = self.state.lock().expect("sim lock");
+            st.next_id += 1;
+            let id = st.next_id;
+            let repo = st.repos.get_mut(full_name).expect("repository exists");
+            repo.reviews.entry(number).or_default().push((
+                id,
+                user.into(),
+                "COMMENTED".into(),
+                body.into(),
+                comments.iter().map(|c| c.to_string()).collect(),
+            ));
+            id
+        };
+        let review = json!({"id": id, "user": {"login": user}, "body": body, "state": "commented"});
+        self.deliver(
+            "pull_request_review",
+            json!({"action": "submitted", "review": review, "pull_request": {"number": number}, "repository": {"full_name": full_name}}),
+        )
+        .await;
+        id
+    }
+
     /// Sends webhooks to `url`, signed with `secret`.
     pub fn set_webhook(&self, url: &str, secret: &str) {
         self.state.lock().expect("sim lock").webhook = Some((url.into(), secret.into()));
@@ -278,6 +343,18 @@ impl GitHubSim {
                 axum::routing::put(merge_pull),
             )
             .route(
+                "/repos/{owner}/{repo}/pulls/{number}/reviews",
+                get(list_reviews),
+            )
+            .route(
+                "/repos/{owner}/{repo}/pulls/{number}/comments",
+                get(list_review_comments),
+            )
+            .route(
+                "/repos/{owner}/{repo}/actions/jobs/{job}/logs",
+                get(job_logs),
+            )
+            .route(
                 "/repos/{owner}/{repo}/commits/{sha}/status",
                 get(combined_status),
             )
@@ -290,6 +367,10 @@ impl GitHubSim {
                 delete(delete_branch),
             )
             .route("/{owner}/{repo}/{*rest}", get(git_http).post(git_http))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                rate_limits,
+            ))
             .with_state(self.clone())
     }
 
@@ -1061,12 +1142,132 @@ async fn check_runs(
     let list: Vec<Value> = runs
         .iter()
         .enumerate()
-        .map(|(i, (name, status, conclusion))| json!({"id": i + 1, "name": name, "status": status, "conclusion": conclusion, "head_sha": sha, "details_url": format!("{}/ci/{sha}/{i}", sim.url())}))
+        .map(|(i, (name, status, conclusion))| json!({"id": job_id(&sha, i), "name": name, "status": status, "conclusion": conclusion, "head_sha": sha, "details_url": format!("{}/ci/{sha}/{i}", sim.url()), "app": {"slug": "github-actions"}}))
         .collect();
     ok_json(
         StatusCode::OK,
         json!({"total_count": list.len(), "check_runs": list}),
     )
+}
+
+/// A stable job id for the `i`-th check of a commit.
+fn job_id(sha: &str, i: usize) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sha.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 12) + i as u64
+}
+
+async fn job_logs(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, job)): UrlPath<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let st = sim.state.lock().expect("sim lock");
+    let Some(repo) = st.repos.get(&full) else {
+        return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+    };
+    let log = repo
+        .checks
+        .iter()
+        .find(|(sha, runs)| (0..runs.len()).any(|i| job_id(sha, i) == job))
+        .and_then(|(sha, _)| repo.job_logs.get(sha));
+    match log {
+        Some(text) => with_rate(
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain")],
+                text.clone(),
+            )
+                .into_response(),
+        ),
+        None => with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found")),
+    }
+}
+
+async fn list_reviews(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let st = sim.state.lock().expect("sim lock");
+    let reviews = st
+        .repos
+        .get(&format!("{o}/{r}"))
+        .and_then(|r| r.reviews.get(&n).cloned())
+        .unwrap_or_default();
+    let list: Vec<Value> = reviews
+        .iter()
+        .map(|(id, user, state, body, _)| json!({"id": id, "user": {"login": user, "id": 1}, "state": state, "body": body}))
+        .collect();
+    ok_json(StatusCode::OK, Value::Array(list))
+}
+
+async fn list_review_comments(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let st = sim.state.lock().expect("sim lock");
+    let reviews = st
+        .repos
+        .get(&format!("{o}/{r}"))
+        .and_then(|r| r.reviews.get(&n).cloned())
+        .unwrap_or_default();
+    let mut list = Vec::new();
+    for (review, user, _, _, comments) in &reviews {
+        for (i, c) in comments.iter().enumerate() {
+            list.push(json!({"id": review * 100 + i as u64, "pull_request_review_id": review, "user": {"login": user, "id": 1}, "body": c, "path": "src/lib.rs", "line": i + 1}));
+        }
+    }
+    ok_json(StatusCode::OK, Value::Array(list))
+}
+
+/// Answers queued rate limits before anything else (git traffic excepted).
+async fn rate_limits(
+    State(sim): State<GitHubSim>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path().starts_with("/repos/") {
+        let limit = sim.state.lock().expect("sim lock").limits.pop_front();
+        match limit {
+            Some(RateLimit::Primary) => {
+                let mut r = gh_error(
+                    StatusCode::FORBIDDEN,
+                    "API rate limit exceeded for installation.",
+                );
+                let reset = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() + 1)
+                    .unwrap_or(0);
+                let h = r.headers_mut();
+                h.insert("x-ratelimit-limit", HeaderValue::from_static("5000"));
+                h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+                h.insert(
+                    "x-ratelimit-reset",
+                    HeaderValue::from_str(&reset.to_string()).expect("header"),
+                );
+                return r;
+            }
+            Some(RateLimit::Secondary) => {
+                let mut r = gh_error(
+                    StatusCode::FORBIDDEN,
+                    "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+                );
+                r.headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
+                return r;
+            }
+            None => {}
+        }
+    }
+    next.run(req).await
 }
 
 fn resolve(sim: &GitHubSim, full: &str, r: &str) -> String {

@@ -386,3 +386,107 @@ async fn webhooks_are_signed() {
     let got = received.lock().unwrap().clone();
     assert_eq!(got, vec![("pull_request".to_string(), true)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_failed_job_logs_and_rate_limits() {
+    let (sim, url, root) = start().await;
+    sim.create_repo("acme/widgets", "main", &[("a.txt", "one\n")])
+        .unwrap();
+    let remote = format!(
+        "http://x:{TOKEN}@{}/acme/widgets.git",
+        url.trim_start_matches("http://")
+    );
+    git(&root, &["clone", "--quiet", &remote, "w"]);
+    let w = root.join("w");
+    git(&w, &["checkout", "--quiet", "-b", "f"]);
+    std::fs::write(w.join("b.txt"), "b\n").unwrap();
+    git(&w, &["add", "-A"]);
+    git(&w, &["commit", "--quiet", "-m", "b"]);
+    git(&w, &["push", "--quiet", "origin", "f"]);
+    let (_, pr, _) = api(
+        reqwest::Method::POST,
+        &format!("{url}/repos/acme/widgets/pulls"),
+        Some(json!({"title": "F", "head": "f", "base": "main"})),
+    )
+    .await;
+    let number = pr["number"].as_u64().unwrap();
+    let head = pr["head"]["sha"].as_str().unwrap().to_owned();
+    sim.fail_ci(
+        "acme/widgets",
+        &head,
+        "error[E0308]: mismatched types\n  --> src/lib.rs:3:5",
+    );
+    let (_, runs, _) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets/commits/{head}/check-runs"),
+        None,
+    )
+    .await;
+    assert_eq!(runs["check_runs"][0]["conclusion"], "failure");
+    let job = runs["check_runs"][0]["id"].as_u64().unwrap();
+    let log = client()
+        .get(format!("{url}/repos/acme/widgets/actions/jobs/{job}/logs"))
+        .header("Authorization", format!("token {TOKEN}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("mismatched types"));
+    sim.submit_review(
+        "acme/widgets",
+        number,
+        "alice",
+        "@backporcher please address these",
+        &["rename x", "add a test", "fix the typo"],
+    )
+    .await;
+    let (_, reviews, _) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets/pulls/{number}/reviews"),
+        None,
+    )
+    .await;
+    assert_eq!(reviews[0]["body"], "@backporcher please address these");
+    let (_, comments, _) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets/pulls/{number}/comments"),
+        None,
+    )
+    .await;
+    assert_eq!(comments.as_array().unwrap().len(), 3);
+    sim.rate_limit_next(sim::github::RateLimit::Secondary, 1);
+    let (s, e, h) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets/issues"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("secondary rate limit")
+    );
+    assert_eq!(h["retry-after"], "1");
+    sim.rate_limit_next(sim::github::RateLimit::Primary, 1);
+    let (s, _, h) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets/issues"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, h["x-ratelimit-remaining"].to_str().unwrap()),
+        (403, "0")
+    );
+    let (s, _, _) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets/issues"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "served again after the limits");
+}
