@@ -63,9 +63,19 @@ struct Repo {
     checks: HashMap<String, Vec<(String, String, Option<String>)>>,
     /// sha → log text of the failed job
     job_logs: HashMap<String, String>,
-    /// pull number → reviews (id, user, state, body, line comments)
-    reviews: HashMap<u64, Vec<(u64, String, String, String, Vec<String>)>>,
+    /// pull number → reviews
+    reviews: HashMap<u64, Vec<Review>>,
     version: u64,
+}
+
+/// A submitted pull request review.
+#[derive(Debug, Clone)]
+struct Review {
+    id: u64,
+    user: String,
+    state: String,
+    body: String,
+    comments: Vec<String>,
 }
 
 /// A rate-limit answer to give instead of serving a request.
@@ -255,13 +265,13 @@ impl GitHubSim {
             st.next_id += 1;
             let id = st.next_id;
             let repo = st.repos.get_mut(full_name).expect("repository exists");
-            repo.reviews.entry(number).or_default().push((
+            repo.reviews.entry(number).or_default().push(Review {
                 id,
-                user.into(),
-                "COMMENTED".into(),
-                body.into(),
-                comments.iter().map(|c| c.to_string()).collect(),
-            ));
+                user: user.into(),
+                state: "COMMENTED".into(),
+                body: body.into(),
+                comments: comments.iter().map(|c| c.to_string()).collect(),
+            });
             id
         };
         let review = json!({"id": id, "user": {"login": user}, "body": body, "state": "commented"});
@@ -1202,7 +1212,7 @@ async fn list_reviews(
         .unwrap_or_default();
     let list: Vec<Value> = reviews
         .iter()
-        .map(|(id, user, state, body, _)| json!({"id": id, "user": {"login": user, "id": 1}, "state": state, "body": body}))
+        .map(|r| json!({"id": r.id, "user": {"login": r.user, "id": 1}, "state": r.state, "body": r.body}))
         .collect();
     ok_json(StatusCode::OK, Value::Array(list))
 }
@@ -1220,8 +1230,9 @@ async fn list_review_comments(
         .and_then(|r| r.reviews.get(&n).cloned())
         .unwrap_or_default();
     let mut list = Vec::new();
-    for (review, user, _, _, comments) in &reviews {
-        for (i, c) in comments.iter().enumerate() {
+    for r in &reviews {
+        let (review, user) = (r.id, &r.user);
+        for (i, c) in r.comments.iter().enumerate() {
             list.push(json!({"id": review * 100 + i as u64, "pull_request_review_id": review, "user": {"login": user, "id": 1}, "body": c, "path": "src/lib.rs", "line": i + 1}));
         }
     }
