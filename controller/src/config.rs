@@ -32,6 +32,10 @@ pub struct Config {
     pub reaper_interval: Duration,
     /// Database pool size.
     pub max_db_connections: u32,
+    /// Shared secret of GitHub webhooks (deliveries are refused while it is empty).
+    pub webhook_secret: String,
+    /// GitHub logins whose labelled issues start tasks.
+    pub allowed_users: Vec<String>,
 }
 
 impl Default for Config {
@@ -49,6 +53,8 @@ impl Default for Config {
             restart_grace: Duration::from_secs(60),
             reaper_interval: Duration::from_secs(1),
             max_db_connections: 20,
+            webhook_secret: String::new(),
+            allowed_users: Vec::new(),
         }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod intake;
 pub mod pki;
 pub mod reaper;
 pub mod server;

@@ -51,6 +51,17 @@ enum Command {
         /// Lease length in seconds.
         #[arg(long, env = "BACKPORCHER_LEASE_SECONDS", default_value_t = 75)]
         lease_seconds: u64,
+        /// Shared secret of the GitHub webhook.
+        #[arg(
+            long,
+            env = "BACKPORCHER_WEBHOOK_SECRET",
+            default_value = "",
+            hide_env_values = true
+        )]
+        webhook_secret: String,
+        /// GitHub logins whose labelled issues start tasks (comma-separated).
+        #[arg(long, env = "BACKPORCHER_ALLOWED_USERS", value_delimiter = ',')]
+        allowed_users: Vec<String>,
     },
     /// Mint a one-time join ticket for a runner host (`backporcher-runner join --token …`).
     RunnerToken {
@@ -102,6 +113,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             grpc_listen,
             server_names,
             lease_seconds,
+            webhook_secret,
+            allowed_users,
         } => {
             let lease = Duration::from_secs(lease_seconds);
             let config = Config {
@@ -112,6 +125,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 server_names,
                 lease,
                 heartbeat_interval: lease / 3,
+                webhook_secret,
+                allowed_users,
                 ..Config::default()
             };
             let listeners = controller::server::Listeners::bind(&config).await?;

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::grpc::{self, GrpcConfig};
+use crate::intake::{self, Intake, IntakeConfig, IntakeError};
 use crate::pki::Pki;
 use crate::reaper;
 use crate::signals::Signals;
@@ -200,10 +201,18 @@ pub async fn run(
     };
     let grpc = tokio::spawn(grpc::serve(deps, listeners.grpc, shutdown.clone()));
 
+    let state = HttpState {
+        store: store.clone(),
+        intake: Arc::new(IntakeConfig {
+            webhook_secret: config.webhook_secret.clone(),
+            allowed_users: config.allowed_users.clone(),
+        }),
+    };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(store.clone());
+        .route("/api/github/webhook", axum::routing::post(webhook))
+        .with_state(state);
     tracing::info!(addr = %listeners.http.local_addr()?, "controller listening");
     let http_shutdown = shutdown.clone();
     let http = axum::serve(listeners.http, app)
@@ -222,8 +231,59 @@ pub async fn run(
     Ok(())
 }
 
-async fn ready(State(store): State<Store>) -> (StatusCode, &'static str) {
-    match sqlx::query("SELECT 1").execute(store.pool()).await {
+/// State of the HTTP handlers.
+#[derive(Clone)]
+struct HttpState {
+    store: Store,
+    intake: Arc<IntakeConfig>,
+}
+
+async fn webhook(
+    State(s): State<HttpState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, String) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(event), Some(delivery)) = (header("x-github-event"), header("x-github-delivery"))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing X-GitHub-Event or X-GitHub-Delivery header".into(),
+        );
+    };
+    match intake::handle(
+        &s.store,
+        &s.intake,
+        event,
+        delivery,
+        header("x-hub-signature-256"),
+        &body,
+    )
+    .await
+    {
+        Ok(Intake::Created(task)) => (StatusCode::ACCEPTED, format!("{{\"task\":{task}}}")),
+        Ok(Intake::Duplicate) => (StatusCode::OK, "duplicate delivery; already handled".into()),
+        Ok(Intake::Ignored(why)) => (StatusCode::ACCEPTED, why),
+        Err(IntakeError::BadSignature) => {
+            tracing::warn!(event, delivery, "webhook refused: bad or missing signature");
+            (
+                StatusCode::UNAUTHORIZED,
+                "bad or missing X-Hub-Signature-256; check the webhook secret".into(),
+            )
+        }
+        Err(IntakeError::BadPayload(e)) => (StatusCode::BAD_REQUEST, e),
+        Err(IntakeError::Store(e)) => {
+            tracing::error!(error = %e, "webhook intake failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the controller could not record the delivery; GitHub will retry".into(),
+            )
+        }
+    }
+}
+
+async fn ready(State(s): State<HttpState>) -> (StatusCode, &'static str) {
+    match sqlx::query("SELECT 1").execute(s.store.pool()).await {
         Ok(_) => (StatusCode::OK, "ready"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
     }

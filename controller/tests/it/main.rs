@@ -2,6 +2,7 @@
 //! database per test; `DATABASE_URL` to use another server).
 
 mod claims;
+mod intake;
 mod leases;
 mod lifecycle;
 mod server;
