@@ -274,3 +274,29 @@ async fn certificates_are_renewed_before_they_expire_and_old_ones_stop_working()
     runner.stop().await.unwrap();
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_runner_disabled_while_it_waits_for_work_is_refused_and_stops() {
+    let c = TestController::start(Options::default()).await;
+    let (id, dir) = enroll(&c, "r1", &[]).await;
+    let runner = e2e::harness::spawn_runner(id.clone(), &dir, crate::executor(), 1);
+    let store = c.store.clone();
+    e2e::harness::eventually(Duration::from_secs(10), "the runner to connect", || {
+        let store = store.clone();
+        async move { store.runner(id.runner_id).await.unwrap().boot_id.is_some() }
+    })
+    .await;
+    // It is now long-polling for work; disabling it ends that call and the daemon.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.store
+        .set_runner_state(id.runner_id, "disabled")
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), runner.handle)
+        .await
+        .expect("the daemon stops")
+        .unwrap();
+    let err = ended.expect_err("a disabled runner cannot go on");
+    assert!(format!("{err:#}").contains("disabled"), "{err:#}");
+    c.stop().await;
+}
