@@ -20,6 +20,8 @@ use super::{Error, Note, Result, Store};
 
 /// Largest log chunk accepted, in bytes. Larger chunks must be split by the runner.
 pub const MAX_LOG_CHUNK: usize = 256 * 1024;
+/// Most log bytes stored per attempt; the rest is acknowledged, counted and dropped.
+pub const MAX_LOG_BYTES: i64 = 64 * 1024 * 1024;
 
 /// A runner asking for work.
 #[derive(Debug, Clone)]
@@ -539,12 +541,24 @@ impl Store {
         }
     }
 
-    /// Stores a batch of log chunks in one statement; idempotent on (task, attempt, seq). Returns
-    /// the sequence numbers now stored (all of them: new ones and resends).
+    /// Stores a batch of log chunks; idempotent on (task, attempt, seq). Returns the sequence
+    /// numbers acknowledged (all of them: new ones, resends, and chunks past the cap).
     pub async fn append_logs(
         &self,
         lease: &LeaseRef,
         chunks: &[(i64, String, Vec<u8>)],
+    ) -> Result<Vec<i64>> {
+        self.append_logs_capped(lease, chunks, MAX_LOG_BYTES).await
+    }
+
+    /// [`Store::append_logs`] with an explicit per-attempt cap in bytes. Chunks past the cap are
+    /// acknowledged (the runner must not stall) but not stored; they are counted in `log_totals`
+    /// and show as a gap in the sequence numbers.
+    pub async fn append_logs_capped(
+        &self,
+        lease: &LeaseRef,
+        chunks: &[(i64, String, Vec<u8>)],
+        cap: i64,
     ) -> Result<Vec<i64>> {
         if let Some((seq, _, data)) = chunks.iter().find(|(_, _, d)| d.len() > MAX_LOG_CHUNK) {
             return Err(Error::Invalid(format!(
@@ -555,29 +569,88 @@ impl Store {
         if let Some((seq, _, _)) = chunks.iter().find(|(s, _, _)| *s < 0) {
             return Err(Error::Invalid(format!("log sequence {seq} is negative")));
         }
-        let seqs: Vec<i64> = chunks.iter().map(|c| c.0).collect();
-        let streams: Vec<&str> = chunks.iter().map(|c| c.1.as_str()).collect();
-        let data: Vec<&[u8]> = chunks.iter().map(|c| c.2.as_slice()).collect();
-        let fenced: Option<bool> = sqlx::query_scalar(
-            "WITH t AS (SELECT id, attempt FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3), \
-             ins AS (INSERT INTO log_chunks (task_id, attempt, seq, stream, data) \
-               SELECT t.id, t.attempt, c.seq, c.stream, c.data \
-               FROM t, unnest($4::bigint[], $5::text[], $6::bytea[]) AS c(seq, stream, data) \
-               ON CONFLICT (task_id, attempt, seq) DO NOTHING RETURNING 1) \
-             SELECT EXISTS (SELECT 1 FROM t)",
+        let mut tx = self.pool.begin().await?;
+        let stored: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO log_totals (task_id, attempt) \
+             SELECT id, attempt FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3 \
+             ON CONFLICT (task_id, attempt) DO UPDATE SET bytes = log_totals.bytes RETURNING bytes",
         )
         .bind(lease.task_id)
         .bind(lease.attempt)
         .bind(lease.token)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(stored) = stored else {
+            drop(tx);
+            return Err(self.lease_lost(lease).await);
+        };
+        // Resends of stored chunks are acknowledged again and count against nothing.
+        let all: Vec<i64> = chunks.iter().map(|c| c.0).collect();
+        let present: Vec<i64> = sqlx::query_scalar(
+            "SELECT seq FROM log_chunks WHERE task_id = $1 AND attempt = $2 AND seq = ANY($3)",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(&all)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut room = cap - stored;
+        let (mut keep, mut dropped) = (Vec::new(), 0i64);
+        for c in chunks.iter().filter(|c| !present.contains(&c.0)) {
+            let len = c.2.len() as i64;
+            if len <= room {
+                room -= len;
+                keep.push(c);
+            } else {
+                dropped += 1;
+            }
+        }
+        let seqs: Vec<i64> = keep.iter().map(|c| c.0).collect();
+        let streams: Vec<&str> = keep.iter().map(|c| c.1.as_str()).collect();
+        let data: Vec<&[u8]> = keep.iter().map(|c| c.2.as_slice()).collect();
+        let inserted: i64 = sqlx::query_scalar(
+            "WITH ins AS (INSERT INTO log_chunks (task_id, attempt, seq, stream, data) \
+               SELECT $1, $2, c.seq, c.stream, c.data FROM unnest($3::bigint[], $4::text[], $5::bytea[]) AS c(seq, stream, data) \
+               ON CONFLICT (task_id, attempt, seq) DO NOTHING RETURNING length(data) AS n) \
+             SELECT COALESCE(sum(n), 0)::bigint FROM ins",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
         .bind(&seqs)
         .bind(&streams)
         .bind(&data)
-        .fetch_optional(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
-        match fenced {
-            Some(true) => Ok(seqs),
-            _ => Err(self.lease_lost(lease).await),
+        sqlx::query("UPDATE log_totals SET bytes = bytes + $3, dropped_chunks = dropped_chunks + $4 WHERE task_id = $1 AND attempt = $2")
+            .bind(lease.task_id)
+            .bind(lease.attempt)
+            .bind(inserted)
+            .bind(dropped)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if dropped > 0 {
+            tracing::warn!(
+                task = lease.task_id,
+                attempt = lease.attempt,
+                dropped,
+                cap,
+                "log over its cap; chunks dropped"
+            );
         }
+        Ok(chunks.iter().map(|c| c.0).collect())
+    }
+
+    /// Bytes stored and chunks dropped (over the cap) for an attempt's log.
+    pub async fn log_totals(&self, task: TaskId, attempt: i32) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as(
+            "SELECT bytes, dropped_chunks FROM log_totals WHERE task_id = $1 AND attempt = $2",
+        )
+        .bind(task)
+        .bind(attempt)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or((0, 0)))
     }
 
     /// The stored log of one attempt, in sequence order: (seq, stream, bytes).

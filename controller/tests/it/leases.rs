@@ -342,3 +342,52 @@ async fn notifications_announce_queue_changes_and_cancels() {
         Wake::Timeout
     );
 }
+
+#[tokio::test]
+async fn a_runaway_log_is_capped_visibly_and_still_acknowledged() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    queued(&store, &repo, "t").await;
+    let (t, lease) = claim(&store, r).await;
+    let chunks: Vec<(i64, String, Vec<u8>)> = (0..10)
+        .map(|i| (i, "stdout".to_string(), vec![b'x'; 100]))
+        .collect();
+    let acked = store
+        .append_logs_capped(&lease, &chunks, 450)
+        .await
+        .unwrap();
+    assert_eq!(
+        acked.len(),
+        10,
+        "everything acknowledged: the runner must not stall"
+    );
+    let more: Vec<(i64, String, Vec<u8>)> = (10..12)
+        .map(|i| (i, "stdout".to_string(), vec![b'y'; 10]))
+        .collect();
+    store.append_logs_capped(&lease, &more, 450).await.unwrap();
+    let stored = store.log_chunks(t.id, lease.attempt).await.unwrap();
+    assert_eq!(
+        stored.len(),
+        4 + 2,
+        "four 100-byte chunks fit, then two small ones still do"
+    );
+    assert_eq!(
+        store.log_totals(t.id, lease.attempt).await.unwrap(),
+        (420, 6)
+    );
+    assert_eq!(
+        store.log_gaps(t.id, lease.attempt).await.unwrap(),
+        vec![(4, 9)],
+        "the dropped part is a visible gap"
+    );
+    // Resending stored chunks changes nothing.
+    store
+        .append_logs_capped(&lease, &chunks[..2], 450)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.log_totals(t.id, lease.attempt).await.unwrap(),
+        (420, 6)
+    );
+}
