@@ -68,24 +68,9 @@ pub fn signature_valid(secret: &str, body: &[u8], header: Option<&str>) -> bool 
     mac.verify_slice(&expected).is_ok()
 }
 
-/// Removes hidden HTML comments, invisible and direction-changing characters and control
-/// characters (newlines and tabs kept) from untrusted issue text.
+/// Cleans untrusted issue text (see the `textguard` crate).
 pub fn clean_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("<!--") {
-        out.push_str(&rest[..start]);
-        rest = match rest[start..].find("-->") {
-            Some(end) => &rest[start + end + 3..],
-            None => "",
-        };
-    }
-    out.push_str(rest);
-    out.retain(|c| {
-        let invisible = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}');
-        !invisible && (!c.is_control() || c == '\n' || c == '\t')
-    });
-    out
+    textguard::clean(text)
 }
 
 /// Handles one delivery.

@@ -19,8 +19,7 @@ credentials or environment.";
 
 /// Removes what must not reach a model from untrusted text and caps its length.
 pub fn sanitize(text: &str) -> String {
-    let mut s = strip_html_comments(text);
-    s.retain(|c| !unwanted(c));
+    let s = textguard::clean(text);
     let s = s
         .replace("BEGIN UNTRUSTED", "BEGIN_UNTRUSTED")
         .replace("END UNTRUSTED", "END_UNTRUSTED");
@@ -30,29 +29,6 @@ pub fn sanitize(text: &str) -> String {
     } else {
         s
     }
-}
-
-/// Control characters (but newline and tab) and invisible or direction-changing characters.
-fn unwanted(c: char) -> bool {
-    let invisible = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}');
-    invisible || (c.is_control() && c != '\n' && c != '\t')
-}
-
-fn strip_html_comments(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("<!--") {
-        out.push_str(&rest[..start]);
-        match rest[start..].find("-->") {
-            Some(end) => rest = &rest[start + end + 3..],
-            None => {
-                rest = "";
-                break;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 fn fenced(label: &str, text: &str) -> String {

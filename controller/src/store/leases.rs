@@ -493,7 +493,7 @@ impl Store {
     }
 
     /// Stores one log chunk. Idempotent on (task, attempt, seq): a resent chunk is acknowledged
-    /// again and stored once. Returns whether it was new.
+    /// again and stored once. Returns whether it was newly stored.
     pub async fn append_log(
         &self,
         lease: &LeaseRef,
@@ -501,44 +501,14 @@ impl Store {
         stream: &str,
         data: &[u8],
     ) -> Result<bool> {
-        if data.len() > MAX_LOG_CHUNK {
-            return Err(Error::Invalid(format!(
-                "log chunk of {} bytes exceeds the {MAX_LOG_CHUNK}-byte limit; split it",
-                data.len()
-            )));
-        }
-        if seq < 0 {
-            return Err(Error::Invalid(format!("log sequence {seq} is negative")));
-        }
-        let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO log_chunks (task_id, attempt, seq, stream, data) \
-             SELECT id, attempt, $4, $5, $6 FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3 \
-             ON CONFLICT (task_id, attempt, seq) DO NOTHING RETURNING seq",
-        )
-        .bind(lease.task_id)
-        .bind(lease.attempt)
-        .bind(lease.token)
-        .bind(seq)
-        .bind(stream)
-        .bind(data)
-        .fetch_optional(&self.pool)
-        .await?;
-        if inserted.is_some() {
-            return Ok(true);
-        }
-        let fenced: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3)",
-        )
-        .bind(lease.task_id)
-        .bind(lease.attempt)
-        .bind(lease.token)
-        .fetch_one(&self.pool)
-        .await?;
-        if fenced {
-            Ok(false)
-        } else {
-            Err(self.lease_lost(lease).await)
-        }
+        let (_, stored) = self
+            .store_logs(
+                lease,
+                &[(seq, stream.to_owned(), data.to_vec())],
+                MAX_LOG_BYTES,
+            )
+            .await?;
+        Ok(stored == 1)
     }
 
     /// Stores a batch of log chunks; idempotent on (task, attempt, seq). Returns the sequence
@@ -560,6 +530,17 @@ impl Store {
         chunks: &[(i64, String, Vec<u8>)],
         cap: i64,
     ) -> Result<Vec<i64>> {
+        Ok(self.store_logs(lease, chunks, cap).await?.0)
+    }
+
+    /// The one log-writing path: fenced, idempotent, capped. Returns the acknowledged sequence
+    /// numbers and how many chunks were newly stored.
+    async fn store_logs(
+        &self,
+        lease: &LeaseRef,
+        chunks: &[(i64, String, Vec<u8>)],
+        cap: i64,
+    ) -> Result<(Vec<i64>, i64)> {
         if let Some((seq, _, data)) = chunks.iter().find(|(_, _, d)| d.len() > MAX_LOG_CHUNK) {
             return Err(Error::Invalid(format!(
                 "log chunk {seq} of {} bytes exceeds the {MAX_LOG_CHUNK}-byte limit; split it",
@@ -608,11 +589,11 @@ impl Store {
         let seqs: Vec<i64> = keep.iter().map(|c| c.0).collect();
         let streams: Vec<&str> = keep.iter().map(|c| c.1.as_str()).collect();
         let data: Vec<&[u8]> = keep.iter().map(|c| c.2.as_slice()).collect();
-        let inserted: i64 = sqlx::query_scalar(
+        let (inserted, stored_new): (i64, i64) = sqlx::query_as(
             "WITH ins AS (INSERT INTO log_chunks (task_id, attempt, seq, stream, data) \
                SELECT $1, $2, c.seq, c.stream, c.data FROM unnest($3::bigint[], $4::text[], $5::bytea[]) AS c(seq, stream, data) \
                ON CONFLICT (task_id, attempt, seq) DO NOTHING RETURNING length(data) AS n) \
-             SELECT COALESCE(sum(n), 0)::bigint FROM ins",
+             SELECT COALESCE(sum(n), 0)::bigint, count(*) FROM ins",
         )
         .bind(lease.task_id)
         .bind(lease.attempt)
@@ -638,7 +619,7 @@ impl Store {
                 "log over its cap; chunks dropped"
             );
         }
-        Ok(chunks.iter().map(|c| c.0).collect())
+        Ok((chunks.iter().map(|c| c.0).collect(), stored_new))
     }
 
     /// Bytes stored and chunks dropped (over the cap) for an attempt's log.
@@ -842,7 +823,7 @@ impl Store {
         actor: &str,
     ) -> Result<Vec<Reaped>> {
         self.take_back(
-            take_back_sql!("runner_id = $3"),
+            take_back_sql!("true"),
             i64::MAX,
             Some(runner),
             "runner_lost",

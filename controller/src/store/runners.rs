@@ -208,10 +208,13 @@ impl Store {
         id: RunnerId,
         hello: &HelloInfo<'_>,
     ) -> Result<(Runner, Vec<Reaped>)> {
+        // Read the previous boot id and write the new one under the row lock, so two processes
+        // saying hello at once agree on which one replaced the other.
+        let mut tx = self.pool.begin().await?;
         let previous: Option<Option<String>> =
             sqlx::query_scalar("SELECT boot_id FROM runners WHERE id = $1 FOR NO KEY UPDATE")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
         let Some(previous) = previous else {
             return Err(Error::RunnerNotFound(id.to_string()));
@@ -227,8 +230,9 @@ impl Store {
         .bind(hello.backends)
         .bind(hello.version)
         .bind(hello.hostname)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await?;
+        tx.commit().await?;
         let released = match previous {
             Some(old) if old != hello.boot_id => {
                 self.release_runner_leases(id, "controller").await?

@@ -462,7 +462,7 @@ async fn cancel_stops_the_container_within_five_seconds() {
     wait_status(&env.c, t.id, "canceled", Duration::from_secs(5)).await;
     let label = format!("label=backporcher.task={}", t.id);
     let runner = format!("label=backporcher.runner={}", env.name);
-    let ps = git_less_docker(&["ps", "-a", "-q", "--filter", &label, "--filter", &runner]);
+    let ps = docker_cli(&["ps", "-a", "-q", "--filter", &label, "--filter", &runner]);
     assert!(ps.trim().is_empty(), "no container left: {ps}");
     assert!(
         asked.elapsed() < Duration::from_secs(5),
@@ -472,7 +472,7 @@ async fn cancel_stops_the_container_within_five_seconds() {
     env.finish().await;
 }
 
-fn git_less_docker(args: &[&str]) -> String {
+fn docker_cli(args: &[&str]) -> String {
     let out = xcmd::Cmd::new("docker", "/")
         .args(args)
         .to_std()
@@ -577,7 +577,7 @@ async fn a_runner_start_removes_orphan_containers_and_checkouts() {
     }
     let name = format!("sbx-orphans-{}", std::process::id());
     let label = format!("backporcher.runner={name}");
-    let created = git_less_docker(&[
+    let created = docker_cli(&[
         "create",
         "--label",
         &label,
@@ -613,7 +613,7 @@ async fn a_runner_start_removes_orphan_containers_and_checkouts() {
     )
     .await
     .unwrap();
-    let left = git_less_docker(&["ps", "-a", "-q", "--filter", &format!("label={label}")]);
+    let left = docker_cli(&["ps", "-a", "-q", "--filter", &format!("label={label}")]);
     assert!(left.trim().is_empty(), "orphans removed: {left}");
     assert!(!dir.join("work/99-1").exists(), "stale checkouts removed");
     drop(exec);
