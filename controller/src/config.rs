@@ -36,6 +36,16 @@ pub struct Config {
     pub webhook_secret: String,
     /// GitHub logins whose labelled issues start tasks.
     pub allowed_users: Vec<String>,
+    /// GitHub: API base and credentials (`None`: no forge; tasks stop at `pushing`).
+    pub github: Option<crate::forge::github::GitHubConfig>,
+    /// How often the issue poller backs up the webhooks.
+    pub poll_interval: Duration,
+    /// The model API for triage, review and reflection (`None`: reviews fail per repo setting).
+    pub model: Option<crate::model::ModelConfig>,
+    /// Reviewer model alias.
+    pub review_model: String,
+    /// Pipeline stage settings.
+    pub pipeline: crate::pipeline::PipelineConfig,
 }
 
 impl Default for Config {
@@ -55,6 +65,11 @@ impl Default for Config {
             max_db_connections: 20,
             webhook_secret: String::new(),
             allowed_users: Vec::new(),
+            github: None,
+            poll_interval: Duration::from_secs(60),
+            model: None,
+            review_model: "sonnet".into(),
+            pipeline: crate::pipeline::PipelineConfig::default(),
         }
     }
 }

@@ -5,19 +5,26 @@
 //! other than `issues` are acknowledged and ignored. An issue becomes a task when it carries the
 //! `backporcher` label and its author is on the allowlist; its title and body are snapshotted at
 //! that moment, cleaned of hidden HTML comments, invisible and control characters, and hashed.
-//! At most one live task exists per issue (the store refuses a second one).
+//! At most one live task exists per issue (the store refuses a second one). The ETag poller
+//! ([`crate::forge::poller`]) feeds the same [`accept_issue`].
+//!
+//! On a task's pull request, an allowlisted user's comment that mentions `@backporcher`, or a
+//! submitted review (its body and every line comment together, as one request), re-opens the task
+//! on its branch with that text as context — once per comment or review, however often GitHub
+//! delivers it.
 
 use hmac::{KeyInit, Mac};
 use serde_json::Value;
 use sha2::Digest;
 
+use crate::forge::{Feedback, Forge, Issue, labels};
 use crate::store::tasks::NewTask;
-use crate::store::{Error, Store, Task};
+use crate::store::{Error, Note, Store, Task};
 
 /// The label that asks for a task.
-pub const TRIGGER_LABEL: &str = "backporcher";
+pub const TRIGGER_LABEL: &str = labels::TRIGGER;
 /// The label that asks for the stronger model.
-pub const OPUS_LABEL: &str = "opus";
+pub const OPUS_LABEL: &str = labels::OPUS;
 
 /// What intake needs to decide.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +40,8 @@ pub struct IntakeConfig {
 pub enum Intake {
     /// A task was created.
     Created(i64),
+    /// A task was re-opened by feedback on its PR.
+    Reopened(i64),
     /// Already seen (same delivery id).
     Duplicate,
     /// Accepted but nothing to do, with why.
@@ -51,6 +60,9 @@ pub enum IntakeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] Error),
+    /// Reading from GitHub failed (the delivery should be retried).
+    #[error("reading from GitHub failed: {0}")]
+    Forge(String),
 }
 
 /// Checks `X-Hub-Signature-256` (`sha256=<hex>`) in constant time.
@@ -73,10 +85,12 @@ pub fn clean_text(text: &str) -> String {
     textguard::clean(text)
 }
 
-/// Handles one delivery.
+/// Handles one delivery. `forge` is needed for review feedback (the review's line comments are
+/// fetched); without it reviews are ignored.
 pub async fn handle(
     store: &Store,
     config: &IntakeConfig,
+    forge: Option<&dyn Forge>,
     event: &str,
     delivery: &str,
     signature: Option<&str>,
@@ -88,53 +102,164 @@ pub async fn handle(
     }
     let payload: Value =
         serde_json::from_slice(body).map_err(|e| IntakeError::BadPayload(e.to_string()))?;
-    let fresh = sqlx::query("INSERT INTO webhook_deliveries (delivery_id, event) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(delivery)
-        .bind(event)
-        .execute(store.pool())
-        .await
-        .map_err(Error::from)?
-        .rows_affected()
-        == 1;
-    if !fresh {
+    if !store.record_delivery(delivery, event).await? {
         return Ok(Intake::Duplicate);
-    }
-    if event != "issues" {
-        return Ok(Intake::Ignored(format!("event `{event}` is not handled")));
-    }
-    let issue = &payload["issue"];
-    let action = payload["action"].as_str().unwrap_or_default();
-    if !matches!(action, "opened" | "labeled" | "reopened") {
-        return Ok(Intake::Ignored(format!(
-            "issue action `{action}` starts nothing"
-        )));
-    }
-    let labels: Vec<&str> = issue["labels"]
-        .as_array()
-        .map(|l| l.iter().filter_map(|l| l["name"].as_str()).collect())
-        .unwrap_or_default();
-    if !labels.contains(&TRIGGER_LABEL) {
-        return Ok(Intake::Ignored(
-            "the issue has no `backporcher` label".into(),
-        ));
-    }
-    if issue.get("pull_request").is_some() {
-        return Ok(Intake::Ignored("pull requests are not tasks".into()));
-    }
-    let author = issue["user"]["login"].as_str().unwrap_or_default();
-    if !config
-        .allowed_users
-        .iter()
-        .any(|u| u.eq_ignore_ascii_case(author))
-    {
-        tracing::warn!(author, "issue author is not on the allowlist; no task");
-        return Ok(Intake::Ignored(format!(
-            "author `{author}` is not on the allowlist"
-        )));
     }
     let full_name = payload["repository"]["full_name"]
         .as_str()
         .unwrap_or_default();
+    let action = payload["action"].as_str().unwrap_or_default();
+    match event {
+        "issues" => {
+            if !matches!(action, "opened" | "labeled" | "reopened") {
+                return Ok(Intake::Ignored(format!(
+                    "issue action `{action}` starts nothing"
+                )));
+            }
+            let issue = issue_of(&payload["issue"])?;
+            accept_issue(store, config, full_name, &issue, "github:webhook").await
+        }
+        "issue_comment" => {
+            let issue = &payload["issue"];
+            if action != "created" || issue.get("pull_request").is_none_or(Value::is_null) {
+                return Ok(Intake::Ignored(
+                    "only new comments on pull requests are read".into(),
+                ));
+            }
+            let comment = &payload["comment"];
+            let text = comment["body"].as_str().unwrap_or_default();
+            if !mentions_us(text) {
+                return Ok(Intake::Ignored(
+                    "the comment does not mention @backporcher".into(),
+                ));
+            }
+            let feedback = Feedback {
+                author: comment["user"]["login"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                kind: "comment".into(),
+                id: comment["id"].as_u64().unwrap_or_default(),
+                comments: vec![text.to_owned()],
+            };
+            let number = issue["number"]
+                .as_i64()
+                .ok_or_else(|| IntakeError::BadPayload("issue.number is missing".into()))?;
+            reopen_for_feedback(store, config, full_name, number, &feedback).await
+        }
+        "pull_request_review" => {
+            let review = &payload["review"];
+            let state = review["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if action != "submitted" || state == "approved" {
+                return Ok(Intake::Ignored(format!(
+                    "review `{action}`/`{state}` asks for nothing"
+                )));
+            }
+            let author = review["user"]["login"].as_str().unwrap_or_default();
+            if !allowed(config, author) {
+                return Ok(Intake::Ignored(format!(
+                    "reviewer `{author}` is not on the allowlist"
+                )));
+            }
+            let Some(forge) = forge else {
+                return Ok(Intake::Ignored(
+                    "no forge configured to read the review".into(),
+                ));
+            };
+            let number = payload["pull_request"]["number"]
+                .as_i64()
+                .ok_or_else(|| IntakeError::BadPayload("pull_request.number is missing".into()))?;
+            let review_id = review["id"]
+                .as_u64()
+                .ok_or_else(|| IntakeError::BadPayload("review.id is missing".into()))?;
+            let feedback = forge
+                .review_feedback(full_name, number, review_id)
+                .await
+                .map_err(|e| IntakeError::Forge(e.to_string()))?;
+            if feedback.comments.is_empty() {
+                return Ok(Intake::Ignored("the review has no text".into()));
+            }
+            reopen_for_feedback(store, config, full_name, number, &feedback).await
+        }
+        other => Ok(Intake::Ignored(format!("event `{other}` is not handled"))),
+    }
+}
+
+/// Whether a comment addresses the bot (`@backporcher` as a word).
+pub fn mentions_us(text: &str) -> bool {
+    text.match_indices("@backporcher").any(|(i, m)| {
+        !text[i + m.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphanumeric() || c == '-' || c == '_')
+    })
+}
+
+fn allowed(config: &IntakeConfig, login: &str) -> bool {
+    !login.is_empty()
+        && config
+            .allowed_users
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(login))
+}
+
+fn issue_of(v: &Value) -> Result<Issue, IntakeError> {
+    let number = v["number"]
+        .as_i64()
+        .ok_or_else(|| IntakeError::BadPayload("issue.number is missing".into()))?;
+    Ok(Issue {
+        number,
+        title: v["title"].as_str().unwrap_or_default().to_owned(),
+        body: v["body"].as_str().unwrap_or_default().to_owned(),
+        author: v["user"]["login"].as_str().unwrap_or_default().to_owned(),
+        labels: v["labels"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter_map(|l| l["name"].as_str())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        state: v["state"].as_str().unwrap_or("open").to_owned(),
+        is_pull: v.get("pull_request").is_some_and(|p| !p.is_null()),
+    })
+}
+
+/// Turns a labelled issue into a task, the same way for webhooks and the poller: the trigger
+/// label, an allowlisted author, a registered repository, at most one live task per issue.
+pub async fn accept_issue(
+    store: &Store,
+    config: &IntakeConfig,
+    full_name: &str,
+    issue: &Issue,
+    created_by: &str,
+) -> Result<Intake, IntakeError> {
+    if !issue.labels.iter().any(|l| l == TRIGGER_LABEL) {
+        return Ok(Intake::Ignored(
+            "the issue has no `backporcher` label".into(),
+        ));
+    }
+    if issue.is_pull {
+        return Ok(Intake::Ignored("pull requests are not tasks".into()));
+    }
+    if issue.state != "open" {
+        return Ok(Intake::Ignored("the issue is closed".into()));
+    }
+    if !allowed(config, &issue.author) {
+        tracing::warn!(
+            author = issue.author,
+            issue = issue.number,
+            "issue author is not on the allowlist; no task"
+        );
+        return Ok(Intake::Ignored(format!(
+            "author `{}` is not on the allowlist",
+            issue.author
+        )));
+    }
     let repo = match store.repo_by_name(full_name).await {
         Ok(r) => r,
         Err(Error::RepoNotFound(_)) => {
@@ -144,19 +269,21 @@ pub async fn handle(
         }
         Err(e) => return Err(e.into()),
     };
-    let number = issue["number"]
-        .as_i64()
-        .ok_or_else(|| IntakeError::BadPayload("issue.number is missing".into()))?;
-    let title = clean_text(issue["title"].as_str().unwrap_or_default());
-    let body_text = clean_text(issue["body"].as_str().unwrap_or_default());
+    if !repo.enabled {
+        return Ok(Intake::Ignored(format!(
+            "repository `{full_name}` is disabled"
+        )));
+    }
+    let title = clean_text(&issue.title);
+    let body_text = clean_text(&issue.body);
     let hash = hex::encode(sha2::Sha256::digest(
         format!("{title}\n{body_text}").as_bytes(),
     ));
-    let mut task = NewTask::for_issue(repo.id, number, &title, &body_text);
-    task.author = Some(author.to_owned());
+    let mut task = NewTask::for_issue(repo.id, issue.number, &title, &body_text);
+    task.author = Some(issue.author.clone());
     task.content_hash = Some(hash);
-    task.created_by = "github:webhook".into();
-    if labels.contains(&OPUS_LABEL) {
+    task.created_by = created_by.into();
+    if issue.labels.iter().any(|l| l == OPUS_LABEL) {
         task.model = "opus".into();
     }
     match store.create_task(&task).await {
@@ -164,13 +291,73 @@ pub async fn handle(
             tracing::info!(
                 task = id,
                 repo = full_name,
-                issue = number,
+                issue = issue.number,
+                via = created_by,
                 "issue accepted"
             );
             Ok(Intake::Created(id))
         }
         Err(Error::DuplicateIssue { existing, .. }) => Ok(Intake::Ignored(format!(
             "issue already has live task {existing}"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A human asked for changes on a task's PR: the task goes back to the queue on the same branch
+/// with the request as context, once per comment or review.
+async fn reopen_for_feedback(
+    store: &Store,
+    config: &IntakeConfig,
+    full_name: &str,
+    pr_number: i64,
+    feedback: &Feedback,
+) -> Result<Intake, IntakeError> {
+    if !allowed(config, &feedback.author) {
+        return Ok(Intake::Ignored(format!(
+            "`{}` is not on the allowlist",
+            feedback.author
+        )));
+    }
+    let Some(task) = store.task_by_pr(full_name, pr_number).await? else {
+        return Ok(Intake::Ignored(format!(
+            "{full_name}#{pr_number} is not a live task's pull request"
+        )));
+    };
+    let comments: Vec<String> = feedback
+        .comments
+        .iter()
+        .map(|c| textguard::clean(c))
+        .collect();
+    let context = serde_json::json!({
+        "kind": "pr_feedback",
+        "source": feedback.kind,
+        "author": feedback.author,
+        "comments": comments,
+    });
+    let key = format!("{}:{}", feedback.kind, feedback.id);
+    match store
+        .reopen_once(
+            task.id,
+            &key,
+            &context,
+            &Note::new(format!("github:{}", feedback.author), "pr_feedback"),
+        )
+        .await
+    {
+        Ok(Some(t)) => {
+            tracing::info!(
+                task = t.id,
+                pr = pr_number,
+                kind = feedback.kind,
+                "task re-opened by PR feedback"
+            );
+            Ok(Intake::Reopened(t.id))
+        }
+        Ok(None) => Ok(Intake::Duplicate),
+        Err(Error::IllegalTransition { current, .. }) => Ok(Intake::Ignored(format!(
+            "task {} is {current}; feedback is read while its PR waits for review, CI or approval",
+            task.id
         ))),
         Err(e) => Err(e.into()),
     }

@@ -10,8 +10,11 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod forge;
 pub mod grpc;
 pub mod intake;
+pub mod model;
+pub mod pipeline;
 pub mod pki;
 pub mod reaper;
 pub mod server;

@@ -21,6 +21,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
     /// Run the controller (with its own PostgreSQL unless DATABASE_URL is set).
     Serve {
@@ -62,6 +63,24 @@ enum Command {
         /// GitHub logins whose labelled issues start tasks (comma-separated).
         #[arg(long, env = "BACKPORCHER_ALLOWED_USERS", value_delimiter = ',')]
         allowed_users: Vec<String>,
+        #[command(flatten)]
+        github: GitHubArgs,
+        /// Model API base URL (triage, review, reflection).
+        #[arg(
+            long,
+            env = "ANTHROPIC_BASE_URL",
+            default_value = "https://api.anthropic.com"
+        )]
+        model_api: String,
+        /// Model API key; without it reviews fail per repository setting.
+        #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
+        model_api_key: Option<String>,
+        /// Reviewer model.
+        #[arg(long, env = "BACKPORCHER_REVIEW_MODEL", default_value = "sonnet")]
+        review_model: String,
+        /// Seconds between issue polls (the webhook backstop).
+        #[arg(long, env = "BACKPORCHER_POLL_SECONDS", default_value_t = 60)]
+        poll_seconds: u64,
     },
     /// Mint a one-time join ticket for a runner host (`backporcher-runner join --token …`).
     RunnerToken {
@@ -80,7 +99,60 @@ enum Command {
     },
 }
 
+/// How to reach GitHub.
+#[derive(clap::Args)]
+struct GitHubArgs {
+    /// GitHub API base URL.
+    #[arg(
+        long,
+        env = "BACKPORCHER_GITHUB_API",
+        default_value = "https://api.github.com"
+    )]
+    github_api: String,
+    /// A token with repo scope (or set the App options instead).
+    #[arg(long, env = "GITHUB_TOKEN", hide_env_values = true)]
+    github_token: Option<String>,
+    /// GitHub App id (with --github-installation-id and --github-app-key-file).
+    #[arg(long, env = "BACKPORCHER_GITHUB_APP_ID")]
+    github_app_id: Option<u64>,
+    /// GitHub App installation id.
+    #[arg(long, env = "BACKPORCHER_GITHUB_INSTALLATION_ID")]
+    github_installation_id: Option<u64>,
+    /// File with the GitHub App's private key (PEM).
+    #[arg(long, env = "BACKPORCHER_GITHUB_APP_KEY_FILE")]
+    github_app_key_file: Option<PathBuf>,
+}
+
+impl GitHubArgs {
+    fn config(self) -> anyhow::Result<Option<controller::forge::github::GitHubConfig>> {
+        use controller::forge::auth::Credentials;
+        let credentials = match (
+            self.github_token,
+            self.github_app_id,
+            self.github_installation_id,
+            self.github_app_key_file,
+        ) {
+            (_, Some(app_id), Some(installation_id), Some(key)) => Credentials::App {
+                app_id,
+                installation_id,
+                private_key_pem: std::fs::read_to_string(&key).map_err(|e| {
+                    anyhow::anyhow!("cannot read the GitHub App key {}: {e}", key.display())
+                })?,
+            },
+            (_, Some(_), _, _) | (_, _, Some(_), _) | (_, _, _, Some(_)) => anyhow::bail!(
+                "a GitHub App needs all of --github-app-id, --github-installation-id and --github-app-key-file"
+            ),
+            (Some(t), None, None, None) if !t.is_empty() => Credentials::Token(t),
+            _ => return Ok(None),
+        };
+        let mut c = controller::forge::github::GitHubConfig::with_token(&self.github_api, "");
+        c.credentials = credentials;
+        Ok(Some(c))
+    }
+}
+
 fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -115,8 +187,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             lease_seconds,
             webhook_secret,
             allowed_users,
+            github,
+            model_api,
+            model_api_key,
+            review_model,
+            poll_seconds,
         } => {
             let lease = Duration::from_secs(lease_seconds);
+            let model = model_api_key.filter(|k| !k.is_empty()).map(|api_key| {
+                controller::model::ModelConfig {
+                    base_url: model_api,
+                    api_key,
+                    timeout: Duration::from_secs(300),
+                }
+            });
             let config = Config {
                 database_url,
                 data_dir,
@@ -127,6 +211,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 heartbeat_interval: lease / 3,
                 webhook_secret,
                 allowed_users,
+                github: github.config()?,
+                model,
+                review_model,
+                poll_interval: Duration::from_secs(poll_seconds.max(5)),
                 ..Config::default()
             };
             let listeners = controller::server::Listeners::bind(&config).await?;

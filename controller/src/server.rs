@@ -201,12 +201,56 @@ pub async fn run(
     };
     let grpc = tokio::spawn(grpc::serve(deps, listeners.grpc, shutdown.clone()));
 
+    let forge: Option<Arc<dyn crate::forge::Forge>> = match &config.github {
+        Some(gh) => Some(Arc::new(
+            crate::forge::github::GitHub::new(gh.clone())
+                .context("the GitHub configuration is unusable")?,
+        )),
+        None => {
+            tracing::warn!("no GitHub configured: tasks stop once their result is stored");
+            None
+        }
+    };
+    let intake_config = Arc::new(IntakeConfig {
+        webhook_secret: config.webhook_secret.clone(),
+        allowed_users: config.allowed_users.clone(),
+    });
+    let mut background = Vec::new();
+    if let Some(forge) = &forge {
+        background.push(tokio::spawn(crate::forge::poller::run(
+            store.clone(),
+            forge.clone(),
+            intake_config.clone(),
+            config.poll_interval,
+            shutdown.clone(),
+        )));
+        background.push(tokio::spawn(crate::forge::milestones::run(
+            store.clone(),
+            forge.clone(),
+            std::time::Duration::from_secs(2),
+            shutdown.clone(),
+        )));
+        let reviewer: Arc<dyn crate::pipeline::Reviewer> = match &config.model {
+            Some(m) => Arc::new(crate::pipeline::review::ModelReviewer {
+                client: crate::model::ModelClient::new(m.clone(), store.clone())?,
+                model: config.review_model.clone(),
+            }),
+            None => Arc::new(crate::pipeline::review::NoReviewer),
+        };
+        let pipeline = crate::pipeline::Pipeline {
+            store: store.clone(),
+            forge: forge.clone(),
+            pusher: crate::forge::git::Pusher::new(&config.data_dir.join("forge")),
+            reviewer,
+            config: config.pipeline.clone(),
+        };
+        background.push(tokio::spawn(pipeline.run(shutdown.clone())));
+    }
+
     let state = HttpState {
         store: store.clone(),
-        intake: Arc::new(IntakeConfig {
-            webhook_secret: config.webhook_secret.clone(),
-            allowed_users: config.allowed_users.clone(),
-        }),
+        intake: intake_config,
+        forge,
     };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -221,6 +265,9 @@ pub async fn run(
         .context("HTTP server failed");
 
     shutdown.cancel();
+    for b in background {
+        let _ = b.await;
+    }
     let grpc = grpc.await.context("runner gRPC task panicked")?;
     tracker.close();
     tracker.wait().await;
@@ -236,6 +283,7 @@ pub async fn run(
 struct HttpState {
     store: Store,
     intake: Arc<IntakeConfig>,
+    forge: Option<Arc<dyn crate::forge::Forge>>,
 }
 
 async fn webhook(
@@ -254,6 +302,7 @@ async fn webhook(
     match intake::handle(
         &s.store,
         &s.intake,
+        s.forge.as_deref(),
         event,
         delivery,
         header("x-hub-signature-256"),
@@ -262,6 +311,14 @@ async fn webhook(
     .await
     {
         Ok(Intake::Created(task)) => (StatusCode::ACCEPTED, format!("{{\"task\":{task}}}")),
+        Ok(Intake::Reopened(task)) => (StatusCode::ACCEPTED, format!("{{\"reopened\":{task}}}")),
+        Err(IntakeError::Forge(e)) => {
+            tracing::warn!(event, delivery, error = %e, "webhook needs GitHub, which failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "reading from GitHub failed; redeliver the webhook later".into(),
+            )
+        }
         Ok(Intake::Duplicate) => (StatusCode::OK, "duplicate delivery; already handled".into()),
         Ok(Intake::Ignored(why)) => (StatusCode::ACCEPTED, why),
         Err(IntakeError::BadSignature) => {

@@ -94,6 +94,10 @@ struct SimState {
     webhook: Option<(String, String)>,
     deliveries: Vec<Value>,
     limits: std::collections::VecDeque<RateLimit>,
+    /// (method, path) of every REST request, in order.
+    requests: Vec<(String, String)>,
+    /// GitHub App: (app id, installation id, RSA public key DER).
+    app: Option<(u64, u64, Vec<u8>)>,
 }
 
 /// The simulator; cheap to clone.
@@ -283,6 +287,115 @@ impl GitHubSim {
         id
     }
 
+    /// Opens an issue and delivers the `issues` `opened` webhook; returns its number.
+    pub async fn open_issue(
+        &self,
+        full_name: &str,
+        title: &str,
+        body: &str,
+        author: &str,
+        labels: &[&str],
+    ) -> u64 {
+        let number = self.create_issue(full_name, title, body, author, labels);
+        let item = self.item(full_name, number).expect("just created");
+        let issue = self.item_json(full_name, &item);
+        self.deliver(
+            "issues",
+            json!({"action": "opened", "issue": issue, "repository": {"full_name": full_name}}),
+        )
+        .await;
+        number
+    }
+
+    /// A user comments on an issue or pull request (and the `issue_comment` webhook fires).
+    pub async fn user_comment(&self, full_name: &str, number: u64, user: &str, body: &str) -> u64 {
+        let (id, item) = {
+            let mut st = self.state.lock().expect("sim lock");
+            st.next_id += 1;
+            let id = st.next_id;
+            let repo = st.repos.get_mut(full_name).expect("repository exists");
+            let item = repo.items.get_mut(&number).expect("issue exists");
+            item.comments.push((id, user.into(), body.into()));
+            (id, item.clone())
+        };
+        let issue = self.item_json(full_name, &item);
+        self.deliver(
+            "issue_comment",
+            json!({"action": "created", "issue": issue, "comment": {"id": id, "body": body, "user": {"login": user, "id": 3}}, "repository": {"full_name": full_name}}),
+        )
+        .await;
+        id
+    }
+
+    /// Commits `files` on `branch` directly (to cause a conflict with a task branch); returns
+    /// the new head.
+    pub fn push_commit(
+        &self,
+        full_name: &str,
+        branch: &str,
+        files: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
+        let dir = self.git_dir(full_name);
+        let work = tempdir(&self.root, "work")?;
+        git(
+            &self.root,
+            &[
+                "clone",
+                "--quiet",
+                "--branch",
+                branch,
+                &dir.to_string_lossy(),
+                &work.to_string_lossy(),
+            ],
+        )?;
+        for (path, content) in files {
+            let p = work.join(path);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(p, content)?;
+        }
+        git(&work, &["add", "-A"])?;
+        git(&work, &["commit", "--quiet", "-m", "direct commit"])?;
+        git(
+            &work,
+            &[
+                "push",
+                "--quiet",
+                "origin",
+                &format!("HEAD:refs/heads/{branch}"),
+            ],
+        )?;
+        let head = git(&work, &["rev-parse", "HEAD"])?;
+        let _ = std::fs::remove_dir_all(work);
+        Ok(head)
+    }
+
+    /// Head commit of a branch.
+    pub fn branch_head(&self, full_name: &str, branch: &str) -> Option<String> {
+        git(
+            &self.git_dir(full_name),
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("refs/heads/{branch}"),
+            ],
+        )
+        .ok()
+    }
+
+    /// Every REST request so far as (method, path with query).
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.state.lock().expect("sim lock").requests.clone()
+    }
+
+    /// Accepts GitHub App JWTs for `app_id` signed by the key whose RSA public key (PKCS#1 DER)
+    /// is given, minting installation tokens for `installation_id` (the simulator's token).
+    pub fn enable_app(&self, app_id: u64, installation_id: u64, public_key_der: Vec<u8>) {
+        self.state.lock().expect("sim lock").app = Some((app_id, installation_id, public_key_der));
+    }
+
     /// Sends webhooks to `url`, signed with `secret`.
     pub fn set_webhook(&self, url: &str, secret: &str) {
         self.state.lock().expect("sim lock").webhook = Some((url.into(), secret.into()));
@@ -359,6 +472,18 @@ impl GitHubSim {
             .route(
                 "/repos/{owner}/{repo}/pulls/{number}/comments",
                 get(list_review_comments),
+            )
+            .route(
+                "/repos/{owner}/{repo}/pulls/{number}/reviews/{review}",
+                get(get_review),
+            )
+            .route(
+                "/repos/{owner}/{repo}/pulls/{number}/reviews/{review}/comments",
+                get(list_one_review_comments),
+            )
+            .route(
+                "/app/installations/{installation}/access_tokens",
+                post(installation_token),
             )
             .route(
                 "/repos/{owner}/{repo}/actions/jobs/{job}/logs",
@@ -1239,6 +1364,143 @@ async fn list_review_comments(
     ok_json(StatusCode::OK, Value::Array(list))
 }
 
+fn review_of(sim: &GitHubSim, full: &str, n: u64, id: u64) -> Option<Review> {
+    let st = sim.state.lock().expect("sim lock");
+    st.repos
+        .get(full)?
+        .reviews
+        .get(&n)?
+        .iter()
+        .find(|r| r.id == id)
+        .cloned()
+}
+
+async fn get_review(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n, id)): UrlPath<(String, String, u64, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    match review_of(&sim, &format!("{o}/{r}"), n, id) {
+        Some(r) => ok_json(
+            StatusCode::OK,
+            json!({"id": r.id, "user": {"login": r.user, "id": 1}, "state": r.state, "body": r.body, "pull_request_url": format!("{}/repos/{o}/{}/pulls/{n}", sim.url(), r.id)}),
+        ),
+        None => with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found")),
+    }
+}
+
+async fn list_one_review_comments(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n, id)): UrlPath<(String, String, u64, u64)>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let Some(review) = review_of(&sim, &format!("{o}/{r}"), n, id) else {
+        return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+    };
+    let list: Vec<Value> = review
+        .comments
+        .iter()
+        .enumerate()
+        .map(|(i, c)| json!({"id": review.id * 100 + i as u64, "pull_request_review_id": review.id, "user": {"login": review.user, "id": 1}, "body": c, "path": "src/lib.rs", "line": i + 1}))
+        .collect();
+    ok_json(StatusCode::OK, Value::Array(list))
+}
+
+/// `POST /app/installations/{id}/access_tokens` with an App JWT (RS256) in `Authorization: Bearer`.
+async fn installation_token(
+    State(sim): State<GitHubSim>,
+    UrlPath(installation): UrlPath<u64>,
+    headers: HeaderMap,
+) -> Response {
+    let app = sim.state.lock().expect("sim lock").app.clone();
+    let Some((app_id, inst, key)) = app else {
+        return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+    };
+    let jwt = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !jwt_valid(jwt, app_id, &key) {
+        return with_rate(gh_error(
+            StatusCode::UNAUTHORIZED,
+            "A JSON web token could not be decoded",
+        ));
+    }
+    if installation != inst {
+        return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+    }
+    let expires = chrono_like_in_an_hour();
+    ok_json(
+        StatusCode::CREATED,
+        json!({"token": sim.token.as_str(), "expires_at": expires, "permissions": {"contents": "write", "issues": "write", "pull_requests": "write"}}),
+    )
+}
+
+fn jwt_valid(jwt: &str, app_id: u64, public_key_der: &[u8]) -> bool {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts = jwt.split('.');
+    let (Some(h), Some(c), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let Ok(sig) = URL_SAFE_NO_PAD.decode(sig) else {
+        return false;
+    };
+    let key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        public_key_der,
+    );
+    if key.verify(format!("{h}.{c}").as_bytes(), &sig).is_err() {
+        return false;
+    }
+    let Ok(claims) = URL_SAFE_NO_PAD.decode(c) else {
+        return false;
+    };
+    let Ok(claims) = serde_json::from_slice::<Value>(&claims) else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let iss_ok = claims["iss"].as_str() == Some(app_id.to_string().as_str())
+        || claims["iss"].as_u64() == Some(app_id);
+    let exp_ok = claims["exp"]
+        .as_u64()
+        .is_some_and(|e| e > now && e <= now + 600);
+    iss_ok && exp_ok
+}
+
+fn chrono_like_in_an_hour() -> String {
+    // RFC 3339 in UTC without a date library: days since the epoch → civil date.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 3600;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Answers queued rate limits before anything else (git traffic excepted).
 async fn rate_limits(
     State(sim): State<GitHubSim>,
@@ -1246,7 +1508,16 @@ async fn rate_limits(
     next: axum::middleware::Next,
 ) -> Response {
     if req.uri().path().starts_with("/repos/") {
-        let limit = sim.state.lock().expect("sim lock").limits.pop_front();
+        let limit = {
+            let mut st = sim.state.lock().expect("sim lock");
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            st.requests.push((req.method().to_string(), path));
+            st.limits.pop_front()
+        };
         match limit {
             Some(RateLimit::Primary) => {
                 let mut r = gh_error(

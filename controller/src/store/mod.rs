@@ -14,12 +14,14 @@
 //! and users), [`leases`] (claim, renew, logs, completion, reaping), [`repos`], [`runners`],
 //! [`settings`], and [`wake`] (LISTEN/NOTIFY).
 
+pub mod forge;
 pub mod leases;
 pub mod model;
 pub mod repos;
 pub mod runners;
 pub mod settings;
 pub mod tasks;
+pub mod usage;
 pub mod wake;
 
 use std::time::Duration;

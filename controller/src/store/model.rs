@@ -485,6 +485,14 @@ pub struct Task {
     pub retry_context: sqlx::types::Json<serde_json::Value>,
     /// Task branch.
     pub branch: Option<String>,
+    /// Head commit of the task branch as last pushed or reported.
+    pub head_sha: Option<String>,
+    /// Files the pushed branch changes.
+    pub changed_files: Vec<String>,
+    /// Transient failures in the current controller stage.
+    pub stage_tries: i32,
+    /// The reviewer's last verdict.
+    pub review: Option<sqlx::types::Json<serde_json::Value>>,
     /// PR number.
     pub pr_number: Option<i64>,
     /// PR URL.
@@ -526,7 +534,7 @@ macro_rules! task_columns {
          prompt_override, status, terminal_reason, error, hold_kind, hold_until, cancel_requested_at, \
          priority, model, agent, required_labels, agent_retries, verify_retries, review_retries, \
          ci_retries, conflict_retries, attempt, lease_token, runner_id, lease_expires_at, \
-         resume_branch, retry_context, branch, pr_number, pr_url, cost_microusd, \
+         resume_branch, retry_context, branch, head_sha, changed_files, stage_tries, review, pr_number, pr_url, cost_microusd, \
          created_at, updated_at, finished_at"
     };
 }

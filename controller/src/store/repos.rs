@@ -41,6 +41,14 @@ pub struct Repo {
     pub stack: Option<String>,
     /// Whether its tasks are dispatched.
     pub enabled: bool,
+    /// `squash`, `merge` or `rebase`.
+    pub merge_method: String,
+    /// Check names that do not count.
+    pub ci_ignore: Vec<String>,
+    /// What no checks at all means: `merge`, `hold` or `wait`.
+    pub no_checks: String,
+    /// How long to wait for checks to appear before applying `no_checks`.
+    pub no_checks_grace_secs: i32,
     /// Registered at.
     pub created_at: DateTime<Utc>,
 }
@@ -77,11 +85,22 @@ pub struct RepoSettings {
     pub runner_labels: Option<Vec<String>>,
     /// Whether tasks are dispatched.
     pub enabled: Option<bool>,
+    /// `squash`, `merge` or `rebase`.
+    pub merge_method: Option<String>,
+    /// Check names that do not count.
+    pub ci_ignore: Option<Vec<String>>,
+    /// `merge`, `hold` or `wait`.
+    pub no_checks: Option<String>,
+    /// Seconds to wait for checks to appear.
+    pub no_checks_grace_secs: Option<i32>,
+    /// Whether tasks may change `.github/workflows`.
+    pub allow_workflow_changes: Option<bool>,
 }
 
 const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command, approval_mode, \
     review_fail_mode, egress_policy, allow_workflow_changes, budget_task_microusd, \
-    budget_daily_microusd, max_concurrency, active_tasks, runner_labels, stack, enabled, created_at";
+    budget_daily_microusd, max_concurrency, active_tasks, runner_labels, stack, enabled, merge_method, ci_ignore, no_checks, \
+    no_checks_grace_secs, created_at";
 
 impl Store {
     /// Registers a repository. Its name must be `owner/name`.
@@ -158,7 +177,18 @@ impl Store {
             s.egress_policy.as_deref(),
             &["none", "gateway-only", "open"],
         )?;
+        check_choice(
+            "merge method",
+            s.merge_method.as_deref(),
+            &["squash", "merge", "rebase"],
+        )?;
+        check_choice(
+            "no-checks policy",
+            s.no_checks.as_deref(),
+            &["merge", "hold", "wait"],
+        )?;
         for (what, v) in [
+            ("no-checks grace", s.no_checks_grace_secs.map(i64::from)),
             ("task budget", s.budget_task_microusd),
             ("daily budget", s.budget_daily_microusd),
             ("concurrency cap", s.max_concurrency.map(i64::from)),
@@ -182,6 +212,11 @@ impl Store {
                max_concurrency = CASE WHEN $8::int IS NULL THEN max_concurrency ELSE NULLIF($8, 0) END, \
                runner_labels = COALESCE($9, runner_labels), \
                enabled = COALESCE($10, enabled), \
+               merge_method = COALESCE($11, merge_method), \
+               ci_ignore = COALESCE($12, ci_ignore), \
+               no_checks = COALESCE($13, no_checks), \
+               no_checks_grace_secs = COALESCE($14, no_checks_grace_secs), \
+               allow_workflow_changes = COALESCE($15, allow_workflow_changes), \
                updated_at = now() \
              WHERE id = $1 RETURNING {REPO_COLUMNS}"
         )))
@@ -195,6 +230,11 @@ impl Store {
         .bind(s.max_concurrency)
         .bind(&s.runner_labels)
         .bind(s.enabled)
+        .bind(&s.merge_method)
+        .bind(&s.ci_ignore)
+        .bind(&s.no_checks)
+        .bind(s.no_checks_grace_secs)
+        .bind(s.allow_workflow_changes)
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| Error::RepoNotFound(id.to_string()))

@@ -776,7 +776,9 @@ pub(crate) async fn retry_in(
     } else {
         (Vec::new(), Vec::new())
     };
-    let keep_branch = matches!(failure.mode, FailureMode::Ci | FailureMode::Conflict);
+    // CI fixes continue the branch; a conflict that the controller could not merge away starts
+    // over from a fresh base (the same branch name, so the open PR is found and reused).
+    let keep_branch = matches!(failure.mode, FailureMode::Ci);
     let context = failure
         .context
         .as_ref()

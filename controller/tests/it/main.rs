@@ -2,6 +2,7 @@
 //! database per test; `DATABASE_URL` to use another server).
 
 mod claims;
+mod forge;
 mod intake;
 mod leases;
 mod lifecycle;
@@ -15,6 +16,19 @@ use controller::store::model::status_texts;
 use controller::store::repos::{NewRepo, Repo};
 use controller::store::tasks::{NewTask, Triage};
 use controller::store::{MIGRATOR, Note, RunnerId, Status, Store, Task};
+
+/// A store on a fresh, migrated database, and the database's URL.
+pub async fn store_and_url() -> (Store, String) {
+    let db = pgembed::testing::cluster()
+        .await
+        .fresh_database(&MIGRATOR)
+        .await
+        .expect("fresh database");
+    (
+        Store::connect(&db.url, 40).await.expect("connect"),
+        db.url.clone(),
+    )
+}
 
 /// A store on a fresh, migrated database.
 pub async fn store() -> Store {

@@ -1,0 +1,386 @@
+//! Pushing a runner's result: the git bundle (the task branch against its base) is unpacked into a
+//! bare cache repository per forge repository under the controller's data dir, checked (one
+//! branch, the expected name, size, no workflow changes unless allowed), and force-pushed to the
+//! task branch over HTTPS with the forge's token in an `http.extraHeader` passed through git's
+//! environment (never in a URL or an argument).
+//!
+//! The push is idempotent: pushing the same bundle again leaves the branch where it is.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+
+use super::{ForgeError, Result};
+
+/// What to push where.
+#[derive(Debug, Clone)]
+pub struct PushRequest<'a> {
+    /// `owner/name`.
+    pub repo: &'a str,
+    /// Clone URL (https or http).
+    pub clone_url: &'a str,
+    /// Default branch (fetched first: the bundle's prerequisites are on it).
+    pub default_branch: &'a str,
+    /// The task branch the bundle must carry.
+    pub branch: &'a str,
+    /// The bundle bytes.
+    pub bundle: &'a [u8],
+    /// Whether changes under `.github/workflows/` are allowed.
+    pub allow_workflow_changes: bool,
+    /// Token for HTTPS basic auth.
+    pub token: &'a str,
+}
+
+/// What was pushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// The branch head now on the forge.
+    pub head_sha: String,
+    /// Files the branch changes against the default branch.
+    pub changed_files: Vec<String>,
+}
+
+/// Pushes bundles; owns the cache repositories under `root`.
+#[derive(Debug, Clone)]
+pub struct Pusher {
+    root: PathBuf,
+}
+
+impl Pusher {
+    /// Cache repositories live under `root`.
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+        }
+    }
+
+    /// Unpacks, checks and pushes.
+    pub async fn push(&self, req: &PushRequest<'_>) -> Result<Pushed> {
+        let dir = self.root.join(format!("{}.git", req.repo));
+        if !dir.join("HEAD").exists() {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| git_err("init", e))?;
+            git(&dir, &["init", "--quiet", "--bare"], None, "init").await?;
+        }
+        let auth = basic_auth(req.token);
+        // The bundle needs its base: the default branch and, when continuing, the task branch.
+        git(
+            &dir,
+            &[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                req.clone_url,
+                &format!(
+                    "+refs/heads/{}:refs/remotes/origin/{}",
+                    req.default_branch, req.default_branch
+                ),
+            ],
+            Some(&auth),
+            "fetch",
+        )
+        .await?;
+        let _ = git(
+            &dir,
+            &[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                req.clone_url,
+                &format!(
+                    "+refs/heads/{}:refs/remotes/origin/{}",
+                    req.branch, req.branch
+                ),
+            ],
+            Some(&auth),
+            "fetch",
+        )
+        .await;
+        let bundle_path = dir.join(format!("incoming-{}.bundle", uuid::Uuid::new_v4()));
+        tokio::fs::write(&bundle_path, req.bundle)
+            .await
+            .map_err(|e| git_err("write bundle", e))?;
+        let result = self.check_and_push(&dir, &bundle_path, req, &auth).await;
+        let _ = tokio::fs::remove_file(&bundle_path).await;
+        result
+    }
+
+    async fn check_and_push(
+        &self,
+        dir: &Path,
+        bundle: &Path,
+        req: &PushRequest<'_>,
+        auth: &str,
+    ) -> Result<Pushed> {
+        let bundle_s = bundle.to_string_lossy();
+        let heads = git(
+            dir,
+            &["bundle", "list-heads", &bundle_s],
+            None,
+            "bundle list-heads",
+        )
+        .await
+        .map_err(|e| ForgeError::Refused(format!("the result is not a git bundle: {e}")))?;
+        let refs: Vec<&str> = heads
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        let wanted = format!("refs/heads/{}", req.branch);
+        if refs != [wanted.as_str()] {
+            return Err(ForgeError::Refused(format!(
+                "the bundle must carry exactly `{wanted}`, it carries {refs:?}"
+            )));
+        }
+        let local = format!("refs/backporcher/{}", req.branch);
+        git(
+            dir,
+            &["fetch", "--quiet", &bundle_s, &format!("+{wanted}:{local}")],
+            None,
+            "fetch bundle",
+        )
+        .await
+        .map_err(|e| {
+            ForgeError::Refused(format!(
+                "the bundle does not apply to the current `{}`: {e}",
+                req.default_branch
+            ))
+        })?;
+        let head = git(dir, &["rev-parse", &local], None, "rev-parse").await?;
+        let base = format!("refs/remotes/origin/{}", req.default_branch);
+        let merge_base = git(dir, &["merge-base", &base, &local], None, "merge-base")
+            .await
+            .unwrap_or_else(|_| base.clone());
+        let changed = git(
+            dir,
+            &["diff", "--name-only", "-z", &merge_base, &local],
+            None,
+            "diff",
+        )
+        .await?;
+        let changed_files: Vec<String> = changed
+            .split('\0')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if changed_files.is_empty() {
+            return Err(ForgeError::Refused(
+                "the branch changes nothing against the default branch".into(),
+            ));
+        }
+        if !req.allow_workflow_changes
+            && let Some(f) = changed_files
+                .iter()
+                .find(|f| f.starts_with(".github/workflows/"))
+        {
+            return Err(ForgeError::Refused(format!(
+                "the change touches `{f}`; workflow changes are not allowed for this repository (repo setting allow_workflow_changes)"
+            )));
+        }
+        git(
+            dir,
+            &[
+                "push",
+                "--quiet",
+                "--force",
+                req.clone_url,
+                &format!("{local}:refs/heads/{}", req.branch),
+            ],
+            Some(auth),
+            "push",
+        )
+        .await?;
+        Ok(Pushed {
+            head_sha: head,
+            changed_files,
+        })
+    }
+}
+
+fn basic_auth(token: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
+    format!("Authorization: Basic {b64}")
+}
+
+fn git_err(op: &'static str, e: impl std::fmt::Display) -> ForgeError {
+    ForgeError::Git {
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// Runs git in `dir`; `auth` becomes an `http.extraHeader` through the environment.
+async fn git(dir: &Path, args: &[&str], auth: Option<&str>, op: &'static str) -> Result<String> {
+    let mut cmd = xcmd::Cmd::new("git", dir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0");
+    if let Some(a) = auth {
+        cmd = cmd
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+            .env("GIT_CONFIG_VALUE_0", a);
+    }
+    let out = cmd
+        .to_tokio()
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| git_err(op, e))?;
+    if !out.status.success() {
+        return Err(git_err(
+            op,
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+impl Pusher {
+    /// Brings the task branch up to date with the default branch by a merge commit made without a
+    /// work tree (`git merge-tree`), and pushes it. `Ok(None)` when the two conflict.
+    pub async fn update_branch(
+        &self,
+        repo: &str,
+        clone_url: &str,
+        default_branch: &str,
+        branch: &str,
+        token: &str,
+    ) -> Result<Option<String>> {
+        let dir = self.root.join(format!("{repo}.git"));
+        if !dir.join("HEAD").exists() {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| git_err("init", e))?;
+            git(&dir, &["init", "--quiet", "--bare"], None, "init").await?;
+        }
+        let auth = basic_auth(token);
+        git(
+            &dir,
+            &[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                clone_url,
+                &format!("+refs/heads/{default_branch}:refs/remotes/origin/{default_branch}"),
+                &format!("+refs/heads/{branch}:refs/remotes/origin/{branch}"),
+            ],
+            Some(&auth),
+            "fetch",
+        )
+        .await?;
+        let base = format!("refs/remotes/origin/{default_branch}");
+        let head = format!("refs/remotes/origin/{branch}");
+        let Ok(tree) = git(
+            &dir,
+            &["merge-tree", "--write-tree", &head, &base],
+            None,
+            "merge-tree",
+        )
+        .await
+        else {
+            return Ok(None);
+        };
+        let tree = tree.lines().next().unwrap_or_default().to_owned();
+        let message = format!("Merge {default_branch} into {branch}");
+        let commit = git_as_bot(
+            &dir,
+            &[
+                "commit-tree",
+                &tree,
+                "-p",
+                &head,
+                "-p",
+                &base,
+                "-m",
+                &message,
+            ],
+        )
+        .await?;
+        git(
+            &dir,
+            &[
+                "push",
+                "--quiet",
+                clone_url,
+                &format!("{commit}:refs/heads/{branch}"),
+            ],
+            Some(&auth),
+            "push",
+        )
+        .await?;
+        Ok(Some(commit))
+    }
+}
+
+async fn git_as_bot(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = xcmd::Cmd::new("git", dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "backporcher")
+        .env("GIT_AUTHOR_EMAIL", "backporcher@localhost")
+        .env("GIT_COMMITTER_NAME", "backporcher")
+        .env("GIT_COMMITTER_EMAIL", "backporcher@localhost")
+        .to_tokio()
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| git_err("commit-tree", e))?;
+    if !out.status.success() {
+        return Err(git_err(
+            "commit-tree",
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+impl Pusher {
+    /// The task branch's diff against the default branch (fetched fresh), capped at `max` bytes.
+    pub async fn diff(
+        &self,
+        repo: &str,
+        clone_url: &str,
+        default_branch: &str,
+        branch: &str,
+        token: &str,
+        max: usize,
+    ) -> Result<String> {
+        let dir = self.root.join(format!("{repo}.git"));
+        if !dir.join("HEAD").exists() {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| git_err("init", e))?;
+            git(&dir, &["init", "--quiet", "--bare"], None, "init").await?;
+        }
+        git(
+            &dir,
+            &[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                clone_url,
+                &format!("+refs/heads/{default_branch}:refs/remotes/origin/{default_branch}"),
+                &format!("+refs/heads/{branch}:refs/remotes/origin/{branch}"),
+            ],
+            Some(&basic_auth(token)),
+            "fetch",
+        )
+        .await?;
+        let range = format!("refs/remotes/origin/{default_branch}...refs/remotes/origin/{branch}");
+        let mut diff = git(
+            &dir,
+            &["diff", "--no-color", "--no-ext-diff", &range],
+            None,
+            "diff",
+        )
+        .await?;
+        if diff.len() > max {
+            let mut cut = max;
+            while !diff.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            diff.truncate(cut);
+            diff.push_str("\n[diff truncated]");
+        }
+        Ok(diff)
+    }
+}

@@ -1,0 +1,196 @@
+//! GitHub milestones derived from the timeline: labels and short issue comments follow the task's
+//! events, in order, exactly once each.
+//!
+//! Every transition writes a `task_events` row in its own transaction (a database trigger), so
+//! nothing can change a task without leaving an event; this worker walks each issue task's events
+//! past its cursor (`forge_event_id`) and applies what each one means on GitHub. A transient
+//! failure (rate limit, outage) stops the task's walk and leaves the cursor, so the same effect is
+//! tried again later; a permanent one (the issue was deleted) is logged and skipped.
+//!
+//! | event                         | labels                                   | comment            |
+//! |-------------------------------|------------------------------------------|--------------------|
+//! | created                       | + in-progress, − backporcher             | accepted           |
+//! | → pr_open                     |                                          | PR opened          |
+//! | → approval_hold               |                                          | waiting for a human|
+//! | → merged                      | + done, − in-progress; issue closed      | merged             |
+//! | → failed                      | + failed, − in-progress                  | why, what to do    |
+//! | → canceled                    | − in-progress                            | canceled           |
+//! | failed/canceled → queued      | + in-progress, − failed                  |                    |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Forge, ForgeError, labels};
+use crate::store::model::TaskEvent;
+use crate::store::wake::Wake;
+use crate::store::{Store, Task};
+
+/// Applies every pending milestone once; returns how many events were applied.
+pub async fn sync_once(store: &Store, forge: &dyn Forge) -> anyhow::Result<usize> {
+    let mut applied = 0;
+    for (task_id, cursor, seq) in store.forge_pending(100).await? {
+        let task = store.task(task_id).await?;
+        let repo = store.repo(task.repo_id).await?;
+        let Some(issue) = task.issue_number else {
+            store.mark_forge_synced(task_id, cursor, Some(seq)).await?;
+            continue;
+        };
+        let events = store.events_after(task_id, cursor).await?;
+        let mut done_all = true;
+        for ev in &events {
+            match apply(forge, &repo.name, issue, &task, ev).await {
+                Ok(()) => applied += 1,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(task = task_id, event = ev.id, error = %e, "GitHub milestone deferred");
+                    done_all = false;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(task = task_id, event = ev.id, error = %e, "GitHub milestone skipped");
+                }
+            }
+            store.mark_forge_synced(task_id, ev.id, None).await?;
+        }
+        if done_all {
+            let last = events.last().map(|e| e.id).unwrap_or(cursor);
+            store.mark_forge_synced(task_id, last, Some(seq)).await?;
+        }
+    }
+    Ok(applied)
+}
+
+async fn apply(
+    forge: &dyn Forge,
+    repo: &str,
+    issue: i64,
+    task: &Task,
+    ev: &TaskEvent,
+) -> Result<(), ForgeError> {
+    let pr = || match (&task.pr_number, &task.pr_url) {
+        (Some(n), Some(u)) => format!("#{n} ({u})"),
+        (Some(n), None) => format!("#{n}"),
+        _ => "its pull request".into(),
+    };
+    match (ev.from_status.as_deref(), ev.to_status.as_str()) {
+        (None, _) => {
+            forge
+                .add_labels(repo, issue, &[labels::IN_PROGRESS])
+                .await?;
+            forge.remove_label(repo, issue, labels::TRIGGER).await?;
+            forge
+                .comment(
+                    repo,
+                    issue,
+                    &format!(
+                        "Backporcher accepted this issue as task {}. Progress shows in the dashboard; comment `@backporcher` on its pull request to ask for changes.",
+                        task.id
+                    ),
+                )
+                .await
+        }
+        (Some("pushing"), "pr_open") => {
+            forge
+                .comment(repo, issue, &format!("Opened pull request {}.", pr()))
+                .await
+        }
+        (Some(_), "approval_hold") => {
+            forge
+                .comment(
+                    repo,
+                    issue,
+                    &format!(
+                        "Pull request {} passed review and CI and waits for a human: `backporcher approve {}` merges it.",
+                        pr(),
+                        task.id
+                    ),
+                )
+                .await
+        }
+        (Some(_), "merged") => {
+            forge.add_labels(repo, issue, &[labels::DONE]).await?;
+            forge.remove_label(repo, issue, labels::IN_PROGRESS).await?;
+            forge
+                .comment(repo, issue, &format!("Merged in {}.", pr()))
+                .await?;
+            forge.close_issue(repo, issue).await
+        }
+        (Some(_), "failed") => {
+            forge.add_labels(repo, issue, &[labels::FAILED]).await?;
+            forge.remove_label(repo, issue, labels::IN_PROGRESS).await?;
+            let why = ev
+                .data
+                .as_ref()
+                .and_then(|d| d.0.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .or_else(|| task.error.clone())
+                .unwrap_or_default();
+            let why = textguard::clean(&why);
+            let why: String = why.chars().take(500).collect();
+            forge
+                .comment(
+                    repo,
+                    issue,
+                    &format!(
+                        "Task {} failed ({}){}. To try again: fix what the reason points at (the issue text, the repository's verify command or CI), then `backporcher requeue {}` or remove and re-add the `backporcher` label.",
+                        task.id,
+                        ev.reason,
+                        if why.is_empty() { String::new() } else { format!(": {why}") },
+                        task.id
+                    ),
+                )
+                .await
+        }
+        (Some(_), "canceled") => {
+            forge.remove_label(repo, issue, labels::IN_PROGRESS).await?;
+            forge
+                .comment(
+                    repo,
+                    issue,
+                    &format!("Task {} was canceled by {}.", task.id, ev.actor),
+                )
+                .await
+        }
+        (Some("failed" | "canceled"), "queued") => {
+            forge
+                .add_labels(repo, issue, &[labels::IN_PROGRESS])
+                .await?;
+            forge.remove_label(repo, issue, labels::FAILED).await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Runs until `shutdown`: woken by `bp_forge` notifications, with a sweep every `sweep`.
+pub async fn run(
+    store: Store,
+    forge: Arc<dyn Forge>,
+    sweep: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut waker = match store.waker(&["bp_forge"]).await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot LISTEN for forge work; sweeping only");
+            None
+        }
+    };
+    loop {
+        if let Err(e) = sync_once(&store, forge.as_ref()).await {
+            tracing::warn!(error = %e, "GitHub milestone sync failed");
+        }
+        let wait = async {
+            match waker.as_mut() {
+                Some(w) => match w.wait(sweep).await {
+                    Ok(Wake::Notified { .. } | Wake::Timeout) => {}
+                    Err(_) => tokio::time::sleep(sweep).await,
+                },
+                None => tokio::time::sleep(sweep).await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wait => {}
+        }
+    }
+}

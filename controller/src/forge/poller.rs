@@ -1,0 +1,77 @@
+//! The intake backstop: every interval, each enabled repository's open issues carrying the
+//! trigger label are listed with `If-None-Match`, so an unchanged list costs a 304 (which GitHub
+//! does not count against the rate limit). Issues found go through the same
+//! [`crate::intake::accept_issue`] as webhooks, so a webhook and the poller seeing the same issue
+//! make one task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Forge, Listing, labels};
+use crate::intake::{self, Intake, IntakeConfig};
+use crate::store::Store;
+
+/// One pass over every enabled repository; returns the tasks created.
+pub async fn poll_once(
+    store: &Store,
+    forge: &dyn Forge,
+    config: &IntakeConfig,
+) -> anyhow::Result<Vec<i64>> {
+    let mut created = Vec::new();
+    for repo in store.repos().await? {
+        if !repo.enabled {
+            continue;
+        }
+        let etag = store.poll_etag(repo.id).await?;
+        let listing = match forge
+            .labelled_issues(&repo.name, labels::TRIGGER, etag.as_deref())
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(repo = repo.name, error = %e, "polling issues failed; next pass retries");
+                continue;
+            }
+        };
+        let Listing::Changed { issues, etag } = listing else {
+            continue;
+        };
+        let mut complete = true;
+        for issue in &issues {
+            match intake::accept_issue(store, config, &repo.name, issue, "github:poller").await {
+                Ok(Intake::Created(id)) => created.push(id),
+                Ok(_) => {}
+                Err(e) => {
+                    complete = false;
+                    tracing::warn!(repo = repo.name, issue = issue.number, error = %e, "accepting a polled issue failed");
+                }
+            }
+        }
+        // Keep the old ETag when something failed, so the next pass sees the list again.
+        if complete {
+            store.set_poll_etag(repo.id, etag.as_deref()).await?;
+        }
+    }
+    Ok(created)
+}
+
+/// Polls every `interval` until `shutdown`.
+pub async fn run(
+    store: Store,
+    forge: Arc<dyn Forge>,
+    config: Arc<IntakeConfig>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if let Err(e) = poll_once(&store, forge.as_ref(), &config).await {
+            tracing::warn!(error = %e, "issue poll failed");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}

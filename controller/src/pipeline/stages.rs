@@ -1,0 +1,590 @@
+//! One handler per stage status. Each does one step: it moves the task on through the store (which
+//! schedules the next stage) or puts the stage back with a delay. Transient GitHub trouble (rate
+//! limits, outages) only delays; what GitHub refuses for good ends the task with a reason.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Pipeline, ReviewInput};
+use crate::forge::git::PushRequest;
+use crate::forge::{
+    CheckState, CiVerdict, FailedLog, ForgeError, MergeMethod, MergeOutcome, NewPullRequest,
+};
+use crate::store::repos::Repo;
+use crate::store::tasks::{Advance, Failure};
+use crate::store::{Error, FailureMode, Note, Status, Task, TerminalReason};
+
+const ACTOR: &str = "controller";
+
+/// Runs the stage the task is in.
+pub(super) async fn run(p: &Pipeline, task: Task) -> anyhow::Result<()> {
+    let repo = p.store.repo(task.repo_id).await?;
+    let result = match task.status {
+        Status::Pushing => push(p, &task, &repo).await,
+        Status::PrOpen => review(p, &task, &repo).await,
+        Status::Reviewing => {
+            // A replica died mid-review: look again.
+            p.store
+                .advance(
+                    task.id,
+                    &Advance::ReviewDeferred,
+                    &Note::new(ACTOR, "review_restarted"),
+                )
+                .await
+                .map(drop)
+                .map_err(StageError::from)
+        }
+        Status::CiWait => ci(p, &task, &repo).await,
+        Status::Merging => merge(p, &task, &repo).await,
+        _ => Ok(()),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(StageError::Later(delay, why)) => {
+            tracing::info!(task = task.id, status = %task.status, ?delay, why, "stage deferred");
+            p.store
+                .reschedule_stage(task.id, task.status, delay, true)
+                .await?;
+            Ok(())
+        }
+        // Someone else moved the task (cancel, hold, a human merge): nothing to do.
+        Err(StageError::Store(Error::IllegalTransition { .. } | Error::Held { .. })) => Ok(()),
+        Err(StageError::Store(e)) => Err(e.into()),
+        Err(StageError::Other(e)) => Err(e),
+    }
+}
+
+enum StageError {
+    Later(Duration, String),
+    Store(Error),
+    Other(anyhow::Error),
+}
+
+impl From<Error> for StageError {
+    fn from(e: Error) -> Self {
+        StageError::Store(e)
+    }
+}
+
+type StageResult = Result<(), StageError>;
+
+/// Backoff for transient forge errors: the rate limit's own wait, else growing with the tries.
+fn later(task: &Task, e: &ForgeError) -> StageError {
+    let delay = match e {
+        ForgeError::RateLimited { wait, .. } => *wait,
+        _ => Duration::from_secs((2u64 << task.stage_tries.clamp(0, 6)).min(120)),
+    };
+    StageError::Later(delay, e.to_string())
+}
+
+/// Maps a forge error: transient → later, otherwise an error that ends nothing by itself.
+fn forge_err(task: &Task, e: ForgeError) -> StageError {
+    if e.is_transient() {
+        later(task, &e)
+    } else {
+        StageError::Other(anyhow::anyhow!(e))
+    }
+}
+
+async fn push(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
+    let Some(branch) = task.branch.clone() else {
+        p.store
+            .fail(
+                task.id,
+                TerminalReason::PushRejected,
+                "the runner reported no branch",
+                &Note::new(ACTOR, "push_rejected"),
+            )
+            .await?;
+        return Ok(());
+    };
+    let Some((_, bundle)) = p.store.bundle(task.id, task.attempt).await? else {
+        p.store
+            .fail(
+                task.id,
+                TerminalReason::PushRejected,
+                "the runner's result has no bundle",
+                &Note::new(ACTOR, "push_rejected"),
+            )
+            .await?;
+        return Ok(());
+    };
+    let token = p.forge.git_token().await.map_err(|e| forge_err(task, e))?;
+    let pushed = p
+        .pusher
+        .push(&PushRequest {
+            repo: &repo.name,
+            clone_url: &repo.clone_url,
+            default_branch: &repo.default_branch,
+            branch: &branch,
+            bundle: &bundle,
+            allow_workflow_changes: repo.allow_workflow_changes,
+            token: &token,
+        })
+        .await;
+    let pushed = match pushed {
+        Ok(x) => x,
+        Err(ForgeError::Refused(why)) => {
+            p.store
+                .fail(
+                    task.id,
+                    TerminalReason::PushRejected,
+                    &why,
+                    &Note::new(ACTOR, "push_rejected").with_data(json!({"error": why})),
+                )
+                .await?;
+            return Ok(());
+        }
+        Err(e @ ForgeError::Git { .. }) => {
+            return Err(StageError::Later(
+                Duration::from_secs((2u64 << task.stage_tries.clamp(0, 6)).min(120)),
+                e.to_string(),
+            ));
+        }
+        Err(e) => return Err(forge_err(task, e)),
+    };
+    p.store
+        .set_pushed(task.id, &pushed.head_sha, &pushed.changed_files)
+        .await?;
+    // One PR per task: a retried push finds the PR it opened before.
+    let pr = match p
+        .forge
+        .find_pull(&repo.name, &branch)
+        .await
+        .map_err(|e| forge_err(task, e))?
+    {
+        Some(pr) => pr,
+        None => {
+            let title = pr_title(task);
+            let body = pr_body(task);
+            match p
+                .forge
+                .create_pull(
+                    &repo.name,
+                    &NewPullRequest {
+                        title: &title,
+                        body: &body,
+                        head: &branch,
+                        base: &repo.default_branch,
+                    },
+                )
+                .await
+            {
+                Ok(pr) => pr,
+                // Opened meanwhile (a concurrent replica, a lost answer): find it.
+                Err(ForgeError::Http { status: 422, .. }) => p
+                    .forge
+                    .find_pull(&repo.name, &branch)
+                    .await
+                    .map_err(|e| forge_err(task, e))?
+                    .ok_or_else(|| {
+                        StageError::Later(
+                            Duration::from_secs(5),
+                            "PR creation refused and no PR found".into(),
+                        )
+                    })?,
+                Err(e) => return Err(forge_err(task, e)),
+            }
+        }
+    };
+    p.store
+        .advance(
+            task.id,
+            &Advance::PrOpened {
+                number: pr.number,
+                url: pr.url.clone(),
+            },
+            &Note::new(ACTOR, "pr_opened").with_data(json!({"pr": pr.number, "head": pushed.head_sha, "files": pushed.changed_files.len()})),
+        )
+        .await?;
+    Ok(())
+}
+
+fn pr_title(task: &Task) -> String {
+    let t: String = textguard::clean(&task.issue_title)
+        .chars()
+        .filter(|c| *c != '\n')
+        .take(100)
+        .collect();
+    match task.issue_number {
+        Some(n) => format!("{t} (#{n})"),
+        None => t,
+    }
+}
+
+fn pr_body(task: &Task) -> String {
+    let mut s = String::new();
+    if let Some(n) = task.issue_number {
+        s.push_str(&format!("Closes #{n}.\n\n"));
+    }
+    s.push_str(&format!(
+        "Backporcher task {}. Comment `@backporcher <what to change>` or submit a review to ask for changes.\n",
+        task.id
+    ));
+    s
+}
+
+async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
+    p.store
+        .advance(
+            task.id,
+            &Advance::StartReview,
+            &Note::new(ACTOR, "review_started"),
+        )
+        .await?;
+    let fail_closed = repo.review_fail_mode == "closed";
+    let branch = task.branch.clone().unwrap_or_default();
+    let token = p.forge.git_token().await.map_err(|e| forge_err(task, e));
+    let diff = match token {
+        Ok(t) => p
+            .pusher
+            .diff(
+                &repo.name,
+                &repo.clone_url,
+                &repo.default_branch,
+                &branch,
+                &t,
+                400_000,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e)),
+        Err(_) => Err(anyhow::anyhow!("no GitHub token for the diff")),
+    };
+    let blast = p
+        .store
+        .result_data(task.id, task.attempt)
+        .await?
+        .and_then(|d| d["data"]["blast_radius"].as_str().map(str::to_owned));
+    let verdict = match diff {
+        Ok(diff) => {
+            let input = ReviewInput {
+                task: task.id,
+                repo: repo.id,
+                title: task.issue_title.clone(),
+                body: task
+                    .prompt_override
+                    .clone()
+                    .unwrap_or_else(|| task.issue_body.clone()),
+                diff,
+                blast_radius: blast,
+            };
+            match tokio::time::timeout(p.config.review_timeout, p.reviewer.review(&input)).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow::anyhow!(
+                    "the review timed out after {:?}",
+                    p.config.review_timeout
+                )),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match verdict {
+        Ok(v) if v.approve => {
+            p.store
+                .set_review(task.id, &json!({"approve": true, "reasons": v.reasons}))
+                .await?;
+            p.store
+                .advance(
+                    task.id,
+                    &Advance::ReviewApproved,
+                    &Note::new(ACTOR, "review_approved").with_data(json!({"reasons": v.reasons})),
+                )
+                .await?;
+        }
+        Ok(v) => {
+            p.store
+                .set_review(task.id, &json!({"approve": false, "reasons": v.reasons}))
+                .await?;
+            if let Some(n) = task.pr_number {
+                let note = format!(
+                    "The reviewer rejected this change; it goes back to the agent with the feedback:\n\n> {}",
+                    v.reasons.replace('\n', "\n> ")
+                );
+                let _ = p.forge.comment(&repo.name, n, &note).await;
+                if let Err(e) = p.forge.close_pull(&repo.name, n).await {
+                    tracing::warn!(task = task.id, error = %e, "closing the rejected PR failed");
+                }
+            }
+            p.store
+                .retry_or_fail(
+                    task.id,
+                    &Failure {
+                        mode: FailureMode::Review,
+                        reason: None,
+                        error: format!("review rejected: {}", first_line(&v.reasons)),
+                        context: Some(json!({"reviewer_feedback": v.reasons})),
+                    },
+                    &p.config.retry,
+                    &Note::new(ACTOR, "review_rejected").with_data(json!({"reasons": v.reasons})),
+                )
+                .await?;
+        }
+        Err(e) if fail_closed => {
+            tracing::warn!(task = task.id, error = %e, "review failed; the repository fails closed");
+            p.store
+                .set_review(
+                    task.id,
+                    &json!({"error": e.to_string(), "fail_mode": "closed"}),
+                )
+                .await?;
+            p.store
+                .fail(
+                    task.id,
+                    TerminalReason::ReviewRejected,
+                    &format!("the review could not run and this repository fails closed: {e}"),
+                    &Note::new(ACTOR, "review_error"),
+                )
+                .await?;
+        }
+        Err(e) => {
+            tracing::warn!(task = task.id, error = %e, "review failed; the repository fails open");
+            p.store
+                .set_review(
+                    task.id,
+                    &json!({"error": e.to_string(), "fail_mode": "open"}),
+                )
+                .await?;
+            p.store
+                .advance(
+                    task.id,
+                    &Advance::ReviewApproved,
+                    &Note::new(ACTOR, "review_failed_open")
+                        .with_data(json!({"error": e.to_string()})),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect()
+}
+
+async fn approval_mode(p: &Pipeline, repo: &Repo) -> Result<String, StageError> {
+    Ok(match &repo.approval_mode {
+        Some(m) => m.clone(),
+        None => p.store.settings().await?.approval_mode,
+    })
+}
+
+async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
+    let Some(number) = task.pr_number else {
+        p.store
+            .fail(
+                task.id,
+                TerminalReason::InternalError,
+                "waiting for CI without a PR",
+                &Note::new(ACTOR, "internal_error"),
+            )
+            .await?;
+        return Ok(());
+    };
+    let pr = p
+        .forge
+        .pull(&repo.name, number)
+        .await
+        .map_err(|e| forge_err(task, e))?;
+    if pr.state != "open" && !pr.merged {
+        p.store
+            .fail(
+                task.id,
+                TerminalReason::MergeFailed,
+                &format!("PR #{number} was closed on GitHub"),
+                &Note::new(ACTOR, "pr_closed"),
+            )
+            .await?;
+        return Ok(());
+    }
+    let checks = p
+        .forge
+        .checks(&repo.name, &pr.head_sha)
+        .await
+        .map_err(|e| forge_err(task, e))?;
+    let verdict = CiVerdict::of(checks, &repo.ci_ignore);
+    let green = match verdict {
+        CiVerdict::Pending(_) => {
+            return Err(StageError::Later(p.config.ci_poll, "CI is running".into()));
+        }
+        CiVerdict::NoChecks => {
+            let waited = p.store.seconds_in_status(task.id).await?;
+            if waited < f64::from(repo.no_checks_grace_secs) || repo.no_checks == "wait" {
+                return Err(StageError::Later(
+                    p.config.ci_poll,
+                    "no checks reported yet".into(),
+                ));
+            }
+            repo.no_checks == "merge"
+        }
+        CiVerdict::Red(checks) => {
+            let mut logs = Vec::new();
+            for c in checks.iter().filter(|c| c.state == CheckState::Failed) {
+                let log = match c.job_id {
+                    Some(job) => match p.forge.job_log(&repo.name, job).await {
+                        Ok(l) => l,
+                        Err(e) if e.is_transient() => return Err(later(task, &e)),
+                        Err(e) => format!("(log unavailable: {e})"),
+                    },
+                    None => format!("(no log; see {})", c.url.clone().unwrap_or_default()),
+                };
+                logs.push(FailedLog {
+                    name: c.name.clone(),
+                    log: textguard::clean(&log),
+                });
+            }
+            let names: Vec<&str> = logs.iter().map(|l| l.name.as_str()).collect();
+            p.store
+                .retry_or_fail(
+                    task.id,
+                    &Failure {
+                        mode: FailureMode::Ci,
+                        reason: None,
+                        error: format!("CI failed: {}", names.join(", ")),
+                        context: Some(json!({"failed_checks": logs})),
+                    },
+                    &p.config.retry,
+                    &Note::new(ACTOR, "ci_failed").with_data(json!({"checks": names})),
+                )
+                .await?;
+            return Ok(());
+        }
+        CiVerdict::Green(_) => true,
+    };
+    let mode = approval_mode(p, repo).await?;
+    if green && mode == "full-auto" {
+        p.store
+            .advance(task.id, &Advance::StartMerge, &Note::new(ACTOR, "ci_green"))
+            .await?;
+    } else {
+        let why = if green { "ci_green" } else { "no_checks" };
+        p.store
+            .advance(
+                task.id,
+                &Advance::AwaitApproval,
+                &Note::new(ACTOR, why).with_data(json!({"approval_mode": mode})),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+async fn merge(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
+    let Some(number) = task.pr_number else {
+        p.store
+            .fail(
+                task.id,
+                TerminalReason::InternalError,
+                "merging without a PR",
+                &Note::new(ACTOR, "internal_error"),
+            )
+            .await?;
+        return Ok(());
+    };
+    let pr = p
+        .forge
+        .pull(&repo.name, number)
+        .await
+        .map_err(|e| forge_err(task, e))?;
+    let branch = task.branch.clone().unwrap_or_default();
+    if pr.merged {
+        p.store
+            .advance(
+                task.id,
+                &Advance::Merged,
+                &Note::new(ACTOR, "merged_on_github"),
+            )
+            .await?;
+        let _ = p.forge.delete_branch(&repo.name, &branch).await;
+        return Ok(());
+    }
+    let method: MergeMethod = repo.merge_method.parse().unwrap_or_default();
+    let outcome = if pr.mergeable == Some(false) {
+        MergeOutcome::Conflict("GitHub reports the PR conflicts with its base".into())
+    } else {
+        p.forge
+            .merge(&repo.name, number, &pr.head_sha, method)
+            .await
+            .map_err(|e| forge_err(task, e))?
+    };
+    match outcome {
+        MergeOutcome::Merged(sha) => {
+            p.store
+                .advance(
+                    task.id,
+                    &Advance::Merged,
+                    &Note::new(ACTOR, "merged").with_data(json!({"sha": sha, "pr": number})),
+                )
+                .await?;
+            if let Err(e) = p.forge.delete_branch(&repo.name, &branch).await {
+                tracing::warn!(task = task.id, error = %e, "deleting the merged branch failed");
+            }
+        }
+        MergeOutcome::HeadMoved(why) => {
+            p.store
+                .advance(
+                    task.id,
+                    &Advance::MergeDeferred,
+                    &Note::new(ACTOR, "head_moved").with_data(json!({"error": why})),
+                )
+                .await?;
+        }
+        MergeOutcome::Conflict(why) => {
+            // First try to merge the base into the branch without the agent; CI runs again.
+            let token = p.forge.git_token().await.map_err(|e| forge_err(task, e))?;
+            let updated = p
+                .pusher
+                .update_branch(
+                    &repo.name,
+                    &repo.clone_url,
+                    &repo.default_branch,
+                    &branch,
+                    &token,
+                )
+                .await;
+            match updated {
+                Ok(Some(sha)) => {
+                    p.store
+                        .advance(
+                            task.id,
+                            &Advance::MergeDeferred,
+                            &Note::new(ACTOR, "branch_updated").with_data(json!({"sha": sha})),
+                        )
+                        .await?;
+                }
+                Ok(None) => {
+                    p.store
+                        .retry_or_fail(
+                            task.id,
+                            &Failure {
+                                mode: FailureMode::Conflict,
+                                reason: None,
+                                error: format!("merge conflict with {}: {why}", repo.default_branch),
+                                context: Some(json!({"conflict": why, "note": "start again from the current default branch"})),
+                            },
+                            &p.config.retry,
+                            &Note::new(ACTOR, "merge_conflict"),
+                        )
+                        .await?;
+                }
+                Err(e) => return Err(forge_err(task, e)),
+            }
+        }
+        MergeOutcome::Refused(why) => {
+            p.store
+                .fail(
+                    task.id,
+                    TerminalReason::MergeFailed,
+                    &format!("GitHub refused the merge: {why}"),
+                    &Note::new(ACTOR, "merge_refused").with_data(json!({"error": why})),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,767 @@
+//! The forge against the GitHub simulator: webhook + poller intake, milestones, one PR per task,
+//! CI verdicts and failed logs, merge, conflicts, rate limits, PR feedback, App tokens — each
+//! through the real HTTP client, real git pushes and the real store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use controller::config::Config;
+use controller::forge::git::Pusher;
+use controller::forge::github::{GitHub, GitHubConfig};
+use controller::forge::{Forge, labels};
+use controller::intake::IntakeConfig;
+use controller::pipeline::{Pipeline, PipelineConfig, ReviewInput, Reviewer, Verdict};
+use controller::store::leases::{Completion, Outcome};
+use controller::store::repos::{NewRepo, Repo, RepoSettings};
+use controller::store::tasks::{NewTask, RetryPolicy, Triage};
+use controller::store::{Status, Store, Task};
+use sim::github::{GitHubSim, RateLimit};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "ghs_simtoken";
+const SECRET: &str = "whsec-forge";
+const REPO: &str = "acme/widgets";
+
+struct Env {
+    sim: GitHubSim,
+    dir: tempfile::TempDir,
+    store: Store,
+    forge: Arc<GitHub>,
+    repo: Repo,
+    base: String,
+    db_url: String,
+}
+
+async fn env() -> Env {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = GitHubSim::new(&dir.path().join("gh"), TOKEN);
+    sim.create_repo(
+        REPO,
+        "main",
+        &[
+            ("README.md", "# widgets\n"),
+            ("src/lib.rs", "pub fn one() -> u32 { 1 }\n"),
+        ],
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    sim.serve(listener);
+    let (store, db_url) = crate::store_and_url().await;
+    let repo = store
+        .add_repo(&NewRepo {
+            name: REPO.into(),
+            clone_url: format!("{base}/{REPO}.git"),
+            default_branch: "main".into(),
+        })
+        .await
+        .unwrap();
+    let mut gh = GitHubConfig::with_token(&base, TOKEN);
+    gh.max_inline_wait = Duration::from_secs(5);
+    let forge = Arc::new(GitHub::new(gh).unwrap());
+    Env {
+        sim,
+        dir,
+        store,
+        forge,
+        repo,
+        base,
+        db_url,
+    }
+}
+
+fn intake_config() -> IntakeConfig {
+    IntakeConfig {
+        webhook_secret: SECRET.into(),
+        allowed_users: vec!["alice".into()],
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = xcmd::Cmd::new("git", dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "agent")
+        .env("GIT_AUTHOR_EMAIL", "agent@example.com")
+        .env("GIT_COMMITTER_NAME", "agent")
+        .env("GIT_COMMITTER_EMAIL", "agent@example.com")
+        .to_std()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// What a runner produces: a bundle of `branch` with one commit writing `files`, against main.
+fn make_bundle(env: &Env, branch: &str, files: &[(&str, &str)]) -> (Vec<u8>, String) {
+    let work: PathBuf = env
+        .dir
+        .path()
+        .join(format!("work-{}", uuid::Uuid::new_v4()));
+    git(
+        env.dir.path(),
+        &[
+            "clone",
+            "--quiet",
+            &env.sim.git_dir(REPO).to_string_lossy(),
+            &work.to_string_lossy(),
+        ],
+    );
+    let base = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["checkout", "--quiet", "-b", branch]);
+    for (p, c) in files {
+        let path = work.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, c).unwrap();
+    }
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "agent change"]);
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    git(
+        &work,
+        &[
+            "bundle",
+            "create",
+            "--quiet",
+            "out.bundle",
+            branch,
+            &format!("^{base}"),
+        ],
+    );
+    (std::fs::read(work.join("out.bundle")).unwrap(), head)
+}
+
+/// A task for issue `number`, run by a runner up to a stored result (status `pushing`).
+async fn task_at_pushing(env: &Env, number: i64, files: &[(&str, &str)]) -> Task {
+    let mut t = NewTask::for_issue(env.repo.id, number, "Add two", "add fn two");
+    t.created_by = "test".into();
+    let task = env.store.create_task(&t).await.unwrap();
+    env.store
+        .triage(task.id, &Triage::default(), &crate::note("triaged"))
+        .await
+        .unwrap();
+    let runner = crate::runner(&env.store, &format!("r-{}", task.id)).await;
+    let (task, lease) = crate::claim(&env.store, runner).await;
+    let branch = format!("backporcher/{}-add-two", task.id);
+    let (bundle, head) = make_bundle(env, &branch, files);
+    env.store
+        .store_bundle(&lease, &bundle, "sha")
+        .await
+        .unwrap();
+    let mut c = Completion::new(Outcome::Succeeded);
+    c.branch = Some(branch);
+    c.head_sha = Some(head);
+    env.store
+        .complete(&lease, &c, &RetryPolicy::default())
+        .await
+        .unwrap();
+    env.store.task(task.id).await.unwrap()
+}
+
+/// A reviewer that answers from a list (then approves).
+struct Scripted(std::sync::Mutex<Vec<Verdict>>);
+
+#[async_trait]
+impl Reviewer for Scripted {
+    async fn review(&self, _input: &ReviewInput) -> anyhow::Result<Verdict> {
+        let mut v = self.0.lock().unwrap();
+        Ok(if v.is_empty() {
+            Verdict {
+                approve: true,
+                reasons: "fine".into(),
+            }
+        } else {
+            v.remove(0)
+        })
+    }
+}
+
+fn pipeline(env: &Env, verdicts: Vec<Verdict>) -> Pipeline {
+    Pipeline {
+        store: env.store.clone(),
+        forge: env.forge.clone(),
+        pusher: Pusher::new(&env.dir.path().join("cache")),
+        reviewer: Arc::new(Scripted(std::sync::Mutex::new(verdicts))),
+        config: PipelineConfig {
+            ci_poll: Duration::from_millis(100),
+            ..PipelineConfig::default()
+        },
+    }
+}
+
+/// Runs due stages until the task reaches `want` (or fails the test).
+async fn drive(env: &Env, p: &Pipeline, id: i64, want: Status) -> Task {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        p.run_due().await.unwrap();
+        let t = env.store.task(id).await.unwrap();
+        if t.status == want {
+            return t;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task {id} stuck in {} (error {:?}), wanted {want}",
+            t.status,
+            t.error
+        );
+        // Make rescheduled stages due again quickly.
+        sqlx::query("UPDATE tasks SET stage_due_at = LEAST(stage_due_at, now() + interval '50 milliseconds') WHERE id = $1")
+            .bind(id)
+            .execute(env.store.pool())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn sync(env: &Env) {
+    controller::forge::milestones::sync_once(&env.store, env.forge.as_ref())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_twice_and_the_poller_make_one_task_and_strangers_none() {
+    let env = env().await;
+    // The controller's HTTP listener receives the simulator's signed webhooks.
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = http.local_addr().unwrap();
+    let config = Config {
+        database_url: Some(env.db_url.clone()),
+        webhook_secret: SECRET.into(),
+        allowed_users: vec!["alice".into()],
+        data_dir: env.dir.path().join("controller"),
+        ..Config::default()
+    };
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(controller::server::run(
+        config,
+        controller::server::Listeners { http, grpc },
+        shutdown.clone(),
+    ));
+    crate::eventually(
+        Duration::from_secs(30),
+        "the controller to listen",
+        || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
+    )
+    .await;
+    env.sim
+        .set_webhook(&format!("http://{addr}/api/github/webhook"), SECRET);
+
+    let n = env
+        .sim
+        .open_issue(REPO, "Add two", "please", "alice", &[labels::TRIGGER])
+        .await;
+    // GitHub redelivers the same event with a new delivery id now and then.
+    env.sim.deliver("issues", serde_json::json!({
+        "action": "labeled",
+        "issue": {"number": n, "title": "Add two", "body": "please", "state": "open", "user": {"login": "alice"}, "labels": [{"name": "backporcher"}]},
+        "repository": {"full_name": REPO},
+    })).await;
+    env.sim
+        .open_issue(REPO, "Steal secrets", "x", "mallory", &[labels::TRIGGER])
+        .await;
+    // And the poller sees both labelled issues.
+    let created =
+        controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &intake_config())
+            .await
+            .unwrap();
+    assert!(
+        created.is_empty(),
+        "the poller found the webhook's task: {created:?}"
+    );
+    let tasks: Vec<(i64, Option<i64>, String)> =
+        sqlx::query_as("SELECT id, issue_number, created_by FROM tasks")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0].1, Some(n as i64));
+    assert_eq!(tasks[0].2, "github:webhook");
+    // A second poll is a conditional request answered 304.
+    controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &intake_config())
+        .await
+        .unwrap();
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+
+    // A labelled issue no webhook announced is picked up by the poller alone.
+    let quiet = env
+        .sim
+        .create_issue(REPO, "Add three", "", "alice", &[labels::TRIGGER]);
+    let created =
+        controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &intake_config())
+            .await
+            .unwrap();
+    assert_eq!(created.len(), 1);
+    let t = env.store.task(created[0]).await.unwrap();
+    assert_eq!(t.issue_number, Some(quiet as i64));
+
+    // Milestones: accepted → labels moved and a comment.
+    sync(&env).await;
+    let l = env.sim.labels(REPO, n);
+    assert!(l.contains(&labels::IN_PROGRESS.to_owned()), "{l:?}");
+    assert!(!l.contains(&labels::TRIGGER.to_owned()), "{l:?}");
+    assert!(env.sim.comments(REPO, n)[0].contains("accepted"));
+    // Applied once: a second sync changes nothing.
+    sync(&env).await;
+    assert_eq!(env.sim.comments(REPO, n).len(), 1);
+    assert!(
+        env.sim
+            .labels(REPO, 2)
+            .contains(&labels::TRIGGER.to_owned()),
+        "the stranger's issue is untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_signature_is_refused_with_401() {
+    let env = env().await;
+    let out = controller::intake::handle(
+        &env.store,
+        &intake_config(),
+        Some(env.forge.as_ref() as &dyn Forge),
+        "issues",
+        "d-1",
+        Some("sha256=00"),
+        b"{}",
+    )
+    .await;
+    assert!(matches!(
+        out,
+        Err(controller::intake::IntakeError::BadSignature)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_push_opens_one_pr_and_green_ci_merges_with_labels_right() {
+    let env = env().await;
+    let n = env
+        .sim
+        .create_issue(REPO, "Add two", "add fn two", "alice", &[labels::TRIGGER])
+        as i64;
+    let task = task_at_pushing(&env, n, &[("src/two.rs", "pub fn two() -> u32 { 2 }\n")]).await;
+    let p = pipeline(&env, vec![]);
+    env.store
+        .update_repo(
+            env.repo.id,
+            &RepoSettings {
+                approval_mode: Some("full-auto".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    // The first push goes through, then the answer to "open the PR" is lost: run the push
+    // stage again by hand — it must find the PR rather than open a second.
+    let t = drive(&env, &p, task.id, Status::PrOpen).await;
+    let pr = t.pr_number.unwrap();
+    sqlx::query("UPDATE tasks SET status = 'pushing', pr_number = NULL, ev_seq = ev_seq + 1, ev_actor = 'test', ev_reason = 'retry push' WHERE id = $1")
+        .bind(task.id)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let t = drive(&env, &p, task.id, Status::PrOpen).await;
+    assert_eq!(t.pr_number, Some(pr), "the same PR");
+    let creates = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|(m, path)| m == "POST" && path.ends_with("/pulls"))
+        .count();
+    assert_eq!(creates, 1, "one PR opened");
+
+    let t = drive(&env, &p, task.id, Status::CiWait).await;
+    let head = t.head_sha.clone().unwrap();
+    assert_eq!(
+        env.sim.branch_head(REPO, t.branch.as_deref().unwrap()),
+        Some(head.clone())
+    );
+    env.sim.set_ci(REPO, &head, "pending");
+    p.run_due().await.unwrap();
+    assert_eq!(
+        env.store.task(task.id).await.unwrap().status,
+        Status::CiWait,
+        "pending CI waits"
+    );
+    env.sim.set_ci(REPO, &head, "success");
+    let t = drive(&env, &p, task.id, Status::Merged).await;
+    assert_eq!(t.status, Status::Merged);
+    assert_eq!(
+        env.sim.state_of(REPO, pr as u64),
+        Some(("closed".into(), true))
+    );
+    assert_eq!(
+        env.sim.branch_head(REPO, t.branch.as_deref().unwrap()),
+        None,
+        "branch deleted"
+    );
+    let main = env.sim.branch_head(REPO, "main").unwrap();
+    let file = git(
+        &env.sim.git_dir(REPO),
+        &["show", &format!("{main}:src/two.rs")],
+    );
+    assert!(file.contains("fn two"));
+
+    sync(&env).await;
+    let l = env.sim.labels(REPO, n as u64);
+    assert!(l.contains(&labels::DONE.to_owned()), "{l:?}");
+    assert!(!l.contains(&labels::IN_PROGRESS.to_owned()), "{l:?}");
+    assert_eq!(
+        env.sim.state_of(REPO, n as u64).map(|s| s.0),
+        Some("closed".into()),
+        "issue closed"
+    );
+    let comments = env.sim.comments(REPO, n as u64);
+    assert!(
+        comments.iter().any(|c| c.contains("Opened pull request")),
+        "{comments:?}"
+    );
+    assert!(
+        comments.iter().any(|c| c.contains("Merged")),
+        "{comments:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn red_ci_fetches_the_failed_logs_for_the_retry() {
+    let env = env().await;
+    let n = env.sim.create_issue(REPO, "Add two", "", "alice", &[]) as i64;
+    let task = task_at_pushing(&env, n, &[("src/two.rs", "pub fn two() {}\n")]).await;
+    let p = pipeline(&env, vec![]);
+    let t = drive(&env, &p, task.id, Status::CiWait).await;
+    env.sim.fail_ci(
+        REPO,
+        t.head_sha.as_deref().unwrap(),
+        "error[E0308]: mismatched types\n  --> src/two.rs:1:20\nbuild failed",
+    );
+    let t = drive(&env, &p, task.id, Status::Queued).await;
+    assert_eq!(t.ci_retries, 1);
+    assert!(t.resume_branch, "the CI fix continues the branch");
+    let ctx = t.retry_context.0.to_string();
+    assert!(ctx.contains("mismatched types"), "{ctx}");
+    assert!(ctx.contains("build"), "{ctx}");
+    assert!(
+        env.sim
+            .requests()
+            .iter()
+            .any(|(_, p)| p.contains("/actions/jobs/")),
+        "the job log was fetched"
+    );
+    // The PR stays.
+    assert!(t.pr_number.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merge_conflict_is_detected_and_the_branch_updated_or_requeued() {
+    let env = env().await;
+    env.store
+        .update_repo(
+            env.repo.id,
+            &RepoSettings {
+                approval_mode: Some("full-auto".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let n = env.sim.create_issue(REPO, "Change one", "", "alice", &[]) as i64;
+    let task = task_at_pushing(&env, n, &[("src/lib.rs", "pub fn one() -> u32 { 11 }\n")]).await;
+    let p = pipeline(&env, vec![]);
+    let t = drive(&env, &p, task.id, Status::CiWait).await;
+    // Someone changes the same line on main: the PR now conflicts.
+    env.sim
+        .push_commit(
+            REPO,
+            "main",
+            &[("src/lib.rs", "pub fn one() -> u32 { 100 }\n")],
+        )
+        .unwrap();
+    env.sim
+        .set_ci(REPO, t.head_sha.as_deref().unwrap(), "success");
+    let t = drive(&env, &p, task.id, Status::Queued).await;
+    assert_eq!(t.conflict_retries, 1, "conflict detected and re-queued");
+    assert!(!t.resume_branch, "starts again from a fresh main");
+    assert!(t.retry_context.0.to_string().contains("conflict"));
+
+    // A change that does not touch the same lines is merged in by the controller instead.
+    let n2 = env.sim.create_issue(REPO, "Add three", "", "alice", &[]) as i64;
+    let task2 = task_at_pushing(&env, n2, &[("src/three.rs", "pub fn three() {}\n")]).await;
+    let t2 = drive(&env, &p, task2.id, Status::CiWait).await;
+    let old_head = t2.head_sha.clone().unwrap();
+    env.sim
+        .push_commit(REPO, "main", &[("README.md", "# widgets 2\n")])
+        .unwrap();
+    // Force a conflict verdict through a moved base: the simulator merges cleanly, so this
+    // path is exercised by asking the pusher directly.
+    let token = env.forge.git_token().await.unwrap();
+    let updated = p
+        .pusher
+        .update_branch(
+            REPO,
+            &env.repo.clone_url,
+            "main",
+            t2.branch.as_deref().unwrap(),
+            &token,
+        )
+        .await
+        .unwrap();
+    let new_head = updated.expect("no conflict: merged");
+    assert_ne!(new_head, old_head);
+    assert_eq!(
+        env.sim.branch_head(REPO, t2.branch.as_deref().unwrap()),
+        Some(new_head)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secondary_rate_limit_backs_off_and_then_succeeds() {
+    let env = env().await;
+    let n = env.sim.create_issue(REPO, "x", "", "alice", &[]) as i64;
+    env.sim.rate_limit_next(RateLimit::Secondary, 2);
+    let started = std::time::Instant::now();
+    env.forge.comment(REPO, n, "hello").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "waited the retry-after twice"
+    );
+    assert_eq!(env.sim.comments(REPO, n as u64), vec!["hello".to_owned()]);
+    assert_eq!(env.forge.rate().waits, 2);
+    // A primary limit: waits for the reset, then succeeds.
+    env.sim.rate_limit_next(RateLimit::Primary, 1);
+    env.forge.comment(REPO, n, "again").await.unwrap();
+    assert_eq!(env.sim.comments(REPO, n as u64).len(), 2);
+    assert_eq!(env.forge.rate().remaining, Some(4999));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_review_with_three_comments_reopens_the_task_once_with_all_three() {
+    let env = env().await;
+    let n = env.sim.create_issue(REPO, "Add two", "", "alice", &[]) as i64;
+    let task = task_at_pushing(&env, n, &[("src/two.rs", "pub fn two() {}\n")]).await;
+    let p = pipeline(&env, vec![]);
+    let t = drive(&env, &p, task.id, Status::CiWait).await;
+    let pr = t.pr_number.unwrap() as u64;
+
+    // Reviews arrive as webhooks; handle them the way the HTTP listener does.
+    let received = Arc::new(std::sync::Mutex::new(Vec::<(
+        String,
+        String,
+        Vec<u8>,
+        String,
+    )>::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let h = |k: &str| {
+                        headers
+                            .get(k)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    sink.lock().unwrap().push((
+                        h("x-github-event"),
+                        h("x-github-delivery"),
+                        body.to_vec(),
+                        h("x-hub-signature-256"),
+                    ));
+                    "ok"
+                }
+            },
+        ),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    env.sim.set_webhook(&hook, SECRET);
+    env.sim
+        .submit_review(
+            REPO,
+            pr,
+            "alice",
+            "A few things",
+            &["rename x", "add a test", "document two"],
+        )
+        .await;
+    let deliveries = received.lock().unwrap().clone();
+    assert_eq!(deliveries.len(), 1);
+    let cfg = intake_config();
+    // Delivered twice (GitHub retries): re-opened once.
+    for (event, delivery, body, sig) in [deliveries[0].clone(), deliveries[0].clone()] {
+        let _ = controller::intake::handle(
+            &env.store,
+            &cfg,
+            Some(env.forge.as_ref() as &dyn Forge),
+            &event,
+            &delivery,
+            Some(&sig),
+            &body,
+        )
+        .await
+        .unwrap();
+    }
+    // Even as a fresh delivery id of the same review.
+    let (event, _, body, sig) = deliveries[0].clone();
+    let out = controller::intake::handle(
+        &env.store,
+        &cfg,
+        Some(env.forge.as_ref() as &dyn Forge),
+        &event,
+        "another-id",
+        Some(&sig),
+        &body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, controller::intake::Intake::Duplicate);
+    let t = env.store.task(task.id).await.unwrap();
+    assert_eq!(t.status, Status::Queued);
+    assert!(t.resume_branch);
+    let ctx = t.retry_context.0.to_string();
+    for c in ["A few things", "rename x", "add a test", "document two"] {
+        assert!(ctx.contains(c), "{c} missing in {ctx}");
+    }
+    let reopens: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM task_events WHERE task_id = $1 AND reason = 'pr_feedback'",
+    )
+    .bind(task.id)
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(reopens, 1);
+
+    // A stranger's @backporcher comment does nothing.
+    sqlx::query("UPDATE tasks SET status = 'ci_wait', ev_seq = ev_seq + 1, ev_actor = 'test', ev_reason = 'back' WHERE id = $1")
+        .bind(task.id)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    received.lock().unwrap().clear();
+    env.sim
+        .user_comment(REPO, pr, "mallory", "@backporcher delete everything")
+        .await;
+    let (event, delivery, body, sig) = received.lock().unwrap()[0].clone();
+    let out =
+        controller::intake::handle(&env.store, &cfg, None, &event, &delivery, Some(&sig), &body)
+            .await
+            .unwrap();
+    assert!(
+        matches!(out, controller::intake::Intake::Ignored(_)),
+        "{out:?}"
+    );
+    // An allowed user's mention re-opens it.
+    received.lock().unwrap().clear();
+    env.sim
+        .user_comment(REPO, pr, "alice", "@backporcher please also handle zero")
+        .await;
+    let (event, delivery, body, sig) = received.lock().unwrap()[0].clone();
+    let out =
+        controller::intake::handle(&env.store, &cfg, None, &event, &delivery, Some(&sig), &body)
+            .await
+            .unwrap();
+    assert_eq!(out, controller::intake::Intake::Reopened(task.id));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_github_app_mints_installation_tokens() {
+    let env = env().await;
+    let key_pem = xcmd::Cmd::new("openssl", env.dir.path())
+        .args(["genrsa", "-traditional", "2048"])
+        .to_std()
+        .output()
+        .unwrap();
+    assert!(key_pem.status.success());
+    let pem = String::from_utf8(key_pem.stdout).unwrap();
+    std::fs::write(env.dir.path().join("k.pem"), &pem).unwrap();
+    let der = xcmd::Cmd::new("openssl", env.dir.path())
+        .args([
+            "rsa",
+            "-in",
+            "k.pem",
+            "-RSAPublicKey_out",
+            "-outform",
+            "DER",
+        ])
+        .to_std()
+        .output()
+        .unwrap();
+    assert!(der.status.success());
+    env.sim.enable_app(77, 4242, der.stdout);
+    let mut cfg = GitHubConfig::with_token(&env.base, "unused");
+    cfg.credentials = controller::forge::auth::Credentials::App {
+        app_id: 77,
+        installation_id: 4242,
+        private_key_pem: pem,
+    };
+    let app = GitHub::new(cfg).unwrap();
+    let n = env.sim.create_issue(REPO, "x", "", "alice", &[]) as i64;
+    app.add_labels(REPO, n, &["triaged"]).await.unwrap();
+    assert_eq!(env.sim.labels(REPO, n as u64), vec!["triaged".to_owned()]);
+    assert_eq!(
+        app.git_token().await.unwrap(),
+        TOKEN,
+        "the installation token is used for git"
+    );
+    // A wrong installation is refused with a message naming the call.
+    let mut bad = GitHubConfig::with_token(&env.base, "unused");
+    bad.credentials = controller::forge::auth::Credentials::App {
+        app_id: 77,
+        installation_id: 1,
+        private_key_pem: std::fs::read_to_string(env.dir.path().join("k.pem")).unwrap(),
+    };
+    let err = GitHub::new(bad).unwrap().issue(REPO, n).await.unwrap_err();
+    assert!(err.to_string().contains("access_tokens"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_touching_workflows_is_refused_and_fails_the_task() {
+    let env = env().await;
+    let n = env.sim.create_issue(REPO, "ci", "", "alice", &[]) as i64;
+    let task = task_at_pushing(&env, n, &[(".github/workflows/ci.yml", "on: push\n")]).await;
+    let p = pipeline(&env, vec![]);
+    let t = drive(&env, &p, task.id, Status::Failed).await;
+    assert_eq!(
+        t.terminal_reason.0,
+        Some(controller::store::TerminalReason::PushRejected)
+    );
+    assert!(t.error.unwrap().contains("workflow"));
+    assert!(
+        env.sim
+            .requests()
+            .iter()
+            .all(|(m, p)| !(m == "POST" && p.ends_with("/pulls")))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejecting_review_closes_the_pr_and_requeues_with_the_feedback() {
+    let env = env().await;
+    let n = env.sim.create_issue(REPO, "Add two", "", "alice", &[]) as i64;
+    let task = task_at_pushing(&env, n, &[("src/two.rs", "pub fn two() {}\n")]).await;
+    let p = pipeline(
+        &env,
+        vec![Verdict {
+            approve: false,
+            reasons: "two() must return 2".into(),
+        }],
+    );
+    let t = drive(&env, &p, task.id, Status::PrOpen).await;
+    let pr = t.pr_number.unwrap() as u64;
+    let t = drive(&env, &p, task.id, Status::Queued).await;
+    assert_eq!(t.review_retries, 1);
+    assert!(t.retry_context.0.to_string().contains("must return 2"));
+    assert_eq!(env.sim.state_of(REPO, pr), Some(("closed".into(), false)));
+}
