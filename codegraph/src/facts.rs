@@ -1,0 +1,170 @@
+//! What one file says on its own, before anything is resolved: its definitions, imports,
+//! call sites, inheritance clauses and local type hints. Extraction (`extract/`) produces a
+//! [`FileFacts`] per file; resolution (`resolve.rs`) links them across files.
+
+use serde::{Deserialize, Serialize};
+
+use crate::lang::Lang;
+
+/// The kind of a symbol node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SymbolKind {
+    /// A module or namespace declared inside a file (Rust `mod x { }`, C++/C# namespace, Ruby module).
+    Module,
+    /// A class, struct, trait, interface or enum.
+    Type,
+    /// A free function.
+    Function,
+    /// A function that belongs to a type.
+    Method,
+    /// A test function or test case.
+    Test,
+}
+
+/// A type as written: a path of names (`["std", "Vec"]`, `["Session"]`).
+pub type TypePath = Vec<String>;
+
+/// Where a local variable's type comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TypeHint {
+    /// Declared type (`x: Foo`, `Foo x`).
+    Declared(TypePath),
+    /// Assigned from a call (`x = Foo()`, `let x = Foo::new()`, `x := NewFoo()`).
+    CallOf(TypePath),
+}
+
+/// A definition in a file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Symbol {
+    /// The name as written.
+    pub name: String,
+    /// What it is.
+    pub kind: SymbolKind,
+    /// The enclosing symbol in the same file (index into [`FileFacts::symbols`]).
+    pub parent: Option<u32>,
+    /// For methods declared outside their type (Rust `impl`, Go receivers, C++ `A::f`): the type as written.
+    pub owner: Option<TypePath>,
+    /// First line, 1-based.
+    pub start_line: u32,
+    /// Last line, 1-based, inclusive.
+    pub end_line: u32,
+    /// Base classes (INHERITS).
+    pub bases: Vec<TypePath>,
+    /// Implemented interfaces or traits (IMPLEMENTS).
+    pub implements: Vec<TypePath>,
+    /// Declared return type, when it names a type.
+    pub ret: Option<TypePath>,
+    /// Local variables, parameters and (for types) fields with a known type source.
+    pub locals: Vec<(String, TypeHint)>,
+}
+
+/// An import, `use`, `require` or `#include`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Import {
+    /// Line, 1-based.
+    pub line: u32,
+    /// The enclosing symbol whose scope the import is visible in (`None`: the file).
+    pub scope: Option<u32>,
+    /// The module path as written (segments; a single specifier for JS, Go and includes).
+    pub path: Vec<String>,
+    /// Python relative-import level (number of leading dots).
+    pub level: u32,
+    /// The member imported from the module (`from m import name`, `import {name} from`).
+    pub name: Option<String>,
+    /// The local name bound (`None` for glob imports and includes).
+    pub alias: Option<String>,
+    /// `from m import *`, `use m::*`, `export * from`, `#include`, `using Ns;`.
+    pub glob: bool,
+}
+
+/// A call site.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    /// The enclosing symbol (`None`: top level of the file).
+    pub from: Option<u32>,
+    /// Line, 1-based.
+    pub line: u32,
+    /// The callee as a path of names; the first may be `self`, `this`, `super`, `Self`, `crate`.
+    pub path: Vec<String>,
+    /// The receiver is an expression the graph cannot name (`f().g()`, `a[0].g()`); `path` is `[g]`.
+    pub opaque_receiver: bool,
+}
+
+/// A trait implemented for a type outside the type's definition (Rust `impl Trait for Type`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Impl {
+    /// Line, 1-based.
+    pub line: u32,
+    /// The enclosing module symbol, if any.
+    pub scope: Option<u32>,
+    /// The implementing type as written.
+    pub ty: TypePath,
+    /// The trait as written.
+    pub tr: TypePath,
+}
+
+/// Everything extracted from one file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileFacts {
+    /// The language it was parsed as.
+    pub lang: Lang,
+    /// Definitions, in source order (parents before children).
+    pub symbols: Vec<Symbol>,
+    /// Imports, in source order.
+    pub imports: Vec<Import>,
+    /// Call sites, in source order.
+    pub calls: Vec<Call>,
+    /// `impl Trait for Type` blocks (Rust): IMPLEMENTS edges whose ends may live in other files.
+    pub impls: Vec<Impl>,
+    /// Declared package or namespace (Go `package`, Java `package`, C# file-scoped namespace, PHP namespace).
+    pub package: Option<String>,
+    /// Number of error nodes in the syntax tree (the file is still used).
+    pub parse_errors: u32,
+    /// Number of lines.
+    pub lines: u32,
+}
+
+impl FileFacts {
+    /// The dotted name of a symbol inside its file (`Outer.Inner.method`).
+    pub fn qualified_name(&self, index: u32) -> String {
+        let mut parts = Vec::new();
+        let mut cur = Some(index);
+        while let Some(i) = cur {
+            let sym = &self.symbols[i as usize];
+            parts.push(sym.name.as_str());
+            if let Some(last) = sym.owner.as_ref().and_then(|o| o.last()) {
+                parts.push(last);
+            }
+            cur = sym.parent;
+        }
+        parts.reverse();
+        parts.join(".")
+    }
+
+    /// What other files can depend on: names, kinds, owners, bases, return types, fields and
+    /// imports. When this is unchanged after an edit, other files' edges stay valid.
+    pub(crate) fn interface_eq(&self, other: &FileFacts) -> bool {
+        self.package == other.package
+            && self.impls == other.impls
+            && self.imports.len() == other.imports.len()
+            && self.imports.iter().zip(&other.imports).all(|(a, b)| {
+                a.path == b.path
+                    && a.level == b.level
+                    && a.name == b.name
+                    && a.alias == b.alias
+                    && a.glob == b.glob
+                    && a.scope == b.scope
+            })
+            && self.symbols.len() == other.symbols.len()
+            && self.symbols.iter().zip(&other.symbols).all(|(a, b)| {
+                a.name == b.name
+                    && a.kind == b.kind
+                    && a.parent == b.parent
+                    && a.owner == b.owner
+                    && a.bases == b.bases
+                    && a.implements == b.implements
+                    && a.ret == b.ret
+                    && (a.kind != SymbolKind::Type || a.locals == b.locals)
+            })
+    }
+}

@@ -1,0 +1,2 @@
+from .api import get, post
+from . import models

@@ -1,0 +1,6 @@
+def log(msg):
+    print(msg)
+
+
+def get(key):
+    return key.strip()
