@@ -44,6 +44,12 @@ pub struct Config {
     pub model: Option<crate::model::ModelConfig>,
     /// Reviewer model alias.
     pub review_model: String,
+    /// Triage model alias.
+    pub triage_model: String,
+    /// Reflection model alias (a cheap one).
+    pub reflection_model: String,
+    /// Slack/Discord-compatible webhook URLs for hold, failed, merged and paused.
+    pub notify_urls: Vec<String>,
     /// Pipeline stage settings.
     pub pipeline: crate::pipeline::PipelineConfig,
 }
@@ -69,6 +75,9 @@ impl Default for Config {
             poll_interval: Duration::from_secs(60),
             model: None,
             review_model: "sonnet".into(),
+            triage_model: "haiku".into(),
+            reflection_model: "haiku".into(),
+            notify_urls: Vec::new(),
             pipeline: crate::pipeline::PipelineConfig::default(),
         }
     }

@@ -216,6 +216,28 @@ pub async fn run(
         allowed_users: config.allowed_users.clone(),
     });
     let mut background = Vec::new();
+    let model_client = match &config.model {
+        Some(m) => Some(crate::model::ModelClient::new(m.clone(), store.clone())?),
+        None => None,
+    };
+    store.set_reflection_enabled(model_client.is_some()).await?;
+    background.push(tokio::spawn(crate::pipeline::Pipeline::run_triage(
+        store.clone(),
+        model_client.clone(),
+        config.triage_model.clone(),
+        std::time::Duration::from_secs(2),
+        shutdown.clone(),
+    )));
+    let loops = Arc::new(crate::pipeline::loops::Loops {
+        store: store.clone(),
+        model: model_client.clone(),
+        reflection_model: config.reflection_model.clone(),
+        notify_urls: config.notify_urls.clone(),
+        http: reqwest::Client::new(),
+    });
+    background.push(tokio::spawn(
+        loops.run(std::time::Duration::from_secs(2), shutdown.clone()),
+    ));
     if let Some(forge) = &forge {
         background.push(tokio::spawn(crate::forge::poller::run(
             store.clone(),
@@ -230,9 +252,9 @@ pub async fn run(
             std::time::Duration::from_secs(2),
             shutdown.clone(),
         )));
-        let reviewer: Arc<dyn crate::pipeline::Reviewer> = match &config.model {
+        let reviewer: Arc<dyn crate::pipeline::Reviewer> = match &model_client {
             Some(m) => Arc::new(crate::pipeline::review::ModelReviewer {
-                client: crate::model::ModelClient::new(m.clone(), store.clone())?,
+                client: m.clone(),
                 model: config.review_model.clone(),
             }),
             None => Arc::new(crate::pipeline::review::NoReviewer),

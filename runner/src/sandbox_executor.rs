@@ -181,6 +181,11 @@ impl SandboxExecutor {
             ("backporcher.task".to_string(), lease.task_id.to_string()),
             ("backporcher.attempt".to_string(), lease.attempt.to_string()),
         ]);
+        let mut spec = spec.clone();
+        if spec.stack.is_none() {
+            spec.stack = prompt::detect_stack(&repo_dir);
+        }
+        let spec = &spec;
         let mut extra: Vec<String> = Vec::new();
         let mut rounds = 0;
         let mut verify_output = String::new();

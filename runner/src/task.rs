@@ -47,6 +47,10 @@ pub struct TaskSpec {
     pub egress_policy: String,
     /// Cost cap in micro-dollars (0: none).
     pub budget_microusd: i64,
+    /// Learnings of earlier tasks in the repository (newest first).
+    pub learnings: Vec<String>,
+    /// The stack, as configured or detected in the checkout.
+    pub stack: Option<String>,
 }
 
 /// A leased task.

@@ -167,7 +167,9 @@ fn check_docs(dir: &Path) -> Vec<String> {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
                 // Test fixtures (code the tests parse) are data, not modules of ours.
-                let fixture = path.components().any(|c| c.as_os_str() == "fixtures");
+                let fixture = path
+                    .components()
+                    .any(|c| c.as_os_str() == "fixtures" || c.as_os_str() == "corpus");
                 if !first.starts_with("//!") && !fixture {
                     p.push(format!(
                         "{}: must open with a `//!` doc saying what it owns",

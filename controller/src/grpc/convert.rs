@@ -66,6 +66,8 @@ pub fn task_spec(t: &Task, repo: &ClaimedRepo) -> proto::TaskSpec {
         egress_policy: repo.egress_policy.clone(),
         budget_microusd: repo.budget_task_microusd.unwrap_or_default(),
         priority: t.priority,
+        learnings: Vec::new(),
+        stack: String::new(),
     }
 }
 

@@ -1,6 +1,9 @@
 //! The `Runner` service methods. Each checks the protocol version and (except `Join`) the client
 //! certificate, then calls the store.
 
+/// Learnings given to each run.
+const LEARNINGS_IN_PROMPT: i64 = 10;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -281,7 +284,18 @@ impl proto::runner_server::Runner for RunnerService {
                             .lease_expires_at
                             .map(|t| t.timestamp_millis())
                             .unwrap_or_default(),
-                        task: Some(convert::task_spec(&task, &repo)),
+                        task: Some({
+                            let mut spec = convert::task_spec(&task, &repo);
+                            spec.learnings = self
+                                .store
+                                .recent_learnings(task.repo_id, LEARNINGS_IN_PROMPT)
+                                .await
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(outcome, summary)| format!("[{outcome}] {summary}"))
+                                .collect();
+                            spec
+                        }),
                     }),
                     drain: false,
                 }));

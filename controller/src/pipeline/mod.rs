@@ -7,8 +7,10 @@
 //! back with a delay. Several controller replicas can run this: a stage lease keeps a task's
 //! stage with one of them at a time.
 
+pub mod loops;
 pub mod review;
 mod stages;
+pub mod triage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +102,37 @@ impl Pipeline {
                 .store
                 .reschedule_stage(id, status, Duration::from_secs(5), true)
                 .await;
+        }
+    }
+
+    /// Runs triage until `shutdown`, woken when tasks arrive.
+    pub async fn run_triage(
+        store: Store,
+        model: Option<crate::model::ModelClient>,
+        triage_model: String,
+        sweep: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut waker = store.waker(&["bp_new"]).await.ok();
+        loop {
+            if let Err(e) = triage::run_once(&store, model.as_ref(), &triage_model).await {
+                tracing::warn!(error = %e, "triage failed");
+            }
+            let wait = async {
+                match waker.as_mut() {
+                    Some(w) => {
+                        if let Ok(Wake::Notified { .. } | Wake::Timeout) = w.wait(sweep).await {
+                        } else {
+                            tokio::time::sleep(sweep).await;
+                        }
+                    }
+                    None => tokio::time::sleep(sweep).await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wait => {}
+            }
         }
     }
 

@@ -14,6 +14,7 @@
 //! and users), [`leases`] (claim, renew, logs, completion, reaping), [`repos`], [`runners`],
 //! [`settings`], and [`wake`] (LISTEN/NOTIFY).
 
+pub mod feedback;
 pub mod forge;
 pub mod leases;
 pub mod model;

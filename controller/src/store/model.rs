@@ -175,6 +175,8 @@ text_enum! {
         DispatchApproval = "dispatch_approval",
         /// The repository's circuit breaker tripped; releases itself at `hold_until`.
         CircuitBreaker = "circuit_breaker",
+        /// A failure is being diagnosed before the retry; releases itself at `hold_until`.
+        Reflection = "reflection",
     }
 }
 

@@ -67,6 +67,8 @@ pub struct Triage {
     pub priority: Option<i32>,
     /// Tasks that must merge first.
     pub depends_on: Vec<TaskId>,
+    /// Tasks that must end first (however they end): likely to touch the same files.
+    pub after: Vec<TaskId>,
     /// A hold to start with (review-all mode: dispatch approval).
     pub hold: Option<HoldKind>,
 }
@@ -317,6 +319,13 @@ impl Store {
         for (id, decision) in batch {
             for dep in &decision.depends_on {
                 add_dependency(&mut tx, *id, *dep).await?;
+            }
+            for dep in decision
+                .after
+                .iter()
+                .filter(|d| !decision.depends_on.contains(d))
+            {
+                add_soft_dependency(&mut tx, *id, *dep).await?;
             }
         }
         let mut out = Vec::with_capacity(batch.len());
@@ -699,6 +708,7 @@ fn triage_data(decision: &Triage, note: &Note) -> Value {
         "model": decision.model,
         "priority": decision.priority,
         "depends_on": decision.depends_on,
+        "after": decision.after,
         "hold": decision.hold.map(|h| h.as_str()),
     });
     if let (Some(extra), Some(obj)) = (&note.data, v.as_object_mut()) {
@@ -750,6 +760,41 @@ async fn add_dependency(
         Err(e) if is_fk_violation(&e) => Err(Error::TaskNotFound(task)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Orders `task` after `earlier` without tying their fates (cycles are refused like hard ones).
+async fn add_soft_dependency(
+    tx: &mut Transaction<'_, Postgres>,
+    task: TaskId,
+    earlier: TaskId,
+) -> Result<()> {
+    if task == earlier {
+        return Ok(());
+    }
+    let cycle: bool = sqlx::query_scalar(
+        "WITH RECURSIVE up(id) AS ( \
+           SELECT depends_on FROM task_dependencies WHERE task_id = $2 \
+           UNION SELECT d.depends_on FROM task_dependencies d JOIN up ON d.task_id = up.id) \
+         SELECT EXISTS (SELECT 1 FROM up WHERE id = $1)",
+    )
+    .bind(task)
+    .bind(earlier)
+    .fetch_one(&mut **tx)
+    .await?;
+    if cycle {
+        return Err(Error::DependencyCycle {
+            task,
+            dependency: earlier,
+        });
+    }
+    sqlx::query(
+        "INSERT INTO task_dependencies (task_id, depends_on, soft) VALUES ($1, $2, true) ON CONFLICT DO NOTHING",
+    )
+    .bind(task)
+    .bind(earlier)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// The shared retry statement, on any connection (a transaction in `complete`).

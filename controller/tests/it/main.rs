@@ -6,6 +6,7 @@ mod forge;
 mod intake;
 mod leases;
 mod lifecycle;
+mod loops;
 mod server;
 mod transitions;
 

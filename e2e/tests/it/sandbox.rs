@@ -125,11 +125,19 @@ impl Env {
         let mut t = controller::store::tasks::NewTask::for_issue(self.repo.id, 0, title, body);
         t.issue_number = None;
         let t = self.c.store.create_task(&t).await.unwrap();
-        self.c
+        // The controller's own triage may have queued it already.
+        match self
+            .c
             .store
             .triage(t.id, &Default::default(), &Note::new("test", "triaged"))
             .await
-            .unwrap()
+        {
+            Ok(t) => t,
+            Err(controller::store::Error::IllegalTransition { .. }) => {
+                self.c.store.task(t.id).await.unwrap()
+            }
+            Err(e) => panic!("triage: {e}"),
+        }
     }
 
     async fn finish(self) {
