@@ -30,6 +30,22 @@ pub struct Options {
     pub restart_grace: Duration,
     /// Client certificate validity.
     pub cert_validity: Duration,
+    /// Further configuration (GitHub, model API, pipeline timings).
+    pub configure: Configure,
+}
+
+/// A function that adjusts the controller's configuration before it starts.
+#[derive(Clone, Default)]
+pub struct Configure(pub Option<std::sync::Arc<dyn Fn(&mut Config) + Send + Sync>>);
+
+impl std::fmt::Debug for Configure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Configure(..)"
+        } else {
+            "Configure(none)"
+        })
+    }
 }
 
 impl Default for Options {
@@ -39,6 +55,7 @@ impl Default for Options {
             heartbeat: Duration::from_secs(1),
             restart_grace: Duration::from_secs(10),
             cert_validity: Duration::from_secs(3600),
+            configure: Configure::default(),
         }
     }
 }
@@ -96,7 +113,7 @@ impl TestController {
                 .expect("bind http");
         let grpc = grpc_listener.local_addr().unwrap();
         let http = http_listener.local_addr().unwrap();
-        let config = Config {
+        let mut config = Config {
             database_url: Some(db_url.clone()),
             lease: options.lease,
             heartbeat_interval: options.heartbeat,
@@ -104,8 +121,12 @@ impl TestController {
             client_cert_validity: options.cert_validity,
             reaper_interval: Duration::from_millis(500),
             lease_wait: Duration::from_secs(5),
+            data_dir: state_dir("controller"),
             ..Config::default()
         };
+        if let Some(f) = &options.configure.0 {
+            f(&mut config);
+        }
         let shutdown = CancellationToken::new();
         let listeners = Listeners {
             http: http_listener,

@@ -98,6 +98,8 @@ struct SimState {
     requests: Vec<(String, String)>,
     /// GitHub App: (app id, installation id, RSA public key DER).
     app: Option<(u64, u64, Vec<u8>)>,
+    /// Repositories anyone may clone and fetch without a token.
+    public: std::collections::HashSet<String>,
 }
 
 /// The simulator; cheap to clone.
@@ -383,6 +385,15 @@ impl GitHubSim {
             ],
         )
         .ok()
+    }
+
+    /// Lets anyone clone and fetch `full_name` without credentials (pushes still need the token).
+    pub fn set_public(&self, full_name: &str) {
+        self.state
+            .lock()
+            .expect("sim lock")
+            .public
+            .insert(full_name.to_owned());
     }
 
     /// Every REST request so far as (method, path with query).
@@ -1590,7 +1601,17 @@ async fn git_http(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !sim.authorized(&headers) {
+    let read_only = !rest.contains("git-receive-pack")
+        && !uri.query().unwrap_or_default().contains("git-receive-pack");
+    let public = read_only && {
+        let name = repo.strip_suffix(".git").unwrap_or(&repo);
+        sim.state
+            .lock()
+            .expect("sim lock")
+            .public
+            .contains(&format!("{owner}/{name}"))
+    };
+    if !public && !sim.authorized(&headers) {
         let mut r = (StatusCode::UNAUTHORIZED, "authentication required").into_response();
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

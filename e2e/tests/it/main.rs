@@ -4,6 +4,7 @@
 mod cancel;
 mod failures;
 mod logs;
+mod pipeline;
 mod sandbox;
 mod security;
 mod work;
