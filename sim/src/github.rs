@@ -100,6 +100,8 @@ struct SimState {
     app: Option<(u64, u64, Vec<u8>)>,
     /// Repositories anyone may clone and fetch without a token.
     public: std::collections::HashSet<String>,
+    /// Errors to answer instead: (method, path suffix, status, message, times left).
+    faults: Vec<(String, String, u16, String, usize)>,
 }
 
 /// The simulator; cheap to clone.
@@ -385,6 +387,25 @@ impl GitHubSim {
             ],
         )
         .ok()
+    }
+
+    /// The next `times` REST requests with `method` whose path ends with `path_suffix` get
+    /// `status` with `message` (GitHub's error shape) instead of being served.
+    pub fn fail_requests(
+        &self,
+        method: &str,
+        path_suffix: &str,
+        status: u16,
+        message: &str,
+        times: usize,
+    ) {
+        self.state.lock().expect("sim lock").faults.push((
+            method.to_owned(),
+            path_suffix.to_owned(),
+            status,
+            message.to_owned(),
+            times,
+        ));
     }
 
     /// Lets anyone clone and fetch `full_name` without credentials (pushes still need the token).
@@ -1526,7 +1547,18 @@ async fn rate_limits(
                 .path_and_query()
                 .map(|p| p.as_str().to_owned())
                 .unwrap_or_default();
-            st.requests.push((req.method().to_string(), path));
+            st.requests.push((req.method().to_string(), path.clone()));
+            let plain = path.split('?').next().unwrap_or_default().to_owned();
+            let method = req.method().to_string();
+            if let Some(f) = st
+                .faults
+                .iter_mut()
+                .find(|f| f.4 > 0 && f.0 == method && plain.ends_with(&f.1))
+            {
+                f.4 -= 1;
+                let status = StatusCode::from_u16(f.2).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return with_rate(gh_error(status, &f.3.clone()));
+            }
             st.limits.pop_front()
         };
         match limit {

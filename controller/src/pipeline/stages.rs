@@ -48,8 +48,15 @@ pub(super) async fn run(p: &Pipeline, task: Task) -> anyhow::Result<()> {
                 .await?;
             Ok(())
         }
-        // Someone else moved the task (cancel, hold, a human merge): nothing to do.
-        Err(StageError::Store(Error::IllegalTransition { .. } | Error::Held { .. })) => Ok(()),
+        // A hold stops the step; releasing it makes the stage due again at once.
+        Err(StageError::Store(Error::Held { .. })) => {
+            p.store
+                .reschedule_stage(task.id, task.status, Duration::from_secs(60), false)
+                .await?;
+            Ok(())
+        }
+        // Someone else moved the task (cancel, a human merge): nothing to do.
+        Err(StageError::Store(Error::IllegalTransition { .. })) => Ok(()),
         Err(StageError::Store(e)) => Err(e.into()),
         Err(StageError::Other(e)) => Err(e),
     }

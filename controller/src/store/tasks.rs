@@ -531,6 +531,8 @@ impl Store {
     pub async fn release(&self, id: TaskId, note: &Note) -> Result<Task> {
         let row = sqlx::query_as::<_, Task>(concat!(
             "UPDATE tasks SET hold_kind = NULL, hold_until = NULL, hold_by = NULL, ",
+            // A stage that waited on the hold is looked at again now.
+            "stage_due_at = CASE WHEN stage_due_at IS NULL THEN NULL ELSE now() END, stage_lease_until = NULL, ",
             "ev_seq = ev_seq + 1, ev_actor = $3, ev_reason = $4, ev_data = $5 ",
             "WHERE id = $1 AND status = ANY($2) AND hold_kind IS NOT NULL RETURNING ",
             task_columns!()

@@ -765,3 +765,235 @@ async fn a_rejecting_review_closes_the_pr_and_requeues_with_the_feedback() {
     assert!(t.retry_context.0.to_string().contains("must return 2"));
     assert_eq!(env.sim.state_of(REPO, pr), Some(("closed".into(), false)));
 }
+
+// ---- Reference bugs (inventory §13.3) that the forge side must not repeat ----
+
+/// A reviewer that always errors (timeouts, no verdict).
+struct Broken;
+
+#[async_trait]
+impl Reviewer for Broken {
+    async fn review(&self, _input: &ReviewInput) -> anyhow::Result<Verdict> {
+        anyhow::bail!("the reviewer gave no VERDICT line")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bug4_a_refused_pr_creation_is_never_recorded_as_done_and_keeps_the_branch() {
+    let env = env().await;
+    let n = env.sim.create_issue(REPO, "Add two", "", "alice", &[]) as i64;
+    let task = task_at_pushing(&env, n, &[("src/two.rs", "pub fn two() {}\n")]).await;
+    env.sim.fail_requests(
+        "POST",
+        "/pulls",
+        403,
+        "Resource not accessible by integration",
+        100,
+    );
+    let p = pipeline(&env, vec![]);
+    for _ in 0..3 {
+        p.run_due().await.unwrap();
+        sqlx::query("UPDATE tasks SET stage_due_at = now() WHERE id = $1")
+            .bind(task.id)
+            .execute(env.store.pool())
+            .await
+            .unwrap();
+    }
+    let t = env.store.task(task.id).await.unwrap();
+    assert_eq!(
+        t.status,
+        Status::Pushing,
+        "still trying, not done: {:?}",
+        t.error
+    );
+    assert!(t.stage_tries >= 2, "retried with backoff");
+    assert!(
+        env.sim
+            .branch_head(REPO, t.branch.as_deref().unwrap())
+            .is_some(),
+        "the pushed branch stays"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bug5_review_fail_open_approves_and_fail_closed_fails_without_a_retry() {
+    let env = env().await;
+    let mut p = pipeline(&env, vec![]);
+    p.reviewer = Arc::new(Broken);
+    let n = env.sim.create_issue(REPO, "Add two", "", "alice", &[]) as i64;
+    let open = task_at_pushing(&env, n, &[("src/two.rs", "pub fn two() {}\n")]).await;
+    let t = drive(&env, &p, open.id, Status::CiWait).await;
+    assert_eq!(t.review_retries, 0, "fail-open costs no retry");
+    assert!(t.review.unwrap().0["fail_mode"] == "open");
+    assert_eq!(
+        env.sim
+            .state_of(REPO, t.pr_number.unwrap() as u64)
+            .map(|s| s.0),
+        Some("open".into()),
+        "PR kept"
+    );
+
+    env.store
+        .update_repo(
+            env.repo.id,
+            &RepoSettings {
+                review_fail_mode: Some("closed".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let n2 = env.sim.create_issue(REPO, "Add three", "", "alice", &[]) as i64;
+    let closed = task_at_pushing(&env, n2, &[("src/three.rs", "pub fn three() {}\n")]).await;
+    let t = drive(&env, &p, closed.id, Status::Failed).await;
+    assert_eq!(
+        t.terminal_reason.0,
+        Some(controller::store::TerminalReason::ReviewRejected)
+    );
+    assert!(t.error.unwrap().contains("fails closed"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bug14_a_user_hold_stops_a_full_auto_merge() {
+    let env = env().await;
+    env.store
+        .update_repo(
+            env.repo.id,
+            &RepoSettings {
+                approval_mode: Some("full-auto".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let n = env.sim.create_issue(REPO, "Add two", "", "alice", &[]) as i64;
+    let task = task_at_pushing(&env, n, &[("src/two.rs", "pub fn two() {}\n")]).await;
+    let p = pipeline(&env, vec![]);
+    let t = drive(&env, &p, task.id, Status::CiWait).await;
+    env.store
+        .hold(
+            task.id,
+            controller::store::HoldKind::User,
+            None,
+            &crate::note("hold"),
+        )
+        .await
+        .unwrap();
+    env.sim
+        .set_ci(REPO, t.head_sha.as_deref().unwrap(), "success");
+    p.run_due().await.unwrap();
+    let t = env.store.task(task.id).await.unwrap();
+    assert_eq!(t.status, Status::CiWait, "held: no merge");
+    assert_eq!(
+        env.sim.state_of(REPO, t.pr_number.unwrap() as u64),
+        Some(("open".into(), false))
+    );
+    // Released: the next look merges.
+    env.store
+        .release(task.id, &crate::note("release"))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tasks SET stage_due_at = now(), stage_lease_until = NULL WHERE id = $1")
+        .bind(task.id)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    drive(&env, &p, task.id, Status::Merged).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bug16_17_relabelling_a_failed_issue_retries_it_and_cancel_does_not_respawn() {
+    let env = env().await;
+    let cfg = intake_config();
+    let n = env
+        .sim
+        .create_issue(REPO, "Add two", "", "alice", &[labels::TRIGGER]);
+    let created = controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
+        .await
+        .unwrap();
+    assert_eq!(created.len(), 1);
+    sync(&env).await;
+    // Cancel: the trigger label is not put back, so nothing respawns it.
+    env.store
+        .cancel(created[0], &crate::note("cancel"))
+        .await
+        .unwrap();
+    sync(&env).await;
+    let l = env.sim.labels(REPO, n);
+    assert!(
+        !l.contains(&labels::TRIGGER.to_owned()) && !l.contains(&labels::IN_PROGRESS.to_owned()),
+        "{l:?}"
+    );
+    assert!(
+        controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A human re-adds the label: a fresh task.
+    env.forge
+        .add_labels(REPO, n as i64, &[labels::TRIGGER])
+        .await
+        .unwrap();
+    let again = controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    // It fails; the failure comment says how to retry, and re-adding the label does retry.
+    env.store
+        .fail(
+            again[0],
+            controller::store::TerminalReason::AgentFailed,
+            "gave up",
+            &crate::note("x"),
+        )
+        .await
+        .unwrap();
+    sync(&env).await;
+    assert!(env.sim.labels(REPO, n).contains(&labels::FAILED.to_owned()));
+    assert!(
+        env.sim
+            .comments(REPO, n)
+            .iter()
+            .any(|c| c.contains("re-add the `backporcher` label"))
+    );
+    env.forge
+        .add_labels(REPO, n as i64, &[labels::TRIGGER])
+        .await
+        .unwrap();
+    let third = controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
+        .await
+        .unwrap();
+    assert_eq!(third.len(), 1, "the relabelled failed issue is retried");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bug22_logs_come_from_the_pr_head_and_no_checks_follows_the_policy() {
+    let env = env().await;
+    let n = env.sim.create_issue(REPO, "Add two", "", "alice", &[]) as i64;
+    let task = task_at_pushing(&env, n, &[("src/two.rs", "pub fn two() {}\n")]).await;
+    let p = pipeline(&env, vec![]);
+    env.store
+        .update_repo(
+            env.repo.id,
+            &RepoSettings {
+                no_checks: Some("hold".into()),
+                no_checks_grace_secs: Some(0),
+                approval_mode: Some("full-auto".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    // An old failure on main's commit must not count for the PR's head.
+    let main = env.sim.branch_head(REPO, "main").unwrap();
+    env.sim.fail_ci(REPO, &main, "an old failure");
+    let t = drive(&env, &p, task.id, Status::ApprovalHold).await;
+    assert!(t.retry_context.0.to_string().find("old failure").is_none());
+    let ev = env.store.timeline(task.id).await.unwrap();
+    assert_eq!(
+        ev.last().unwrap().reason,
+        "no_checks",
+        "full-auto does not merge without CI when the policy says hold"
+    );
+}
