@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::lang::Lang;
 
 /// The kind of a symbol node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum SymbolKind {
     /// A module or namespace declared inside a file (Rust `mod x { }`, C++/C# namespace, Ruby module).
     Module,

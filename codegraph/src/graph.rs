@@ -259,10 +259,7 @@ impl Graph {
             }
         }
         self.layout = found.layout;
-        let full = layout_changed
-            || added
-            || !removed.is_empty()
-            || self.index.is_none() && !changed.is_empty();
+        let full = layout_changed || added || !removed.is_empty();
         let to_resolve: Vec<u32> = if full {
             self.index = Some(Index::build(&self.files, &self.layout));
             (0..self.files.len() as u32)
@@ -282,13 +279,31 @@ impl Graph {
         let mut out: BTreeSet<u32> = changed.iter().map(|(id, _)| *id).collect();
         let mut names: HashSet<String> = HashSet::new();
         let mut interface_changed: Vec<u32> = Vec::new();
+        let mut remaps: Vec<(u32, HashMap<u32, u32>)> = Vec::new();
         for (id, old) in changed {
             let Some(new) = self.files[*id as usize].as_ref().map(|e| &e.facts) else {
                 continue;
             };
             let Some(old) = old else { continue };
             if !old.interface_eq(new) {
-                interface_changed.push(*id);
+                // a changed glob import can change what any name means anywhere: start over
+                let globs = |f: &FileFacts| {
+                    f.imports
+                        .iter()
+                        .filter(|i| i.glob)
+                        .map(|i| (i.path.clone(), i.level, i.scope))
+                        .collect::<Vec<_>>()
+                };
+                if globs(old) != globs(new) {
+                    self.index = Some(Index::build(&self.files, &self.layout));
+                    return (0..self.files.len() as u32)
+                        .filter(|&i| self.files[i as usize].is_some())
+                        .collect();
+                }
+                match remap(old, new) {
+                    Some(map) => remaps.push((*id, map)),
+                    None => interface_changed.push(*id),
+                }
                 let a: HashSet<&str> = old.symbols.iter().map(|s| s.name.as_str()).collect();
                 let b: HashSet<&str> = new.symbols.iter().map(|s| s.name.as_str()).collect();
                 names.extend(a.symmetric_difference(&b).map(|s| s.to_string()));
@@ -305,7 +320,46 @@ impl Graph {
                 names.extend(ia.symmetric_difference(&ib).map(|s| s.to_string()));
             }
         }
-        if interface_changed.is_empty() {
+        for (id, map) in &remaps {
+            // symbols only added or removed: move edges into the file to the new indices;
+            // files that pointed at a removed symbol resolve again
+            for (g, e) in self.files.iter_mut().enumerate() {
+                let Some(e) = e else { continue };
+                for edge in &mut e.links.edges {
+                    if edge.to.file == *id
+                        && let Some(s) = edge.to.sym
+                    {
+                        match map.get(&s) {
+                            Some(&n) => edge.to.sym = Some(n),
+                            None => {
+                                out.insert(g as u32);
+                            }
+                        }
+                    }
+                }
+            }
+            let keys: Vec<NodeId> = self
+                .incoming
+                .keys()
+                .filter(|k| k.file == *id && k.sym.is_some())
+                .copied()
+                .collect();
+            let mut moved = Vec::new();
+            for k in keys {
+                let list = self.incoming.remove(&k).unwrap_or_default();
+                if let Some(&n) = k.sym.and_then(|s| map.get(&s)) {
+                    moved.push((
+                        NodeId {
+                            file: *id,
+                            sym: Some(n),
+                        },
+                        list,
+                    ));
+                }
+            }
+            self.incoming.extend(moved);
+        }
+        if interface_changed.is_empty() && remaps.is_empty() {
             if self.index.is_none() {
                 self.index = Some(Index::build(&self.files, &self.layout));
             }
@@ -604,6 +658,61 @@ impl Graph {
         }
         (resolved, external, unresolved)
     }
+}
+
+/// When an edit only added or removed symbols and every surviving symbol kept what other
+/// files can see, the map from old to new symbol indices; `None` otherwise.
+fn remap(old: &FileFacts, new: &FileFacts) -> Option<HashMap<u32, u32>> {
+    let same_imports = old.imports.len() == new.imports.len()
+        && old.imports.iter().zip(&new.imports).all(|(a, b)| {
+            a.path == b.path
+                && a.level == b.level
+                && a.name == b.name
+                && a.alias == b.alias
+                && a.glob == b.glob
+        });
+    if old.package != new.package || old.impls != new.impls || !same_imports {
+        return None;
+    }
+    let keys = |f: &FileFacts| -> Vec<(String, SymbolKind, u32)> {
+        let mut seen: HashMap<(String, SymbolKind), u32> = HashMap::new();
+        (0..f.symbols.len() as u32)
+            .map(|i| {
+                let k = (f.qualified_name(i), f.symbols[i as usize].kind);
+                let n = seen.entry(k.clone()).or_insert(0);
+                *n += 1;
+                (k.0, k.1, *n)
+            })
+            .collect()
+    };
+    let new_keys: HashMap<(String, SymbolKind, u32), u32> = keys(new)
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| (k, i as u32))
+        .collect();
+    let mut map = HashMap::new();
+    for (i, k) in keys(old).into_iter().enumerate() {
+        if let Some(&j) = new_keys.get(&k) {
+            map.insert(i as u32, j);
+        }
+    }
+    for (&i, &j) in &map {
+        let (a, b) = (&old.symbols[i as usize], &new.symbols[j as usize]);
+        let parent_ok = match (a.parent, b.parent) {
+            (None, None) => true,
+            (Some(p), Some(q)) => map.get(&p) == Some(&q),
+            _ => false,
+        };
+        let visible_same = a.owner == b.owner
+            && a.bases == b.bases
+            && a.implements == b.implements
+            && a.ret == b.ret
+            && (a.kind != SymbolKind::Type || a.locals == b.locals);
+        if !parent_ok || !visible_same {
+            return None;
+        }
+    }
+    Some(map)
 }
 
 /// Whether a file's references mention any of `names`.

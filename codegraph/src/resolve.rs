@@ -614,12 +614,13 @@ impl<'a, S: Source> Resolver<'a, S> {
             }
         }
         for (i, imp) in facts.imports.iter().enumerate() {
-            if imp.scope == scope && imp.glob {
-                if let Res::Val(v) = self.resolve_import(f, i as u32, depth + 1) {
-                    let r = self.member(v, name, depth + 1);
-                    if let Res::Val(_) = r {
-                        return r;
-                    }
+            if imp.scope == scope
+                && imp.glob
+                && let Res::Val(v) = self.resolve_import(f, i as u32, depth + 1)
+            {
+                let r = self.member(v, name, depth + 1);
+                if let Res::Val(_) = r {
+                    return r;
                 }
             }
         }
@@ -823,14 +824,12 @@ impl<'a, S: Source> Resolver<'a, S> {
             if imp.scope.is_none()
                 && imp.glob
                 && !matches!(facts.lang, Lang::C | Lang::Cpp | Lang::Ruby)
+                && let Res::Val(v) = self.resolve_import(g, i as u32, depth + 1)
+                && v != Val::File(g)
             {
-                if let Res::Val(v) = self.resolve_import(g, i as u32, depth + 1)
-                    && v != Val::File(g)
-                {
-                    let r = self.member(v, name, depth + 1);
-                    if let Res::Val(_) = r {
-                        return r;
-                    }
+                let r = self.member(v, name, depth + 1);
+                if let Res::Val(_) = r {
+                    return r;
                 }
             }
         }

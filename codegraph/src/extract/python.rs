@@ -198,14 +198,13 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
             if let Some(hint) = hint {
                 match left.kind() {
                     "identifier" => cx.local(scope, cx.text(left), hint),
-                    "attribute" => {
+                    "attribute"
                         if left
                             .child_by_field_name("object")
-                            .is_some_and(|o| cx.text(o) == "self")
-                        {
-                            let field = cx.field_text(left, "attribute").unwrap_or("");
-                            cx.field(scope, field, hint);
-                        }
+                            .is_some_and(|o| cx.text(o) == "self") =>
+                    {
+                        let field = cx.field_text(left, "attribute").unwrap_or("");
+                        cx.field(scope, field, hint);
                     }
                     _ => {}
                 }

@@ -6,7 +6,7 @@ use codegraph::{Config, Graph};
 
 use crate::support::{call_pairs, corpus, expected};
 
-const LANGS: [&str; 2] = ["python", "rust"];
+const LANGS: [&str; 5] = ["python", "rust", "go", "typescript", "java"];
 
 #[test]
 fn direct_callers_meet_the_goals() {

@@ -1,4 +1,9 @@
 //! Integration tests of the codegraph crate, one module per concern.
 
 mod accuracy;
+mod incremental;
+mod queries;
+mod render;
+mod resolution;
+mod scan;
 mod support;

@@ -41,3 +41,38 @@ pub fn expected(dir: &Path) -> BTreeSet<(String, String)> {
         })
         .collect()
 }
+
+/// Copies a corpus language directory into a fresh temporary directory.
+pub fn scratch_copy(lang: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&corpus().join(lang), dir.path());
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read corpus dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+/// Every edge of the graph as names (so graphs with different file ids compare equal).
+pub fn named_edges(g: &Graph) -> BTreeSet<(String, EdgeKind, String, u32)> {
+    g.edges()
+        .into_iter()
+        .map(|e| (g.node_name(e.from), e.kind, g.node_name(e.to), e.line))
+        .collect()
+}
+
+/// Appends text to a file, making sure its modification time moves.
+pub fn append(path: &Path, text: &str) {
+    let mut contents = std::fs::read_to_string(path).expect("read");
+    contents.push_str(text);
+    std::fs::write(path, contents).expect("write");
+}

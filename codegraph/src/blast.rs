@@ -1,0 +1,239 @@
+//! Blast radius: from changed files and line ranges to the changed symbols, the symbols that
+//! depend on them within N hops (with the edge that connects each), the files outside the
+//! diff that hold them, and the tests that reach them.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::facts::SymbolKind;
+use crate::graph::Graph;
+use crate::resolve::{EdgeKind, NodeId};
+
+/// A changed file: the line ranges that changed (1-based, inclusive); empty means the whole file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Path relative to the repository root.
+    pub path: String,
+    /// Changed line ranges (new-file line numbers).
+    pub ranges: Vec<(u32, u32)>,
+}
+
+/// Limits of a blast-radius query.
+#[derive(Clone, Debug)]
+pub struct BlastOptions {
+    /// How many dependency hops to follow from the changed symbols.
+    pub hops: u32,
+    /// Most impacted symbols listed (the rest is counted in `truncated`).
+    pub max_impacted: usize,
+}
+
+impl Default for BlastOptions {
+    fn default() -> BlastOptions {
+        BlastOptions {
+            hops: 2,
+            max_impacted: 200,
+        }
+    }
+}
+
+/// A symbol (or file, when `name` is empty) named for people and prompts.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SymbolRef {
+    /// File path.
+    pub path: String,
+    /// Qualified name inside the file; empty for the file itself.
+    pub name: String,
+    /// Kind; `None` for a file.
+    pub kind: Option<SymbolKind>,
+    /// First line (0 for a file).
+    pub line: u32,
+}
+
+/// A symbol that can break, with the edge through which it depends on the change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Impact {
+    /// The impacted symbol or file.
+    pub symbol: SymbolRef,
+    /// Hops from the nearest changed symbol (1 = direct dependant).
+    pub hops: u32,
+    /// The edge kind connecting it (CALLS, IMPORTS, INHERITS, IMPLEMENTS).
+    pub via: EdgeKind,
+    /// What it depends on (a changed or already impacted symbol).
+    pub depends_on: SymbolRef,
+    /// Line of the reference in the impacted symbol's file.
+    pub line: u32,
+}
+
+/// What a change can break.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlastRadius {
+    /// Symbols whose lines changed (innermost definitions).
+    pub changed: Vec<SymbolRef>,
+    /// Dependants within the hop limit, nearest first.
+    pub impacted: Vec<Impact>,
+    /// Files holding impacted symbols that are not part of the change.
+    pub impacted_files: Vec<String>,
+    /// Tests that reach a changed or impacted symbol.
+    pub tests: Vec<SymbolRef>,
+    /// Changed paths the graph does not know (new, ignored or non-source files).
+    pub unknown_paths: Vec<String>,
+    /// Impacted symbols left out by the limit.
+    pub truncated: usize,
+}
+
+impl Graph {
+    /// A readable reference to a node.
+    pub fn symbol_ref(&self, n: NodeId) -> SymbolRef {
+        let Some(e) = self.entry(n.file) else {
+            return SymbolRef {
+                path: String::new(),
+                name: String::new(),
+                kind: None,
+                line: 0,
+            };
+        };
+        match n.sym {
+            None => SymbolRef {
+                path: e.path.clone(),
+                name: String::new(),
+                kind: None,
+                line: 0,
+            },
+            Some(s) => {
+                let sym = &e.facts.symbols[s as usize];
+                SymbolRef {
+                    path: e.path.clone(),
+                    name: e.facts.qualified_name(s),
+                    kind: Some(sym.kind),
+                    line: sym.start_line,
+                }
+            }
+        }
+    }
+
+    /// The blast radius of a change, with default limits.
+    pub fn blast_radius(&self, changes: &[Change]) -> BlastRadius {
+        self.blast_radius_with(changes, &BlastOptions::default())
+    }
+
+    /// The blast radius of a change.
+    pub fn blast_radius_with(&self, changes: &[Change], opts: &BlastOptions) -> BlastRadius {
+        let mut out = BlastRadius::default();
+        let mut seeds: Vec<NodeId> = Vec::new();
+        let mut changed_files: HashSet<u32> = HashSet::new();
+        for c in changes {
+            let Some(&id) = self.by_path.get(&c.path) else {
+                out.unknown_paths.push(c.path.clone());
+                continue;
+            };
+            changed_files.insert(id);
+            let facts = &self.entry(id).expect("indexed path has an entry").facts;
+            let overlaps = |s: &crate::facts::Symbol| {
+                c.ranges.is_empty()
+                    || c.ranges
+                        .iter()
+                        .any(|&(a, b)| s.start_line <= b && a <= s.end_line)
+            };
+            let hit: Vec<u32> = (0..facts.symbols.len() as u32)
+                .filter(|&i| overlaps(&facts.symbols[i as usize]))
+                .collect();
+            let hit_set: HashSet<u32> = hit.iter().copied().collect();
+            // innermost: drop symbols with a changed child
+            let has_changed_child: HashSet<u32> = hit
+                .iter()
+                .filter_map(|&i| facts.symbols[i as usize].parent)
+                .filter(|p| hit_set.contains(p))
+                .collect();
+            let mut any = false;
+            for &i in &hit {
+                if c.ranges.is_empty() || !has_changed_child.contains(&i) {
+                    let n = NodeId {
+                        file: id,
+                        sym: Some(i),
+                    };
+                    out.changed.push(self.symbol_ref(n));
+                    seeds.push(n);
+                    any = true;
+                }
+            }
+            // lines outside any definition (imports, top-level code) change the file itself
+            let outside = c.ranges.is_empty()
+                || c.ranges.iter().any(|&(a, b)| {
+                    !facts
+                        .symbols
+                        .iter()
+                        .any(|s| s.parent.is_none() && s.start_line <= a && b <= s.end_line)
+                });
+            if outside || !any {
+                seeds.push(NodeId {
+                    file: id,
+                    sym: None,
+                });
+            }
+        }
+        // a changed type changes what its members see
+        let mut extra = Vec::new();
+        for n in &seeds {
+            if self.kind(*n) == Some(SymbolKind::Type) {
+                let facts = &self.entry(n.file).expect("seed file exists").facts;
+                for (i, s) in facts.symbols.iter().enumerate() {
+                    if s.parent == n.sym {
+                        extra.push(NodeId {
+                            file: n.file,
+                            sym: Some(i as u32),
+                        });
+                    }
+                }
+            }
+        }
+        seeds.extend(extra);
+        let seed_set: HashSet<NodeId> = seeds.iter().copied().collect();
+        let mut depth: HashMap<NodeId, u32> = seeds.iter().map(|&n| (n, 0)).collect();
+        let mut queue: VecDeque<NodeId> = seeds.iter().copied().collect();
+        let mut tests: BTreeSet<SymbolRef> = BTreeSet::new();
+        let mut files: BTreeSet<String> = BTreeSet::new();
+        let mut impacted = Vec::new();
+        while let Some(n) = queue.pop_front() {
+            let d = depth[&n];
+            if self.is_test(n) {
+                tests.insert(self.symbol_ref(n));
+            }
+            if d > opts.hops {
+                continue;
+            }
+            for &(from, kind, line) in self.incoming(n) {
+                if kind == EdgeKind::Contains || depth.contains_key(&from) {
+                    continue;
+                }
+                depth.insert(from, d + 1);
+                queue.push_back(from);
+                if d < opts.hops && !seed_set.contains(&from) {
+                    if !changed_files.contains(&from.file) {
+                        files.insert(
+                            self.entry(from.file)
+                                .map(|e| e.path.clone())
+                                .unwrap_or_default(),
+                        );
+                    }
+                    impacted.push(Impact {
+                        symbol: self.symbol_ref(from),
+                        hops: d + 1,
+                        via: kind,
+                        depends_on: self.symbol_ref(n),
+                        line,
+                    });
+                }
+            }
+        }
+        impacted.sort_by(|a, b| a.hops.cmp(&b.hops).then_with(|| a.symbol.cmp(&b.symbol)));
+        if impacted.len() > opts.max_impacted {
+            out.truncated = impacted.len() - opts.max_impacted;
+            impacted.truncate(opts.max_impacted);
+        }
+        out.impacted = impacted;
+        out.impacted_files = files.into_iter().collect();
+        out.tests = tests.into_iter().collect();
+        out
+    }
+}

@@ -1,0 +1,3 @@
+export { Client } from "./http/client";
+export * from "./util/log";
+export { FetchTransport as DefaultTransport } from "./http/transport";

@@ -1,0 +1,5 @@
+function log(): void {}
+
+export function run(): void {
+  log();
+}

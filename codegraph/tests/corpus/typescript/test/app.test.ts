@@ -1,0 +1,7 @@
+import start from "../src/app";
+import { run } from "../src/other";
+
+test("starts", () => {
+  start();
+  run();
+});
