@@ -125,6 +125,20 @@ pub struct FileFacts {
 }
 
 impl FileFacts {
+    /// Facts of a file with nothing in it.
+    pub fn empty(lang: Lang) -> FileFacts {
+        FileFacts {
+            lang,
+            symbols: Vec::new(),
+            imports: Vec::new(),
+            calls: Vec::new(),
+            impls: Vec::new(),
+            package: None,
+            parse_errors: 0,
+            lines: 0,
+        }
+    }
+
     /// The dotted name of a symbol inside its file (`Outer.Inner.method`).
     pub fn qualified_name(&self, index: u32) -> String {
         let mut parts = Vec::new();

@@ -91,6 +91,36 @@ enum Res {
     Missing,
 }
 
+/// Names the Rust prelude brings into every module.
+const RUST_PRELUDE: &[&str] = &[
+    "Ok",
+    "Err",
+    "Some",
+    "None",
+    "drop",
+    "Box",
+    "Vec",
+    "String",
+    "Option",
+    "Result",
+    "Default",
+    "Clone",
+    "Iterator",
+    "ToString",
+    "ToOwned",
+    "From",
+    "Into",
+    "Send",
+    "Sync",
+    "Sized",
+    "Drop",
+    "Fn",
+    "FnMut",
+    "FnOnce",
+    "PartialEq",
+    "Eq",
+];
+
 /// How deep a chain of lookups may go (imports of imports, bases of bases).
 const MAX_DEPTH: u32 = 12;
 
@@ -523,6 +553,18 @@ impl<'a, S: Source> Resolver<'a, S> {
                 };
             }
             (Lang::Rust, "std" | "core" | "alloc") => return Res::External,
+            (Lang::Rust, _)
+                if RUST_PRELUDE.contains(&name) && self.named(f, None, name).is_none() =>
+            {
+                let bound = self
+                    .facts(f)
+                    .imports
+                    .iter()
+                    .any(|i| i.alias.as_deref() == Some(name));
+                if !bound {
+                    return Res::External;
+                }
+            }
             (_, "self") => {
                 return match self.self_type(f, scope, depth) {
                     Some(t) => Res::Val(Val::Inst(t)),

@@ -28,14 +28,8 @@ pub fn extract(parser: &mut Parser, lang: Lang, source: &str, path: &str) -> Fil
         test_file: is_test_path(path),
         owners: Vec::new(),
         facts: FileFacts {
-            lang,
-            symbols: Vec::new(),
-            imports: Vec::new(),
-            calls: Vec::new(),
-            impls: Vec::new(),
-            package: None,
-            parse_errors: 0,
             lines: source.lines().count() as u32,
+            ..FileFacts::empty(lang)
         },
     };
     if parser.set_language(&lang.grammar()).is_err() {
@@ -100,7 +94,7 @@ pub(crate) struct Cx<'a> {
     pub owners: Vec<crate::facts::TypePath>,
 }
 
-fn walk(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope, depth: usize) {
+pub(crate) fn walk(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope, depth: usize) {
     if depth > MAX_DEPTH {
         return;
     }

@@ -111,10 +111,19 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
             Flow::Descend(scope)
         }
         "macro_invocation" => {
-            if let Some(tt) = named_children(node)
+            let Some(tt) = named_children(node)
                 .into_iter()
                 .find(|c| c.kind() == "token_tree")
-            {
+            else {
+                return Flow::Skip;
+            };
+            // item-position macros (`cfg_rt! { pub fn spawn ... }`) wrap definitions: parse them
+            let item_position = node
+                .parent()
+                .is_some_and(|p| matches!(p.kind(), "source_file" | "declaration_list"));
+            if item_position && cx.text(tt).starts_with('{') {
+                expand_items(cx, tt, scope);
+            } else {
                 token_tree_calls(cx, tt, scope, 0);
             }
             Flow::Skip
@@ -166,7 +175,15 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
 fn value_hint(cx: &Cx<'_>, value: Node<'_>) -> Option<TypeHint> {
     match value.kind() {
         "call_expression" => {
-            let (path, opaque) = cx.callee_path(value.child_by_field_name("function")?)?;
+            let function = value.child_by_field_name("function")?;
+            // `x.unwrap()`, `x.expect(..)`: the type is what `x` holds
+            if function.kind() == "field_expression"
+                && matches!(cx.field_text(function, "field"), Some("unwrap" | "expect"))
+                && let Some(inner) = function.child_by_field_name("value")
+            {
+                return value_hint(cx, inner);
+            }
+            let (path, opaque) = cx.callee_path(function)?;
             if opaque {
                 None
             } else {
@@ -301,6 +318,7 @@ fn token_tree_calls(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope, depth: usize) {
     let mut path: Vec<String> = Vec::new();
     let mut opaque = false;
     let mut last_was_sep = false;
+    let mut skip_attribute = false;
     let mut cursor = tt.walk();
     let children: Vec<Node<'_>> = tt.children(&mut cursor).collect();
     for child in children {
@@ -324,6 +342,10 @@ fn token_tree_calls(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope, depth: usize) {
                 }
                 last_was_sep = true;
             }
+            "token_tree" if skip_attribute => {
+                skip_attribute = false;
+                path.clear();
+            }
             "token_tree" => {
                 if !path.is_empty() && !last_was_sep && cx.text(child).starts_with('(') {
                     let p = std::mem::take(&mut path);
@@ -334,6 +356,12 @@ fn token_tree_calls(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope, depth: usize) {
                 opaque = true;
                 last_was_sep = false;
                 token_tree_calls(cx, child, scope, depth + 1);
+            }
+            "#" => {
+                // an attribute inside the macro body: `#[cfg(...)]` is not a call
+                skip_attribute = true;
+                path.clear();
+                last_was_sep = false;
             }
             "!" => {
                 // a nested macro: `name!(...)` is not a call of `name`
@@ -346,5 +374,60 @@ fn token_tree_calls(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope, depth: usize) {
                 last_was_sep = false;
             }
         }
+    }
+}
+
+/// Parses the body of an item-position macro as Rust items and extracts them in place,
+/// shifting their lines to where the body sits in the file.
+fn expand_items(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope) {
+    let text = cx.text(tt);
+    if text.len() < 2 {
+        return;
+    }
+    let inner = &text[1..text.len() - 1];
+    let mut parser = tree_sitter::Parser::new();
+    if parser
+        .set_language(&crate::lang::Lang::Rust.grammar())
+        .is_err()
+    {
+        return;
+    }
+    let Some(tree) = parser.parse(inner, None) else {
+        return;
+    };
+    let offset = tt.start_position().row as u32;
+    let before = (
+        cx.facts.symbols.len(),
+        cx.facts.imports.len(),
+        cx.facts.calls.len(),
+        cx.facts.impls.len(),
+    );
+    let mut sub = Cx {
+        src: inner.as_bytes(),
+        lang: cx.lang,
+        test_file: cx.test_file,
+        facts: std::mem::replace(&mut cx.facts, crate::facts::FileFacts::empty(cx.lang)),
+        owners: std::mem::take(&mut cx.owners),
+    };
+    let root = tree.root_node();
+    let mut cursor = root.walk();
+    for child in root.children(&mut cursor) {
+        super::walk(&mut sub, child, scope, 1);
+    }
+    cx.facts = sub.facts;
+    cx.owners = sub.owners;
+    let facts = &mut cx.facts;
+    for s in &mut facts.symbols[before.0..] {
+        s.start_line += offset;
+        s.end_line += offset;
+    }
+    for i in &mut facts.imports[before.1..] {
+        i.line += offset;
+    }
+    for c in &mut facts.calls[before.2..] {
+        c.line += offset;
+    }
+    for i in &mut facts.impls[before.3..] {
+        i.line += offset;
     }
 }
