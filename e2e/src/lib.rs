@@ -5,4 +5,5 @@
 #![deny(missing_docs)]
 
 pub mod executor;
+pub mod full;
 pub mod harness;

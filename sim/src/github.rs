@@ -100,6 +100,8 @@ struct SimState {
     app: Option<(u64, u64, Vec<u8>)>,
     /// Repositories anyone may clone and fetch without a token.
     public: std::collections::HashSet<String>,
+    /// CI outcome of commits nobody set one for (`None`: no checks at all).
+    default_ci: Option<String>,
     /// Errors to answer instead: (method, path suffix, status, message, times left).
     faults: Vec<(String, String, u16, String, usize)>,
 }
@@ -406,6 +408,11 @@ impl GitHubSim {
             message.to_owned(),
             times,
         ));
+    }
+
+    /// Every commit without an explicit CI result reports `outcome` (instant CI).
+    pub fn set_default_ci(&self, outcome: &str) {
+        self.state.lock().expect("sim lock").default_ci = Some(outcome.to_owned());
     }
 
     /// Lets anyone clone and fetch `full_name` without credentials (pushes still need the token).
@@ -1266,14 +1273,18 @@ async fn combined_status(
     auth!(sim, headers);
     let full = format!("{o}/{r}");
     let sha = resolve(&sim, &full, &sha);
-    let statuses = sim
-        .state
-        .lock()
-        .expect("sim lock")
-        .repos
-        .get(&full)
-        .and_then(|r| r.statuses.get(&sha).cloned())
-        .unwrap_or_default();
+    let statuses = {
+        let st = sim.state.lock().expect("sim lock");
+        st.repos
+            .get(&full)
+            .and_then(|r| r.statuses.get(&sha).cloned())
+            .or_else(|| {
+                st.default_ci
+                    .clone()
+                    .map(|o| vec![("ci/sim".to_owned(), o)])
+            })
+            .unwrap_or_default()
+    };
     let state = if statuses.is_empty() {
         "pending"
     } else if statuses.iter().any(|s| s.1 == "failure" || s.1 == "error") {
@@ -1298,14 +1309,22 @@ async fn check_runs(
     auth!(sim, headers);
     let full = format!("{o}/{r}");
     let sha = resolve(&sim, &full, &sha);
-    let runs = sim
-        .state
-        .lock()
-        .expect("sim lock")
-        .repos
-        .get(&full)
-        .and_then(|r| r.checks.get(&sha).cloned())
-        .unwrap_or_default();
+    let runs = {
+        let st = sim.state.lock().expect("sim lock");
+        st.repos
+            .get(&full)
+            .and_then(|r| r.checks.get(&sha).cloned())
+            .or_else(|| {
+                st.default_ci.clone().map(|o| {
+                    let (status, conclusion) = match o.as_str() {
+                        "pending" => ("in_progress".to_owned(), None),
+                        _ => ("completed".to_owned(), Some(o)),
+                    };
+                    vec![("build".to_owned(), status, conclusion)]
+                })
+            })
+            .unwrap_or_default()
+    };
     let list: Vec<Value> = runs
         .iter()
         .enumerate()

@@ -4,75 +4,19 @@
 //! failed log goes back to the agent on the same branch (after a reflection) → CI green → merged,
 //! issue closed, labels moved, a learning written. Skipped with `BP_SKIP_DOCKER=1`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use controller::forge::github::GitHubConfig;
 use controller::forge::labels;
-use controller::model::ModelConfig;
-use controller::store::repos::{NewRepo, RepoSettings};
+use controller::store::repos::RepoSettings;
 use controller::store::{Status, Task};
-use e2e::harness::{
-    Configure, Options, TestController, enroll, free_port, skip_docker, spawn_runner_with,
-    state_dir,
-};
-use runner::gateway::{Credential, Gateway, Prices};
-use runner::sandbox::{Sandbox, SandboxConfig};
-use runner::sandbox_executor::{ExecConfig, SandboxExecutor};
-use sim::github::GitHubSim;
-use sim::model::{Match, ModelSim, Script, Step, ToolCall};
+use e2e::full::{FullSystem, says};
+use e2e::harness::skip_docker;
+use sim::model::{Match, Script, Step, ToolCall};
 
-const KEY: &str = "sk-model-key";
-const TOKEN: &str = "ghs_e2e";
-const SECRET: &str = "whsec-e2e";
 const REPO: &str = "acme/full";
 
-fn says(selector: &str, texts: &[&str]) -> Script {
-    Script {
-        selector: selector.into(),
-        steps: texts
-            .iter()
-            .map(|t| Step {
-                text: (*t).into(),
-                ..Step::default()
-            })
-            .collect(),
-    }
-}
-
-async fn wait_for(c: &TestController, id: i64, what: &str, cond: impl Fn(&Task) -> bool) -> Task {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    loop {
-        let t = c.store.task(id).await.unwrap();
-        if cond(&t) {
-            return t;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let timeline: Vec<String> = c
-                .store
-                .timeline(id)
-                .await
-                .unwrap()
-                .iter()
-                .map(|e| {
-                    format!(
-                        "{} → {} ({}) {:?}",
-                        e.from_status.clone().unwrap_or_default(),
-                        e.to_status,
-                        e.reason,
-                        e.data.as_ref().map(|d| d.0.to_string())
-                    )
-                })
-                .collect();
-            panic!(
-                "timed out waiting for {what}; task is {} ({:?})\n{}",
-                t.status,
-                t.error,
-                timeline.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_for(sys: &FullSystem, id: i64, what: &str, cond: impl Fn(&Task) -> bool) -> Task {
+    sys.wait_for(id, what, Duration::from_secs(240), cond).await
 }
 
 #[tokio::test]
@@ -80,23 +24,16 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
     if skip_docker() {
         return;
     }
-    e2e::harness::init();
-    // GitHub and the model API, simulated.
-    let gh = GitHubSim::new(&state_dir("gh"), TOKEN);
-    gh.create_repo(
-        REPO,
-        "main",
+    let sys = FullSystem::start(
+        "full",
         &[("README.md", "# full\n"), ("config/values.txt", "one=1\n")],
+        RepoSettings {
+            approval_mode: Some("full-auto".into()),
+            ..RepoSettings::default()
+        },
     )
-    .unwrap();
-    gh.set_public(REPO);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gh_url = format!("http://{}", l.local_addr().unwrap());
-    gh.serve(l);
-    let model = ModelSim::new(Some(KEY.into()));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let model_url = format!("http://{}", l.local_addr().unwrap());
-    model.serve(l);
+    .await;
+    let (gh, model, c, repo) = (&sys.gh, &sys.model, &sys.c, &sys.repo);
     // The controller's own calls first: their prompts also quote the issue.
     model.add_script(says(
         "Classify this issue",
@@ -156,77 +93,6 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
         ],
     });
 
-    let (gh_for_config, model_for_config) = (gh_url.clone(), model_url.clone());
-    let c = TestController::start(Options {
-        lease: Duration::from_secs(30),
-        heartbeat: Duration::from_secs(2),
-        configure: Configure(Some(Arc::new(move |cfg| {
-            cfg.github = Some(GitHubConfig::with_token(&gh_for_config, TOKEN));
-            cfg.model = Some(ModelConfig {
-                base_url: model_for_config.clone(),
-                api_key: KEY.into(),
-                timeout: Duration::from_secs(30),
-            });
-            cfg.webhook_secret = SECRET.into();
-            cfg.allowed_users = vec!["alice".into()];
-            cfg.poll_interval = Duration::from_secs(3600);
-            cfg.pipeline.ci_poll = Duration::from_millis(250);
-        }))),
-        ..Options::default()
-    })
-    .await;
-    gh.set_webhook(&format!("http://{}/api/github/webhook", c.http), SECRET);
-    let repo = c
-        .store
-        .add_repo(&NewRepo {
-            name: REPO.into(),
-            clone_url: format!("{gh_url}/{REPO}.git"),
-            default_branch: "main".into(),
-        })
-        .await
-        .unwrap();
-    c.store
-        .update_repo(
-            repo.id,
-            &RepoSettings {
-                approval_mode: Some("full-auto".into()),
-                ..RepoSettings::default()
-            },
-        )
-        .await
-        .unwrap();
-
-    // A runner with the real sandbox.
-    let name = format!("full-{}", std::process::id());
-    let (id, dir) = enroll(&c, &name, &[]).await;
-    let gateway = Gateway::new(
-        &model_url,
-        Credential::ApiKey(KEY.into()),
-        Prices::default(),
-    )
-    .unwrap();
-    let sandbox = Sandbox::connect(SandboxConfig {
-        runner: name.clone(),
-        ..SandboxConfig::default()
-    })
-    .await
-    .expect("docker and the agent image");
-    let exec = SandboxExecutor::start(
-        ExecConfig {
-            state_dir: dir.clone(),
-            agent_timeout: Duration::from_secs(120),
-            idle_timeout: Duration::from_secs(120),
-            verify_timeout: Duration::from_secs(60),
-            max_verify_fixes: 1,
-            gateway_port: free_port(),
-        },
-        sandbox,
-        gateway,
-    )
-    .await
-    .expect("executor starts");
-    let runner = spawn_runner_with(id, &dir, Arc::new(exec), 1);
-
     // Someone labels an issue.
     let number = gh
         .open_issue(
@@ -237,28 +103,10 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
             &[labels::TRIGGER],
         )
         .await;
-    let task_id = {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let row: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM tasks WHERE issue_number = $1")
-                    .bind(number as i64)
-                    .fetch_optional(c.store.pool())
-                    .await
-                    .unwrap();
-            if let Some(id) = row {
-                break id;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the webhook made no task"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let task_id = sys.task_of_issue(number).await;
 
     // First round: the PR is opened, reviewed, and CI goes red with a log.
-    let t = wait_for(&c, task_id, "CI of the first push", |t| {
+    let t = wait_for(&sys, task_id, "CI of the first push", |t| {
         t.status == Status::CiWait
     })
     .await;
@@ -270,14 +118,14 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
         "check config: expected two=2, found two=3\nError: Process completed with exit code 1.",
     );
     // Second round on the same branch and PR.
-    let t = wait_for(&c, task_id, "CI of the fix", |t| {
+    let t = wait_for(&sys, task_id, "CI of the fix", |t| {
         t.status == Status::CiWait && t.head_sha.as_deref() != Some(first_head.as_str())
     })
     .await;
     assert_eq!(t.pr_number, Some(pr as i64), "the same PR");
     assert_eq!(t.ci_retries, 1);
     gh.set_ci(REPO, t.head_sha.as_deref().unwrap(), "success");
-    let t = wait_for(&c, task_id, "the merge", |t| t.status == Status::Merged).await;
+    let t = wait_for(&sys, task_id, "the merge", |t| t.status == Status::Merged).await;
 
     // GitHub shows it.
     assert_eq!(gh.state_of(REPO, pr), Some(("closed".into(), true)));
@@ -393,6 +241,5 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
     .expect("a learning for the merge");
     assert!(learning.contains("config/two.txt"), "{learning}");
 
-    runner.stop().await.unwrap();
-    c.stop().await;
+    sys.stop().await;
 }
