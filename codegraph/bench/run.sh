@@ -4,7 +4,7 @@
 # codegraph) index load and queries. Wall time and peak RSS of code-review-graph come from
 # /usr/bin/time -v; codegraph's from the bench binary (one child process per measurement).
 # Usage: codegraph/bench/run.sh [RUNS]   (inputs: codegraph/bench/prepare.sh)
-set -euo pipefail
+set -uo pipefail
 RUNS=${1:-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -18,8 +18,8 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 timed() {
   /usr/bin/time -v "$@" >/dev/null 2>"$WORK/time.log"
   local wall rss
-  wall=$(grep "Elapsed (wall clock)" "$WORK/time.log" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
-  rss=$(grep "Maximum resident set size" "$WORK/time.log" | awk '{print $NF}')
+  wall=$(grep -a "Elapsed (wall clock)" "$WORK/time.log" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+  rss=$(grep -a "Maximum resident set size" "$WORK/time.log" | awk '{print $NF}')
   echo "$wall $rss"
 }
 

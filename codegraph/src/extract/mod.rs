@@ -300,7 +300,8 @@ impl<'a> Cx<'a> {
             | "scope_resolution"
             | "scoped_type_identifier"
             | "qualified_name"
-            | "optional_chain" => {
+            | "optional_chain"
+            | "qualified_type" => {
                 let object = [
                     "object",
                     "value",
@@ -309,6 +310,7 @@ impl<'a> Cx<'a> {
                     "expression",
                     "scope",
                     "path",
+                    "package",
                 ]
                 .iter()
                 .find_map(|f| node.child_by_field_name(f));
