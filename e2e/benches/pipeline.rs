@@ -57,23 +57,17 @@ fn main() {
         sys.gh.set_default_ci("success");
         let mut phases: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len()];
         let mut totals = Vec::new();
+        // The controller's calls come first: their prompts quote the issue text too.
+        sys.model.add_script(says(
+            "Classify this issue",
+            &vec!["{\"model\": \"sonnet\"}"; runs],
+        ));
+        sys.model.add_script(says(
+            "review this pull request",
+            &vec!["Fine.\nVERDICT: APPROVE"; runs],
+        ));
         for i in 0..runs {
             let mark = format!("MARK-BENCH-{i}");
-            sys.model.add_script(says(
-                &format!("Classify this issue {mark}"),
-                &["{\"model\": \"sonnet\"}"],
-            ));
-            sys.model.add_script(Script {
-                selector: "Classify this issue".into(),
-                steps: vec![Step {
-                    text: "{\"model\": \"sonnet\"}".into(),
-                    ..Step::default()
-                }],
-            });
-            sys.model.add_script(says(
-                "review this pull request",
-                &["Fine.\nVERDICT: APPROVE"],
-            ));
             sys.model.add_script(Script {
                 selector: mark.clone(),
                 steps: vec![
@@ -107,8 +101,8 @@ fn main() {
                 .gh
                 .open_issue(
                     &sys.name,
-                    &format!("Note {i} {mark}"),
-                    "Write a note.",
+                    &format!("Note {i}"),
+                    &format!("Write a note. {mark}"),
                     "alice",
                     &[labels::TRIGGER],
                 )

@@ -36,7 +36,10 @@ pub struct Options {
 
 /// A function that adjusts the controller's configuration before it starts.
 #[derive(Clone, Default)]
-pub struct Configure(pub Option<std::sync::Arc<dyn Fn(&mut Config) + Send + Sync>>);
+pub struct Configure(pub Option<ConfigFn>);
+
+/// The adjusting function.
+pub type ConfigFn = std::sync::Arc<dyn Fn(&mut Config) + Send + Sync>;
 
 impl std::fmt::Debug for Configure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -307,6 +307,7 @@ impl Client {
                         budget_microusd: t.budget_microusd,
                         learnings: t.learnings.clone(),
                         stack: (!t.stack.is_empty()).then(|| t.stack.clone()),
+                        navigation: None,
                     },
                 })
             }

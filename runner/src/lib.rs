@@ -14,6 +14,7 @@ pub mod client;
 pub mod daemon;
 pub mod executor;
 pub mod gateway;
+pub mod graphs;
 pub mod identity;
 pub mod pin;
 pub mod prompt;

@@ -91,6 +91,14 @@ pub fn build(spec: &TaskSpec, extra: &[String]) -> String {
             .collect();
         p.push_str(&fenced("LEARNINGS", &text));
     }
+    if let Some(nav) = &spec.navigation {
+        // Already rendered and fenced as untrusted data by the code graph.
+        p.push_str(
+            "\n# Where to start\nFiles the code graph ranks as most relevant to the task:\n",
+        );
+        p.push_str(&textguard::clean(nav));
+        p.push('\n');
+    }
     p.push_str("\n# Task\n");
     let task = match &spec.prompt_override {
         Some(prompt) => prompt.clone(),

@@ -55,6 +55,7 @@ pub struct SandboxExecutor {
     gateway: Gateway,
     urls: GatewayUrls,
     workspaces: Workspaces,
+    graphs: crate::graphs::Graphs,
     backends: HashMap<&'static str, Arc<dyn AgentBackend>>,
     listeners: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -114,6 +115,7 @@ impl SandboxExecutor {
         backends.insert("claude", Arc::new(Claude));
         Ok(Self {
             workspaces: Workspaces::new(config.state_dir.join("mirrors")),
+            graphs: crate::graphs::Graphs::new(&config.state_dir.join("graphs")),
             config,
             sandbox,
             gateway,
@@ -185,6 +187,21 @@ impl SandboxExecutor {
         if spec.stack.is_none() {
             spec.stack = prompt::detect_stack(&repo_dir);
         }
+        // The graph reads the checkout before the agent can touch it.
+        let graph = match self.graphs.prepare(&spec.repo, &checkout.dir).await {
+            Ok((g, summary)) => {
+                ctx.log("runner", format!("{summary}\n").as_bytes());
+                spec.navigation = g.navigation(&format!("{}\n{}", spec.title, spec.body));
+                Some(g)
+            }
+            Err(e) => {
+                ctx.log(
+                    "runner",
+                    format!("code graph unavailable: {e:#}\n").as_bytes(),
+                );
+                None
+            }
+        };
         let spec = &spec;
         let mut extra: Vec<String> = Vec::new();
         let mut rounds = 0;
@@ -363,16 +380,27 @@ impl SandboxExecutor {
                 }
             }
         }
-        self.finish(
-            ctx,
-            &checkout,
-            &out_dir,
-            &labels,
-            &token,
-            verify_output,
-            &egress,
-        )
-        .await
+        let mut result = self
+            .finish(
+                ctx,
+                &checkout,
+                &out_dir,
+                &labels,
+                &token,
+                verify_output,
+                &egress,
+            )
+            .await?;
+        // The reviewer gets the blast radius of the diff, computed on the graph of the base.
+        if let (Some(g), Some(serde_json::Value::Object(data))) = (&graph, result.data.as_mut()) {
+            let diff = tokio::fs::read_to_string(out_dir.join("diff0"))
+                .await
+                .unwrap_or_default();
+            if let Some(blast) = g.blast_radius(&diff) {
+                data.insert("blast_radius".into(), serde_json::Value::String(blast));
+            }
+        }
+        Ok(result)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -414,6 +442,7 @@ head=$(git rev-parse HEAD)
 if [ "$head" = "$BP_BASE" ]; then echo none > /out/status; exit 0; fi
 git bundle create /out/result.bundle "$BP_BRANCH" "^$BP_BASE" 2>/dev/null
 git diff --numstat "$BP_BASE" HEAD > /out/numstat
+git diff -U0 --no-color --no-ext-diff "$BP_BASE" HEAD | head -c 4000000 > /out/diff0
 echo "$head" > /out/head
 echo ok > /out/status
 "#;

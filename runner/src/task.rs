@@ -51,6 +51,8 @@ pub struct TaskSpec {
     pub learnings: Vec<String>,
     /// The stack, as configured or detected in the checkout.
     pub stack: Option<String>,
+    /// Where to start: the code graph's navigation map for the issue (rendered, fenced).
+    pub navigation: Option<String>,
 }
 
 /// A leased task.

@@ -14,7 +14,7 @@
 //! | → approval_hold               |                                          | waiting for a human|
 //! | → merged                      | + done, − in-progress; issue closed      | merged             |
 //! | → failed                      | + failed, − in-progress                  | why, what to do    |
-//! | → canceled                    | − in-progress                            | canceled           |
+//! | → canceled                    | − in-progress; PR closed, branch deleted | canceled           |
 //! | failed/canceled → queued      | + in-progress, − failed                  |                    |
 
 use std::sync::Arc;
@@ -142,6 +142,13 @@ async fn apply(
                 .await
         }
         (Some(_), "canceled") => {
+            // Nothing half-done stays on GitHub: the PR is closed and its branch removed.
+            if let Some(n) = task.pr_number {
+                forge.close_pull(repo, n).await?;
+            }
+            if let Some(b) = &task.branch {
+                forge.delete_branch(repo, b).await?;
+            }
             forge.remove_label(repo, issue, labels::IN_PROGRESS).await?;
             forge
                 .comment(

@@ -18,6 +18,7 @@ pub mod feedback;
 pub mod forge;
 pub mod leases;
 pub mod model;
+pub mod ops;
 pub mod repos;
 pub mod runners;
 pub mod settings;

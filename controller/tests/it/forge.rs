@@ -146,8 +146,14 @@ async fn task_at_pushing(env: &Env, number: i64, files: &[(&str, &str)]) -> Task
         .triage(task.id, &Triage::default(), &crate::note("triaged"))
         .await
         .unwrap();
-    let runner = crate::runner(&env.store, &format!("r-{}", task.id)).await;
+    run_attempt(env, task.id, files).await
+}
+
+/// A runner claims the (queued) task and delivers `files` on its branch from the current main.
+async fn run_attempt(env: &Env, id: i64, files: &[(&str, &str)]) -> Task {
+    let runner = crate::runner(&env.store, &format!("r-{id}-{}", uuid::Uuid::new_v4())).await;
     let (task, lease) = crate::claim(&env.store, runner).await;
+    assert_eq!(task.id, id);
     let branch = format!("backporcher/{}-add-two", task.id);
     let (bundle, head) = make_bundle(env, &branch, files);
     env.store
@@ -477,6 +483,7 @@ async fn a_merge_conflict_is_detected_and_the_branch_updated_or_requeued() {
     let task = task_at_pushing(&env, n, &[("src/lib.rs", "pub fn one() -> u32 { 11 }\n")]).await;
     let p = pipeline(&env, vec![]);
     let t = drive(&env, &p, task.id, Status::CiWait).await;
+    let first_pr = t.pr_number;
     // Someone changes the same line on main: the PR now conflicts.
     env.sim
         .push_commit(
@@ -491,6 +498,24 @@ async fn a_merge_conflict_is_detected_and_the_branch_updated_or_requeued() {
     assert_eq!(t.conflict_retries, 1, "conflict detected and re-queued");
     assert!(!t.resume_branch, "starts again from a fresh main");
     assert!(t.retry_context.0.to_string().contains("conflict"));
+    // The fresh run (from the new main) goes through: same branch, same PR, merged.
+    run_attempt(
+        &env,
+        task.id,
+        &[("src/lib.rs", "pub fn one() -> u32 { 101 }\n")],
+    )
+    .await;
+    let t = drive(&env, &p, task.id, Status::CiWait).await;
+    env.sim
+        .set_ci(REPO, t.head_sha.as_deref().unwrap(), "success");
+    let t = drive(&env, &p, task.id, Status::Merged).await;
+    assert_eq!(t.pr_number, first_pr, "the open PR is reused");
+    let main = env.sim.branch_head(REPO, "main").unwrap();
+    let lib = git(
+        &env.sim.git_dir(REPO),
+        &["show", &format!("{main}:src/lib.rs")],
+    );
+    assert!(lib.contains("101"), "{lib}");
 
     // A change that does not touch the same lines is merged in by the controller instead.
     let n2 = env.sim.create_issue(REPO, "Add three", "", "alice", &[]) as i64;
@@ -996,4 +1021,85 @@ async fn bug22_logs_come_from_the_pr_head_and_no_checks_follows_the_policy() {
         "no_checks",
         "full-auto does not merge without CI when the policy says hold"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_leaves_nothing_half_done_on_github() {
+    let env = env().await;
+    let n = env
+        .sim
+        .create_issue(REPO, "Add two", "", "alice", &[labels::TRIGGER]) as i64;
+    let task = task_at_pushing(&env, n, &[("src/two.rs", "pub fn two() {}\n")]).await;
+    let p = pipeline(&env, vec![]);
+    let t = drive(&env, &p, task.id, Status::CiWait).await;
+    let (pr, branch) = (t.pr_number.unwrap() as u64, t.branch.clone().unwrap());
+    sync(&env).await;
+    env.store
+        .cancel(task.id, &crate::note("cancel"))
+        .await
+        .unwrap();
+    p.run_due().await.unwrap();
+    sync(&env).await;
+    assert_eq!(
+        env.sim.state_of(REPO, pr),
+        Some(("closed".into(), false)),
+        "PR closed, not merged"
+    );
+    assert_eq!(env.sim.branch_head(REPO, &branch), None, "branch deleted");
+    let l = env.sim.labels(REPO, n as u64);
+    assert!(
+        !l.contains(&labels::IN_PROGRESS.to_owned()) && !l.contains(&labels::TRIGGER.to_owned()),
+        "{l:?}"
+    );
+    assert_eq!(
+        env.store.task(task.id).await.unwrap().status,
+        Status::Canceled
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn review_merge_holds_after_green_ci_until_a_human_approves() {
+    let env = env().await;
+    let n = env
+        .sim
+        .create_issue(REPO, "Add two", "", "alice", &[labels::TRIGGER]) as i64;
+    let task = task_at_pushing(&env, n, &[("src/two.rs", "pub fn two() {}\n")]).await;
+    let p = pipeline(&env, vec![]);
+    let t = drive(&env, &p, task.id, Status::CiWait).await;
+    env.sim
+        .set_ci(REPO, t.head_sha.as_deref().unwrap(), "success");
+    let t = drive(&env, &p, task.id, Status::ApprovalHold).await;
+    sync(&env).await;
+    assert!(
+        env.sim
+            .comments(REPO, n as u64)
+            .iter()
+            .any(|c| c.contains("waits for a human"))
+    );
+    p.run_due().await.unwrap();
+    assert_eq!(
+        env.sim.state_of(REPO, t.pr_number.unwrap() as u64),
+        Some(("open".into(), false)),
+        "nothing merges by itself"
+    );
+    let who = controller::store::ops::Actor {
+        name: "user:carol".into(),
+        user_id: None,
+    };
+    env.store.approve(task.id, &who).await.unwrap();
+    let t = drive(&env, &p, task.id, Status::Merged).await;
+    assert_eq!(
+        env.sim.state_of(REPO, t.pr_number.unwrap() as u64),
+        Some(("closed".into(), true))
+    );
+    // A second approve is refused and audited too.
+    assert!(env.store.approve(task.id, &who).await.is_err());
+    let audit: Vec<(String, String)> =
+        sqlx::query_as("SELECT actor, outcome FROM audit_log WHERE action = 'approve' ORDER BY id")
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[0], ("user:carol".to_owned(), "ok".to_owned()));
+    assert!(audit[1].1.starts_with("refused"), "{audit:?}");
 }
