@@ -367,3 +367,58 @@ pub(crate) fn until_reset(reset: u64) -> Duration {
         .unwrap_or(0);
     Duration::from_secs(reset.saturating_sub(now).max(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &str, state: CheckState) -> Check {
+        Check {
+            name: name.into(),
+            state,
+            job_id: None,
+            url: None,
+        }
+    }
+
+    #[test]
+    fn verdicts_combine_checks_minus_the_ignored_ones() {
+        let ignore = vec!["codecov/patch".to_owned()];
+        assert_eq!(CiVerdict::of(vec![], &ignore), CiVerdict::NoChecks);
+        assert_eq!(
+            CiVerdict::of(vec![check("Codecov/Patch", CheckState::Failed)], &ignore),
+            CiVerdict::NoChecks,
+            "an ignored bot check counts for nothing, whatever its case"
+        );
+        let v = CiVerdict::of(
+            vec![
+                check("build", CheckState::Passed),
+                check("codecov/patch", CheckState::Failed),
+            ],
+            &ignore,
+        );
+        assert!(
+            matches!(v, CiVerdict::Green(ref c) if c.len() == 1),
+            "{v:?}"
+        );
+        let v = CiVerdict::of(
+            vec![
+                check("build", CheckState::Failed),
+                check("lint", CheckState::Pending),
+            ],
+            &ignore,
+        );
+        assert!(
+            matches!(v, CiVerdict::Pending(_)),
+            "a red check waits for the rest: {v:?}"
+        );
+        let v = CiVerdict::of(
+            vec![
+                check("build", CheckState::Failed),
+                check("lint", CheckState::Passed),
+            ],
+            &ignore,
+        );
+        assert!(matches!(v, CiVerdict::Red(_)), "{v:?}");
+    }
+}

@@ -3,8 +3,49 @@
 
 use serde_json::Value;
 
-use super::tasks::Advance;
+use super::model::{status_texts, task_columns};
+use super::tasks::{Advance, CancelOutcome, Edits};
 use super::{Error, HoldKind, Note, Result, Status, Store, Task, TaskId};
+
+/// A guarded operation a person asks for.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Approve the merge or the dispatch.
+    Approve,
+    /// Put a user hold on.
+    Hold,
+    /// Take a hold off.
+    Release,
+    /// Cancel (or request the runner to stop).
+    Cancel,
+    /// Reject the work: cancel it, closing its PR.
+    Reject,
+    /// Back to the queue after it ended, optionally edited.
+    Requeue(Edits),
+    /// Run with a stronger model from the next attempt on.
+    Escalate(String),
+    /// To the front of the queue, dispatch approved.
+    DispatchNow,
+    /// Change prompt, model or priority before it starts.
+    Edit(Edits),
+}
+
+impl Op {
+    /// The audit name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Approve => "approve",
+            Op::Hold => "hold",
+            Op::Release => "release",
+            Op::Cancel => "cancel",
+            Op::Reject => "reject",
+            Op::Requeue(_) => "requeue",
+            Op::Escalate(_) => "escalate",
+            Op::DispatchNow => "dispatch_now",
+            Op::Edit(_) => "edit",
+        }
+    }
+}
 
 /// Who acts.
 #[derive(Debug, Clone)]
@@ -37,6 +78,88 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Performs `op` on task `id` as `actor`; success and refusal alike go to the audit log.
+    pub async fn perform(&self, id: TaskId, op: &Op, actor: &Actor) -> Result<Task> {
+        if let Op::Approve = op {
+            return self.approve(id, actor).await;
+        }
+        let note = Note::new(actor.name.clone(), op.name());
+        let result = match op {
+            Op::Approve => unreachable!("handled above"),
+            Op::Hold => match self.task(id).await?.hold_kind.0 {
+                Some(kind) => Err(Error::Held { task: id, kind }),
+                None => self.hold(id, HoldKind::User, None, &note).await,
+            },
+            Op::Release => self.release(id, &note).await,
+            Op::Cancel | Op::Reject => self.cancel(id, &note).await.map(|(_, t)| t),
+            Op::Requeue(edits) => self.requeue(id, edits, &note).await,
+            Op::Escalate(model) => self.escalate(id, model, &note).await,
+            Op::DispatchNow => self.dispatch_now(id, &note).await,
+            Op::Edit(edits) => self.edit(id, edits, &note).await,
+        };
+        let outcome = match &result {
+            Ok(t) if matches!(op, Op::Cancel | Op::Reject) && t.status != Status::Canceled => {
+                format!("ok: {:?}", CancelOutcome::Requested)
+            }
+            Ok(_) => "ok".to_owned(),
+            Err(e) => format!("refused: {e}"),
+        };
+        let data = match op {
+            Op::Escalate(m) => Some(serde_json::json!({"model": m})),
+            Op::Requeue(e) | Op::Edit(e) => Some(serde_json::json!({
+                "model": e.model, "priority": e.priority, "prompt_edited": e.prompt.is_some()
+            })),
+            _ => None,
+        };
+        self.audit(
+            actor,
+            op.name(),
+            Some(&format!("task:{id}")),
+            &outcome,
+            data.as_ref(),
+        )
+        .await?;
+        result
+    }
+
+    /// Sets the model of a task that has not finished running; it applies from the next attempt
+    /// (or the current one, if it has not started).
+    pub async fn escalate(&self, id: TaskId, model: &str, note: &Note) -> Result<Task> {
+        if !matches!(model, "sonnet" | "opus" | "haiku") && !model.starts_with("claude-") {
+            return Err(Error::Invalid(format!(
+                "unknown model `{model}`; use sonnet, opus, haiku or a full claude-* name"
+            )));
+        }
+        const ESCALATE: super::model::Step = super::model::Step {
+            name: "escalate",
+            from: &[
+                Status::New,
+                Status::Queued,
+                Status::Leased,
+                Status::Running,
+                Status::Verifying,
+            ],
+            to: Status::Queued,
+        };
+        let row = sqlx::query_as::<_, Task>(concat!(
+            "UPDATE tasks SET model = $3, ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = $5, ",
+            "ev_data = jsonb_build_object('from', model, 'to', $3::text) ",
+            "WHERE id = $1 AND status = ANY($2) RETURNING ",
+            task_columns!()
+        ))
+        .bind(id)
+        .bind(status_texts(ESCALATE.from))
+        .bind(model)
+        .bind(&note.actor)
+        .bind(&note.reason)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(t) => Ok(t),
+            None => Err(self.refused(id, ESCALATE).await),
+        }
     }
 
     /// Approves what a task waits for: its merge (`approval_hold` → `merging`) or its dispatch

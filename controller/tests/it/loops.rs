@@ -371,3 +371,80 @@ async fn the_circuit_breaker_trips_on_repeated_failures_releases_itself_and_noti
     .await;
     assert_eq!(store.task(waiting.id).await.unwrap().status, Status::Leased);
 }
+
+#[tokio::test]
+async fn every_operation_is_guarded_and_audited_with_who_did_it() {
+    use controller::store::ops::{Actor, Op};
+    use controller::store::tasks::Edits;
+    let store = crate::store().await;
+    let repo = crate::repo(&store, "acme/ops").await;
+    let dana = Actor {
+        name: "user:dana".into(),
+        user_id: None,
+    };
+    let t = crate::queued(&store, &repo, "Ops").await;
+    store.perform(t.id, &Op::Hold, &dana).await.unwrap();
+    assert!(
+        store.perform(t.id, &Op::Hold, &dana).await.is_err(),
+        "already held"
+    );
+    store.perform(t.id, &Op::Release, &dana).await.unwrap();
+    store
+        .perform(
+            t.id,
+            &Op::Edit(Edits {
+                priority: Some(5),
+                ..Edits::default()
+            }),
+            &dana,
+        )
+        .await
+        .unwrap();
+    let err = store
+        .perform(t.id, &Op::Escalate("gpt-9".into()), &dana)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown model"), "{err}");
+    let runner = crate::runner(&store, "r1").await;
+    let (running, _) = crate::claim(&store, runner).await;
+    assert_eq!(running.priority, 5);
+    let t2 = store
+        .perform(t.id, &Op::Escalate("opus".into()), &dana)
+        .await
+        .unwrap();
+    assert_eq!(t2.model, "opus", "applies from the next attempt");
+    assert!(
+        store
+            .perform(
+                t.id,
+                &Op::Edit(Edits {
+                    priority: Some(1),
+                    ..Edits::default()
+                }),
+                &dana
+            )
+            .await
+            .is_err(),
+        "no edits once leased"
+    );
+    store.perform(t.id, &Op::Reject, &dana).await.unwrap();
+    let audit: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT actor, action, outcome FROM audit_log ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let actions: Vec<&str> = audit.iter().map(|a| a.1.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "hold", "hold", "release", "edit", "escalate", "escalate", "edit", "reject"
+        ]
+    );
+    assert!(audit.iter().all(|a| a.0 == "user:dana"));
+    let refused = audit.iter().filter(|a| a.2.starts_with("refused")).count();
+    assert_eq!(refused, 3, "{audit:?}");
+    assert!(
+        audit[7].2.starts_with("ok"),
+        "reject on a running task is a cancel request"
+    );
+}
