@@ -75,6 +75,12 @@ enum Command {
         /// Model API key; without it reviews fail per repository setting.
         #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
         model_api_key: Option<String>,
+        /// Subscription users: an OAuth token for `claude -p` (used when no API key is set).
+        #[arg(long, env = "CLAUDE_CODE_OAUTH_TOKEN", hide_env_values = true)]
+        oauth_token: Option<String>,
+        /// The `claude` program for the OAuth path.
+        #[arg(long, env = "BACKPORCHER_CLAUDE_CLI", default_value = "claude")]
+        claude_cli: PathBuf,
         /// Reviewer model.
         #[arg(long, env = "BACKPORCHER_REVIEW_MODEL", default_value = "sonnet")]
         review_model: String,
@@ -190,17 +196,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             github,
             model_api,
             model_api_key,
+            oauth_token,
+            claude_cli,
             review_model,
             poll_seconds,
         } => {
             let lease = Duration::from_secs(lease_seconds);
-            let model = model_api_key.filter(|k| !k.is_empty()).map(|api_key| {
-                controller::model::ModelConfig {
+            let model = match (
+                model_api_key.filter(|k| !k.is_empty()),
+                oauth_token.filter(|k| !k.is_empty()),
+            ) {
+                (Some(api_key), _) => Some(controller::model::ModelConfig {
                     base_url: model_api,
                     api_key,
                     timeout: Duration::from_secs(300),
-                }
-            });
+                    cli: None,
+                }),
+                (None, Some(token)) => Some(controller::model::ModelConfig {
+                    base_url: model_api,
+                    api_key: token,
+                    timeout: Duration::from_secs(300),
+                    cli: Some(claude_cli),
+                }),
+                (None, None) => None,
+            };
             let config = Config {
                 database_url,
                 data_dir,

@@ -1,6 +1,8 @@
 //! The controller's own model calls (triage, review, reflection): the Anthropic Messages API with
-//! a configurable base URL and key. Every call — answered or not — lands in the usage ledger with
-//! its purpose, model, tokens and cost, so spending is visible per task, repository and day.
+//! a configurable base URL and key, or — for subscription users — the `claude -p` CLI with an
+//! OAuth token (prompt on stdin, never on the command line). Every call — answered or not — lands
+//! in the usage ledger with its purpose, model, tokens and cost, so spending is visible per task,
+//! repository and day.
 
 use std::time::Duration;
 
@@ -17,6 +19,9 @@ pub struct ModelConfig {
     pub api_key: String,
     /// Per-call timeout.
     pub timeout: Duration,
+    /// Run `claude -p` (this program) instead of calling the API over HTTP; `api_key` is then an
+    /// OAuth token (`sk-ant-oat…`) or an API key, handed to the CLI in its environment.
+    pub cli: Option<std::path::PathBuf>,
 }
 
 /// One call.
@@ -102,6 +107,9 @@ impl ModelClient {
 
     /// Sends one call; rate limits and overloads are retried a few times with backoff.
     pub async fn call(&self, c: &Call<'_>) -> anyhow::Result<Reply> {
+        if let Some(cli) = &self.config.cli {
+            return self.call_cli(cli, c).await;
+        }
         let model = model_name(c.model);
         let body = json!({
             "model": model,
@@ -185,6 +193,90 @@ impl ModelClient {
         let cost = self.record(c, model, input, output).await;
         Ok(Reply {
             text,
+            input_tokens: input,
+            output_tokens: output,
+            cost_microusd: cost,
+        })
+    }
+
+    /// One call through `claude -p --output-format json`, in a scratch home directory.
+    async fn call_cli(&self, cli: &std::path::Path, c: &Call<'_>) -> anyhow::Result<Reply> {
+        use tokio::io::AsyncWriteExt;
+        let model = model_name(c.model);
+        let home = std::env::temp_dir().join(format!("bp-claude-{}", uuid::Uuid::new_v4()));
+        tokio::fs::create_dir_all(&home).await?;
+        let credential = if self.config.api_key.starts_with("sk-ant-oat") {
+            "CLAUDE_CODE_OAUTH_TOKEN"
+        } else {
+            "ANTHROPIC_API_KEY"
+        };
+        let mut cmd = xcmd::Cmd::new(cli, &home)
+            .args([
+                "-p",
+                "--output-format",
+                "json",
+                "--max-turns",
+                "1",
+                "--model",
+                model,
+            ])
+            .env("HOME", &home)
+            .env(credential, &self.config.api_key)
+            .env("DISABLE_TELEMETRY", "1")
+            .env("DISABLE_AUTOUPDATER", "1")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+        if !self.config.base_url.is_empty() && self.config.base_url != "https://api.anthropic.com" {
+            cmd = cmd.env("ANTHROPIC_BASE_URL", &self.config.base_url);
+        }
+        let mut child = cmd
+            .to_tokio()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start `{}`: {e}", cli.display()))?;
+        let prompt = format!("{}\n\n{}", c.system, c.user);
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(prompt.as_bytes()).await?;
+        }
+        let out = tokio::time::timeout(self.config.timeout, child.wait_with_output()).await;
+        let _ = tokio::fs::remove_dir_all(&home).await;
+        let out = match out {
+            Ok(o) => o?,
+            Err(_) => {
+                self.record(c, model, 0, 0).await;
+                anyhow::bail!(
+                    "`claude -p` took longer than {:?} for the {} call",
+                    self.config.timeout,
+                    c.purpose
+                );
+            }
+        };
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+            anyhow::anyhow!(
+                "`claude -p` gave no JSON result for the {} call (exit {}): {}",
+                c.purpose,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            )
+        })?;
+        let input = v["usage"]["input_tokens"].as_i64().unwrap_or(0);
+        let output = v["usage"]["output_tokens"].as_i64().unwrap_or(0);
+        if v["is_error"].as_bool() == Some(true) {
+            self.record(c, model, input, output).await;
+            anyhow::bail!(
+                "`claude -p` failed the {} call: {}",
+                c.purpose,
+                v["result"].as_str().unwrap_or("no detail")
+            );
+        }
+        let cost = self.record(c, model, input, output).await;
+        Ok(Reply {
+            text: v["result"].as_str().unwrap_or_default().to_owned(),
             input_tokens: input,
             output_tokens: output,
             cost_microusd: cost,

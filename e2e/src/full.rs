@@ -83,6 +83,7 @@ impl FullSystem {
                     base_url: model_for_config.clone(),
                     api_key: KEY.into(),
                     timeout: Duration::from_secs(30),
+                    cli: None,
                 });
                 cfg.webhook_secret = SECRET.into();
                 cfg.allowed_users = vec!["alice".into()];

@@ -28,6 +28,7 @@ fn client(store: &Store, url: &str) -> ModelClient {
             base_url: url.into(),
             api_key: "sk-test".into(),
             timeout: Duration::from_secs(10),
+            cli: None,
         },
         store.clone(),
     )

@@ -243,3 +243,106 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
 
     sys.stop().await;
 }
+
+/// The `claude` binary of the agent image, copied out once per test process.
+fn claude_from_image() -> std::path::PathBuf {
+    let dir = e2e::harness::state_dir("claude-cli");
+    let run = |args: &[&str]| {
+        let out = xcmd::Cmd::new("docker", &dir)
+            .args(args)
+            .to_std()
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let id = run(&["create", "backporcher-agent:latest", "true"]);
+    let dest = dir.join("claude");
+    run(&[
+        "cp",
+        &format!("{id}:/usr/local/bin/claude"),
+        &dest.to_string_lossy(),
+    ]);
+    run(&["rm", &id]);
+    dest
+}
+
+#[tokio::test]
+async fn subscription_users_get_the_controllers_calls_through_claude_p() {
+    if skip_docker() {
+        return;
+    }
+    e2e::harness::init();
+    let db = pgembed::testing::cluster()
+        .await
+        .fresh_database(&controller::store::MIGRATOR)
+        .await
+        .unwrap();
+    let store = controller::store::Store::connect(&db.url, 4).await.unwrap();
+    let repo = store
+        .add_repo(&controller::store::repos::NewRepo {
+            name: "acme/cli".into(),
+            clone_url: "https://example.invalid/acme/cli.git".into(),
+            default_branch: "main".into(),
+        })
+        .await
+        .unwrap();
+    let task = store
+        .create_task(&controller::store::tasks::NewTask::for_issue(
+            repo.id, 1, "Add two", "please",
+        ))
+        .await
+        .unwrap();
+    let sim = sim::model::ModelSim::new(Some("sk-ant-oat01-test".into()));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    sim.serve(l);
+    sim.add_script(says(
+        "review this pull request",
+        &["Looks right.\nVERDICT: APPROVE"],
+    ));
+    let client = controller::model::ModelClient::new(
+        controller::model::ModelConfig {
+            base_url: url,
+            api_key: "sk-ant-oat01-test".into(),
+            timeout: Duration::from_secs(60),
+            cli: Some(claude_from_image()),
+        },
+        store.clone(),
+    )
+    .unwrap();
+    let reviewer = controller::pipeline::review::ModelReviewer {
+        client,
+        model: "sonnet".into(),
+    };
+    use controller::pipeline::Reviewer;
+    let v = reviewer
+        .review(&controller::pipeline::ReviewInput {
+            task: task.id,
+            repo: repo.id,
+            title: "Add two".into(),
+            body: "please".into(),
+            diff: "+two".into(),
+            blast_radius: None,
+        })
+        .await
+        .unwrap();
+    assert!(v.approve, "{v:?}");
+    let got = sim.received();
+    assert!(
+        got.iter().any(|r| r.credential == "sk-ant-oat01-test"
+            && r.last_user_text.contains("review this pull request")),
+        "the OAuth token reached the API through the CLI"
+    );
+    let ledger: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM usage_ledger WHERE purpose = 'review' AND input_tokens > 0",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(ledger, 1);
+}
