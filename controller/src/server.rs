@@ -226,6 +226,7 @@ pub async fn run(
         model_client.clone(),
         config.triage_model.clone(),
         std::time::Duration::from_secs(2),
+        config.pipeline.triage_debounce,
         shutdown.clone(),
     )));
     let loops = Arc::new(crate::pipeline::loops::Loops {

@@ -42,6 +42,9 @@ pub struct PipelineConfig {
     pub sweep: Duration,
     /// Longest time a review may take before it counts as failed.
     pub review_timeout: Duration,
+    /// How long triage waits after the first new task, so issues filed together are triaged
+    /// together (one call, dependencies between them).
+    pub triage_debounce: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -53,6 +56,7 @@ impl Default for PipelineConfig {
             concurrency: 8,
             sweep: Duration::from_secs(1),
             review_timeout: Duration::from_secs(300),
+            triage_debounce: Duration::from_millis(300),
         }
     }
 }
@@ -111,10 +115,13 @@ impl Pipeline {
         model: Option<crate::model::ModelClient>,
         triage_model: String,
         sweep: Duration,
+        debounce: Duration,
         shutdown: CancellationToken,
     ) {
         let mut waker = store.waker(&["bp_new"]).await.ok();
         loop {
+            // Let a burst of new issues arrive, so they are triaged as one batch.
+            tokio::time::sleep(debounce).await;
             if let Err(e) = triage::run_once(&store, model.as_ref(), &triage_model).await {
                 tracing::warn!(error = %e, "triage failed");
             }

@@ -346,3 +346,217 @@ async fn subscription_users_get_the_controllers_calls_through_claude_p() {
     .unwrap();
     assert_eq!(ledger, 1);
 }
+
+fn agent_script(mark: &str, path: &str, first: &str, fix_when: &str, fixed: &str) -> Script {
+    Script {
+        selector: mark.into(),
+        steps: vec![
+            Step {
+                when: Match {
+                    tool_result: Some(false),
+                    ..Match::default()
+                },
+                tools: vec![ToolCall::write(path, first)],
+                ..Step::default()
+            },
+            Step {
+                when: Match {
+                    tool_result: Some(true),
+                    ..Match::default()
+                },
+                text: "Done.".into(),
+                ..Step::default()
+            },
+            Step {
+                when: Match {
+                    contains: Some(fix_when.into()),
+                    ..Match::default()
+                },
+                tools: vec![ToolCall::write(path, fixed)],
+                ..Step::default()
+            },
+            Step {
+                when: Match {
+                    tool_result: Some(true),
+                    ..Match::default()
+                },
+                text: "Fixed.".into(),
+                ..Step::default()
+            },
+        ],
+    }
+}
+
+#[tokio::test]
+async fn the_reviewer_rejects_once_and_review_merge_waits_for_an_approval() {
+    if skip_docker() {
+        return;
+    }
+    let sys = FullSystem::start("rej", &[("README.md", "# rej\n")], RepoSettings::default()).await;
+    sys.gh.set_default_ci("success");
+    sys.model
+        .add_script(says("Classify this issue", &["{\"model\": \"sonnet\"}"]));
+    sys.model.add_script(says(
+        "review this pull request",
+        &[
+            "VERDICT: REJECT - the value must be two=2",
+            "Correct now.\nVERDICT: APPROVE",
+        ],
+    ));
+    sys.model.add_script(says(
+        "How the attempt ended",
+        &["Cause: wrong value.\nNext: write two=2."],
+    ));
+    sys.model.add_script(agent_script(
+        "MARK-REJ",
+        "/workspace/two.txt",
+        "two=3\n",
+        "must be two=2",
+        "two=2\n",
+    ));
+    let number = sys
+        .gh
+        .open_issue(
+            &sys.name,
+            "Add two",
+            "Write two.txt. MARK-REJ",
+            "alice",
+            &["backporcher"],
+        )
+        .await;
+    let id = sys.task_of_issue(number).await;
+    let t = sys
+        .wait_for(id, "the approval hold", Duration::from_secs(240), |t| {
+            t.status == Status::ApprovalHold
+        })
+        .await;
+    assert_eq!(t.review_retries, 1);
+    let timeline = sys.c.store.timeline(id).await.unwrap();
+    assert!(timeline.iter().any(|e| e.reason == "review_rejected"));
+    // The rejected PR was closed unmerged; the new one waits for a human.
+    let pulls: Vec<(String, String)> = sys
+        .gh
+        .requests()
+        .into_iter()
+        .filter(|(m, p)| m == "PATCH" && p.contains("/pulls/"))
+        .collect();
+    assert_eq!(pulls.len(), 1, "the rejected PR was closed: {pulls:?}");
+    let pr = t.pr_number.unwrap() as u64;
+    assert_eq!(sys.gh.state_of(&sys.name, pr), Some(("open".into(), false)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sys.c.store.task(id).await.unwrap().status,
+        Status::ApprovalHold,
+        "nothing merges by itself"
+    );
+    let who = controller::store::ops::Actor {
+        name: "user:erin".into(),
+        user_id: None,
+    };
+    sys.c
+        .store
+        .perform(id, &controller::store::ops::Op::Approve, &who)
+        .await
+        .unwrap();
+    sys.wait_for(id, "the merge", Duration::from_secs(60), |t| {
+        t.status == Status::Merged
+    })
+    .await;
+    assert_eq!(
+        sys.gh.state_of(&sys.name, pr),
+        Some(("closed".into(), true))
+    );
+    let main = sys.gh.branch_head(&sys.name, "main").unwrap();
+    let out = xcmd::Cmd::new("git", sys.gh.git_dir(&sys.name))
+        .args(["show", &format!("{main}:two.txt")])
+        .to_std()
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "two=2\n");
+    sys.stop().await;
+}
+
+#[tokio::test]
+async fn two_dependent_issues_run_in_order() {
+    if skip_docker() {
+        return;
+    }
+    let sys = FullSystem::start(
+        "dep",
+        &[("README.md", "# dep\n")],
+        RepoSettings {
+            approval_mode: Some("full-auto".into()),
+            ..RepoSettings::default()
+        },
+    )
+    .await;
+    sys.gh.set_default_ci("success");
+    let first = sys.gh.create_issue(
+        &sys.name,
+        "Create the table",
+        "Add schema.sql. MARK-DEP-A",
+        "alice",
+        &[],
+    );
+    let second = sys.gh.create_issue(
+        &sys.name,
+        "Use the table",
+        "Add query.sql. MARK-DEP-B",
+        "alice",
+        &[],
+    );
+    sys.model.add_script(says(
+        "Triage these issues",
+        &[&format!("[{{\"issue\": {first}, \"priority\": 50}}, {{\"issue\": {second}, \"priority\": 10, \"depends_on\": [{first}]}}]")],
+    ));
+    sys.model.add_script(says(
+        "review this pull request",
+        &["VERDICT: APPROVE", "VERDICT: APPROVE"],
+    ));
+    sys.model.add_script(agent_script(
+        "MARK-DEP-A",
+        "/workspace/schema.sql",
+        "create table t();\n",
+        "never",
+        "",
+    ));
+    sys.model.add_script(agent_script(
+        "MARK-DEP-B",
+        "/workspace/query.sql",
+        "select * from t;\n",
+        "never",
+        "",
+    ));
+    // Both labelled at once: one triage batch.
+    for n in [first, second] {
+        sys.gh.deliver("issues", serde_json::json!({
+            "action": "labeled",
+            "issue": {"number": n, "title": format!("issue {n}"), "body": if n == first { "Add schema.sql. MARK-DEP-A" } else { "Add query.sql. MARK-DEP-B" }, "state": "open", "user": {"login": "alice"}, "labels": [{"name": "backporcher"}]},
+            "repository": {"full_name": sys.name},
+        })).await;
+    }
+    let a = sys.task_of_issue(first).await;
+    let b = sys.task_of_issue(second).await;
+    sys.wait_for(b, "the second merge", Duration::from_secs(240), |t| {
+        t.status == Status::Merged
+    })
+    .await;
+    let a_events = sys.c.store.timeline(a).await.unwrap();
+    let b_events = sys.c.store.timeline(b).await.unwrap();
+    let a_merged = a_events
+        .iter()
+        .find(|e| e.to_status == "merged")
+        .expect("the first merged")
+        .at;
+    let b_leased = b_events
+        .iter()
+        .find(|e| e.to_status == "leased")
+        .unwrap()
+        .at;
+    assert!(
+        b_leased > a_merged,
+        "the dependent task waited for the first to merge"
+    );
+    assert_eq!(sys.c.store.dependencies(b).await.unwrap(), vec![a]);
+    sys.stop().await;
+}
