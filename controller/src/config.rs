@@ -52,6 +52,8 @@ pub struct Config {
     pub notify_urls: Vec<String>,
     /// Pipeline stage settings.
     pub pipeline: crate::pipeline::PipelineConfig,
+    /// Mark the session cookie `Secure` (the controller is served over HTTPS).
+    pub secure_cookies: bool,
 }
 
 impl Default for Config {
@@ -79,6 +81,7 @@ impl Default for Config {
             reflection_model: "haiku".into(),
             notify_urls: Vec::new(),
             pipeline: crate::pipeline::PipelineConfig::default(),
+            secure_cookies: false,
         }
     }
 }

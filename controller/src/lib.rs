@@ -12,6 +12,7 @@
 pub mod config;
 pub mod forge;
 pub mod grpc;
+pub mod http;
 pub mod intake;
 pub mod model;
 pub mod pipeline;

@@ -88,6 +88,18 @@ enum Command {
         #[arg(long, env = "BACKPORCHER_POLL_SECONDS", default_value_t = 60)]
         poll_seconds: u64,
     },
+    /// Create the first admin (only while no admin exists); prints a generated password once.
+    BootstrapAdmin {
+        /// PostgreSQL URL; unset uses the embedded server under the data dir.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// State directory.
+        #[arg(long, env = "BACKPORCHER_DATA_DIR", default_value = ".backporcher")]
+        data_dir: PathBuf,
+        /// The admin's user name.
+        #[arg(long, default_value = "admin")]
+        username: String,
+    },
     /// Mint a one-time join ticket for a runner host (`backporcher-runner join --token …`).
     RunnerToken {
         /// PostgreSQL URL; unset uses the embedded server under the data dir.
@@ -252,7 +264,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             labels,
             ttl_minutes,
         } => runner_token(database_url, data_dir, labels, ttl_minutes).await,
+        Command::BootstrapAdmin {
+            database_url,
+            data_dir,
+            username,
+        } => bootstrap_admin(database_url, data_dir, &username).await,
     }
+}
+
+async fn bootstrap_admin(
+    database_url: Option<String>,
+    data_dir: PathBuf,
+    username: &str,
+) -> anyhow::Result<()> {
+    let config = Config {
+        database_url,
+        data_dir,
+        ..Config::default()
+    };
+    let db = controller::server::Database::open_for_admin(&config).await?;
+    let result = controller::http::bootstrap_admin(&db.store, username).await;
+    db.close().await;
+    let password = result?;
+    println!("{password}");
+    eprintln!(
+        "admin `{username}` created; log in with this password (shown once) and change it by creating your own users"
+    );
+    Ok(())
 }
 
 async fn runner_token(

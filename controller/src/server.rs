@@ -270,16 +270,25 @@ pub async fn run(
         background.push(tokio::spawn(pipeline.run(shutdown.clone())));
     }
 
+    let events = crate::http::events::Events::default();
+    background.push(tokio::spawn(
+        events.clone().run(store.clone(), shutdown.clone()),
+    ));
     let state = HttpState {
         store: store.clone(),
         intake: intake_config,
         forge,
+        pki: pki.clone(),
+        events,
+        secure_cookies: config.secure_cookies,
+        shutdown: shutdown.clone(),
     };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/api/github/webhook", axum::routing::post(webhook))
-        .with_state(state);
+        .with_state(state.clone())
+        .merge(crate::http::api_router(state));
     tracing::info!(addr = %listeners.http.local_addr()?, "controller listening");
     let http_shutdown = shutdown.clone();
     let http = axum::serve(listeners.http, app)
@@ -301,13 +310,7 @@ pub async fn run(
     Ok(())
 }
 
-/// State of the HTTP handlers.
-#[derive(Clone)]
-struct HttpState {
-    store: Store,
-    intake: Arc<IntakeConfig>,
-    forge: Option<Arc<dyn crate::forge::Forge>>,
-}
+use crate::http::AppState as HttpState;
 
 async fn webhook(
     State(s): State<HttpState>,

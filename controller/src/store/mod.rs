@@ -24,6 +24,7 @@ pub mod runners;
 pub mod settings;
 pub mod tasks;
 pub mod usage;
+pub mod users;
 pub mod wake;
 
 use std::time::Duration;

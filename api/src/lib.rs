@@ -1,0 +1,382 @@
+//! The REST API's wire types: what the controller's `/api` answers and accepts, shared with the
+//! CLI and the tests so both sides agree by construction. Domain types stay inside the controller;
+//! its HTTP layer converts them to these.
+#![deny(missing_docs)]
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Every error: what went wrong and what to do about it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable kind (`unauthorized`, `forbidden`, `not_found`, `conflict`, `invalid`, …).
+    pub error: String,
+    /// For people: what was wrong and what to do next.
+    pub message: String,
+}
+
+/// `POST /api/login`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginRequest {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+/// Who is asking (`GET /api/me`, and the login answer).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Me {
+    /// User id.
+    pub id: i64,
+    /// User name.
+    pub username: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// The CSRF token to send as `X-CSRF-Token` with mutating requests (cookie sessions only).
+    pub csrf_token: Option<String>,
+}
+
+/// A task as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Task {
+    /// Id.
+    pub id: i64,
+    /// Repository `owner/name`.
+    pub repo: String,
+    /// Issue number, for issue tasks.
+    pub issue_number: Option<i64>,
+    /// Title.
+    pub title: String,
+    /// Status.
+    pub status: String,
+    /// Why it ended.
+    pub terminal_reason: Option<String>,
+    /// Hold overlay.
+    pub hold: Option<String>,
+    /// Last error.
+    pub error: Option<String>,
+    /// Model.
+    pub model: String,
+    /// Priority (lower first).
+    pub priority: i32,
+    /// Attempts so far.
+    pub attempt: i32,
+    /// Retries per failure mode.
+    pub retries: Retries,
+    /// Runner of the current or last lease.
+    pub runner_id: Option<i64>,
+    /// Task branch.
+    pub branch: Option<String>,
+    /// PR number and link.
+    pub pr_number: Option<i64>,
+    /// PR link.
+    pub pr_url: Option<String>,
+    /// Cost so far, micro-dollars.
+    pub cost_microusd: i64,
+    /// Reviewer's verdict.
+    pub review: Option<Value>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Retries spent per failure mode.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Retries {
+    /// Agent failures.
+    pub agent: i32,
+    /// Verify failures.
+    pub verify: i32,
+    /// Review rejections.
+    pub review: i32,
+    /// CI failures.
+    pub ci: i32,
+    /// Merge conflicts.
+    pub conflict: i32,
+}
+
+/// A timeline entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    /// Id (orders the timeline).
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// From.
+    pub from_status: Option<String>,
+    /// To.
+    pub to_status: String,
+    /// Why.
+    pub reason: String,
+    /// Details.
+    pub data: Option<Value>,
+}
+
+/// Task detail: the task and its timeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskDetail {
+    /// The task.
+    pub task: Task,
+    /// Its timeline.
+    pub timeline: Vec<Event>,
+    /// Issue text (cleaned at intake), or the edited prompt.
+    pub body: String,
+}
+
+/// One log chunk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// Attempt.
+    pub attempt: i32,
+    /// Sequence number within the attempt.
+    pub seq: i64,
+    /// `agent`, `verify`, `runner`, …
+    pub stream: String,
+    /// Text (lossy UTF-8).
+    pub text: String,
+}
+
+/// `POST /api/tasks/{id}/{action}` bodies (all optional fields).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ActionRequest {
+    /// New model (escalate, edit, requeue).
+    pub model: Option<String>,
+    /// New priority (edit, requeue).
+    pub priority: Option<i32>,
+    /// New prompt (edit, requeue).
+    pub prompt: Option<String>,
+}
+
+/// A repository.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Repo {
+    /// Id.
+    pub id: i64,
+    /// `owner/name`.
+    pub name: String,
+    /// Clone URL.
+    pub clone_url: String,
+    /// Default branch.
+    pub default_branch: String,
+    /// Settings.
+    pub settings: RepoSettings,
+    /// Tasks on runners now.
+    pub active_tasks: i32,
+}
+
+/// Repository settings; in a `PATCH`, absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RepoSettings {
+    /// Verify command (`""` clears it).
+    pub verify_command: Option<String>,
+    /// `full-auto`, `review-merge`, `review-all` (`""`: the global mode).
+    pub approval_mode: Option<String>,
+    /// `open` or `closed`.
+    pub review_fail_mode: Option<String>,
+    /// `none`, `gateway-only`, `open`.
+    pub egress_policy: Option<String>,
+    /// Per-task budget, micro-dollars (0 clears).
+    pub budget_task_microusd: Option<i64>,
+    /// Daily budget, micro-dollars (0 clears).
+    pub budget_daily_microusd: Option<i64>,
+    /// Concurrency cap (0 removes).
+    pub max_concurrency: Option<i32>,
+    /// `squash`, `merge`, `rebase`.
+    pub merge_method: Option<String>,
+    /// Checks that do not count.
+    pub ci_ignore: Option<Vec<String>>,
+    /// `merge`, `hold`, `wait`.
+    pub no_checks: Option<String>,
+    /// Whether tasks are dispatched.
+    pub enabled: Option<bool>,
+    /// Whether tasks may change `.github/workflows`.
+    pub allow_workflow_changes: Option<bool>,
+}
+
+/// `POST /api/repos`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewRepo {
+    /// `owner/name`.
+    pub name: String,
+    /// Clone URL (default: GitHub's).
+    pub clone_url: Option<String>,
+    /// Default branch (default `main`).
+    pub default_branch: Option<String>,
+}
+
+/// A learning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Learning {
+    /// `merged` or `failed`.
+    pub outcome: String,
+    /// What was learned.
+    pub summary: String,
+}
+
+/// A runner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Runner {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Host.
+    pub hostname: Option<String>,
+    /// Labels.
+    pub labels: Vec<String>,
+    /// Capacity.
+    pub capacity: i32,
+    /// `active`, `draining`, `disabled`.
+    pub state: String,
+    /// Version.
+    pub version: Option<String>,
+    /// Last contact.
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// Leases now.
+    pub leases: i64,
+}
+
+/// `POST /api/runners/tokens`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JoinTokenRequest {
+    /// Labels the runner will carry.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Minutes valid (default 60).
+    pub ttl_minutes: Option<u64>,
+}
+
+/// A join ticket for `backporcher-runner join --token`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTicket {
+    /// `<token>@<ca-sha256>`.
+    pub ticket: String,
+}
+
+/// Global switches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// Dispatch paused.
+    pub paused: bool,
+    /// Default approval mode.
+    pub approval_mode: String,
+}
+
+/// A user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub username: String,
+    /// Role.
+    pub role: String,
+    /// Disabled.
+    pub disabled: bool,
+}
+
+/// `POST /api/users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewUser {
+    /// Name.
+    pub username: String,
+    /// Password (at least 12 characters).
+    pub password: String,
+    /// Role.
+    pub role: String,
+}
+
+/// `PATCH /api/users/{id}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UserPatch {
+    /// New role.
+    pub role: Option<String>,
+    /// Disable or enable.
+    pub disabled: Option<bool>,
+}
+
+/// `POST /api/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewToken {
+    /// Label.
+    pub name: String,
+}
+
+/// An API token (the secret only once, at creation).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Token {
+    /// Id.
+    pub id: i64,
+    /// Label.
+    pub name: String,
+    /// The secret: shown once.
+    pub secret: Option<String>,
+    /// Revoked.
+    pub revoked: bool,
+    /// Last used.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// An audit entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Id.
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: Option<String>,
+    /// How it went.
+    pub outcome: String,
+}
+
+/// Statistics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Merged tasks.
+    pub merged: i64,
+    /// Failed tasks.
+    pub failed: i64,
+    /// Canceled tasks.
+    pub canceled: i64,
+    /// Live tasks.
+    pub live: i64,
+    /// merged / (merged + failed).
+    pub success_rate: Option<f64>,
+    /// Mean seconds to merge.
+    pub avg_seconds_to_merge: Option<f64>,
+    /// Share of ended tasks that retried.
+    pub retry_rate: Option<f64>,
+    /// Mean cost per ended task, micro-dollars.
+    pub avg_cost_microusd: Option<f64>,
+    /// Total spending, micro-dollars.
+    pub total_cost_microusd: i64,
+    /// Per repository and day.
+    pub by_day: Vec<DayStats>,
+}
+
+/// One repository-day.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DayStats {
+    /// Repository.
+    pub repo: String,
+    /// Day.
+    pub day: chrono::NaiveDate,
+    /// Merged.
+    pub merged: i64,
+    /// Failed.
+    pub failed: i64,
+    /// Spending, micro-dollars.
+    pub cost_microusd: i64,
+}

@@ -1,0 +1,134 @@
+//! The controller's HTTP surface: health, the GitHub webhook, and the REST API under `/api`
+//! (documented at `/api/openapi.json`) that the dashboard and the CLI use. Handlers are thin:
+//! they authenticate ([`auth`]), check the role, call the store, and convert domain types to the
+//! `api` crate's wire types. Errors are JSON (`api::ErrorBody`) with a message that says what to
+//! do; internal errors are logged once and reported without detail.
+
+pub mod auth;
+pub mod events;
+pub mod openapi;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::forge::Forge;
+use crate::intake::IntakeConfig;
+use crate::pki::Pki;
+use crate::store::{Error, Store};
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// Webhook intake settings.
+    pub intake: Arc<IntakeConfig>,
+    /// GitHub, when configured.
+    pub forge: Option<Arc<dyn Forge>>,
+    /// The runner CA (join tickets).
+    pub pki: Arc<Pki>,
+    /// Task change fan-out for SSE clients.
+    pub events: events::Events,
+    /// Whether the session cookie is marked `Secure` (behind HTTPS).
+    pub secure_cookies: bool,
+    /// Ends live streams (SSE) when the controller stops, so shutdown never waits on a client.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// An API error.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400.
+    Invalid(String),
+    /// 401.
+    Unauthorized(String),
+    /// 403.
+    Forbidden(String),
+    /// 404.
+    NotFound(String),
+    /// 409.
+    Conflict(String),
+    /// 429.
+    TooMany(String),
+    /// 500 (logged, not shown).
+    Internal(String),
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::TaskNotFound(_) | Error::RepoNotFound(_) | Error::RunnerNotFound(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            Error::Invalid(_) | Error::DependencyCycle { .. } | Error::DependencyFailed { .. } => {
+                ApiError::Invalid(e.to_string())
+            }
+            Error::Database(db) => ApiError::Internal(db.to_string()),
+            other => ApiError::Conflict(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, message) = match self {
+            ApiError::Invalid(m) => (StatusCode::BAD_REQUEST, "invalid", m),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            ApiError::TooMany(m) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", m),
+            ApiError::Internal(m) => {
+                tracing::error!(error = m, "internal error in the API");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the controller failed; it is logged — retry, and report it if it persists"
+                        .to_owned(),
+                )
+            }
+        };
+        (
+            status,
+            Json(api::ErrorBody {
+                error: kind.into(),
+                message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// The `/api` routes.
+pub fn api_router(state: AppState) -> Router {
+    routes::router().with_state(state)
+}
+
+/// Creates the first admin with a generated password, which is returned once. Refused once any
+/// admin exists, so it cannot be used to take over a running installation.
+pub async fn bootstrap_admin(store: &Store, username: &str) -> anyhow::Result<String> {
+    if store.has_admin().await? {
+        anyhow::bail!("an admin exists already; ask them to create your user (POST /api/users)");
+    }
+    let password = crate::store::runners::new_secret("");
+    let hash = auth::hash_password(&password).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    store.create_user(username, &hash, "admin").await?;
+    store
+        .audit(
+            &crate::store::ops::Actor {
+                name: "bootstrap".into(),
+                user_id: None,
+            },
+            "bootstrap_admin",
+            Some(&format!("user:{username}")),
+            "ok",
+            None,
+        )
+        .await?;
+    Ok(password)
+}

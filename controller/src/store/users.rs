@@ -1,0 +1,398 @@
+//! People and their credentials: users with roles, login sessions (hashed cookie tokens with a
+//! CSRF token each), API tokens (hashed, revocable), and the reads the API needs beyond single
+//! tasks — filtered task lists, the audit log, statistics.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::model::{RepoId, Status, task_columns};
+use super::runners::{new_secret, secret_hash};
+use super::{Error, Result, Store, Task, is_unique_violation};
+
+/// A user.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct User {
+    /// Id.
+    pub id: i64,
+    /// Login name.
+    pub username: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// Disabled users cannot log in or use tokens.
+    pub disabled: bool,
+    /// Created at.
+    pub created_at: DateTime<Utc>,
+}
+
+/// An API token as listed (never its secret).
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct ApiToken {
+    /// Id.
+    pub id: i64,
+    /// Owner.
+    pub user_id: i64,
+    /// Label.
+    pub name: String,
+    /// Created at.
+    pub created_at: DateTime<Utc>,
+    /// Last used.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Revoked at.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct AuditEntry {
+    /// Id.
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: Option<String>,
+    /// `ok` or `refused: …`.
+    pub outcome: String,
+}
+
+/// Filters of a task list.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// Only these statuses.
+    pub status: Option<Status>,
+    /// Only this repository.
+    pub repo: Option<RepoId>,
+    /// Only tasks not ended.
+    pub live: bool,
+    /// Most rows.
+    pub limit: i64,
+    /// Only ids below this (paging, newest first).
+    pub before: Option<i64>,
+}
+
+/// Fleet statistics.
+#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
+pub struct Stats {
+    /// Tasks merged.
+    pub merged: i64,
+    /// Tasks failed.
+    pub failed: i64,
+    /// Tasks canceled.
+    pub canceled: i64,
+    /// Tasks not ended.
+    pub live: i64,
+    /// merged / (merged + failed).
+    pub success_rate: Option<f64>,
+    /// Mean seconds from creation to merge.
+    pub avg_seconds_to_merge: Option<f64>,
+    /// Share of ended tasks that needed any retry.
+    pub retry_rate: Option<f64>,
+    /// Mean cost of ended tasks, micro-dollars.
+    pub avg_cost_microusd: Option<f64>,
+    /// Total cost, micro-dollars.
+    pub total_cost_microusd: i64,
+}
+
+/// Per repository and day.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DayStats {
+    /// Repository name.
+    pub repo: String,
+    /// Day (UTC).
+    pub day: chrono::NaiveDate,
+    /// Merged that day.
+    pub merged: i64,
+    /// Failed that day.
+    pub failed: i64,
+    /// Model spending that day, micro-dollars.
+    pub cost_microusd: i64,
+}
+
+impl Store {
+    /// Creates a user with an already-hashed password.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: &str,
+    ) -> Result<User> {
+        if !matches!(role, "viewer" | "operator" | "admin") {
+            return Err(Error::Invalid(format!(
+                "role `{role}` is not one of: viewer, operator, admin"
+            )));
+        }
+        if username.is_empty()
+            || username.len() > 64
+            || !username
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(Error::Invalid(
+                "a username is 1–64 letters, digits, `.`, `_` or `-`".into(),
+            ));
+        }
+        sqlx::query_as(
+            "INSERT INTO users (username, password_hash, role) VALUES ($1, $2, $3) \
+             RETURNING id, username, role, disabled, created_at",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(role)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e, "users_username_key") {
+                Error::Invalid(format!("user `{username}` exists already"))
+            } else {
+                e.into()
+            }
+        })
+    }
+
+    /// Whether any admin exists (bootstrap runs only before the first).
+    pub async fn has_admin(&self) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin')")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// A user and their password hash, by name.
+    pub async fn user_for_login(&self, username: &str) -> Result<Option<(User, String)>> {
+        let row: Option<(i64, String, String, bool, DateTime<Utc>, String)> = sqlx::query_as(
+            "SELECT id, username, role, disabled, created_at, password_hash FROM users WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(id, username, role, disabled, created_at, hash)| {
+            (
+                User {
+                    id,
+                    username,
+                    role,
+                    disabled,
+                    created_at,
+                },
+                hash,
+            )
+        }))
+    }
+
+    /// Every user.
+    pub async fn users(&self) -> Result<Vec<User>> {
+        Ok(sqlx::query_as(
+            "SELECT id, username, role, disabled, created_at FROM users ORDER BY username",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Changes a user's role or disabled flag.
+    pub async fn update_user(
+        &self,
+        id: i64,
+        role: Option<&str>,
+        disabled: Option<bool>,
+    ) -> Result<User> {
+        if let Some(r) = role
+            && !matches!(r, "viewer" | "operator" | "admin")
+        {
+            return Err(Error::Invalid(format!(
+                "role `{r}` is not one of: viewer, operator, admin"
+            )));
+        }
+        let user: Option<User> = sqlx::query_as(
+            "UPDATE users SET role = COALESCE($2, role), disabled = COALESCE($3, disabled) WHERE id = $1 \
+             RETURNING id, username, role, disabled, created_at",
+        )
+        .bind(id)
+        .bind(role)
+        .bind(disabled)
+        .fetch_optional(&self.pool)
+        .await?;
+        if disabled == Some(true) {
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
+        user.ok_or_else(|| Error::Invalid(format!("user {id} does not exist")))
+    }
+
+    /// Opens a session; returns (cookie secret, CSRF token).
+    pub async fn create_session(
+        &self,
+        user: i64,
+        ttl: std::time::Duration,
+    ) -> Result<(String, String)> {
+        let secret = new_secret("bps_");
+        let csrf = new_secret("csrf_");
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, csrf_token, expires_at) \
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+        )
+        .bind(secret_hash(&secret))
+        .bind(user)
+        .bind(&csrf)
+        .bind(ttl.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok((secret, csrf))
+    }
+
+    /// The live session of a cookie secret: its (enabled) user and CSRF token.
+    pub async fn session(&self, secret: &str) -> Result<Option<(User, String)>> {
+        let row: Option<(i64, String, String, bool, DateTime<Utc>, String)> = sqlx::query_as(
+            "UPDATE sessions s SET last_seen_at = now() FROM users u \
+             WHERE s.token_hash = $1 AND s.expires_at > now() AND u.id = s.user_id AND NOT u.disabled \
+             RETURNING u.id, u.username, u.role, u.disabled, u.created_at, s.csrf_token",
+        )
+        .bind(secret_hash(secret))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(id, username, role, disabled, created_at, csrf)| {
+            (
+                User {
+                    id,
+                    username,
+                    role,
+                    disabled,
+                    created_at,
+                },
+                csrf,
+            )
+        }))
+    }
+
+    /// Ends a session.
+    pub async fn end_session(&self, secret: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
+            .bind(secret_hash(secret))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Mints an API token for `user`; the secret is returned once.
+    pub async fn create_api_token(&self, user: i64, name: &str) -> Result<(ApiToken, String)> {
+        let secret = new_secret("bpt_");
+        let token = sqlx::query_as(
+            "INSERT INTO api_tokens (user_id, name, token_hash) VALUES ($1, $2, $3) \
+             RETURNING id, user_id, name, created_at, last_used_at, revoked_at",
+        )
+        .bind(user)
+        .bind(name)
+        .bind(secret_hash(&secret))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((token, secret))
+    }
+
+    /// The (enabled) user of a live API token.
+    pub async fn user_by_api_token(&self, secret: &str) -> Result<Option<User>> {
+        Ok(sqlx::query_as(
+            "WITH t AS (UPDATE api_tokens SET last_used_at = now() WHERE token_hash = $1 AND revoked_at IS NULL \
+               AND (expires_at IS NULL OR expires_at > now()) RETURNING user_id) \
+             SELECT u.id, u.username, u.role, u.disabled, u.created_at FROM users u JOIN t ON t.user_id = u.id \
+             WHERE NOT u.disabled",
+        )
+        .bind(secret_hash(secret))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Tokens of a user (all users: `None`).
+    pub async fn api_tokens(&self, user: Option<i64>) -> Result<Vec<ApiToken>> {
+        Ok(sqlx::query_as(
+            "SELECT id, user_id, name, created_at, last_used_at, revoked_at FROM api_tokens \
+             WHERE $1::bigint IS NULL OR user_id = $1 ORDER BY id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Revokes a token (only its owner's, unless `owner` is `None`).
+    pub async fn revoke_api_token(&self, id: i64, owner: Option<i64>) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)",
+        )
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Tasks, newest first, filtered.
+    pub async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {
+        Ok(sqlx::query_as::<_, Task>(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE ($1::text IS NULL OR status = $1) AND ($2::bigint IS NULL OR repo_id = $2) ",
+            "AND (NOT $3 OR status NOT IN ('merged', 'failed', 'canceled')) AND ($5::bigint IS NULL OR id < $5) ",
+            "ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(f.status.map(|s| s.as_str()))
+        .bind(f.repo)
+        .bind(f.live)
+        .bind(f.limit.clamp(1, 1000))
+        .bind(f.before)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The audit log, newest first.
+    pub async fn audit_log(&self, limit: i64, before: Option<i64>) -> Result<Vec<AuditEntry>> {
+        Ok(sqlx::query_as(
+            "SELECT id, at, actor, action, target, outcome FROM audit_log \
+             WHERE $2::bigint IS NULL OR id < $2 ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit.clamp(1, 1000))
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Fleet statistics (optionally for one repository).
+    pub async fn stats(&self, repo: Option<RepoId>) -> Result<Stats> {
+        Ok(sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'merged') AS merged, \
+               count(*) FILTER (WHERE status = 'failed') AS failed, \
+               count(*) FILTER (WHERE status = 'canceled') AS canceled, \
+               count(*) FILTER (WHERE status NOT IN ('merged', 'failed', 'canceled')) AS live, \
+               (count(*) FILTER (WHERE status = 'merged'))::float8 / NULLIF(count(*) FILTER (WHERE status IN ('merged', 'failed')), 0) AS success_rate, \
+               avg(EXTRACT(EPOCH FROM finished_at - created_at)) FILTER (WHERE status = 'merged')::float8 AS avg_seconds_to_merge, \
+               (count(*) FILTER (WHERE status IN ('merged', 'failed') AND agent_retries + verify_retries + review_retries + ci_retries + conflict_retries > 0))::float8 \
+                 / NULLIF(count(*) FILTER (WHERE status IN ('merged', 'failed')), 0) AS retry_rate, \
+               avg(cost_microusd) FILTER (WHERE status IN ('merged', 'failed'))::float8 AS avg_cost_microusd, \
+               COALESCE(sum(cost_microusd), 0)::bigint AS total_cost_microusd \
+             FROM tasks WHERE $1::bigint IS NULL OR repo_id = $1",
+        )
+        .bind(repo)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Outcomes and spending per repository and day, last `days` days.
+    pub async fn stats_by_day(&self, days: i32) -> Result<Vec<DayStats>> {
+        Ok(sqlx::query_as(
+            "SELECT r.name AS repo, d.day, \
+               (SELECT count(*) FROM tasks t WHERE t.repo_id = r.id AND t.status = 'merged' AND t.finished_at::date = d.day) AS merged, \
+               (SELECT count(*) FROM tasks t WHERE t.repo_id = r.id AND t.status = 'failed' AND t.finished_at::date = d.day) AS failed, \
+               (SELECT COALESCE(sum(cost_microusd), 0)::bigint FROM usage_ledger u WHERE u.repo_id = r.id AND u.at::date = d.day) AS cost_microusd \
+             FROM repos r CROSS JOIN generate_series(current_date - ($1 - 1), current_date, interval '1 day') AS g(day_ts) \
+             CROSS JOIN LATERAL (SELECT g.day_ts::date AS day) d \
+             ORDER BY r.name, d.day",
+        )
+        .bind(days.clamp(1, 366))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

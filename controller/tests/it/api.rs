@@ -1,0 +1,481 @@
+//! The REST API through the controller's HTTP listener: sessions with CSRF, API tokens, roles
+//! (a viewer's approve is 403 and audited), login rate limiting, every endpoint, live task events
+//! over SSE, and the OpenAPI document.
+
+use std::time::Duration;
+
+use controller::config::Config;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    cookie: Option<String>,
+    csrf: Option<String>,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(base: &str) -> Self {
+        Self {
+            base: base.into(),
+            http: reqwest::Client::new(),
+            cookie: None,
+            csrf: None,
+            token: None,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c);
+        }
+        if let Some(c) = &self.csrf {
+            req = req.header("x-csrf-token", c);
+        }
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn login(base: &str, user: &str, password: &str) -> Api {
+        let mut api = Api::new(base);
+        let resp = api
+            .http
+            .post(format!("{base}/api/login"))
+            .json(&json!({"username": user, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "login {user}");
+        let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        api.cookie = Some(cookie.split(';').next().unwrap().to_owned());
+        let me: Value = resp.json().await.unwrap();
+        api.csrf = me["csrf_token"].as_str().map(str::to_owned);
+        api
+    }
+}
+
+async fn start() -> (
+    String,
+    controller::store::Store,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (store, url) = crate::store_and_url().await;
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = http.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let config = Config {
+        database_url: Some(url),
+        data_dir: dir,
+        ..Config::default()
+    };
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(controller::server::run(
+        config,
+        controller::server::Listeners { http, grpc },
+        shutdown.clone(),
+    ));
+    crate::eventually(
+        Duration::from_secs(30),
+        "the controller to listen",
+        || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
+    )
+    .await;
+    (format!("http://{addr}"), store, shutdown, server)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roles_csrf_tokens_and_every_endpoint() {
+    let (base, store, shutdown, server) = start().await;
+    let password = controller::http::bootstrap_admin(&store, "root")
+        .await
+        .unwrap();
+    assert!(
+        controller::http::bootstrap_admin(&store, "again")
+            .await
+            .is_err(),
+        "only once"
+    );
+    let anon = Api::new(&base);
+    let (code, body) = anon.call(Method::GET, "/api/tasks", None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["message"].as_str().unwrap().contains("log in"),
+        "{body}"
+    );
+
+    let mut admin = Api::login(&base, "root", &password).await;
+    // A mutating call without the CSRF token is refused even with a valid session.
+    let csrf = admin.csrf.take();
+    let (code, body) = admin.call(Method::POST, "/api/pause", None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("CSRF"));
+    admin.csrf = csrf;
+
+    for (user, role) in [("olga", "operator"), ("vic", "viewer")] {
+        let (code, body) = admin
+            .call(
+                Method::POST,
+                "/api/users",
+                Some(json!({"username": user, "password": "a long password 1", "role": role})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
+    let (code, body) = admin
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(json!({"username": "x", "password": "short", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(body["message"].as_str().unwrap().contains("12 characters"));
+
+    // Repositories.
+    let (code, repo) = admin
+        .call(
+            Method::POST,
+            "/api/repos",
+            Some(json!({"name": "acme/api"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{repo}");
+    let repo_id = repo["id"].as_i64().unwrap();
+    let (code, repo) = admin
+        .call(Method::PATCH, &format!("/api/repos/{repo_id}"), Some(json!({"verify_command": "make test", "approval_mode": "review-all", "merge_method": "rebase"})))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{repo}");
+    assert_eq!(repo["settings"]["merge_method"], "rebase");
+    let (code, body) = admin
+        .call(
+            Method::PATCH,
+            &format!("/api/repos/{repo_id}"),
+            Some(json!({"egress_policy": "everywhere"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("none, gateway-only, open"),
+        "{body}"
+    );
+
+    // The operator creates a task; the viewer may look but not act.
+    let olga = Api::login(&base, "olga", "a long password 1").await;
+    let vic = Api::login(&base, "vic", "a long password 1").await;
+    let (code, body) = vic
+        .call(
+            Method::POST,
+            "/api/repos",
+            Some(json!({"name": "acme/nope"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    let (code, task) = olga
+        .call(Method::POST, "/api/tasks", Some(json!({"repo": "acme/api", "title": "Add a route", "prompt": "GET /ping returns pong"})))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{task}");
+    let id = task["id"].as_i64().unwrap();
+    // review-all: triage queues it with a dispatch hold.
+    crate::eventually(Duration::from_secs(10), "triage", || {
+        let store = store.clone();
+        async move { store.task(id).await.unwrap().status == controller::store::Status::Queued }
+    })
+    .await;
+    let (code, body) = vic
+        .call(Method::POST, &format!("/api/tasks/{id}/approve"), None)
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    let (code, t) = olga
+        .call(Method::POST, &format!("/api/tasks/{id}/approve"), None)
+        .await;
+    assert_eq!(code, StatusCode::OK, "{t}");
+    assert_eq!(t["hold"], Value::Null, "dispatch approved");
+    let (code, t) = olga
+        .call(
+            Method::POST,
+            &format!("/api/tasks/{id}/edit"),
+            Some(json!({"priority": 7, "model": "opus"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{t}");
+    assert_eq!(
+        (t["priority"].as_i64(), t["model"].as_str()),
+        (Some(7), Some("opus"))
+    );
+    let (code, body) = olga
+        .call(Method::POST, &format!("/api/tasks/{id}/frobnicate"), None)
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(body["message"].as_str().unwrap().contains("approve, hold"));
+    let (code, list) = vic
+        .call(Method::GET, "/api/tasks?live=true&repo=acme/api", None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (code, body) = vic
+        .call(Method::GET, "/api/tasks?status=sleeping", None)
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"].as_str().unwrap().contains("queued"),
+        "{body}"
+    );
+    let (code, detail) = vic
+        .call(Method::GET, &format!("/api/tasks/{id}"), None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let reasons: Vec<&str> = detail["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.contains(&"approved") && reasons.contains(&"edit"),
+        "{reasons:?}"
+    );
+    assert_eq!(detail["body"], "GET /ping returns pong");
+    let (code, logs) = vic
+        .call(Method::GET, &format!("/api/tasks/{id}/logs"), None)
+        .await;
+    assert_eq!((code, logs), (StatusCode::OK, json!([])));
+    let (code, _) = vic.call(Method::GET, "/api/tasks/999999", None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    // Switches, runners, stats, learnings, audit.
+    let (code, st) = olga.call(Method::POST, "/api/pause", None).await;
+    assert_eq!((code, st["paused"].as_bool()), (StatusCode::OK, Some(true)));
+    let (code, st) = olga.call(Method::POST, "/api/resume", None).await;
+    assert_eq!(
+        (code, st["paused"].as_bool()),
+        (StatusCode::OK, Some(false))
+    );
+    let (code, _) = vic.call(Method::POST, "/api/pause", None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let (code, ticket) = admin
+        .call(
+            Method::POST,
+            "/api/runners/tokens",
+            Some(json!({"labels": ["gpu"]})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{ticket}");
+    assert!(ticket["ticket"].as_str().unwrap().contains('@'));
+    let (code, _) = olga
+        .call(Method::POST, "/api/runners/tokens", Some(json!({})))
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let (code, runners) = vic.call(Method::GET, "/api/runners", None).await;
+    assert_eq!((code, runners), (StatusCode::OK, json!([])));
+    let (code, stats) = vic.call(Method::GET, "/api/stats?days=3", None).await;
+    assert_eq!(code, StatusCode::OK, "{stats}");
+    assert_eq!(stats["live"], 1);
+    assert_eq!(stats["by_day"].as_array().unwrap().len(), 3);
+    let (code, l) = vic
+        .call(
+            Method::GET,
+            &format!("/api/repos/{repo_id}/learnings"),
+            None,
+        )
+        .await;
+    assert_eq!((code, l), (StatusCode::OK, json!([])));
+    let (code, _) = vic.call(Method::GET, "/api/audit", None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let (code, audit) = admin.call(Method::GET, "/api/audit?limit=500", None).await;
+    assert_eq!(code, StatusCode::OK);
+    let refused_viewer_approve = audit.as_array().unwrap().iter().any(|a| {
+        a["actor"] == "user:vic"
+            && a["action"] == "approve"
+            && a["outcome"].as_str().unwrap().starts_with("refused")
+    });
+    assert!(
+        refused_viewer_approve,
+        "the viewer's approve is audited: {audit}"
+    );
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["actor"] == "user:olga" && a["action"] == "edit" && a["outcome"] == "ok")
+    );
+
+    // API tokens: for scripts, without CSRF; revoked → 401.
+    let (code, tok) = vic
+        .call(Method::POST, "/api/tokens", Some(json!({"name": "laptop"})))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{tok}");
+    let mut script = Api::new(&base);
+    script.token = tok["secret"].as_str().map(str::to_owned);
+    let (code, me) = script.call(Method::GET, "/api/me", None).await;
+    assert_eq!(
+        (code, me["username"].as_str()),
+        (StatusCode::OK, Some("vic"))
+    );
+    let (code, _) = script
+        .call(Method::POST, &format!("/api/tasks/{id}/hold"), None)
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::FORBIDDEN,
+        "a viewer's token is still a viewer"
+    );
+    let (code, _) = vic
+        .call(Method::DELETE, &format!("/api/tokens/{}", tok["id"]), None)
+        .await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    let (code, _) = script.call(Method::GET, "/api/me", None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+
+    // Disabling a user ends their sessions.
+    let vic_id = me["id"].as_i64().unwrap();
+    let (code, _) = admin
+        .call(
+            Method::PATCH,
+            &format!("/api/users/{vic_id}"),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = vic.call(Method::GET, "/api/tasks", None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+
+    // Logins are rate-limited per user name.
+    let bad = Api::new(&base);
+    for _ in 0..5 {
+        let (code, _) = bad
+            .call(
+                Method::POST,
+                "/api/login",
+                Some(json!({"username": "olga", "password": "wrong"})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+    }
+    let (code, body) = bad
+        .call(
+            Method::POST,
+            "/api/login",
+            Some(json!({"username": "olga", "password": "a long password 1"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{body}");
+
+    // Logout ends the session.
+    let (code, _) = admin.call(Method::POST, "/api/logout", None).await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    let (code, _) = admin.call(Method::GET, "/api/me", None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn task_changes_arrive_over_sse_and_the_openapi_document_lists_every_route() {
+    let (base, store, shutdown, server) = start().await;
+    let password = controller::http::bootstrap_admin(&store, "root")
+        .await
+        .unwrap();
+    let admin = Api::login(&base, "root", &password).await;
+    let (_, repo) = admin
+        .call(
+            Method::POST,
+            "/api/repos",
+            Some(json!({"name": "acme/sse"})),
+        )
+        .await;
+    assert!(repo["id"].is_i64());
+    // Subscribe, then create a task: its creation and triage arrive as deltas.
+    let resp = admin
+        .http
+        .get(format!("{base}/api/events"))
+        .header("cookie", admin.cookie.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.bytes_stream();
+    let (code, task) = admin
+        .call(
+            Method::POST,
+            "/api/tasks",
+            Some(json!({"repo": "acme/sse", "title": "Live", "prompt": "watch me"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let id = task["id"].as_i64().unwrap();
+    let mut seen = String::new();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        use futures::StreamExt;
+        while let Some(chunk) = body.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if seen.contains(&format!("\"id\":{id}")) && seen.contains("\"status\":\"queued\"") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "no delta for task {id}: {seen}");
+    assert!(seen.contains("event: task"));
+
+    let (code, doc) = Api::new(&base)
+        .call(Method::GET, "/api/openapi.json", None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (method, path, ..) in controller::http::openapi::OPERATIONS {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+        // Every documented route is served: it answers something other than 404/405 for a
+        // request with made-up path parameters (401/403/404-with-JSON are fine).
+        let concrete = path
+            .replace("{id}", "1")
+            .replace("{action}", "hold")
+            .replace("{state}", "drain");
+        let m: Method = method.to_uppercase().parse().unwrap();
+        let resp = reqwest::Client::new()
+            .request(m, format!("{base}{concrete}"))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(
+            resp.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        if resp.status() == StatusCode::NOT_FOUND {
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            assert!(v["error"].is_string(), "{method} {path} is not routed");
+        }
+    }
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
