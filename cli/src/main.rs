@@ -1,0 +1,570 @@
+//! `backporcher`: the operator CLI. It talks to the controller's REST API only, with an API token
+//! kept (with the controller URL) in a 0600 file, and prints either text for people or `--json`
+//! for scripts. Exit codes scripts can rely on: 0 ok, 1 failed, 2 usage, 3 not found,
+//! 4 not allowed (401/403), 5 conflict (the task is not in a state for that), 6 controller
+//! unreachable.
+
+mod client;
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use client::{CliError, Client, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "backporcher",
+    version,
+    about = "Steer a Backporcher fleet from the terminal"
+)]
+struct Cli {
+    /// Print JSON instead of text (read commands).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Config file (default: $XDG_CONFIG_HOME/backporcher/cli.toml).
+    #[arg(long, global = true, env = "BACKPORCHER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Log in with a password and store an API token for this machine.
+    Login {
+        /// Controller URL, e.g. https://backporcher.example.com
+        #[arg(long)]
+        url: String,
+        /// User name.
+        #[arg(long)]
+        user: String,
+        /// Read the password from standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Store a controller URL and an existing API token.
+    Config {
+        /// Controller URL.
+        #[arg(long)]
+        url: String,
+        /// API token (`bpt_…`).
+        #[arg(long)]
+        token: String,
+    },
+    /// Live tasks (with --watch: keep updating).
+    Fleet {
+        /// Follow changes as they happen.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// One task: its fields and timeline (and its log with --logs).
+    Status {
+        /// Task id.
+        id: i64,
+        /// Also print the log of the current attempt.
+        #[arg(long)]
+        logs: bool,
+    },
+    /// A task's log (with -f: follow it).
+    Logs {
+        /// Task id.
+        id: i64,
+        /// Follow until the attempt ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Approve a task's merge (or its dispatch).
+    Approve { id: i64 },
+    /// Put a hold on a task.
+    Hold { id: i64 },
+    /// Release a task's hold.
+    Release { id: i64 },
+    /// Cancel a task.
+    Cancel { id: i64 },
+    /// Re-queue an ended task.
+    Requeue {
+        id: i64,
+        /// With another model.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Run a task with a stronger model.
+    Escalate {
+        id: i64,
+        #[arg(long, default_value = "opus")]
+        model: String,
+    },
+    /// Cancel every live task of a repository that is held, and list what was canceled.
+    Cleanup {
+        /// Repository `owner/name`.
+        repo: String,
+    },
+    /// Pause dispatch.
+    Pause,
+    /// Resume dispatch.
+    Resume,
+    /// Merged count, success rate, time to merge, retry rate, cost.
+    Stats {
+        /// One repository.
+        #[arg(long)]
+        repo: Option<String>,
+    },
+    /// Repositories.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Runners.
+    #[command(subcommand)]
+    Runner(RunnerCommand),
+    /// Print shell completions.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum RepoCommand {
+    /// Register a repository.
+    Add {
+        /// `owner/name`.
+        name: String,
+        /// Default branch.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Clone URL (default: GitHub's).
+        #[arg(long)]
+        clone_url: Option<String>,
+    },
+    /// List repositories.
+    List,
+    /// Set (or with no command, clear) the verify command.
+    Verify {
+        /// `owner/name`.
+        name: String,
+        /// The command.
+        command: Vec<String>,
+    },
+    /// What tasks in the repository taught.
+    Learnings {
+        /// `owner/name`.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunnerCommand {
+    /// List runners.
+    List,
+    /// Mint a one-time join ticket.
+    Token {
+        /// Labels (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+    },
+    /// Drain a runner (finish its work, take no more).
+    Drain { id: i64 },
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "backporcher",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let path = cli.config.clone().unwrap_or_else(Config::default_path);
+    match cli.command {
+        Command::Login {
+            url,
+            user,
+            password_stdin,
+        } => {
+            let password = read_password(password_stdin)?;
+            let token = Client::login(&url, &user, &password).await?;
+            Config { url, token }.save(&path)?;
+            println!("logged in as {user}; token stored in {}", path.display());
+            return Ok(());
+        }
+        Command::Config { url, token } => {
+            Config { url, token }.save(&path)?;
+            println!("stored in {}", path.display());
+            return Ok(());
+        }
+        _ => {}
+    }
+    let c = Client::new(Config::load(&path)?)?;
+    let json = cli.json;
+    match cli.command {
+        Command::Login { .. } | Command::Config { .. } | Command::Completions { .. } => {
+            unreachable!("handled above")
+        }
+        Command::Fleet { watch } => fleet(&c, json, watch).await,
+        Command::Status { id, logs } => {
+            let d: api::TaskDetail = c.get(&format!("/api/tasks/{id}")).await?;
+            if json {
+                return print_json(&d);
+            }
+            print_task(&d.task);
+            for e in &d.timeline {
+                println!(
+                    "  {}  {:<14} → {:<14} {} ({})",
+                    e.at.format("%Y-%m-%d %H:%M:%S"),
+                    e.from_status.clone().unwrap_or_default(),
+                    e.to_status,
+                    e.reason,
+                    e.actor
+                );
+            }
+            if logs {
+                let chunks: Vec<api::LogChunk> = c.get(&format!("/api/tasks/{id}/logs")).await?;
+                for ch in chunks {
+                    print!("{}", ch.text);
+                }
+            }
+            Ok(())
+        }
+        Command::Logs { id, follow } => {
+            if follow {
+                c.follow_logs(id).await
+            } else {
+                let chunks: Vec<api::LogChunk> = c.get(&format!("/api/tasks/{id}/logs")).await?;
+                if json {
+                    return print_json(&chunks);
+                }
+                for ch in chunks {
+                    print!("{}", ch.text);
+                }
+                Ok(())
+            }
+        }
+        Command::Approve { id } => action(&c, id, "approve", None, json).await,
+        Command::Hold { id } => action(&c, id, "hold", None, json).await,
+        Command::Release { id } => action(&c, id, "release", None, json).await,
+        Command::Cancel { id } => action(&c, id, "cancel", None, json).await,
+        Command::Requeue { id, model } => {
+            action(&c, id, "requeue", Some(json!({"model": model})), json).await
+        }
+        Command::Escalate { id, model } => {
+            action(&c, id, "escalate", Some(json!({"model": model})), json).await
+        }
+        Command::Cleanup { repo } => {
+            let tasks: Vec<api::Task> = c.get(&format!("/api/tasks?live=true&repo={repo}")).await?;
+            let mut done = Vec::new();
+            for t in tasks.iter().filter(|t| t.hold.is_some()) {
+                let t: api::Task = c.post(&format!("/api/tasks/{}/cancel", t.id), None).await?;
+                done.push(t);
+            }
+            if json {
+                return print_json(&done);
+            }
+            println!("canceled {} held task(s)", done.len());
+            Ok(())
+        }
+        Command::Pause => {
+            let s: api::Settings = c.post("/api/pause", None).await?;
+            println!("dispatch {}", if s.paused { "paused" } else { "running" });
+            Ok(())
+        }
+        Command::Resume => {
+            let s: api::Settings = c.post("/api/resume", None).await?;
+            println!("dispatch {}", if s.paused { "paused" } else { "running" });
+            Ok(())
+        }
+        Command::Stats { repo } => {
+            let q = repo.map(|r| format!("?repo={r}")).unwrap_or_default();
+            let s: api::Stats = c.get(&format!("/api/stats{q}")).await?;
+            if json {
+                return print_json(&s);
+            }
+            println!(
+                "merged {}  failed {}  canceled {}  live {}",
+                s.merged, s.failed, s.canceled, s.live
+            );
+            let pct = |v: Option<f64>| {
+                v.map(|x| format!("{:.0} %", x * 100.0))
+                    .unwrap_or_else(|| "–".into())
+            };
+            println!(
+                "success rate {}  retry rate {}",
+                pct(s.success_rate),
+                pct(s.retry_rate)
+            );
+            println!(
+                "time to merge {}  cost per task {}  total cost ${:.2}",
+                s.avg_seconds_to_merge
+                    .map(|x| format!("{:.0} s", x))
+                    .unwrap_or_else(|| "–".into()),
+                s.avg_cost_microusd
+                    .map(|x| format!("${:.2}", x / 1e6))
+                    .unwrap_or_else(|| "–".into()),
+                s.total_cost_microusd as f64 / 1e6
+            );
+            Ok(())
+        }
+        Command::Repo(r) => repo(&c, r, json).await,
+        Command::Runner(r) => runner(&c, r, json).await,
+    }
+}
+
+fn read_password(from_stdin: bool) -> Result<String, CliError> {
+    let mut s = String::new();
+    if !from_stdin && std::io::stdin().is_terminal() {
+        eprint!("password: ");
+        let _ = std::io::stderr().flush();
+        std::io::stdin()
+            .read_line(&mut s)
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+    } else {
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+    }
+    Ok(s.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| CliError::Failed(e.to_string()))?
+    );
+    Ok(())
+}
+
+fn print_task(t: &api::Task) {
+    println!(
+        "#{} {} [{}{}] {} — {}",
+        t.id,
+        t.repo,
+        t.status,
+        t.hold
+            .as_ref()
+            .map(|h| format!(", held: {h}"))
+            .unwrap_or_default(),
+        t.model,
+        t.title
+    );
+    if let Some(u) = &t.pr_url {
+        println!("  PR {u}");
+    }
+    if let Some(e) = &t.error {
+        println!("  error: {e}");
+    }
+}
+
+fn fleet_line(t: &api::Task) -> String {
+    let age = (chrono_now() - t.created_at.timestamp()).max(0);
+    format!(
+        "{:>6}  {:<14} {:<22} {:<7} {:>6}s  ${:<6.2} {}",
+        t.id,
+        match &t.hold {
+            Some(h) => format!("{} ({h})", t.status),
+            None => t.status.clone(),
+        },
+        t.repo,
+        t.model,
+        age,
+        t.cost_microusd as f64 / 1e6,
+        t.title.chars().take(60).collect::<String>()
+    )
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn fleet(c: &Client, json: bool, watch: bool) -> Result<(), CliError> {
+    let tasks: Vec<api::Task> = c.get("/api/tasks?live=true").await?;
+    if json && !watch {
+        return print_json(&tasks);
+    }
+    if !json {
+        let paused: api::Settings = c.get("/api/settings").await?;
+        if paused.paused {
+            println!("DISPATCH PAUSED");
+        }
+        println!(
+            "{:>6}  {:<14} {:<22} {:<7} {:>7}  {:<7} title",
+            "id", "status", "repo", "model", "age", "cost"
+        );
+        for t in &tasks {
+            println!("{}", fleet_line(t));
+        }
+    }
+    if watch {
+        c.watch(|t: api::Task| {
+            if json {
+                println!("{}", serde_json::to_string(&t).unwrap_or_default());
+            } else {
+                println!("{}", fleet_line(&t));
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+async fn action(
+    c: &Client,
+    id: i64,
+    what: &str,
+    body: Option<Value>,
+    json: bool,
+) -> Result<(), CliError> {
+    let t: api::Task = c.post(&format!("/api/tasks/{id}/{what}"), body).await?;
+    if json {
+        return print_json(&t);
+    }
+    print_task(&t);
+    Ok(())
+}
+
+async fn find_repo(c: &Client, name: &str) -> Result<api::Repo, CliError> {
+    let repos: Vec<api::Repo> = c.get("/api/repos").await?;
+    repos.into_iter().find(|r| r.name == name).ok_or_else(|| {
+        CliError::NotFound(format!(
+            "repository {name} is not registered; add it with `backporcher repo add {name}`"
+        ))
+    })
+}
+
+async fn repo(c: &Client, cmd: RepoCommand, json: bool) -> Result<(), CliError> {
+    match cmd {
+        RepoCommand::Add {
+            name,
+            branch,
+            clone_url,
+        } => {
+            let r: api::Repo = c
+                .post(
+                    "/api/repos",
+                    Some(json!({"name": name, "default_branch": branch, "clone_url": clone_url})),
+                )
+                .await?;
+            if json {
+                return print_json(&r);
+            }
+            println!("added {} (id {})", r.name, r.id);
+            Ok(())
+        }
+        RepoCommand::List => {
+            let repos: Vec<api::Repo> = c.get("/api/repos").await?;
+            if json {
+                return print_json(&repos);
+            }
+            for r in repos {
+                println!(
+                    "{:>4}  {:<30} {:<8} verify: {}  approval: {}",
+                    r.id,
+                    r.name,
+                    r.default_branch,
+                    r.settings
+                        .verify_command
+                        .clone()
+                        .unwrap_or_else(|| "–".into()),
+                    r.settings
+                        .approval_mode
+                        .clone()
+                        .unwrap_or_else(|| "global".into())
+                );
+            }
+            Ok(())
+        }
+        RepoCommand::Verify { name, command } => {
+            let r = find_repo(c, &name).await?;
+            let r: api::Repo = c
+                .patch(
+                    &format!("/api/repos/{}", r.id),
+                    json!({"verify_command": command.join(" ")}),
+                )
+                .await?;
+            println!(
+                "{}: verify {}",
+                r.name,
+                r.settings
+                    .verify_command
+                    .map(|v| format!("`{v}`"))
+                    .unwrap_or_else(|| "cleared".into())
+            );
+            Ok(())
+        }
+        RepoCommand::Learnings { name } => {
+            let r = find_repo(c, &name).await?;
+            let l: Vec<api::Learning> = c.get(&format!("/api/repos/{}/learnings", r.id)).await?;
+            if json {
+                return print_json(&l);
+            }
+            for x in l {
+                println!(
+                    "{} {}",
+                    if x.outcome == "merged" { "+" } else { "!" },
+                    x.summary
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn runner(c: &Client, cmd: RunnerCommand, json: bool) -> Result<(), CliError> {
+    match cmd {
+        RunnerCommand::List => {
+            let rs: Vec<api::Runner> = c.get("/api/runners").await?;
+            if json {
+                return print_json(&rs);
+            }
+            for r in rs {
+                println!(
+                    "{:>4}  {:<24} {:<9} {}/{} leases  labels: {}",
+                    r.id,
+                    r.name,
+                    r.state,
+                    r.leases,
+                    r.capacity,
+                    r.labels.join(",")
+                );
+            }
+            Ok(())
+        }
+        RunnerCommand::Token { labels } => {
+            let t: api::JoinTicket = c
+                .post("/api/runners/tokens", Some(json!({"labels": labels})))
+                .await?;
+            println!("{}", t.ticket);
+            Ok(())
+        }
+        RunnerCommand::Drain { id } => {
+            let r: api::Runner = c.post(&format!("/api/runners/{id}/drain"), None).await?;
+            println!("runner {} is {}", r.name, r.state);
+            Ok(())
+        }
+    }
+}

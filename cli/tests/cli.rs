@@ -1,0 +1,219 @@
+//! The `backporcher` binary against a live controller (real PostgreSQL, real HTTP): login stores
+//! a 0600 config, read commands print text or `--json`, actions work for an operator and exit 4
+//! for a viewer, missing things exit 3, an unreachable controller exits 6.
+
+use std::path::Path;
+use std::time::Duration;
+
+use controller::config::Config;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+fn backporcher(config: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = xcmd::Cmd::new(env!("CARGO_BIN_EXE_backporcher"), std::env::temp_dir())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .to_std()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_drives_a_live_controller() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = pgembed::testing::cluster()
+        .await
+        .fresh_database(&controller::store::MIGRATOR)
+        .await
+        .unwrap();
+    let store = controller::store::Store::connect(&db.url, 4).await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", http.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(controller::server::run(
+        Config {
+            database_url: Some(db.url.clone()),
+            data_dir: dir.path().join("controller"),
+            ..Config::default()
+        },
+        controller::server::Listeners { http, grpc },
+        shutdown.clone(),
+    ));
+    let addr = url.trim_start_matches("http://").to_owned();
+    for _ in 0..300 {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let password = controller::http::bootstrap_admin(&store, "root")
+        .await
+        .unwrap();
+    let admin_cfg = dir.path().join("admin.toml");
+    let cfg = admin_cfg.clone();
+    let u = url.clone();
+    let run = move |cfg: std::path::PathBuf, args: Vec<String>, stdin: Option<String>| {
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            backporcher(&cfg, &a, stdin.as_deref())
+        })
+    };
+    let sv = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    // Not logged in yet: exit 4 with what to do.
+    let (code, _, err) = run(cfg.clone(), sv(&["fleet"]), None).await.unwrap();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("backporcher login"), "{err}");
+    let (code, out, err) = run(
+        cfg.clone(),
+        sv(&["login", "--url", &u, "--user", "root", "--password-stdin"]),
+        Some(password.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let (code, out, err) = run(cfg.clone(), sv(&["repo", "add", "acme/cli"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = run(
+        cfg.clone(),
+        sv(&["repo", "verify", "acme/cli", "cargo", "test"]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("`cargo test`"), "{out}");
+    let (code, out, _) = run(cfg.clone(), sv(&["repo", "list", "--json"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let repos: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(repos[0]["settings"]["verify_command"], "cargo test");
+    let (code, _, err) = run(cfg.clone(), sv(&["repo", "learnings", "acme/none"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 3, "{err}");
+
+    // A task made through the API; an operator acts on it, a viewer cannot.
+    let repo = store.repo_by_name("acme/cli").await.unwrap();
+    let mut t = controller::store::tasks::NewTask::for_issue(repo.id, 0, "From the CLI test", "x");
+    t.issue_number = None;
+    let task = store.create_task(&t).await.unwrap();
+    let id = task.id.to_string();
+    for _ in 0..200 {
+        if store.task(task.id).await.unwrap().status == controller::store::Status::Queued {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, out, _) = run(cfg.clone(), sv(&["fleet"]), None).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("From the CLI test") && out.contains("queued"),
+        "{out}"
+    );
+    let (code, out, err) = run(cfg.clone(), sv(&["hold", &id]), None).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("held: user"), "{out}");
+    let (code, _, err) = run(cfg.clone(), sv(&["hold", &id]), None).await.unwrap();
+    assert_eq!(code, 5, "already held is a conflict: {err}");
+    let (code, out, _) = run(cfg.clone(), sv(&["status", &id, "--json"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let detail: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(detail["task"]["hold"], "user");
+    let (code, _, _) = run(cfg.clone(), sv(&["status", "99999"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 3);
+    let (code, out, _) = run(cfg.clone(), sv(&["stats", "--json"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["live"], 1);
+    let (code, out, _) = run(
+        cfg.clone(),
+        sv(&["runner", "token", "--labels", "gpu"]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert!(out.trim().contains('@'));
+    let (code, out, _) = run(cfg.clone(), sv(&["pause"]), None).await.unwrap();
+    assert_eq!((code, out.trim()), (0, "dispatch paused"));
+    let (code, out, _) = run(cfg.clone(), sv(&["fleet"]), None).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("DISPATCH PAUSED"));
+    let (code, _, _) = run(cfg.clone(), sv(&["resume"]), None).await.unwrap();
+    assert_eq!(code, 0);
+
+    // A viewer's token: reads work, actions exit 4.
+    let hash = controller::http::auth::hash_password("viewer password 1").unwrap();
+    store.create_user("vee", &hash, "viewer").await.unwrap();
+    let viewer_cfg = dir.path().join("viewer.toml");
+    let (code, _, err) = run(
+        viewer_cfg.clone(),
+        sv(&["login", "--url", &u, "--user", "vee", "--password-stdin"]),
+        Some("viewer password 1".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = run(viewer_cfg.clone(), sv(&["fleet", "--json"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let (code, _, err) = run(viewer_cfg.clone(), sv(&["release", &id]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("operator"), "{err}");
+    let (code, _, err) = run(
+        viewer_cfg,
+        sv(&["login", "--url", &u, "--user", "vee", "--password-stdin"]),
+        Some("wrong".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 4, "{err}");
+
+    // Shell completions; an unreachable controller.
+    let (code, out, _) = run(cfg.clone(), sv(&["completions", "bash"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("backporcher"));
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+    let (code, _, err) = run(admin_cfg, sv(&["fleet"]), None).await.unwrap();
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("cannot reach the controller"), "{err}");
+}
