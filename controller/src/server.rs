@@ -288,7 +288,8 @@ pub async fn run(
         .route("/readyz", get(ready))
         .route("/api/github/webhook", axum::routing::post(webhook))
         .with_state(state.clone())
-        .merge(crate::http::api_router(state));
+        .merge(crate::http::api_router(state))
+        .merge(dashboard::router());
     tracing::info!(addr = %listeners.http.local_addr()?, "controller listening");
     let http_shutdown = shutdown.clone();
     let http = axum::serve(listeners.http, app)

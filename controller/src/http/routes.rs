@@ -460,9 +460,18 @@ async fn task_action(
     State(s): State<AppState>,
     c: Caller,
     Path((id, action)): Path<(i64, String)>,
-    body: Option<Json<api::ActionRequest>>,
+    body: axum::body::Bytes,
 ) -> ApiResult<api::Task> {
-    let req = body.map(|Json(b)| b).unwrap_or_default();
+    // The body is optional; when present it must be an `ActionRequest`.
+    let req: api::ActionRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        api::ActionRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::Invalid(format!(
+                "the body is not an action request ({{model, priority, prompt}}): {e}"
+            ))
+        })?
+    };
     let edits = Edits {
         model: req.model.clone(),
         priority: req.priority,

@@ -1,6 +1,7 @@
 //! Runner protocol tests: the real controller and the real runner daemon over TLS on 127.0.0.1,
 //! on real PostgreSQL. Runners that must be killed run as the `e2e-runner` process.
 
+mod browser;
 mod cancel;
 mod failures;
 mod logs;

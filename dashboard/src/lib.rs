@@ -1,0 +1,53 @@
+//! The web dashboard: one HTML page, a stylesheet and a script, compiled into the controller
+//! binary and served at `/`. The page talks to the same REST API as the CLI (`/api`), logs in
+//! with a password (session cookie + CSRF token), lists tasks and applies the deltas that arrive
+//! over SSE (`/api/events`) instead of reloading the table, and shows each control only to roles
+//! that may use it. There is no build step: what is in `assets/` is what the browser gets.
+#![deny(missing_docs)]
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+/// The page.
+pub const INDEX_HTML: &str = include_str!("assets/index.html");
+/// The script.
+pub const APP_JS: &str = include_str!("assets/app.js");
+/// The stylesheet.
+pub const STYLE_CSS: &str = include_str!("assets/style.css");
+
+fn asset(body: &'static str, kind: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+}
+
+/// Routes for `/`, `/app.js` and `/style.css`.
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route(
+            "/",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                        (header::CACHE_CONTROL, "no-cache"),
+                        (
+                            header::CONTENT_SECURITY_POLICY,
+                            "default-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
+                        ),
+                        (header::X_FRAME_OPTIONS, "DENY"),
+                    ],
+                    INDEX_HTML,
+                )
+            }),
+        )
+        .route("/app.js", get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
+        .route("/style.css", get(|| async { asset(STYLE_CSS, "text/css; charset=utf-8") }))
+}
