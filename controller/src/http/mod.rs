@@ -132,3 +132,24 @@ pub async fn bootstrap_admin(store: &Store, username: &str) -> anyhow::Result<St
         .await?;
     Ok(password)
 }
+
+/// `Json` whose rejections are API errors (JSON, saying what was wrong), not plain text.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(e) => Err(ApiError::Invalid(format!(
+                "the request body is not what this endpoint takes: {}; see /api/openapi.json",
+                e.body_text()
+            ))),
+        }
+    }
+}

@@ -18,7 +18,7 @@ use serde_json::json;
 use super::auth::{
     COOKIE, Caller, LOGIN_ATTEMPTS, Role, check_password, hash_password, verify_password,
 };
-use super::{ApiError, AppState};
+use super::{ApiError, ApiJson, AppState};
 use crate::store::ops::{Actor, Op};
 use crate::store::repos::{NewRepo, RepoSettings};
 use crate::store::tasks::{Edits, NewTask};
@@ -127,7 +127,7 @@ async fn audited<T>(
 
 async fn login(
     State(s): State<AppState>,
-    Json(req): Json<api::LoginRequest>,
+    ApiJson(req): ApiJson<api::LoginRequest>,
 ) -> Result<Response, ApiError> {
     let target = format!("user:{}", req.username);
     let recent: i64 = sqlx::query_scalar(
@@ -295,7 +295,7 @@ struct CreateTask {
 async fn create_task(
     State(s): State<AppState>,
     c: Caller,
-    Json(req): Json<CreateTask>,
+    ApiJson(req): ApiJson<CreateTask>,
 ) -> ApiResult<api::Task> {
     c.require(
         &s,
@@ -440,7 +440,7 @@ async fn task_logs_stream(
                     .store
                     .task(id)
                     .await
-                    .map(|t| t.status.is_terminal() || t.attempt != attempt)
+                    .map(|t| !t.status.is_active() || t.attempt != attempt)
                     .unwrap_or(true);
                 if ended {
                     return Some((
@@ -558,7 +558,7 @@ async fn list_repos(State(s): State<AppState>, _c: Caller) -> ApiResult<Vec<api:
 async fn add_repo(
     State(s): State<AppState>,
     c: Caller,
-    Json(req): Json<api::NewRepo>,
+    ApiJson(req): ApiJson<api::NewRepo>,
 ) -> ApiResult<api::Repo> {
     let target = format!("repo:{}", req.name);
     c.require(&s, Role::Admin, "add_repo", Some(&target))
@@ -587,7 +587,7 @@ async fn update_repo(
     State(s): State<AppState>,
     c: Caller,
     Path(id): Path<i64>,
-    Json(req): Json<api::RepoSettings>,
+    ApiJson(req): ApiJson<api::RepoSettings>,
 ) -> ApiResult<api::Repo> {
     let target = format!("repo:{id}");
     c.require(&s, Role::Admin, "update_repo", Some(&target))
@@ -659,7 +659,7 @@ async fn list_runners(State(s): State<AppState>, _c: Caller) -> ApiResult<Vec<ap
 async fn runner_token(
     State(s): State<AppState>,
     c: Caller,
-    Json(req): Json<api::JoinTokenRequest>,
+    ApiJson(req): ApiJson<api::JoinTokenRequest>,
 ) -> ApiResult<api::JoinTicket> {
     c.require(&s, Role::Admin, "runner_token", None).await?;
     let ttl = Duration::from_secs(req.ttl_minutes.unwrap_or(60).clamp(1, 7 * 24 * 60) * 60);
@@ -820,7 +820,7 @@ async fn list_users(State(s): State<AppState>, c: Caller) -> ApiResult<Vec<api::
 async fn add_user(
     State(s): State<AppState>,
     c: Caller,
-    Json(req): Json<api::NewUser>,
+    ApiJson(req): ApiJson<api::NewUser>,
 ) -> ApiResult<api::User> {
     let target = format!("user:{}", req.username);
     c.require(&s, Role::Admin, "add_user", Some(&target))
@@ -842,7 +842,7 @@ async fn update_user(
     State(s): State<AppState>,
     c: Caller,
     Path(id): Path<i64>,
-    Json(req): Json<api::UserPatch>,
+    ApiJson(req): ApiJson<api::UserPatch>,
 ) -> ApiResult<api::User> {
     let target = format!("user-id:{id}");
     c.require(&s, Role::Admin, "update_user", Some(&target))
@@ -882,7 +882,7 @@ async fn list_tokens(State(s): State<AppState>, c: Caller) -> ApiResult<Vec<api:
 async fn add_token(
     State(s): State<AppState>,
     c: Caller,
-    Json(req): Json<api::NewToken>,
+    ApiJson(req): ApiJson<api::NewToken>,
 ) -> ApiResult<api::Token> {
     if req.name.trim().is_empty() {
         return Err(ApiError::Invalid(

@@ -479,3 +479,80 @@ async fn task_changes_arrive_over_sse_and_the_openapi_document_lists_every_route
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_page_and_follow_until_the_attempt_ends_and_bad_bodies_get_json_errors() {
+    let (base, store, shutdown, server) = start().await;
+    let password = controller::http::bootstrap_admin(&store, "root")
+        .await
+        .unwrap();
+    let admin = Api::login(&base, "root", &password).await;
+    let (code, body) = admin
+        .call(Method::POST, "/api/repos", Some(json!({"nom": "x"})))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("openapi"),
+        "{body}"
+    );
+    let repo = crate::repo(&store, "acme/logs").await;
+    let task = crate::queued(&store, &repo, "Logs").await;
+    let runner = crate::runner(&store, "r1").await;
+    let (_, lease) = crate::claim(&store, runner).await;
+    store
+        .append_log(&lease, 0, "agent", b"first line\n")
+        .await
+        .unwrap();
+    let (code, logs) = admin
+        .call(Method::GET, &format!("/api/tasks/{}/logs", task.id), None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(logs[0]["text"], "first line\n");
+    let resp = admin
+        .http
+        .get(format!("{base}/api/tasks/{}/logs/stream", task.id))
+        .header("cookie", admin.cookie.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let store2 = store.clone();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        store2
+            .append_log(&lease, 1, "agent", b"second line\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        store2
+            .complete(
+                &lease,
+                &controller::store::leases::Completion::new(
+                    controller::store::leases::Outcome::AgentFailed,
+                ),
+                &controller::store::tasks::RetryPolicy::default(),
+            )
+            .await
+            .unwrap();
+    });
+    let mut seen = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        use futures::StreamExt;
+        while let Some(chunk) = body.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if seen.contains("event: end") {
+                return;
+            }
+        }
+    })
+    .await;
+    writer.await.unwrap();
+    assert!(ended.is_ok(), "the stream did not end: {seen}");
+    let first = seen.find("first line").expect("the existing log");
+    let second = seen
+        .find("second line")
+        .expect("the line written while following");
+    assert!(first < second);
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
