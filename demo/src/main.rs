@@ -1,0 +1,471 @@
+//! `backporcher-up`: the whole system on one machine from one command. The controller (with its
+//! own PostgreSQL under the data dir unless `DATABASE_URL` is set), a local runner enrolled
+//! through a real join ticket, the agent image built if it is missing — and, when no GitHub or
+//! model credentials are configured, the GitHub simulator with a sample repository and labelled
+//! sample issues plus the scripted model, so the dashboard shows issues becoming merged PRs within
+//! a minute. Prints the dashboard URL and the admin login.
+//!
+//! With `GITHUB_TOKEN` (and `BACKPORCHER_REPOS=owner/name,…`) it works against real GitHub; with
+//! `ANTHROPIC_API_KEY` (or `CLAUDE_CODE_OAUTH_TOKEN`) against the real model API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use controller::config::Config;
+use controller::forge::github::GitHubConfig;
+use controller::model::ModelConfig;
+use controller::store::repos::{NewRepo, RepoSettings};
+use sim::github::GitHubSim;
+use sim::model::{Match, ModelSim, Script, Step, ToolCall};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "backporcher-up",
+    version,
+    about = "Run the whole Backporcher system on this machine"
+)]
+struct Args {
+    /// State directory (database, runner, simulators).
+    #[arg(long, env = "BACKPORCHER_DATA_DIR", default_value = ".backporcher")]
+    data_dir: PathBuf,
+    /// Dashboard / API address.
+    #[arg(long, env = "BACKPORCHER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Runner gRPC address.
+    #[arg(
+        long,
+        env = "BACKPORCHER_GRPC_LISTEN",
+        default_value = "127.0.0.1:7443"
+    )]
+    grpc_listen: SocketAddr,
+    /// Simulated GitHub's address (when no GitHub token is set).
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    sim_listen: SocketAddr,
+    /// Repositories to serve (real GitHub only), comma-separated `owner/name`.
+    #[arg(long, env = "BACKPORCHER_REPOS", value_delimiter = ',')]
+    repos: Vec<String>,
+    /// GitHub logins whose labelled issues start tasks (real GitHub only).
+    #[arg(long, env = "BACKPORCHER_ALLOWED_USERS", value_delimiter = ',')]
+    allowed_users: Vec<String>,
+}
+
+/// Sample issues of the demo repository: (title, body, file the agent writes, content).
+const SAMPLES: &[(&str, &str, &str, &str)] = &[
+    (
+        "Add a CONTRIBUTING guide",
+        "We need a short CONTRIBUTING.md. [demo-1]",
+        "/workspace/CONTRIBUTING.md",
+        "# Contributing\n\nOpen an issue, label it `backporcher`.\n",
+    ),
+    (
+        "Document the release steps",
+        "Write docs/release.md. [demo-2]",
+        "/workspace/docs/release.md",
+        "# Releasing\n\n1. Tag.\n2. Push.\n",
+    ),
+    (
+        "Add a health check script",
+        "Add scripts/health.sh printing ok. [demo-3]",
+        "/workspace/scripts/health.sh",
+        "#!/bin/sh\necho ok\n",
+    ),
+];
+
+const SIM_TOKEN: &str = "ghs_demo_token";
+const SIM_KEY: &str = "sk-demo-model-key";
+const SECRET: &str = "whsec-demo";
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn scripts(model: &ModelSim) {
+    model.add_script(sim_says(
+        "Classify this issue",
+        100,
+        "{\"model\": \"sonnet\", \"complexity\": \"simple\"}",
+    ));
+    model.add_script(sim_says("Triage these issues", 100, "[]"));
+    model.add_script(sim_says(
+        "review this pull request",
+        100,
+        "The change does what the issue asks.\nVERDICT: APPROVE",
+    ));
+    model.add_script(sim_says(
+        "How the attempt ended",
+        100,
+        "Cause: unknown in the demo.\nNext: try again.",
+    ));
+    for (i, (_, _, path, content)) in SAMPLES.iter().enumerate() {
+        model.add_script(Script {
+            selector: format!("[demo-{}]", i + 1),
+            steps: vec![
+                Step {
+                    when: Match {
+                        tool_result: Some(false),
+                        ..Match::default()
+                    },
+                    tools: vec![ToolCall::write(path, content)],
+                    ..Step::default()
+                },
+                Step {
+                    when: Match {
+                        tool_result: Some(true),
+                        ..Match::default()
+                    },
+                    text: "Done.".into(),
+                    ..Step::default()
+                },
+            ],
+        });
+    }
+}
+
+fn sim_says(selector: &str, times: usize, text: &str) -> Script {
+    Script {
+        selector: selector.into(),
+        steps: (0..times)
+            .map(|_| Step {
+                text: text.into(),
+                ..Step::default()
+            })
+            .collect(),
+    }
+}
+
+async fn ensure_image() -> anyhow::Result<()> {
+    let docker = bollard_free_check().await;
+    if docker {
+        return Ok(());
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent/build-offline.sh");
+    eprintln!("building the agent image (first run only; a few minutes)…");
+    let status = xcmd::Cmd::new("bash", Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .arg(script)
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .to_tokio()
+        .status()
+        .await
+        .context("cannot run deploy/agent/build-offline.sh")?;
+    anyhow::ensure!(
+        status.success(),
+        "building the agent image failed; see the output above"
+    );
+    Ok(())
+}
+
+/// Whether the agent image exists (asked through the docker CLI, so no engine client here).
+async fn bollard_free_check() -> bool {
+    xcmd::Cmd::new("docker", std::env::temp_dir())
+        .args(["image", "inspect", "backporcher-agent:latest"])
+        .to_tokio()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    ensure_image().await?;
+    let shutdown = CancellationToken::new();
+
+    // GitHub: real, or the simulator with a sample repository.
+    let github_token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
+    let mut sim = None;
+    let (github, repos, allowed) = match &github_token {
+        Some(token) => {
+            anyhow::ensure!(
+                !args.repos.is_empty(),
+                "with GITHUB_TOKEN set, name the repositories: BACKPORCHER_REPOS=owner/name"
+            );
+            anyhow::ensure!(
+                !args.allowed_users.is_empty(),
+                "with GITHUB_TOKEN set, name who may trigger work: BACKPORCHER_ALLOWED_USERS=login"
+            );
+            (
+                GitHubConfig::with_token("https://api.github.com", token),
+                args.repos.clone(),
+                args.allowed_users.clone(),
+            )
+        }
+        None => {
+            let root = data_dir.join("sim-github");
+            let _ = std::fs::remove_dir_all(&root);
+            let gh = GitHubSim::new(&root, SIM_TOKEN);
+            gh.create_repo(
+                "demo/widgets",
+                "main",
+                &[("README.md", "# widgets\n\nA demo repository.\n")],
+            )?;
+            gh.set_public("demo/widgets");
+            gh.set_default_ci("success");
+            let l = tokio::net::TcpListener::bind(args.sim_listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.sim_listen))?;
+            let url = format!("http://{}", l.local_addr()?);
+            gh.serve(l);
+            sim = Some((gh, url.clone()));
+            (
+                GitHubConfig::with_token(&url, SIM_TOKEN),
+                vec!["demo/widgets".to_owned()],
+                vec!["demo".to_owned()],
+            )
+        }
+    };
+
+    // The model: real, or scripted.
+    let (model, runner_upstream, runner_key) = match (
+        std::env::var("ANTHROPIC_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
+        std::env::var("CLAUDE_CODE_OAUTH_TOKEN")
+            .ok()
+            .filter(|k| !k.is_empty()),
+    ) {
+        (Some(key), _) => (
+            ModelConfig {
+                base_url: "https://api.anthropic.com".into(),
+                api_key: key.clone(),
+                timeout: Duration::from_secs(300),
+                cli: None,
+            },
+            "https://api.anthropic.com".to_owned(),
+            runner::gateway::Credential::ApiKey(key),
+        ),
+        (None, Some(token)) => (
+            ModelConfig {
+                base_url: "https://api.anthropic.com".into(),
+                api_key: token.clone(),
+                timeout: Duration::from_secs(300),
+                cli: Some("claude".into()),
+            },
+            "https://api.anthropic.com".to_owned(),
+            runner::gateway::Credential::OAuth(token),
+        ),
+        (None, None) => {
+            let m = ModelSim::new(Some(SIM_KEY.into()));
+            scripts(&m);
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}", l.local_addr()?);
+            m.serve(l);
+            (
+                ModelConfig {
+                    base_url: url.clone(),
+                    api_key: SIM_KEY.into(),
+                    timeout: Duration::from_secs(60),
+                    cli: None,
+                },
+                url,
+                runner::gateway::Credential::ApiKey(SIM_KEY.into()),
+            )
+        }
+    };
+
+    // The controller.
+    let mut config = Config {
+        database_url: std::env::var("DATABASE_URL").ok(),
+        data_dir: data_dir.join("controller"),
+        http_listen: args.listen,
+        grpc_listen: args.grpc_listen,
+        webhook_secret: SECRET.into(),
+        allowed_users: allowed,
+        github: Some(github),
+        model: Some(model),
+        ..Config::default()
+    };
+    config.poll_interval = Duration::from_secs(if sim.is_some() { 5 } else { 60 });
+    config.pipeline.ci_poll = Duration::from_secs(2);
+    let listeners = controller::server::Listeners::bind(&config).await?;
+    let server = tokio::spawn(controller::server::run(
+        config.clone(),
+        listeners,
+        shutdown.clone(),
+    ));
+    let db = connect_when_ready(&config).await?;
+    for name in &repos {
+        let repo = match db.repo_by_name(name).await {
+            Ok(r) => r,
+            Err(_) => {
+                let clone_url = match &sim {
+                    Some((_, url)) => format!("{url}/{name}.git"),
+                    None => format!("https://github.com/{name}.git"),
+                };
+                db.add_repo(&NewRepo {
+                    name: name.clone(),
+                    clone_url,
+                    default_branch: "main".into(),
+                })
+                .await?
+            }
+        };
+        if sim.is_some() {
+            db.update_repo(
+                repo.id,
+                &RepoSettings {
+                    approval_mode: Some("full-auto".into()),
+                    ..RepoSettings::default()
+                },
+            )
+            .await?;
+        }
+    }
+    let password = if db.has_admin().await? {
+        None
+    } else {
+        Some(controller::http::bootstrap_admin(&db, "admin").await?)
+    };
+
+    // A local runner, enrolled through a real join ticket.
+    let runner_dir = data_dir.join("runner");
+    let identity = match runner::identity::Identity::load(&runner_dir) {
+        Ok(id) => id,
+        Err(_) => {
+            let token = db
+                .create_join_token("backporcher-up", Duration::from_secs(600), &[])
+                .await?;
+            let pki =
+                controller::pki::Pki::load_or_create(&db, config.client_cert_validity).await?;
+            let ticket: runner::identity::Ticket = pki.join_ticket(&token).parse()?;
+            runner::identity::join(
+                &format!("https://localhost:{}", args.grpc_listen.port()),
+                &ticket,
+                "local",
+                &runner_dir,
+            )
+            .await?
+        }
+    };
+    let gateway = runner::gateway::Gateway::new(
+        &runner_upstream,
+        runner_key,
+        runner::gateway::Prices::default(),
+    )?;
+    let sandbox = runner::sandbox::Sandbox::connect(runner::sandbox::SandboxConfig {
+        runner: "local".into(),
+        ..Default::default()
+    })
+    .await?;
+    let exec = runner::sandbox_executor::SandboxExecutor::start(
+        runner::sandbox_executor::ExecConfig {
+            state_dir: runner_dir.clone(),
+            agent_timeout: Duration::from_secs(1800),
+            idle_timeout: Duration::from_secs(600),
+            verify_timeout: Duration::from_secs(900),
+            max_verify_fixes: 2,
+            gateway_port: free_port()?,
+        },
+        sandbox,
+        gateway,
+    )
+    .await?;
+    let control = runner::daemon::Control::default();
+    let runner_task = tokio::spawn(runner::daemon::run(
+        runner::daemon::Config {
+            state_dir: runner_dir,
+            capacity: 2,
+            labels: vec![],
+        },
+        identity,
+        Arc::new(exec),
+        control.clone(),
+    ));
+
+    // Sample issues on the simulator, labelled as a person would.
+    if let Some((gh, url)) = &sim {
+        gh.set_webhook(
+            &format!("http://{}/api/github/webhook", args.listen),
+            SECRET,
+        );
+        for (title, body, _, _) in SAMPLES {
+            gh.open_issue("demo/widgets", title, body, "demo", &["backporcher"])
+                .await;
+        }
+        println!("GitHub simulator:   {url} (token {SIM_TOKEN}; repository demo/widgets)");
+    }
+    println!("Dashboard:          http://{}/", args.listen);
+    match &password {
+        Some(p) => println!("Admin login:        admin / {p}"),
+        None => println!(
+            "Admin login:        the admin created on the first start (password printed then)"
+        ),
+    }
+    println!("Ctrl-C stops everything.");
+
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm() => {}
+    }
+    eprintln!("stopping…");
+    control.drain.cancel();
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(30), runner_task).await;
+    server.await??;
+    Ok(())
+}
+
+async fn sigterm() {
+    if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        s.recv().await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until the controller answers `/readyz` (its database is up and migrated), then connects
+/// to the same database.
+async fn connect_when_ready(config: &Config) -> anyhow::Result<controller::store::Store> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let url = format!("http://{}/readyz", config.http_listen);
+    loop {
+        let ready = reqwest::get(&url)
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if ready {
+            let db = controller::server::Database::open_for_admin(config).await?;
+            return Ok(db.store);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the controller did not become ready within two minutes; see its log above"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
