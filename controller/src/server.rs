@@ -286,6 +286,7 @@ pub async fn run(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .route("/api/github/webhook", axum::routing::post(webhook))
         .with_state(state.clone())
         .merge(crate::http::api_router(state))
@@ -361,6 +362,30 @@ async fn webhook(
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the controller could not record the delivery; GitHub will retry".into(),
+            )
+        }
+    }
+}
+
+async fn metrics(
+    State(s): State<HttpState>,
+) -> (
+    StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    String,
+) {
+    let ct = [(
+        axum::http::header::CONTENT_TYPE,
+        "text/plain; version=0.0.4",
+    )];
+    match s.store.metrics().await {
+        Ok(m) => (StatusCode::OK, ct, crate::store::metrics::render(&m)),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ct,
+                "# the database is unreachable\n".into(),
             )
         }
     }

@@ -17,6 +17,7 @@
 pub mod feedback;
 pub mod forge;
 pub mod leases;
+pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod repos;

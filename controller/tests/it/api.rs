@@ -556,3 +556,69 @@ async fn logs_page_and_follow_until_the_attempt_ends_and_bad_bodies_get_json_err
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_metrics_report_the_fleet() {
+    let (base, store, shutdown, server) = start().await;
+    let repo = crate::repo(&store, "acme/metrics").await;
+    let mut gpu = api_task(repo.id, "needs a gpu");
+    gpu.required_labels = Some(vec!["gpu".into()]);
+    store.create_task(&gpu).await.unwrap();
+    crate::queued(&store, &repo, "plain one").await;
+    let runner = crate::runner(&store, "r1").await;
+    crate::claim(&store, runner).await;
+    store
+        .record_usage(
+            None,
+            Some(repo.id),
+            "review",
+            "claude-sonnet-4-5",
+            1000,
+            100,
+            4500,
+        )
+        .await
+        .unwrap();
+    crate::eventually(
+        Duration::from_secs(10),
+        "the gpu task to be triaged",
+        || {
+            let base = base.clone();
+            async move {
+                let t = reqwest::get(format!("{base}/metrics"))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                t.contains("backporcher_queue_depth{labels=\"gpu\"} 1")
+            }
+        },
+    )
+    .await;
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "# TYPE backporcher_queue_depth gauge",
+        "backporcher_tasks{status=\"leased\"} 1",
+        "backporcher_schedule_to_start_seconds_count 1",
+        "backporcher_cost_usd_total{purpose=\"review\",model=\"claude-sonnet-4-5\"} 0.0045",
+        "backporcher_runners{state=\"active\"} 1",
+        "backporcher_expired_leases_total 0",
+    ] {
+        assert!(text.contains(want), "{want} missing in:\n{text}");
+    }
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// A task created without an issue.
+fn api_task(repo: i64, title: &str) -> controller::store::tasks::NewTask {
+    let mut t = controller::store::tasks::NewTask::for_issue(repo, 0, title, "x");
+    t.issue_number = None;
+    t
+}

@@ -1,0 +1,231 @@
+//! Numbers for the Prometheus endpoint, read from the store at scrape time (so every replica
+//! reports the same fleet-wide values): queue depth by required labels, schedule-to-start
+//! latency, leases close to expiry, expired leases, requeues, cancel latency, log gaps, cost.
+
+use super::{Result, Store};
+
+/// One scrape's values.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// (labels joined by `,`, queued tasks not held).
+    pub queue_depth: Vec<(String, i64)>,
+    /// Tasks per status.
+    pub tasks_by_status: Vec<(String, i64)>,
+    /// Seconds from `queued` to `leased`, last hour: (p50, p90, p99, count).
+    pub schedule_to_start: (f64, f64, f64, i64),
+    /// Live leases with less than a third of their length left.
+    pub leases_near_expiry: i64,
+    /// Leases that expired (reaper), all time.
+    pub expired_leases: i64,
+    /// Requeues (by people) and retries (by failure), all time.
+    pub requeues: i64,
+    /// Automatic retries, all time.
+    pub retries: i64,
+    /// Mean seconds from a cancel request to the task being canceled, last day.
+    pub cancel_latency: f64,
+    /// Log chunks dropped past the per-attempt cap, all time.
+    pub log_chunks_dropped: i64,
+    /// (purpose, model, micro-dollars), all time.
+    pub cost: Vec<(String, String, i64)>,
+    /// Runners per state.
+    pub runners: Vec<(String, i64)>,
+}
+
+impl Store {
+    /// Reads every metric.
+    pub async fn metrics(&self) -> Result<Metrics> {
+        let p = &self.pool;
+        let queue_depth = sqlx::query_as(
+            "SELECT array_to_string(required_labels, ','), count(*) FROM tasks \
+             WHERE status = 'queued' AND hold_kind IS NULL GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(p)
+        .await?;
+        let tasks_by_status =
+            sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY 1 ORDER BY 1")
+                .fetch_all(p)
+                .await?;
+        let schedule_to_start: (Option<f64>, Option<f64>, Option<f64>, i64) = sqlx::query_as(
+            "WITH waits AS ( \
+               SELECT EXTRACT(EPOCH FROM l.at - (SELECT max(q.at) FROM task_events q \
+                        WHERE q.task_id = l.task_id AND q.to_status = 'queued' AND q.id < l.id))::float8 AS s \
+               FROM task_events l WHERE l.to_status = 'leased' AND l.at > now() - interval '1 hour') \
+             SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s), percentile_cont(0.9) WITHIN GROUP (ORDER BY s), \
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY s), count(s) FROM waits",
+        )
+        .fetch_one(p)
+        .await?;
+        let leases_near_expiry = sqlx::query_scalar(
+            "SELECT count(*) FROM tasks WHERE status IN ('leased', 'running', 'verifying') \
+             AND lease_expires_at - now() < (lease_expires_at - leased_at) / 3",
+        )
+        .fetch_one(p)
+        .await?;
+        let (expired_leases, requeues, retries): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE reason = 'lease_expired'), count(*) FILTER (WHERE reason = 'requeue'), \
+                    count(*) FILTER (WHERE to_status = 'queued' AND reason IN ('agent_failed', 'timed_out', 'verify_failed', \
+                       'review_rejected', 'ci_failed', 'merge_conflict')) FROM task_events",
+        )
+        .fetch_one(p)
+        .await?;
+        let cancel_latency: Option<f64> = sqlx::query_scalar(
+            "SELECT avg(EXTRACT(EPOCH FROM finished_at - cancel_requested_at))::float8 FROM tasks \
+             WHERE status = 'canceled' AND cancel_requested_at IS NOT NULL AND finished_at > now() - interval '1 day'",
+        )
+        .fetch_one(p)
+        .await?;
+        let log_chunks_dropped: i64 =
+            sqlx::query_scalar("SELECT COALESCE(sum(dropped_chunks), 0)::bigint FROM log_totals")
+                .fetch_one(p)
+                .await?;
+        let cost = sqlx::query_as(
+            "SELECT purpose, model, COALESCE(sum(cost_microusd), 0)::bigint FROM usage_ledger GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(p)
+        .await?;
+        let runners = sqlx::query_as("SELECT state, count(*) FROM runners GROUP BY 1 ORDER BY 1")
+            .fetch_all(p)
+            .await?;
+        Ok(Metrics {
+            queue_depth,
+            tasks_by_status,
+            schedule_to_start: (
+                schedule_to_start.0.unwrap_or(0.0),
+                schedule_to_start.1.unwrap_or(0.0),
+                schedule_to_start.2.unwrap_or(0.0),
+                schedule_to_start.3,
+            ),
+            leases_near_expiry,
+            expired_leases,
+            requeues,
+            retries,
+            cancel_latency: cancel_latency.unwrap_or(0.0),
+            log_chunks_dropped,
+            cost,
+            runners,
+        })
+    }
+}
+
+/// Renders metrics in the Prometheus text format.
+pub fn render(m: &Metrics) -> String {
+    fn esc(v: &str) -> String {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', " ")
+    }
+    let block = |out: &mut String, name: &str, kind: &str, help: &str| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    };
+    let mut out = String::new();
+    block(
+        &mut out,
+        "backporcher_queue_depth",
+        "gauge",
+        "Queued, unheld tasks by the runner labels they need.",
+    );
+    for (labels, v) in &m.queue_depth {
+        out.push_str(&format!(
+            "backporcher_queue_depth{{labels=\"{}\"}} {v}\n",
+            esc(labels)
+        ));
+    }
+    block(&mut out, "backporcher_tasks", "gauge", "Tasks by status.");
+    for (st, v) in &m.tasks_by_status {
+        out.push_str(&format!(
+            "backporcher_tasks{{status=\"{}\"}} {v}\n",
+            esc(st)
+        ));
+    }
+    block(
+        &mut out,
+        "backporcher_schedule_to_start_seconds",
+        "summary",
+        "Time from queued to leased over the last hour.",
+    );
+    let (p50, p90, p99, count) = m.schedule_to_start;
+    out.push_str(&format!(
+        "backporcher_schedule_to_start_seconds{{quantile=\"0.5\"}} {p50}\nbackporcher_schedule_to_start_seconds{{quantile=\"0.9\"}} {p90}\nbackporcher_schedule_to_start_seconds{{quantile=\"0.99\"}} {p99}\nbackporcher_schedule_to_start_seconds_count {count}\n"
+    ));
+    block(
+        &mut out,
+        "backporcher_leases_near_expiry",
+        "gauge",
+        "Live leases with less than a third of their length left (late renewals).",
+    );
+    out.push_str(&format!(
+        "backporcher_leases_near_expiry {}\n",
+        m.leases_near_expiry
+    ));
+    block(
+        &mut out,
+        "backporcher_expired_leases_total",
+        "counter",
+        "Leases taken back by the reaper.",
+    );
+    out.push_str(&format!(
+        "backporcher_expired_leases_total {}\n",
+        m.expired_leases
+    ));
+    block(
+        &mut out,
+        "backporcher_requeues_total",
+        "counter",
+        "Tasks re-queued by people.",
+    );
+    out.push_str(&format!("backporcher_requeues_total {}\n", m.requeues));
+    block(
+        &mut out,
+        "backporcher_retries_total",
+        "counter",
+        "Automatic retries after failures.",
+    );
+    out.push_str(&format!("backporcher_retries_total {}\n", m.retries));
+    block(
+        &mut out,
+        "backporcher_cancel_latency_seconds",
+        "gauge",
+        "Mean time from a cancel request to the task being canceled (last day).",
+    );
+    out.push_str(&format!(
+        "backporcher_cancel_latency_seconds {}\n",
+        m.cancel_latency
+    ));
+    block(
+        &mut out,
+        "backporcher_log_chunks_dropped_total",
+        "counter",
+        "Log chunks dropped past the per-attempt cap (gaps).",
+    );
+    out.push_str(&format!(
+        "backporcher_log_chunks_dropped_total {}\n",
+        m.log_chunks_dropped
+    ));
+    block(
+        &mut out,
+        "backporcher_cost_usd_total",
+        "counter",
+        "Model spending by purpose and model.",
+    );
+    for (purpose, model, micro) in &m.cost {
+        out.push_str(&format!(
+            "backporcher_cost_usd_total{{purpose=\"{}\",model=\"{}\"}} {}\n",
+            esc(purpose),
+            esc(model),
+            *micro as f64 / 1e6
+        ));
+    }
+    block(
+        &mut out,
+        "backporcher_runners",
+        "gauge",
+        "Runners by state.",
+    );
+    for (st, v) in &m.runners {
+        out.push_str(&format!(
+            "backporcher_runners{{state=\"{}\"}} {v}\n",
+            esc(st)
+        ));
+    }
+    out
+}
