@@ -3,6 +3,7 @@
 
 mod browser;
 mod cancel;
+mod deploy;
 mod failures;
 mod logs;
 mod pipeline;
