@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use controller::config::Config;
+
+mod settings;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -24,70 +26,10 @@ struct Cli {
 #[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
     /// Run the controller (with its own PostgreSQL unless DATABASE_URL is set).
-    Serve {
-        /// PostgreSQL URL; unset runs an embedded server under the data dir.
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: Option<String>,
-        /// State directory.
-        #[arg(long, env = "BACKPORCHER_DATA_DIR", default_value = ".backporcher")]
-        data_dir: PathBuf,
-        /// HTTP listen address.
-        #[arg(long, env = "BACKPORCHER_LISTEN", default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Runner gRPC (mTLS) listen address.
-        #[arg(
-            long,
-            env = "BACKPORCHER_GRPC_LISTEN",
-            default_value = "127.0.0.1:7443"
-        )]
-        grpc_listen: SocketAddr,
-        /// Host names or IPs runners use to reach the gRPC listener (comma-separated).
-        #[arg(
-            long,
-            env = "BACKPORCHER_SERVER_NAMES",
-            value_delimiter = ',',
-            default_value = "localhost,127.0.0.1"
-        )]
-        server_names: Vec<String>,
-        /// Lease length in seconds.
-        #[arg(long, env = "BACKPORCHER_LEASE_SECONDS", default_value_t = 75)]
-        lease_seconds: u64,
-        /// Shared secret of the GitHub webhook.
-        #[arg(
-            long,
-            env = "BACKPORCHER_WEBHOOK_SECRET",
-            default_value = "",
-            hide_env_values = true
-        )]
-        webhook_secret: String,
-        /// GitHub logins whose labelled issues start tasks (comma-separated).
-        #[arg(long, env = "BACKPORCHER_ALLOWED_USERS", value_delimiter = ',')]
-        allowed_users: Vec<String>,
-        #[command(flatten)]
-        github: GitHubArgs,
-        /// Model API base URL (triage, review, reflection).
-        #[arg(
-            long,
-            env = "ANTHROPIC_BASE_URL",
-            default_value = "https://api.anthropic.com"
-        )]
-        model_api: String,
-        /// Model API key; without it reviews fail per repository setting.
-        #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
-        model_api_key: Option<String>,
-        /// Subscription users: an OAuth token for `claude -p` (used when no API key is set).
-        #[arg(long, env = "CLAUDE_CODE_OAUTH_TOKEN", hide_env_values = true)]
-        oauth_token: Option<String>,
-        /// The `claude` program for the OAuth path.
-        #[arg(long, env = "BACKPORCHER_CLAUDE_CLI", default_value = "claude")]
-        claude_cli: PathBuf,
-        /// Reviewer model.
-        #[arg(long, env = "BACKPORCHER_REVIEW_MODEL", default_value = "sonnet")]
-        review_model: String,
-        /// Seconds between issue polls (the webhook backstop).
-        #[arg(long, env = "BACKPORCHER_POLL_SECONDS", default_value_t = 60)]
-        poll_seconds: u64,
-    },
+    Serve(ServeArgs),
+    /// Check the configuration (file, environment, flags) and explain each problem; exit 1 if any
+    /// is an error.
+    CheckConfig(ServeArgs),
     /// Create the first admin (only while no admin exists); prints a generated password once.
     BootstrapAdmin {
         /// PostgreSQL URL; unset uses the embedded server under the data dir.
@@ -115,6 +57,77 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         ttl_minutes: u64,
     },
+}
+
+/// How `serve` is configured: flags, environment variables, and a TOML file (`--config`); a flag
+/// or variable that is given wins over the file, the file over the defaults.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (see `deploy/README.md`).
+    #[arg(long, env = "BACKPORCHER_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    /// PostgreSQL URL; unset runs an embedded server under the data dir.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// State directory.
+    #[arg(long, env = "BACKPORCHER_DATA_DIR", default_value = ".backporcher")]
+    data_dir: PathBuf,
+    /// HTTP listen address.
+    #[arg(long, env = "BACKPORCHER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Runner gRPC (mTLS) listen address.
+    #[arg(
+        long,
+        env = "BACKPORCHER_GRPC_LISTEN",
+        default_value = "127.0.0.1:7443"
+    )]
+    grpc_listen: SocketAddr,
+    /// Host names or IPs runners use to reach the gRPC listener (comma-separated).
+    #[arg(
+        long,
+        env = "BACKPORCHER_SERVER_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost,127.0.0.1"
+    )]
+    server_names: Vec<String>,
+    /// Lease length in seconds.
+    #[arg(long, env = "BACKPORCHER_LEASE_SECONDS", default_value_t = 75)]
+    lease_seconds: u64,
+    /// Shared secret of the GitHub webhook.
+    #[arg(
+        long,
+        env = "BACKPORCHER_WEBHOOK_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    webhook_secret: String,
+    /// GitHub logins whose labelled issues start tasks (comma-separated).
+    #[arg(long, env = "BACKPORCHER_ALLOWED_USERS", value_delimiter = ',')]
+    allowed_users: Vec<String>,
+    #[command(flatten)]
+    github: GitHubArgs,
+    /// Model API base URL (triage, review, reflection).
+    #[arg(
+        long,
+        env = "ANTHROPIC_BASE_URL",
+        default_value = "https://api.anthropic.com"
+    )]
+    model_api: String,
+    /// Model API key; without it reviews fail per repository setting.
+    #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
+    model_api_key: Option<String>,
+    /// Subscription users: an OAuth token for `claude -p` (used when no API key is set).
+    #[arg(long, env = "CLAUDE_CODE_OAUTH_TOKEN", hide_env_values = true)]
+    oauth_token: Option<String>,
+    /// The `claude` program for the OAuth path.
+    #[arg(long, env = "BACKPORCHER_CLAUDE_CLI", default_value = "claude")]
+    claude_cli: PathBuf,
+    /// Reviewer model.
+    #[arg(long, env = "BACKPORCHER_REVIEW_MODEL", default_value = "sonnet")]
+    review_model: String,
+    /// Seconds between issue polls (the webhook backstop).
+    #[arg(long, env = "BACKPORCHER_POLL_SECONDS", default_value_t = 60)]
+    poll_seconds: u64,
 }
 
 /// How to reach GitHub.
@@ -171,7 +184,11 @@ impl GitHubArgs {
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -185,7 +202,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -194,60 +211,19 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve {
-            database_url,
-            data_dir,
-            listen,
-            grpc_listen,
-            server_names,
-            lease_seconds,
-            webhook_secret,
-            allowed_users,
-            github,
-            model_api,
-            model_api_key,
-            oauth_token,
-            claude_cli,
-            review_model,
-            poll_seconds,
-        } => {
-            let lease = Duration::from_secs(lease_seconds);
-            let model = match (
-                model_api_key.filter(|k| !k.is_empty()),
-                oauth_token.filter(|k| !k.is_empty()),
-            ) {
-                (Some(api_key), _) => Some(controller::model::ModelConfig {
-                    base_url: model_api,
-                    api_key,
-                    timeout: Duration::from_secs(300),
-                    cli: None,
-                }),
-                (None, Some(token)) => Some(controller::model::ModelConfig {
-                    base_url: model_api,
-                    api_key: token,
-                    timeout: Duration::from_secs(300),
-                    cli: Some(claude_cli),
-                }),
-                (None, None) => None,
-            };
-            let config = Config {
-                database_url,
-                data_dir,
-                http_listen: listen,
-                grpc_listen,
-                server_names,
-                lease,
-                heartbeat_interval: lease / 3,
-                webhook_secret,
-                allowed_users,
-                github: github.config()?,
-                model,
-                review_model,
-                poll_interval: Duration::from_secs(poll_seconds.max(5)),
-                ..Config::default()
-            };
+        Command::Serve(args) => {
+            let (config, problems) = settings::resolve(args, &matches)?;
+            for p in problems.iter().filter(|p| !p.error) {
+                tracing::warn!("{}", p.message);
+            }
+            if let Some(p) = problems.iter().find(|p| p.error) {
+                anyhow::bail!(
+                    "{} (run `backporcher-controller check-config` for every problem)",
+                    p.message
+                );
+            }
             let listeners = controller::server::Listeners::bind(&config).await?;
             let shutdown = CancellationToken::new();
             let signal = shutdown.clone();
@@ -264,6 +240,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             labels,
             ttl_minutes,
         } => runner_token(database_url, data_dir, labels, ttl_minutes).await,
+        Command::CheckConfig(args) => {
+            let (config, mut problems) = settings::resolve(args, &matches)?;
+            problems.extend(settings::check(&config).await);
+            if problems.is_empty() {
+                println!("configuration OK");
+                return Ok(());
+            }
+            for p in &problems {
+                println!(
+                    "{}: {}",
+                    if p.error { "error" } else { "warning" },
+                    p.message
+                );
+            }
+            if problems.iter().any(|p| p.error) {
+                anyhow::bail!("the configuration has errors (listed above)");
+            }
+            Ok(())
+        }
         Command::BootstrapAdmin {
             database_url,
             data_dir,

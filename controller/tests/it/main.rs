@@ -3,6 +3,7 @@
 
 mod api;
 mod claims;
+mod config;
 mod forge;
 mod intake;
 mod leases;

@@ -1,0 +1,292 @@
+//! The controller binary's configuration: flags and environment variables (clap) layered over a
+//! TOML file (`--config`) layered over defaults — a value given on the command line or in the
+//! environment wins over the file — and `check-config`, which explains every problem it finds.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+use controller::config::Config;
+use serde::Deserialize;
+
+use super::ServeArgs;
+
+/// One finding.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// An error stops the controller; a warning does not.
+    pub error: bool,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+fn error(message: impl Into<String>) -> Problem {
+    Problem {
+        error: true,
+        message: message.into(),
+    }
+}
+
+fn warning(message: impl Into<String>) -> Problem {
+    Problem {
+        error: false,
+        message: message.into(),
+    }
+}
+
+/// The TOML file. Unknown keys are errors that name the key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    grpc_listen: Option<String>,
+    server_names: Option<Vec<String>>,
+    lease_seconds: Option<u64>,
+    webhook_secret: Option<String>,
+    allowed_users: Option<Vec<String>>,
+    poll_seconds: Option<u64>,
+    notify_urls: Option<Vec<String>>,
+    secure_cookies: Option<bool>,
+    github: Option<GitHubFile>,
+    model: Option<ModelFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GitHubFile {
+    api: Option<String>,
+    token: Option<String>,
+    app_id: Option<u64>,
+    installation_id: Option<u64>,
+    app_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelFile {
+    api: Option<String>,
+    api_key: Option<String>,
+    oauth_token: Option<String>,
+    claude_cli: Option<PathBuf>,
+    review_model: Option<String>,
+    triage_model: Option<String>,
+    reflection_model: Option<String>,
+}
+
+/// Reads the file, naming the file and the key on any error.
+pub fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow::anyhow!("cannot read the configuration file {}: {e}", path.display())
+    })?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Flags/environment over the file over defaults; returns the configuration and what is wrong.
+pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config, Vec<Problem>)> {
+    let sub = matches.subcommand().map(|(_, m)| m).unwrap_or(matches);
+    let given = |id: &str| {
+        matches!(
+            sub.try_get_raw(id).ok().flatten().and(sub.value_source(id)),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    let file = match &args.config {
+        Some(p) => load_file(p)?,
+        None => FileConfig::default(),
+    };
+    let gh_file = file.github.unwrap_or_default();
+    let model_file = file.model.unwrap_or_default();
+    let mut problems = Vec::new();
+
+    macro_rules! pick {
+        ($id:literal, $cli:expr, $file:expr) => {
+            if given($id) {
+                $cli
+            } else {
+                $file.unwrap_or($cli)
+            }
+        };
+    }
+    let parse_addr = |what: &str, v: Option<String>, problems: &mut Vec<Problem>| {
+        v.and_then(|s| match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problems.push(error(format!(
+                    "`{what} = \"{s}\"` is not an address like 0.0.0.0:8080"
+                )));
+                None
+            }
+        })
+    };
+    let listen_file = parse_addr("listen", file.listen, &mut problems);
+    let grpc_file = parse_addr("grpc_listen", file.grpc_listen, &mut problems);
+    let lease_seconds = pick!("lease_seconds", args.lease_seconds, file.lease_seconds);
+    if !(15..=3600).contains(&lease_seconds) {
+        problems.push(error(format!(
+            "a lease of {lease_seconds} s is outside 15–3600 s; runners heartbeat at a third of it"
+        )));
+    }
+    let lease = Duration::from_secs(lease_seconds.clamp(15, 3600));
+
+    let mut gh = args.github;
+    if !given("github_api")
+        && let Some(a) = gh_file.api
+    {
+        gh.github_api = a;
+    }
+    if !given("github_token") && gh.github_token.is_none() {
+        gh.github_token = gh_file.token;
+    }
+    if !given("github_app_id") && gh.github_app_id.is_none() {
+        gh.github_app_id = gh_file.app_id;
+    }
+    if !given("github_installation_id") && gh.github_installation_id.is_none() {
+        gh.github_installation_id = gh_file.installation_id;
+    }
+    if !given("github_app_key_file") && gh.github_app_key_file.is_none() {
+        gh.github_app_key_file = gh_file.app_key_file;
+    }
+    let github = match gh.config() {
+        Ok(g) => g,
+        Err(e) => {
+            problems.push(error(format!("{e:#}")));
+            None
+        }
+    };
+
+    let model_api = pick!("model_api", args.model_api, model_file.api);
+    let api_key = args
+        .model_api_key
+        .or(model_file.api_key)
+        .filter(|k| !k.is_empty());
+    let oauth = args
+        .oauth_token
+        .or(model_file.oauth_token)
+        .filter(|k| !k.is_empty());
+    let claude_cli = pick!("claude_cli", args.claude_cli, model_file.claude_cli);
+    let model = match (api_key, oauth) {
+        (Some(api_key), _) => Some(controller::model::ModelConfig {
+            base_url: model_api,
+            api_key,
+            timeout: Duration::from_secs(300),
+            cli: None,
+        }),
+        (None, Some(token)) => Some(controller::model::ModelConfig {
+            base_url: model_api,
+            api_key: token,
+            timeout: Duration::from_secs(300),
+            cli: Some(claude_cli),
+        }),
+        (None, None) => None,
+    };
+    let defaults = Config::default();
+    let config = Config {
+        database_url: args.database_url.or(file.database_url),
+        data_dir: pick!("data_dir", args.data_dir, file.data_dir),
+        http_listen: if given("listen") {
+            args.listen
+        } else {
+            listen_file.unwrap_or(args.listen)
+        },
+        grpc_listen: if given("grpc_listen") {
+            args.grpc_listen
+        } else {
+            grpc_file.unwrap_or(args.grpc_listen)
+        },
+        server_names: pick!("server_names", args.server_names, file.server_names),
+        lease,
+        heartbeat_interval: lease / 3,
+        webhook_secret: pick!("webhook_secret", args.webhook_secret, file.webhook_secret),
+        allowed_users: if given("allowed_users") {
+            args.allowed_users
+        } else {
+            file.allowed_users.unwrap_or(args.allowed_users)
+        },
+        github,
+        model,
+        review_model: pick!("review_model", args.review_model, model_file.review_model),
+        triage_model: model_file
+            .triage_model
+            .unwrap_or(defaults.triage_model.clone()),
+        reflection_model: model_file
+            .reflection_model
+            .unwrap_or(defaults.reflection_model.clone()),
+        poll_interval: Duration::from_secs(
+            pick!("poll_seconds", args.poll_seconds, file.poll_seconds).max(5),
+        ),
+        notify_urls: file.notify_urls.unwrap_or_default(),
+        secure_cookies: file.secure_cookies.unwrap_or(false),
+        ..defaults
+    };
+    Ok((config, problems))
+}
+
+/// Checks that go beyond parsing: the database, the data dir, GitHub, the model, the webhooks.
+pub async fn check(config: &Config) -> Vec<Problem> {
+    let mut p = Vec::new();
+    match &config.database_url {
+        Some(url) => {
+            let connect = tokio::time::timeout(
+                Duration::from_secs(5),
+                controller::store::Store::connect(url, 1),
+            )
+            .await;
+            match connect {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => p.push(error(format!(
+                    "DATABASE_URL does not connect: {e}; check host, port, user and password"
+                ))),
+                Err(_) => p.push(error(
+                    "DATABASE_URL did not answer within 5 s; is PostgreSQL running and reachable?",
+                )),
+            }
+        }
+        None => {
+            if !std::path::Path::new("/usr/lib/postgresql").exists() {
+                p.push(error("no DATABASE_URL and no PostgreSQL binaries under /usr/lib/postgresql: install postgresql (15) or set DATABASE_URL"));
+            }
+        }
+    }
+    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+        p.push(error(format!(
+            "the data dir {} cannot be created: {e}",
+            config.data_dir.display()
+        )));
+    }
+    match &config.github {
+        None => p.push(warning("no GitHub credentials (GITHUB_TOKEN or the GitHub App settings): tasks stop once their result is stored")),
+        Some(gh) => {
+            if let Err(e) = controller::forge::github::GitHub::new(gh.clone()) {
+                p.push(error(format!("{e}")));
+            }
+            if config.webhook_secret.is_empty() {
+                p.push(warning("no webhook secret (BACKPORCHER_WEBHOOK_SECRET): webhooks are refused and issues arrive only by polling"));
+            }
+        }
+    }
+    if config.allowed_users.is_empty() {
+        p.push(warning(
+            "no allowed users (BACKPORCHER_ALLOWED_USERS): no labelled issue will start a task",
+        ));
+    }
+    if config.model.is_none() {
+        p.push(warning("no model credentials (ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN): triage uses defaults and reviews follow each repository's fail mode"));
+    }
+    for url in &config.notify_urls {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            p.push(error(format!(
+                "notification URL `{url}` is not an http(s) URL"
+            )));
+        }
+    }
+    if !config.http_listen.ip().is_loopback() && !config.secure_cookies {
+        p.push(warning(format!(
+            "listening on {} without `secure_cookies = true`: put HTTPS in front and set it, or sessions travel in clear",
+            config.http_listen
+        )));
+    }
+    p
+}
