@@ -244,13 +244,18 @@ impl GitHubSim {
         );
     }
 
-    /// Sets the CI of a commit to failed with `log` as the failed job's log.
+    /// Sets the CI of a commit to failed with `log` as the failed job's log — all at once, so no
+    /// reader sees the failure without its log.
     pub fn fail_ci(&self, full_name: &str, sha: &str, log: &str) {
-        self.set_ci(full_name, sha, "failure");
         let mut st = self.state.lock().expect("sim lock");
-        if let Some(repo) = st.repos.get_mut(full_name) {
-            repo.job_logs.insert(sha.into(), log.into());
-        }
+        let repo = st.repos.get_mut(full_name).expect("repository exists");
+        repo.job_logs.insert(sha.into(), log.into());
+        repo.statuses
+            .insert(sha.into(), vec![("ci/sim".into(), "failure".into())]);
+        repo.checks.insert(
+            sha.into(),
+            vec![("build".into(), "completed".into(), Some("failure".into()))],
+        );
     }
 
     /// The next `n` REST requests get a rate-limit answer.

@@ -414,7 +414,17 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         .checks(&repo.name, &pr.head_sha)
         .await
         .map_err(|e| forge_err(task, e))?;
-    let verdict = CiVerdict::of(checks, &repo.ci_ignore);
+    let mut verdict = CiVerdict::of(checks, &repo.ci_ignore);
+    if matches!(verdict, CiVerdict::Red(_)) {
+        // Check runs and statuses are two reads; a check that finished between them would be
+        // missed (and its log with it). Read again before spending a CI retry on it.
+        let again = p
+            .forge
+            .checks(&repo.name, &pr.head_sha)
+            .await
+            .map_err(|e| forge_err(task, e))?;
+        verdict = CiVerdict::of(again, &repo.ci_ignore);
+    }
     let green = match verdict {
         CiVerdict::Pending(_) => {
             return Err(StageError::Later(p.config.ci_poll, "CI is running".into()));
