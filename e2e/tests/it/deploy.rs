@@ -57,3 +57,49 @@ fn the_compose_file_validates() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("POSTGRES_PASSWORD"));
 }
+
+fn docker(args: &[&str]) -> std::process::Output {
+    xcmd::Cmd::new("docker", std::env::temp_dir())
+        .args(args)
+        .to_std()
+        .output()
+        .unwrap()
+}
+
+/// The controller and runner images (built offline by `deploy/build-images.sh`, which `.ci/run`
+/// runs) exist and their binaries start inside them; the controller image carries PostgreSQL for
+/// the embedded default.
+#[test]
+fn the_offline_images_run() {
+    if e2e::harness::skip_docker() {
+        return;
+    }
+    for image in ["backporcher-controller:latest", "backporcher-runner:latest"] {
+        let out = docker(&["run", "--rm", image, "--version"]);
+        assert!(
+            out.status.success(),
+            "{image} does not run; build it with deploy/build-images.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("backporcher"),
+            "{image}"
+        );
+    }
+    let out = docker(&[
+        "run",
+        "--rm",
+        "backporcher-controller:latest",
+        "check-config",
+        "--data-dir",
+        "/var/lib/controller",
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("no PostgreSQL binaries"), "{text}");
+    assert!(text.contains("warning: no GitHub credentials"), "{text}");
+}

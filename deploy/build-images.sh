@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds the controller and runner images without a registry, the way deploy/agent does: release
+# binaries built on this host, a Debian root filesystem from the Debian mirror (mmdebstrap), then
+# `docker import`. Each image is labelled with a hash of its inputs and rebuilt only when they
+# change. Usage: deploy/build-images.sh   (CARGO_TARGET_DIR is honoured)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+suite="${DEBIAN_SUITE:-bookworm}"
+target="${CARGO_TARGET_DIR:-$root/target}"
+
+for tool in mmdebstrap docker cargo; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is required" >&2; exit 1; }
+done
+
+echo "== release binaries"
+(cd "$root" && cargo build --release --quiet --bin backporcher-controller --bin backporcher-runner)
+
+build() { # name packages binary entrypoint cmd user
+  local name="$1" packages="$2" binary="$3" entrypoint="$4" cmd="$5" user="$6"
+  local tag="backporcher-$name:latest"
+  local hash
+  hash=$(printf '%s\n' "$suite" "$packages" "$entrypoint" "$cmd" "$user" | cat - "$target/release/$binary" "$0" | sha256sum | cut -c1-16)
+  if [ "$(docker image inspect -f '{{ index .Config.Labels "backporcher.inputs" }}' "$tag" 2>/dev/null || true)" = "$hash" ]; then
+    echo "$tag is up to date ($hash)"
+    return
+  fi
+  local work
+  work="$(mktemp -d)"
+  echo "== $tag: root filesystem"
+  mmdebstrap --quiet --variant=minbase --include="$packages" \
+    --customize-hook="chroot \"\$1\" useradd --system --create-home --home-dir /var/lib/$name --shell /usr/sbin/nologin $user || true" \
+    --customize-hook="install -m 0755 '$target/release/$binary' \"\$1/usr/local/bin/$binary\"" \
+    --customize-hook='rm -rf "$1/var/cache/apt" "$1/var/lib/apt/lists"/*' \
+    "$suite" "$work/rootfs.tar"
+  docker import \
+    --change "USER $user" \
+    --change "ENV PATH=/usr/local/bin:/usr/bin:/bin" \
+    --change "ENTRYPOINT $entrypoint" \
+    --change "CMD $cmd" \
+    --change "LABEL backporcher.inputs=$hash" \
+    "$work/rootfs.tar" "$tag" >/dev/null
+  rm -rf "$work"
+  echo "$tag built ($hash)"
+}
+
+build controller "ca-certificates,git,curl,postgresql-15,passwd" backporcher-controller \
+  '["/usr/local/bin/backporcher-controller"]' \
+  '["serve", "--data-dir", "/var/lib/controller", "--listen", "0.0.0.0:8080", "--grpc-listen", "0.0.0.0:7443"]' \
+  backporcher
+build runner "ca-certificates,git,iptables,passwd" backporcher-runner \
+  '["/usr/local/bin/backporcher-runner", "--state-dir", "/var/lib/runner"]' \
+  '["run", "--capacity", "2"]' \
+  root
