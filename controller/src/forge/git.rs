@@ -54,15 +54,21 @@ impl Pusher {
         }
     }
 
-    /// Unpacks, checks and pushes.
-    pub async fn push(&self, req: &PushRequest<'_>) -> Result<Pushed> {
-        let dir = self.root.join(format!("{}.git", req.repo));
+    /// The bare cache repository of `repo`, created on first use.
+    async fn cache(&self, repo: &str) -> Result<PathBuf> {
+        let dir = self.root.join(format!("{repo}.git"));
         if !dir.join("HEAD").exists() {
             tokio::fs::create_dir_all(&dir)
                 .await
                 .map_err(|e| git_err("init", e))?;
             git(&dir, &["init", "--quiet", "--bare"], None, "init").await?;
         }
+        Ok(dir)
+    }
+
+    /// Unpacks, checks and pushes.
+    pub async fn push(&self, req: &PushRequest<'_>) -> Result<Pushed> {
+        let dir = self.cache(req.repo).await?;
         let auth = basic_auth(req.token);
         // The bundle needs its base: the default branch and, when continuing, the task branch.
         git(
@@ -246,28 +252,9 @@ impl Pusher {
         branch: &str,
         token: &str,
     ) -> Result<Option<String>> {
-        let dir = self.root.join(format!("{repo}.git"));
-        if !dir.join("HEAD").exists() {
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(|e| git_err("init", e))?;
-            git(&dir, &["init", "--quiet", "--bare"], None, "init").await?;
-        }
+        let dir = self.cache(repo).await?;
         let auth = basic_auth(token);
-        git(
-            &dir,
-            &[
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                clone_url,
-                &format!("+refs/heads/{default_branch}:refs/remotes/origin/{default_branch}"),
-                &format!("+refs/heads/{branch}:refs/remotes/origin/{branch}"),
-            ],
-            Some(&auth),
-            "fetch",
-        )
-        .await?;
+        fetch_base_and_branch(&dir, clone_url, default_branch, branch, token).await?;
         let base = format!("refs/remotes/origin/{default_branch}");
         let head = format!("refs/remotes/origin/{branch}");
         let Ok(tree) = git(
@@ -344,27 +331,8 @@ impl Pusher {
         token: &str,
         max: usize,
     ) -> Result<String> {
-        let dir = self.root.join(format!("{repo}.git"));
-        if !dir.join("HEAD").exists() {
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(|e| git_err("init", e))?;
-            git(&dir, &["init", "--quiet", "--bare"], None, "init").await?;
-        }
-        git(
-            &dir,
-            &[
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                clone_url,
-                &format!("+refs/heads/{default_branch}:refs/remotes/origin/{default_branch}"),
-                &format!("+refs/heads/{branch}:refs/remotes/origin/{branch}"),
-            ],
-            Some(&basic_auth(token)),
-            "fetch",
-        )
-        .await?;
+        let dir = self.cache(repo).await?;
+        fetch_base_and_branch(&dir, clone_url, default_branch, branch, token).await?;
         let range = format!("refs/remotes/origin/{default_branch}...refs/remotes/origin/{branch}");
         let mut diff = git(
             &dir,
@@ -383,4 +351,29 @@ impl Pusher {
         }
         Ok(diff)
     }
+}
+
+/// Fetches the default branch and the task branch from the forge into the cache repository.
+async fn fetch_base_and_branch(
+    dir: &Path,
+    clone_url: &str,
+    default_branch: &str,
+    branch: &str,
+    token: &str,
+) -> Result<()> {
+    git(
+        dir,
+        &[
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            clone_url,
+            &format!("+refs/heads/{default_branch}:refs/remotes/origin/{default_branch}"),
+            &format!("+refs/heads/{branch}:refs/remotes/origin/{branch}"),
+        ],
+        Some(&basic_auth(token)),
+        "fetch",
+    )
+    .await
+    .map(drop)
 }

@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Forge, ForgeError, labels};
 use crate::store::model::TaskEvent;
-use crate::store::wake::Wake;
 use crate::store::{Store, Task};
 
 /// Applies every pending milestone once; returns how many events were applied.
@@ -186,15 +185,7 @@ pub async fn run(
         if let Err(e) = sync_once(&store, forge.as_ref()).await {
             tracing::warn!(error = %e, "GitHub milestone sync failed");
         }
-        let wait = async {
-            match waker.as_mut() {
-                Some(w) => match w.wait(sweep).await {
-                    Ok(Wake::Notified { .. } | Wake::Timeout) => {}
-                    Err(_) => tokio::time::sleep(sweep).await,
-                },
-                None => tokio::time::sleep(sweep).await,
-            }
-        };
+        let wait = crate::store::wake::pause(&mut waker, sweep);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = wait => {}

@@ -637,21 +637,25 @@ async fn learnings(
 
 // ---- runners --------------------------------------------------------------------------------
 
+fn runner_view(r: crate::store::runners::Runner, leases: i64) -> api::Runner {
+    api::Runner {
+        id: r.id,
+        name: r.name,
+        hostname: r.hostname,
+        labels: r.labels,
+        capacity: r.capacity,
+        state: r.state,
+        version: r.version,
+        last_seen_at: r.last_seen_at,
+        leases,
+    }
+}
+
 async fn list_runners(State(s): State<AppState>, _c: Caller) -> ApiResult<Vec<api::Runner>> {
     let mut out = Vec::new();
     for r in s.store.runners().await? {
         let leases = s.store.runner_lease_count(r.id).await?;
-        out.push(api::Runner {
-            id: r.id,
-            name: r.name,
-            hostname: r.hostname,
-            labels: r.labels,
-            capacity: r.capacity,
-            state: r.state,
-            version: r.version,
-            last_seen_at: r.last_seen_at,
-            leases,
-        });
+        out.push(runner_view(r, leases));
     }
     Ok(Json(out))
 }
@@ -706,17 +710,7 @@ async fn runner_state(
         .map_err(ApiError::from);
     let (r, _) = audited(&s, &c.actor(), &format!("runner_{state}"), &target, result).await?;
     let leases = s.store.runner_lease_count(r.id).await?;
-    Ok(Json(api::Runner {
-        id: r.id,
-        name: r.name,
-        hostname: r.hostname,
-        labels: r.labels,
-        capacity: r.capacity,
-        state: r.state,
-        version: r.version,
-        last_seen_at: r.last_seen_at,
-        leases,
-    }))
+    Ok(Json(runner_view(r, leases)))
 }
 
 // ---- switches, stats, users, tokens, audit --------------------------------------------------

@@ -12,7 +12,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{Call, ModelClient};
-use crate::store::wake::Wake;
 use crate::store::{Status, Store, Task};
 
 /// Settings of the loops.
@@ -245,17 +244,7 @@ impl Loops {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "feedback loops failed"),
             }
-            let wait = async {
-                match waker.as_mut() {
-                    Some(w) => {
-                        if let Ok(Wake::Notified { .. } | Wake::Timeout) = w.wait(sweep).await {
-                        } else {
-                            tokio::time::sleep(sweep).await;
-                        }
-                    }
-                    None => tokio::time::sleep(sweep).await,
-                }
-            };
+            let wait = crate::store::wake::pause(&mut waker, sweep);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = wait => {}

@@ -22,7 +22,6 @@ use crate::forge::Forge;
 use crate::forge::git::Pusher;
 use crate::store::forge::STAGE_STATUSES;
 use crate::store::tasks::RetryPolicy;
-use crate::store::wake::Wake;
 use crate::store::{Store, Task};
 
 pub use review::{ReviewInput, Reviewer, Verdict};
@@ -125,17 +124,7 @@ impl Pipeline {
             if let Err(e) = triage::run_once(&store, model.as_ref(), &triage_model).await {
                 tracing::warn!(error = %e, "triage failed");
             }
-            let wait = async {
-                match waker.as_mut() {
-                    Some(w) => {
-                        if let Ok(Wake::Notified { .. } | Wake::Timeout) = w.wait(sweep).await {
-                        } else {
-                            tokio::time::sleep(sweep).await;
-                        }
-                    }
-                    None => tokio::time::sleep(sweep).await,
-                }
-            };
+            let wait = crate::store::wake::pause(&mut waker, sweep);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = wait => {}
@@ -161,17 +150,7 @@ impl Pipeline {
                 continue;
             }
             let sweep = self.config.sweep;
-            let wait = async {
-                match waker.as_mut() {
-                    Some(w) => {
-                        if let Ok(Wake::Notified { .. } | Wake::Timeout) = w.wait(sweep).await {
-                        } else {
-                            tokio::time::sleep(sweep).await;
-                        }
-                    }
-                    None => tokio::time::sleep(sweep).await,
-                }
-            };
+            let wait = crate::store::wake::pause(&mut waker, sweep);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = wait => {}

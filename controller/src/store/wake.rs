@@ -58,3 +58,16 @@ impl Waker {
         }
     }
 }
+
+/// Waits until `waker` reports anything (a notification or its timeout) or, without a working
+/// listener, sleeps `sweep`: the shared pause of the controller's background loops.
+pub async fn pause(waker: &mut Option<Waker>, sweep: Duration) {
+    match waker.as_mut() {
+        Some(w) => {
+            if w.wait(sweep).await.is_err() {
+                tokio::time::sleep(sweep).await;
+            }
+        }
+        None => tokio::time::sleep(sweep).await,
+    }
+}
