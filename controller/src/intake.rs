@@ -341,7 +341,8 @@ async fn reopen_for_feedback(
             task.id,
             &key,
             &context,
-            &Note::new(format!("github:{}", feedback.author), "pr_feedback"),
+            &Note::new(format!("github:{}", feedback.author), "pr_feedback")
+                .with_data(context.clone()),
         )
         .await
     {

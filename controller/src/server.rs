@@ -221,7 +221,7 @@ pub async fn run(
         None => None,
     };
     store.set_reflection_enabled(model_client.is_some()).await?;
-    background.push(tokio::spawn(crate::pipeline::Pipeline::run_triage(
+    background.push(tokio::spawn(crate::pipeline::triage::run(
         store.clone(),
         model_client.clone(),
         config.triage_model.clone(),
@@ -271,9 +271,11 @@ pub async fn run(
     }
 
     let events = crate::http::events::Events::default();
-    background.push(tokio::spawn(
-        events.clone().run(store.clone(), shutdown.clone()),
-    ));
+    background.push(tokio::spawn(events.clone().run(
+        store.clone(),
+        signals.clone(),
+        shutdown.clone(),
+    )));
     let state = HttpState {
         store: store.clone(),
         intake: intake_config,

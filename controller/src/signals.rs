@@ -1,6 +1,7 @@
 //! Fan-out of the store's notifications inside one controller process: a single LISTEN
 //! connection wakes every waiting lease long-poll (queue changes) and every runner session that
-//! must push a cancellation, instead of each holding a database connection of its own.
+//! must push a cancellation, and names each task that changed for the live views (SSE), instead
+//! of each holding a database connection of its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,13 +10,14 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
-use crate::store::wake::{CANCEL_CHANNEL, QUEUE_CHANNEL, Wake};
+use crate::store::wake::{CANCEL_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL, Wake};
 
 /// Shared wake-ups.
 #[derive(Debug, Clone)]
 pub struct Signals {
     queue: Arc<Notify>,
     cancels: broadcast::Sender<i64>,
+    changes: broadcast::Sender<i64>,
 }
 
 impl Default for Signals {
@@ -30,6 +32,7 @@ impl Signals {
         Self {
             queue: Arc::new(Notify::new()),
             cancels: broadcast::channel(1024).0,
+            changes: broadcast::channel(4096).0,
         }
     }
 
@@ -44,10 +47,18 @@ impl Signals {
         self.cancels.subscribe()
     }
 
+    /// Task ids that got a timeline entry.
+    pub fn changes(&self) -> broadcast::Receiver<i64> {
+        self.changes.subscribe()
+    }
+
     /// Listens until `shutdown`; reconnects with a pause when the connection drops.
     pub async fn run(self, store: Store, shutdown: CancellationToken) {
         loop {
-            let mut waker = match store.waker(&[QUEUE_CHANNEL, CANCEL_CHANNEL]).await {
+            let mut waker = match store
+                .waker(&[QUEUE_CHANNEL, CANCEL_CHANNEL, EVENTS_CHANNEL])
+                .await
+            {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot listen for notifications; retrying in 1 s");
@@ -66,6 +77,11 @@ impl Signals {
                     Ok(Wake::Notified { channel, payload }) if channel == CANCEL_CHANNEL => {
                         if let Ok(task) = payload.parse() {
                             let _ = self.cancels.send(task);
+                        }
+                    }
+                    Ok(Wake::Notified { channel, payload }) if channel == EVENTS_CHANNEL => {
+                        if let Ok(task) = payload.parse() {
+                            let _ = self.changes.send(task);
                         }
                     }
                     Ok(Wake::Notified { .. }) => self.queue.notify_waiters(),

@@ -1563,6 +1563,21 @@ async fn rate_limits(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // Queued faults apply to every path (REST and git), rate limits to REST only.
+    {
+        let mut st = sim.state.lock().expect("sim lock");
+        let path = req.uri().path().to_owned();
+        let method = req.method().to_string();
+        if let Some(f) = st
+            .faults
+            .iter_mut()
+            .find(|f| f.4 > 0 && f.0 == method && path.ends_with(&f.1))
+        {
+            f.4 -= 1;
+            let status = StatusCode::from_u16(f.2).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return with_rate(gh_error(status, &f.3.clone()));
+        }
+    }
     if req.uri().path().starts_with("/repos/") {
         let limit = {
             let mut st = sim.state.lock().expect("sim lock");
@@ -1571,18 +1586,7 @@ async fn rate_limits(
                 .path_and_query()
                 .map(|p| p.as_str().to_owned())
                 .unwrap_or_default();
-            st.requests.push((req.method().to_string(), path.clone()));
-            let plain = path.split('?').next().unwrap_or_default().to_owned();
-            let method = req.method().to_string();
-            if let Some(f) = st
-                .faults
-                .iter_mut()
-                .find(|f| f.4 > 0 && f.0 == method && plain.ends_with(&f.1))
-            {
-                f.4 -= 1;
-                let status = StatusCode::from_u16(f.2).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return with_rate(gh_error(status, &f.3.clone()));
-            }
+            st.requests.push((req.method().to_string(), path));
             st.limits.pop_front()
         };
         match limit {

@@ -114,7 +114,7 @@ async fn audited<T>(
 ) -> Result<T, ApiError> {
     let outcome = match &result {
         Ok(_) => "ok".to_owned(),
-        Err(e) => format!("refused: {e:?}"),
+        Err(e) => format!("refused: {e}"),
     };
     state
         .store
@@ -130,13 +130,10 @@ async fn login(
     ApiJson(req): ApiJson<api::LoginRequest>,
 ) -> Result<Response, ApiError> {
     let target = format!("user:{}", req.username);
-    let recent: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_log WHERE action = 'login' AND target = $1 AND outcome <> 'ok' AND at > now() - interval '5 minutes'",
-    )
-    .bind(&target)
-    .fetch_one(s.store.pool())
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let recent = s
+        .store
+        .recent_refusals("login", &target, Duration::from_secs(300))
+        .await?;
     let anon = Actor {
         name: "anonymous".into(),
         user_id: None,
@@ -508,6 +505,9 @@ async fn events(
     let stop = s_shutdown(&s.shutdown);
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         match rx.recv().await {
+            Ok(json) if json == super::events::RESYNC => {
+                Some((Ok(SseEvent::default().event("resync").data("{}")), rx))
+            }
             Ok(json) => Some((Ok(SseEvent::default().event("task").data(json)), rx)),
             // A slow client missed deltas: tell it to reload the list.
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {

@@ -108,30 +108,6 @@ impl Pipeline {
         }
     }
 
-    /// Runs triage until `shutdown`, woken when tasks arrive.
-    pub async fn run_triage(
-        store: Store,
-        model: Option<crate::model::ModelClient>,
-        triage_model: String,
-        sweep: Duration,
-        debounce: Duration,
-        shutdown: CancellationToken,
-    ) {
-        let mut waker = store.waker(&["bp_new"]).await.ok();
-        loop {
-            // Let a burst of new issues arrive, so they are triaged as one batch.
-            tokio::time::sleep(debounce).await;
-            if let Err(e) = triage::run_once(&store, model.as_ref(), &triage_model).await {
-                tracing::warn!(error = %e, "triage failed");
-            }
-            let wait = crate::store::wake::pause(&mut waker, sweep);
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = wait => {}
-            }
-        }
-    }
-
     /// Runs stages until `shutdown`, woken by `bp_stage` notifications with a sweep backstop.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut waker = self.store.waker(&["bp_stage"]).await.ok();

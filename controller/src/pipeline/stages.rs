@@ -233,6 +233,27 @@ fn pr_body(task: &Task) -> String {
 }
 
 async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
+    // What the reviewer needs from GitHub first: trouble getting it delays the review, it is
+    // not a review failure (which the repository's fail mode would turn into approve or fail).
+    let branch = task.branch.clone().unwrap_or_default();
+    let token = p.forge.git_token().await.map_err(|e| forge_err(task, e))?;
+    let diff = p
+        .pusher
+        .diff(
+            &repo.name,
+            &repo.clone_url,
+            &repo.default_branch,
+            &branch,
+            &token,
+            400_000,
+        )
+        .await
+        .map_err(|e| later(task, &e))?;
+    let blast = p
+        .store
+        .result_data(task.id, task.attempt)
+        .await?
+        .and_then(|d| d["data"]["blast_radius"].as_str().map(str::to_owned));
     p.store
         .advance(
             task.id,
@@ -241,51 +262,25 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         )
         .await?;
     let fail_closed = repo.review_fail_mode == "closed";
-    let branch = task.branch.clone().unwrap_or_default();
-    let token = p.forge.git_token().await.map_err(|e| forge_err(task, e));
-    let diff = match token {
-        Ok(t) => p
-            .pusher
-            .diff(
-                &repo.name,
-                &repo.clone_url,
-                &repo.default_branch,
-                &branch,
-                &t,
-                400_000,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!(e)),
-        Err(_) => Err(anyhow::anyhow!("no GitHub token for the diff")),
+    let input = ReviewInput {
+        task: task.id,
+        repo: repo.id,
+        title: task.issue_title.clone(),
+        body: task
+            .prompt_override
+            .clone()
+            .unwrap_or_else(|| task.issue_body.clone()),
+        diff,
+        blast_radius: blast,
     };
-    let blast = p
-        .store
-        .result_data(task.id, task.attempt)
-        .await?
-        .and_then(|d| d["data"]["blast_radius"].as_str().map(str::to_owned));
-    let verdict = match diff {
-        Ok(diff) => {
-            let input = ReviewInput {
-                task: task.id,
-                repo: repo.id,
-                title: task.issue_title.clone(),
-                body: task
-                    .prompt_override
-                    .clone()
-                    .unwrap_or_else(|| task.issue_body.clone()),
-                diff,
-                blast_radius: blast,
-            };
-            match tokio::time::timeout(p.config.review_timeout, p.reviewer.review(&input)).await {
-                Ok(r) => r,
-                Err(_) => Err(anyhow::anyhow!(
-                    "the review timed out after {:?}",
-                    p.config.review_timeout
-                )),
-            }
-        }
-        Err(e) => Err(e),
-    };
+    let verdict =
+        match tokio::time::timeout(p.config.review_timeout, p.reviewer.review(&input)).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!(
+                "the review timed out after {:?}",
+                p.config.review_timeout
+            )),
+        };
     match verdict {
         Ok(v) if v.approve => {
             p.store
@@ -430,8 +425,9 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
             return Err(StageError::Later(p.config.ci_poll, "CI is running".into()));
         }
         CiVerdict::NoChecks => {
-            let waited = p.store.seconds_in_status(task.id).await?;
-            if waited < f64::from(repo.no_checks_grace_secs) || repo.no_checks == "wait" {
+            // `updated_at` moves with the timeline only: it is when the task entered `ci_wait`.
+            let waited = (chrono::Utc::now() - task.updated_at).num_seconds();
+            if waited < i64::from(repo.no_checks_grace_secs) || repo.no_checks == "wait" {
                 return Err(StageError::Later(
                     p.config.ci_poll,
                     "no checks reported yet".into(),

@@ -9,7 +9,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::model::{Call, ModelClient};
 use crate::store::tasks::Triage;
@@ -253,6 +256,30 @@ fn overlaps(task: &Task, in_flight: &[Task], batch: &[Task]) -> Vec<TaskId> {
         .filter(|o| o.id != task.id && touches(o))
         .map(|o| o.id)
         .collect()
+}
+
+/// Runs triage until `shutdown`, woken when tasks arrive.
+pub async fn run(
+    store: Store,
+    model: Option<crate::model::ModelClient>,
+    triage_model: String,
+    sweep: Duration,
+    debounce: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut waker = store.waker(&["bp_new"]).await.ok();
+    loop {
+        // Let a burst of new issues arrive, so they are triaged as one batch.
+        tokio::time::sleep(debounce).await;
+        if let Err(e) = run_once(&store, model.as_ref(), &triage_model).await {
+            tracing::warn!(error = %e, "triage failed");
+        }
+        let wait = crate::store::wake::pause(&mut waker, sweep);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wait => {}
+        }
+    }
 }
 
 fn cap(s: &str, max: usize) -> String {

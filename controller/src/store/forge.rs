@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::model::{RepoId, Status, TaskEvent, TaskId, status_texts, task_columns};
-use super::{Error, Note, Result, Store, Task, model};
+use super::{Note, Result, Store, Task, model};
 
 /// Statuses in which the controller (not a runner) works on a task.
 pub const STAGE_STATUSES: &[Status] = &[
@@ -73,21 +73,7 @@ impl Store {
         if !fresh {
             return Ok(None);
         }
-        let row = sqlx::query_as::<_, Task>(concat!(
-            "UPDATE tasks SET status = 'queued', resume_branch = true, ",
-            "retry_context = retry_context || jsonb_build_array($3::jsonb), ",
-            "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = $5, ev_data = $6 ",
-            "WHERE id = $1 AND status = ANY($2) RETURNING ",
-            task_columns!()
-        ))
-        .bind(id)
-        .bind(status_texts(model::REOPEN.from))
-        .bind(context)
-        .bind(&note.actor)
-        .bind(&note.reason)
-        .bind(context)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = super::tasks::reopen_in(&mut tx, id, context, note).await?;
         match row {
             Some(t) => {
                 tx.commit().await?;
@@ -244,17 +230,5 @@ impl Store {
                 .await?
                 .flatten(),
         )
-    }
-
-    /// Seconds the task has been in its current status.
-    pub async fn seconds_in_status(&self, id: TaskId) -> Result<f64> {
-        sqlx::query_scalar(
-            "SELECT EXTRACT(EPOCH FROM now() - COALESCE( \
-               (SELECT max(at) FROM task_events WHERE task_id = $1), now()))::float8",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or(Error::TaskNotFound(id))
     }
 }

@@ -683,26 +683,36 @@ impl Store {
     /// Re-opens a task on its existing branch with new context (comments on its PR). Spends no
     /// retry budget: a human asked for it.
     pub async fn reopen(&self, id: TaskId, context: &Value, note: &Note) -> Result<Task> {
-        let row = sqlx::query_as::<_, Task>(concat!(
-            "UPDATE tasks SET status = 'queued', resume_branch = true, ",
-            "retry_context = retry_context || jsonb_build_array($3::jsonb), ",
-            "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = $5, ev_data = $6 ",
-            "WHERE id = $1 AND status = ANY($2) RETURNING ",
-            task_columns!()
-        ))
-        .bind(id)
-        .bind(status_texts(model::REOPEN.from))
-        .bind(context)
-        .bind(&note.actor)
-        .bind(&note.reason)
-        .bind(&note.data)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
+        let mut conn = self.pool.acquire().await?;
+        match reopen_in(&mut conn, id, context, note).await? {
             Some(t) => Ok(t),
             None => Err(self.refused(id, model::REOPEN).await),
         }
     }
+}
+
+/// The reopen statement, on any connection (a transaction in `reopen_once`).
+pub(crate) async fn reopen_in(
+    conn: &mut sqlx::PgConnection,
+    id: TaskId,
+    context: &Value,
+    note: &Note,
+) -> Result<Option<Task>> {
+    Ok(sqlx::query_as::<_, Task>(concat!(
+        "UPDATE tasks SET status = 'queued', resume_branch = true, ",
+        "retry_context = retry_context || jsonb_build_array($3::jsonb), ",
+        "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = $5, ev_data = $6 ",
+        "WHERE id = $1 AND status = ANY($2) RETURNING ",
+        task_columns!()
+    ))
+    .bind(id)
+    .bind(status_texts(model::REOPEN.from))
+    .bind(context)
+    .bind(&note.actor)
+    .bind(&note.reason)
+    .bind(&note.data)
+    .fetch_optional(conn)
+    .await?)
 }
 
 fn triage_data(decision: &Triage, note: &Note) -> Value {

@@ -383,12 +383,19 @@ impl Store {
     /// Outcomes and spending per repository and day, last `days` days.
     pub async fn stats_by_day(&self, days: i32) -> Result<Vec<DayStats>> {
         Ok(sqlx::query_as(
-            "SELECT r.name AS repo, d.day, \
-               (SELECT count(*) FROM tasks t WHERE t.repo_id = r.id AND t.status = 'merged' AND t.finished_at::date = d.day) AS merged, \
-               (SELECT count(*) FROM tasks t WHERE t.repo_id = r.id AND t.status = 'failed' AND t.finished_at::date = d.day) AS failed, \
-               (SELECT COALESCE(sum(cost_microusd), 0)::bigint FROM usage_ledger u WHERE u.repo_id = r.id AND u.at::date = d.day) AS cost_microusd \
-             FROM repos r CROSS JOIN generate_series(current_date - ($1 - 1), current_date, interval '1 day') AS g(day_ts) \
-             CROSS JOIN LATERAL (SELECT g.day_ts::date AS day) d \
+            "WITH days AS (SELECT g::date AS day FROM generate_series(current_date - ($1 - 1), current_date, interval '1 day') g), \
+                  ended AS (SELECT repo_id, finished_at::date AS day, \
+                                   count(*) FILTER (WHERE status = 'merged') AS merged, \
+                                   count(*) FILTER (WHERE status = 'failed') AS failed \
+                            FROM tasks WHERE status IN ('merged', 'failed') AND finished_at >= current_date - ($1 - 1) \
+                            GROUP BY 1, 2), \
+                  spent AS (SELECT repo_id, at::date AS day, sum(cost_microusd)::bigint AS cost \
+                            FROM usage_ledger WHERE at >= current_date - ($1 - 1) GROUP BY 1, 2) \
+             SELECT r.name AS repo, d.day, COALESCE(e.merged, 0) AS merged, COALESCE(e.failed, 0) AS failed, \
+                    COALESCE(s.cost, 0)::bigint AS cost_microusd \
+             FROM repos r CROSS JOIN days d \
+             LEFT JOIN ended e ON e.repo_id = r.id AND e.day = d.day \
+             LEFT JOIN spent s ON s.repo_id = r.id AND s.day = d.day \
              ORDER BY r.name, d.day",
         )
         .bind(days.clamp(1, 366))

@@ -14,6 +14,8 @@ use super::{Result, Store};
 pub const QUEUE_CHANNEL: &str = "bp_queue";
 /// Channel announcing a cancellation for a task on a runner.
 pub const CANCEL_CHANNEL: &str = "bp_cancel";
+/// Channel naming each task that got a timeline entry (payload: task id).
+pub const EVENTS_CHANNEL: &str = "bp_events";
 
 /// A listener on the store's channels.
 #[derive(Debug)]

@@ -292,18 +292,65 @@ async fn roles_csrf_tokens_and_every_endpoint() {
     assert_eq!(code, StatusCode::FORBIDDEN);
     let (code, runners) = vic.call(Method::GET, "/api/runners", None).await;
     assert_eq!((code, runners), (StatusCode::OK, json!([])));
+    // One task merged today with some spending: it shows in the totals and in today's row.
+    let done = crate::queued(&store, &store.repo(repo_id).await.unwrap(), "done").await;
+    let r = crate::runner(&store, "stats-runner").await;
+    crate::force_status(&store, done.id, controller::store::Status::Merged, r).await;
+    store
+        .record_usage(
+            Some(done.id),
+            None,
+            "review",
+            "claude-sonnet-4-5",
+            0,
+            0,
+            250_000,
+        )
+        .await
+        .unwrap();
     let (code, stats) = vic.call(Method::GET, "/api/stats?days=3", None).await;
     assert_eq!(code, StatusCode::OK, "{stats}");
-    assert_eq!(stats["live"], 1);
-    assert_eq!(stats["by_day"].as_array().unwrap().len(), 3);
-    let (code, l) = vic
-        .call(
-            Method::GET,
-            &format!("/api/repos/{repo_id}/learnings"),
-            None,
-        )
-        .await;
-    assert_eq!((code, l), (StatusCode::OK, json!([])));
+    assert_eq!(
+        (stats["live"].as_i64(), stats["merged"].as_i64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+    assert_eq!(stats["success_rate"], 1.0);
+    let days = stats["by_day"].as_array().unwrap();
+    assert_eq!(days.len(), 3);
+    let today = days.last().unwrap();
+    assert_eq!(
+        (
+            today["repo"].as_str(),
+            today["merged"].as_i64(),
+            today["cost_microusd"].as_i64()
+        ),
+        (Some("acme/api"), Some(1), Some(250_000)),
+        "{stats}"
+    );
+    assert_eq!(days[0]["merged"], 0);
+    // The merged task leaves a learning (written by the controller's feedback loop).
+    let mut learned = json!([]);
+    for _ in 0..100 {
+        let (code, l) = vic
+            .call(
+                Method::GET,
+                &format!("/api/repos/{repo_id}/learnings"),
+                None,
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK);
+        learned = l;
+        if learned.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(learned[0]["outcome"], "merged", "{learned}");
+    assert!(
+        learned[0]["summary"].as_str().unwrap().contains("\"done\""),
+        "{learned}"
+    );
     let (code, _) = vic.call(Method::GET, "/api/audit", None).await;
     assert_eq!(code, StatusCode::FORBIDDEN);
     let (code, audit) = admin.call(Method::GET, "/api/audit?limit=500", None).await;

@@ -1103,3 +1103,32 @@ async fn review_merge_holds_after_green_ci_until_a_human_approves() {
     assert_eq!(audit[0], ("user:carol".to_owned(), "ok".to_owned()));
     assert!(audit[1].1.starts_with("refused"), "{audit:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn github_trouble_before_a_review_delays_it_instead_of_failing_closed() {
+    let env = env().await;
+    env.store
+        .update_repo(
+            env.repo.id,
+            &RepoSettings {
+                review_fail_mode: Some("closed".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let n = env.sim.create_issue(REPO, "Add two", "", "alice", &[]) as i64;
+    let task = task_at_pushing(&env, n, &[("src/two.rs", "pub fn two() {}\n")]).await;
+    let p = pipeline(&env, vec![]);
+    drive(&env, &p, task.id, Status::PrOpen).await;
+    // The diff cannot be fetched once: the review waits rather than failing the task.
+    env.sim
+        .fail_requests("GET", "/info/refs", 503, "unavailable", 1);
+    p.run_due().await.unwrap();
+    let t = env.store.task(task.id).await.unwrap();
+    assert_eq!(t.status, Status::PrOpen, "{:?}", t.error);
+    assert_eq!(t.stage_tries, 1);
+    assert!(t.review.is_none(), "no review happened");
+    let t = drive(&env, &p, task.id, Status::CiWait).await;
+    assert_eq!(t.review.unwrap().0["approve"], true);
+}
