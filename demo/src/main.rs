@@ -161,8 +161,7 @@ fn sim_says(selector: &str, times: usize, text: &str) -> Script {
 }
 
 async fn ensure_image() -> anyhow::Result<()> {
-    let docker = bollard_free_check().await;
-    if docker {
+    if agent_image_present().await {
         return Ok(());
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent/build-offline.sh");
@@ -182,7 +181,7 @@ async fn ensure_image() -> anyhow::Result<()> {
 }
 
 /// Whether the agent image exists (asked through the docker CLI, so no engine client here).
-async fn bollard_free_check() -> bool {
+async fn agent_image_present() -> bool {
     xcmd::Cmd::new("docker", std::env::temp_dir())
         .args(["image", "inspect", "backporcher-agent:latest"])
         .to_tokio()

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use controller::forge::labels;
 use controller::store::Status;
 use controller::store::repos::RepoSettings;
-use e2e::full::{FullSystem, says};
-use sim::model::{Match, Script, Step, ToolCall};
+use e2e::full::{FullSystem, agent_script, says};
 
 const PHASES: &[(&str, &str)] = &[
     ("new", "webhook → task (intake)"),
@@ -68,30 +67,13 @@ fn main() {
         ));
         for i in 0..runs {
             let mark = format!("MARK-BENCH-{i}");
-            sys.model.add_script(Script {
-                selector: mark.clone(),
-                steps: vec![
-                    Step {
-                        when: Match {
-                            tool_result: Some(false),
-                            ..Match::default()
-                        },
-                        tools: vec![ToolCall::write(
-                            &format!("/workspace/notes/{i}.txt"),
-                            "done\n",
-                        )],
-                        ..Step::default()
-                    },
-                    Step {
-                        when: Match {
-                            tool_result: Some(true),
-                            ..Match::default()
-                        },
-                        text: "Done.".into(),
-                        ..Step::default()
-                    },
-                ],
-            });
+            sys.model.add_script(agent_script(
+                &mark,
+                &format!("/workspace/notes/{i}.txt"),
+                "done\n",
+                "never asked",
+                "",
+            ));
             let started = Instant::now();
             let start_db: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
                 .fetch_one(sys.c.store.pool())

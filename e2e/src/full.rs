@@ -13,7 +13,7 @@ use runner::gateway::{Credential, Gateway, Prices};
 use runner::sandbox::{Sandbox, SandboxConfig};
 use runner::sandbox_executor::{ExecConfig, SandboxExecutor};
 use sim::github::GitHubSim;
-use sim::model::{ModelSim, Script, Step};
+use sim::model::{Match, ModelSim, Script, Step, ToolCall};
 
 use crate::harness::{
     Configure, Options, RunnerHandle, TestController, enroll, free_port, spawn_runner_with,
@@ -54,6 +54,48 @@ pub fn says(selector: &str, texts: &[&str]) -> Script {
                 ..Step::default()
             })
             .collect(),
+    }
+}
+
+/// An agent that writes `first` to `path`, and when a later prompt contains `fix_when` (a CI
+/// log, review feedback), writes `fixed` instead.
+pub fn agent_script(mark: &str, path: &str, first: &str, fix_when: &str, fixed: &str) -> Script {
+    Script {
+        selector: mark.into(),
+        steps: vec![
+            Step {
+                when: Match {
+                    tool_result: Some(false),
+                    ..Match::default()
+                },
+                tools: vec![ToolCall::write(path, first)],
+                ..Step::default()
+            },
+            Step {
+                when: Match {
+                    tool_result: Some(true),
+                    ..Match::default()
+                },
+                text: "Done.".into(),
+                ..Step::default()
+            },
+            Step {
+                when: Match {
+                    contains: Some(fix_when.into()),
+                    ..Match::default()
+                },
+                tools: vec![ToolCall::write(path, fixed)],
+                ..Step::default()
+            },
+            Step {
+                when: Match {
+                    tool_result: Some(true),
+                    ..Match::default()
+                },
+                text: "Fixed.".into(),
+                ..Step::default()
+            },
+        ],
     }
 }
 

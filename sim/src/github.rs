@@ -167,15 +167,7 @@ impl GitHubSim {
         git(&dir, &["config", "http.receivepack", "true"])?;
         let seed = tempdir(&self.root, "seed")?;
         git(&seed, &["init", "--quiet", "-b", default_branch])?;
-        for (path, content) in files {
-            let p = seed.join(path);
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(p, content)?;
-        }
-        git(&seed, &["add", "-A"])?;
-        git(&seed, &["commit", "--quiet", "-m", "initial commit"])?;
+        commit_files(&seed, files, "initial commit")?;
         git(
             &seed,
             &[
@@ -359,15 +351,7 @@ impl GitHubSim {
                 &work.to_string_lossy(),
             ],
         )?;
-        for (path, content) in files {
-            let p = work.join(path);
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(p, content)?;
-        }
-        git(&work, &["add", "-A"])?;
-        git(&work, &["commit", "--quiet", "-m", "direct commit"])?;
+        commit_files(&work, files, "direct commit")?;
         git(
             &work,
             &[
@@ -722,6 +706,20 @@ fn git(cwd: &Path, args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Writes `files` into the work tree at `dir` and commits them.
+fn commit_files(dir: &Path, files: &[(&str, &str)], message: &str) -> anyhow::Result<()> {
+    for (path, content) in files {
+        let p = dir.join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(p, content)?;
+    }
+    git(dir, &["add", "-A"])?;
+    git(dir, &["commit", "--quiet", "-m", message])?;
+    Ok(())
 }
 
 fn tempdir(root: &Path, prefix: &str) -> anyhow::Result<PathBuf> {

@@ -9,9 +9,8 @@ use std::time::Duration;
 use controller::forge::labels;
 use controller::store::repos::RepoSettings;
 use controller::store::{Status, Task};
-use e2e::full::{FullSystem, says};
+use e2e::full::{FullSystem, agent_script, says};
 use e2e::harness::skip_docker;
-use sim::model::{Match, Script, Step, ToolCall};
 
 const REPO: &str = "acme/full";
 
@@ -51,47 +50,13 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
         &["Cause: the check expects two=2.\nNext: set two=2."],
     ));
     // The agent: writes a wrong value, then fixes it when the CI log comes back.
-    model.add_script(Script {
-        selector: "MARK-FULL".into(),
-        steps: vec![
-            Step {
-                when: Match {
-                    tool_result: Some(false),
-                    ..Match::default()
-                },
-                tools: vec![ToolCall::write("/workspace/config/two.txt", "two=3\n")],
-                ..Step::default()
-            },
-            Step {
-                when: Match {
-                    tool_result: Some(true),
-                    ..Match::default()
-                },
-                text: "Added config/two.txt.".into(),
-                ..Step::default()
-            },
-            Step {
-                when: Match {
-                    contains: Some("expected two=2".into()),
-                    ..Match::default()
-                },
-                tools: vec![ToolCall::edit(
-                    "/workspace/config/two.txt",
-                    "two=3",
-                    "two=2",
-                )],
-                ..Step::default()
-            },
-            Step {
-                when: Match {
-                    tool_result: Some(true),
-                    ..Match::default()
-                },
-                text: "Fixed the value.".into(),
-                ..Step::default()
-            },
-        ],
-    });
+    model.add_script(agent_script(
+        "MARK-FULL",
+        "/workspace/config/two.txt",
+        "two=3\n",
+        "expected two=2",
+        "two=2\n",
+    ));
 
     // Someone labels an issue.
     let number = gh
@@ -345,46 +310,6 @@ async fn subscription_users_get_the_controllers_calls_through_claude_p() {
     .await
     .unwrap();
     assert_eq!(ledger, 1);
-}
-
-fn agent_script(mark: &str, path: &str, first: &str, fix_when: &str, fixed: &str) -> Script {
-    Script {
-        selector: mark.into(),
-        steps: vec![
-            Step {
-                when: Match {
-                    tool_result: Some(false),
-                    ..Match::default()
-                },
-                tools: vec![ToolCall::write(path, first)],
-                ..Step::default()
-            },
-            Step {
-                when: Match {
-                    tool_result: Some(true),
-                    ..Match::default()
-                },
-                text: "Done.".into(),
-                ..Step::default()
-            },
-            Step {
-                when: Match {
-                    contains: Some(fix_when.into()),
-                    ..Match::default()
-                },
-                tools: vec![ToolCall::write(path, fixed)],
-                ..Step::default()
-            },
-            Step {
-                when: Match {
-                    tool_result: Some(true),
-                    ..Match::default()
-                },
-                text: "Fixed.".into(),
-                ..Step::default()
-            },
-        ],
-    }
 }
 
 #[tokio::test]
