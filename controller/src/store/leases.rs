@@ -719,6 +719,17 @@ impl Store {
             .bind(c.cost_microusd)
             .execute(&mut *tx)
             .await?;
+        // The runner's metered agent calls join the ledger with the controller's own calls.
+        if c.cost_microusd > 0 {
+            sqlx::query(
+                "INSERT INTO usage_ledger (task_id, repo_id, purpose, model, cost_microusd) \
+                 SELECT id, repo_id, 'agent', model, $2 FROM tasks WHERE id = $1",
+            )
+            .bind(lease.task_id)
+            .bind(c.cost_microusd)
+            .execute(&mut *tx)
+            .await?;
+        }
 
         let actor = format!("runner:{}", runner.unwrap_or_default());
         let task = if cancel_requested {

@@ -1,5 +1,6 @@
-//! The usage ledger: one row per model call made anywhere (controller calls here; runner calls
-//! arrive with their results), and the sums the dashboard and budgets read.
+//! The usage ledger: one row per model call the controller makes (and, written with each runner
+//! completion in `leases.rs`, one per attempt for the agent's metered calls), attributed to its
+//! task and repository. Sums are read by the stats and metrics queries.
 
 use super::{RepoId, Result, Store, TaskId};
 
@@ -39,15 +40,5 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Ledger rows of a task: (purpose, model, input, output, cost).
-    pub async fn usage_of(&self, task: TaskId) -> Result<Vec<(String, String, i64, i64, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT purpose, model, input_tokens, output_tokens, cost_microusd FROM usage_ledger WHERE task_id = $1 ORDER BY id",
-        )
-        .bind(task)
-        .fetch_all(&self.pool)
-        .await?)
     }
 }

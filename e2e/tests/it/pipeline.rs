@@ -187,7 +187,7 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
     .fetch_all(c.store.pool())
     .await
     .unwrap();
-    for p in ["reflection", "review", "triage"] {
+    for p in ["agent", "reflection", "review", "triage"] {
         assert!(
             purposes.contains(&p.to_owned()),
             "{p} missing in {purposes:?}"
