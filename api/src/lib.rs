@@ -198,6 +198,8 @@ pub struct RepoSettings {
     pub enabled: Option<bool>,
     /// Whether tasks may change `.github/workflows`.
     pub allow_workflow_changes: Option<bool>,
+    /// Whether the agent CLI may run the hooks and MCP servers the default branch configures.
+    pub agent_hooks: Option<bool>,
 }
 
 /// `POST /api/repos`.

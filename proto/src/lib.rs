@@ -10,6 +10,14 @@ tonic::include_proto!("backporcher.runner.v1");
 /// The protocol version this build speaks. Bump on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Size limits both sides apply (the controller may lower them in its configuration).
+pub mod limits {
+    /// Largest result bundle, in bytes.
+    pub const MAX_BUNDLE_BYTES: usize = 64 * 1024 * 1024;
+    /// Most log bytes stored per attempt.
+    pub const MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
+}
+
 /// Metadata header carrying the protocol version on every call.
 pub const VERSION_HEADER: &str = "bp-protocol-version";
 

@@ -2,7 +2,14 @@
 //! never argv), and how to read what it prints into structured events. Claude Code is the backend
 //! today; codex, gemini and opencode fit the same shape (a command, an environment, a line parser).
 
+use std::path::Path;
+
 use serde_json::Value;
+
+use crate::agent_config::AgentConfig;
+
+/// Where the trusted agent configuration is mounted in the container (read-only, under `/task`).
+pub const CONFIG_DIR: &str = "/task/agent";
 
 /// Something the agent reported.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +58,9 @@ pub trait AgentBackend: Send + Sync {
     fn env(&self, model: &str) -> Vec<String>;
     /// Reads one output line.
     fn parse_line(&self, line: &str) -> Vec<AgentEvent>;
+    /// Writes the trusted configuration into `dir` (mounted at [`CONFIG_DIR`]) in the form this
+    /// CLI reads; the command must make the CLI ignore the copies in its working tree.
+    fn write_config(&self, config: &AgentConfig, dir: &Path) -> std::io::Result<()>;
 }
 
 /// Claude Code in print mode with stream-json output.
@@ -66,8 +76,19 @@ impl AgentBackend for Claude {
         vec![
             "bash".into(),
             "-c".into(),
-            // Permissions are bypassed only here, inside the sandbox.
-            "exec claude -p --output-format stream-json --verbose --model \"$BP_MODEL\" --dangerously-skip-permissions < /task/prompt.md".into(),
+            // Permissions are bypassed only here, inside the sandbox. Settings, instructions and
+            // MCP servers come from the trusted configuration only: `--setting-sources user`
+            // ignores the working tree's `.claude/`, `CLAUDE.md` and `.mcp.json`, and the user
+            // scope (a fresh tmpfs home) gets the default branch's instructions.
+            concat!(
+                "mkdir -p \"$HOME/.claude\" && ",
+                "if [ -f /task/agent/CLAUDE.md ]; then cp /task/agent/CLAUDE.md \"$HOME/.claude/CLAUDE.md\"; fi && ",
+                "exec claude -p --output-format stream-json --verbose --model \"$BP_MODEL\" ",
+                "--dangerously-skip-permissions --setting-sources user ",
+                "--settings /task/agent/settings.json --strict-mcp-config --mcp-config /task/agent/mcp.json ",
+                "< /task/prompt.md"
+            )
+            .into(),
         ]
     }
 
@@ -80,6 +101,16 @@ impl AgentBackend for Claude {
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1".into(),
             "IS_SANDBOX=1".into(),
         ]
+    }
+
+    fn write_config(&self, config: &AgentConfig, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("settings.json"), config.settings.to_string())?;
+        std::fs::write(dir.join("mcp.json"), config.mcp.to_string())?;
+        if let Some(text) = &config.instructions {
+            std::fs::write(dir.join("CLAUDE.md"), text)?;
+        }
+        Ok(())
     }
 
     fn parse_line(&self, line: &str) -> Vec<AgentEvent> {
@@ -197,6 +228,14 @@ mod tests {
     fn the_prompt_never_goes_on_argv() {
         let cmd = Claude.command().join(" ");
         assert!(cmd.contains("< /task/prompt.md"));
+        assert!(
+            cmd.contains("--setting-sources user"),
+            "the working tree's settings are ignored"
+        );
+        assert!(
+            cmd.contains("--strict-mcp-config"),
+            "the working tree's MCP servers are ignored"
+        );
         assert!(cmd.contains("--output-format stream-json --verbose"));
     }
 }

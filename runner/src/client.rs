@@ -308,6 +308,7 @@ impl Client {
                         learnings: t.learnings.clone(),
                         stack: (!t.stack.is_empty()).then(|| t.stack.clone()),
                         navigation: None,
+                        agent_hooks: t.agent_hooks,
                     },
                 })
             }

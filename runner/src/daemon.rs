@@ -142,6 +142,7 @@ pub async fn run(
     control: Control,
 ) -> anyhow::Result<()> {
     let client = Client::connect(&identity)?;
+    crate::redact::remember(&identity.key_pem);
     let shared = Arc::new(Shared {
         config,
         client: RwLock::new(client),
@@ -391,6 +392,7 @@ async fn renew_certificate_if_due(shared: &Arc<Shared>) {
             return;
         }
     };
+    crate::redact::remember(&key_pem);
     match shared.client().renew_certificate(&csr_pem).await {
         Ok((cert_pem, ca_pem)) => {
             let renewed = Identity {
@@ -481,11 +483,15 @@ async fn run_task(
     let ctx = TaskContext {
         assignment,
         work_dir: dir.join("work"),
-        spool,
+        spool: spool.clone(),
         cancel: cancel.clone(),
         shared: shared.clone(),
     };
     let mut result = executor.run(ctx).await;
+    if let Err(e) = spool.finish() {
+        tracing::warn!(task = lease.task_id, error = %e, "cannot close the log spool");
+    }
+    result.scrub();
     finish.cancel();
     let shipped = shipper.await.unwrap_or(Err(CallError::Stopped));
     if slot.lost.load(Ordering::Acquire) {

@@ -141,6 +141,9 @@ impl Drop for TaskToken {
 impl Gateway {
     /// A gateway forwarding to `upstream` (e.g. `https://api.anthropic.com`) with `credential`.
     pub fn new(upstream: &str, credential: Credential, prices: Prices) -> anyhow::Result<Self> {
+        match &credential {
+            Credential::ApiKey(k) | Credential::OAuth(k) => crate::redact::remember(k),
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()?;

@@ -10,6 +10,8 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod agent_config;
+pub mod bounded;
 pub mod client;
 pub mod daemon;
 pub mod executor;
@@ -18,6 +20,7 @@ pub mod graphs;
 pub mod identity;
 pub mod pin;
 pub mod prompt;
+pub mod redact;
 pub mod retry;
 pub mod sandbox;
 pub mod sandbox_executor;

@@ -1,11 +1,18 @@
 //! The production executor: a task in the Docker sandbox.
 //!
-//! For one attempt: check out the task branch from the repository's mirror, write the prompt,
-//! run the agent CLI in a container with the model gateway as its only model access, run the
-//! verify command in the same kind of container and give its output back to the agent while it
-//! fails (bounded), then commit what the agent left and make a git bundle of the branch against
-//! its base — the commit and bundle also happen in the sandbox, so nothing the agent wrote is ever
-//! executed by the runner. The outcome carries usage metered by the gateway and diff statistics.
+//! For one attempt: check out the task branch from the repository's mirror, write the prompt and
+//! the agent CLI's trusted configuration (from the default branch, [`crate::agent_config`]), run
+//! the agent CLI in a container with the model gateway as its only model access, run the verify
+//! command in the same kind of container and give its output back to the agent while it fails
+//! (bounded), then commit what the agent left and make a git bundle of the branch against its base.
+//!
+//! Nothing the sandbox wrote is ever opened by path on the host. The finish step — the commit,
+//! the bundle, the diff statistics — runs in a container too, with the *trusted* git directory of
+//! [`crate::workspace`] (so no config, hook or driver the agent planted in its `.git` is honoured)
+//! and the work tree mounted read-only; it hands its outputs back as a tar archive on its standard
+//! output, which the runner reads with a cap and takes apart entry by entry
+//! ([`crate::bounded::read_outputs`]): regular files with known names under their caps, nothing
+//! else. Every other stream out of a container is bounded too (lines, verify output).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,12 +23,24 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::agent::{AgentBackend, AgentEvent, Claude};
+use crate::bounded::{Capped, LineSplitter, Tail, read_outputs};
 use crate::executor::{Executor, TaskContext};
 use crate::gateway::Gateway;
 use crate::prompt;
 use crate::sandbox::{Egress, Ended, RunSpec, Sandbox, Stream};
 use crate::task::{ExecResult, Outcome, Usage};
-use crate::workspace::Workspaces;
+use crate::workspace::{Checkout, MIRROR_OBJECTS, Workspaces};
+
+/// Longest line of agent output handled as one line; longer ones are cut.
+pub const MAX_LINE: usize = 1 << 20;
+/// Verify output kept in memory (the tail given back to the agent is shorter).
+const VERIFY_TAIL_BYTES: usize = 256 * 1024;
+/// Characters of verify output given to the agent and the controller.
+const VERIFY_TAIL_CHARS: usize = 16_000;
+/// Largest diff statistics and `-U0` diff read back from the finish step.
+const MAX_DIFF_BYTES: u64 = 4_000_000;
+/// Changed files listed in a result (the count is always exact).
+const MAX_FILES_LISTED: usize = 2_000;
 
 /// How the executor runs tasks.
 #[derive(Debug, Clone)]
@@ -160,6 +179,9 @@ impl SandboxExecutor {
             .workspaces
             .checkout(spec, lease.task_id, &repo_dir)
             .await?;
+        let agent_config =
+            crate::agent_config::load(&checkout.mirror, &checkout.default_head, spec.agent_hooks)
+                .await;
         ctx.log(
             "runner",
             format!(
@@ -170,11 +192,14 @@ impl SandboxExecutor {
             .as_bytes(),
         );
         let task_dir = ctx.work_dir.join("task");
-        let out_dir = ctx.work_dir.join("out");
-        for d in [&task_dir, &out_dir] {
-            tokio::fs::create_dir_all(d).await?;
+        tokio::fs::create_dir_all(&task_dir).await?;
+        backend.write_config(&agent_config, &task_dir.join("agent"))?;
+        for note in &agent_config.notes {
+            ctx.log(
+                "runner",
+                format!("agent configuration: {note}\n").as_bytes(),
+            );
         }
-        chown_sandbox(&out_dir).await?;
         let token = self
             .gateway
             .register(lease.task_id, Some(spec.budget_microusd));
@@ -221,6 +246,7 @@ impl SandboxExecutor {
                 mounts: vec![
                     (checkout.dir.clone(), "/workspace".into(), false),
                     (task_dir.clone(), "/task".into(), true),
+                    (checkout.mirror_objects.clone(), MIRROR_OBJECTS.into(), true),
                 ],
                 egress: egress.clone(),
                 labels: step_labels(&labels, "agent"),
@@ -245,7 +271,7 @@ impl SandboxExecutor {
             };
             let mut final_result: Option<AgentEvent> = None;
             let mut rate_limited = None;
-            let mut lines = LineSplitter::default();
+            let mut lines = LineSplitter::new(MAX_LINE);
             let ended = self
                 .sandbox
                 .run(&run, &stop, |stream, bytes| match stream {
@@ -333,12 +359,15 @@ impl SandboxExecutor {
                 return Ok(ExecResult::new(Outcome::Abandoned));
             }
             ctx.log("runner", format!("verifying with `{verify}`\n").as_bytes());
-            let mut output = Vec::new();
+            let mut output = Tail::new(VERIFY_TAIL_BYTES);
             let run = RunSpec {
                 name: format!("{}-{}-verify{rounds}", lease.task_id, lease.attempt),
                 cmd: vec!["bash".into(), "-c".into(), verify],
                 env: vec![],
-                mounts: vec![(checkout.dir.clone(), "/workspace".into(), false)],
+                mounts: vec![
+                    (checkout.dir.clone(), "/workspace".into(), false),
+                    (checkout.mirror_objects.clone(), MIRROR_OBJECTS.into(), true),
+                ],
                 egress: egress.clone(),
                 labels: step_labels(&labels, "verify"),
                 wall: self.config.verify_timeout,
@@ -348,10 +377,10 @@ impl SandboxExecutor {
                 .sandbox
                 .run(&run, ctx.cancelled(), |_, bytes| {
                     ctx.log("verify", bytes);
-                    output.extend_from_slice(bytes);
+                    output.push(bytes);
                 })
                 .await?;
-            verify_output = tail(&String::from_utf8_lossy(&output), 16_000);
+            verify_output = tail(&output.text(), VERIFY_TAIL_CHARS);
             match ended {
                 Ended::Exited(0) => break,
                 Ended::Cancelled => return Ok(self.result(Outcome::Canceled, None, &token)),
@@ -380,40 +409,28 @@ impl SandboxExecutor {
                 }
             }
         }
-        let mut result = self
-            .finish(
-                ctx,
-                &checkout,
-                &out_dir,
-                &labels,
-                &token,
-                verify_output,
-                &egress,
-            )
+        let (mut result, diff0) = self
+            .finish(ctx, &checkout, &labels, &token, verify_output)
             .await?;
         // The reviewer gets the blast radius of the diff, computed on the graph of the base.
-        if let (Some(g), Some(serde_json::Value::Object(data))) = (&graph, result.data.as_mut()) {
-            let diff = tokio::fs::read_to_string(out_dir.join("diff0"))
-                .await
-                .unwrap_or_default();
-            if let Some(blast) = g.blast_radius(&diff) {
-                data.insert("blast_radius".into(), serde_json::Value::String(blast));
-            }
+        if let (Some(g), Some(serde_json::Value::Object(data))) = (&graph, result.data.as_mut())
+            && let Some(blast) = g.blast_radius(&diff0)
+        {
+            data.insert("blast_radius".into(), serde_json::Value::String(blast));
         }
         Ok(result)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Commits the work tree with the trusted git directory and reads the outputs back from the
+    /// container's standard output. Returns the result and the `-U0` diff (for the blast radius).
     async fn finish(
         &self,
         ctx: &TaskContext,
-        checkout: &crate::workspace::Checkout,
-        out_dir: &Path,
+        checkout: &Checkout,
         labels: &HashMap<String, String>,
         token: &crate::gateway::TaskToken,
         verify_output: String,
-        egress: &Egress,
-    ) -> anyhow::Result<ExecResult> {
+    ) -> anyhow::Result<(ExecResult, String)> {
         let spec = &ctx.assignment.spec;
         let lease = &ctx.assignment.lease;
         let message = if spec.issue_number > 0 {
@@ -432,95 +449,136 @@ impl SandboxExecutor {
                 lease.attempt
             )
         };
-        let script = r#"set -e
-cd /workspace
-git -c core.hooksPath=/dev/null add -A
-if ! git diff --cached --quiet; then
-  git -c core.hooksPath=/dev/null -c user.name=Backporcher -c user.email=backporcher@localhost commit -q -m "$BP_MESSAGE"
-fi
-head=$(git rev-parse HEAD)
-if [ "$head" = "$BP_BASE" ]; then echo none > /out/status; exit 0; fi
-git bundle create /out/result.bundle "$BP_BRANCH" "^$BP_BASE" 2>/dev/null
-git diff --numstat "$BP_BASE" HEAD > /out/numstat
-git diff -U0 --no-color --no-ext-diff "$BP_BASE" HEAD | head -c 4000000 > /out/diff0
-echo "$head" > /out/head
-echo ok > /out/status
-"#;
+        let max_bundle = proto::limits::MAX_BUNDLE_BYTES as u64;
         let run = RunSpec {
             name: format!("{}-{}-finish", lease.task_id, lease.attempt),
-            cmd: vec!["bash".into(), "-c".into(), script.into()],
+            cmd: vec!["bash".into(), "-c".into(), FINISH_SCRIPT.into()],
             env: vec![
                 format!("BP_MESSAGE={message}"),
                 format!("BP_BASE={}", checkout.base),
                 format!("BP_BRANCH={}", checkout.branch),
+                format!("BP_MAX_BUNDLE={max_bundle}"),
+                format!("BP_MAX_DIFF={MAX_DIFF_BYTES}"),
             ],
             mounts: vec![
-                (checkout.dir.clone(), "/workspace".into(), false),
-                (out_dir.to_owned(), "/out".into(), false),
+                (checkout.dir.clone(), "/workspace".into(), true),
+                (checkout.git_dir.clone(), "/git".into(), false),
+                (checkout.mirror_objects.clone(), MIRROR_OBJECTS.into(), true),
             ],
-            egress: match egress {
-                Egress::None { .. } => egress.clone(),
-                _ => Egress::None {
-                    socket_dir: self.urls.socket_dir.clone(),
-                },
+            egress: Egress::None {
+                socket_dir: self.urls.socket_dir.clone(),
             },
             labels: step_labels(labels, "finish"),
             wall: Duration::from_secs(300),
             idle: Duration::from_secs(300),
         };
+        let caps: [(&str, u64); 5] = [
+            ("status", 256),
+            ("head", 256),
+            ("numstat", MAX_DIFF_BYTES),
+            ("diff0", MAX_DIFF_BYTES),
+            ("result.bundle", max_bundle),
+        ];
+        let mut archive = Capped::new(caps.iter().map(|(_, c)| *c as usize + 4096).sum());
         let ended = self
             .sandbox
-            .run(&run, ctx.cancelled(), |_, bytes| ctx.log("runner", bytes))
+            .run(&run, ctx.cancelled(), |stream, bytes| match stream {
+                Stream::Stdout => archive.push(bytes),
+                Stream::Stderr => ctx.log("runner", bytes),
+            })
             .await?;
         match ended {
             Ended::Exited(0) => {}
-            Ended::Cancelled => return Ok(self.result(Outcome::Canceled, None, token)),
+            Ended::Cancelled => {
+                return Ok((self.result(Outcome::Canceled, None, token), String::new()));
+            }
             other => anyhow::bail!("committing the change failed ({other:?})"),
         }
-        let status = tokio::fs::read_to_string(out_dir.join("status"))
-            .await
-            .unwrap_or_default();
-        if status.trim() != "ok" {
-            return Ok(self.result(
-                Outcome::AgentFailed,
-                Some("the agent produced no changes".into()),
-                token,
+        anyhow::ensure!(
+            archive.dropped() == 0,
+            "the finish step printed more than its outputs can hold ({} bytes over)",
+            archive.dropped()
+        );
+        let outputs = read_outputs(&archive.into_inner(), &caps)?;
+        let text = |name: &str| {
+            outputs
+                .get(name)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        let status = text("status");
+        let status = status.trim();
+        if status == "none" {
+            return Ok((
+                self.result(
+                    Outcome::AgentFailed,
+                    Some("the agent produced no changes".into()),
+                    token,
+                ),
+                String::new(),
             ));
         }
-        let bundle = tokio::fs::read(out_dir.join("result.bundle"))
-            .await
+        if let Some(size) = status.strip_prefix("too-large ") {
+            return Ok((
+                self.result(
+                    Outcome::AgentFailed,
+                    Some(format!(
+                        "the change makes a {} byte bundle, over the {} MiB limit; make it smaller (no generated or vendored files)",
+                        size.trim(),
+                        max_bundle >> 20
+                    )),
+                    token,
+                ),
+                String::new(),
+            ));
+        }
+        anyhow::ensure!(
+            status == "ok",
+            "the finish step reported `{}`",
+            textguard::clean(status)
+        );
+        let head = text("head").trim().to_owned();
+        anyhow::ensure!(
+            matches!(head.len(), 40 | 64) && head.bytes().all(|b| b.is_ascii_hexdigit()),
+            "the finish step reported a head that is not a commit id"
+        );
+        let bundle = outputs
+            .get("result.bundle")
+            .cloned()
             .context("the result bundle is missing")?;
-        let head = tokio::fs::read_to_string(out_dir.join("head"))
-            .await?
-            .trim()
-            .to_owned();
-        let numstat = tokio::fs::read_to_string(out_dir.join("numstat"))
-            .await
-            .unwrap_or_default();
         let (mut ins, mut del) = (0i64, 0i64);
-        let files: Vec<String> = numstat
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.split('\t');
-                ins += it.next()?.parse::<i64>().unwrap_or(0);
-                del += it.next()?.parse::<i64>().unwrap_or(0);
-                it.next().map(str::to_owned)
-            })
-            .collect();
+        let mut files: Vec<String> = Vec::new();
+        let mut total_files = 0usize;
+        for l in text("numstat").lines() {
+            let mut it = l.split('\t');
+            let (Some(a), Some(d), Some(path)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            ins += a.parse::<i64>().unwrap_or(0);
+            del += d.parse::<i64>().unwrap_or(0);
+            total_files += 1;
+            if files.len() < MAX_FILES_LISTED {
+                files.push(path.to_owned());
+            }
+        }
         ctx.log(
             "runner",
-            format!("committed {head}: {} files, +{ins} -{del}\n", files.len()).as_bytes(),
+            format!("committed {head}: {total_files} files, +{ins} -{del}\n").as_bytes(),
         );
         let mut r = self.result(Outcome::Succeeded, None, token);
         r.bundle = Some(bundle);
         r.head_sha = Some(head);
         r.branch = Some(checkout.branch.clone());
         r.verify_output = verify_output;
-        r.summary = format!("{} files changed, +{ins} -{del}", files.len());
-        r.data = Some(
-            json!({"base": checkout.base, "files": files, "insertions": ins, "deletions": del}),
-        );
-        Ok(r)
+        r.summary = format!("{total_files} files changed, +{ins} -{del}");
+        r.data = Some(json!({
+            "base": checkout.base,
+            "files": files,
+            "files_total": total_files,
+            "insertions": ins,
+            "deletions": del
+        }));
+        Ok((r, text("diff0")))
     }
 
     fn result(
@@ -595,30 +653,36 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("cannot chmod {}", path.display()))
 }
 
-async fn chown_sandbox(path: &Path) -> anyhow::Result<()> {
-    std::os::unix::fs::chown(path, Some(1000), Some(1000))
-        .with_context(|| format!("cannot hand {} to the sandbox user", path.display()))
-}
-
-/// Splits a byte stream into lines (keeping the newline).
-#[derive(Default)]
-struct LineSplitter {
-    buf: Vec<u8>,
-}
-
-impl LineSplitter {
-    fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.buf.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        while let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.buf.drain(..=i).collect();
-            out.push(String::from_utf8_lossy(&line).into_owned());
-        }
-        out
-    }
-
-    fn rest(&mut self) -> Option<String> {
-        (!self.buf.is_empty())
-            .then(|| String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned())
-    }
-}
+/// The finish step. Runs with the trusted git directory at `/git` (its configuration written by
+/// the runner: no hooks, drivers, fsmonitor or outside attribute files), the work tree read-only
+/// at `/workspace`, no network. Everything it says goes to standard error except the tar archive
+/// of its outputs, which is the only thing on standard output.
+const FINISH_SCRIPT: &str = r#"set -euo pipefail
+exec 3>&1 1>&2
+export GIT_DIR=/git GIT_WORK_TREE=/workspace GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
+export GIT_ATTR_NOSYSTEM=1 GIT_NO_REPLACE_OBJECTS=1 GIT_TERMINAL_PROMPT=0 HOME=/tmp
+out=/tmp/out
+mkdir -p "$out"
+cd /workspace
+git add -A
+if ! git diff --cached --quiet; then
+  git commit -q --no-verify -m "$BP_MESSAGE"
+fi
+head=$(git rev-parse HEAD)
+if [ "$head" = "$BP_BASE" ]; then
+  echo none > "$out/status"
+else
+  git bundle create "$out/result.bundle" "$BP_BRANCH" "^$BP_BASE"
+  size=$(stat -c %s "$out/result.bundle")
+  if [ "$size" -gt "$BP_MAX_BUNDLE" ]; then
+    rm -f "$out/result.bundle"
+    echo "too-large $size" > "$out/status"
+  else
+    git diff --numstat --no-ext-diff --no-textconv "$BP_BASE" HEAD | head -c "$BP_MAX_DIFF" > "$out/numstat" || true
+    git diff -U0 --no-color --no-ext-diff --no-textconv "$BP_BASE" HEAD | head -c "$BP_MAX_DIFF" > "$out/diff0" || true
+    echo "$head" > "$out/head"
+    echo ok > "$out/status"
+  fi
+fi
+tar -C "$out" -cf - . >&3
+"#;

@@ -3,6 +3,11 @@
 //! controller is unreachable the file grows on disk, not in memory; when it comes back, shipping
 //! resumes where the acknowledgements stopped. Sequence numbers are contiguous per attempt, so any
 //! gap is visible on the controller.
+//!
+//! Every write is scrubbed of secrets on its way in ([`crate::redact`]), so nothing secret ever
+//! reaches the disk or the controller, and the spool holds at most what the controller stores per
+//! attempt: writes past [`MAX_BYTES`] are counted and dropped, and [`Spool::finish`] records how
+//! many bytes were dropped in a last line, so the gap is visible to whoever reads the log.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -12,16 +17,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
+use crate::redact::Scrubber;
+
 /// Largest chunk sent as one record; bigger writes are split.
 pub const CHUNK: usize = 64 * 1024;
+
+/// Most log bytes spooled per attempt: the controller's cap, less room for the closing note.
+pub const MAX_BYTES: u64 = proto::limits::MAX_LOG_BYTES - CHUNK as u64;
 
 /// One attempt's spool.
 #[derive(Debug)]
 pub struct Spool {
     path: PathBuf,
-    writer: Mutex<(File, i64)>,
+    writer: Mutex<Writer>,
     written: AtomicU64,
     notify: Notify,
+}
+
+#[derive(Debug)]
+struct Writer {
+    file: File,
+    seq: i64,
+    /// Log bytes taken (before framing).
+    taken: u64,
+    /// Log bytes dropped over the cap.
+    dropped: u64,
+    scrubber: Scrubber,
 }
 
 /// A record read back: (seq, stream, data).
@@ -39,32 +60,77 @@ impl Spool {
             .open(&path)?;
         Ok(Self {
             path,
-            writer: Mutex::new((file, 0)),
+            writer: Mutex::new(Writer {
+                file,
+                seq: 0,
+                taken: 0,
+                dropped: 0,
+                scrubber: Scrubber::default(),
+            }),
             written: AtomicU64::new(0),
             notify: Notify::new(),
         })
     }
 
-    /// Appends `data` on `stream` (split into chunks of at most [`CHUNK`] bytes).
+    /// Appends `data` on `stream` (scrubbed, split into chunks of at most [`CHUNK`] bytes,
+    /// dropped and counted past [`MAX_BYTES`]).
     pub fn append(&self, stream: &str, data: &[u8]) -> std::io::Result<()> {
         if data.is_empty() {
             return Ok(());
         }
-        let stream = &stream.as_bytes()[..stream.len().min(255)];
+        let stream = String::from_utf8_lossy(&stream.as_bytes()[..stream.len().min(255)]);
         let mut w = self.writer.lock().expect("spool lock");
+        let clean = w.scrubber.scrub(&stream, data);
+        let room = MAX_BYTES.saturating_sub(w.taken) as usize;
+        let keep = clean.len().min(room);
+        w.dropped += (clean.len() - keep) as u64;
+        self.write_records(&mut w, &stream, &clean[..keep])
+    }
+
+    /// Ends the attempt's log: releases what the scrubber held back and notes the bytes dropped
+    /// over the cap.
+    pub fn finish(&self) -> std::io::Result<()> {
+        let mut w = self.writer.lock().expect("spool lock");
+        for (stream, rest) in w.scrubber.flush() {
+            let room = MAX_BYTES.saturating_sub(w.taken) as usize;
+            let keep = rest.len().min(room);
+            w.dropped += (rest.len() - keep) as u64;
+            self.write_records(&mut w, &stream, &rest[..keep])?;
+        }
+        if w.dropped > 0 {
+            let note = format!(
+                "[runner: {} bytes of log dropped over the {} MiB limit of an attempt]\n",
+                w.dropped,
+                proto::limits::MAX_LOG_BYTES >> 20
+            );
+            self.write_records(&mut w, "runner", note.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Bytes dropped over the cap so far.
+    pub fn dropped(&self) -> u64 {
+        self.writer.lock().expect("spool lock").dropped
+    }
+
+    fn write_records(&self, w: &mut Writer, stream: &str, data: &[u8]) -> std::io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let stream = &stream.as_bytes()[..stream.len().min(255)];
         let mut buf = Vec::with_capacity(data.len() + 32);
         for piece in data.chunks(CHUNK) {
-            let seq = w.1;
-            w.1 += 1;
+            let seq = w.seq;
+            w.seq += 1;
             buf.extend_from_slice(&seq.to_le_bytes());
             buf.push(stream.len() as u8);
             buf.extend_from_slice(stream);
             buf.extend_from_slice(&(piece.len() as u32).to_le_bytes());
             buf.extend_from_slice(piece);
         }
-        w.0.write_all(&buf)?;
+        w.file.write_all(&buf)?;
+        w.taken += data.len() as u64;
         self.written.fetch_add(buf.len() as u64, Ordering::Release);
-        drop(w);
         self.notify.notify_one();
         Ok(())
     }
@@ -135,7 +201,10 @@ mod tests {
             )
             .unwrap();
         }
-        s.append("stdout", &vec![b'x'; CHUNK * 2 + 10]).unwrap();
+        let mut big = vec![b'x'; CHUNK * 2 + 9];
+        big.push(b'\n');
+        s.append("stdout", &big).unwrap();
+        s.finish().unwrap();
         let mut offset = 0;
         let mut all = Vec::new();
         loop {
@@ -156,6 +225,41 @@ mod tests {
         assert_eq!(all[7].1, "stderr");
         assert_eq!(all[7].2, b"line 7\n");
         assert_eq!(all[1002].2.len(), 10);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_spool_stops_at_the_controllers_cap_and_says_how_much_it_dropped() {
+        let dir = std::env::temp_dir().join(format!("spool-cap-{}", std::process::id()));
+        let s = Spool::create(&dir).unwrap();
+        let mb = vec![b'y'; 1 << 20];
+        for _ in 0..70 {
+            s.append("agent", &mb).unwrap();
+        }
+        s.finish().unwrap();
+        let on_disk = std::fs::metadata(dir.join("log.spool")).unwrap().len();
+        assert!(
+            on_disk < proto::limits::MAX_LOG_BYTES + (1 << 20),
+            "{on_disk}"
+        );
+        assert_eq!(s.dropped(), 70 * (1 << 20) - MAX_BYTES);
+        let mut offset = 0;
+        let mut last = None;
+        loop {
+            let (batch, next) = s.read_from(offset, 1 << 22, 10_000).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            last = batch.last().cloned();
+            offset = next;
+        }
+        let (_, stream, note) = last.unwrap();
+        assert_eq!(stream, "runner");
+        let note = String::from_utf8(note).unwrap();
+        assert!(
+            note.contains(&format!("{} bytes of log dropped", s.dropped())),
+            "{note}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

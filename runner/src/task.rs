@@ -53,6 +53,8 @@ pub struct TaskSpec {
     pub stack: Option<String>,
     /// Where to start: the code graph's navigation map for the issue (rendered, fenced).
     pub navigation: Option<String>,
+    /// Whether the agent CLI may run the hooks and MCP servers of the default branch.
+    pub agent_hooks: bool,
 }
 
 /// A leased task.
@@ -138,5 +140,29 @@ impl ExecResult {
             verify_output: String::new(),
             data: None,
         }
+    }
+
+    /// Scrubs every text the result carries of secrets (see [`crate::redact`]) before it leaves
+    /// the runner.
+    pub fn scrub(&mut self) {
+        use crate::redact::scrub_str;
+        self.error = self.error.as_deref().map(scrub_str);
+        self.summary = scrub_str(&self.summary);
+        self.verify_output = scrub_str(&self.verify_output);
+        for v in [self.context.as_mut(), self.data.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            scrub_json(v);
+        }
+    }
+}
+
+fn scrub_json(v: &mut Value) {
+    match v {
+        Value::String(s) => *s = crate::redact::scrub_str(s),
+        Value::Array(a) => a.iter_mut().for_each(scrub_json),
+        Value::Object(o) => o.values_mut().for_each(scrub_json),
+        _ => {}
     }
 }

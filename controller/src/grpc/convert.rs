@@ -68,6 +68,7 @@ pub fn task_spec(t: &Task, repo: &ClaimedRepo) -> proto::TaskSpec {
         priority: t.priority,
         learnings: Vec::new(),
         stack: String::new(),
+        agent_hooks: repo.agent_hooks,
     }
 }
 

@@ -44,7 +44,7 @@ impl Default for GrpcConfig {
             lease,
             heartbeat_interval: lease / 3,
             lease_wait: Duration::from_secs(50),
-            max_bundle_bytes: 64 * 1024 * 1024,
+            max_bundle_bytes: proto::limits::MAX_BUNDLE_BYTES,
             retry: RetryPolicy::default(),
         }
     }

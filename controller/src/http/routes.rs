@@ -547,6 +547,7 @@ fn repo_view(r: &crate::store::repos::Repo) -> api::Repo {
             no_checks: Some(r.no_checks.clone()),
             enabled: Some(r.enabled),
             allow_workflow_changes: Some(r.allow_workflow_changes),
+            agent_hooks: Some(r.agent_hooks),
         },
     }
 }
@@ -607,6 +608,7 @@ async fn update_repo(
         no_checks: req.no_checks,
         no_checks_grace_secs: None,
         allow_workflow_changes: req.allow_workflow_changes,
+        agent_hooks: req.agent_hooks,
     };
     let result = s
         .store

@@ -21,7 +21,7 @@ use super::{Error, Note, Result, Store};
 /// Largest log chunk accepted, in bytes. Larger chunks must be split by the runner.
 pub const MAX_LOG_CHUNK: usize = 256 * 1024;
 /// Most log bytes stored per attempt; the rest is acknowledged, counted and dropped.
-pub const MAX_LOG_BYTES: i64 = 64 * 1024 * 1024;
+pub const MAX_LOG_BYTES: i64 = proto::limits::MAX_LOG_BYTES as i64;
 
 /// A runner asking for work.
 #[derive(Debug, Clone)]
@@ -209,7 +209,8 @@ macro_rules! claim_sql {
             ")",
             "SELECT cand.id AS candidate, claimed.*, r.name AS repo_name, r.clone_url AS repo_clone_url,",
             "  r.default_branch AS repo_default_branch, r.verify_command AS repo_verify_command,",
-            "  r.egress_policy AS repo_egress_policy, r.budget_task_microusd AS repo_budget_task_microusd",
+            "  r.egress_policy AS repo_egress_policy, r.budget_task_microusd AS repo_budget_task_microusd,",
+            "  r.agent_hooks AS repo_agent_hooks",
             " FROM cand LEFT JOIN claimed ON claimed.id = cand.id LEFT JOIN repos r ON r.id = claimed.repo_id"
         )
     };
@@ -265,6 +266,9 @@ pub struct ClaimedRepo {
     /// Per-task budget.
     #[sqlx(rename = "repo_budget_task_microusd")]
     pub budget_task_microusd: Option<i64>,
+    /// Whether the agent CLI may run the default branch's hooks and MCP servers.
+    #[sqlx(rename = "repo_agent_hooks")]
+    pub agent_hooks: bool,
 }
 
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {

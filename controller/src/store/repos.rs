@@ -27,6 +27,8 @@ pub struct Repo {
     pub egress_policy: String,
     /// Whether a task may change `.github/workflows`.
     pub allow_workflow_changes: bool,
+    /// Whether the agent CLI may run the default branch's hooks and MCP servers.
+    pub agent_hooks: bool,
     /// Cost cap per task.
     pub budget_task_microusd: Option<i64>,
     /// Cost cap per day for the repository.
@@ -95,10 +97,12 @@ pub struct RepoSettings {
     pub no_checks_grace_secs: Option<i32>,
     /// Whether tasks may change `.github/workflows`.
     pub allow_workflow_changes: Option<bool>,
+    /// Whether the agent CLI may run the default branch's hooks and MCP servers.
+    pub agent_hooks: Option<bool>,
 }
 
 const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command, approval_mode, \
-    review_fail_mode, egress_policy, allow_workflow_changes, budget_task_microusd, \
+    review_fail_mode, egress_policy, allow_workflow_changes, agent_hooks, budget_task_microusd, \
     budget_daily_microusd, max_concurrency, active_tasks, runner_labels, stack, enabled, merge_method, ci_ignore, no_checks, \
     no_checks_grace_secs, created_at";
 
@@ -217,6 +221,7 @@ impl Store {
                no_checks = COALESCE($13, no_checks), \
                no_checks_grace_secs = COALESCE($14, no_checks_grace_secs), \
                allow_workflow_changes = COALESCE($15, allow_workflow_changes), \
+               agent_hooks = COALESCE($16, agent_hooks), \
                updated_at = now() \
              WHERE id = $1 RETURNING {REPO_COLUMNS}"
         )))
@@ -235,6 +240,7 @@ impl Store {
         .bind(&s.no_checks)
         .bind(s.no_checks_grace_secs)
         .bind(s.allow_workflow_changes)
+        .bind(s.agent_hooks)
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| Error::RepoNotFound(id.to_string()))
