@@ -42,6 +42,9 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// The work was stopped (its deadline passed or it was no longer wanted); nothing was saved.
+    #[error("stopped before the graph was complete (deadline or cancel)")]
+    Stopped,
     /// The index file is not an index of this version (rebuild it).
     #[error("index file {path} is not a codegraph index of format {FORMAT_VERSION}: {reason}")]
     IndexFormat {
@@ -161,9 +164,15 @@ impl Graph {
     /// Brings the graph up to date with the working tree at `repo`: files whose size or
     /// modification time changed are hashed, and re-parsed when their hash changed.
     pub fn update(&mut self, repo: &Path) -> Result<UpdateStats, Error> {
-        let found = scan::scan(repo, &self.config).map_err(|source| Error::Repo {
-            path: repo.to_path_buf(),
-            source,
+        let found = scan::scan(repo, &self.config).map_err(|source| {
+            if self.config.stop.stopped() {
+                Error::Stopped
+            } else {
+                Error::Repo {
+                    path: repo.to_path_buf(),
+                    source,
+                }
+            }
         })?;
         let mut stats = UpdateStats {
             skipped: found.skipped_large,
@@ -196,6 +205,9 @@ impl Graph {
         }
         self.skipped.retain(|p, _| present.contains(p.as_str()));
         let parsed = parse_all(repo, &candidates, &self.config);
+        if self.config.stop.stopped() {
+            return Err(Error::Stopped);
+        }
         let mut changed: Vec<(u32, Option<FileFacts>)> = Vec::new();
         let mut added = false;
         for (found, outcome) in candidates.iter().zip(parsed) {
@@ -270,6 +282,9 @@ impl Graph {
         };
         stats.resolved = to_resolve.len();
         self.resolve(&to_resolve);
+        if self.config.stop.stopped() {
+            return Err(Error::Stopped);
+        }
         stats.files = self.by_path.len();
         Ok(stats)
     }
@@ -385,9 +400,13 @@ impl Graph {
         };
         let threads = threads(&self.config).min(ids.len().div_ceil(64)).max(1);
         let files = &self.files;
+        let stop = &self.config.stop;
         let results: Vec<(u32, Links)> = if threads <= 1 {
             let mut r = Resolver::new(files, index);
-            ids.iter().map(|&id| (id, r.links(id))).collect()
+            ids.iter()
+                .take_while(|_| !stop.stopped())
+                .map(|&id| (id, r.links(id)))
+                .collect()
         } else {
             std::thread::scope(|s| {
                 let handles: Vec<_> = (0..threads)
@@ -397,6 +416,7 @@ impl Graph {
                             ids.iter()
                                 .skip(t)
                                 .step_by(threads)
+                                .take_while(|_| !stop.stopped())
                                 .map(|&id| (id, r.links(id)))
                                 .collect::<Vec<_>>()
                         })
@@ -769,7 +789,8 @@ fn parse_all(repo: &Path, files: &[scan::Found], config: &Config) -> Vec<Parsed>
                         let mut parser = tree_sitter::Parser::new();
                         chunk
                             .iter()
-                            .map(|&i| (i, parse_one(repo, &files[i], &mut parser)))
+                            .take_while(|_| !config.stop.stopped())
+                            .map(|&i| (i, parse_one(repo, &files[i], config, &mut parser)))
                             .collect::<Vec<_>>()
                     })
                     .expect("spawn parser thread")
@@ -787,8 +808,13 @@ fn parse_all(repo: &Path, files: &[scan::Found], config: &Config) -> Vec<Parsed>
         .collect()
 }
 
-fn parse_one(repo: &Path, found: &scan::Found, parser: &mut tree_sitter::Parser) -> Parsed {
-    let Ok(bytes) = fs::read(repo.join(&found.path)) else {
+fn parse_one(
+    repo: &Path,
+    found: &scan::Found,
+    config: &Config,
+    parser: &mut tree_sitter::Parser,
+) -> Parsed {
+    let Ok(Some(bytes)) = scan::read_regular(&repo.join(&found.path), config.max_file_bytes) else {
         return Parsed::Unreadable;
     };
     if scan::skip_contents(&bytes).is_some() {

@@ -18,4 +18,4 @@ pub use graph::{Error, FileEntry, Graph, UpdateStats};
 pub use navigate::{KeySymbol, NavFile, NavigateOptions, NavigationMap};
 pub use render::RenderOptions;
 pub use resolve::{Edge, EdgeKind, NodeId};
-pub use scan::Config;
+pub use scan::{Config, Stop};

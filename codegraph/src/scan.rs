@@ -1,13 +1,82 @@
 //! Finding the files to parse: walks the repository respecting ignore files, skips oversized,
 //! binary and generated files, and collects the layout files (`Cargo.toml`, `go.mod`) that
 //! `layout.rs` turns into module paths. Reading and hashing the contents happens in `graph.rs`.
+//!
+//! The tree may have been written by someone hostile, so every file is read through
+//! [`read_regular`] (no link followed, regular files only, size checked before reading), and a
+//! [`Stop`] handed in by the caller ends a scan, parse or resolve that runs past its deadline or
+//! is no longer wanted.
 
 use std::fs;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::UNIX_EPOCH;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, UNIX_EPOCH};
 
-use crate::ignore::{IgnoreFile, ignored};
+use crate::ignore::{IgnoreFile, MAX_IGNORE_FILE, ignored};
 use crate::lang::Lang;
+
+/// Ends long work from outside: when [`Stop::stop`] was called or the deadline passed, the next
+/// check fails and the build returns `Error::Stopped`.
+#[derive(Clone, Debug, Default)]
+pub struct Stop {
+    flag: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+}
+
+impl Stop {
+    /// A stop that also fires at `deadline`.
+    pub fn at(deadline: Instant) -> Stop {
+        Stop {
+            flag: Arc::default(),
+            deadline: Some(deadline),
+        }
+    }
+
+    /// Asks the work to stop.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::Release);
+    }
+
+    /// Whether the work should stop now.
+    pub fn stopped(&self) -> bool {
+        self.flag.load(Ordering::Acquire) || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// Reads a regular file of at most `cap` bytes without following a link at its last component
+/// and without blocking on a FIFO. `Ok(None)` for anything else (a link, a device, a FIFO, a
+/// directory, a file over the cap).
+pub fn read_regular(path: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > cap {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Ok(None);
+    }
+    Ok(Some(bytes))
+}
+
+fn read_text(path: &Path, cap: u64) -> Option<String> {
+    read_regular(path, cap)
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+}
 
 /// What the scan and the parser accept.
 #[derive(Clone, Debug)]
@@ -18,6 +87,8 @@ pub struct Config {
     pub skip_dirs: Vec<String>,
     /// Parsing threads; 0 means the machine's parallelism.
     pub threads: usize,
+    /// Ends the work early (deadline or request).
+    pub stop: Stop,
 }
 
 impl Default for Config {
@@ -37,6 +108,7 @@ impl Default for Config {
             .map(|s| s.to_string())
             .collect(),
             threads: 0,
+            stop: Stop::default(),
         }
     }
 }
@@ -69,7 +141,7 @@ pub struct Scan {
 pub fn scan(root: &Path, config: &Config) -> std::io::Result<Scan> {
     let mut out = Scan::default();
     let mut stack = Vec::new();
-    if let Ok(text) = fs::read_to_string(root.join(".git/info/exclude")) {
+    if let Some(text) = read_text(&root.join(".git/info/exclude"), MAX_IGNORE_FILE) {
         stack.push(IgnoreFile::parse("", &text));
     }
     walk(root, "", config, &mut stack, &mut out)?;
@@ -94,6 +166,12 @@ fn walk(
     let mut entries: Vec<_> = fs::read_dir(&dir)?.filter_map(Result::ok).collect();
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
+        if config.stop.stopped() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "stopped",
+            ));
+        }
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
@@ -119,7 +197,7 @@ fn walk(
             continue;
         }
         if name == "Cargo.toml" || name == "go.mod" {
-            if let Ok(text) = fs::read_to_string(entry.path()) {
+            if let Some(text) = read_text(&entry.path(), config.max_file_bytes) {
                 out.layout.push((path, text));
             }
             continue;
@@ -154,7 +232,7 @@ fn walk(
 fn push_ignore_files(dir: &Path, rel: &str, stack: &mut Vec<IgnoreFile>) -> usize {
     let mut pushed = 0;
     for name in [".gitignore", ".ignore"] {
-        if let Ok(text) = fs::read_to_string(dir.join(name)) {
+        if let Some(text) = read_text(&dir.join(name), MAX_IGNORE_FILE) {
             stack.push(IgnoreFile::parse(rel, &text));
             pushed += 1;
         }

@@ -377,12 +377,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     let exec = runner::sandbox_executor::SandboxExecutor::start(
         runner::sandbox_executor::ExecConfig {
-            state_dir: runner_dir.clone(),
             agent_timeout: Duration::from_secs(1800),
             idle_timeout: Duration::from_secs(600),
             verify_timeout: Duration::from_secs(900),
-            max_verify_fixes: 2,
-            gateway_port: free_port()?,
+            ..runner::sandbox_executor::ExecConfig::new(runner_dir.clone(), free_port()?)
         },
         sandbox,
         gateway,

@@ -76,12 +76,11 @@ async fn lease_to_agent(tasks: usize) {
         Gateway::new(&sim_url, Credential::ApiKey("k".into()), Prices::default()).unwrap();
     let exec = SandboxExecutor::start(
         ExecConfig {
-            state_dir: dir.clone(),
             agent_timeout: Duration::from_secs(120),
             idle_timeout: Duration::from_secs(120),
             verify_timeout: Duration::from_secs(60),
             max_verify_fixes: 0,
-            gateway_port: free_port(),
+            ..ExecConfig::new(dir.clone(), free_port())
         },
         sandbox,
         gateway,

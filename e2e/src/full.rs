@@ -163,12 +163,11 @@ impl FullSystem {
         .expect("docker and the agent image");
         let exec = SandboxExecutor::start(
             ExecConfig {
-                state_dir: dir.clone(),
                 agent_timeout: Duration::from_secs(120),
                 idle_timeout: Duration::from_secs(120),
                 verify_timeout: Duration::from_secs(60),
                 max_verify_fixes: 1,
-                gateway_port: free_port(),
+                ..ExecConfig::new(dir.clone(), free_port())
             },
             sandbox,
             gateway,

@@ -3,6 +3,11 @@
 //! only ever reads the forge's code. It gives the prompt a navigation map and, from the hunks of
 //! the agent's diff (base-side line numbers, which are the graph's), the blast radius that goes
 //! back with the result for the reviewer.
+//!
+//! The graph reads files the forge holds, which earlier agents may have written, on the host: the
+//! reads are safe against links and devices (see `codegraph::scan::read_regular`), ignore rules
+//! match in linear time, and a build is time-boxed and stopped with its task, so one repository
+//! can hold neither a runner thread nor its repository's turn for long.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,12 +36,15 @@ impl Graphs {
         }
     }
 
-    /// Loads (or builds) `repo`'s graph and updates it to the checkout at `checkout`.
-    /// Tasks of the same repository take turns; the work runs off the async threads.
+    /// Loads (or builds) `repo`'s graph and updates it to the checkout at `checkout`, within
+    /// `limit` and until `cancel` fires. Tasks of the same repository take turns; the work runs
+    /// off the async threads, and the turn is given back only once that work has stopped.
     pub async fn prepare(
         &self,
         repo: &str,
         checkout: &Path,
+        limit: std::time::Duration,
+        cancel: &tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<(TaskGraph, String)> {
         let lock = {
             let mut l = self.locks.lock().expect("graph locks");
@@ -47,10 +55,30 @@ impl Graphs {
         std::fs::create_dir_all(&self.dir)?;
         let checkout = checkout.to_owned();
         let started = std::time::Instant::now();
-        let (graph, stats) = tokio::task::spawn_blocking(move || {
-            Graph::load_or_build(&checkout, &index, Config::default())
-        })
-        .await??;
+        let stop = codegraph::Stop::at(started + limit);
+        let config = Config {
+            stop: stop.clone(),
+            ..Config::default()
+        };
+        let mut work =
+            tokio::task::spawn_blocking(move || Graph::load_or_build(&checkout, &index, config));
+        let built = tokio::select! {
+            r = &mut work => r,
+            _ = cancel.cancelled() => {
+                stop.stop();
+                work.await
+            }
+        };
+        let (graph, stats) = match built? {
+            Err(codegraph::Error::Stopped) if cancel.is_cancelled() => {
+                anyhow::bail!("the code graph was stopped with its task")
+            }
+            Err(codegraph::Error::Stopped) => anyhow::bail!(
+                "the code graph took longer than {} s and was stopped; the task goes on without it",
+                limit.as_secs()
+            ),
+            r => r?,
+        };
         let summary = format!(
             "code graph: {} files parsed, {} in the graph, in {} ms",
             stats.parsed,
@@ -141,7 +169,12 @@ mod tests {
         )
         .unwrap();
         let graphs = Graphs::new(&dir.join("graphs"));
-        let (g, summary) = graphs.prepare("acme/x", &repo).await.unwrap();
+        let never = tokio_util::sync::CancellationToken::new();
+        let limit = std::time::Duration::from_secs(60);
+        let (g, summary) = graphs
+            .prepare("acme/x", &repo, limit, &never)
+            .await
+            .unwrap();
         assert!(summary.contains("1 files parsed"), "{summary}");
         let nav = g
             .navigation("The invoice total is wrong in compute_invoice")
@@ -154,7 +187,22 @@ mod tests {
             "the caller is impacted: {blast}"
         );
         // A second task reuses the index.
-        let (_, summary) = graphs.prepare("acme/x", &repo).await.unwrap();
+        let (_, summary) = graphs
+            .prepare("acme/x", &repo, limit, &never)
+            .await
+            .unwrap();
+        // A build past its limit stops and says so; the index is not damaged by it.
+        let err = graphs
+            .prepare("acme/x", &repo, std::time::Duration::ZERO, &never)
+            .await
+            .err()
+            .expect("stopped");
+        assert!(format!("{err:#}").contains("was stopped"), "{err:#}");
+        let (_, summary2) = graphs
+            .prepare("acme/x", &repo, limit, &never)
+            .await
+            .unwrap();
+        assert!(summary2.contains("0 files parsed"), "{summary2}");
         assert!(summary.contains("0 files parsed"), "{summary}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -15,6 +15,7 @@ pub mod bounded;
 pub mod client;
 pub mod daemon;
 pub mod executor;
+pub mod firewall;
 pub mod gateway;
 pub mod graphs;
 pub mod identity;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -74,6 +75,13 @@ struct RunArgs {
     /// Agent re-runs with failing verify output.
     #[arg(long, env = "BACKPORCHER_MAX_VERIFY_RETRIES", default_value_t = 2)]
     max_verify_retries: u32,
+    /// A file (mode 0600) holding `ANTHROPIC_API_KEY=…` or `CLAUDE_CODE_OAUTH_TOKEN=…`: keeps the
+    /// model credential out of this process's environment (preferred over the variables).
+    #[arg(long, env = "BACKPORCHER_MODEL_CREDENTIAL_FILE")]
+    credential_file: Option<PathBuf>,
+    /// Private or link-local ranges (CIDRs, comma-separated) an `open` sandbox may reach.
+    #[arg(long, env = "BACKPORCHER_OPEN_ALLOW", value_delimiter = ',')]
+    open_allow: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -126,14 +134,22 @@ async fn run_daemon(state_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     use runner::gateway::{Credential, Gateway, Prices};
     let identity = runner::identity::Identity::load(&state_dir)?;
     // The real model credential stays in this process; agents only ever see per-task tokens.
-    let credential = match (
-        std::env::var("ANTHROPIC_API_KEY"),
-        std::env::var("CLAUDE_CODE_OAUTH_TOKEN"),
-    ) {
-        (Ok(k), _) if !k.is_empty() => Credential::ApiKey(k),
-        (_, Ok(t)) if !t.is_empty() => Credential::OAuth(t),
+    let from_file = match &args.credential_file {
+        Some(path) => Some(read_credential_file(path)?),
+        None => None,
+    };
+    let var = |name: &str| {
+        from_file
+            .as_ref()
+            .and_then(|f| f.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            .or_else(|| std::env::var(name).ok())
+            .filter(|v| !v.is_empty())
+    };
+    let credential = match (var("ANTHROPIC_API_KEY"), var("CLAUDE_CODE_OAUTH_TOKEN")) {
+        (Some(k), _) => Credential::ApiKey(k),
+        (_, Some(t)) => Credential::OAuth(t),
         _ => anyhow::bail!(
-            "set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN for a subscription) for the model gateway"
+            "set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN for a subscription) in --credential-file or the environment for the model gateway"
         ),
     };
     let gateway = Gateway::new(&args.model_api_url, credential, Prices::default())?;
@@ -145,12 +161,12 @@ async fn run_daemon(state_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     .await?;
     let executor = runner::sandbox_executor::SandboxExecutor::start(
         runner::sandbox_executor::ExecConfig {
-            state_dir: state_dir.clone(),
             agent_timeout: Duration::from_secs(args.task_timeout),
             idle_timeout: Duration::from_secs(args.idle_timeout),
             verify_timeout: Duration::from_secs(args.task_timeout),
             max_verify_fixes: args.max_verify_retries,
-            gateway_port: args.gateway_port,
+            open_allow: args.open_allow,
+            ..runner::sandbox_executor::ExecConfig::new(state_dir.clone(), args.gateway_port)
         },
         sandbox,
         gateway,
@@ -187,4 +203,23 @@ async fn run_daemon(state_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         labels: args.labels,
     };
     runner::daemon::run(config, identity, Arc::new(executor), control).await
+}
+
+/// `KEY=value` lines of a credential file that only its owner may read.
+fn read_credential_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the credential file {}", path.display()))?;
+    anyhow::ensure!(
+        meta.permissions().mode() & 0o077 == 0,
+        "the credential file {} is readable by others; chmod 600 it",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the credential file {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+        .collect())
 }

@@ -150,33 +150,50 @@ impl Scrubber {
 
 fn scrub_lines(data: &[u8], in_key: &mut u32, out: &mut Vec<u8>) {
     let known = known().read().expect("secrets lock");
+    let plain = |text: &[u8], out: &mut Vec<u8>| {
+        let text = match &known.pattern {
+            Some(p) => p.replace_all(text, MARK.as_bytes()),
+            None => std::borrow::Cow::Borrowed(text),
+        };
+        out.extend_from_slice(&shapes().replace_all(&text, MARK.as_bytes()));
+    };
     for line in data.split_inclusive(|b| *b == b'\n') {
+        let newline = line.ends_with(b"\n");
+        let mut rest = line;
         if *in_key > 0 {
             *in_key += 1;
-            if key_end().is_match(line) || *in_key > MAX_KEY_LINES {
-                *in_key = 0;
-            }
-            continue;
-        }
-        if let Some(m) = key_begin().find(line) {
-            out.extend_from_slice(&line[..m.start()]);
-            out.extend_from_slice(format!("{MARK} (private key)").as_bytes());
-            if key_end().is_match(&line[m.end()..]) {
-                out.push(b'\n');
-            } else {
-                *in_key = 1;
-                if line.ends_with(b"\n") {
-                    out.push(b'\n');
+            match key_end().find(rest) {
+                Some(m) => {
+                    *in_key = 0;
+                    // The block's first line already ended the marker's line.
+                    rest = match &rest[m.end()..] {
+                        b"\n" => b"",
+                        r => r,
+                    };
+                }
+                None => {
+                    if *in_key > MAX_KEY_LINES {
+                        *in_key = 0;
+                    }
+                    continue;
                 }
             }
-            continue;
         }
-        let line = match &known.pattern {
-            Some(p) => p.replace_all(line, MARK.as_bytes()),
-            None => std::borrow::Cow::Borrowed(line),
-        };
-        let line = shapes().replace_all(&line, MARK.as_bytes());
-        out.extend_from_slice(&line);
+        // Key blocks inside the line (one line of JSON can carry a whole escaped key).
+        while let Some(begin) = key_begin().find(rest) {
+            plain(&rest[..begin.start()], out);
+            out.extend_from_slice(format!("{MARK} (private key)").as_bytes());
+            rest = &rest[begin.end()..];
+            match key_end().find(rest) {
+                Some(end) => rest = &rest[end.end()..],
+                None => {
+                    *in_key = 1;
+                    rest = if newline { b"\n" } else { b"" };
+                    break;
+                }
+            }
+        }
+        plain(rest, out);
     }
 }
 
@@ -215,6 +232,15 @@ mod tests {
         assert_eq!(
             out,
             "before [redacted] after\n[redacted] (private key)\nvisible\n"
+        );
+        // A whole key inside one line, between other secrets and text that must stay.
+        let line = format!(
+            "a sk-ant-{} b -----BEGIN RSA PRIVATE KEY-----\\nMIIE\\n-----END RSA PRIVATE KEY----- c\n",
+            "x".repeat(30)
+        );
+        assert_eq!(
+            scrub_str(&line),
+            "a [redacted] b [redacted] (private key) c\n"
         );
         // An endless line is released in pieces that keep an overlap.
         let mut s = Scrubber::default();

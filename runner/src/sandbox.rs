@@ -7,8 +7,13 @@
 //! - `none`: no network interface; the model gateway arrives as a unix socket that a loopback
 //!   relay inside the container exposes (nothing else is reachable);
 //! - `gateway-only`: an internal Docker network; the host firewall lets that network reach the
-//!   gateway port of the host and nothing else;
-//! - `open`: the default bridge.
+//!   gateway port of the host and nothing else, and its containers get an unroutable upstream DNS
+//!   server, so Docker's embedded resolver cannot carry names out (CVE-2024-29018);
+//! - `open`: a network of our own with a route out; the host firewall keeps it off the host's
+//!   services and private ranges ([`crate::firewall`]).
+//!
+//! Both networks are created with inter-container traffic off: two tasks' sandboxes never reach
+//! each other.
 //!
 //! A run ends when the process exits, when it is cancelled (the container is killed through
 //! Docker), at its wall-clock limit, or after too long without output. The container is removed
@@ -29,12 +34,18 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::firewall::{GATEWAY_BRIDGE, OPEN_BRIDGE};
+
 /// Label every container of ours carries: the runner that started it.
 pub const RUNNER_LABEL: &str = "backporcher.runner";
 /// Internal network for `gateway-only`.
 pub const GATEWAY_NETWORK: &str = "bp-gateway-only";
-/// Its bridge interface on the host (named so the firewall rules can find it).
-pub const GATEWAY_BRIDGE: &str = "bp-gw0";
+/// Network for `open`.
+pub const OPEN_NETWORK: &str = "bp-open";
+/// Upstream DNS server of `gateway-only` containers: TEST-NET-1, routed nowhere.
+pub const NO_DNS: &str = "192.0.2.1";
+/// Bridge driver option that turns inter-container traffic off.
+const ICC: &str = "com.docker.network.bridge.enable_icc";
 
 /// Limits and identity of the sandbox.
 #[derive(Debug, Clone)]
@@ -76,7 +87,7 @@ pub enum Egress {
     },
     /// The internal network whose only way out is the gateway.
     GatewayOnly,
-    /// The default bridge.
+    /// The `open` network (internet, not the host's networks).
     Open,
 }
 
@@ -189,76 +200,95 @@ impl Sandbox {
         Ok(list.len())
     }
 
-    /// Creates the `gateway-only` network if needed and returns the host's address on it.
-    pub async fn ensure_gateway_network(&self) -> anyhow::Result<String> {
-        if self
+    /// The engine's version, warning when it has the internal-network DNS leak
+    /// (CVE-2024-29018; `gateway-only` containers are protected from it by their DNS setting).
+    pub async fn check_engine(&self) -> anyhow::Result<String> {
+        let v = self
             .docker
-            .inspect_network(
-                GATEWAY_NETWORK,
+            .version()
+            .await
+            .context("cannot read the Docker engine's version")?;
+        let version = v.version.unwrap_or_default();
+        if crate::firewall::dns_leak_affected(&version) {
+            tracing::warn!(
+                version,
+                "this Docker engine forwards DNS from internal networks (CVE-2024-29018); gateway-only sandboxes get an unroutable DNS server against it, but upgrade Docker to 26.0.0, 25.0.5 or 23.0.11 or later"
+            );
+        }
+        Ok(version)
+    }
+
+    /// Creates the `gateway-only` and `open` networks if needed (inter-container traffic off;
+    /// an older network of ours without that option is re-created) and returns the host's
+    /// address on each.
+    pub async fn ensure_networks(&self) -> anyhow::Result<(String, String)> {
+        let gw = self
+            .ensure_network(GATEWAY_NETWORK, GATEWAY_BRIDGE, true)
+            .await?;
+        let open = self
+            .ensure_network(OPEN_NETWORK, OPEN_BRIDGE, false)
+            .await?;
+        Ok((gw, open))
+    }
+
+    async fn ensure_network(
+        &self,
+        name: &str,
+        bridge: &str,
+        internal: bool,
+    ) -> anyhow::Result<String> {
+        let inspect = || {
+            self.docker.inspect_network(
+                name,
                 None::<bollard::query_parameters::InspectNetworkOptions>,
             )
-            .await
-            .is_err()
-        {
+        };
+        if let Ok(net) = inspect().await {
+            let icc_off = net
+                .options
+                .as_ref()
+                .and_then(|o| o.get(ICC))
+                .is_some_and(|v| v == "false");
+            if !icc_off || net.internal != Some(internal) {
+                tracing::warn!(
+                    network = name,
+                    "re-creating a sandbox network made without inter-container isolation"
+                );
+                self.docker.remove_network(name).await.with_context(|| {
+                    format!("the network {name} lets sandboxes reach each other and cannot be removed; stop its containers and run `docker network rm {name}`")
+                })?;
+            }
+        }
+        if inspect().await.is_err() {
             let req = NetworkCreateRequest {
-                name: GATEWAY_NETWORK.into(),
+                name: name.into(),
                 driver: Some("bridge".into()),
-                internal: Some(true),
-                options: Some(HashMap::from([(
-                    "com.docker.network.bridge.name".to_string(),
-                    GATEWAY_BRIDGE.to_string(),
-                )])),
+                internal: Some(internal),
+                options: Some(HashMap::from([
+                    (
+                        "com.docker.network.bridge.name".to_string(),
+                        bridge.to_string(),
+                    ),
+                    (ICC.to_string(), "false".to_string()),
+                ])),
                 labels: Some(HashMap::from([(
                     "backporcher".to_string(),
-                    "gateway-only".to_string(),
+                    name.to_string(),
                 )])),
                 ..Default::default()
             };
             if let Err(e) = self.docker.create_network(req).await {
                 // Another runner on this host may have created it meanwhile.
-                tracing::debug!(error = %e, "creating the gateway-only network");
+                tracing::debug!(error = %e, network = name, "creating a sandbox network");
             }
         }
-        let net = self
-            .docker
-            .inspect_network(
-                GATEWAY_NETWORK,
-                None::<bollard::query_parameters::InspectNetworkOptions>,
-            )
+        let net = inspect()
             .await
-            .context("cannot inspect the gateway-only network")?;
+            .with_context(|| format!("cannot inspect the network {name}"))?;
         net.ipam
             .and_then(|i| i.config)
             .and_then(|c| c.into_iter().find_map(|c| c.gateway))
-            .context("the gateway-only network has no gateway address")
-    }
-
-    /// The host's address on the default bridge.
-    pub async fn bridge_address(&self) -> anyhow::Result<String> {
-        let net = self
-            .docker
-            .inspect_network(
-                "bridge",
-                None::<bollard::query_parameters::InspectNetworkOptions>,
-            )
-            .await
-            .context("cannot inspect the default bridge network")?;
-        let configs = net.ipam.and_then(|i| i.config).unwrap_or_default();
-        if let Some(gw) = configs.iter().find_map(|c| c.gateway.clone()) {
-            return Ok(gw);
-        }
-        // The default bridge often lists only its subnet; the host takes its first address.
-        let subnet = configs
-            .iter()
-            .find_map(|c| c.subnet.clone().filter(|s| s.contains('.')))
-            .context("the default bridge has no IPv4 subnet")?;
-        let base: std::net::Ipv4Addr = subnet
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .parse()
-            .context("bad bridge subnet")?;
-        Ok(std::net::Ipv4Addr::from(u32::from(base) + 1).to_string())
+            .with_context(|| format!("the network {name} has no gateway address"))
     }
 
     /// Runs one container to its end, passing its output to `on_output` as it comes. The container
@@ -301,11 +331,13 @@ impl Sandbox {
                 "none".to_string()
             }
             Egress::GatewayOnly => GATEWAY_NETWORK.to_string(),
-            Egress::Open => "bridge".to_string(),
+            Egress::Open => OPEN_NETWORK.to_string(),
         };
+        let dns = (spec.egress == Egress::GatewayOnly).then(|| vec![NO_DNS.to_string()]);
         let host = HostConfig {
             binds: Some(binds),
             network_mode: Some(network_mode),
+            dns,
             readonly_rootfs: Some(true),
             tmpfs: Some(HashMap::from([
                 (
@@ -476,63 +508,4 @@ impl Sandbox {
             tracing::debug!(container = name, error = %e, "kill failed (it may have exited already)");
         }
     }
-}
-
-/// Removes the accept rule of `port` (the drop rule stays: the network stays closed).
-pub fn unguard_gateway_network(port: u16) {
-    let port = port.to_string();
-    let _ = xcmd::Cmd::new("iptables", "/")
-        .args([
-            "-D",
-            "INPUT",
-            "-i",
-            GATEWAY_BRIDGE,
-            "-p",
-            "tcp",
-            "--dport",
-            port.as_str(),
-            "-j",
-            "ACCEPT",
-        ])
-        .to_std()
-        .output();
-}
-
-/// Installs the host firewall rules that keep the `gateway-only` network to the gateway port:
-/// accept TCP to `port` from the bridge, drop everything else from it. Idempotent.
-pub fn guard_gateway_network(port: u16) -> anyhow::Result<()> {
-    let ipt = |args: &[&str]| -> anyhow::Result<bool> {
-        let out = xcmd::Cmd::new("iptables", "/")
-            .args(args)
-            .to_std()
-            .output()
-            .context("cannot run iptables (needed for the gateway-only egress policy)")?;
-        Ok(out.status.success())
-    };
-    let port = port.to_string();
-    let accept = [
-        "INPUT",
-        "-i",
-        GATEWAY_BRIDGE,
-        "-p",
-        "tcp",
-        "--dport",
-        port.as_str(),
-        "-j",
-        "ACCEPT",
-    ];
-    let drop = ["INPUT", "-i", GATEWAY_BRIDGE, "-j", "DROP"];
-    if !ipt(&[&["-C"], &drop[..]].concat())? {
-        anyhow::ensure!(
-            ipt(&[&["-I"], &drop[..]].concat())?,
-            "iptables refused the gateway-only drop rule; run the runner as root"
-        );
-    }
-    if !ipt(&[&["-C"], &accept[..]].concat())? {
-        anyhow::ensure!(
-            ipt(&[&["-I"], &accept[..]].concat())?,
-            "iptables refused the gateway-only accept rule; run the runner as root"
-        );
-    }
-    Ok(())
 }

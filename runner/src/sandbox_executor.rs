@@ -25,6 +25,7 @@ use serde_json::json;
 use crate::agent::{AgentBackend, AgentEvent, Claude};
 use crate::bounded::{Capped, LineSplitter, Tail, read_outputs};
 use crate::executor::{Executor, TaskContext};
+use crate::firewall::Firewall;
 use crate::gateway::Gateway;
 use crate::prompt;
 use crate::sandbox::{Egress, Ended, RunSpec, Sandbox, Stream};
@@ -57,6 +58,29 @@ pub struct ExecConfig {
     pub max_verify_fixes: u32,
     /// Port of the gateway's TCP listeners (on the bridge addresses).
     pub gateway_port: u16,
+    /// Longest code-graph build before the task goes on without it.
+    pub graph_timeout: Duration,
+    /// How often the sandbox firewall is checked (and repaired) while the runner runs.
+    pub firewall_check: Duration,
+    /// Ranges (CIDRs) an `open` sandbox may reach although they are private or link-local.
+    pub open_allow: Vec<String>,
+}
+
+impl ExecConfig {
+    /// The defaults for a runner with state in `state_dir` and its gateway on `gateway_port`.
+    pub fn new(state_dir: PathBuf, gateway_port: u16) -> Self {
+        Self {
+            state_dir,
+            agent_timeout: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(900),
+            verify_timeout: Duration::from_secs(1800),
+            max_verify_fixes: 2,
+            gateway_port,
+            graph_timeout: Duration::from_secs(120),
+            firewall_check: Duration::from_secs(15),
+            open_allow: Vec::new(),
+        }
+    }
 }
 
 /// Gateway addresses as the containers see them.
@@ -77,6 +101,9 @@ pub struct SandboxExecutor {
     graphs: crate::graphs::Graphs,
     backends: HashMap<&'static str, Arc<dyn AgentBackend>>,
     listeners: Vec<tokio::task::JoinHandle<()>>,
+    firewall: Firewall,
+    /// Why the sandbox networks are unsafe now (the firewall could not be put back), if they are.
+    unsafe_network: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Drop for SandboxExecutor {
@@ -84,7 +111,7 @@ impl Drop for SandboxExecutor {
         for l in &self.listeners {
             l.abort();
         }
-        crate::sandbox::unguard_gateway_network(self.config.gateway_port);
+        self.firewall.remove_port_rules();
     }
 }
 
@@ -105,9 +132,10 @@ impl SandboxExecutor {
             // Checkouts of an earlier process: their leases are gone with it.
             let _ = tokio::fs::remove_dir_all(&work).await;
         }
-        let gw_ip = sandbox.ensure_gateway_network().await?;
-        crate::sandbox::guard_gateway_network(config.gateway_port)?;
-        let bridge_ip = sandbox.bridge_address().await?;
+        sandbox.check_engine().await?;
+        let (gw_ip, open_ip) = sandbox.ensure_networks().await?;
+        let firewall = Firewall::new(config.gateway_port, config.open_allow.clone());
+        firewall.ensure()?;
         let socket_dir = config.state_dir.join("gateway");
         tokio::fs::create_dir_all(&socket_dir).await?;
         set_mode(&socket_dir, 0o755)?;
@@ -118,7 +146,7 @@ impl SandboxExecutor {
             .with_context(|| format!("cannot listen on {}", socket.display()))?;
         set_mode(&socket, 0o666)?;
         listeners.push(gateway.serve_unix(unix));
-        for ip in [&gw_ip, &bridge_ip] {
+        for ip in [&gw_ip, &open_ip] {
             let addr = format!("{ip}:{}", config.gateway_port);
             let l = tokio::net::TcpListener::bind(&addr)
                 .await
@@ -128,11 +156,19 @@ impl SandboxExecutor {
         let urls = GatewayUrls {
             socket_dir,
             gateway_only: format!("http://{gw_ip}:{}", config.gateway_port),
-            open: format!("http://{bridge_ip}:{}", config.gateway_port),
+            open: format!("http://{open_ip}:{}", config.gateway_port),
         };
         let mut backends: HashMap<&'static str, Arc<dyn AgentBackend>> = HashMap::new();
         backends.insert("claude", Arc::new(Claude));
+        let unsafe_network = Arc::new(std::sync::Mutex::new(None));
+        listeners.push(tokio::spawn(keep_firewall(
+            firewall.clone(),
+            config.firewall_check,
+            unsafe_network.clone(),
+        )));
         Ok(Self {
+            firewall,
+            unsafe_network,
             workspaces: Workspaces::new(config.state_dir.join("mirrors")),
             graphs: crate::graphs::Graphs::new(&config.state_dir.join("graphs")),
             config,
@@ -204,6 +240,13 @@ impl SandboxExecutor {
             .gateway
             .register(lease.task_id, Some(spec.budget_microusd));
         let (egress, gateway_url) = self.egress(&spec.egress_policy);
+        if !matches!(egress, Egress::None { .. })
+            && let Some(why) = self.unsafe_network.lock().expect("network lock").clone()
+        {
+            anyhow::bail!(
+                "the sandbox firewall is not in place ({why}); this runner starts no networked sandbox until it is"
+            );
+        }
         let labels = HashMap::from([
             ("backporcher.task".to_string(), lease.task_id.to_string()),
             ("backporcher.attempt".to_string(), lease.attempt.to_string()),
@@ -213,7 +256,16 @@ impl SandboxExecutor {
             spec.stack = prompt::detect_stack(&repo_dir);
         }
         // The graph reads the checkout before the agent can touch it.
-        let graph = match self.graphs.prepare(&spec.repo, &checkout.dir).await {
+        let graph = match self
+            .graphs
+            .prepare(
+                &spec.repo,
+                &checkout.dir,
+                self.config.graph_timeout,
+                ctx.cancelled(),
+            )
+            .await
+        {
             Ok((g, summary)) => {
                 ctx.log("runner", format!("{summary}\n").as_bytes());
                 spec.navigation = g.navigation(&format!("{}\n{}", spec.title, spec.body));
@@ -621,6 +673,36 @@ impl Executor for SandboxExecutor {
                 r
             }
         }
+    }
+}
+
+/// Checks the firewall every `every` and puts back what is missing; while it cannot, the
+/// networks are marked unsafe and no networked sandbox starts.
+async fn keep_firewall(
+    firewall: Firewall,
+    every: Duration,
+    unsafe_network: Arc<std::sync::Mutex<Option<String>>>,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let fw = firewall.clone();
+        let checked = tokio::task::spawn_blocking(move || fw.ensure()).await;
+        let state = match checked {
+            Ok(Ok(0)) => None,
+            Ok(Ok(missing)) => {
+                tracing::warn!(
+                    missing,
+                    "sandbox firewall rules were missing (a firewall reload?); put back"
+                );
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "the sandbox firewall cannot be put back; no networked sandbox starts until it is");
+                Some(format!("{e:#}"))
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        *unsafe_network.lock().expect("network lock") = state;
     }
 }
 

@@ -80,6 +80,10 @@ impl Spool {
         }
         let stream = String::from_utf8_lossy(&stream.as_bytes()[..stream.len().min(255)]);
         let mut w = self.writer.lock().expect("spool lock");
+        if w.taken >= MAX_BYTES {
+            w.dropped += data.len() as u64;
+            return Ok(());
+        }
         let clean = w.scrubber.scrub(&stream, data);
         let room = MAX_BYTES.saturating_sub(w.taken) as usize;
         let keep = clean.len().min(room);

@@ -142,10 +142,10 @@ impl ExecResult {
         }
     }
 
-    /// Scrubs every text the result carries of secrets (see [`crate::redact`]) before it leaves
-    /// the runner.
+    /// Scrubs every text the result carries of secrets (see [`crate::redact`]) and of NUL
+    /// characters (which no database text holds) before it leaves the runner.
     pub fn scrub(&mut self) {
-        use crate::redact::scrub_str;
+        let scrub_str = |s: &str| crate::redact::scrub_str(s).replace('\0', "");
         self.error = self.error.as_deref().map(scrub_str);
         self.summary = scrub_str(&self.summary);
         self.verify_output = scrub_str(&self.verify_output);
@@ -160,7 +160,7 @@ impl ExecResult {
 
 fn scrub_json(v: &mut Value) {
     match v {
-        Value::String(s) => *s = crate::redact::scrub_str(s),
+        Value::String(s) => *s = crate::redact::scrub_str(s).replace('\0', ""),
         Value::Array(a) => a.iter_mut().for_each(scrub_json),
         Value::Object(o) => o.values_mut().for_each(scrub_json),
         _ => {}

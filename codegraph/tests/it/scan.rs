@@ -49,3 +49,80 @@ fn a_missing_repository_is_an_error_naming_it() {
         .expect("error");
     assert!(err.to_string().contains("/nonexistent/repo"), "{err}");
 }
+
+/// A hostile tree: ignore and layout files that are links to an endless device and to a secret,
+/// a FIFO named like source, a source file linked to a file outside the tree. None is followed,
+/// none blocks, and what the links point at never becomes part of the graph.
+#[test]
+fn links_devices_and_fifos_in_the_tree_are_never_read() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    let secret = outside.path().join("secret.py");
+    std::fs::write(&secret, "def stolen_secret():\n    pass\n").expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    std::fs::write(root.join("main.py"), "def main():\n    pass\n").expect("write");
+    std::os::unix::fs::symlink("/dev/zero", root.join(".gitignore")).expect("symlink");
+    std::fs::create_dir(root.join("sub")).expect("mkdir");
+    std::os::unix::fs::symlink(&secret, root.join("sub/.ignore")).expect("symlink");
+    std::os::unix::fs::symlink("/dev/zero", root.join("Cargo.toml")).expect("symlink");
+    std::os::unix::fs::symlink(&secret, root.join("linked.py")).expect("symlink");
+    let fifo = root.join("pipe.py");
+    let out = xcmd::Cmd::new("mkfifo", root)
+        .arg(&fifo)
+        .to_std()
+        .output()
+        .expect("mkfifo");
+    assert!(out.status.success());
+    let g = Graph::build(root, Config::default()).expect("build");
+    let paths: Vec<&str> = g.files().map(|(_, e)| e.path.as_str()).collect();
+    assert_eq!(paths, vec!["main.py"]);
+    assert!(
+        g.files()
+            .all(|(_, e)| e.facts.symbols.iter().all(|s| s.name != "stolen_secret"))
+    );
+    // The safe reader refuses each of them outright.
+    for p in [
+        ".gitignore",
+        "sub/.ignore",
+        "Cargo.toml",
+        "linked.py",
+        "pipe.py",
+    ] {
+        assert_eq!(
+            codegraph::scan::read_regular(&root.join(p), 1 << 20).expect("read"),
+            None,
+            "{p}"
+        );
+    }
+}
+
+#[test]
+fn a_build_past_its_deadline_or_stopped_ends_with_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for i in 0..50 {
+        std::fs::write(
+            dir.path().join(format!("m{i}.py")),
+            format!("def f{i}():\n    pass\n"),
+        )
+        .expect("write");
+    }
+    let past = Config {
+        stop: codegraph::Stop::at(std::time::Instant::now()),
+        ..Config::default()
+    };
+    assert!(matches!(
+        Graph::build(dir.path(), past),
+        Err(codegraph::Error::Stopped)
+    ));
+    let stop = codegraph::Stop::default();
+    stop.stop();
+    let asked = Config {
+        stop,
+        ..Config::default()
+    };
+    assert!(matches!(
+        Graph::build(dir.path(), asked),
+        Err(codegraph::Error::Stopped)
+    ));
+    assert!(Graph::build(dir.path(), Config::default()).is_ok());
+}

@@ -47,6 +47,35 @@ pub fn outcome(o: i32) -> Result<Outcome, Status> {
     })
 }
 
+/// Makes a runner's text storable: PostgreSQL text and JSON hold no NUL character.
+pub fn storable(s: &mut String) {
+    if s.contains('\0') {
+        *s = s.replace('\0', "\u{fffd}");
+    }
+}
+
+/// [`storable`] for every string (and key) of a JSON value.
+pub fn storable_json(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => storable(s),
+        Value::Array(a) => a.iter_mut().for_each(storable_json),
+        Value::Object(o) => {
+            if o.keys().any(|k| k.contains('\0')) {
+                *o = std::mem::take(o)
+                    .into_iter()
+                    .map(|(mut k, v)| {
+                        storable(&mut k);
+                        (k, v)
+                    })
+                    .collect();
+            }
+            o.values_mut().for_each(storable_json);
+        }
+        _ => {}
+    }
+}
+
 /// What a runner needs to know to run a task.
 pub fn task_spec(t: &Task, repo: &ClaimedRepo) -> proto::TaskSpec {
     proto::TaskSpec {
@@ -83,10 +112,24 @@ pub fn status(e: Error) -> Status {
         Error::RunnerDisabled(_) | Error::JoinToken(_) => Status::permission_denied(e.to_string()),
         Error::CertificateSuperseded(_) => Status::unauthenticated(e.to_string()),
         Error::Invalid(_) => Status::invalid_argument(e.to_string()),
+        Error::Database(db) if refused_for_good(&db) => {
+            tracing::error!(error = %db, "the database refused a runner's write for good");
+            Status::invalid_argument(format!(
+                "the controller cannot store this (the database refused it: {db}); it will not be taken on a retry"
+            ))
+        }
         Error::Database(db) => {
             tracing::error!(error = %db, "database error in the runner service");
             Status::unavailable("the controller cannot reach its database; retry shortly")
         }
         other => Status::failed_precondition(other.to_string()),
     }
+}
+
+/// Whether a database error is about the data itself (SQLSTATE class 22, data exception, or 23,
+/// integrity constraint): sending the same write again can never succeed.
+fn refused_for_good(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
 }

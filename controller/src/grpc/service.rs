@@ -419,14 +419,27 @@ impl proto::runner_server::Runner for RunnerService {
         req: Request<proto::CompleteRequest>,
     ) -> Result<Response<proto::CompleteResponse>, Status> {
         let runner = self.authenticate(&req).await?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
         let lease = convert::lease(r.lease.as_ref())?;
+        // Texts from a runner are stored as they are, but no database text holds a NUL.
+        for s in [
+            &mut r.error,
+            &mut r.branch,
+            &mut r.head_sha,
+            &mut r.summary,
+            &mut r.verify_output,
+        ] {
+            convert::storable(s);
+        }
         let parse = |what: &str, s: &str| -> Result<Option<serde_json::Value>, Status> {
             if s.is_empty() {
                 return Ok(None);
             }
             serde_json::from_str(s)
-                .map(Some)
+                .map(|mut v| {
+                    convert::storable_json(&mut v);
+                    Some(v)
+                })
                 .map_err(|e| Status::invalid_argument(format!("{what} is not valid JSON: {e}")))
         };
         let mut context = parse("context_json", &r.context_json)?;

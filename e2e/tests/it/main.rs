@@ -7,6 +7,7 @@ mod deploy;
 mod failures;
 mod logs;
 mod pipeline;
+mod redteam;
 mod sandbox;
 mod security;
 mod work;
