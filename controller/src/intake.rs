@@ -382,6 +382,9 @@ mod tests {
             clean_text("a<!-- hidden -->b\u{200B}c\u{0007}\nd"),
             "abc\nd"
         );
-        assert_eq!(clean_text("open <!-- never closed"), "open ");
+        assert_eq!(
+            clean_text("open <!-- never closed"),
+            "open <!-- never closed"
+        );
     }
 }

@@ -239,6 +239,7 @@ async fn checkout_cost(files: usize) {
         clone_url: origin.to_string_lossy().into_owned(),
         default_branch: "main".into(),
         title: "bench".into(),
+        branch: Some("backporcher/7-t".into()),
         ..TaskSpec::default()
     };
     let t0 = Instant::now();

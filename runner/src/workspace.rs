@@ -1,6 +1,6 @@
 //! Repositories on the runner host: one bare mirror per repository (fetched on every lease, one
 //! fetch at a time per repository), and for each task attempt a private checkout made from the
-//! mirror on the deterministic branch `backporcher/<task>-<slug>`.
+//! mirror on the task branch the controller named (`backporcher/<task>-<slug>`).
 //!
 //! The mirror is the runner's alone. Nothing of it is ever writable by the sandbox user:
 //! - the checkout is a `--shared` clone, so it owns no object file of the mirror (no hard link, no
@@ -61,29 +61,8 @@ pub struct Checkout {
     pub default_head: String,
 }
 
-/// The deterministic task branch: `backporcher/<task>-<slug of the title>`.
-pub fn branch_name(task_id: i64, title: &str) -> String {
-    let mut slug = String::new();
-    for c in title.chars() {
-        if c.is_ascii_alphanumeric() {
-            slug.push(c.to_ascii_lowercase());
-        } else if !slug.ends_with('-') && !slug.is_empty() {
-            slug.push('-');
-        }
-        if slug.len() >= 40 {
-            break;
-        }
-    }
-    let slug = slug.trim_matches('-');
-    if slug.is_empty() {
-        format!("backporcher/{task_id}")
-    } else {
-        format!("backporcher/{task_id}-{slug}")
-    }
-}
-
 /// Whether `branch` is a task branch this runner will check out: under `backporcher/`, made of
-/// the characters [`branch_name`] produces, no `..`, no leading `-` anywhere.
+/// plain characters (as the controller names them), no `..`, no leading `-` anywhere.
 pub fn valid_task_branch(branch: &str) -> bool {
     let Some(rest) = branch.strip_prefix("backporcher/") else {
         return false;
@@ -216,10 +195,11 @@ impl Workspaces {
         task_id: i64,
         dir: &Path,
     ) -> anyhow::Result<Checkout> {
+        let _ = task_id;
         let branch = spec
             .branch
             .clone()
-            .unwrap_or_else(|| branch_name(task_id, &spec.title));
+            .context("the controller named no task branch for this task; upgrade the controller")?;
         anyhow::ensure!(
             valid_task_branch(&branch),
             "the task branch `{}` is not a backporcher/ branch; refusing to check it out",
@@ -411,25 +391,12 @@ pub async fn fingerprint(dir: &Path) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{branch_name, valid_task_branch};
+    use super::valid_task_branch;
 
     #[test]
-    fn branch_names_are_deterministic_and_safe() {
-        assert_eq!(
-            branch_name(42, "Add GET /health endpoint!"),
-            "backporcher/42-add-get-health-endpoint"
-        );
-        assert_eq!(branch_name(7, "  ---  "), "backporcher/7");
-        assert_eq!(
-            branch_name(7, "Ünïcode & $(rm -rf /)"),
-            "backporcher/7-n-code-rm-rf"
-        );
-        assert!(branch_name(1, &"x".repeat(500)).len() < 60);
-        for b in [
-            branch_name(42, "Add GET /health endpoint!"),
-            branch_name(7, "  ---  "),
-        ] {
-            assert!(valid_task_branch(&b), "{b}");
+    fn only_task_branches_are_checked_out() {
+        for b in ["backporcher/42-add-get-health-endpoint", "backporcher/7"] {
+            assert!(valid_task_branch(b), "{b}");
         }
         for b in [
             "main",

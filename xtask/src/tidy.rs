@@ -1,4 +1,5 @@
-//! The checks behind `xtask tidy`: dependency boundaries, crate layout, module docs, banned crates.
+//! The checks behind `xtask tidy`: dependency boundaries, crate layout, module docs, banned crates,
+//! and source rules (untrusted text is fenced only by `textguard`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,9 @@ pub fn check(root: &Path) -> Vec<String> {
             }
         }
         problems.extend(check_docs(&root.join(name)));
+        if !matches!(name.as_str(), "textguard" | "xtask") {
+            problems.extend(check_fences(&root.join(name).join("src")));
+        }
     }
     if let Ok(lock) = std::fs::read_to_string(root.join("Cargo.lock")) {
         for (banned, why) in BANNED_LOCKED {
@@ -182,6 +186,52 @@ fn check_docs(dir: &Path) -> Vec<String> {
     p
 }
 
+/// Prompts fence untrusted text only through `textguard::fence` (one fence, one cap, one set
+/// of neutralised markers): a fence marker written anywhere else in non-test code is a prompt
+/// assembled by hand.
+fn check_fences(src: &Path) -> Vec<String> {
+    let mut p = Vec::new();
+    let mut stack = vec![src.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|x| x != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for (n, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("#[cfg(test)]") {
+                    break;
+                }
+                let code = line.split("//").next().unwrap_or("").to_ascii_lowercase();
+                if [
+                    "<untrusted",
+                    "untrusted>",
+                    "begin untrusted",
+                    "end untrusted",
+                ]
+                .iter()
+                .any(|m| code.contains(m))
+                {
+                    p.push(format!(
+                        "{}:{}: fences untrusted text by hand; use textguard::fence",
+                        path.display(),
+                        n + 1
+                    ));
+                }
+            }
+        }
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,8 +257,18 @@ mod tests {
             "[package]\nname = \"controller\"\nversion.workspace = true\nedition.workspace = true\npublish.workspace = true\n[lints]\nworkspace = true\n[dependencies]\nrunner = { path = \"../runner\" }\n",
         )
         .unwrap();
-        std::fs::write(dir.join("controller/src/lib.rs"), "pub fn f() {}\n").unwrap();
+        std::fs::write(
+            dir.join("controller/src/lib.rs"),
+            "pub fn f(t: &str) -> String {\n    format!(\"<UNTRUSTED>{t}</untrusted>\")\n}\n",
+        )
+        .unwrap();
         let problems = check(&dir);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("lib.rs:2: fences untrusted text by hand")),
+            "{problems:?}"
+        );
         assert!(
             problems.iter().any(|p| p.contains("depends on `runner`")),
             "{problems:?}"

@@ -68,6 +68,7 @@ impl Pusher {
 
     /// Unpacks, checks and pushes.
     pub async fn push(&self, req: &PushRequest<'_>) -> Result<Pushed> {
+        refuse_foreign_branch(req.branch, req.default_branch)?;
         let dir = self.cache(req.repo).await?;
         let auth = basic_auth(req.token);
         // The bundle needs its base: the default branch and, when continuing, the task branch.
@@ -203,6 +204,17 @@ impl Pusher {
     }
 }
 
+/// The controller writes only the task branches it named, never the default branch.
+fn refuse_foreign_branch(branch: &str, default_branch: &str) -> Result<()> {
+    if crate::store::tasks::is_task_branch(branch, default_branch) {
+        Ok(())
+    } else {
+        Err(ForgeError::Refused(format!(
+            "`{branch}` is not a task branch the controller named; it pushes nothing else"
+        )))
+    }
+}
+
 fn basic_auth(token: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
     format!("Authorization: Basic {b64}")
@@ -252,6 +264,7 @@ impl Pusher {
         branch: &str,
         token: &str,
     ) -> Result<Option<String>> {
+        refuse_foreign_branch(branch, default_branch)?;
         let dir = self.cache(repo).await?;
         let auth = basic_auth(token);
         fetch_base_and_branch(&dir, clone_url, default_branch, branch, token).await?;
@@ -320,8 +333,19 @@ async fn git_as_bot(dir: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// A task branch's diff against the default branch, and the commit it was taken at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchDiff {
+    /// The unified diff (whole, unless `complete` is false).
+    pub text: String,
+    /// The branch head the diff was taken at (what a review of it approves).
+    pub head: String,
+    /// Whether `text` is the whole diff (false: it was longer than the cap and is cut).
+    pub complete: bool,
+}
+
 impl Pusher {
-    /// The task branch's diff against the default branch (fetched fresh), capped at `max` bytes.
+    /// The task branch's diff against the default branch (fetched fresh), at most `max` bytes.
     pub async fn diff(
         &self,
         repo: &str,
@@ -330,26 +354,38 @@ impl Pusher {
         branch: &str,
         token: &str,
         max: usize,
-    ) -> Result<String> {
+    ) -> Result<BranchDiff> {
         let dir = self.cache(repo).await?;
         fetch_base_and_branch(&dir, clone_url, default_branch, branch, token).await?;
-        let range = format!("refs/remotes/origin/{default_branch}...refs/remotes/origin/{branch}");
-        let mut diff = git(
+        let head_ref = format!("refs/remotes/origin/{branch}");
+        let head = git(&dir, &["rev-parse", &head_ref], None, "rev-parse").await?;
+        let range = format!("refs/remotes/origin/{default_branch}...{head}");
+        let mut text = git(
             &dir,
-            &["diff", "--no-color", "--no-ext-diff", &range],
+            &[
+                "diff",
+                "--no-color",
+                "--no-ext-diff",
+                "--no-textconv",
+                &range,
+            ],
             None,
             "diff",
         )
         .await?;
-        if diff.len() > max {
+        let complete = text.len() <= max;
+        if !complete {
             let mut cut = max;
-            while !diff.is_char_boundary(cut) {
+            while !text.is_char_boundary(cut) {
                 cut -= 1;
             }
-            diff.truncate(cut);
-            diff.push_str("\n[diff truncated]");
+            text.truncate(cut);
         }
-        Ok(diff)
+        Ok(BranchDiff {
+            text,
+            head,
+            complete,
+        })
     }
 }
 

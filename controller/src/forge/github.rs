@@ -321,6 +321,8 @@ fn pull_of(v: &Value) -> PullRequest {
         merged: v["merged"].as_bool().unwrap_or(false) || v["merged_at"].is_string(),
         head_sha: v["head"]["sha"].as_str().unwrap_or_default().to_owned(),
         head_ref: v["head"]["ref"].as_str().unwrap_or_default().to_owned(),
+        base_ref: v["base"]["ref"].as_str().unwrap_or_default().to_owned(),
+        body: v["body"].as_str().unwrap_or_default().to_owned(),
         mergeable: v["mergeable"].as_bool(),
     }
 }

@@ -39,7 +39,7 @@ pub async fn sync_once(store: &Store, forge: &dyn Forge) -> anyhow::Result<usize
         let events = store.events_after(task_id, cursor).await?;
         let mut done_all = true;
         for ev in &events {
-            match apply(forge, &repo.name, issue, &task, ev).await {
+            match apply(forge, &repo.name, &repo.default_branch, issue, &task, ev).await {
                 Ok(()) => applied += 1,
                 Err(e) if e.is_transient() => {
                     tracing::warn!(task = task_id, event = ev.id, error = %e, "GitHub milestone deferred");
@@ -63,6 +63,7 @@ pub async fn sync_once(store: &Store, forge: &dyn Forge) -> anyhow::Result<usize
 async fn apply(
     forge: &dyn Forge,
     repo: &str,
+    default_branch: &str,
     issue: i64,
     task: &Task,
     ev: &TaskEvent,
@@ -145,7 +146,11 @@ async fn apply(
             if let Some(n) = task.pr_number {
                 forge.close_pull(repo, n).await?;
             }
-            if let Some(b) = &task.branch {
+            if let Some(b) = task
+                .branch
+                .as_deref()
+                .filter(|b| crate::store::tasks::is_task_branch(b, default_branch))
+            {
                 forge.delete_branch(repo, b).await?;
             }
             forge.remove_label(repo, issue, labels::IN_PROGRESS).await?;

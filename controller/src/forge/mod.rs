@@ -157,6 +157,10 @@ pub struct PullRequest {
     pub head_sha: String,
     /// Head branch.
     pub head_ref: String,
+    /// Base branch.
+    pub base_ref: String,
+    /// Description (markdown).
+    pub body: String,
     /// `Some(false)` when it conflicts with its base; `None` while GitHub computes it.
     pub mergeable: Option<bool>,
 }

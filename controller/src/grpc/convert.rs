@@ -4,10 +4,10 @@ use tonic::Status;
 
 use crate::store::leases::ClaimedRepo;
 use crate::store::leases::{LeaseRef, Outcome};
-use crate::store::{Error, Task};
+use crate::store::{Error, RunnerId, Task};
 
 /// A wire lease key as a domain lease reference.
-pub fn lease(key: Option<&proto::LeaseKey>) -> Result<LeaseRef, Status> {
+pub fn lease(key: Option<&proto::LeaseKey>, runner: RunnerId) -> Result<LeaseRef, Status> {
     let key = key.ok_or_else(|| Status::invalid_argument("the lease key is missing"))?;
     let token = uuid::Uuid::parse_str(&key.token).map_err(|_| {
         Status::invalid_argument(format!("lease token `{}` is not a UUID", key.token))
@@ -16,6 +16,7 @@ pub fn lease(key: Option<&proto::LeaseKey>) -> Result<LeaseRef, Status> {
         task_id: key.task_id,
         attempt: key.attempt,
         token,
+        runner_id: runner,
     })
 }
 
@@ -91,7 +92,10 @@ pub fn task_spec(t: &Task, repo: &ClaimedRepo) -> proto::TaskSpec {
         agent: t.agent.clone(),
         retry_context_json: t.retry_context.0.to_string(),
         resume_branch: t.resume_branch,
-        branch: t.branch.clone().unwrap_or_default(),
+        branch: t
+            .branch
+            .clone()
+            .unwrap_or_else(|| crate::store::tasks::task_branch(t.id, &t.issue_title)),
         egress_policy: repo.egress_policy.clone(),
         budget_microusd: repo.budget_task_microusd.unwrap_or_default(),
         priority: t.priority,

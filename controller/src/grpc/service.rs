@@ -92,7 +92,7 @@ impl RunnerService {
         let leases: Vec<LeaseRef> = hb
             .active
             .iter()
-            .map(|k| convert::lease(Some(k)))
+            .map(|k| convert::lease(Some(k), runner.id))
             .collect::<Result<_, _>>()?;
         let renewed = self
             .store
@@ -324,9 +324,9 @@ impl proto::runner_server::Runner for RunnerService {
         &self,
         req: Request<proto::StageRequest>,
     ) -> Result<Response<proto::StageResponse>, Status> {
-        self.authenticate(&req).await?;
+        let runner = self.authenticate(&req).await?;
         let r = req.into_inner();
-        let lease = convert::lease(r.lease.as_ref())?;
+        let lease = convert::lease(r.lease.as_ref(), runner.id)?;
         let (res, target) = match proto::Stage::try_from(r.stage)
             .unwrap_or(proto::Stage::Unspecified)
         {
@@ -355,9 +355,9 @@ impl proto::runner_server::Runner for RunnerService {
         &self,
         req: Request<proto::AppendLogsRequest>,
     ) -> Result<Response<proto::AppendLogsResponse>, Status> {
-        self.authenticate(&req).await?;
+        let runner = self.authenticate(&req).await?;
         let r = req.into_inner();
-        let lease = convert::lease(r.lease.as_ref())?;
+        let lease = convert::lease(r.lease.as_ref(), runner.id)?;
         let chunks: Vec<(i64, String, Vec<u8>)> = r
             .chunks
             .into_iter()
@@ -375,7 +375,7 @@ impl proto::runner_server::Runner for RunnerService {
         &self,
         req: Request<Streaming<proto::BundleChunk>>,
     ) -> Result<Response<proto::UploadBundleResponse>, Status> {
-        self.authenticate(&req).await?;
+        let runner = self.authenticate(&req).await?;
         let mut stream = req.into_inner();
         let mut lease = None;
         let mut data = Vec::new();
@@ -383,7 +383,7 @@ impl proto::runner_server::Runner for RunnerService {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if lease.is_none() {
-                lease = Some(convert::lease(chunk.lease.as_ref())?);
+                lease = Some(convert::lease(chunk.lease.as_ref(), runner.id)?);
             }
             if data.len() + chunk.data.len() > self.config.max_bundle_bytes {
                 return Err(Status::invalid_argument(format!(
@@ -420,7 +420,7 @@ impl proto::runner_server::Runner for RunnerService {
     ) -> Result<Response<proto::CompleteResponse>, Status> {
         let runner = self.authenticate(&req).await?;
         let mut r = req.into_inner();
-        let lease = convert::lease(r.lease.as_ref())?;
+        let lease = convert::lease(r.lease.as_ref(), runner.id)?;
         // Texts from a runner are stored as they are, but no database text holds a NUL.
         for s in [
             &mut r.error,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::review::{MAX_WINDOWS, ReviewError, WINDOW};
 use super::{Pipeline, ReviewInput};
 use crate::forge::git::PushRequest;
 use crate::forge::{
@@ -95,17 +96,10 @@ fn forge_err(task: &Task, e: ForgeError) -> StageError {
 }
 
 async fn push(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
-    let Some(branch) = task.branch.clone() else {
-        p.store
-            .fail(
-                task.id,
-                TerminalReason::PushRejected,
-                "the runner reported no branch",
-                &Note::new(ACTOR, "push_rejected"),
-            )
-            .await?;
-        return Ok(());
-    };
+    let branch = task
+        .branch
+        .clone()
+        .unwrap_or_else(|| crate::store::tasks::task_branch(task.id, &task.issue_title));
     let Some((_, bundle)) = p.store.bundle(task.id, task.attempt).await? else {
         p.store
             .fail(
@@ -154,17 +148,24 @@ async fn push(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
     p.store
         .set_pushed(task.id, &pushed.head_sha, &pushed.changed_files)
         .await?;
-    // One PR per task: a retried push finds the PR it opened before.
-    let pr = match p
+    // One PR per task, and only the one the controller opened: a retried push finds it again
+    // by the key in its body; a PR somebody else opened from the branch is never adopted.
+    let key = p.store.pr_key(task.id).await?;
+    let marker = pr_marker(task, key);
+    let ours = |pr: &crate::forge::PullRequest| {
+        pr.body.contains(&marker) && pr.head_ref == branch && pr.base_ref == repo.default_branch
+    };
+    let found = p
         .forge
         .find_pull(&repo.name, &branch)
         .await
-        .map_err(|e| forge_err(task, e))?
-    {
-        Some(pr) => pr,
+        .map_err(|e| forge_err(task, e))?;
+    let pr = match found {
+        Some(pr) if ours(&pr) => pr,
+        Some(pr) => return foreign_pr(p, task, &branch, pr.number).await,
         None => {
             let title = pr_title(task);
-            let body = pr_body(task);
+            let body = pr_body(task, &marker);
             match p
                 .forge
                 .create_pull(
@@ -180,17 +181,23 @@ async fn push(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
             {
                 Ok(pr) => pr,
                 // Opened meanwhile (a concurrent replica, a lost answer): find it.
-                Err(ForgeError::Http { status: 422, .. }) => p
-                    .forge
-                    .find_pull(&repo.name, &branch)
-                    .await
-                    .map_err(|e| forge_err(task, e))?
-                    .ok_or_else(|| {
-                        StageError::Later(
-                            Duration::from_secs(5),
-                            "PR creation refused and no PR found".into(),
-                        )
-                    })?,
+                Err(ForgeError::Http { status: 422, .. }) => {
+                    match p
+                        .forge
+                        .find_pull(&repo.name, &branch)
+                        .await
+                        .map_err(|e| forge_err(task, e))?
+                    {
+                        Some(pr) if ours(&pr) => pr,
+                        Some(pr) => return foreign_pr(p, task, &branch, pr.number).await,
+                        None => {
+                            return Err(StageError::Later(
+                                Duration::from_secs(5),
+                                "PR creation refused and no PR found".into(),
+                            ));
+                        }
+                    }
+                }
                 Err(e) => return Err(forge_err(task, e)),
             }
         }
@@ -220,13 +227,34 @@ fn pr_title(task: &Task) -> String {
     }
 }
 
-fn pr_body(task: &Task) -> String {
+/// Fails a task whose branch already has a pull request the controller did not open.
+async fn foreign_pr(p: &Pipeline, task: &Task, branch: &str, number: i64) -> StageResult {
+    let why = format!(
+        "pull request #{number} uses the task branch `{branch}` but was not opened by Backporcher; close it, then requeue the task"
+    );
+    p.store
+        .fail(
+            task.id,
+            TerminalReason::PushRejected,
+            &why,
+            &Note::new(ACTOR, "foreign_pr").with_data(json!({"pr": number, "branch": branch})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The mark of the PR the controller opened for `task` (an HTML comment: hidden on GitHub).
+fn pr_marker(task: &Task, key: uuid::Uuid) -> String {
+    format!("<!-- backporcher task {} key {key} -->", task.id)
+}
+
+fn pr_body(task: &Task, marker: &str) -> String {
     let mut s = String::new();
     if let Some(n) = task.issue_number {
         s.push_str(&format!("Closes #{n}.\n\n"));
     }
     s.push_str(&format!(
-        "Backporcher task {}. Comment `@backporcher <what to change>` or submit a review to ask for changes.\n",
+        "Backporcher task {}. Comment `@backporcher <what to change>` or submit a review to ask for changes.\n\n{marker}\n",
         task.id
     ));
     s
@@ -245,7 +273,7 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
             &repo.default_branch,
             &branch,
             &token,
-            400_000,
+            WINDOW * MAX_WINDOWS + 1,
         )
         .await
         .map_err(|e| later(task, &e))?;
@@ -258,7 +286,7 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         .advance(
             task.id,
             &Advance::StartReview,
-            &Note::new(ACTOR, "review_started"),
+            &Note::new(ACTOR, "review_started").with_data(json!({"head": diff.head})),
         )
         .await?;
     let fail_closed = repo.review_fail_mode == "closed";
@@ -270,33 +298,47 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
             .prompt_override
             .clone()
             .unwrap_or_else(|| task.issue_body.clone()),
-        diff,
+        diff: diff.text,
         blast_radius: blast,
     };
-    let verdict =
+    let verdict = if !diff.complete {
+        Err(ReviewError::Unreviewable(format!(
+            "the diff is larger than {} bytes",
+            WINDOW * MAX_WINDOWS
+        )))
+    } else {
         match tokio::time::timeout(p.config.review_timeout, p.reviewer.review(&input)).await {
             Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!(
+            Err(_) => Err(ReviewError::Unavailable(format!(
                 "the review timed out after {:?}",
                 p.config.review_timeout
-            )),
-        };
+            ))),
+        }
+    };
+    let head = diff.head;
     match verdict {
         Ok(v) if v.approve => {
             p.store
-                .set_review(task.id, &json!({"approve": true, "reasons": v.reasons}))
+                .set_review(
+                    task.id,
+                    &json!({"approve": true, "reasons": v.reasons, "head": head}),
+                )
                 .await?;
             p.store
                 .advance(
                     task.id,
                     &Advance::ReviewApproved,
-                    &Note::new(ACTOR, "review_approved").with_data(json!({"reasons": v.reasons})),
+                    &Note::new(ACTOR, "review_approved")
+                        .with_data(json!({"reasons": v.reasons, "head": head})),
                 )
                 .await?;
         }
         Ok(v) => {
             p.store
-                .set_review(task.id, &json!({"approve": false, "reasons": v.reasons}))
+                .set_review(
+                    task.id,
+                    &json!({"approve": false, "reasons": v.reasons, "head": head}),
+                )
                 .await?;
             if let Some(n) = task.pr_number {
                 let note = format!(
@@ -322,12 +364,31 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                 )
                 .await?;
         }
+        // No verdict was reached on what the reviewer was shown, or it could not be shown
+        // whole: never an approval. The change goes on to CI, and only a person can merge it.
+        Err(e @ (ReviewError::Unusable(_) | ReviewError::Unreviewable(_))) => {
+            tracing::warn!(task = task.id, error = %e, "no review verdict; a person must approve the merge");
+            p.store
+                .set_review(
+                    task.id,
+                    &json!({"approve": false, "human_required": e.to_string(), "head": head}),
+                )
+                .await?;
+            p.store
+                .advance(
+                    task.id,
+                    &Advance::ReviewApproved,
+                    &Note::new(ACTOR, "review_needs_human")
+                        .with_data(json!({"error": e.to_string(), "head": head})),
+                )
+                .await?;
+        }
         Err(e) if fail_closed => {
             tracing::warn!(task = task.id, error = %e, "review failed; the repository fails closed");
             p.store
                 .set_review(
                     task.id,
-                    &json!({"error": e.to_string(), "fail_mode": "closed"}),
+                    &json!({"error": e.to_string(), "fail_mode": "closed", "head": head}),
                 )
                 .await?;
             p.store
@@ -340,11 +401,11 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                 .await?;
         }
         Err(e) => {
-            tracing::warn!(task = task.id, error = %e, "review failed; the repository fails open");
+            tracing::warn!(task = task.id, error = %e, "the reviewer is unavailable; the repository fails open");
             p.store
                 .set_review(
                     task.id,
-                    &json!({"error": e.to_string(), "fail_mode": "open"}),
+                    &json!({"approve": true, "error": e.to_string(), "fail_mode": "open", "head": head}),
                 )
                 .await?;
             p.store
@@ -352,12 +413,56 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                     task.id,
                     &Advance::ReviewApproved,
                     &Note::new(ACTOR, "review_failed_open")
-                        .with_data(json!({"error": e.to_string()})),
+                        .with_data(json!({"error": e.to_string(), "head": head})),
                 )
                 .await?;
         }
     }
     Ok(())
+}
+
+/// The commit the reviewer saw (or the controller's own update of it), if any.
+fn reviewed_head(task: &Task) -> Option<&str> {
+    task.review.as_ref().and_then(|r| r.0["head"].as_str())
+}
+
+/// Why a person must approve the merge whatever the approval mode, if they must.
+fn human_required(task: &Task) -> Option<&str> {
+    task.review
+        .as_ref()
+        .and_then(|r| r.0["human_required"].as_str())
+}
+
+/// Sends the task back to review when the PR's head is not the reviewed commit.
+async fn head_unreviewed(p: &Pipeline, task: &Task, pr_head: &str) -> Result<bool, StageError> {
+    if reviewed_head(task) == Some(pr_head) {
+        return Ok(false);
+    }
+    tracing::warn!(task = task.id, pr_head, reviewed = ?reviewed_head(task), "the PR's head is not the reviewed commit; reviewing again");
+    p.store
+        .advance(
+            task.id,
+            &Advance::ReviewAgain,
+            &Note::new(ACTOR, "head_moved_after_review")
+                .with_data(json!({"head": pr_head, "reviewed": reviewed_head(task)})),
+        )
+        .await?;
+    Ok(true)
+}
+
+/// Deletes a merged task's branch — only ever a branch the controller named.
+async fn delete_task_branch(p: &Pipeline, repo: &Repo, branch: &str) {
+    if !crate::store::tasks::is_task_branch(branch, &repo.default_branch) {
+        tracing::error!(
+            repo = repo.name,
+            branch,
+            "refusing to delete a branch the controller did not name"
+        );
+        return;
+    }
+    if let Err(e) = p.forge.delete_branch(&repo.name, branch).await {
+        tracing::warn!(repo = repo.name, branch, error = %e, "deleting the merged branch failed");
+    }
 }
 
 fn first_line(s: &str) -> String {
@@ -402,6 +507,9 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                 &Note::new(ACTOR, "pr_closed"),
             )
             .await?;
+        return Ok(());
+    }
+    if head_unreviewed(p, task, &pr.head_sha).await? {
         return Ok(());
     }
     let checks = p
@@ -470,7 +578,7 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         CiVerdict::Green(_) => true,
     };
     let mode = approval_mode(p, repo).await?;
-    if green && mode == "full-auto" {
+    if green && mode == "full-auto" && human_required(task).is_none() {
         p.store
             .advance(task.id, &Advance::StartMerge, &Note::new(ACTOR, "ci_green"))
             .await?;
@@ -480,7 +588,9 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
             .advance(
                 task.id,
                 &Advance::AwaitApproval,
-                &Note::new(ACTOR, why).with_data(json!({"approval_mode": mode})),
+                &Note::new(ACTOR, why).with_data(
+                    json!({"approval_mode": mode, "human_required": human_required(task)}),
+                ),
             )
             .await?;
     }
@@ -513,7 +623,11 @@ async fn merge(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                 &Note::new(ACTOR, "merged_on_github"),
             )
             .await?;
-        let _ = p.forge.delete_branch(&repo.name, &branch).await;
+        delete_task_branch(p, repo, &branch).await;
+        return Ok(());
+    }
+    // Only the reviewed commit merges: GitHub refuses the merge if the head moves meanwhile.
+    if head_unreviewed(p, task, &pr.head_sha).await? {
         return Ok(());
     }
     let method: MergeMethod = repo.merge_method.parse().unwrap_or_default();
@@ -534,9 +648,7 @@ async fn merge(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                     &Note::new(ACTOR, "merged").with_data(json!({"sha": sha, "pr": number})),
                 )
                 .await?;
-            if let Err(e) = p.forge.delete_branch(&repo.name, &branch).await {
-                tracing::warn!(task = task.id, error = %e, "deleting the merged branch failed");
-            }
+            delete_task_branch(p, repo, &branch).await;
         }
         MergeOutcome::HeadMoved(why) => {
             p.store
@@ -562,6 +674,13 @@ async fn merge(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                 .await;
             match updated {
                 Ok(Some(sha)) => {
+                    // The controller's own merge of the base into the reviewed commit.
+                    if let Some(review) = &task.review {
+                        let mut r = review.0.clone();
+                        r["head"] = json!(sha);
+                        r["updated_from"] = json!(reviewed_head(task));
+                        p.store.set_review(task.id, &r).await?;
+                    }
                     p.store
                         .advance(
                             task.id,

@@ -210,6 +210,15 @@ impl Store {
         Ok(())
     }
 
+    /// The key that marks the pull request the controller opened for a task (in its body).
+    pub async fn pr_key(&self, id: TaskId) -> Result<uuid::Uuid> {
+        sqlx::query_scalar("SELECT pr_key FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(super::Error::TaskNotFound(id))
+    }
+
     /// Records the reviewer's verdict.
     pub async fn set_review(&self, id: TaskId, review: &Value) -> Result<()> {
         sqlx::query("UPDATE tasks SET review = $2 WHERE id = $1")

@@ -45,6 +45,8 @@ pub struct LeaseRef {
     pub attempt: i32,
     /// The lease token.
     pub token: Uuid,
+    /// The runner that holds it (every write is checked against it too).
+    pub runner_id: RunnerId,
 }
 
 impl LeaseRef {
@@ -54,6 +56,7 @@ impl LeaseRef {
             task_id: task.id,
             attempt: task.attempt,
             token: task.lease_token?,
+            runner_id: task.runner_id?,
         })
     }
 }
@@ -338,7 +341,7 @@ impl Store {
     pub async fn renew(&self, lease: &LeaseRef, length: Duration) -> Result<Renewal> {
         let row: Option<(DateTime<Utc>, bool)> = sqlx::query_as(
             "UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $4) \
-             WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = ANY($5) \
+             WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = ANY($5) AND runner_id = $6 \
              RETURNING lease_expires_at, cancel_requested_at IS NOT NULL",
         )
         .bind(lease.task_id)
@@ -346,6 +349,7 @@ impl Store {
         .bind(lease.token)
         .bind(length.as_secs_f64())
         .bind(status_texts(Status::ACTIVE))
+        .bind(lease.runner_id)
         .fetch_optional(&self.pool)
         .await?;
         match row {
@@ -406,6 +410,7 @@ impl Store {
         let n = sqlx::query(
             "INSERT INTO task_bundles (task_id, attempt, size, sha256, data) \
              SELECT id, attempt, $4, $5, $6 FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3 \
+               AND runner_id = $7 AND status = ANY($8) \
              ON CONFLICT (task_id, attempt) DO UPDATE SET size = EXCLUDED.size, sha256 = EXCLUDED.sha256, \
                data = EXCLUDED.data, received_at = now()",
         )
@@ -415,6 +420,8 @@ impl Store {
         .bind(data.len() as i64)
         .bind(sha256)
         .bind(data)
+        .bind(lease.runner_id)
+        .bind(status_texts(Status::ACTIVE))
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -464,7 +471,7 @@ impl Store {
         let row = sqlx::query_as::<_, Task>(concat!(
             "UPDATE tasks SET status = $4, ",
             "ev_seq = ev_seq + 1, ev_actor = 'runner:' || runner_id, ev_reason = $6, ev_data = NULL ",
-            "WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = ANY($5) RETURNING ",
+            "WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = ANY($5) AND runner_id = $7 RETURNING ",
             task_columns!()
         ))
         .bind(lease.task_id)
@@ -473,6 +480,7 @@ impl Store {
         .bind(step.to.as_str())
         .bind(status_texts(step.from))
         .bind(step.name)
+        .bind(lease.runner_id)
         .fetch_optional(&self.pool)
         .await?;
         match row {
@@ -481,6 +489,7 @@ impl Store {
                 let t = self.task(lease.task_id).await?;
                 let holds_lease = t.attempt == lease.attempt
                     && t.lease_token == Some(lease.token)
+                    && t.runner_id == Some(lease.runner_id)
                     && t.status.is_active();
                 if holds_lease {
                     // The lease is fine; the step is not legal from here.
@@ -558,11 +567,14 @@ impl Store {
         let stored: Option<i64> = sqlx::query_scalar(
             "INSERT INTO log_totals (task_id, attempt) \
              SELECT id, attempt FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3 \
+               AND runner_id = $4 AND status = ANY($5) \
              ON CONFLICT (task_id, attempt) DO UPDATE SET bytes = log_totals.bytes RETURNING bytes",
         )
         .bind(lease.task_id)
         .bind(lease.attempt)
         .bind(lease.token)
+        .bind(lease.runner_id)
+        .bind(status_texts(Status::ACTIVE))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(stored) = stored else {
@@ -698,7 +710,17 @@ impl Store {
                 duplicate: true,
             });
         }
-        if attempt != lease.attempt || token != Some(lease.token) || !status.is_active() {
+        if c.cost_microusd < 0 {
+            return Err(Error::Invalid(format!(
+                "a completion cannot report a negative cost ({} micro-dollars)",
+                c.cost_microusd
+            )));
+        }
+        if attempt != lease.attempt
+            || token != Some(lease.token)
+            || runner != Some(lease.runner_id)
+            || !status.is_active()
+        {
             return Err(Error::LeaseLost {
                 task: lease.task_id,
                 attempt: lease.attempt,
@@ -750,9 +772,11 @@ impl Store {
         } else {
             match c.outcome {
                 Outcome::Succeeded => sqlx::query_as::<_, Task>(concat!(
-                    "UPDATE tasks SET status = 'pushing', branch = COALESCE($2, branch), ",
+                    "UPDATE tasks SET status = 'pushing', ",
                     "head_sha = COALESCE($3, head_sha), lease_expires_at = NULL, error = NULL, ",
-                    "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = 'completed', ev_data = NULL ",
+                    "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = 'completed', ",
+                    "ev_data = CASE WHEN $2::text IS DISTINCT FROM branch ",
+                    "  THEN jsonb_build_object('runner_branch', $2::text, 'branch', branch) END ",
                     "WHERE id = $1 RETURNING ",
                     task_columns!()
                 ))

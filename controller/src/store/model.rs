@@ -276,6 +276,12 @@ pub const REVIEW_DEFERRED: Step = Step {
     from: &[Reviewing],
     to: PrOpen,
 };
+/// The PR's head is not the commit the reviewer saw: the change is reviewed again.
+pub const REVIEW_AGAIN: Step = Step {
+    name: "review_again",
+    from: &[CiWait, ApprovalHold, Merging],
+    to: PrOpen,
+};
 /// Checks are green and a human must approve.
 pub const AWAIT_APPROVAL: Step = Step {
     name: "await_approval",
@@ -385,6 +391,7 @@ pub const STEPS: &[Step] = &[
     START_REVIEW,
     REVIEW_APPROVED,
     REVIEW_DEFERRED,
+    REVIEW_AGAIN,
     AWAIT_APPROVAL,
     START_MERGE,
     MERGE_DEFERRED,

@@ -37,6 +37,8 @@ pub struct NewTask {
     pub required_labels: Option<Vec<String>>,
     /// Who created it.
     pub created_by: String,
+    /// Data for the creation event on the timeline (e.g. what cleaning removed from the issue).
+    pub note: Option<serde_json::Value>,
 }
 
 impl NewTask {
@@ -54,8 +56,45 @@ impl NewTask {
             agent: "claude".to_owned(),
             required_labels: None,
             created_by: "intake".to_owned(),
+            note: None,
         }
     }
+}
+
+/// The task branch the controller names: `backporcher/<task>-<slug of the title>`. The only
+/// branch a task's bundle may carry, the controller pushes, or it deletes.
+pub fn task_branch(task_id: TaskId, title: &str) -> String {
+    let mut slug = String::new();
+    for c in title.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+        if slug.len() >= 40 {
+            break;
+        }
+    }
+    let slug = slug.trim_matches('-');
+    if slug.is_empty() {
+        format!("backporcher/{task_id}")
+    } else {
+        format!("backporcher/{task_id}-{slug}")
+    }
+}
+
+/// Whether `branch` is a task branch the controller may write to or delete: named by
+/// [`task_branch`] (under `backporcher/`, plain characters) and not the repository's default branch.
+pub fn is_task_branch(branch: &str, default_branch: &str) -> bool {
+    let Some(rest) = branch.strip_prefix("backporcher/") else {
+        return false;
+    };
+    branch != default_branch
+        && !rest.is_empty()
+        && !rest.contains("..")
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'/')
 }
 
 /// What triage decided for one task.
@@ -89,6 +128,8 @@ pub enum Advance {
     ReviewApproved,
     /// The review could not run; it will be tried again.
     ReviewDeferred,
+    /// The PR's head moved after the review: review again.
+    ReviewAgain,
     /// Checks are green and a human must approve the merge.
     AwaitApproval,
     /// The merge starts (refused while the task is held).
@@ -107,6 +148,7 @@ impl Advance {
             Advance::StartReview => model::START_REVIEW,
             Advance::ReviewApproved => model::REVIEW_APPROVED,
             Advance::ReviewDeferred => model::REVIEW_DEFERRED,
+            Advance::ReviewAgain => model::REVIEW_AGAIN,
             Advance::AwaitApproval => model::AWAIT_APPROVAL,
             Advance::StartMerge => model::START_MERGE,
             Advance::MergeDeferred => model::MERGE_DEFERRED,
@@ -222,10 +264,11 @@ impl Store {
                 "a task needs a title or a body that says what to do".into(),
             ));
         }
+        let mut tx = self.pool.begin().await?;
         let res = sqlx::query_as::<_, Task>(concat!(
             "INSERT INTO tasks (repo_id, source, issue_number, issue_title, issue_body, issue_author, ",
-            "issue_hash, priority, model, agent, required_labels, created_by, ev_actor, ev_reason) ",
-            "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, COALESCE($11, r.runner_labels), $12, $12, 'created' ",
+            "issue_hash, priority, model, agent, required_labels, created_by, ev_actor, ev_reason, ev_data) ",
+            "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, COALESCE($11, r.runner_labels), $12, $12, 'created', $13 ",
             "FROM repos r WHERE r.id = $1 RETURNING ",
             task_columns!()
         ))
@@ -241,10 +284,23 @@ impl Store {
         .bind(&t.agent)
         .bind(&t.required_labels)
         .bind(&t.created_by)
-        .fetch_optional(&self.pool)
+        .bind(&t.note)
+        .fetch_optional(&mut *tx)
         .await;
         match res {
-            Ok(Some(task)) => Ok(task),
+            Ok(Some(task)) => {
+                // The controller names the branch (it is never taken from a runner).
+                let task = sqlx::query_as::<_, Task>(concat!(
+                    "UPDATE tasks SET branch = $2 WHERE id = $1 RETURNING ",
+                    task_columns!()
+                ))
+                .bind(task.id)
+                .bind(task_branch(task.id, &task.issue_title))
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(task)
+            }
             Ok(None) => Err(Error::RepoNotFound(t.repo_id.to_string())),
             Err(e) if is_unique_violation(&e, "tasks_live_issue") => {
                 Err(self.duplicate_issue(t.repo_id, t.issue_number).await)

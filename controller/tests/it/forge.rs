@@ -12,6 +12,7 @@ use controller::forge::git::Pusher;
 use controller::forge::github::{GitHub, GitHubConfig};
 use controller::forge::{Forge, labels};
 use controller::intake::IntakeConfig;
+use controller::pipeline::review::ReviewError;
 use controller::pipeline::{Pipeline, PipelineConfig, ReviewInput, Reviewer, Verdict};
 use controller::store::leases::{Completion, Outcome};
 use controller::store::repos::{NewRepo, Repo, RepoSettings};
@@ -175,7 +176,7 @@ struct Scripted(std::sync::Mutex<Vec<Verdict>>);
 
 #[async_trait]
 impl Reviewer for Scripted {
-    async fn review(&self, _input: &ReviewInput) -> anyhow::Result<Verdict> {
+    async fn review(&self, _input: &ReviewInput) -> Result<Verdict, ReviewError> {
         let mut v = self.0.lock().unwrap();
         Ok(if v.is_empty() {
             Verdict {
@@ -793,13 +794,13 @@ async fn a_rejecting_review_closes_the_pr_and_requeues_with_the_feedback() {
 
 // ---- Reference bugs (inventory §13.3) that the forge side must not repeat ----
 
-/// A reviewer that always errors (timeouts, no verdict).
+/// A reviewer that cannot be reached (timeouts, transport errors).
 struct Broken;
 
 #[async_trait]
 impl Reviewer for Broken {
-    async fn review(&self, _input: &ReviewInput) -> anyhow::Result<Verdict> {
-        anyhow::bail!("the reviewer gave no VERDICT line")
+    async fn review(&self, _input: &ReviewInput) -> Result<Verdict, ReviewError> {
+        Err(ReviewError::Unavailable("the model API timed out".into()))
     }
 }
 

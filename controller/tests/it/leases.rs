@@ -26,8 +26,14 @@ async fn stale_tokens_and_attempts_are_refused_everywhere() {
         attempt: lease.attempt - 1,
         ..lease
     };
+    // Another enrolled runner that learned the lease token cannot write under it.
+    let other = runner(&store, "r-other").await;
+    let other_runner = LeaseRef {
+        runner_id: other,
+        ..lease
+    };
     let policy = RetryPolicy::default();
-    for stale in [wrong_token, old_attempt] {
+    for stale in [wrong_token, old_attempt, other_runner] {
         let e = store
             .renew(&stale, Duration::from_secs(60))
             .await
@@ -54,15 +60,34 @@ async fn stale_tokens_and_attempts_are_refused_everywhere() {
             .await
             .unwrap_err();
         assert!(matches!(e, Error::LeaseLost { .. }), "{e}");
+        let e = store.store_bundle(&stale, b"x", "s").await.unwrap_err();
+        assert!(matches!(e, Error::LeaseLost { .. }), "{e}");
     }
+    // A negative cost is refused.
+    let mut negative = Completion::new(Outcome::Succeeded);
+    negative.cost_microusd = -5;
+    let e = store
+        .complete(&lease, &negative, &policy)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)), "{e}");
     // The real lease still works after all that.
     store.renew(&lease, Duration::from_secs(60)).await.unwrap();
     store.start_agent(&lease).await.unwrap();
+    store.store_bundle(&lease, b"bundle", "s").await.unwrap();
     let done = store
         .complete(&lease, &Completion::new(Outcome::Succeeded), &policy)
         .await
         .unwrap();
     assert_eq!(done.task.status, Status::Pushing);
+    // Once completed, the attempt can neither replace its bundle nor add to its log.
+    let e = store.store_bundle(&lease, b"other", "s").await.unwrap_err();
+    assert!(matches!(e, Error::LeaseLost { .. }), "{e}");
+    let e = store
+        .append_log(&lease, 99, "stdout", b"late")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::LeaseLost { .. }), "{e}");
 }
 
 #[tokio::test]

@@ -45,6 +45,7 @@ impl Op {
             task_id: task.id,
             attempt: task.attempt,
             token: task.lease_token.unwrap_or_default(),
+            runner_id: task.runner_id.unwrap_or_default(),
         };
         let policy = RetryPolicy::default();
         match self {

@@ -380,6 +380,7 @@ async fn an_altered_mirror_is_rebuilt_not_trusted() {
         clone_url: origin.to_string_lossy().into_owned(),
         default_branch: "main".into(),
         title: "t".into(),
+        branch: Some("backporcher/7-t".into()),
         ..Default::default()
     };
     let mirror = ws.mirror(&spec).await.unwrap();
