@@ -310,8 +310,7 @@ pub fn neutralise(text: &str) -> String {
 
 fn neutralise_once(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
+    for (i, c) in text.char_indices() {
         if c == '<' && opens_marker(&text[i + 1..]) {
             out.push('‹');
         } else {
