@@ -1,12 +1,16 @@
 //! Intake: GitHub webhooks turned into tasks.
 //!
 //! A delivery is accepted only with a valid `X-Hub-Signature-256` (HMAC-SHA256 of the body with
-//! the shared secret); a redelivery (same `X-GitHub-Delivery`) is acknowledged and ignored; events
-//! other than `issues` are acknowledged and ignored. An issue becomes a task when it carries the
-//! `backporcher` label and its author is on the allowlist; its title and body are snapshotted at
-//! that moment, cleaned of hidden HTML comments, invisible and control characters, and hashed.
-//! At most one live task exists per issue (the store refuses a second one). The ETag poller
-//! ([`crate::forge::poller`]) feeds the same [`accept_issue`].
+//! the shared secret). A delivery is recorded once its effect is done (every effect is idempotent
+//! by key: one live task per issue, one re-open per comment or review, one hold), so a redelivery
+//! of one that failed is processed and a redelivery of one that succeeded is acknowledged and
+//! ignored. An issue becomes a task when it carries the `backporcher` label and both its author
+//! and whoever opened or labelled it (the event's sender; for the poller, the actor of the label
+//! event) are on the allowlist; its title and body are snapshotted at that moment, cleaned of
+//! what GitHub hides and of invisible and control characters (what was removed goes on the
+//! task's timeline), and hashed. A body edited afterwards by someone off the allowlist holds the
+//! task for a person. At most one live task exists per issue (the store refuses a second one).
+//! The ETag poller ([`crate::forge::poller`]) feeds the same [`accept_issue`].
 //!
 //! On a task's pull request, an allowlisted user's comment that mentions `@backporcher`, or a
 //! submitted review (its body and every line comment together, as one request), re-opens the task
@@ -42,6 +46,8 @@ pub enum Intake {
     Created(i64),
     /// A task was re-opened by feedback on its PR.
     Reopened(i64),
+    /// A task was held for a person (its issue was edited by someone off the allowlist).
+    Held(i64),
     /// Already seen (same delivery id).
     Duplicate,
     /// Accepted but nothing to do, with why.
@@ -102,22 +108,49 @@ pub async fn handle(
     }
     let payload: Value =
         serde_json::from_slice(body).map_err(|e| IntakeError::BadPayload(e.to_string()))?;
-    if !store.record_delivery(delivery, event).await? {
+    if store.delivery_seen(delivery).await? {
         return Ok(Intake::Duplicate);
     }
+    let outcome = process(store, config, forge, event, &payload).await?;
+    // Recorded only now: a delivery that failed above is processed when GitHub redelivers it.
+    store.record_delivery(delivery, event).await?;
+    Ok(outcome)
+}
+
+async fn process(
+    store: &Store,
+    config: &IntakeConfig,
+    forge: Option<&dyn Forge>,
+    event: &str,
+    payload: &Value,
+) -> Result<Intake, IntakeError> {
     let full_name = payload["repository"]["full_name"]
         .as_str()
         .unwrap_or_default();
     let action = payload["action"].as_str().unwrap_or_default();
+    let sender = payload["sender"]["login"].as_str().unwrap_or_default();
     match event {
         "issues" => {
-            if !matches!(action, "opened" | "labeled" | "reopened") {
-                return Ok(Intake::Ignored(format!(
-                    "issue action `{action}` starts nothing"
-                )));
-            }
             let issue = issue_of(&payload["issue"])?;
-            accept_issue(store, config, full_name, &issue, "github:webhook").await
+            match action {
+                "opened" | "labeled" | "reopened" => {
+                    if !allowed(config, sender) {
+                        tracing::warn!(
+                            sender,
+                            issue = issue.number,
+                            "an issue was opened or labelled by someone off the allowlist; no task"
+                        );
+                        return Ok(Intake::Ignored(format!(
+                            "`{sender}` (who {action} the issue) is not on the allowlist"
+                        )));
+                    }
+                    accept_issue(store, config, full_name, &issue, "github:webhook").await
+                }
+                "edited" => edited(store, config, full_name, &issue, sender).await,
+                _ => Ok(Intake::Ignored(format!(
+                    "issue action `{action}` starts nothing"
+                ))),
+            }
         }
         "issue_comment" => {
             let issue = &payload["issue"];
@@ -188,6 +221,59 @@ pub async fn handle(
     }
 }
 
+/// An issue's text changed. A live task keeps the text it was labelled with; when the editor is
+/// not on the allowlist, the task is also held until a person looks.
+async fn edited(
+    store: &Store,
+    config: &IntakeConfig,
+    full_name: &str,
+    issue: &Issue,
+    sender: &str,
+) -> Result<Intake, IntakeError> {
+    let repo = match store.repo_by_name(full_name).await {
+        Ok(r) => r,
+        Err(Error::RepoNotFound(_)) => {
+            return Ok(Intake::Ignored(format!(
+                "repository `{full_name}` is not registered"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(task) = store.live_task_of_issue(repo.id, issue.number).await? else {
+        return Ok(Intake::Ignored("no live task for the edited issue".into()));
+    };
+    if allowed(config, sender) {
+        return Ok(Intake::Ignored(format!(
+            "edited by `{sender}`; task {} keeps the text it was labelled with",
+            task.id
+        )));
+    }
+    let note = Note::new(format!("github:{sender}"), "edited_off_allowlist").with_data(
+        serde_json::json!({
+            "editor": sender,
+            "message": format!("the issue was edited by `{sender}`, who is not on the allowlist, after the label; a person must release the task"),
+        }),
+    );
+    match store
+        .hold(task.id, crate::store::HoldKind::User, None, &note)
+        .await
+    {
+        Ok(_) | Err(Error::Held { .. }) => {
+            tracing::warn!(
+                task = task.id,
+                editor = sender,
+                "issue edited off the allowlist after the label; task held"
+            );
+            Ok(Intake::Held(task.id))
+        }
+        Err(Error::IllegalTransition { .. }) => Ok(Intake::Ignored(format!(
+            "task {} is no longer live",
+            task.id
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Whether a comment addresses the bot (`@backporcher` as a word).
 pub fn mentions_us(text: &str) -> bool {
     text.match_indices("@backporcher").any(|(i, m)| {
@@ -198,7 +284,8 @@ pub fn mentions_us(text: &str) -> bool {
     })
 }
 
-fn allowed(config: &IntakeConfig, login: &str) -> bool {
+/// Whether `login` is on the allowlist.
+pub fn allowed(config: &IntakeConfig, login: &str) -> bool {
     !login.is_empty()
         && config
             .allowed_users
@@ -274,12 +361,28 @@ pub async fn accept_issue(
             "repository `{full_name}` is disabled"
         )));
     }
-    let title = clean_text(&issue.title);
-    let body_text = clean_text(&issue.body);
+    let title = textguard::clean_report(&issue.title);
+    let body = textguard::clean_report(&issue.body);
+    let body_text = textguard::cap(&body.text);
     let hash = hex::encode(sha2::Sha256::digest(
-        format!("{title}\n{body_text}").as_bytes(),
+        format!("{}\n{body_text}", title.text).as_bytes(),
     ));
-    let mut task = NewTask::for_issue(repo.id, issue.number, &title, &body_text);
+    let mut task = NewTask::for_issue(repo.id, issue.number, &title.text, &body_text);
+    let removed = textguard::Removed {
+        comments: title.removed.comments + body.removed.comments,
+        comment_chars: title.removed.comment_chars + body.removed.comment_chars,
+        invisible: title.removed.invisible + body.removed.invisible,
+        controls: title.removed.controls + body.removed.controls,
+    };
+    if !removed.is_empty() {
+        tracing::warn!(issue = issue.number, removed = %removed.describe(), "the issue carried hidden content");
+        task.note = Some(serde_json::json!({
+            "hidden_content": removed.describe(),
+            "comments": removed.comments,
+            "invisible": removed.invisible,
+            "controls": removed.controls,
+        }));
+    }
     task.author = Some(issue.author.clone());
     task.content_hash = Some(hash);
     task.created_by = created_by.into();

@@ -342,6 +342,7 @@ async fn webhook(
     {
         Ok(Intake::Created(task)) => (StatusCode::ACCEPTED, format!("{{\"task\":{task}}}")),
         Ok(Intake::Reopened(task)) => (StatusCode::ACCEPTED, format!("{{\"reopened\":{task}}}")),
+        Ok(Intake::Held(task)) => (StatusCode::ACCEPTED, format!("{{\"held\":{task}}}")),
         Err(IntakeError::Forge(e)) => {
             tracing::warn!(event, delivery, error = %e, "webhook needs GitHub, which failed");
             (

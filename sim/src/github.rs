@@ -43,6 +43,8 @@ struct Item {
     comments: Vec<(u64, String, String)>,
     pull: Option<Pull>,
     updated: u64,
+    /// Timeline events (`labeled`), oldest first: (event, label, actor).
+    events: Vec<(String, String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +95,8 @@ struct SimState {
     next_id: u64,
     webhook: Option<(String, String)>,
     deliveries: Vec<Value>,
+    /// The last delivery sent: (delivery id, event, body), to redeliver it as GitHub can.
+    last_delivery: Option<(String, String, String)>,
     limits: std::collections::VecDeque<RateLimit>,
     /// (method, path) of every REST request, in order.
     requests: Vec<(String, String)>,
@@ -214,9 +218,69 @@ impl GitHubSim {
                 comments: Vec::new(),
                 pull: None,
                 updated: version,
+                events: labels
+                    .iter()
+                    .map(|l| ("labeled".to_string(), l.to_string(), author.to_string()))
+                    .collect(),
             },
         );
         number
+    }
+
+    /// `by` adds `label` to an issue (and the `issues` `labeled` webhook fires, sent by `by`).
+    pub async fn label_issue(&self, full_name: &str, number: u64, label: &str, by: &str) {
+        let item = {
+            let mut st = self.state.lock().expect("sim lock");
+            let repo = st.repos.get_mut(full_name).expect("repository exists");
+            repo.version += 1;
+            let version = repo.version;
+            let item = repo.items.get_mut(&number).expect("issue exists");
+            if !item.labels.iter().any(|l| l == label) {
+                item.labels.push(label.into());
+            }
+            item.events
+                .push(("labeled".into(), label.into(), by.into()));
+            item.updated = version;
+            item.clone()
+        };
+        let issue = self.item_json(full_name, &item);
+        self.deliver(
+            "issues",
+            json!({"action": "labeled", "issue": issue, "label": {"name": label}, "sender": {"login": by}, "repository": {"full_name": full_name}}),
+        )
+        .await;
+    }
+
+    /// `by` edits an issue's body (and the `issues` `edited` webhook fires, sent by `by`).
+    pub async fn edit_issue(&self, full_name: &str, number: u64, body: &str, by: &str) {
+        let (item, old) = {
+            let mut st = self.state.lock().expect("sim lock");
+            let repo = st.repos.get_mut(full_name).expect("repository exists");
+            repo.version += 1;
+            let version = repo.version;
+            let item = repo.items.get_mut(&number).expect("issue exists");
+            let old = std::mem::replace(&mut item.body, body.into());
+            item.updated = version;
+            (item.clone(), old)
+        };
+        let issue = self.item_json(full_name, &item);
+        self.deliver(
+            "issues",
+            json!({"action": "edited", "issue": issue, "changes": {"body": {"from": old}}, "sender": {"login": by}, "repository": {"full_name": full_name}}),
+        )
+        .await;
+    }
+
+    /// Sends the last delivery again with the same delivery id (GitHub's "Redeliver"); returns
+    /// the HTTP status the target answered.
+    pub async fn redeliver_last(&self) -> Option<u16> {
+        let (last, target) = {
+            let st = self.state.lock().expect("sim lock");
+            (st.last_delivery.clone(), st.webhook.clone())
+        };
+        let ((delivery, event, body), (url, secret)) = (last?, target?);
+        self.post_delivery(&url, &secret, &delivery, &event, body)
+            .await
     }
 
     /// Sets the CI result of a commit: a status context and a check run with that outcome
@@ -474,6 +538,10 @@ impl GitHubSim {
                 post(add_labels),
             )
             .route(
+                "/repos/{owner}/{repo}/issues/{number}/events",
+                get(list_issue_events),
+            )
+            .route(
                 "/repos/{owner}/{repo}/issues/{number}/labels/{label}",
                 delete(remove_label),
             )
@@ -628,32 +696,62 @@ impl GitHubSim {
         })
     }
 
-    /// Delivers an event to the webhook target (if any), signed with `X-Hub-Signature-256`.
-    pub async fn deliver(&self, event: &str, payload: Value) {
+    /// Delivers an event to the webhook target (if any), signed with `X-Hub-Signature-256`, with
+    /// a `sender` (the issue's or comment's author unless the payload names one, as GitHub always
+    /// does); returns the HTTP status the target answered.
+    pub async fn deliver(&self, event: &str, mut payload: Value) -> Option<u16> {
         let target = self.state.lock().expect("sim lock").webhook.clone();
-        let Some((url, secret)) = target else { return };
+        let (url, secret) = target?;
+        if payload.get("sender").is_none() {
+            let who = ["comment", "review", "issue"]
+                .iter()
+                .find_map(|k| payload[*k]["user"]["login"].as_str())
+                .unwrap_or("octocat")
+                .to_owned();
+            payload["sender"] = json!({"login": who});
+        }
         let body = payload.to_string();
-        let mut mac =
-            hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
-        mac.update(body.as_bytes());
-        let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
         let delivery = {
             let mut st = self.state.lock().expect("sim lock");
             st.next_id += 1;
             st.deliveries
                 .push(json!({"event": event, "payload": payload}));
-            format!("sim-{}", st.next_id)
+            // Unique across simulator restarts, as GitHub's delivery ids are.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            let id = format!("sim-{nanos:x}-{}", st.next_id);
+            st.last_delivery = Some((id.clone(), event.to_owned(), body.clone()));
+            id
         };
-        let _ = self
-            .http
-            .post(&url)
+        self.post_delivery(&url, &secret, &delivery, event, body)
+            .await
+    }
+
+    async fn post_delivery(
+        &self,
+        url: &str,
+        secret: &str,
+        delivery: &str,
+        event: &str,
+        body: String,
+    ) -> Option<u16> {
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+        mac.update(body.as_bytes());
+        let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        self.http
+            .post(url)
             .header("X-GitHub-Event", event)
             .header("X-GitHub-Delivery", delivery)
             .header("X-Hub-Signature-256", sig)
             .header(header::CONTENT_TYPE, "application/json")
             .body(body)
             .send()
-            .await;
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
     }
 }
 
@@ -910,6 +1008,42 @@ async fn update_issue(
     ok_json(StatusCode::OK, sim.item_json(&full, &item))
 }
 
+async fn list_issue_events(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
+    Query(page): Query<Page>,
+    headers: HeaderMap,
+) -> Response {
+    auth!(sim, headers);
+    let full = format!("{o}/{r}");
+    let mut st = sim.state.lock().expect("sim lock");
+    let repo = repo_or_404!(st, full);
+    let Some(item) = repo.items.get(&n) else {
+        return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+    };
+    let per = page.per_page.unwrap_or(30).clamp(1, 100);
+    let start = (page.page.unwrap_or(1).max(1) - 1) * per;
+    let list: Vec<Value> = item
+        .events
+        .iter()
+        .enumerate()
+        .skip(start)
+        .take(per)
+        .map(|(i, (event, label, actor))| {
+            json!({"id": n * 10_000 + i as u64, "event": event, "label": {"name": label, "color": "ededed"},
+                   "actor": {"login": actor, "id": 1, "type": "User"}, "created_at": "2026-01-01T00:00:00Z"})
+        })
+        .collect();
+    ok_json(StatusCode::OK, Value::Array(list))
+}
+
+/// `per_page` and `page` of a paginated list.
+#[derive(Deserialize)]
+struct Page {
+    per_page: Option<usize>,
+    page: Option<usize>,
+}
+
 async fn add_labels(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
@@ -937,6 +1071,8 @@ async fn add_labels(
     };
     for l in labels {
         if !item.labels.contains(&l) {
+            item.events
+                .push(("labeled".into(), l.clone(), "backporcher-bot".into()));
             item.labels.push(l);
         }
     }
@@ -1126,6 +1262,7 @@ async fn create_pull(
                 merge_sha: None,
             }),
             updated: repo.version,
+            events: Vec::new(),
         };
         repo.items.insert(number, item.clone());
         item

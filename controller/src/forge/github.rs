@@ -313,6 +313,9 @@ fn issue_of(v: &Value) -> Issue {
     }
 }
 
+/// Most pages read of a paginated list (a hundred items each).
+const MAX_PAGES: u32 = 20;
+
 fn pull_of(v: &Value) -> PullRequest {
     PullRequest {
         number: v["number"].as_i64().unwrap_or_default(),
@@ -390,6 +393,28 @@ impl Forge for GitHub {
                 .get_json(&format!("/repos/{repo}/issues/{number}"))
                 .await?,
         ))
+    }
+
+    async fn label_actor(&self, repo: &str, number: i64, label: &str) -> Result<Option<String>> {
+        // Events come oldest first, a hundred a page; the last `labeled` event for the label wins.
+        let mut actor = None;
+        for page in 1..=MAX_PAGES {
+            let list = self
+                .get_json(&format!(
+                    "/repos/{repo}/issues/{number}/events?per_page=100&page={page}"
+                ))
+                .await?;
+            let events = list.as_array().cloned().unwrap_or_default();
+            for e in &events {
+                if e["event"] == "labeled" && e["label"]["name"] == label {
+                    actor = e["actor"]["login"].as_str().map(str::to_owned);
+                }
+            }
+            if events.len() < 100 {
+                break;
+            }
+        }
+        Ok(actor)
     }
 
     async fn add_labels(&self, repo: &str, number: i64, labels: &[&str]) -> Result<()> {

@@ -316,6 +316,8 @@ pub trait Forge: Send + Sync {
     -> Result<Listing>;
     /// One issue.
     async fn issue(&self, repo: &str, number: i64) -> Result<Issue>;
+    /// Who last added `label` to issue `number` (from the issue's events), if anyone did.
+    async fn label_actor(&self, repo: &str, number: i64, label: &str) -> Result<Option<String>>;
     /// Adds labels.
     async fn add_labels(&self, repo: &str, number: i64, labels: &[&str]) -> Result<()>;
     /// Removes a label (absent is fine).

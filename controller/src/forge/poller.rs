@@ -2,7 +2,8 @@
 //! trigger label are listed with `If-None-Match`, so an unchanged list costs a 304 (which GitHub
 //! does not count against the rate limit). Issues found go through the same
 //! [`crate::intake::accept_issue`] as webhooks, so a webhook and the poller seeing the same issue
-//! make one task.
+//! make one task. The poller also checks who added the label (the issue's events), as the
+//! webhook checks the event's sender.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,30 @@ pub async fn poll_once(
         };
         let mut complete = true;
         for issue in &issues {
+            // Whoever labelled the issue must be on the allowlist too (one read per issue that
+            // has no live task yet).
+            if !issue.is_pull
+                && store
+                    .live_task_of_issue(repo.id, issue.number)
+                    .await?
+                    .is_none()
+            {
+                match forge
+                    .label_actor(&repo.name, issue.number, labels::TRIGGER)
+                    .await
+                {
+                    Ok(actor) if intake::allowed(config, actor.as_deref().unwrap_or_default()) => {}
+                    Ok(actor) => {
+                        tracing::warn!(repo = repo.name, issue = issue.number, actor = ?actor, "labelled by someone off the allowlist; no task");
+                        continue;
+                    }
+                    Err(e) => {
+                        complete = false;
+                        tracing::warn!(repo = repo.name, issue = issue.number, error = %e, "reading who labelled the issue failed; next pass retries");
+                        continue;
+                    }
+                }
+            }
             match intake::accept_issue(store, config, &repo.name, issue, "github:poller").await {
                 Ok(Intake::Created(id)) => created.push(id),
                 Ok(_) => {}

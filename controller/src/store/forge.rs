@@ -24,7 +24,31 @@ pub const STAGE_STATUSES: &[Status] = &[
 ];
 
 impl Store {
-    /// Records a webhook delivery id; `false` when it was seen before.
+    /// Whether a webhook delivery was handled already.
+    pub async fn delivery_seen(&self, delivery: &str) -> Result<bool> {
+        Ok(sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM webhook_deliveries WHERE delivery_id = $1)",
+        )
+        .bind(delivery)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The live task of an issue, if there is one.
+    pub async fn live_task_of_issue(&self, repo: RepoId, issue: i64) -> Result<Option<Task>> {
+        Ok(sqlx::query_as::<_, Task>(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE repo_id = $1 AND issue_number = $2 ",
+            "AND status NOT IN ('merged', 'failed', 'canceled')"
+        ))
+        .bind(repo)
+        .bind(issue)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Records a handled webhook delivery id; `false` when it was recorded before.
     pub async fn record_delivery(&self, delivery: &str, event: &str) -> Result<bool> {
         Ok(sqlx::query(
             "INSERT INTO webhook_deliveries (delivery_id, event) VALUES ($1, $2) ON CONFLICT DO NOTHING",

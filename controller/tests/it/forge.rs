@@ -957,10 +957,7 @@ async fn bug16_17_relabelling_a_failed_issue_retries_it_and_cancel_does_not_resp
             .is_empty()
     );
     // A human re-adds the label: a fresh task.
-    env.forge
-        .add_labels(REPO, n as i64, &[labels::TRIGGER])
-        .await
-        .unwrap();
+    env.sim.label_issue(REPO, n, labels::TRIGGER, "alice").await;
     let again = controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
         .await
         .unwrap();
@@ -983,10 +980,7 @@ async fn bug16_17_relabelling_a_failed_issue_retries_it_and_cancel_does_not_resp
             .iter()
             .any(|c| c.contains("re-add the `backporcher` label"))
     );
-    env.forge
-        .add_labels(REPO, n as i64, &[labels::TRIGGER])
-        .await
-        .unwrap();
+    env.sim.label_issue(REPO, n, labels::TRIGGER, "alice").await;
     let third = controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
         .await
         .unwrap();
