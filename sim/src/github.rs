@@ -463,6 +463,11 @@ impl GitHubSim {
         ));
     }
 
+    /// Forgets every queued failure of [`GitHubSim::fail_requests`].
+    pub fn clear_faults(&self) {
+        self.state.lock().expect("sim lock").faults.clear();
+    }
+
     /// Every commit without an explicit CI result reports `outcome` (instant CI).
     pub fn set_default_ci(&self, outcome: &str) {
         self.state.lock().expect("sim lock").default_ci = Some(outcome.to_owned());

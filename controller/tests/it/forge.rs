@@ -21,21 +21,21 @@ use controller::store::{Status, Store, Task};
 use sim::github::{GitHubSim, RateLimit};
 use tokio_util::sync::CancellationToken;
 
-const TOKEN: &str = "ghs_simtoken";
-const SECRET: &str = "whsec-forge";
-const REPO: &str = "acme/widgets";
+pub(crate) const TOKEN: &str = "ghs_simtoken";
+pub(crate) const SECRET: &str = "whsec-forge";
+pub(crate) const REPO: &str = "acme/widgets";
 
-struct Env {
-    sim: GitHubSim,
-    dir: tempfile::TempDir,
-    store: Store,
-    forge: Arc<GitHub>,
-    repo: Repo,
-    base: String,
-    db_url: String,
+pub(crate) struct Env {
+    pub(crate) sim: GitHubSim,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) store: Store,
+    pub(crate) forge: Arc<GitHub>,
+    pub(crate) repo: Repo,
+    pub(crate) base: String,
+    pub(crate) db_url: String,
 }
 
-async fn env() -> Env {
+pub(crate) async fn env() -> Env {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let sim = GitHubSim::new(&dir.path().join("gh"), TOKEN);
@@ -74,14 +74,14 @@ async fn env() -> Env {
     }
 }
 
-fn intake_config() -> IntakeConfig {
+pub(crate) fn intake_config() -> IntakeConfig {
     IntakeConfig {
         webhook_secret: SECRET.into(),
         allowed_users: vec!["alice".into()],
     }
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let out = xcmd::Cmd::new("git", dir)
         .args(args)
         .env("GIT_AUTHOR_NAME", "agent")
@@ -100,7 +100,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 /// What a runner produces: a bundle of `branch` with one commit writing `files`, against main.
-fn make_bundle(env: &Env, branch: &str, files: &[(&str, &str)]) -> (Vec<u8>, String) {
+pub(crate) fn make_bundle(env: &Env, branch: &str, files: &[(&str, &str)]) -> (Vec<u8>, String) {
     let work: PathBuf = env
         .dir
         .path()
@@ -115,7 +115,7 @@ fn make_bundle(env: &Env, branch: &str, files: &[(&str, &str)]) -> (Vec<u8>, Str
         ],
     );
     let base = git(&work, &["rev-parse", "HEAD"]);
-    git(&work, &["checkout", "--quiet", "-b", branch]);
+    git(&work, &["checkout", "--quiet", "-B", branch]);
     for (p, c) in files {
         let path = work.join(p);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -139,7 +139,7 @@ fn make_bundle(env: &Env, branch: &str, files: &[(&str, &str)]) -> (Vec<u8>, Str
 }
 
 /// A task for issue `number`, run by a runner up to a stored result (status `pushing`).
-async fn task_at_pushing(env: &Env, number: i64, files: &[(&str, &str)]) -> Task {
+pub(crate) async fn task_at_pushing(env: &Env, number: i64, files: &[(&str, &str)]) -> Task {
     let mut t = NewTask::for_issue(env.repo.id, number, "Add two", "add fn two");
     t.created_by = "test".into();
     let task = env.store.create_task(&t).await.unwrap();
@@ -151,11 +151,14 @@ async fn task_at_pushing(env: &Env, number: i64, files: &[(&str, &str)]) -> Task
 }
 
 /// A runner claims the (queued) task and delivers `files` on its branch from the current main.
-async fn run_attempt(env: &Env, id: i64, files: &[(&str, &str)]) -> Task {
+pub(crate) async fn run_attempt(env: &Env, id: i64, files: &[(&str, &str)]) -> Task {
     let runner = crate::runner(&env.store, &format!("r-{id}-{}", uuid::Uuid::new_v4())).await;
     let (task, lease) = crate::claim(&env.store, runner).await;
     assert_eq!(task.id, id);
-    let branch = format!("backporcher/{}-add-two", task.id);
+    let branch = task
+        .branch
+        .clone()
+        .expect("the controller named the branch");
     let (bundle, head) = make_bundle(env, &branch, files);
     env.store
         .store_bundle(&lease, &bundle, "sha")
@@ -172,7 +175,7 @@ async fn run_attempt(env: &Env, id: i64, files: &[(&str, &str)]) -> Task {
 }
 
 /// A reviewer that answers from a list (then approves).
-struct Scripted(std::sync::Mutex<Vec<Verdict>>);
+pub(crate) struct Scripted(pub(crate) std::sync::Mutex<Vec<Verdict>>);
 
 #[async_trait]
 impl Reviewer for Scripted {
@@ -189,7 +192,7 @@ impl Reviewer for Scripted {
     }
 }
 
-fn pipeline(env: &Env, verdicts: Vec<Verdict>) -> Pipeline {
+pub(crate) fn pipeline(env: &Env, verdicts: Vec<Verdict>) -> Pipeline {
     Pipeline {
         store: env.store.clone(),
         forge: env.forge.clone(),
@@ -203,7 +206,7 @@ fn pipeline(env: &Env, verdicts: Vec<Verdict>) -> Pipeline {
 }
 
 /// Runs due stages until the task reaches `want` (or fails the test).
-async fn drive(env: &Env, p: &Pipeline, id: i64, want: Status) -> Task {
+pub(crate) async fn drive(env: &Env, p: &Pipeline, id: i64, want: Status) -> Task {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         p.run_due().await.unwrap();
@@ -227,7 +230,7 @@ async fn drive(env: &Env, p: &Pipeline, id: i64, want: Status) -> Task {
     }
 }
 
-async fn sync(env: &Env) {
+pub(crate) async fn sync(env: &Env) {
     controller::forge::milestones::sync_once(&env.store, env.forge.as_ref())
         .await
         .unwrap();

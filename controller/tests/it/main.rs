@@ -9,6 +9,7 @@ mod intake;
 mod leases;
 mod lifecycle;
 mod loops;
+mod redteam;
 mod server;
 mod transitions;
 
