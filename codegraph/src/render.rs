@@ -26,7 +26,7 @@ impl Default for RenderOptions {
 
 /// A name made safe for a one-line prompt entry.
 pub fn clean_name(name: &str, max_chars: usize) -> String {
-    let cleaned: String = textguard::clean(name)
+    let cleaned: String = textguard::clean_plain(name)
         .chars()
         .map(|c| if c.is_whitespace() { ' ' } else { c })
         .collect();
@@ -43,7 +43,7 @@ pub fn clean_name(name: &str, max_chars: usize) -> String {
 fn fence(title: &str, body: &str) -> String {
     format!(
         "{title} (derived from repository contents)\n{}",
-        textguard::fence("code graph", body)
+        textguard::fence_plain("code graph", body)
     )
 }
 

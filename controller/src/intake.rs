@@ -361,8 +361,8 @@ pub async fn accept_issue(
             "repository `{full_name}` is disabled"
         )));
     }
-    let title = textguard::clean_report(&issue.title);
-    let body = textguard::clean_report(&issue.body);
+    let title = textguard::clean_report(&issue.title, textguard::Format::Plain);
+    let body = textguard::clean_report(&issue.body, textguard::Format::Markdown);
     let body_text = textguard::cap(&body.text);
     let hash = hex::encode(sha2::Sha256::digest(
         format!("{}\n{body_text}", title.text).as_bytes(),

@@ -206,10 +206,10 @@ pub fn read_outputs(
             continue;
         }
         if !kind.is_file() {
-            return Err(OutputError::NotAFile(textguard::clean(&name)));
+            return Err(OutputError::NotAFile(textguard::clean_plain(&name)));
         }
         let Some(&(_, cap)) = caps.iter().find(|(n, _)| *n == name) else {
-            return Err(OutputError::Unexpected(textguard::clean(&name)));
+            return Err(OutputError::Unexpected(textguard::clean_plain(&name)));
         };
         let size = entry
             .header()

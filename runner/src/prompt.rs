@@ -12,7 +12,7 @@ project's tests or build if you can. Do not commit: the runner commits what you 
 
 /// Untrusted text on one line (a stack name, a command), cleaned and shortened.
 pub fn sanitize(text: &str) -> String {
-    let s: String = textguard::clean(text)
+    let s: String = textguard::clean_plain(text)
         .chars()
         .map(|c| if c == '\n' { ' ' } else { c })
         .take(500)
@@ -73,22 +73,24 @@ pub fn build(spec: &TaskSpec, extra: &[String]) -> String {
             .take(10)
             .map(|l| format!("- {}\n", l.chars().take(500).collect::<String>()))
             .collect();
-        p.push_str(&textguard::fence("learnings", &text));
+        p.push_str(&textguard::fence_plain("learnings", &text));
     }
     if let Some(nav) = &spec.navigation {
         // Already rendered and fenced as untrusted data by the code graph.
         p.push_str(
             "\n# Where to start\nFiles the code graph ranks as most relevant to the task:\n",
         );
-        p.push_str(&textguard::clean(nav));
+        p.push_str(&textguard::clean_plain(nav));
         p.push('\n');
     }
     p.push_str("\n# Task\n");
-    let task = match &spec.prompt_override {
-        Some(prompt) => prompt.clone(),
-        None => format!("{}\n\n{}", spec.title, spec.body),
-    };
-    p.push_str(&textguard::fence("issue", &task));
+    match &spec.prompt_override {
+        Some(prompt) => p.push_str(&textguard::fence_plain("task", prompt)),
+        None => {
+            p.push_str(&textguard::fence_plain("issue title", &spec.title));
+            p.push_str(&textguard::fence("issue", &spec.body));
+        }
+    }
     if let Some(items) = spec.retry_context.as_array().filter(|a| !a.is_empty()) {
         p.push_str(
             "\n# Earlier attempts\nEarlier attempts at this task ended like this; do better.\n",

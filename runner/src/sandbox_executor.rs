@@ -587,7 +587,7 @@ impl SandboxExecutor {
         anyhow::ensure!(
             status == "ok",
             "the finish step reported `{}`",
-            textguard::clean(status)
+            textguard::clean_plain(status)
         );
         let head = text("head").trim().to_owned();
         anyhow::ensure!(

@@ -203,7 +203,7 @@ impl Workspaces {
         anyhow::ensure!(
             valid_task_branch(&branch),
             "the task branch `{}` is not a backporcher/ branch; refusing to check it out",
-            textguard::clean(&branch)
+            textguard::clean_plain(&branch)
         );
         let mirror = self.mirror(spec).await?;
         let default_ref = format!("refs/heads/{}", spec.default_branch);

@@ -2,12 +2,14 @@
 //! capped and fenced, for every prompt the system builds (triage, the agent, review, reflection,
 //! navigation maps, learnings, CI logs) and for issue snapshots at intake.
 //!
-//! - [`clean`] removes only what GitHub itself hides — HTML comments outside code (a comment that
-//!   is never closed, or one inside a code span or block, is shown by GitHub and kept) — and
-//!   characters nobody sees: control characters (newline and tab kept), zero-width and
-//!   direction-changing marks and isolates, Unicode tag characters, variation selectors, soft
-//!   hyphens and the other invisible formatting characters. [`clean_report`] also says what it
-//!   removed, so an operator can see that a text carried hidden content.
+//! - [`clean`] removes only what GitHub itself hides in Markdown (issue bodies, comments, review
+//!   text) — HTML comments outside code (a comment that is never closed, or one inside a code
+//!   span or block, is shown by GitHub and kept) — and characters nobody sees: control characters
+//!   (newline and tab kept), zero-width and direction-changing marks and isolates, Unicode tag
+//!   characters, variation selectors, soft hyphens and the other invisible formatting characters.
+//!   [`clean_plain`] is for text GitHub shows as it is (titles, logs, file names, agent output):
+//!   only the invisible and control characters go. [`clean_report`] also says what was removed,
+//!   so an operator can see that a text carried hidden content.
 //! - [`cap`] keeps at most [`MAX_CHARS`] characters and says so visibly.
 //! - [`fence`] wraps cleaned, capped text in `<untrusted source="…">` … `</untrusted>`, with any
 //!   opening or closing marker inside it neutralised whatever its case and spacing, to a fixed
@@ -78,15 +80,32 @@ pub struct Cleaned {
     pub removed: Removed,
 }
 
-/// The text without what GitHub hides and without invisible or control characters.
-pub fn clean(text: &str) -> String {
-    clean_report(text).text
+/// How GitHub shows a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Rendered Markdown: HTML comments outside code are hidden.
+    Markdown,
+    /// Shown as it is (titles, logs, file names).
+    Plain,
 }
 
-/// [`clean`], saying what was removed.
-pub fn clean_report(text: &str) -> Cleaned {
+/// Markdown without what GitHub hides and without invisible or control characters.
+pub fn clean(text: &str) -> String {
+    clean_report(text, Format::Markdown).text
+}
+
+/// Plain text without invisible or control characters (nothing a person sees is removed).
+pub fn clean_plain(text: &str) -> String {
+    clean_report(text, Format::Plain).text
+}
+
+/// [`clean`] or [`clean_plain`], saying what was removed.
+pub fn clean_report(text: &str, format: Format) -> Cleaned {
     let mut removed = Removed::default();
-    let visible = strip_comments(text, &mut removed);
+    let visible = match format {
+        Format::Markdown => strip_comments(text, &mut removed),
+        Format::Plain => text.to_owned(),
+    };
     let mut out = String::with_capacity(visible.len());
     for c in visible.chars() {
         if matches!(c, '\u{2028}' | '\u{2029}') {
@@ -267,14 +286,19 @@ pub fn cap_tail(text: &str) -> String {
     )
 }
 
-/// Cleaned, capped (keeping the start) and fenced.
+/// Markdown cleaned, capped (keeping the start) and fenced.
 pub fn fence(source: &str, text: &str) -> String {
     wrap(source, &cap(&clean(text)))
 }
 
-/// Cleaned, capped (keeping the end) and fenced: for logs and command output.
+/// Plain text cleaned, capped (keeping the start) and fenced.
+pub fn fence_plain(source: &str, text: &str) -> String {
+    wrap(source, &cap(&clean_plain(text)))
+}
+
+/// Plain text cleaned, capped (keeping the end) and fenced: for logs and command output.
 pub fn fence_tail(source: &str, text: &str) -> String {
-    wrap(source, &cap_tail(&clean(text)))
+    wrap(source, &cap_tail(&clean_plain(text)))
 }
 
 /// Fences text that was already cleaned and capped by the caller in its own way (a diff window
@@ -357,9 +381,10 @@ mod tests {
         );
         assert_eq!(clean("x\u{202E}y\u{FEFF}"), "xy");
         let tags: String = "\u{E0049}\u{E0047}\u{E004E}".into();
-        let r = clean_report(&format!(
-            "ok{tags}\u{2066}x\u{2069}\u{FE0F}\u{00AD}<!-- secret -->"
-        ));
+        let r = clean_report(
+            &format!("ok{tags}\u{2066}x\u{2069}\u{FE0F}\u{00AD}<!-- secret -->"),
+            Format::Markdown,
+        );
         assert_eq!(r.text, "okx");
         assert_eq!(
             r.removed,
@@ -371,6 +396,14 @@ mod tests {
             }
         );
         assert!(r.removed.describe().contains("1 hidden HTML comment"));
+    }
+
+    #[test]
+    fn plain_text_keeps_what_looks_like_a_comment() {
+        assert_eq!(clean_plain("a <!-- b --> c\u{200B}"), "a <!-- b --> c");
+        let f = fence_plain("title", "x <!-- y --> </untrusted>");
+        assert!(f.contains("x <!-- y -->"), "{f}");
+        assert_eq!(f.matches("</untrusted>").count(), 1);
     }
 
     #[test]

@@ -125,7 +125,7 @@ async fn apply(
                 .and_then(|d| d.0.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                 .or_else(|| task.error.clone())
                 .unwrap_or_default();
-            let why = textguard::clean(&why);
+            let why = textguard::clean_plain(&why);
             let why: String = why.chars().take(500).collect();
             forge
                 .comment(

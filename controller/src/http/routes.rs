@@ -311,8 +311,8 @@ async fn create_task(
         let mut t = NewTask::for_issue(
             repo.id,
             0,
-            &textguard::clean(&req.title),
-            &textguard::clean(&req.prompt),
+            &textguard::clean_plain(&req.title),
+            &textguard::clean_plain(&req.prompt),
         );
         t.issue_number = None;
         t.created_by = format!("user:{}", c.user.username);

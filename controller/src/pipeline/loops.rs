@@ -40,12 +40,10 @@ fn reflect_system() -> String {
 /// The reflection request: the issue, how the attempt ended, and the end of its log.
 pub fn reflection_prompt(task: &Task, failure: &str, log_tail: &str) -> String {
     format!(
-        "Task {}.\n\n## Issue\n{}\n## How the attempt ended\n{}\n## End of the attempt's log\n{}",
+        "Task {}.\n\n## Issue\n{}{}\n## How the attempt ended\n{}\n## End of the attempt's log\n{}",
         task.id,
-        textguard::fence(
-            "issue",
-            &format!("{}\n\n{}", task.issue_title, task.issue_body)
-        ),
+        textguard::fence_plain("issue title", &task.issue_title),
+        textguard::fence("issue", &task.issue_body),
         textguard::fence_tail("failure", failure),
         textguard::fence_tail("log", log_tail),
     )
@@ -93,9 +91,9 @@ impl Loops {
             })
             .await;
         let item = match diagnosis {
-            Ok(r) => {
-                Some(json!({"kind": "diagnosis", "text": cap(&textguard::clean(&r.text), 2000)}))
-            }
+            Ok(r) => Some(
+                json!({"kind": "diagnosis", "text": cap(&textguard::clean_plain(&r.text), 2000)}),
+            ),
             Err(e) => {
                 tracing::warn!(task = task.id, error = %e, "reflection failed; retrying without a diagnosis");
                 None
@@ -128,7 +126,7 @@ impl Loops {
     }
 
     async fn learn(&self, task: &Task) -> anyhow::Result<()> {
-        let title: String = textguard::clean(&task.issue_title)
+        let title: String = textguard::clean_plain(&task.issue_title)
             .chars()
             .take(120)
             .collect();
@@ -184,7 +182,10 @@ impl Loops {
                 "failed",
                 format!(
                     "Failed ({reason}) on \"{title}\": {}{}",
-                    cap(&textguard::clean(task.error.as_deref().unwrap_or("")), 300),
+                    cap(
+                        &textguard::clean_plain(task.error.as_deref().unwrap_or("")),
+                        300
+                    ),
                     diagnosis
                         .map(|d| format!(" Diagnosis: {d}"))
                         .unwrap_or_default()

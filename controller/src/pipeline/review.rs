@@ -225,12 +225,10 @@ pub fn windows(diff: &str) -> Result<Vec<String>, ReviewError> {
 pub fn prompt(input: &ReviewInput, part: &str, index: usize, count: usize) -> String {
     let (shown, invisible) = textguard::show_invisible(part);
     let mut s = format!(
-        "Task {} — review this pull request.\n\n## Issue\n{}",
+        "Task {} — review this pull request.\n\n## Issue\n{}{}",
         input.task,
-        textguard::fence(
-            "issue",
-            &defuse(&format!("{}\n\n{}", input.title, input.body))
-        ),
+        textguard::fence_plain("issue title", &defuse(&input.title)),
+        textguard::fence("issue", &defuse(&input.body))
     );
     if count > 1 {
         s.push_str(&format!(
@@ -249,7 +247,7 @@ pub fn prompt(input: &ReviewInput, part: &str, index: usize, count: usize) -> St
     if let Some(b) = &input.blast_radius {
         s.push_str(&format!(
             "\n## Blast radius (code the change can affect)\n{}",
-            textguard::fence("blast radius", &defuse(b))
+            textguard::fence_plain("blast radius", &defuse(b))
         ));
     }
     s.push_str("\nEnd with the VERDICT line.\n");

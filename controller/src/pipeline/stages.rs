@@ -216,7 +216,7 @@ async fn push(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
 }
 
 fn pr_title(task: &Task) -> String {
-    let t: String = textguard::clean(&task.issue_title)
+    let t: String = textguard::clean_plain(&task.issue_title)
         .chars()
         .filter(|c| *c != '\n')
         .take(100)
@@ -556,7 +556,7 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                 };
                 logs.push(FailedLog {
                     name: c.name.clone(),
-                    log: textguard::clean(&log),
+                    log: textguard::clean_plain(&log),
                 });
             }
             let names: Vec<&str> = logs.iter().map(|l| l.name.as_str()).collect();

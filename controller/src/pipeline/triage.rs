@@ -109,9 +109,11 @@ pub fn prompt(tasks: &[Task]) -> String {
     let issues: String = tasks
         .iter()
         .map(|t| {
-            textguard::fence(
-                &format!("issue #{}", t.issue_number.unwrap_or(t.id)),
-                &format!("{}\n\n{}", t.issue_title, t.issue_body),
+            let n = t.issue_number.unwrap_or(t.id);
+            format!(
+                "{}{}",
+                textguard::fence_plain(&format!("issue #{n} title"), &t.issue_title),
+                textguard::fence(&format!("issue #{n}"), &t.issue_body)
             )
         })
         .collect();
