@@ -5,7 +5,7 @@ pub mod blast;
 pub mod extract;
 pub mod facts;
 mod graph;
-mod ignore;
+pub mod ignore;
 pub mod lang;
 mod layout;
 pub mod navigate;

@@ -1,5 +1,6 @@
 //! Controller configuration: where the database is, where the controller listens, and the lease
-//! timings it dictates to runners.
+//! timings it dictates to runners; and the shape of the TOML file the binary layers under its
+//! flags ([`FileConfig`], parsed by [`parse_file`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,4 +85,77 @@ impl Default for Config {
             secure_cookies: false,
         }
     }
+}
+
+/// The TOML configuration file. Unknown keys are errors that name the key.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// PostgreSQL URL.
+    pub database_url: Option<String>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address.
+    pub listen: Option<String>,
+    /// gRPC listen address.
+    pub grpc_listen: Option<String>,
+    /// Names in the server certificate.
+    pub server_names: Option<Vec<String>>,
+    /// Lease length in seconds.
+    pub lease_seconds: Option<u64>,
+    /// Webhook secret.
+    pub webhook_secret: Option<String>,
+    /// Who may trigger work.
+    pub allowed_users: Option<Vec<String>>,
+    /// Poll interval in seconds.
+    pub poll_seconds: Option<u64>,
+    /// Chat webhook URLs.
+    pub notify_urls: Option<Vec<String>>,
+    /// Whether session cookies are `Secure`.
+    pub secure_cookies: Option<bool>,
+    /// `[github]`.
+    pub github: Option<GitHubFile>,
+    /// `[model]`.
+    pub model: Option<ModelFile>,
+}
+
+/// `[github]` of the configuration file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitHubFile {
+    /// API base URL.
+    pub api: Option<String>,
+    /// Token.
+    pub token: Option<String>,
+    /// GitHub App id.
+    pub app_id: Option<u64>,
+    /// App installation id.
+    pub installation_id: Option<u64>,
+    /// App private key file.
+    pub app_key_file: Option<PathBuf>,
+}
+
+/// `[model]` of the configuration file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// API base URL.
+    pub api: Option<String>,
+    /// API key.
+    pub api_key: Option<String>,
+    /// Subscription OAuth token.
+    pub oauth_token: Option<String>,
+    /// The `claude` CLI for subscription calls.
+    pub claude_cli: Option<PathBuf>,
+    /// Reviewer model.
+    pub review_model: Option<String>,
+    /// Triage model.
+    pub triage_model: Option<String>,
+    /// Reflection model.
+    pub reflection_model: Option<String>,
+}
+
+/// Parses the text of a configuration file (unknown keys are errors that name the key).
+pub fn parse_file(text: &str) -> Result<FileConfig, toml::de::Error> {
+    toml::from_str(text)
 }

@@ -106,93 +106,228 @@ pub async fn handle(
     {
         return Err(IntakeError::BadSignature);
     }
-    let payload: Value =
-        serde_json::from_slice(body).map_err(|e| IntakeError::BadPayload(e.to_string()))?;
+    let decoded = decode(event, body)?;
     if store.delivery_seen(delivery).await? {
         return Ok(Intake::Duplicate);
     }
-    let outcome = process(store, config, forge, event, &payload).await?;
+    let outcome = process(store, config, forge, decoded).await?;
     // Recorded only now: a delivery that failed above is processed when GitHub redelivers it.
     store.record_delivery(delivery, event).await?;
     Ok(outcome)
+}
+
+/// A delivery decoded into what intake acts on (pure: no IO), or refused as malformed with the
+/// field that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// An `issues` event.
+    Issue {
+        /// `opened`, `labeled`, `edited`, …
+        action: String,
+        /// Who caused the event.
+        sender: String,
+        /// `owner/name`.
+        repo: String,
+        /// The issue as the payload shows it.
+        issue: Issue,
+    },
+    /// A new comment on a pull request that mentions `@backporcher`.
+    PrComment {
+        /// `owner/name`.
+        repo: String,
+        /// The pull request's number.
+        number: i64,
+        /// The request.
+        feedback: Feedback,
+    },
+    /// A submitted review that asks for changes.
+    Review {
+        /// `owner/name`.
+        repo: String,
+        /// The pull request's number.
+        number: i64,
+        /// The review's id.
+        review_id: u64,
+        /// Who reviewed.
+        author: String,
+    },
+    /// Nothing to do, with why.
+    Ignored(String),
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct Payload {
+    #[serde(default)]
+    action: String,
+    sender: Option<Login>,
+    repository: Option<RepoRef>,
+    issue: Option<Value>,
+    comment: Option<CommentJson>,
+    review: Option<ReviewJson>,
+    pull_request: Option<NumberRef>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct Login {
+    #[serde(default)]
+    login: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RepoRef {
+    full_name: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct NumberRef {
+    number: i64,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CommentJson {
+    id: u64,
+    #[serde(default)]
+    body: Option<String>,
+    user: Option<Login>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ReviewJson {
+    id: u64,
+    #[serde(default)]
+    state: Option<String>,
+    user: Option<Login>,
+}
+
+/// Decodes a delivery of `event`; `Err` names what is malformed.
+pub fn decode(event: &str, body: &[u8]) -> Result<Decoded, IntakeError> {
+    let p: Payload =
+        serde_json::from_slice(body).map_err(|e| IntakeError::BadPayload(e.to_string()))?;
+    let repo = || {
+        p.repository
+            .as_ref()
+            .map(|r| r.full_name.clone())
+            .ok_or_else(|| IntakeError::BadPayload("repository.full_name is missing".into()))
+    };
+    let action = p.action.clone();
+    match event {
+        "issues" => {
+            let issue = issue_of(
+                p.issue
+                    .as_ref()
+                    .ok_or_else(|| IntakeError::BadPayload("issue is missing".into()))?,
+            )?;
+            Ok(Decoded::Issue {
+                sender: p.sender.map(|s| s.login).unwrap_or_default(),
+                repo: repo()?,
+                action,
+                issue,
+            })
+        }
+        "issue_comment" => {
+            let on_pull = p
+                .issue
+                .as_ref()
+                .and_then(|i| i.get("pull_request"))
+                .is_some_and(|v| !v.is_null());
+            if action != "created" || !on_pull {
+                return Ok(Decoded::Ignored(
+                    "only new comments on pull requests are read".into(),
+                ));
+            }
+            let comment = p
+                .comment
+                .ok_or_else(|| IntakeError::BadPayload("comment is missing".into()))?;
+            let text = comment.body.unwrap_or_default();
+            if !mentions_us(&text) {
+                return Ok(Decoded::Ignored(
+                    "the comment does not mention @backporcher".into(),
+                ));
+            }
+            let number = p
+                .issue
+                .as_ref()
+                .and_then(|i| i["number"].as_i64())
+                .ok_or_else(|| IntakeError::BadPayload("issue.number is missing".into()))?;
+            Ok(Decoded::PrComment {
+                repo: repo()?,
+                number,
+                feedback: Feedback {
+                    author: comment.user.map(|u| u.login).unwrap_or_default(),
+                    kind: "comment".into(),
+                    id: comment.id,
+                    comments: vec![text],
+                },
+            })
+        }
+        "pull_request_review" => {
+            let review = p
+                .review
+                .ok_or_else(|| IntakeError::BadPayload("review is missing".into()))?;
+            let state = review.state.unwrap_or_default().to_ascii_lowercase();
+            if action != "submitted" || state == "approved" {
+                return Ok(Decoded::Ignored(format!(
+                    "review `{action}`/`{state}` asks for nothing"
+                )));
+            }
+            let number = p
+                .pull_request
+                .ok_or_else(|| IntakeError::BadPayload("pull_request.number is missing".into()))?
+                .number;
+            Ok(Decoded::Review {
+                repo: repo()?,
+                number,
+                review_id: review.id,
+                author: review.user.map(|u| u.login).unwrap_or_default(),
+            })
+        }
+        other => Ok(Decoded::Ignored(format!("event `{other}` is not handled"))),
+    }
 }
 
 async fn process(
     store: &Store,
     config: &IntakeConfig,
     forge: Option<&dyn Forge>,
-    event: &str,
-    payload: &Value,
+    decoded: Decoded,
 ) -> Result<Intake, IntakeError> {
-    let full_name = payload["repository"]["full_name"]
-        .as_str()
-        .unwrap_or_default();
-    let action = payload["action"].as_str().unwrap_or_default();
-    let sender = payload["sender"]["login"].as_str().unwrap_or_default();
-    match event {
-        "issues" => {
-            let issue = issue_of(&payload["issue"])?;
-            match action {
-                "opened" | "labeled" | "reopened" => {
-                    if !allowed(config, sender) {
-                        tracing::warn!(
-                            sender,
-                            issue = issue.number,
-                            "an issue was opened or labelled by someone off the allowlist; no task"
-                        );
-                        return Ok(Intake::Ignored(format!(
-                            "`{sender}` (who {action} the issue) is not on the allowlist"
-                        )));
-                    }
-                    accept_issue(store, config, full_name, &issue, "github:webhook").await
+    match decoded {
+        Decoded::Issue {
+            action,
+            sender,
+            repo,
+            issue,
+        } => match action.as_str() {
+            "opened" | "labeled" | "reopened" => {
+                if !allowed(config, &sender) {
+                    tracing::warn!(
+                        sender,
+                        issue = issue.number,
+                        "an issue was opened or labelled by someone off the allowlist; no task"
+                    );
+                    return Ok(Intake::Ignored(format!(
+                        "`{sender}` (who {action} the issue) is not on the allowlist"
+                    )));
                 }
-                "edited" => edited(store, config, full_name, &issue, sender).await,
-                _ => Ok(Intake::Ignored(format!(
-                    "issue action `{action}` starts nothing"
-                ))),
+                accept_issue(store, config, &repo, &issue, "github:webhook").await
             }
-        }
-        "issue_comment" => {
-            let issue = &payload["issue"];
-            if action != "created" || issue.get("pull_request").is_none_or(Value::is_null) {
-                return Ok(Intake::Ignored(
-                    "only new comments on pull requests are read".into(),
-                ));
-            }
-            let comment = &payload["comment"];
-            let text = comment["body"].as_str().unwrap_or_default();
-            if !mentions_us(text) {
-                return Ok(Intake::Ignored(
-                    "the comment does not mention @backporcher".into(),
-                ));
-            }
-            let feedback = Feedback {
-                author: comment["user"]["login"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                kind: "comment".into(),
-                id: comment["id"].as_u64().unwrap_or_default(),
-                comments: vec![text.to_owned()],
-            };
-            let number = issue["number"]
-                .as_i64()
-                .ok_or_else(|| IntakeError::BadPayload("issue.number is missing".into()))?;
-            reopen_for_feedback(store, config, full_name, number, &feedback).await
-        }
-        "pull_request_review" => {
-            let review = &payload["review"];
-            let state = review["state"]
-                .as_str()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            if action != "submitted" || state == "approved" {
-                return Ok(Intake::Ignored(format!(
-                    "review `{action}`/`{state}` asks for nothing"
-                )));
-            }
-            let author = review["user"]["login"].as_str().unwrap_or_default();
-            if !allowed(config, author) {
+            "edited" => edited(store, config, &repo, &issue, &sender).await,
+            _ => Ok(Intake::Ignored(format!(
+                "issue action `{action}` starts nothing"
+            ))),
+        },
+        Decoded::PrComment {
+            repo,
+            number,
+            feedback,
+        } => reopen_for_feedback(store, config, &repo, number, &feedback).await,
+        Decoded::Review {
+            repo,
+            number,
+            review_id,
+            author,
+        } => {
+            if !allowed(config, &author) {
                 return Ok(Intake::Ignored(format!(
                     "reviewer `{author}` is not on the allowlist"
                 )));
@@ -202,22 +337,16 @@ async fn process(
                     "no forge configured to read the review".into(),
                 ));
             };
-            let number = payload["pull_request"]["number"]
-                .as_i64()
-                .ok_or_else(|| IntakeError::BadPayload("pull_request.number is missing".into()))?;
-            let review_id = review["id"]
-                .as_u64()
-                .ok_or_else(|| IntakeError::BadPayload("review.id is missing".into()))?;
             let feedback = forge
-                .review_feedback(full_name, number, review_id)
+                .review_feedback(&repo, number, review_id)
                 .await
                 .map_err(|e| IntakeError::Forge(e.to_string()))?;
             if feedback.comments.is_empty() {
                 return Ok(Intake::Ignored("the review has no text".into()));
             }
-            reopen_for_feedback(store, config, full_name, number, &feedback).await
+            reopen_for_feedback(store, config, &repo, number, &feedback).await
         }
-        other => Ok(Intake::Ignored(format!("event `{other}` is not handled"))),
+        Decoded::Ignored(why) => Ok(Intake::Ignored(why)),
     }
 }
 

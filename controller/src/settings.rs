@@ -2,13 +2,12 @@
 //! TOML file (`--config`) layered over defaults — a value given on the command line or in the
 //! environment wins over the file — and `check-config`, which explains every problem it finds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use clap::ArgMatches;
 use clap::parser::ValueSource;
-use controller::config::Config;
-use serde::Deserialize;
+use controller::config::{Config, FileConfig, parse_file};
 
 use super::ServeArgs;
 
@@ -35,53 +34,12 @@ fn warning(message: impl Into<String>) -> Problem {
     }
 }
 
-/// The TOML file. Unknown keys are errors that name the key.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    database_url: Option<String>,
-    data_dir: Option<PathBuf>,
-    listen: Option<String>,
-    grpc_listen: Option<String>,
-    server_names: Option<Vec<String>>,
-    lease_seconds: Option<u64>,
-    webhook_secret: Option<String>,
-    allowed_users: Option<Vec<String>>,
-    poll_seconds: Option<u64>,
-    notify_urls: Option<Vec<String>>,
-    secure_cookies: Option<bool>,
-    github: Option<GitHubFile>,
-    model: Option<ModelFile>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GitHubFile {
-    api: Option<String>,
-    token: Option<String>,
-    app_id: Option<u64>,
-    installation_id: Option<u64>,
-    app_key_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModelFile {
-    api: Option<String>,
-    api_key: Option<String>,
-    oauth_token: Option<String>,
-    claude_cli: Option<PathBuf>,
-    review_model: Option<String>,
-    triage_model: Option<String>,
-    reflection_model: Option<String>,
-}
-
 /// Reads the file, naming the file and the key on any error.
 pub fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         anyhow::anyhow!("cannot read the configuration file {}: {e}", path.display())
     })?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    parse_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Flags/environment over the file over defaults; returns the configuration and what is wrong.

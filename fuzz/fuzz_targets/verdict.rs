@@ -1,0 +1,28 @@
+//! The reviewer's answer and the diff windows: a parsed approval always comes from a last
+//! `VERDICT:` line that says APPROVE, and windows cover the diff exactly, each within its size.
+#![no_main]
+
+use controller::pipeline::review::{WINDOW, parse_verdict, windows};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(v) = parse_verdict(&text)
+        && v.approve
+    {
+        let last = text
+            .lines()
+            .map(str::trim)
+            .rfind(|l| {
+                l.trim_start_matches(['*', '#', '`', ' '])
+                    .to_ascii_uppercase()
+                    .starts_with("VERDICT:")
+            })
+            .expect("an approval has a verdict line");
+        assert!(last.to_ascii_uppercase().contains("APPROVE"), "{last}");
+    }
+    if let Ok(parts) = windows(&text) {
+        assert_eq!(parts.concat(), text);
+        assert!(parts.iter().all(|p| p.len() <= WINDOW));
+    }
+});
