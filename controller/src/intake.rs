@@ -350,6 +350,20 @@ async fn process(
     }
 }
 
+/// The registered repository `full_name`, or why the delivery is ignored.
+async fn registered(
+    store: &Store,
+    full_name: &str,
+) -> Result<Result<crate::store::repos::Repo, Intake>, IntakeError> {
+    match store.repo_by_name(full_name).await {
+        Ok(r) => Ok(Ok(r)),
+        Err(Error::RepoNotFound(_)) => Ok(Err(Intake::Ignored(format!(
+            "repository `{full_name}` is not registered"
+        )))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// An issue's text changed. A live task keeps the text it was labelled with; when the editor is
 /// not on the allowlist, the task is also held until a person looks.
 async fn edited(
@@ -359,14 +373,9 @@ async fn edited(
     issue: &Issue,
     sender: &str,
 ) -> Result<Intake, IntakeError> {
-    let repo = match store.repo_by_name(full_name).await {
+    let repo = match registered(store, full_name).await? {
         Ok(r) => r,
-        Err(Error::RepoNotFound(_)) => {
-            return Ok(Intake::Ignored(format!(
-                "repository `{full_name}` is not registered"
-            )));
-        }
-        Err(e) => return Err(e.into()),
+        Err(ignored) => return Ok(ignored),
     };
     let Some(task) = store.live_task_of_issue(repo.id, issue.number).await? else {
         return Ok(Intake::Ignored("no live task for the edited issue".into()));
@@ -476,14 +485,9 @@ pub async fn accept_issue(
             issue.author
         )));
     }
-    let repo = match store.repo_by_name(full_name).await {
+    let repo = match registered(store, full_name).await? {
         Ok(r) => r,
-        Err(Error::RepoNotFound(_)) => {
-            return Ok(Intake::Ignored(format!(
-                "repository `{full_name}` is not registered"
-            )));
-        }
-        Err(e) => return Err(e.into()),
+        Err(ignored) => return Ok(ignored),
     };
     if !repo.enabled {
         return Ok(Intake::Ignored(format!(

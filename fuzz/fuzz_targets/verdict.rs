@@ -2,7 +2,7 @@
 //! `VERDICT:` line that says APPROVE, and windows cover the diff exactly, each within its size.
 #![no_main]
 
-use controller::pipeline::review::{WINDOW, parse_verdict, windows};
+use controller::pipeline::review::{WINDOW, parse_verdict, verdict_line, windows};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -10,15 +10,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(v) = parse_verdict(&text)
         && v.approve
     {
-        let last = text
-            .lines()
-            .map(str::trim)
-            .rfind(|l| {
-                l.trim_start_matches(['*', '#', '`', ' '])
-                    .to_ascii_uppercase()
-                    .starts_with("VERDICT:")
-            })
-            .expect("an approval has a verdict line");
+        let last = verdict_line(&text).expect("an approval has a verdict line");
         assert!(last.to_ascii_uppercase().contains("APPROVE"), "{last}");
     }
     if let Ok(parts) = windows(&text) {

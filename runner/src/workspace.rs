@@ -263,18 +263,13 @@ impl Workspaces {
         tokio::fs::write(git_dir.join("config"), trusted_config(&format)).await?;
         // Past this point only the sandbox touches the checkout: hand it to the sandbox user.
         for d in [dir, git_dir.as_path()] {
-            let out = xcmd::Cmd::new("chown", parent)
-                .args(["-R", "1000:1000"])
-                .arg(d)
-                .to_tokio()
-                .output()
-                .await?;
-            anyhow::ensure!(
-                out.status.success(),
-                "cannot hand {} to the sandbox user: {}",
-                d.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            run(
+                xcmd::Cmd::new("chown", parent)
+                    .args(["-R", "1000:1000"])
+                    .arg(d),
+                &format!("hand {} to the sandbox user", d.display()),
+            )
+            .await?;
         }
         Ok(Checkout {
             dir: dir.to_owned(),
@@ -312,19 +307,27 @@ fn trusted_config(object_format: &str) -> String {
 }
 
 async fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    let out = xcmd::Cmd::new("cp", "/")
-        .args(["-a", "--no-dereference"])
-        .arg(from)
-        .arg(to)
+    run(
+        xcmd::Cmd::new("cp", "/")
+            .args(["-a", "--no-dereference"])
+            .arg(from)
+            .arg(to),
+        &format!("copy {} to {}", from.display(), to.display()),
+    )
+    .await
+}
+
+/// Runs a command to its end; its error output says why it failed.
+async fn run(cmd: xcmd::Cmd, what: &str) -> anyhow::Result<()> {
+    let out = cmd
         .to_tokio()
         .output()
-        .await?;
+        .await
+        .with_context(|| format!("cannot {what}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "cannot copy {} to {}: {}",
-        from.display(),
-        to.display(),
-        String::from_utf8_lossy(&out.stderr)
+        "cannot {what}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(())
 }

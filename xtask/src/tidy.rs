@@ -153,8 +153,9 @@ fn normal_deps(manifest: &toml::Table) -> Vec<String> {
         .collect()
 }
 
-fn check_docs(dir: &Path) -> Vec<String> {
-    let mut p = Vec::new();
+/// Every `.rs` file under `dir`, skipping `target` and hidden folders.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -168,19 +169,27 @@ fn check_docs(dir: &Path) -> Vec<String> {
                     stack.push(path);
                 }
             } else if path.extension().is_some_and(|x| x == "rs") {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-                // Test fixtures (code the tests parse) are data, not modules of ours.
-                let fixture = path
-                    .components()
-                    .any(|c| c.as_os_str() == "fixtures" || c.as_os_str() == "corpus");
-                if !first.starts_with("//!") && !fixture {
-                    p.push(format!(
-                        "{}: must open with a `//!` doc saying what it owns",
-                        path.display()
-                    ));
-                }
+                out.push(path);
             }
+        }
+    }
+    out
+}
+
+fn check_docs(dir: &Path) -> Vec<String> {
+    let mut p = Vec::new();
+    for path in rust_files(dir) {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        // Test fixtures (code the tests parse) are data, not modules of ours.
+        let fixture = path
+            .components()
+            .any(|c| c.as_os_str() == "fixtures" || c.as_os_str() == "corpus");
+        if !first.starts_with("//!") && !fixture {
+            p.push(format!(
+                "{}: must open with a `//!` doc saying what it owns",
+                path.display()
+            ));
         }
     }
     p
@@ -191,41 +200,27 @@ fn check_docs(dir: &Path) -> Vec<String> {
 /// assembled by hand.
 fn check_fences(src: &Path) -> Vec<String> {
     let mut p = Vec::new();
-    let mut stack = vec![src.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
+    for path in rust_files(src) {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("#[cfg(test)]") {
+                break;
             }
-            if path.extension().is_none_or(|x| x != "rs") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            for (n, line) in text.lines().enumerate() {
-                if line.trim_start().starts_with("#[cfg(test)]") {
-                    break;
-                }
-                let code = line.split("//").next().unwrap_or("").to_ascii_lowercase();
-                if [
-                    "<untrusted",
-                    "untrusted>",
-                    "begin untrusted",
-                    "end untrusted",
-                ]
-                .iter()
-                .any(|m| code.contains(m))
-                {
-                    p.push(format!(
-                        "{}:{}: fences untrusted text by hand; use textguard::fence",
-                        path.display(),
-                        n + 1
-                    ));
-                }
+            let code = line.split("//").next().unwrap_or("").to_ascii_lowercase();
+            if [
+                "<untrusted",
+                "untrusted>",
+                "begin untrusted",
+                "end untrusted",
+            ]
+            .iter()
+            .any(|m| code.contains(m))
+            {
+                p.push(format!(
+                    "{}:{}: fences untrusted text by hand; use textguard::fence",
+                    path.display(),
+                    n + 1
+                ));
             }
         }
     }

@@ -269,17 +269,19 @@ pub fn defuse(text: &str) -> String {
         .join("\n")
 }
 
+/// The line that decides: the last one that starts with `VERDICT:` (after Markdown emphasis).
+pub fn verdict_line(answer: &str) -> Option<&str> {
+    answer.lines().map(str::trim).rfind(|l| {
+        l.trim_start_matches(['*', '#', '`', ' '])
+            .to_ascii_uppercase()
+            .starts_with("VERDICT:")
+    })
+}
+
 /// Reads the verdict from the reviewer's answer.
 pub fn parse_verdict(answer: &str) -> anyhow::Result<Verdict> {
-    let line = answer
-        .lines()
-        .map(str::trim)
-        .rfind(|l| {
-            l.trim_start_matches(['*', '#', '`', ' '])
-                .to_ascii_uppercase()
-                .starts_with("VERDICT:")
-        })
-        .ok_or_else(|| anyhow::anyhow!("the reviewer gave no VERDICT line"))?;
+    let line =
+        verdict_line(answer).ok_or_else(|| anyhow::anyhow!("the reviewer gave no VERDICT line"))?;
     let rest = line.trim_start_matches(['*', '#', '`', ' ']);
     let rest = rest["VERDICT:".len()..]
         .trim()
