@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use controller::store::leases::ClaimRequest;
+use controller::store::claims::ClaimRequest;
 use controller::store::{MIGRATOR, Store};
 
 struct Args {

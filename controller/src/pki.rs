@@ -61,27 +61,9 @@ impl Pki {
     /// Loads the CA from the database, creating it on first start. Replicas starting together
     /// agree on one CA: creation happens under an advisory lock.
     pub async fn load_or_create(store: &Store, client_validity: Duration) -> anyhow::Result<Self> {
-        let mut tx = store.pool().begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('backporcher.pki'))")
-            .execute(&mut *tx)
+        let (cert_pem, key_pem) = store
+            .load_or_create_ca(|| new_ca().map_err(|e| format!("cannot make the runner CA: {e:#}")))
             .await?;
-        let row: Option<(String, String)> = sqlx::query_as("SELECT cert_pem, key_pem FROM pki_ca")
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (cert_pem, key_pem) = match row {
-            Some(r) => r,
-            None => {
-                let (cert, key) = new_ca()?;
-                sqlx::query("INSERT INTO pki_ca (cert_pem, key_pem) VALUES ($1, $2)")
-                    .bind(&cert)
-                    .bind(&key)
-                    .execute(&mut *tx)
-                    .await?;
-                tracing::info!("created the runner CA");
-                (cert, key)
-            }
-        };
-        tx.commit().await?;
         Self::from_pem(&cert_pem, &key_pem, client_validity)
     }
 

@@ -6,18 +6,16 @@
 
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Postgres, Row};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Status, Store, model::status_texts};
+use crate::store::{SingletonLock, Store};
 
 /// Advisory lock key of the reaper (an arbitrary constant shared by all replicas).
 const REAPER_LOCK: i64 = 0x6270_7265_6170; // "bpreap"
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(store: Store, interval: Duration, shutdown: CancellationToken) {
-    let mut lock: Option<PoolConnection<Postgres>> = None;
+    let mut lock: Option<SingletonLock> = None;
     loop {
         let pause = match sweep(&store, &mut lock, interval).await {
             Ok(p) => p,
@@ -38,18 +36,13 @@ pub async fn run(store: Store, interval: Duration, shutdown: CancellationToken) 
 /// One sweep; returns how long to sleep before the next.
 async fn sweep(
     store: &Store,
-    lock: &mut Option<PoolConnection<Postgres>>,
+    lock: &mut Option<SingletonLock>,
     interval: Duration,
 ) -> Result<Duration, crate::store::Error> {
     if lock.is_none() {
-        let mut conn = store.pool().acquire().await?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(REAPER_LOCK)
-            .fetch_one(&mut *conn)
-            .await?;
-        if !got {
+        let Some(conn) = store.try_singleton_lock(REAPER_LOCK).await? else {
             return Ok(interval);
-        }
+        };
         tracing::info!("this controller runs the reaper");
         *lock = Some(conn);
     }
@@ -63,14 +56,7 @@ async fn sweep(
         }
     }
     // Sleep until the next lease could expire, bounded by the interval.
-    let row = sqlx::query(
-        "SELECT EXTRACT(EPOCH FROM (min(lease_expires_at) - now()))::float8 FROM tasks WHERE status = ANY($1)",
-    )
-    .bind(status_texts(Status::ACTIVE))
-    .fetch_one(store.pool())
-    .await?;
-    let next: Option<f64> = row.try_get(0)?;
-    Ok(match next {
+    Ok(match store.next_lease_expiry().await? {
         Some(secs) if secs > 0.0 => Duration::from_secs_f64(secs + 0.01).min(interval),
         Some(_) => Duration::from_millis(10),
         None => interval,

@@ -395,7 +395,7 @@ async fn metrics(
 }
 
 async fn ready(State(s): State<HttpState>) -> (StatusCode, &'static str) {
-    match sqlx::query("SELECT 1").execute(s.store.pool()).await {
+    match s.store.ping().await {
         Ok(_) => (StatusCode::OK, "ready"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
     }

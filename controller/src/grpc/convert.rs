@@ -2,8 +2,9 @@
 
 use tonic::Status;
 
-use crate::store::leases::ClaimedRepo;
-use crate::store::leases::{LeaseRef, Outcome};
+use crate::store::claims::ClaimedRepo;
+use crate::store::claims::LeaseRef;
+use crate::store::completion::Outcome;
 use crate::store::{Error, RunnerId, Task};
 
 /// A wire lease key as a domain lease reference.

@@ -22,7 +22,8 @@ use super::convert::{self, status};
 use super::sessions::Sessions;
 use crate::pki::{Pki, cert_identity};
 use crate::signals::Signals;
-use crate::store::leases::{ClaimRequest, Completion, LeaseRef};
+use crate::store::claims::{ClaimRequest, LeaseRef};
+use crate::store::completion::Completion;
 use crate::store::runners::{HelloInfo, Runner};
 use crate::store::{Error, Status as TaskStatus, Store};
 

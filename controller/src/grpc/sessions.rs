@@ -87,13 +87,7 @@ pub async fn push_cancels(
             }
             Err(_) => return,
         };
-        let row: Option<(Option<i64>, i32)> = match sqlx::query_as(
-            "SELECT runner_id, attempt FROM tasks WHERE id = $1 AND status IN ('leased', 'running', 'verifying')",
-        )
-        .bind(task)
-        .fetch_optional(store.pool())
-        .await
-        {
+        let row = match store.live_lease_of(task).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(task, error = %e, "cannot look up a canceled task; its heartbeat will deliver the cancel");

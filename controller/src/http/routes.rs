@@ -21,8 +21,8 @@ use super::auth::{
 use super::{ApiError, ApiJson, AppState};
 use crate::store::ops::{Actor, Op};
 use crate::store::repos::{NewRepo, RepoSettings};
+use crate::store::tasks::TaskFilter;
 use crate::store::tasks::{Edits, NewTask};
-use crate::store::users::TaskFilter;
 use crate::store::{Status, Task};
 
 type ApiResult<T> = Result<Json<T>, ApiError>;

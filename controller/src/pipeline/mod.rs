@@ -1,6 +1,6 @@
 //! The controller's pipeline stages after a runner delivered its result: push the bundle and open
 //! the PR, have the reviewer look at the diff, watch CI, merge — each a work item taken from the
-//! store ([`crate::store::forge`]), never a loop that sleeps inside one task.
+//! store ([`crate::store::stages`]), never a loop that sleeps inside one task.
 //!
 //! A stage handler does one step and returns; the task's new status schedules the next stage (a
 //! database trigger), and a stage that must wait (CI pending, a rate limit, GitHub down) is put
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::forge::Forge;
 use crate::forge::git::Pusher;
-use crate::store::forge::STAGE_STATUSES;
+use crate::store::stages::STAGE_STATUSES;
 use crate::store::tasks::RetryPolicy;
 use crate::store::{Store, Task};
 

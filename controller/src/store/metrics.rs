@@ -2,7 +2,9 @@
 //! reports the same fleet-wide values): queue depth by required labels, schedule-to-start
 //! latency, leases close to expiry, expired leases, requeues, cancel latency, log gaps, cost.
 
-use super::{Result, Store};
+use serde::Serialize;
+
+use super::{RepoId, Result, Store};
 
 /// One scrape's values.
 #[derive(Debug, Clone, Default)]
@@ -228,4 +230,87 @@ pub fn render(m: &Metrics) -> String {
         ));
     }
     out
+}
+
+/// Fleet statistics.
+#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
+pub struct Stats {
+    /// Tasks merged.
+    pub merged: i64,
+    /// Tasks failed.
+    pub failed: i64,
+    /// Tasks canceled.
+    pub canceled: i64,
+    /// Tasks not ended.
+    pub live: i64,
+    /// merged / (merged + failed).
+    pub success_rate: Option<f64>,
+    /// Mean seconds from creation to merge.
+    pub avg_seconds_to_merge: Option<f64>,
+    /// Share of ended tasks that needed any retry.
+    pub retry_rate: Option<f64>,
+    /// Mean cost of ended tasks, micro-dollars.
+    pub avg_cost_microusd: Option<f64>,
+    /// Total cost, micro-dollars.
+    pub total_cost_microusd: i64,
+}
+
+/// Per repository and day.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DayStats {
+    /// Repository name.
+    pub repo: String,
+    /// Day (UTC).
+    pub day: chrono::NaiveDate,
+    /// Merged that day.
+    pub merged: i64,
+    /// Failed that day.
+    pub failed: i64,
+    /// Model spending that day, micro-dollars.
+    pub cost_microusd: i64,
+}
+
+impl Store {
+    /// Fleet statistics (optionally for one repository).
+    pub async fn stats(&self, repo: Option<RepoId>) -> Result<Stats> {
+        Ok(sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'merged') AS merged, \
+               count(*) FILTER (WHERE status = 'failed') AS failed, \
+               count(*) FILTER (WHERE status = 'canceled') AS canceled, \
+               count(*) FILTER (WHERE status NOT IN ('merged', 'failed', 'canceled')) AS live, \
+               (count(*) FILTER (WHERE status = 'merged'))::float8 / NULLIF(count(*) FILTER (WHERE status IN ('merged', 'failed')), 0) AS success_rate, \
+               avg(EXTRACT(EPOCH FROM finished_at - created_at)) FILTER (WHERE status = 'merged')::float8 AS avg_seconds_to_merge, \
+               (count(*) FILTER (WHERE status IN ('merged', 'failed') AND agent_retries + verify_retries + review_retries + ci_retries + conflict_retries > 0))::float8 \
+                 / NULLIF(count(*) FILTER (WHERE status IN ('merged', 'failed')), 0) AS retry_rate, \
+               avg(cost_microusd) FILTER (WHERE status IN ('merged', 'failed'))::float8 AS avg_cost_microusd, \
+               COALESCE(sum(cost_microusd), 0)::bigint AS total_cost_microusd \
+             FROM tasks WHERE $1::bigint IS NULL OR repo_id = $1",
+        )
+        .bind(repo)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Outcomes and spending per repository and day, last `days` days.
+    pub async fn stats_by_day(&self, days: i32) -> Result<Vec<DayStats>> {
+        Ok(sqlx::query_as(
+            "WITH days AS (SELECT g::date AS day FROM generate_series(current_date - ($1 - 1), current_date, interval '1 day') g), \
+                  ended AS (SELECT repo_id, finished_at::date AS day, \
+                                   count(*) FILTER (WHERE status = 'merged') AS merged, \
+                                   count(*) FILTER (WHERE status = 'failed') AS failed \
+                            FROM tasks WHERE status IN ('merged', 'failed') AND finished_at >= current_date - ($1 - 1) \
+                            GROUP BY 1, 2), \
+                  spent AS (SELECT repo_id, at::date AS day, sum(cost_microusd)::bigint AS cost \
+                            FROM usage_ledger WHERE at >= current_date - ($1 - 1) GROUP BY 1, 2) \
+             SELECT r.name AS repo, d.day, COALESCE(e.merged, 0) AS merged, COALESCE(e.failed, 0) AS failed, \
+                    COALESCE(s.cost, 0)::bigint AS cost_microusd \
+             FROM repos r CROSS JOIN days d \
+             LEFT JOIN ended e ON e.repo_id = r.id AND e.day = d.day \
+             LEFT JOIN spent s ON s.repo_id = r.id AND s.day = d.day \
+             ORDER BY r.name, d.day",
+        )
+        .bind(days.clamp(1, 366))
+        .fetch_all(&self.pool)
+        .await?)
+    }
 }

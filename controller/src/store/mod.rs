@@ -14,15 +14,20 @@
 //! and users), [`leases`] (claim, renew, logs, completion, reaping), [`repos`], [`runners`],
 //! [`settings`], and [`wake`] (LISTEN/NOTIFY).
 
+pub mod claims;
+pub mod completion;
 pub mod feedback;
-pub mod forge;
-pub mod leases;
+pub mod intake;
+pub mod logs;
 pub mod metrics;
+pub mod milestones;
 pub mod model;
 pub mod ops;
+pub mod pki;
 pub mod repos;
 pub mod runners;
 pub mod settings;
+pub mod stages;
 pub mod tasks;
 pub mod usage;
 pub mod users;
@@ -30,10 +35,15 @@ pub mod wake;
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres};
 
 pub use model::{FailureMode, HoldKind, RepoId, RunnerId, Status, Task, TaskId, TerminalReason};
+
+/// A session-level advisory lock held on its own connection (see [`Store::try_singleton_lock`]).
+#[derive(Debug)]
+pub struct SingletonLock(#[allow(dead_code)] PoolConnection<Postgres>);
 
 /// The embedded migrations (`migrations/` at the workspace root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -191,6 +201,24 @@ impl Store {
     /// The pool, for modules that own their own tables.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Takes the session-level advisory lock `key` on a connection of its own, for a loop only
+    /// one replica runs; `None` when another holder has it. The lock lasts as long as the
+    /// returned connection (and ends with it, when the database restarts).
+    pub async fn try_singleton_lock(&self, key: i64) -> Result<Option<SingletonLock>> {
+        let mut conn = self.pool.acquire().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(got.then_some(SingletonLock(conn)))
     }
 
     /// Builds the error for a guarded update that matched no row.

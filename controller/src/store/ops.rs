@@ -1,6 +1,8 @@
 //! Operations people perform on tasks, each recorded in the audit log with who did it and how it
 //! went — refused attempts included.
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::model::{status_texts, task_columns};
@@ -212,5 +214,36 @@ impl Store {
         )
         .await?;
         result
+    }
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct AuditEntry {
+    /// Id.
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: Option<String>,
+    /// `ok` or `refused: …`.
+    pub outcome: String,
+}
+
+impl Store {
+    /// The audit log, newest first.
+    pub async fn audit_log(&self, limit: i64, before: Option<i64>) -> Result<Vec<AuditEntry>> {
+        Ok(sqlx::query_as(
+            "SELECT id, at, actor, action, target, outcome FROM audit_log \
+             WHERE $2::bigint IS NULL OR id < $2 ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit.clamp(1, 1000))
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::Digest;
 
-use super::leases::Reaped;
+use super::claims::Reaped;
 use super::model::RunnerId;
 use super::{Error, Result, Store};
 

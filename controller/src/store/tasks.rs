@@ -913,3 +913,38 @@ pub(crate) async fn retry_in(
         .fetch_optional(conn)
         .await?)
 }
+
+/// Filters of a task list.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// Only these statuses.
+    pub status: Option<Status>,
+    /// Only this repository.
+    pub repo: Option<RepoId>,
+    /// Only tasks not ended.
+    pub live: bool,
+    /// Most rows.
+    pub limit: i64,
+    /// Only ids below this (paging, newest first).
+    pub before: Option<i64>,
+}
+
+impl Store {
+    /// Tasks, newest first, filtered.
+    pub async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {
+        Ok(sqlx::query_as::<_, Task>(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE ($1::text IS NULL OR status = $1) AND ($2::bigint IS NULL OR repo_id = $2) ",
+            "AND (NOT $3 OR status NOT IN ('merged', 'failed', 'canceled')) AND ($5::bigint IS NULL OR id < $5) ",
+            "ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(f.status.map(|s| s.as_str()))
+        .bind(f.repo)
+        .bind(f.live)
+        .bind(f.limit.clamp(1, 1000))
+        .bind(f.before)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

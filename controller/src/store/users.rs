@@ -1,13 +1,11 @@
 //! People and their credentials: users with roles, login sessions (hashed cookie tokens with a
-//! CSRF token each), API tokens (hashed, revocable), and the reads the API needs beyond single
-//! tasks — filtered task lists, the audit log, statistics.
+//! CSRF token each), API tokens (hashed, revocable).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::model::{RepoId, Status, task_columns};
 use super::runners::{new_secret, secret_hash};
-use super::{Error, Result, Store, Task, is_unique_violation};
+use super::{Error, Result, Store, is_unique_violation};
 
 /// A user.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -39,76 +37,6 @@ pub struct ApiToken {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Revoked at.
     pub revoked_at: Option<DateTime<Utc>>,
-}
-
-/// One audit entry.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
-pub struct AuditEntry {
-    /// Id.
-    pub id: i64,
-    /// When.
-    pub at: DateTime<Utc>,
-    /// Who.
-    pub actor: String,
-    /// What.
-    pub action: String,
-    /// On what.
-    pub target: Option<String>,
-    /// `ok` or `refused: …`.
-    pub outcome: String,
-}
-
-/// Filters of a task list.
-#[derive(Debug, Clone, Default)]
-pub struct TaskFilter {
-    /// Only these statuses.
-    pub status: Option<Status>,
-    /// Only this repository.
-    pub repo: Option<RepoId>,
-    /// Only tasks not ended.
-    pub live: bool,
-    /// Most rows.
-    pub limit: i64,
-    /// Only ids below this (paging, newest first).
-    pub before: Option<i64>,
-}
-
-/// Fleet statistics.
-#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
-pub struct Stats {
-    /// Tasks merged.
-    pub merged: i64,
-    /// Tasks failed.
-    pub failed: i64,
-    /// Tasks canceled.
-    pub canceled: i64,
-    /// Tasks not ended.
-    pub live: i64,
-    /// merged / (merged + failed).
-    pub success_rate: Option<f64>,
-    /// Mean seconds from creation to merge.
-    pub avg_seconds_to_merge: Option<f64>,
-    /// Share of ended tasks that needed any retry.
-    pub retry_rate: Option<f64>,
-    /// Mean cost of ended tasks, micro-dollars.
-    pub avg_cost_microusd: Option<f64>,
-    /// Total cost, micro-dollars.
-    pub total_cost_microusd: i64,
-}
-
-/// Per repository and day.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct DayStats {
-    /// Repository name.
-    pub repo: String,
-    /// Day (UTC).
-    pub day: chrono::NaiveDate,
-    /// Merged that day.
-    pub merged: i64,
-    /// Failed that day.
-    pub failed: i64,
-    /// Model spending that day, micro-dollars.
-    pub cost_microusd: i64,
 }
 
 impl Store {
@@ -328,78 +256,5 @@ impl Store {
         .await?
         .rows_affected()
             == 1)
-    }
-
-    /// Tasks, newest first, filtered.
-    pub async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {
-        Ok(sqlx::query_as::<_, Task>(concat!(
-            "SELECT ",
-            task_columns!(),
-            " FROM tasks WHERE ($1::text IS NULL OR status = $1) AND ($2::bigint IS NULL OR repo_id = $2) ",
-            "AND (NOT $3 OR status NOT IN ('merged', 'failed', 'canceled')) AND ($5::bigint IS NULL OR id < $5) ",
-            "ORDER BY id DESC LIMIT $4"
-        ))
-        .bind(f.status.map(|s| s.as_str()))
-        .bind(f.repo)
-        .bind(f.live)
-        .bind(f.limit.clamp(1, 1000))
-        .bind(f.before)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// The audit log, newest first.
-    pub async fn audit_log(&self, limit: i64, before: Option<i64>) -> Result<Vec<AuditEntry>> {
-        Ok(sqlx::query_as(
-            "SELECT id, at, actor, action, target, outcome FROM audit_log \
-             WHERE $2::bigint IS NULL OR id < $2 ORDER BY id DESC LIMIT $1",
-        )
-        .bind(limit.clamp(1, 1000))
-        .bind(before)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// Fleet statistics (optionally for one repository).
-    pub async fn stats(&self, repo: Option<RepoId>) -> Result<Stats> {
-        Ok(sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'merged') AS merged, \
-               count(*) FILTER (WHERE status = 'failed') AS failed, \
-               count(*) FILTER (WHERE status = 'canceled') AS canceled, \
-               count(*) FILTER (WHERE status NOT IN ('merged', 'failed', 'canceled')) AS live, \
-               (count(*) FILTER (WHERE status = 'merged'))::float8 / NULLIF(count(*) FILTER (WHERE status IN ('merged', 'failed')), 0) AS success_rate, \
-               avg(EXTRACT(EPOCH FROM finished_at - created_at)) FILTER (WHERE status = 'merged')::float8 AS avg_seconds_to_merge, \
-               (count(*) FILTER (WHERE status IN ('merged', 'failed') AND agent_retries + verify_retries + review_retries + ci_retries + conflict_retries > 0))::float8 \
-                 / NULLIF(count(*) FILTER (WHERE status IN ('merged', 'failed')), 0) AS retry_rate, \
-               avg(cost_microusd) FILTER (WHERE status IN ('merged', 'failed'))::float8 AS avg_cost_microusd, \
-               COALESCE(sum(cost_microusd), 0)::bigint AS total_cost_microusd \
-             FROM tasks WHERE $1::bigint IS NULL OR repo_id = $1",
-        )
-        .bind(repo)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    /// Outcomes and spending per repository and day, last `days` days.
-    pub async fn stats_by_day(&self, days: i32) -> Result<Vec<DayStats>> {
-        Ok(sqlx::query_as(
-            "WITH days AS (SELECT g::date AS day FROM generate_series(current_date - ($1 - 1), current_date, interval '1 day') g), \
-                  ended AS (SELECT repo_id, finished_at::date AS day, \
-                                   count(*) FILTER (WHERE status = 'merged') AS merged, \
-                                   count(*) FILTER (WHERE status = 'failed') AS failed \
-                            FROM tasks WHERE status IN ('merged', 'failed') AND finished_at >= current_date - ($1 - 1) \
-                            GROUP BY 1, 2), \
-                  spent AS (SELECT repo_id, at::date AS day, sum(cost_microusd)::bigint AS cost \
-                            FROM usage_ledger WHERE at >= current_date - ($1 - 1) GROUP BY 1, 2) \
-             SELECT r.name AS repo, d.day, COALESCE(e.merged, 0) AS merged, COALESCE(e.failed, 0) AS failed, \
-                    COALESCE(s.cost, 0)::bigint AS cost_microusd \
-             FROM repos r CROSS JOIN days d \
-             LEFT JOIN ended e ON e.repo_id = r.id AND e.day = d.day \
-             LEFT JOIN spent s ON s.repo_id = r.id AND s.day = d.day \
-             ORDER BY r.name, d.day",
-        )
-        .bind(days.clamp(1, 366))
-        .fetch_all(&self.pool)
-        .await?)
     }
 }

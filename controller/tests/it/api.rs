@@ -574,8 +574,8 @@ async fn logs_page_and_follow_until_the_attempt_ends_and_bad_bodies_get_json_err
         store2
             .complete(
                 &lease,
-                &controller::store::leases::Completion::new(
-                    controller::store::leases::Outcome::AgentFailed,
+                &controller::store::completion::Completion::new(
+                    controller::store::completion::Outcome::AgentFailed,
                 ),
                 &controller::store::tasks::RetryPolicy::default(),
             )

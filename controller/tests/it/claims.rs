@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use controller::store::leases::{ClaimRequest, Completion, Outcome};
+use controller::store::claims::ClaimRequest;
+use controller::store::completion::{Completion, Outcome};
 use controller::store::repos::RepoSettings;
 use controller::store::tasks::{RetryPolicy, Triage};
 use controller::store::{HoldKind, Status, Store};
@@ -529,7 +530,7 @@ async fn a_runner_never_holds_more_leases_than_its_capacity() {
     assert!(store.claim(&req).await.unwrap().is_some());
     let (second, lease) = {
         let t = store.claim(&req).await.unwrap().expect("second slot");
-        let l = controller::store::leases::LeaseRef::of(&t).unwrap();
+        let l = controller::store::claims::LeaseRef::of(&t).unwrap();
         (t, l)
     };
     assert!(

@@ -14,7 +14,7 @@ use controller::forge::{Forge, labels};
 use controller::intake::IntakeConfig;
 use controller::pipeline::review::ReviewError;
 use controller::pipeline::{Pipeline, PipelineConfig, ReviewInput, Reviewer, Verdict};
-use controller::store::leases::{Completion, Outcome};
+use controller::store::completion::{Completion, Outcome};
 use controller::store::repos::{NewRepo, Repo, RepoSettings};
 use controller::store::tasks::{NewTask, RetryPolicy, Triage};
 use controller::store::{Status, Store, Task};

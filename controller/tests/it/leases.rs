@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use controller::store::leases::{Completion, LeaseRef, MAX_LOG_CHUNK, Outcome};
+use controller::store::claims::LeaseRef;
+use controller::store::completion::{Completion, Outcome};
+use controller::store::logs::MAX_LOG_CHUNK;
 use controller::store::tasks::RetryPolicy;
 use controller::store::wake::{CANCEL_CHANNEL, QUEUE_CHANNEL, Wake};
 use controller::store::{Error, Status};
@@ -255,7 +257,7 @@ async fn the_reaper_loop_takes_back_a_lease_soon_after_it_expires() {
     let r = runner(&store, "r1").await;
     let t = queued(&store, &repo, "t").await;
     let claimed = store
-        .claim(&controller::store::leases::ClaimRequest {
+        .claim(&controller::store::claims::ClaimRequest {
             runner_id: r,
             labels: &[],
             lease: Duration::from_millis(500),

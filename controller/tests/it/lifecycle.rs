@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use controller::store::leases::{Completion, Outcome};
+use controller::store::completion::{Completion, Outcome};
 use controller::store::tasks::{
     Advance, CancelOutcome, Edits, Failure, NewTask, RetryPolicy, Triage,
 };
@@ -306,7 +306,7 @@ async fn a_dependent_on_a_runner_is_fenced_out_by_the_cascade() {
     .await;
     // A user requeued the dependent by hand earlier and it runs (force it onto a runner).
     let dep = force_status(&store, dep.id, Status::Running, r).await;
-    let lease = controller::store::leases::LeaseRef::of(&dep).unwrap();
+    let lease = controller::store::claims::LeaseRef::of(&dep).unwrap();
     store
         .fail(root.id, TerminalReason::InternalError, "x", &note("fail"))
         .await

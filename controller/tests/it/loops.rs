@@ -7,7 +7,7 @@ use std::time::Duration;
 use controller::model::{ModelClient, ModelConfig};
 use controller::pipeline::loops::Loops;
 use controller::pipeline::triage;
-use controller::store::leases::{Completion, Outcome};
+use controller::store::completion::{Completion, Outcome};
 use controller::store::repos::RepoSettings;
 use controller::store::tasks::{NewTask, RetryPolicy};
 use controller::store::{HoldKind, Status, Store, Task};

@@ -15,7 +15,7 @@ mod transitions;
 
 use std::time::Duration;
 
-use controller::store::leases::{ClaimRequest, LeaseRef};
+use controller::store::claims::{ClaimRequest, LeaseRef};
 use controller::store::model::status_texts;
 use controller::store::repos::{NewRepo, Repo};
 use controller::store::tasks::{NewTask, Triage};

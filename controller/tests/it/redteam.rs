@@ -12,7 +12,7 @@ use controller::forge::labels;
 use controller::model::{ModelClient, ModelConfig};
 use controller::pipeline::Verdict;
 use controller::pipeline::review::ModelReviewer;
-use controller::store::leases::{Completion, Outcome};
+use controller::store::completion::{Completion, Outcome};
 use controller::store::repos::RepoSettings;
 use controller::store::tasks::{NewTask, RetryPolicy, Triage};
 use controller::store::{Status, TerminalReason};

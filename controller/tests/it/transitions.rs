@@ -1,7 +1,8 @@
 //! Every step against every status: legal ones succeed and land where the step table says, illegal
 //! ones are refused with the current status, and nothing changes on a refusal.
 
-use controller::store::leases::{Completion, LeaseRef, Outcome};
+use controller::store::claims::LeaseRef;
+use controller::store::completion::{Completion, Outcome};
 use controller::store::model::{self, Step};
 use controller::store::tasks::{Advance, Edits, Failure, RetryPolicy, Triage};
 use controller::store::{Error, FailureMode, HoldKind, Status, Store, Task, TerminalReason};

@@ -54,7 +54,7 @@ async fn a_forced_gap_in_a_log_is_visible() {
     let runner_id = c.store.register_runner("manual", &[], 1).await.unwrap().id;
     let claimed = c
         .store
-        .claim(&controller::store::leases::ClaimRequest {
+        .claim(&controller::store::claims::ClaimRequest {
             runner_id,
             labels: &[],
             lease: Duration::from_secs(60),
@@ -64,7 +64,7 @@ async fn a_forced_gap_in_a_log_is_visible() {
         .unwrap()
         .unwrap();
     assert_eq!(claimed.id, t.id);
-    let lease = controller::store::leases::LeaseRef::of(&claimed).unwrap();
+    let lease = controller::store::claims::LeaseRef::of(&claimed).unwrap();
     for seq in [0, 1, 2, 5, 9] {
         c.store
             .append_log(&lease, seq, "stdout", b"x")

@@ -1,0 +1,418 @@
+//! Leases: a runner claims a task, renews its lease while it works, and loses it when it stops
+//! renewing (the reaper) or its process restarts; a controller start grants live leases a grace
+//! period. The lease key — (task, attempt, lease token) and the runner — fences every runner
+//! write ([`crate::store::logs`], [`crate::store::completion`]).
+//!
+//! A claim is one `FOR UPDATE SKIP LOCKED` statement that honours holds, dependencies, the global
+//! pause, runner labels and the per-repo concurrency cap, and orders by priority then age. The cap
+//! is exact: the statement increments the repository's `active_tasks` only while it is below the
+//! cap, on the locked repository row, and the tasks trigger decrements it when a lease ends.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::model::{self, RunnerId, Status, Task, TaskId, status_texts};
+use super::{Error, Result, Store};
+
+/// A runner asking for work.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    /// The runner (its registry labels, not what it claims about itself).
+    pub runner_id: RunnerId,
+    /// Labels of the runner; a task's required labels must all be among them.
+    pub labels: &'a [String],
+    /// Lease length.
+    pub lease: Duration,
+    /// Most leases the runner may hold at once (`None`: no limit).
+    pub capacity: Option<i32>,
+}
+
+/// The identity a runner writes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRef {
+    /// Task.
+    pub task_id: TaskId,
+    /// Attempt the lease belongs to.
+    pub attempt: i32,
+    /// The lease token.
+    pub token: Uuid,
+    /// The runner that holds it (every write is checked against it too).
+    pub runner_id: RunnerId,
+}
+
+impl LeaseRef {
+    /// The lease a freshly claimed task carries.
+    pub fn of(task: &Task) -> Option<Self> {
+        Some(Self {
+            task_id: task.id,
+            attempt: task.attempt,
+            token: task.lease_token?,
+            runner_id: task.runner_id?,
+        })
+    }
+}
+
+/// Result of a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Renewal {
+    /// New expiry.
+    pub expires_at: DateTime<Utc>,
+    /// A user asked to cancel: stop the work and complete with
+    /// [`crate::store::completion::Outcome::Canceled`].
+    pub cancel_requested: bool,
+}
+
+/// A task the reaper took back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    /// Task.
+    pub task_id: TaskId,
+    /// Its status now (`queued`, or `canceled` when cancel had been requested).
+    pub status: Status,
+    /// Runner that held it.
+    pub runner_id: Option<RunnerId>,
+}
+
+// Re-queues (or, with a pending cancel, cancels) active tasks chosen by `$filter`, spending no retry.
+// Binds: $1 active statuses, $2 limit, $3 runner, $4 actor, $5 reason.
+macro_rules! take_back_sql {
+    ($filter:literal) => {
+        concat!(
+            "UPDATE tasks SET ",
+            "status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'canceled' ELSE 'queued' END, ",
+            "terminal_reason = CASE WHEN cancel_requested_at IS NOT NULL THEN 'canceled_by_user' END, ",
+            "lease_token = NULL, lease_expires_at = NULL, ",
+            "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = $5, ",
+            "ev_data = jsonb_build_object('runner', runner_id, 'attempt', attempt) ",
+            "WHERE id IN (SELECT id FROM tasks WHERE status = ANY($1) AND ($3::bigint IS NULL OR runner_id = $3) AND ",
+            $filter,
+            " LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, status, runner_id"
+        )
+    };
+}
+
+// The claim statement, with `$prelude` (extra CTEs) and `$from` choosing where candidates come from. Binds: $1 runner,
+// $2 runner labels, $3 lease seconds, $4 runner capacity (NULL: unlimited).
+macro_rules! claim_sql {
+    ($prelude:literal, $from:literal) => {
+        concat!(
+            "WITH ", $prelude, " cand AS (",
+            "  SELECT t.id, t.repo_id FROM ", $from, " JOIN repos r ON r.id = t.repo_id",
+            "  WHERE t.status = 'queued'",
+            "    AND (t.hold_kind IS NULL OR (t.hold_kind IN ('circuit_breaker', 'reflection') AND t.hold_until <= now()))",
+            "    AND r.enabled AND (r.breaker_until IS NULL OR r.breaker_until <= now())",
+            "    AND (NOT t.labels_required OR t.required_labels <@ $2::text[])",
+            "    AND (r.max_concurrency IS NULL OR r.active_tasks < r.max_concurrency)",
+            "    AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks dt ON dt.id = d.depends_on",
+            "                    WHERE d.task_id = t.id AND (dt.status <> 'merged' AND (NOT d.soft OR dt.status NOT IN ('failed', 'canceled'))))",
+            "    AND NOT (SELECT queue_paused FROM settings)",
+            "    AND ($4::int IS NULL OR (SELECT count(*) FROM tasks h WHERE h.runner_id = $1",
+            "         AND h.status IN ('leased', 'running', 'verifying')) < $4)",
+            "  ORDER BY t.priority, t.created_at, t.id",
+            "  LIMIT 1",
+            "  FOR UPDATE OF t SKIP LOCKED",
+            "), slot AS (",
+            "  UPDATE repos r SET active_tasks = r.active_tasks + 1 FROM cand",
+            "  WHERE r.id = cand.repo_id AND (r.max_concurrency IS NULL OR r.active_tasks < r.max_concurrency)",
+            "  RETURNING r.id",
+            "), claimed AS (",
+            "  UPDATE tasks t SET status = 'leased', attempt = t.attempt + 1, lease_token = gen_random_uuid(),",
+            "    runner_id = $1, leased_at = now(), lease_expires_at = now() + make_interval(secs => $3),",
+            "    hold_kind = NULL, hold_until = NULL, hold_by = NULL,",
+            "    ev_seq = t.ev_seq + 1, ev_actor = 'runner:' || $1, ev_reason = 'claimed', ev_data = NULL",
+            "  FROM cand JOIN slot ON slot.id = cand.repo_id",
+            "  WHERE t.id = cand.id",
+            "  RETURNING t.*",
+            ")",
+            "SELECT cand.id AS candidate, claimed.*, r.name AS repo_name, r.clone_url AS repo_clone_url,",
+            "  r.default_branch AS repo_default_branch, r.verify_command AS repo_verify_command,",
+            "  r.egress_policy AS repo_egress_policy, r.budget_task_microusd AS repo_budget_task_microusd,",
+            "  r.agent_hooks AS repo_agent_hooks",
+            " FROM cand LEFT JOIN claimed ON claimed.id = cand.id LEFT JOIN repos r ON r.id = claimed.repo_id"
+        )
+    };
+}
+
+/// Claims from the head of the queue: the first 128 queued tasks in claim order,
+/// read from the `(priority, created_at, id)` partial index whatever the planner's statistics say.
+/// This is the fast path; it keeps a claim O(1) in the queue length.
+/// The head is materialised so that no plan, however poor its statistics, re-reads it per row.
+const CLAIM_HEAD_SQL: &str = claim_sql!(
+    "head AS MATERIALIZED (SELECT id FROM tasks WHERE status = 'queued' \
+     ORDER BY priority, created_at, id LIMIT 128),",
+    "head JOIN tasks t ON t.id = head.id"
+);
+/// Claims from the whole queue: used when everything at the head is gated (held, waiting for
+/// dependencies, labels, caps) or locked by other claimers.
+const CLAIM_ALL_SQL: &str = claim_sql!("", "tasks t");
+
+/// The claim statement's row: the candidate it locked, and the task if the claim won a slot.
+struct ClaimRow {
+    candidate: TaskId,
+    task: Option<(Task, ClaimedRepo)>,
+}
+
+/// What a runner needs of the repository of a task it claimed (read in the claim statement).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedRepo {
+    /// `owner/name`.
+    #[sqlx(rename = "repo_name")]
+    pub name: String,
+    /// Clone URL.
+    #[sqlx(rename = "repo_clone_url")]
+    pub clone_url: String,
+    /// Base branch.
+    #[sqlx(rename = "repo_default_branch")]
+    pub default_branch: String,
+    /// Verify command.
+    #[sqlx(rename = "repo_verify_command")]
+    pub verify_command: Option<String>,
+    /// Egress policy.
+    #[sqlx(rename = "repo_egress_policy")]
+    pub egress_policy: String,
+    /// Per-task budget.
+    #[sqlx(rename = "repo_budget_task_microusd")]
+    pub budget_task_microusd: Option<i64>,
+    /// Whether the agent CLI may run the default branch's hooks and MCP servers.
+    #[sqlx(rename = "repo_agent_hooks")]
+    pub agent_hooks: bool,
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        let candidate = row.try_get("candidate")?;
+        let won: Option<TaskId> = row.try_get("id")?;
+        let task = match won {
+            Some(_) => Some((
+                <Task as sqlx::FromRow<_>>::from_row(row)?,
+                <ClaimedRepo as sqlx::FromRow<_>>::from_row(row)?,
+            )),
+            None => None,
+        };
+        Ok(Self { candidate, task })
+    }
+}
+
+impl Store {
+    /// Leases the next eligible task to a runner, or returns `None` when nothing is eligible.
+    pub async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Option<Task>> {
+        Ok(self.claim_with_repo(req).await?.map(|(t, _)| t))
+    }
+
+    /// [`Store::claim`], also returning what the runner needs of the task's repository (read in
+    /// the same statement).
+    pub async fn claim_with_repo(
+        &self,
+        req: &ClaimRequest<'_>,
+    ) -> Result<Option<(Task, ClaimedRepo)>> {
+        // A claim that found a candidate but lost the repository's last slot to a concurrent
+        // claimer tries again: other repositories may still have work.
+        for _ in 0..4 {
+            let mut row = self.claim_once(CLAIM_HEAD_SQL, req).await?;
+            if row.is_none() {
+                row = self.claim_once(CLAIM_ALL_SQL, req).await?;
+            }
+            match row {
+                None => return Ok(None),
+                Some(ClaimRow { task: Some(t), .. }) => return Ok(Some(t)),
+                Some(ClaimRow {
+                    candidate,
+                    task: None,
+                }) => {
+                    tracing::debug!(candidate, "claim lost the repository slot; retrying");
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn claim_once(
+        &self,
+        sql: &'static str,
+        req: &ClaimRequest<'_>,
+    ) -> Result<Option<ClaimRow>> {
+        Ok(sqlx::query_as(sql)
+            .bind(req.runner_id)
+            .bind(req.labels)
+            .bind(req.lease.as_secs_f64())
+            .bind(req.capacity)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Extends a lease. Reports a pending cancellation so the runner can stop.
+    pub async fn renew(&self, lease: &LeaseRef, length: Duration) -> Result<Renewal> {
+        let row: Option<(DateTime<Utc>, bool)> = sqlx::query_as(
+            "UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $4) \
+             WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = ANY($5) AND runner_id = $6 \
+             RETURNING lease_expires_at, cancel_requested_at IS NOT NULL",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(length.as_secs_f64())
+        .bind(status_texts(Status::ACTIVE))
+        .bind(lease.runner_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some((expires_at, cancel_requested)) => Ok(Renewal {
+                expires_at,
+                cancel_requested,
+            }),
+            None => Err(self.lease_lost(lease).await),
+        }
+    }
+
+    /// Renews every lease a runner lists, in one statement. Leases that are not the runner's any
+    /// more come back as `None`: the runner must stop that work.
+    pub async fn renew_many(
+        &self,
+        runner: RunnerId,
+        leases: &[LeaseRef],
+        length: Duration,
+    ) -> Result<Vec<(LeaseRef, Option<Renewal>)>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = leases.iter().map(|l| l.task_id).collect();
+        let attempts: Vec<i32> = leases.iter().map(|l| l.attempt).collect();
+        let tokens: Vec<Uuid> = leases.iter().map(|l| l.token).collect();
+        let rows: Vec<(TaskId, i32, DateTime<Utc>, bool)> = sqlx::query_as(
+            "UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => $4) \
+             FROM unnest($1::bigint[], $2::int[], $3::uuid[]) AS k(id, attempt, token) \
+             WHERE t.id = k.id AND t.attempt = k.attempt AND t.lease_token = k.token \
+               AND t.runner_id = $5 AND t.status = ANY($6) \
+             RETURNING t.id, t.attempt, t.lease_expires_at, t.cancel_requested_at IS NOT NULL",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&tokens)
+        .bind(length.as_secs_f64())
+        .bind(runner)
+        .bind(status_texts(Status::ACTIVE))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(leases
+            .iter()
+            .map(|l| {
+                let renewed = rows
+                    .iter()
+                    .find(|(id, attempt, _, _)| *id == l.task_id && *attempt == l.attempt)
+                    .map(|(_, _, expires_at, cancel_requested)| Renewal {
+                        expires_at: *expires_at,
+                        cancel_requested: *cancel_requested,
+                    });
+                (*l, renewed)
+            })
+            .collect())
+    }
+
+    /// Takes back leases that expired: re-queued without spending a retry (`lease_expired`), or
+    /// canceled when cancellation had been requested. Processes at most `limit` rows.
+    pub async fn reap_expired(&self, limit: i64) -> Result<Vec<Reaped>> {
+        self.take_back(
+            take_back_sql!("lease_expires_at < now() ORDER BY lease_expires_at"),
+            limit,
+            None,
+            "lease_expired",
+            "reaper",
+        )
+        .await
+    }
+
+    /// Takes back every lease of a runner that is gone (disabled, revoked, or known dead):
+    /// re-queued as `runner_lost`, without spending a retry.
+    pub async fn release_runner_leases(
+        &self,
+        runner: RunnerId,
+        actor: &str,
+    ) -> Result<Vec<Reaped>> {
+        self.take_back(
+            take_back_sql!("true"),
+            i64::MAX,
+            Some(runner),
+            "runner_lost",
+            actor,
+        )
+        .await
+    }
+
+    async fn take_back(
+        &self,
+        sql: &'static str,
+        limit: i64,
+        runner: Option<RunnerId>,
+        reason: &'static str,
+        actor: &str,
+    ) -> Result<Vec<Reaped>> {
+        let rows: Vec<(TaskId, String, Option<RunnerId>)> = sqlx::query_as(sql)
+            .bind(status_texts(Status::ACTIVE))
+            .bind(limit)
+            .bind(runner)
+            .bind(actor)
+            .bind(reason)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|(task_id, status, runner_id)| {
+                Ok(Reaped {
+                    task_id,
+                    status: status
+                        .parse()
+                        .map_err(|e: model::UnknownValue| Error::Invalid(e.to_string()))?,
+                    runner_id,
+                })
+            })
+            .collect()
+    }
+
+    /// Gives every live lease at least `grace` more time: called when a controller starts, so
+    /// runners that were cut off by the restart can reconnect before their work is taken back.
+    pub async fn grant_grace(&self, grace: Duration) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE tasks SET lease_expires_at = GREATEST(lease_expires_at, now() + make_interval(secs => $1)) \
+             WHERE status = ANY($2)",
+        )
+        .bind(grace.as_secs_f64())
+        .bind(status_texts(Status::ACTIVE))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    pub(super) async fn lease_lost(&self, lease: &LeaseRef) -> Error {
+        match self.task(lease.task_id).await {
+            Ok(t) => Error::LeaseLost {
+                task: lease.task_id,
+                attempt: lease.attempt,
+                current: t.status,
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// Seconds until the next live lease expires (negative when one is overdue), if any is live.
+    pub async fn next_lease_expiry(&self) -> Result<Option<f64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM (min(lease_expires_at) - now()))::float8 FROM tasks WHERE status = ANY($1)",
+        )
+        .bind(status_texts(Status::ACTIVE))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The runner and attempt of `task` while it is on a runner.
+    pub async fn live_lease_of(&self, task: TaskId) -> Result<Option<(Option<RunnerId>, i32)>> {
+        Ok(sqlx::query_as(
+            "SELECT runner_id, attempt FROM tasks WHERE id = $1 AND status = ANY($2)",
+        )
+        .bind(task)
+        .bind(status_texts(Status::ACTIVE))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}

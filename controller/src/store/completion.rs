@@ -1,0 +1,353 @@
+//! The end of an attempt as the runner reports it: its stage changes (agent, verify) and its
+//! completion — idempotent per attempt, a cancel requested meanwhile always winning, the outcome
+//! mapped to the next status (pushing, a retry of the failure's mode, or an end).
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::claims::LeaseRef;
+use super::model::{
+    self, FailureMode, RunnerId, Status, Task, TaskId, TerminalReason, status_texts, task_columns,
+};
+use super::tasks::{Failure, RetryPolicy, retry_in};
+use super::{Error, Note, Result, Store};
+
+/// How a run ended, as the runner saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The agent produced a result that passed verification.
+    Succeeded,
+    /// The agent failed (including producing no change).
+    AgentFailed,
+    /// Verification kept failing after the runner's own fix rounds.
+    VerifyFailed,
+    /// The run hit its wall-clock or idle limit.
+    TimedOut,
+    /// The run hit its cost budget.
+    BudgetExceeded,
+    /// The run stopped because cancellation was requested.
+    Canceled,
+    /// The runner gave the work up for its own reasons (shutdown, lost workspace): re-queue
+    /// without spending a retry.
+    Abandoned,
+}
+
+impl Outcome {
+    /// Text stored in `task_results`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::AgentFailed => "agent_failed",
+            Outcome::VerifyFailed => "verify_failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::BudgetExceeded => "budget_exceeded",
+            Outcome::Canceled => "canceled",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// What a runner reports when it is done.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Error text for failures.
+    pub error: Option<String>,
+    /// Context the next run needs (verify output, agent summary).
+    pub context: Option<Value>,
+    /// Branch the result is on.
+    pub branch: Option<String>,
+    /// Head commit of the result.
+    pub head_sha: Option<String>,
+    /// Cost of this attempt.
+    pub cost_microusd: i64,
+    /// Anything else to keep with the result.
+    pub data: Option<Value>,
+}
+
+impl Completion {
+    /// A completion with only an outcome.
+    pub fn new(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            error: None,
+            context: None,
+            branch: None,
+            head_sha: None,
+            cost_microusd: 0,
+            data: None,
+        }
+    }
+}
+
+/// What the controller made of a completion.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    /// The task after it.
+    pub task: Task,
+    /// `true` when this attempt had already completed: nothing changed.
+    pub duplicate: bool,
+}
+
+/// The lease columns `complete` locks and checks.
+#[derive(sqlx::FromRow)]
+struct LockedLease {
+    status: String,
+    attempt: i32,
+    lease_token: Option<Uuid>,
+    cancel_requested: bool,
+    runner_id: Option<RunnerId>,
+}
+
+impl Store {
+    /// The runner started (or restarted) the agent.
+    pub async fn start_agent(&self, lease: &LeaseRef) -> Result<Task> {
+        self.runner_step(lease, model::START_AGENT).await
+    }
+
+    /// The runner started the verify command.
+    pub async fn start_verify(&self, lease: &LeaseRef) -> Result<Task> {
+        self.runner_step(lease, model::START_VERIFY).await
+    }
+
+    async fn runner_step(&self, lease: &LeaseRef, step: model::Step) -> Result<Task> {
+        let row = sqlx::query_as::<_, Task>(concat!(
+            "UPDATE tasks SET status = $4, ",
+            "ev_seq = ev_seq + 1, ev_actor = 'runner:' || runner_id, ev_reason = $6, ev_data = NULL ",
+            "WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = ANY($5) AND runner_id = $7 RETURNING ",
+            task_columns!()
+        ))
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(step.to.as_str())
+        .bind(status_texts(step.from))
+        .bind(step.name)
+        .bind(lease.runner_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(t) => Ok(t),
+            None => {
+                let t = self.task(lease.task_id).await?;
+                let holds_lease = t.attempt == lease.attempt
+                    && t.lease_token == Some(lease.token)
+                    && t.runner_id == Some(lease.runner_id)
+                    && t.status.is_active();
+                if holds_lease {
+                    // The lease is fine; the step is not legal from here.
+                    Err(self.refused(lease.task_id, step).await)
+                } else {
+                    Err(Error::LeaseLost {
+                        task: lease.task_id,
+                        attempt: lease.attempt,
+                        current: t.status,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Records the runner's result and moves the task on. Idempotent: the same attempt completing
+    /// again is acknowledged with `duplicate = true` and changes nothing. A cancel requested
+    /// meanwhile always wins.
+    pub async fn complete(
+        &self,
+        lease: &LeaseRef,
+        c: &Completion,
+        policy: &RetryPolicy,
+    ) -> Result<Completed> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<LockedLease> = sqlx::query_as(
+            "SELECT status, attempt, lease_token, cancel_requested_at IS NOT NULL AS cancel_requested, runner_id \
+             FROM tasks WHERE id = $1 FOR UPDATE",
+        )
+        .bind(lease.task_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(LockedLease {
+            status,
+            attempt,
+            lease_token: token,
+            cancel_requested,
+            runner_id: runner,
+        }) = row
+        else {
+            return Err(Error::TaskNotFound(lease.task_id));
+        };
+        let status: Status = status
+            .parse()
+            .map_err(|e: model::UnknownValue| Error::Invalid(e.to_string()))?;
+
+        let previous: Option<Uuid> = sqlx::query_scalar(
+            "SELECT lease_token FROM task_results WHERE task_id = $1 AND attempt = $2",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if previous == Some(lease.token) {
+            drop(tx);
+            return Ok(Completed {
+                task: self.task(lease.task_id).await?,
+                duplicate: true,
+            });
+        }
+        if c.cost_microusd < 0 {
+            return Err(Error::Invalid(format!(
+                "a completion cannot report a negative cost ({} micro-dollars)",
+                c.cost_microusd
+            )));
+        }
+        if attempt != lease.attempt
+            || token != Some(lease.token)
+            || runner != Some(lease.runner_id)
+            || !status.is_active()
+        {
+            return Err(Error::LeaseLost {
+                task: lease.task_id,
+                attempt: lease.attempt,
+                current: status,
+            });
+        }
+
+        sqlx::query(
+            "INSERT INTO task_results (task_id, attempt, lease_token, outcome, error, data) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(c.outcome.as_str())
+        .bind(&c.error)
+        .bind(json!({"context": c.context, "data": c.data, "head_sha": c.head_sha, "branch": c.branch}))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE tasks SET cost_microusd = cost_microusd + $2 WHERE id = $1")
+            .bind(lease.task_id)
+            .bind(c.cost_microusd)
+            .execute(&mut *tx)
+            .await?;
+        // The runner's metered agent calls join the ledger with the controller's own calls.
+        if c.cost_microusd > 0 {
+            sqlx::query(
+                "INSERT INTO usage_ledger (task_id, repo_id, purpose, model, cost_microusd) \
+                 SELECT id, repo_id, 'agent', model, $2 FROM tasks WHERE id = $1",
+            )
+            .bind(lease.task_id)
+            .bind(c.cost_microusd)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        let actor = format!("runner:{}", runner.unwrap_or_default());
+        let task = if cancel_requested {
+            end_lease(
+                &mut tx,
+                lease.task_id,
+                Status::Canceled,
+                Some(TerminalReason::CanceledByUser),
+                c.error.as_deref(),
+                &actor,
+                "canceled",
+            )
+            .await?
+        } else {
+            match c.outcome {
+                Outcome::Succeeded => sqlx::query_as::<_, Task>(concat!(
+                    "UPDATE tasks SET status = 'pushing', ",
+                    "head_sha = COALESCE($3, head_sha), lease_expires_at = NULL, error = NULL, ",
+                    "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = 'completed', ",
+                    "ev_data = CASE WHEN $2::text IS DISTINCT FROM branch ",
+                    "  THEN jsonb_build_object('runner_branch', $2::text, 'branch', branch) END ",
+                    "WHERE id = $1 RETURNING ",
+                    task_columns!()
+                ))
+                .bind(lease.task_id)
+                .bind(&c.branch)
+                .bind(&c.head_sha)
+                .bind(&actor)
+                .fetch_one(&mut *tx)
+                .await?,
+                Outcome::AgentFailed | Outcome::TimedOut | Outcome::VerifyFailed => {
+                    let (mode, reason) = match c.outcome {
+                        Outcome::VerifyFailed => {
+                            (FailureMode::Verify, TerminalReason::VerifyFailed)
+                        }
+                        Outcome::TimedOut => (FailureMode::Agent, TerminalReason::TimedOut),
+                        _ => (FailureMode::Agent, TerminalReason::AgentFailed),
+                    };
+                    let failure = Failure {
+                        mode,
+                        reason: Some(reason),
+                        error: c
+                            .error
+                            .clone()
+                            .unwrap_or_else(|| c.outcome.as_str().to_owned()),
+                        context: c.context.clone(),
+                    };
+                    let note = Note::new(actor.clone(), c.outcome.as_str());
+                    retry_in(&mut tx, lease.task_id, &failure, policy, &note)
+                        .await?
+                        .ok_or(Error::TaskNotFound(lease.task_id))?
+                }
+                Outcome::BudgetExceeded => {
+                    end_lease(
+                        &mut tx,
+                        lease.task_id,
+                        Status::Failed,
+                        Some(TerminalReason::BudgetExceeded),
+                        c.error.as_deref(),
+                        &actor,
+                        "budget_exceeded",
+                    )
+                    .await?
+                }
+                Outcome::Canceled | Outcome::Abandoned => {
+                    end_lease(
+                        &mut tx,
+                        lease.task_id,
+                        Status::Queued,
+                        None,
+                        c.error.as_deref(),
+                        &actor,
+                        "abandoned",
+                    )
+                    .await?
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(Completed {
+            task,
+            duplicate: false,
+        })
+    }
+}
+
+async fn end_lease(
+    tx: &mut sqlx::PgConnection,
+    id: TaskId,
+    to: Status,
+    reason: Option<TerminalReason>,
+    error: Option<&str>,
+    actor: &str,
+    why: &str,
+) -> Result<Task> {
+    Ok(sqlx::query_as::<_, Task>(concat!(
+        "UPDATE tasks SET status = $2, terminal_reason = $3, error = COALESCE($4, error), ",
+        "lease_token = CASE WHEN $2 = 'queued' THEN NULL ELSE lease_token END, lease_expires_at = NULL, ",
+        "ev_seq = ev_seq + 1, ev_actor = $5, ev_reason = $6, ev_data = NULL ",
+        "WHERE id = $1 RETURNING ",
+        task_columns!()
+    ))
+    .bind(id)
+    .bind(to.as_str())
+    .bind(reason.map(|r| r.as_str()))
+    .bind(error)
+    .bind(actor)
+    .bind(why)
+    .fetch_one(tx)
+    .await?)
+}

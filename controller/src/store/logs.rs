@@ -1,0 +1,226 @@
+//! What a runner ships while it works: log chunks (acknowledged once stored, idempotent per
+//! sequence number, capped per attempt with the rest counted) and the result bundle — each write
+//! fenced by the lease key.
+
+use super::claims::LeaseRef;
+use super::model::{Status, TaskId, status_texts};
+use super::{Error, Result, Store};
+
+/// Largest log chunk accepted, in bytes. Larger chunks must be split by the runner.
+pub const MAX_LOG_CHUNK: usize = 256 * 1024;
+/// Most log bytes stored per attempt; the rest is acknowledged, counted and dropped.
+pub const MAX_LOG_BYTES: i64 = proto::limits::MAX_LOG_BYTES as i64;
+
+impl Store {
+    /// Stores the result bundle of an attempt (replacing an earlier upload of the same attempt).
+    pub async fn store_bundle(&self, lease: &LeaseRef, data: &[u8], sha256: &str) -> Result<()> {
+        let n = sqlx::query(
+            "INSERT INTO task_bundles (task_id, attempt, size, sha256, data) \
+             SELECT id, attempt, $4, $5, $6 FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3 \
+               AND runner_id = $7 AND status = ANY($8) \
+             ON CONFLICT (task_id, attempt) DO UPDATE SET size = EXCLUDED.size, sha256 = EXCLUDED.sha256, \
+               data = EXCLUDED.data, received_at = now()",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(data.len() as i64)
+        .bind(sha256)
+        .bind(data)
+        .bind(lease.runner_id)
+        .bind(status_texts(Status::ACTIVE))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(self.lease_lost(lease).await);
+        }
+        Ok(())
+    }
+
+    /// The stored bundle of an attempt: (sha256, bytes).
+    pub async fn bundle(&self, task: TaskId, attempt: i32) -> Result<Option<(String, Vec<u8>)>> {
+        Ok(sqlx::query_as(
+            "SELECT sha256, data FROM task_bundles WHERE task_id = $1 AND attempt = $2",
+        )
+        .bind(task)
+        .bind(attempt)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Ranges of log sequence numbers missing below the highest one stored, as inclusive
+    /// `(first, last)` pairs: a gap in an attempt's log is visible, never silent.
+    pub async fn log_gaps(&self, task: TaskId, attempt: i32) -> Result<Vec<(i64, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT prev + 1, seq - 1 FROM ( \
+               SELECT seq, COALESCE(lag(seq) OVER (ORDER BY seq), -1) AS prev \
+               FROM log_chunks WHERE task_id = $1 AND attempt = $2) s \
+             WHERE seq > prev + 1 ORDER BY seq",
+        )
+        .bind(task)
+        .bind(attempt)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Stores one log chunk. Idempotent on (task, attempt, seq): a resent chunk is acknowledged
+    /// again and stored once. Returns whether it was newly stored.
+    pub async fn append_log(
+        &self,
+        lease: &LeaseRef,
+        seq: i64,
+        stream: &str,
+        data: &[u8],
+    ) -> Result<bool> {
+        let (_, stored) = self
+            .store_logs(
+                lease,
+                &[(seq, stream.to_owned(), data.to_vec())],
+                MAX_LOG_BYTES,
+            )
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// Stores a batch of log chunks; idempotent on (task, attempt, seq). Returns the sequence
+    /// numbers acknowledged (all of them: new ones, resends, and chunks past the cap).
+    pub async fn append_logs(
+        &self,
+        lease: &LeaseRef,
+        chunks: &[(i64, String, Vec<u8>)],
+    ) -> Result<Vec<i64>> {
+        self.append_logs_capped(lease, chunks, MAX_LOG_BYTES).await
+    }
+
+    /// [`Store::append_logs`] with an explicit per-attempt cap in bytes. Chunks past the cap are
+    /// acknowledged (the runner must not stall) but not stored; they are counted in `log_totals`
+    /// and show as a gap in the sequence numbers.
+    pub async fn append_logs_capped(
+        &self,
+        lease: &LeaseRef,
+        chunks: &[(i64, String, Vec<u8>)],
+        cap: i64,
+    ) -> Result<Vec<i64>> {
+        Ok(self.store_logs(lease, chunks, cap).await?.0)
+    }
+
+    /// The one log-writing path: fenced, idempotent, capped. Returns the acknowledged sequence
+    /// numbers and how many chunks were newly stored.
+    async fn store_logs(
+        &self,
+        lease: &LeaseRef,
+        chunks: &[(i64, String, Vec<u8>)],
+        cap: i64,
+    ) -> Result<(Vec<i64>, i64)> {
+        if let Some((seq, _, data)) = chunks.iter().find(|(_, _, d)| d.len() > MAX_LOG_CHUNK) {
+            return Err(Error::Invalid(format!(
+                "log chunk {seq} of {} bytes exceeds the {MAX_LOG_CHUNK}-byte limit; split it",
+                data.len()
+            )));
+        }
+        if let Some((seq, _, _)) = chunks.iter().find(|(s, _, _)| *s < 0) {
+            return Err(Error::Invalid(format!("log sequence {seq} is negative")));
+        }
+        let mut tx = self.pool.begin().await?;
+        let stored: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO log_totals (task_id, attempt) \
+             SELECT id, attempt FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3 \
+               AND runner_id = $4 AND status = ANY($5) \
+             ON CONFLICT (task_id, attempt) DO UPDATE SET bytes = log_totals.bytes RETURNING bytes",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(lease.runner_id)
+        .bind(status_texts(Status::ACTIVE))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(stored) = stored else {
+            drop(tx);
+            return Err(self.lease_lost(lease).await);
+        };
+        // Resends of stored chunks are acknowledged again and count against nothing.
+        let all: Vec<i64> = chunks.iter().map(|c| c.0).collect();
+        let present: Vec<i64> = sqlx::query_scalar(
+            "SELECT seq FROM log_chunks WHERE task_id = $1 AND attempt = $2 AND seq = ANY($3)",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(&all)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut room = cap - stored;
+        let (mut keep, mut dropped) = (Vec::new(), 0i64);
+        for c in chunks.iter().filter(|c| !present.contains(&c.0)) {
+            let len = c.2.len() as i64;
+            if len <= room {
+                room -= len;
+                keep.push(c);
+            } else {
+                dropped += 1;
+            }
+        }
+        let seqs: Vec<i64> = keep.iter().map(|c| c.0).collect();
+        let streams: Vec<&str> = keep.iter().map(|c| c.1.as_str()).collect();
+        let data: Vec<&[u8]> = keep.iter().map(|c| c.2.as_slice()).collect();
+        let (inserted, stored_new): (i64, i64) = sqlx::query_as(
+            "WITH ins AS (INSERT INTO log_chunks (task_id, attempt, seq, stream, data) \
+               SELECT $1, $2, c.seq, c.stream, c.data FROM unnest($3::bigint[], $4::text[], $5::bytea[]) AS c(seq, stream, data) \
+               ON CONFLICT (task_id, attempt, seq) DO NOTHING RETURNING length(data) AS n) \
+             SELECT COALESCE(sum(n), 0)::bigint, count(*) FROM ins",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(&seqs)
+        .bind(&streams)
+        .bind(&data)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE log_totals SET bytes = bytes + $3, dropped_chunks = dropped_chunks + $4 WHERE task_id = $1 AND attempt = $2")
+            .bind(lease.task_id)
+            .bind(lease.attempt)
+            .bind(inserted)
+            .bind(dropped)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if dropped > 0 {
+            tracing::warn!(
+                task = lease.task_id,
+                attempt = lease.attempt,
+                dropped,
+                cap,
+                "log over its cap; chunks dropped"
+            );
+        }
+        Ok((chunks.iter().map(|c| c.0).collect(), stored_new))
+    }
+
+    /// Bytes stored and chunks dropped (over the cap) for an attempt's log.
+    pub async fn log_totals(&self, task: TaskId, attempt: i32) -> Result<(i64, i64)> {
+        Ok(sqlx::query_as(
+            "SELECT bytes, dropped_chunks FROM log_totals WHERE task_id = $1 AND attempt = $2",
+        )
+        .bind(task)
+        .bind(attempt)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or((0, 0)))
+    }
+
+    /// The stored log of one attempt, in sequence order: (seq, stream, bytes).
+    pub async fn log_chunks(
+        &self,
+        task: TaskId,
+        attempt: i32,
+    ) -> Result<Vec<(i64, String, Vec<u8>)>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, stream, data FROM log_chunks WHERE task_id = $1 AND attempt = $2 ORDER BY seq",
+        )
+        .bind(task)
+        .bind(attempt)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
