@@ -6,9 +6,6 @@ use std::path::Path;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -17,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::grpc::{self, GrpcConfig};
-use crate::intake::{self, Intake, IntakeConfig, IntakeError};
+use crate::intake::IntakeConfig;
 use crate::pki::Pki;
 use crate::reaper;
 use crate::signals::Signals;
@@ -240,7 +237,7 @@ pub async fn run(
         loops.run(std::time::Duration::from_secs(2), shutdown.clone()),
     ));
     if let Some(forge) = &forge {
-        background.push(tokio::spawn(crate::forge::poller::run(
+        background.push(tokio::spawn(crate::intake::poller::run(
             store.clone(),
             forge.clone(),
             intake_config.clone(),
@@ -276,7 +273,7 @@ pub async fn run(
         signals.clone(),
         shutdown.clone(),
     )));
-    let state = HttpState {
+    let state = crate::http::AppState {
         store: store.clone(),
         intake: intake_config,
         forge,
@@ -286,11 +283,15 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/api/github/webhook", axum::routing::post(webhook))
+        .merge(crate::http::health::router())
         .with_state(state.clone())
+        .merge(crate::intake::webhook::router(
+            crate::intake::webhook::WebhookState {
+                store: state.store.clone(),
+                config: state.intake.clone(),
+                forge: state.forge.clone(),
+            },
+        ))
         .merge(crate::http::api_router(state))
         .merge(dashboard::router());
     tracing::info!(addr = %listeners.http.local_addr()?, "controller listening");
@@ -312,91 +313,4 @@ pub async fn run(
     grpc.context("runner gRPC server failed")?;
     tracing::info!("controller stopped");
     Ok(())
-}
-
-use crate::http::AppState as HttpState;
-
-async fn webhook(
-    State(s): State<HttpState>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> (StatusCode, String) {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(event), Some(delivery)) = (header("x-github-event"), header("x-github-delivery"))
-    else {
-        return (
-            StatusCode::BAD_REQUEST,
-            "missing X-GitHub-Event or X-GitHub-Delivery header".into(),
-        );
-    };
-    match intake::handle(
-        &s.store,
-        &s.intake,
-        s.forge.as_deref(),
-        event,
-        delivery,
-        header("x-hub-signature-256"),
-        &body,
-    )
-    .await
-    {
-        Ok(Intake::Created(task)) => (StatusCode::ACCEPTED, format!("{{\"task\":{task}}}")),
-        Ok(Intake::Reopened(task)) => (StatusCode::ACCEPTED, format!("{{\"reopened\":{task}}}")),
-        Ok(Intake::Held(task)) => (StatusCode::ACCEPTED, format!("{{\"held\":{task}}}")),
-        Err(IntakeError::Forge(e)) => {
-            tracing::warn!(event, delivery, error = %e, "webhook needs GitHub, which failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "reading from GitHub failed; redeliver the webhook later".into(),
-            )
-        }
-        Ok(Intake::Duplicate) => (StatusCode::OK, "duplicate delivery; already handled".into()),
-        Ok(Intake::Ignored(why)) => (StatusCode::ACCEPTED, why),
-        Err(IntakeError::BadSignature) => {
-            tracing::warn!(event, delivery, "webhook refused: bad or missing signature");
-            (
-                StatusCode::UNAUTHORIZED,
-                "bad or missing X-Hub-Signature-256; check the webhook secret".into(),
-            )
-        }
-        Err(IntakeError::BadPayload(e)) => (StatusCode::BAD_REQUEST, e),
-        Err(IntakeError::Store(e)) => {
-            tracing::error!(error = %e, "webhook intake failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the controller could not record the delivery; GitHub will retry".into(),
-            )
-        }
-    }
-}
-
-async fn metrics(
-    State(s): State<HttpState>,
-) -> (
-    StatusCode,
-    [(axum::http::HeaderName, &'static str); 1],
-    String,
-) {
-    let ct = [(
-        axum::http::header::CONTENT_TYPE,
-        "text/plain; version=0.0.4",
-    )];
-    match s.store.metrics().await {
-        Ok(m) => (StatusCode::OK, ct, crate::store::metrics::render(&m)),
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                ct,
-                "# the database is unreachable\n".into(),
-            )
-        }
-    }
-}
-
-async fn ready(State(s): State<HttpState>) -> (StatusCode, &'static str) {
-    match s.store.ping().await {
-        Ok(_) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
-    }
 }

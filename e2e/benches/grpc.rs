@@ -108,7 +108,7 @@ async fn claims(a: &Args) {
     let mut clients = Vec::new();
     for i in 0..a.runners {
         let id = quick_identity(&c, &format!("bench-{i}"), 100_000).await;
-        let client = Client::connect(&id).expect("client");
+        let client = id.connect().expect("client");
         client
             .hello(&hello(&format!("boot-{i}")))
             .await
@@ -220,7 +220,7 @@ async fn heartbeats(a: &Args) {
     let connect_start = Instant::now();
     for i in 0..a.fleet {
         let id = quick_identity(&helper, &format!("fleet-{i}"), 1).await;
-        let client = Client::connect(&id).expect("client");
+        let client = id.connect().expect("client");
         client
             .hello(&hello(&format!("boot-{i}")))
             .await

@@ -10,7 +10,6 @@ use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
 use tonic::{Request, Status};
 
-use crate::identity::Identity;
 use crate::task::{Assignment, ExecResult, Lease, Outcome, TaskSpec};
 
 /// Adds the protocol version header to every call.
@@ -172,13 +171,15 @@ fn ms(v: u32) -> Duration {
 }
 
 impl Client {
-    /// A lazy mTLS connection with the runner's identity.
-    pub fn connect(identity: &Identity) -> anyhow::Result<Self> {
-        let ch = channel(
-            &identity.controller,
-            &identity.ca_pem,
-            Some((&identity.cert_pem, &identity.key_pem)),
-        )?;
+    /// A lazy mTLS connection to `controller`, trusting `ca_pem`, presenting the runner's
+    /// certificate and key (see `Identity::connect`).
+    pub fn with_pem(
+        controller: &str,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<Self> {
+        let ch = channel(controller, ca_pem, Some((cert_pem, key_pem)))?;
         Ok(Self {
             inner: proto::runner_client::RunnerClient::with_interceptor(ch, Version),
         })
@@ -195,7 +196,7 @@ impl Client {
                 backends: info.backends.clone(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 boot_id: info.boot_id.clone(),
-                hostname: crate::identity::hostname(),
+                hostname: hostname(),
                 active: info.active.iter().map(key).collect(),
             })
             .await?
@@ -435,4 +436,11 @@ impl Client {
             .into_inner();
         Ok((r.certificate_pem, r.ca_pem))
     }
+}
+
+/// This host's name, as the kernel knows it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }

@@ -141,7 +141,7 @@ pub async fn run(
     executor: Arc<dyn Executor>,
     control: Control,
 ) -> anyhow::Result<()> {
-    let client = Client::connect(&identity)?;
+    let client = identity.connect()?;
     crate::redact::remember(&identity.key_pem);
     let shared = Arc::new(Shared {
         config,
@@ -405,7 +405,7 @@ async fn renew_certificate_if_due(shared: &Arc<Shared>) {
                 tracing::warn!(error = %e, "cannot save the renewed certificate");
                 return;
             }
-            match Client::connect(&renewed) {
+            match renewed.connect() {
                 Ok(c) => *shared.client.write().expect("client lock") = c,
                 Err(e) => tracing::warn!(error = %e, "cannot use the renewed certificate"),
             }
@@ -480,12 +480,27 @@ async fn run_task(
         finish.clone(),
         slot.clone(),
     ));
+    let reporter = shared.clone();
+    let report_lease = lease.clone();
     let ctx = TaskContext {
         assignment,
         work_dir: dir.join("work"),
         spool: spool.clone(),
         cancel: cancel.clone(),
-        shared: shared.clone(),
+        report_stage: Arc::new(move |verifying| {
+            let shared = reporter.clone();
+            let lease = report_lease.clone();
+            Box::pin(async move {
+                let s = shared.clone();
+                call(&shared, "report stage", move || {
+                    let client = s.client();
+                    let lease = lease.clone();
+                    async move { client.report_stage(&lease, verifying).await }
+                })
+                .await
+                .is_ok()
+            })
+        }),
     };
     let mut result = executor.run(ctx).await;
     if let Err(e) = spool.finish() {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Shared;
 use crate::spool::Spool;
 use crate::task::{Assignment, ExecResult};
 
@@ -29,8 +28,12 @@ pub struct TaskContext {
     pub work_dir: PathBuf,
     pub(crate) spool: Arc<Spool>,
     pub(crate) cancel: CancellationToken,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) report_stage: StageReport,
 }
+
+/// Tells the controller the task moved to its verify stage (`true`) or back to the agent; the
+/// daemon provides it. Resolves to `false` when the lease is gone.
+pub type StageReport = Arc<dyn Fn(bool) -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
 
 impl TaskContext {
     /// Writes to the task's log (stream: `stdout`, `stderr`, `agent`, `verify`, `runner`, …).
@@ -48,14 +51,6 @@ impl TaskContext {
     /// Tells the controller the task moved to its verify stage (`true`) or back to the agent.
     /// Returns `false` when the lease is gone: stop.
     pub async fn stage(&self, verifying: bool) -> bool {
-        let lease = self.assignment.lease.clone();
-        let shared = self.shared.clone();
-        crate::daemon::call(&self.shared, "report stage", move || {
-            let client = shared.client();
-            let lease = lease.clone();
-            async move { client.report_stage(&lease, verifying).await }
-        })
-        .await
-        .is_ok()
+        (self.report_stage)(verifying).await
     }
 }

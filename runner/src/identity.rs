@@ -37,6 +37,16 @@ const KEY: &str = "key.pem";
 const CA: &str = "ca.pem";
 
 impl Identity {
+    /// A lazy mTLS connection to the controller with this identity.
+    pub fn connect(&self) -> anyhow::Result<client::Client> {
+        client::Client::with_pem(
+            &self.controller,
+            &self.ca_pem,
+            &self.cert_pem,
+            &self.key_pem,
+        )
+    }
+
     /// Loads the identity from `state_dir`.
     pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
         let path = state_dir.join(IDENTITY);
@@ -135,7 +145,7 @@ pub async fn join(
     let (host, port) = client::host_port(controller)?;
     let ca_pem = pin::fetch_pinned_ca(&host, port, &ticket.ca_fingerprint).await?;
     let (key_pem, csr_pem) = new_key_and_csr()?;
-    let hostname = hostname();
+    let hostname = client::hostname();
     let resp = client::join(
         controller,
         &ca_pem,
@@ -156,13 +166,6 @@ pub async fn join(
     id.save(state_dir)?;
     tracing::info!(runner = id.runner_id, state_dir = %state_dir.display(), "enrolled with the controller");
     Ok(id)
-}
-
-/// This host's name.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {

@@ -116,7 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
         } => {
             let ticket: runner::identity::Ticket = token.parse()?;
-            let name = name.unwrap_or_else(runner::identity::hostname);
+            let name = name.unwrap_or_else(runner::client::hostname);
             let id = runner::identity::join(&controller, &ticket, &name, &cli.state_dir).await?;
             println!(
                 "enrolled as runner {} ({}); state in {}",

@@ -69,7 +69,9 @@ pub fn check(root: &Path) -> Vec<String> {
         if !matches!(name.as_str(), "textguard" | "xtask") {
             problems.extend(check_fences(&root.join(name).join("src")));
         }
+        problems.extend(check_module_cycles(name, &root.join(name).join("src")));
     }
+    problems.extend(check_store_sql(&root.join("controller/src")));
     if let Ok(lock) = std::fs::read_to_string(root.join("Cargo.lock")) {
         for (banned, why) in BANNED_LOCKED {
             if lock.contains(&format!("name = \"{banned}\"")) {
@@ -221,6 +223,154 @@ fn check_fences(src: &Path) -> Vec<String> {
                     path.display(),
                     n + 1
                 ));
+            }
+        }
+    }
+    p
+}
+
+/// SQL lives in the controller's `store/` only, and the store imports nothing above it.
+fn check_store_sql(src: &Path) -> Vec<String> {
+    let mut p = Vec::new();
+    let store = src.join("store");
+    for path in rust_files(src) {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let in_store = path.starts_with(&store);
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("#[cfg(test)]") {
+                break;
+            }
+            let code = line.split("//").next().unwrap_or("");
+            if !in_store && (code.contains("sqlx::query") || code.contains("sqlx::Postgres")) {
+                p.push(format!(
+                    "{}:{}: SQL outside controller/src/store; add a store method",
+                    path.display(),
+                    n + 1
+                ));
+            }
+            if in_store
+                && code.contains("crate::")
+                && !code.contains("crate::store")
+                && code.trim_start().starts_with("use ")
+            {
+                p.push(format!(
+                    "{}:{}: the store imports from above it",
+                    path.display(),
+                    n + 1
+                ));
+            }
+        }
+    }
+    p
+}
+
+/// The library's module files, found from `lib.rs` through its `mod` declarations, by module path
+/// (`""` for the root, `a::b` for `a/b.rs` or `a/b/mod.rs`).
+fn library_modules(src: &Path) -> BTreeMap<String, PathBuf> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![(String::new(), src.join("lib.rs"), src.to_owned())];
+    while let Some((name, file, dir)) = todo.pop() {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        for line in text.lines() {
+            let t = line.trim();
+            let t = t.strip_prefix("pub ").unwrap_or(t);
+            let t = t.strip_prefix("pub(crate) ").unwrap_or(t);
+            let Some(m) = t.strip_prefix("mod ").and_then(|r| r.strip_suffix(';')) else {
+                continue;
+            };
+            let child = if name.is_empty() {
+                m.to_owned()
+            } else {
+                format!("{name}::{m}")
+            };
+            for (f, d) in [
+                (dir.join(format!("{m}.rs")), dir.join(m)),
+                (dir.join(m).join("mod.rs"), dir.join(m)),
+            ] {
+                if f.exists() {
+                    todo.push((child.clone(), f, d));
+                    break;
+                }
+            }
+        }
+        out.insert(name, file);
+    }
+    out
+}
+
+/// No cycle between modules of a library that are not each other's ancestors (a parent and its
+/// children always refer to each other in Rust; siblings and cousins must not).
+fn check_module_cycles(krate: &str, src: &Path) -> Vec<String> {
+    let modules = library_modules(src);
+    let related = |a: &str, b: &str| {
+        a.is_empty()
+            || b.is_empty()
+            || a.starts_with(&format!("{b}::"))
+            || b.starts_with(&format!("{a}::"))
+            || a == b
+    };
+    let mut edges: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for (name, file) in &modules {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        // Code only: comments (doc links included) are not dependencies.
+        let code: String = text
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap_or("")
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let code = code.as_str();
+        let parent = name.rsplit_once("::").map(|(p, _)| p).unwrap_or("");
+        for (prefix, base) in [("crate::", String::new()), ("super::", parent.to_owned())] {
+            for (i, _) in code.match_indices(prefix) {
+                let rest: String = code[i + prefix.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                    .collect();
+                let mut path = base.clone();
+                let mut target = None;
+                for seg in rest.split("::").filter(|s| !s.is_empty()) {
+                    let next = if path.is_empty() {
+                        seg.to_owned()
+                    } else {
+                        format!("{path}::{seg}")
+                    };
+                    if !modules.contains_key(&next) {
+                        break;
+                    }
+                    path = next;
+                    target = Some(path.clone());
+                }
+                if let Some(t) = target
+                    && !related(name, &t)
+                    && let Some((k, _)) = modules.get_key_value(&t)
+                {
+                    edges.entry(name.as_str()).or_default().insert(k.as_str());
+                }
+            }
+        }
+    }
+    let mut p = Vec::new();
+    for start in edges.keys() {
+        // A cycle through `start` whose other members sort after it (each cycle reported once).
+        let mut stack = vec![(*start, vec![*start])];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some((at, trail)) = stack.pop() {
+            for next in edges.get(at).into_iter().flatten() {
+                if next == start {
+                    p.push(format!(
+                        "{krate}: module cycle {} → {start}",
+                        trail.join(" → ")
+                    ));
+                } else if next > start && seen.insert(*next) {
+                    let mut t = trail.clone();
+                    t.push(next);
+                    stack.push((next, t));
+                }
             }
         }
     }

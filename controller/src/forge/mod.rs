@@ -11,7 +11,6 @@ pub mod auth;
 pub mod git;
 pub mod github;
 pub mod milestones;
-pub mod poller;
 
 use std::time::{Duration, SystemTime};
 

@@ -58,7 +58,7 @@ impl Events {
                     .await
                     .map(|r| r.name)
                     .unwrap_or_default();
-                if let Ok(json) = serde_json::to_string(&super::routes::task_view(&task, &repo)) {
+                if let Ok(json) = serde_json::to_string(&super::views::task_view(&task, &repo)) {
                     let _ = self.tx.send(json);
                 }
             }

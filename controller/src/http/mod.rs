@@ -4,11 +4,19 @@
 //! `api` crate's wire types. Errors are JSON (`api::ErrorBody`) with a message that says what to
 //! do; internal errors are logged once and reported without detail.
 
+mod admin;
 pub mod auth;
 pub mod events;
+pub mod health;
 pub mod openapi;
-mod routes;
+mod repos;
+pub mod routes;
+mod runners;
+mod session;
+mod tasks;
+pub(crate) mod views;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -19,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use crate::forge::Forge;
 use crate::intake::IntakeConfig;
 use crate::pki::Pki;
+use crate::store::ops::Actor;
 use crate::store::{Error, Store};
 
 /// What handlers share.
@@ -116,6 +125,37 @@ impl IntoResponse for ApiError {
         )
             .into_response()
     }
+}
+
+/// The result of an API handler.
+pub type ApiResult<T> = Result<Json<T>, ApiError>;
+
+pub(crate) async fn repo_names(state: &AppState) -> Result<HashMap<i64, String>, ApiError> {
+    Ok(state
+        .store
+        .repos()
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.name))
+        .collect())
+}
+
+pub(crate) async fn audited<T>(
+    state: &AppState,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let outcome = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("refused: {e}"),
+    };
+    state
+        .store
+        .audit(actor, action, Some(target), &outcome, None)
+        .await?;
+    result
 }
 
 /// The `/api` routes.

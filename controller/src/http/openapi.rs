@@ -1,247 +1,24 @@
-//! The OpenAPI 3.1 document of `/api`, built from one table of operations (method, path, role,
-//! summary, request and response schema), so the document lists exactly the routes served —
-//! the tests compare the two.
+//! The OpenAPI 3.1 document of `/api`, built from the one list of operations in
+//! [`super::routes`] (method, path, role, summary, request and response schema) that the router
+//! is built from too.
 
 use serde_json::{Map, Value, json};
 
-/// (method, path, least role, summary, request schema, response schema)
-pub type Operation = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    Option<&'static str>,
-    &'static str,
-);
-
-/// Every operation of `/api`.
-pub const OPERATIONS: &[Operation] = &[
-    (
-        "get",
-        "/api/openapi.json",
-        "none",
-        "This document",
-        None,
-        "object",
-    ),
-    (
-        "post",
-        "/api/login",
-        "none",
-        "Log in with a password; sets the session cookie and returns the CSRF token",
-        Some("LoginRequest"),
-        "Me",
-    ),
-    (
-        "post",
-        "/api/logout",
-        "viewer",
-        "End the session",
-        None,
-        "empty",
-    ),
-    (
-        "get",
-        "/api/me",
-        "viewer",
-        "Who is calling (and the session's CSRF token)",
-        None,
-        "Me",
-    ),
-    (
-        "get",
-        "/api/tasks",
-        "viewer",
-        "Tasks, newest first; filters status, repo, live, limit, before",
-        None,
-        "Task[]",
-    ),
-    (
-        "post",
-        "/api/tasks",
-        "operator",
-        "Create a task from a prompt",
-        Some("CreateTask"),
-        "Task",
-    ),
-    (
-        "get",
-        "/api/tasks/{id}",
-        "viewer",
-        "A task with its timeline",
-        None,
-        "TaskDetail",
-    ),
-    (
-        "get",
-        "/api/tasks/{id}/logs",
-        "viewer",
-        "Log chunks of an attempt after a sequence number",
-        None,
-        "LogChunk[]",
-    ),
-    (
-        "get",
-        "/api/tasks/{id}/logs/stream",
-        "viewer",
-        "Follow an attempt's log (SSE: logs, end)",
-        None,
-        "text/event-stream",
-    ),
-    (
-        "post",
-        "/api/tasks/{id}/{action}",
-        "operator",
-        "approve, hold, release, cancel, reject, requeue, escalate, dispatch, edit",
-        Some("ActionRequest"),
-        "Task",
-    ),
-    (
-        "get",
-        "/api/events",
-        "viewer",
-        "Task changes as they happen (SSE: task deltas, resync)",
-        None,
-        "text/event-stream",
-    ),
-    (
-        "get",
-        "/api/repos",
-        "viewer",
-        "Repositories with their settings",
-        None,
-        "Repo[]",
-    ),
-    (
-        "post",
-        "/api/repos",
-        "admin",
-        "Register a repository",
-        Some("NewRepo"),
-        "Repo",
-    ),
-    (
-        "patch",
-        "/api/repos/{id}",
-        "admin",
-        "Change repository settings",
-        Some("RepoSettings"),
-        "Repo",
-    ),
-    (
-        "get",
-        "/api/repos/{id}/learnings",
-        "viewer",
-        "What tasks in the repository taught",
-        None,
-        "Learning[]",
-    ),
-    (
-        "get",
-        "/api/runners",
-        "viewer",
-        "Runners with their leases",
-        None,
-        "Runner[]",
-    ),
-    (
-        "post",
-        "/api/runners/tokens",
-        "admin",
-        "Mint a one-time runner join ticket",
-        Some("JoinTokenRequest"),
-        "JoinTicket",
-    ),
-    (
-        "post",
-        "/api/runners/{id}/{state}",
-        "admin",
-        "drain, disable or enable a runner",
-        None,
-        "Runner",
-    ),
-    (
-        "get",
-        "/api/settings",
-        "viewer",
-        "Global switches",
-        None,
-        "Settings",
-    ),
-    (
-        "post",
-        "/api/pause",
-        "operator",
-        "Pause dispatch",
-        None,
-        "Settings",
-    ),
-    (
-        "post",
-        "/api/resume",
-        "operator",
-        "Resume dispatch",
-        None,
-        "Settings",
-    ),
-    (
-        "get",
-        "/api/stats",
-        "viewer",
-        "Merged count, success rate, time to merge, retry rate, cost; per repository and day",
-        None,
-        "Stats",
-    ),
-    ("get", "/api/users", "admin", "Users", None, "User[]"),
-    (
-        "post",
-        "/api/users",
-        "admin",
-        "Create a user",
-        Some("NewUser"),
-        "User",
-    ),
-    (
-        "patch",
-        "/api/users/{id}",
-        "admin",
-        "Change a user's role or disable them",
-        Some("UserPatch"),
-        "User",
-    ),
-    (
-        "get",
-        "/api/tokens",
-        "viewer",
-        "Your API tokens",
-        None,
-        "Token[]",
-    ),
-    (
-        "post",
-        "/api/tokens",
-        "viewer",
-        "Mint an API token (its secret is shown once)",
-        Some("NewToken"),
-        "Token",
-    ),
-    (
-        "delete",
-        "/api/tokens/{id}",
-        "viewer",
-        "Revoke a token",
-        None,
-        "empty",
-    ),
-    (
-        "get",
-        "/api/audit",
-        "operator",
-        "The audit log, newest first",
-        None,
-        "AuditEntry[]",
-    ),
-];
+/// One operation as the document describes it.
+pub struct Operation {
+    /// `get`, `post`, `patch`, `delete`.
+    pub method: &'static str,
+    /// Path template (`/api/tasks/{id}`).
+    pub path: &'static str,
+    /// Least role that may call it (`none`, `viewer`, `operator`, `admin`).
+    pub role: &'static str,
+    /// What it does.
+    pub summary: &'static str,
+    /// Request body schema, if any.
+    pub request: Option<&'static str>,
+    /// Response schema (`Task`, `Task[]`, `empty`, `object`, `text/event-stream`).
+    pub response: &'static str,
+}
 
 fn schema_ref(name: &str) -> Value {
     match name {
@@ -255,11 +32,19 @@ fn schema_ref(name: &str) -> Value {
     }
 }
 
-/// The document.
-pub fn document() -> Value {
+/// The document of `ops`.
+pub fn document<'a>(ops: impl IntoIterator<Item = &'a Operation>) -> Value {
     let mut paths = Map::new();
     let mut schemas = Map::new();
-    for (method, path, role, summary, request, response) in OPERATIONS {
+    for r in ops {
+        let (method, path, role, summary, request, response) = (
+            &r.method,
+            &r.path,
+            &r.role,
+            &r.summary,
+            &r.request,
+            &r.response,
+        );
         let mut op = json!({
             "summary": summary,
             "x-role": role,

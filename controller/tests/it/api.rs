@@ -496,7 +496,8 @@ async fn task_changes_arrive_over_sse_and_the_openapi_document_lists_every_route
         .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");
-    for (method, path, ..) in controller::http::openapi::OPERATIONS {
+    for r in controller::http::routes::routes() {
+        let (method, path) = (r.op.method, r.op.path);
         assert!(
             doc["paths"][path][method].is_object(),
             "{method} {path} missing"

@@ -280,7 +280,7 @@ async fn webhooks_twice_and_the_poller_make_one_task_and_strangers_none() {
         .await;
     // And the poller sees both labelled issues.
     let created =
-        controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &intake_config())
+        controller::intake::poller::poll_once(&env.store, env.forge.as_ref(), &intake_config())
             .await
             .unwrap();
     assert!(
@@ -296,7 +296,7 @@ async fn webhooks_twice_and_the_poller_make_one_task_and_strangers_none() {
     assert_eq!(tasks[0].1, Some(n as i64));
     assert_eq!(tasks[0].2, "github:webhook");
     // A second poll is a conditional request answered 304.
-    controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &intake_config())
+    controller::intake::poller::poll_once(&env.store, env.forge.as_ref(), &intake_config())
         .await
         .unwrap();
     shutdown.cancel();
@@ -307,7 +307,7 @@ async fn webhooks_twice_and_the_poller_make_one_task_and_strangers_none() {
         .sim
         .create_issue(REPO, "Add three", "", "alice", &[labels::TRIGGER]);
     let created =
-        controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &intake_config())
+        controller::intake::poller::poll_once(&env.store, env.forge.as_ref(), &intake_config())
             .await
             .unwrap();
     assert_eq!(created.len(), 1);
@@ -937,7 +937,7 @@ async fn bug16_17_relabelling_a_failed_issue_retries_it_and_cancel_does_not_resp
     let n = env
         .sim
         .create_issue(REPO, "Add two", "", "alice", &[labels::TRIGGER]);
-    let created = controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
+    let created = controller::intake::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
         .await
         .unwrap();
     assert_eq!(created.len(), 1);
@@ -954,14 +954,14 @@ async fn bug16_17_relabelling_a_failed_issue_retries_it_and_cancel_does_not_resp
         "{l:?}"
     );
     assert!(
-        controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
+        controller::intake::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
             .await
             .unwrap()
             .is_empty()
     );
     // A human re-adds the label: a fresh task.
     env.sim.label_issue(REPO, n, labels::TRIGGER, "alice").await;
-    let again = controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
+    let again = controller::intake::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
@@ -984,7 +984,7 @@ async fn bug16_17_relabelling_a_failed_issue_retries_it_and_cancel_does_not_resp
             .any(|c| c.contains("re-add the `backporcher` label"))
     );
     env.sim.label_issue(REPO, n, labels::TRIGGER, "alice").await;
-    let third = controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
+    let third = controller::intake::poller::poll_once(&env.store, env.forge.as_ref(), &cfg)
         .await
         .unwrap();
     assert_eq!(third.len(), 1, "the relabelled failed issue is retried");

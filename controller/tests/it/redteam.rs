@@ -527,7 +527,7 @@ async fn strangers_labels_and_edits_and_a_failed_delivery() {
         .label_issue(REPO, n, labels::TRIGGER, "mallory")
         .await;
     assert_eq!(count().await, 0);
-    controller::forge::poller::poll_once(&env.store, env.forge.as_ref(), &intake_config())
+    controller::intake::poller::poll_once(&env.store, env.forge.as_ref(), &intake_config())
         .await
         .unwrap();
     assert_eq!(count().await, 0, "the poller checks who labelled it too");

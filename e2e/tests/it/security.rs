@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use e2e::harness::{Options, TestController, enroll, state_dir};
-use runner::client::{Client, HelloInfo};
+use runner::client::HelloInfo;
 use runner::identity::{Identity, Ticket};
 use tonic::Code;
 
@@ -30,7 +30,8 @@ async fn a_joined_runner_is_accepted_and_its_key_is_private() {
     assert_eq!(mode, 0o600, "the private key is readable by its owner only");
     let loaded = Identity::load(&dir).unwrap();
     assert_eq!(loaded.runner_id, id.runner_id);
-    let hello = Client::connect(&loaded)
+    let hello = loaded
+        .connect()
         .unwrap()
         .hello(&hello_info())
         .await
@@ -151,7 +152,8 @@ async fn no_certificate_a_foreign_certificate_and_a_disabled_runner_are_refused(
         key_pem: key.serialize_pem(),
         ..id.clone()
     };
-    let err = Client::connect(&forged_id)
+    let err = forged_id
+        .connect()
         .unwrap()
         .hello(&hello_info())
         .await
@@ -164,7 +166,7 @@ async fn no_certificate_a_foreign_certificate_and_a_disabled_runner_are_refused(
     );
 
     // Disabled: refused from the next call on.
-    let client = Client::connect(&id).unwrap();
+    let client = id.connect().unwrap();
     client.hello(&hello_info()).await.unwrap();
     c.store
         .set_runner_state(id.runner_id, "disabled")
@@ -262,7 +264,8 @@ async fn certificates_are_renewed_before_they_expire_and_old_ones_stop_working()
         "the renewed certificate has the configured validity"
     );
     // The old certificate is refused now; the runner keeps working with the new one.
-    let err = Client::connect(&id)
+    let err = id
+        .connect()
         .unwrap()
         .hello(&hello_info())
         .await

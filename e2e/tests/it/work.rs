@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use controller::store::Status;
 use e2e::harness::{Options, TestController, enroll, spawn_runner};
-use runner::client::Client;
 use runner::task::{ExecResult, Lease, Outcome};
 use tonic::Code;
 
@@ -74,7 +73,7 @@ async fn duplicate_completions_are_acknowledged_and_stale_attempts_refused() {
     let c = TestController::start(Options::default()).await;
     let repo = c.repo("acme/widgets").await;
     let (id, _) = enroll(&c, "r1", &[]).await;
-    let client = Client::connect(&id).unwrap();
+    let client = id.connect().unwrap();
     client
         .hello(&runner::client::HelloInfo {
             labels: vec![],

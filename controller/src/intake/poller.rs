@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Forge, Listing, labels};
+use crate::forge::{Forge, Listing, labels};
 use crate::intake::{self, Intake, IntakeConfig};
 use crate::store::Store;
 

@@ -1,0 +1,172 @@
+//! Health and monitoring: `/healthz` (the process answers), `/readyz` (its database answers) and
+//! `/metrics` (Prometheus text, from the numbers the store reads).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use super::AppState;
+use crate::store::metrics::Metrics;
+
+/// The health and metrics routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+async fn metrics(
+    State(s): State<AppState>,
+) -> (
+    StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    String,
+) {
+    let ct = [(
+        axum::http::header::CONTENT_TYPE,
+        "text/plain; version=0.0.4",
+    )];
+    match s.store.metrics().await {
+        Ok(m) => (StatusCode::OK, ct, render(&m)),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ct,
+                "# the database is unreachable\n".into(),
+            )
+        }
+    }
+}
+
+async fn ready(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    match s.store.ping().await {
+        Ok(_) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
+    }
+}
+
+/// Renders metrics in the Prometheus text format.
+pub fn render(m: &Metrics) -> String {
+    fn esc(v: &str) -> String {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', " ")
+    }
+    let block = |out: &mut String, name: &str, kind: &str, help: &str| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    };
+    let mut out = String::new();
+    block(
+        &mut out,
+        "backporcher_queue_depth",
+        "gauge",
+        "Queued, unheld tasks by the runner labels they need.",
+    );
+    for (labels, v) in &m.queue_depth {
+        out.push_str(&format!(
+            "backporcher_queue_depth{{labels=\"{}\"}} {v}\n",
+            esc(labels)
+        ));
+    }
+    block(&mut out, "backporcher_tasks", "gauge", "Tasks by status.");
+    for (st, v) in &m.tasks_by_status {
+        out.push_str(&format!(
+            "backporcher_tasks{{status=\"{}\"}} {v}\n",
+            esc(st)
+        ));
+    }
+    block(
+        &mut out,
+        "backporcher_schedule_to_start_seconds",
+        "summary",
+        "Time from queued to leased over the last hour.",
+    );
+    let (p50, p90, p99, count) = m.schedule_to_start;
+    out.push_str(&format!(
+        "backporcher_schedule_to_start_seconds{{quantile=\"0.5\"}} {p50}\nbackporcher_schedule_to_start_seconds{{quantile=\"0.9\"}} {p90}\nbackporcher_schedule_to_start_seconds{{quantile=\"0.99\"}} {p99}\nbackporcher_schedule_to_start_seconds_count {count}\n"
+    ));
+    block(
+        &mut out,
+        "backporcher_leases_near_expiry",
+        "gauge",
+        "Live leases with less than a third of their length left (late renewals).",
+    );
+    out.push_str(&format!(
+        "backporcher_leases_near_expiry {}\n",
+        m.leases_near_expiry
+    ));
+    block(
+        &mut out,
+        "backporcher_expired_leases_total",
+        "counter",
+        "Leases taken back by the reaper.",
+    );
+    out.push_str(&format!(
+        "backporcher_expired_leases_total {}\n",
+        m.expired_leases
+    ));
+    block(
+        &mut out,
+        "backporcher_requeues_total",
+        "counter",
+        "Tasks re-queued by people.",
+    );
+    out.push_str(&format!("backporcher_requeues_total {}\n", m.requeues));
+    block(
+        &mut out,
+        "backporcher_retries_total",
+        "counter",
+        "Automatic retries after failures.",
+    );
+    out.push_str(&format!("backporcher_retries_total {}\n", m.retries));
+    block(
+        &mut out,
+        "backporcher_cancel_latency_seconds",
+        "gauge",
+        "Mean time from a cancel request to the task being canceled (last day).",
+    );
+    out.push_str(&format!(
+        "backporcher_cancel_latency_seconds {}\n",
+        m.cancel_latency
+    ));
+    block(
+        &mut out,
+        "backporcher_log_chunks_dropped_total",
+        "counter",
+        "Log chunks dropped past the per-attempt cap (gaps).",
+    );
+    out.push_str(&format!(
+        "backporcher_log_chunks_dropped_total {}\n",
+        m.log_chunks_dropped
+    ));
+    block(
+        &mut out,
+        "backporcher_cost_usd_total",
+        "counter",
+        "Model spending by purpose and model.",
+    );
+    for (purpose, model, micro) in &m.cost {
+        out.push_str(&format!(
+            "backporcher_cost_usd_total{{purpose=\"{}\",model=\"{}\"}} {}\n",
+            esc(purpose),
+            esc(model),
+            *micro as f64 / 1e6
+        ));
+    }
+    block(
+        &mut out,
+        "backporcher_runners",
+        "gauge",
+        "Runners by state.",
+    );
+    for (st, v) in &m.runners {
+        out.push_str(&format!(
+            "backporcher_runners{{state=\"{}\"}} {v}\n",
+            esc(st)
+        ));
+    }
+    out
+}

@@ -1,0 +1,94 @@
+//! Repositories: the list, registration, settings and learnings.
+
+use axum::Json;
+use axum::extract::{Path, State};
+
+use super::auth::{Caller, Role};
+use super::views::*;
+use super::{ApiError, ApiJson, ApiResult, AppState, audited};
+use crate::store::repos::{NewRepo, RepoSettings};
+
+pub(super) async fn list_repos(State(s): State<AppState>, _c: Caller) -> ApiResult<Vec<api::Repo>> {
+    Ok(Json(s.store.repos().await?.iter().map(repo_view).collect()))
+}
+
+pub(super) async fn add_repo(
+    State(s): State<AppState>,
+    c: Caller,
+    ApiJson(req): ApiJson<api::NewRepo>,
+) -> ApiResult<api::Repo> {
+    let target = format!("repo:{}", req.name);
+    c.require(&s, Role::Admin, "add_repo", Some(&target))
+        .await?;
+    let result = async {
+        let repo = s
+            .store
+            .add_repo(&NewRepo {
+                name: req.name.clone(),
+                clone_url: req
+                    .clone_url
+                    .clone()
+                    .unwrap_or_else(|| format!("https://github.com/{}.git", req.name)),
+                default_branch: req.default_branch.clone().unwrap_or_else(|| "main".into()),
+            })
+            .await?;
+        Ok(repo_view(&repo))
+    }
+    .await;
+    audited(&s, &c.actor(), "add_repo", &target, result)
+        .await
+        .map(Json)
+}
+
+pub(super) async fn update_repo(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<i64>,
+    ApiJson(req): ApiJson<api::RepoSettings>,
+) -> ApiResult<api::Repo> {
+    let target = format!("repo:{id}");
+    c.require(&s, Role::Admin, "update_repo", Some(&target))
+        .await?;
+    let settings = RepoSettings {
+        verify_command: req.verify_command,
+        approval_mode: req.approval_mode,
+        review_fail_mode: req.review_fail_mode,
+        egress_policy: req.egress_policy,
+        budget_task_microusd: req.budget_task_microusd,
+        budget_daily_microusd: req.budget_daily_microusd,
+        max_concurrency: req.max_concurrency,
+        runner_labels: None,
+        enabled: req.enabled,
+        merge_method: req.merge_method,
+        ci_ignore: req.ci_ignore,
+        no_checks: req.no_checks,
+        no_checks_grace_secs: None,
+        allow_workflow_changes: req.allow_workflow_changes,
+        agent_hooks: req.agent_hooks,
+    };
+    let result = s
+        .store
+        .update_repo(id, &settings)
+        .await
+        .map(|r| repo_view(&r))
+        .map_err(ApiError::from);
+    audited(&s, &c.actor(), "update_repo", &target, result)
+        .await
+        .map(Json)
+}
+
+pub(super) async fn learnings(
+    State(s): State<AppState>,
+    _c: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Vec<api::Learning>> {
+    s.store.repo(id).await?;
+    Ok(Json(
+        s.store
+            .recent_learnings(id, 50)
+            .await?
+            .into_iter()
+            .map(|(outcome, summary)| api::Learning { outcome, summary })
+            .collect(),
+    ))
+}

@@ -1,0 +1,94 @@
+//! Domain types as the API shows them: each `api` wire type built from the store's, in one place.
+
+use crate::store::Task;
+
+/// A task as the API shows it.
+pub(crate) fn task_view(t: &Task, repo: &str) -> api::Task {
+    api::Task {
+        id: t.id,
+        repo: repo.to_owned(),
+        issue_number: t.issue_number,
+        title: t.issue_title.clone(),
+        status: t.status.as_str().into(),
+        terminal_reason: t.terminal_reason.0.map(|r| r.as_str().into()),
+        hold: t.hold_kind.0.map(|h| h.as_str().into()),
+        error: t.error.clone(),
+        model: t.model.clone(),
+        priority: t.priority,
+        attempt: t.attempt,
+        retries: api::Retries {
+            agent: t.agent_retries,
+            verify: t.verify_retries,
+            review: t.review_retries,
+            ci: t.ci_retries,
+            conflict: t.conflict_retries,
+        },
+        runner_id: t.runner_id,
+        branch: t.branch.clone(),
+        pr_number: t.pr_number,
+        pr_url: t.pr_url.clone(),
+        cost_microusd: t.cost_microusd,
+        review: t.review.as_ref().map(|r| r.0.clone()),
+        created_at: t.created_at,
+        updated_at: t.updated_at,
+        finished_at: t.finished_at,
+    }
+}
+
+pub(crate) fn repo_view(r: &crate::store::repos::Repo) -> api::Repo {
+    api::Repo {
+        id: r.id,
+        name: r.name.clone(),
+        clone_url: r.clone_url.clone(),
+        default_branch: r.default_branch.clone(),
+        active_tasks: r.active_tasks,
+        settings: api::RepoSettings {
+            verify_command: r.verify_command.clone(),
+            approval_mode: r.approval_mode.clone(),
+            review_fail_mode: Some(r.review_fail_mode.clone()),
+            egress_policy: Some(r.egress_policy.clone()),
+            budget_task_microusd: r.budget_task_microusd,
+            budget_daily_microusd: r.budget_daily_microusd,
+            max_concurrency: r.max_concurrency,
+            merge_method: Some(r.merge_method.clone()),
+            ci_ignore: Some(r.ci_ignore.clone()),
+            no_checks: Some(r.no_checks.clone()),
+            enabled: Some(r.enabled),
+            allow_workflow_changes: Some(r.allow_workflow_changes),
+            agent_hooks: Some(r.agent_hooks),
+        },
+    }
+}
+
+pub(crate) fn runner_view(r: crate::store::runners::Runner, leases: i64) -> api::Runner {
+    api::Runner {
+        id: r.id,
+        name: r.name,
+        hostname: r.hostname,
+        labels: r.labels,
+        capacity: r.capacity,
+        state: r.state,
+        version: r.version,
+        last_seen_at: r.last_seen_at,
+        leases,
+    }
+}
+
+pub(crate) fn user_view(u: crate::store::users::User) -> api::User {
+    api::User {
+        id: u.id,
+        username: u.username,
+        role: u.role,
+        disabled: u.disabled,
+    }
+}
+
+pub(crate) fn token_view(t: crate::store::users::ApiToken, secret: Option<String>) -> api::Token {
+    api::Token {
+        id: t.id,
+        name: t.name,
+        secret,
+        revoked: t.revoked_at.is_some(),
+        last_used_at: t.last_used_at,
+    }
+}
