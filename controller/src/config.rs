@@ -31,6 +31,9 @@ pub struct Config {
     pub restart_grace: Duration,
     /// Longest pause between two reaper sweeps.
     pub reaper_interval: Duration,
+    /// Sweep interval of the background loops woken by notifications (a backstop: a
+    /// notification normally wakes them at once).
+    pub sweep: Duration,
     /// Database pool size.
     pub max_db_connections: u32,
     /// Shared secret of GitHub webhooks (deliveries are refused while it is empty).
@@ -52,7 +55,7 @@ pub struct Config {
     /// Slack/Discord-compatible webhook URLs for hold, failed, merged and paused.
     pub notify_urls: Vec<String>,
     /// Pipeline stage settings.
-    pub pipeline: crate::pipeline::PipelineConfig,
+    pub pipeline: PipelineConfig,
     /// Mark the session cookie `Secure` (the controller is served over HTTPS).
     pub secure_cookies: bool,
 }
@@ -71,6 +74,7 @@ impl Default for Config {
             lease: Duration::from_secs(75),
             restart_grace: Duration::from_secs(60),
             reaper_interval: Duration::from_secs(1),
+            sweep: Duration::from_secs(2),
             max_db_connections: 20,
             webhook_secret: String::new(),
             allowed_users: Vec::new(),
@@ -81,7 +85,7 @@ impl Default for Config {
             triage_model: "haiku".into(),
             reflection_model: "haiku".into(),
             notify_urls: Vec::new(),
-            pipeline: crate::pipeline::PipelineConfig::default(),
+            pipeline: PipelineConfig::default(),
             secure_cookies: false,
         }
     }
@@ -158,4 +162,38 @@ pub struct ModelFile {
 /// Parses the text of a configuration file (unknown keys are errors that name the key).
 pub fn parse_file(text: &str) -> Result<FileConfig, toml::de::Error> {
     toml::from_str(text)
+}
+
+/// Pipeline settings.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Retry budgets and model escalation.
+    pub retry: crate::store::tasks::RetryPolicy,
+    /// How often a pending CI is looked at again.
+    pub ci_poll: Duration,
+    /// Longest stage lease (a replica that dies mid-stage loses it after this).
+    pub stage_lease: Duration,
+    /// Stages worked on at once.
+    pub concurrency: usize,
+    /// Sweep interval when no notification arrives.
+    pub sweep: Duration,
+    /// Longest time a review may take before it counts as failed.
+    pub review_timeout: Duration,
+    /// How long triage waits after the first new task, so issues filed together are triaged
+    /// together (one call, dependencies between them).
+    pub triage_debounce: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            retry: crate::store::tasks::RetryPolicy::default(),
+            ci_poll: Duration::from_secs(10),
+            stage_lease: Duration::from_secs(120),
+            concurrency: 8,
+            sweep: Duration::from_secs(1),
+            review_timeout: Duration::from_secs(300),
+            triage_debounce: Duration::from_millis(300),
+        }
+    }
 }

@@ -1,23 +1,35 @@
-//! The Backporcher controller: the one component that decides.
+//! The Backporcher controller: the one component that decides, and the only writer to GitHub.
 //!
-//! It owns the task store in PostgreSQL ([`store`]), takes expired leases back ([`reaper`]), runs
-//! the runner CA ([`pki`]) and the runner gRPC service ([`grpc`]), and serves its HTTP endpoints
-//! ([`server`]). Later layers (the runner gRPC service, the forge, the
-//! pipeline loops, the REST API) call into the store; none of them keeps task state in memory.
+//! Along the path a task takes:
+//! - [`intake`]: issues arrive (the webhook route and its decoding, the poller) and become tasks;
+//! - [`pipeline::triage`]: new tasks are triaged into the queue (model, priority, dependencies);
+//! - [`grpc`]: runners lease queued tasks over mTLS and report back (the runner service, [`pki`]);
+//!   [`reaper`] takes expired leases back;
+//! - [`pipeline`]: the controller stages — push and PR, review, CI, merge — and the feedback
+//!   loops (reflection, learnings, breaker, notifications); [`forge`] is GitHub and [`model`] the
+//!   model API they call;
+//! - [`http`]: what people use — the REST API for the dashboard and the CLI, health and metrics.
 //!
-//! Boundaries: the controller never depends on the runner crate; wire types stay at the edges;
-//! SQL lives in [`store`] only.
+//! Underneath: [`store`] holds every decision in PostgreSQL (and all the SQL); [`fanout`] is the
+//! one LISTEN connection that wakes everyone; [`loops`] is the one shape of the background loops,
+//! which [`server`] lists and wires together with everything else; [`config`] is what it all
+//! reads.
+//!
+//! Boundaries: the controller never depends on the runner crate; wire types stay at the edges
+//! (`proto` in [`grpc`], `api` in [`http`]); SQL lives in [`store`] only; no task state lives in
+//! memory.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod fanout;
 pub mod forge;
 pub mod grpc;
 pub mod http;
 pub mod intake;
+pub mod loops;
 pub mod model;
 pub mod pipeline;
 pub mod pki;
 pub mod reaper;
 pub mod server;
-pub mod signals;
 pub mod store;

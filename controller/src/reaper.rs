@@ -4,32 +4,37 @@
 //! expired as `lease_expired` (or cancels it when cancellation was pending). Several controller
 //! replicas may run it; a PostgreSQL advisory lock lets one of them work at a time.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::loops::{LoopCtx, Next, every};
 use crate::store::{SingletonLock, Store};
 
 /// Advisory lock key of the reaper (an arbitrary constant shared by all replicas).
 const REAPER_LOCK: i64 = 0x6270_7265_6170; // "bpreap"
 
 /// Runs until `shutdown` is cancelled.
-pub async fn run(store: Store, interval: Duration, shutdown: CancellationToken) {
-    let mut lock: Option<SingletonLock> = None;
-    loop {
-        let pause = match sweep(&store, &mut lock, interval).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "reaper sweep failed; retrying");
-                lock = None;
-                interval
+pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
+    let interval = ctx.config.reaper_interval;
+    let lock: Arc<Mutex<Option<SingletonLock>>> = Arc::default();
+    every("reaper", Vec::new(), interval, shutdown, || {
+        let (store, lock) = (ctx.store.clone(), lock.clone());
+        async move {
+            let mut held = lock.lock().await;
+            match sweep(&store, &mut held, interval).await {
+                Ok(pause) => Ok(Next::WaitAtMost(pause)),
+                Err(e) => {
+                    // The lock's connection may be gone with the error: take it again.
+                    *held = None;
+                    Err(e.into())
+                }
             }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(pause) => {}
         }
-    }
+    })
+    .await;
     tracing::debug!("reaper stopped");
 }
 

@@ -1,24 +1,30 @@
-//! Wiring: opens the database (embedded or external), migrates it, starts the background loops and
-//! the HTTP listener, and shuts all of it down in order.
+//! Wiring only: opens the database (embedded or external) and migrates it, builds what the
+//! loops and handlers share, starts the background loops ([`crate::loops`]), the runner gRPC
+//! service and the HTTP listener, reports when all of it serves ([`start`]), and shuts it down
+//! in order.
 
+use std::future::IntoFuture;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::fanout::Fanout;
 use crate::grpc::{self, GrpcConfig};
 use crate::intake::IntakeConfig;
+use crate::loops::LoopCtx;
 use crate::pki::Pki;
-use crate::reaper;
-use crate::signals::Signals;
 use crate::store::Store;
+use futures::future::BoxFuture;
+use tracing::Instrument;
 
 /// The embedded database's name.
 const EMBEDDED_DB: &str = "backporcher";
@@ -162,6 +168,33 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    start(config, listeners, shutdown).await?.stopped().await
+}
+
+/// A started controller: everything is set up and serving when [`start`] returns it.
+pub struct Running {
+    join: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Resolves when the controller has stopped (after its shutdown token was cancelled).
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        self.join.await.context("the controller task panicked")?
+    }
+}
+
+/// Longest wait for the background loops to stop after the shutdown token fires.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Starts the controller: opens and migrates the database, loads the CA, starts every background
+/// loop ([`crate::loops`]), the runner gRPC service and the HTTP listener; returns once all of
+/// it serves. It stops when `shutdown` is cancelled: listeners first, then the loops (drained with
+/// a deadline), then the database.
+pub async fn start(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
     let db = Database::open(&config).await?;
     let store = db.store.clone();
     let extended = store.grant_grace(config.restart_grace).await?;
@@ -173,31 +206,6 @@ pub async fn run(
         );
     }
     let pki = Arc::new(Pki::load_or_create(&store, config.client_cert_validity).await?);
-    let signals = Signals::new();
-    let tracker = TaskTracker::new();
-    tracker.spawn(signals.clone().run(store.clone(), shutdown.clone()));
-    tracker.spawn(reaper::run(
-        store.clone(),
-        config.reaper_interval,
-        shutdown.clone(),
-    ));
-
-    let grpc_config = GrpcConfig {
-        lease: config.lease,
-        heartbeat_interval: config.heartbeat_interval,
-        lease_wait: config.lease_wait,
-        ..GrpcConfig::default()
-    };
-    let deps = grpc::Deps {
-        store: store.clone(),
-        pki: pki.clone(),
-        server_names: config.server_names.clone(),
-        config: grpc_config,
-        signals: signals.clone(),
-        tracker: tracker.clone(),
-    };
-    let grpc = tokio::spawn(grpc::serve(deps, listeners.grpc, shutdown.clone()));
-
     let forge: Option<Arc<dyn crate::forge::Forge>> = match &config.github {
         Some(gh) => Some(Arc::new(
             crate::forge::github::GitHub::new(gh.clone())
@@ -208,77 +216,49 @@ pub async fn run(
             None
         }
     };
-    let intake_config = Arc::new(IntakeConfig {
-        webhook_secret: config.webhook_secret.clone(),
-        allowed_users: config.allowed_users.clone(),
-    });
-    let mut background = Vec::new();
-    let model_client = match &config.model {
+    let llm = match &config.model {
         Some(m) => Some(crate::model::ModelClient::new(m.clone(), store.clone())?),
         None => None,
     };
-    store.set_reflection_enabled(model_client.is_some()).await?;
-    background.push(tokio::spawn(crate::pipeline::triage::run(
-        store.clone(),
-        model_client.clone(),
-        config.triage_model.clone(),
-        std::time::Duration::from_secs(2),
-        config.pipeline.triage_debounce,
-        shutdown.clone(),
-    )));
-    let loops = Arc::new(crate::pipeline::loops::Loops {
-        store: store.clone(),
-        model: model_client.clone(),
-        reflection_model: config.reflection_model.clone(),
-        notify_urls: config.notify_urls.clone(),
-        http: reqwest::Client::new(),
+    store.set_reflection_enabled(llm.is_some()).await?;
+    let intake = Arc::new(IntakeConfig {
+        webhook_secret: config.webhook_secret.clone(),
+        allowed_users: config.allowed_users.clone(),
     });
-    background.push(tokio::spawn(
-        loops.run(std::time::Duration::from_secs(2), shutdown.clone()),
-    ));
-    if let Some(forge) = &forge {
-        background.push(tokio::spawn(crate::intake::poller::run(
-            store.clone(),
-            forge.clone(),
-            intake_config.clone(),
-            config.poll_interval,
-            shutdown.clone(),
-        )));
-        background.push(tokio::spawn(crate::forge::milestones::run(
-            store.clone(),
-            forge.clone(),
-            std::time::Duration::from_secs(2),
-            shutdown.clone(),
-        )));
-        let reviewer: Arc<dyn crate::pipeline::Reviewer> = match &model_client {
-            Some(m) => Arc::new(crate::pipeline::review::ModelReviewer {
-                client: m.clone(),
-                model: config.review_model.clone(),
-            }),
-            None => Arc::new(crate::pipeline::review::NoReviewer),
-        };
-        let pipeline = crate::pipeline::Pipeline {
-            store: store.clone(),
-            forge: forge.clone(),
-            pusher: crate::forge::git::Pusher::new(&config.data_dir.join("forge")),
-            reviewer,
-            config: config.pipeline.clone(),
-        };
-        background.push(tokio::spawn(pipeline.run(shutdown.clone())));
-    }
+    let config = Arc::new(config);
+    let ctx = LoopCtx {
+        store: store.clone(),
+        fanout: Fanout::new(),
+        forge: forge.clone(),
+        llm,
+        config: config.clone(),
+        intake: intake.clone(),
+        events: crate::fanout::Events::default(),
+    };
+    let tracker = TaskTracker::new();
+    spawn_loops(&ctx, &tracker, &shutdown);
 
-    let events = crate::http::events::Events::default();
-    background.push(tokio::spawn(events.clone().run(
-        store.clone(),
-        signals.clone(),
-        shutdown.clone(),
-    )));
+    let deps = grpc::Deps {
+        store: store.clone(),
+        pki: pki.clone(),
+        server_names: config.server_names.clone(),
+        config: GrpcConfig {
+            lease: config.lease,
+            heartbeat_interval: config.heartbeat_interval,
+            lease_wait: config.lease_wait,
+            ..GrpcConfig::default()
+        },
+        fanout: ctx.fanout.clone(),
+        tracker: tracker.clone(),
+    };
+    let grpc = tokio::spawn(grpc::serve(deps, listeners.grpc, shutdown.clone()));
+
     let state = crate::http::AppState {
         store: store.clone(),
-        intake: intake_config,
-        forge,
-        pki: pki.clone(),
-        events,
+        intake: intake.clone(),
+        forge: forge.clone(),
+        pki,
+        events: ctx.events.clone(),
         secure_cookies: config.secure_cookies,
         shutdown: shutdown.clone(),
     };
@@ -287,30 +267,78 @@ pub async fn run(
         .with_state(state.clone())
         .merge(crate::intake::webhook::router(
             crate::intake::webhook::WebhookState {
-                store: state.store.clone(),
-                config: state.intake.clone(),
-                forge: state.forge.clone(),
+                store: store.clone(),
+                config: intake,
+                forge,
             },
         ))
         .merge(crate::http::api_router(state))
         .merge(dashboard::router());
     tracing::info!(addr = %listeners.http.local_addr()?, "controller listening");
     let http_shutdown = shutdown.clone();
-    let http = axum::serve(listeners.http, app)
-        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-        .await
-        .context("HTTP server failed");
+    let http = tokio::spawn(
+        axum::serve(listeners.http, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .into_future(),
+    );
+    let join = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        let http = http.await.context("the HTTP task panicked")?;
+        let grpc = grpc.await.context("the runner gRPC task panicked")?;
+        tracker.close();
+        if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                deadline_s = DRAIN_DEADLINE.as_secs(),
+                "background loops did not stop in time; stopping anyway"
+            );
+        }
+        db.close().await;
+        http.context("HTTP server failed")?;
+        grpc.context("runner gRPC server failed")?;
+        tracing::info!("controller stopped");
+        Ok(())
+    });
+    Ok(Running { join })
+}
 
-    shutdown.cancel();
-    for b in background {
-        let _ = b.await;
+type LoopFn = fn(LoopCtx, CancellationToken) -> BoxFuture<'static, ()>;
+
+/// Every background loop of the controller: (name, entry point). What each does and what wakes it
+/// is in [`crate::loops`].
+pub const LOOPS: &[(&str, LoopFn)] = &[
+    ("fanout", |ctx, stop| {
+        Box::pin(ctx.fanout.clone().run(ctx.store.clone(), stop))
+    }),
+    ("reaper", |ctx, stop| {
+        Box::pin(crate::reaper::run(ctx, stop))
+    }),
+    ("triage", |ctx, stop| {
+        Box::pin(crate::pipeline::triage::run(ctx, stop))
+    }),
+    ("stages", |ctx, stop| {
+        Box::pin(crate::pipeline::run(ctx, stop))
+    }),
+    ("feedback", |ctx, stop| {
+        Box::pin(crate::pipeline::loops::run(ctx, stop))
+    }),
+    ("poller", |ctx, stop| {
+        Box::pin(crate::intake::poller::run(ctx, stop))
+    }),
+    ("milestones", |ctx, stop| {
+        Box::pin(crate::forge::milestones::run(ctx, stop))
+    }),
+    ("events", |ctx, stop| {
+        Box::pin(crate::http::events::run(ctx, stop))
+    }),
+];
+
+/// Starts every loop on `tracker`, each in a span named after it.
+fn spawn_loops(ctx: &LoopCtx, tracker: &TaskTracker, shutdown: &CancellationToken) {
+    for (name, run) in LOOPS {
+        let span = tracing::info_span!("loop", name = *name);
+        tracker.spawn(run(ctx.clone(), shutdown.clone()).instrument(span));
     }
-    let grpc = grpc.await.context("runner gRPC task panicked")?;
-    tracker.close();
-    tracker.wait().await;
-    db.close().await;
-    http?;
-    grpc.context("runner gRPC server failed")?;
-    tracing::info!("controller stopped");
-    Ok(())
 }

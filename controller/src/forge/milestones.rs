@@ -17,13 +17,12 @@
 //! | → canceled                    | − in-progress; PR closed, branch deleted | canceled           |
 //! | failed/canceled → queued      | + in-progress, − failed                  |                    |
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use tokio_util::sync::CancellationToken;
 
 use super::{Forge, ForgeError, labels};
+use crate::loops::{LoopCtx, Next, every};
 use crate::store::model::TaskEvent;
+use crate::store::wake::Channel;
 use crate::store::{Store, Task};
 
 /// Applies every pending milestone once; returns how many events were applied.
@@ -172,28 +171,19 @@ async fn apply(
     }
 }
 
-/// Runs until `shutdown`: woken by `bp_forge` notifications, with a sweep every `sweep`.
-pub async fn run(
-    store: Store,
-    forge: Arc<dyn Forge>,
-    sweep: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut waker = match store.waker(&["bp_forge"]).await {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot LISTEN for forge work; sweeping only");
-            None
-        }
+/// Runs until `shutdown`: woken by `bp_forge` notifications, with a sweep backstop (nothing to
+/// do without GitHub).
+pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
+    let Some(forge) = ctx.forge.clone() else {
+        return;
     };
-    loop {
-        if let Err(e) = sync_once(&store, forge.as_ref()).await {
-            tracing::warn!(error = %e, "GitHub milestone sync failed");
+    let wake = ctx.fanout.wake(Channel::Forge);
+    every("milestones", vec![wake], ctx.config.sweep, shutdown, || {
+        let (store, forge) = (ctx.store.clone(), forge.clone());
+        async move {
+            sync_once(&store, forge.as_ref()).await?;
+            Ok(Next::Wait)
         }
-        let wait = crate::store::wake::pause(&mut waker, sweep);
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = wait => {}
-        }
-    }
+    })
+    .await;
 }

@@ -5,7 +5,7 @@
 //! client with our own request loop — authentication ([`auth`]: a personal token or a GitHub App's
 //! installation tokens), rate-limit backoff, and GitHub's JSON decoded into the few domain types
 //! below. [`git`] pushes a runner's bundle to the task branch. Intake of issues (webhooks and the
-//! ETag poller) lives in [`crate::intake`] and [`poller`].
+//! ETag poller) lives in [`crate::intake`].
 
 pub mod auth;
 pub mod git;

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use crate::fanout::Fanout;
 use crate::pki::Pki;
-use crate::signals::Signals;
 use crate::store::Store;
 use crate::store::tasks::RetryPolicy;
 
@@ -62,7 +62,7 @@ pub struct Deps {
     /// Timings and limits.
     pub config: GrpcConfig,
     /// Wake-ups from the database.
-    pub signals: Signals,
+    pub fanout: Fanout,
     /// Tracks session tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
 }
@@ -78,7 +78,7 @@ pub async fn serve(
         pki,
         server_names,
         config,
-        signals,
+        fanout,
         tracker,
     } = deps;
     let (chain, key) = pki.server_identity(&server_names)?;
@@ -91,14 +91,14 @@ pub async fn serve(
     tracker.spawn(sessions::push_cancels(
         store.clone(),
         sessions.clone(),
-        signals.clone(),
+        fanout.clone(),
         shutdown.clone(),
     ));
     let svc = service::RunnerService::new(
         store,
         pki,
         config,
-        signals,
+        fanout,
         sessions,
         tracker,
         shutdown.clone(),

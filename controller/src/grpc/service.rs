@@ -20,8 +20,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::GrpcConfig;
 use super::convert::{self, status};
 use super::sessions::Sessions;
+use crate::fanout::Fanout;
 use crate::pki::{Pki, cert_identity};
-use crate::signals::Signals;
 use crate::store::claims::{ClaimRequest, LeaseRef};
 use crate::store::completion::Completion;
 use crate::store::runners::{HelloInfo, Runner};
@@ -33,7 +33,7 @@ pub struct RunnerService {
     store: Store,
     pki: Arc<Pki>,
     config: Arc<GrpcConfig>,
-    signals: Signals,
+    fanout: Fanout,
     sessions: Arc<Sessions>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -45,7 +45,7 @@ impl RunnerService {
         store: Store,
         pki: Arc<Pki>,
         config: GrpcConfig,
-        signals: Signals,
+        fanout: Fanout,
         sessions: Arc<Sessions>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
@@ -54,7 +54,7 @@ impl RunnerService {
             store,
             pki,
             config: Arc::new(config),
-            signals,
+            fanout,
             sessions,
             tracker,
             shutdown,
@@ -260,7 +260,7 @@ impl proto::runner_server::Runner for RunnerService {
                 }));
             }
             // Look, then wait: the notification future is armed before looking.
-            let notified = self.signals.queue().notified();
+            let notified = self.fanout.queue().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let claim = ClaimRequest {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::signals::Signals;
+use crate::fanout::Fanout;
 use crate::store::{RunnerId, Store};
 
 /// Sender half of a session's downstream.
@@ -66,10 +66,10 @@ impl Sessions {
 pub async fn push_cancels(
     store: Store,
     sessions: std::sync::Arc<Sessions>,
-    signals: Signals,
+    fanout: Fanout,
     shutdown: CancellationToken,
 ) {
-    let mut cancels = signals.cancels();
+    let mut cancels = fanout.cancels();
     loop {
         let task = tokio::select! {
             _ = shutdown.cancelled() => return,

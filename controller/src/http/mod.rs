@@ -42,7 +42,7 @@ pub struct AppState {
     /// The runner CA (join tickets).
     pub pki: Arc<Pki>,
     /// Task change fan-out for SSE clients.
-    pub events: events::Events,
+    pub events: crate::fanout::Events,
     /// Whether the session cookie is marked `Secure` (behind HTTPS).
     pub secure_cookies: bool,
     /// Ends live streams (SSE) when the controller stops, so shutdown never waits on a client.

@@ -1,5 +1,5 @@
 //! The one list of `/api` operations: each route with its method, path, least role, summary and
-//! schemas, and the handler that serves it. The router ([`router`]) and the OpenAPI document
+//! schemas, and the handler that serves it. The router (`router`) and the OpenAPI document
 //! ([`super::openapi::document`]) are both built from it, so they cannot disagree.
 
 use std::collections::BTreeMap;

@@ -293,7 +293,7 @@ pub(super) async fn events(
     let stop = s_shutdown(&s.shutdown);
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         match rx.recv().await {
-            Ok(json) if json == super::events::RESYNC => {
+            Ok(json) if json == crate::fanout::RESYNC => {
                 Some((Ok(SseEvent::default().event("resync").data("{}")), rx))
             }
             Ok(json) => Some((Ok(SseEvent::default().event("task").data(json)), rx)),

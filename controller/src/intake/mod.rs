@@ -10,7 +10,7 @@
 //! what GitHub hides and of invisible and control characters (what was removed goes on the
 //! task's timeline), and hashed. A body edited afterwards by someone off the allowlist holds the
 //! task for a person. At most one live task exists per issue (the store refuses a second one).
-//! The ETag poller ([`poller`]) feeds the same [`accept_issue`]; the webhook route and its
+//! The ETag poller ([`mod@poller`]) feeds the same [`accept_issue`]; the webhook route and its
 //! decoding live in [`webhook`].
 //!
 //! On a task's pull request, an allowlisted user's comment that mentions `@backporcher`, or a

@@ -5,13 +5,11 @@
 //! make one task. The poller also checks who added the label (the issue's events), as the
 //! webhook checks the event's sender.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use tokio_util::sync::CancellationToken;
 
 use crate::forge::{Forge, Listing, labels};
 use crate::intake::{self, Intake, IntakeConfig};
+use crate::loops::{LoopCtx, Next, every};
 use crate::store::Store;
 
 /// One pass over every enabled repository; returns the tasks created.
@@ -82,21 +80,23 @@ pub async fn poll_once(
     Ok(created)
 }
 
-/// Polls every `interval` until `shutdown`.
-pub async fn run(
-    store: Store,
-    forge: Arc<dyn Forge>,
-    config: Arc<IntakeConfig>,
-    interval: Duration,
-    shutdown: CancellationToken,
-) {
-    loop {
-        if let Err(e) = poll_once(&store, forge.as_ref(), &config).await {
-            tracing::warn!(error = %e, "issue poll failed");
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
+/// Polls every `poll_interval` until `shutdown` (nothing to poll without GitHub).
+pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
+    let Some(forge) = ctx.forge.clone() else {
+        return;
+    };
+    every(
+        "poller",
+        Vec::new(),
+        ctx.config.poll_interval,
+        shutdown,
+        || {
+            let (ctx, forge) = (ctx.clone(), forge.clone());
+            async move {
+                poll_once(&ctx.store, forge.as_ref(), &ctx.intake).await?;
+                Ok(Next::Wait)
+            }
+        },
+    )
+    .await;
 }

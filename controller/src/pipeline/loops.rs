@@ -5,13 +5,12 @@
 //! notification outbox), so a restart loses nothing and two replicas do no harm beyond a
 //! duplicate chat message.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::loops::{LoopCtx, Next, every};
 use crate::model::{Call, ModelClient};
+use crate::store::wake::Channel;
 use crate::store::{Status, Store, Task};
 
 /// Settings of the loops.
@@ -246,23 +245,33 @@ impl Loops {
         }
         Ok(n)
     }
+}
 
-    /// Runs until `shutdown`, woken by timeline activity, sweeping every `sweep`.
-    pub async fn run(self: Arc<Self>, sweep: Duration, shutdown: CancellationToken) {
-        let mut waker = self.store.waker(&["bp_queue", "bp_notify"]).await.ok();
-        loop {
-            match self.run_once().await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "feedback loops failed"),
-            }
-            let wait = crate::store::wake::pause(&mut waker, sweep);
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = wait => {}
-            }
+/// Runs the feedback loops until `shutdown`, woken by queue changes and the notification outbox
+/// (`bp_queue`, `bp_notify`), sweeping every `sweep`.
+pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
+    let loops = Loops {
+        store: ctx.store.clone(),
+        model: ctx.llm.clone(),
+        reflection_model: ctx.config.reflection_model.clone(),
+        notify_urls: ctx.config.notify_urls.clone(),
+        http: reqwest::Client::new(),
+    };
+    let wakes = vec![
+        ctx.fanout.wake(Channel::Queue),
+        ctx.fanout.wake(Channel::Notify),
+    ];
+    every("feedback", wakes, ctx.config.sweep, shutdown, || {
+        let loops = loops.clone();
+        async move {
+            Ok(if loops.run_once().await? > 0 {
+                Next::Again
+            } else {
+                Next::Wait
+            })
         }
-    }
+    })
+    .await;
 }
 
 fn cap(s: &str, max: usize) -> String {

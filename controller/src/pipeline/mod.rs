@@ -20,45 +20,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::forge::Forge;
 use crate::forge::git::Pusher;
+use crate::loops::{LoopCtx, Next, every};
 use crate::store::stages::STAGE_STATUSES;
-use crate::store::tasks::RetryPolicy;
+use crate::store::wake::Channel;
 use crate::store::{Store, Task};
 
+pub use crate::config::PipelineConfig;
 pub use review::{ReviewInput, Reviewer, Verdict};
-
-/// Pipeline settings.
-#[derive(Debug, Clone)]
-pub struct PipelineConfig {
-    /// Retry budgets and model escalation.
-    pub retry: RetryPolicy,
-    /// How often a pending CI is looked at again.
-    pub ci_poll: Duration,
-    /// Longest stage lease (a replica that dies mid-stage loses it after this).
-    pub stage_lease: Duration,
-    /// Stages worked on at once.
-    pub concurrency: usize,
-    /// Sweep interval when no notification arrives.
-    pub sweep: Duration,
-    /// Longest time a review may take before it counts as failed.
-    pub review_timeout: Duration,
-    /// How long triage waits after the first new task, so issues filed together are triaged
-    /// together (one call, dependencies between them).
-    pub triage_debounce: Duration,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        Self {
-            retry: RetryPolicy::default(),
-            ci_poll: Duration::from_secs(10),
-            stage_lease: Duration::from_secs(120),
-            concurrency: 8,
-            sweep: Duration::from_secs(1),
-            review_timeout: Duration::from_secs(300),
-            triage_debounce: Duration::from_millis(300),
-        }
-    }
-}
 
 /// What the stages need.
 #[derive(Clone)]
@@ -107,30 +75,44 @@ impl Pipeline {
                 .await;
         }
     }
+}
 
-    /// Runs stages until `shutdown`, woken by `bp_stage` notifications with a sweep backstop.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut waker = self.store.waker(&["bp_stage"]).await.ok();
-        loop {
-            let ran = match self.run_due().await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "claiming pipeline stages failed");
-                    0
-                }
-            };
-            if ran > 0 {
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                continue;
+/// Runs the stages until `shutdown`, woken by `bp_stage` with a sweep backstop (nothing runs
+/// without GitHub).
+pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
+    let Some(forge) = ctx.forge.clone() else {
+        return;
+    };
+    let reviewer: Arc<dyn Reviewer> = match &ctx.llm {
+        Some(m) => Arc::new(review::ModelReviewer {
+            client: m.clone(),
+            model: ctx.config.review_model.clone(),
+        }),
+        None => Arc::new(review::NoReviewer),
+    };
+    let pipeline = Pipeline {
+        store: ctx.store.clone(),
+        forge,
+        pusher: crate::forge::git::Pusher::new(&ctx.config.data_dir.join("forge")),
+        reviewer,
+        config: ctx.config.pipeline.clone(),
+    };
+    let wake = ctx.fanout.wake(Channel::Stage);
+    every(
+        "stages",
+        vec![wake],
+        pipeline.config.sweep,
+        shutdown,
+        || {
+            let p = pipeline.clone();
+            async move {
+                Ok(if p.run_due().await? > 0 {
+                    Next::Again
+                } else {
+                    Next::Wait
+                })
             }
-            let sweep = self.config.sweep;
-            let wait = crate::store::wake::pause(&mut waker, sweep);
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = wait => {}
-            }
-        }
-    }
+        },
+    )
+    .await;
 }

@@ -9,13 +9,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::loops::{LoopCtx, Next, every};
 use crate::model::{Call, ModelClient};
 use crate::store::tasks::Triage;
+use crate::store::wake::Channel;
 use crate::store::{HoldKind, Note, Status, Store, Task, TaskId};
 
 fn system() -> String {
@@ -266,28 +266,19 @@ fn overlaps(task: &Task, in_flight: &[Task], batch: &[Task]) -> Vec<TaskId> {
         .collect()
 }
 
-/// Runs triage until `shutdown`, woken when tasks arrive.
-pub async fn run(
-    store: Store,
-    model: Option<crate::model::ModelClient>,
-    triage_model: String,
-    sweep: Duration,
-    debounce: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut waker = store.waker(&["bp_new"]).await.ok();
-    loop {
-        // Let a burst of new issues arrive, so they are triaged as one batch.
-        tokio::time::sleep(debounce).await;
-        if let Err(e) = run_once(&store, model.as_ref(), &triage_model).await {
-            tracing::warn!(error = %e, "triage failed");
+/// Runs triage until `shutdown`, woken when tasks arrive (`bp_new`); each pass first waits the
+/// debounce, so issues filed together are triaged as one batch.
+pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
+    let wake = ctx.fanout.wake(Channel::New);
+    every("triage", vec![wake], ctx.config.sweep, shutdown, || {
+        let ctx = ctx.clone();
+        async move {
+            tokio::time::sleep(ctx.config.pipeline.triage_debounce).await;
+            run_once(&ctx.store, ctx.llm.as_ref(), &ctx.config.triage_model).await?;
+            Ok(Next::Wait)
         }
-        let wait = crate::store::wake::pause(&mut waker, sweep);
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = wait => {}
-        }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -135,7 +135,8 @@ impl Store {
             .bind(text)
             .execute(&self.pool)
             .await?;
-        sqlx::query("SELECT pg_notify('bp_notify', '')")
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(super::wake::Channel::Notify.name())
             .execute(&self.pool)
             .await?;
         Ok(())

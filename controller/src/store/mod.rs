@@ -6,13 +6,20 @@
 //!   task's current status;
 //! - the timeline entry of a transition is written by a trigger in the same transaction (a status
 //!   change without one is refused by the database);
-//! - runner writes (renew, log append, complete) are fenced by (task, attempt, lease token);
+//! - runner writes (renew, logs, bundle, complete) are fenced by (task, attempt, lease token) and
+//!   the runner that holds the lease;
 //! - a task that fails or is canceled fails its dependents, by trigger, on every path;
 //! - PostgreSQL's `now()` is the only clock for leases.
 //!
-//! Submodules own one table family each: [`tasks`] (lifecycle operations driven by the controller
-//! and users), [`leases`] (claim, renew, logs, completion, reaping), [`repos`], [`runners`],
-//! [`settings`], and [`wake`] (LISTEN/NOTIFY).
+//! Submodules are named by what they hold, along the task's path: [`intake`] (deliveries, ETags,
+//! PR feedback), [`tasks`] (lifecycle operations driven by the controller and users, task
+//! lists), [`claims`] (leases: claim, renew, reap, grace), [`logs`] (log chunks and bundles),
+//! [`completion`] (stage reports and results), [`stages`] (the controller stages as work items),
+//! [`milestones`] (what GitHub already shows), [`feedback`] (reflection, learnings, breaker,
+//! outbox), [`ops`] (audited operations and the audit log), [`users`] (people and credentials),
+//! [`repos`], [`runners`], [`settings`], [`usage`] and [`metrics`] (the ledger and numbers),
+//! [`pki`] (the runner CA), [`model`] (statuses and the step table) and [`wake`] (the
+//! notification channels).
 
 pub mod claims;
 pub mod completion;

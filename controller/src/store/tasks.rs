@@ -1,7 +1,7 @@
 //! Task lifecycle operations driven by the controller and by users: creation, triage, pipeline
 //! steps, retries with per-mode budgets, failure, cancel, holds, requeue and edits.
 //!
-//! Runner-side writes (claim, renew, logs, completion) and the reaper live in [`super::leases`].
+//! Runner-side writes live in [`super::claims`], [`super::logs`] and [`super::completion`].
 
 use serde_json::{Value, json};
 use sqlx::{Postgres, Transaction};

@@ -1,8 +1,6 @@
-//! LISTEN/NOTIFY: the store announces queue changes so claimers and loops wake at once instead
-//! of waiting for their next sweep.
-//!
-//! Channels: `bp_queue` (a task became claimable, a lease ended, the queue resumed; payload: repo
-//! id or `resume`) and `bp_cancel` (cancellation requested for a task on a runner; payload: task id).
+//! LISTEN/NOTIFY: the store announces changes so claimers and loops wake at once instead of
+//! waiting for their next sweep. Every channel is named here ([`Channel`]); triggers in
+//! `migrations/` and the few statements that notify by hand use these names.
 
 use std::time::Duration;
 
@@ -10,12 +8,54 @@ use sqlx::postgres::PgListener;
 
 use super::{Result, Store};
 
-/// Channel announcing that claimable work may exist.
-pub const QUEUE_CHANNEL: &str = "bp_queue";
-/// Channel announcing a cancellation for a task on a runner.
-pub const CANCEL_CHANNEL: &str = "bp_cancel";
-/// Channel naming each task that got a timeline entry (payload: task id).
-pub const EVENTS_CHANNEL: &str = "bp_events";
+/// A notification channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// `bp_queue`: claimable work may exist (payload: repository id or `resume`).
+    Queue,
+    /// `bp_cancel`: cancellation requested for a task on a runner (payload: task id).
+    Cancel,
+    /// `bp_events`: a task got a timeline entry (payload: task id).
+    Events,
+    /// `bp_stage`: a controller stage became due.
+    Stage,
+    /// `bp_new`: a task arrived for triage.
+    New,
+    /// `bp_forge`: a milestone waits to be reflected on GitHub.
+    Forge,
+    /// `bp_notify`: a chat notification waits in the outbox.
+    Notify,
+}
+
+impl Channel {
+    /// Every channel.
+    pub const ALL: &'static [Channel] = &[
+        Channel::Queue,
+        Channel::Cancel,
+        Channel::Events,
+        Channel::Stage,
+        Channel::New,
+        Channel::Forge,
+        Channel::Notify,
+    ];
+
+    /// The channel's name in the database.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Channel::Queue => "bp_queue",
+            Channel::Cancel => "bp_cancel",
+            Channel::Events => "bp_events",
+            Channel::Stage => "bp_stage",
+            Channel::New => "bp_new",
+            Channel::Forge => "bp_forge",
+            Channel::Notify => "bp_notify",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Channel> {
+        Channel::ALL.iter().copied().find(|c| c.name() == name)
+    }
+}
 
 /// A listener on the store's channels.
 #[derive(Debug)]
@@ -28,8 +68,8 @@ pub struct Waker {
 pub enum Wake {
     /// Something changed on a channel.
     Notified {
-        /// Channel name.
-        channel: String,
+        /// Channel.
+        channel: Channel,
         /// Payload.
         payload: String,
     },
@@ -38,10 +78,12 @@ pub enum Wake {
 }
 
 impl Store {
-    /// Listens on `channels`.
-    pub async fn waker(&self, channels: &[&str]) -> Result<Waker> {
+    /// Listens on `channels` (the process's one listener: [`crate::fanout`]).
+    pub async fn waker(&self, channels: &[Channel]) -> Result<Waker> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen_all(channels.iter().copied()).await?;
+        listener
+            .listen_all(channels.iter().map(|c| c.name()))
+            .await?;
         Ok(Waker { listener })
     }
 }
@@ -51,25 +93,15 @@ impl Waker {
     /// re-established by the listener; notifications sent meanwhile are covered by the sweep.
     pub async fn wait(&mut self, timeout: Duration) -> Result<Wake> {
         match tokio::time::timeout(timeout, self.listener.recv()).await {
-            Ok(Ok(n)) => Ok(Wake::Notified {
-                channel: n.channel().to_owned(),
-                payload: n.payload().to_owned(),
-            }),
+            Ok(Ok(n)) => match Channel::from_name(n.channel()) {
+                Some(channel) => Ok(Wake::Notified {
+                    channel,
+                    payload: n.payload().to_owned(),
+                }),
+                None => Ok(Wake::Timeout),
+            },
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Ok(Wake::Timeout),
         }
-    }
-}
-
-/// Waits until `waker` reports anything (a notification or its timeout) or, without a working
-/// listener, sleeps `sweep`: the shared pause of the controller's background loops.
-pub async fn pause(waker: &mut Option<Waker>, sweep: Duration) {
-    match waker.as_mut() {
-        Some(w) => {
-            if w.wait(sweep).await.is_err() {
-                tokio::time::sleep(sweep).await;
-            }
-        }
-        None => tokio::time::sleep(sweep).await,
     }
 }

@@ -6,7 +6,7 @@ use controller::store::claims::LeaseRef;
 use controller::store::completion::{Completion, Outcome};
 use controller::store::logs::MAX_LOG_CHUNK;
 use controller::store::tasks::RetryPolicy;
-use controller::store::wake::{CANCEL_CHANNEL, QUEUE_CHANNEL, Wake};
+use controller::store::wake::{Channel, Wake};
 use controller::store::{Error, Status};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -268,11 +268,14 @@ async fn the_reaper_loop_takes_back_a_lease_soon_after_it_expires() {
         .unwrap();
     assert_eq!(claimed.id, t.id);
     let shutdown = CancellationToken::new();
-    let reaper = tokio::spawn(controller::reaper::run(
+    let ctx = controller::loops::LoopCtx::for_store(
         store.clone(),
-        Duration::from_secs(1),
-        shutdown.clone(),
-    ));
+        controller::config::Config {
+            reaper_interval: Duration::from_secs(1),
+            ..controller::config::Config::default()
+        },
+    );
+    let reaper = tokio::spawn(controller::reaper::run(ctx, shutdown.clone()));
     eventually(
         Duration::from_secs(5),
         "the reaper to re-queue the task",
@@ -334,13 +337,16 @@ async fn notifications_announce_queue_changes_and_cancels() {
     let store = store().await;
     let repo = repo(&store, "acme/widgets").await;
     let r = runner(&store, "r1").await;
-    let mut waker = store.waker(&[QUEUE_CHANNEL, CANCEL_CHANNEL]).await.unwrap();
+    let mut waker = store
+        .waker(&[Channel::Queue, Channel::Cancel])
+        .await
+        .unwrap();
     let t = queued(&store, &repo, "t").await;
     let wake = waker.wait(Duration::from_secs(5)).await.unwrap();
     assert_eq!(
         wake,
         Wake::Notified {
-            channel: QUEUE_CHANNEL.into(),
+            channel: Channel::Queue,
             payload: repo.id.to_string()
         }
     );
@@ -350,7 +356,7 @@ async fn notifications_announce_queue_changes_and_cancels() {
     assert_eq!(
         wake,
         Wake::Notified {
-            channel: CANCEL_CHANNEL.into(),
+            channel: Channel::Cancel,
             payload: t.id.to_string()
         }
     );
@@ -360,7 +366,7 @@ async fn notifications_announce_queue_changes_and_cancels() {
     assert_eq!(
         wake,
         Wake::Notified {
-            channel: QUEUE_CHANNEL.into(),
+            channel: Channel::Queue,
             payload: "resume".into()
         }
     );
