@@ -48,7 +48,7 @@ async fn the_cli_drives_a_live_controller() {
     let url = format!("http://{}", http.local_addr().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(controller::server::run(
+    let server = controller::server::start(
         Config {
             database_url: Some(db.url.clone()),
             data_dir: dir.path().join("controller"),
@@ -56,14 +56,9 @@ async fn the_cli_drives_a_live_controller() {
         },
         controller::server::Listeners { http, grpc },
         shutdown.clone(),
-    ));
-    let addr = url.trim_start_matches("http://").to_owned();
-    for _ in 0..300 {
-        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    )
+    .await
+    .unwrap();
     let password = controller::http::bootstrap_admin(&store, "root")
         .await
         .unwrap();
@@ -212,7 +207,7 @@ async fn the_cli_drives_a_live_controller() {
     assert_eq!(code, 0);
     assert!(out.contains("backporcher"));
     shutdown.cancel();
-    server.await.unwrap().unwrap();
+    server.stopped().await.unwrap();
     let (code, _, err) = run(admin_cfg, sv(&["fleet"]), None).await.unwrap();
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("cannot reach the controller"), "{err}");

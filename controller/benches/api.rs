@@ -35,12 +35,13 @@ fn main() {
         let base = format!("http://{}", http.local_addr().unwrap());
         let dir = tempfile::tempdir().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(controller::server::run(
+        let server = controller::server::start(
             Config { database_url: Some(db.url.clone()), data_dir: dir.path().join("c"), ..Config::default() },
             controller::server::Listeners { http, grpc },
             shutdown.clone(),
-        ));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        )
+        .await
+        .unwrap();
         let hash = controller::http::auth::hash_password("bench password 1").unwrap();
         let user = store.create_user("bench", &hash, "admin").await.unwrap();
         let (_, token) = store.create_api_token(user.id, "bench").await.unwrap();
@@ -146,6 +147,6 @@ fn main() {
             pct(&mut loads, 1.0)
         );
         shutdown.cancel();
-        let _ = server.await;
+        let _ = server.stopped().await;
     });
 }

@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -21,7 +20,7 @@ use controller::forge::github::GitHubConfig;
 use controller::model::ModelConfig;
 use controller::store::repos::{NewRepo, RepoSettings};
 use sim::github::GitHubSim;
-use sim::model::{Match, ModelSim, Script, Step, ToolCall};
+use sim::model::{ModelSim, Script};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -124,40 +123,13 @@ fn scripts(model: &ModelSim) {
         "Cause: unknown in the demo.\nNext: try again.",
     ));
     for (i, (_, _, path, content)) in SAMPLES.iter().enumerate() {
-        model.add_script(Script {
-            selector: format!("[demo-{}]", i + 1),
-            steps: vec![
-                Step {
-                    when: Match {
-                        tool_result: Some(false),
-                        ..Match::default()
-                    },
-                    tools: vec![ToolCall::write(path, content)],
-                    ..Step::default()
-                },
-                Step {
-                    when: Match {
-                        tool_result: Some(true),
-                        ..Match::default()
-                    },
-                    text: "Done.".into(),
-                    ..Step::default()
-                },
-            ],
-        });
+        model.add_script(Script::writes(&format!("[demo-{}]", i + 1), path, content));
     }
 }
 
+/// Says `text` to up to `times` requests containing `selector`.
 fn sim_says(selector: &str, times: usize, text: &str) -> Script {
-    Script {
-        selector: selector.into(),
-        steps: (0..times)
-            .map(|_| Step {
-                text: text.into(),
-                ..Step::default()
-            })
-            .collect(),
-    }
+    Script::says(selector, &vec![text; times])
 }
 
 async fn ensure_image() -> anyhow::Result<()> {
@@ -306,12 +278,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.poll_interval = Duration::from_secs(if sim.is_some() { 5 } else { 60 });
     config.pipeline.ci_poll = Duration::from_secs(2);
     let listeners = controller::server::Listeners::bind(&config).await?;
-    let server = tokio::spawn(controller::server::run(
-        config.clone(),
-        listeners,
-        shutdown.clone(),
-    ));
-    let db = connect_when_ready(&config).await?;
+    let server = controller::server::start(config.clone(), listeners, shutdown.clone()).await?;
+    let db = controller::server::Database::open_for_admin(&config)
+        .await?
+        .store;
     for name in &repos {
         let repo = match db.repo_by_name(name).await {
             Ok(r) => r,
@@ -365,38 +335,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await?
         }
     };
-    let gateway = runner::gateway::Gateway::new(
-        &runner_upstream,
-        runner_key,
-        runner::gateway::Prices::default(),
-    )?;
-    let sandbox = runner::sandbox::Sandbox::connect(runner::sandbox::SandboxConfig {
-        runner: "local".into(),
-        ..Default::default()
-    })
-    .await?;
-    let exec = runner::sandbox_executor::SandboxExecutor::start(
-        runner::sandbox_executor::ExecConfig {
-            agent_timeout: Duration::from_secs(1800),
-            idle_timeout: Duration::from_secs(600),
-            verify_timeout: Duration::from_secs(900),
-            ..runner::sandbox_executor::ExecConfig::new(runner_dir.clone(), free_port()?)
+    let control = runner::daemon::Control::default();
+    let runner = runner::start::start(
+        identity,
+        runner::start::Setup {
+            name: "local".into(),
+            image: None,
+            model_api: runner_upstream,
+            credential: runner_key,
+            exec: runner::sandbox_executor::ExecConfig {
+                agent_timeout: Duration::from_secs(1800),
+                idle_timeout: Duration::from_secs(600),
+                verify_timeout: Duration::from_secs(900),
+                ..runner::sandbox_executor::ExecConfig::new(runner_dir, free_port()?)
+            },
         },
-        sandbox,
-        gateway,
+        2,
+        vec![],
+        control.clone(),
     )
     .await?;
-    let control = runner::daemon::Control::default();
-    let runner_task = tokio::spawn(runner::daemon::run(
-        runner::daemon::Config {
-            state_dir: runner_dir,
-            capacity: 2,
-            labels: vec![],
-        },
-        identity,
-        Arc::new(exec),
-        control.clone(),
-    ));
 
     // Sample issues on the simulator, labelled as a person would.
     if let Some((gh, url)) = &sim {
@@ -426,8 +384,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("stopping…");
     control.drain.cancel();
     shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(30), runner_task).await;
-    server.await??;
+    let _ = tokio::time::timeout(Duration::from_secs(30), runner.stopped()).await;
+    server.stopped().await?;
     Ok(())
 }
 
@@ -443,26 +401,4 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// Waits until the controller answers `/readyz` (its database is up and migrated), then connects
-/// to the same database.
-async fn connect_when_ready(config: &Config) -> anyhow::Result<controller::store::Store> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let url = format!("http://{}/readyz", config.http_listen);
-    loop {
-        let ready = reqwest::get(&url)
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false);
-        if ready {
-            let db = controller::server::Database::open_for_admin(config).await?;
-            return Ok(db.store);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the controller did not become ready within two minutes; see its log above"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

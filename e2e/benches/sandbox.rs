@@ -12,12 +12,11 @@ use controller::store::Note;
 use e2e::harness::{
     Options, TestController, enroll, fixture_repo, free_port, spawn_runner_with, state_dir,
 };
-use runner::gateway::{Credential, Gateway, Prices};
-use runner::sandbox::{Sandbox, SandboxConfig};
-use runner::sandbox_executor::{ExecConfig, SandboxExecutor};
+use runner::gateway::Credential;
+use runner::sandbox_executor::ExecConfig;
 use runner::task::TaskSpec;
 use runner::workspace::Workspaces;
-use sim::model::{ModelSim, Script, Step, ToolCall};
+use sim::model::{ModelSim, Script};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -66,27 +65,21 @@ async fn lease_to_agent(tasks: usize) {
         .await
         .unwrap();
     let (id, dir) = enroll(&c, "bench-runner", &[]).await;
-    let sandbox = Sandbox::connect(SandboxConfig {
-        runner: "bench-runner".into(),
-        ..SandboxConfig::default()
-    })
-    .await
-    .expect("docker and the agent image");
-    let gateway =
-        Gateway::new(&sim_url, Credential::ApiKey("k".into()), Prices::default()).unwrap();
-    let exec = SandboxExecutor::start(
-        ExecConfig {
+    let exec = runner::start::executor(runner::start::Setup {
+        name: "bench-runner".into(),
+        image: None,
+        model_api: sim_url.clone(),
+        credential: Credential::ApiKey("k".into()),
+        exec: ExecConfig {
             agent_timeout: Duration::from_secs(120),
             idle_timeout: Duration::from_secs(120),
             verify_timeout: Duration::from_secs(60),
             max_verify_fixes: 0,
             ..ExecConfig::new(dir.clone(), free_port())
         },
-        sandbox,
-        gateway,
-    )
+    })
     .await
-    .unwrap();
+    .expect("docker, the agent image, and the executor starts");
     let runner = spawn_runner_with(id, &dir, Arc::new(exec), 1);
     let mut to_running = Vec::new();
     let mut to_agent = Vec::new();
@@ -94,19 +87,11 @@ async fn lease_to_agent(tasks: usize) {
     // One warm-up task (mirror clone), then the measured ones.
     for i in 0..=tasks {
         let marker = format!("[MARK-BENCH-{i}]");
-        sim.add_script(Script {
-            selector: marker.clone(),
-            steps: vec![
-                Step {
-                    tools: vec![ToolCall::write(&format!("/workspace/f{i}.txt"), "x\n")],
-                    ..Step::default()
-                },
-                Step {
-                    text: "done".into(),
-                    ..Step::default()
-                },
-            ],
-        });
+        sim.add_script(Script::writes(
+            &marker,
+            &format!("/workspace/f{i}.txt"),
+            "x\n",
+        ));
         let mut nt = controller::store::tasks::NewTask::for_issue(
             repo.id,
             0,

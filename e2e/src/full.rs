@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use controller::forge::github::GitHubConfig;
 use controller::model::ModelConfig;
+use controller::store::Task;
 use controller::store::repos::{NewRepo, Repo, RepoSettings};
-use controller::store::{Status, Task};
-use runner::gateway::{Credential, Gateway, Prices};
-use runner::sandbox::{Sandbox, SandboxConfig};
-use runner::sandbox_executor::{ExecConfig, SandboxExecutor};
+use runner::gateway::Credential;
+use runner::sandbox_executor::ExecConfig;
 use sim::github::GitHubSim;
-use sim::model::{Match, ModelSim, Script, Step, ToolCall};
+use sim::model::{ModelSim, Script};
 
 use crate::harness::{
     Configure, Options, RunnerHandle, TestController, enroll, free_port, spawn_runner_with,
@@ -45,58 +44,13 @@ pub struct FullSystem {
 
 /// A script that answers every request containing `selector` with `texts`, in order.
 pub fn says(selector: &str, texts: &[&str]) -> Script {
-    Script {
-        selector: selector.into(),
-        steps: texts
-            .iter()
-            .map(|t| Step {
-                text: (*t).into(),
-                ..Step::default()
-            })
-            .collect(),
-    }
+    Script::says(selector, texts)
 }
 
 /// An agent that writes `first` to `path`, and when a later prompt contains `fix_when` (a CI
 /// log, review feedback), writes `fixed` instead.
 pub fn agent_script(mark: &str, path: &str, first: &str, fix_when: &str, fixed: &str) -> Script {
-    Script {
-        selector: mark.into(),
-        steps: vec![
-            Step {
-                when: Match {
-                    tool_result: Some(false),
-                    ..Match::default()
-                },
-                tools: vec![ToolCall::write(path, first)],
-                ..Step::default()
-            },
-            Step {
-                when: Match {
-                    tool_result: Some(true),
-                    ..Match::default()
-                },
-                text: "Done.".into(),
-                ..Step::default()
-            },
-            Step {
-                when: Match {
-                    contains: Some(fix_when.into()),
-                    ..Match::default()
-                },
-                tools: vec![ToolCall::write(path, fixed)],
-                ..Step::default()
-            },
-            Step {
-                when: Match {
-                    tool_result: Some(true),
-                    ..Match::default()
-                },
-                text: "Fixed.".into(),
-                ..Step::default()
-            },
-        ],
-    }
+    Script::writes_then_fixes(mark, path, first, fix_when, fixed)
 }
 
 impl FullSystem {
@@ -149,31 +103,21 @@ impl FullSystem {
 
         let runner_name = format!("{tag}-{}", std::process::id());
         let (id, dir) = enroll(&c, &runner_name, &[]).await;
-        let gateway = Gateway::new(
-            &model_url,
-            Credential::ApiKey(KEY.into()),
-            Prices::default(),
-        )
-        .unwrap();
-        let sandbox = Sandbox::connect(SandboxConfig {
-            runner: runner_name,
-            ..SandboxConfig::default()
-        })
-        .await
-        .expect("docker and the agent image");
-        let exec = SandboxExecutor::start(
-            ExecConfig {
+        let exec = runner::start::executor(runner::start::Setup {
+            name: runner_name,
+            image: None,
+            model_api: model_url.clone(),
+            credential: Credential::ApiKey(KEY.into()),
+            exec: ExecConfig {
                 agent_timeout: Duration::from_secs(120),
                 idle_timeout: Duration::from_secs(120),
                 verify_timeout: Duration::from_secs(60),
                 max_verify_fixes: 1,
                 ..ExecConfig::new(dir.clone(), free_port())
             },
-            sandbox,
-            gateway,
-        )
+        })
         .await
-        .expect("executor starts");
+        .expect("docker, the agent image, and the executor starts");
         let runner = spawn_runner_with(id, &dir, Arc::new(exec), 1);
         Self {
             c,
@@ -215,41 +159,7 @@ impl FullSystem {
         timeout: Duration,
         cond: impl Fn(&Task) -> bool,
     ) -> Task {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let t = self.c.store.task(id).await.unwrap();
-            if cond(&t) {
-                return t;
-            }
-            if tokio::time::Instant::now() > deadline
-                || (t.status.is_terminal() && t.status != Status::Merged && !cond(&t))
-            {
-                let timeline: Vec<String> = self
-                    .c
-                    .store
-                    .timeline(id)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|e| {
-                        format!(
-                            "{} → {} ({}) {}",
-                            e.from_status.clone().unwrap_or_default(),
-                            e.to_status,
-                            e.reason,
-                            e.data.as_ref().map(|d| d.0.to_string()).unwrap_or_default()
-                        )
-                    })
-                    .collect();
-                panic!(
-                    "gave up waiting for {what}; task {id} is {} ({:?})\n{}",
-                    t.status,
-                    t.error,
-                    timeline.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.c.wait_for(id, what, timeout, cond).await
     }
 
     /// Stops the runner and the controller.

@@ -74,7 +74,7 @@ pub struct TestController {
     db_url: String,
     options: Options,
     shutdown: CancellationToken,
-    handle: JoinHandle<anyhow::Result<()>>,
+    running: Option<controller::server::Running>,
 }
 
 /// Installs the ring provider for code that builds rustls configs without naming one.
@@ -135,24 +135,11 @@ impl TestController {
             http: http_listener,
             grpc: grpc_listener,
         };
-        let handle = tokio::spawn(controller::server::run(config, listeners, shutdown.clone()));
+        // Serving when started: the CA exists and both listeners accept.
+        let running = controller::server::start(config, listeners, shutdown.clone())
+            .await
+            .expect("the controller starts");
         let store = Store::connect(&db_url, 10).await.expect("store");
-        // Ready when the CA exists (created at start).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pki_ca)")
-                .fetch_one(store.pool())
-                .await
-                .unwrap_or(false);
-            if ready && tokio::net::TcpStream::connect(grpc).await.is_ok() {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "controller did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         Self {
             store,
             grpc,
@@ -160,7 +147,7 @@ impl TestController {
             db_url,
             options,
             shutdown,
-            handle,
+            running: Some(running),
         }
     }
 
@@ -174,7 +161,7 @@ impl TestController {
             db_url: String::new(),
             options: Options::default(),
             shutdown: CancellationToken::new(),
-            handle: tokio::spawn(async { Ok(()) }),
+            running: None,
         }
     }
 
@@ -183,13 +170,94 @@ impl TestController {
         format!("https://localhost:{}", self.grpc.port())
     }
 
+    /// Waits until task `id` satisfies `cond` and returns it. Fails after `timeout`, or as soon as
+    /// the task has ended (failed or cancelled) without satisfying it, with its timeline and log
+    /// tail.
+    pub async fn wait_for(
+        &self,
+        id: i64,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&Task) -> bool,
+    ) -> Task {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let t = self.store.task(id).await.expect("the task exists");
+            if cond(&t) {
+                return t;
+            }
+            let ended = t.status.is_terminal() && t.status != controller::store::Status::Merged;
+            if ended || tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "gave up after {timeout:?} waiting for {what}: task {id} is {} ({:?}, error {:?})\n{}",
+                    t.status,
+                    t.terminal_reason.0,
+                    t.error,
+                    self.diagnosis(&t).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until task `id` has status `status` (see [`Self::wait_for`]).
+    pub async fn wait_status(&self, id: i64, status: &str, timeout: Duration) -> Task {
+        self.wait_for(id, &format!("status {status}"), timeout, |t| {
+            t.status.as_str() == status
+        })
+        .await
+    }
+
+    /// A task's timeline and the head and tail of its logs, for a failing test's message.
+    async fn diagnosis(&self, t: &Task) -> String {
+        let timeline: Vec<String> = self
+            .store
+            .timeline(t.id)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} → {} ({}, {}) {}",
+                    e.from_status.clone().unwrap_or_default(),
+                    e.to_status,
+                    e.reason,
+                    e.actor,
+                    e.data.as_ref().map(|d| d.0.to_string()).unwrap_or_default()
+                )
+            })
+            .collect();
+        let mut logs = String::new();
+        for attempt in 1..=t.attempt {
+            for (_, stream, data) in self
+                .store
+                .log_chunks(t.id, attempt)
+                .await
+                .unwrap_or_default()
+            {
+                logs.push_str(&format!(
+                    "[{attempt} {stream}] {}",
+                    String::from_utf8_lossy(&data)
+                ));
+            }
+        }
+        let n = logs.chars().count();
+        let logs = if n > 8000 {
+            let head: String = logs.chars().take(4000).collect();
+            let end: String = logs.chars().skip(n - 4000).collect();
+            format!("{head}\n[…]\n{end}")
+        } else {
+            logs
+        };
+        format!("timeline:\n{}\nlog tail:\n{logs}", timeline.join("\n"))
+    }
+
     /// Stops the controller (the database stays).
     pub async fn stop(self) -> (String, SocketAddr, SocketAddr, Options) {
         self.shutdown.cancel();
-        self.handle
-            .await
-            .expect("controller task")
-            .expect("controller ran");
+        if let Some(running) = self.running {
+            running.stopped().await.expect("controller ran");
+        }
         self.store.pool().close().await;
         (self.db_url, self.grpc, self.http, self.options)
     }
@@ -352,24 +420,7 @@ pub fn spawn_runner_with(
     RunnerHandle { control, handle }
 }
 
-/// Waits for `cond`, polling; panics after `timeout` naming `what`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+pub use sim::kit::eventually;
 
 /// Whether the Docker tests are skipped (`BP_SKIP_DOCKER=1`); CI never sets it.
 pub fn skip_docker() -> bool {

@@ -17,13 +17,22 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-/// The real credential for the upstream API.
-#[derive(Debug, Clone)]
+/// The real credential for the upstream API. Its `Debug` form names the kind only.
+#[derive(Clone)]
 pub enum Credential {
     /// An API key (`x-api-key`).
     ApiKey(String),
     /// An OAuth token of a subscription (`Authorization: Bearer`).
     OAuth(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::ApiKey(_) => "ApiKey(…)",
+            Self::OAuth(_) => "OAuth(…)",
+        })
+    }
 }
 
 /// Prices in micro-dollars per million tokens.

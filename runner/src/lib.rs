@@ -4,6 +4,8 @@
 //! from a local mirror ([`workspace`]), the agent CLI ([`agent`]) in a Docker sandbox
 //! ([`sandbox`]) whose only model access is the metering [`gateway`], verify, commit, bundle.
 //!
+//! [`start`] puts a runner together (the binary, the demo and the tests use it).
+//!
 //! Boundaries: the runner never depends on the controller crate; it talks to it only through the
 //! gRPC contract in `proto`, converted to the domain types of [`task`] at the edge ([`client`]).
 //! Leases are renewed by this daemon, never by the work itself.
@@ -26,5 +28,6 @@ pub mod retry;
 pub mod sandbox;
 pub mod sandbox_executor;
 pub mod spool;
+pub mod start;
 pub mod task;
 pub mod workspace;

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -131,7 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_daemon(state_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
-    use runner::gateway::{Credential, Gateway, Prices};
+    use runner::gateway::Credential;
     let identity = runner::identity::Identity::load(&state_dir)?;
     // The real model credential stays in this process; agents only ever see per-task tokens.
     let from_file = match &args.credential_file {
@@ -152,26 +151,6 @@ async fn run_daemon(state_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             "set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN for a subscription) in --credential-file or the environment for the model gateway"
         ),
     };
-    let gateway = Gateway::new(&args.model_api_url, credential, Prices::default())?;
-    let sandbox = runner::sandbox::Sandbox::connect(runner::sandbox::SandboxConfig {
-        image: args.image,
-        runner: identity.name.clone(),
-        ..Default::default()
-    })
-    .await?;
-    let executor = runner::sandbox_executor::SandboxExecutor::start(
-        runner::sandbox_executor::ExecConfig {
-            agent_timeout: Duration::from_secs(args.task_timeout),
-            idle_timeout: Duration::from_secs(args.idle_timeout),
-            verify_timeout: Duration::from_secs(args.task_timeout),
-            max_verify_fixes: args.max_verify_retries,
-            open_allow: args.open_allow,
-            ..runner::sandbox_executor::ExecConfig::new(state_dir.clone(), args.gateway_port)
-        },
-        sandbox,
-        gateway,
-    )
-    .await?;
     let control = runner::daemon::Control::default();
     let signals = control.clone();
     tokio::spawn(async move {
@@ -197,12 +176,24 @@ async fn run_daemon(state_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let config = runner::daemon::Config {
-        state_dir,
-        capacity: args.capacity,
-        labels: args.labels,
+    let setup = runner::start::Setup {
+        name: identity.name.clone(),
+        image: Some(args.image),
+        model_api: args.model_api_url,
+        credential,
+        exec: runner::sandbox_executor::ExecConfig {
+            agent_timeout: Duration::from_secs(args.task_timeout),
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            verify_timeout: Duration::from_secs(args.task_timeout),
+            max_verify_fixes: args.max_verify_retries,
+            open_allow: args.open_allow,
+            ..runner::sandbox_executor::ExecConfig::new(state_dir, args.gateway_port)
+        },
     };
-    runner::daemon::run(config, identity, Arc::new(executor), control).await
+    runner::start::start(identity, setup, args.capacity, args.labels, control)
+        .await?
+        .stopped()
+        .await
 }
 
 /// `KEY=value` lines of a credential file that only its owner may read.

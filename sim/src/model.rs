@@ -37,6 +37,83 @@ pub struct Script {
     pub steps: Vec<Step>,
 }
 
+impl Script {
+    /// Answers requests containing `selector` with `texts`, one per request, in order.
+    pub fn says(selector: &str, texts: &[&str]) -> Self {
+        Self {
+            selector: selector.into(),
+            steps: texts
+                .iter()
+                .map(|t| Step {
+                    text: (*t).into(),
+                    ..Step::default()
+                })
+                .collect(),
+        }
+    }
+
+    /// An agent that writes `content` to `path`, then says it is done.
+    pub fn writes(selector: &str, path: &str, content: &str) -> Self {
+        Self {
+            selector: selector.into(),
+            steps: vec![Step::writes(path, content), Step::after_tools("Done.")],
+        }
+    }
+
+    /// An agent that writes `first` to `path`, and when a later prompt contains `fix_when` (a CI
+    /// log, review feedback), writes `fixed` instead.
+    pub fn writes_then_fixes(
+        selector: &str,
+        path: &str,
+        first: &str,
+        fix_when: &str,
+        fixed: &str,
+    ) -> Self {
+        Self {
+            selector: selector.into(),
+            steps: vec![
+                Step::writes(path, first),
+                Step::after_tools("Done."),
+                Step {
+                    when: Match {
+                        contains: Some(fix_when.into()),
+                        ..Match::default()
+                    },
+                    tools: vec![ToolCall::write(path, fixed)],
+                    ..Step::default()
+                },
+                Step::after_tools("Fixed."),
+            ],
+        }
+    }
+}
+
+impl Step {
+    /// Writes `content` to `path` on a request that carries no tool result (a fresh prompt).
+    pub fn writes(path: &str, content: &str) -> Self {
+        Self {
+            when: Match {
+                tool_result: Some(false),
+                ..Match::default()
+            },
+            tools: vec![ToolCall::write(path, content)],
+            ..Self::default()
+        }
+    }
+
+    /// Says `text` once the tools have run (a request carrying a tool result).
+    pub fn after_tools(text: &str) -> Self {
+        Self {
+            when: Match {
+                tool_result: Some(true),
+                ..Match::default()
+            },
+            text: text.into(),
+            ..Self::default()
+        }
+    }
+}
+
 /// One scripted reply and when it applies.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Step {

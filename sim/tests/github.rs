@@ -25,15 +25,7 @@ fn rand_suffix() -> u128 {
         .as_nanos()
 }
 
-fn git(cwd: &Path, args: &[&str]) -> String {
-    let out = xcmd_like(cwd, args);
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+use sim::kit::git;
 
 fn xcmd_like(cwd: &Path, args: &[&str]) -> std::process::Output {
     xcmd::Cmd::new("git", cwd)

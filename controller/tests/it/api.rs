@@ -7,7 +7,6 @@ use std::time::Duration;
 use controller::config::Config;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 struct Api {
     base: String,
@@ -73,41 +72,20 @@ impl Api {
     }
 }
 
-async fn start() -> (
-    String,
-    controller::store::Store,
-    CancellationToken,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+async fn start() -> (String, controller::store::Store, crate::Serving) {
     let (store, url) = crate::store_and_url().await;
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = http.local_addr().unwrap();
-    let dir = tempfile::tempdir().unwrap().keep();
-    let config = Config {
+    let server = crate::Serving::start(Config {
         database_url: Some(url),
-        data_dir: dir,
+        data_dir: tempfile::tempdir().unwrap().keep(),
         ..Config::default()
-    };
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(controller::server::run(
-        config,
-        controller::server::Listeners { http, grpc },
-        shutdown.clone(),
-    ));
-    crate::eventually(
-        Duration::from_secs(30),
-        "the controller to listen",
-        || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
-    )
+    })
     .await;
-    (format!("http://{addr}"), store, shutdown, server)
+    (format!("http://{}", server.addr), store, server)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn roles_csrf_tokens_and_every_endpoint() {
-    let (base, store, shutdown, server) = start().await;
+    let (base, store, server) = start().await;
     let password = controller::http::bootstrap_admin(&store, "root")
         .await
         .unwrap();
@@ -439,13 +417,12 @@ async fn roles_csrf_tokens_and_every_endpoint() {
     let (code, _) = admin.call(Method::GET, "/api/me", None).await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
 
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn task_changes_arrive_over_sse_and_the_openapi_document_lists_every_route() {
-    let (base, store, shutdown, server) = start().await;
+    let (base, store, server) = start().await;
     let password = controller::http::bootstrap_admin(&store, "root")
         .await
         .unwrap();
@@ -524,13 +501,12 @@ async fn task_changes_arrive_over_sse_and_the_openapi_document_lists_every_route
             assert!(v["error"].is_string(), "{method} {path} is not routed");
         }
     }
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_page_and_follow_until_the_attempt_ends_and_bad_bodies_get_json_errors() {
-    let (base, store, shutdown, server) = start().await;
+    let (base, store, server) = start().await;
     let password = controller::http::bootstrap_admin(&store, "root")
         .await
         .unwrap();
@@ -601,13 +577,12 @@ async fn logs_page_and_follow_until_the_attempt_ends_and_bad_bodies_get_json_err
         .find("second line")
         .expect("the line written while following");
     assert!(first < second);
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_metrics_report_the_fleet() {
-    let (base, store, shutdown, server) = start().await;
+    let (base, store, server) = start().await;
     let repo = crate::repo(&store, "acme/metrics").await;
     let mut gpu = api_task(repo.id, "needs a gpu");
     gpu.required_labels = Some(vec!["gpu".into()]);
@@ -660,8 +635,7 @@ async fn prometheus_metrics_report_the_fleet() {
     ] {
         assert!(text.contains(want), "{want} missing in:\n{text}");
     }
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// A task created without an issue.

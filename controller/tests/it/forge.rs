@@ -2,7 +2,7 @@
 //! CI verdicts and failed logs, merge, conflicts, rate limits, PR feedback, App tokens — each
 //! through the real HTTP client, real git pushes and the real store.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,6 @@ use controller::store::repos::{NewRepo, Repo, RepoSettings};
 use controller::store::tasks::{NewTask, RetryPolicy, Triage};
 use controller::store::{Status, Store, Task};
 use sim::github::{GitHubSim, RateLimit};
-use tokio_util::sync::CancellationToken;
 
 pub(crate) const TOKEN: &str = "ghs_simtoken";
 pub(crate) const SECRET: &str = "whsec-forge";
@@ -81,23 +80,7 @@ pub(crate) fn intake_config() -> IntakeConfig {
     }
 }
 
-pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
-    let out = xcmd::Cmd::new("git", dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "agent")
-        .env("GIT_AUTHOR_EMAIL", "agent@example.com")
-        .env("GIT_COMMITTER_NAME", "agent")
-        .env("GIT_COMMITTER_EMAIL", "agent@example.com")
-        .to_std()
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+pub(crate) use sim::kit::git;
 
 /// What a runner produces: a bundle of `branch` with one commit writing `files`, against main.
 pub(crate) fn make_bundle(env: &Env, branch: &str, files: &[(&str, &str)]) -> (Vec<u8>, String) {
@@ -240,9 +223,6 @@ pub(crate) async fn sync(env: &Env) {
 async fn webhooks_twice_and_the_poller_make_one_task_and_strangers_none() {
     let env = env().await;
     // The controller's HTTP listener receives the simulator's signed webhooks.
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = http.local_addr().unwrap();
     let config = Config {
         database_url: Some(env.db_url.clone()),
         webhook_secret: SECRET.into(),
@@ -250,18 +230,8 @@ async fn webhooks_twice_and_the_poller_make_one_task_and_strangers_none() {
         data_dir: env.dir.path().join("controller"),
         ..Config::default()
     };
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(controller::server::run(
-        config,
-        controller::server::Listeners { http, grpc },
-        shutdown.clone(),
-    ));
-    crate::eventually(
-        Duration::from_secs(30),
-        "the controller to listen",
-        || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
-    )
-    .await;
+    let server = crate::Serving::start(config).await;
+    let addr = server.addr;
     env.sim
         .set_webhook(&format!("http://{addr}/api/github/webhook"), SECRET);
 
@@ -299,8 +269,7 @@ async fn webhooks_twice_and_the_poller_make_one_task_and_strangers_none() {
     controller::intake::poller::poll_once(&env.store, env.forge.as_ref(), &intake_config())
         .await
         .unwrap();
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 
     // A labelled issue no webhook announced is picked up by the poller alone.
     let quiet = env

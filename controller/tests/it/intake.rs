@@ -1,12 +1,9 @@
 //! Webhook intake through the controller's HTTP listener: signature, replay, allowlist, snapshot.
 
-use std::time::Duration;
-
 use controller::config::Config;
 use hmac::{KeyInit, Mac};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "whsec-test";
 
@@ -67,27 +64,14 @@ async fn labelled_issues_become_one_task_and_bad_deliveries_are_refused() {
     let store = controller::store::Store::connect(&db.url, 4).await.unwrap();
     crate::repo(&store, "acme/widgets").await;
     let db_url = db.url.clone();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = http.local_addr().unwrap();
-    let config = Config {
+    let server = crate::Serving::start(Config {
         database_url: Some(db_url),
         webhook_secret: SECRET.into(),
         allowed_users: vec!["alice".into()],
         ..Config::default()
-    };
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(controller::server::run(
-        config,
-        controller::server::Listeners { http, grpc },
-        shutdown.clone(),
-    ));
-    crate::eventually(
-        Duration::from_secs(30),
-        "the controller to listen",
-        || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
-    )
+    })
     .await;
+    let addr = server.addr;
 
     let body = labeled(42, "alice", &["backporcher", "opus"]);
     let (code, text) = post(addr, "issues", "d-1", Some(sign(SECRET, &body)), &body).await;
@@ -161,6 +145,5 @@ async fn labelled_issues_become_one_task_and_bad_deliveries_are_refused() {
         .unwrap();
     assert_eq!(n, 1);
 
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

@@ -11,7 +11,7 @@ use controller::store::completion::{Completion, Outcome};
 use controller::store::repos::RepoSettings;
 use controller::store::tasks::{NewTask, RetryPolicy};
 use controller::store::{HoldKind, Status, Store, Task};
-use sim::model::{ModelSim, Script, Step};
+use sim::model::{ModelSim, Script};
 
 async fn model_sim() -> (ModelSim, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -36,13 +36,7 @@ fn client(store: &Store, url: &str) -> ModelClient {
 }
 
 fn says(selector: &str, text: &str) -> Script {
-    Script {
-        selector: selector.into(),
-        steps: vec![Step {
-            text: text.into(),
-            ..Step::default()
-        }],
-    }
+    Script::says(selector, &[text])
 }
 
 async fn new_task(store: &Store, repo: i64, number: i64, title: &str, body: &str) -> Task {

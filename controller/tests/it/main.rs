@@ -134,24 +134,48 @@ pub async fn force_status(store: &Store, id: i64, status: Status, runner: Runner
     store.task(id).await.unwrap()
 }
 
-/// Waits for `cond` to hold, polling; fails after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
+/// A controller serving one test on loopback ports.
+pub struct Serving {
+    /// Its HTTP address.
+    pub addr: std::net::SocketAddr,
+    /// Cancel to stop it.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    running: controller::server::Running,
+}
+
+impl Serving {
+    /// Starts a controller on `config`; it serves when this returns.
+    pub async fn start(config: controller::config::Config) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = http.local_addr().unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let running = controller::server::start(
+            config,
+            controller::server::Listeners { http, grpc },
+            shutdown.clone(),
+        )
+        .await
+        .expect("the controller starts");
+        Self {
+            addr,
+            shutdown,
+            running,
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    /// Stops it and checks it stopped cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.running
+            .stopped()
+            .await
+            .expect("the controller stops cleanly");
     }
 }
+
+pub use sim::kit::eventually;
 
 /// Makes a task's lease expire now (test setup only).
 pub async fn expire_now(store: &Store, id: i64) {

@@ -487,27 +487,15 @@ async fn a_commit_pushed_after_the_approval_is_reviewed_before_it_merges() {
 #[tokio::test(flavor = "multi_thread")]
 async fn strangers_labels_and_edits_and_a_failed_delivery() {
     let env = env().await;
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = http.local_addr().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(controller::server::run(
-        controller::config::Config {
-            database_url: Some(env.db_url.clone()),
-            webhook_secret: crate::forge::SECRET.into(),
-            allowed_users: vec!["alice".into()],
-            data_dir: env.dir.path().join("controller"),
-            ..controller::config::Config::default()
-        },
-        controller::server::Listeners { http, grpc },
-        shutdown.clone(),
-    ));
-    crate::eventually(
-        Duration::from_secs(30),
-        "the controller to listen",
-        || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
-    )
+    let server = crate::Serving::start(controller::config::Config {
+        database_url: Some(env.db_url.clone()),
+        webhook_secret: crate::forge::SECRET.into(),
+        allowed_users: vec!["alice".into()],
+        data_dir: env.dir.path().join("controller"),
+        ..controller::config::Config::default()
+    })
     .await;
+    let addr = server.addr;
     env.sim.set_webhook(
         &format!("http://{addr}/api/github/webhook"),
         crate::forge::SECRET,
@@ -575,8 +563,7 @@ async fn strangers_labels_and_edits_and_a_failed_delivery() {
         .await;
     assert_eq!(env.store.task(task.id).await.unwrap().hold_kind.0, None);
 
-    shutdown.cancel();
-    let _ = server.await;
+    server.stop().await;
 
     // A delivery that fails (GitHub errors while the review is read) is processed when
     // GitHub redelivers it, and acknowledged as a duplicate after that.

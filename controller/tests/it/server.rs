@@ -1,10 +1,7 @@
 //! The controller process wiring: embedded PostgreSQL under a data dir, migrations, health.
 
-use std::time::Duration;
-
 use controller::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -25,33 +22,11 @@ async fn the_controller_runs_on_its_own_embedded_postgres_and_keeps_data_across_
         ..Config::default()
     };
     for round in 0..2 {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(controller::server::run(
-            config.clone(),
-            controller::server::Listeners {
-                http: listener,
-                grpc,
-            },
-            shutdown.clone(),
-        ));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let ready = loop {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-                let _ = s.shutdown().await;
-                let r = http_get(addr, "/readyz").await;
-                if r.contains("200 OK") {
-                    break r;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "controller not ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        // Ready when started: no polling.
+        let server = crate::Serving::start(config.clone()).await;
+        let addr = server.addr;
+        let ready = http_get(addr, "/readyz").await;
+        assert!(ready.contains("200 OK"), "{ready}");
         assert!(ready.ends_with("ready"));
         assert!(http_get(addr, "/healthz").await.ends_with("ok"));
         // Data written in round 0 is there in round 1.
@@ -91,8 +66,7 @@ async fn the_controller_runs_on_its_own_embedded_postgres_and_keeps_data_across_
                 .expect("data survived the restart");
         }
         store.pool().close().await;
-        shutdown.cancel();
-        server.await.unwrap().unwrap();
+        server.stop().await;
         assert!(
             !dir.join("postgres/postmaster.pid").exists(),
             "embedded server stopped cleanly"

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use controller::store::{Note, Status, Store};
 use e2e::harness::{Options, TestController, enroll, spawn_runner};
 
-use crate::{executor, wait_status};
+use crate::executor;
 
 #[tokio::test]
 async fn a_cancel_reaches_the_runner_within_five_seconds_through_the_stream() {
@@ -21,7 +21,8 @@ async fn a_cancel_reaches_the_runner_within_five_seconds_through_the_stream() {
     let (id, dir) = enroll(&c, "r1", &[]).await;
     let runner = spawn_runner(id, &dir, executor(), 1);
     let t = c.task(&repo, "forever").await;
-    wait_status(&c, t.id, "running", Duration::from_secs(20)).await;
+    c.wait_status(t.id, "running", Duration::from_secs(20))
+        .await;
     // Let the first heartbeat pass so the next one is 10 s away.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let asked = Instant::now();
@@ -29,7 +30,8 @@ async fn a_cancel_reaches_the_runner_within_five_seconds_through_the_stream() {
         .cancel(t.id, &Note::new("user:ops", "cancel"))
         .await
         .unwrap();
-    wait_status(&c, t.id, "canceled", Duration::from_secs(5)).await;
+    c.wait_status(t.id, "canceled", Duration::from_secs(5))
+        .await;
     let took = asked.elapsed();
     assert!(took < Duration::from_secs(5), "canceled after {took:?}");
     let last = c.store.timeline(t.id).await.unwrap().pop().unwrap();
@@ -54,7 +56,8 @@ async fn a_cancel_asked_while_the_controller_was_away_arrives_in_the_next_heartb
     let (id, dir) = enroll(&c, "r1", &[]).await;
     let runner = spawn_runner(id, &dir, executor(), 1);
     let t = c.task(&repo, "forever").await;
-    wait_status(&c, t.id, "running", Duration::from_secs(20)).await;
+    c.wait_status(t.id, "running", Duration::from_secs(20))
+        .await;
     let (db, grpc, http, opts) = c.stop().await;
     // The controller is down (no stream); a user cancels through another replica's database.
     let store = Store::connect(&db, 2).await.unwrap();
@@ -66,7 +69,8 @@ async fn a_cancel_asked_while_the_controller_was_away_arrives_in_the_next_heartb
     store.pool().close().await;
     let c = TestController::start_again(db, grpc, http, opts).await;
     let back = Instant::now();
-    wait_status(&c, t.id, "canceled", Duration::from_secs(10)).await;
+    c.wait_status(t.id, "canceled", Duration::from_secs(10))
+        .await;
     assert!(
         back.elapsed() < Duration::from_secs(8),
         "canceled {:?} after the controller came back",

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use e2e::harness::{Options, TestController, enroll, spawn_runner};
 
-use crate::{executor, wait_status};
+use crate::executor;
 
 fn runner_process(dir: &std::path::Path, runs: &std::path::Path) -> std::process::Child {
     xcmd::Cmd::new(env!("CARGO_BIN_EXE_e2e-runner"), dir)
@@ -33,7 +33,8 @@ async fn a_runner_killed_mid_task_loses_its_lease_and_another_runner_completes_i
     let exec = executor();
     let mut a = runner_process(&dir_a, &exec.runs_file);
     let t = c.task(&repo, "sleep:4000").await;
-    wait_status(&c, t.id, "running", Duration::from_secs(20)).await;
+    c.wait_status(t.id, "running", Duration::from_secs(20))
+        .await;
     let first = c.store.task(t.id).await.unwrap();
     let e = exec.clone();
     e2e::harness::eventually(
@@ -49,7 +50,8 @@ async fn a_runner_killed_mid_task_loses_its_lease_and_another_runner_completes_i
     a.kill().expect("kill -9");
     let killed_at = Instant::now();
     a.wait().unwrap();
-    wait_status(&c, t.id, "queued", lease + Duration::from_secs(3)).await;
+    c.wait_status(t.id, "queued", lease + Duration::from_secs(3))
+        .await;
     let took_back = killed_at.elapsed();
     let last = c.store.timeline(t.id).await.unwrap().pop().unwrap();
     assert_eq!(last.reason, "lease_expired");
@@ -60,7 +62,8 @@ async fn a_runner_killed_mid_task_loses_its_lease_and_another_runner_completes_i
 
     let (id_b, dir_b) = enroll(&c, "b", &[]).await;
     let b = spawn_runner(id_b.clone(), &dir_b, exec.clone(), 1);
-    wait_status(&c, t.id, "pushing", Duration::from_secs(20)).await;
+    c.wait_status(t.id, "pushing", Duration::from_secs(20))
+        .await;
     let done = c.store.task(t.id).await.unwrap();
     assert_eq!(done.attempt, first.attempt + 1);
     assert_eq!(done.runner_id, Some(id_b.runner_id));
@@ -90,7 +93,8 @@ async fn a_restarted_runner_gives_back_the_leases_of_its_previous_process_at_onc
     let exec = executor();
     let mut a = runner_process(&dir, &exec.runs_file);
     let t = c.task(&repo, "sleep:60000").await;
-    wait_status(&c, t.id, "running", Duration::from_secs(20)).await;
+    c.wait_status(t.id, "running", Duration::from_secs(20))
+        .await;
     a.kill().unwrap();
     a.wait().unwrap();
     // Same identity, new process: its hello releases the old lease long before the 30 s expiry.
@@ -131,14 +135,16 @@ async fn a_controller_restart_mid_task_keeps_the_lease_and_the_task_completes() 
     let (id, dir) = enroll(&c, "r1", &[]).await;
     let runner = spawn_runner(id.clone(), &dir, executor(), 1);
     let t = c.task(&repo, "sleep:6000").await;
-    wait_status(&c, t.id, "running", Duration::from_secs(20)).await;
+    c.wait_status(t.id, "running", Duration::from_secs(20))
+        .await;
     let before = c.store.task(t.id).await.unwrap();
 
     let (db, grpc, http, opts) = c.stop().await;
     // Down for longer than a lease: only the restart grace keeps it.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let c = TestController::start_again(db, grpc, http, opts).await;
-    wait_status(&c, t.id, "pushing", Duration::from_secs(20)).await;
+    c.wait_status(t.id, "pushing", Duration::from_secs(20))
+        .await;
     let after = c.store.task(t.id).await.unwrap();
     assert_eq!(
         after.attempt, before.attempt,

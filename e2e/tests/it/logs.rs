@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use e2e::harness::{Options, TestController, enroll, spawn_runner};
 
-use crate::{executor, wait_status};
+use crate::executor;
 
 #[tokio::test]
 async fn ten_thousand_lines_across_a_controller_outage_arrive_complete_and_in_order() {
@@ -19,12 +19,14 @@ async fn ten_thousand_lines_across_a_controller_outage_arrive_complete_and_in_or
     let (id, dir) = enroll(&c, "r1", &[]).await;
     let runner = spawn_runner(id, &dir, executor(), 1);
     let t = c.task(&repo, "logs:10000:5000").await;
-    wait_status(&c, t.id, "running", Duration::from_secs(20)).await;
+    c.wait_status(t.id, "running", Duration::from_secs(20))
+        .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (db, grpc, http, opts) = c.stop().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let c = TestController::start_again(db, grpc, http, opts).await;
-    wait_status(&c, t.id, "pushing", Duration::from_secs(30)).await;
+    c.wait_status(t.id, "pushing", Duration::from_secs(30))
+        .await;
 
     let task = c.store.task(t.id).await.unwrap();
     let chunks = c.store.log_chunks(t.id, task.attempt).await.unwrap();

@@ -12,7 +12,6 @@ use serde_json::json;
 use sim::model::{Match, Script, Step, ToolCall};
 
 use crate::sandbox::{Env, REAL_KEY, Setup, git, setup};
-use crate::wait_status;
 
 /// A script that runs `commands` with the Bash tool, one per turn, then ends with `done`.
 fn bash_script(selector: &str, commands: &[String]) -> Script {
@@ -208,11 +207,15 @@ echo planted"#
             &["echo warm > /workspace/warm.txt".to_string()],
         ));
         let w = env.task("Warm MARK-RT-WARM", "warm up").await;
-        wait_status(&env.c, w.id, "pushing", Duration::from_secs(120)).await;
+        env.c
+            .wait_status(w.id, "pushing", Duration::from_secs(120))
+            .await;
         mirror_hashes(&mirror_of(&env))
     };
     let t = env.task("Plant MARK-RT-LINKS", "plant things").await;
-    wait_status(&env.c, t.id, "pushing", Duration::from_secs(120)).await;
+    env.c
+        .wait_status(t.id, "pushing", Duration::from_secs(120))
+        .await;
     let seen = seen_by_model(&env);
     assert!(seen.contains("planted"), "the attack ran: {seen}");
     assert!(
@@ -278,7 +281,9 @@ echo planted"#
         &["echo after > /workspace/after.txt".to_string()],
     ));
     let after = env.task("After MARK-RT-AFTER", "still alive").await;
-    wait_status(&env.c, after.id, "pushing", Duration::from_secs(120)).await;
+    env.c
+        .wait_status(after.id, "pushing", Duration::from_secs(120))
+        .await;
     env.finish().await;
 }
 
@@ -318,7 +323,9 @@ echo a > /workspace/a.txt"#;
     env.sim
         .add_script(bash_script("MARK-RT-TAMPER", &[tamper.to_string()]));
     let a = env.task("Tamper MARK-RT-TAMPER", "tamper").await;
-    wait_status(&env.c, a.id, "pushing", Duration::from_secs(120)).await;
+    env.c
+        .wait_status(a.id, "pushing", Duration::from_secs(120))
+        .await;
     let seen = seen_by_model(&env);
     assert!(
         seen.contains("tampered TAMPERED by task A"),
@@ -333,7 +340,9 @@ echo a > /workspace/a.txt"#;
             .to_string()],
     ));
     let b = env.task("Read MARK-RT-READ", "read").await;
-    wait_status(&env.c, b.id, "pushing", Duration::from_secs(120)).await;
+    env.c
+        .wait_status(b.id, "pushing", Duration::from_secs(120))
+        .await;
     let b_saw = env
         .sim
         .received()
@@ -456,7 +465,9 @@ async fn endless_output_and_a_huge_bundle_cost_bounded_memory_and_end_clearly() 
         ],
     ));
     let t = env.task("Flood MARK-RT-FLOOD", "flood").await;
-    wait_status(&env.c, t.id, "pushing", Duration::from_secs(600)).await;
+    env.c
+        .wait_status(t.id, "pushing", Duration::from_secs(600))
+        .await;
     let grown_mib = peak_rss_kib().saturating_sub(before) / 1024;
     assert!(
         grown_mib < 512,
@@ -615,7 +626,9 @@ async fn only_the_default_branch_configures_the_agent() {
             ],
         });
         env.queue(&t).await;
-        wait_status(&env.c, t.id, "pushing", Duration::from_secs(120)).await;
+        env.c
+            .wait_status(t.id, "pushing", Duration::from_secs(120))
+            .await;
         let all = bodies(&env);
         assert!(all.contains("continue the work"), "the task ran");
         assert!(
@@ -684,7 +697,9 @@ async fn hostile_ignore_files_do_not_hurt_the_graph_or_the_runner() {
     let t = env
         .task("Fix compute_total MARK-RT-IGNORE", "compute_total is wrong")
         .await;
-    wait_status(&env.c, t.id, "pushing", Duration::from_secs(180)).await;
+    env.c
+        .wait_status(t.id, "pushing", Duration::from_secs(180))
+        .await;
     let logs = env.logs(t.id).await;
     assert!(logs.contains("code graph:"), "the graph was built: {logs}");
     assert!(
@@ -874,8 +889,12 @@ echo a > /workspace/a.txt"
             &[probe.join("\n")],
         ));
         let b = env.task(&format!("B MARK-RT-B-{egress}"), "probe").await;
-        wait_status(&env.c, b.id, "pushing", Duration::from_secs(120)).await;
-        wait_status(&env.c, a.id, "pushing", Duration::from_secs(120)).await;
+        env.c
+            .wait_status(b.id, "pushing", Duration::from_secs(120))
+            .await;
+        env.c
+            .wait_status(a.id, "pushing", Duration::from_secs(120))
+            .await;
         let seen = seen_by_model(&env);
         assert!(
             seen.contains("self=open"),
@@ -939,7 +958,9 @@ async fn secrets_the_agent_prints_never_reach_a_log_or_a_result() {
         ],
     });
     let t = env.task("Print MARK-RT-SECRETS", "print secrets").await;
-    wait_status(&env.c, t.id, "pushing", Duration::from_secs(120)).await;
+    env.c
+        .wait_status(t.id, "pushing", Duration::from_secs(120))
+        .await;
     let seen = seen_by_model(&env);
     let token = seen
         .split("printed ")

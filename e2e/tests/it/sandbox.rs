@@ -10,12 +10,10 @@ use e2e::harness::{
     Options, RunnerHandle, TestController, enroll, fixture_repo, free_port, skip_docker,
     spawn_runner_with,
 };
-use runner::gateway::{Credential, Gateway, Prices};
+use runner::gateway::Credential;
 use runner::sandbox::{Sandbox, SandboxConfig};
-use runner::sandbox_executor::{ExecConfig, SandboxExecutor};
+use runner::sandbox_executor::ExecConfig;
 use sim::model::{Match, ModelSim, Script, Step, ToolCall};
-
-use crate::wait_status;
 
 pub(crate) const REAL_KEY: &str = "sk-real-secret-never-in-a-container";
 
@@ -94,21 +92,13 @@ pub(crate) async fn setup(tag: &str, s: Setup) -> Env {
         .unwrap();
     let name = format!("sbx-{tag}-{}", std::process::id());
     let (id, dir) = enroll(&c, &name, &[]).await;
-    let gateway = Gateway::new(
-        &sim_url,
-        Credential::ApiKey(REAL_KEY.into()),
-        Prices::default(),
-    )
-    .unwrap();
-    let sandbox = Sandbox::connect(SandboxConfig {
-        runner: name.clone(),
-        ..SandboxConfig::default()
-    })
-    .await
-    .expect("docker and the agent image");
     let gateway_port = free_port();
-    let exec = SandboxExecutor::start(
-        ExecConfig {
+    let exec = runner::start::executor(runner::start::Setup {
+        name: name.clone(),
+        image: None,
+        model_api: sim_url.clone(),
+        credential: Credential::ApiKey(REAL_KEY.into()),
+        exec: ExecConfig {
             agent_timeout: s.agent_timeout,
             idle_timeout: Duration::from_secs(120),
             verify_timeout: Duration::from_secs(120),
@@ -116,11 +106,9 @@ pub(crate) async fn setup(tag: &str, s: Setup) -> Env {
             firewall_check: s.firewall_check,
             ..ExecConfig::new(dir.clone(), gateway_port)
         },
-        sandbox,
-        gateway,
-    )
+    })
     .await
-    .expect("executor starts");
+    .expect("docker, the agent image, and the executor starts");
     let runner = spawn_runner_with(id, &dir, Arc::new(exec), s.capacity);
     Env {
         c,
@@ -183,19 +171,7 @@ impl Env {
     }
 }
 
-pub(crate) fn git(cwd: &std::path::Path, args: &[&str]) -> String {
-    let out = xcmd::Cmd::new("git", cwd)
-        .args(args)
-        .to_std()
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub(crate) use sim::kit::git_out as git;
 
 #[tokio::test]
 async fn the_real_cli_edits_the_checkout_verify_fails_once_and_the_fix_comes_back_in_the_bundle() {
@@ -250,7 +226,9 @@ async fn the_real_cli_edits_the_checkout_verify_fails_once_and_the_fix_comes_bac
     let t = env
         .task("Say hello MARK-EDIT", "Create hello.txt saying hello world")
         .await;
-    wait_status(&env.c, t.id, "pushing", Duration::from_secs(120)).await;
+    env.c
+        .wait_status(t.id, "pushing", Duration::from_secs(120))
+        .await;
     let task = env.c.store.task(t.id).await.unwrap();
     assert!(task.cost_microusd > 0, "the gateway metered the calls");
     let stages: Vec<String> = env
@@ -403,7 +381,9 @@ async fn inside_the_sandbox_no_secret_no_root_no_capability_and_only_the_allowed
             ],
         });
         let t = env.task(&format!("Probe {marker}"), "probe").await;
-        wait_status(&env.c, t.id, "pushing", Duration::from_secs(120)).await;
+        env.c
+            .wait_status(t.id, "pushing", Duration::from_secs(120))
+            .await;
         let out = env
             .sim
             .received()
@@ -503,7 +483,9 @@ async fn cancel_stops_the_container_within_five_seconds() {
         .cancel(t.id, &Note::new("user:ops", "cancel"))
         .await
         .unwrap();
-    wait_status(&env.c, t.id, "canceled", Duration::from_secs(5)).await;
+    env.c
+        .wait_status(t.id, "canceled", Duration::from_secs(5))
+        .await;
     let label = format!("label=backporcher.task={}", t.id);
     let runner = format!("label=backporcher.runner={}", env.name);
     let ps = docker_cli(&["ps", "-a", "-q", "--filter", &label, "--filter", &runner]);
@@ -569,7 +551,9 @@ async fn the_wall_clock_limit_kills_the_agent() {
         .cancel(t.id, &Note::new("user:ops", "cancel"))
         .await
         .unwrap();
-    wait_status(&env.c, t.id, "canceled", Duration::from_secs(15)).await;
+    env.c
+        .wait_status(t.id, "canceled", Duration::from_secs(15))
+        .await;
     env.finish().await;
 }
 
@@ -602,7 +586,9 @@ async fn a_task_over_its_budget_ends_as_budget_exceeded() {
         ],
     });
     let t = env.task("Expensive MARK-BUDGET", "spend").await;
-    wait_status(&env.c, t.id, "failed", Duration::from_secs(60)).await;
+    env.c
+        .wait_status(t.id, "failed", Duration::from_secs(60))
+        .await;
     let task = env.c.store.task(t.id).await.unwrap();
     assert_eq!(task.terminal_reason.0, Some(TerminalReason::BudgetExceeded));
     assert!(task.cost_microusd >= 10_000, "{}", task.cost_microusd);
@@ -631,29 +617,19 @@ async fn a_runner_start_removes_orphan_containers_and_checkouts() {
     assert!(!created.trim().is_empty(), "orphan created");
     let dir = e2e::harness::state_dir("orphans");
     std::fs::create_dir_all(dir.join("work/99-1/repo")).unwrap();
-    let gateway = Gateway::new(
-        "http://127.0.0.1:9",
-        Credential::ApiKey("k".into()),
-        Prices::default(),
-    )
-    .unwrap();
-    let sandbox = Sandbox::connect(SandboxConfig {
-        runner: name.clone(),
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let exec = SandboxExecutor::start(
-        ExecConfig {
+    let exec = runner::start::executor(runner::start::Setup {
+        name: name.clone(),
+        image: None,
+        model_api: "http://127.0.0.1:9".into(),
+        credential: Credential::ApiKey("k".into()),
+        exec: ExecConfig {
             agent_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(10),
             verify_timeout: Duration::from_secs(10),
             max_verify_fixes: 0,
             ..ExecConfig::new(dir.clone(), free_port())
         },
-        sandbox,
-        gateway,
-    )
+    })
     .await
     .unwrap();
     let left = docker_cli(&["ps", "-a", "-q", "--filter", &format!("label={label}")]);

@@ -273,7 +273,8 @@ async fn certificates_are_renewed_before_they_expire_and_old_ones_stop_working()
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
     let repo = c.repo("acme/w").await;
     let t = c.task(&repo, "sleep:10").await;
-    crate::wait_status(&c, t.id, "pushing", Duration::from_secs(10)).await;
+    c.wait_status(t.id, "pushing", Duration::from_secs(10))
+        .await;
     runner.stop().await.unwrap();
     c.stop().await;
 }

@@ -8,7 +8,7 @@ use e2e::harness::{Options, TestController, enroll, spawn_runner};
 use runner::task::{ExecResult, Lease, Outcome};
 use tonic::Code;
 
-use crate::{executor, wait_status};
+use crate::executor;
 
 #[tokio::test]
 async fn a_runner_runs_tasks_end_to_end() {
@@ -20,8 +20,10 @@ async fn a_runner_runs_tasks_end_to_end() {
     let ok = c.task(&repo, "bundle:the result").await;
     let failing = c.task(&repo, "fail").await;
     let logged = c.task(&repo, "logs:50").await;
-    wait_status(&c, ok.id, "pushing", Duration::from_secs(20)).await;
-    wait_status(&c, logged.id, "pushing", Duration::from_secs(20)).await;
+    c.wait_status(ok.id, "pushing", Duration::from_secs(20))
+        .await;
+    c.wait_status(logged.id, "pushing", Duration::from_secs(20))
+        .await;
     // The failing one is retried (agent budget) with model escalation, each run a new attempt.
     let store = c.store.clone();
     e2e::harness::eventually(
@@ -151,7 +153,8 @@ async fn labels_decide_which_runner_gets_a_task() {
         "the plain runner may not take it"
     );
     let r2 = spawn_runner(gpu.clone(), &gpu_dir, exec.clone(), 1);
-    wait_status(&c, t.id, "pushing", Duration::from_secs(10)).await;
+    c.wait_status(t.id, "pushing", Duration::from_secs(10))
+        .await;
     assert_eq!(
         c.store.task(t.id).await.unwrap().runner_id,
         Some(gpu.runner_id)
@@ -168,13 +171,15 @@ async fn a_draining_runner_finishes_its_work_and_takes_no_more() {
     let (id, dir) = enroll(&c, "r1", &[]).await;
     let runner = spawn_runner(id.clone(), &dir, executor(), 1);
     let first = c.task(&repo, "sleep:1500").await;
-    wait_status(&c, first.id, "running", Duration::from_secs(10)).await;
+    c.wait_status(first.id, "running", Duration::from_secs(10))
+        .await;
     c.store
         .set_runner_state(id.runner_id, "draining")
         .await
         .unwrap();
     let second = c.task(&repo, "sleep:10").await;
-    wait_status(&c, first.id, "pushing", Duration::from_secs(10)).await;
+    c.wait_status(first.id, "pushing", Duration::from_secs(10))
+        .await;
     // The daemon returns by itself once drained.
     tokio::time::timeout(Duration::from_secs(10), runner.handle)
         .await
