@@ -31,6 +31,8 @@ use hmac::{KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+mod shapes;
+
 /// An issue or a pull request (they share numbers, as on GitHub).
 #[derive(Debug, Clone)]
 struct Item {
@@ -246,7 +248,8 @@ impl GitHubSim {
         let issue = self.item_json(full_name, &item);
         self.deliver(
             "issues",
-            json!({"action": "labeled", "issue": issue, "label": {"name": label}, "sender": {"login": by}, "repository": {"full_name": full_name}}),
+            json!({"action": "labeled", "issue": issue, "label": shapes::label(&self.url(), full_name, label),
+                   "sender": shapes::user(&self.url(), by), "repository": self.repo_json(full_name)}),
         )
         .await;
     }
@@ -266,7 +269,8 @@ impl GitHubSim {
         let issue = self.item_json(full_name, &item);
         self.deliver(
             "issues",
-            json!({"action": "edited", "issue": issue, "changes": {"body": {"from": old}}, "sender": {"login": by}, "repository": {"full_name": full_name}}),
+            json!({"action": "edited", "issue": issue, "changes": {"body": {"from": old}},
+                   "sender": shapes::user(&self.url(), by), "repository": self.repo_json(full_name)}),
         )
         .await;
     }
@@ -345,10 +349,15 @@ impl GitHubSim {
             });
             id
         };
-        let review = json!({"id": id, "user": {"login": user}, "body": body, "state": "commented"});
+        let review = shapes::review(&self.url(), full_name, number, id, user, "commented", body);
+        let pull = self
+            .item(full_name, number)
+            .filter(|i| i.pull.is_some())
+            .map(|i| self.pull_json(full_name, &i))
+            .unwrap_or_else(|| json!({"number": number}));
         self.deliver(
             "pull_request_review",
-            json!({"action": "submitted", "review": review, "pull_request": {"number": number}, "repository": {"full_name": full_name}}),
+            json!({"action": "submitted", "review": review, "pull_request": pull, "repository": self.repo_json(full_name)}),
         )
         .await;
         id
@@ -368,7 +377,7 @@ impl GitHubSim {
         let issue = self.item_json(full_name, &item);
         self.deliver(
             "issues",
-            json!({"action": "opened", "issue": issue, "repository": {"full_name": full_name}}),
+            json!({"action": "opened", "issue": issue, "repository": self.repo_json(full_name)}),
         )
         .await;
         number
@@ -388,7 +397,9 @@ impl GitHubSim {
         let issue = self.item_json(full_name, &item);
         self.deliver(
             "issue_comment",
-            json!({"action": "created", "issue": issue, "comment": {"id": id, "body": body, "user": {"login": user, "id": 3}}, "repository": {"full_name": full_name}}),
+            json!({"action": "created", "issue": issue,
+                   "comment": shapes::issue_comment(&self.url(), full_name, number, id, user, body),
+                   "repository": self.repo_json(full_name)}),
         )
         .await;
         id
@@ -428,6 +439,11 @@ impl GitHubSim {
         let head = git(&work, &["rev-parse", "HEAD"])?;
         let _ = std::fs::remove_dir_all(work);
         Ok(head)
+    }
+
+    /// Every webhook payload sent so far, oldest first: `{"event": …, "payload": …}`.
+    pub fn deliveries(&self) -> Vec<Value> {
+        self.state.lock().expect("sim lock").deliveries.clone()
     }
 
     /// Head commit of a branch.
@@ -638,34 +654,32 @@ impl GitHubSim {
     }
 
     fn item_json(&self, full: &str, item: &Item) -> Value {
-        let labels: Vec<Value> = item
-            .labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| json!({"id": i + 1, "name": l, "color": "ededed"}))
-            .collect();
-        let mut v = json!({
-            "id": item.number * 1000 + 7,
-            "node_id": format!("I_{}", item.number),
-            "number": item.number,
-            "title": item.title,
-            "body": item.body,
-            "state": item.state,
-            "locked": false,
-            "labels": labels,
-            "user": {"login": item.author, "id": 1, "type": "User"},
-            "comments": item.comments.len(),
-            "url": format!("{}/repos/{full}/issues/{}", self.url(), item.number),
-            "html_url": format!("{}/{full}/issues/{}", self.url(), item.number),
-            "created_at": "2026-01-01T00:00:00Z",
-            "updated_at": "2026-01-01T00:00:00Z",
-            "author_association": "MEMBER",
-        });
-        if item.pull.is_some() {
-            v["pull_request"] =
-                json!({"url": format!("{}/repos/{full}/pulls/{}", self.url(), item.number)});
+        shapes::issue(&self.url(), &Self::issue_facts(full, item))
+    }
+
+    fn repo_json(&self, full: &str) -> Value {
+        let default_branch = {
+            let st = self.state.lock().expect("sim lock");
+            st.repos
+                .get(full)
+                .map(|r| r.default_branch.clone())
+                .unwrap_or_else(|| "main".into())
+        };
+        shapes::repository(&self.url(), full, &default_branch)
+    }
+
+    fn issue_facts<'a>(full: &'a str, item: &'a Item) -> shapes::IssueFacts<'a> {
+        shapes::IssueFacts {
+            full,
+            number: item.number,
+            title: &item.title,
+            body: &item.body,
+            state: &item.state,
+            author: &item.author,
+            labels: &item.labels,
+            comments: item.comments.len(),
+            is_pull: item.pull.is_some(),
         }
-        v
     }
 
     fn pull_json(&self, full: &str, item: &Item) -> Value {
@@ -680,25 +694,22 @@ impl GitHubSim {
         } else {
             Some(merge_tree(&dir, &base_sha, &head_sha).is_ok())
         };
-        json!({
-            "id": item.number * 1000 + 9,
-            "node_id": format!("PR_{}", item.number),
-            "number": item.number,
-            "state": item.state,
-            "title": item.title,
-            "body": item.body,
-            "user": {"login": item.author, "id": 1, "type": "User"},
-            "head": {"ref": pull.head, "sha": head_sha, "label": format!("{}:{}", full.split('/').next().unwrap_or_default(), pull.head)},
-            "base": {"ref": pull.base, "sha": base_sha},
-            "merged": pull.merged,
-            "merge_commit_sha": pull.merge_sha,
-            "mergeable": mergeable,
-            "mergeable_state": match mergeable { Some(true) => "clean", Some(false) => "dirty", None => "unknown" },
-            "url": format!("{}/repos/{full}/pulls/{}", self.url(), item.number),
-            "html_url": format!("{}/{full}/pull/{}", self.url(), item.number),
-            "created_at": "2026-01-01T00:00:00Z",
-            "updated_at": "2026-01-01T00:00:00Z",
-        })
+        let repo = self.repo_json(full);
+        let default_branch = repo["default_branch"].as_str().unwrap_or("main");
+        shapes::pull(
+            &self.url(),
+            &shapes::PullFacts {
+                issue: Self::issue_facts(full, item),
+                default_branch,
+                head_ref: &pull.head,
+                head_sha: &head_sha,
+                base_ref: &pull.base,
+                base_sha: &base_sha,
+                merged: pull.merged,
+                merge_sha: pull.merge_sha.as_deref(),
+                mergeable,
+            },
+        )
     }
 
     /// Delivers an event to the webhook target (if any), signed with `X-Hub-Signature-256`, with
@@ -713,7 +724,7 @@ impl GitHubSim {
                 .find_map(|k| payload[*k]["user"]["login"].as_str())
                 .unwrap_or("octocat")
                 .to_owned();
-            payload["sender"] = json!({"login": who});
+            payload["sender"] = shapes::user(&self.url(), &who);
         }
         let body = payload.to_string();
         let delivery = {
@@ -906,12 +917,7 @@ async fn get_repo(
     };
     ok_json(
         StatusCode::OK,
-        json!({
-            "id": 1, "name": r, "full_name": full, "private": true, "default_branch": default_branch,
-            "owner": {"login": o, "id": 1},
-            "clone_url": format!("{}/{full}.git", sim.url()),
-            "html_url": format!("{}/{full}", sim.url()),
-        }),
+        shapes::repository(&sim.url(), &full, &default_branch),
     )
 }
 
@@ -1035,8 +1041,14 @@ async fn list_issue_events(
         .skip(start)
         .take(per)
         .map(|(i, (event, label, actor))| {
-            json!({"id": n * 10_000 + i as u64, "event": event, "label": {"name": label, "color": "ededed"},
-                   "actor": {"login": actor, "id": 1, "type": "User"}, "created_at": "2026-01-01T00:00:00Z"})
+            shapes::issue_event(
+                &sim.url(),
+                &full,
+                n * 10_000 + i as u64,
+                event,
+                label,
+                actor,
+            )
         })
         .collect();
     ok_json(StatusCode::OK, Value::Array(list))
@@ -1084,7 +1096,7 @@ async fn add_labels(
     let out: Vec<Value> = item
         .labels
         .iter()
-        .map(|l| json!({"name": l, "color": "ededed"}))
+        .map(|l| shapes::label(&sim.url(), &full, l))
         .collect();
     ok_json(StatusCode::OK, Value::Array(out))
 }
@@ -1106,7 +1118,11 @@ async fn remove_label(
         return with_rate(gh_error(StatusCode::NOT_FOUND, "Label does not exist"));
     }
     item.labels.retain(|l| *l != label);
-    let out: Vec<Value> = item.labels.iter().map(|l| json!({"name": l})).collect();
+    let out: Vec<Value> = item
+        .labels
+        .iter()
+        .map(|l| shapes::label(&sim.url(), &full, l))
+        .collect();
     ok_json(StatusCode::OK, Value::Array(out))
 }
 
@@ -1116,13 +1132,14 @@ async fn list_comments(
     headers: HeaderMap,
 ) -> Response {
     auth!(sim, headers);
-    let Some(item) = sim.item(&format!("{o}/{r}"), n) else {
+    let full = format!("{o}/{r}");
+    let Some(item) = sim.item(&full, n) else {
         return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
     };
     let list: Vec<Value> = item
         .comments
         .iter()
-        .map(|(id, user, body)| json!({"id": id, "body": body, "user": {"login": user, "id": 1}, "created_at": "2026-01-01T00:00:00Z"}))
+        .map(|(id, user, body)| shapes::issue_comment(&sim.url(), &full, n, *id, user, body))
         .collect();
     ok_json(StatusCode::OK, Value::Array(list))
 }
@@ -1155,7 +1172,7 @@ async fn add_comment(
         .push((id, "backporcher-bot".into(), text.clone()));
     ok_json(
         StatusCode::CREATED,
-        json!({"id": id, "body": text, "user": {"login": "backporcher-bot", "id": 2}}),
+        shapes::issue_comment(&sim.url(), &full, n, id, "backporcher-bot", &text),
     )
 }
 
@@ -1273,7 +1290,7 @@ async fn create_pull(
         item
     };
     let json = sim.pull_json(&full, &item);
-    sim.deliver("pull_request", json!({"action": "opened", "number": item.number, "pull_request": json, "repository": {"full_name": full}})).await;
+    sim.deliver("pull_request", json!({"action": "opened", "number": item.number, "pull_request": json, "repository": sim.repo_json(&full)})).await;
     ok_json(StatusCode::CREATED, json)
 }
 
@@ -1404,10 +1421,7 @@ async fn merge_pull(
             }
         }
     }
-    ok_json(
-        StatusCode::OK,
-        json!({"sha": commit, "merged": true, "message": "Pull Request successfully merged"}),
-    )
+    ok_json(StatusCode::OK, shapes::merge_result(&commit))
 }
 
 async fn combined_status(
@@ -1439,10 +1453,14 @@ async fn combined_status(
     } else {
         "pending"
     };
-    let list: Vec<Value> = statuses.iter().map(|(c, s)| json!({"context": c, "state": s, "target_url": format!("{}/ci/{sha}", sim.url())})).collect();
+    let list: Vec<Value> = statuses
+        .iter()
+        .enumerate()
+        .map(|(i, (c, s))| shapes::status(&sim.url(), &full, &sha, i, c, s))
+        .collect();
     ok_json(
         StatusCode::OK,
-        json!({"state": state, "sha": sha, "total_count": list.len(), "statuses": list}),
+        shapes::combined_status(&sim.url(), &full, &sha, state, list),
     )
 }
 
@@ -1473,7 +1491,17 @@ async fn check_runs(
     let list: Vec<Value> = runs
         .iter()
         .enumerate()
-        .map(|(i, (name, status, conclusion))| json!({"id": job_id(&sha, i), "name": name, "status": status, "conclusion": conclusion, "head_sha": sha, "details_url": format!("{}/ci/{sha}/{i}", sim.url()), "app": {"slug": "github-actions"}}))
+        .map(|(i, (name, status, conclusion))| {
+            shapes::check_run(
+                &sim.url(),
+                &full,
+                &sha,
+                job_id(&sha, i),
+                name,
+                status,
+                conclusion.as_deref(),
+            )
+        })
         .collect();
     ok_json(
         StatusCode::OK,
@@ -1483,11 +1511,7 @@ async fn check_runs(
 
 /// A stable job id for the `i`-th check of a commit.
 fn job_id(sha: &str, i: usize) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in sha.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    (h >> 12) + i as u64
+    shapes::stable_id(sha) + i as u64
 }
 
 async fn job_logs(
@@ -1525,15 +1549,17 @@ async fn list_reviews(
     headers: HeaderMap,
 ) -> Response {
     auth!(sim, headers);
-    let st = sim.state.lock().expect("sim lock");
-    let reviews = st
-        .repos
-        .get(&format!("{o}/{r}"))
-        .and_then(|r| r.reviews.get(&n).cloned())
-        .unwrap_or_default();
+    let full = format!("{o}/{r}");
+    let reviews = {
+        let st = sim.state.lock().expect("sim lock");
+        st.repos
+            .get(&full)
+            .and_then(|r| r.reviews.get(&n).cloned())
+            .unwrap_or_default()
+    };
     let list: Vec<Value> = reviews
         .iter()
-        .map(|r| json!({"id": r.id, "user": {"login": r.user, "id": 1}, "state": r.state, "body": r.body}))
+        .map(|r| shapes::review(&sim.url(), &full, n, r.id, &r.user, &r.state, &r.body))
         .collect();
     ok_json(StatusCode::OK, Value::Array(list))
 }
@@ -1544,20 +1570,39 @@ async fn list_review_comments(
     headers: HeaderMap,
 ) -> Response {
     auth!(sim, headers);
-    let st = sim.state.lock().expect("sim lock");
-    let reviews = st
-        .repos
-        .get(&format!("{o}/{r}"))
-        .and_then(|r| r.reviews.get(&n).cloned())
-        .unwrap_or_default();
-    let mut list = Vec::new();
-    for r in &reviews {
-        let (review, user) = (r.id, &r.user);
-        for (i, c) in r.comments.iter().enumerate() {
-            list.push(json!({"id": review * 100 + i as u64, "pull_request_review_id": review, "user": {"login": user, "id": 1}, "body": c, "path": "src/lib.rs", "line": i + 1}));
-        }
-    }
+    let full = format!("{o}/{r}");
+    let reviews = {
+        let st = sim.state.lock().expect("sim lock");
+        st.repos
+            .get(&full)
+            .and_then(|r| r.reviews.get(&n).cloned())
+            .unwrap_or_default()
+    };
+    let list: Vec<Value> = reviews
+        .iter()
+        .flat_map(|r| review_comments(&sim.url(), &full, n, r))
+        .collect();
     ok_json(StatusCode::OK, Value::Array(list))
+}
+
+/// A review's line comments, as GitHub lists them (each on `src/lib.rs`, one line apart).
+fn review_comments(base: &str, full: &str, n: u64, review: &Review) -> Vec<Value> {
+    review
+        .comments
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            shapes::review_comment(
+                base,
+                full,
+                (n, review.id),
+                review.id * 100 + i as u64,
+                &review.user,
+                ("src/lib.rs", i as u64 + 1),
+                c,
+            )
+        })
+        .collect()
 }
 
 fn review_of(sim: &GitHubSim, full: &str, n: u64, id: u64) -> Option<Review> {
@@ -1578,9 +1623,17 @@ async fn get_review(
 ) -> Response {
     auth!(sim, headers);
     match review_of(&sim, &format!("{o}/{r}"), n, id) {
-        Some(r) => ok_json(
+        Some(review) => ok_json(
             StatusCode::OK,
-            json!({"id": r.id, "user": {"login": r.user, "id": 1}, "state": r.state, "body": r.body, "pull_request_url": format!("{}/repos/{o}/{}/pulls/{n}", sim.url(), r.id)}),
+            shapes::review(
+                &sim.url(),
+                &format!("{o}/{r}"),
+                n,
+                review.id,
+                &review.user,
+                &review.state,
+                &review.body,
+            ),
         ),
         None => with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found")),
     }
@@ -1595,12 +1648,7 @@ async fn list_one_review_comments(
     let Some(review) = review_of(&sim, &format!("{o}/{r}"), n, id) else {
         return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
     };
-    let list: Vec<Value> = review
-        .comments
-        .iter()
-        .enumerate()
-        .map(|(i, c)| json!({"id": review.id * 100 + i as u64, "pull_request_review_id": review.id, "user": {"login": review.user, "id": 1}, "body": c, "path": "src/lib.rs", "line": i + 1}))
-        .collect();
+    let list = review_comments(&sim.url(), &format!("{o}/{r}"), n, &review);
     ok_json(StatusCode::OK, Value::Array(list))
 }
 
@@ -1631,7 +1679,7 @@ async fn installation_token(
     let expires = chrono_like_in_an_hour();
     ok_json(
         StatusCode::CREATED,
-        json!({"token": sim.token.as_str(), "expires_at": expires, "permissions": {"contents": "write", "issues": "write", "pull_requests": "write"}}),
+        shapes::installation_token(sim.token.as_str(), &expires),
     )
 }
 

@@ -4,8 +4,14 @@
 //! headers of every answer, waits out primary (`x-ratelimit-remaining: 0` until
 //! `x-ratelimit-reset`) and secondary (`retry-after`, or a minute doubling) limits in place when
 //! the wait is short, and otherwise returns [`ForgeError::RateLimited`] so the caller reschedules
-//! the work instead of failing the task. Server errors are retried a few times. JSON is decoded
-//! into the forge's own types, reading only the fields we use.
+//! the work instead of failing the task. Server errors are retried a few times.
+//!
+//! Answers are decoded into octocrab's models of GitHub's REST API (issues, pull requests,
+//! combined statuses, reviews and review comments, merge results, installation tokens), and into
+//! small typed structs of this module where octocrab has no model with the fields we read (check
+//! runs without `status` and `app`, issue events without `label`); a field GitHub always sends
+//! that is missing is a decode error naming the request, never a silent default. The simulator's
+//! answers are tested against the same models.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -14,6 +20,9 @@ use async_trait::async_trait;
 use http::header::{AUTHORIZATION, ETAG, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH};
 use http::{Method, StatusCode};
 use octocrab::Octocrab;
+use octocrab::models;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::auth::{AppKey, Credentials, TokenCache};
@@ -64,12 +73,65 @@ struct Answer {
 }
 
 impl Answer {
-    fn json(&self, path: &str) -> Result<Value> {
-        serde_json::from_str(&self.body).map_err(|e| ForgeError::Decode {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+    /// The body decoded as `T`; an error names the request and what did not fit.
+    fn decode<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        serde_json::from_str(&self.body).map_err(|e| decode_error(path, e))
     }
+}
+
+fn decode_error(path: &str, e: impl std::fmt::Display) -> ForgeError {
+    ForgeError::Decode {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// A check run, with the fields octocrab's `CheckRun` lacks (`status`, `app`).
+#[derive(Deserialize)]
+struct CheckRunRow {
+    id: u64,
+    name: String,
+    status: String,
+    conclusion: Option<String>,
+    details_url: Option<String>,
+    app: Option<AppRef>,
+}
+
+/// The app that made a check run.
+#[derive(Deserialize)]
+struct AppRef {
+    slug: Option<String>,
+}
+
+/// `GET …/commits/{sha}/check-runs`.
+#[derive(Deserialize)]
+struct CheckRunList {
+    check_runs: Vec<CheckRunRow>,
+}
+
+/// An issue event with the label it concerns (octocrab's `IssueEvent` has no `label`).
+#[derive(Deserialize)]
+struct IssueEventRow {
+    event: String,
+    /// `null` for a deleted account.
+    actor: Option<Login>,
+    label: Option<Named>,
+}
+
+#[derive(Deserialize)]
+struct Login {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+/// GitHub's error body.
+#[derive(Deserialize)]
+struct ErrorBody {
+    message: String,
 }
 
 impl GitHub {
@@ -122,13 +184,11 @@ impl GitHub {
         let answer = self
             .send_with(Method::POST, &path, Some(&json!({})), &[], Some(&auth))
             .await?;
-        let v = answer.json(&path)?;
-        let token = v["token"].as_str().ok_or_else(|| ForgeError::Decode {
-            path: path.clone(),
-            message: "no `token` in the answer".into(),
-        })?;
-        let ttl = v["expires_at"]
-            .as_str()
+        let minted: models::InstallationToken = answer.decode(&path)?;
+        let token = minted.token.as_str();
+        let ttl = minted
+            .expires_at
+            .as_deref()
             .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
             .map(|t| (t.timestamp() - chrono::Utc::now().timestamp()).max(0) as u64)
             .map(Duration::from_secs)
@@ -213,10 +273,9 @@ impl GitHub {
             if answer.status.is_success() || answer.status == StatusCode::NOT_MODIFIED {
                 return Ok(answer);
             }
-            let message = serde_json::from_str::<Value>(&answer.body)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| answer.body.chars().take(200).collect());
+            let message = serde_json::from_str::<ErrorBody>(&answer.body)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| answer.body.chars().take(200).collect());
             return Err(ForgeError::Http {
                 status: answer.status.as_u16(),
                 method: method.to_string(),
@@ -288,46 +347,50 @@ impl GitHub {
         }
     }
 
-    async fn get_json(&self, path: &str) -> Result<Value> {
-        self.send(Method::GET, path, None, &[]).await?.json(path)
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(Method::GET, path, None, &[]).await?.decode(path)
     }
 }
 
-fn issue_of(v: &Value) -> Issue {
-    Issue {
-        number: v["number"].as_i64().unwrap_or_default(),
-        title: v["title"].as_str().unwrap_or_default().to_owned(),
-        body: v["body"].as_str().unwrap_or_default().to_owned(),
-        author: v["user"]["login"].as_str().unwrap_or_default().to_owned(),
-        labels: v["labels"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|l| l["name"].as_str().or_else(|| l.as_str()))
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        state: v["state"].as_str().unwrap_or("open").to_owned(),
-        is_pull: v.get("pull_request").is_some_and(|p| !p.is_null()),
+fn number(path: &str, n: u64) -> Result<i64> {
+    i64::try_from(n).map_err(|_| decode_error(path, format!("number {n} out of range")))
+}
+
+fn issue_state(state: &models::IssueState) -> &'static str {
+    match state {
+        models::IssueState::Open => "open",
+        _ => "closed",
     }
+}
+
+fn issue_of(path: &str, i: models::issues::Issue) -> Result<Issue> {
+    Ok(Issue {
+        number: number(path, i.number)?,
+        title: i.title,
+        body: i.body.unwrap_or_default(),
+        author: i.user.login,
+        labels: i.labels.into_iter().map(|l| l.name).collect(),
+        state: issue_state(&i.state).to_owned(),
+        is_pull: i.pull_request.is_some(),
+    })
 }
 
 /// Most pages read of a paginated list (a hundred items each).
 const MAX_PAGES: u32 = 20;
 
-fn pull_of(v: &Value) -> PullRequest {
-    PullRequest {
-        number: v["number"].as_i64().unwrap_or_default(),
-        url: v["html_url"].as_str().unwrap_or_default().to_owned(),
-        state: v["state"].as_str().unwrap_or_default().to_owned(),
-        merged: v["merged"].as_bool().unwrap_or(false) || v["merged_at"].is_string(),
-        head_sha: v["head"]["sha"].as_str().unwrap_or_default().to_owned(),
-        head_ref: v["head"]["ref"].as_str().unwrap_or_default().to_owned(),
-        base_ref: v["base"]["ref"].as_str().unwrap_or_default().to_owned(),
-        body: v["body"].as_str().unwrap_or_default().to_owned(),
-        mergeable: v["mergeable"].as_bool(),
-    }
+fn pull_of(path: &str, p: models::pulls::PullRequest) -> Result<PullRequest> {
+    let missing = |field: &str| decode_error(path, format!("the pull request has no `{field}`"));
+    Ok(PullRequest {
+        number: number(path, p.number)?,
+        url: p.html_url.ok_or_else(|| missing("html_url"))?.to_string(),
+        state: issue_state(p.state.as_ref().ok_or_else(|| missing("state"))?).to_owned(),
+        merged: p.merged == Some(true) || p.merged_at.is_some(),
+        head_sha: p.head.sha,
+        head_ref: p.head.ref_field,
+        base_ref: p.base.ref_field,
+        body: p.body.unwrap_or_default(),
+        mergeable: p.mergeable,
+    })
 }
 
 /// Percent-encodes a path segment (label names may hold spaces and slashes).
@@ -380,34 +443,30 @@ impl Forge for GitHub {
             .and_then(|v: &HeaderValue| v.to_str().ok())
             .map(str::to_owned);
         let issues = answer
-            .json(&path)?
-            .as_array()
-            .map(|a| a.iter().map(issue_of).collect())
-            .unwrap_or_default();
+            .decode::<Vec<models::issues::Issue>>(&path)?
+            .into_iter()
+            .map(|i| issue_of(&path, i))
+            .collect::<Result<_>>()?;
         Ok(Listing::Changed { issues, etag })
     }
 
     async fn issue(&self, repo: &str, number: i64) -> Result<Issue> {
-        Ok(issue_of(
-            &self
-                .get_json(&format!("/repos/{repo}/issues/{number}"))
-                .await?,
-        ))
+        let path = format!("/repos/{repo}/issues/{number}");
+        issue_of(&path, self.get(&path).await?)
     }
 
     async fn label_actor(&self, repo: &str, number: i64, label: &str) -> Result<Option<String>> {
         // Events come oldest first, a hundred a page; the last `labeled` event for the label wins.
         let mut actor = None;
         for page in 1..=MAX_PAGES {
-            let list = self
-                .get_json(&format!(
+            let events: Vec<IssueEventRow> = self
+                .get(&format!(
                     "/repos/{repo}/issues/{number}/events?per_page=100&page={page}"
                 ))
                 .await?;
-            let events = list.as_array().cloned().unwrap_or_default();
             for e in &events {
-                if e["event"] == "labeled" && e["label"]["name"] == label {
-                    actor = e["actor"]["login"].as_str().map(str::to_owned);
+                if e.event == "labeled" && e.label.as_ref().is_some_and(|l| l.name == label) {
+                    actor = e.actor.as_ref().map(|a| a.login.clone());
                 }
             }
             if events.len() < 100 {
@@ -472,29 +531,29 @@ impl Forge for GitHub {
             "/repos/{repo}/pulls?head={}&state=open",
             segment(&format!("{owner}:{branch}"))
         );
-        let list = self.get_json(&path).await?;
-        Ok(list
-            .as_array()
-            .and_then(|a| a.iter().map(pull_of).find(|p| p.head_ref == branch)))
+        let list: Vec<models::pulls::PullRequest> = self.get(&path).await?;
+        for p in list {
+            let p = pull_of(&path, p)?;
+            if p.head_ref == branch {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
     }
 
     async fn create_pull(&self, repo: &str, pr: &NewPullRequest<'_>) -> Result<PullRequest> {
         let path = format!("/repos/{repo}/pulls");
         let body = json!({"title": pr.title, "body": pr.body, "head": pr.head, "base": pr.base, "maintainer_can_modify": true});
-        Ok(pull_of(
-            &self
-                .send(Method::POST, &path, Some(&body), &[])
-                .await?
-                .json(&path)?,
-        ))
+        let created = self
+            .send(Method::POST, &path, Some(&body), &[])
+            .await?
+            .decode(&path)?;
+        pull_of(&path, created)
     }
 
     async fn pull(&self, repo: &str, number: i64) -> Result<PullRequest> {
-        Ok(pull_of(
-            &self
-                .get_json(&format!("/repos/{repo}/pulls/{number}"))
-                .await?,
-        ))
+        let path = format!("/repos/{repo}/pulls/{number}");
+        pull_of(&path, self.get(&path).await?)
     }
 
     async fn close_pull(&self, repo: &str, number: i64) -> Result<()> {
@@ -509,51 +568,45 @@ impl Forge for GitHub {
     }
 
     async fn checks(&self, repo: &str, sha: &str) -> Result<Vec<Check>> {
-        let runs = self
-            .get_json(&format!(
+        let runs: CheckRunList = self
+            .get(&format!(
                 "/repos/{repo}/commits/{sha}/check-runs?per_page=100"
             ))
             .await?;
-        let mut checks: Vec<Check> = runs["check_runs"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|r| {
-                        let state = match (r["status"].as_str(), r["conclusion"].as_str()) {
-                            (Some("completed"), Some("success" | "neutral" | "skipped")) => {
-                                CheckState::Passed
-                            }
-                            (Some("completed"), _) => CheckState::Failed,
-                            _ => CheckState::Pending,
-                        };
-                        let actions = r["app"]["slug"].as_str() == Some("github-actions");
-                        Check {
-                            name: r["name"].as_str().unwrap_or_default().to_owned(),
-                            state,
-                            job_id: if actions { r["id"].as_u64() } else { None },
-                            url: r["details_url"].as_str().map(str::to_owned),
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let combined = self
-            .get_json(&format!("/repos/{repo}/commits/{sha}/status"))
-            .await?;
-        if let Some(statuses) = combined["statuses"].as_array() {
-            for s in statuses {
-                let state = match s["state"].as_str() {
-                    Some("success") => CheckState::Passed,
-                    Some("failure" | "error") => CheckState::Failed,
+        let mut checks: Vec<Check> = runs
+            .check_runs
+            .into_iter()
+            .map(|r| {
+                let state = match (r.status.as_str(), r.conclusion.as_deref()) {
+                    ("completed", Some("success" | "neutral" | "skipped")) => CheckState::Passed,
+                    ("completed", _) => CheckState::Failed,
                     _ => CheckState::Pending,
                 };
-                checks.push(Check {
-                    name: s["context"].as_str().unwrap_or_default().to_owned(),
+                let actions = r.app.and_then(|a| a.slug).as_deref() == Some("github-actions");
+                Check {
+                    name: r.name,
                     state,
-                    job_id: None,
-                    url: s["target_url"].as_str().map(str::to_owned),
-                });
-            }
+                    job_id: actions.then_some(r.id),
+                    url: r.details_url,
+                }
+            })
+            .collect();
+        let path = format!("/repos/{repo}/commits/{sha}/status");
+        let combined: models::CombinedStatus = self.get(&path).await?;
+        for s in combined.statuses {
+            let state = match s.state {
+                models::StatusState::Success => CheckState::Passed,
+                models::StatusState::Failure | models::StatusState::Error => CheckState::Failed,
+                _ => CheckState::Pending,
+            };
+            checks.push(Check {
+                name: s
+                    .context
+                    .ok_or_else(|| decode_error(&path, "a status has no `context`"))?,
+                state,
+                job_id: None,
+                url: s.target_url,
+            });
         }
         Ok(checks)
     }
@@ -581,10 +634,11 @@ impl Forge for GitHub {
         let body = json!({"sha": sha, "merge_method": method.as_str()});
         match self.send(Method::PUT, &path, Some(&body), &[]).await {
             Ok(answer) => {
-                let v = answer.json(&path)?;
-                Ok(MergeOutcome::Merged(
-                    v["sha"].as_str().unwrap_or_default().to_owned(),
-                ))
+                let merged: models::pulls::Merge = answer.decode(&path)?;
+                let sha = merged
+                    .sha
+                    .ok_or_else(|| decode_error(&path, "the merge answer has no `sha`"))?;
+                Ok(MergeOutcome::Merged(sha))
             }
             Err(ForgeError::Http {
                 status: 409,
@@ -630,31 +684,27 @@ impl Forge for GitHub {
     }
 
     async fn review_feedback(&self, repo: &str, number: i64, review_id: u64) -> Result<Feedback> {
-        let review = self
-            .get_json(&format!("/repos/{repo}/pulls/{number}/reviews/{review_id}"))
+        let review: models::pulls::Review = self
+            .get(&format!("/repos/{repo}/pulls/{number}/reviews/{review_id}"))
             .await?;
-        let comments = self
-            .get_json(&format!(
+        let comments: Vec<models::pulls::ReviewComment> = self
+            .get(&format!(
                 "/repos/{repo}/pulls/{number}/reviews/{review_id}/comments?per_page=100"
             ))
             .await?;
         let mut texts = Vec::new();
-        if let Some(body) = review["body"].as_str().filter(|b| !b.trim().is_empty()) {
-            texts.push(body.to_owned());
+        if let Some(body) = review.body.filter(|b| !b.trim().is_empty()) {
+            texts.push(body);
         }
-        for c in comments.as_array().into_iter().flatten() {
-            let body = c["body"].as_str().unwrap_or_default();
-            match (c["path"].as_str(), c["line"].as_u64()) {
-                (Some(p), Some(l)) => texts.push(format!("{p}:{l}: {body}")),
-                (Some(p), None) => texts.push(format!("{p}: {body}")),
-                _ => texts.push(body.to_owned()),
+        for c in comments {
+            match c.line {
+                Some(l) => texts.push(format!("{}:{l}: {}", c.path, c.body)),
+                None => texts.push(format!("{}: {}", c.path, c.body)),
             }
         }
         Ok(Feedback {
-            author: review["user"]["login"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
+            // A deleted account shows as GitHub's `ghost`.
+            author: review.user.map_or_else(|| "ghost".to_owned(), |u| u.login),
             kind: "review".into(),
             id: review_id,
             comments: texts,

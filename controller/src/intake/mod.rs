@@ -18,7 +18,6 @@
 //! on its branch with that text as context — once per comment or review, however often GitHub
 //! delivers it.
 
-use serde_json::Value;
 use sha2::Digest;
 
 use crate::forge::{Feedback, Issue, labels};
@@ -112,29 +111,6 @@ pub fn allowed(config: &IntakeConfig, login: &str) -> bool {
             .allowed_users
             .iter()
             .any(|u| u.eq_ignore_ascii_case(login))
-}
-
-pub(super) fn issue_of(v: &Value) -> Result<Issue, IntakeError> {
-    let number = v["number"]
-        .as_i64()
-        .ok_or_else(|| IntakeError::BadPayload("issue.number is missing".into()))?;
-    Ok(Issue {
-        number,
-        title: v["title"].as_str().unwrap_or_default().to_owned(),
-        body: v["body"].as_str().unwrap_or_default().to_owned(),
-        author: v["user"]["login"].as_str().unwrap_or_default().to_owned(),
-        labels: v["labels"]
-            .as_array()
-            .map(|l| {
-                l.iter()
-                    .filter_map(|l| l["name"].as_str())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        state: v["state"].as_str().unwrap_or("open").to_owned(),
-        is_pull: v.get("pull_request").is_some_and(|p| !p.is_null()),
-    })
 }
 
 /// Turns a labelled issue into a task, the same way for webhooks and the poller: the trigger

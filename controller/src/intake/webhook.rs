@@ -9,10 +9,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use hmac::{KeyInit, Mac};
-use serde_json::Value;
 
 use super::{
-    Intake, IntakeConfig, IntakeError, accept_issue, allowed, issue_of, mentions_us, registered,
+    Intake, IntakeConfig, IntakeError, accept_issue, allowed, mentions_us, registered,
     reopen_for_feedback,
 };
 use crate::forge::{Feedback, Forge, Issue};
@@ -175,7 +174,7 @@ struct Payload {
     action: String,
     sender: Option<Login>,
     repository: Option<RepoRef>,
-    issue: Option<Value>,
+    issue: Option<IssueJson>,
     comment: Option<CommentJson>,
     review: Option<ReviewJson>,
     pull_request: Option<NumberRef>,
@@ -183,8 +182,40 @@ struct Payload {
 
 #[derive(Debug, Default, serde::Deserialize)]
 struct Login {
-    #[serde(default)]
     login: String,
+}
+
+/// The issue (or pull request) of an `issues` or `issue_comment` delivery: the fields we read,
+/// each required unless GitHub may send `null`.
+#[derive(Debug, serde::Deserialize)]
+struct IssueJson {
+    number: i64,
+    title: String,
+    body: Option<String>,
+    user: Login,
+    labels: Vec<LabelJson>,
+    state: String,
+    /// Present (an object) on pull requests.
+    pull_request: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LabelJson {
+    name: String,
+}
+
+impl From<IssueJson> for Issue {
+    fn from(i: IssueJson) -> Self {
+        Self {
+            number: i.number,
+            title: i.title,
+            body: i.body.unwrap_or_default(),
+            author: i.user.login,
+            labels: i.labels.into_iter().map(|l| l.name).collect(),
+            state: i.state,
+            is_pull: i.pull_request.is_some(),
+        }
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -226,11 +257,10 @@ pub fn decode(event: &str, body: &[u8]) -> Result<Decoded, IntakeError> {
     let action = p.action.clone();
     match event {
         "issues" => {
-            let issue = issue_of(
-                p.issue
-                    .as_ref()
-                    .ok_or_else(|| IntakeError::BadPayload("issue is missing".into()))?,
-            )?;
+            let issue: Issue = p
+                .issue
+                .ok_or_else(|| IntakeError::BadPayload("issue is missing".into()))?
+                .into();
             Ok(Decoded::Issue {
                 sender: p.sender.map(|s| s.login).unwrap_or_default(),
                 repo: repo()?,
@@ -239,11 +269,7 @@ pub fn decode(event: &str, body: &[u8]) -> Result<Decoded, IntakeError> {
             })
         }
         "issue_comment" => {
-            let on_pull = p
-                .issue
-                .as_ref()
-                .and_then(|i| i.get("pull_request"))
-                .is_some_and(|v| !v.is_null());
+            let on_pull = p.issue.as_ref().is_some_and(|i| i.pull_request.is_some());
             if action != "created" || !on_pull {
                 return Ok(Decoded::Ignored(
                     "only new comments on pull requests are read".into(),
@@ -261,8 +287,8 @@ pub fn decode(event: &str, body: &[u8]) -> Result<Decoded, IntakeError> {
             let number = p
                 .issue
                 .as_ref()
-                .and_then(|i| i["number"].as_i64())
-                .ok_or_else(|| IntakeError::BadPayload("issue.number is missing".into()))?;
+                .map(|i| i.number)
+                .ok_or_else(|| IntakeError::BadPayload("issue is missing".into()))?;
             Ok(Decoded::PrComment {
                 repo: repo()?,
                 number,

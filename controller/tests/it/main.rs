@@ -11,6 +11,7 @@ mod lifecycle;
 mod loops;
 mod redteam;
 mod server;
+mod shapes;
 mod transitions;
 
 use std::time::Duration;
