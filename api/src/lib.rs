@@ -130,6 +130,33 @@ pub struct TaskDetail {
     pub body: String,
 }
 
+/// A task's place in the dependency graph.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dependencies {
+    /// The task.
+    pub task: i64,
+    /// What it waits for, directly and through others, nearest first.
+    pub waits_for: Vec<DependencyLink>,
+    /// What waits for it, nearest first.
+    pub blocks: Vec<DependencyLink>,
+}
+
+/// A task reached in the dependency graph.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DependencyLink {
+    /// The task.
+    pub id: i64,
+    /// Its title.
+    pub title: String,
+    /// Its status.
+    pub status: String,
+    /// Edges away (1: directly).
+    pub depth: u32,
+    /// Whether the fates are tied all the way (a failure there fails this side too); `false`
+    /// when some link on the way is ordering only.
+    pub hard: bool,
+}
+
 /// One log chunk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogChunk {

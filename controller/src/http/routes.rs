@@ -107,6 +107,15 @@ pub fn routes() -> Vec<Route> {
         ),
         op(
             "get",
+            "/api/tasks/{id}/dependencies",
+            "viewer",
+            "What the task waits for and what waits for it, directly and through others",
+            None,
+            "Dependencies",
+            get(tasks::task_dependencies),
+        ),
+        op(
+            "get",
             "/api/tasks/{id}/logs",
             "viewer",
             "Log chunks of an attempt after a sequence number",

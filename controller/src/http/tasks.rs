@@ -157,6 +157,46 @@ pub(super) async fn task_detail(
     }))
 }
 
+pub(super) async fn task_dependencies(
+    State(s): State<AppState>,
+    _c: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<api::Dependencies> {
+    let task = s.store.task(id).await?;
+    let graph = crate::pipeline::dependencies::DependencyGraph::from_edges(
+        &s.store.dependency_edges(task.repo_id).await?,
+    );
+    let (waits, blocks) = (graph.waits_for(id), graph.blocks(id));
+    let ids: Vec<i64> = waits.iter().chain(&blocks).map(|r| r.task).collect();
+    let tasks: std::collections::HashMap<i64, crate::store::Task> = s
+        .store
+        .tasks_by_id(&ids)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t))
+        .collect();
+    let links = |reached: Vec<crate::pipeline::dependencies::Reached>| {
+        reached
+            .into_iter()
+            .filter_map(|r| {
+                let t = tasks.get(&r.task)?;
+                Some(api::DependencyLink {
+                    id: r.task,
+                    title: t.issue_title.clone(),
+                    status: t.status.as_str().to_owned(),
+                    depth: r.depth,
+                    hard: r.hard,
+                })
+            })
+            .collect()
+    };
+    Ok(Json(api::Dependencies {
+        task: id,
+        waits_for: links(waits),
+        blocks: links(blocks),
+    }))
+}
+
 #[derive(Deserialize)]
 pub(super) struct LogQuery {
     attempt: Option<i32>,

@@ -7,6 +7,7 @@
 //! back with a delay. Several controller replicas can run this: a stage lease keeps a task's
 //! stage with one of them at a time.
 
+pub mod dependencies;
 pub mod loops;
 pub mod review;
 mod stages;

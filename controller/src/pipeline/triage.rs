@@ -1,7 +1,8 @@
 //! Triage: new tasks become queued ones. One model call for a single new issue (model and
 //! complexity), one call for a batch of new issues in a repository (model, priority and
-//! dependencies by issue number); the dependencies are written in the same transaction as the
-//! tasks. Before dispatch, an overlap check orders a task after in-flight tasks likely to touch
+//! dependencies by issue number); the dependencies are planned on the repository's dependency
+//! graph ([`super::dependencies`]) — one that would close a cycle is dropped and noted, the rest of
+//! the batch stands — and written in the same transaction as the tasks. Before dispatch, an overlap check orders a task after in-flight tasks likely to touch
 //! the same files (soft dependencies). In review-all mode every task waits for a human's dispatch.
 //!
 //! A model error or an unreadable answer never loses a task: it is queued with its current
@@ -12,6 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::dependencies::{DependencyGraph, Link};
 use crate::loops::{LoopCtx, Next, every};
 use crate::model::{Call, ModelClient};
 use crate::store::tasks::Triage;
@@ -52,6 +54,8 @@ pub async fn run_once(
             None => HashMap::new(),
         };
         let in_flight = store.in_flight(repo_id).await?;
+        let mut graph = DependencyGraph::from_edges(&store.dependency_edges(repo_id).await?);
+        let mut dropped = Vec::new();
         let mut batch = Vec::new();
         for t in &tasks {
             let d = decisions.get(&t.id).cloned().unwrap_or_default();
@@ -68,10 +72,23 @@ pub async fn run_once(
                 hold: (mode == "review-all").then_some(HoldKind::DispatchApproval),
             };
             triage.after.retain(|a| !triage.depends_on.contains(a));
+            let mut plan = |deps: &mut Vec<TaskId>, link: Link| {
+                deps.retain(|&d| match graph.add(t.id, d, link) {
+                    Ok(()) => true,
+                    Err(cycle) => {
+                        tracing::warn!(task = t.id, dependency = d, %cycle, "dependency dropped: it would close a cycle");
+                        dropped.push(json!({"task": t.id, "dependency": d, "cycle": cycle.path}));
+                        false
+                    }
+                });
+            };
+            plan(&mut triage.depends_on, Link::Hard);
+            plan(&mut triage.after, Link::Soft);
             batch.push((t.id, triage));
         }
         let note = Note::new("controller", "triaged").with_data(json!({
             "model_used": model.is_some(),
+            "dropped_dependencies": dropped,
             "complexity": tasks.iter().map(|t| decisions.get(&t.id).and_then(|d| d.complexity.clone())).collect::<Vec<_>>(),
         }));
         match store.triage_batch(&batch, &note).await {

@@ -362,6 +362,32 @@ impl Store {
         .await?)
     }
 
+    /// Every dependency edge that touches a task of repository `repo` (at most
+    /// [`MAX_DEPENDENCY_EDGES`], newest tasks first), for planning and the dependency view.
+    pub async fn dependency_edges(&self, repo: RepoId) -> Result<Vec<DependencyEdge>> {
+        Ok(sqlx::query_as::<_, DependencyEdge>(
+            "SELECT d.task_id AS task, d.depends_on, d.soft FROM task_dependencies d \
+             JOIN tasks t ON t.id = d.task_id WHERE t.repo_id = $1 \
+             ORDER BY d.task_id DESC LIMIT $2",
+        )
+        .bind(repo)
+        .bind(MAX_DEPENDENCY_EDGES)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The tasks with these ids (missing ones are left out).
+    pub async fn tasks_by_id(&self, ids: &[TaskId]) -> Result<Vec<Task>> {
+        Ok(sqlx::query_as::<_, Task>(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE id = ANY($1) ORDER BY id"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Moves one `new` task to the queue with its triage decision.
     pub async fn triage(&self, id: TaskId, decision: &Triage, note: &Note) -> Result<Task> {
         let mut out = self.triage_batch(&[(id, decision.clone())], note).await?;
@@ -793,18 +819,7 @@ async fn add_dependency(
     if task == dependency {
         return Err(Error::DependencyCycle { task, dependency });
     }
-    // Would `dependency` (transitively) wait for `task`?
-    let cycle: bool = sqlx::query_scalar(
-        "WITH RECURSIVE up(id) AS ( \
-           SELECT depends_on FROM task_dependencies WHERE task_id = $1 \
-           UNION SELECT d.depends_on FROM task_dependencies d JOIN up ON d.task_id = up.id) \
-         SELECT EXISTS (SELECT 1 FROM up WHERE id = $2)",
-    )
-    .bind(dependency)
-    .bind(task)
-    .fetch_one(&mut **tx)
-    .await?;
-    if cycle {
+    if would_close_cycle(tx, task, dependency).await? {
         return Err(Error::DependencyCycle { task, dependency });
     }
     let status: Option<String> = sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1")
@@ -830,6 +845,27 @@ async fn add_dependency(
     }
 }
 
+/// Whether `dependency` already waits (transitively) for `task`, so that `task` waiting for it
+/// would close a cycle. The planner checks the same on its graph first
+/// ([`crate::pipeline::dependencies`]); this check, inside the transaction that adds the edge, is
+/// the one that holds when two plans race.
+async fn would_close_cycle(
+    tx: &mut Transaction<'_, Postgres>,
+    task: TaskId,
+    dependency: TaskId,
+) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "WITH RECURSIVE up(id) AS ( \
+           SELECT depends_on FROM task_dependencies WHERE task_id = $1 \
+           UNION SELECT d.depends_on FROM task_dependencies d JOIN up ON d.task_id = up.id) \
+         SELECT EXISTS (SELECT 1 FROM up WHERE id = $2)",
+    )
+    .bind(dependency)
+    .bind(task)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
 /// Orders `task` after `earlier` without tying their fates (cycles are refused like hard ones).
 async fn add_soft_dependency(
     tx: &mut Transaction<'_, Postgres>,
@@ -839,17 +875,7 @@ async fn add_soft_dependency(
     if task == earlier {
         return Ok(());
     }
-    let cycle: bool = sqlx::query_scalar(
-        "WITH RECURSIVE up(id) AS ( \
-           SELECT depends_on FROM task_dependencies WHERE task_id = $2 \
-           UNION SELECT d.depends_on FROM task_dependencies d JOIN up ON d.task_id = up.id) \
-         SELECT EXISTS (SELECT 1 FROM up WHERE id = $1)",
-    )
-    .bind(task)
-    .bind(earlier)
-    .fetch_one(&mut **tx)
-    .await?;
-    if cycle {
+    if would_close_cycle(tx, task, earlier).await? {
         return Err(Error::DependencyCycle {
             task,
             dependency: earlier,
@@ -912,6 +938,20 @@ pub(crate) async fn retry_in(
         .bind(&note.data)
         .fetch_optional(conn)
         .await?)
+}
+
+/// Most dependency edges read for one repository.
+pub const MAX_DEPENDENCY_EDGES: i64 = 20_000;
+
+/// One edge of the dependency graph: `task` waits for `depends_on`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct DependencyEdge {
+    /// The waiting task.
+    pub task: TaskId,
+    /// The task it waits for.
+    pub depends_on: TaskId,
+    /// Ordering only (the fates are not tied: a failed `depends_on` does not fail `task`).
+    pub soft: bool,
 }
 
 /// Filters of a task list.

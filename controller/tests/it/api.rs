@@ -238,6 +238,42 @@ async fn roles_csrf_tokens_and_every_endpoint() {
         "{reasons:?}"
     );
     assert_eq!(detail["body"], "GET /ping returns pong");
+    let (code, deps) = vic
+        .call(Method::GET, &format!("/api/tasks/{id}/dependencies"), None)
+        .await;
+    assert_eq!(
+        (code, deps),
+        (
+            StatusCode::OK,
+            json!({"task": id, "waits_for": [], "blocks": []})
+        )
+    );
+    // A second task waiting for it: each side of the edge shows in the view.
+    let repo_id = store.task(id).await.unwrap().repo_id;
+    let mut second = controller::store::tasks::NewTask::for_issue(repo_id, 0, "Use the route", "x");
+    second.issue_number = None;
+    let second = store.create_task(&second).await.unwrap().id;
+    sqlx::query("INSERT INTO task_dependencies (task_id, depends_on) VALUES ($1, $2)")
+        .bind(second)
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let (_, deps) = vic
+        .call(
+            Method::GET,
+            &format!("/api/tasks/{second}/dependencies"),
+            None,
+        )
+        .await;
+    assert_eq!(deps["waits_for"][0]["id"], id);
+    assert_eq!(deps["waits_for"][0]["title"], "Add a route");
+    assert_eq!(deps["waits_for"][0]["depth"], 1);
+    assert_eq!(deps["waits_for"][0]["hard"], true);
+    let (_, deps) = vic
+        .call(Method::GET, &format!("/api/tasks/{id}/dependencies"), None)
+        .await;
+    assert_eq!(deps["blocks"][0]["id"], second, "{deps}");
     let (code, logs) = vic
         .call(Method::GET, &format!("/api/tasks/{id}/logs"), None)
         .await;
@@ -288,9 +324,10 @@ async fn roles_csrf_tokens_and_every_endpoint() {
         .unwrap();
     let (code, stats) = vic.call(Method::GET, "/api/stats?days=3", None).await;
     assert_eq!(code, StatusCode::OK, "{stats}");
+    // Live: two, since the dependency view above added a second task.
     assert_eq!(
         (stats["live"].as_i64(), stats["merged"].as_i64()),
-        (Some(1), Some(1)),
+        (Some(2), Some(1)),
         "{stats}"
     );
     assert_eq!(stats["success_rate"], 1.0);

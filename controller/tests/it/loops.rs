@@ -97,6 +97,54 @@ async fn batch_triage_writes_models_priorities_and_dependencies_together() {
     );
 }
 
+/// A model that answers with a dependency cycle (1 → 2 → 3 → 1) loses only the edge that would
+/// close it: the rest of the batch keeps its dependencies, the dropped edge and its cycle are on
+/// the timeline, and the dependency view shows the chain.
+#[tokio::test]
+async fn a_suggested_cycle_drops_one_edge_and_keeps_the_rest_of_the_plan() {
+    let store = crate::store().await;
+    let repo = crate::repo(&store, "acme/cyc").await;
+    let (sim, url) = model_sim().await;
+    sim.add_script(says(
+        "Triage these issues",
+        "[{\"issue\": 1, \"depends_on\": [3]}, {\"issue\": 2, \"depends_on\": [1]}, {\"issue\": 3, \"depends_on\": [2]}]",
+    ));
+    let a = new_task(&store, repo.id, 1, "One", "x").await;
+    let b = new_task(&store, repo.id, 2, "Two", "x").await;
+    let c = new_task(&store, repo.id, 3, "Three", "x").await;
+    assert_eq!(
+        triage::run_once(&store, Some(&client(&store, &url)), "haiku")
+            .await
+            .unwrap(),
+        3
+    );
+    // Planned in order: 1 waits for 3, 2 waits for 1; 3 waiting for 2 would close the cycle.
+    assert_eq!(store.dependencies(a.id).await.unwrap(), vec![c.id]);
+    assert_eq!(store.dependencies(b.id).await.unwrap(), vec![a.id]);
+    assert!(store.dependencies(c.id).await.unwrap().is_empty());
+    let note = store
+        .timeline(c.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.reason == "triaged")
+        .and_then(|e| e.data)
+        .expect("the triage note");
+    assert_eq!(
+        note.0["note"]["dropped_dependencies"],
+        serde_json::json!([{"task": c.id, "dependency": b.id, "cycle": [c.id, b.id, a.id, c.id]}])
+    );
+    // The view: 2 waits for 1 and, through it, for 3; 3 blocks 1 and 2.
+    let graph = controller::pipeline::dependencies::DependencyGraph::from_edges(
+        &store.dependency_edges(repo.id).await.unwrap(),
+    );
+    let ids = |r: Vec<controller::pipeline::dependencies::Reached>| {
+        r.into_iter().map(|r| (r.task, r.depth)).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(graph.waits_for(b.id)), vec![(a.id, 1), (c.id, 2)]);
+    assert_eq!(ids(graph.blocks(c.id)), vec![(a.id, 1), (b.id, 2)]);
+}
+
 #[tokio::test]
 async fn a_model_failure_or_nonsense_still_queues_the_task() {
     let store = crate::store().await;
