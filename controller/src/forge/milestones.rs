@@ -23,7 +23,7 @@ use super::{Forge, ForgeError, labels};
 use crate::loops::{LoopCtx, Next, every};
 use crate::store::model::TaskEvent;
 use crate::store::wake::Channel;
-use crate::store::{Store, Task};
+use crate::store::{Status, Store, Task};
 
 /// Applies every pending milestone once; returns how many events were applied.
 pub async fn sync_once(store: &Store, forge: &dyn Forge) -> anyhow::Result<usize> {
@@ -72,7 +72,17 @@ async fn apply(
         (Some(n), None) => format!("#{n}"),
         _ => "its pull request".into(),
     };
-    match (ev.from_status.as_deref(), ev.to_status.as_str()) {
+    // Statuses the store does not know (a newer schema) are no milestone.
+    let from = ev.from_status.as_deref().map(str::parse::<Status>);
+    let Ok(to) = ev.to_status.parse::<Status>() else {
+        return Ok(());
+    };
+    let from = match from {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(_)) => return Ok(()),
+    };
+    match (from, to) {
         (None, _) => {
             forge
                 .add_labels(repo, issue, &[labels::IN_PROGRESS])
@@ -89,12 +99,12 @@ async fn apply(
                 )
                 .await
         }
-        (Some("pushing"), "pr_open") => {
+        (Some(Status::Pushing), Status::PrOpen) => {
             forge
                 .comment(repo, issue, &format!("Opened pull request {}.", pr()))
                 .await
         }
-        (Some(_), "approval_hold") => {
+        (Some(_), Status::ApprovalHold) => {
             forge
                 .comment(
                     repo,
@@ -107,7 +117,7 @@ async fn apply(
                 )
                 .await
         }
-        (Some(_), "merged") => {
+        (Some(_), Status::Merged) => {
             forge.add_labels(repo, issue, &[labels::DONE]).await?;
             forge.remove_label(repo, issue, labels::IN_PROGRESS).await?;
             forge
@@ -115,7 +125,7 @@ async fn apply(
                 .await?;
             forge.close_issue(repo, issue).await
         }
-        (Some(_), "failed") => {
+        (Some(_), Status::Failed) => {
             forge.add_labels(repo, issue, &[labels::FAILED]).await?;
             forge.remove_label(repo, issue, labels::IN_PROGRESS).await?;
             let why = ev
@@ -140,7 +150,7 @@ async fn apply(
                 )
                 .await
         }
-        (Some(_), "canceled") => {
+        (Some(_), Status::Canceled) => {
             // Nothing half-done stays on GitHub: the PR is closed and its branch removed.
             if let Some(n) = task.pr_number {
                 forge.close_pull(repo, n).await?;
@@ -161,7 +171,7 @@ async fn apply(
                 )
                 .await
         }
-        (Some("failed" | "canceled"), "queued") => {
+        (Some(s), Status::Queued) if Status::UNSUCCESSFUL.contains(&s) => {
             forge
                 .add_labels(repo, issue, &[labels::IN_PROGRESS])
                 .await?;

@@ -94,7 +94,8 @@ macro_rules! take_back_sql {
 }
 
 // The claim statement, with `$prelude` (extra CTEs) and `$from` choosing where candidates come from. Binds: $1 runner,
-// $2 runner labels, $3 lease seconds, $4 runner capacity (NULL: unlimited).
+// $2 runner labels, $3 lease seconds, $4 runner capacity (NULL: unlimited), $5 the statuses that
+// end a dependency without merging, $6 the statuses that hold a lease.
 macro_rules! claim_sql {
     ($prelude:literal, $from:literal) => {
         concat!(
@@ -106,10 +107,10 @@ macro_rules! claim_sql {
             "    AND (NOT t.labels_required OR t.required_labels <@ $2::text[])",
             "    AND (r.max_concurrency IS NULL OR r.active_tasks < r.max_concurrency)",
             "    AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks dt ON dt.id = d.depends_on",
-            "                    WHERE d.task_id = t.id AND (dt.status <> 'merged' AND (NOT d.soft OR dt.status NOT IN ('failed', 'canceled'))))",
+            "                    WHERE d.task_id = t.id AND (dt.status <> 'merged' AND (NOT d.soft OR dt.status <> ALL($5))))",
             "    AND NOT (SELECT queue_paused FROM settings)",
             "    AND ($4::int IS NULL OR (SELECT count(*) FROM tasks h WHERE h.runner_id = $1",
-            "         AND h.status IN ('leased', 'running', 'verifying')) < $4)",
+            "         AND h.status = ANY($6)) < $4)",
             "  ORDER BY t.priority, t.created_at, t.id",
             "  LIMIT 1",
             "  FOR UPDATE OF t SKIP LOCKED",
@@ -239,6 +240,8 @@ impl Store {
             .bind(req.labels)
             .bind(req.lease.as_secs_f64())
             .bind(req.capacity)
+            .bind(status_texts(Status::UNSUCCESSFUL))
+            .bind(status_texts(Status::ACTIVE))
             .fetch_optional(&self.pool)
             .await?)
     }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::model::{RepoId, TaskId, task_columns};
+use super::model::{RepoId, Status, TaskId, status_texts, task_columns};
 use super::{Result, Store, Task};
 
 /// A notification waiting to be sent.
@@ -65,11 +65,12 @@ impl Store {
         Ok(sqlx::query_as::<_, Task>(concat!(
             "SELECT ",
             task_columns!(),
-            " FROM tasks t WHERE status IN ('merged', 'failed') AND finished_at > now() - interval '7 days' ",
+            " FROM tasks t WHERE status = ANY($2) AND finished_at > now() - interval '7 days' ",
             "AND NOT EXISTS (SELECT 1 FROM learnings l WHERE l.task_id = t.id AND l.created_at >= t.finished_at) ",
             "ORDER BY finished_at LIMIT $1"
         ))
         .bind(limit)
+        .bind(status_texts(Status::OUTCOMES))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -193,9 +194,10 @@ impl Store {
         Ok(sqlx::query_as::<_, Task>(concat!(
             "SELECT ",
             task_columns!(),
-            " FROM tasks WHERE repo_id = $1 AND status NOT IN ('new', 'merged', 'failed', 'canceled') ORDER BY id"
+            " FROM tasks WHERE repo_id = $1 AND status = ANY($2) ORDER BY id"
         ))
         .bind(repo)
+        .bind(status_texts(&Status::in_flight()))
         .fetch_all(&self.pool)
         .await?)
     }

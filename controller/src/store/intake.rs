@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::model::{RepoId, TaskId, task_columns};
+use super::model::{RepoId, Status, TaskId, status_texts, task_columns};
 use super::{Note, Result, Store, Task, model};
 
 impl Store {
@@ -36,10 +36,11 @@ impl Store {
             "SELECT ",
             task_columns!(),
             " FROM tasks WHERE repo_id = $1 AND issue_number = $2 ",
-            "AND status NOT IN ('merged', 'failed', 'canceled')"
+            "AND status <> ALL($3)"
         ))
         .bind(repo)
         .bind(issue)
+        .bind(status_texts(Status::TERMINAL))
         .fetch_optional(&self.pool)
         .await?)
     }
@@ -50,10 +51,11 @@ impl Store {
             "SELECT ",
             task_columns!(),
             " FROM tasks WHERE repo_id = (SELECT id FROM repos WHERE name = $1) AND pr_number = $2 ",
-            "AND status NOT IN ('merged', 'failed', 'canceled') ORDER BY id DESC LIMIT 1"
+            "AND status <> ALL($3) ORDER BY id DESC LIMIT 1"
         ))
         .bind(repo)
         .bind(number)
+        .bind(status_texts(Status::TERMINAL))
         .fetch_optional(&self.pool)
         .await?)
     }

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::model::{Status, status_texts};
 use super::{RepoId, Result, Store};
 
 /// One scrape's values.
@@ -58,9 +59,10 @@ impl Store {
         .fetch_one(p)
         .await?;
         let leases_near_expiry = sqlx::query_scalar(
-            "SELECT count(*) FROM tasks WHERE status IN ('leased', 'running', 'verifying') \
+            "SELECT count(*) FROM tasks WHERE status = ANY($1) \
              AND lease_expires_at - now() < (lease_expires_at - leased_at) / 3",
         )
+        .bind(status_texts(Status::ACTIVE))
         .fetch_one(p)
         .await?;
         let (expired_leases, requeues, retries): (i64, i64, i64) = sqlx::query_as(
@@ -154,16 +156,18 @@ impl Store {
             "SELECT count(*) FILTER (WHERE status = 'merged') AS merged, \
                count(*) FILTER (WHERE status = 'failed') AS failed, \
                count(*) FILTER (WHERE status = 'canceled') AS canceled, \
-               count(*) FILTER (WHERE status NOT IN ('merged', 'failed', 'canceled')) AS live, \
-               (count(*) FILTER (WHERE status = 'merged'))::float8 / NULLIF(count(*) FILTER (WHERE status IN ('merged', 'failed')), 0) AS success_rate, \
+               count(*) FILTER (WHERE status <> ALL($2)) AS live, \
+               (count(*) FILTER (WHERE status = 'merged'))::float8 / NULLIF(count(*) FILTER (WHERE status = ANY($3)), 0) AS success_rate, \
                avg(EXTRACT(EPOCH FROM finished_at - created_at)) FILTER (WHERE status = 'merged')::float8 AS avg_seconds_to_merge, \
-               (count(*) FILTER (WHERE status IN ('merged', 'failed') AND agent_retries + verify_retries + review_retries + ci_retries + conflict_retries > 0))::float8 \
-                 / NULLIF(count(*) FILTER (WHERE status IN ('merged', 'failed')), 0) AS retry_rate, \
-               avg(cost_microusd) FILTER (WHERE status IN ('merged', 'failed'))::float8 AS avg_cost_microusd, \
+               (count(*) FILTER (WHERE status = ANY($3) AND agent_retries + verify_retries + review_retries + ci_retries + conflict_retries > 0))::float8 \
+                 / NULLIF(count(*) FILTER (WHERE status = ANY($3)), 0) AS retry_rate, \
+               avg(cost_microusd) FILTER (WHERE status = ANY($3))::float8 AS avg_cost_microusd, \
                COALESCE(sum(cost_microusd), 0)::bigint AS total_cost_microusd \
              FROM tasks WHERE $1::bigint IS NULL OR repo_id = $1",
         )
         .bind(repo)
+        .bind(status_texts(Status::TERMINAL))
+        .bind(status_texts(Status::OUTCOMES))
         .fetch_one(&self.pool)
         .await?)
     }
@@ -175,7 +179,7 @@ impl Store {
                   ended AS (SELECT repo_id, finished_at::date AS day, \
                                    count(*) FILTER (WHERE status = 'merged') AS merged, \
                                    count(*) FILTER (WHERE status = 'failed') AS failed \
-                            FROM tasks WHERE status IN ('merged', 'failed') AND finished_at >= current_date - ($1 - 1) \
+                            FROM tasks WHERE status = ANY($2) AND finished_at >= current_date - ($1 - 1) \
                             GROUP BY 1, 2), \
                   spent AS (SELECT repo_id, at::date AS day, sum(cost_microusd)::bigint AS cost \
                             FROM usage_ledger WHERE at >= current_date - ($1 - 1) GROUP BY 1, 2) \
@@ -187,6 +191,7 @@ impl Store {
              ORDER BY r.name, d.day",
         )
         .bind(days.clamp(1, 366))
+        .bind(status_texts(Status::OUTCOMES))
         .fetch_all(&self.pool)
         .await?)
     }

@@ -107,6 +107,10 @@ impl Status {
     pub const TERMINAL: &'static [Status] = &[Status::Merged, Status::Failed, Status::Canceled];
     /// Statuses in which a runner holds a lease.
     pub const ACTIVE: &'static [Status] = &[Status::Leased, Status::Running, Status::Verifying];
+    /// Ended without merging: a task waiting for one of these cannot go on.
+    pub const UNSUCCESSFUL: &'static [Status] = &[Status::Failed, Status::Canceled];
+    /// Ended with an outcome to learn from.
+    pub const OUTCOMES: &'static [Status] = &[Status::Merged, Status::Failed];
 
     /// Merged, failed or canceled.
     pub fn is_terminal(self) -> bool {
@@ -124,6 +128,14 @@ impl Status {
             .iter()
             .copied()
             .filter(|s| !s.is_terminal())
+            .collect()
+    }
+
+    /// Dispatched and not ended: live, past triage.
+    pub fn in_flight() -> Vec<Status> {
+        Self::live()
+            .into_iter()
+            .filter(|s| *s != Status::New)
             .collect()
     }
 }

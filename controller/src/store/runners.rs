@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::Digest;
 
 use super::claims::Reaped;
-use super::model::RunnerId;
+use super::model::{RunnerId, Status, status_texts};
 use super::{Error, Result, Store};
 
 /// One registered runner.
@@ -324,9 +324,10 @@ impl Store {
     /// How many leases a runner holds now.
     pub async fn runner_lease_count(&self, id: RunnerId) -> Result<i64> {
         Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM tasks WHERE runner_id = $1 AND status IN ('leased', 'running', 'verifying')",
+            "SELECT count(*) FROM tasks WHERE runner_id = $1 AND status = ANY($2)",
         )
         .bind(id)
+        .bind(status_texts(Status::ACTIVE))
         .fetch_one(&self.pool)
         .await?)
     }

@@ -49,7 +49,8 @@ impl Store {
         )
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query("SELECT pg_notify('bp_queue', 'resume')")
+        sqlx::query("SELECT pg_notify($1, 'resume')")
+            .bind(super::wake::Channel::Queue.name())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -313,10 +313,11 @@ impl Store {
     async fn duplicate_issue(&self, repo: RepoId, issue: Option<i64>) -> Error {
         let existing = sqlx::query_scalar::<_, TaskId>(
             "SELECT id FROM tasks WHERE repo_id = $1 AND issue_number = $2 \
-             AND status NOT IN ('merged', 'failed', 'canceled')",
+             AND status <> ALL($3)",
         )
         .bind(repo)
         .bind(issue)
+        .bind(status_texts(Status::TERMINAL))
         .fetch_one(&self.pool)
         .await;
         match existing {
@@ -659,7 +660,7 @@ impl Store {
             "ev_seq = ev_seq + 1, ev_actor = $6, ev_reason = $7, ev_data = $8 ",
             "WHERE id = $1 AND status = ANY($2) AND NOT EXISTS (",
             "  SELECT 1 FROM task_dependencies d JOIN tasks x ON x.id = d.depends_on ",
-            "  WHERE d.task_id = tasks.id AND x.status IN ('failed', 'canceled')) RETURNING ",
+            "  WHERE d.task_id = tasks.id AND x.status = ANY($9)) RETURNING ",
             task_columns!()
         ))
         .bind(id)
@@ -670,6 +671,7 @@ impl Store {
         .bind(&note.actor)
         .bind(&note.reason)
         .bind(&note.data)
+        .bind(status_texts(Status::UNSUCCESSFUL))
         .fetch_optional(&self.pool)
         .await;
         match res {
@@ -677,9 +679,10 @@ impl Store {
             Ok(None) => {
                 let dead: Option<TaskId> = sqlx::query_scalar(
                     "SELECT d.depends_on FROM task_dependencies d JOIN tasks x ON x.id = d.depends_on \
-                     WHERE d.task_id = $1 AND x.status IN ('failed', 'canceled') LIMIT 1",
+                     WHERE d.task_id = $1 AND x.status = ANY($2) LIMIT 1",
                 )
                 .bind(id)
+                .bind(status_texts(Status::UNSUCCESSFUL))
                 .fetch_optional(&self.pool)
                 .await?;
                 let t = self.task(id).await?;
@@ -826,10 +829,13 @@ async fn add_dependency(
         .bind(dependency)
         .fetch_optional(&mut **tx)
         .await?;
-    match status.as_deref() {
-        None => return Err(Error::TaskNotFound(dependency)),
-        Some("failed" | "canceled") => return Err(Error::DependencyFailed { task, dependency }),
-        _ => {}
+    match status.map(|s| s.parse::<Status>()).transpose() {
+        Ok(None) => return Err(Error::TaskNotFound(dependency)),
+        Ok(Some(s)) if Status::UNSUCCESSFUL.contains(&s) => {
+            return Err(Error::DependencyFailed { task, dependency });
+        }
+        Ok(Some(_)) => {}
+        Err(e) => return Err(Error::Database(sqlx::Error::Decode(Box::new(e)))),
     }
     let res = sqlx::query(
         "INSERT INTO task_dependencies (task_id, depends_on) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -976,7 +982,7 @@ impl Store {
             "SELECT ",
             task_columns!(),
             " FROM tasks WHERE ($1::text IS NULL OR status = $1) AND ($2::bigint IS NULL OR repo_id = $2) ",
-            "AND (NOT $3 OR status NOT IN ('merged', 'failed', 'canceled')) AND ($5::bigint IS NULL OR id < $5) ",
+            "AND (NOT $3 OR status <> ALL($6)) AND ($5::bigint IS NULL OR id < $5) ",
             "ORDER BY id DESC LIMIT $4"
         ))
         .bind(f.status.map(|s| s.as_str()))
@@ -984,6 +990,7 @@ impl Store {
         .bind(f.live)
         .bind(f.limit.clamp(1, 1000))
         .bind(f.before)
+        .bind(status_texts(Status::TERMINAL))
         .fetch_all(&self.pool)
         .await?)
     }
