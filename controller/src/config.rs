@@ -45,7 +45,7 @@ pub struct Config {
     /// How often the issue poller backs up the webhooks.
     pub poll_interval: Duration,
     /// The model API for triage, review and reflection (`None`: reviews fail per repo setting).
-    pub model: Option<crate::model::ModelConfig>,
+    pub model: Option<crate::llm::ModelConfig>,
     /// Reviewer model alias.
     pub review_model: String,
     /// Triage model alias.

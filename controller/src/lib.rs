@@ -6,7 +6,7 @@
 //! - [`grpc`]: runners lease queued tasks over mTLS and report back (the runner service, [`pki`]);
 //!   [`reaper`] takes expired leases back;
 //! - [`pipeline`]: the controller stages — push and PR, review, CI, merge — and the feedback
-//!   loops (reflection, learnings, breaker, notifications); [`forge`] is GitHub and [`model`] the
+//!   loops (reflection, learnings, breaker, notifications); [`forge`] is GitHub and [`llm`] the
 //!   model API they call;
 //! - [`http`]: what people use — the REST API for the dashboard and the CLI, health and metrics.
 //!
@@ -26,8 +26,8 @@ pub mod forge;
 pub mod grpc;
 pub mod http;
 pub mod intake;
+pub mod llm;
 pub mod loops;
-pub mod model;
 pub mod pipeline;
 pub mod pki;
 pub mod reaper;

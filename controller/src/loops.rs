@@ -11,7 +11,7 @@
 //! | [`crate::reaper::run`] | its own schedule | takes expired leases back (one replica at a time) |
 //! | [`crate::pipeline::triage::run`] | `bp_new` | new tasks → queued, in debounced batches |
 //! | [`crate::pipeline::run`] | `bp_stage` | the controller stages: push, review, CI, merge |
-//! | [`crate::pipeline::loops::run`] | `bp_queue`, `bp_notify` | reflection, learnings, breaker, chat notifications |
+//! | [`crate::pipeline::feedback::run`] | `bp_queue`, `bp_notify` | reflection, learnings, breaker, chat notifications |
 //! | [`crate::intake::poller::run`] | its interval | labelled issues the webhooks missed |
 //! | [`crate::forge::milestones::run`] | `bp_forge` | labels and comments on the issue |
 //! | [`crate::http::events::run`] | task changes | deltas for the live views (SSE) |
@@ -28,7 +28,7 @@ use crate::fanout::Events;
 use crate::fanout::Fanout;
 use crate::forge::Forge;
 use crate::intake::IntakeConfig;
-use crate::model::ModelClient;
+use crate::llm::ModelClient;
 use crate::store::Store;
 
 /// What every loop may use.

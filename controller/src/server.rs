@@ -217,7 +217,7 @@ pub async fn start(
         }
     };
     let llm = match &config.model {
-        Some(m) => Some(crate::model::ModelClient::new(m.clone(), store.clone())?),
+        Some(m) => Some(crate::llm::ModelClient::new(m.clone(), store.clone())?),
         None => None,
     };
     store.set_reflection_enabled(llm.is_some()).await?;
@@ -322,7 +322,7 @@ pub const LOOPS: &[(&str, LoopFn)] = &[
         Box::pin(crate::pipeline::run(ctx, stop))
     }),
     ("feedback", |ctx, stop| {
-        Box::pin(crate::pipeline::loops::run(ctx, stop))
+        Box::pin(crate::pipeline::feedback::run(ctx, stop))
     }),
     ("poller", |ctx, stop| {
         Box::pin(crate::intake::poller::run(ctx, stop))

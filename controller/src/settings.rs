@@ -126,13 +126,13 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
         .filter(|k| !k.is_empty());
     let claude_cli = pick!("claude_cli", args.claude_cli, model_file.claude_cli);
     let model = match (api_key, oauth) {
-        (Some(api_key), _) => Some(controller::model::ModelConfig {
+        (Some(api_key), _) => Some(controller::llm::ModelConfig {
             base_url: model_api,
             api_key,
             timeout: Duration::from_secs(300),
             cli: None,
         }),
-        (None, Some(token)) => Some(controller::model::ModelConfig {
+        (None, Some(token)) => Some(controller::llm::ModelConfig {
             base_url: model_api,
             api_key: token,
             timeout: Duration::from_secs(300),

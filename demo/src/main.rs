@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::Parser;
 use controller::config::Config;
 use controller::forge::github::GitHubConfig;
-use controller::model::ModelConfig;
+use controller::llm::ModelConfig;
 use controller::store::repos::{NewRepo, RepoSettings};
 use sim::github::GitHubSim;
 use sim::model::{ModelSim, Script};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use controller::forge::github::GitHubConfig;
-use controller::model::ModelConfig;
+use controller::llm::ModelConfig;
 use controller::store::Task;
 use controller::store::repos::{NewRepo, Repo, RepoSettings};
 use runner::gateway::Credential;

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Forge, ForgeError, labels};
 use crate::loops::{LoopCtx, Next, every};
-use crate::store::model::TaskEvent;
+use crate::store::lifecycle::TaskEvent;
 use crate::store::wake::Channel;
 use crate::store::{Status, Store, Task};
 

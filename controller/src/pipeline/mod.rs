@@ -8,7 +8,7 @@
 //! stage with one of them at a time.
 
 pub mod dependencies;
-pub mod loops;
+pub mod feedback;
 pub mod review;
 mod stages;
 pub mod triage;

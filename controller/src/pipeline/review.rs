@@ -15,7 +15,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Call, ModelClient};
+use crate::llm::{Call, ModelClient};
 use crate::store::{RepoId, TaskId};
 
 /// What the reviewer looks at.

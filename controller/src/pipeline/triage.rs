@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dependencies::{DependencyGraph, Link};
 use crate::loops::{LoopCtx, Next, every};
-use crate::model::{Call, ModelClient};
+use crate::llm::{Call, ModelClient};
 use crate::store::tasks::Triage;
 use crate::store::wake::Channel;
 use crate::store::{HoldKind, Note, Status, Store, Task, TaskId};

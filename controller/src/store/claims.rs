@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::model::{self, RunnerId, Status, Task, TaskId, status_texts};
+use super::lifecycle::{self, RunnerId, Status, Task, TaskId, status_texts};
 use super::{Error, Result, Store};
 
 /// A runner asking for work.
@@ -366,7 +366,7 @@ impl Store {
                     task_id,
                     status: status
                         .parse()
-                        .map_err(|e: model::UnknownValue| Error::Invalid(e.to_string()))?,
+                        .map_err(|e: lifecycle::UnknownValue| Error::Invalid(e.to_string()))?,
                     runner_id,
                 })
             })

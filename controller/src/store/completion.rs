@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::claims::LeaseRef;
-use super::model::{
+use super::lifecycle::{
     self, FailureMode, RunnerId, Status, Task, TaskId, TerminalReason, status_texts, task_columns,
 };
 use super::tasks::{Failure, RetryPolicy, retry_in};
@@ -103,15 +103,15 @@ struct LockedLease {
 impl Store {
     /// The runner started (or restarted) the agent.
     pub async fn start_agent(&self, lease: &LeaseRef) -> Result<Task> {
-        self.runner_step(lease, model::START_AGENT).await
+        self.runner_step(lease, lifecycle::START_AGENT).await
     }
 
     /// The runner started the verify command.
     pub async fn start_verify(&self, lease: &LeaseRef) -> Result<Task> {
-        self.runner_step(lease, model::START_VERIFY).await
+        self.runner_step(lease, lifecycle::START_VERIFY).await
     }
 
-    async fn runner_step(&self, lease: &LeaseRef, step: model::Step) -> Result<Task> {
+    async fn runner_step(&self, lease: &LeaseRef, step: lifecycle::Step) -> Result<Task> {
         let row = sqlx::query_as::<_, Task>(concat!(
             "UPDATE tasks SET status = $4, ",
             "ev_seq = ev_seq + 1, ev_actor = 'runner:' || runner_id, ev_reason = $6, ev_data = NULL ",
@@ -178,7 +178,7 @@ impl Store {
         };
         let status: Status = status
             .parse()
-            .map_err(|e: model::UnknownValue| Error::Invalid(e.to_string()))?;
+            .map_err(|e: lifecycle::UnknownValue| Error::Invalid(e.to_string()))?;
 
         let previous: Option<Uuid> = sqlx::query_scalar(
             "SELECT lease_token FROM task_results WHERE task_id = $1 AND attempt = $2",

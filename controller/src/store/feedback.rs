@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::model::{RepoId, Status, TaskId, status_texts, task_columns};
+use super::lifecycle::{RepoId, Status, TaskId, status_texts, task_columns};
 use super::{Result, Store, Task};
 
 /// A notification waiting to be sent.

@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 
-use super::model::{RepoId, Status, TaskId, status_texts, task_columns};
-use super::{Note, Result, Store, Task, model};
+use super::lifecycle::{RepoId, Status, TaskId, status_texts, task_columns};
+use super::{Note, Result, Store, Task, lifecycle};
 
 impl Store {
     /// Whether a webhook delivery was handled already.
@@ -90,7 +90,7 @@ impl Store {
             }
             None => {
                 drop(tx);
-                Err(self.refused(id, model::REOPEN).await)
+                Err(self.refused(id, lifecycle::REOPEN).await)
             }
         }
     }

@@ -3,7 +3,7 @@
 //! fenced by the lease key.
 
 use super::claims::LeaseRef;
-use super::model::{Status, TaskId, status_texts};
+use super::lifecycle::{Status, TaskId, status_texts};
 use super::{Error, Result, Store};
 
 /// Largest log chunk accepted, in bytes. Larger chunks must be split by the runner.

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::model::{Status, status_texts};
+use super::lifecycle::{Status, status_texts};
 use super::{RepoId, Result, Store};
 
 /// One scrape's values.

@@ -1,7 +1,7 @@
 //! The cursor of GitHub milestones: which timeline entries of an issue's task are already
 //! reflected on GitHub (labels and comments), so each is applied once.
 
-use super::model::{TaskEvent, TaskId};
+use super::lifecycle::{TaskEvent, TaskId};
 use super::{Result, Store};
 
 impl Store {

@@ -2,7 +2,7 @@
 //!
 //! Rules this module keeps, and its tests check:
 //! - a transition is one guarded `UPDATE … WHERE id = $1 AND status = ANY($from)`; the guard comes
-//!   from the step table in [`model`]; zero rows means an illegal transition, reported with the
+//!   from the step table in [`lifecycle`]; zero rows means an illegal transition, reported with the
 //!   task's current status;
 //! - the timeline entry of a transition is written by a trigger in the same transaction (a status
 //!   change without one is refused by the database);
@@ -18,17 +18,17 @@
 //! [`milestones`] (what GitHub already shows), [`feedback`] (reflection, learnings, breaker,
 //! outbox), [`ops`] (audited operations and the audit log), [`users`] (people and credentials),
 //! [`repos`], [`runners`], [`settings`], [`usage`] and [`metrics`] (the ledger and numbers),
-//! [`pki`] (the runner CA), [`model`] (statuses and the step table) and [`wake`] (the
+//! [`pki`] (the runner CA), [`lifecycle`] (statuses and the step table) and [`wake`] (the
 //! notification channels).
 
 pub mod claims;
 pub mod completion;
 pub mod feedback;
 pub mod intake;
+pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
 pub mod milestones;
-pub mod model;
 pub mod ops;
 pub mod pki;
 pub mod repos;
@@ -46,7 +46,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
 
-pub use model::{FailureMode, HoldKind, RepoId, RunnerId, Status, Task, TaskId, TerminalReason};
+pub use lifecycle::{FailureMode, HoldKind, RepoId, RunnerId, Status, Task, TaskId, TerminalReason};
 
 /// A session-level advisory lock held on its own connection (see [`Store::try_singleton_lock`]).
 #[derive(Debug)]
@@ -229,7 +229,7 @@ impl Store {
     }
 
     /// Builds the error for a guarded update that matched no row.
-    pub(crate) async fn refused(&self, task: TaskId, step: model::Step) -> Error {
+    pub(crate) async fn refused(&self, task: TaskId, step: lifecycle::Step) -> Error {
         let row: Option<(String, Option<String>)> =
             match sqlx::query_as("SELECT status, hold_kind FROM tasks WHERE id = $1")
                 .bind(task)

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::model::{status_texts, task_columns};
+use super::lifecycle::{status_texts, task_columns};
 use super::tasks::{Advance, CancelOutcome, Edits};
 use super::{Error, HoldKind, Note, Result, Status, Store, Task, TaskId};
 
@@ -134,7 +134,7 @@ impl Store {
                 "unknown model `{model}`; use sonnet, opus, haiku or a full claude-* name"
             )));
         }
-        const ESCALATE: super::model::Step = super::model::Step {
+        const ESCALATE: super::lifecycle::Step = super::lifecycle::Step {
             name: "escalate",
             from: &[
                 Status::New,

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::model::RepoId;
+use super::lifecycle::RepoId;
 use super::{Error, Result, Store, is_unique_violation};
 
 /// A registered repository.

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sha2::Digest;
 
 use super::claims::Reaped;
-use super::model::{RunnerId, Status, status_texts};
+use super::lifecycle::{RunnerId, Status, status_texts};
 use super::{Error, Result, Store};
 
 /// One registered runner.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::model::{Status, TaskId, status_texts, task_columns};
+use super::lifecycle::{Status, TaskId, status_texts, task_columns};
 use super::{Result, Store, Task};
 
 /// Statuses in which the controller (not a runner) works on a task.

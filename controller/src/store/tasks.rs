@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use sqlx::{Postgres, Transaction};
 
-use super::model::{
+use super::lifecycle::{
     self, FailureMode, HoldKind, RepoId, Status, Step, Task, TaskEvent, TaskId, TerminalReason,
     status_texts, task_columns,
 };
@@ -144,15 +144,15 @@ impl Advance {
     /// The step this is.
     pub fn step(&self) -> Step {
         match self {
-            Advance::PrOpened { .. } => model::PR_OPENED,
-            Advance::StartReview => model::START_REVIEW,
-            Advance::ReviewApproved => model::REVIEW_APPROVED,
-            Advance::ReviewDeferred => model::REVIEW_DEFERRED,
-            Advance::ReviewAgain => model::REVIEW_AGAIN,
-            Advance::AwaitApproval => model::AWAIT_APPROVAL,
-            Advance::StartMerge => model::START_MERGE,
-            Advance::MergeDeferred => model::MERGE_DEFERRED,
-            Advance::Merged => model::MERGED,
+            Advance::PrOpened { .. } => lifecycle::PR_OPENED,
+            Advance::StartReview => lifecycle::START_REVIEW,
+            Advance::ReviewApproved => lifecycle::REVIEW_APPROVED,
+            Advance::ReviewDeferred => lifecycle::REVIEW_DEFERRED,
+            Advance::ReviewAgain => lifecycle::REVIEW_AGAIN,
+            Advance::AwaitApproval => lifecycle::AWAIT_APPROVAL,
+            Advance::StartMerge => lifecycle::START_MERGE,
+            Advance::MergeDeferred => lifecycle::MERGE_DEFERRED,
+            Advance::Merged => lifecycle::MERGED,
         }
     }
 }
@@ -422,7 +422,7 @@ impl Store {
                 task_columns!()
             ))
             .bind(id)
-            .bind(status_texts(model::TRIAGE.from))
+            .bind(status_texts(lifecycle::TRIAGE.from))
             .bind(&decision.model)
             .bind(decision.priority)
             .bind(decision.hold.map(|h| h.as_str()))
@@ -435,7 +435,7 @@ impl Store {
                 Some(t) => out.push(t),
                 None => {
                     drop(tx);
-                    return Err(self.refused(*id, model::TRIAGE).await);
+                    return Err(self.refused(*id, lifecycle::TRIAGE).await);
                 }
             }
         }
@@ -496,7 +496,7 @@ impl Store {
         let row = retry_in(&mut conn, id, failure, policy, note).await?;
         match row {
             Some(t) => Ok(t),
-            None => Err(self.refused(id, model::retry_step(failure.mode)).await),
+            None => Err(self.refused(id, lifecycle::retry_step(failure.mode)).await),
         }
     }
 
@@ -524,7 +524,7 @@ impl Store {
             task_columns!()
         ))
         .bind(id)
-        .bind(status_texts(model::FAIL.from))
+        .bind(status_texts(lifecycle::FAIL.from))
         .bind(reason.as_str())
         .bind(error)
         .bind(&note.actor)
@@ -534,7 +534,7 @@ impl Store {
         .await?;
         match row {
             Some(t) => Ok(t),
-            None => Err(self.refused(id, model::FAIL).await),
+            None => Err(self.refused(id, lifecycle::FAIL).await),
         }
     }
 
@@ -556,7 +556,7 @@ impl Store {
             task_columns!()
         ))
         .bind(id)
-        .bind(status_texts(model::CANCEL.from))
+        .bind(status_texts(lifecycle::CANCEL.from))
         .bind(status_texts(Status::ACTIVE))
         .bind(&note.actor)
         .bind(&note.reason)
@@ -566,7 +566,7 @@ impl Store {
         match row {
             Some(t) if t.status == Status::Canceled => Ok((CancelOutcome::Canceled, t)),
             Some(t) => Ok((CancelOutcome::Requested, t)),
-            None => Err(self.refused(id, model::CANCEL).await),
+            None => Err(self.refused(id, lifecycle::CANCEL).await),
         }
     }
 
@@ -664,7 +664,7 @@ impl Store {
             task_columns!()
         ))
         .bind(id)
-        .bind(status_texts(model::REQUEUE.from))
+        .bind(status_texts(lifecycle::REQUEUE.from))
         .bind(&edits.model)
         .bind(edits.priority)
         .bind(&edits.prompt)
@@ -691,7 +691,7 @@ impl Store {
                         task: id,
                         dependency,
                     }),
-                    _ => Err(self.refused(id, model::REQUEUE).await),
+                    _ => Err(self.refused(id, lifecycle::REQUEUE).await),
                 }
             }
             Err(e) if is_unique_violation(&e, "tasks_live_issue") => {
@@ -771,7 +771,7 @@ impl Store {
         let mut conn = self.pool.acquire().await?;
         match reopen_in(&mut conn, id, context, note).await? {
             Some(t) => Ok(t),
-            None => Err(self.refused(id, model::REOPEN).await),
+            None => Err(self.refused(id, lifecycle::REOPEN).await),
         }
     }
 }
@@ -791,7 +791,7 @@ pub(crate) async fn reopen_in(
         task_columns!()
     ))
     .bind(id)
-    .bind(status_texts(model::REOPEN.from))
+    .bind(status_texts(lifecycle::REOPEN.from))
     .bind(context)
     .bind(&note.actor)
     .bind(&note.reason)
@@ -931,7 +931,7 @@ pub(crate) async fn retry_in(
     let reason = failure.reason.unwrap_or(failure.mode.exhausted_reason());
     Ok(sqlx::query_as::<_, Task>(sql)
         .bind(id)
-        .bind(status_texts(model::retry_step(failure.mode).from))
+        .bind(status_texts(lifecycle::retry_step(failure.mode).from))
         .bind(policy.budget(failure.mode))
         .bind(reason.as_str())
         .bind(&failure.error)

@@ -1,5 +1,5 @@
 //! The usage ledger: one row per model call the controller makes (and, written with each runner
-//! completion in `leases.rs`, one per attempt for the agent's metered calls), attributed to its
+//! completion in `completion.rs`, one per attempt for the agent's metered calls), attributed to its
 //! task and repository. Sums are read by the stats and metrics queries.
 
 use super::{RepoId, Result, Store, TaskId};

@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use controller::model::{ModelClient, ModelConfig};
-use controller::pipeline::loops::Loops;
+use controller::llm::{ModelClient, ModelConfig};
+use controller::pipeline::feedback::Loops;
 use controller::pipeline::triage;
 use controller::store::completion::{Completion, Outcome};
 use controller::store::repos::RepoSettings;

@@ -17,7 +17,7 @@ mod transitions;
 use std::time::Duration;
 
 use controller::store::claims::{ClaimRequest, LeaseRef};
-use controller::store::model::status_texts;
+use controller::store::lifecycle::status_texts;
 use controller::store::repos::{NewRepo, Repo};
 use controller::store::tasks::{NewTask, Triage};
 use controller::store::{MIGRATOR, Note, RunnerId, Status, Store, Task};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use controller::forge::labels;
-use controller::model::{ModelClient, ModelConfig};
+use controller::llm::{ModelClient, ModelConfig};
 use controller::pipeline::Verdict;
 use controller::pipeline::review::ModelReviewer;
 use controller::store::completion::{Completion, Outcome};

@@ -3,7 +3,7 @@
 
 use controller::store::claims::LeaseRef;
 use controller::store::completion::{Completion, Outcome};
-use controller::store::model::{self, Step};
+use controller::store::lifecycle::{self, Step};
 use controller::store::tasks::{Advance, Edits, Failure, RetryPolicy, Triage};
 use controller::store::{Error, FailureMode, HoldKind, Status, Store, Task, TerminalReason};
 use serde_json::json;
@@ -28,16 +28,16 @@ enum Op {
 impl Op {
     fn step(self) -> Step {
         match self {
-            Op::Triage => model::TRIAGE,
-            Op::StartAgent => model::START_AGENT,
-            Op::StartVerify => model::START_VERIFY,
-            Op::Complete => model::COMPLETE,
+            Op::Triage => lifecycle::TRIAGE,
+            Op::StartAgent => lifecycle::START_AGENT,
+            Op::StartVerify => lifecycle::START_VERIFY,
+            Op::Complete => lifecycle::COMPLETE,
             Op::Advance(a) => a().step(),
-            Op::Retry(m) => model::retry_step(m),
-            Op::Reopen => model::REOPEN,
-            Op::Requeue => model::REQUEUE,
-            Op::Cancel => model::CANCEL,
-            Op::Fail => model::FAIL,
+            Op::Retry(m) => lifecycle::retry_step(m),
+            Op::Reopen => lifecycle::REOPEN,
+            Op::Requeue => lifecycle::REQUEUE,
+            Op::Cancel => lifecycle::CANCEL,
+            Op::Fail => lifecycle::FAIL,
         }
     }
 
@@ -143,7 +143,7 @@ async fn every_step_from_every_status() {
                         "{op:?} from {status}: landed in {}, expected {expected:?}",
                         after.status
                     );
-                    assert!(model::is_legal(status, after.status) || after.status == status);
+                    assert!(lifecycle::is_legal(status, after.status) || after.status == status);
                     let events = store.timeline(task.id).await.unwrap();
                     assert_eq!(
                         events.len(),
@@ -233,20 +233,20 @@ async fn a_status_change_without_a_timeline_entry_is_refused_by_the_database() {
 
 #[tokio::test]
 async fn the_step_table_and_is_legal_agree() {
-    for step in model::STEPS {
+    for step in lifecycle::STEPS {
         for from in step.from {
             assert!(
-                model::is_legal(*from, step.to),
+                lifecycle::is_legal(*from, step.to),
                 "{} {from}->{}",
                 step.name,
                 step.to
             );
         }
     }
-    assert!(!model::is_legal(Status::Merged, Status::Queued));
-    assert!(!model::is_legal(Status::Canceled, Status::Running));
+    assert!(!lifecycle::is_legal(Status::Merged, Status::Queued));
+    assert!(!lifecycle::is_legal(Status::Canceled, Status::Running));
     assert!(
-        model::is_legal(Status::Running, Status::Queued),
+        lifecycle::is_legal(Status::Running, Status::Queued),
         "lease expiry re-queues"
     );
 }

@@ -141,7 +141,7 @@ async fn every_prompt_fences_cleans_and_caps_hostile_text() {
 
     // Reflection: the failure and the log are hostile too.
     let p =
-        controller::pipeline::loops::reflection_prompt(&task, &hostile("FAIL"), &hostile("LOG"));
+        controller::pipeline::feedback::reflection_prompt(&task, &hostile("FAIL"), &hostile("LOG"));
     check("reflection", &p, "BODY");
 
     // The agent's prompt: issue, learnings, retry context, verify output, navigation map.

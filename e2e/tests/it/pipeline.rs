@@ -270,8 +270,8 @@ async fn subscription_users_get_the_controllers_calls_through_claude_p() {
         "review this pull request",
         &["Looks right.\nVERDICT: APPROVE"],
     ));
-    let client = controller::model::ModelClient::new(
-        controller::model::ModelConfig {
+    let client = controller::llm::ModelClient::new(
+        controller::llm::ModelConfig {
             base_url: url,
             api_key: "sk-ant-oat01-test".into(),
             timeout: Duration::from_secs(60),

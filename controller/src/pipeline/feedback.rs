@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::loops::{LoopCtx, Next, every};
-use crate::model::{Call, ModelClient};
+use crate::llm::{Call, ModelClient};
 use crate::store::wake::Channel;
 use crate::store::{Status, Store, Task};
 
