@@ -193,16 +193,29 @@ impl Client {
         format!("{}{path}", self.config.url.trim_end_matches('/'))
     }
 
+    /// Sends a request with the token and an optional JSON body; an unreachable controller is
+    /// named.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<reqwest::Response, CliError> {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(&self.config.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send()
+            .await
+            .map_err(|e| unreachable(&self.config.url, e))
+    }
+
     /// GET.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(&self.config.token)
-            .send()
-            .await
-            .map_err(|e| unreachable(&self.config.url, e))?;
-        answer(resp).await
+        answer(self.send(reqwest::Method::GET, path, None).await?).await
     }
 
     /// POST with an optional JSON body.
@@ -211,31 +224,12 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<T, CliError> {
-        let mut req = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(&self.config.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| unreachable(&self.config.url, e))?;
-        answer(resp).await
+        answer(self.send(reqwest::Method::POST, path, body).await?).await
     }
 
     /// PATCH.
     pub async fn patch<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T, CliError> {
-        let resp = self
-            .http
-            .patch(self.url(path))
-            .bearer_auth(&self.config.token)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| unreachable(&self.config.url, e))?;
-        answer(resp).await
+        answer(self.send(reqwest::Method::PATCH, path, Some(body)).await?).await
     }
 
     async fn sse(
@@ -243,13 +237,7 @@ impl Client {
         path: &str,
         mut on: impl FnMut(&str, &str) -> bool,
     ) -> Result<(), CliError> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(&self.config.token)
-            .send()
-            .await
-            .map_err(|e| unreachable(&self.config.url, e))?;
+        let resp = self.send(reqwest::Method::GET, path, None).await?;
         if !resp.status().is_success() {
             return answer::<Value>(resp).await.map(drop);
         }

@@ -87,36 +87,26 @@ impl TestCluster {
     /// A new, empty-but-migrated database for one test.
     pub async fn fresh_database(&self, migrator: &Migrator) -> Result<TestDatabase, Error> {
         let template = self.template(migrator).await?;
-        let name = format!(
-            "bp_t_{}_{}",
-            std::process::id(),
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut conn = sqlx::PgConnection::connect(&self.admin_url).await?;
-        let sql = format!(
-            "CREATE DATABASE {} TEMPLATE {}",
-            quote_ident(&name),
-            quote_ident(&template)
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await?;
-        conn.close().await?;
-        Ok(TestDatabase {
-            url: with_database(&self.admin_url, &name),
-            name,
-        })
+        self.create("bp_t", Some(&template)).await
     }
 
     /// An empty database with no schema (for testing migrations themselves).
     pub async fn empty_database(&self) -> Result<TestDatabase, Error> {
+        self.create("bp_e", None).await
+    }
+
+    /// Creates a database named `<prefix>_<pid>_<n>`, from `template` if given.
+    async fn create(&self, prefix: &str, template: Option<&str>) -> Result<TestDatabase, Error> {
         let name = format!(
-            "bp_e_{}_{}",
+            "{prefix}_{}_{}",
             std::process::id(),
             self.counter.fetch_add(1, Ordering::Relaxed)
         );
+        let mut sql = format!("CREATE DATABASE {}", quote_ident(&name));
+        if let Some(t) = template {
+            sql.push_str(&format!(" TEMPLATE {}", quote_ident(t)));
+        }
         let mut conn = sqlx::PgConnection::connect(&self.admin_url).await?;
-        let sql = format!("CREATE DATABASE {}", quote_ident(&name));
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut conn)
             .await?;

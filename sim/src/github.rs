@@ -887,14 +887,6 @@ fn ok_json(status: StatusCode, v: Value) -> Response {
     )
 }
 
-macro_rules! auth {
-    ($sim:expr, $headers:expr) => {
-        if !$sim.authorized(&$headers) {
-            return with_rate(gh_error(StatusCode::UNAUTHORIZED, "Bad credentials"));
-        }
-    };
-}
-
 macro_rules! repo_or_404 {
     ($st:expr, $full:expr) => {
         match $st.repos.get_mut(&$full) {
@@ -907,9 +899,7 @@ macro_rules! repo_or_404 {
 async fn get_repo(
     State(sim): State<GitHubSim>,
     UrlPath((o, r)): UrlPath<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let default_branch = {
         let mut st = sim.state.lock().expect("sim lock");
@@ -933,7 +923,6 @@ async fn list_issues(
     Query(q): Query<IssueQuery>,
     headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let (items, version) = {
         let mut st = sim.state.lock().expect("sim lock");
@@ -978,9 +967,7 @@ async fn list_issues(
 async fn get_issue(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     match sim.item(&full, n) {
         Some(i) => ok_json(StatusCode::OK, sim.item_json(&full, &i)),
@@ -991,10 +978,8 @@ async fn get_issue(
 async fn update_issue(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return with_rate(gh_error(StatusCode::BAD_REQUEST, "Problems parsing JSON"));
@@ -1023,9 +1008,7 @@ async fn list_issue_events(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
     Query(page): Query<Page>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let mut st = sim.state.lock().expect("sim lock");
     let repo = repo_or_404!(st, full);
@@ -1064,10 +1047,8 @@ struct Page {
 async fn add_labels(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let labels: Vec<String> = v
@@ -1104,9 +1085,7 @@ async fn add_labels(
 async fn remove_label(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n, label)): UrlPath<(String, String, u64, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let mut st = sim.state.lock().expect("sim lock");
     let repo = repo_or_404!(st, full);
@@ -1129,9 +1108,7 @@ async fn remove_label(
 async fn list_comments(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let Some(item) = sim.item(&full, n) else {
         return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
@@ -1147,10 +1124,8 @@ async fn list_comments(
 async fn add_comment(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let text = serde_json::from_slice::<Value>(&body)
         .ok()
@@ -1186,9 +1161,7 @@ async fn list_pulls(
     State(sim): State<GitHubSim>,
     UrlPath((o, r)): UrlPath<(String, String)>,
     Query(q): Query<PullQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let items: Vec<Item> = {
         let mut st = sim.state.lock().expect("sim lock");
@@ -1219,10 +1192,8 @@ async fn list_pulls(
 async fn create_pull(
     State(sim): State<GitHubSim>,
     UrlPath((o, r)): UrlPath<(String, String)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return with_rate(gh_error(StatusCode::BAD_REQUEST, "Problems parsing JSON"));
@@ -1297,9 +1268,7 @@ async fn create_pull(
 async fn get_pull(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     match sim.item(&full, n).filter(|i| i.pull.is_some()) {
         Some(i) => ok_json(StatusCode::OK, sim.pull_json(&full, &i)),
@@ -1310,10 +1279,8 @@ async fn get_pull(
 async fn update_pull(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let item = {
@@ -1340,10 +1307,8 @@ async fn update_pull(
 async fn merge_pull(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let v: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
     let method = v
@@ -1427,9 +1392,7 @@ async fn merge_pull(
 async fn combined_status(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, sha)): UrlPath<(String, String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let sha = resolve(&sim, &full, &sha);
     let statuses = {
@@ -1467,9 +1430,7 @@ async fn combined_status(
 async fn check_runs(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, sha)): UrlPath<(String, String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let sha = resolve(&sim, &full, &sha);
     let runs = {
@@ -1517,9 +1478,7 @@ fn job_id(sha: &str, i: usize) -> u64 {
 async fn job_logs(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, job)): UrlPath<(String, String, u64)>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
     let st = sim.state.lock().expect("sim lock");
     let Some(repo) = st.repos.get(&full) else {
@@ -1546,17 +1505,9 @@ async fn job_logs(
 async fn list_reviews(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
-    let reviews = {
-        let st = sim.state.lock().expect("sim lock");
-        st.repos
-            .get(&full)
-            .and_then(|r| r.reviews.get(&n).cloned())
-            .unwrap_or_default()
-    };
+    let reviews = sim.reviews(&full, n);
     let list: Vec<Value> = reviews
         .iter()
         .map(|r| shapes::review(&sim.url(), &full, n, r.id, &r.user, &r.state, &r.body))
@@ -1567,22 +1518,25 @@ async fn list_reviews(
 async fn list_review_comments(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let full = format!("{o}/{r}");
-    let reviews = {
-        let st = sim.state.lock().expect("sim lock");
-        st.repos
-            .get(&full)
-            .and_then(|r| r.reviews.get(&n).cloned())
-            .unwrap_or_default()
-    };
+    let reviews = sim.reviews(&full, n);
     let list: Vec<Value> = reviews
         .iter()
         .flat_map(|r| review_comments(&sim.url(), &full, n, r))
         .collect();
     ok_json(StatusCode::OK, Value::Array(list))
+}
+
+impl GitHubSim {
+    /// The reviews of pull request `n` of `full`, oldest first.
+    fn reviews(&self, full: &str, n: u64) -> Vec<Review> {
+        let st = self.state.lock().expect("sim lock");
+        st.repos
+            .get(full)
+            .and_then(|r| r.reviews.get(&n).cloned())
+            .unwrap_or_default()
+    }
 }
 
 /// A review's line comments, as GitHub lists them (each on `src/lib.rs`, one line apart).
@@ -1619,9 +1573,7 @@ fn review_of(sim: &GitHubSim, full: &str, n: u64, id: u64) -> Option<Review> {
 async fn get_review(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n, id)): UrlPath<(String, String, u64, u64)>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     match review_of(&sim, &format!("{o}/{r}"), n, id) {
         Some(review) => ok_json(
             StatusCode::OK,
@@ -1642,9 +1594,7 @@ async fn get_review(
 async fn list_one_review_comments(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n, id)): UrlPath<(String, String, u64, u64)>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let Some(review) = review_of(&sim, &format!("{o}/{r}"), n, id) else {
         return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
     };
@@ -1807,6 +1757,10 @@ async fn rate_limits(
             }
             None => {}
         }
+        // Every REST call needs the token; git over HTTP checks its own basic auth.
+        if !sim.authorized(req.headers()) {
+            return with_rate(gh_error(StatusCode::UNAUTHORIZED, "Bad credentials"));
+        }
     }
     next.run(req).await
 }
@@ -1827,9 +1781,7 @@ fn resolve(sim: &GitHubSim, full: &str, r: &str) -> String {
 async fn delete_branch(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, branch)): UrlPath<(String, String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    auth!(sim, headers);
     let dir = sim.git_dir(&format!("{o}/{r}"));
     match git(&dir, &["update-ref", "-d", &format!("refs/heads/{branch}")]) {
         Ok(_) => with_rate(StatusCode::NO_CONTENT.into_response()),

@@ -71,39 +71,10 @@ impl Pusher {
         refuse_foreign_branch(req.branch, req.default_branch)?;
         let dir = self.cache(req.repo).await?;
         let auth = basic_auth(req.token);
-        // The bundle needs its base: the default branch and, when continuing, the task branch.
-        git(
-            &dir,
-            &[
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                req.clone_url,
-                &format!(
-                    "+refs/heads/{}:refs/remotes/origin/{}",
-                    req.default_branch, req.default_branch
-                ),
-            ],
-            Some(&auth),
-            "fetch",
-        )
-        .await?;
-        let _ = git(
-            &dir,
-            &[
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                req.clone_url,
-                &format!(
-                    "+refs/heads/{}:refs/remotes/origin/{}",
-                    req.branch, req.branch
-                ),
-            ],
-            Some(&auth),
-            "fetch",
-        )
-        .await;
+        // The bundle needs its base: the default branch and, when continuing, the task branch
+        // (absent on a first push).
+        fetch_branches(&dir, req.clone_url, &[req.default_branch], &auth).await?;
+        let _ = fetch_branches(&dir, req.clone_url, &[req.branch], &auth).await;
         let bundle_path = dir.join(format!("incoming-{}.bundle", uuid::Uuid::new_v4()));
         tokio::fs::write(&bundle_path, req.bundle)
             .await
@@ -397,19 +368,22 @@ async fn fetch_base_and_branch(
     branch: &str,
     token: &str,
 ) -> Result<()> {
-    git(
+    fetch_branches(
         dir,
-        &[
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            clone_url,
-            &format!("+refs/heads/{default_branch}:refs/remotes/origin/{default_branch}"),
-            &format!("+refs/heads/{branch}:refs/remotes/origin/{branch}"),
-        ],
-        Some(&basic_auth(token)),
-        "fetch",
+        clone_url,
+        &[default_branch, branch],
+        &basic_auth(token),
     )
     .await
-    .map(drop)
+}
+
+/// Fetches `branches` from `clone_url` as `refs/remotes/origin/*` of the cache repository.
+async fn fetch_branches(dir: &Path, clone_url: &str, branches: &[&str], auth: &str) -> Result<()> {
+    let refspecs: Vec<String> = branches
+        .iter()
+        .map(|b| format!("+refs/heads/{b}:refs/remotes/origin/{b}"))
+        .collect();
+    let mut args = vec!["fetch", "--quiet", "--no-tags", clone_url];
+    args.extend(refspecs.iter().map(String::as_str));
+    git(dir, &args, Some(auth), "fetch").await.map(drop)
 }

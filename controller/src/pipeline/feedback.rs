@@ -8,8 +8,8 @@
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::loops::{LoopCtx, Next, every};
 use crate::llm::{Call, ModelClient};
+use crate::loops::{LoopCtx, Next, every};
 use crate::store::wake::Channel;
 use crate::store::{Status, Store, Task};
 

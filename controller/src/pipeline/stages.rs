@@ -11,6 +11,7 @@ use super::{Pipeline, ReviewInput};
 use crate::forge::git::PushRequest;
 use crate::forge::{
     CheckState, CiVerdict, FailedLog, ForgeError, MergeMethod, MergeOutcome, NewPullRequest,
+    PullRequest,
 };
 use crate::store::repos::Repo;
 use crate::store::tasks::{Advance, Failure};
@@ -481,23 +482,37 @@ async fn approval_mode(p: &Pipeline, repo: &Repo) -> Result<String, StageError> 
     })
 }
 
-async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
+/// The task's pull request as GitHub has it now. A task without one fails (`doing` says what
+/// needed it) and `None` comes back.
+async fn task_pull(
+    p: &Pipeline,
+    task: &Task,
+    repo: &Repo,
+    doing: &str,
+) -> Result<Option<PullRequest>, StageError> {
     let Some(number) = task.pr_number else {
         p.store
             .fail(
                 task.id,
                 TerminalReason::InternalError,
-                "waiting for CI without a PR",
+                &format!("{doing} without a PR"),
                 &Note::new(ACTOR, "internal_error"),
             )
             .await?;
-        return Ok(());
+        return Ok(None);
     };
-    let pr = p
-        .forge
+    p.forge
         .pull(&repo.name, number)
         .await
-        .map_err(|e| forge_err(task, e))?;
+        .map(Some)
+        .map_err(|e| forge_err(task, e))
+}
+
+async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
+    let Some(pr) = task_pull(p, task, repo, "waiting for CI").await? else {
+        return Ok(());
+    };
+    let number = pr.number;
     if pr.state != "open" && !pr.merged {
         p.store
             .fail(
@@ -598,22 +613,10 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
 }
 
 async fn merge(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
-    let Some(number) = task.pr_number else {
-        p.store
-            .fail(
-                task.id,
-                TerminalReason::InternalError,
-                "merging without a PR",
-                &Note::new(ACTOR, "internal_error"),
-            )
-            .await?;
+    let Some(pr) = task_pull(p, task, repo, "merging").await? else {
         return Ok(());
     };
-    let pr = p
-        .forge
-        .pull(&repo.name, number)
-        .await
-        .map_err(|e| forge_err(task, e))?;
+    let number = pr.number;
     let branch = task.branch.clone().unwrap_or_default();
     if pr.merged {
         p.store

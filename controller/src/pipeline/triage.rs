@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::dependencies::{DependencyGraph, Link};
-use crate::loops::{LoopCtx, Next, every};
 use crate::llm::{Call, ModelClient};
+use crate::loops::{LoopCtx, Next, every};
 use crate::store::tasks::Triage;
 use crate::store::wake::Channel;
 use crate::store::{HoldKind, Note, Status, Store, Task, TaskId};

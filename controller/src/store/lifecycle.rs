@@ -234,102 +234,61 @@ pub struct Step {
 
 use Status::*;
 
-/// Triage done: the task joins the queue.
-pub const TRIAGE: Step = Step {
-    name: "triage",
-    from: &[New],
-    to: Queued,
-};
-/// A runner claims it.
-pub const CLAIM: Step = Step {
-    name: "claim",
-    from: &[Queued],
-    to: Leased,
-};
-/// The runner started the agent (or re-runs it after a failed verify).
-pub const START_AGENT: Step = Step {
-    name: "start_agent",
-    from: &[Leased, Verifying],
-    to: Running,
-};
-/// The runner started the verify command.
-pub const START_VERIFY: Step = Step {
-    name: "start_verify",
-    from: &[Running],
-    to: Verifying,
-};
-/// The runner delivered a successful result.
-pub const COMPLETE: Step = Step {
-    name: "complete",
-    from: &[Leased, Running, Verifying],
-    to: Pushing,
-};
-/// The branch is pushed and the pull request exists.
-pub const PR_OPENED: Step = Step {
-    name: "pr_opened",
-    from: &[Pushing],
-    to: PrOpen,
-};
-/// The reviewer started.
-pub const START_REVIEW: Step = Step {
-    name: "start_review",
-    from: &[PrOpen],
-    to: Reviewing,
-};
-/// The reviewer approved (or failed open).
-pub const REVIEW_APPROVED: Step = Step {
-    name: "review_approved",
-    from: &[Reviewing],
-    to: CiWait,
-};
-/// The review could not run and will be tried again.
-pub const REVIEW_DEFERRED: Step = Step {
-    name: "review_deferred",
-    from: &[Reviewing],
-    to: PrOpen,
-};
-/// The PR's head is not the commit the reviewer saw: the change is reviewed again.
-pub const REVIEW_AGAIN: Step = Step {
-    name: "review_again",
-    from: &[CiWait, ApprovalHold, Merging],
-    to: PrOpen,
-};
-/// Checks are green and a human must approve.
-pub const AWAIT_APPROVAL: Step = Step {
-    name: "await_approval",
-    from: &[CiWait],
-    to: ApprovalHold,
-};
-/// The merge starts (automatically from `ci_wait`, or approved from `approval_hold`).
-pub const START_MERGE: Step = Step {
-    name: "start_merge",
-    from: &[CiWait, ApprovalHold],
-    to: Merging,
-};
-/// The merge did not happen for a transient reason; checks are looked at again.
-pub const MERGE_DEFERRED: Step = Step {
-    name: "merge_deferred",
-    from: &[Merging],
-    to: CiWait,
-};
-/// The forge merged it.
-pub const MERGED: Step = Step {
-    name: "merged",
-    from: &[Merging],
-    to: Merged,
-};
-/// Comments on the PR ask for another round on the same branch.
-pub const REOPEN: Step = Step {
-    name: "reopen",
-    from: &[PrOpen, Reviewing, CiWait, ApprovalHold],
-    to: Queued,
-};
-/// An explicit requeue of an ended task.
-pub const REQUEUE: Step = Step {
-    name: "requeue",
-    from: &[Failed, Canceled],
-    to: Queued,
-};
+/// Declares each step as a constant and lists them all in [`STEPS`] (for exhaustive tests and
+/// documentation), so a step is written once.
+macro_rules! steps {
+    ($($(#[$doc:meta])* $name:ident = $text:literal: [$($from:ident),*] => $to:ident;)*) => {
+        $($(#[$doc])* pub const $name: Step = Step { name: $text, from: &[$($from),*], to: $to };)*
+        /// Every controller-driven step.
+        pub const STEPS: &[Step] = &[$($name),*];
+    };
+}
+
+steps! {
+    /// Triage done: the task joins the queue.
+    TRIAGE = "triage": [New] => Queued;
+    /// A runner claims it.
+    CLAIM = "claim": [Queued] => Leased;
+    /// The runner started the agent (or re-runs it after a failed verify).
+    START_AGENT = "start_agent": [Leased, Verifying] => Running;
+    /// The runner started the verify command.
+    START_VERIFY = "start_verify": [Running] => Verifying;
+    /// The runner delivered a successful result.
+    COMPLETE = "complete": [Leased, Running, Verifying] => Pushing;
+    /// The branch is pushed and the pull request exists.
+    PR_OPENED = "pr_opened": [Pushing] => PrOpen;
+    /// The reviewer started.
+    START_REVIEW = "start_review": [PrOpen] => Reviewing;
+    /// The reviewer approved (or failed open).
+    REVIEW_APPROVED = "review_approved": [Reviewing] => CiWait;
+    /// The review could not run and will be tried again.
+    REVIEW_DEFERRED = "review_deferred": [Reviewing] => PrOpen;
+    /// The PR's head is not the commit the reviewer saw: the change is reviewed again.
+    REVIEW_AGAIN = "review_again": [CiWait, ApprovalHold, Merging] => PrOpen;
+    /// Checks are green and a human must approve.
+    AWAIT_APPROVAL = "await_approval": [CiWait] => ApprovalHold;
+    /// The merge starts (automatically from `ci_wait`, or approved from `approval_hold`).
+    START_MERGE = "start_merge": [CiWait, ApprovalHold] => Merging;
+    /// The merge did not happen for a transient reason; checks are looked at again.
+    MERGE_DEFERRED = "merge_deferred": [Merging] => CiWait;
+    /// The forge merged it.
+    MERGED = "merged": [Merging] => Merged;
+    /// Comments on the PR ask for another round on the same branch.
+    REOPEN = "reopen": [PrOpen, Reviewing, CiWait, ApprovalHold] => Queued;
+    /// An explicit requeue of an ended task.
+    REQUEUE = "requeue": [Failed, Canceled] => Queued;
+    /// Cancel: immediate for tasks not on a runner, requested (and finished by the runner or the
+    /// reaper) for active ones. Too late once the merge started.
+    CANCEL = "cancel": [
+        New, Queued, Leased, Running, Verifying, Pushing, PrOpen, Reviewing, CiWait, ApprovalHold
+    ] => Canceled;
+    /// Fail with a reason, from any live status.
+    FAIL = "fail": [
+        New, Queued, Leased, Running, Verifying, Pushing, PrOpen, Reviewing, CiWait, ApprovalHold,
+        Merging
+    ] => Failed;
+}
+
 /// A failure that spends a retry of `mode` (to `queued`, or `failed` when spent).
 pub const fn retry_step(mode: FailureMode) -> Step {
     match mode {
@@ -355,64 +314,6 @@ pub const fn retry_step(mode: FailureMode) -> Step {
         },
     }
 }
-/// Cancel: immediate for tasks not on a runner, requested (and finished by the runner or the
-/// reaper) for active ones. Too late once the merge started.
-pub const CANCEL: Step = Step {
-    name: "cancel",
-    from: &[
-        New,
-        Queued,
-        Leased,
-        Running,
-        Verifying,
-        Pushing,
-        PrOpen,
-        Reviewing,
-        CiWait,
-        ApprovalHold,
-    ],
-    to: Canceled,
-};
-/// Fail with a reason, from any live status.
-pub const FAIL: Step = Step {
-    name: "fail",
-    from: &[
-        New,
-        Queued,
-        Leased,
-        Running,
-        Verifying,
-        Pushing,
-        PrOpen,
-        Reviewing,
-        CiWait,
-        ApprovalHold,
-        Merging,
-    ],
-    to: Failed,
-};
-
-/// Every controller-driven step (for exhaustive tests and documentation).
-pub const STEPS: &[Step] = &[
-    TRIAGE,
-    CLAIM,
-    START_AGENT,
-    START_VERIFY,
-    COMPLETE,
-    PR_OPENED,
-    START_REVIEW,
-    REVIEW_APPROVED,
-    REVIEW_DEFERRED,
-    REVIEW_AGAIN,
-    AWAIT_APPROVAL,
-    START_MERGE,
-    MERGE_DEFERRED,
-    MERGED,
-    REOPEN,
-    REQUEUE,
-    CANCEL,
-    FAIL,
-];
 
 /// Whether some step leads from `from` to `to`.
 pub fn is_legal(from: Status, to: Status) -> bool {

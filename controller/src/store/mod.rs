@@ -46,7 +46,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
 
-pub use lifecycle::{FailureMode, HoldKind, RepoId, RunnerId, Status, Task, TaskId, TerminalReason};
+pub use lifecycle::{
+    FailureMode, HoldKind, RepoId, RunnerId, Status, Task, TaskId, TerminalReason,
+};
 
 /// A session-level advisory lock held on its own connection (see [`Store::try_singleton_lock`]).
 #[derive(Debug)]
@@ -145,6 +147,21 @@ pub enum Error {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+/// Binds a [`Note`]'s actor, reason and details, in that order: the `ev_actor`, `ev_reason`
+/// and `ev_data` parameters every audited statement ends its timeline columns with.
+pub(crate) trait BindNote<'q> {
+    /// The query with the note bound.
+    fn bind_note(self, note: &'q Note) -> Self;
+}
+
+impl<'q, O> BindNote<'q>
+    for sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
+{
+    fn bind_note(self, note: &'q Note) -> Self {
+        self.bind(&note.actor).bind(&note.reason).bind(&note.data)
+    }
 }
 
 /// Result of store operations.

@@ -10,7 +10,7 @@ use super::lifecycle::{
     self, FailureMode, HoldKind, RepoId, Status, Step, Task, TaskEvent, TaskId, TerminalReason,
     status_texts, task_columns,
 };
-use super::{Error, Note, Result, Store, is_fk_violation, is_unique_violation};
+use super::{BindNote, Error, Note, Result, Store, is_fk_violation, is_unique_violation};
 
 /// A task to create.
 #[derive(Debug, Clone)]
@@ -465,9 +465,7 @@ impl Store {
         .bind(terminal.map(|r| r.as_str()))
         .bind(pr_number)
         .bind(pr_url)
-        .bind(&note.actor)
-        .bind(&note.reason)
-        .bind(&note.data)
+        .bind_note(note)
         .bind(needs_release)
         .fetch_optional(&self.pool)
         .await?;
@@ -527,9 +525,7 @@ impl Store {
         .bind(status_texts(lifecycle::FAIL.from))
         .bind(reason.as_str())
         .bind(error)
-        .bind(&note.actor)
-        .bind(&note.reason)
-        .bind(&note.data)
+        .bind_note(note)
         .fetch_optional(&self.pool)
         .await?;
         match row {
@@ -558,9 +554,7 @@ impl Store {
         .bind(id)
         .bind(status_texts(lifecycle::CANCEL.from))
         .bind(status_texts(Status::ACTIVE))
-        .bind(&note.actor)
-        .bind(&note.reason)
-        .bind(&note.data)
+        .bind_note(note)
         .fetch_optional(&self.pool)
         .await?;
         match row {
@@ -588,9 +582,7 @@ impl Store {
         .bind(status_texts(&Status::live()))
         .bind(kind.as_str())
         .bind(until)
-        .bind(&note.actor)
-        .bind(&note.reason)
-        .bind(&note.data)
+        .bind_note(note)
         .fetch_optional(&self.pool)
         .await?;
         match row {
@@ -622,9 +614,7 @@ impl Store {
         ))
         .bind(id)
         .bind(status_texts(&Status::live()))
-        .bind(&note.actor)
-        .bind(&note.reason)
-        .bind(&note.data)
+        .bind_note(note)
         .fetch_optional(&self.pool)
         .await?;
         match row {
@@ -668,9 +658,7 @@ impl Store {
         .bind(&edits.model)
         .bind(edits.priority)
         .bind(&edits.prompt)
-        .bind(&note.actor)
-        .bind(&note.reason)
-        .bind(&note.data)
+        .bind_note(note)
         .bind(status_texts(Status::UNSUCCESSFUL))
         .fetch_optional(&self.pool)
         .await;
@@ -754,9 +742,7 @@ impl Store {
         ))
         .bind(id)
         .bind(status_texts(DISPATCH.from))
-        .bind(&note.actor)
-        .bind(&note.reason)
-        .bind(&note.data)
+        .bind_note(note)
         .fetch_optional(&self.pool)
         .await?;
         match row {
@@ -793,9 +779,7 @@ pub(crate) async fn reopen_in(
     .bind(id)
     .bind(status_texts(lifecycle::REOPEN.from))
     .bind(context)
-    .bind(&note.actor)
-    .bind(&note.reason)
-    .bind(&note.data)
+    .bind_note(note)
     .fetch_optional(conn)
     .await?)
 }
@@ -939,9 +923,7 @@ pub(crate) async fn retry_in(
         .bind(to)
         .bind(context)
         .bind(keep_branch)
-        .bind(&note.actor)
-        .bind(&note.reason)
-        .bind(&note.data)
+        .bind_note(note)
         .fetch_optional(conn)
         .await?)
 }

@@ -22,6 +22,14 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
+/// A user with one more column (`extra`): a password hash, a session's CSRF token.
+#[derive(sqlx::FromRow)]
+struct UserAnd {
+    #[sqlx(flatten)]
+    user: User,
+    extra: String,
+}
+
 /// An API token as listed (never its secret).
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
 pub struct ApiToken {
@@ -91,24 +99,14 @@ impl Store {
 
     /// A user and their password hash, by name.
     pub async fn user_for_login(&self, username: &str) -> Result<Option<(User, String)>> {
-        let row: Option<(i64, String, String, bool, DateTime<Utc>, String)> = sqlx::query_as(
-            "SELECT id, username, role, disabled, created_at, password_hash FROM users WHERE username = $1",
+        let row: Option<UserAnd> = sqlx::query_as(
+            "SELECT id, username, role, disabled, created_at, password_hash AS extra \
+             FROM users WHERE username = $1",
         )
         .bind(username)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(id, username, role, disabled, created_at, hash)| {
-            (
-                User {
-                    id,
-                    username,
-                    role,
-                    disabled,
-                    created_at,
-                },
-                hash,
-            )
-        }))
+        Ok(row.map(|r| (r.user, r.extra)))
     }
 
     /// Every user.
@@ -175,26 +173,15 @@ impl Store {
 
     /// The live session of a cookie secret: its (enabled) user and CSRF token.
     pub async fn session(&self, secret: &str) -> Result<Option<(User, String)>> {
-        let row: Option<(i64, String, String, bool, DateTime<Utc>, String)> = sqlx::query_as(
+        let row: Option<UserAnd> = sqlx::query_as(
             "UPDATE sessions s SET last_seen_at = now() FROM users u \
              WHERE s.token_hash = $1 AND s.expires_at > now() AND u.id = s.user_id AND NOT u.disabled \
-             RETURNING u.id, u.username, u.role, u.disabled, u.created_at, s.csrf_token",
+             RETURNING u.id, u.username, u.role, u.disabled, u.created_at, s.csrf_token AS extra",
         )
         .bind(secret_hash(secret))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(id, username, role, disabled, created_at, csrf)| {
-            (
-                User {
-                    id,
-                    username,
-                    role,
-                    disabled,
-                    created_at,
-                },
-                csrf,
-            )
-        }))
+        Ok(row.map(|r| (r.user, r.extra)))
     }
 
     /// Ends a session.
