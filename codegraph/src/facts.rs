@@ -77,6 +77,22 @@ pub struct Import {
     pub glob: bool,
 }
 
+impl Import {
+    /// An import of `path` at `line`, visible in the whole file, binding nothing by itself: set
+    /// `name`, `alias`, `glob` or `level` on top where the language says more.
+    pub fn new(line: u32, path: Vec<String>) -> Self {
+        Self {
+            line,
+            scope: None,
+            path,
+            level: 0,
+            name: None,
+            alias: None,
+            glob: false,
+        }
+    }
+}
+
 /// A call site.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Call {

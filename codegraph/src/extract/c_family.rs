@@ -109,13 +109,8 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                     node,
                     scope,
                     Import {
-                        line: line(node),
-                        scope: None,
-                        path: vec![spec],
-                        level: 0,
-                        name: None,
-                        alias: None,
                         glob: true,
+                        ..Import::new(line(node), vec![spec])
                     },
                 );
             }

@@ -148,13 +148,9 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                 node,
                 scope,
                 Import {
-                    line: line(node),
-                    scope: None,
-                    path: vec![spec],
-                    level: 0,
-                    name: None,
                     alias,
                     glob,
+                    ..Import::new(line(node), vec![spec])
                 },
             );
             Flow::Skip

@@ -158,24 +158,15 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                     node,
                     scope,
                     Import {
-                        line: line(node),
-                        scope: None,
-                        path,
-                        level: 0,
-                        name: None,
-                        alias: None,
                         glob: true,
+                        ..Import::new(line(node), path)
                     },
                 );
             } else if let Some(name) = path.pop() {
                 let imp = Import {
-                    line: line(node),
-                    scope: None,
-                    path,
-                    level: 0,
                     name: Some(name.clone()),
                     alias: Some(name),
-                    glob: false,
+                    ..Import::new(line(node), path)
                 };
                 cx.import(node, scope, imp);
             }
@@ -201,13 +192,9 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                         node,
                         scope,
                         Import {
-                            line: line(node),
-                            scope: None,
-                            path,
-                            level: 0,
                             name,
                             alias: Some(alias),
-                            glob: false,
+                            ..Import::new(line(node), path)
                         },
                     );
                 }
@@ -215,13 +202,8 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                     node,
                     scope,
                     Import {
-                        line: line(node),
-                        scope: None,
-                        path,
-                        level: 0,
-                        name: None,
-                        alias: None,
                         glob: true,
+                        ..Import::new(line(node), path)
                     },
                 ),
             }

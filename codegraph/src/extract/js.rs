@@ -96,13 +96,8 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                             node,
                             scope,
                             Import {
-                                line: line(node),
-                                scope: None,
-                                path: vec![spec],
-                                level: 0,
-                                name: None,
                                 alias,
-                                glob: false,
+                                ..Import::new(line(node), vec![spec])
                             },
                         );
                     }
@@ -117,13 +112,9 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                                 _ => continue,
                             };
                             let imp = Import {
-                                line: line(node),
-                                scope: None,
-                                path: vec![spec.clone()],
-                                level: 0,
                                 name: Some(name.to_string()),
                                 alias: Some(alias.to_string()),
-                                glob: false,
+                                ..Import::new(line(node), vec![spec.clone()])
                             };
                             cx.import(node, scope, imp);
                         }
@@ -182,13 +173,10 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                         node,
                         scope,
                         Import {
-                            line: l,
-                            scope: None,
-                            path: vec![spec.clone()],
-                            level: 0,
                             name,
                             alias,
                             glob,
+                            ..Import::new(l, vec![spec.clone()])
                         },
                     );
                 };
@@ -251,13 +239,9 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                                 .map(str::to_string)
                                 .unwrap_or_else(|| name.clone());
                             let imp = Import {
-                                line: l,
-                                scope: None,
-                                path: vec![spec.clone()],
-                                level: 0,
                                 name: Some(name),
                                 alias: Some(alias),
-                                glob: false,
+                                ..Import::new(l, vec![spec.clone()])
                             };
                             cx.import(node, scope, imp);
                             any = true;
@@ -269,13 +253,8 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                             node,
                             scope,
                             Import {
-                                line: l,
-                                scope: None,
-                                path: vec![spec.clone()],
-                                level: 0,
-                                name: None,
                                 alias,
-                                glob: false,
+                                ..Import::new(l, vec![spec.clone()])
                             },
                         );
                         any = true;
@@ -288,13 +267,8 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                     node,
                     scope,
                     Import {
-                        line: l,
-                        scope: None,
-                        path: vec![spec],
-                        level: 0,
-                        name: None,
-                        alias: None,
                         glob: true,
+                        ..Import::new(l, vec![spec])
                     },
                 );
             }
@@ -414,13 +388,9 @@ fn default_export(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) {
     if let Some(t) = target {
         let name = cx.text(t).to_string();
         let imp = Import {
-            line: line(node),
-            scope: None,
-            path: vec![String::new()],
-            level: 0,
             name: Some(name),
             alias: Some("default".into()),
-            glob: false,
+            ..Import::new(line(node), vec![String::new()])
         };
         cx.import(node, scope, imp);
     }

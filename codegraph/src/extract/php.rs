@@ -143,13 +143,9 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                 node,
                 scope,
                 Import {
-                    line: line(node),
-                    scope: None,
-                    path,
-                    level: 0,
                     name,
                     alias,
-                    glob: false,
+                    ..Import::new(line(node), path)
                 },
             );
             Flow::Skip

@@ -97,13 +97,8 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                     item,
                     scope,
                     Import {
-                        line: super::line(item),
-                        scope: None,
-                        path,
-                        level: 0,
-                        name: None,
                         alias,
-                        glob: false,
+                        ..Import::new(super::line(item), path)
                     },
                 );
             }
@@ -143,13 +138,10 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                 };
                 any = true;
                 let imp = Import {
-                    line,
-                    scope: None,
-                    path: path.clone(),
                     level,
                     name: Some(name),
                     alias: Some(alias),
-                    glob: false,
+                    ..Import::new(line, path.clone())
                 };
                 cx.import(item, scope, imp);
             }
@@ -162,13 +154,9 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                     node,
                     scope,
                     Import {
-                        line,
-                        scope: None,
-                        path,
                         level,
-                        name: None,
-                        alias: None,
                         glob: true,
+                        ..Import::new(line, path)
                     },
                 );
             }

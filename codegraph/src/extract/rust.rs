@@ -134,13 +134,9 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                 use_tree(cx, arg, &[], &mut out);
                 for (path, alias, glob) in out {
                     let imp = Import {
-                        line: line(node),
-                        scope: None,
-                        path,
-                        level: 0,
-                        name: None,
                         alias,
                         glob,
+                        ..Import::new(line(node), path)
                     };
                     cx.import(node, scope, imp);
                 }
