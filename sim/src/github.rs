@@ -292,16 +292,25 @@ impl GitHubSim {
     pub fn set_ci(&self, full_name: &str, sha: &str, outcome: &str) {
         let mut st = self.state.lock().expect("sim lock");
         let repo = st.repos.get_mut(full_name).expect("repository exists");
-        repo.statuses
-            .insert(sha.into(), vec![("ci/sim".into(), outcome.into())]);
-        let (status, conclusion) = match outcome {
-            "pending" => ("in_progress", None),
-            other => ("completed", Some(other.to_string())),
-        };
-        repo.checks.insert(
-            sha.into(),
-            vec![("build".into(), status.into(), conclusion)],
-        );
+        let (statuses, checks) = ci_entries(outcome);
+        repo.statuses.insert(sha.into(), statuses);
+        repo.checks.insert(sha.into(), checks);
+    }
+
+    /// A commit's status contexts and check runs: as set, else the default CI, else none.
+    fn commit_ci(&self, full: &str, sha: &str) -> (Vec<Status>, Vec<CheckRun>) {
+        let st = self.state.lock().expect("sim lock");
+        let repo = st.repos.get(full);
+        let default = st.default_ci.as_deref().map(ci_entries);
+        let statuses = repo
+            .and_then(|r| r.statuses.get(sha).cloned())
+            .or_else(|| default.clone().map(|d| d.0))
+            .unwrap_or_default();
+        let checks = repo
+            .and_then(|r| r.checks.get(sha).cloned())
+            .or_else(|| default.map(|d| d.1))
+            .unwrap_or_default();
+        (statuses, checks)
     }
 
     /// Sets the CI of a commit to failed with `log` as the failed job's log — all at once, so no
@@ -1395,18 +1404,7 @@ async fn combined_status(
 ) -> Response {
     let full = format!("{o}/{r}");
     let sha = resolve(&sim, &full, &sha);
-    let statuses = {
-        let st = sim.state.lock().expect("sim lock");
-        st.repos
-            .get(&full)
-            .and_then(|r| r.statuses.get(&sha).cloned())
-            .or_else(|| {
-                st.default_ci
-                    .clone()
-                    .map(|o| vec![("ci/sim".to_owned(), o)])
-            })
-            .unwrap_or_default()
-    };
+    let (statuses, _) = sim.commit_ci(&full, &sha);
     let state = if statuses.is_empty() {
         "pending"
     } else if statuses.iter().any(|s| s.1 == "failure" || s.1 == "error") {
@@ -1433,22 +1431,7 @@ async fn check_runs(
 ) -> Response {
     let full = format!("{o}/{r}");
     let sha = resolve(&sim, &full, &sha);
-    let runs = {
-        let st = sim.state.lock().expect("sim lock");
-        st.repos
-            .get(&full)
-            .and_then(|r| r.checks.get(&sha).cloned())
-            .or_else(|| {
-                st.default_ci.clone().map(|o| {
-                    let (status, conclusion) = match o.as_str() {
-                        "pending" => ("in_progress".to_owned(), None),
-                        _ => ("completed".to_owned(), Some(o)),
-                    };
-                    vec![("build".to_owned(), status, conclusion)]
-                })
-            })
-            .unwrap_or_default()
-    };
+    let (_, runs) = sim.commit_ci(&full, &sha);
     let list: Vec<Value> = runs
         .iter()
         .enumerate()
@@ -1467,6 +1450,23 @@ async fn check_runs(
     ok_json(
         StatusCode::OK,
         json!({"total_count": list.len(), "check_runs": list}),
+    )
+}
+
+/// A status context: (context, state).
+type Status = (String, String);
+/// A check run: (name, status, conclusion).
+type CheckRun = (String, String, Option<String>);
+
+/// The status context and the check run a CI `outcome` (`success`, `failure`, `pending`) shows.
+fn ci_entries(outcome: &str) -> (Vec<Status>, Vec<CheckRun>) {
+    let (status, conclusion) = match outcome {
+        "pending" => ("in_progress", None),
+        other => ("completed", Some(other.to_owned())),
+    };
+    (
+        vec![("ci/sim".into(), outcome.into())],
+        vec![("build".into(), status.into(), conclusion)],
     )
 }
 
