@@ -334,6 +334,14 @@ pub fn is_legal(from: Status, to: Status) -> bool {
             .any(|s| s.from.contains(&from) && (s.to == to || (s.to == Queued && to == Failed)))
 }
 
+/// A status set as an SQL list, `('leased', 'running', 'verifying')`. Statements that a partial
+/// index must serve write their list out (the planner cannot match a bound array to an index
+/// predicate); the store's tests check each such list against its set with this.
+pub fn sql_list(set: &[Status]) -> String {
+    let items: Vec<String> = set.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    format!("({})", items.join(", "))
+}
+
 /// A string list of statuses, as bound to `status = ANY($n)`.
 pub fn status_texts(list: &[Status]) -> Vec<&'static str> {
     list.iter().map(|s| s.as_str()).collect()

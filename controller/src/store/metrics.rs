@@ -58,13 +58,9 @@ impl Store {
         )
         .fetch_one(p)
         .await?;
-        let leases_near_expiry = sqlx::query_scalar(
-            "SELECT count(*) FROM tasks WHERE status = ANY($1) \
-             AND lease_expires_at - now() < (lease_expires_at - leased_at) / 3",
-        )
-        .bind(status_texts(Status::ACTIVE))
-        .fetch_one(p)
-        .await?;
+        let leases_near_expiry = sqlx::query_scalar(LEASES_NEAR_EXPIRY_SQL)
+            .fetch_one(p)
+            .await?;
         let (expired_leases, requeues, retries): (i64, i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE reason = 'lease_expired'), count(*) FILTER (WHERE reason = 'requeue'), \
                     count(*) FILTER (WHERE to_status = 'queued' AND reason IN ('agent_failed', 'timed_out', 'verify_failed', \
@@ -194,5 +190,24 @@ impl Store {
         .bind(status_texts(Status::OUTCOMES))
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+/// Leases with less than a third of their time left: `Status::ACTIVE` written out for the
+/// `tasks_live_leases` index.
+const LEASES_NEAR_EXPIRY_SQL: &str = "SELECT count(*) FROM tasks \
+    WHERE status IN ('leased', 'running', 'verifying') \
+    AND lease_expires_at - now() < (lease_expires_at - leased_at) / 3";
+
+#[cfg(test)]
+mod tests {
+    use super::super::lifecycle::sql_list;
+    use super::*;
+
+    #[test]
+    fn the_written_out_list_is_the_active_set() {
+        assert!(
+            LEASES_NEAR_EXPIRY_SQL.contains(&format!("status IN {}", sql_list(Status::ACTIVE)))
+        );
     }
 }
