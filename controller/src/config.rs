@@ -113,6 +113,8 @@ pub struct FileConfig {
     pub allowed_users: Option<Vec<String>>,
     /// Poll interval in seconds.
     pub poll_seconds: Option<u64>,
+    /// Leases a task may lose in a row before it fails.
+    pub max_lease_losses: Option<u32>,
     /// Chat webhook URLs.
     pub notify_urls: Option<Vec<String>>,
     /// Whether session cookies are `Secure`.

@@ -128,6 +128,9 @@ struct ServeArgs {
     /// Seconds between issue polls (the webhook backstop).
     #[arg(long, env = "BACKPORCHER_POLL_SECONDS", default_value_t = 60)]
     poll_seconds: u64,
+    /// Leases a task may lose in a row (expired, runner gone) before it fails.
+    #[arg(long, env = "BACKPORCHER_MAX_LEASE_LOSSES", default_value_t = 3)]
+    max_lease_losses: u32,
 }
 
 /// How to reach GitHub.

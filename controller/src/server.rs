@@ -221,6 +221,9 @@ pub async fn start(
         None => None,
     };
     store.set_reflection_enabled(llm.is_some()).await?;
+    store
+        .set_max_lease_losses(config.pipeline.retry.lease_losses)
+        .await?;
     let intake = Arc::new(IntakeConfig {
         webhook_secret: config.webhook_secret.clone(),
         allowed_users: config.allowed_users.clone(),

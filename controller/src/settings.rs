@@ -88,6 +88,17 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
         )));
     }
     let lease = Duration::from_secs(lease_seconds.clamp(15, 3600));
+    let max_lease_losses = pick!(
+        "max_lease_losses",
+        args.max_lease_losses,
+        file.max_lease_losses
+    );
+    if max_lease_losses == 0 {
+        problems.push(error(
+            "max_lease_losses = 0 would fail a task on its first lost lease; use 1 or more"
+                .to_owned(),
+        ));
+    }
 
     let mut gh = args.github;
     if !given("github_api")
@@ -177,6 +188,13 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
         ),
         notify_urls: file.notify_urls.unwrap_or_default(),
         secure_cookies: file.secure_cookies.unwrap_or(false),
+        pipeline: controller::config::PipelineConfig {
+            retry: controller::store::tasks::RetryPolicy {
+                lease_losses: max_lease_losses.max(1),
+                ..defaults.pipeline.retry.clone()
+            },
+            ..defaults.pipeline.clone()
+        },
         ..defaults
     };
     Ok((config, problems))

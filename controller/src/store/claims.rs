@@ -75,17 +75,25 @@ pub struct Reaped {
     pub runner_id: Option<RunnerId>,
 }
 
-// Re-queues (or, with a pending cancel, cancels) active tasks chosen by `$filter`, spending no retry.
+// Re-queues (or, with a pending cancel, cancels) active tasks chosen by `$filter`, spending no retry
+// — unless the task has now lost its runner `settings.max_lease_losses` times in a row: then it
+// fails with the reason, since it may be what kills its runners.
 // Binds: $1 active statuses, $2 limit, $3 runner, $4 actor, $5 reason.
 macro_rules! take_back_sql {
     ($filter:literal) => {
         concat!(
             "UPDATE tasks SET ",
-            "status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'canceled' ELSE 'queued' END, ",
-            "terminal_reason = CASE WHEN cancel_requested_at IS NOT NULL THEN 'canceled_by_user' END, ",
+            "status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'canceled' ",
+            "  WHEN lost_count + 1 >= (SELECT max_lease_losses FROM settings) THEN 'failed' ELSE 'queued' END, ",
+            "terminal_reason = CASE WHEN cancel_requested_at IS NOT NULL THEN 'canceled_by_user' ",
+            "  WHEN lost_count + 1 >= (SELECT max_lease_losses FROM settings) THEN $5 END, ",
+            "error = CASE WHEN cancel_requested_at IS NULL AND lost_count + 1 >= (SELECT max_lease_losses FROM settings) ",
+            "  THEN format('the task lost its runner %s times in a row (last: %s); it may be what stops its runners: ",
+            "read the end of its last attempt''s log, fix the cause, then requeue it', lost_count + 1, $5) ELSE error END, ",
+            "lost_count = lost_count + 1, ",
             "lease_token = NULL, lease_expires_at = NULL, ",
             "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = $5, ",
-            "ev_data = jsonb_build_object('runner', runner_id, 'attempt', attempt) ",
+            "ev_data = jsonb_build_object('runner', runner_id, 'attempt', attempt, 'lost', lost_count + 1) ",
             "WHERE id IN (SELECT id FROM tasks WHERE status = ANY($1) AND ($3::bigint IS NULL OR runner_id = $3) AND ",
             $filter,
             " LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, status, runner_id"

@@ -256,7 +256,7 @@ impl Store {
         } else {
             match c.outcome {
                 Outcome::Succeeded => sqlx::query_as::<_, Task>(concat!(
-                    "UPDATE tasks SET status = 'pushing', ",
+                    "UPDATE tasks SET status = 'pushing', lost_count = 0, ",
                     "head_sha = COALESCE($3, head_sha), lease_expires_at = NULL, error = NULL, ",
                     "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = 'completed', ",
                     "ev_data = CASE WHEN $2::text IS DISTINCT FROM branch ",

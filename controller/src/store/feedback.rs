@@ -32,6 +32,15 @@ impl Store {
         Ok(())
     }
 
+    /// Sets how many leases in a row a task may lose before it fails (at least 1).
+    pub async fn set_max_lease_losses(&self, n: u32) -> Result<()> {
+        sqlx::query("UPDATE settings SET max_lease_losses = $1")
+            .bind(i32::try_from(n.max(1)).unwrap_or(i32::MAX))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Tasks held for reflection, oldest first.
     pub async fn reflection_pending(&self, limit: i64) -> Result<Vec<Task>> {
         Ok(sqlx::query_as::<_, Task>(concat!(

@@ -159,9 +159,11 @@ text_enum! {
         MergeFailed = "merge_failed",
         /// A user canceled it.
         CanceledByUser = "canceled_by_user",
-        /// Its runner disappeared (re-queues without spending a retry).
+        /// Its runner disappeared (re-queues without spending a retry; fails after
+        /// `settings.max_lease_losses` lost leases in a row).
         RunnerLost = "runner_lost",
-        /// Its lease expired (re-queues without spending a retry).
+        /// Its lease expired (re-queues without spending a retry; fails after
+        /// `settings.max_lease_losses` lost leases in a row).
         LeaseExpired = "lease_expired",
         /// It ran past its wall-clock limit.
         TimedOut = "timed_out",
@@ -325,7 +327,8 @@ pub fn is_legal(from: Status, to: Status) -> bool {
     ]
     .into_iter()
     .map(retry_step);
-    let lease_back = from.is_active() && matches!(to, Queued | Canceled);
+    // A lost lease goes back to the queue, or fails once the task lost its runner too often.
+    let lease_back = from.is_active() && matches!(to, Queued | Canceled | Failed);
     lease_back
         || STEPS
             .iter()
@@ -403,6 +406,8 @@ pub struct Task {
     pub conflict_retries: i32,
     /// Number of claims so far; fences runner writes.
     pub attempt: i32,
+    /// Leases lost in a row (expired, runner gone) since the last completed attempt.
+    pub lost_count: i32,
     /// Token of the current lease.
     pub lease_token: Option<Uuid>,
     /// Runner of the current (or last) lease.
@@ -463,7 +468,7 @@ macro_rules! task_columns {
         "id, repo_id, source, issue_number, issue_title, issue_body, issue_author, issue_hash, \
          prompt_override, status, terminal_reason, error, hold_kind, hold_until, cancel_requested_at, \
          priority, model, agent, required_labels, agent_retries, verify_retries, review_retries, \
-         ci_retries, conflict_retries, attempt, lease_token, runner_id, lease_expires_at, \
+         ci_retries, conflict_retries, attempt, lost_count, lease_token, runner_id, lease_expires_at, \
          resume_branch, retry_context, branch, head_sha, changed_files, stage_tries, review, pr_number, pr_url, cost_microusd, \
          created_at, updated_at, finished_at"
     };

@@ -172,6 +172,9 @@ pub struct RetryPolicy {
     pub conflict: i32,
     /// Model escalation on agent failure: (from, to).
     pub escalation: Vec<(String, String)>,
+    /// Leases a task may lose in a row (expired, runner gone) before it fails; losses spend no
+    /// other retry.
+    pub lease_losses: u32,
 }
 
 impl Default for RetryPolicy {
@@ -183,6 +186,7 @@ impl Default for RetryPolicy {
             ci: 3,
             conflict: 3,
             escalation: vec![("sonnet".into(), "opus".into())],
+            lease_losses: 3,
         }
     }
 }
@@ -247,7 +251,7 @@ macro_rules! retry_sql {
             "resume_branch = $9, ",
             "pr_number = CASE WHEN $9 THEN pr_number END, ",
             "pr_url = CASE WHEN $9 THEN pr_url END, ",
-            "lease_token = NULL, lease_expires_at = NULL, ",
+            "lease_token = NULL, lease_expires_at = NULL, lost_count = 0, ",
             "ev_seq = ev_seq + 1, ev_actor = $10, ",
             "ev_reason = CASE WHEN ", $col, " < $3 THEN $11 ELSE $4 END, ev_data = $12 ",
             "WHERE id = $1 AND status = ANY($2) RETURNING ",
@@ -642,7 +646,7 @@ impl Store {
             "UPDATE tasks SET status = 'queued', terminal_reason = NULL, error = NULL, ",
             "hold_kind = NULL, hold_until = NULL, hold_by = NULL, ",
             "cancel_requested_at = NULL, cancel_requested_by = NULL, ",
-            "agent_retries = 0, verify_retries = 0, review_retries = 0, ci_retries = 0, conflict_retries = 0, ",
+            "agent_retries = 0, verify_retries = 0, review_retries = 0, ci_retries = 0, conflict_retries = 0, lost_count = 0, ",
             "lease_token = NULL, runner_id = NULL, leased_at = NULL, lease_expires_at = NULL, ",
             "resume_branch = false, retry_context = '[]', pr_number = NULL, pr_url = NULL, head_sha = NULL, ",
             "model = COALESCE($3, model), priority = COALESCE($4, priority), ",

@@ -7,7 +7,7 @@ use controller::store::completion::{Completion, Outcome};
 use controller::store::logs::MAX_LOG_CHUNK;
 use controller::store::tasks::RetryPolicy;
 use controller::store::wake::{Channel, Wake};
-use controller::store::{Error, Status};
+use controller::store::{Error, Status, TerminalReason};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -423,4 +423,71 @@ async fn a_runaway_log_is_capped_visibly_and_still_acknowledged() {
         store.log_totals(t.id, lease.attempt).await.unwrap(),
         (420, 6)
     );
+}
+
+/// A task that loses its runner again and again (it may be what kills them) fails after
+/// `max_lease_losses` losses in a row with a reason that says what to do, and other tasks are
+/// claimed meanwhile; a completed attempt starts the count again.
+#[tokio::test]
+async fn a_task_that_keeps_losing_its_runner_fails_and_the_rest_runs() {
+    let store = store().await;
+    store.set_max_lease_losses(3).await.unwrap();
+    let repo = repo(&store, "acme/loss").await;
+    let r = runner(&store, "r1").await;
+    let policy = RetryPolicy::default();
+    // One completed (failed) attempt, then losses.
+    let bad = queued(&store, &repo, "crashes its runner").await;
+    let (_, lease) = claim(&store, r).await;
+    expire_now(&store, bad.id).await;
+    store.reap_expired(100).await.unwrap();
+    let (_, lease2) = claim(&store, r).await;
+    assert_eq!(lease2.task_id, bad.id);
+    let _ = lease;
+    let mut failed = Completion::new(Outcome::AgentFailed);
+    failed.error = Some("agent exited 1".into());
+    let t = store
+        .complete(&lease2, &failed, &policy)
+        .await
+        .unwrap()
+        .task;
+    assert_eq!(
+        (t.status, t.lost_count),
+        (Status::Queued, 0),
+        "a completion resets the count"
+    );
+    let other = queued(&store, &repo, "an ordinary task").await;
+    for loss in 1..=3 {
+        let (t, _) = claim(&store, r).await;
+        assert_eq!(t.id, bad.id, "the bad task is at the head of the queue");
+        if loss == 2 {
+            // Its runner comes back with a new boot id: the lease is released as `runner_lost`.
+            store.release_runner_leases(r, "runner:1").await.unwrap();
+        } else {
+            expire_now(&store, bad.id).await;
+            store.reap_expired(100).await.unwrap();
+        }
+        let t = store.task(bad.id).await.unwrap();
+        assert_eq!(t.lost_count, loss);
+        if loss < 3 {
+            assert_eq!(t.status, Status::Queued, "loss {loss} is free");
+        } else {
+            assert_eq!(t.status, Status::Failed);
+            assert_eq!(t.terminal_reason.0, Some(TerminalReason::LeaseExpired));
+            let error = t.error.unwrap_or_default();
+            assert!(
+                error.contains("lost its runner 3 times in a row") && error.contains("requeue"),
+                "{error}"
+            );
+        }
+    }
+    // The agent's retry budget was not touched by the losses.
+    assert_eq!(store.task(bad.id).await.unwrap().agent_retries, 1);
+    let (t, _) = claim(&store, r).await;
+    assert_eq!(t.id, other.id, "the rest of the queue runs");
+    // A requeue starts over.
+    let again = store
+        .requeue(bad.id, &Default::default(), &note("requeue"))
+        .await
+        .unwrap();
+    assert_eq!((again.status, again.lost_count), (Status::Queued, 0));
 }

@@ -194,6 +194,7 @@ async fn every_failure_path_cascades_to_dependents() {
         ci: 0,
         conflict: 0,
         escalation: vec![],
+        lease_losses: 3,
     };
     let paths = [
         "fail",
