@@ -433,6 +433,8 @@ async fn each_failure_mode_spends_only_its_own_budget() {
 #[tokio::test]
 async fn lease_loss_spends_no_budget_but_a_timeout_does() {
     let store = store().await;
+    // Below the lease-loss bound (tested in `leases`), losses spend nothing.
+    store.set_max_lease_losses(10).await.unwrap();
     let repo = repo(&store, "acme/widgets").await;
     let r = runner(&store, "r1").await;
     let policy = RetryPolicy::default();
