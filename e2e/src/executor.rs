@@ -3,7 +3,8 @@
 //! - `logs:<n>[:<ms>]`: writes `n` numbered lines (spread over `ms`), then succeeds;
 //! - `forever`: works until cancelled;
 //! - `fail`: the agent fails;
-//! - `bundle:<text>`: succeeds with `text` as the result bundle.
+//! - `bundle:<text>`: succeeds with `text` as the result bundle;
+//! - `context`: logs how many retry-context entries it was given and the first one's kind.
 //!
 //! Every run is appended to a shared file (`task attempt pid`), so tests can count executions
 //! across runner processes.
@@ -109,6 +110,24 @@ impl Executor for ScriptExecutor {
             "fail" => {
                 result = ExecResult::new(Outcome::AgentFailed);
                 result.error = Some("the script said fail".into());
+            }
+            "context" => {
+                let entries = ctx
+                    .assignment
+                    .spec
+                    .retry_context
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let first = entries
+                    .first()
+                    .and_then(|e| e["kind"].as_str())
+                    .unwrap_or("none")
+                    .to_owned();
+                ctx.log(
+                    "stdout",
+                    format!("retry context: {} entries, first {first}\n", entries.len()).as_bytes(),
+                );
             }
             "bundle" => {
                 result.bundle = Some(parts.collect::<Vec<_>>().join(":").into_bytes());

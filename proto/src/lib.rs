@@ -16,6 +16,12 @@ pub mod limits {
     pub const MAX_BUNDLE_BYTES: usize = 64 * 1024 * 1024;
     /// Most log bytes stored per attempt.
     pub const MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
+    /// Largest gRPC message either side sends or accepts (both set it explicitly). Everything
+    /// the controller sends fits well under it: the retry context is capped below.
+    pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+    /// Most bytes of retry context (earlier attempts' errors, CI logs, review feedback) sent
+    /// with a task; the oldest entries are left out first.
+    pub const MAX_RETRY_CONTEXT_BYTES: usize = 1024 * 1024;
 }
 
 /// Metadata header carrying the protocol version on every call.

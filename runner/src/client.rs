@@ -181,7 +181,9 @@ impl Client {
     ) -> anyhow::Result<Self> {
         let ch = channel(controller, ca_pem, Some((cert_pem, key_pem)))?;
         Ok(Self {
-            inner: proto::runner_client::RunnerClient::with_interceptor(ch, Version),
+            inner: proto::runner_client::RunnerClient::with_interceptor(ch, Version)
+                .max_decoding_message_size(proto::limits::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(proto::limits::MAX_MESSAGE_BYTES),
         })
     }
 

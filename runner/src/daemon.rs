@@ -133,6 +133,16 @@ where
     }
 }
 
+/// Whether a refusal is about this runner itself (disabled, superseded certificate, another
+/// protocol version) rather than about one call.
+fn identity_refused(s: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    matches!(
+        s.code(),
+        PermissionDenied | Unauthenticated | FailedPrecondition
+    )
+}
+
 /// Runs the daemon until drained or stopped. Returns an error when the controller refuses this
 /// runner (disabled, not enrolled, incompatible).
 pub async fn run(
@@ -243,12 +253,23 @@ pub async fn run(
                     _ = control.stop.cancelled() => {}
                 }
             }
-            Err(s) => {
+            // Who this runner is or which protocol it speaks is refused: nothing it leases
+            // could be reported, so it stops and says why.
+            Err(s) if identity_refused(&s) => {
                 control.stop.cancel();
                 while workers.join_next().await.is_some() {}
                 session_stop.cancel();
                 let _ = session.await;
                 anyhow::bail!("the controller refused this runner: {}", s.message());
+            }
+            // Anything else (an assignment it cannot read, say) is about one call: back off and
+            // ask again, keeping the work in hand.
+            Err(s) => {
+                tracing::error!(code = ?s.code(), error = %s.message(), "the lease call failed; backing off");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay().max(Duration::from_secs(1))) => {}
+                    _ = control.stop.cancelled() => {}
+                }
             }
         }
     }

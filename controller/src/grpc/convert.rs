@@ -78,6 +78,44 @@ pub fn storable_json(v: &mut serde_json::Value) {
     }
 }
 
+/// The retry context with its newest entries that fit in `max` bytes, oldest left out first, and
+/// a first entry saying how many were left out. An entry too large on its own is cut.
+pub fn bounded_context(context: &serde_json::Value, max: usize) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let Some(entries) = context.as_array() else {
+        return json!([]);
+    };
+    let mut kept: Vec<Value> = Vec::new();
+    let mut used = 0;
+    for e in entries.iter().rev() {
+        let size = e.to_string().len();
+        if used + size <= max {
+            kept.push(e.clone());
+            used += size;
+        } else if kept.is_empty() {
+            // The newest entry alone is too large: keep its end (errors and logs end in the cause).
+            let text = e.to_string();
+            let mut start = text.len() - max / 2;
+            while !text.is_char_boundary(start) {
+                start += 1;
+            }
+            kept.push(json!({"kind": "cut", "error": format!("[… {start} bytes cut …]{}", &text[start..])}));
+            used += max / 2;
+        } else {
+            break;
+        }
+    }
+    let omitted = entries.len() - kept.len().min(entries.len());
+    kept.reverse();
+    if omitted > 0 {
+        kept.insert(
+            0,
+            json!({"kind": "omitted", "error": format!("{omitted} earlier entries left out (the context is capped at {max} bytes)")}),
+        );
+    }
+    Value::Array(kept)
+}
+
 /// What a runner needs to know to run a task.
 pub fn task_spec(t: &Task, repo: &ClaimedRepo) -> proto::TaskSpec {
     proto::TaskSpec {
@@ -91,7 +129,11 @@ pub fn task_spec(t: &Task, repo: &ClaimedRepo) -> proto::TaskSpec {
         prompt_override: t.prompt_override.clone().unwrap_or_default(),
         model: t.model.clone(),
         agent: t.agent.clone(),
-        retry_context_json: t.retry_context.0.to_string(),
+        retry_context_json: bounded_context(
+            &t.retry_context.0,
+            proto::limits::MAX_RETRY_CONTEXT_BYTES,
+        )
+        .to_string(),
         resume_branch: t.resume_branch,
         branch: t
             .branch

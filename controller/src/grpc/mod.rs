@@ -108,7 +108,9 @@ pub async fn serve(
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(
-            proto::runner_server::RunnerServer::new(svc).max_decoding_message_size(8 * 1024 * 1024),
+            proto::runner_server::RunnerServer::new(svc)
+                .max_decoding_message_size(proto::limits::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(proto::limits::MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

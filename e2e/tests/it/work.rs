@@ -192,3 +192,43 @@ async fn a_draining_runner_finishes_its_work_and_takes_no_more() {
     );
     c.stop().await;
 }
+
+/// A task whose retry context grew past the message limit (a long history of CI logs) reaches
+/// the runner trimmed, oldest entries first, with a note of what was left out; the runner does
+/// not exit and goes on with the next task.
+#[tokio::test]
+async fn a_task_spec_over_the_message_limit_is_trimmed_and_the_runner_goes_on() {
+    let c = TestController::start(Options::default()).await;
+    let repo = c.repo("acme/big").await;
+    let big = c.task(&repo, "context").await;
+    // 40 entries of 512 KiB: 20 MiB, over the 16 MiB message limit.
+    let entry = serde_json::json!({"kind": "ci", "error": "x".repeat(512 * 1024)});
+    sqlx::query("UPDATE tasks SET retry_context = $2 WHERE id = $1")
+        .bind(big.id)
+        .bind(sqlx::types::Json(serde_json::Value::Array(vec![entry; 40])))
+        .execute(c.store.pool())
+        .await
+        .unwrap();
+    let after = c.task(&repo, "bundle:after").await;
+    let (id, dir) = enroll(&c, "r-big", &[]).await;
+    let runner = spawn_runner(id, &dir, executor(), 1);
+    c.wait_status(big.id, "pushing", Duration::from_secs(30))
+        .await;
+    c.wait_status(after.id, "pushing", Duration::from_secs(30))
+        .await;
+    let t = c.store.task(big.id).await.unwrap();
+    let log: String = c
+        .store
+        .log_chunks(big.id, t.attempt)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, _, data)| String::from_utf8_lossy(&data).into_owned())
+        .collect();
+    // 1 MiB holds one 512 KiB entry: the newest, after the note of the 39 left out.
+    assert!(
+        log.contains("retry context: 2 entries, first omitted"),
+        "{log}"
+    );
+    runner.stop().await.unwrap();
+}
