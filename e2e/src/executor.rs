@@ -4,7 +4,8 @@
 //! - `forever`: works until cancelled;
 //! - `fail`: the agent fails;
 //! - `bundle:<text>`: succeeds with `text` as the result bundle;
-//! - `context`: logs how many retry-context entries it was given and the first one's kind.
+//! - `context`: logs how many retry-context entries it was given and the first one's kind;
+//! - `bigbundle:<MiB>`: succeeds with a bundle of that many mebibytes.
 //!
 //! Every run is appended to a shared file (`task attempt pid`), so tests can count executions
 //! across runner processes.
@@ -110,6 +111,11 @@ impl Executor for ScriptExecutor {
             "fail" => {
                 result = ExecResult::new(Outcome::AgentFailed);
                 result.error = Some("the script said fail".into());
+            }
+            "bigbundle" => {
+                let mib = arg(parts.next()) as usize;
+                result.bundle = Some(vec![b'x'; mib << 20]);
+                result.head_sha = Some("0123456789abcdef0123456789abcdef01234567".into());
             }
             "context" => {
                 let entries = ctx

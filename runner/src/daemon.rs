@@ -24,7 +24,7 @@ use crate::executor::{Executor, TaskContext};
 use crate::identity::{self, Identity};
 use crate::retry::{Backoff, transient};
 use crate::spool::Spool;
-use crate::task::{Assignment, Lease, Outcome};
+use crate::task::{Assignment, ExecResult, Lease, Outcome};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -542,27 +542,66 @@ async fn run_task(
     if let Some(bundle) = result.bundle.take() {
         let s = shared.clone();
         let l = lease.clone();
-        call(shared, "upload bundle", move || {
+        let uploaded = call(shared, "upload bundle", move || {
             let c = s.client();
             let l = l.clone();
             let b = bundle.clone();
             async move { c.upload_bundle(&l, &b).await }
         })
-        .await?;
+        .await;
+        match uploaded {
+            Ok(_) => {}
+            // A result the controller will never take ends this attempt as the agent's failure
+            // (its budget is spent): it is not dropped to run again for free.
+            Err(CallError::Refused(s)) if s.code() == Code::InvalidArgument => {
+                result = refused_result(&result, "bundle", &s);
+            }
+            Err(e) => return Err(e),
+        }
     }
     // Completion is idempotent: retry until the controller has it.
+    let mut duplicate = complete(shared, &lease, &result).await;
+    if let Err(CallError::Refused(s)) = &duplicate
+        && s.code() == Code::InvalidArgument
+        && result.outcome != Outcome::AgentFailed
+    {
+        let refused = refused_result(&result, "completion", s);
+        duplicate = complete(shared, &lease, &refused).await;
+    }
+    let duplicate = duplicate?;
+    tracing::info!(task = lease.task_id, attempt = lease.attempt, outcome = ?result.outcome, duplicate, "task completed");
+    Ok(())
+}
+
+/// Reports `result` (idempotent: retried until the controller has it); `Ok(true)` for a duplicate.
+async fn complete(
+    shared: &Arc<Shared>,
+    lease: &Lease,
+    result: &ExecResult,
+) -> Result<bool, CallError> {
     let s = shared.clone();
     let l = lease.clone();
     let r = result.clone();
-    let duplicate = call(shared, "complete", move || {
+    call(shared, "complete", move || {
         let c = s.client();
         let l = l.clone();
         let r = r.clone();
         async move { c.complete(&l, &r).await }
     })
-    .await?;
-    tracing::info!(task = lease.task_id, attempt = lease.attempt, outcome = ?result.outcome, duplicate, "task completed");
-    Ok(())
+    .await
+}
+
+/// The attempt's result when the controller refused `what` for good: the agent failed, with the
+/// controller's reason, the usage kept (it was spent) and nothing else.
+fn refused_result(result: &ExecResult, what: &str, s: &Status) -> ExecResult {
+    tracing::error!(error = %s.message(), what, "the controller refused the result; the attempt fails");
+    let mut failed = ExecResult::new(Outcome::AgentFailed);
+    failed.usage = result.usage;
+    failed.error = Some(format!(
+        "the controller refused the {what}: {}",
+        s.message()
+    ));
+    failed
 }
 
 /// Sends the spool to the controller in order until `finish` fires and everything is acknowledged.

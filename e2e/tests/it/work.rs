@@ -232,3 +232,36 @@ async fn a_task_spec_over_the_message_limit_is_trimmed_and_the_runner_goes_on() 
     );
     runner.stop().await.unwrap();
 }
+
+/// A bundle over the controller's limit ends the attempt as the agent's failure, spending its
+/// budget, instead of being dropped to run again for free; the task fails when the budget is spent.
+#[tokio::test]
+async fn an_oversized_bundle_spends_the_agent_budget_and_never_loops() {
+    let c = TestController::start(Options::default()).await;
+    let repo = c.repo("acme/huge").await;
+    let huge = c.task(&repo, "bigbundle:65").await;
+    let (id, dir) = enroll(&c, "r-huge", &[]).await;
+    let exec = executor();
+    let runner = spawn_runner(id, &dir, exec.clone(), 1);
+    let t = c
+        .wait_for(huge.id, "the task to fail", Duration::from_secs(120), |t| {
+            t.status == Status::Failed
+        })
+        .await;
+    assert_eq!(t.agent_retries, 3, "every attempt spent the agent budget");
+    assert_eq!(t.lost_count, 0, "no lease was dropped");
+    assert!(
+        t.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("refused the bundle"),
+        "{:?}",
+        t.error
+    );
+    assert_eq!(
+        exec.runs().iter().filter(|r| r.0 == huge.id).count(),
+        4,
+        "one run per attempt"
+    );
+    runner.stop().await.unwrap();
+}
