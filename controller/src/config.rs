@@ -58,6 +58,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Mark the session cookie `Secure` (the controller is served over HTTPS).
     pub secure_cookies: bool,
+    /// The price table for every model call, the controller's and the agents'.
+    pub prices: proto::prices::Prices,
 }
 
 impl Default for Config {
@@ -87,6 +89,7 @@ impl Default for Config {
             notify_urls: Vec::new(),
             pipeline: PipelineConfig::default(),
             secure_cookies: false,
+            prices: proto::prices::Prices::default(),
         }
     }
 }

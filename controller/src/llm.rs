@@ -66,29 +66,13 @@ pub fn model_name(alias: &str) -> &str {
     }
 }
 
-/// Micro-dollars per million tokens (input, output).
-fn price(model: &str) -> (i64, i64) {
-    if model.contains("opus") {
-        (5_000_000, 25_000_000)
-    } else if model.contains("haiku") {
-        (1_000_000, 5_000_000)
-    } else {
-        (3_000_000, 15_000_000)
-    }
-}
-
-/// Cost of a call in micro-dollars.
-pub fn cost_microusd(model: &str, input: i64, output: i64) -> i64 {
-    let (pi, po) = price(model);
-    (input * pi + output * po) / 1_000_000
-}
-
 /// A Messages API client that records usage.
 #[derive(Clone)]
 pub struct ModelClient {
     http: reqwest::Client,
     config: ModelConfig,
     store: Store,
+    prices: proto::prices::Prices,
 }
 
 impl ModelClient {
@@ -102,7 +86,14 @@ impl ModelClient {
             http,
             config,
             store,
+            prices: proto::prices::Prices::default(),
         })
+    }
+
+    /// Prices calls with `prices` (the controller's configured table).
+    pub fn with_prices(mut self, prices: proto::prices::Prices) -> Self {
+        self.prices = prices;
+        self
     }
 
     /// Sends one call; rate limits and overloads are retried a few times with backoff.
@@ -284,7 +275,7 @@ impl ModelClient {
     }
 
     async fn record(&self, c: &Call<'_>, model: &str, input: i64, output: i64) -> i64 {
-        let cost = cost_microusd(model, input, output);
+        let cost = self.prices.cost_microusd(model, input, output);
         if let Err(e) = self
             .store
             .record_usage(c.task, c.repo, c.purpose, model, input, output, cost)

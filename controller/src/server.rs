@@ -217,7 +217,10 @@ pub async fn start(
         }
     };
     let llm = match &config.model {
-        Some(m) => Some(crate::llm::ModelClient::new(m.clone(), store.clone())?),
+        Some(m) => Some(
+            crate::llm::ModelClient::new(m.clone(), store.clone())?
+                .with_prices(config.prices.clone()),
+        ),
         None => None,
     };
     store.set_reflection_enabled(llm.is_some()).await?;
@@ -249,6 +252,8 @@ pub async fn start(
             lease: config.lease,
             heartbeat_interval: config.heartbeat_interval,
             lease_wait: config.lease_wait,
+            retry: config.pipeline.retry.clone(),
+            prices: config.prices.clone(),
             ..GrpcConfig::default()
         },
         fanout: ctx.fanout.clone(),

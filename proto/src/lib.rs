@@ -1,11 +1,17 @@
 //! The runner↔controller gRPC contract, `backporcher.runner.v1`, generated from
-//! `proto/runner.proto`, plus the protocol constants both sides check.
+//! `proto/runner.proto`, plus what both sides must agree on: the protocol constants they check
+//! and the price table they meter with ([`prices`]).
 //!
-//! No logic lives here: the controller's gRPC layer and the runner's client convert these wire
-//! types to their own domain types at the edge.
-#![allow(missing_docs, clippy::all)] // generated code
+//! The controller's gRPC layer and the runner's client convert these wire types to their own
+//! domain types at the edge.
 
-tonic::include_proto!("backporcher.runner.v1");
+#[allow(missing_docs, clippy::all)] // generated code
+mod generated {
+    tonic::include_proto!("backporcher.runner.v1");
+}
+pub use generated::*;
+
+pub mod prices;
 
 /// The protocol version this build speaks. Bump on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;

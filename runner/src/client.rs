@@ -308,6 +308,7 @@ impl Client {
                         branch: (!t.branch.is_empty()).then_some(t.branch),
                         egress_policy: t.egress_policy,
                         budget_microusd: t.budget_microusd,
+                        prices: proto::prices::Prices::from_wire(&t.prices),
                         learnings: t.learnings.clone(),
                         stack: (!t.stack.is_empty()).then(|| t.stack.clone()),
                         navigation: None,

@@ -1,10 +1,18 @@
 //! The model gateway: the only way a sandboxed agent reaches its model.
 //!
 //! The container gets `ANTHROPIC_BASE_URL` pointing here and a per-task token as its API key. The
-//! gateway swaps that token for the real credential, which only the runner holds, forwards the call
-//! upstream, streams the answer back unchanged, and meters input, output and cache tokens and
-//! dollars per task from the answers (server-sent events or JSON). When a task reaches its budget,
-//! further calls are refused and the task is marked as over budget, so the executor ends it.
+//! gateway swaps that token for the real credential, which only the runner holds, and forwards
+//! only the Messages API (`POST /v1/messages` and its free `count_tokens`); anything else — files,
+//! batches, admin endpoints — is refused and never reaches the upstream.
+//!
+//! Money is reserved before it is spent: before a call is forwarded, its worst case (every input
+//! byte a token at the dearer of the input and cache-write rates, plus `max_tokens` of output) is
+//! reserved against what is left of the task's budget under one lock, so parallel calls cannot
+//! together pass it; a call whose worst case does not fit is refused and the task is marked over
+//! budget, which ends it. When the call ends the reservation is settled to the usage the upstream
+//! reported; a stream that ends before its usage is complete (the agent hung up, the upstream
+//! broke off) is charged its whole reservation; an upstream error without usage releases it.
+//! Rates come from the controller's price table with each lease ([`proto::prices`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,9 +20,10 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use proto::prices::{Prices, Rate};
 use serde_json::{Value, json};
 
 /// The real credential for the upstream API. Its `Debug` form names the kind only.
@@ -35,48 +44,18 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-/// Prices in micro-dollars per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Price {
-    /// Input tokens.
-    pub input: f64,
-    /// Output tokens.
-    pub output: f64,
-    /// Cache writes.
-    pub cache_write: f64,
-    /// Cache reads.
-    pub cache_read: f64,
-}
+/// The endpoints forwarded (method, path without query); everything else is refused.
+const FORWARDED: [(&str, &str); 2] = [
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"),
+];
 
-/// Price table by model family (first substring match wins).
-#[derive(Debug, Clone)]
-pub struct Prices(pub Vec<(String, Price)>);
+/// The output a call without `max_tokens` is reserved for (the upstream refuses such a call, and
+/// the reservation is then released).
+const DEFAULT_MAX_TOKENS: i64 = 128_000;
 
-impl Default for Prices {
-    fn default() -> Self {
-        let usd = |i: f64, o: f64| Price {
-            input: i * 1e6,
-            output: o * 1e6,
-            cache_write: i * 1.25e6,
-            cache_read: i * 0.1e6,
-        };
-        Self(vec![
-            ("opus".into(), usd(15.0, 75.0)),
-            ("haiku".into(), usd(1.0, 5.0)),
-            ("sonnet".into(), usd(3.0, 15.0)),
-        ])
-    }
-}
-
-impl Prices {
-    fn for_model(&self, model: &str) -> Price {
-        self.0
-            .iter()
-            .find(|(k, _)| model.contains(k.as_str()))
-            .map(|(_, p)| *p)
-            .unwrap_or_else(|| Prices::default().0[2].1)
-    }
-}
+/// Largest request body forwarded.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// What a task used through the gateway.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -89,27 +68,33 @@ pub struct Metered {
     pub cache_read_tokens: i64,
     /// Cache writes.
     pub cache_write_tokens: i64,
-    /// Cost in micro-dollars.
+    /// Cost settled so far, micro-dollars.
     pub cost_microusd: f64,
-    /// Calls forwarded.
+    /// Reserved by calls in flight, micro-dollars.
+    pub reserved_microusd: f64,
+    /// Calls settled.
     pub calls: u64,
-    /// Whether the budget was reached.
+    /// Calls refused (endpoint not forwarded, or the budget could not cover them).
+    pub refused: u64,
+    /// Whether a call was refused for the budget: the task is over.
     pub over_budget: bool,
 }
 
 struct TaskMeter {
     task_id: i64,
-    budget_microusd: Option<f64>,
+    budget_microusd: f64,
+    prices: Prices,
     used: Metered,
 }
+
+type Meters = Arc<Mutex<HashMap<String, TaskMeter>>>;
 
 #[derive(Clone)]
 struct Inner {
     upstream: String,
     credential: Credential,
-    prices: Prices,
     http: reqwest::Client,
-    tasks: Arc<Mutex<HashMap<String, TaskMeter>>>,
+    tasks: Meters,
 }
 
 /// The gateway; cheap to clone.
@@ -149,10 +134,12 @@ impl Drop for TaskToken {
 
 impl Gateway {
     /// A gateway forwarding to `upstream` (e.g. `https://api.anthropic.com`) with `credential`.
-    pub fn new(upstream: &str, credential: Credential, prices: Prices) -> anyhow::Result<Self> {
+    pub fn new(upstream: &str, credential: Credential) -> anyhow::Result<Self> {
         match &credential {
             Credential::ApiKey(k) | Credential::OAuth(k) => crate::redact::remember(k),
         }
+        // The upstream is reached over rustls with ring (a no-op when already installed).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()?;
@@ -160,15 +147,15 @@ impl Gateway {
             inner: Inner {
                 upstream: upstream.trim_end_matches('/').to_owned(),
                 credential,
-                prices,
                 http,
                 tasks: Arc::default(),
             },
         })
     }
 
-    /// Registers a task with an optional budget; returns its token.
-    pub fn register(&self, task_id: i64, budget_microusd: Option<i64>) -> TaskToken {
+    /// Registers a task that may spend `budget_microusd` (0 or less refuses every paid call),
+    /// metered at `prices`; returns its token.
+    pub fn register(&self, task_id: i64, budget_microusd: i64, prices: Prices) -> TaskToken {
         let token = format!(
             "bpgw-{}{}",
             uuid::Uuid::new_v4().simple(),
@@ -178,7 +165,8 @@ impl Gateway {
             token.clone(),
             TaskMeter {
                 task_id,
-                budget_microusd: budget_microusd.filter(|b| *b > 0).map(|b| b as f64),
+                budget_microusd: budget_microusd.max(0) as f64,
+                prices,
                 used: Metered::default(),
             },
         );
@@ -199,7 +187,7 @@ impl Gateway {
             .unwrap_or_default()
     }
 
-    /// The HTTP routes (everything is forwarded).
+    /// The HTTP routes (every request goes through [`forward`]'s checks).
     pub fn router(&self) -> Router {
         Router::new()
             .fallback(forward)
@@ -244,6 +232,130 @@ fn presented(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A call's worst case, micro-dollars: every body byte an input token at the dearer of the input
+/// and cache-write rates (no tokenizer yields more tokens than bytes), plus all of `max_tokens`.
+fn worst_case(rate: &Rate, body_bytes: usize, max_tokens: i64) -> f64 {
+    (body_bytes as f64 * rate.input.max(rate.cache_write) + max_tokens as f64 * rate.output) / 1e6
+}
+
+/// One forwarded call's claim on its task's budget: settled once, with the reported usage or,
+/// if dropped unsettled (the stream broke off), with the whole reservation.
+struct Reservation {
+    tasks: Meters,
+    token: String,
+    rate: Rate,
+    reserved: f64,
+    /// The usage seen so far on a stream (counted even if the stream breaks off).
+    seen: Usage,
+    settled: bool,
+}
+
+impl Reservation {
+    /// Reserves `reserved` for the task with `token` unless it would pass the budget; the error
+    /// is the message for the agent.
+    fn take(
+        tasks: &Meters,
+        token: &str,
+        model: &str,
+        body_bytes: usize,
+        max_tokens: i64,
+    ) -> Result<Self, String> {
+        let mut all = tasks.lock().expect("gateway lock");
+        let Some(m) = all.get_mut(token) else {
+            return Err("unknown or expired task token".into());
+        };
+        let rate = m.prices.of(model);
+        let reserved = worst_case(&rate, body_bytes, max_tokens);
+        let committed = m.used.cost_microusd + m.used.reserved_microusd;
+        if committed + reserved > m.budget_microusd {
+            m.used.refused += 1;
+            m.used.over_budget = true;
+            tracing::warn!(
+                task = m.task_id,
+                spent_microusd = m.used.cost_microusd,
+                in_flight_microusd = m.used.reserved_microusd,
+                call_worst_case_microusd = reserved,
+                budget_microusd = m.budget_microusd,
+                "a model call would pass the task's budget; refused"
+            );
+            return Err(format!(
+                "the task's budget cannot cover this call: its worst case is {:.0} micro-dollars ({} output tokens of {model}) and {:.0} of {:.0} are spent or reserved; no further model calls",
+                reserved, max_tokens, committed, m.budget_microusd
+            ));
+        }
+        m.used.reserved_microusd += reserved;
+        Ok(Self {
+            tasks: tasks.clone(),
+            token: token.to_owned(),
+            rate,
+            reserved,
+            seen: Usage::default(),
+            settled: false,
+        })
+    }
+
+    /// Ends the claim: charges `usage` when it is complete, the reservation (or more, if the
+    /// usage seen says so) when it is not, nothing when `release` (an error the upstream bills
+    /// nothing for).
+    fn settle(&mut self, usage: Usage, release: bool) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        let actual = self.rate.cost(
+            usage.input,
+            usage.output,
+            usage.cache_write,
+            usage.cache_read,
+        );
+        let charged = if release {
+            0.0
+        } else if usage.done {
+            actual
+        } else {
+            actual.max(self.reserved)
+        };
+        let mut all = self.tasks.lock().expect("gateway lock");
+        if let Some(m) = all.get_mut(&self.token) {
+            m.used.reserved_microusd = (m.used.reserved_microusd - self.reserved).max(0.0);
+            m.used.input_tokens += usage.input;
+            m.used.output_tokens += usage.output;
+            m.used.cache_read_tokens += usage.cache_read;
+            m.used.cache_write_tokens += usage.cache_write;
+            m.used.cost_microusd += charged;
+            if m.used.cost_microusd >= m.budget_microusd && !m.used.over_budget {
+                m.used.over_budget = true;
+                tracing::warn!(
+                    task = m.task_id,
+                    cost_microusd = m.used.cost_microusd,
+                    "task reached its budget"
+                );
+            }
+            if !release {
+                m.used.calls += 1;
+            }
+            if !usage.done && !release {
+                tracing::info!(
+                    task = m.task_id,
+                    charged_microusd = charged,
+                    "a model call ended before its usage was complete; charged its reservation"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.settle(
+            Usage {
+                done: false,
+                ..self.seen
+            },
+            false,
+        );
+    }
+}
+
 async fn forward(State(gw): State<Inner>, req: Request) -> Response {
     let Some(token) = presented(req.headers()) else {
         return refuse(
@@ -253,8 +365,8 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
         );
     };
     let task_id = {
-        let tasks = gw.tasks.lock().expect("gateway lock");
-        match tasks.get(&token) {
+        let mut tasks = gw.tasks.lock().expect("gateway lock");
+        match tasks.get_mut(&token) {
             None => {
                 return refuse(
                     StatusCode::UNAUTHORIZED,
@@ -263,27 +375,60 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
                 );
             }
             Some(m) if m.used.over_budget => {
+                m.used.refused += 1;
                 return refuse(
                     StatusCode::FORBIDDEN,
                     "permission_error",
                     "the task reached its cost budget; no further model calls",
                 );
             }
-            Some(m) => m.task_id,
+            Some(m) => {
+                let endpoint = (req.method().as_str(), req.uri().path());
+                if !FORWARDED.contains(&endpoint) {
+                    m.used.refused += 1;
+                    tracing::warn!(task = m.task_id, method = %req.method(), path = req.uri().path(), "a sandbox called an endpoint the gateway does not forward");
+                    return refuse(
+                        StatusCode::FORBIDDEN,
+                        "permission_error",
+                        &format!(
+                            "the model gateway forwards only POST /v1/messages and POST /v1/messages/count_tokens, not {} {}",
+                            req.method(),
+                            req.uri().path()
+                        ),
+                    );
+                }
+                m.task_id
+            }
         }
     };
     let (parts, body) = req.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, 32 * 1024 * 1024).await else {
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
             "request body over 32 MiB",
         );
     };
-    let model = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("model").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_default();
+    let request = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    // Counting tokens is free; only a message is paid for.
+    let mut reservation = if parts.uri.path() == "/v1/messages" && parts.method == Method::POST {
+        let max_tokens = request
+            .get("max_tokens")
+            .and_then(Value::as_i64)
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_MAX_TOKENS);
+        match Reservation::take(&gw.tasks, &token, &model, body.len(), max_tokens) {
+            Ok(r) => Some(r),
+            Err(why) => return refuse(StatusCode::FORBIDDEN, "permission_error", &why),
+        }
+    } else {
+        None
+    };
     let path = parts
         .uri
         .path_and_query()
@@ -314,6 +459,9 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(task = task_id, error = %e, "model upstream unreachable");
+            if let Some(r) = reservation.as_mut() {
+                r.settle(Usage::default(), true);
+            }
             return refuse(
                 StatusCode::BAD_GATEWAY,
                 "api_error",
@@ -336,47 +484,22 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let price = gw.prices.for_model(&model);
-    let tasks = gw.tasks.clone();
-    let meter = move |usage: Usage| {
-        let mut tasks = tasks.lock().expect("gateway lock");
-        if let Some(m) = tasks.get_mut(&token) {
-            m.used.input_tokens += usage.input;
-            m.used.output_tokens += usage.output;
-            m.used.cache_read_tokens += usage.cache_read;
-            m.used.cache_write_tokens += usage.cache_write;
-            m.used.cost_microusd += (usage.input as f64 * price.input
-                + usage.output as f64 * price.output
-                + usage.cache_write as f64 * price.cache_write
-                + usage.cache_read as f64 * price.cache_read)
-                / 1e6;
-            if usage.done {
-                m.used.calls += 1;
-            }
-            if let Some(b) = m.budget_microusd
-                && m.used.cost_microusd >= b
-                && !m.used.over_budget
-            {
-                m.used.over_budget = true;
-                tracing::warn!(
-                    task = m.task_id,
-                    cost_microusd = m.used.cost_microusd,
-                    "task reached its budget"
-                );
-            }
-        }
-    };
     let mut builder = Response::builder().status(status);
     if let Some(h) = builder.headers_mut() {
         *h = headers;
     }
-    if is_sse {
-        // Pass every byte through as it arrives; meter from the events on the way.
+    if is_sse && status.is_success() {
+        // Pass every byte through as it arrives; meter from the events on the way and settle at
+        // `message_stop`, or — if the stream is dropped first — when the reservation is dropped.
         let mut parser = SseUsage::default();
         let stream = resp.bytes_stream().map(move |chunk| {
-            if let Ok(bytes) = &chunk {
-                for usage in parser.feed(bytes) {
-                    meter(usage);
+            if let Ok(bytes) = &chunk
+                && let Some(r) = reservation.as_mut()
+            {
+                let done = parser.feed(bytes);
+                r.seen = parser.usage();
+                if done {
+                    r.settle(r.seen, false);
                 }
             }
             chunk
@@ -385,14 +508,38 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
             .body(Body::from_stream(stream))
             .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
     } else {
-        let bytes = resp.bytes().await.unwrap_or_default();
-        if status.is_success()
-            && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
-            && let Some(u) = v.get("usage")
-        {
-            let mut usage = Usage::from_json(u);
-            usage.done = v.get("type").and_then(Value::as_str) == Some("message");
-            meter(usage);
+        let bytes = resp.bytes().await;
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(task = task_id, error = %e, "model upstream broke off its answer");
+                // Dropping the reservation charges it: the upstream may have billed the call.
+                return refuse(
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    "the model API broke off its answer",
+                );
+            }
+        };
+        if let Some(r) = reservation.as_mut() {
+            let reported = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("usage").map(Usage::from_json));
+            match reported {
+                Some(mut usage) if status.is_success() => {
+                    usage.done = true;
+                    r.settle(usage, false);
+                }
+                Some(usage) => r.settle(
+                    Usage {
+                        done: true,
+                        ..usage
+                    },
+                    false,
+                ),
+                // An error without usage bills nothing; a success without it is charged whole.
+                None => r.settle(Usage::default(), !status.is_success()),
+            }
         }
         let mut r = builder
             .body(Body::from(bytes))
@@ -433,53 +580,79 @@ impl Usage {
     }
 }
 
-/// Incremental parser of a Messages API event stream that yields usage: input and cache tokens
-/// from `message_start`, output tokens from `message_delta` (cumulative, so the last one counts).
+/// Incremental parser of a Messages API event stream that keeps one call's usage: input and
+/// cache tokens from `message_start`, output tokens from `message_delta` (cumulative: the last
+/// value counts; later input figures there replace the first), complete at `message_stop`.
 #[derive(Debug, Default)]
 pub struct SseUsage {
     buf: Vec<u8>,
+    /// How far `buf` was searched for an event's end.
+    scanned: usize,
+    usage: Usage,
 }
 
+/// Longest event kept while waiting for its end; a longer one is skipped (it carries no usage
+/// the gateway needs, and the agent gets every byte anyway).
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
 impl SseUsage {
-    /// Feeds bytes; returns the usage found in complete events.
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Usage> {
+    /// Feeds bytes; returns whether the call's usage is now complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> bool {
         self.buf.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        while let Some(end) = find(&self.buf, b"\n\n") {
-            let event: Vec<u8> = self.buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&event);
-            for line in text.lines() {
-                let Some(data) = line.strip_prefix("data:") else {
-                    continue;
-                };
-                let Ok(v) = serde_json::from_str::<Value>(data.trim()) else {
-                    continue;
-                };
-                match v.get("type").and_then(Value::as_str) {
-                    Some("message_start") => {
-                        if let Some(u) = v.get("message").and_then(|m| m.get("usage")) {
-                            let mut usage = Usage::from_json(u);
-                            usage.output = 0; // counted at message_delta
-                            out.push(usage);
-                        }
-                    }
-                    Some("message_delta") => {
-                        if let Some(u) = v.get("usage") {
-                            out.push(Usage {
-                                output: u.get("output_tokens").and_then(Value::as_i64).unwrap_or(0),
-                                ..Usage::default()
-                            });
-                        }
-                    }
-                    Some("message_stop") => out.push(Usage {
-                        done: true,
-                        ..Usage::default()
-                    }),
-                    _ => {}
+        loop {
+            let from = self.scanned.saturating_sub(1);
+            let Some(end) = find(&self.buf[from..], b"\n\n").map(|i| i + from) else {
+                self.scanned = self.buf.len();
+                if self.buf.len() > MAX_EVENT_BYTES {
+                    self.buf.clear();
+                    self.scanned = 0;
                 }
+                break;
+            };
+            let event: Vec<u8> = self.buf.drain(..end + 2).collect();
+            self.scanned = 0;
+            self.event(&String::from_utf8_lossy(&event));
+        }
+        self.usage.done
+    }
+
+    /// The usage seen so far.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn event(&mut self, text: &str) {
+        for line in text.lines() {
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<Value>(data.trim()) else {
+                continue;
+            };
+            let u = &mut self.usage;
+            match v.get("type").and_then(Value::as_str) {
+                Some("message_start") => {
+                    if let Some(found) = v.get("message").and_then(|m| m.get("usage")) {
+                        let found = Usage::from_json(found);
+                        u.input = found.input;
+                        u.cache_read = found.cache_read;
+                        u.cache_write = found.cache_write;
+                        u.output = found.output;
+                    }
+                }
+                Some("message_delta") => {
+                    if let Some(found) = v.get("usage") {
+                        let n = |k: &str| found.get(k).and_then(Value::as_i64);
+                        u.output = n("output_tokens").unwrap_or(u.output);
+                        u.input = n("input_tokens").unwrap_or(u.input);
+                        u.cache_read = n("cache_read_input_tokens").unwrap_or(u.cache_read);
+                        u.cache_write = n("cache_creation_input_tokens").unwrap_or(u.cache_write);
+                    }
+                }
+                Some("message_stop") => u.done = true,
+                _ => {}
             }
         }
-        out
     }
 }
 
@@ -490,29 +663,27 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    const START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":100,\"output_tokens\":1,\"cache_read_input_tokens\":7,\"cache_creation_input_tokens\":3}}}\n\n";
+    const REST: &str = concat!(
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":42}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
 
     #[test]
     fn event_streams_are_metered_across_chunk_boundaries() {
-        let stream = concat!(
-            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":100,\"output_tokens\":1,\"cache_read_input_tokens\":7,\"cache_creation_input_tokens\":3}}}\n\n",
-            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n",
-            "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":42}}\n\n",
-            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-        );
+        let stream = format!("{START}{REST}");
         let mut p = SseUsage::default();
-        let mut all = Vec::new();
+        let mut done = false;
         for chunk in stream.as_bytes().chunks(17) {
-            all.extend(p.feed(chunk));
+            done |= p.feed(chunk);
         }
-        let total = all.iter().fold(Usage::default(), |a, u| Usage {
-            input: a.input + u.input,
-            output: a.output + u.output,
-            cache_read: a.cache_read + u.cache_read,
-            cache_write: a.cache_write + u.cache_write,
-            done: a.done || u.done,
-        });
+        assert!(done);
         assert_eq!(
-            total,
+            p.usage(),
             Usage {
                 input: 100,
                 output: 42,
@@ -524,10 +695,255 @@ mod tests {
     }
 
     #[test]
-    fn prices_pick_the_model_family() {
+    fn an_event_past_the_cap_is_skipped_and_the_next_still_counts() {
+        let mut p = SseUsage::default();
+        let huge = vec![b'x'; MAX_EVENT_BYTES + 10];
+        for chunk in huge.chunks(4096) {
+            assert!(!p.feed(chunk));
+        }
+        assert!(p.buf.len() <= MAX_EVENT_BYTES + 4096, "{}", p.buf.len());
+        p.feed(b"\n\n");
+        assert!(p.feed(format!("{START}{REST}").as_bytes()));
+        assert_eq!(p.usage().output, 42);
+    }
+
+    /// A stand-in for the model API that counts what reaches it. `/v1/messages` answers JSON
+    /// with 1,000 input and 100 output tokens, unless the model is `stream` (an event stream
+    /// that stops after `message_start` until `release` is notified), `hang` (never answers
+    /// until released) or `error` (a 529 without usage).
+    struct Upstream {
+        url: String,
+        hits: Arc<AtomicUsize>,
+        release: Arc<tokio::sync::Notify>,
+    }
+
+    async fn upstream() -> Upstream {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (h, rel) = (hits.clone(), release.clone());
+        let app = Router::new().fallback(move |req: Request| {
+            let (h, rel) = (h.clone(), rel.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                match v["model"].as_str().unwrap_or("") {
+                    m if m.starts_with("stream") => {
+                        let first = futures::stream::once(async {
+                            Ok::<_, std::io::Error>(bytes::Bytes::from_static(START.as_bytes()))
+                        });
+                        let rest = futures::stream::once(async move {
+                            rel.notified().await;
+                            Ok(bytes::Bytes::from_static(REST.as_bytes()))
+                        });
+                        Response::builder()
+                            .header(header::CONTENT_TYPE, "text/event-stream")
+                            .body(Body::from_stream(first.chain(rest)))
+                            .unwrap()
+                    }
+                    "error" => (StatusCode::from_u16(529).unwrap(), "{\"type\":\"error\"}")
+                        .into_response(),
+                    model => {
+                        if model.starts_with("hang") {
+                            rel.notified().await;
+                        }
+                        axum::Json(json!({"type": "message", "usage": {"input_tokens": 1000, "output_tokens": 100}}))
+                            .into_response()
+                    }
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Upstream { url, hits, release }
+    }
+
+    /// A gateway in front of `up` serving on a local port; returns its URL.
+    async fn gateway(up: &Upstream) -> (Gateway, String) {
+        let gw = Gateway::new(&up.url, Credential::ApiKey("sk-real".into())).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        gw.serve_tcp(listener);
+        (gw, url)
+    }
+
+    fn call(
+        url: &str,
+        token: &TaskToken,
+        model: &str,
+        max_tokens: i64,
+    ) -> impl std::future::Future<Output = reqwest::Response> + use<> {
+        let req = reqwest::Client::new()
+            .post(format!("{url}/v1/messages?beta=true"))
+            .header("x-api-key", token.token())
+            .json(&json!({"model": model, "max_tokens": max_tokens, "messages": []}));
+        async move { req.send().await.unwrap() }
+    }
+
+    async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sonnet rates: what one call's worst case and its settled cost are.
+    fn sonnet() -> (Prices, Rate) {
         let p = Prices::default();
-        assert_eq!(p.for_model("claude-opus-4").output, 75e6);
-        assert_eq!(p.for_model("claude-sonnet-5-5").input, 3e6);
-        assert_eq!(p.for_model("something-else").input, 3e6);
+        let r = p.of("sonnet");
+        (p, r)
+    }
+
+    #[tokio::test]
+    async fn only_the_messages_api_is_forwarded() {
+        let up = upstream().await;
+        let (gw, url) = gateway(&up).await;
+        let token = gw.register(1, 50_000_000, Prices::default());
+        let http = reqwest::Client::new();
+        for (method, path) in [
+            ("POST", "/v1/files"),
+            ("GET", "/v1/files/file_1/content"),
+            ("POST", "/v1/messages/batches"),
+            ("GET", "/v1/models"),
+            ("DELETE", "/v1/messages"),
+            ("POST", "/v1/organizations/api_keys"),
+            ("POST", "/v1/messages/../files"),
+        ] {
+            let resp = http
+                .request(method.parse().unwrap(), format!("{url}{path}"))
+                .header("x-api-key", token.token())
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 403, "{method} {path}");
+            let text = resp.text().await.unwrap();
+            assert!(text.contains("forwards only POST /v1/messages"), "{text}");
+        }
+        assert_eq!(
+            up.hits.load(Ordering::SeqCst),
+            0,
+            "nothing reached the model API"
+        );
+        assert_eq!(token.used().refused, 7);
+        // The two forwarded endpoints work, count_tokens for free.
+        let resp = http
+            .post(format!("{url}/v1/messages/count_tokens"))
+            .header("x-api-key", token.token())
+            .json(&json!({"model": "sonnet", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(call(&url, &token, "sonnet", 1000).await.status(), 200);
+        assert_eq!(up.hits.load(Ordering::SeqCst), 2);
+        let (_, rate) = sonnet();
+        assert_eq!(token.used().cost_microusd, rate.cost(1000, 100, 0, 0));
+        assert_eq!(token.used().reserved_microusd, 0.0);
+    }
+
+    #[tokio::test]
+    async fn a_budget_of_nothing_forwards_no_paid_call() {
+        let up = upstream().await;
+        let (gw, url) = gateway(&up).await;
+        let token = gw.register(1, 0, Prices::default());
+        let resp = call(&url, &token, "haiku", 1).await;
+        assert_eq!(resp.status(), 403);
+        assert!(resp.text().await.unwrap().contains("budget cannot cover"));
+        assert_eq!(up.hits.load(Ordering::SeqCst), 0);
+        assert!(token.used().over_budget);
+    }
+
+    #[tokio::test]
+    async fn parallel_calls_cannot_together_pass_the_budget() {
+        let up = upstream().await;
+        let (gw, url) = gateway(&up).await;
+        let (prices, rate) = sonnet();
+        // Room for one call's worst case (body ≈ 60 bytes, 100,000 output tokens), not two.
+        let one = worst_case(&rate, 80, 100_000);
+        let token = gw.register(1, (one * 1.5) as i64, prices);
+        let first = tokio::spawn(call(&url, &token, "hang-sonnet", 100_000));
+        wait_until(Duration::from_secs(10), || {
+            up.hits.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert!(token.used().reserved_microusd > 0.0);
+        // While the first is in flight, a second is refused, though nothing is spent yet.
+        let second = call(&url, &token, "sonnet", 100_000).await;
+        assert_eq!(second.status(), 403);
+        assert_eq!(token.used().cost_microusd, 0.0);
+        assert_eq!(
+            up.hits.load(Ordering::SeqCst),
+            1,
+            "the second never reached the API"
+        );
+        up.release.notify_one();
+        assert_eq!(first.await.unwrap().status(), 200);
+        let used = token.used();
+        assert_eq!(used.reserved_microusd, 0.0);
+        assert_eq!(
+            used.cost_microusd,
+            rate.cost(1000, 100, 0, 0),
+            "settled to the usage"
+        );
+        assert!(used.over_budget, "a refused call ends the task");
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_off_before_its_usage_is_charged_its_reservation() {
+        let up = upstream().await;
+        let (gw, url) = gateway(&up).await;
+        let (prices, rate) = sonnet();
+        let token = gw.register(1, 50_000_000, prices);
+        let mut resp = call(&url, &token, "stream-sonnet", 20_000).await;
+        let first = resp.chunk().await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("message_start"));
+        let reserved = token.used().reserved_microusd;
+        assert!(reserved >= 20_000.0 * rate.output / 1e6, "{reserved}");
+        drop(resp); // the agent hangs up mid-stream
+        wait_until(Duration::from_secs(10), || {
+            token.used().reserved_microusd == 0.0
+        })
+        .await;
+        let used = token.used();
+        assert_eq!(
+            used.cost_microusd, reserved,
+            "charged the whole reservation"
+        );
+        assert_eq!(used.input_tokens, 100, "the tokens seen are still counted");
+        // A stream read to its end is charged what it used.
+        let stream = tokio::spawn(call(&url, &token, "stream-sonnet", 20_000));
+        wait_until(Duration::from_secs(10), || {
+            up.hits.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        up.release.notify_one();
+        let text = stream.await.unwrap().text().await.unwrap();
+        assert!(text.contains("message_stop"));
+        let after = token.used();
+        let charged = after.cost_microusd - used.cost_microusd;
+        assert!(
+            (charged - rate.cost(100, 42, 3, 7)).abs() < 1e-6,
+            "{charged}"
+        );
+        assert_eq!(after.reserved_microusd, 0.0);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_error_without_usage_releases_its_reservation() {
+        let up = upstream().await;
+        let (gw, url) = gateway(&up).await;
+        let token = gw.register(1, 50_000_000, Prices::default());
+        assert_eq!(call(&url, &token, "error", 1000).await.status(), 529);
+        let used = token.used();
+        assert_eq!((used.cost_microusd, used.reserved_microusd), (0.0, 0.0));
+        assert!(!used.over_budget);
     }
 }

@@ -238,7 +238,7 @@ impl SandboxExecutor {
         }
         let token = self
             .gateway
-            .register(lease.task_id, Some(spec.budget_microusd));
+            .register(lease.task_id, spec.budget_microusd, spec.prices.clone());
         let (egress, gateway_url) = self.egress(&spec.egress_policy);
         if !matches!(egress, Egress::None { .. })
             && let Some(why) = self.unsafe_network.lock().expect("network lock").clone()

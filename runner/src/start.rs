@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::daemon::{self, Control};
-use crate::gateway::{Credential, Gateway, Prices};
+use crate::gateway::{Credential, Gateway};
 use crate::identity::Identity;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::sandbox_executor::{ExecConfig, SandboxExecutor};
@@ -29,7 +29,7 @@ pub struct Setup {
 /// Puts the executor together: the metering gateway, the Docker sandbox, and the host prepared
 /// by [`SandboxExecutor::start`] (orphans removed, networks and firewall in place).
 pub async fn executor(setup: Setup) -> anyhow::Result<SandboxExecutor> {
-    let gateway = Gateway::new(&setup.model_api, setup.credential, Prices::default())?;
+    let gateway = Gateway::new(&setup.model_api, setup.credential)?;
     let defaults = SandboxConfig::default();
     let sandbox = Sandbox::connect(SandboxConfig {
         image: setup.image.unwrap_or(defaults.image.clone()),

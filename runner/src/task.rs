@@ -45,8 +45,10 @@ pub struct TaskSpec {
     pub branch: Option<String>,
     /// `none`, `gateway-only` or `open`.
     pub egress_policy: String,
-    /// Cost cap in micro-dollars (0: none).
+    /// What this attempt may spend on model calls, micro-dollars (0: nothing).
     pub budget_microusd: i64,
+    /// The controller's price table, for metering.
+    pub prices: proto::prices::Prices,
     /// Learnings of earlier tasks in the repository (newest first).
     pub learnings: Vec<String>,
     /// The stack, as configured or detected in the checkout.

@@ -117,7 +117,7 @@ pub fn bounded_context(context: &serde_json::Value, max: usize) -> serde_json::V
 }
 
 /// What a runner needs to know to run a task.
-pub fn task_spec(t: &Task, repo: &ClaimedRepo) -> proto::TaskSpec {
+pub fn task_spec(t: &Task, repo: &ClaimedRepo, prices: &proto::prices::Prices) -> proto::TaskSpec {
     proto::TaskSpec {
         repo: repo.name.clone(),
         clone_url: repo.clone_url.clone(),
@@ -140,7 +140,9 @@ pub fn task_spec(t: &Task, repo: &ClaimedRepo) -> proto::TaskSpec {
             .clone()
             .unwrap_or_else(|| crate::store::tasks::task_branch(t.id, &t.issue_title)),
         egress_policy: repo.egress_policy.clone(),
-        budget_microusd: repo.budget_task_microusd.unwrap_or_default(),
+        // What is left of the task's budget after its earlier attempts.
+        budget_microusd: (repo.budget_task_microusd - t.cost_microusd).max(0),
+        prices: prices.to_wire(),
         priority: t.priority,
         learnings: Vec::new(),
         stack: String::new(),

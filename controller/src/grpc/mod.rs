@@ -35,6 +35,8 @@ pub struct GrpcConfig {
     pub max_bundle_bytes: usize,
     /// Retry budgets applied to completions.
     pub retry: RetryPolicy,
+    /// The price table sent with every lease.
+    pub prices: proto::prices::Prices,
 }
 
 impl Default for GrpcConfig {
@@ -46,6 +48,7 @@ impl Default for GrpcConfig {
             lease_wait: Duration::from_secs(50),
             max_bundle_bytes: proto::limits::MAX_BUNDLE_BYTES,
             retry: RetryPolicy::default(),
+            prices: proto::prices::Prices::default(),
         }
     }
 }

@@ -286,7 +286,7 @@ impl proto::runner_server::Runner for RunnerService {
                             .map(|t| t.timestamp_millis())
                             .unwrap_or_default(),
                         task: Some({
-                            let mut spec = convert::task_spec(&task, &repo);
+                            let mut spec = convert::task_spec(&task, &repo, &self.config.prices);
                             spec.learnings = self
                                 .store
                                 .recent_learnings(task.repo_id, LEARNINGS_IN_PROMPT)

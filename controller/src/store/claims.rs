@@ -138,7 +138,8 @@ macro_rules! claim_sql {
             ")",
             "SELECT cand.id AS candidate, claimed.*, r.name AS repo_name, r.clone_url AS repo_clone_url,",
             "  r.default_branch AS repo_default_branch, r.verify_command AS repo_verify_command,",
-            "  r.egress_policy AS repo_egress_policy, r.budget_task_microusd AS repo_budget_task_microusd,",
+            "  r.egress_policy AS repo_egress_policy,",
+            "  COALESCE(r.budget_task_microusd, (SELECT budget_task_microusd FROM settings)) AS repo_budget_task_microusd,",
             "  r.agent_hooks AS repo_agent_hooks",
             " FROM cand LEFT JOIN claimed ON claimed.id = cand.id LEFT JOIN repos r ON r.id = claimed.repo_id"
         )
@@ -182,9 +183,9 @@ pub struct ClaimedRepo {
     /// Egress policy.
     #[sqlx(rename = "repo_egress_policy")]
     pub egress_policy: String,
-    /// Per-task budget.
+    /// The task's budget across its attempts: the repository's, else the fleet's default.
     #[sqlx(rename = "repo_budget_task_microusd")]
-    pub budget_task_microusd: Option<i64>,
+    pub budget_task_microusd: i64,
     /// Whether the agent CLI may run the default branch's hooks and MCP servers.
     #[sqlx(rename = "repo_agent_hooks")]
     pub agent_hooks: bool,

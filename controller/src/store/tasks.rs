@@ -238,14 +238,26 @@ pub enum CancelOutcome {
 }
 
 // One statement per failure mode: the counter column differs, everything else is shared.
+// Whether the task has budget left for another attempt: its cost so far (every attempt and the
+// controller's calls for it) under its repository's task budget, else the fleet's default.
+macro_rules! budget_left {
+    () => {
+        "cost_microusd < (SELECT COALESCE(r.budget_task_microusd, (SELECT budget_task_microusd FROM settings)) \
+         FROM repos r WHERE r.id = tasks.repo_id)"
+    };
+}
+
 macro_rules! retry_sql {
     ($col:literal) => {
         concat!(
             "UPDATE tasks SET ",
-            "status = CASE WHEN ", $col, " < $3 THEN 'queued' ELSE 'failed' END, ",
-            "terminal_reason = CASE WHEN ", $col, " < $3 THEN NULL ELSE $4 END, ",
-            "error = $5, ",
-            $col, " = ", $col, " + CASE WHEN ", $col, " < $3 THEN 1 ELSE 0 END, ",
+            "status = CASE WHEN ", $col, " < $3 AND ", budget_left!(), " THEN 'queued' ELSE 'failed' END, ",
+            "terminal_reason = CASE WHEN ", $col, " < $3 AND ", budget_left!(), " THEN NULL ",
+            "  WHEN ", $col, " < $3 THEN 'budget_exceeded' ELSE $4 END, ",
+            "error = CASE WHEN ", $col, " < $3 AND NOT ", budget_left!(),
+            "  THEN 'the task spent its budget (' || cost_microusd || ' micro-dollars); raise the repository''s task budget, then requeue it. Last error: ' || $5 ",
+            "  ELSE $5 END, ",
+            $col, " = ", $col, " + CASE WHEN ", $col, " < $3 AND ", budget_left!(), " THEN 1 ELSE 0 END, ",
             "model = CASE WHEN ", $col, " < $3 THEN COALESCE((SELECT e.t FROM unnest($6::text[], $7::text[]) AS e(f, t) WHERE e.f = tasks.model), model) ELSE model END, ",
             "retry_context = CASE WHEN $8::jsonb IS NULL THEN retry_context ELSE retry_context || jsonb_build_array($8::jsonb) END, ",
             "resume_branch = $9, ",
@@ -253,7 +265,8 @@ macro_rules! retry_sql {
             "pr_url = CASE WHEN $9 THEN pr_url END, ",
             "lease_token = NULL, lease_expires_at = NULL, lost_count = 0, ",
             "ev_seq = ev_seq + 1, ev_actor = $10, ",
-            "ev_reason = CASE WHEN ", $col, " < $3 THEN $11 ELSE $4 END, ev_data = $12 ",
+            "ev_reason = CASE WHEN ", $col, " < $3 AND ", budget_left!(), " THEN $11 ",
+            "  WHEN ", $col, " < $3 THEN 'budget_exceeded' ELSE $4 END, ev_data = $12 ",
             "WHERE id = $1 AND status = ANY($2) RETURNING ",
             task_columns!()
         )

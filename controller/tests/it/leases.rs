@@ -491,3 +491,51 @@ async fn a_task_that_keeps_losing_its_runner_fails_and_the_rest_runs() {
         .unwrap();
     assert_eq!((again.status, again.lost_count), (Status::Queued, 0));
 }
+
+/// A task's budget spans its attempts: the next lease carries what the earlier attempts left,
+/// and an attempt that spent the rest ends the task instead of queueing another for nothing.
+#[tokio::test]
+async fn a_task_budget_spans_its_attempts() {
+    let store = store().await;
+    let repo = repo(&store, "acme/budget").await;
+    store
+        .update_repo(
+            repo.id,
+            &controller::store::repos::RepoSettings {
+                budget_task_microusd: Some(1_000_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let r = runner(&store, "r1").await;
+    let policy = RetryPolicy::default();
+    let prices = proto::prices::Prices::default();
+    let t = queued(&store, &repo, "spends").await;
+    let lease_of = |claimed: Option<(controller::store::Task, controller::store::claims::ClaimedRepo)>| {
+        let (task, repo) = claimed.expect("a task to claim");
+        let spec = controller::grpc::convert::task_spec(&task, &repo, &prices);
+        (LeaseRef::of(&task).unwrap(), spec)
+    };
+    let (lease, spec) = lease_of(store.claim_with_repo(&crate::claim_req(r)).await.unwrap());
+    assert_eq!(spec.budget_microusd, 1_000_000);
+    assert_eq!(spec.prices, prices.to_wire(), "the price table rides with the lease");
+    let mut failed = Completion::new(Outcome::AgentFailed);
+    failed.error = Some("agent exited 1".into());
+    failed.cost_microusd = 600_000;
+    let after = store.complete(&lease, &failed, &policy).await.unwrap().task;
+    assert_eq!(after.status, Status::Queued, "budget left: retried");
+    let (lease, spec) = lease_of(store.claim_with_repo(&crate::claim_req(r)).await.unwrap());
+    assert_eq!(spec.budget_microusd, 400_000, "only what is left");
+    failed.cost_microusd = 400_000;
+    let after = store.complete(&lease, &failed, &policy).await.unwrap().task;
+    assert_eq!(after.status, Status::Failed, "no attempt runs on an empty budget");
+    assert_eq!(after.terminal_reason.0, Some(TerminalReason::BudgetExceeded));
+    let error = after.error.unwrap_or_default();
+    assert!(
+        error.contains("spent its budget") && error.contains("agent exited 1"),
+        "{error}"
+    );
+    assert_eq!(after.agent_retries, 1, "the retry budget was not what ended it");
+    assert_eq!(store.task(t.id).await.unwrap().cost_microusd, 1_000_000);
+}

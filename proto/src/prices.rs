@@ -1,0 +1,148 @@
+//! The one price table: what a million tokens of each model family cost. The controller owns the
+//! table in force (today's public prices by default), prices its own model calls with it and
+//! sends it with every lease; the runner's gateway meters and reserves with the same numbers.
+
+/// Prices of one model family, micro-dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Input tokens.
+    pub input: f64,
+    /// Output tokens.
+    pub output: f64,
+    /// Tokens written to the prompt cache.
+    pub cache_write: f64,
+    /// Tokens read from the prompt cache.
+    pub cache_read: f64,
+}
+
+impl Rate {
+    /// `input` and `output` dollars per million tokens, with the usual cache multipliers
+    /// (writes 1.25×, reads 0.1× the input price).
+    pub fn usd(input: f64, output: f64) -> Self {
+        Self {
+            input: input * 1e6,
+            output: output * 1e6,
+            cache_write: input * 1.25e6,
+            cache_read: input * 0.1e6,
+        }
+    }
+
+    /// The cost of the given token counts, micro-dollars.
+    pub fn cost(&self, input: i64, output: i64, cache_write: i64, cache_read: i64) -> f64 {
+        (input as f64 * self.input
+            + output as f64 * self.output
+            + cache_write as f64 * self.cache_write
+            + cache_read as f64 * self.cache_read)
+            / 1e6
+    }
+}
+
+/// The table: (model family, rate). The first family the model name contains wins; a model no
+/// family matches is priced at the most expensive entry, so an unknown name never costs less
+/// than it might.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prices(pub Vec<(String, Rate)>);
+
+impl Default for Prices {
+    /// Public list prices (USD per million tokens, 2026-11): Opus 5/25, Sonnet 3/15, Haiku 1/5.
+    fn default() -> Self {
+        Self(vec![
+            ("opus".into(), Rate::usd(5.0, 25.0)),
+            ("sonnet".into(), Rate::usd(3.0, 15.0)),
+            ("haiku".into(), Rate::usd(1.0, 5.0)),
+        ])
+    }
+}
+
+impl Prices {
+    /// The rate of `model` (an alias or a full name).
+    pub fn of(&self, model: &str) -> Rate {
+        let table = if self.0.is_empty() {
+            &Self::default().0
+        } else {
+            &self.0
+        };
+        table
+            .iter()
+            .find(|(family, _)| !family.is_empty() && model.contains(family.as_str()))
+            .or_else(|| {
+                table
+                    .iter()
+                    .max_by(|a, b| a.1.output.total_cmp(&b.1.output))
+            })
+            .map(|(_, r)| *r)
+            .expect("the default table is not empty")
+    }
+
+    /// The cost of a call without cache tokens, micro-dollars (rounded).
+    pub fn cost_microusd(&self, model: &str, input: i64, output: i64) -> i64 {
+        self.of(model).cost(input, output, 0, 0).round() as i64
+    }
+
+    /// The table as sent with a lease.
+    pub fn to_wire(&self) -> Vec<crate::Price> {
+        self.0
+            .iter()
+            .map(|(model, r)| crate::Price {
+                model: model.clone(),
+                input: r.input,
+                output: r.output,
+                cache_write: r.cache_write,
+                cache_read: r.cache_read,
+            })
+            .collect()
+    }
+
+    /// The table a lease carried; an empty one (a controller that sends none) is the default.
+    /// Negative or non-finite rates are read as the most expensive default rate.
+    pub fn from_wire(wire: &[crate::Price]) -> Self {
+        if wire.is_empty() {
+            return Self::default();
+        }
+        let fallback = Self::default().of("");
+        let sane = |v: f64, d: f64| if v.is_finite() && v >= 0.0 { v } else { d };
+        Self(
+            wire.iter()
+                .map(|p| {
+                    (
+                        p.model.clone(),
+                        Rate {
+                            input: sane(p.input, fallback.input),
+                            output: sane(p.output, fallback.output),
+                            cache_write: sane(p.cache_write, fallback.cache_write),
+                            cache_read: sane(p.cache_read, fallback.cache_read),
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_are_priced_by_family_and_an_unknown_one_at_the_dearest() {
+        let p = Prices::default();
+        assert_eq!(p.of("claude-opus-4-5").output, 25e6);
+        assert_eq!(p.of("haiku").input, 1e6);
+        assert_eq!(p.of("some-new-model"), p.of("opus"));
+        assert_eq!(p.cost_microusd("sonnet", 1_000_000, 100_000), 4_500_000);
+        assert_eq!(Prices(Vec::new()).of("x"), p.of("opus"));
+    }
+
+    #[test]
+    fn the_wire_form_round_trips_and_insane_rates_are_dear() {
+        let p = Prices::default();
+        assert_eq!(Prices::from_wire(&p.to_wire()), p);
+        assert_eq!(Prices::from_wire(&[]), p);
+        let mut wire = p.to_wire();
+        wire[2].output = -1.0;
+        wire[2].input = f64::NAN;
+        let back = Prices::from_wire(&wire);
+        assert_eq!(back.of("haiku").output, 25e6);
+        assert_eq!(back.of("haiku").input, 5e6);
+    }
+}
