@@ -391,8 +391,39 @@ pub struct Stats {
     pub avg_cost_microusd: Option<f64>,
     /// Total spending, micro-dollars.
     pub total_cost_microusd: i64,
+    /// All spending (failed and canceled tasks too) over the merged PRs, micro-dollars.
+    #[serde(default)]
+    pub cost_per_merged_microusd: Option<f64>,
+    /// Spending per model, dearest first.
+    #[serde(default)]
+    pub by_model: Vec<ModelCost>,
+    /// Today's daily budget (the repository's when filtered by one, else the fleet's).
+    #[serde(default)]
+    pub budget_today: BudgetToday,
     /// Per repository and day.
     pub by_day: Vec<DayStats>,
+}
+
+/// Spending on one model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCost {
+    /// Model.
+    pub model: String,
+    /// Spent, micro-dollars.
+    pub cost_microusd: i64,
+    /// Its share of a merged PR, micro-dollars.
+    pub per_merged_microusd: Option<f64>,
+}
+
+/// Today's figures of a daily budget (UTC day), micro-dollars.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BudgetToday {
+    /// The daily budget, if set.
+    pub budget_microusd: Option<i64>,
+    /// Spent today.
+    pub spent_microusd: i64,
+    /// Granted to attempts still running.
+    pub granted_microusd: i64,
 }
 
 /// One repository-day.

@@ -325,6 +325,29 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     .unwrap_or_else(|| "–".into()),
                 s.total_cost_microusd as f64 / 1e6
             );
+            let usd = |micro: Option<f64>| {
+                micro
+                    .map(|x| format!("${:.2}", x / 1e6))
+                    .unwrap_or_else(|| "–".into())
+            };
+            println!("cost per merged PR {}", usd(s.cost_per_merged_microusd));
+            for m in &s.by_model {
+                println!(
+                    "  {:<24} ${:>9.2}  per merged PR {}",
+                    m.model,
+                    m.cost_microusd as f64 / 1e6,
+                    usd(m.per_merged_microusd)
+                );
+            }
+            let b = &s.budget_today;
+            println!(
+                "today: spent ${:.2}, ${:.2} granted to running tasks, daily budget {}",
+                b.spent_microusd as f64 / 1e6,
+                b.granted_microusd as f64 / 1e6,
+                b.budget_microusd
+                    .map(|x| format!("${:.2}", x as f64 / 1e6))
+                    .unwrap_or_else(|| "none".into())
+            );
             Ok(())
         }
         Command::Repo(r) => repo(&c, r, json).await,

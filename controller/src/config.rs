@@ -60,6 +60,10 @@ pub struct Config {
     pub secure_cookies: bool,
     /// The price table for every model call, the controller's and the agents'.
     pub prices: proto::prices::Prices,
+    /// A task's budget across its attempts where its repository sets none, micro-dollars.
+    pub task_budget_microusd: i64,
+    /// The fleet's daily budget, micro-dollars (`None`: no fleet-wide limit).
+    pub daily_budget_microusd: Option<i64>,
 }
 
 impl Default for Config {
@@ -90,6 +94,8 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             secure_cookies: false,
             prices: proto::prices::Prices::default(),
+            task_budget_microusd: 10_000_000,
+            daily_budget_microusd: None,
         }
     }
 }
@@ -118,6 +124,10 @@ pub struct FileConfig {
     pub poll_seconds: Option<u64>,
     /// Leases a task may lose in a row before it fails.
     pub max_lease_losses: Option<u32>,
+    /// A task's budget in USD where its repository sets none.
+    pub task_budget_usd: Option<f64>,
+    /// The fleet's daily budget in USD.
+    pub daily_budget_usd: Option<f64>,
     /// Chat webhook URLs.
     pub notify_urls: Option<Vec<String>>,
     /// Whether session cookies are `Secure`.

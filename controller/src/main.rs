@@ -131,6 +131,14 @@ struct ServeArgs {
     /// Leases a task may lose in a row (expired, runner gone) before it fails.
     #[arg(long, env = "BACKPORCHER_MAX_LEASE_LOSSES", default_value_t = 3)]
     max_lease_losses: u32,
+    /// What one task may spend on model calls across its attempts, in USD, where its repository
+    /// sets no budget of its own.
+    #[arg(long, env = "BACKPORCHER_TASK_BUDGET_USD", default_value_t = 10.0)]
+    task_budget_usd: f64,
+    /// What the whole fleet may spend per UTC day, in USD (agents and the controller's own
+    /// calls); unset: no fleet-wide daily limit (repositories may still set their own).
+    #[arg(long, env = "BACKPORCHER_DAILY_BUDGET_USD")]
+    daily_budget_usd: Option<f64>,
 }
 
 /// How to reach GitHub.

@@ -227,6 +227,9 @@ pub async fn start(
     store
         .set_max_lease_losses(config.pipeline.retry.lease_losses)
         .await?;
+    store
+        .set_fleet_budgets(config.task_budget_microusd, config.daily_budget_microusd)
+        .await?;
     let intake = Arc::new(IntakeConfig {
         webhook_secret: config.webhook_secret.clone(),
         allowed_users: config.allowed_users.clone(),

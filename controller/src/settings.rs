@@ -99,6 +99,38 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
                 .to_owned(),
         ));
     }
+    let usd = |what: &str, v: f64, problems: &mut Vec<Problem>| -> Option<i64> {
+        if (0.0..1e9).contains(&v) {
+            Some((v * 1e6).round() as i64)
+        } else {
+            problems.push(error(format!(
+                "`{what} = {v}` is not an amount of US dollars (0 or more)"
+            )));
+            None
+        }
+    };
+    let task_budget = pick!(
+        "task_budget_usd",
+        args.task_budget_usd,
+        file.task_budget_usd
+    );
+    let task_budget_microusd = match usd("task_budget_usd", task_budget, &mut problems) {
+        Some(0) => {
+            problems.push(error(
+                "task_budget_usd = 0 would refuse every model call; set the budget a task may spend"
+                    .to_owned(),
+            ));
+            None
+        }
+        b => b,
+    };
+    let daily_budget = if given("daily_budget_usd") {
+        args.daily_budget_usd
+    } else {
+        file.daily_budget_usd.or(args.daily_budget_usd)
+    };
+    let daily_budget_microusd =
+        daily_budget.and_then(|d| usd("daily_budget_usd", d, &mut problems));
 
     let mut gh = args.github;
     if !given("github_api")
@@ -195,6 +227,8 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
             },
             ..defaults.pipeline.clone()
         },
+        task_budget_microusd: task_budget_microusd.unwrap_or(defaults.task_budget_microusd),
+        daily_budget_microusd,
         ..defaults
     };
     Ok((config, problems))

@@ -140,8 +140,7 @@ pub fn task_spec(t: &Task, repo: &ClaimedRepo, prices: &proto::prices::Prices) -
             .clone()
             .unwrap_or_else(|| crate::store::tasks::task_branch(t.id, &t.issue_title)),
         egress_policy: repo.egress_policy.clone(),
-        // What is left of the task's budget after its earlier attempts.
-        budget_microusd: (repo.budget_task_microusd - t.cost_microusd).max(0),
+        budget_microusd: repo.grant_microusd,
         prices: prices.to_wire(),
         priority: t.priority,
         learnings: Vec::new(),

@@ -62,6 +62,21 @@ pub(super) async fn stats(
         None => None,
     };
     let st = s.store.stats(repo).await?;
+    let by_model = s
+        .store
+        .cost_by_model(repo)
+        .await?
+        .into_iter()
+        .map(|m| api::ModelCost {
+            per_merged_microusd: (st.merged > 0).then(|| m.cost_microusd as f64 / st.merged as f64),
+            model: m.model,
+            cost_microusd: m.cost_microusd,
+        })
+        .collect();
+    let day = match repo {
+        Some(id) => s.store.repo_day(id).await?,
+        None => s.store.fleet_day().await?,
+    };
     let by_day = s
         .store
         .stats_by_day(q.days.unwrap_or(14))
@@ -85,6 +100,13 @@ pub(super) async fn stats(
         retry_rate: st.retry_rate,
         avg_cost_microusd: st.avg_cost_microusd,
         total_cost_microusd: st.total_cost_microusd,
+        cost_per_merged_microusd: st.cost_per_merged_microusd,
+        by_model,
+        budget_today: api::BudgetToday {
+            budget_microusd: day.budget_microusd,
+            spent_microusd: day.spent_microusd,
+            granted_microusd: day.granted_microusd,
+        },
         by_day,
     }))
 }

@@ -158,6 +158,55 @@ pub fn render(m: &Metrics) -> String {
     }
     block(
         &mut out,
+        "backporcher_cost_per_merged_pr_usd",
+        "gauge",
+        "All model spending over the merged PRs, by model (failed and canceled tasks included).",
+    );
+    let mut by_model: std::collections::BTreeMap<&str, i64> = Default::default();
+    for (_, model, micro) in &m.cost {
+        *by_model.entry(model).or_default() += micro;
+    }
+    let per_merged = |micro: i64| {
+        if m.merged > 0 {
+            micro as f64 / 1e6 / m.merged as f64
+        } else {
+            0.0
+        }
+    };
+    out.push_str(&format!(
+        "backporcher_cost_per_merged_pr_usd{{model=\"all\"}} {}\n",
+        per_merged(by_model.values().sum())
+    ));
+    for (model, micro) in &by_model {
+        out.push_str(&format!(
+            "backporcher_cost_per_merged_pr_usd{{model=\"{}\"}} {}\n",
+            esc(model),
+            per_merged(*micro)
+        ));
+    }
+    block(
+        &mut out,
+        "backporcher_budget_today_usd",
+        "gauge",
+        "Today's (UTC) daily budgets: spent, granted to running attempts, and the budget where set; scope is `fleet` or a repository.",
+    );
+    for (scope, spent, granted, budget) in &m.budgets_today {
+        for (kind, v) in [
+            ("spent", Some(*spent)),
+            ("granted", Some(*granted)),
+            ("budget", *budget),
+        ] {
+            if let Some(v) = v {
+                out.push_str(&format!(
+                    "backporcher_budget_today_usd{{scope=\"{}\",kind=\"{kind}\"}} {}\n",
+                    esc(scope),
+                    v as f64 / 1e6
+                ));
+            }
+        }
+    }
+    block(
+        &mut out,
         "backporcher_runners",
         "gauge",
         "Runners by state.",

@@ -60,6 +60,8 @@ impl Loops {
             self.learn(&task).await?;
             n += 1;
         }
+        let (held, released) = self.store.sweep_budget_holds().await?;
+        n += held.len() + released.len();
         n += self.notify().await?;
         Ok(n)
     }

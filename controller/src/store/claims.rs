@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::budgets::{day_left, fleet_left};
 use super::lifecycle::{self, RunnerId, Status, Task, TaskId, status_texts};
 use super::{Error, Result, Store};
 
@@ -105,16 +106,31 @@ macro_rules! take_back_sql {
 // $2 runner labels, $3 lease seconds, $4 runner capacity (NULL: unlimited). Its status lists are
 // written out (`Status::UNSUCCESSFUL`, `Status::ACTIVE`, checked by a test) so the planner can use
 // the partial index on active tasks: with a bound array it cannot, and claims run at half speed.
+//
+// Money: the claim grants the attempt the least of what is left of the task's budget, of its
+// repository's daily budget and of the fleet's (spend today and grants to running attempts
+// subtracted). The fleet's row is locked first (only while a fleet budget is set) and the
+// repository's row is re-checked under its lock, so concurrent claims cannot together grant more
+// than is left; a claim that lost the race to another retries with fresh figures.
 macro_rules! claim_sql {
     ($prelude:literal, $from:literal) => {
         concat!(
-            "WITH ", $prelude, " cand AS (",
-            "  SELECT t.id, t.repo_id FROM ", $from, " JOIN repos r ON r.id = t.repo_id",
+            "WITH ", $prelude,
+            " g AS (SELECT ", fleet_left!(""), " AS left_microusd FROM settings",
+            "  WHERE budget_global_daily_microusd IS NOT NULL FOR UPDATE),",
+            " cand AS (",
+            "  SELECT t.id, t.repo_id, GREATEST(LEAST(",
+            "      COALESCE(r.budget_task_microusd, (SELECT budget_task_microusd FROM settings)) - t.cost_microusd,",
+            "      COALESCE(", day_left!("r."), ", 9223372036854775807),",
+            "      COALESCE((SELECT left_microusd FROM g), 9223372036854775807)), 0) AS grant_microusd",
+            "  FROM ", $from, " JOIN repos r ON r.id = t.repo_id",
             "  WHERE t.status = 'queued'",
             "    AND (t.hold_kind IS NULL OR (t.hold_kind IN ('circuit_breaker', 'reflection') AND t.hold_until <= now()))",
             "    AND r.enabled AND (r.breaker_until IS NULL OR r.breaker_until <= now())",
             "    AND (NOT t.labels_required OR t.required_labels <@ $2::text[])",
             "    AND (r.max_concurrency IS NULL OR r.active_tasks < r.max_concurrency)",
+            "    AND COALESCE(", day_left!("r."), ", 1) > 0",
+            "    AND COALESCE((SELECT left_microusd FROM g), 1) > 0",
             "    AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks dt ON dt.id = d.depends_on",
             "                    WHERE d.task_id = t.id AND (dt.status <> 'merged' AND (NOT d.soft OR dt.status NOT IN ('failed', 'canceled'))))",
             "    AND NOT (SELECT queue_paused FROM settings)",
@@ -124,22 +140,33 @@ macro_rules! claim_sql {
             "  LIMIT 1",
             "  FOR UPDATE OF t SKIP LOCKED",
             "), slot AS (",
-            "  UPDATE repos r SET active_tasks = r.active_tasks + 1 FROM cand",
+            "  UPDATE repos r SET active_tasks = r.active_tasks + 1,",
+            "    day_spent_microusd = CASE WHEN r.spend_day = (now() AT TIME ZONE 'UTC')::date THEN r.day_spent_microusd ELSE 0 END,",
+            "    spend_day = (now() AT TIME ZONE 'UTC')::date,",
+            "    day_granted_microusd = r.day_granted_microusd + cand.grant_microusd",
+            "  FROM cand",
             "  WHERE r.id = cand.repo_id AND (r.max_concurrency IS NULL OR r.active_tasks < r.max_concurrency)",
+            "    AND COALESCE(", day_left!("r."), " >= cand.grant_microusd, true)",
             "  RETURNING r.id",
+            "), fleet AS (",
+            "  UPDATE settings SET day_granted_microusd = day_granted_microusd + cand.grant_microusd,",
+            "    day_spent_microusd = CASE WHEN spend_day = (now() AT TIME ZONE 'UTC')::date THEN day_spent_microusd ELSE 0 END,",
+            "    spend_day = (now() AT TIME ZONE 'UTC')::date",
+            "  FROM cand JOIN slot ON slot.id = cand.repo_id",
+            "  WHERE budget_global_daily_microusd IS NOT NULL",
             "), claimed AS (",
             "  UPDATE tasks t SET status = 'leased', attempt = t.attempt + 1, lease_token = gen_random_uuid(),",
             "    runner_id = $1, leased_at = now(), lease_expires_at = now() + make_interval(secs => $3),",
-            "    hold_kind = NULL, hold_until = NULL, hold_by = NULL,",
-            "    ev_seq = t.ev_seq + 1, ev_actor = 'runner:' || $1, ev_reason = 'claimed', ev_data = NULL",
+            "    hold_kind = NULL, hold_until = NULL, hold_by = NULL, granted_microusd = cand.grant_microusd,",
+            "    ev_seq = t.ev_seq + 1, ev_actor = 'runner:' || $1, ev_reason = 'claimed',",
+            "    ev_data = jsonb_build_object('granted_microusd', cand.grant_microusd)",
             "  FROM cand JOIN slot ON slot.id = cand.repo_id",
             "  WHERE t.id = cand.id",
             "  RETURNING t.*",
             ")",
             "SELECT cand.id AS candidate, claimed.*, r.name AS repo_name, r.clone_url AS repo_clone_url,",
             "  r.default_branch AS repo_default_branch, r.verify_command AS repo_verify_command,",
-            "  r.egress_policy AS repo_egress_policy,",
-            "  COALESCE(r.budget_task_microusd, (SELECT budget_task_microusd FROM settings)) AS repo_budget_task_microusd,",
+            "  r.egress_policy AS repo_egress_policy, cand.grant_microusd AS repo_grant_microusd,",
             "  r.agent_hooks AS repo_agent_hooks",
             " FROM cand LEFT JOIN claimed ON claimed.id = cand.id LEFT JOIN repos r ON r.id = claimed.repo_id"
         )
@@ -183,9 +210,10 @@ pub struct ClaimedRepo {
     /// Egress policy.
     #[sqlx(rename = "repo_egress_policy")]
     pub egress_policy: String,
-    /// The task's budget across its attempts: the repository's, else the fleet's default.
-    #[sqlx(rename = "repo_budget_task_microusd")]
-    pub budget_task_microusd: i64,
+    /// What this attempt may spend on model calls: the least of what is left of the task's
+    /// budget (across its attempts) and of today's repository and fleet budgets.
+    #[sqlx(rename = "repo_grant_microusd")]
+    pub grant_microusd: i64,
     /// Whether the agent CLI may run the default branch's hooks and MCP servers.
     #[sqlx(rename = "repo_agent_hooks")]
     pub agent_hooks: bool,

@@ -293,16 +293,39 @@ impl Store {
                         .ok_or(Error::TaskNotFound(lease.task_id))?
                 }
                 Outcome::BudgetExceeded => {
-                    end_lease(
-                        &mut tx,
-                        lease.task_id,
-                        Status::Failed,
-                        Some(TerminalReason::BudgetExceeded),
-                        c.error.as_deref(),
-                        &actor,
-                        "budget_exceeded",
+                    // The attempt ran out of its grant. If the task's own budget has room, a
+                    // daily budget cut it short: it waits for the next day (or a raised budget)
+                    // on the queue; otherwise the task's budget is spent.
+                    let task_has_room: bool = sqlx::query_scalar(
+                        "SELECT t.cost_microusd < COALESCE(r.budget_task_microusd, s.budget_task_microusd) \
+                         FROM tasks t JOIN repos r ON r.id = t.repo_id CROSS JOIN settings s WHERE t.id = $1",
                     )
-                    .await?
+                    .bind(lease.task_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if task_has_room {
+                        end_lease(
+                            &mut tx,
+                            lease.task_id,
+                            Status::Queued,
+                            None,
+                            Some("a daily budget ran out during this attempt; the task waits for the next day or a raised budget"),
+                            &actor,
+                            "daily_budget",
+                        )
+                        .await?
+                    } else {
+                        end_lease(
+                            &mut tx,
+                            lease.task_id,
+                            Status::Failed,
+                            Some(TerminalReason::BudgetExceeded),
+                            c.error.as_deref(),
+                            &actor,
+                            "budget_exceeded",
+                        )
+                        .await?
+                    }
                 }
                 Outcome::Canceled | Outcome::Abandoned => {
                     end_lease(

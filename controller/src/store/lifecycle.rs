@@ -191,6 +191,9 @@ text_enum! {
         CircuitBreaker = "circuit_breaker",
         /// A failure is being diagnosed before the retry; releases itself at `hold_until`.
         Reflection = "reflection",
+        /// Its repository's (or the fleet's) daily budget is used up; released when the day
+        /// turns (`hold_until`) or the budget is raised.
+        Budget = "budget",
     }
 }
 

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub cost: Vec<(String, String, i64)>,
     /// Runners per state.
     pub runners: Vec<(String, i64)>,
+    /// Tasks merged, all time (the denominator of cost per merged PR).
+    pub merged: i64,
+    /// Today's daily budgets: (scope — `fleet` or a repository —, spent, granted, budget).
+    pub budgets_today: Vec<(String, i64, i64, Option<i64>)>,
 }
 
 impl Store {
@@ -86,6 +90,18 @@ impl Store {
         let runners = sqlx::query_as("SELECT state, count(*) FROM runners GROUP BY 1 ORDER BY 1")
             .fetch_all(p)
             .await?;
+        let merged = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'merged'")
+            .fetch_one(p)
+            .await?;
+        let budgets_today = sqlx::query_as(
+            "SELECT 'fleet', CASE WHEN spend_day = (now() AT TIME ZONE 'UTC')::date THEN day_spent_microusd ELSE 0 END, \
+                    day_granted_microusd, budget_global_daily_microusd FROM settings \
+             UNION ALL \
+             SELECT name, CASE WHEN spend_day = (now() AT TIME ZONE 'UTC')::date THEN day_spent_microusd ELSE 0 END, \
+                    day_granted_microusd, budget_daily_microusd FROM repos ORDER BY 1",
+        )
+        .fetch_all(p)
+        .await?;
         Ok(Metrics {
             queue_depth,
             tasks_by_status,
@@ -103,6 +119,8 @@ impl Store {
             log_chunks_dropped,
             cost,
             runners,
+            merged,
+            budgets_today,
         })
     }
 }
@@ -128,6 +146,18 @@ pub struct Stats {
     pub avg_cost_microusd: Option<f64>,
     /// Total cost, micro-dollars.
     pub total_cost_microusd: i64,
+    /// What a merged PR cost: all spending (failed and canceled tasks included) over the merged
+    /// count, micro-dollars.
+    pub cost_per_merged_microusd: Option<f64>,
+}
+
+/// Spending on one model, from the ledger.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ModelCost {
+    /// Model (as called).
+    pub model: String,
+    /// Spent on it, micro-dollars.
+    pub cost_microusd: i64,
 }
 
 /// Per repository and day.
@@ -158,13 +188,26 @@ impl Store {
                (count(*) FILTER (WHERE status = ANY($3) AND agent_retries + verify_retries + review_retries + ci_retries + conflict_retries > 0))::float8 \
                  / NULLIF(count(*) FILTER (WHERE status = ANY($3)), 0) AS retry_rate, \
                avg(cost_microusd) FILTER (WHERE status = ANY($3))::float8 AS avg_cost_microusd, \
-               COALESCE(sum(cost_microusd), 0)::bigint AS total_cost_microusd \
+               COALESCE(sum(cost_microusd), 0)::bigint AS total_cost_microusd, \
+               COALESCE(sum(cost_microusd), 0)::float8 / NULLIF(count(*) FILTER (WHERE status = 'merged'), 0) \
+                 AS cost_per_merged_microusd \
              FROM tasks WHERE $1::bigint IS NULL OR repo_id = $1",
         )
         .bind(repo)
         .bind(status_texts(Status::TERMINAL))
         .bind(status_texts(Status::OUTCOMES))
         .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Spending per model (optionally for one repository), all time, dearest first.
+    pub async fn cost_by_model(&self, repo: Option<RepoId>) -> Result<Vec<ModelCost>> {
+        Ok(sqlx::query_as(
+            "SELECT model, COALESCE(sum(cost_microusd), 0)::bigint AS cost_microusd FROM usage_ledger \
+             WHERE $1::bigint IS NULL OR repo_id = $1 GROUP BY 1 ORDER BY 2 DESC, 1",
+        )
+        .bind(repo)
+        .fetch_all(&self.pool)
         .await?)
     }
 

@@ -21,6 +21,7 @@
 //! [`pki`] (the runner CA), [`lifecycle`] (statuses and the step table) and [`wake`] (the
 //! notification channels).
 
+pub mod budgets;
 pub mod claims;
 pub mod completion;
 pub mod feedback;

@@ -344,6 +344,25 @@ async fn roles_csrf_tokens_and_every_endpoint() {
         "{stats}"
     );
     assert_eq!(days[0]["merged"], 0);
+    // What a merged PR cost, overall and per model, and today's spend against the budget.
+    assert_eq!(stats["cost_per_merged_microusd"], 250_000.0, "{stats}");
+    assert_eq!(
+        stats["by_model"],
+        json!([{"model": "claude-sonnet-4-5", "cost_microusd": 250_000, "per_merged_microusd": 250_000.0}])
+    );
+    assert_eq!(stats["budget_today"]["spent_microusd"], 250_000, "{stats}");
+    let metrics = reqwest::get(format!("{}/metrics", vic.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("backporcher_cost_per_merged_pr_usd{model=\"claude-sonnet-4-5\"} 0.25")
+            && metrics
+                .contains("backporcher_budget_today_usd{scope=\"fleet\",kind=\"spent\"} 0.25"),
+        "{metrics}"
+    );
     // The merged task leaves a learning (written by the controller's feedback loop).
     let mut learned = json!([]);
     for _ in 0..100 {

@@ -552,3 +552,160 @@ async fn a_runner_never_holds_more_leases_than_its_capacity() {
         "a finished lease frees a slot"
     );
 }
+
+/// Daily budgets hold: a repository whose daily budget covers one task's grant dispatches one;
+/// the second waits on a visible `budget` hold saying what was spent and when it clears, and
+/// runs once the budget is raised, granted only what is left. The controller's own calls count.
+#[tokio::test]
+async fn a_daily_budget_dispatches_what_it_covers_and_holds_the_rest_visibly() {
+    let store = store().await;
+    store.set_fleet_budgets(1_000_000, None).await.unwrap();
+    let repo = repo(&store, "acme/daily").await;
+    let daily = |d: i64| RepoSettings {
+        budget_daily_microusd: Some(d),
+        ..Default::default()
+    };
+    store.update_repo(repo.id, &daily(1_000_000)).await.unwrap();
+    let r = runner(&store, "r1").await;
+    let first = queued(&store, &repo, "first").await;
+    let second = queued(&store, &repo, "second").await;
+    let (t, claimed) = store.claim_with_repo(&claim_req(r)).await.unwrap().unwrap();
+    assert_eq!(t.id, first.id);
+    assert_eq!(
+        claimed.grant_microusd, 1_000_000,
+        "the whole task budget fits today"
+    );
+    assert!(
+        store.claim(&claim_req(r)).await.unwrap().is_none(),
+        "the running attempt holds all of today's budget"
+    );
+    let day = store.repo_day(repo.id).await.unwrap();
+    assert_eq!(
+        (day.granted_microusd, day.left_microusd()),
+        (1_000_000, Some(0))
+    );
+    // The sweep makes the wait visible.
+    let (held, _) = store.sweep_budget_holds().await.unwrap();
+    assert_eq!(held, vec![second.id]);
+    let waiting = store.task(second.id).await.unwrap();
+    assert_eq!(waiting.hold_kind.0, Some(HoldKind::Budget));
+    let clears = waiting.hold_until.expect("clears at the day boundary");
+    assert_eq!(
+        clears,
+        controller::store::budgets::next_day_boundary(chrono::Utc::now())
+    );
+    let timeline = store.timeline(second.id).await.unwrap();
+    let hold = timeline.iter().find(|e| e.reason == "budget_hold").unwrap();
+    let note = hold.data.as_ref().unwrap()["note"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        note.contains("daily budget of $1.00") && note.contains("or when the budget is raised"),
+        "{note}"
+    );
+    // The first attempt spends 0.6 of its grant; the controller's review call spends 0.1.
+    let mut done = Completion::new(Outcome::Succeeded);
+    done.cost_microusd = 600_000;
+    let lease = controller::store::claims::LeaseRef::of(&t).unwrap();
+    store
+        .complete(&lease, &done, &RetryPolicy::default())
+        .await
+        .unwrap();
+    store
+        .record_usage(Some(first.id), None, "review", "sonnet", 1000, 100, 100_000)
+        .await
+        .unwrap();
+    let day = store.repo_day(repo.id).await.unwrap();
+    assert_eq!(
+        (
+            day.spent_microusd,
+            day.granted_microusd,
+            day.left_microusd()
+        ),
+        (700_000, 0, Some(300_000)),
+        "the grant came back; agent and controller spend count"
+    );
+    // Something is left, so the hold goes and the second runs on what is left.
+    let (_, released) = store.sweep_budget_holds().await.unwrap();
+    assert_eq!(released, vec![second.id]);
+    let (t2, claimed) = store.claim_with_repo(&claim_req(r)).await.unwrap().unwrap();
+    assert_eq!(t2.id, second.id);
+    assert_eq!(
+        claimed.grant_microusd, 300_000,
+        "granted only what is left today"
+    );
+    // Its runner's gateway stops it at the grant: the attempt ends over budget, and since
+    // the task's own budget has room, it waits for the day instead of failing.
+    let mut over = Completion::new(Outcome::BudgetExceeded);
+    over.cost_microusd = 300_000;
+    let lease = controller::store::claims::LeaseRef::of(&t2).unwrap();
+    let after = store
+        .complete(&lease, &over, &RetryPolicy::default())
+        .await
+        .unwrap()
+        .task;
+    assert_eq!(after.status, Status::Queued);
+    let (held, _) = store.sweep_budget_holds().await.unwrap();
+    assert_eq!(held, vec![second.id], "back on the budget hold");
+    // Raising the budget releases it at once.
+    store.update_repo(repo.id, &daily(2_000_000)).await.unwrap();
+    let (_, released) = store.sweep_budget_holds().await.unwrap();
+    assert_eq!(released, vec![second.id]);
+    let (t3, claimed) = store.claim_with_repo(&claim_req(r)).await.unwrap().unwrap();
+    assert_eq!(t3.id, second.id);
+    assert_eq!(
+        claimed.grant_microusd, 700_000,
+        "its own budget is what is left now"
+    );
+}
+
+/// The fleet's daily budget binds every repository, and concurrent claims cannot together
+/// grant more than is left of it.
+#[tokio::test]
+async fn the_fleet_daily_budget_binds_every_repository_under_concurrent_claims() {
+    let store = store().await;
+    store
+        .set_fleet_budgets(1_000_000, Some(3_500_000))
+        .await
+        .unwrap();
+    let mut runners = Vec::new();
+    for i in 0..4 {
+        let repo = repo(&store, &format!("acme/fleet{i}")).await;
+        for n in 0..3 {
+            queued(&store, &repo, &format!("task {n}")).await;
+        }
+        runners.push(runner(&store, &format!("r{i}")).await);
+    }
+    let mut claims = Vec::new();
+    for r in runners {
+        let store = store.clone();
+        claims.push(tokio::spawn(async move {
+            let mut granted = Vec::new();
+            while let Some((_, repo)) = store.claim_with_repo(&claim_req(r)).await.unwrap() {
+                granted.push(repo.grant_microusd);
+            }
+            granted
+        }));
+    }
+    let mut granted = Vec::new();
+    for c in claims {
+        granted.extend(c.await.unwrap());
+    }
+    granted.sort();
+    assert_eq!(
+        granted.iter().sum::<i64>(),
+        3_500_000,
+        "exactly the fleet's day is granted: {granted:?}"
+    );
+    assert_eq!(
+        granted.len(),
+        4,
+        "three whole grants and what was left: {granted:?}"
+    );
+    assert_eq!(granted[0], 500_000);
+    let fleet = store.fleet_day().await.unwrap();
+    assert_eq!(fleet.left_microusd(), Some(0));
+    let (held, _) = store.sweep_budget_holds().await.unwrap();
+    assert_eq!(held.len(), 8, "every queued task of every repository waits");
+}

@@ -59,6 +59,24 @@ async fn check_config_explains_each_problem() {
     );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("DATABASE_URL"), "{out}");
+    // Budgets are dollars; a task budget of nothing or a negative daily budget is named.
+    let budgets = fixed.replace(
+        "[github]",
+        "task_budget_usd = 0\ndaily_budget_usd = -5\n[github]",
+    );
+    let (code, out) = check(dir.path(), &budgets, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("task_budget_usd = 0 would refuse every model call")
+            && out.contains("`daily_budget_usd = -5` is not an amount"),
+        "{out}"
+    );
+    let budgets = fixed.replace(
+        "[github]",
+        "task_budget_usd = 2.5\ndaily_budget_usd = 40\n[github]",
+    );
+    let (code, out) = check(dir.path(), &budgets, &[]);
+    assert_eq!((code, out.trim()), (0, "configuration OK"), "{out}");
     // Warnings alone do not fail.
     let (code, out) = check(dir.path(), &format!("database_url = \"{url}\"\n"), &[]);
     assert_eq!(code, 0, "{out}");

@@ -512,14 +512,21 @@ async fn a_task_budget_spans_its_attempts() {
     let policy = RetryPolicy::default();
     let prices = proto::prices::Prices::default();
     let t = queued(&store, &repo, "spends").await;
-    let lease_of = |claimed: Option<(controller::store::Task, controller::store::claims::ClaimedRepo)>| {
+    let lease_of = |claimed: Option<(
+        controller::store::Task,
+        controller::store::claims::ClaimedRepo,
+    )>| {
         let (task, repo) = claimed.expect("a task to claim");
         let spec = controller::grpc::convert::task_spec(&task, &repo, &prices);
         (LeaseRef::of(&task).unwrap(), spec)
     };
     let (lease, spec) = lease_of(store.claim_with_repo(&crate::claim_req(r)).await.unwrap());
     assert_eq!(spec.budget_microusd, 1_000_000);
-    assert_eq!(spec.prices, prices.to_wire(), "the price table rides with the lease");
+    assert_eq!(
+        spec.prices,
+        prices.to_wire(),
+        "the price table rides with the lease"
+    );
     let mut failed = Completion::new(Outcome::AgentFailed);
     failed.error = Some("agent exited 1".into());
     failed.cost_microusd = 600_000;
@@ -529,13 +536,23 @@ async fn a_task_budget_spans_its_attempts() {
     assert_eq!(spec.budget_microusd, 400_000, "only what is left");
     failed.cost_microusd = 400_000;
     let after = store.complete(&lease, &failed, &policy).await.unwrap().task;
-    assert_eq!(after.status, Status::Failed, "no attempt runs on an empty budget");
-    assert_eq!(after.terminal_reason.0, Some(TerminalReason::BudgetExceeded));
+    assert_eq!(
+        after.status,
+        Status::Failed,
+        "no attempt runs on an empty budget"
+    );
+    assert_eq!(
+        after.terminal_reason.0,
+        Some(TerminalReason::BudgetExceeded)
+    );
     let error = after.error.unwrap_or_default();
     assert!(
         error.contains("spent its budget") && error.contains("agent exited 1"),
         "{error}"
     );
-    assert_eq!(after.agent_retries, 1, "the retry budget was not what ended it");
+    assert_eq!(
+        after.agent_retries, 1,
+        "the retry budget was not what ended it"
+    );
     assert_eq!(store.task(t.id).await.unwrap().cost_microusd, 1_000_000);
 }

@@ -259,10 +259,13 @@ async fn every_failure_path_cascades_to_dependents() {
                     "timed_out" => Outcome::TimedOut,
                     _ => Outcome::BudgetExceeded,
                 };
-                let done = store
-                    .complete(&lease, &runner_done(o), &zero)
-                    .await
-                    .unwrap();
+                // Over budget ends the task only when its own budget is spent (otherwise a
+                // daily budget cut it short, and it waits for the day).
+                let mut c = runner_done(o);
+                if o == Outcome::BudgetExceeded {
+                    c.cost_microusd = 10_000_000;
+                }
+                let done = store.complete(&lease, &c, &zero).await.unwrap();
                 assert_eq!(done.task.status, Status::Failed, "{path}");
             }
             _ => {

@@ -169,7 +169,10 @@ async function loadMetrics() {
   const pct = (v) => (v == null ? "—" : Math.round(v * 100) + " %");
   const items = [["Merged", s.merged], ["Failed", s.failed], ["Live", s.live], ["Success rate", pct(s.success_rate)], ["Retry rate", pct(s.retry_rate)],
     ["Average time to merge", s.avg_seconds_to_merge == null ? "—" : Math.round(s.avg_seconds_to_merge) + " s"],
-    ["Cost per task", s.avg_cost_microusd == null ? "—" : "$" + (s.avg_cost_microusd / 1e6).toFixed(2)], ["Total cost", "$" + (s.total_cost_microusd / 1e6).toFixed(2)]];
+    ["Cost per task", s.avg_cost_microusd == null ? "—" : "$" + (s.avg_cost_microusd / 1e6).toFixed(2)], ["Total cost", "$" + (s.total_cost_microusd / 1e6).toFixed(2)],
+    ["Cost per merged PR", s.cost_per_merged_microusd == null ? "—" : "$" + (s.cost_per_merged_microusd / 1e6).toFixed(2)],
+    ...s.by_model.map((m) => [`  per merged PR, ${m.model}`, m.per_merged_microusd == null ? "—" : "$" + (m.per_merged_microusd / 1e6).toFixed(2)]),
+    ["Spent today", "$" + (s.budget_today.spent_microusd / 1e6).toFixed(2) + (s.budget_today.budget_microusd == null ? "" : " of $" + (s.budget_today.budget_microusd / 1e6).toFixed(2))]];
   $("#stats").replaceChildren(...items.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
 }
 
