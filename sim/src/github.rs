@@ -8,13 +8,15 @@
 //! the head —, list with `head`/`state`, get with `mergeable`, update, merge with a real
 //! squash/merge commit in the repository or 405/409), reviews and review comments, combined status
 //! and check runs of a commit, Actions job logs, deleting a branch ref. Every answer carries
-//! rate-limit headers; primary and secondary rate-limit answers can be queued.
+//! rate-limit headers; primary and secondary rate-limit answers can be queued. Issues, issue
+//! events, check runs and commit statuses are paginated as on GitHub: `per_page` (30 by default,
+//! at most 100) and `page`, with a `Link` header naming the other pages.
 //!
 //! Git: `GET/POST /{owner}/{repo}.git/…` run `git http-backend` with HTTP basic auth (any user,
 //! the token as password), so clone, fetch and push are real.
 //!
 //! Tests drive it through methods: create repositories and issues, set a commit's CI result (with
-//! a failed job's log), submit a review with line comments, queue rate limits, and register the
+//! a failed job's log, or any number of check runs and statuses), submit a review with line comments, queue rate limits, and register the
 //! webhook target.
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use hmac::{KeyInit, Mac};
@@ -295,6 +297,33 @@ impl GitHubSim {
         let (statuses, checks) = ci_entries(outcome);
         repo.statuses.insert(sha.into(), statuses);
         repo.checks.insert(sha.into(), checks);
+    }
+
+    /// Sets the check runs of a commit: (name, outcome) each, the outcome as in
+    /// [`GitHubSim::set_ci`]. Its statuses stay as they are.
+    pub fn set_check_runs(&self, full_name: &str, sha: &str, runs: &[(&str, &str)]) {
+        let mut st = self.state.lock().expect("sim lock");
+        let repo = st.repos.get_mut(full_name).expect("repository exists");
+        let runs = runs
+            .iter()
+            .map(|(name, outcome)| {
+                let (status, conclusion) = run_state(outcome);
+                ((*name).to_owned(), status.to_owned(), conclusion)
+            })
+            .collect();
+        repo.checks.insert(sha.into(), runs);
+    }
+
+    /// Sets the commit statuses of a commit: (context, state) each — `success`, `failure`,
+    /// `error`, `pending`. Its check runs stay as they are.
+    pub fn set_statuses(&self, full_name: &str, sha: &str, statuses: &[(&str, &str)]) {
+        let mut st = self.state.lock().expect("sim lock");
+        let repo = st.repos.get_mut(full_name).expect("repository exists");
+        let statuses = statuses
+            .iter()
+            .map(|(c, s)| ((*c).to_owned(), (*s).to_owned()))
+            .collect();
+        repo.statuses.insert(sha.into(), statuses);
     }
 
     /// A commit's status contexts and check runs: as set, else the default CI, else none.
@@ -930,6 +959,8 @@ async fn list_issues(
     State(sim): State<GitHubSim>,
     UrlPath((o, r)): UrlPath<(String, String)>,
     Query(q): Query<IssueQuery>,
+    Query(page): Query<Page>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let full = format!("{o}/{r}");
@@ -941,10 +972,12 @@ async fn list_issues(
             repo.version,
         )
     };
+    // One ETag per page, as GitHub's: it changes when anything on that page would.
     let etag = format!(
-        "W/\"{version}-{}-{}\"",
+        "W/\"{version}-{}-{}-{}\"",
         q.labels.clone().unwrap_or_default(),
-        q.state.clone().unwrap_or_default()
+        q.state.clone().unwrap_or_default(),
+        uri.query().unwrap_or_default()
     );
     if headers
         .get(header::IF_NONE_MATCH)
@@ -967,7 +1000,8 @@ async fn list_issues(
         .filter(|i| want_labels.iter().all(|l| i.labels.contains(l)))
         .map(|i| sim.item_json(&full, i))
         .collect();
-    let mut resp = ok_json(StatusCode::OK, Value::Array(list));
+    let (list, link) = paginate(&sim, &uri, &page, list);
+    let mut resp = with_link(ok_json(StatusCode::OK, Value::Array(list)), link);
     resp.headers_mut()
         .insert(header::ETAG, HeaderValue::from_str(&etag).expect("etag"));
     resp
@@ -1017,33 +1051,32 @@ async fn list_issue_events(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
     Query(page): Query<Page>,
+    uri: Uri,
 ) -> Response {
     let full = format!("{o}/{r}");
-    let mut st = sim.state.lock().expect("sim lock");
-    let repo = repo_or_404!(st, full);
-    let Some(item) = repo.items.get(&n) else {
-        return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+    let events = {
+        let mut st = sim.state.lock().expect("sim lock");
+        let repo = repo_or_404!(st, full);
+        let Some(item) = repo.items.get(&n) else {
+            return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+        };
+        item.events.clone()
     };
-    let per = page.per_page.unwrap_or(30).clamp(1, 100);
-    let start = (page.page.unwrap_or(1).max(1) - 1) * per;
-    let list: Vec<Value> = item
-        .events
-        .iter()
-        .enumerate()
-        .skip(start)
-        .take(per)
+    let (events, link) = paginate(&sim, &uri, &page, events.into_iter().enumerate().collect());
+    let list: Vec<Value> = events
+        .into_iter()
         .map(|(i, (event, label, actor))| {
             shapes::issue_event(
                 &sim.url(),
                 &full,
                 n * 10_000 + i as u64,
-                event,
-                label,
-                actor,
+                &event,
+                &label,
+                &actor,
             )
         })
         .collect();
-    ok_json(StatusCode::OK, Value::Array(list))
+    with_link(ok_json(StatusCode::OK, Value::Array(list)), link)
 }
 
 /// `per_page` and `page` of a paginated list.
@@ -1051,6 +1084,56 @@ async fn list_issue_events(
 struct Page {
     per_page: Option<usize>,
     page: Option<usize>,
+}
+
+/// The page of `list` that `page` asks for, as GitHub serves a paginated list (`per_page` 30 by
+/// default, at most 100), and the `Link` header naming the first, previous, next and last pages
+/// when the list has more than one.
+fn paginate<T>(
+    sim: &GitHubSim,
+    uri: &Uri,
+    page: &Page,
+    list: Vec<T>,
+) -> (Vec<T>, Option<HeaderValue>) {
+    let per = page.per_page.unwrap_or(30).clamp(1, 100);
+    let at = page.page.unwrap_or(1).max(1);
+    let last = list.len().div_ceil(per).max(1);
+    let items = list.into_iter().skip((at - 1) * per).take(per).collect();
+    if last == 1 {
+        return (items, None);
+    }
+    let others: Vec<&str> = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("page="))
+        .collect();
+    let base = sim.url();
+    let link = |n: usize, rel: &str| {
+        let page = format!("page={n}");
+        let query: Vec<&str> = others.iter().copied().chain([page.as_str()]).collect();
+        format!("<{base}{}?{}>; rel=\"{rel}\"", uri.path(), query.join("&"))
+    };
+    let mut links = Vec::new();
+    if at > 1 {
+        links.push(link((at - 1).min(last), "prev"));
+    }
+    if at < last {
+        links.push(link(at + 1, "next"));
+        links.push(link(last, "last"));
+    }
+    if at > 1 {
+        links.push(link(1, "first"));
+    }
+    (items, HeaderValue::from_str(&links.join(", ")).ok())
+}
+
+/// `response` with the `Link` header of its page, if any.
+fn with_link(mut response: Response, link: Option<HeaderValue>) -> Response {
+    if let Some(l) = link {
+        response.headers_mut().insert(header::LINK, l);
+    }
+    response
 }
 
 async fn add_labels(
@@ -1401,6 +1484,8 @@ async fn merge_pull(
 async fn combined_status(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, sha)): UrlPath<(String, String, String)>,
+    Query(page): Query<Page>,
+    uri: Uri,
 ) -> Response {
     let full = format!("{o}/{r}");
     let sha = resolve(&sim, &full, &sha);
@@ -1414,42 +1499,57 @@ async fn combined_status(
     } else {
         "pending"
     };
+    let total = statuses.len();
+    let (statuses, link) = paginate(
+        &sim,
+        &uri,
+        &page,
+        statuses.into_iter().enumerate().collect(),
+    );
     let list: Vec<Value> = statuses
         .iter()
-        .enumerate()
-        .map(|(i, (c, s))| shapes::status(&sim.url(), &full, &sha, i, c, s))
+        .map(|(i, (c, s))| shapes::status(&sim.url(), &full, &sha, *i, c, s))
         .collect();
-    ok_json(
-        StatusCode::OK,
-        shapes::combined_status(&sim.url(), &full, &sha, state, list),
+    with_link(
+        ok_json(
+            StatusCode::OK,
+            shapes::combined_status(&sim.url(), &full, &sha, state, total, list),
+        ),
+        link,
     )
 }
 
 async fn check_runs(
     State(sim): State<GitHubSim>,
     UrlPath((o, r, sha)): UrlPath<(String, String, String)>,
+    Query(page): Query<Page>,
+    uri: Uri,
 ) -> Response {
     let full = format!("{o}/{r}");
     let sha = resolve(&sim, &full, &sha);
     let (_, runs) = sim.commit_ci(&full, &sha);
+    let total = runs.len();
+    let (runs, link) = paginate(&sim, &uri, &page, runs.into_iter().enumerate().collect());
     let list: Vec<Value> = runs
         .iter()
-        .enumerate()
         .map(|(i, (name, status, conclusion))| {
             shapes::check_run(
                 &sim.url(),
                 &full,
                 &sha,
-                job_id(&sha, i),
+                job_id(&sha, *i),
                 name,
                 status,
                 conclusion.as_deref(),
             )
         })
         .collect();
-    ok_json(
-        StatusCode::OK,
-        json!({"total_count": list.len(), "check_runs": list}),
+    with_link(
+        ok_json(
+            StatusCode::OK,
+            json!({"total_count": total, "check_runs": list}),
+        ),
+        link,
     )
 }
 
@@ -1460,14 +1560,19 @@ type CheckRun = (String, String, Option<String>);
 
 /// The status context and the check run a CI `outcome` (`success`, `failure`, `pending`) shows.
 fn ci_entries(outcome: &str) -> (Vec<Status>, Vec<CheckRun>) {
-    let (status, conclusion) = match outcome {
-        "pending" => ("in_progress", None),
-        other => ("completed", Some(other.to_owned())),
-    };
+    let (status, conclusion) = run_state(outcome);
     (
         vec![("ci/sim".into(), outcome.into())],
         vec![("build".into(), status.into(), conclusion)],
     )
+}
+
+/// The `status` and `conclusion` of a check run with CI `outcome`.
+fn run_state(outcome: &str) -> (&'static str, Option<String>) {
+    match outcome {
+        "pending" => ("in_progress", None),
+        other => ("completed", Some(other.to_owned())),
+    }
 }
 
 /// A stable job id for the `i`-th check of a commit.

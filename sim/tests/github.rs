@@ -482,3 +482,108 @@ async fn reviews_failed_job_logs_and_rate_limits() {
     .await;
     assert_eq!(s, 200, "served again after the limits");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_paginated_with_link_headers_as_on_github() {
+    let (sim, url, _root) = start().await;
+    sim.create_repo("acme/widgets", "main", &[("README.md", "hi\n")])
+        .unwrap();
+    let head = sim.branch_head("acme/widgets", "main").unwrap();
+    let runs: Vec<(String, &str)> = (1..=150).map(|i| (format!("job-{i}"), "success")).collect();
+    let runs: Vec<(&str, &str)> = runs.iter().map(|(n, o)| (n.as_str(), *o)).collect();
+    sim.set_check_runs("acme/widgets", &head, &runs);
+    let statuses: Vec<(String, &str)> = (1..=40).map(|i| (format!("ci/{i}"), "success")).collect();
+    let statuses: Vec<(&str, &str)> = statuses.iter().map(|(c, s)| (c.as_str(), *s)).collect();
+    sim.set_statuses("acme/widgets", &head, &statuses);
+    for i in 1..=35 {
+        sim.create_issue(
+            "acme/widgets",
+            &format!("Issue {i}"),
+            "",
+            "alice",
+            &["backporcher"],
+        );
+    }
+    let link = |h: &reqwest::header::HeaderMap| {
+        h.get("link")
+            .map(|l| l.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+
+    // Check runs: 100 at most a page, the total in every page, `Link` to the next and last.
+    let runs_url = format!("{url}/repos/acme/widgets/commits/{head}/check-runs");
+    let (s, page1, h) = api(
+        reqwest::Method::GET,
+        &format!("{runs_url}?per_page=500"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(page1["total_count"], 150);
+    assert_eq!(
+        page1["check_runs"].as_array().unwrap().len(),
+        100,
+        "per_page is capped at 100"
+    );
+    let l = link(&h);
+    assert!(
+        l.contains(&format!("<{runs_url}?per_page=500&page=2>; rel=\"next\"")),
+        "{l}"
+    );
+    assert!(l.contains("rel=\"last\""), "{l}");
+    let (_, page2, h) = api(
+        reqwest::Method::GET,
+        &format!("{runs_url}?per_page=100&page=2"),
+        None,
+    )
+    .await;
+    assert_eq!(page2["check_runs"].as_array().unwrap().len(), 50);
+    assert_eq!(page2["check_runs"][49]["name"], "job-150");
+    let l = link(&h);
+    assert!(!l.contains("rel=\"next\""), "the last page: {l}");
+    assert!(
+        l.contains("rel=\"prev\"") && l.contains("rel=\"first\""),
+        "{l}"
+    );
+
+    // The combined status: 30 a page by default, the total and the state over all of them.
+    let (_, st, h) = api(
+        reqwest::Method::GET,
+        &format!("{url}/repos/acme/widgets/commits/{head}/status"),
+        None,
+    )
+    .await;
+    assert_eq!(st["statuses"].as_array().unwrap().len(), 30);
+    assert_eq!(st["total_count"], 40);
+    assert_eq!(st["state"], "success");
+    assert!(link(&h).contains("page=2>; rel=\"next\""), "{}", link(&h));
+
+    // Labelled issues: pages, each with its own ETag.
+    let issues_url = format!("{url}/repos/acme/widgets/issues?labels=backporcher&state=open");
+    let (_, first, h1) = api(
+        reqwest::Method::GET,
+        &format!("{issues_url}&per_page=20"),
+        None,
+    )
+    .await;
+    assert_eq!(first.as_array().unwrap().len(), 20);
+    assert!(link(&h1).contains("rel=\"next\""));
+    let (_, second, h2) = api(
+        reqwest::Method::GET,
+        &format!("{issues_url}&per_page=20&page=2"),
+        None,
+    )
+    .await;
+    assert_eq!(second.as_array().unwrap().len(), 15);
+    assert!(!link(&h2).contains("rel=\"next\""));
+    assert_ne!(h1["etag"], h2["etag"]);
+    // One page: no `Link` header.
+    let (_, all, h) = api(
+        reqwest::Method::GET,
+        &format!("{issues_url}&per_page=100"),
+        None,
+    )
+    .await;
+    assert_eq!(all.as_array().unwrap().len(), 35);
+    assert!(h.get("link").is_none());
+}

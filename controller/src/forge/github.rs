@@ -12,12 +12,17 @@
 //! runs without `status` and `app`, issue events without `label`); a field GitHub always sends
 //! that is missing is a decode error naming the request, never a silent default. The simulator's
 //! answers are tested against the same models.
+//!
+//! Lists GitHub paginates (labelled issues, issue events, check runs, commit statuses) are read
+//! whole by [`GitHub::pages`], a hundred items a page, up to [`MAX_PAGES`] pages. A list cut at
+//! the cap is logged and marked incomplete, and each caller treats the rest as unknown: an
+//! incomplete CI read is pending, never green.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use http::header::{AUTHORIZATION, ETAG, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH};
+use http::header::{AUTHORIZATION, ETAG, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH, LINK};
 use http::{Method, StatusCode};
 use octocrab::Octocrab;
 use octocrab::models;
@@ -103,10 +108,26 @@ struct AppRef {
     slug: Option<String>,
 }
 
-/// `GET …/commits/{sha}/check-runs`.
+/// A page of `GET …/commits/{sha}/check-runs`.
 #[derive(Deserialize)]
 struct CheckRunList {
     check_runs: Vec<CheckRunRow>,
+}
+
+/// Items asked for per page: GitHub's maximum for every list read here.
+const PER_PAGE: usize = 100;
+
+/// Most pages read of one list (a thousand items); the rest of a longer list is not read.
+const MAX_PAGES: usize = 10;
+
+/// A paginated list as [`GitHub::pages`] read it.
+struct Pages<T> {
+    items: Vec<T>,
+    /// Every page was read; `false` when [`MAX_PAGES`] cut the list.
+    complete: bool,
+    /// The ETag of the list when it came whole in one page (a page's ETag says nothing about the
+    /// pages after it).
+    etag: Option<String>,
 }
 
 /// An issue event with the label it concerns (octocrab's `IssueEvent` has no `label`).
@@ -350,6 +371,89 @@ impl GitHub {
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(Method::GET, path, None, &[]).await?.decode(path)
     }
+
+    /// Reads every page of the list at `path` (a path without `per_page` and `page`):
+    /// `per_page=100&page=1, 2, …` while GitHub's `Link` header names a `rel="next"` page (an
+    /// answer without a `Link` header: while pages are full), at most [`MAX_PAGES`] pages; a
+    /// longer list is logged and comes back incomplete. `rows` takes the items out of a page's
+    /// answer. With `etag` the first page is asked for conditionally, and `None` comes back when
+    /// it has not changed.
+    async fn pages_if_changed<P: DeserializeOwned, T>(
+        &self,
+        path: &str,
+        etag: Option<&str>,
+        rows: impl Fn(P) -> Vec<T>,
+    ) -> Result<Option<Pages<T>>> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut items = Vec::new();
+        let mut first_etag = None;
+        for page in 1..=MAX_PAGES {
+            let page_path = format!("{path}{sep}per_page={PER_PAGE}&page={page}");
+            let headers: Vec<(HeaderName, String)> = match etag {
+                Some(e) if page == 1 => vec![(IF_NONE_MATCH, e.to_owned())],
+                _ => Vec::new(),
+            };
+            let answer = self.send(Method::GET, &page_path, None, &headers).await?;
+            if answer.status == StatusCode::NOT_MODIFIED {
+                if page == 1 {
+                    return Ok(None);
+                }
+                return Err(decode_error(
+                    &page_path,
+                    "304 Not Modified to a plain request",
+                ));
+            }
+            if page == 1 {
+                first_etag = answer
+                    .headers
+                    .get(ETAG)
+                    .and_then(|v: &HeaderValue| v.to_str().ok())
+                    .map(str::to_owned);
+            }
+            let got = rows(answer.decode(&page_path)?);
+            let full = got.len() >= PER_PAGE;
+            items.extend(got);
+            if !next_page(&answer.headers, full) {
+                return Ok(Some(Pages {
+                    items,
+                    complete: true,
+                    etag: if page == 1 { first_etag } else { None },
+                }));
+            }
+        }
+        tracing::warn!(
+            path,
+            pages = MAX_PAGES,
+            items = items.len(),
+            "GitHub list longer than the page cap; the rest is not read and counts as unknown"
+        );
+        Ok(Some(Pages {
+            items,
+            complete: false,
+            etag: None,
+        }))
+    }
+
+    /// Every page of the list at `path`, as [`GitHub::pages_if_changed`] reads it.
+    async fn pages<P: DeserializeOwned, T>(
+        &self,
+        path: &str,
+        rows: impl Fn(P) -> Vec<T>,
+    ) -> Result<Pages<T>> {
+        self.pages_if_changed(path, None, rows)
+            .await?
+            .ok_or_else(|| decode_error(path, "304 Not Modified to a plain request"))
+    }
+}
+
+/// Whether another page follows the one whose answer had `headers`: GitHub's `Link` header names
+/// a `rel="next"` page; without a `Link` header, a `full` page may have one after it.
+fn next_page(headers: &HeaderMap, full: bool) -> bool {
+    let Some(link) = headers.get(LINK).and_then(|v| v.to_str().ok()) else {
+        return full;
+    };
+    link.split(',')
+        .any(|l| l.split(';').skip(1).any(|p| p.trim() == "rel=\"next\""))
 }
 
 fn number(path: &str, n: u64) -> Result<i64> {
@@ -374,9 +478,6 @@ fn issue_of(path: &str, i: models::issues::Issue) -> Result<Issue> {
         is_pull: i.pull_request.is_some(),
     })
 }
-
-/// Most pages read of a paginated list (a hundred items each).
-const MAX_PAGES: u32 = 20;
 
 fn pull_of(path: &str, p: models::pulls::PullRequest) -> Result<PullRequest> {
     let missing = |field: &str| decode_error(path, format!("the pull request has no `{field}`"));
@@ -426,28 +527,23 @@ impl Forge for GitHub {
         label: &str,
         etag: Option<&str>,
     ) -> Result<Listing> {
-        let path = format!(
-            "/repos/{repo}/issues?labels={}&state=open&per_page=100",
-            segment(label)
-        );
-        let headers: Vec<(HeaderName, String)> = etag
-            .map(|e| vec![(IF_NONE_MATCH, e.to_owned())])
-            .unwrap_or_default();
-        let answer = self.send(Method::GET, &path, None, &headers).await?;
-        if answer.status == StatusCode::NOT_MODIFIED {
+        let path = format!("/repos/{repo}/issues?labels={}&state=open", segment(label));
+        let Some(pages) = self
+            .pages_if_changed(&path, etag, |page: Vec<models::issues::Issue>| page)
+            .await?
+        else {
             return Ok(Listing::NotModified);
-        }
-        let etag = answer
-            .headers
-            .get(ETAG)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-            .map(str::to_owned);
-        let issues = answer
-            .decode::<Vec<models::issues::Issue>>(&path)?
+        };
+        let issues = pages
+            .items
             .into_iter()
             .map(|i| issue_of(&path, i))
             .collect::<Result<_>>()?;
-        Ok(Listing::Changed { issues, etag })
+        // A list longer than the cap is read again in full at the next poll (no ETag).
+        Ok(Listing::Changed {
+            issues,
+            etag: pages.etag,
+        })
     }
 
     async fn issue(&self, repo: &str, number: i64) -> Result<Issue> {
@@ -456,24 +552,28 @@ impl Forge for GitHub {
     }
 
     async fn label_actor(&self, repo: &str, number: i64, label: &str) -> Result<Option<String>> {
-        // Events come oldest first, a hundred a page; the last `labeled` event for the label wins.
-        let mut actor = None;
-        for page in 1..=MAX_PAGES {
-            let events: Vec<IssueEventRow> = self
-                .get(&format!(
-                    "/repos/{repo}/issues/{number}/events?per_page=100&page={page}"
-                ))
-                .await?;
-            for e in &events {
-                if e.event == "labeled" && e.label.as_ref().is_some_and(|l| l.name == label) {
-                    actor = e.actor.as_ref().map(|a| a.login.clone());
-                }
-            }
-            if events.len() < 100 {
-                break;
-            }
+        // Events come oldest first; the last `labeled` event for the label wins.
+        let events = self
+            .pages(
+                &format!("/repos/{repo}/issues/{number}/events"),
+                |page: Vec<IssueEventRow>| page,
+            )
+            .await?;
+        if !events.complete {
+            // The latest events were not read: whoever labelled it last is unknown.
+            tracing::warn!(
+                repo,
+                issue = number,
+                "too many issue events to tell who added the label; nobody is assumed"
+            );
+            return Ok(None);
         }
-        Ok(actor)
+        Ok(events
+            .items
+            .iter()
+            .rev()
+            .find(|e| e.event == "labeled" && e.label.as_ref().is_some_and(|l| l.name == label))
+            .and_then(|e| e.actor.as_ref().map(|a| a.login.clone())))
     }
 
     async fn add_labels(&self, repo: &str, number: i64, labels: &[&str]) -> Result<()> {
@@ -568,13 +668,14 @@ impl Forge for GitHub {
     }
 
     async fn checks(&self, repo: &str, sha: &str) -> Result<Vec<Check>> {
-        let runs: CheckRunList = self
-            .get(&format!(
-                "/repos/{repo}/commits/{sha}/check-runs?per_page=100"
-            ))
+        let runs = self
+            .pages(
+                &format!("/repos/{repo}/commits/{sha}/check-runs"),
+                |page: CheckRunList| page.check_runs,
+            )
             .await?;
         let mut checks: Vec<Check> = runs
-            .check_runs
+            .items
             .into_iter()
             .map(|r| {
                 let state = match (r.status.as_str(), r.conclusion.as_deref()) {
@@ -592,8 +693,10 @@ impl Forge for GitHub {
             })
             .collect();
         let path = format!("/repos/{repo}/commits/{sha}/status");
-        let combined: models::CombinedStatus = self.get(&path).await?;
-        for s in combined.statuses {
+        let statuses = self
+            .pages(&path, |page: models::CombinedStatus| page.statuses)
+            .await?;
+        for s in statuses.items {
             let state = match s.state {
                 models::StatusState::Success => CheckState::Passed,
                 models::StatusState::Failure | models::StatusState::Error => CheckState::Failed,
@@ -607,6 +710,23 @@ impl Forge for GitHub {
                 job_id: None,
                 url: s.target_url,
             });
+        }
+        // What was not read is not known to pass: a cut list is pending, never green.
+        for (what, complete) in [
+            ("check runs", runs.complete),
+            ("commit statuses", statuses.complete),
+        ] {
+            if !complete {
+                checks.push(Check {
+                    name: format!(
+                        "(more than {} {what}; the rest not read)",
+                        PER_PAGE * MAX_PAGES
+                    ),
+                    state: CheckState::Pending,
+                    job_id: None,
+                    url: None,
+                });
+            }
         }
         Ok(checks)
     }
@@ -729,6 +849,26 @@ mod tests {
         // never splits a character
         let t = tail("ééééé", 3);
         assert!(t.ends_with('é'));
+    }
+
+    #[test]
+    fn the_link_header_says_whether_a_page_follows() {
+        let link = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(LINK, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        let next = link(
+            r#"<https://api.github.com/x?page=2>; rel="next", <https://api.github.com/x?page=5>; rel="last""#,
+        );
+        assert!(next_page(&next, false), "a short page with a next link");
+        let last = link(
+            r#"<https://api.github.com/x?page=1>; rel="first", <https://api.github.com/x?page=4>; rel="prev""#,
+        );
+        assert!(!next_page(&last, true), "a full last page");
+        // Without a `Link` header only a full page may have another after it.
+        assert!(next_page(&HeaderMap::new(), true));
+        assert!(!next_page(&HeaderMap::new(), false));
     }
 
     #[test]

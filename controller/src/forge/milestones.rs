@@ -7,15 +7,15 @@
 //! failure (rate limit, outage) stops the task's walk and leaves the cursor, so the same effect is
 //! tried again later; a permanent one (the issue was deleted) is logged and skipped.
 //!
-//! | event                         | labels                                   | comment            |
-//! |-------------------------------|------------------------------------------|--------------------|
-//! | created                       | + in-progress, − backporcher             | accepted           |
-//! | → pr_open                     |                                          | PR opened          |
-//! | → approval_hold               |                                          | waiting for a human|
-//! | → merged                      | + done, − in-progress; issue closed      | merged             |
-//! | → failed                      | + failed, − in-progress                  | why, what to do    |
-//! | → canceled                    | − in-progress; PR closed, branch deleted | canceled           |
-//! | failed/canceled → queued      | + in-progress, − failed                  |                    |
+//! | event                    | labels                                   | comment                                             |
+//! |--------------------------|------------------------------------------|-----------------------------------------------------|
+//! | created                  | + in-progress, − backporcher             | accepted                                            |
+//! | → pr_open                |                                          | PR opened                                           |
+//! | → approval_hold          |                                          | waiting for a human; says when no CI check appeared |
+//! | → merged                 | + done, − in-progress; issue closed      | merged                                              |
+//! | → failed                 | + failed, − in-progress                  | why, what to do                                     |
+//! | → canceled               | − in-progress; PR closed, branch deleted | canceled                                            |
+//! | failed/canceled → queued | + in-progress, − failed                  |                                                     |
 
 use tokio_util::sync::CancellationToken;
 
@@ -102,6 +102,25 @@ async fn apply(
         (Some(Status::Pushing), Status::PrOpen) => {
             forge
                 .comment(repo, issue, &format!("Opened pull request {}.", pr()))
+                .await
+        }
+        (Some(_), Status::ApprovalHold) if ev.reason == "no_checks" => {
+            let grace = ev
+                .data
+                .as_ref()
+                .and_then(|d| d.0.get("grace_secs").and_then(|g| g.as_i64()))
+                .map(|g| format!(" within {g} s"))
+                .unwrap_or_default();
+            forge
+                .comment(
+                    repo,
+                    issue,
+                    &format!(
+                        "Pull request {} passed review, but no CI check appeared on it{grace}, so it waits for a human. Look at its checks on GitHub; `backporcher approve {}` merges it. A repository without CI can set its no-checks policy to `merge`.",
+                        pr(),
+                        task.id
+                    ),
+                )
                 .await
         }
         (Some(_), Status::ApprovalHold) => {

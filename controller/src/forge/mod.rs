@@ -310,12 +310,14 @@ pub struct Feedback {
 /// Everything the pipeline asks of GitHub.
 #[async_trait]
 pub trait Forge: Send + Sync {
-    /// Open issues of `repo` carrying `label`, conditional on `etag`.
+    /// Open issues of `repo` carrying `label`, every page, conditional on `etag` (an ETag comes
+    /// back only for a list that fits one page).
     async fn labelled_issues(&self, repo: &str, label: &str, etag: Option<&str>)
     -> Result<Listing>;
     /// One issue.
     async fn issue(&self, repo: &str, number: i64) -> Result<Issue>;
-    /// Who last added `label` to issue `number` (from the issue's events), if anyone did.
+    /// Who last added `label` to issue `number` (from the issue's events), if anyone did;
+    /// `None` too when the issue has more events than the forge reads.
     async fn label_actor(&self, repo: &str, number: i64, label: &str) -> Result<Option<String>>;
     /// Adds labels.
     async fn add_labels(&self, repo: &str, number: i64, labels: &[&str]) -> Result<()>;
@@ -333,7 +335,8 @@ pub trait Forge: Send + Sync {
     async fn pull(&self, repo: &str, number: i64) -> Result<PullRequest>;
     /// Closes a PR without merging.
     async fn close_pull(&self, repo: &str, number: i64) -> Result<()>;
-    /// Check runs and statuses of a commit.
+    /// Check runs and statuses of a commit, every page of each. A list longer than the forge
+    /// reads ends with a pending check naming the cut, so its verdict is never green.
     async fn checks(&self, repo: &str, sha: &str) -> Result<Vec<Check>>;
     /// The end of a failed Actions job's log.
     async fn job_log(&self, repo: &str, job_id: u64) -> Result<String>;

@@ -543,6 +543,7 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
             .map_err(|e| forge_err(task, e))?;
         verdict = CiVerdict::of(again, &repo.ci_ignore);
     }
+    let no_checks = matches!(verdict, CiVerdict::NoChecks);
     let green = match verdict {
         CiVerdict::Pending(_) => {
             return Err(StageError::Later(p.config.ci_poll, "CI is running".into()));
@@ -556,6 +557,8 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                     "no checks reported yet".into(),
                 ));
             }
+            // Only an explicit `merge` (a repository without CI) counts as green; `hold` (the
+            // default) and anything else wait for a person.
             repo.no_checks == "merge"
         }
         CiVerdict::Red(checks) => {
@@ -594,18 +597,32 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
     };
     let mode = approval_mode(p, repo).await?;
     if green && mode == "full-auto" && human_required(task).is_none() {
+        let why = if no_checks {
+            "no_checks_merge"
+        } else {
+            "ci_green"
+        };
         p.store
-            .advance(task.id, &Advance::StartMerge, &Note::new(ACTOR, "ci_green"))
+            .advance(task.id, &Advance::StartMerge, &Note::new(ACTOR, why))
             .await?;
     } else {
-        let why = if green { "ci_green" } else { "no_checks" };
+        let why = if no_checks { "no_checks" } else { "ci_green" };
+        let mut data = json!({"approval_mode": mode, "human_required": human_required(task)});
+        if no_checks {
+            data["head"] = json!(pr.head_sha);
+            data["grace_secs"] = json!(repo.no_checks_grace_secs);
+            data["message"] = json!(format!(
+                "no CI check appeared on {} within {} s; look at the PR's checks, then \
+                 `backporcher approve {}` merges it. A repository without CI can set its \
+                 no-checks policy to `merge`",
+                pr.head_sha, repo.no_checks_grace_secs, task.id
+            ));
+        }
         p.store
             .advance(
                 task.id,
                 &Advance::AwaitApproval,
-                &Note::new(ACTOR, why).with_data(
-                    json!({"approval_mode": mode, "human_required": human_required(task)}),
-                ),
+                &Note::new(ACTOR, why).with_data(data),
             )
             .await?;
     }

@@ -2,6 +2,7 @@
 //! database per test; `DATABASE_URL` to use another server).
 
 mod api;
+mod ci_gate;
 mod claims;
 mod config;
 mod forge;

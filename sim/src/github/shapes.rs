@@ -294,18 +294,19 @@ pub(super) fn status(
     })
 }
 
-/// A combined status (`combined-commit-status`).
+/// A page of a combined status (`combined-commit-status`) of `total` statuses in all.
 pub(super) fn combined_status(
     base: &str,
     full: &str,
     sha: &str,
     state: &str,
+    total: usize,
     statuses: Vec<Value>,
 ) -> Value {
     json!({
         "state": state,
         "sha": sha,
-        "total_count": statuses.len(),
+        "total_count": total,
         "statuses": statuses,
         "repository": repository(base, full, "main"),
         "commit_url": format!("{base}/repos/{full}/commits/{sha}"),
