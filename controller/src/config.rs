@@ -64,6 +64,8 @@ pub struct Config {
     pub task_budget_microusd: i64,
     /// The fleet's daily budget, micro-dollars (`None`: no fleet-wide limit).
     pub daily_budget_microusd: Option<i64>,
+    /// How long a task may be under way after its first lease, across its attempts.
+    pub task_deadline: Duration,
 }
 
 impl Default for Config {
@@ -96,6 +98,7 @@ impl Default for Config {
             prices: proto::prices::Prices::default(),
             task_budget_microusd: 10_000_000,
             daily_budget_microusd: None,
+            task_deadline: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -128,6 +131,8 @@ pub struct FileConfig {
     pub task_budget_usd: Option<f64>,
     /// The fleet's daily budget in USD.
     pub daily_budget_usd: Option<f64>,
+    /// A task's deadline from its first lease, in hours.
+    pub task_deadline_hours: Option<f64>,
     /// Chat webhook URLs.
     pub notify_urls: Option<Vec<String>>,
     /// Whether session cookies are `Secure`.
@@ -186,8 +191,16 @@ pub struct PipelineConfig {
     pub retry: crate::store::tasks::RetryPolicy,
     /// How often a pending CI is looked at again.
     pub ci_poll: Duration,
-    /// Longest stage lease (a replica that dies mid-stage loses it after this).
+    /// Stage lease (renewed while the step runs; a replica that dies mid-stage loses it after
+    /// this).
     pub stage_lease: Duration,
+    /// Failures in a row after which a stage fails its task (`internal_error`).
+    pub stage_error_tries: u32,
+    /// Transient failures in a row (GitHub unavailable or rate-limited, a git command failing)
+    /// after which a stage fails its task.
+    pub stage_transient_tries: u32,
+    /// The first wait after a stage failed; it doubles with each try, up to two minutes.
+    pub stage_retry_base: Duration,
     /// Stages worked on at once.
     pub concurrency: usize,
     /// Sweep interval when no notification arrives.
@@ -205,6 +218,9 @@ impl Default for PipelineConfig {
             retry: crate::store::tasks::RetryPolicy::default(),
             ci_poll: Duration::from_secs(10),
             stage_lease: Duration::from_secs(120),
+            stage_error_tries: 5,
+            stage_transient_tries: 30,
+            stage_retry_base: Duration::from_secs(5),
             concurrency: 8,
             sweep: Duration::from_secs(1),
             review_timeout: Duration::from_secs(300),

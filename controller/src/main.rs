@@ -139,6 +139,10 @@ struct ServeArgs {
     /// calls); unset: no fleet-wide daily limit (repositories may still set their own).
     #[arg(long, env = "BACKPORCHER_DAILY_BUDGET_USD")]
     daily_budget_usd: Option<f64>,
+    /// How long a task may be under way after its first lease, in hours, across all its
+    /// attempts, before it fails as timed out (waiting for a person does not count down).
+    #[arg(long, env = "BACKPORCHER_TASK_DEADLINE_HOURS", default_value_t = 12.0)]
+    task_deadline_hours: f64,
 }
 
 /// How to reach GitHub.

@@ -1,8 +1,14 @@
-//! The reaper: a singleton loop that takes expired leases back.
+//! The reaper: a singleton loop that takes expired leases back and ends tasks past their
+//! deadline.
 //!
 //! It sleeps until the earliest live lease could expire (at most `interval`), then re-queues what
 //! expired as `lease_expired` (or cancels it when cancellation was pending). Several controller
 //! replicas may run it; a PostgreSQL advisory lock lets one of them work at a time.
+//!
+//! A database outage costs no work: runners keep working while PostgreSQL is away, but their
+//! renewals cannot be stored, so leases run out on paper. The first sweep after the reaper
+//! regains the database therefore gives live leases the restart grace before it reaps anything,
+//! as a controller start does; the runners' next heartbeats renew them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,19 +22,31 @@ use crate::store::{SingletonLock, Store};
 /// Advisory lock key of the reaper (an arbitrary constant shared by all replicas).
 const REAPER_LOCK: i64 = 0x6270_7265_6170; // "bpreap"
 
+/// What the reaper keeps between sweeps.
+#[derive(Default)]
+struct State {
+    /// The advisory lock's connection while this replica is the reaper.
+    lock: Option<SingletonLock>,
+    /// The last sweep could not reach the database.
+    outage: bool,
+}
+
 /// Runs until `shutdown` is cancelled.
 pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
     let interval = ctx.config.reaper_interval;
-    let lock: Arc<Mutex<Option<SingletonLock>>> = Arc::default();
+    let grace = ctx.config.restart_grace;
+    let state: Arc<Mutex<State>> = Arc::default();
     every("reaper", Vec::new(), interval, shutdown, || {
-        let (store, lock) = (ctx.store.clone(), lock.clone());
+        let (store, state) = (ctx.store.clone(), state.clone());
         async move {
-            let mut held = lock.lock().await;
-            match sweep(&store, &mut held, interval).await {
+            let mut state = state.lock().await;
+            match sweep(&store, &mut state, interval, grace).await {
                 Ok(pause) => Ok(Next::WaitAtMost(pause)),
                 Err(e) => {
-                    // The lock's connection may be gone with the error: take it again.
-                    *held = None;
+                    // The lock's connection may be gone with the error: take it again; and
+                    // leases may run out on paper meanwhile.
+                    state.lock = None;
+                    state.outage = true;
                     Err(e.into())
                 }
             }
@@ -41,15 +59,28 @@ pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
 /// One sweep; returns how long to sleep before the next.
 async fn sweep(
     store: &Store,
-    lock: &mut Option<SingletonLock>,
+    state: &mut State,
     interval: Duration,
+    grace: Duration,
 ) -> Result<Duration, crate::store::Error> {
-    if lock.is_none() {
+    if state.outage {
+        let extended = store.grant_grace(grace).await?;
+        state.outage = false;
+        tracing::warn!(
+            leases = extended,
+            grace_s = grace.as_secs(),
+            "the database is back; live leases get the restart grace before anything is reaped"
+        );
+    }
+    if state.lock.is_none() {
         let Some(conn) = store.try_singleton_lock(REAPER_LOCK).await? else {
             return Ok(interval);
         };
         tracing::info!("this controller runs the reaper");
-        *lock = Some(conn);
+        state.lock = Some(conn);
+    }
+    for t in store.fail_past_deadline(100).await? {
+        tracing::warn!(task = t, "task ran past its deadline; failed");
     }
     loop {
         let reaped = store.reap_expired(500).await?;

@@ -230,6 +230,7 @@ pub async fn start(
     store
         .set_fleet_budgets(config.task_budget_microusd, config.daily_budget_microusd)
         .await?;
+    store.set_task_deadline(config.task_deadline).await?;
     let intake = Arc::new(IntakeConfig {
         webhook_secret: config.webhook_secret.clone(),
         allowed_users: config.allowed_users.clone(),

@@ -131,6 +131,20 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
     };
     let daily_budget_microusd =
         daily_budget.and_then(|d| usd("daily_budget_usd", d, &mut problems));
+    let deadline_hours = pick!(
+        "task_deadline_hours",
+        args.task_deadline_hours,
+        file.task_deadline_hours
+    );
+    let task_deadline =
+        if deadline_hours.is_finite() && (0.1..=24.0 * 30.0).contains(&deadline_hours) {
+            Duration::from_secs_f64(deadline_hours * 3600.0)
+        } else {
+            problems.push(error(format!(
+                "`task_deadline_hours = {deadline_hours}` is outside 0.1–720 hours"
+            )));
+            Duration::from_secs(12 * 3600)
+        };
 
     let mut gh = args.github;
     if !given("github_api")
@@ -229,6 +243,7 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
         },
         task_budget_microusd: task_budget_microusd.unwrap_or(defaults.task_budget_microusd),
         daily_budget_microusd,
+        task_deadline,
         ..defaults
     };
     Ok((config, problems))

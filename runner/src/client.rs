@@ -394,6 +394,7 @@ impl Client {
             Outcome::AgentFailed => proto::Outcome::AgentFailed,
             Outcome::VerifyFailed => proto::Outcome::VerifyFailed,
             Outcome::TimedOut => proto::Outcome::TimedOut,
+            Outcome::Stalled => proto::Outcome::Stalled,
             Outcome::BudgetExceeded => proto::Outcome::BudgetExceeded,
             Outcome::Canceled => proto::Outcome::Canceled,
             Outcome::Abandoned => proto::Outcome::Abandoned,

@@ -79,6 +79,8 @@ pub enum Outcome {
     VerifyFailed,
     /// Ran past its time limit.
     TimedOut,
+    /// No agent event (output or model traffic) for the stall limit.
+    Stalled,
     /// Reached its budget.
     BudgetExceeded,
     /// Stopped because cancellation was requested.

@@ -1806,16 +1806,26 @@ async fn rate_limits(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    // Queued faults apply to every path (REST and git), rate limits to REST only.
+    // Queued faults apply to every path (REST and git), rate limits to REST only. A REST call
+    // answered with a fault is still recorded: it reached GitHub.
     {
         let mut st = sim.state.lock().expect("sim lock");
         let path = req.uri().path().to_owned();
         let method = req.method().to_string();
-        if let Some(f) = st
+        if let Some(at) = st
             .faults
-            .iter_mut()
-            .find(|f| f.4 > 0 && f.0 == method && path.ends_with(&f.1))
+            .iter()
+            .position(|f| f.4 > 0 && f.0 == method && path.ends_with(&f.1))
         {
+            if path.starts_with("/repos/") {
+                let full = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_default();
+                st.requests.push((method.clone(), full));
+            }
+            let f = &mut st.faults[at];
             f.4 -= 1;
             let status = StatusCode::from_u16(f.2).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return with_rate(gh_error(status, &f.3.clone()));

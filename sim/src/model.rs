@@ -132,6 +132,10 @@ pub struct Step {
     /// Extra output tokens to report (to test budgets).
     #[serde(default)]
     pub extra_output_tokens: u64,
+    /// Stream `message_start` and a ping, then nothing more, never closing (to test stall
+    /// detection); a non-streaming call with it never answers.
+    #[serde(default)]
+    pub hang_mid_stream: bool,
 }
 
 /// Conditions on a request; all given ones must hold.
@@ -494,6 +498,9 @@ async fn messages(
         "tool_use"
     };
     let id = format!("msg_sim_{}", uuid_like());
+    if step.hang_mid_stream && !stream {
+        std::future::pending::<()>().await;
+    }
     if !stream {
         let msg = json!({
             "id": id, "type": "message", "role": "assistant", "model": model, "content": blocks,
@@ -559,14 +566,27 @@ async fn messages(
         json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": output_tokens}}),
     ));
     events.push(("message_stop".into(), json!({"type": "message_stop"})));
+    if step.hang_mid_stream {
+        events.truncate(2);
+    }
     let frames = events.into_iter().map(|(e, d)| {
         Ok::<_, std::convert::Infallible>(bytes::Bytes::from(format!("event: {e}\ndata: {d}\n\n")))
     });
+    let hang = step.hang_mid_stream;
+    let frames = tokio_stream::StreamExt::chain(
+        tokio_stream::iter(frames),
+        futures::stream::once(async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            Ok(bytes::Bytes::new())
+        }),
+    );
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(tokio_stream::iter(frames)))
+        .body(Body::from_stream(frames))
         .expect("response")
 }
 

@@ -38,6 +38,7 @@ pub fn outcome(o: i32) -> Result<Outcome, Status> {
         W::AgentFailed => Outcome::AgentFailed,
         W::VerifyFailed => Outcome::VerifyFailed,
         W::TimedOut => Outcome::TimedOut,
+        W::Stalled => Outcome::Stalled,
         W::BudgetExceeded => Outcome::BudgetExceeded,
         W::Canceled => Outcome::Canceled,
         W::Abandoned => Outcome::Abandoned,

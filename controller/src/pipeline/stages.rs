@@ -43,8 +43,20 @@ pub(super) async fn run(p: &Pipeline, task: Task) -> anyhow::Result<()> {
     };
     match result {
         Ok(()) => Ok(()),
+        Err(StageError::Wait(delay, why)) => {
+            tracing::debug!(task = task.id, status = %task.status, ?delay, why, "stage waits");
+            p.store
+                .reschedule_stage(task.id, task.status, delay, false)
+                .await?;
+            Ok(())
+        }
         Err(StageError::Later(delay, why)) => {
-            tracing::info!(task = task.id, status = %task.status, ?delay, why, "stage deferred");
+            let tries = task.stage_tries + 1;
+            if tries >= p.config.stage_transient_tries as i32 {
+                p.give_up(&task, tries, &why).await;
+                return Ok(());
+            }
+            tracing::info!(task = task.id, status = %task.status, ?delay, tries, why, "stage deferred");
             p.store
                 .reschedule_stage(task.id, task.status, delay, true)
                 .await?;
@@ -65,6 +77,10 @@ pub(super) async fn run(p: &Pipeline, task: Task) -> anyhow::Result<()> {
 }
 
 enum StageError {
+    /// Nothing is wrong, the stage waits (CI running, checks not reported yet): not a try.
+    Wait(Duration, String),
+    /// A transient failure (GitHub unavailable or rate-limited, a failed git command): tried
+    /// again after the delay, at most `stage_transient_tries` times in a row.
     Later(Duration, String),
     Store(Error),
     Other(anyhow::Error),
@@ -546,13 +562,13 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
     let no_checks = matches!(verdict, CiVerdict::NoChecks);
     let green = match verdict {
         CiVerdict::Pending(_) => {
-            return Err(StageError::Later(p.config.ci_poll, "CI is running".into()));
+            return Err(StageError::Wait(p.config.ci_poll, "CI is running".into()));
         }
         CiVerdict::NoChecks => {
             // `updated_at` moves with the timeline only: it is when the task entered `ci_wait`.
             let waited = (chrono::Utc::now() - task.updated_at).num_seconds();
             if waited < i64::from(repo.no_checks_grace_secs) || repo.no_checks == "wait" {
-                return Err(StageError::Later(
+                return Err(StageError::Wait(
                     p.config.ci_poll,
                     "no checks reported yet".into(),
                 ));

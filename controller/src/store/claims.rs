@@ -158,6 +158,7 @@ macro_rules! claim_sql {
             "  UPDATE tasks t SET status = 'leased', attempt = t.attempt + 1, lease_token = gen_random_uuid(),",
             "    runner_id = $1, leased_at = now(), lease_expires_at = now() + make_interval(secs => $3),",
             "    hold_kind = NULL, hold_until = NULL, hold_by = NULL, granted_microusd = cand.grant_microusd,",
+            "    started_at = COALESCE(t.started_at, now()),",
             "    ev_seq = t.ev_seq + 1, ev_actor = 'runner:' || $1, ev_reason = 'claimed',",
             "    ev_data = jsonb_build_object('granted_microusd', cand.grant_microusd)",
             "  FROM cand JOIN slot ON slot.id = cand.repo_id",
@@ -348,6 +349,48 @@ impl Store {
                 (*l, renewed)
             })
             .collect())
+    }
+
+    /// Fails tasks still under way `settings.task_deadline_secs` after their first lease
+    /// (`timed_out`, saying so), whatever they are doing — except waiting for a person (approval,
+    /// a user's hold, a dispatch approval) or for the day's budget. A runner working on one learns
+    /// at its next heartbeat that the lease is gone and stops. Returns the tasks failed.
+    pub async fn fail_past_deadline(&self, limit: i64) -> Result<Vec<TaskId>> {
+        Ok(sqlx::query_scalar(
+            "UPDATE tasks SET status = 'failed', terminal_reason = 'timed_out', \
+               error = format('the task was still under way %s after its first lease (its deadline, \
+settings.task_deadline_secs, over %s attempts); split the issue or raise the deadline, then requeue it', \
+                 justify_interval(make_interval(secs => (SELECT task_deadline_secs FROM settings))), attempt), \
+               lease_token = NULL, lease_expires_at = NULL, \
+               ev_seq = ev_seq + 1, ev_actor = 'system', ev_reason = 'deadline', ev_data = NULL \
+             WHERE id IN (SELECT id FROM tasks WHERE status = ANY($1) AND started_at IS NOT NULL \
+               AND started_at < now() - make_interval(secs => (SELECT task_deadline_secs FROM settings)) \
+               AND (hold_kind IS NULL OR hold_kind NOT IN ('user', 'dispatch_approval', 'budget')) \
+               LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+        )
+        .bind(status_texts(&[
+            Status::Queued,
+            Status::Leased,
+            Status::Running,
+            Status::Verifying,
+            Status::Pushing,
+            Status::PrOpen,
+            Status::Reviewing,
+            Status::CiWait,
+            Status::Merging,
+        ]))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Sets the deadline of every task, counted from its first lease.
+    pub async fn set_task_deadline(&self, deadline: Duration) -> Result<()> {
+        sqlx::query("UPDATE settings SET task_deadline_secs = $1")
+            .bind(deadline.as_secs().clamp(60, i32::MAX as u64) as i32)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Takes back leases that expired: re-queued without spending a retry (`lease_expired`), or

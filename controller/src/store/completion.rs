@@ -21,8 +21,10 @@ pub enum Outcome {
     AgentFailed,
     /// Verification kept failing after the runner's own fix rounds.
     VerifyFailed,
-    /// The run hit its wall-clock or idle limit.
+    /// The run hit its wall-clock limit.
     TimedOut,
+    /// No agent event (output or model traffic) for the runner's stall limit.
+    Stalled,
     /// The run hit its cost budget.
     BudgetExceeded,
     /// The run stopped because cancellation was requested.
@@ -40,6 +42,7 @@ impl Outcome {
             Outcome::AgentFailed => "agent_failed",
             Outcome::VerifyFailed => "verify_failed",
             Outcome::TimedOut => "timed_out",
+            Outcome::Stalled => "stalled",
             Outcome::BudgetExceeded => "budget_exceeded",
             Outcome::Canceled => "canceled",
             Outcome::Abandoned => "abandoned",
@@ -270,12 +273,16 @@ impl Store {
                 .bind(&actor)
                 .fetch_one(&mut *tx)
                 .await?,
-                Outcome::AgentFailed | Outcome::TimedOut | Outcome::VerifyFailed => {
+                Outcome::AgentFailed
+                | Outcome::TimedOut
+                | Outcome::Stalled
+                | Outcome::VerifyFailed => {
                     let (mode, reason) = match c.outcome {
                         Outcome::VerifyFailed => {
                             (FailureMode::Verify, TerminalReason::VerifyFailed)
                         }
                         Outcome::TimedOut => (FailureMode::Agent, TerminalReason::TimedOut),
+                        Outcome::Stalled => (FailureMode::Agent, TerminalReason::Stalled),
                         _ => (FailureMode::Agent, TerminalReason::AgentFailed),
                     };
                     let failure = Failure {

@@ -165,8 +165,10 @@ text_enum! {
         /// Its lease expired (re-queues without spending a retry; fails after
         /// `settings.max_lease_losses` lost leases in a row).
         LeaseExpired = "lease_expired",
-        /// It ran past its wall-clock limit.
+        /// It ran past its wall-clock limit (an attempt's, or the task's deadline).
         TimedOut = "timed_out",
+        /// Its agent went silent (no output, no model traffic) past the runner's stall limit.
+        Stalled = "stalled",
         /// It reached its cost budget.
         BudgetExceeded = "budget_exceeded",
         /// A task it depends on failed or was canceled.

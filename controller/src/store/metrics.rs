@@ -67,7 +67,7 @@ impl Store {
             .await?;
         let (expired_leases, requeues, retries): (i64, i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE reason = 'lease_expired'), count(*) FILTER (WHERE reason = 'requeue'), \
-                    count(*) FILTER (WHERE to_status = 'queued' AND reason IN ('agent_failed', 'timed_out', 'verify_failed', \
+                    count(*) FILTER (WHERE to_status = 'queued' AND reason IN ('agent_failed', 'timed_out', 'stalled', 'verify_failed', \
                        'review_rejected', 'ci_failed', 'merge_conflict')) FROM task_events",
         )
         .fetch_one(p)

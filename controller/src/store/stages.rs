@@ -43,6 +43,21 @@ impl Store {
         .await?)
     }
 
+    /// Extends the stage lease of a task whose step is still running (a lease the status change
+    /// cleared stays cleared: the next stage is due).
+    pub async fn extend_stage_lease(&self, id: TaskId, lease: Duration) -> Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET stage_lease_until = now() + make_interval(secs => $3) \
+             WHERE id = $1 AND status = ANY($2) AND stage_lease_until IS NOT NULL",
+        )
+        .bind(id)
+        .bind(status_texts(STAGE_STATUSES))
+        .bind(lease.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Puts a stage back to be looked at after `delay` (`failed`: counts a transient failure).
     pub async fn reschedule_stage(
         &self,

@@ -84,6 +84,16 @@ pub(crate) use sim::kit::git;
 
 /// What a runner produces: a bundle of `branch` with one commit writing `files`, against main.
 pub(crate) fn make_bundle(env: &Env, branch: &str, files: &[(&str, &str)]) -> (Vec<u8>, String) {
+    make_bundle_in(env, REPO, branch, files)
+}
+
+/// [`make_bundle`] against the simulated repository `repo`.
+pub(crate) fn make_bundle_in(
+    env: &Env,
+    repo: &str,
+    branch: &str,
+    files: &[(&str, &str)],
+) -> (Vec<u8>, String) {
     let work: PathBuf = env
         .dir
         .path()
@@ -93,7 +103,7 @@ pub(crate) fn make_bundle(env: &Env, branch: &str, files: &[(&str, &str)]) -> (V
         &[
             "clone",
             "--quiet",
-            &env.sim.git_dir(REPO).to_string_lossy(),
+            &env.sim.git_dir(repo).to_string_lossy(),
             &work.to_string_lossy(),
         ],
     );
@@ -135,6 +145,11 @@ pub(crate) async fn task_at_pushing(env: &Env, number: i64, files: &[(&str, &str
 
 /// A runner claims the (queued) task and delivers `files` on its branch from the current main.
 pub(crate) async fn run_attempt(env: &Env, id: i64, files: &[(&str, &str)]) -> Task {
+    run_attempt_in(env, REPO, id, files).await
+}
+
+/// [`run_attempt`] for a task of the simulated repository `repo`.
+pub(crate) async fn run_attempt_in(env: &Env, repo: &str, id: i64, files: &[(&str, &str)]) -> Task {
     let runner = crate::runner(&env.store, &format!("r-{id}-{}", uuid::Uuid::new_v4())).await;
     let (task, lease) = crate::claim(&env.store, runner).await;
     assert_eq!(task.id, id);
@@ -142,7 +157,7 @@ pub(crate) async fn run_attempt(env: &Env, id: i64, files: &[(&str, &str)]) -> T
         .branch
         .clone()
         .expect("the controller named the branch");
-    let (bundle, head) = make_bundle(env, &branch, files);
+    let (bundle, head) = make_bundle_in(env, repo, &branch, files);
     env.store
         .store_bundle(&lease, &bundle, "sha")
         .await
@@ -1098,4 +1113,213 @@ async fn github_trouble_before_a_review_delays_it_instead_of_failing_closed() {
     assert!(t.review.is_none(), "no review happened");
     let t = drive(&env, &p, task.id, Status::CiWait).await;
     assert_eq!(t.review.unwrap().0["approve"], true);
+}
+
+/// A reviewer that holds the review of a diff naming `slow_file` until released, counting them.
+struct Gate {
+    slow_file: &'static str,
+    reviews: std::sync::atomic::AtomicUsize,
+    open: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl Reviewer for Gate {
+    async fn review(&self, input: &ReviewInput) -> Result<Verdict, ReviewError> {
+        if input.diff.contains(self.slow_file) {
+            self.reviews
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.open.notified().await;
+        }
+        Ok(Verdict {
+            approve: true,
+            reasons: "fine".into(),
+        })
+    }
+}
+
+/// The stage worker refills free slots: a stage that keeps failing on a permanent 4xx fails its
+/// task after the configured tries, with the error and what to do, and a slow review holds up
+/// neither the other repository's stages nor its own (and is never taken up twice while it runs).
+#[tokio::test(flavor = "multi_thread")]
+async fn stages_are_bounded_and_one_slow_or_failing_stage_holds_up_no_other() {
+    let env = env().await;
+    env.sim.set_default_ci("success");
+    env.sim
+        .create_repo("acme/gadgets", "main", &[("README.md", "# gadgets\n")])
+        .unwrap();
+    let gadgets = env
+        .store
+        .add_repo(&NewRepo {
+            name: "acme/gadgets".into(),
+            clone_url: format!("{}/acme/gadgets.git", env.base),
+            default_branch: "main".into(),
+        })
+        .await
+        .unwrap();
+    for repo in [env.repo.id, gadgets.id] {
+        env.store
+            .update_repo(
+                repo,
+                &RepoSettings {
+                    approval_mode: Some("full-auto".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // The App may not open pull requests in gadgets: a permanent refusal, every time.
+    env.sim.fail_requests(
+        "POST",
+        "/repos/acme/gadgets/pulls",
+        403,
+        "Resource not accessible by integration",
+        1000,
+    );
+    let mut t = NewTask::for_issue(gadgets.id, 1, "Add a gadget", "add it");
+    t.created_by = "test".into();
+    let stuck = env.store.create_task(&t).await.unwrap();
+    env.store
+        .triage(stuck.id, &Triage::default(), &crate::note("triaged"))
+        .await
+        .unwrap();
+    run_attempt_in(&env, "acme/gadgets", stuck.id, &[("g.rs", "// g\n")]).await;
+    let n = env
+        .sim
+        .create_issue(REPO, "Slow review", "x", "alice", &[labels::TRIGGER]) as i64;
+    let slow = task_at_pushing(&env, n, &[("src/slow.rs", "// slow\n")]).await;
+    let n = env
+        .sim
+        .create_issue(REPO, "Quick one", "y", "alice", &[labels::TRIGGER]) as i64;
+    let quick = task_at_pushing(&env, n, &[("src/quick.rs", "// quick\n")]).await;
+
+    let gate = Arc::new(Gate {
+        slow_file: "src/slow.rs",
+        reviews: Default::default(),
+        open: tokio::sync::Notify::new(),
+    });
+    let mut p = pipeline(&env, vec![]);
+    p.reviewer = gate.clone();
+    p.config.concurrency = 2;
+    p.config.stage_error_tries = 3;
+    p.config.stage_retry_base = Duration::from_millis(50);
+    p.config.stage_lease = Duration::from_secs(3);
+    p.config.sweep = Duration::from_millis(50);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let worker = {
+        let (p, shutdown) = (p.clone(), shutdown.clone());
+        tokio::spawn(async move { p.work(Arc::new(tokio::sync::Notify::new()), shutdown).await })
+    };
+    let settled = |id: i64, want: Status| {
+        let store = env.store.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let t = store.task(id).await.unwrap();
+                if t.status == want {
+                    return t;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "task {id} is {} ({:?}), not {want}",
+                    t.status,
+                    t.error
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // While the slow review runs (one of the two slots), the rest goes on in the other.
+    let failed = settled(stuck.id, Status::Failed).await;
+    let merged = settled(quick.id, Status::Merged).await;
+    assert_eq!(merged.status, Status::Merged);
+    assert_eq!(
+        failed.terminal_reason.0,
+        Some(controller::store::TerminalReason::InternalError)
+    );
+    let error = failed.error.unwrap_or_default();
+    assert!(
+        error.contains("failed 3 times")
+            && error.contains("Resource not accessible by integration")
+            && error.contains("requeue"),
+        "{error}"
+    );
+    let creates = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|(m, path)| m == "POST" && path.ends_with("/acme/gadgets/pulls"))
+        .count();
+    assert_eq!(creates, 3, "bounded: three tries");
+    // The slow review outlived its stage lease (3 s) without being taken up again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        env.store.task(slow.id).await.unwrap().status,
+        Status::Reviewing
+    );
+    assert_eq!(
+        gate.reviews.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one review at a time"
+    );
+    let restarted = env
+        .store
+        .timeline(slow.id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.reason == "review_restarted")
+        .count();
+    assert_eq!(restarted, 0);
+    gate.open.notify_one();
+    settled(slow.id, Status::Merged).await;
+    shutdown.cancel();
+    worker.await.unwrap();
+}
+
+/// A transient failure that never clears (GitHub answering 502 to opening the PR) is tried
+/// `stage_transient_tries` times, then fails the task saying so; waiting on CI is not a try.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transient_failure_that_never_clears_fails_the_task_after_its_tries() {
+    let env = env().await;
+    let n = env
+        .sim
+        .create_issue(REPO, "Add two", "add fn two", "alice", &[labels::TRIGGER])
+        as i64;
+    let task = task_at_pushing(&env, n, &[("src/two.rs", "pub fn two() -> u32 { 2 }\n")]).await;
+    env.sim.fail_requests(
+        "POST",
+        "/repos/acme/widgets/pulls",
+        502,
+        "Bad gateway",
+        1000,
+    );
+    let mut p = pipeline(&env, vec![]);
+    p.config.stage_transient_tries = 4;
+    for _ in 0..10 {
+        sqlx::query("UPDATE tasks SET stage_due_at = now() WHERE id = $1")
+            .bind(task.id)
+            .execute(env.store.pool())
+            .await
+            .unwrap();
+        p.run_due().await.unwrap();
+        if env.store.task(task.id).await.unwrap().status == Status::Failed {
+            break;
+        }
+    }
+    let t = env.store.task(task.id).await.unwrap();
+    assert_eq!(t.status, Status::Failed);
+    let error = t.error.unwrap_or_default();
+    assert!(
+        error.contains("pushing stage failed 4 times") && error.contains("requeue"),
+        "{error}"
+    );
+    let creates = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|(m, path)| m == "POST" && path.ends_with("/pulls"))
+        .count();
+    // Four stage tries, each a call the client itself tries four times on a 5xx.
+    assert_eq!(creates, 16);
 }

@@ -556,3 +556,53 @@ async fn a_task_budget_spans_its_attempts() {
     );
     assert_eq!(store.task(t.id).await.unwrap().cost_microusd, 1_000_000);
 }
+
+/// Every task has a deadline from its first lease: past it, whatever it is doing, it fails as
+/// `timed_out` saying so — unless it waits for a person.
+#[tokio::test]
+async fn a_task_past_its_deadline_fails_unless_a_person_holds_it() {
+    let store = store().await;
+    store
+        .set_task_deadline(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let repo = repo(&store, "acme/deadline").await;
+    let r = runner(&store, "r1").await;
+    let running = queued(&store, &repo, "runs forever").await;
+    let (_, lease) = claim(&store, r).await;
+    let held = queued(&store, &repo, "held by a person").await;
+    let (_, _held_lease) = claim(&store, r).await;
+    let fresh = queued(&store, &repo, "never leased").await;
+    assert!(
+        store.fail_past_deadline(10).await.unwrap().is_empty(),
+        "not yet"
+    );
+    sqlx::query("UPDATE tasks SET started_at = now() - interval '2 minutes' WHERE id = ANY($1)")
+        .bind(vec![running.id, held.id])
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tasks SET hold_kind = 'user', ev_seq = ev_seq + 1, ev_actor = 'test', ev_reason = 'hold' WHERE id = $1")
+        .bind(held.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.fail_past_deadline(10).await.unwrap(),
+        vec![running.id]
+    );
+    let t = store.task(running.id).await.unwrap();
+    assert_eq!(
+        (t.status, t.terminal_reason.0),
+        (Status::Failed, Some(TerminalReason::TimedOut))
+    );
+    assert!(
+        t.error.as_deref().unwrap_or_default().contains("deadline"),
+        "{:?}",
+        t.error
+    );
+    // Its runner's renewal finds the lease gone.
+    assert!(store.renew(&lease, Duration::from_secs(30)).await.is_err());
+    assert_eq!(store.task(held.id).await.unwrap().status, Status::Leased);
+    assert_eq!(store.task(fresh.id).await.unwrap().status, Status::Queued);
+}
