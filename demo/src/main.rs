@@ -345,7 +345,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             credential: runner_key,
             exec: runner::sandbox_executor::ExecConfig {
                 agent_timeout: Duration::from_secs(1800),
-                idle_timeout: Duration::from_secs(600),
+                stall_timeout: Duration::from_secs(600),
                 verify_timeout: Duration::from_secs(900),
                 ..runner::sandbox_executor::ExecConfig::new(runner_dir, free_port()?)
             },

@@ -72,7 +72,7 @@ async fn lease_to_agent(tasks: usize) {
         credential: Credential::ApiKey("k".into()),
         exec: ExecConfig {
             agent_timeout: Duration::from_secs(120),
-            idle_timeout: Duration::from_secs(120),
+            stall_timeout: Duration::from_secs(120),
             verify_timeout: Duration::from_secs(60),
             max_verify_fixes: 0,
             ..ExecConfig::new(dir.clone(), free_port())

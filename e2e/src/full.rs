@@ -110,7 +110,7 @@ impl FullSystem {
             credential: Credential::ApiKey(KEY.into()),
             exec: ExecConfig {
                 agent_timeout: Duration::from_secs(120),
-                idle_timeout: Duration::from_secs(120),
+                stall_timeout: Duration::from_secs(120),
                 verify_timeout: Duration::from_secs(60),
                 max_verify_fixes: 1,
                 ..ExecConfig::new(dir.clone(), free_port())

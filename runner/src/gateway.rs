@@ -85,6 +85,8 @@ struct TaskMeter {
     budget_microusd: f64,
     prices: Prices,
     used: Metered,
+    /// The last request or answer byte of the task's calls (stall detection).
+    last_activity: std::time::Instant,
 }
 
 type Meters = Arc<Mutex<HashMap<String, TaskMeter>>>;
@@ -118,6 +120,13 @@ impl TaskToken {
     /// Usage so far.
     pub fn used(&self) -> Metered {
         self.gateway.usage_of(&self.token)
+    }
+}
+
+/// Marks the task with `token` as active now.
+fn touch(tasks: &Meters, token: &str) {
+    if let Some(m) = tasks.lock().expect("gateway lock").get_mut(token) {
+        m.last_activity = std::time::Instant::now();
     }
 }
 
@@ -168,12 +177,23 @@ impl Gateway {
                 budget_microusd: budget_microusd.max(0) as f64,
                 prices,
                 used: Metered::default(),
+                last_activity: std::time::Instant::now(),
             },
         );
         TaskToken {
             token,
             gateway: self.clone(),
         }
+    }
+
+    /// When a call of the task with `token` last sent or received anything.
+    pub fn activity_of(&self, token: &str) -> Option<std::time::Instant> {
+        self.inner
+            .tasks
+            .lock()
+            .expect("gateway lock")
+            .get(token)
+            .map(|m| m.last_activity)
     }
 
     /// Usage of the task with `token`.
@@ -383,6 +403,7 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
                 );
             }
             Some(m) => {
+                m.last_activity = std::time::Instant::now();
                 let endpoint = (req.method().as_str(), req.uri().path());
                 if !FORWARDED.contains(&endpoint) {
                     m.used.refused += 1;
@@ -492,7 +513,9 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
         // Pass every byte through as it arrives; meter from the events on the way and settle at
         // `message_stop`, or — if the stream is dropped first — when the reservation is dropped.
         let mut parser = SseUsage::default();
+        let (tasks, token) = (gw.tasks.clone(), token.clone());
         let stream = resp.bytes_stream().map(move |chunk| {
+            touch(&tasks, &token);
             if let Ok(bytes) = &chunk
                 && let Some(r) = reservation.as_mut()
             {

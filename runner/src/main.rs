@@ -68,9 +68,14 @@ struct RunArgs {
     /// Hard limit of one agent run, in seconds.
     #[arg(long, env = "BACKPORCHER_TASK_TIMEOUT", default_value_t = 3600)]
     task_timeout: u64,
-    /// Longest silence of an agent run, in seconds.
-    #[arg(long, env = "BACKPORCHER_IDLE_TIMEOUT", default_value_t = 900)]
-    idle_timeout: u64,
+    /// Longest an agent run may go without any event — no output and no model traffic — before
+    /// it is killed and the attempt ends as stalled, in seconds.
+    #[arg(
+        long = "stall-seconds",
+        env = "BACKPORCHER_STALL_SECONDS",
+        default_value_t = 600
+    )]
+    stall_timeout: u64,
     /// Agent re-runs with failing verify output.
     #[arg(long, env = "BACKPORCHER_MAX_VERIFY_RETRIES", default_value_t = 2)]
     max_verify_retries: u32,
@@ -183,7 +188,7 @@ async fn run_daemon(state_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         credential,
         exec: runner::sandbox_executor::ExecConfig {
             agent_timeout: Duration::from_secs(args.task_timeout),
-            idle_timeout: Duration::from_secs(args.idle_timeout),
+            stall_timeout: Duration::from_secs(args.stall_timeout),
             verify_timeout: Duration::from_secs(args.task_timeout),
             max_verify_fixes: args.max_verify_retries,
             open_allow: args.open_allow,

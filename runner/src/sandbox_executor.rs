@@ -50,8 +50,9 @@ pub struct ExecConfig {
     pub state_dir: PathBuf,
     /// Wall-clock limit of one agent run.
     pub agent_timeout: Duration,
-    /// Longest silence of an agent run.
-    pub idle_timeout: Duration,
+    /// Longest an agent run may go without an event (output or model traffic through the
+    /// gateway) before it is killed as stalled.
+    pub stall_timeout: Duration,
     /// Wall-clock limit of one verify run.
     pub verify_timeout: Duration,
     /// Agent re-runs with the verify output before giving up.
@@ -72,7 +73,7 @@ impl ExecConfig {
         Self {
             state_dir,
             agent_timeout: Duration::from_secs(3600),
-            idle_timeout: Duration::from_secs(900),
+            stall_timeout: Duration::from_secs(600),
             verify_timeout: Duration::from_secs(1800),
             max_verify_fixes: 2,
             gateway_port,
@@ -303,18 +304,30 @@ impl SandboxExecutor {
                 egress: egress.clone(),
                 labels: step_labels(&labels, "agent"),
                 wall: self.config.agent_timeout,
-                idle: self.config.idle_timeout,
+                idle: self.config.agent_timeout,
             };
-            // Stop the container when the task's budget runs out mid-run.
+            // Stop the container when the task's budget runs out mid-run, or when the agent
+            // shows no sign of life (no output, no model traffic) for the stall limit.
             let stop = ctx.cancelled().child_token();
+            let last_output = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+            let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let watcher = {
                 let stop = stop.clone();
                 let used = self.gateway.clone();
                 let tok = token.token().to_owned();
+                let (last_output, stalled) = (last_output.clone(), stalled.clone());
+                let stall = self.config.stall_timeout;
                 tokio::spawn(async move {
                     loop {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         if used.usage_of(&tok).over_budget {
+                            stop.cancel();
+                            return;
+                        }
+                        let output = *last_output.lock().expect("activity lock");
+                        let last = used.activity_of(&tok).map_or(output, |g| g.max(output));
+                        if last.elapsed() > stall {
+                            stalled.store(true, std::sync::atomic::Ordering::Release);
                             stop.cancel();
                             return;
                         }
@@ -326,20 +339,23 @@ impl SandboxExecutor {
             let mut lines = LineSplitter::new(MAX_LINE);
             let ended = self
                 .sandbox
-                .run(&run, &stop, |stream, bytes| match stream {
-                    Stream::Stdout => {
-                        for line in lines.push(bytes) {
-                            ctx.log("agent", line.as_bytes());
-                            for ev in backend.parse_line(&line) {
-                                match ev {
-                                    AgentEvent::Result { .. } => final_result = Some(ev),
-                                    AgentEvent::RateLimited(m) => rate_limited = Some(m),
-                                    _ => {}
+                .run(&run, &stop, |stream, bytes| {
+                    *last_output.lock().expect("activity lock") = std::time::Instant::now();
+                    match stream {
+                        Stream::Stdout => {
+                            for line in lines.push(bytes) {
+                                ctx.log("agent", line.as_bytes());
+                                for ev in backend.parse_line(&line) {
+                                    match ev {
+                                        AgentEvent::Result { .. } => final_result = Some(ev),
+                                        AgentEvent::RateLimited(m) => rate_limited = Some(m),
+                                        _ => {}
+                                    }
                                 }
                             }
                         }
+                        Stream::Stderr => ctx.log("agent.stderr", bytes),
                     }
-                    Stream::Stderr => ctx.log("agent.stderr", bytes),
                 })
                 .await;
             watcher.abort();
@@ -352,6 +368,14 @@ impl SandboxExecutor {
                 }
             }
             let ended = ended?;
+            if stalled.load(std::sync::atomic::Ordering::Acquire) {
+                let why = format!(
+                    "the agent showed no sign of life (no output, no model traffic) for {:?}; its container was killed",
+                    self.config.stall_timeout
+                );
+                ctx.log("runner", format!("{why}\n").as_bytes());
+                return Ok(self.result(Outcome::Stalled, Some(why), &token));
+            }
             let used = token.used();
             if used.over_budget {
                 return Ok(self.result(
@@ -372,12 +396,14 @@ impl SandboxExecutor {
                         &token,
                     ));
                 }
+                // The sandbox's own silence limit is the wall clock here: the watcher above
+                // decides on stalls, counting model traffic too.
                 Ended::Idle => {
                     return Ok(self.result(
-                        Outcome::TimedOut,
+                        Outcome::Stalled,
                         Some(format!(
                             "the agent printed nothing for {:?}",
-                            self.config.idle_timeout
+                            self.config.agent_timeout
                         )),
                         &token,
                     ));

@@ -33,6 +33,7 @@ pub(crate) struct Setup {
     pub verify: Option<&'static str>,
     pub egress: &'static str,
     pub agent_timeout: Duration,
+    pub stall_timeout: Duration,
     pub budget: Option<i64>,
     pub agent_hooks: bool,
     pub firewall_check: Duration,
@@ -47,6 +48,7 @@ impl Default for Setup {
             verify: None,
             egress: "gateway-only",
             agent_timeout: Duration::from_secs(120),
+            stall_timeout: Duration::from_secs(120),
             budget: None,
             agent_hooks: false,
             firewall_check: Duration::from_secs(15),
@@ -100,7 +102,7 @@ pub(crate) async fn setup(tag: &str, s: Setup) -> Env {
         credential: Credential::ApiKey(REAL_KEY.into()),
         exec: ExecConfig {
             agent_timeout: s.agent_timeout,
-            idle_timeout: Duration::from_secs(120),
+            stall_timeout: s.stall_timeout,
             verify_timeout: Duration::from_secs(120),
             max_verify_fixes: s.max_verify_fixes,
             firewall_check: s.firewall_check,
@@ -602,6 +604,67 @@ async fn a_task_over_its_budget_ends_as_budget_exceeded() {
     env.finish().await;
 }
 
+/// A model that hangs mid-stream (the message started, nothing more, the connection open): the
+/// agent shows no sign of life, and the attempt ends as stalled within the runner's stall
+/// limit, its container killed and the log saying so; the retry runs on a model that answers.
+#[tokio::test]
+async fn a_model_that_hangs_mid_stream_ends_the_attempt_as_stalled() {
+    if skip_docker() {
+        return;
+    }
+    let env = setup(
+        "stall",
+        Setup {
+            stall_timeout: Duration::from_secs(8),
+            ..Setup::default()
+        },
+    )
+    .await;
+    env.sim.add_script(Script {
+        selector: "MARK-STALL".into(),
+        steps: vec![Step {
+            when: sim::model::Match {
+                model: Some("sonnet".into()),
+                ..Default::default()
+            },
+            hang_mid_stream: true,
+            ..Step::default()
+        }],
+    });
+    let t = env.task("Hangs MARK-STALL", "stall").await;
+    let stalled = env
+        .c
+        .wait_for(
+            t.id,
+            "the first attempt to end",
+            Duration::from_secs(90),
+            |t| t.agent_retries >= 1,
+        )
+        .await;
+    let (outcome, error): (String, Option<String>) = sqlx::query_as(
+        "SELECT outcome, error FROM task_results WHERE task_id = $1 AND attempt = 1",
+    )
+    .bind(t.id)
+    .fetch_one(env.c.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(outcome, "stalled");
+    let error = error.unwrap_or_default();
+    assert!(error.contains("no sign of life"), "{error}");
+    assert!(stalled.agent_retries >= 1, "the agent's budget paid for it");
+    let log: String = env
+        .c
+        .store
+        .log_chunks(t.id, 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, _, d)| String::from_utf8_lossy(d).into_owned())
+        .collect();
+    assert!(log.contains("no sign of life"), "{log}");
+    env.finish().await;
+}
+
 #[tokio::test]
 async fn a_runner_start_removes_orphan_containers_and_checkouts() {
     if skip_docker() {
@@ -626,7 +689,7 @@ async fn a_runner_start_removes_orphan_containers_and_checkouts() {
         credential: Credential::ApiKey("k".into()),
         exec: ExecConfig {
             agent_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(10),
             verify_timeout: Duration::from_secs(10),
             max_verify_fixes: 0,
             ..ExecConfig::new(dir.clone(), free_port())
