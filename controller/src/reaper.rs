@@ -6,9 +6,10 @@
 //! replicas may run it; a PostgreSQL advisory lock lets one of them work at a time.
 //!
 //! A database outage costs no work: runners keep working while PostgreSQL is away, but their
-//! renewals cannot be stored, so leases run out on paper. The first sweep after the reaper
-//! regains the database therefore gives live leases the restart grace before it reaps anything,
-//! as a controller start does; the runners' next heartbeats renew them.
+//! renewals cannot be stored, so leases run out on paper. Each sweep first reaches the database
+//! (a connection may wait for it while it is away); when that took longer than an outage's
+//! threshold, or the last sweep failed, live leases get the restart grace before anything is
+//! reaped, as a controller start does, and the runners' next heartbeats renew them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,9 @@ struct State {
     /// The last sweep could not reach the database.
     outage: bool,
 }
+
+/// Reaching the database taking longer than this counts as an outage.
+const OUTAGE: Duration = Duration::from_secs(2);
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
@@ -63,7 +67,9 @@ async fn sweep(
     interval: Duration,
     grace: Duration,
 ) -> Result<Duration, crate::store::Error> {
-    if state.outage {
+    let asked = std::time::Instant::now();
+    store.ping().await?;
+    if state.outage || asked.elapsed() > OUTAGE {
         let extended = store.grant_grace(grace).await?;
         state.outage = false;
         tracing::warn!(

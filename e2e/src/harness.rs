@@ -100,6 +100,12 @@ impl TestController {
         Self::start_on(db.url, None, None, options).await
     }
 
+    /// Starts a controller on the (empty or migrated) database at `db_url`.
+    pub async fn start_on_database(db_url: String, options: Options) -> Self {
+        init();
+        Self::start_on(db_url, None, None, options).await
+    }
+
     async fn start_on(
         db_url: String,
         grpc: Option<SocketAddr>,

@@ -1,5 +1,5 @@
-//! Runners and controllers that die: kill -9 of a runner process mid-task, a controller restart
-//! mid-task.
+//! Runners, controllers and the database dying: kill -9 of a runner process mid-task, a
+//! controller restart mid-task, PostgreSQL stopped for longer than a lease.
 
 use std::time::{Duration, Instant};
 
@@ -160,4 +160,64 @@ async fn a_controller_restart_mid_task_keeps_the_lease_and_the_task_completes() 
     );
     runner.stop().await.unwrap();
     c.stop().await;
+}
+
+/// PostgreSQL goes away for longer than a lease while a task runs, then comes back: the runner
+/// keeps working, the controller gives live leases the grace before it reaps anything, and the
+/// task completes on the same attempt — nothing runs twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_longer_than_a_lease_costs_no_work() {
+    let dir = e2e::harness::state_dir("pg-outage");
+    let pg = |port| pgembed::ServerConfig {
+        data_dir: dir.join("pg"),
+        port,
+        bin_dir: None,
+        durable: false,
+        password: None,
+    };
+    let server = pgembed::Server::start(&pg(None))
+        .await
+        .expect("PostgreSQL starts");
+    let port = server.port();
+    server.ensure_database("bp").await.unwrap();
+    let c = TestController::start_on_database(
+        server.url("bp"),
+        Options {
+            lease: Duration::from_secs(3),
+            heartbeat: Duration::from_secs(1),
+            restart_grace: Duration::from_secs(15),
+            ..Options::default()
+        },
+    )
+    .await;
+    let repo = c.repo("acme/outage").await;
+    let (id, rdir) = enroll(&c, "r-outage", &[]).await;
+    let exec = executor();
+    let runner = spawn_runner(id, &rdir, exec.clone(), 1);
+    let t = c.task(&repo, "sleep:14000").await;
+    c.wait_status(t.id, "running", Duration::from_secs(20))
+        .await;
+
+    // Down for three leases.
+    server.stop().await.expect("PostgreSQL stops");
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let server = pgembed::Server::start(&pg(Some(port)))
+        .await
+        .expect("PostgreSQL starts again on its port");
+
+    let done = c
+        .wait_status(t.id, "pushing", Duration::from_secs(60))
+        .await;
+    assert_eq!(done.attempt, 1, "the same attempt completed");
+    let timeline = c.store.timeline(t.id).await.unwrap();
+    assert!(
+        !timeline.iter().any(|e| e.reason == "lease_expired"),
+        "no lease was taken back: {:?}",
+        timeline.iter().map(|e| &e.reason).collect::<Vec<_>>()
+    );
+    let runs = exec.runs().iter().filter(|r| r.0 == t.id).count();
+    assert_eq!(runs, 1, "the work ran once");
+    runner.stop().await.unwrap();
+    c.stop().await;
+    server.stop().await.unwrap();
 }
