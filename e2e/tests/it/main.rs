@@ -5,6 +5,7 @@ mod browser;
 mod cancel;
 mod deploy;
 mod failures;
+mod fleet;
 mod hostile_text;
 mod logs;
 mod pipeline;

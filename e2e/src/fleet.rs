@@ -1,0 +1,347 @@
+//! A fleet under load, for the throughput benchmark and its short form in the tests: labelled
+//! issues across repositories on the GitHub simulator (webhooks, real git, real merges, instant
+//! CI), the real controller on PostgreSQL, and runners over mTLS whose executor commits a file
+//! per task and hands back a real git bundle ([`CommitExecutor`]) — everything but the agent.
+//! [`run`] waits until every task has ended and reports throughput, CPU and the CI→merge tail.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use controller::forge::github::GitHubConfig;
+use controller::forge::labels;
+use controller::store::repos::{NewRepo, RepoSettings};
+use runner::executor::{Executor, TaskContext};
+use runner::task::{ExecResult, Outcome, Usage};
+use sim::github::GitHubSim;
+
+use crate::harness::{Configure, Options, TestController, enroll, spawn_runner_with, state_dir};
+
+const TOKEN: &str = "ghs_fleet";
+const SECRET: &str = "whsec-fleet";
+
+/// An executor that does what an agent's run leaves behind without the agent: a fresh clone of
+/// the task's repository, one new file on the task's branch, and a git bundle of it.
+pub struct CommitExecutor {
+    work: PathBuf,
+}
+
+impl CommitExecutor {
+    /// Works under `work`.
+    pub fn new(work: PathBuf) -> Self {
+        Self { work }
+    }
+
+    async fn commit(&self, ctx: &TaskContext) -> anyhow::Result<ExecResult> {
+        let spec = &ctx.assignment.spec;
+        let lease = &ctx.assignment.lease;
+        let branch = spec
+            .branch
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the controller named no branch"))?;
+        let dir = self
+            .work
+            .join(format!("{}-{}", lease.task_id, lease.attempt));
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let git = |args: Vec<String>, cwd: PathBuf| async move {
+            let out = tokio::process::Command::new("git")
+                .args(&args)
+                .current_dir(&cwd)
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .output()
+                .await?;
+            anyhow::ensure!(
+                out.status.success(),
+                "git {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok::<_, anyhow::Error>(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        git(
+            s(&[
+                "clone",
+                "--quiet",
+                "--branch",
+                &spec.default_branch,
+                &spec.clone_url,
+                &dir.to_string_lossy(),
+            ]),
+            self.work.clone(),
+        )
+        .await?;
+        let base = git(s(&["rev-parse", "HEAD"]), dir.clone()).await?;
+        git(s(&["checkout", "--quiet", "-B", &branch]), dir.clone()).await?;
+        let file = format!("changes/task-{}.txt", lease.task_id);
+        tokio::fs::create_dir_all(dir.join("changes")).await?;
+        tokio::fs::write(dir.join(&file), format!("{}\n", spec.title)).await?;
+        git(s(&["add", &file]), dir.clone()).await?;
+        git(
+            s(&[
+                "-c",
+                "user.name=fleet",
+                "-c",
+                "user.email=fleet@example.invalid",
+                "commit",
+                "--quiet",
+                "-m",
+                &spec.title,
+            ]),
+            dir.clone(),
+        )
+        .await?;
+        let head = git(s(&["rev-parse", "HEAD"]), dir.clone()).await?;
+        git(
+            s(&[
+                "bundle",
+                "create",
+                "--quiet",
+                "out.bundle",
+                &branch,
+                &format!("^{base}"),
+            ]),
+            dir.clone(),
+        )
+        .await?;
+        let bundle = tokio::fs::read(dir.join("out.bundle")).await?;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let mut r = ExecResult::new(Outcome::Succeeded);
+        r.branch = Some(branch);
+        r.head_sha = Some(head);
+        r.bundle = Some(bundle);
+        r.summary = format!("added {file}");
+        r.usage = Usage {
+            input_tokens: 1000,
+            output_tokens: 100,
+            cost_microusd: 4_500,
+            ..Usage::default()
+        };
+        Ok(r)
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for CommitExecutor {
+    fn backends(&self) -> Vec<String> {
+        vec!["claude".into()]
+    }
+
+    async fn run(&self, ctx: TaskContext) -> ExecResult {
+        match self.commit(&ctx).await {
+            Ok(r) => r,
+            Err(e) => {
+                let mut r = ExecResult::new(Outcome::AgentFailed);
+                r.error = Some(format!("{e:#}"));
+                r
+            }
+        }
+    }
+}
+
+/// The size of a fleet run.
+#[derive(Debug, Clone, Copy)]
+pub struct Fleet {
+    /// Labelled issues filed.
+    pub issues: usize,
+    /// Repositories they are spread over.
+    pub repos: usize,
+    /// Runners (one task at a time each).
+    pub runners: usize,
+    /// Stages the controller works on at once.
+    pub stage_concurrency: usize,
+    /// Longest the run may take before what is left counts as stuck.
+    pub limit: Duration,
+}
+
+/// What a fleet run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// From the first issue filed to the last task ended.
+    pub wall: Duration,
+    /// Tasks merged.
+    pub merged: usize,
+    /// Tasks that ended otherwise (failed, canceled), with their status and error.
+    pub ended_otherwise: Vec<(i64, String, Option<String>)>,
+    /// Tasks still under way at the limit.
+    pub stuck: Vec<(i64, String)>,
+    /// CPU seconds of this process (controller, runners, simulator) and of the git processes it
+    /// waited for, over the run.
+    pub cpu_process: f64,
+    /// CPU seconds of the git children.
+    pub cpu_children: f64,
+    /// CPU seconds of PostgreSQL's processes.
+    pub cpu_postgres: f64,
+    /// `ci_wait` (green) → merged, p50 and p99, seconds.
+    pub ci_to_merged: (f64, f64),
+}
+
+/// This process's (user + system, children's user + system) CPU seconds.
+fn own_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // After the command: state is field 3; utime 14, stime 15, cutime 16, cstime 17.
+    let at = |n: usize| f.get(n - 3).copied().unwrap_or(0.0) / 100.0;
+    (at(14) + at(15), at(16) + at(17))
+}
+
+/// CPU seconds of every `postgres` process on the machine.
+fn postgres_cpu() -> f64 {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if !stat.contains("(postgres)") {
+            continue;
+        }
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        total += (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0;
+    }
+    total
+}
+
+/// Runs a fleet and waits until every task has ended (or the limit passed).
+pub async fn run(fleet: Fleet) -> Report {
+    crate::harness::init();
+    let gh = GitHubSim::new(&state_dir("fleet-gh"), TOKEN);
+    gh.set_default_ci("success");
+    let names: Vec<String> = (0..fleet.repos).map(|i| format!("fleet/repo{i}")).collect();
+    for name in &names {
+        gh.create_repo(name, "main", &[("README.md", "# fleet\n")])
+            .expect("repository");
+        gh.set_public(name);
+    }
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gh_url = format!("http://{}", l.local_addr().unwrap());
+    gh.serve(l);
+    let (gh_for_config, concurrency) = (gh_url.clone(), fleet.stage_concurrency);
+    let c = TestController::start(Options {
+        lease: Duration::from_secs(60),
+        heartbeat: Duration::from_secs(5),
+        configure: Configure(Some(Arc::new(move |cfg| {
+            cfg.github = Some(GitHubConfig::with_token(&gh_for_config, TOKEN));
+            cfg.webhook_secret = SECRET.into();
+            cfg.allowed_users = vec!["alice".into()];
+            cfg.poll_interval = Duration::from_secs(3600);
+            cfg.pipeline.ci_poll = Duration::from_millis(200);
+            cfg.pipeline.concurrency = concurrency;
+            cfg.max_db_connections = 40;
+        }))),
+        ..Options::default()
+    })
+    .await;
+    gh.set_webhook(&format!("http://{}/api/github/webhook", c.http), SECRET);
+    for name in &names {
+        let repo = c
+            .store
+            .add_repo(&NewRepo {
+                name: name.clone(),
+                clone_url: format!("{gh_url}/{name}.git"),
+                default_branch: "main".into(),
+            })
+            .await
+            .unwrap();
+        c.store
+            .update_repo(
+                repo.id,
+                &RepoSettings {
+                    approval_mode: Some("full-auto".into()),
+                    ..RepoSettings::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let work = state_dir("fleet-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let exec = Arc::new(CommitExecutor::new(work));
+    let mut runners = Vec::new();
+    for i in 0..fleet.runners {
+        let (id, dir) = enroll(&c, &format!("fleet-r{i}"), &[]).await;
+        runners.push(spawn_runner_with(id, &dir, exec.clone(), 1));
+    }
+
+    let cpu0 = (own_cpu(), postgres_cpu());
+    let t0 = Instant::now();
+    for i in 0..fleet.issues {
+        let repo = &names[i % names.len()];
+        let title = format!("Fleet change {i}");
+        let n = gh.create_issue(repo, &title, "add one file", "alice", &[labels::TRIGGER]);
+        // The webhook GitHub sends for the label.
+        gh.deliver(
+            "issues",
+            serde_json::json!({
+                "action": "labeled",
+                "label": {"name": labels::TRIGGER},
+                "issue": {"number": n, "title": title, "body": "add one file", "state": "open",
+                          "user": {"login": "alice"}, "labels": [{"name": labels::TRIGGER}]},
+                "repository": {"full_name": repo},
+            }),
+        )
+        .await;
+    }
+    // Every issue becomes a task, and every task ends.
+    let deadline = t0 + fleet.limit;
+    let terminal = controller::store::lifecycle::status_texts(controller::store::Status::TERMINAL);
+    loop {
+        let (total, open): (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE status <> ALL($1)) FROM tasks")
+                .bind(&terminal)
+                .fetch_one(c.store.pool())
+                .await
+                .unwrap();
+        if (total as usize >= fleet.issues && open == 0) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = t0.elapsed();
+    let cpu1 = (own_cpu(), postgres_cpu());
+    let rows: Vec<(i64, String, Option<String>)> =
+        sqlx::query_as("SELECT id, status, error FROM tasks ORDER BY id")
+            .fetch_all(c.store.pool())
+            .await
+            .unwrap();
+    let merged = rows.iter().filter(|r| r.1 == "merged").count();
+    let ended_otherwise = rows
+        .iter()
+        .filter(|r| matches!(r.1.as_str(), "failed" | "canceled"))
+        .cloned()
+        .collect();
+    let stuck = rows
+        .iter()
+        .filter(|r| !matches!(r.1.as_str(), "merged" | "failed" | "canceled"))
+        .map(|r| (r.0, r.1.clone()))
+        .collect();
+    let tail: (Option<f64>, Option<f64>) = sqlx::query_as(
+        "WITH m AS (SELECT task_id, at FROM task_events WHERE to_status = 'merged'), \
+              c AS (SELECT DISTINCT ON (e.task_id) e.task_id, EXTRACT(EPOCH FROM m.at - e.at)::float8 AS s \
+                    FROM task_events e JOIN m ON m.task_id = e.task_id \
+                    WHERE e.to_status = 'ci_wait' AND e.at <= m.at ORDER BY e.task_id, e.at DESC) \
+         SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s), percentile_cont(0.99) WITHIN GROUP (ORDER BY s) FROM c",
+    )
+    .fetch_one(c.store.pool())
+    .await
+    .unwrap();
+    for r in runners {
+        let _ = r.stop().await;
+    }
+    c.stop().await;
+    Report {
+        wall,
+        merged,
+        ended_otherwise,
+        stuck,
+        cpu_process: (cpu1.0.0 - cpu0.0.0),
+        cpu_children: (cpu1.0.1 - cpu0.0.1),
+        cpu_postgres: cpu1.1 - cpu0.1,
+        ci_to_merged: (tail.0.unwrap_or(0.0), tail.1.unwrap_or(0.0)),
+    }
+}
