@@ -141,6 +141,9 @@ pub struct FileConfig {
     pub github: Option<GitHubFile>,
     /// `[model]`.
     pub model: Option<ModelFile>,
+    /// `[prices]`: model family → `[input, output]` USD per million tokens (cache writes at
+    /// 1.25×, reads at 0.1× the input price); replaces the default table.
+    pub prices: Option<std::collections::BTreeMap<String, [f64; 2]>>,
 }
 
 /// `[github]` of the configuration file.

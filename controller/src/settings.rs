@@ -55,9 +55,32 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
         Some(p) => load_file(p)?,
         None => FileConfig::default(),
     };
+    let mut problems = Vec::new();
+    let prices = match file.prices {
+        None => proto::prices::Prices::default(),
+        Some(table) if table.is_empty() => {
+            problems.push(error(
+                "`[prices]` is empty: name at least one model family, e.g. opus = [5, 25]"
+                    .to_owned(),
+            ));
+            proto::prices::Prices::default()
+        }
+        Some(table) => {
+            let mut rates = Vec::new();
+            for (family, [input, output]) in table {
+                if !(input.is_finite() && output.is_finite() && input >= 0.0 && output >= 0.0) {
+                    problems.push(error(format!(
+                        "`[prices] {family} = [{input}, {output}]` is not a pair of USD prices per million input and output tokens"
+                    )));
+                    continue;
+                }
+                rates.push((family, proto::prices::Rate::usd(input, output)));
+            }
+            proto::prices::Prices(rates)
+        }
+    };
     let gh_file = file.github.unwrap_or_default();
     let model_file = file.model.unwrap_or_default();
-    let mut problems = Vec::new();
 
     macro_rules! pick {
         ($id:literal, $cli:expr, $file:expr) => {
@@ -244,6 +267,7 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
         task_budget_microusd: task_budget_microusd.unwrap_or(defaults.task_budget_microusd),
         daily_budget_microusd,
         task_deadline,
+        prices,
         ..defaults
     };
     Ok((config, problems))

@@ -77,6 +77,20 @@ async fn check_config_explains_each_problem() {
     );
     let (code, out) = check(dir.path(), &budgets, &[]);
     assert_eq!((code, out.trim()), (0, "configuration OK"), "{out}");
+    // The price table is the operator's to set; a price that is not one is named.
+    let (code, out) = check(
+        dir.path(),
+        &format!("{fixed}[prices]\nopus = [5, 25]\nmystery = [-1, 3]\n"),
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("`[prices] mystery = [-1, 3]`"), "{out}");
+    let (code, out) = check(
+        dir.path(),
+        &format!("{fixed}[prices]\nopus = [5, 25]\nsonnet = [3, 15]\n"),
+        &[],
+    );
+    assert_eq!((code, out.trim()), (0, "configuration OK"), "{out}");
     // Warnings alone do not fail.
     let (code, out) = check(dir.path(), &format!("database_url = \"{url}\"\n"), &[]);
     assert_eq!(code, 0, "{out}");
