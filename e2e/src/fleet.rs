@@ -20,16 +20,90 @@ use crate::harness::{Configure, Options, TestController, enroll, spawn_runner_wi
 const TOKEN: &str = "ghs_fleet";
 const SECRET: &str = "whsec-fleet";
 
-/// An executor that does what an agent's run leaves behind without the agent: a fresh clone of
-/// the task's repository, one new file on the task's branch, and a git bundle of it.
+/// An executor that leaves behind what an agent's run would, without the agent and at the least
+/// cost, so the benchmark measures the controller rather than its stand-in runners: one new file
+/// committed on the task's branch and handed back as a real git bundle. Each repository is cloned
+/// once (bare); a task's commit is made with plumbing on the repository's first `main` (no
+/// checkout, no fetch), which merges cleanly since every task adds its own file.
 pub struct CommitExecutor {
     work: PathBuf,
+    mirrors: tokio::sync::Mutex<std::collections::HashMap<String, Arc<Mirror>>>,
+}
+
+/// A bare clone and what a commit on its first `main` needs.
+struct Mirror {
+    dir: PathBuf,
+    base: String,
+    /// `git ls-tree` of the base commit's root, one entry per line.
+    tree: String,
+}
+
+async fn git_in(
+    cwd: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("git")
+        .args(args)
+        .current_dir(cwd)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", "fleet")
+        .env("GIT_AUTHOR_EMAIL", "fleet@example.invalid")
+        .env("GIT_COMMITTER_NAME", "fleet")
+        .env("GIT_COMMITTER_EMAIL", "fleet@example.invalid")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.unwrap_or_default().as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "git {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 impl CommitExecutor {
     /// Works under `work`.
     pub fn new(work: PathBuf) -> Self {
-        Self { work }
+        Self {
+            work,
+            mirrors: Default::default(),
+        }
+    }
+
+    async fn mirror(&self, clone_url: &str, default_branch: &str) -> anyhow::Result<Arc<Mirror>> {
+        let mut all = self.mirrors.lock().await;
+        if let Some(m) = all.get(clone_url) {
+            return Ok(m.clone());
+        }
+        let dir = self.work.join(format!("mirror-{}", all.len()));
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        git_in(
+            &self.work,
+            &[
+                "clone",
+                "--quiet",
+                "--bare",
+                "--branch",
+                default_branch,
+                clone_url,
+                &dir.to_string_lossy(),
+            ],
+            None,
+        )
+        .await?;
+        let base = git_in(&dir, &["rev-parse", "HEAD"], None).await?;
+        let tree = git_in(&dir, &["ls-tree", &base], None).await?;
+        let m = Arc::new(Mirror { dir, base, tree });
+        all.insert(clone_url.to_owned(), m.clone());
+        Ok(m)
     }
 
     async fn commit(&self, ctx: &TaskContext) -> anyhow::Result<ExecResult> {
@@ -39,73 +113,42 @@ impl CommitExecutor {
             .branch
             .clone()
             .ok_or_else(|| anyhow::anyhow!("the controller named no branch"))?;
-        let dir = self
+        let m = self.mirror(&spec.clone_url, &spec.default_branch).await?;
+        let file = format!("task-{}-{}.txt", lease.task_id, lease.attempt);
+        let blob = git_in(
+            &m.dir,
+            &["hash-object", "-w", "--stdin"],
+            Some(&format!("{}\n", spec.title)),
+        )
+        .await?;
+        let listing = format!("{}\n100644 blob {blob}\t{file}\n", m.tree);
+        let tree = git_in(&m.dir, &["mktree"], Some(&listing)).await?;
+        let head = git_in(
+            &m.dir,
+            &["commit-tree", &tree, "-p", &m.base, "-m", &spec.title],
+            None,
+        )
+        .await?;
+        let local = format!("refs/heads/{branch}");
+        git_in(&m.dir, &["update-ref", &local, &head], None).await?;
+        let out = self
             .work
-            .join(format!("{}-{}", lease.task_id, lease.attempt));
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        let git = |args: Vec<String>, cwd: PathBuf| async move {
-            let out = tokio::process::Command::new("git")
-                .args(&args)
-                .current_dir(&cwd)
-                .env("GIT_TERMINAL_PROMPT", "0")
-                .output()
-                .await?;
-            anyhow::ensure!(
-                out.status.success(),
-                "git {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok::<_, anyhow::Error>(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        };
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        git(
-            s(&[
-                "clone",
-                "--quiet",
-                "--branch",
-                &spec.default_branch,
-                &spec.clone_url,
-                &dir.to_string_lossy(),
-            ]),
-            self.work.clone(),
-        )
-        .await?;
-        let base = git(s(&["rev-parse", "HEAD"]), dir.clone()).await?;
-        git(s(&["checkout", "--quiet", "-B", &branch]), dir.clone()).await?;
-        let file = format!("changes/task-{}.txt", lease.task_id);
-        tokio::fs::create_dir_all(dir.join("changes")).await?;
-        tokio::fs::write(dir.join(&file), format!("{}\n", spec.title)).await?;
-        git(s(&["add", &file]), dir.clone()).await?;
-        git(
-            s(&[
-                "-c",
-                "user.name=fleet",
-                "-c",
-                "user.email=fleet@example.invalid",
-                "commit",
-                "--quiet",
-                "-m",
-                &spec.title,
-            ]),
-            dir.clone(),
-        )
-        .await?;
-        let head = git(s(&["rev-parse", "HEAD"]), dir.clone()).await?;
-        git(
-            s(&[
+            .join(format!("{}-{}.bundle", lease.task_id, lease.attempt));
+        git_in(
+            &m.dir,
+            &[
                 "bundle",
                 "create",
                 "--quiet",
-                "out.bundle",
-                &branch,
-                &format!("^{base}"),
-            ]),
-            dir.clone(),
+                &out.to_string_lossy(),
+                &local,
+                &format!("^{}", m.base),
+            ],
+            None,
         )
         .await?;
-        let bundle = tokio::fs::read(dir.join("out.bundle")).await?;
-        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let bundle = tokio::fs::read(&out).await?;
+        let _ = tokio::fs::remove_file(&out).await;
         let mut r = ExecResult::new(Outcome::Succeeded);
         r.branch = Some(branch);
         r.head_sha = Some(head);

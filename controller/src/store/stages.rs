@@ -33,7 +33,11 @@ impl Store {
             "UPDATE tasks SET stage_lease_until = now() + make_interval(secs => $2) ",
             "WHERE id IN (SELECT id FROM tasks WHERE status = ANY($1) AND stage_due_at <= now() ",
             "AND (stage_lease_until IS NULL OR stage_lease_until < now()) ",
-            "ORDER BY stage_due_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
+            // Work nearest the merge first: a busy pipeline finishes what it started before it
+            // opens more (the `ci_wait` → merged tail stays short), and nothing starves, since
+            // later stages only come from earlier ones.
+            "ORDER BY CASE status WHEN 'merging' THEN 0 WHEN 'ci_wait' THEN 1 WHEN 'reviewing' THEN 2 ",
+            "WHEN 'pr_open' THEN 3 ELSE 4 END, stage_due_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
             task_columns!()
         ))
         .bind(status_texts(statuses))
