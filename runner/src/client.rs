@@ -395,6 +395,7 @@ impl Client {
             Outcome::VerifyFailed => proto::Outcome::VerifyFailed,
             Outcome::TimedOut => proto::Outcome::TimedOut,
             Outcome::Stalled => proto::Outcome::Stalled,
+            Outcome::SetupFailed => proto::Outcome::SetupFailed,
             Outcome::BudgetExceeded => proto::Outcome::BudgetExceeded,
             Outcome::Canceled => proto::Outcome::Canceled,
             Outcome::Abandoned => proto::Outcome::Abandoned,

@@ -18,6 +18,7 @@ pub mod client;
 pub mod daemon;
 pub mod executor;
 pub mod firewall;
+pub mod environment;
 pub mod gateway;
 pub mod graphs;
 pub mod identity;

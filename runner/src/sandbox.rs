@@ -91,6 +91,9 @@ pub enum Egress {
     Open,
 }
 
+/// Label of environment snapshots (its value is the snapshot key).
+pub const ENV_LABEL: &str = "backporcher.env";
+
 /// One container run.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -110,6 +113,12 @@ pub struct RunSpec {
     pub wall: Duration,
     /// Longest time without output.
     pub idle: Duration,
+    /// A repository environment's image instead of the agent image: the runner's agent files
+    /// are then expected at `/opt/bp` (a mount) and the entrypoint is taken from there.
+    pub image: Option<String>,
+    /// Setup of an environment: the root filesystem stays writable and, when the run exits 0,
+    /// the container is committed as this image (labelled with it) before it is removed.
+    pub commit_to: Option<(String, HashMap<String, String>)>,
 }
 
 /// How a run ended.
@@ -338,7 +347,7 @@ impl Sandbox {
             binds: Some(binds),
             network_mode: Some(network_mode),
             dns,
-            readonly_rootfs: Some(true),
+            readonly_rootfs: Some(spec.commit_to.is_none()),
             tmpfs: Some(HashMap::from([
                 (
                     "/tmp".to_string(),
@@ -363,7 +372,11 @@ impl Sandbox {
             ..Default::default()
         };
         let body = ContainerCreateBody {
-            image: Some(self.config.image.clone()),
+            image: Some(spec.image.clone().unwrap_or_else(|| self.config.image.clone())),
+            entrypoint: spec
+                .image
+                .as_ref()
+                .map(|_| vec!["/opt/bp/bp-entrypoint".to_string()]),
             cmd: Some(spec.cmd.clone()),
             env: Some(env),
             user: Some("1000:1000".into()),
@@ -384,9 +397,132 @@ impl Sandbox {
             )
             .await
             .with_context(|| format!("cannot create container {}", spec.name))?;
-        let result = self.attach_and_wait(spec, cancel, &mut on_output).await;
+        let mut result = self.attach_and_wait(spec, cancel, &mut on_output).await;
+        if let (Ok(Ended::Exited(0)), Some((tag, labels))) = (&result, &spec.commit_to) {
+            let (repo, version) = tag.rsplit_once(':').unwrap_or((tag.as_str(), "latest"));
+            let committed = self
+                .docker
+                .commit_container(
+                    bollard::query_parameters::CommitContainerOptionsBuilder::new()
+                        .container(&spec.name)
+                        .repo(repo)
+                        .tag(version)
+                        .pause(true)
+                        .build(),
+                    bollard::models::ContainerConfig {
+                        labels: Some(labels.clone()),
+                        user: Some("1000:1000".into()),
+                        working_dir: Some("/workspace".into()),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            if let Err(e) = committed {
+                result = Err(anyhow::anyhow!("cannot snapshot the environment as {tag}: {e}"));
+            }
+        }
         self.remove(&spec.name).await;
         result
+    }
+
+    /// Whether `image` exists on this engine.
+    pub async fn has_image(&self, image: &str) -> bool {
+        self.docker.inspect_image(image).await.is_ok()
+    }
+
+    /// Copies the agent CLI and the entrypoint out of the agent image into `dest` (the directory
+    /// environment containers get mounted at `/opt/bp`), once.
+    pub async fn export_agent_files(&self, dest: &std::path::Path) -> anyhow::Result<()> {
+        if dest.join("claude").exists() && dest.join("bp-entrypoint").exists() {
+            return Ok(());
+        }
+        let name = format!("bp-export-{}", uuid::Uuid::new_v4().simple());
+        self.docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                ContainerCreateBody {
+                    image: Some(self.config.image.clone()),
+                    labels: Some(HashMap::from([(
+                        RUNNER_LABEL.to_string(),
+                        self.config.runner.clone(),
+                    )])),
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("cannot create a container of the agent image to copy the agent CLI from")?;
+        let staging = dest.with_extension("partial");
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        tokio::fs::create_dir_all(&staging).await?;
+        let mut copied = Ok(());
+        for path in ["/usr/local/bin/claude", "/usr/local/bin/bp-entrypoint"] {
+            let mut tar_bytes = Vec::new();
+            let mut stream = self.docker.download_from_container(
+                &name,
+                Some(bollard::query_parameters::DownloadFromContainerOptions {
+                    path: path.to_string(),
+                }),
+            );
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(b) => tar_bytes.extend_from_slice(&b),
+                    Err(e) => {
+                        copied = Err(anyhow::anyhow!("cannot copy {path} from the agent image: {e}"));
+                        break;
+                    }
+                }
+            }
+            if copied.is_err() {
+                break;
+            }
+            let staging = staging.clone();
+            copied = tokio::task::spawn_blocking(move || {
+                tar::Archive::new(std::io::Cursor::new(tar_bytes)).unpack(&staging)
+            })
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r.map_err(anyhow::Error::from));
+            if copied.is_err() {
+                break;
+            }
+        }
+        self.remove(&name).await;
+        copied?;
+        let _ = tokio::fs::remove_dir_all(dest).await;
+        tokio::fs::rename(&staging, dest).await?;
+        Ok(())
+    }
+
+    /// Removes an image (a pruned environment snapshot).
+    pub async fn remove_image(&self, image: &str) -> anyhow::Result<()> {
+        self.docker
+            .remove_image(image, None::<bollard::query_parameters::RemoveImageOptions>, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Environment snapshots on this engine: (tag, size in bytes).
+    pub async fn env_images(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let images = self
+            .docker
+            .list_images(Some(bollard::query_parameters::ListImagesOptions {
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![ENV_LABEL.to_string()],
+                )])),
+                ..Default::default()
+            }))
+            .await?;
+        Ok(images
+            .into_iter()
+            .flat_map(|i| {
+                let size = i.size;
+                i.repo_tags.into_iter().map(move |t| (t, size))
+            })
+            .collect())
     }
 
     async fn attach_and_wait(

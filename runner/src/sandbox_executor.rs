@@ -55,6 +55,12 @@ pub struct ExecConfig {
     pub stall_timeout: Duration,
     /// Wall-clock limit of one verify run.
     pub verify_timeout: Duration,
+    /// Wall-clock limit of a repository environment's setup.
+    pub setup_timeout: Duration,
+    /// Environment snapshots unused this long are removed.
+    pub env_max_age: Duration,
+    /// Disk the environment snapshots may take before the least recently used go, bytes.
+    pub env_disk_budget: u64,
     /// Agent re-runs with the verify output before giving up.
     pub max_verify_fixes: u32,
     /// Port of the gateway's TCP listeners (on the bridge addresses).
@@ -75,6 +81,9 @@ impl ExecConfig {
             agent_timeout: Duration::from_secs(3600),
             stall_timeout: Duration::from_secs(600),
             verify_timeout: Duration::from_secs(1800),
+            setup_timeout: Duration::from_secs(1800),
+            env_max_age: Duration::from_secs(14 * 24 * 3600),
+            env_disk_budget: 20 << 30,
             max_verify_fixes: 2,
             gateway_port,
             graph_timeout: Duration::from_secs(120),
@@ -256,6 +265,48 @@ impl SandboxExecutor {
         if spec.stack.is_none() {
             spec.stack = prompt::detect_stack(&repo_dir);
         }
+        // The repository's environment, from its default branch: set up once and snapshotted.
+        let environment = match crate::environment::describe(&checkout.mirror, &checkout.default_head).await {
+            Ok(e) => e,
+            Err(why) => return Ok(setup_failed(ctx, why)),
+        };
+        let mut env_image = None;
+        let mut env_vars: Vec<String> = Vec::new();
+        if let Some(environment) = &environment {
+            for note in &environment.notes {
+                ctx.log("runner", format!("environment: {note}\n").as_bytes());
+            }
+            match (&spec.verify_command, &environment.verify) {
+                (None, Some(v)) => {
+                    ctx.log("runner", format!("verify command from .backporcher.toml: `{v}` (the repository's settings set none)\n").as_bytes());
+                    spec.verify_command = Some(v.clone());
+                }
+                (Some(_), Some(v)) => ctx.log(
+                    "runner",
+                    format!("verify command from the repository's settings; .backporcher.toml's `{v}` is overridden (settings win)\n").as_bytes(),
+                ),
+                _ => {}
+            }
+            if !environment.image.is_empty() {
+                match self.environment(environment, &checkout, ctx).await? {
+                    Ok(tag) => env_image = Some(tag),
+                    Err(why) => return Ok(setup_failed(ctx, why)),
+                }
+                env_vars = environment
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+            }
+        }
+        let env_mounts: Vec<(PathBuf, String, bool)> = match env_image {
+            Some(_) => vec![(
+                crate::environment::agent_files_dir(&self.config.state_dir),
+                "/opt/bp".into(),
+                true,
+            )],
+            None => Vec::new(),
+        };
         // The graph reads the checkout before the agent can touch it.
         let graph = match self
             .graphs
@@ -289,22 +340,29 @@ impl SandboxExecutor {
             if rounds > 0 && !ctx.stage(false).await {
                 return Ok(ExecResult::new(Outcome::Abandoned));
             }
-            let mut env = backend.env(&spec.model);
+            let mut env = env_vars.clone();
+            env.extend(backend.env(&spec.model));
             env.push(format!("ANTHROPIC_BASE_URL={gateway_url}"));
             env.push(format!("ANTHROPIC_API_KEY={}", token.token()));
             let run = RunSpec {
                 name: format!("{}-{}-agent{rounds}", lease.task_id, lease.attempt),
                 cmd: backend.command(),
                 env,
-                mounts: vec![
-                    (checkout.dir.clone(), "/workspace".into(), false),
-                    (task_dir.clone(), "/task".into(), true),
-                    (checkout.mirror_objects.clone(), MIRROR_OBJECTS.into(), true),
-                ],
+                mounts: [
+                    vec![
+                        (checkout.dir.clone(), "/workspace".into(), false),
+                        (task_dir.clone(), "/task".into(), true),
+                        (checkout.mirror_objects.clone(), MIRROR_OBJECTS.into(), true),
+                    ],
+                    env_mounts.clone(),
+                ]
+                .concat(),
                 egress: egress.clone(),
                 labels: step_labels(&labels, "agent"),
                 wall: self.config.agent_timeout,
                 idle: self.config.agent_timeout,
+                image: env_image.clone(),
+                commit_to: None,
             };
             // Stop the container when the task's budget runs out mid-run, or when the agent
             // shows no sign of life (no output, no model traffic) for the stall limit.
@@ -441,15 +499,21 @@ impl SandboxExecutor {
             let run = RunSpec {
                 name: format!("{}-{}-verify{rounds}", lease.task_id, lease.attempt),
                 cmd: vec!["bash".into(), "-c".into(), verify],
-                env: vec![],
-                mounts: vec![
-                    (checkout.dir.clone(), "/workspace".into(), false),
-                    (checkout.mirror_objects.clone(), MIRROR_OBJECTS.into(), true),
-                ],
+                env: env_vars.clone(),
+                mounts: [
+                    vec![
+                        (checkout.dir.clone(), "/workspace".into(), false),
+                        (checkout.mirror_objects.clone(), MIRROR_OBJECTS.into(), true),
+                    ],
+                    env_mounts.clone(),
+                ]
+                .concat(),
                 egress: egress.clone(),
                 labels: step_labels(&labels, "verify"),
                 wall: self.config.verify_timeout,
                 idle: self.config.verify_timeout,
+                image: env_image.clone(),
+                commit_to: None,
             };
             let ended = self
                 .sandbox
@@ -549,6 +613,8 @@ impl SandboxExecutor {
             labels: step_labels(labels, "finish"),
             wall: Duration::from_secs(300),
             idle: Duration::from_secs(300),
+            image: None,
+            commit_to: None,
         };
         let caps: [(&str, u64); 5] = [
             ("status", 256),
@@ -657,6 +723,163 @@ impl SandboxExecutor {
             "deletions": del
         }));
         Ok((r, text("diff0")))
+    }
+
+    /// The snapshot of `environment`: reused when it exists, else set up now (streamed to the
+    /// task log) and committed. `Ok(Err(why))` is a setup the repository must fix.
+    async fn environment(
+        &self,
+        environment: &crate::environment::Environment,
+        checkout: &crate::workspace::Checkout,
+        ctx: &TaskContext,
+    ) -> anyhow::Result<Result<String, String>> {
+        let tag = environment.tag();
+        let bp = crate::environment::agent_files_dir(&self.config.state_dir);
+        self.sandbox
+            .export_agent_files(&bp)
+            .await
+            .context("cannot make the agent CLI available to repository environments")?;
+        let used = crate::environment::Usage::new(&self.config.state_dir);
+        if self.sandbox.has_image(&tag).await {
+            used.touch(&tag);
+            ctx.log(
+                "runner",
+                format!("environment {tag} from {} reused (no setup)\n", environment.source).as_bytes(),
+            );
+            return Ok(Ok(tag));
+        }
+        if !self.sandbox.has_image(&environment.image).await {
+            return Ok(Err(format!(
+                "the environment's image `{}` (from {}) is not on this runner; build it here (no registry is used: see deploy/env/build-offline.sh) or name another in {}",
+                environment.image, environment.source, environment.source
+            )));
+        }
+        let setup_network = environment.setup_network;
+        if setup_network
+            && let Some(why) = self.unsafe_network.lock().expect("network lock").clone()
+        {
+            anyhow::bail!(
+                "the sandbox firewall is not in place ({why}); this runner starts no networked sandbox until it is"
+            );
+        }
+        ctx.log(
+            "runner",
+            format!(
+                "environment {tag}: setting up from {} on {} ({} commands, network {})\n",
+                environment.source,
+                environment.image,
+                environment.setup.len(),
+                if setup_network { "open" } else { "none" }
+            )
+            .as_bytes(),
+        );
+        // Setup sees the default branch, in a checkout of its own.
+        let dir = ctx.work_dir.join("setup");
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        crate::workspace::sandbox_tree(&checkout.mirror, &checkout.default_head, &dir).await?;
+        let mut script = String::from("set -u\n");
+        for (i, cmd) in environment.setup.iter().enumerate() {
+            let quoted = format!("'{}'", cmd.replace('\'', "'\\''"));
+            script.push_str(&format!(
+                "printf '\\n$ %s\\n' {quoted}\nbash -c {quoted} || {{ code=$?; printf 'setup command %s failed with exit %s\\n' {} \"$code\"; exit 97; }}\n",
+                i + 1
+            ));
+        }
+        let mut env: Vec<String> = environment
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.push("HOME=/home/agent".into());
+        let labels = HashMap::from([
+            (crate::sandbox::ENV_LABEL.to_string(), environment.key.clone()),
+            ("backporcher.env.source".to_string(), environment.source.to_string()),
+        ]);
+        let run = RunSpec {
+            name: format!("{}-{}-setup", ctx.assignment.lease.task_id, ctx.assignment.lease.attempt),
+            cmd: vec!["bash".into(), "-c".into(), script],
+            env,
+            mounts: vec![
+                (dir.clone(), "/workspace".into(), false),
+                (checkout.mirror_objects.clone(), MIRROR_OBJECTS.into(), true),
+                (bp, "/opt/bp".into(), true),
+            ],
+            egress: if setup_network {
+                Egress::Open
+            } else {
+                Egress::None {
+                    socket_dir: self.urls.socket_dir.clone(),
+                }
+            },
+            labels: step_labels(
+                &HashMap::from([
+                    ("backporcher.task".to_string(), ctx.assignment.lease.task_id.to_string()),
+                    ("backporcher.attempt".to_string(), ctx.assignment.lease.attempt.to_string()),
+                ]),
+                "setup",
+            ),
+            wall: self.config.setup_timeout,
+            idle: self.config.setup_timeout,
+            image: Some(environment.image.clone()),
+            commit_to: Some((tag.clone(), labels)),
+        };
+        let mut output = Tail::new(VERIFY_TAIL_BYTES);
+        let ended = self
+            .sandbox
+            .run(&run, ctx.cancelled(), |_, bytes| {
+                ctx.log("setup", bytes);
+                output.push(bytes);
+            })
+            .await;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let text = output.text();
+        let failing = text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("$ "))
+            .unwrap_or("(before the first command)")
+            .to_owned();
+        let why = match ended? {
+            Ended::Exited(0) => {
+                used.touch(&tag);
+                ctx.log("runner", format!("environment {tag} snapshotted\n").as_bytes());
+                self.prune_environments(&tag).await;
+                return Ok(Ok(tag));
+            }
+            Ended::Cancelled => anyhow::bail!("cancelled during the environment's setup"),
+            Ended::TimedOut | Ended::Idle => format!(
+                "setup command `{failing}` ran past {:?}",
+                self.config.setup_timeout
+            ),
+            Ended::Exited(code) => format!("setup command `{failing}` failed (exit {code})"),
+        };
+        Ok(Err(format!(
+            "{why}; fix the environment in {} on the default branch, then requeue the task. Output:\n{}",
+            environment.source,
+            tail(&text, 2000)
+        )))
+    }
+
+    /// Removes environment snapshots unused for too long, then the least recently used ones
+    /// while they take more than the disk budget (never `keep`).
+    async fn prune_environments(&self, keep: &str) {
+        let Ok(images) = self.sandbox.env_images().await else {
+            return;
+        };
+        let used = crate::environment::Usage::new(&self.config.state_dir);
+        for tag in crate::environment::to_prune(
+            &images,
+            &used.read(),
+            std::time::SystemTime::now(),
+            self.config.env_max_age,
+            self.config.env_disk_budget,
+            keep,
+        ) {
+            match self.sandbox.remove_image(&tag).await {
+                Ok(()) => tracing::info!(image = tag, "environment snapshot pruned"),
+                Err(e) => tracing::warn!(image = tag, error = %e, "cannot prune an environment snapshot"),
+            }
+        }
     }
 
     fn result(
@@ -794,3 +1017,12 @@ else
 fi
 tar -C "$out" -cf - . >&3
 "#;
+
+/// The attempt's end when the repository's environment cannot be set up: the task fails with
+/// what to change (no agent runs in a broken environment).
+fn setup_failed(ctx: &TaskContext, why: String) -> ExecResult {
+    ctx.log("runner", format!("environment: {why}\n").as_bytes());
+    let mut r = ExecResult::new(Outcome::SetupFailed);
+    r.error = Some(why);
+    r
+}

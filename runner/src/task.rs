@@ -81,6 +81,8 @@ pub enum Outcome {
     TimedOut,
     /// No agent event (output or model traffic) for the stall limit.
     Stalled,
+    /// The repository's environment could not be set up (the task fails: no agent runs).
+    SetupFailed,
     /// Reached its budget.
     BudgetExceeded,
     /// Stopped because cancellation was requested.

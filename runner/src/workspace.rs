@@ -283,6 +283,37 @@ impl Workspaces {
     }
 }
 
+/// A working tree of `commit` of `mirror` at `dir` for the sandbox user (an environment's setup):
+/// a `--shared` clone whose objects, like a checkout's, are read from the mirror mounted read-only
+/// at [`MIRROR_OBJECTS`].
+pub async fn sandbox_tree(mirror: &Path, commit: &str, dir: &Path) -> anyhow::Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let _ = tokio::fs::remove_dir_all(dir).await;
+    git(
+        parent,
+        &[
+            "clone",
+            "--quiet",
+            "--shared",
+            "--no-checkout",
+            &mirror.to_string_lossy(),
+            &dir.to_string_lossy(),
+        ],
+    )
+    .await?;
+    git(dir, &["checkout", "--quiet", "--detach", commit]).await?;
+    tokio::fs::write(
+        dir.join(".git/objects/info/alternates"),
+        format!("{MIRROR_OBJECTS}\n"),
+    )
+    .await?;
+    run(
+        xcmd::Cmd::new("chown", parent).args(["-R", "1000:1000"]).arg(dir),
+        &format!("hand {} to the sandbox user", dir.display()),
+    )
+    .await
+}
+
 /// The configuration of the trusted git directory: nothing that runs a program, no attribute or
 /// exclude file outside the tree, and stat checks that survive the hand-over to the sandbox user
 /// (`chown` changes the change time of every file, not its size or modification time).

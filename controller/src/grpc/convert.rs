@@ -39,6 +39,7 @@ pub fn outcome(o: i32) -> Result<Outcome, Status> {
         W::VerifyFailed => Outcome::VerifyFailed,
         W::TimedOut => Outcome::TimedOut,
         W::Stalled => Outcome::Stalled,
+        W::SetupFailed => Outcome::SetupFailed,
         W::BudgetExceeded => Outcome::BudgetExceeded,
         W::Canceled => Outcome::Canceled,
         W::Abandoned => Outcome::Abandoned,

@@ -25,6 +25,8 @@ pub enum Outcome {
     TimedOut,
     /// No agent event (output or model traffic) for the runner's stall limit.
     Stalled,
+    /// The repository's environment could not be set up.
+    SetupFailed,
     /// The run hit its cost budget.
     BudgetExceeded,
     /// The run stopped because cancellation was requested.
@@ -43,6 +45,7 @@ impl Outcome {
             Outcome::VerifyFailed => "verify_failed",
             Outcome::TimedOut => "timed_out",
             Outcome::Stalled => "stalled",
+            Outcome::SetupFailed => "setup_failed",
             Outcome::BudgetExceeded => "budget_exceeded",
             Outcome::Canceled => "canceled",
             Outcome::Abandoned => "abandoned",
@@ -298,6 +301,19 @@ impl Store {
                     retry_in(&mut tx, lease.task_id, &failure, policy, &note)
                         .await?
                         .ok_or(Error::TaskNotFound(lease.task_id))?
+                }
+                // Nothing another attempt would change: the repository must fix its setup.
+                Outcome::SetupFailed => {
+                    end_lease(
+                        &mut tx,
+                        lease.task_id,
+                        Status::Failed,
+                        Some(TerminalReason::SetupFailed),
+                        c.error.as_deref(),
+                        &actor,
+                        "setup_failed",
+                    )
+                    .await?
                 }
                 Outcome::BudgetExceeded => {
                     // The attempt ran out of its grant. If the task's own budget has room, a

@@ -169,6 +169,8 @@ text_enum! {
         TimedOut = "timed_out",
         /// Its agent went silent (no output, no model traffic) past the runner's stall limit.
         Stalled = "stalled",
+        /// The repository's environment could not be set up.
+        SetupFailed = "setup_failed",
         /// It reached its cost budget.
         BudgetExceeded = "budget_exceeded",
         /// A task it depends on failed or was canceled.

