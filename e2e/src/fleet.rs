@@ -44,14 +44,14 @@ async fn git_in(
     stdin: Option<&str>,
 ) -> anyhow::Result<String> {
     use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("git")
+    let mut child = xcmd::Cmd::new("git", cwd)
         .args(args)
-        .current_dir(cwd)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_AUTHOR_NAME", "fleet")
         .env("GIT_AUTHOR_EMAIL", "fleet@example.invalid")
         .env("GIT_COMMITTER_NAME", "fleet")
         .env("GIT_COMMITTER_EMAIL", "fleet@example.invalid")
+        .to_tokio()
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -128,7 +128,11 @@ fn filter_settings(settings: &mut Map<String, Value>, allow_commands: bool) -> V
 }
 
 /// A regular file at `path` in `commit`, if it exists and is under [`MAX_FILE`].
-pub(crate) async fn blob(mirror: &Path, commit: &str, path: &str) -> Result<Option<String>, String> {
+pub(crate) async fn blob(
+    mirror: &Path,
+    commit: &str,
+    path: &str,
+) -> Result<Option<String>, String> {
     let listing = git(mirror, &["ls-tree", "-l", commit, "--", path])
         .await
         .map_err(|e| format!("cannot read {path} from the default branch: {e:#}"))?;

@@ -48,6 +48,10 @@ pub const KEY_FILES: &[&str] = &[
     "Gemfile.lock",
 ];
 
+/// The version of how this runner makes a snapshot: part of every key, so a change in the recipe
+/// never reuses a snapshot made the old way.
+const RECIPE: &str = "3";
+
 /// How a repository's environment is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Environment {
@@ -164,7 +168,7 @@ pub async fn describe(mirror: &Path, commit: &str) -> Result<Option<Environment>
     let mut h = Sha256::new();
     h.update(
         format!(
-            "{}\0{:?}\0{:?}\0{}\0",
+            "{RECIPE}\0{}\0{:?}\0{:?}\0{}\0",
             env.image, env.setup, env.env, env.setup_network
         )
         .as_bytes(),
@@ -239,9 +243,9 @@ fn from_devcontainer(text: &str, notes: &mut Vec<String>) -> Result<Environment,
                 }
             }
             "onCreateCommand" | "updateContentCommand" | "postCreateCommand" => {}
-            k if DEVCONTAINER_IGNORED.contains(&k) => {
-                notes.push(format!("devcontainer.json: `{k}` ignored (it does not change what runs here)"))
-            }
+            k if DEVCONTAINER_IGNORED.contains(&k) => notes.push(format!(
+                "devcontainer.json: `{k}` ignored (it does not change what runs here)"
+            )),
             k => {
                 return Err(format!(
                     "devcontainer.json: `{k}` is not supported here (honoured: image, containerEnv, remoteEnv, onCreateCommand, updateContentCommand, postCreateCommand); build the image locally and name it in `image`, or describe the environment in .backporcher.toml"
@@ -250,7 +254,11 @@ fn from_devcontainer(text: &str, notes: &mut Vec<String>) -> Result<Environment,
         }
     }
     // Lifecycle commands in the order a dev container runs them.
-    for key in ["onCreateCommand", "updateContentCommand", "postCreateCommand"] {
+    for key in [
+        "onCreateCommand",
+        "updateContentCommand",
+        "postCreateCommand",
+    ] {
         match map.get(key) {
             None => {}
             Some(serde_json::Value::String(s)) => env.setup.push(s.clone()),
@@ -418,7 +426,13 @@ pub fn to_prune(
     let mut by_age: Vec<(u64, &str, u64)> = images
         .iter()
         .filter(|(t, _)| t != keep)
-        .map(|(t, size)| (used.get(t).copied().unwrap_or(0), t.as_str(), (*size).max(0) as u64))
+        .map(|(t, size)| {
+            (
+                used.get(t).copied().unwrap_or(0),
+                t.as_str(),
+                (*size).max(0) as u64,
+            )
+        })
         .collect();
     by_age.sort();
     let mut total: u64 = images.iter().map(|(_, s)| (*s).max(0) as u64).sum();
@@ -449,7 +463,17 @@ mod tests {
             git(&dir, &["add", "-A"]).await.unwrap();
             git(
                 &dir,
-                &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "--allow-empty", "-m", "c"],
+                &[
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@t",
+                    "commit",
+                    "--quiet",
+                    "--allow-empty",
+                    "-m",
+                    "c",
+                ],
             )
             .await
             .unwrap();
@@ -461,7 +485,9 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let main = commit_all(dir.clone(), own(files)).await;
-        git(&dir, &["checkout", "--quiet", "-b", "task"]).await.unwrap();
+        git(&dir, &["checkout", "--quiet", "-b", "task"])
+            .await
+            .unwrap();
         commit_all(dir.clone(), own(branch_files)).await;
         (dir, main)
     }
@@ -483,7 +509,10 @@ mod tests {
             ("e:current".to_string(), 1),
         ]);
         let week = std::time::Duration::from_secs(7 * day);
-        assert_eq!(to_prune(&images, &used, now, week, 1000, "e:current"), vec!["e:old"]);
+        assert_eq!(
+            to_prune(&images, &used, now, week, 1000, "e:current"),
+            vec!["e:old"]
+        );
         assert_eq!(
             to_prune(&images, &used, now, week, 80, "e:current"),
             vec!["e:old", "e:a"],
@@ -517,9 +546,21 @@ mod tests {
         assert_eq!(env.key, again.key);
         git(&dir, &["checkout", "--quiet", "main"]).await.unwrap();
         std::fs::write(dir.join("requirements.txt"), "pytest\nhypothesis\n").unwrap();
-        git(&dir, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-am", "deps"])
-            .await
-            .unwrap();
+        git(
+            &dir,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "--quiet",
+                "-am",
+                "deps",
+            ],
+        )
+        .await
+        .unwrap();
         let head = git(&dir, &["rev-parse", "HEAD"]).await.unwrap();
         let changed = describe(&dir, &head).await.unwrap().unwrap();
         assert_ne!(env.key, changed.key);
@@ -557,7 +598,11 @@ mod tests {
         .await;
         let why = describe(&dir2, &main2).await.unwrap_err();
         assert!(why.contains("`build` is not supported"), "{why}");
-        let (dir3, main3) = repo_with(&[(".backporcher.toml", "[environment]\nimgae = \"x\"\n")], &[]).await;
+        let (dir3, main3) = repo_with(
+            &[(".backporcher.toml", "[environment]\nimgae = \"x\"\n")],
+            &[],
+        )
+        .await;
         let why = describe(&dir3, &main3).await.unwrap_err();
         assert!(why.contains("imgae"), "{why}");
         for d in [dir, dir2, dir3] {

@@ -117,8 +117,19 @@ pub struct RunSpec {
     /// are then expected at `/opt/bp` (a mount) and the entrypoint is taken from there.
     pub image: Option<String>,
     /// Setup of an environment: the root filesystem stays writable and, when the run exits 0,
-    /// the container is committed as this image (labelled with it) before it is removed.
-    pub commit_to: Option<(String, HashMap<String, String>)>,
+    /// the container is committed as this snapshot before it is removed.
+    pub commit_to: Option<Snapshot>,
+}
+
+/// What an environment's setup is committed as.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Image tag.
+    pub tag: String,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
+    /// Its environment (`K=V`): what later runs see, not what setup ran with.
+    pub env: Vec<String>,
 }
 
 /// How a run ended.
@@ -372,7 +383,11 @@ impl Sandbox {
             ..Default::default()
         };
         let body = ContainerCreateBody {
-            image: Some(spec.image.clone().unwrap_or_else(|| self.config.image.clone())),
+            image: Some(
+                spec.image
+                    .clone()
+                    .unwrap_or_else(|| self.config.image.clone()),
+            ),
             entrypoint: spec
                 .image
                 .as_ref()
@@ -398,7 +413,8 @@ impl Sandbox {
             .await
             .with_context(|| format!("cannot create container {}", spec.name))?;
         let mut result = self.attach_and_wait(spec, cancel, &mut on_output).await;
-        if let (Ok(Ended::Exited(0)), Some((tag, labels))) = (&result, &spec.commit_to) {
+        if let (Ok(Ended::Exited(0)), Some(snapshot)) = (&result, &spec.commit_to) {
+            let tag = &snapshot.tag;
             let (repo, version) = tag.rsplit_once(':').unwrap_or((tag.as_str(), "latest"));
             let committed = self
                 .docker
@@ -410,7 +426,8 @@ impl Sandbox {
                         .pause(true)
                         .build(),
                     bollard::models::ContainerConfig {
-                        labels: Some(labels.clone()),
+                        labels: Some(snapshot.labels.clone()),
+                        env: Some(snapshot.env.clone()),
                         user: Some("1000:1000".into()),
                         working_dir: Some("/workspace".into()),
                         ..Default::default()
@@ -418,7 +435,9 @@ impl Sandbox {
                 )
                 .await;
             if let Err(e) = committed {
-                result = Err(anyhow::anyhow!("cannot snapshot the environment as {tag}: {e}"));
+                result = Err(anyhow::anyhow!(
+                    "cannot snapshot the environment as {tag}: {e}"
+                ));
             }
         }
         self.remove(&spec.name).await;
@@ -470,7 +489,9 @@ impl Sandbox {
                 match chunk {
                     Ok(b) => tar_bytes.extend_from_slice(&b),
                     Err(e) => {
-                        copied = Err(anyhow::anyhow!("cannot copy {path} from the agent image: {e}"));
+                        copied = Err(anyhow::anyhow!(
+                            "cannot copy {path} from the agent image: {e}"
+                        ));
                         break;
                     }
                 }
@@ -499,7 +520,11 @@ impl Sandbox {
     /// Removes an image (a pruned environment snapshot).
     pub async fn remove_image(&self, image: &str) -> anyhow::Result<()> {
         self.docker
-            .remove_image(image, None::<bollard::query_parameters::RemoveImageOptions>, None)
+            .remove_image(
+                image,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
             .await?;
         Ok(())
     }

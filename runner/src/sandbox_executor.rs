@@ -61,6 +61,10 @@ pub struct ExecConfig {
     pub env_max_age: Duration,
     /// Disk the environment snapshots may take before the least recently used go, bytes.
     pub env_disk_budget: u64,
+    /// Certificate authorities an environment's setup trusts for the package registries (the
+    /// host's bundle by default: a proxy in the way is trusted as the host trusts it). Public
+    /// certificates only; mounted read-only.
+    pub setup_ca_bundle: Option<PathBuf>,
     /// Agent re-runs with the verify output before giving up.
     pub max_verify_fixes: u32,
     /// Port of the gateway's TCP listeners (on the bridge addresses).
@@ -84,6 +88,8 @@ impl ExecConfig {
             setup_timeout: Duration::from_secs(1800),
             env_max_age: Duration::from_secs(14 * 24 * 3600),
             env_disk_budget: 20 << 30,
+            setup_ca_bundle: Some(PathBuf::from("/etc/ssl/certs/ca-certificates.crt"))
+                .filter(|p| p.exists()),
             max_verify_fixes: 2,
             gateway_port,
             graph_timeout: Duration::from_secs(120),
@@ -266,10 +272,11 @@ impl SandboxExecutor {
             spec.stack = prompt::detect_stack(&repo_dir);
         }
         // The repository's environment, from its default branch: set up once and snapshotted.
-        let environment = match crate::environment::describe(&checkout.mirror, &checkout.default_head).await {
-            Ok(e) => e,
-            Err(why) => return Ok(setup_failed(ctx, why)),
-        };
+        let environment =
+            match crate::environment::describe(&checkout.mirror, &checkout.default_head).await {
+                Ok(e) => e,
+                Err(why) => return Ok(setup_failed(ctx, why)),
+            };
         let mut env_image = None;
         let mut env_vars: Vec<String> = Vec::new();
         if let Some(environment) = &environment {
@@ -744,7 +751,11 @@ impl SandboxExecutor {
             used.touch(&tag);
             ctx.log(
                 "runner",
-                format!("environment {tag} from {} reused (no setup)\n", environment.source).as_bytes(),
+                format!(
+                    "environment {tag} from {} reused (no setup)\n",
+                    environment.source
+                )
+                .as_bytes(),
             );
             return Ok(Ok(tag));
         }
@@ -791,19 +802,46 @@ impl SandboxExecutor {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         env.push("HOME=/home/agent".into());
+        env.push("PATH=/opt/bp:/opt/env/bin:/usr/local/bin:/usr/bin:/bin".into());
+        let snapshot_env = env.clone();
+        let mut mounts = vec![
+            (dir.clone(), "/workspace".into(), false),
+            (checkout.mirror_objects.clone(), MIRROR_OBJECTS.into(), true),
+            (bp, "/opt/bp".into(), true),
+        ];
+        if let Some(ca) = &self.config.setup_ca_bundle {
+            const CA: &str = "/etc/ssl/certs/bp-setup-ca.crt";
+            mounts.push((ca.clone(), CA.into(), true));
+            // Exported by the script, not set on the container: the snapshot must not keep them.
+            for var in [
+                "SSL_CERT_FILE",
+                "PIP_CERT",
+                "REQUESTS_CA_BUNDLE",
+                "CARGO_HTTP_CAINFO",
+                "GIT_SSL_CAINFO",
+                "NODE_EXTRA_CA_CERTS",
+            ] {
+                script = format!("export {var}={CA}\n{script}");
+            }
+        }
         let labels = HashMap::from([
-            (crate::sandbox::ENV_LABEL.to_string(), environment.key.clone()),
-            ("backporcher.env.source".to_string(), environment.source.to_string()),
+            (
+                crate::sandbox::ENV_LABEL.to_string(),
+                environment.key.clone(),
+            ),
+            (
+                "backporcher.env.source".to_string(),
+                environment.source.to_string(),
+            ),
         ]);
         let run = RunSpec {
-            name: format!("{}-{}-setup", ctx.assignment.lease.task_id, ctx.assignment.lease.attempt),
+            name: format!(
+                "{}-{}-setup",
+                ctx.assignment.lease.task_id, ctx.assignment.lease.attempt
+            ),
             cmd: vec!["bash".into(), "-c".into(), script],
             env,
-            mounts: vec![
-                (dir.clone(), "/workspace".into(), false),
-                (checkout.mirror_objects.clone(), MIRROR_OBJECTS.into(), true),
-                (bp, "/opt/bp".into(), true),
-            ],
+            mounts,
             egress: if setup_network {
                 Egress::Open
             } else {
@@ -813,15 +851,25 @@ impl SandboxExecutor {
             },
             labels: step_labels(
                 &HashMap::from([
-                    ("backporcher.task".to_string(), ctx.assignment.lease.task_id.to_string()),
-                    ("backporcher.attempt".to_string(), ctx.assignment.lease.attempt.to_string()),
+                    (
+                        "backporcher.task".to_string(),
+                        ctx.assignment.lease.task_id.to_string(),
+                    ),
+                    (
+                        "backporcher.attempt".to_string(),
+                        ctx.assignment.lease.attempt.to_string(),
+                    ),
                 ]),
                 "setup",
             ),
             wall: self.config.setup_timeout,
             idle: self.config.setup_timeout,
             image: Some(environment.image.clone()),
-            commit_to: Some((tag.clone(), labels)),
+            commit_to: Some(crate::sandbox::Snapshot {
+                tag: tag.clone(),
+                labels,
+                env: snapshot_env,
+            }),
         };
         let mut output = Tail::new(VERIFY_TAIL_BYTES);
         let ended = self
@@ -842,7 +890,10 @@ impl SandboxExecutor {
         let why = match ended? {
             Ended::Exited(0) => {
                 used.touch(&tag);
-                ctx.log("runner", format!("environment {tag} snapshotted\n").as_bytes());
+                ctx.log(
+                    "runner",
+                    format!("environment {tag} snapshotted\n").as_bytes(),
+                );
                 self.prune_environments(&tag).await;
                 return Ok(Ok(tag));
             }
@@ -877,7 +928,9 @@ impl SandboxExecutor {
         ) {
             match self.sandbox.remove_image(&tag).await {
                 Ok(()) => tracing::info!(image = tag, "environment snapshot pruned"),
-                Err(e) => tracing::warn!(image = tag, error = %e, "cannot prune an environment snapshot"),
+                Err(e) => {
+                    tracing::warn!(image = tag, error = %e, "cannot prune an environment snapshot")
+                }
             }
         }
     }

@@ -308,7 +308,9 @@ pub async fn sandbox_tree(mirror: &Path, commit: &str, dir: &Path) -> anyhow::Re
     )
     .await?;
     run(
-        xcmd::Cmd::new("chown", parent).args(["-R", "1000:1000"]).arg(dir),
+        xcmd::Cmd::new("chown", parent)
+            .args(["-R", "1000:1000"])
+            .arg(dir),
         &format!("hand {} to the sandbox user", dir.display()),
     )
     .await

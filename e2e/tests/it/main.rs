@@ -4,6 +4,7 @@
 mod browser;
 mod cancel;
 mod deploy;
+mod environments;
 mod failures;
 mod fleet;
 mod hostile_text;

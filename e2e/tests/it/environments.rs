@@ -1,0 +1,245 @@
+//! Per-repository environments on real code: a real Python project (six, its source from PyPI)
+//! whose environment installs pytest in setup; the scripted agent breaks the project, verify runs
+//! the real test suite and fails with its real output, the fix round repairs it and the PR merges;
+//! the next task starts from the snapshot without setup; a setup that fails ends its task with the
+//! failing command. Real Docker, the real Claude Code CLI, the GitHub simulator. Skipped with
+//! `BP_SKIP_DOCKER=1`; needs the environment base images (deploy/env/build-offline.sh) and the
+//! package registries.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use controller::forge::labels;
+use controller::store::repos::RepoSettings;
+use controller::store::{Status, TerminalReason};
+use e2e::full::{FullSystem, agent_script, says};
+use e2e::harness::skip_docker;
+
+/// The source distribution of `name` `version` from PyPI, unpacked (cached between runs).
+fn pypi_sdist(name: &str, version: &str) -> PathBuf {
+    let cache = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/backporcher/sources");
+    let dir = cache.join(format!("{name}-{version}"));
+    if dir.join("PKG-INFO").exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&cache).unwrap();
+    let sh = |script: String| {
+        let out = xcmd::Cmd::new("bash", &cache)
+            .args(["-c", &script])
+            .to_std()
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let url = sh(format!(
+        "curl -fsSL https://pypi.org/simple/{name}/ | grep -o 'https://[^\"#]*/{name}-{version}.tar.gz' | head -1"
+    ));
+    assert!(!url.is_empty(), "no sdist of {name} {version} on PyPI");
+    sh(format!(
+        "curl -fsSL '{url}' | tar -xz -C '{}'",
+        cache.display()
+    ));
+    dir
+}
+
+fn read(dir: &std::path::Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file)).unwrap()
+}
+
+#[tokio::test]
+async fn a_real_python_project_is_verified_by_its_own_suite_in_its_own_environment() {
+    if skip_docker() {
+        return;
+    }
+    let six = pypi_sdist("six", "1.16.0");
+    let original = read(&six, "six.py");
+    let broken = original.replacen(
+        "    def u(s):\n        return s\n",
+        "    def u(s):\n        return s + \"!\"\n",
+        1,
+    );
+    assert_ne!(broken, original);
+    // A fresh environment key per run (the snapshot is removed at the end).
+    let config = format!(
+        "verify = \"/opt/env/bin/python -m pytest -q -x -p no:cacheprovider test_six.py\"\n\
+         [environment]\n\
+         image = \"backporcher-env-python:latest\"\n\
+         setup = [\"python3 -m venv /opt/env\", \"/opt/env/bin/pip install --quiet --no-cache-dir pytest\"]\n\
+         env = {{ BP_TEST_RUN = \"{}\" }}\n",
+        uuid::Uuid::new_v4()
+    );
+    let files = [
+        ("six.py", original.clone()),
+        ("test_six.py", read(&six, "test_six.py")),
+        ("setup.py", read(&six, "setup.py")),
+        ("setup.cfg", read(&six, "setup.cfg")),
+        ("README.rst", read(&six, "README.rst")),
+        ("LICENSE", read(&six, "LICENSE")),
+        (".backporcher.toml", config.to_string()),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    let sys = FullSystem::start(
+        "six",
+        &files,
+        RepoSettings {
+            approval_mode: Some("full-auto".into()),
+            ..RepoSettings::default()
+        },
+    )
+    .await;
+    let (gh, model, c) = (&sys.gh, &sys.model, &sys.c);
+    gh.set_default_ci("success");
+    model.add_script(says(
+        "Classify this issue",
+        &[
+            "{\"model\": \"sonnet\", \"complexity\": \"simple\"}",
+            "{\"model\": \"sonnet\", \"complexity\": \"simple\"}",
+        ],
+    ));
+    model.add_script(says(
+        "review this pull request",
+        &["VERDICT: APPROVE", "VERDICT: APPROVE"],
+    ));
+    // The agent breaks `six.u`; the suite's failure comes back in the fix round.
+    model.add_script(agent_script(
+        "MARK-SIX",
+        "/workspace/six.py",
+        &broken,
+        "FAILED test_six.py::test_u",
+        &original,
+    ));
+    let number = gh
+        .open_issue(
+            &sys.name,
+            "Tidy six.u MARK-SIX",
+            "Keep u() simple.",
+            "alice",
+            &[labels::TRIGGER],
+        )
+        .await;
+    let task = sys.task_of_issue(number).await;
+    let t = sys
+        .wait_for(task, "the merge", Duration::from_secs(600), |t| {
+            t.status == Status::Merged
+        })
+        .await;
+    let log: String = c
+        .store
+        .log_chunks(task, t.attempt)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, _, d)| String::from_utf8_lossy(d).into_owned())
+        .collect();
+    assert!(log.contains("setting up from .backporcher.toml"), "{log}");
+    assert!(log.contains("environment backporcher-env:"), "{log}");
+    assert!(
+        log.contains("FAILED test_six.py::test_u"),
+        "the real suite failed first: {log}"
+    );
+    assert!(log.contains("passed"), "then passed: {log}");
+
+    // The next task starts from the snapshot: no setup.
+    model.add_script(agent_script(
+        "MARK-SIX-2",
+        "/workspace/NOTES.txt",
+        "notes\n",
+        "never",
+        "",
+    ));
+    let number = gh
+        .open_issue(
+            &sys.name,
+            "Add notes MARK-SIX-2",
+            "Add NOTES.txt.",
+            "alice",
+            &[labels::TRIGGER],
+        )
+        .await;
+    let second = sys.task_of_issue(number).await;
+    let t2 = sys
+        .wait_for(second, "the second merge", Duration::from_secs(300), |t| {
+            t.status == Status::Merged
+        })
+        .await;
+    let log2: String = c
+        .store
+        .log_chunks(second, t2.attempt)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, _, d)| String::from_utf8_lossy(d).into_owned())
+        .collect();
+    assert!(log2.contains("reused (no setup)"), "{log2}");
+    assert!(!log2.contains("setting up from"), "{log2}");
+    let tag = log
+        .split_whitespace()
+        .find(|w| w.starts_with("backporcher-env:"))
+        .unwrap()
+        .trim_end_matches(':');
+    let _ = xcmd::Cmd::new("docker", std::env::temp_dir())
+        .args(["rmi", "-f", tag])
+        .to_std()
+        .output();
+}
+
+#[tokio::test]
+async fn a_setup_that_fails_ends_the_task_naming_the_command() {
+    if skip_docker() {
+        return;
+    }
+    let config = "[environment]\n\
+                  image = \"backporcher-env-python:latest\"\n\
+                  setup = [\"python3 -m venv /opt/env\", \"/opt/env/bin/python -c 'import sys; print(\\\"no such toolchain\\\"); sys.exit(3)'\"]\n";
+    let sys = FullSystem::start(
+        "badsetup",
+        &[
+            ("README.md", "# bad setup\n"),
+            (".backporcher.toml", config),
+        ],
+        RepoSettings::default(),
+    )
+    .await;
+    sys.model.add_script(says(
+        "Classify this issue",
+        &["{\"model\": \"sonnet\", \"complexity\": \"simple\"}"],
+    ));
+    let number = sys
+        .gh
+        .open_issue(&sys.name, "Anything", "x", "alice", &[labels::TRIGGER])
+        .await;
+    let task = sys.task_of_issue(number).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let t = loop {
+        let t = sys.c.store.task(task).await.unwrap();
+        if t.status.is_terminal() {
+            break t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {}", t.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(t.terminal_reason.0, Some(TerminalReason::SetupFailed));
+    let error = t.error.unwrap_or_default();
+    assert!(
+        error.contains("setup command `/opt/env/bin/python -c")
+            && error.contains("exit 97")
+            && error.contains("no such toolchain")
+            && error.contains("requeue"),
+        "{error}"
+    );
+    assert_eq!(t.agent_retries, 0, "no agent ran");
+    assert!(
+        sys.model.received().iter().all(
+            |r| !r.last_user_text.contains("Anything") || r.last_user_text.contains("Classify")
+        ),
+        "the agent never called the model"
+    );
+}
