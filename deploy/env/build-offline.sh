@@ -5,16 +5,17 @@
 # (`[environment] image = …`); its setup commands then run on it and the result is snapshotted by
 # the runner. The agent CLI is not in these images: the runner mounts it at /opt/bp.
 #
-#   backporcher-env-python:latest  python3 with venv and pip
-#   backporcher-env-rust:latest    Debian's cargo and rustc, a C toolchain
+#   backporcher-env-python:latest  python3 with venv and pip (Debian bookworm)
+#   backporcher-env-rust:latest    Debian's cargo and rustc, a C toolchain (Debian trixie: a
+#                                  cargo that reads the crates.io index sparsely)
 #
 # Every image has the sandbox user (uid 1000), /workspace, and /opt/env owned by that user (where
 # setup puts what must survive into the snapshot: the sandbox's home is a fresh tmpfs).
 # Usage: build-offline.sh [python|rust]...   (default: both)
 set -euo pipefail
-suite="${DEBIAN_SUITE:-bookworm}"
 common="bash,ca-certificates,git,socat,procps,coreutils,findutils,grep,sed,diffutils,patch,make"
 
+declare -A suites=([python]="${DEBIAN_SUITE:-bookworm}" [rust]="${DEBIAN_SUITE_RUST:-trixie}")
 declare -A packages=(
   [python]="$common,python3,python3-venv,python3-pip"
   [rust]="$common,cargo,rustc,gcc,libc6-dev"
@@ -25,7 +26,7 @@ for tool in mmdebstrap docker; do
 done
 
 build() {
-  local name="$1" tag="backporcher-env-$1:latest" hash work
+  local name="$1" tag="backporcher-env-$1:latest" hash work suite="${suites[$1]}"
   hash=$(printf '%s\n' "$suite" "${packages[$name]}" | cat - "$0" | sha256sum | cut -c1-16)
   if [ "$(docker image inspect -f '{{ index .Config.Labels "backporcher.inputs" }}' "$tag" 2>/dev/null || true)" = "$hash" ]; then
     echo "environment image $tag is up to date ($hash)"

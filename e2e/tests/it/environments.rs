@@ -243,3 +243,138 @@ async fn a_setup_that_fails_ends_the_task_naming_the_command() {
         "the agent never called the model"
     );
 }
+
+/// The source of crate `name` `version` from crates.io, unpacked (cached between runs).
+fn crates_io_source(name: &str, version: &str) -> PathBuf {
+    let cache = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/backporcher/sources");
+    let dir = cache.join(format!("{name}-{version}"));
+    if dir.join("Cargo.toml").exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&cache).unwrap();
+    let out = xcmd::Cmd::new("bash", &cache)
+        .args([
+            "-c",
+            &format!(
+                "curl -fsSL https://static.crates.io/crates/{name}/{name}-{version}.crate | tar -xz"
+            ),
+        ])
+        .to_std()
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// Every text file under `dir`, relative.
+fn files_of(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(text) = std::fs::read_to_string(&p) {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                if !rel.starts_with(".cargo_vcs_info") && rel != "Cargo.toml.orig" {
+                    out.push((rel, text));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_real_rust_crate_is_verified_with_cargo_test_in_a_rust_environment() {
+    if skip_docker() {
+        return;
+    }
+    let itoa = crates_io_source("itoa", "1.0.11");
+    let mut files = files_of(&itoa);
+    // Setup fetches what the crate resolves to into /opt/env (kept in the snapshot); verify then
+    // builds and tests offline, as a sandbox without the internet must.
+    files.push((
+        ".backporcher.toml".into(),
+        format!(
+            "verify = \"cargo test --offline --quiet --tests\"\n\
+             [environment]\n\
+             image = \"backporcher-env-rust:latest\"\n\
+             setup = [\"cargo fetch\"]\n\
+             env = {{ CARGO_HOME = \"/opt/env/cargo\", BP_TEST_RUN = \"{}\" }}\n",
+            uuid::Uuid::new_v4()
+        ),
+    ));
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let sys = FullSystem::start(
+        "itoa",
+        &files,
+        RepoSettings {
+            approval_mode: Some("full-auto".into()),
+            ..RepoSettings::default()
+        },
+    )
+    .await;
+    let (gh, model, c) = (&sys.gh, &sys.model, &sys.c);
+    gh.set_default_ci("success");
+    model.add_script(says(
+        "Classify this issue",
+        &["{\"model\": \"sonnet\", \"complexity\": \"simple\"}"],
+    ));
+    model.add_script(says("review this pull request", &["VERDICT: APPROVE"]));
+    model.add_script(agent_script(
+        "MARK-ITOA",
+        "/workspace/NOTES.md",
+        "Formatting notes.\n",
+        "never",
+        "",
+    ));
+    let number = gh
+        .open_issue(
+            &sys.name,
+            "Add notes MARK-ITOA",
+            "Add NOTES.md.",
+            "alice",
+            &[labels::TRIGGER],
+        )
+        .await;
+    let task = sys.task_of_issue(number).await;
+    let t = sys
+        .wait_for(task, "the merge", Duration::from_secs(900), |t| {
+            t.status == Status::Merged
+        })
+        .await;
+    let log: String = c
+        .store
+        .log_chunks(task, t.attempt)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, _, d)| String::from_utf8_lossy(d).into_owned())
+        .collect();
+    assert!(
+        log.contains("setting up from .backporcher.toml on backporcher-env-rust:latest"),
+        "{log}"
+    );
+    assert!(log.contains("test result: ok"), "cargo test ran: {log}");
+    if let Some(tag) = log
+        .split_whitespace()
+        .find(|w| w.starts_with("backporcher-env:"))
+    {
+        let _ = xcmd::Cmd::new("docker", std::env::temp_dir())
+            .args(["rmi", "-f", tag.trim_end_matches(':')])
+            .to_std()
+            .output();
+    }
+}
