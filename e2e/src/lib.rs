@@ -8,3 +8,4 @@ pub mod executor;
 pub mod fleet;
 pub mod full;
 pub mod harness;
+pub mod sources;

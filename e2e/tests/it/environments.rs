@@ -6,7 +6,6 @@
 //! `BP_SKIP_DOCKER=1`; needs the environment base images (deploy/env/build-offline.sh) and the
 //! package registries.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use controller::forge::labels;
@@ -14,41 +13,7 @@ use controller::store::repos::RepoSettings;
 use controller::store::{Status, TerminalReason};
 use e2e::full::{FullSystem, agent_script, says};
 use e2e::harness::skip_docker;
-
-/// The source distribution of `name` `version` from PyPI, unpacked (cached between runs).
-fn pypi_sdist(name: &str, version: &str) -> PathBuf {
-    let cache = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(".cache/backporcher/sources");
-    let dir = cache.join(format!("{name}-{version}"));
-    if dir.join("PKG-INFO").exists() {
-        return dir;
-    }
-    std::fs::create_dir_all(&cache).unwrap();
-    let sh = |script: String| {
-        let out = xcmd::Cmd::new("bash", &cache)
-            .args(["-c", &script])
-            .to_std()
-            .output()
-            .expect("bash");
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    let url = sh(format!(
-        "curl -fsSL https://pypi.org/simple/{name}/ | grep -o 'https://[^\"#]*/{name}-{version}.tar.gz' | head -1"
-    ));
-    assert!(!url.is_empty(), "no sdist of {name} {version} on PyPI");
-    sh(format!(
-        "curl -fsSL '{url}' | tar -xz -C '{}'",
-        cache.display()
-    ));
-    dir
-}
+use e2e::sources::{crates_io_source, files_of, pypi_sdist};
 
 fn read(dir: &std::path::Path, file: &str) -> String {
     std::fs::read_to_string(dir.join(file)).unwrap()
@@ -242,55 +207,6 @@ async fn a_setup_that_fails_ends_the_task_naming_the_command() {
         ),
         "the agent never called the model"
     );
-}
-
-/// The source of crate `name` `version` from crates.io, unpacked (cached between runs).
-fn crates_io_source(name: &str, version: &str) -> PathBuf {
-    let cache = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(".cache/backporcher/sources");
-    let dir = cache.join(format!("{name}-{version}"));
-    if dir.join("Cargo.toml").exists() {
-        return dir;
-    }
-    std::fs::create_dir_all(&cache).unwrap();
-    let out = xcmd::Cmd::new("bash", &cache)
-        .args([
-            "-c",
-            &format!(
-                "curl -fsSL https://static.crates.io/crates/{name}/{name}-{version}.crate | tar -xz"
-            ),
-        ])
-        .to_std()
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
-/// Every text file under `dir`, relative.
-fn files_of(dir: &std::path::Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(text) = std::fs::read_to_string(&p) {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                if !rel.starts_with(".cargo_vcs_info") && rel != "Cargo.toml.orig" {
-                    out.push((rel, text));
-                }
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test]
