@@ -227,6 +227,13 @@ pub struct RepoSettings {
     pub allow_workflow_changes: Option<bool>,
     /// Whether the agent CLI may run the hooks and MCP servers the default branch configures.
     pub agent_hooks: Option<bool>,
+    /// Seconds to wait for CI checks to appear before the no-checks policy applies.
+    pub no_checks_grace_secs: Option<i32>,
+    /// The environment's base image, a local image on the runners (`""` clears it: the
+    /// repository's `.backporcher.toml` or devcontainer decides). Wins over the repository's files.
+    pub env_image: Option<String>,
+    /// The environment's setup commands (with `env_image`).
+    pub env_setup: Option<Vec<String>>,
 }
 
 /// `POST /api/repos`.

@@ -309,6 +309,8 @@ impl Client {
                         egress_policy: t.egress_policy,
                         budget_microusd: t.budget_microusd,
                         prices: proto::prices::Prices::from_wire(&t.prices),
+                        environment: (!t.environment_image.is_empty())
+                            .then(|| (t.environment_image.clone(), t.environment_setup.clone())),
                         learnings: t.learnings.clone(),
                         stack: (!t.stack.is_empty()).then(|| t.stack.clone()),
                         navigation: None,

@@ -123,9 +123,14 @@ const DEVCONTAINER_IGNORED: &[&str] = &[
     "postAttachCommand",
 ];
 
-/// Reads the environment of the repository at `commit` of `mirror`: `Ok(None)` for the runner's
+/// Reads the environment of the repository at `commit` of `mirror`, unless the repository's
+/// settings set one (`settings`: base image and setup), which wins: `Ok(None)` for the runner's
 /// default image without setup, `Err` with what to change when the description is refused.
-pub async fn describe(mirror: &Path, commit: &str) -> Result<Option<Environment>, String> {
+pub async fn describe(
+    mirror: &Path,
+    commit: &str,
+    settings: Option<&(String, Vec<String>)>,
+) -> Result<Option<Environment>, String> {
     let mut notes = Vec::new();
     let (mut env, verify) = match blob(mirror, commit, ".backporcher.toml").await? {
         Some(text) => {
@@ -143,6 +148,21 @@ pub async fn describe(mirror: &Path, commit: &str) -> Result<Option<Environment>
         }
         None => (None, None),
     };
+    if let Some((image, setup)) = settings {
+        if env.is_some() {
+            notes.push(".backporcher.toml: [environment] is overridden by the repository's settings (the operator's settings win)".into());
+        }
+        env = Some(Environment {
+            source: "the repository's settings",
+            image: image.clone(),
+            setup: setup.clone(),
+            env: BTreeMap::new(),
+            setup_network: true,
+            verify: None,
+            notes: Vec::new(),
+            key: String::new(),
+        });
+    }
     if env.is_none() {
         match blob(mirror, commit, ".devcontainer/devcontainer.json").await {
             Ok(Some(text)) => env = Some(from_devcontainer(&text, &mut notes)?),
@@ -536,13 +556,13 @@ mod tests {
             )],
         )
         .await;
-        let env = describe(&dir, &main).await.unwrap().unwrap();
+        let env = describe(&dir, &main, None).await.unwrap().unwrap();
         assert_eq!(env.image, "backporcher-env-python:latest");
         assert_eq!(env.setup, vec!["python3 -m venv /opt/env"]);
         assert_eq!(env.verify.as_deref(), Some("pytest -q"));
         assert!(env.setup_network);
         // A manifest change on the default branch changes the key.
-        let again = describe(&dir, &main).await.unwrap().unwrap();
+        let again = describe(&dir, &main, None).await.unwrap().unwrap();
         assert_eq!(env.key, again.key);
         git(&dir, &["checkout", "--quiet", "main"]).await.unwrap();
         std::fs::write(dir.join("requirements.txt"), "pytest\nhypothesis\n").unwrap();
@@ -562,8 +582,22 @@ mod tests {
         .await
         .unwrap();
         let head = git(&dir, &["rev-parse", "HEAD"]).await.unwrap();
-        let changed = describe(&dir, &head).await.unwrap().unwrap();
+        let changed = describe(&dir, &head, None).await.unwrap().unwrap();
         assert_ne!(env.key, changed.key);
+        // The repository's settings win over the file, and say so.
+        let set = (
+            "backporcher-env-rust:latest".to_string(),
+            vec!["cargo fetch".to_string()],
+        );
+        let by_settings = describe(&dir, &head, Some(&set)).await.unwrap().unwrap();
+        assert_eq!(by_settings.source, "the repository's settings");
+        assert_eq!(by_settings.image, "backporcher-env-rust:latest");
+        assert_eq!(
+            by_settings.verify.as_deref(),
+            Some("pytest -q"),
+            "the file's verify still applies"
+        );
+        assert!(by_settings.notes.iter().any(|n| n.contains("overridden")));
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -577,7 +611,7 @@ mod tests {
             &[],
         )
         .await;
-        let env = describe(&dir, &main).await.unwrap().unwrap();
+        let env = describe(&dir, &main, None).await.unwrap().unwrap();
         assert_eq!(env.source, ".devcontainer/devcontainer.json");
         assert_eq!(
             env.setup,
@@ -596,14 +630,14 @@ mod tests {
             &[],
         )
         .await;
-        let why = describe(&dir2, &main2).await.unwrap_err();
+        let why = describe(&dir2, &main2, None).await.unwrap_err();
         assert!(why.contains("`build` is not supported"), "{why}");
         let (dir3, main3) = repo_with(
             &[(".backporcher.toml", "[environment]\nimgae = \"x\"\n")],
             &[],
         )
         .await;
-        let why = describe(&dir3, &main3).await.unwrap_err();
+        let why = describe(&dir3, &main3, None).await.unwrap_err();
         assert!(why.contains("imgae"), "{why}");
         for d in [dir, dir2, dir3] {
             let _ = std::fs::remove_dir_all(d);

@@ -272,11 +272,16 @@ impl SandboxExecutor {
             spec.stack = prompt::detect_stack(&repo_dir);
         }
         // The repository's environment, from its default branch: set up once and snapshotted.
-        let environment =
-            match crate::environment::describe(&checkout.mirror, &checkout.default_head).await {
-                Ok(e) => e,
-                Err(why) => return Ok(setup_failed(ctx, why)),
-            };
+        let environment = match crate::environment::describe(
+            &checkout.mirror,
+            &checkout.default_head,
+            spec.environment.as_ref(),
+        )
+        .await
+        {
+            Ok(e) => e,
+            Err(why) => return Ok(setup_failed(ctx, why)),
+        };
         let mut env_image = None;
         let mut env_vars: Vec<String> = Vec::new();
         if let Some(environment) = &environment {

@@ -49,6 +49,9 @@ pub struct TaskSpec {
     pub budget_microusd: i64,
     /// The controller's price table, for metering.
     pub prices: proto::prices::Prices,
+    /// The environment the repository's settings set: base image and setup (wins over the
+    /// repository's files).
+    pub environment: Option<(String, Vec<String>)>,
     /// Learnings of earlier tasks in the repository (newest first).
     pub learnings: Vec<String>,
     /// The stack, as configured or detected in the checkout.

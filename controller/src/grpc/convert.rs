@@ -144,6 +144,8 @@ pub fn task_spec(t: &Task, repo: &ClaimedRepo, prices: &proto::prices::Prices) -
         egress_policy: repo.egress_policy.clone(),
         budget_microusd: repo.grant_microusd,
         prices: prices.to_wire(),
+        environment_image: repo.env_image.clone().unwrap_or_default(),
+        environment_setup: repo.env_setup.clone(),
         priority: t.priority,
         learnings: Vec::new(),
         stack: String::new(),

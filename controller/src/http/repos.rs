@@ -62,9 +62,11 @@ pub(super) async fn update_repo(
         merge_method: req.merge_method,
         ci_ignore: req.ci_ignore,
         no_checks: req.no_checks,
-        no_checks_grace_secs: None,
+        no_checks_grace_secs: req.no_checks_grace_secs,
         allow_workflow_changes: req.allow_workflow_changes,
         agent_hooks: req.agent_hooks,
+        env_image: req.env_image,
+        env_setup: req.env_setup,
     };
     let result = s
         .store

@@ -56,6 +56,9 @@ pub(crate) fn repo_view(r: &crate::store::repos::Repo) -> api::Repo {
             enabled: Some(r.enabled),
             allow_workflow_changes: Some(r.allow_workflow_changes),
             agent_hooks: Some(r.agent_hooks),
+            no_checks_grace_secs: Some(r.no_checks_grace_secs),
+            env_image: r.env_image.clone(),
+            env_setup: Some(r.env_setup.clone()),
         },
     }
 }

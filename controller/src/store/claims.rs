@@ -109,28 +109,20 @@ macro_rules! take_back_sql {
 //
 // Money: the claim grants the attempt the least of what is left of the task's budget, of its
 // repository's daily budget and of the fleet's (spend today and grants to running attempts
-// subtracted). The fleet's row is locked first (only while a fleet budget is set) and the
-// repository's row is re-checked under its lock, so concurrent claims cannot together grant more
-// than is left; a claim that lost the race to another retries with fresh figures.
+// subtracted). The candidate is chosen first (the plan that walks the head of the queue); then the
+// fleet's row is locked (only while a fleet budget is set) and the repository's row re-checked
+// under its lock, so concurrent claims cannot together grant more than is left; a claim that lost
+// the race to another retries with fresh figures.
 macro_rules! claim_sql {
     ($prelude:literal, $from:literal) => {
         concat!(
-            "WITH ", $prelude,
-            " g AS (SELECT ", fleet_left!(""), " AS left_microusd FROM settings",
-            "  WHERE budget_global_daily_microusd IS NOT NULL FOR UPDATE),",
-            " cand AS (",
-            "  SELECT t.id, t.repo_id, GREATEST(LEAST(",
-            "      COALESCE(r.budget_task_microusd, (SELECT budget_task_microusd FROM settings)) - t.cost_microusd,",
-            "      COALESCE(", day_left!("r."), ", 9223372036854775807),",
-            "      COALESCE((SELECT left_microusd FROM g), 9223372036854775807)), 0) AS grant_microusd",
-            "  FROM ", $from, " JOIN repos r ON r.id = t.repo_id",
+            "WITH ", $prelude, " cand AS (",
+            "  SELECT t.id, t.repo_id FROM ", $from, " JOIN repos r ON r.id = t.repo_id",
             "  WHERE t.status = 'queued'",
             "    AND (t.hold_kind IS NULL OR (t.hold_kind IN ('circuit_breaker', 'reflection') AND t.hold_until <= now()))",
             "    AND r.enabled AND (r.breaker_until IS NULL OR r.breaker_until <= now())",
             "    AND (NOT t.labels_required OR t.required_labels <@ $2::text[])",
             "    AND (r.max_concurrency IS NULL OR r.active_tasks < r.max_concurrency)",
-            "    AND COALESCE(", day_left!("r."), ", 1) > 0",
-            "    AND COALESCE((SELECT left_microusd FROM g), 1) > 0",
             "    AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks dt ON dt.id = d.depends_on",
             "                    WHERE d.task_id = t.id AND (dt.status <> 'merged' AND (NOT d.soft OR dt.status NOT IN ('failed', 'canceled'))))",
             "    AND NOT (SELECT queue_paused FROM settings)",
@@ -139,37 +131,54 @@ macro_rules! claim_sql {
             "  ORDER BY t.priority, t.created_at, t.id",
             "  LIMIT 1",
             "  FOR UPDATE OF t SKIP LOCKED",
+            // The fleet's row, locked only while a fleet budget is set (then claims take turns
+            // on it); read after the candidate is chosen, so the choice keeps its fast plan.
+            "), g AS (SELECT ", fleet_left!(""), " AS left_microusd FROM settings",
+            "  WHERE budget_global_daily_microusd IS NOT NULL FOR UPDATE",
+            "), grant_ AS (",
+            "  SELECT cand.id, cand.repo_id, GREATEST(LEAST(",
+            "      COALESCE(r.budget_task_microusd, (SELECT budget_task_microusd FROM settings)) - t.cost_microusd,",
+            "      COALESCE(", day_left!("r."), ", 9223372036854775807),",
+            "      COALESCE((SELECT left_microusd FROM g), 9223372036854775807)), 0) AS amount",
+            "  FROM cand JOIN tasks t ON t.id = cand.id JOIN repos r ON r.id = cand.repo_id",
+            // Budgets are checked here, not in `cand`: an expression over the repository's
+            // budget columns there makes the planner give up the head-of-queue plan (5× slower
+            // claims). A candidate whose repository or fleet has nothing left is not claimed;
+            // the budget-hold sweep takes such tasks off the queue within a sweep.
+            "  WHERE COALESCE((SELECT left_microusd FROM g), 1) > 0",
+            "    AND COALESCE(", day_left!("r."), ", 1) > 0",
             "), slot AS (",
             "  UPDATE repos r SET active_tasks = r.active_tasks + 1,",
             "    day_spent_microusd = CASE WHEN r.spend_day = (now() AT TIME ZONE 'UTC')::date THEN r.day_spent_microusd ELSE 0 END,",
             "    spend_day = (now() AT TIME ZONE 'UTC')::date,",
-            "    day_granted_microusd = r.day_granted_microusd + cand.grant_microusd",
-            "  FROM cand",
-            "  WHERE r.id = cand.repo_id AND (r.max_concurrency IS NULL OR r.active_tasks < r.max_concurrency)",
-            "    AND COALESCE(", day_left!("r."), " >= cand.grant_microusd, true)",
+            "    day_granted_microusd = r.day_granted_microusd + grant_.amount",
+            "  FROM grant_",
+            "  WHERE r.id = grant_.repo_id AND (r.max_concurrency IS NULL OR r.active_tasks < r.max_concurrency)",
+            "    AND COALESCE(", day_left!("r."), " >= grant_.amount, true)",
             "  RETURNING r.id",
             "), fleet AS (",
-            "  UPDATE settings SET day_granted_microusd = day_granted_microusd + cand.grant_microusd,",
+            "  UPDATE settings SET day_granted_microusd = day_granted_microusd + grant_.amount,",
             "    day_spent_microusd = CASE WHEN spend_day = (now() AT TIME ZONE 'UTC')::date THEN day_spent_microusd ELSE 0 END,",
             "    spend_day = (now() AT TIME ZONE 'UTC')::date",
-            "  FROM cand JOIN slot ON slot.id = cand.repo_id",
+            "  FROM grant_ JOIN slot ON slot.id = grant_.repo_id",
             "  WHERE budget_global_daily_microusd IS NOT NULL",
             "), claimed AS (",
             "  UPDATE tasks t SET status = 'leased', attempt = t.attempt + 1, lease_token = gen_random_uuid(),",
             "    runner_id = $1, leased_at = now(), lease_expires_at = now() + make_interval(secs => $3),",
-            "    hold_kind = NULL, hold_until = NULL, hold_by = NULL, granted_microusd = cand.grant_microusd,",
+            "    hold_kind = NULL, hold_until = NULL, hold_by = NULL, granted_microusd = grant_.amount,",
             "    started_at = COALESCE(t.started_at, now()),",
             "    ev_seq = t.ev_seq + 1, ev_actor = 'runner:' || $1, ev_reason = 'claimed',",
-            "    ev_data = jsonb_build_object('granted_microusd', cand.grant_microusd)",
-            "  FROM cand JOIN slot ON slot.id = cand.repo_id",
-            "  WHERE t.id = cand.id",
+            "    ev_data = jsonb_build_object('granted_microusd', grant_.amount)",
+            "  FROM grant_ JOIN slot ON slot.id = grant_.repo_id",
+            "  WHERE t.id = grant_.id",
             "  RETURNING t.*",
             ")",
             "SELECT cand.id AS candidate, claimed.*, r.name AS repo_name, r.clone_url AS repo_clone_url,",
             "  r.default_branch AS repo_default_branch, r.verify_command AS repo_verify_command,",
-            "  r.egress_policy AS repo_egress_policy, cand.grant_microusd AS repo_grant_microusd,",
-            "  r.agent_hooks AS repo_agent_hooks",
-            " FROM cand LEFT JOIN claimed ON claimed.id = cand.id LEFT JOIN repos r ON r.id = claimed.repo_id"
+            "  r.egress_policy AS repo_egress_policy, grant_.amount AS repo_grant_microusd,",
+            "  r.agent_hooks AS repo_agent_hooks, r.env_image AS repo_env_image, r.env_setup AS repo_env_setup",
+            " FROM cand LEFT JOIN claimed ON claimed.id = cand.id LEFT JOIN repos r ON r.id = claimed.repo_id",
+            " LEFT JOIN grant_ ON grant_.id = cand.id"
         )
     };
 }
@@ -218,6 +227,12 @@ pub struct ClaimedRepo {
     /// Whether the agent CLI may run the default branch's hooks and MCP servers.
     #[sqlx(rename = "repo_agent_hooks")]
     pub agent_hooks: bool,
+    /// The environment's base image, if the operator set one.
+    #[sqlx(rename = "repo_env_image")]
+    pub env_image: Option<String>,
+    /// Its setup commands.
+    #[sqlx(rename = "repo_env_setup")]
+    pub env_setup: Vec<String>,
 }
 
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {

@@ -51,6 +51,10 @@ pub struct Repo {
     pub no_checks: String,
     /// How long to wait for checks to appear before applying `no_checks`.
     pub no_checks_grace_secs: i32,
+    /// The environment's base image, set by the operator (wins over the repository's files).
+    pub env_image: Option<String>,
+    /// Its setup commands.
+    pub env_setup: Vec<String>,
     /// Registered at.
     pub created_at: DateTime<Utc>,
 }
@@ -99,12 +103,16 @@ pub struct RepoSettings {
     pub allow_workflow_changes: Option<bool>,
     /// Whether the agent CLI may run the default branch's hooks and MCP servers.
     pub agent_hooks: Option<bool>,
+    /// The environment's base image (`Some("")` clears it: the repository's files decide).
+    pub env_image: Option<String>,
+    /// The environment's setup commands.
+    pub env_setup: Option<Vec<String>>,
 }
 
 const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command, approval_mode, \
     review_fail_mode, egress_policy, allow_workflow_changes, agent_hooks, budget_task_microusd, \
     budget_daily_microusd, max_concurrency, active_tasks, runner_labels, stack, enabled, merge_method, ci_ignore, no_checks, \
-    no_checks_grace_secs, created_at";
+    no_checks_grace_secs, env_image, env_setup, created_at";
 
 impl Store {
     /// Registers a repository. Its name must be `owner/name`.
@@ -222,6 +230,8 @@ impl Store {
                no_checks_grace_secs = COALESCE($14, no_checks_grace_secs), \
                allow_workflow_changes = COALESCE($15, allow_workflow_changes), \
                agent_hooks = COALESCE($16, agent_hooks), \
+               env_image = CASE WHEN $17::text IS NULL THEN env_image ELSE NULLIF($17, '') END, \
+               env_setup = COALESCE($18, env_setup), \
                updated_at = now() \
              WHERE id = $1 RETURNING {REPO_COLUMNS}"
         )))
@@ -241,6 +251,8 @@ impl Store {
         .bind(s.no_checks_grace_secs)
         .bind(s.allow_workflow_changes)
         .bind(s.agent_hooks)
+        .bind(&s.env_image)
+        .bind(&s.env_setup)
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| Error::RepoNotFound(id.to_string()))

@@ -154,7 +154,10 @@ async function loadRepos() {
   const rs = await api("GET", "/api/repos");
   $("#repo-table tbody").replaceChildren(...rs.map((r) => el("tr", {},
     el("td", {}, String(r.id)), el("td", {}, r.name), el("td", {}, r.settings.approval_mode || "global"),
-    el("td", {}, r.settings.verify_command || "—"), el("td", {}, String(r.active_tasks)),
+    el("td", {}, r.settings.verify_command || "—"),
+    el("td", { title: "Set in the settings, the environment wins over the repository's .backporcher.toml or devcontainer.json; otherwise those decide (see a task's log)" },
+      r.settings.env_image ? `${r.settings.env_image} (settings, ${(r.settings.env_setup || []).length} setup commands)` : "repository's files"),
+    el("td", {}, String(r.active_tasks)),
     el("td", {}, el("button", { type: "button", onclick: () => loadLearnings(r) }, "Learnings")))));
 }
 
