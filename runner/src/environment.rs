@@ -85,9 +85,6 @@ impl Environment {
 struct RepoFile {
     verify: Option<String>,
     environment: Option<EnvironmentFile>,
-    /// Paths the agent must not touch (read here so the file validates; enforced by the review).
-    #[allow(dead_code)]
-    protected_paths: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
