@@ -206,6 +206,17 @@ impl TestController {
         }
     }
 
+    /// Everything attempt `attempt` of task `id` logged, as text.
+    pub async fn log_text(&self, id: i64, attempt: i32) -> String {
+        self.store
+            .log_chunks(id, attempt)
+            .await
+            .expect("log chunks")
+            .iter()
+            .map(|(_, _, d)| String::from_utf8_lossy(d).into_owned())
+            .collect()
+    }
+
     /// Waits until task `id` has status `status` (see [`Self::wait_for`]).
     pub async fn wait_status(&self, id: i64, status: &str, timeout: Duration) -> Task {
         self.wait_for(id, &format!("status {status}"), timeout, |t| {

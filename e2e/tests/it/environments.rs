@@ -96,14 +96,7 @@ async fn a_real_python_project_is_verified_by_its_own_suite_in_its_own_environme
             t.status == Status::Merged
         })
         .await;
-    let log: String = c
-        .store
-        .log_chunks(task, t.attempt)
-        .await
-        .unwrap()
-        .iter()
-        .map(|(_, _, d)| String::from_utf8_lossy(d).into_owned())
-        .collect();
+    let log: String = c.log_text(task, t.attempt).await;
     assert!(log.contains("setting up from .backporcher.toml"), "{log}");
     assert!(log.contains("environment backporcher-env:"), "{log}");
     assert!(
@@ -135,14 +128,7 @@ async fn a_real_python_project_is_verified_by_its_own_suite_in_its_own_environme
             t.status == Status::Merged
         })
         .await;
-    let log2: String = c
-        .store
-        .log_chunks(second, t2.attempt)
-        .await
-        .unwrap()
-        .iter()
-        .map(|(_, _, d)| String::from_utf8_lossy(d).into_owned())
-        .collect();
+    let log2: String = c.log_text(second, t2.attempt).await;
     assert!(log2.contains("reused (no setup)"), "{log2}");
     assert!(!log2.contains("setting up from"), "{log2}");
     let tag = log
@@ -271,14 +257,7 @@ async fn a_real_rust_crate_is_verified_with_cargo_test_in_a_rust_environment() {
             t.status == Status::Merged
         })
         .await;
-    let log: String = c
-        .store
-        .log_chunks(task, t.attempt)
-        .await
-        .unwrap()
-        .iter()
-        .map(|(_, _, d)| String::from_utf8_lossy(d).into_owned())
-        .collect();
+    let log: String = c.log_text(task, t.attempt).await;
     assert!(
         log.contains("setting up from .backporcher.toml on backporcher-env-rust:latest"),
         "{log}"

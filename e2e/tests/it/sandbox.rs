@@ -652,15 +652,7 @@ async fn a_model_that_hangs_mid_stream_ends_the_attempt_as_stalled() {
     let error = error.unwrap_or_default();
     assert!(error.contains("no sign of life"), "{error}");
     assert!(stalled.agent_retries >= 1, "the agent's budget paid for it");
-    let log: String = env
-        .c
-        .store
-        .log_chunks(t.id, 1)
-        .await
-        .unwrap()
-        .iter()
-        .map(|(_, _, d)| String::from_utf8_lossy(d).into_owned())
-        .collect();
+    let log = env.c.log_text(t.id, 1).await;
     assert!(log.contains("no sign of life"), "{log}");
     env.finish().await;
 }
