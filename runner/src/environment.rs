@@ -67,6 +67,8 @@ pub struct Environment {
     pub setup_network: bool,
     /// The repository's own verify command, if its file names one.
     pub verify: Option<String>,
+    /// Paths no change may touch (globs from the file; the controller enforces them at push).
+    pub protected: Vec<String>,
     /// Notes for the task log (ignored keys and the like).
     pub notes: Vec<String>,
     /// The snapshot key: the description and the dependency manifests' blob ids, hashed.
@@ -85,6 +87,10 @@ impl Environment {
 struct RepoFile {
     verify: Option<String>,
     environment: Option<EnvironmentFile>,
+    /// Paths no change may touch (globs): the controller refuses to push such a change; the
+    /// prompt tells the agent.
+    #[serde(default)]
+    protected_paths: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +135,7 @@ pub async fn describe(
     settings: Option<&(String, Vec<String>)>,
 ) -> Result<Option<Environment>, String> {
     let mut notes = Vec::new();
+    let mut protected = Vec::new();
     let (mut env, verify) = match blob(mirror, commit, ".backporcher.toml").await? {
         Some(text) => {
             let file: RepoFile = toml::from_str(&text).map_err(|e| {
@@ -141,6 +148,7 @@ pub async fn describe(
                 Some(e) => Some(from_file(e)?),
                 None => None,
             };
+            protected = file.protected_paths;
             (env, file.verify)
         }
         None => (None, None),
@@ -156,6 +164,7 @@ pub async fn describe(
             env: BTreeMap::new(),
             setup_network: true,
             verify: None,
+            protected: Vec::new(),
             notes: Vec::new(),
             key: String::new(),
         });
@@ -168,18 +177,23 @@ pub async fn describe(
         }
     }
     let Some(mut env) = env else {
-        return Ok(verify.map(|v| Environment {
+        if verify.is_none() && protected.is_empty() {
+            return Ok(None);
+        }
+        return Ok(Some(Environment {
             source: "the runner's default image",
             image: String::new(),
             setup: Vec::new(),
             env: BTreeMap::new(),
             setup_network: false,
-            verify: Some(v),
+            verify,
+            protected,
             notes,
             key: String::new(),
         }));
     };
     env.verify = verify;
+    env.protected = protected;
     env.notes.extend(notes);
     // The key: everything that shapes the snapshot.
     let mut h = Sha256::new();
@@ -221,6 +235,7 @@ fn from_file(e: EnvironmentFile) -> Result<Environment, String> {
         env: e.env,
         setup_network,
         verify: None,
+        protected: Vec::new(),
         notes: Vec::new(),
         key: String::new(),
     })
@@ -241,6 +256,7 @@ fn from_devcontainer(text: &str, notes: &mut Vec<String>) -> Result<Environment,
         env: BTreeMap::new(),
         setup_network: true,
         verify: None,
+        protected: Vec::new(),
         notes: Vec::new(),
         key: String::new(),
     };
@@ -543,7 +559,7 @@ mod tests {
             &[
                 (
                     ".backporcher.toml",
-                    "verify = \"pytest -q\"\n[environment]\nimage = \"backporcher-env-python:latest\"\nsetup = [\"python3 -m venv /opt/env\"]\n",
+                    "verify = \"pytest -q\"\nprotected_paths = [\"migrations/**\"]\n[environment]\nimage = \"backporcher-env-python:latest\"\nsetup = [\"python3 -m venv /opt/env\"]\n",
                 ),
                 ("requirements.txt", "pytest\n"),
             ],
@@ -557,6 +573,7 @@ mod tests {
         assert_eq!(env.image, "backporcher-env-python:latest");
         assert_eq!(env.setup, vec!["python3 -m venv /opt/env"]);
         assert_eq!(env.verify.as_deref(), Some("pytest -q"));
+        assert_eq!(env.protected, vec!["migrations/**"]);
         assert!(env.setup_network);
         // A manifest change on the default branch changes the key.
         let again = describe(&dir, &main, None).await.unwrap().unwrap();

@@ -345,6 +345,12 @@ impl SandboxExecutor {
         };
         let spec = &spec;
         let mut extra: Vec<String> = Vec::new();
+        if let Some(e) = environment.as_ref().filter(|e| !e.protected.is_empty()) {
+            extra.push(format!(
+                "The repository protects these paths; a change that touches any of them is refused: {}",
+                e.protected.join(", ")
+            ));
+        }
         let mut rounds = 0;
         let mut verify_output = String::new();
         loop {

@@ -146,6 +146,9 @@ impl Pusher {
                 "the branch changes nothing against the default branch".into(),
             ));
         }
+        if let Some(refusal) = protected_change(dir, req.default_branch, &changed_files).await {
+            return Err(ForgeError::Refused(refusal));
+        }
         if !req.allow_workflow_changes
             && let Some(f) = changed_files
                 .iter()
@@ -173,6 +176,39 @@ impl Pusher {
             changed_files,
         })
     }
+}
+
+/// The paths the repository's `.backporcher.toml` on the default branch (as just fetched) says
+/// no change may touch (`protected_paths`, globs); the refusal, if a changed file matches one. A
+/// file that cannot be read or parsed protects nothing here (the runner reports its errors).
+async fn protected_change(dir: &Path, default_branch: &str, changed: &[String]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct RepoFile {
+        #[serde(default)]
+        protected_paths: Vec<String>,
+    }
+    let spec = format!("refs/remotes/origin/{default_branch}:.backporcher.toml");
+    let text = git(dir, &["show", &spec], None, "read .backporcher.toml")
+        .await
+        .ok()?;
+    let file: RepoFile = toml::from_str(&text).ok()?;
+    let mut set = globset::GlobSetBuilder::new();
+    let mut globs = Vec::new();
+    for p in &file.protected_paths {
+        if let Ok(g) = globset::GlobBuilder::new(p).literal_separator(true).build() {
+            set.add(g);
+            globs.push(p.as_str());
+        }
+    }
+    let set = set.build().ok()?;
+    changed.iter().find_map(|f| {
+        set.matches(f).first().map(|&i| {
+            format!(
+                "the change touches `{f}`, which the repository protects (`protected_paths` pattern `{}` in .backporcher.toml on `{default_branch}`); change the issue or the repository's rules, then requeue the task",
+                globs[i]
+            )
+        })
+    })
 }
 
 /// The controller writes only the task branches it named, never the default branch.

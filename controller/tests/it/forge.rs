@@ -1323,3 +1323,66 @@ async fn a_transient_failure_that_never_clears_fails_the_task_after_its_tries() 
     // Four stage tries, each a call the client itself tries four times on a 5xx.
     assert_eq!(creates, 16);
 }
+
+/// Paths the repository's `.backporcher.toml` (on its default branch) protects are never pushed:
+/// a change touching one is refused before anything reaches GitHub, naming the file and the rule.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_to_a_protected_path_is_refused_at_push() {
+    let env = env().await;
+    env.sim
+        .create_repo(
+            "acme/guarded",
+            "main",
+            &[
+                ("README.md", "# guarded\n"),
+                (
+                    ".backporcher.toml",
+                    "protected_paths = [\"migrations/**\", \"*.lock\"]\n",
+                ),
+            ],
+        )
+        .unwrap();
+    let repo = env
+        .store
+        .add_repo(&NewRepo {
+            name: "acme/guarded".into(),
+            clone_url: format!("{}/acme/guarded.git", env.base),
+            default_branch: "main".into(),
+        })
+        .await
+        .unwrap();
+    let mut t = NewTask::for_issue(repo.id, 1, "Drop a table", "x");
+    t.created_by = "test".into();
+    let task = env.store.create_task(&t).await.unwrap();
+    env.store
+        .triage(task.id, &Triage::default(), &crate::note("triaged"))
+        .await
+        .unwrap();
+    let done = run_attempt_in(
+        &env,
+        "acme/guarded",
+        task.id,
+        &[
+            ("src/ok.rs", "// fine\n"),
+            ("migrations/0001.sql", "drop table x;\n"),
+        ],
+    )
+    .await;
+    let p = pipeline(&env, vec![]);
+    let t = drive(&env, &p, task.id, Status::Failed).await;
+    assert_eq!(
+        t.terminal_reason.0,
+        Some(controller::store::TerminalReason::PushRejected)
+    );
+    let error = t.error.unwrap_or_default();
+    assert!(
+        error.contains("`migrations/0001.sql`") && error.contains("migrations/**"),
+        "{error}"
+    );
+    assert_eq!(
+        env.sim
+            .branch_head("acme/guarded", done.branch.as_deref().unwrap()),
+        None,
+        "nothing was pushed"
+    );
+}
