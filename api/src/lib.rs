@@ -247,6 +247,28 @@ pub struct NewRepo {
     pub default_branch: Option<String>,
 }
 
+/// A repository's setup-only secret as listed (the value is never returned).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Secret {
+    /// Its name (an environment variable name).
+    pub name: String,
+    /// When it was last set.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `PUT /api/repos/{id}/secrets/{name}`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SecretValue {
+    /// The value (12 to 65,536 characters).
+    pub value: String,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValue(…)")
+    }
+}
+
 /// A learning.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Learning {

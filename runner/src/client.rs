@@ -309,6 +309,15 @@ impl Client {
                         egress_policy: t.egress_policy,
                         budget_microusd: t.budget_microusd,
                         prices: proto::prices::Prices::from_wire(&t.prices),
+                        setup_secrets: crate::task::SetupSecrets(
+                            t.setup_secrets
+                                .iter()
+                                .map(|s| {
+                                    crate::redact::remember(&s.value);
+                                    (s.name.clone(), s.value.clone())
+                                })
+                                .collect(),
+                        ),
                         environment: (!t.environment_image.is_empty())
                             .then(|| (t.environment_image.clone(), t.environment_setup.clone())),
                         learnings: t.learnings.clone(),

@@ -65,6 +65,8 @@ pub struct Environment {
     pub env: BTreeMap<String, String>,
     /// Whether setup may reach the internet (package registries).
     pub setup_network: bool,
+    /// Names of the repository's secrets setup may read.
+    pub secrets: Vec<String>,
     /// The repository's own verify command, if its file names one.
     pub verify: Option<String>,
     /// Paths no change may touch (globs from the file; the controller enforces them at push).
@@ -103,6 +105,9 @@ struct EnvironmentFile {
     env: BTreeMap<String, String>,
     /// `open` (default: package registries) or `none`.
     setup_network: Option<String>,
+    /// The repository's secrets setup may read (by name).
+    #[serde(default)]
+    secrets: Vec<String>,
 }
 
 /// devcontainer.json keys honoured, and those ignored (they do not change what runs).
@@ -163,6 +168,7 @@ pub async fn describe(
             setup: setup.clone(),
             env: BTreeMap::new(),
             setup_network: true,
+            secrets: Vec::new(),
             verify: None,
             protected: Vec::new(),
             notes: Vec::new(),
@@ -186,6 +192,7 @@ pub async fn describe(
             setup: Vec::new(),
             env: BTreeMap::new(),
             setup_network: false,
+            secrets: Vec::new(),
             verify,
             protected,
             notes,
@@ -199,8 +206,8 @@ pub async fn describe(
     let mut h = Sha256::new();
     h.update(
         format!(
-            "{RECIPE}\0{}\0{:?}\0{:?}\0{}\0",
-            env.image, env.setup, env.env, env.setup_network
+            "{RECIPE}\0{}\0{:?}\0{:?}\0{}\0{:?}\0",
+            env.image, env.setup, env.env, env.setup_network, env.secrets
         )
         .as_bytes(),
     );
@@ -234,6 +241,7 @@ fn from_file(e: EnvironmentFile) -> Result<Environment, String> {
         setup: e.setup,
         env: e.env,
         setup_network,
+        secrets: e.secrets,
         verify: None,
         protected: Vec::new(),
         notes: Vec::new(),
@@ -255,6 +263,7 @@ fn from_devcontainer(text: &str, notes: &mut Vec<String>) -> Result<Environment,
         setup: Vec::new(),
         env: BTreeMap::new(),
         setup_network: true,
+        secrets: Vec::new(),
         verify: None,
         protected: Vec::new(),
         notes: Vec::new(),

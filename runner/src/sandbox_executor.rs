@@ -799,7 +799,36 @@ impl SandboxExecutor {
         let dir = ctx.work_dir.join("setup");
         let _ = tokio::fs::remove_dir_all(&dir).await;
         crate::workspace::sandbox_tree(&checkout.mirror, &checkout.default_head, &dir).await?;
+        // Granted secrets reach setup as a read-only file it sources: never the container's
+        // environment or command, which the snapshot would keep.
+        let secrets_dir = ctx.work_dir.join("setup-secrets");
+        let mut granted = String::new();
+        for name in &environment.secrets {
+            let Some((_, value)) = ctx
+                .assignment
+                .spec
+                .setup_secrets
+                .0
+                .iter()
+                .find(|(n, _)| n == name)
+            else {
+                return Ok(Err(format!(
+                    "{} grants setup the secret `{name}`, but the repository has no secret of that name; set it (PUT /api/repos/<id>/secrets/{name}), then requeue the task",
+                    environment.source
+                )));
+            };
+            granted.push_str(&format!(
+                "export {name}='{}'\n",
+                value.replace('\'', "'\\''")
+            ));
+        }
         let mut script = String::from("set -u\n");
+        if !granted.is_empty() {
+            tokio::fs::create_dir_all(&secrets_dir).await?;
+            tokio::fs::write(secrets_dir.join("env"), &granted).await?;
+            crate::workspace::give_file_to_sandbox(&secrets_dir).await?;
+            script.push_str(". /run/bp-secrets/env\n");
+        }
         for (i, cmd) in environment.setup.iter().enumerate() {
             let quoted = format!("'{}'", cmd.replace('\'', "'\\''"));
             script.push_str(&format!(
@@ -834,6 +863,9 @@ impl SandboxExecutor {
             ] {
                 script = format!("export {var}={CA}\n{script}");
             }
+        }
+        if !granted.is_empty() {
+            mounts.push((secrets_dir.clone(), "/run/bp-secrets".into(), true));
         }
         let labels = HashMap::from([
             (
@@ -891,6 +923,7 @@ impl SandboxExecutor {
             })
             .await;
         let _ = tokio::fs::remove_dir_all(&dir).await;
+        let _ = tokio::fs::remove_dir_all(&secrets_dir).await;
         let text = output.text();
         let failing = text
             .lines()

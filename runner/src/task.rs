@@ -52,6 +52,8 @@ pub struct TaskSpec {
     /// The environment the repository's settings set: base image and setup (wins over the
     /// repository's files).
     pub environment: Option<(String, Vec<String>)>,
+    /// The repository's setup-only secrets (values never printed).
+    pub setup_secrets: SetupSecrets,
     /// Learnings of earlier tasks in the repository (newest first).
     pub learnings: Vec<String>,
     /// The stack, as configured or detected in the checkout.
@@ -173,5 +175,17 @@ fn scrub_json(v: &mut Value) {
         Value::Array(a) => a.iter_mut().for_each(scrub_json),
         Value::Object(o) => o.values_mut().for_each(scrub_json),
         _ => {}
+    }
+}
+
+/// Secrets setup may read when the repository grants them; `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SetupSecrets(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for SetupSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
     }
 }

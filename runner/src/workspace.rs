@@ -316,6 +316,25 @@ pub async fn sandbox_tree(mirror: &Path, commit: &str, dir: &Path) -> anyhow::Re
     .await
 }
 
+/// Hands `dir` (and what is in it) to the sandbox user, readable by it alone.
+pub async fn give_file_to_sandbox(dir: &Path) -> anyhow::Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    run(
+        xcmd::Cmd::new("chmod", parent)
+            .args(["-R", "u=rX,go="])
+            .arg(dir),
+        &format!("make {} private", dir.display()),
+    )
+    .await?;
+    run(
+        xcmd::Cmd::new("chown", parent)
+            .args(["-R", "1000:1000"])
+            .arg(dir),
+        &format!("hand {} to the sandbox user", dir.display()),
+    )
+    .await
+}
+
 /// The configuration of the trusted git directory: nothing that runs a program, no attribute or
 /// exclude file outside the tree, and stat checks that survive the hand-over to the sandbox user
 /// (`chown` changes the change time of every file, not its size or modification time).

@@ -146,6 +146,8 @@ pub fn task_spec(t: &Task, repo: &ClaimedRepo, prices: &proto::prices::Prices) -
         prices: prices.to_wire(),
         environment_image: repo.env_image.clone().unwrap_or_default(),
         environment_setup: repo.env_setup.clone(),
+        // Filled by the lease handler (read apart from the claim, when a lease is handed out).
+        setup_secrets: Vec::new(),
         priority: t.priority,
         learnings: Vec::new(),
         stack: String::new(),

@@ -287,6 +287,14 @@ impl proto::runner_server::Runner for RunnerService {
                             .unwrap_or_default(),
                         task: Some({
                             let mut spec = convert::task_spec(&task, &repo, &self.config.prices);
+                            spec.setup_secrets = self
+                                .store
+                                .repo_secrets(task.repo_id)
+                                .await
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|(name, value)| proto::Secret { name, value })
+                                .collect();
                             spec.learnings = self
                                 .store
                                 .recent_learnings(task.repo_id, LEARNINGS_IN_PROMPT)

@@ -94,3 +94,57 @@ pub(super) async fn learnings(
             .collect(),
     ))
 }
+
+pub(super) async fn list_secrets(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Vec<api::Secret>> {
+    c.require(&s, Role::Admin, "list_secrets", Some(&format!("repo:{id}")))
+        .await?;
+    s.store.repo(id).await?;
+    Ok(Json(
+        s.store
+            .repo_secret_names(id)
+            .await?
+            .into_iter()
+            .map(|(name, updated_at)| api::Secret { name, updated_at })
+            .collect(),
+    ))
+}
+
+pub(super) async fn set_secret(
+    State(s): State<AppState>,
+    c: Caller,
+    Path((id, name)): Path<(i64, String)>,
+    ApiJson(req): ApiJson<api::SecretValue>,
+) -> ApiResult<serde_json::Value> {
+    let target = format!("repo:{id}:secret:{name}");
+    c.require(&s, Role::Admin, "set_secret", Some(&target))
+        .await?;
+    let result = s
+        .store
+        .set_repo_secret(id, &name, &req.value)
+        .await
+        .map(|()| Json(serde_json::json!({})))
+        .map_err(ApiError::from);
+    audited(&s, &c.actor(), "set_secret", &target, result).await
+}
+
+pub(super) async fn delete_secret(
+    State(s): State<AppState>,
+    c: Caller,
+    Path((id, name)): Path<(i64, String)>,
+) -> ApiResult<serde_json::Value> {
+    let target = format!("repo:{id}:secret:{name}");
+    c.require(&s, Role::Admin, "delete_secret", Some(&target))
+        .await?;
+    let result = match s.store.delete_repo_secret(id, &name).await {
+        Ok(true) => Ok(Json(serde_json::json!({}))),
+        Ok(false) => Err(ApiError::from(crate::store::Error::Invalid(format!(
+            "repository #{id} has no secret `{name}`"
+        )))),
+        Err(e) => Err(ApiError::from(e)),
+    };
+    audited(&s, &c.actor(), "delete_secret", &target, result).await
+}

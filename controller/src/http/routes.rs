@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::routing::{MethodRouter, delete, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use axum::{Json, Router};
 
 use super::openapi::Operation;
@@ -176,6 +176,33 @@ pub fn routes() -> Vec<Route> {
             Some("RepoSettings"),
             "Repo",
             patch(repos::update_repo),
+        ),
+        op(
+            "get",
+            "/api/repos/{id}/secrets",
+            "admin",
+            "Names of the repository's setup-only secrets (never their values)",
+            None,
+            "Secret[]",
+            get(repos::list_secrets),
+        ),
+        op(
+            "put",
+            "/api/repos/{id}/secrets/{name}",
+            "admin",
+            "Set a setup-only secret (its .backporcher.toml grants it to setup by name)",
+            Some("SecretValue"),
+            "empty",
+            put(repos::set_secret),
+        ),
+        op(
+            "delete",
+            "/api/repos/{id}/secrets/{name}",
+            "admin",
+            "Remove a setup-only secret",
+            None,
+            "empty",
+            delete(repos::delete_secret),
         ),
         op(
             "get",

@@ -283,3 +283,72 @@ pub fn valid_repo_name(name: &str) -> bool {
     };
     matches!(name.split_once('/'), Some((owner, repo)) if ok(owner) && ok(repo))
 }
+
+impl Store {
+    /// Stores the setup-only secret `name` of a repository (replacing it). Names are environment
+    /// variable names; values at least 12 characters (shorter ones cannot be scrubbed from logs
+    /// reliably).
+    pub async fn set_repo_secret(&self, repo: RepoId, name: &str, value: &str) -> Result<()> {
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid_name {
+            return Err(Error::Invalid(format!(
+                "secret name `{name}` must look like an environment variable: A-Z, 0-9 and _, not starting with a digit, at most 64 characters"
+            )));
+        }
+        if !(12..=65536).contains(&value.len()) {
+            return Err(Error::Invalid(
+                "a secret must be 12 to 65,536 characters (a shorter one cannot be kept out of logs reliably)"
+                    .into(),
+            ));
+        }
+        self.repo(repo).await?;
+        sqlx::query(
+            "INSERT INTO repo_secrets (repo_id, name, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (repo_id, name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+        )
+        .bind(repo)
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a secret; whether it existed.
+    pub async fn delete_repo_secret(&self, repo: RepoId, name: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("DELETE FROM repo_secrets WHERE repo_id = $1 AND name = $2")
+                .bind(repo)
+                .bind(name)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
+
+    /// The names of a repository's secrets and when each was set (never the values).
+    pub async fn repo_secret_names(&self, repo: RepoId) -> Result<Vec<(String, DateTime<Utc>)>> {
+        Ok(sqlx::query_as(
+            "SELECT name, updated_at FROM repo_secrets WHERE repo_id = $1 ORDER BY name",
+        )
+        .bind(repo)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// A repository's secrets with their values, for the lease that may run its setup.
+    pub async fn repo_secrets(&self, repo: RepoId) -> Result<Vec<(String, String)>> {
+        Ok(
+            sqlx::query_as("SELECT name, value FROM repo_secrets WHERE repo_id = $1 ORDER BY name")
+                .bind(repo)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+}

@@ -173,6 +173,50 @@ async fn roles_csrf_tokens_and_every_endpoint() {
         )
         .await;
     assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    // Setup-only secrets: admins set them, anyone may see their names only through admins, and
+    // no answer or audit row ever carries a value.
+    let secret_path = format!("/api/repos/{repo_id}/secrets/REGISTRY_TOKEN");
+    let (code, body) = vic
+        .call(
+            Method::PUT,
+            &secret_path,
+            Some(json!({"value": "tok-viewer-1234"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    let (code, body) = admin
+        .call(Method::PUT, &secret_path, Some(json!({"value": "short"})))
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"].as_str().unwrap().contains("12 to 65,536"),
+        "{body}"
+    );
+    let (code, body) = admin
+        .call(
+            Method::PUT,
+            &format!("/api/repos/{repo_id}/secrets/bad-name"),
+            Some(json!({"value": "a-long-enough-value"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    let (code, body) = admin
+        .call(
+            Method::PUT,
+            &secret_path,
+            Some(json!({"value": "tok-registry-5678"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, listed) = admin
+        .call(Method::GET, &format!("/api/repos/{repo_id}/secrets"), None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(listed[0]["name"], "REGISTRY_TOKEN");
+    assert!(!listed.to_string().contains("tok-registry"), "{listed}");
+    let (_, audit) = admin.call(Method::GET, "/api/audit", None).await;
+    assert!(audit.to_string().contains("set_secret"), "{audit}");
+    assert!(!audit.to_string().contains("tok-registry"), "{audit}");
     let (code, task) = olga
         .call(Method::POST, "/api/tasks", Some(json!({"repo": "acme/api", "title": "Add a route", "prompt": "GET /ping returns pong"})))
         .await;

@@ -273,3 +273,90 @@ async fn a_real_rust_crate_is_verified_with_cargo_test_in_a_rust_environment() {
             .output();
     }
 }
+
+/// A secret the repository grants its setup reaches setup only: setup reads it, the log shows it
+/// scrubbed, and the snapshot later tasks start from keeps no trace of it.
+#[tokio::test]
+async fn a_granted_secret_reaches_setup_and_nothing_else() {
+    if skip_docker() {
+        return;
+    }
+    const VALUE: &str = "tok-registry-5678-abcdef";
+    // Setup proves it got the exact value by its hash (the value itself appears nowhere in the
+    // repository, the command or the snapshot).
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(VALUE.as_bytes()))
+    };
+    let config = format!(
+        "[environment]\n\
+         image = \"backporcher-env-python:latest\"\n\
+         secrets = [\"REGISTRY_TOKEN\"]\n\
+         setup_network = \"none\"\n\
+         setup = [\"test \\\"$(printf %s \\\"$REGISTRY_TOKEN\\\" | sha256sum | cut -d' ' -f1)\\\" = {digest} && echo \\\"setup saw $REGISTRY_TOKEN\\\" && echo ok > /opt/env/marker\"]\n\
+         env = {{ BP_TEST_RUN = \"{}\" }}\n",
+        uuid::Uuid::new_v4()
+    );
+    let sys = FullSystem::start(
+        "secrets",
+        &[("README.md", "# secrets\n"), (".backporcher.toml", &config)],
+        RepoSettings::default(),
+    )
+    .await;
+    sys.c
+        .store
+        .set_repo_secret(sys.repo.id, "REGISTRY_TOKEN", VALUE)
+        .await
+        .unwrap();
+    sys.model.add_script(says(
+        "Classify this issue",
+        &["{\"model\": \"sonnet\", \"complexity\": \"simple\"}"],
+    ));
+    sys.model.add_script(agent_script(
+        "MARK-SECRET",
+        "/workspace/NOTES.md",
+        "notes\n",
+        "never",
+        "",
+    ));
+    let number = sys
+        .gh
+        .open_issue(
+            &sys.name,
+            "Notes MARK-SECRET",
+            "x",
+            "alice",
+            &[labels::TRIGGER],
+        )
+        .await;
+    let task = sys.task_of_issue(number).await;
+    let t = sys
+        .wait_for(task, "the result", Duration::from_secs(300), |t| {
+            t.status.as_str() != "queued" && !t.status.is_active() && t.status.as_str() != "new"
+        })
+        .await;
+    let log = sys.c.log_text(task, t.attempt).await;
+    assert!(log.contains("setup saw [redacted]"), "{log}");
+    assert!(!log.contains(VALUE), "{log}");
+    let tag = log
+        .split_whitespace()
+        .find(|w| w.starts_with("backporcher-env:"))
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+    let inspect = xcmd::Cmd::new("docker", std::env::temp_dir())
+        .args(["image", "inspect", &tag])
+        .to_std()
+        .output()
+        .unwrap();
+    let inspect = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.contains("backporcher.env"), "{inspect}");
+    assert!(
+        !inspect.contains(VALUE),
+        "the snapshot keeps no secret: {inspect}"
+    );
+    let _ = xcmd::Cmd::new("docker", std::env::temp_dir())
+        .args(["rmi", "-f", &tag])
+        .to_std()
+        .output();
+}
