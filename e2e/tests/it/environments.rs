@@ -232,9 +232,15 @@ async fn a_real_rust_crate_is_verified_with_cargo_test_in_a_rust_environment() {
     gh.set_default_ci("success");
     model.add_script(says(
         "Classify this issue",
-        &["{\"model\": \"sonnet\", \"complexity\": \"simple\"}"],
+        &[
+            "{\"model\": \"sonnet\", \"complexity\": \"simple\"}",
+            "{\"model\": \"sonnet\", \"complexity\": \"simple\"}",
+        ],
     ));
-    model.add_script(says("review this pull request", &["VERDICT: APPROVE"]));
+    model.add_script(says(
+        "review this pull request",
+        &["VERDICT: APPROVE", "VERDICT: APPROVE"],
+    ));
     model.add_script(agent_script(
         "MARK-ITOA",
         "/workspace/NOTES.md",
@@ -263,6 +269,53 @@ async fn a_real_rust_crate_is_verified_with_cargo_test_in_a_rust_environment() {
         "{log}"
     );
     assert!(log.contains("test result: ok"), "cargo test ran: {log}");
+    // A change to a dependency manifest on the default branch sets the environment up again.
+    let manifest = format!(
+        "{}\n# touched\n",
+        files_of(&itoa)
+            .into_iter()
+            .find(|(p, _)| p == "Cargo.toml")
+            .unwrap()
+            .1
+    );
+    gh.push_commit(&sys.name, "main", &[("Cargo.toml", &manifest)])
+        .unwrap();
+    model.add_script(agent_script(
+        "MARK-ITOA-2",
+        "/workspace/NOTES2.md",
+        "More notes.\n",
+        "never",
+        "",
+    ));
+    let number = gh
+        .open_issue(
+            &sys.name,
+            "More notes MARK-ITOA-2",
+            "Add NOTES2.md.",
+            "alice",
+            &[labels::TRIGGER],
+        )
+        .await;
+    let second = sys.task_of_issue(number).await;
+    let t2 = sys
+        .wait_for(second, "the second merge", Duration::from_secs(900), |t| {
+            t.status == Status::Merged
+        })
+        .await;
+    let log2 = c.log_text(second, t2.attempt).await;
+    assert!(
+        log2.contains("setting up from .backporcher.toml") && !log2.contains("reused (no setup)"),
+        "a manifest change rebuilds the snapshot: {log2}"
+    );
+    if let Some(tag) = log2
+        .split_whitespace()
+        .find(|w| w.starts_with("backporcher-env:"))
+    {
+        let _ = xcmd::Cmd::new("docker", std::env::temp_dir())
+            .args(["rmi", "-f", tag.trim_end_matches(':')])
+            .to_std()
+            .output();
+    }
     if let Some(tag) = log
         .split_whitespace()
         .find(|w| w.starts_with("backporcher-env:"))
