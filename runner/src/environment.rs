@@ -451,8 +451,9 @@ impl Usage {
 }
 
 /// The snapshots to remove: those unused for longer than `max_age`, then the least recently used
-/// while the rest take more than `budget` bytes; never `keep`. A snapshot with no recorded use
-/// counts as used long ago.
+/// while the rest take more than `budget` bytes; never `keep`. A snapshot this runner has no use
+/// recorded for (another runner's on a shared engine, or one from before its state was lost)
+/// counts as used just now: it is never removed for its age, only last for the budget.
 pub fn to_prune(
     images: &[(String, i64)],
     used: &BTreeMap<String, u64>,
@@ -470,7 +471,7 @@ pub fn to_prune(
         .filter(|(t, _)| t != keep)
         .map(|(t, size)| {
             (
-                used.get(t).copied().unwrap_or(0),
+                used.get(t).copied().unwrap_or(now),
                 t.as_str(),
                 (*size).max(0) as u64,
             )
@@ -559,6 +560,17 @@ mod tests {
             to_prune(&images, &used, now, week, 80, "e:current"),
             vec!["e:old", "e:a"],
             "over the budget the least recently used go"
+        );
+        // A snapshot with no recorded use (another runner's) is not old: only the budget, last.
+        let mut shared = images.clone();
+        shared.push(("e:other-runner".to_string(), 40));
+        assert_eq!(
+            to_prune(&shared, &used, now, week, 1000, "e:current"),
+            vec!["e:old"]
+        );
+        assert_eq!(
+            to_prune(&shared, &used, now, week, 0, "e:current"),
+            vec!["e:old", "e:a", "e:b", "e:other-runner"]
         );
     }
 

@@ -263,13 +263,7 @@ impl Workspaces {
         tokio::fs::write(git_dir.join("config"), trusted_config(&format)).await?;
         // Past this point only the sandbox touches the checkout: hand it to the sandbox user.
         for d in [dir, git_dir.as_path()] {
-            run(
-                xcmd::Cmd::new("chown", parent)
-                    .args(["-R", "1000:1000"])
-                    .arg(d),
-                &format!("hand {} to the sandbox user", d.display()),
-            )
-            .await?;
+            hand_to_sandbox(d).await?;
         }
         Ok(Checkout {
             dir: dir.to_owned(),
@@ -307,8 +301,13 @@ pub async fn sandbox_tree(mirror: &Path, commit: &str, dir: &Path) -> anyhow::Re
         format!("{MIRROR_OBJECTS}\n"),
     )
     .await?;
+    hand_to_sandbox(dir).await
+}
+
+/// Hands `dir` and everything in it to the sandbox user (uid 1000).
+pub async fn hand_to_sandbox(dir: &Path) -> anyhow::Result<()> {
     run(
-        xcmd::Cmd::new("chown", parent)
+        xcmd::Cmd::new("chown", dir.parent().unwrap_or(Path::new("/")))
             .args(["-R", "1000:1000"])
             .arg(dir),
         &format!("hand {} to the sandbox user", dir.display()),
@@ -318,21 +317,14 @@ pub async fn sandbox_tree(mirror: &Path, commit: &str, dir: &Path) -> anyhow::Re
 
 /// Hands `dir` (and what is in it) to the sandbox user, readable by it alone.
 pub async fn give_file_to_sandbox(dir: &Path) -> anyhow::Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("/"));
     run(
-        xcmd::Cmd::new("chmod", parent)
+        xcmd::Cmd::new("chmod", dir.parent().unwrap_or(Path::new("/")))
             .args(["-R", "u=rX,go="])
             .arg(dir),
         &format!("make {} private", dir.display()),
     )
     .await?;
-    run(
-        xcmd::Cmd::new("chown", parent)
-            .args(["-R", "1000:1000"])
-            .arg(dir),
-        &format!("hand {} to the sandbox user", dir.display()),
-    )
-    .await
+    hand_to_sandbox(dir).await
 }
 
 /// The configuration of the trusted git directory: nothing that runs a program, no attribute or

@@ -12,16 +12,19 @@ use super::lifecycle::TaskId;
 use super::{Error, Result, Store};
 
 /// What is left of a daily budget, micro-dollars, for the budget row whose columns are prefixed
-/// by `$p` (`"r."` for a repository, `""` for settings): NULL when no daily budget is set.
-/// Today's spend counts only if it was counted today (UTC); grants to running attempts count.
-macro_rules! day_left {
-    ($p:literal) => {
+/// by `$p` (`"r."` for a repository, `""` for settings) and whose budget column is `$budget`:
+/// NULL when no daily budget is set. Today's spend counts only if it was counted today (UTC);
+/// grants to running attempts count.
+macro_rules! left_today {
+    ($p:literal, $budget:literal) => {
         concat!(
             "(CASE WHEN ",
             $p,
-            "budget_daily_microusd IS NULL THEN NULL ELSE ",
+            $budget,
+            " IS NULL THEN NULL ELSE ",
             $p,
-            "budget_daily_microusd - ",
+            $budget,
+            " - ",
             "(CASE WHEN ",
             $p,
             "spend_day = (now() AT TIME ZONE 'UTC')::date THEN ",
@@ -30,30 +33,25 @@ macro_rules! day_left {
             $p,
             "day_granted_microusd END)"
         )
+    };
+}
+
+/// [`left_today!`] of a repository's row.
+macro_rules! day_left {
+    ($p:literal) => {
+        left_today!($p, "budget_daily_microusd")
     };
 }
 pub(crate) use day_left;
 
-/// [`day_left!`] for the settings row, whose daily budget column has its own name.
+/// [`left_today!`] of the settings row (the fleet's budget).
 macro_rules! fleet_left {
     ($p:literal) => {
-        concat!(
-            "(CASE WHEN ",
-            $p,
-            "budget_global_daily_microusd IS NULL THEN NULL ELSE ",
-            $p,
-            "budget_global_daily_microusd - ",
-            "(CASE WHEN ",
-            $p,
-            "spend_day = (now() AT TIME ZONE 'UTC')::date THEN ",
-            $p,
-            "day_spent_microusd ELSE 0 END) - ",
-            $p,
-            "day_granted_microusd END)"
-        )
+        left_today!($p, "budget_global_daily_microusd")
     };
 }
 pub(crate) use fleet_left;
+pub(crate) use left_today;
 
 /// Today's figures of one budget (a repository's or the fleet's), micro-dollars.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::budgets::{day_left, fleet_left};
+use super::budgets::{day_left, fleet_left, left_today};
 use super::lifecycle::{self, RunnerId, Status, Task, TaskId, status_texts};
 use super::{Error, Result, Store};
 

@@ -413,3 +413,51 @@ async fn a_granted_secret_reaches_setup_and_nothing_else() {
         .to_std()
         .output();
 }
+
+/// A secret the repository's file grants but nobody set ends the task before any setup runs,
+/// saying which secret and how to set it.
+#[tokio::test]
+async fn a_granted_secret_nobody_set_ends_the_task_naming_it() {
+    if skip_docker() {
+        return;
+    }
+    let config = "[environment]\n\
+                  image = \"backporcher-env-python:latest\"\n\
+                  secrets = [\"MISSING_TOKEN\"]\n\
+                  setup = [\"echo never\"]\n";
+    let sys = FullSystem::start(
+        "nosecret",
+        &[
+            ("README.md", "# no secret\n"),
+            (".backporcher.toml", config),
+        ],
+        RepoSettings::default(),
+    )
+    .await;
+    sys.model.add_script(says(
+        "Classify this issue",
+        &["{\"model\": \"sonnet\", \"complexity\": \"simple\"}"],
+    ));
+    let number = sys
+        .gh
+        .open_issue(&sys.name, "Anything", "x", "alice", &[labels::TRIGGER])
+        .await;
+    let task = sys.task_of_issue(number).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let t = loop {
+        let t = sys.c.store.task(task).await.unwrap();
+        if t.status.is_terminal() {
+            break t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {}", t.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(t.terminal_reason.0, Some(TerminalReason::SetupFailed));
+    let error = t.error.unwrap_or_default();
+    assert!(
+        error.contains("`MISSING_TOKEN`") && error.contains("/secrets/MISSING_TOKEN"),
+        "{error}"
+    );
+    let log = sys.c.log_text(task, t.attempt).await;
+    assert!(!log.contains("$ echo never"), "no setup ran: {log}");
+}
