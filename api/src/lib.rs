@@ -128,6 +128,10 @@ pub struct TaskDetail {
     pub timeline: Vec<Event>,
     /// Issue text (cleaned at intake), or the edited prompt.
     pub body: String,
+    /// What its latest attempt reported of the repository's environment (see
+    /// [`RepoEnvironment`]), once a runner has read it.
+    #[serde(default)]
+    pub environment: Option<serde_json::Value>,
 }
 
 /// A task's place in the dependency graph.
@@ -267,6 +271,45 @@ impl std::fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SecretValue(…)")
     }
+}
+
+/// `GET /api/repos/{id}/environment`: the environment as the repository's settings describe it,
+/// beside what its own files on the default branch declare as the latest task read them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoEnvironment {
+    /// The repository.
+    pub repo: String,
+    /// The settings' side (an image set here wins over the repository's files).
+    pub settings: EnvironmentSettings,
+    /// The latest report a runner sent (none until a task of the repository has run).
+    pub seen: Option<EnvironmentSeen>,
+}
+
+/// The environment as the repository's settings describe it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvironmentSettings {
+    /// Base image (none: the repository's files decide).
+    pub image: Option<String>,
+    /// Setup commands.
+    pub setup: Vec<String>,
+    /// Verify command (wins over the file's).
+    pub verify_command: Option<String>,
+}
+
+/// A runner's report of a repository's environment, as of one task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvironmentSeen {
+    /// The task.
+    pub task: i64,
+    /// Its attempt.
+    pub attempt: i32,
+    /// When the report arrived.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The report: `commit` (the default branch as read), `source` (what described the
+    /// environment used), `files` (what each of the repository's files declares), `image`,
+    /// `snapshot`, `setup` (`reused`, `ran`, `failed`), `verify` and `verify_from`,
+    /// `protected_paths`, `notes` (which description won over which, and why) and `error`.
+    pub report: serde_json::Value,
 }
 
 /// A learning.

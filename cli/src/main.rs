@@ -153,6 +153,12 @@ enum RepoCommand {
         /// `owner/name`.
         name: String,
     },
+    /// The environment: the settings beside what the repository's files declare (as the latest
+    /// task read them), which wins and why.
+    Environment {
+        /// `owner/name`.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -539,6 +545,16 @@ async fn repo(c: &Client, cmd: RepoCommand, json: bool) -> Result<(), CliError> 
             );
             Ok(())
         }
+        RepoCommand::Environment { name } => {
+            let r = find_repo(c, &name).await?;
+            let e: api::RepoEnvironment =
+                c.get(&format!("/api/repos/{}/environment", r.id)).await?;
+            if json {
+                return print_json(&e);
+            }
+            print_environment(&e);
+            Ok(())
+        }
         RepoCommand::Learnings { name } => {
             let r = find_repo(c, &name).await?;
             let l: Vec<api::Learning> = c.get(&format!("/api/repos/{}/learnings", r.id)).await?;
@@ -554,6 +570,81 @@ async fn repo(c: &Client, cmd: RepoCommand, json: bool) -> Result<(), CliError> 
             }
             Ok(())
         }
+    }
+}
+
+/// The environment view as text: the settings, then each of the repository's files, then what
+/// the latest task used and why.
+fn print_environment(e: &api::RepoEnvironment) {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "—".to_owned()
+        } else {
+            v.join("; ")
+        }
+    };
+    println!("{}", e.repo);
+    println!("  settings (win over the repository's files):");
+    println!(
+        "    image   {}",
+        e.settings
+            .image
+            .as_deref()
+            .unwrap_or("— (the files decide)")
+    );
+    println!("    setup   {}", list(&e.settings.setup));
+    println!(
+        "    verify  {}",
+        e.settings.verify_command.as_deref().unwrap_or("—")
+    );
+    let Some(seen) = &e.seen else {
+        println!("  no task has reported the repository's files yet");
+        return;
+    };
+    let rep = &seen.report;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("—").to_owned();
+    let strings = |v: &serde_json::Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let commit = text(&rep["commit"]);
+    println!(
+        "  the default branch at {} (task #{}, {}):",
+        &commit[..12.min(commit.len())],
+        seen.task,
+        seen.at.format("%Y-%m-%d %H:%M")
+    );
+    for f in rep["files"].as_array().into_iter().flatten() {
+        println!("    {}", text(&f["path"]));
+        println!("      image   {}", text(&f["image"]));
+        println!("      setup   {}", list(&strings(&f["setup"])));
+        println!("      verify  {}", text(&f["verify"]));
+        println!("      protected  {}", list(&strings(&f["protected_paths"])));
+    }
+    println!("  used: {}", text(&rep["source"]));
+    println!(
+        "    image   {}{}",
+        rep["image"]
+            .as_str()
+            .unwrap_or("the runner's default image"),
+        rep["snapshot"]
+            .as_str()
+            .map(|s| format!(" → {s} (setup {})", text(&rep["setup"])))
+            .unwrap_or_default()
+    );
+    if let Some(v) = rep["verify"].as_str() {
+        println!("    verify  {v} (from {})", text(&rep["verify_from"]));
+    }
+    for n in strings(&rep["notes"]) {
+        println!("    note: {n}");
+    }
+    if let Some(err) = rep["error"].as_str() {
+        println!("    error: {err}");
     }
 }
 

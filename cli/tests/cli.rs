@@ -114,9 +114,46 @@ async fn the_cli_drives_a_live_controller() {
         .await
         .unwrap();
     assert_eq!(code, 3, "{err}");
+    let (code, out, err) = run(cfg.clone(), sv(&["repo", "environment", "acme/cli"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("verify  cargo test") && out.contains("no task has reported"),
+        "{out}"
+    );
+    let repo = store.repo_by_name("acme/cli").await.unwrap();
+    sqlx::query(
+        "INSERT INTO repo_environments (repo_id, task_id, attempt, report) VALUES ($1, 7, 1, $2)",
+    )
+    .bind(repo.id)
+    .bind(serde_json::json!({
+        "commit": "0123456789abcdef0123", "source": ".backporcher.toml",
+        "files": [{"path": ".backporcher.toml", "image": "backporcher-env-python:latest",
+                   "setup": ["python3 -m venv /opt/env"], "verify": "pytest -q",
+                   "protected_paths": []}],
+        "image": "backporcher-env-python:latest", "snapshot": "backporcher-env:00aa",
+        "setup": "reused", "verify": "cargo test", "verify_from": "the repository's settings",
+        "notes": ["verify command from the repository's settings; .backporcher.toml's `pytest -q` is overridden (settings win)"],
+    }))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let (code, out, err) = run(cfg.clone(), sv(&["repo", "environment", "acme/cli"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "default branch at 0123456789ab (task #7",
+        "used: .backporcher.toml",
+        "backporcher-env-python:latest → backporcher-env:00aa (setup reused)",
+        "verify  cargo test (from the repository's settings)",
+        "is overridden (settings win)",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
 
     // A task made through the API; an operator acts on it, a viewer cannot.
-    let repo = store.repo_by_name("acme/cli").await.unwrap();
     let mut t = controller::store::tasks::NewTask::for_issue(repo.id, 0, "From the CLI test", "x");
     t.issue_number = None;
     let task = store.create_task(&t).await.unwrap();

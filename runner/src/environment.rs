@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::agent_config::blob;
@@ -71,11 +71,87 @@ pub struct Environment {
     pub verify: Option<String>,
     /// Paths no change may touch (globs from the file; the controller enforces them at push).
     pub protected: Vec<String>,
-    /// Notes for the task log (ignored keys and the like).
+    /// Notes for the task log: which description wins over which and why, ignored keys.
     pub notes: Vec<String>,
+    /// What the repository's own files say, whether or not they won (for the dashboard).
+    pub files: Vec<Declared>,
     /// The snapshot key: the description and the dependency manifests' blob ids, hashed.
     pub key: String,
 }
+
+/// What one of the repository's files on the default branch declares, as read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Declared {
+    /// `.backporcher.toml` or `.devcontainer/devcontainer.json`.
+    pub path: &'static str,
+    /// The base image it names.
+    pub image: Option<String>,
+    /// Its setup commands.
+    pub setup: Vec<String>,
+    /// Its environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Whether setup may reach the package registries (when it says).
+    pub setup_network: Option<bool>,
+    /// The secrets it grants setup (names).
+    pub secrets: Vec<String>,
+    /// Its verify command.
+    pub verify: Option<String>,
+    /// Paths it protects.
+    pub protected_paths: Vec<String>,
+}
+
+/// What a task's run learned about its repository's environment, sent with its result so the
+/// controller can show it beside the repository's settings.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// The default branch's commit the description was read from.
+    pub commit: String,
+    /// What described the environment the task ran in.
+    pub source: Option<String>,
+    /// What the repository's own files say.
+    pub files: Vec<Declared>,
+    /// The base image (none: the runner's default agent image).
+    pub image: Option<String>,
+    /// The snapshot the task started from.
+    pub snapshot: Option<String>,
+    /// `reused`, `ran` or `failed`.
+    pub setup: Option<&'static str>,
+    /// The verify command the task ran, and where it came from.
+    pub verify: Option<String>,
+    /// `the repository's settings` or `.backporcher.toml`.
+    pub verify_from: Option<&'static str>,
+    /// Paths no change may touch.
+    pub protected_paths: Vec<String>,
+    /// Which description won over which, and why; keys ignored.
+    pub notes: Vec<String>,
+    /// Why the description was refused or setup failed.
+    pub error: Option<String>,
+}
+
+impl Report {
+    /// The report of a described environment (`None`: the repository's files say nothing).
+    pub fn of(commit: &str, env: Option<&Environment>) -> Self {
+        let Some(env) = env else {
+            return Self {
+                commit: commit.to_owned(),
+                source: Some(DEFAULT_SOURCE.into()),
+                ..Self::default()
+            };
+        };
+        Self {
+            commit: commit.to_owned(),
+            source: Some(env.source.into()),
+            files: env.files.clone(),
+            image: (!env.image.is_empty()).then(|| env.image.clone()),
+            protected_paths: env.protected.clone(),
+            notes: env.notes.clone(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The source of an environment no setting or file describes.
+const DEFAULT_SOURCE: &str = "the runner's default image";
 
 impl Environment {
     /// The snapshot's image tag.
@@ -139,28 +215,54 @@ pub async fn describe(
     commit: &str,
     settings: Option<&(String, Vec<String>)>,
 ) -> Result<Option<Environment>, String> {
+    const TOML: &str = ".backporcher.toml";
+    const DEVCONTAINER: &str = ".devcontainer/devcontainer.json";
     let mut notes = Vec::new();
+    let mut files = Vec::new();
     let mut protected = Vec::new();
-    let (mut env, verify) = match blob(mirror, commit, ".backporcher.toml").await? {
+    let (mut env, verify) = match blob(mirror, commit, TOML).await? {
         Some(text) => {
-            let file: RepoFile = toml::from_str(&text).map_err(|e| {
-                format!(
-                    ".backporcher.toml on the default branch: {}",
-                    e.message().trim()
-                )
-            })?;
+            let file: RepoFile = toml::from_str(&text)
+                .map_err(|e| format!("{TOML} on the default branch: {}", e.message().trim()))?;
             let env = match file.environment {
                 Some(e) => Some(from_file(e)?),
                 None => None,
             };
+            files.push(Declared {
+                path: TOML,
+                verify: file.verify.clone(),
+                protected_paths: file.protected_paths.clone(),
+                ..env
+                    .as_ref()
+                    .map_or_else(|| declared(TOML), Environment::declared)
+            });
             protected = file.protected_paths;
             (env, file.verify)
         }
         None => (None, None),
     };
+    let devcontainer = blob(mirror, commit, DEVCONTAINER).await?;
+    match (&env, devcontainer) {
+        (_, None) => {}
+        (Some(_), Some(_)) => notes.push(format!(
+            "{DEVCONTAINER} not used: {TOML}'s [environment] describes the environment (the file made for this system wins over the editor's)"
+        )),
+        (None, Some(text)) => match from_devcontainer(&text, &mut notes) {
+            Ok(d) => {
+                files.push(d.declared());
+                env = Some(d);
+            }
+            // Refused, but the settings describe the environment anyway.
+            Err(why) if settings.is_some() => notes.push(why),
+            Err(why) => return Err(why),
+        },
+    }
     if let Some((image, setup)) = settings {
-        if env.is_some() {
-            notes.push(".backporcher.toml: [environment] is overridden by the repository's settings (the operator's settings win)".into());
+        if let Some(overridden) = &env {
+            notes.push(format!(
+                "{}: the environment it describes is overridden by the repository's settings (the operator's settings win over the repository's files)",
+                overridden.source
+            ));
         }
         env = Some(Environment {
             source: "the repository's settings",
@@ -172,22 +274,16 @@ pub async fn describe(
             verify: None,
             protected: Vec::new(),
             notes: Vec::new(),
+            files: Vec::new(),
             key: String::new(),
         });
-    }
-    if env.is_none() {
-        match blob(mirror, commit, ".devcontainer/devcontainer.json").await {
-            Ok(Some(text)) => env = Some(from_devcontainer(&text, &mut notes)?),
-            Ok(None) => {}
-            Err(why) => return Err(why),
-        }
     }
     let Some(mut env) = env else {
         if verify.is_none() && protected.is_empty() {
             return Ok(None);
         }
         return Ok(Some(Environment {
-            source: "the runner's default image",
+            source: DEFAULT_SOURCE,
             image: String::new(),
             setup: Vec::new(),
             env: BTreeMap::new(),
@@ -196,12 +292,14 @@ pub async fn describe(
             verify,
             protected,
             notes,
+            files,
             key: String::new(),
         }));
     };
     env.verify = verify;
     env.protected = protected;
     env.notes.extend(notes);
+    env.files = files;
     // The key: everything that shapes the snapshot.
     let mut h = Sha256::new();
     h.update(
@@ -219,6 +317,34 @@ pub async fn describe(
     h.update(manifests.as_bytes());
     env.key = hex::encode(h.finalize());
     Ok(Some(env))
+}
+
+/// A file that declares nothing about the environment.
+fn declared(path: &'static str) -> Declared {
+    Declared {
+        path,
+        image: None,
+        setup: Vec::new(),
+        env: BTreeMap::new(),
+        setup_network: None,
+        secrets: Vec::new(),
+        verify: None,
+        protected_paths: Vec::new(),
+    }
+}
+
+impl Environment {
+    /// What the file this environment was read from declares.
+    fn declared(&self) -> Declared {
+        Declared {
+            image: Some(self.image.clone()),
+            setup: self.setup.clone(),
+            env: self.env.clone(),
+            setup_network: Some(self.setup_network),
+            secrets: self.secrets.clone(),
+            ..declared(self.source)
+        }
+    }
 }
 
 fn from_file(e: EnvironmentFile) -> Result<Environment, String> {
@@ -245,6 +371,7 @@ fn from_file(e: EnvironmentFile) -> Result<Environment, String> {
         verify: None,
         protected: Vec::new(),
         notes: Vec::new(),
+        files: Vec::new(),
         key: String::new(),
     })
 }
@@ -267,6 +394,7 @@ fn from_devcontainer(text: &str, notes: &mut Vec<String>) -> Result<Environment,
         verify: None,
         protected: Vec::new(),
         notes: Vec::new(),
+        files: Vec::new(),
         key: String::new(),
     };
     for (key, v) in &map {
@@ -633,7 +761,82 @@ mod tests {
             "the file's verify still applies"
         );
         assert!(by_settings.notes.iter().any(|n| n.contains("overridden")));
+        // What the file says is still reported beside the settings that win over it.
+        let report = Report::of(&head, Some(&by_settings));
+        assert_eq!(report.source.as_deref(), Some("the repository's settings"));
+        assert_eq!(report.files.len(), 1);
+        assert_eq!(report.files[0].path, ".backporcher.toml");
+        assert_eq!(
+            report.files[0].image.as_deref(),
+            Some("backporcher-env-python:latest")
+        );
+        assert_eq!(report.files[0].setup, vec!["python3 -m venv /opt/env"]);
+        assert_eq!(report.files[0].protected_paths, vec!["migrations/**"]);
+        assert_eq!(report.image.as_deref(), Some("backporcher-env-rust:latest"));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_task_branch_changing_the_devcontainer_does_not_change_the_environment() {
+        let dc = |image: &str| {
+            format!("{{\"image\": \"{image}\", \"postCreateCommand\": \"make deps\"}}")
+        };
+        let (dir, main) = repo_with(
+            &[(
+                ".devcontainer/devcontainer.json",
+                &dc("backporcher-env-python:latest"),
+            )],
+            &[(
+                ".devcontainer/devcontainer.json",
+                &dc("attacker/image:latest\", \"runArgs\": [\"--privileged\"], \"x\": \""),
+            )],
+        )
+        .await;
+        let env = describe(&dir, &main, None).await.unwrap().unwrap();
+        assert_eq!(env.source, ".devcontainer/devcontainer.json");
+        assert_eq!(env.image, "backporcher-env-python:latest");
+        assert_eq!(env.setup, vec!["make deps"]);
+        // .backporcher.toml's [environment] wins over the devcontainer, and says so.
+        let (dir2, main2) = repo_with(
+            &[
+                (
+                    ".devcontainer/devcontainer.json",
+                    &dc("backporcher-env-python:latest"),
+                ),
+                (
+                    ".backporcher.toml",
+                    "[environment]\nimage = \"backporcher-env-rust:latest\"\n",
+                ),
+            ],
+            &[],
+        )
+        .await;
+        let env = describe(&dir2, &main2, None).await.unwrap().unwrap();
+        assert_eq!(env.image, "backporcher-env-rust:latest");
+        assert!(
+            env.notes
+                .iter()
+                .any(|n| n.contains("devcontainer.json not used")),
+            "{:?}",
+            env.notes
+        );
+        // A devcontainer the runner refuses does not stop settings that describe the environment.
+        let (dir3, main3) = repo_with(
+            &[(".devcontainer/devcontainer.json", "{\"build\": {}}")],
+            &[],
+        )
+        .await;
+        let set = ("backporcher-env-rust:latest".to_string(), Vec::new());
+        let env = describe(&dir3, &main3, Some(&set)).await.unwrap().unwrap();
+        assert_eq!(env.source, "the repository's settings");
+        assert!(
+            env.notes
+                .iter()
+                .any(|n| n.contains("`build` is not supported"))
+        );
+        for d in [dir, dir2, dir3] {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 
     #[tokio::test]

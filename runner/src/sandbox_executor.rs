@@ -209,7 +209,13 @@ impl SandboxExecutor {
         }
     }
 
-    async fn attempt(&self, ctx: &TaskContext) -> anyhow::Result<ExecResult> {
+    /// One attempt; what it learns of the repository's environment goes to `report`, whatever
+    /// the outcome.
+    async fn attempt(
+        &self,
+        ctx: &TaskContext,
+        report: &mut Option<crate::environment::Report>,
+    ) -> anyhow::Result<ExecResult> {
         let spec = &ctx.assignment.spec;
         let lease = &ctx.assignment.lease;
         let backend = self
@@ -280,8 +286,19 @@ impl SandboxExecutor {
         .await
         {
             Ok(e) => e,
-            Err(why) => return Ok(setup_failed(ctx, why)),
+            Err(why) => {
+                *report = Some(crate::environment::Report {
+                    commit: checkout.default_head.clone(),
+                    error: Some(why.clone()),
+                    ..Default::default()
+                });
+                return Ok(setup_failed(ctx, why));
+            }
         };
+        let rep = report.insert(crate::environment::Report::of(
+            &checkout.default_head,
+            environment.as_ref(),
+        ));
         let mut env_image = None;
         let mut env_vars: Vec<String> = Vec::new();
         if let Some(environment) = &environment {
@@ -292,17 +309,29 @@ impl SandboxExecutor {
                 (None, Some(v)) => {
                     ctx.log("runner", format!("verify command from .backporcher.toml: `{v}` (the repository's settings set none)\n").as_bytes());
                     spec.verify_command = Some(v.clone());
+                    rep.verify_from = Some(".backporcher.toml");
                 }
-                (Some(_), Some(v)) => ctx.log(
-                    "runner",
-                    format!("verify command from the repository's settings; .backporcher.toml's `{v}` is overridden (settings win)\n").as_bytes(),
-                ),
+                (Some(_), Some(v)) => {
+                    let note = format!(
+                        "verify command from the repository's settings; .backporcher.toml's `{v}` is overridden (settings win)"
+                    );
+                    ctx.log("runner", format!("{note}\n").as_bytes());
+                    rep.notes.push(note);
+                }
                 _ => {}
             }
             if !environment.image.is_empty() {
                 match self.environment(environment, &checkout, ctx).await? {
-                    Ok(tag) => env_image = Some(tag),
-                    Err(why) => return Ok(setup_failed(ctx, why)),
+                    Ok((tag, reused)) => {
+                        rep.snapshot = Some(tag.clone());
+                        rep.setup = Some(if reused { "reused" } else { "ran" });
+                        env_image = Some(tag);
+                    }
+                    Err(why) => {
+                        rep.setup = Some("failed");
+                        rep.error = Some(why.clone());
+                        return Ok(setup_failed(ctx, why));
+                    }
                 }
                 env_vars = environment
                     .env
@@ -310,6 +339,10 @@ impl SandboxExecutor {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
             }
+        }
+        if let Some(v) = &spec.verify_command {
+            rep.verify = Some(v.clone());
+            rep.verify_from.get_or_insert("the repository's settings");
         }
         let env_mounts: Vec<(PathBuf, String, bool)> = match env_image {
             Some(_) => vec![(
@@ -744,13 +777,14 @@ impl SandboxExecutor {
     }
 
     /// The snapshot of `environment`: reused when it exists, else set up now (streamed to the
-    /// task log) and committed. `Ok(Err(why))` is a setup the repository must fix.
+    /// task log) and committed: its tag, and whether it was reused. `Ok(Err(why))` is a setup the
+    /// repository must fix.
     async fn environment(
         &self,
         environment: &crate::environment::Environment,
         checkout: &crate::workspace::Checkout,
         ctx: &TaskContext,
-    ) -> anyhow::Result<Result<String, String>> {
+    ) -> anyhow::Result<Result<(String, bool), String>> {
         let tag = environment.tag();
         let bp = crate::environment::agent_files_dir(&self.config.state_dir);
         self.sandbox
@@ -768,7 +802,7 @@ impl SandboxExecutor {
                 )
                 .as_bytes(),
             );
-            return Ok(Ok(tag));
+            return Ok(Ok((tag, true)));
         }
         if !self.sandbox.has_image(&environment.image).await {
             return Ok(Err(format!(
@@ -939,7 +973,7 @@ impl SandboxExecutor {
                     format!("environment {tag} snapshotted\n").as_bytes(),
                 );
                 self.prune_environments(&tag).await;
-                return Ok(Ok(tag));
+                return Ok(Ok((tag, false)));
             }
             Ended::Cancelled => anyhow::bail!("cancelled during the environment's setup"),
             Ended::TimedOut | Ended::Idle => format!(
@@ -1006,7 +1040,8 @@ impl Executor for SandboxExecutor {
     }
 
     async fn run(&self, ctx: TaskContext) -> ExecResult {
-        match self.attempt(&ctx).await {
+        let mut report = None;
+        let mut r = match self.attempt(&ctx, &mut report).await {
             Ok(r) => r,
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -1018,7 +1053,19 @@ impl Executor for SandboxExecutor {
                 r.error = Some(msg);
                 r
             }
+        };
+        // Whatever the outcome, the result says what the environment was.
+        if let Some(report) = report
+            && let Ok(report) = serde_json::to_value(report)
+        {
+            match &mut r.data {
+                Some(serde_json::Value::Object(data)) => {
+                    data.insert("environment".into(), report);
+                }
+                _ => r.data = Some(json!({ "environment": report })),
+            }
         }
+        r
     }
 }
 

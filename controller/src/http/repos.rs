@@ -95,6 +95,32 @@ pub(super) async fn learnings(
     ))
 }
 
+pub(super) async fn environment(
+    State(s): State<AppState>,
+    _c: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<api::RepoEnvironment> {
+    let repo = s.store.repo(id).await?;
+    Ok(Json(api::RepoEnvironment {
+        settings: api::EnvironmentSettings {
+            image: repo.env_image,
+            setup: repo.env_setup,
+            verify_command: repo.verify_command,
+        },
+        repo: repo.name,
+        seen: s
+            .store
+            .repo_environment(id)
+            .await?
+            .map(|(task, attempt, at, report)| api::EnvironmentSeen {
+                task,
+                attempt,
+                at,
+                report,
+            }),
+    }))
+}
+
 pub(super) async fn list_secrets(
     State(s): State<AppState>,
     c: Caller,

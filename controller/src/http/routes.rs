@@ -206,6 +206,15 @@ pub fn routes() -> Vec<Route> {
         ),
         op(
             "get",
+            "/api/repos/{id}/environment",
+            "viewer",
+            "The environment as the settings describe it, beside what the repository's own files declare (the latest task's report: which wins, and why)",
+            None,
+            "RepoEnvironment",
+            get(repos::environment),
+        ),
+        op(
+            "get",
             "/api/repos/{id}/learnings",
             "viewer",
             "What tasks in the repository taught",

@@ -154,6 +154,7 @@ pub(super) async fn task_detail(
             .unwrap_or_else(|| task.issue_body.clone()),
         task: task_view(&task, &repo.name),
         timeline,
+        environment: s.store.task_environment(id).await?,
     }))
 }
 

@@ -230,6 +230,19 @@ impl Store {
         .bind(json!({"context": c.context, "data": c.data, "head_sha": c.head_sha, "branch": c.branch}))
         .execute(&mut *tx)
         .await?;
+        if let Some(report) = c.data.as_ref().and_then(|d| d.pointer("/data/environment")) {
+            sqlx::query(
+                "INSERT INTO repo_environments (repo_id, task_id, attempt, report) \
+                 SELECT repo_id, id, $2, $3 FROM tasks WHERE id = $1 \
+                 ON CONFLICT (repo_id) DO UPDATE SET task_id = EXCLUDED.task_id, \
+                 attempt = EXCLUDED.attempt, report = EXCLUDED.report, seen_at = now()",
+            )
+            .bind(lease.task_id)
+            .bind(lease.attempt)
+            .bind(bounded_report(report))
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query("UPDATE tasks SET cost_microusd = cost_microusd + $2 WHERE id = $1")
             .bind(lease.task_id)
             .bind(c.cost_microusd)
@@ -396,4 +409,55 @@ async fn end_lease(
     .bind(why)
     .fetch_one(tx)
     .await?)
+}
+
+/// The largest environment report kept for a repository, bytes of JSON.
+const MAX_ENVIRONMENT_REPORT: usize = 64 * 1024;
+
+/// A runner's environment report as kept: an object no larger than [`MAX_ENVIRONMENT_REPORT`],
+/// else a note saying what was dropped.
+fn bounded_report(report: &Value) -> Value {
+    let size = report.to_string().len();
+    match report {
+        Value::Object(_) if size <= MAX_ENVIRONMENT_REPORT => report.clone(),
+        Value::Object(_) => json!({
+            "error": format!("the runner's environment report ({size} bytes) is larger than {MAX_ENVIRONMENT_REPORT} bytes and was not kept; see the task's log")
+        }),
+        _ => json!({"error": "the runner's environment report is not an object"}),
+    }
+}
+
+impl Store {
+    /// What the latest task of `repo` reported about its environment: the task, attempt, when,
+    /// and the report.
+    pub async fn repo_environment(
+        &self,
+        repo: lifecycle::RepoId,
+    ) -> Result<Option<(TaskId, i32, chrono::DateTime<chrono::Utc>, Value)>> {
+        let row: Option<(
+            TaskId,
+            i32,
+            chrono::DateTime<chrono::Utc>,
+            sqlx::types::Json<Value>,
+        )> = sqlx::query_as(
+            "SELECT task_id, attempt, seen_at, report FROM repo_environments WHERE repo_id = $1",
+        )
+        .bind(repo)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(t, a, at, r)| (t, a, at, r.0)))
+    }
+
+    /// The environment report of `task`'s latest attempt that sent one.
+    pub async fn task_environment(&self, task: TaskId) -> Result<Option<Value>> {
+        let row: Option<(sqlx::types::Json<Value>,)> = sqlx::query_as(
+            "SELECT data #> '{data,data,environment}' FROM task_results \
+             WHERE task_id = $1 AND data #> '{data,data,environment}' IS NOT NULL \
+             ORDER BY attempt DESC LIMIT 1",
+        )
+        .bind(task)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| bounded_report(&r.0)))
+    }
 }

@@ -744,3 +744,106 @@ fn api_task(repo: i64, title: &str) -> controller::store::tasks::NewTask {
     t.issue_number = None;
     t
 }
+
+/// The environment view: the repository's settings beside what its own files declare, as the
+/// latest task's runner reported them (stored by the completion, shown as sent — the text is the
+/// repository's, so the dashboard renders it as text), each task keeping its own; an oversized
+/// report is replaced by a note saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repositorys_environment_shows_its_settings_beside_what_its_files_declare() {
+    let (base, store, server) = start().await;
+    let password = controller::http::bootstrap_admin(&store, "root")
+        .await
+        .unwrap();
+    let admin = Api::login(&base, "root", &password).await;
+    let repo = crate::repo(&store, "acme/env").await;
+    let (code, body) = admin
+        .call(
+            Method::PATCH,
+            &format!("/api/repos/{}", repo.id),
+            Some(json!({"env_image": "backporcher-env-rust:latest", "env_setup": ["cargo fetch"], "verify_command": "cargo test"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let path = format!("/api/repos/{}/environment", repo.id);
+    let (code, env) = admin.call(Method::GET, &path, None).await;
+    assert_eq!(code, StatusCode::OK, "{env}");
+    assert_eq!(env["settings"]["image"], "backporcher-env-rust:latest");
+    assert_eq!(env["settings"]["setup"], json!(["cargo fetch"]));
+    assert!(env["seen"].is_null(), "no task has run: {env}");
+
+    let report = json!({
+        "commit": "0123456789abcdef0123456789abcdef01234567",
+        "source": "the repository's settings",
+        "files": [{"path": ".backporcher.toml", "image": "backporcher-env-python:latest",
+                   "setup": ["pip install -e ."], "env": {}, "setup_network": true, "secrets": [],
+                   "verify": "pytest", "protected_paths": ["migrations/**"]}],
+        "image": "backporcher-env-rust:latest", "snapshot": "backporcher-env:0123456789abcdef",
+        "setup": "reused", "verify": "cargo test", "verify_from": "the repository's settings",
+        "protected_paths": ["migrations/**"],
+        "notes": [".backporcher.toml: overridden <img src=x onerror=alert(1)>"],
+    });
+    let runner = crate::runner(&store, "r1").await;
+    let complete = |report: Value| {
+        let store = store.clone();
+        let repo = repo.clone();
+        async move {
+            let task = crate::queued(&store, &repo, "Env").await;
+            let (claimed, lease) = crate::claim(&store, runner).await;
+            assert_eq!(claimed.id, task.id);
+            let mut done = controller::store::completion::Completion::new(
+                controller::store::completion::Outcome::SetupFailed,
+            );
+            done.data = Some(json!({"summary": "", "data": {"environment": report}}));
+            store
+                .complete(
+                    &lease,
+                    &done,
+                    &controller::store::tasks::RetryPolicy::default(),
+                )
+                .await
+                .unwrap();
+            task.id
+        }
+    };
+    let first = complete(report.clone()).await;
+    let viewer_password = "a long password 1";
+    let (code, _) = admin
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(json!({"username": "vera", "password": viewer_password, "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let vera = Api::login(&base, "vera", viewer_password).await;
+    let (code, env) = vera.call(Method::GET, &path, None).await;
+    assert_eq!(code, StatusCode::OK, "a viewer may look: {env}");
+    assert_eq!(env["seen"]["task"], first);
+    assert_eq!(env["seen"]["report"], report, "kept as sent");
+    let (_, detail) = vera
+        .call(Method::GET, &format!("/api/tasks/{first}"), None)
+        .await;
+    assert_eq!(detail["environment"], report);
+
+    // A report past the bound is not kept; the view says so; the first task keeps its own.
+    let huge = json!({"source": "x", "notes": ["n".repeat(100_000)]});
+    let second = complete(huge).await;
+    let (_, env) = vera.call(Method::GET, &path, None).await;
+    assert_eq!(env["seen"]["task"], second);
+    assert!(
+        env["seen"]["report"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("larger than")),
+        "{env}"
+    );
+    let (_, detail) = vera
+        .call(Method::GET, &format!("/api/tasks/{first}"), None)
+        .await;
+    assert_eq!(detail["environment"], report);
+    let (code, body) = vera
+        .call(Method::GET, "/api/repos/9999/environment", None)
+        .await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    server.stop().await;
+}

@@ -115,6 +115,7 @@ async function openDetail(id, refresh) {
   const meta = [`${t.repo}`, `status ${t.status}${t.hold ? " (held: " + t.hold + ")" : ""}`, `model ${t.model}`, `attempt ${t.attempt}`, `cost $${(t.cost_microusd / 1e6).toFixed(2)}`];
   $("#detail-meta").replaceChildren(meta.join(" · "), t.pr_url ? el("span", {}, " · ", el("a", { href: t.pr_url, target: "_blank", rel: "noopener" }, `PR #${t.pr_number}`)) : "");
   $("#detail-error").textContent = t.error || "";
+  $("#detail-environment").textContent = environmentLine(d.environment);
   $("#detail-review").textContent = t.review ? (t.review.reasons || t.review.error || JSON.stringify(t.review)) : "—";
   $("#detail-timeline").replaceChildren(...d.timeline.map((e) => el("li", {}, `${new Date(e.at).toLocaleTimeString()} ${e.from_status || ""} → ${e.to_status} (${e.reason}, ${e.actor})`)));
   const actions = $("#detail-actions");
@@ -155,10 +156,61 @@ async function loadRepos() {
   $("#repo-table tbody").replaceChildren(...rs.map((r) => el("tr", {},
     el("td", {}, String(r.id)), el("td", {}, r.name), el("td", {}, r.settings.approval_mode || "global"),
     el("td", {}, r.settings.verify_command || "—"),
-    el("td", { title: "Set in the settings, the environment wins over the repository's .backporcher.toml or devcontainer.json; otherwise those decide (see a task's log)" },
+    el("td", { title: "Set in the settings, the environment wins over the repository's .backporcher.toml or devcontainer.json; otherwise those decide" },
       r.settings.env_image ? `${r.settings.env_image} (settings, ${(r.settings.env_setup || []).length} setup commands)` : "repository's files"),
     el("td", {}, String(r.active_tasks)),
-    el("td", {}, el("button", { type: "button", onclick: () => loadLearnings(r) }, "Learnings")))));
+    el("td", {},
+      el("button", { type: "button", "data-environment": String(r.id), onclick: () => loadEnvironment(r) }, "Environment"), " ",
+      el("button", { type: "button", onclick: () => loadLearnings(r) }, "Learnings")))));
+}
+
+// One line for a task's environment report (what the runner read and used).
+function environmentLine(rep) {
+  if (!rep) return "not read yet";
+  if (rep.error) return `refused or failed: ${rep.error}`;
+  const parts = [`described by ${rep.source || "?"}`, rep.image ? `image ${rep.image}` : "the runner's default image"];
+  if (rep.snapshot) parts.push(`snapshot ${rep.snapshot} (setup ${rep.setup})`);
+  if (rep.verify) parts.push(`verify \`${rep.verify}\` (${rep.verify_from})`);
+  if (rep.commit) parts.push(`default branch at ${rep.commit.slice(0, 12)}`);
+  return parts.join(" · ");
+}
+
+const list = (xs) => (xs && xs.length ? xs.join("; ") : "—");
+const network = (f) => (f.setup_network == null ? null : f.setup_network ? "open" : "none");
+
+// The environment as the settings describe it, beside what the repository's files declare and
+// what the latest task used: which wins, and why.
+async function loadEnvironment(r) {
+  const e = await api("GET", `/api/repos/${r.id}/environment`);
+  const rep = e.seen ? e.seen.report : null;
+  const files = rep && rep.files ? rep.files : [];
+  $("#environment").hidden = false;
+  $("#environment-title").textContent = `Environment of ${e.repo}`;
+  $("#environment-seen").textContent = e.seen
+    ? `As task #${e.seen.task} (attempt ${e.seen.attempt}) read the default branch at ${(rep.commit || "?").slice(0, 12)}, ${ago(e.seen.at)} ago; the settings are as of now.`
+    : "No task of this repository has run since environments were reported: the files' side shows after the next task.";
+  $("#environment-error").textContent = rep && rep.error ? rep.error : "";
+  $("#environment-files-head").textContent = files.length ? files.map((f) => f.path).join(" + ") : "Repository's files (none found)";
+  const fileSays = (pick) => list(files.map((f) => { const v = pick(f); return v == null || v === "" ? null : (files.length > 1 ? `${f.path}: ${v}` : String(v)); }).filter((v) => v != null));
+  // The file whose description was used, if one was: its own values are what ran.
+  const used = rep ? files.find((f) => f.path === rep.source) : null;
+  const usedSays = (pick) => { const v = used ? pick(used) : null; return v == null || v === "" ? "—" : String(v); };
+  const rows = [
+    ["Image", e.settings.image || "—", fileSays((f) => f.image), rep ? (rep.image ? `${rep.image}${rep.snapshot ? " → " + rep.snapshot : ""}` : "the runner's default image") : "—"],
+    ["Setup", list(e.settings.setup), fileSays((f) => f.setup.join("; ")), rep && rep.setup ? `setup ${rep.setup}` : "—"],
+    ["Verify", e.settings.verify_command || "—", fileSays((f) => f.verify), rep && rep.verify ? `${rep.verify} (from ${rep.verify_from})` : "none"],
+    ["Protected paths", "—", fileSays((f) => f.protected_paths.join(", ")), rep ? list(rep.protected_paths) : "—"],
+    ["Setup secrets", "—", fileSays((f) => f.secrets.join(", ")), usedSays((f) => f.secrets.join(", "))],
+    ["Setup network", e.settings.image ? "open" : "—", fileSays(network), rep && rep.source === "the repository's settings" ? "open" : usedSays(network)],
+    ["Variables", "—", fileSays((f) => Object.keys(f.env).join(", ")), usedSays((f) => Object.keys(f.env).join(", "))],
+  ];
+  $("#environment-table tbody").replaceChildren(...rows.map(([k, ...cells]) => el("tr", { "data-setting": k }, el("th", { scope: "row" }, k), ...cells.map((c) => el("td", {}, c)))));
+  const notes = [
+    rep ? `Used: ${rep.source || "?"} describes the environment.` : null,
+    "The repository's settings win over its files (they are the operator's; the files are the repository's); .backporcher.toml wins over .devcontainer/devcontainer.json (it is made for this system). Both are read from the default branch only, never from a task branch.",
+    ...(rep && rep.notes ? rep.notes : []),
+  ].filter((n) => n);
+  $("#environment-notes").replaceChildren(...notes.map((n) => el("li", {}, n)));
 }
 
 async function loadLearnings(r) {

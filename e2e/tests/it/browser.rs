@@ -232,6 +232,102 @@ async fn log_in_watch_a_task_appear_and_approve_it_without_a_reload() {
             .unwrap_or_else(|e| panic!("{view}: {e}"));
     }
     screenshot(&b, "05-metrics").await;
+
+    // A repository's environment: its settings beside what its file declares and what the
+    // latest task used, which wins and why; the repository's text shows as text, never markup.
+    sqlx::query(
+        "INSERT INTO repo_environments (repo_id, task_id, attempt, report) VALUES ($1, $2, 1, $3)",
+    )
+    .bind(repo.id)
+    .bind(task.id)
+    .bind(serde_json::json!({
+        "commit": "0123456789abcdef0123456789abcdef01234567",
+        "source": ".backporcher.toml",
+        "files": [{"path": ".backporcher.toml", "image": "backporcher-env-python:latest",
+                   "setup": ["python3 -m venv /opt/env"], "env": {"PIP_NO_CACHE_DIR": "1"},
+                   "setup_network": true, "secrets": [], "verify": "pytest -q",
+                   "protected_paths": ["migrations/**"]}],
+        "image": "backporcher-env-python:latest", "snapshot": "backporcher-env:00112233aabbccdd",
+        "setup": "reused", "verify": "pytest -q", "verify_from": ".backporcher.toml",
+        "protected_paths": ["migrations/**"],
+        "notes": ["<img src=x onerror=\"window.__pwned=1\">"],
+    }))
+    .execute(c.store.pool())
+    .await
+    .unwrap();
+    b.find(Locator::Css("#nav button[data-view=\"repos\"]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(&format!(
+            "#repo-table button[data-environment=\"{}\"]",
+            repo.id
+        )))
+        .await
+        .expect("an environment control per repository")
+        .click()
+        .await
+        .unwrap();
+    let image_row = b
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(
+            "#environment:not([hidden]) #environment-table tr[data-setting=\"Image\"]",
+        ))
+        .await
+        .expect("the environment table");
+    let image = image_row.text().await.unwrap();
+    assert!(
+        image.contains("backporcher-env-python:latest")
+            && image.contains("backporcher-env:00112233aabbccdd"),
+        "{image}"
+    );
+    let verify = b
+        .find(Locator::Css(
+            "#environment-table tr[data-setting=\"Verify\"]",
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        verify.contains("pytest -q (from .backporcher.toml)"),
+        "{verify}"
+    );
+    let vars = b
+        .find(Locator::Css(
+            "#environment-table tr[data-setting=\"Variables\"]",
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        vars.matches("PIP_NO_CACHE_DIR").count(),
+        2,
+        "declared and used: {vars}"
+    );
+    let notes = b
+        .find(Locator::Css("#environment-notes"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(notes.contains("settings win over its files"), "{notes}");
+    assert!(notes.contains("<img src=x"), "shown as text: {notes}");
+    let pwned = b
+        .execute("return window.__pwned === undefined;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(pwned, serde_json::json!(true), "the note ran as markup");
+    screenshot(&b, "06-environment").await;
     b.close().await.unwrap();
     c.stop().await;
 }

@@ -104,6 +104,29 @@ async fn a_real_python_project_is_verified_by_its_own_suite_in_its_own_environme
         "the real suite failed first: {log}"
     );
     assert!(log.contains("passed"), "then passed: {log}");
+    // What the repository's file says and what the task used reach the controller (the
+    // dashboard's environment view and the task's detail).
+    let (seen, _, _, report) = c
+        .store
+        .repo_environment(sys.repo.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, task);
+    assert_eq!(report["source"], ".backporcher.toml", "{report}");
+    assert_eq!(report["files"][0]["path"], ".backporcher.toml", "{report}");
+    assert_eq!(
+        report["files"][0]["image"], "backporcher-env-python:latest",
+        "{report}"
+    );
+    assert_eq!(report["setup"], "ran", "{report}");
+    assert_eq!(report["verify_from"], ".backporcher.toml", "{report}");
+    assert!(
+        report["snapshot"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("backporcher-env:")),
+        "{report}"
+    );
 
     // The next task starts from the snapshot: no setup.
     model.add_script(agent_script(
@@ -131,6 +154,17 @@ async fn a_real_python_project_is_verified_by_its_own_suite_in_its_own_environme
     let log2: String = c.log_text(second, t2.attempt).await;
     assert!(log2.contains("reused (no setup)"), "{log2}");
     assert!(!log2.contains("setting up from"), "{log2}");
+    let (seen, _, _, report2) = c
+        .store
+        .repo_environment(sys.repo.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, second);
+    assert_eq!(report2["setup"], "reused", "{report2}");
+    assert_eq!(report2["snapshot"], report["snapshot"]);
+    let first = c.store.task_environment(task).await.unwrap().unwrap();
+    assert_eq!(first["setup"], "ran", "each task keeps its own: {first}");
     let tag = log
         .split_whitespace()
         .find(|w| w.starts_with("backporcher-env:"))
@@ -187,6 +221,14 @@ async fn a_setup_that_fails_ends_the_task_naming_the_command() {
         "{error}"
     );
     assert_eq!(t.agent_retries, 0, "no agent ran");
+    let report = sys.c.store.task_environment(task).await.unwrap().unwrap();
+    assert_eq!(report["setup"], "failed", "{report}");
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("setup command `/opt/env/bin/python -c")),
+        "{report}"
+    );
     assert!(
         sys.model.received().iter().all(
             |r| !r.last_user_text.contains("Anything") || r.last_user_text.contains("Classify")
