@@ -114,3 +114,51 @@ pub async fn every<F, Fut>(
         }
     }
 }
+
+/// Advisory lock keys of the loops only one replica runs at a time (sweeps, whose every effect is
+/// also keyed in SQL: the lock saves duplicate work, not duplicate effects).
+pub mod singleton {
+    /// The reaper ("bpreap").
+    pub const REAPER: i64 = 0x6270_7265_6170;
+    /// The intake poller ("bppoll").
+    pub const POLLER: i64 = 0x6270_706f_6c6c;
+    /// The budget holds sweep ("bpbudg").
+    pub const BUDGETS: i64 = 0x6270_6275_6467;
+}
+
+/// Whether this replica leads a singleton loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leading {
+    /// Another replica does.
+    No,
+    /// This one did already and still does.
+    Still,
+    /// This one has just taken over (from nobody, or from a replica that is gone).
+    Now,
+}
+
+/// The check each pass of a singleton loop starts with: the lock held is proved alive on its own
+/// session, else taken again if it is free. A lock lost without notice (the database restarted,
+/// the connection was cut) is noticed here, so two replicas never lead for longer than one pass.
+pub async fn lead(
+    store: &Store,
+    key: i64,
+    lock: &mut Option<crate::store::SingletonLock>,
+) -> crate::store::Result<Leading> {
+    if let Some(held) = lock {
+        if held.alive().await {
+            return Ok(Leading::Still);
+        }
+        tracing::warn!(
+            lock = key,
+            "a singleton lock's session is gone; taking it again"
+        );
+        *lock = None;
+    }
+    *lock = store.try_singleton_lock(key).await?;
+    Ok(if lock.is_some() {
+        Leading::Now
+    } else {
+        Leading::No
+    })
+}

@@ -3,13 +3,15 @@
 //!
 //! It sleeps until the earliest live lease could expire (at most `interval`), then re-queues what
 //! expired as `lease_expired` (or cancels it when cancellation was pending). Several controller
-//! replicas may run it; a PostgreSQL advisory lock lets one of them work at a time.
+//! replicas may run it; a PostgreSQL advisory lock ([`crate::loops::lead`]) lets one of them work
+//! at a time, proved alive before every sweep.
 //!
 //! A database outage costs no work: runners keep working while PostgreSQL is away, but their
-//! renewals cannot be stored, so leases run out on paper. Each sweep first reaches the database
-//! (a connection may wait for it while it is away); when that took longer than an outage's
-//! threshold, or the last sweep failed, live leases get the restart grace before anything is
-//! reaped, as a controller start does, and the runners' next heartbeats renew them.
+//! renewals cannot be stored, so leases run out on paper. The replica that leads first reaches the
+//! database; when that took longer than an outage's threshold, or its last sweep failed, or it
+//! takes the lead again after losing the lock's session (a database restart), live leases get
+//! the restart grace before anything is reaped, as a controller start does, and the runners' next
+//! heartbeats renew them. A replica that does not lead grants nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +19,8 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::loops::{LoopCtx, Next, every};
+use crate::loops::{Leading, LoopCtx, Next, every, lead, singleton};
 use crate::store::{SingletonLock, Store};
-
-/// Advisory lock key of the reaper (an arbitrary constant shared by all replicas).
-const REAPER_LOCK: i64 = 0x6270_7265_6170; // "bpreap"
 
 /// What the reaper keeps between sweeps.
 #[derive(Default)]
@@ -30,6 +29,8 @@ struct State {
     lock: Option<SingletonLock>,
     /// The last sweep could not reach the database.
     outage: bool,
+    /// This process has led before (a lead taken again follows a lost session: an outage).
+    led: bool,
 }
 
 /// Reaching the database taking longer than this counts as an outage.
@@ -69,21 +70,30 @@ async fn sweep(
 ) -> Result<Duration, crate::store::Error> {
     let asked = std::time::Instant::now();
     store.ping().await?;
-    if state.outage || asked.elapsed() > OUTAGE {
+    let slow = asked.elapsed() > OUTAGE;
+    let leading = lead(store, singleton::REAPER, &mut state.lock).await?;
+    if leading == Leading::No {
+        return Ok(interval);
+    }
+    // Taking the lead again means the lock's session was lost (the database restarted, the
+    // connection was cut): as an outage. The first lead follows the start, which granted grace.
+    let retaken = leading == Leading::Now && state.led;
+    if leading == Leading::Now {
+        tracing::info!("this controller runs the reaper");
+        state.led = true;
+    }
+    if state.outage || slow || retaken {
         let extended = store.grant_grace(grace).await?;
         state.outage = false;
         tracing::warn!(
             leases = extended,
             grace_s = grace.as_secs(),
-            "the database is back; live leases get the restart grace before anything is reaped"
+            "the database is back or the reaper changed hands; live leases get the restart grace before anything is reaped"
         );
     }
-    if state.lock.is_none() {
-        let Some(conn) = store.try_singleton_lock(REAPER_LOCK).await? else {
-            return Ok(interval);
-        };
-        tracing::info!("this controller runs the reaper");
-        state.lock = Some(conn);
+    let pruned = store.prune_work_claims().await?;
+    if pruned > 0 {
+        tracing::info!(pruned, "work claims of controllers that are gone removed");
     }
     for t in store.fail_past_deadline(100).await? {
         tracing::warn!(task = t, "task ran past its deadline; failed");

@@ -7,6 +7,10 @@
 //! failure (rate limit, outage) stops the task's walk and leaves the cursor, so the same effect is
 //! tried again later; a permanent one (the issue was deleted) is logged and skipped.
 //!
+//! Replicas: a task's walk is claimed first ([`crate::store::work`]), its cursor read again under
+//! the claim, and the claim renewed before each event's effect, so of any number of controllers
+//! one walks a task at a time and each comment is posted once.
+//!
 //! | event                    | labels                                   | comment                                             |
 //! |--------------------------|------------------------------------------|-----------------------------------------------------|
 //! | created                  | + in-progress, − backporcher             | accepted                                            |
@@ -23,39 +27,62 @@ use super::{Forge, ForgeError, labels};
 use crate::loops::{LoopCtx, Next, every};
 use crate::store::lifecycle::TaskEvent;
 use crate::store::wake::Channel;
+use crate::store::work::Work;
 use crate::store::{Status, Store, Task};
+
+/// How long a claim on a task's walk lasts without renewal (it is renewed before every event; an
+/// event's effect is at most a few GitHub calls with their own timeouts).
+const CLAIM: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Applies every pending milestone once; returns how many events were applied.
 pub async fn sync_once(store: &Store, forge: &dyn Forge) -> anyhow::Result<usize> {
+    let pending = store.forge_pending(100).await?;
+    let keys: Vec<i64> = pending.iter().map(|(t, _, _)| *t).collect();
     let mut applied = 0;
-    for (task_id, cursor, seq) in store.forge_pending(100).await? {
-        let task = store.task(task_id).await?;
-        let repo = store.repo(task.repo_id).await?;
-        let Some(issue) = task.issue_number else {
-            store.mark_forge_synced(task_id, cursor, Some(seq)).await?;
-            continue;
-        };
-        let events = store.events_after(task_id, cursor).await?;
-        let mut done_all = true;
-        for ev in &events {
-            match apply(forge, &repo.name, &repo.default_branch, issue, &task, ev).await {
-                Ok(()) => applied += 1,
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(task = task_id, event = ev.id, error = %e, "GitHub milestone deferred");
-                    done_all = false;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(task = task_id, event = ev.id, error = %e, "GitHub milestone skipped");
-                }
-            }
-            store.mark_forge_synced(task_id, ev.id, None).await?;
-        }
-        if done_all {
-            let last = events.last().map(|e| e.id).unwrap_or(cursor);
-            store.mark_forge_synced(task_id, last, Some(seq)).await?;
-        }
+    for task_id in store.claim_work(Work::Forge, &keys, CLAIM).await? {
+        let walked = walk(store, forge, task_id).await;
+        store.release_work(Work::Forge, task_id).await?;
+        applied += walked?;
     }
+    Ok(applied)
+}
+
+/// One claimed task's walk from its cursor, read again now (another replica may have walked it
+/// since the candidates were listed).
+async fn walk(store: &Store, forge: &dyn Forge, task_id: i64) -> anyhow::Result<usize> {
+    let Some((cursor, seq)) = store.forge_cursor(task_id).await? else {
+        return Ok(0);
+    };
+    let task = store.task(task_id).await?;
+    let repo = store.repo(task.repo_id).await?;
+    let Some(issue) = task.issue_number else {
+        store.mark_forge_synced(task_id, cursor, Some(seq)).await?;
+        return Ok(0);
+    };
+    let events = store.events_after(task_id, cursor).await?;
+    let mut applied = 0;
+    for ev in &events {
+        if !store.renew_work(Work::Forge, task_id, CLAIM).await? {
+            tracing::warn!(
+                task = task_id,
+                "the milestone claim ran out; another controller walks this task"
+            );
+            return Ok(applied);
+        }
+        match apply(forge, &repo.name, &repo.default_branch, issue, &task, ev).await {
+            Ok(()) => applied += 1,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(task = task_id, event = ev.id, error = %e, "GitHub milestone deferred");
+                return Ok(applied);
+            }
+            Err(e) => {
+                tracing::warn!(task = task_id, event = ev.id, error = %e, "GitHub milestone skipped");
+            }
+        }
+        store.mark_forge_synced(task_id, ev.id, None).await?;
+    }
+    let last = events.last().map(|e| e.id).unwrap_or(cursor);
+    store.mark_forge_synced(task_id, last, Some(seq)).await?;
     Ok(applied)
 }
 

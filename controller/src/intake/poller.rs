@@ -3,13 +3,14 @@
 //! does not count against the rate limit). Issues found go through the same
 //! [`crate::intake::accept_issue`] as webhooks, so a webhook and the poller seeing the same issue
 //! make one task. The poller also checks who added the label (the issue's events), as the
-//! webhook checks the event's sender.
+//! webhook checks the event's sender. One replica polls at a time ([`crate::loops::lead`]); the
+//! task is keyed by the issue anyway, so an overlap costs reads, never a second task.
 
 use tokio_util::sync::CancellationToken;
 
 use crate::forge::{Forge, Listing, labels};
 use crate::intake::{self, Intake, IntakeConfig};
-use crate::loops::{LoopCtx, Next, every};
+use crate::loops::{Leading, LoopCtx, Next, every, lead, singleton};
 use crate::store::Store;
 
 /// One pass over every enabled repository; returns the tasks created.
@@ -85,14 +86,20 @@ pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
     let Some(forge) = ctx.forge.clone() else {
         return;
     };
+    let lock = std::sync::Arc::new(tokio::sync::Mutex::new(None));
     every(
         "poller",
         Vec::new(),
         ctx.config.poll_interval,
         shutdown,
         || {
-            let (ctx, forge) = (ctx.clone(), forge.clone());
+            let (ctx, forge, lock) = (ctx.clone(), forge.clone(), lock.clone());
             async move {
+                if lead(&ctx.store, singleton::POLLER, &mut *lock.lock().await).await?
+                    == Leading::No
+                {
+                    return Ok(Next::Wait);
+                }
                 poll_once(&ctx.store, forge.as_ref(), &ctx.intake).await?;
                 Ok(Next::Wait)
             }

@@ -2,16 +2,26 @@
 //! on every outcome, the per-repository circuit breaker, and notifications to chat webhooks.
 //!
 //! Each is a pass over work the store keeps (reflection holds, outcomes without a learning, the
-//! notification outbox), so a restart loses nothing and two replicas do no harm beyond a
-//! duplicate chat message.
+//! notification outbox), so a restart loses nothing. Replicas: a reflection (a model call) and a
+//! chat message are claimed before they are done ([`crate::store::work`]) and read again under the
+//! claim; a learning is keyed by the outcome it records; the budget holds sweep runs on one
+//! replica at a time.
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::llm::{Call, ModelClient};
-use crate::loops::{LoopCtx, Next, every};
+use crate::loops::{Leading, LoopCtx, Next, every, lead, singleton};
 use crate::store::wake::Channel;
-use crate::store::{Status, Store, Task};
+use crate::store::work::Work;
+use crate::store::{SingletonLock, Status, Store, Task};
+
+/// How long a claim on a reflection or a notification lasts (one model call with its retries;
+/// one POST per webhook with its timeout).
+const CLAIM: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Timeout of one chat webhook POST.
+const NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Settings of the loops.
 #[derive(Clone)]
@@ -26,6 +36,8 @@ pub struct Loops {
     pub notify_urls: Vec<String>,
     /// HTTP client for notifications.
     pub http: reqwest::Client,
+    /// The budget sweep's singleton lock while this replica runs it.
+    pub budgets_lock: std::sync::Arc<tokio::sync::Mutex<Option<SingletonLock>>>,
 }
 
 fn reflect_system() -> String {
@@ -52,16 +64,45 @@ impl Loops {
     /// One pass of everything; returns how many items were handled.
     pub async fn run_once(&self) -> anyhow::Result<usize> {
         let mut n = 0;
-        for task in self.store.reflection_pending(8).await? {
-            self.reflect(&task).await;
-            n += 1;
+        let pending: Vec<i64> = self
+            .store
+            .reflection_pending(8)
+            .await?
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        for id in self
+            .store
+            .claim_work(Work::Reflection, &pending, CLAIM)
+            .await?
+        {
+            // Read again under the claim: another replica may have reflected already.
+            let task = self.store.task(id).await;
+            if let Ok(task) = &task
+                && task.status == Status::Queued
+                && task.hold_kind.0 == Some(crate::store::HoldKind::Reflection)
+            {
+                self.reflect(task).await;
+                n += 1;
+            }
+            self.store.release_work(Work::Reflection, id).await?;
+            task?;
         }
         for task in self.store.learnings_pending(32).await? {
             self.learn(&task).await?;
             n += 1;
         }
-        let (held, released) = self.store.sweep_budget_holds().await?;
-        n += held.len() + released.len();
+        if lead(
+            &self.store,
+            singleton::BUDGETS,
+            &mut *self.budgets_lock.lock().await,
+        )
+        .await?
+            != Leading::No
+        {
+            let (held, released) = self.store.sweep_budget_holds().await?;
+            n += held.len() + released.len();
+        }
         n += self.notify().await?;
         Ok(n)
     }
@@ -193,10 +234,12 @@ impl Loops {
                 ),
             )
         };
-        self.store
+        let added = self
+            .store
             .add_learning(task.repo_id, Some(task.id), outcome, &summary)
             .await?;
-        if outcome == "failed"
+        if added
+            && outcome == "failed"
             && let Some(until) = self.store.trip_breaker_if_needed(task.repo_id).await?
         {
             let repo = self.store.repo(task.repo_id).await?;
@@ -217,8 +260,26 @@ impl Loops {
     }
 
     async fn notify(&self) -> anyhow::Result<usize> {
-        let due = self.store.notifications_due(32).await?;
-        let n = due.len();
+        let listed: Vec<i64> = self
+            .store
+            .notifications_due(32)
+            .await?
+            .iter()
+            .map(|n| n.id)
+            .collect();
+        let claimed = self.store.claim_work(Work::Notify, &listed, CLAIM).await?;
+        // Read again under the claim: another replica may have sent some since they were listed.
+        let due = self.store.notifications_among(&claimed).await;
+        let n = claimed.len();
+        let sent = self.send(due?).await;
+        for id in claimed {
+            self.store.release_work(Work::Notify, id).await?;
+        }
+        sent?;
+        Ok(n)
+    }
+
+    async fn send(&self, due: Vec<crate::store::feedback::Notification>) -> anyhow::Result<()> {
         for note in due {
             if self.notify_urls.is_empty() {
                 self.store.notification_done(note.id).await?;
@@ -245,7 +306,7 @@ impl Loops {
                 self.store.notification_retry(note.id).await?;
             }
         }
-        Ok(n)
+        Ok(())
     }
 }
 
@@ -257,7 +318,11 @@ pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
         model: ctx.llm.clone(),
         reflection_model: ctx.config.reflection_model.clone(),
         notify_urls: ctx.config.notify_urls.clone(),
-        http: reqwest::Client::new(),
+        http: reqwest::Client::builder()
+            .timeout(NOTIFY_TIMEOUT)
+            .build()
+            .unwrap_or_default(),
+        budgets_lock: std::sync::Arc::default(),
     };
     let wakes = vec![
         ctx.fanout.wake(Channel::Queue),

@@ -6,7 +6,8 @@
 //! the same files (soft dependencies). In review-all mode every task waits for a human's dispatch.
 //!
 //! A model error or an unreadable answer never loses a task: it is queued with its current
-//! settings and the error is logged.
+//! settings and the error is logged. Replicas claim the new tasks they triage
+//! ([`crate::store::work`]), so a batch is triaged (and paid for) once.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -18,6 +19,7 @@ use crate::llm::{Call, ModelClient};
 use crate::loops::{LoopCtx, Next, every};
 use crate::store::tasks::Triage;
 use crate::store::wake::Channel;
+use crate::store::work::Work;
 use crate::store::{HoldKind, Note, Status, Store, Task, TaskId};
 
 fn system() -> String {
@@ -33,7 +35,35 @@ pub async fn run_once(
     model: Option<&ModelClient>,
     triage_model: &str,
 ) -> anyhow::Result<usize> {
-    let new: Vec<Task> = store.tasks_in(Status::New, 200).await?;
+    let listed: Vec<TaskId> = store
+        .tasks_in(Status::New, 200)
+        .await?
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    if listed.is_empty() {
+        return Ok(0);
+    }
+    // Replicas: the tasks this controller triages are claimed, then read again (another
+    // replica may have triaged them since they were listed).
+    let claimed = store.claim_work(Work::Triage, &listed, CLAIM).await?;
+    let result = triage_claimed(store, model, triage_model, &claimed).await;
+    for id in claimed {
+        store.release_work(Work::Triage, id).await?;
+    }
+    result
+}
+
+/// How long a claim on a task's triage lasts (one model call with its retries).
+const CLAIM: std::time::Duration = std::time::Duration::from_secs(300);
+
+async fn triage_claimed(
+    store: &Store,
+    model: Option<&ModelClient>,
+    triage_model: &str,
+    claimed: &[TaskId],
+) -> anyhow::Result<usize> {
+    let new: Vec<Task> = store.tasks_in_among(Status::New, claimed).await?;
     if new.is_empty() {
         return Ok(0);
     }

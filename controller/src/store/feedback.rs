@@ -75,7 +75,8 @@ impl Store {
             "SELECT ",
             task_columns!(),
             " FROM tasks t WHERE status = ANY($2) AND finished_at > now() - interval '7 days' ",
-            "AND NOT EXISTS (SELECT 1 FROM learnings l WHERE l.task_id = t.id AND l.created_at >= t.finished_at) ",
+            "AND NOT EXISTS (SELECT 1 FROM learnings l WHERE l.task_id = t.id \
+               AND (l.outcome_at = t.finished_at OR l.created_at >= t.finished_at)) ",
             "ORDER BY finished_at LIMIT $1"
         ))
         .bind(limit)
@@ -84,24 +85,28 @@ impl Store {
         .await?)
     }
 
-    /// Records a learning.
+    /// Records a learning, once per outcome of a task (keyed by when the task ended, so a
+    /// replica that recorded it first wins); whether this call recorded it.
     pub async fn add_learning(
         &self,
         repo: RepoId,
         task: Option<TaskId>,
         outcome: &str,
         summary: &str,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO learnings (repo_id, task_id, outcome, summary) VALUES ($1, $2, $3, $4)",
+    ) -> Result<bool> {
+        Ok(sqlx::query(
+            "INSERT INTO learnings (repo_id, task_id, outcome, summary, outcome_at) \
+             VALUES ($1, $2, $3, $4, (SELECT finished_at FROM tasks WHERE id = $2)) \
+             ON CONFLICT DO NOTHING",
         )
         .bind(repo)
         .bind(task)
         .bind(outcome)
         .bind(summary)
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected()
+            == 1)
     }
 
     /// The last `n` learnings of a repository, newest first.
@@ -162,6 +167,16 @@ impl Store {
         .await?)
     }
 
+    /// Those of the notifications `ids` still waiting, oldest first.
+    pub async fn notifications_among(&self, ids: &[i64]) -> Result<Vec<Notification>> {
+        Ok(sqlx::query_as(
+            "SELECT id, kind, task_id, text, attempts FROM notify_outbox WHERE id = ANY($1) AND next_at <= now() ORDER BY id",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Drops a sent (or hopeless) notification.
     pub async fn notification_done(&self, id: i64) -> Result<()> {
         sqlx::query("DELETE FROM notify_outbox WHERE id = $1")
@@ -185,6 +200,19 @@ impl Store {
 }
 
 impl Store {
+    /// Those of the tasks `ids` that are in `status` now, oldest first.
+    pub async fn tasks_in_among(&self, status: super::Status, ids: &[TaskId]) -> Result<Vec<Task>> {
+        Ok(sqlx::query_as::<_, Task>(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE status = $1 AND id = ANY($2) ORDER BY id"
+        ))
+        .bind(status.as_str())
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Tasks in `status`, oldest first.
     pub async fn tasks_in(&self, status: super::Status, limit: i64) -> Result<Vec<Task>> {
         Ok(sqlx::query_as::<_, Task>(concat!(

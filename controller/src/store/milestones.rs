@@ -16,6 +16,17 @@ impl Store {
         .await?)
     }
 
+    /// A task's milestone cursor and the `ev_seq` read with it, while it has entries not yet
+    /// reflected on GitHub.
+    pub async fn forge_cursor(&self, task: TaskId) -> Result<Option<(i64, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT forge_event_id, ev_seq FROM tasks WHERE id = $1 AND forge_synced_seq < ev_seq",
+        )
+        .bind(task)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// A task's timeline entries after event `after`.
     pub async fn events_after(&self, task: TaskId, after: i64) -> Result<Vec<TaskEvent>> {
         Ok(sqlx::query_as(

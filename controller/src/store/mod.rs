@@ -18,8 +18,9 @@
 //! [`milestones`] (what GitHub already shows), [`feedback`] (reflection, learnings, breaker,
 //! outbox), [`ops`] (audited operations and the audit log), [`users`] (people and credentials),
 //! [`repos`], [`runners`], [`settings`], [`usage`] and [`metrics`] (the ledger and numbers),
-//! [`pki`] (the runner CA), [`lifecycle`] (statuses and the step table) and [`wake`] (the
-//! notification channels).
+//! [`pki`] (the runner CA), [`lifecycle`] (statuses and the step table), [`wake`] (the
+//! notification channels) and [`work`] (claims on work with effects outside the database, so
+//! replicas do each piece once).
 
 pub mod budgets;
 pub mod claims;
@@ -40,6 +41,7 @@ pub mod tasks;
 pub mod usage;
 pub mod users;
 pub mod wake;
+pub mod work;
 
 use std::time::Duration;
 
@@ -52,8 +54,24 @@ pub use lifecycle::{
 };
 
 /// A session-level advisory lock held on its own connection (see [`Store::try_singleton_lock`]).
+/// The connection is closed when the lock is dropped, never returned to the pool still holding it.
 #[derive(Debug)]
-pub struct SingletonLock(#[allow(dead_code)] PoolConnection<Postgres>);
+pub struct SingletonLock(PoolConnection<Postgres>);
+
+impl SingletonLock {
+    /// Whether the lock is still held: a session lock lives as long as its session, so one round
+    /// trip on that session proves it (a database restart or a cut connection ends both).
+    pub async fn alive(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                sqlx::query("SELECT 1").execute(&mut *self.0)
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    }
+}
 
 /// The embedded migrations (`migrations/` at the workspace root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -200,6 +218,8 @@ impl Note {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// This process's identity as a holder of work claims ([`work`]).
+    replica: uuid::Uuid,
 }
 
 impl Store {
@@ -210,12 +230,15 @@ impl Store {
             .acquire_timeout(Duration::from_secs(30))
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// Wraps an existing pool.
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            replica: uuid::Uuid::new_v4(),
+        }
     }
 
     /// Applies pending migrations.
@@ -236,14 +259,20 @@ impl Store {
 
     /// Takes the session-level advisory lock `key` on a connection of its own, for a loop only
     /// one replica runs; `None` when another holder has it. The lock lasts as long as the
-    /// returned connection (and ends with it, when the database restarts).
+    /// returned connection (and ends with it, when the database restarts); check it with
+    /// [`SingletonLock::alive`] before each pass (see [`crate::loops::lead`]).
     pub async fn try_singleton_lock(&self, key: i64) -> Result<Option<SingletonLock>> {
         let mut conn = self.pool.acquire().await?;
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
             .fetch_one(&mut *conn)
             .await?;
-        Ok(got.then_some(SingletonLock(conn)))
+        if !got {
+            return Ok(None);
+        }
+        // Dropped, the lock's session ends with it: a pooled connection would keep the lock.
+        conn.close_on_drop();
+        Ok(Some(SingletonLock(conn)))
     }
 
     /// Builds the error for a guarded update that matched no row.

@@ -13,7 +13,7 @@ use controller::store::tasks::{NewTask, RetryPolicy};
 use controller::store::{HoldKind, Status, Store, Task};
 use sim::model::{ModelSim, Script};
 
-async fn model_sim() -> (ModelSim, String) {
+pub(crate) async fn model_sim() -> (ModelSim, String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sim = ModelSim::new(Some("sk-test".into()));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -22,7 +22,7 @@ async fn model_sim() -> (ModelSim, String) {
     (sim, url)
 }
 
-fn client(store: &Store, url: &str) -> ModelClient {
+pub(crate) fn client(store: &Store, url: &str) -> ModelClient {
     ModelClient::new(
         ModelConfig {
             base_url: url.into(),
@@ -39,7 +39,13 @@ fn says(selector: &str, text: &str) -> Script {
     Script::says(selector, &[text])
 }
 
-async fn new_task(store: &Store, repo: i64, number: i64, title: &str, body: &str) -> Task {
+pub(crate) async fn new_task(
+    store: &Store,
+    repo: i64,
+    number: i64,
+    title: &str,
+    body: &str,
+) -> Task {
     let mut t = NewTask::for_issue(repo, number, title, body);
     t.created_by = "test".into();
     store.create_task(&t).await.unwrap()
@@ -281,6 +287,7 @@ async fn a_failure_is_diagnosed_before_its_retry_and_learned_from() {
         reflection_model: "haiku".into(),
         notify_urls: vec![],
         http: reqwest::Client::new(),
+        budgets_lock: Default::default(),
     };
     loops.run_once().await.unwrap();
     let (retry, _) = crate::claim(&store, runner).await;
@@ -350,6 +357,7 @@ async fn the_circuit_breaker_trips_on_repeated_failures_releases_itself_and_noti
         reflection_model: "haiku".into(),
         notify_urls: vec![hook],
         http: reqwest::Client::new(),
+        budgets_lock: Default::default(),
     };
     for title in ["one", "two"] {
         let t = crate::queued(&store, &repo, title).await;

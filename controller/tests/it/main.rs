@@ -11,6 +11,7 @@ mod leases;
 mod lifecycle;
 mod loops;
 mod redteam;
+mod replicas;
 mod server;
 mod shapes;
 mod transitions;
