@@ -16,3 +16,7 @@ CREATE TABLE work_claims (
 ALTER TABLE learnings ADD COLUMN outcome_at timestamptz;
 CREATE UNIQUE INDEX learnings_once ON learnings (task_id, outcome_at)
     WHERE task_id IS NOT NULL AND outcome_at IS NOT NULL;
+
+-- A stage lease names the controller process holding it: only the holder renews or puts it back,
+-- so a holder whose lease lapsed (and was taken by another replica) learns it lost the stage.
+ALTER TABLE tasks ADD COLUMN stage_lease_holder uuid;

@@ -162,8 +162,14 @@ impl Pipeline {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Err(e) = store.extend_stage_lease(id, lease).await {
-                    tracing::warn!(task = id, error = %e, "could not renew a stage lease");
+                match store.extend_stage_lease(id, lease).await {
+                    Ok(true) => {}
+                    // Another controller holds the task's stage now (this one's lapsed, or the
+                    // task moved on to a stage another took): renewing would steal it back.
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::warn!(task = id, error = %e, "could not renew a stage lease")
+                    }
                 }
             }
         })

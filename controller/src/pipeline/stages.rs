@@ -357,16 +357,8 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                     &json!({"approve": false, "reasons": v.reasons, "head": head}),
                 )
                 .await?;
-            if let Some(n) = task.pr_number {
-                let note = format!(
-                    "The reviewer rejected this change; it goes back to the agent with the feedback:\n\n> {}",
-                    v.reasons.replace('\n', "\n> ")
-                );
-                let _ = p.forge.comment(&repo.name, n, &note).await;
-                if let Err(e) = p.forge.close_pull(&repo.name, n).await {
-                    tracing::warn!(task = task.id, error = %e, "closing the rejected PR failed");
-                }
-            }
+            // The transition first: of two controllers that reviewed the same change (one whose
+            // stage lease lapsed), only the one whose transition holds comments and closes.
             p.store
                 .retry_or_fail(
                     task.id,
@@ -380,6 +372,16 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                     &Note::new(ACTOR, "review_rejected").with_data(json!({"reasons": v.reasons})),
                 )
                 .await?;
+            if let Some(n) = task.pr_number {
+                let note = format!(
+                    "The reviewer rejected this change; it goes back to the agent with the feedback:\n\n> {}",
+                    v.reasons.replace('\n', "\n> ")
+                );
+                let _ = p.forge.comment(&repo.name, n, &note).await;
+                if let Err(e) = p.forge.close_pull(&repo.name, n).await {
+                    tracing::warn!(task = task.id, error = %e, "closing the rejected PR failed");
+                }
+            }
         }
         // No verdict was reached on what the reviewer was shown, or it could not be shown
         // whole: never an approval. The change goes on to CI, and only a person can merge it.

@@ -2,8 +2,9 @@
 //!
 //! A stage is due when its task enters a stage status (a trigger sets `stage_due_at`); a worker
 //! takes it with a short stage lease (`FOR UPDATE SKIP LOCKED`, so replicas never work on the
-//! same stage at once), and either moves the task on (which schedules the next stage) or puts it
-//! back with a delay.
+//! same stage at once) that names its process, and either moves the task on (which schedules the
+//! next stage) or puts it back with a delay. Only the holder renews or puts back a live lease; a
+//! holder whose lease lapsed and was taken learns it at its next renewal and stops.
 
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Task>> {
         Ok(sqlx::query_as::<_, Task>(concat!(
-            "UPDATE tasks SET stage_lease_until = now() + make_interval(secs => $2) ",
+            "UPDATE tasks SET stage_lease_until = now() + make_interval(secs => $2), stage_lease_holder = $4 ",
             "WHERE id IN (SELECT id FROM tasks WHERE status = ANY($1) AND stage_due_at <= now() ",
             "AND (stage_lease_until IS NULL OR stage_lease_until < now()) ",
             // Work nearest the merge first: a busy pipeline finishes what it started before it
@@ -43,23 +44,32 @@ impl Store {
         .bind(status_texts(statuses))
         .bind(lease.as_secs_f64())
         .bind(limit)
+        .bind(self.replica)
         .fetch_all(&self.pool)
         .await?)
     }
 
     /// Extends the stage lease of a task whose step is still running (a lease the status change
-    /// cleared stays cleared: the next stage is due).
-    pub async fn extend_stage_lease(&self, id: TaskId, lease: Duration) -> Result<()> {
-        sqlx::query(
-            "UPDATE tasks SET stage_lease_until = now() + make_interval(secs => $3) \
-             WHERE id = $1 AND status = ANY($2) AND stage_lease_until IS NOT NULL",
+    /// cleared stays cleared: the next stage is due). `false` when another controller holds the
+    /// stage now (this one's lease lapsed and was taken): stop working on it.
+    pub async fn extend_stage_lease(&self, id: TaskId, lease: Duration) -> Result<bool> {
+        let row: Option<(Option<uuid::Uuid>,)> = sqlx::query_as(
+            "UPDATE tasks SET stage_lease_until = CASE WHEN stage_lease_holder = $4 \
+                 THEN now() + make_interval(secs => $3) ELSE stage_lease_until END \
+             WHERE id = $1 AND status = ANY($2) AND stage_lease_until IS NOT NULL \
+             RETURNING stage_lease_holder",
         )
         .bind(id)
         .bind(status_texts(STAGE_STATUSES))
         .bind(lease.as_secs_f64())
-        .execute(&self.pool)
+        .bind(self.replica)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(())
+        Ok(match row {
+            Some((holder,)) => holder == Some(self.replica),
+            // No live stage lease: the step moved the task on, nobody else works on it.
+            None => true,
+        })
     }
 
     /// Puts a stage back to be looked at after `delay` (`failed`: counts a transient failure).
@@ -73,12 +83,14 @@ impl Store {
         sqlx::query(
             "UPDATE tasks SET stage_due_at = now() + make_interval(secs => $3), \
              stage_lease_until = NULL, stage_tries = stage_tries + CASE WHEN $4 THEN 1 ELSE 0 END \
-             WHERE id = $1 AND status = $2",
+             WHERE id = $1 AND status = $2 \
+               AND (stage_lease_holder = $5 OR stage_lease_until IS NULL OR stage_lease_until < now())",
         )
         .bind(id)
         .bind(status.as_str())
         .bind(delay.as_secs_f64())
         .bind(failed)
+        .bind(self.replica)
         .execute(&self.pool)
         .await?;
         Ok(())

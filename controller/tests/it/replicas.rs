@@ -240,3 +240,64 @@ async fn a_singleton_lock_is_proved_alive_taken_over_when_its_session_dies_and_n
     }
     assert_eq!(taken, Leading::Now, "the dropped lock was parked in a pool");
 }
+
+/// A stage lease names its holder: a replica whose lease lapsed and was taken neither renews the
+/// new holder's lease nor puts the stage back under it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lapsed_stage_lease_taken_by_another_replica_stays_theirs() {
+    use controller::store::stages::STAGE_STATUSES;
+    let (a, url) = crate::store_and_url().await;
+    let b = Store::connect(&url, 10).await.unwrap();
+    let repo = crate::repo(&a, "acme/stages").await;
+    let runner = crate::runner(&a, "r1").await;
+    let t = crate::queued(&a, &repo, "staged").await;
+    crate::force_status(&a, t.id, Status::CiWait, runner).await;
+    let lease = Duration::from_secs(60);
+    let mine = a.claim_stages(STAGE_STATUSES, lease, 10).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert!(
+        b.claim_stages(STAGE_STATUSES, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(a.extend_stage_lease(t.id, lease).await.unwrap());
+    // A's lease lapses (a stalled process); B takes the stage.
+    sqlx::query("UPDATE tasks SET stage_lease_until = now() - interval '1 second' WHERE id = $1")
+        .bind(t.id)
+        .execute(a.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        b.claim_stages(STAGE_STATUSES, lease, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let until = |s: Store| async move {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "SELECT stage_lease_until FROM tasks WHERE id = $1",
+        )
+        .bind(t.id)
+        .fetch_one(s.pool())
+        .await
+        .unwrap()
+    };
+    let before = until(a.clone()).await;
+    assert!(
+        !a.extend_stage_lease(t.id, lease).await.unwrap(),
+        "A learns the stage is B's"
+    );
+    a.reschedule_stage(t.id, Status::CiWait, Duration::from_secs(30), true)
+        .await
+        .unwrap();
+    assert_eq!(until(a.clone()).await, before, "B's lease untouched");
+    assert!(
+        a.claim_stages(STAGE_STATUSES, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(b.extend_stage_lease(t.id, lease).await.unwrap());
+}
