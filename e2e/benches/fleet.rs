@@ -5,7 +5,7 @@
 //! merged tail, and whatever did not merge.
 //!
 //! `cargo bench -p e2e --bench fleet` (`BP_FLEET_ISSUES`, `BP_FLEET_REPOS`, `BP_FLEET_RUNNERS`,
-//! `BP_FLEET_STAGES`; defaults 500, 10, 20, 16)
+//! `BP_FLEET_STAGES`, `BP_FLEET_CONTROLLERS`; defaults 500, 10, 20, 16, 1)
 
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ fn main() {
         repos: env("BP_FLEET_REPOS", 10),
         runners: env("BP_FLEET_RUNNERS", 20),
         stage_concurrency: env("BP_FLEET_STAGES", 16),
+        controllers: env("BP_FLEET_CONTROLLERS", 1),
+        model: false,
         limit: Duration::from_secs(1800),
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");

@@ -3,6 +3,9 @@
 //! CI), the real controller on PostgreSQL, and runners over mTLS whose executor commits a file
 //! per task and hands back a real git bundle ([`CommitExecutor`]) — everything but the agent.
 //! [`run`] waits until every task has ended and reports throughput, CPU and the CI→merge tail.
+//! With `controllers` > 1 the fleet runs on that many controller replicas on one database (the
+//! runners spread over them, the webhooks alternating between them); with `model` the
+//! controllers' triage and review calls go to the scripted model API, where they are counted.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,15 +13,18 @@ use std::time::{Duration, Instant};
 
 use controller::forge::github::GitHubConfig;
 use controller::forge::labels;
+use controller::llm::ModelConfig;
 use controller::store::repos::{NewRepo, RepoSettings};
 use runner::executor::{Executor, TaskContext};
 use runner::task::{ExecResult, Outcome, Usage};
 use sim::github::GitHubSim;
+use sim::model::{ModelSim, Script};
 
 use crate::harness::{Configure, Options, TestController, enroll, spawn_runner_with, state_dir};
 
 const TOKEN: &str = "ghs_fleet";
 const SECRET: &str = "whsec-fleet";
+const MODEL_KEY: &str = "sk-fleet";
 
 /// An executor that leaves behind what an agent's run would, without the agent and at the least
 /// cost, so the benchmark measures the controller rather than its stand-in runners: one new file
@@ -191,14 +197,18 @@ pub struct Fleet {
     pub repos: usize,
     /// Runners (one task at a time each).
     pub runners: usize,
-    /// Stages the controller works on at once.
+    /// Stages each controller works on at once.
     pub stage_concurrency: usize,
+    /// Controller replicas on the one database.
+    pub controllers: usize,
+    /// Whether triage and review go to the scripted model API (else no model is configured).
+    pub model: bool,
     /// Longest the run may take before what is left counts as stuck.
     pub limit: Duration,
 }
 
 /// What a fleet run measured.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Report {
     /// From the first issue filed to the last task ended.
     pub wall: Duration,
@@ -217,6 +227,12 @@ pub struct Report {
     pub cpu_postgres: f64,
     /// `ci_wait` (green) → merged, p50 and p99, seconds.
     pub ci_to_merged: (f64, f64),
+    /// The GitHub simulator as the run left it (comments, requests).
+    pub gh: GitHubSim,
+    /// The model simulator, when the run had one (requests).
+    pub model: Option<ModelSim>,
+    /// The issues filed: repository and number.
+    pub issues: Vec<(String, u64)>,
 }
 
 /// This process's (user + system, children's user + system) CPU seconds.
@@ -264,12 +280,35 @@ pub async fn run(fleet: Fleet) -> Report {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gh_url = format!("http://{}", l.local_addr().unwrap());
     gh.serve(l);
+    let model = fleet.model.then(|| ModelSim::new(Some(MODEL_KEY.into())));
+    let mut model_url = None;
+    if let Some(m) = &model {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        model_url = Some(format!("http://{}", l.local_addr().unwrap()));
+        m.serve(l);
+        // Enough answers for every triage and review call the run can make.
+        let triage: Vec<&str> = vec!["[]"; fleet.issues];
+        m.add_script(Script::says("Triage these issues", &triage));
+        let single: Vec<&str> =
+            vec!["{\"model\": \"sonnet\", \"complexity\": \"simple\"}"; fleet.issues];
+        m.add_script(Script::says("Classify this issue", &single));
+        let approve: Vec<&str> = vec!["VERDICT: APPROVE"; 2 * fleet.issues];
+        m.add_script(Script::says("review this pull request", &approve));
+    }
     let (gh_for_config, concurrency) = (gh_url.clone(), fleet.stage_concurrency);
-    let c = TestController::start(Options {
+    let options = Options {
         lease: Duration::from_secs(60),
         heartbeat: Duration::from_secs(5),
         configure: Configure(Some(Arc::new(move |cfg| {
             cfg.github = Some(GitHubConfig::with_token(&gh_for_config, TOKEN));
+            if let Some(url) = &model_url {
+                cfg.model = Some(ModelConfig {
+                    base_url: url.clone(),
+                    api_key: MODEL_KEY.into(),
+                    timeout: Duration::from_secs(30),
+                    cli: None,
+                });
+            }
             cfg.webhook_secret = SECRET.into();
             cfg.allowed_users = vec!["alice".into()];
             cfg.poll_interval = Duration::from_secs(3600);
@@ -278,9 +317,25 @@ pub async fn run(fleet: Fleet) -> Report {
             cfg.max_db_connections = 40;
         }))),
         ..Options::default()
-    })
-    .await;
-    gh.set_webhook(&format!("http://{}/api/github/webhook", c.http), SECRET);
+    };
+    let mut controllers = vec![TestController::start(options.clone()).await];
+    for _ in 1..fleet.controllers.max(1) {
+        controllers.push(
+            TestController::start_on_database(controllers[0].db_url().to_owned(), options.clone())
+                .await,
+        );
+    }
+    let c = &controllers[0];
+    let set_webhook = |i: usize| {
+        gh.set_webhook(
+            &format!(
+                "http://{}/api/github/webhook",
+                controllers[i % controllers.len()].http
+            ),
+            SECRET,
+        )
+    };
+    set_webhook(0);
     for name in &names {
         let repo = c
             .store
@@ -307,16 +362,20 @@ pub async fn run(fleet: Fleet) -> Report {
     let exec = Arc::new(CommitExecutor::new(work));
     let mut runners = Vec::new();
     for i in 0..fleet.runners {
-        let (id, dir) = enroll(&c, &format!("fleet-r{i}"), &[]).await;
+        let at = &controllers[i % controllers.len()];
+        let (id, dir) = enroll(at, &format!("fleet-r{i}"), &[]).await;
         runners.push(spawn_runner_with(id, &dir, exec.clone(), 1));
     }
 
     let cpu0 = (own_cpu(), postgres_cpu());
     let t0 = Instant::now();
+    let mut issues = Vec::new();
     for i in 0..fleet.issues {
         let repo = &names[i % names.len()];
         let title = format!("Fleet change {i}");
         let n = gh.create_issue(repo, &title, "add one file", "alice", &[labels::TRIGGER]);
+        issues.push((repo.clone(), n));
+        set_webhook(i);
         // The webhook GitHub sends for the label.
         gh.deliver(
             "issues",
@@ -376,7 +435,9 @@ pub async fn run(fleet: Fleet) -> Report {
     for r in runners {
         let _ = r.stop().await;
     }
-    c.stop().await;
+    for c in controllers {
+        c.stop().await;
+    }
     Report {
         wall,
         merged,
@@ -386,5 +447,8 @@ pub async fn run(fleet: Fleet) -> Report {
         cpu_children: (cpu1.0.1 - cpu0.0.1),
         cpu_postgres: cpu1.1 - cpu0.1,
         ci_to_merged: (tail.0.unwrap_or(0.0), tail.1.unwrap_or(0.0)),
+        gh,
+        model,
+        issues,
     }
 }

@@ -171,6 +171,11 @@ impl TestController {
         }
     }
 
+    /// The database's URL (for another replica on the same database).
+    pub fn db_url(&self) -> &str {
+        &self.db_url
+    }
+
     /// The runner endpoint URL.
     pub fn url(&self) -> String {
         format!("https://localhost:{}", self.grpc.port())
