@@ -66,6 +66,14 @@ pub struct Config {
     pub daily_budget_microusd: Option<i64>,
     /// How long a task may be under way after its first lease, across its attempts.
     pub task_deadline: Duration,
+    /// How long logs, bundles, webhook deliveries and audit rows are kept.
+    pub retention: crate::store::retention::Retention,
+    /// How often the retention loop prunes.
+    pub retention_interval: Duration,
+    /// How often `/metrics` is computed (scrapes read the last computation).
+    pub metrics_interval: Duration,
+    /// A bearer token `/metrics` requires (`None`: open, as on a private address).
+    pub metrics_token: Option<String>,
 }
 
 impl Default for Config {
@@ -99,6 +107,10 @@ impl Default for Config {
             task_budget_microusd: 10_000_000,
             daily_budget_microusd: None,
             task_deadline: Duration::from_secs(12 * 3600),
+            retention: crate::store::retention::Retention::default(),
+            retention_interval: Duration::from_secs(3600),
+            metrics_interval: Duration::from_secs(15),
+            metrics_token: None,
         }
     }
 }
@@ -144,6 +156,26 @@ pub struct FileConfig {
     /// `[prices]`: model family → `[input, output]` USD per million tokens (cache writes at
     /// 1.25×, reads at 0.1× the input price); replaces the default table.
     pub prices: Option<std::collections::BTreeMap<String, [f64; 2]>>,
+    /// `[retention]`.
+    pub retention: Option<RetentionFile>,
+    /// Seconds between two computations of `/metrics`.
+    pub metrics_seconds: Option<u64>,
+    /// A bearer token `/metrics` requires.
+    pub metrics_token: Option<String>,
+}
+
+/// `[retention]` of the configuration file: days each kind of row is kept (0: forever).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    /// Log chunks of ended tasks (default 30).
+    pub logs_days: Option<f64>,
+    /// Result bundles of ended tasks (default 14).
+    pub bundles_days: Option<f64>,
+    /// Webhook delivery ids (default 7).
+    pub deliveries_days: Option<f64>,
+    /// Audit rows (default 365).
+    pub audit_days: Option<f64>,
 }
 
 /// `[github]` of the configuration file.

@@ -4,7 +4,7 @@
 //! - [`intake`]: issues arrive (the webhook route and its decoding, the poller) and become tasks;
 //! - [`pipeline::triage`]: new tasks are triaged into the queue (model, priority, dependencies);
 //! - [`grpc`]: runners lease queued tasks over mTLS and report back (the runner service, [`pki`]);
-//!   [`reaper`] takes expired leases back;
+//!   [`reaper`] takes expired leases back; [`retention`] prunes what piles up by age;
 //! - [`pipeline`]: the controller stages — push and PR, review, CI, merge — and the feedback
 //!   loops (reflection, learnings, breaker, notifications); [`forge`] is GitHub and [`llm`] the
 //!   model API they call;
@@ -31,5 +31,6 @@ pub mod loops;
 pub mod pipeline;
 pub mod pki;
 pub mod reaper;
+pub mod retention;
 pub mod server;
 pub mod store;

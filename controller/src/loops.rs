@@ -15,6 +15,8 @@
 //! | [`crate::intake::poller::run`] | its interval | labelled issues the webhooks missed |
 //! | [`crate::forge::milestones::run`] | `bp_forge` | labels and comments on the issue |
 //! | [`crate::http::events::run`] | task changes | deltas for the live views (SSE) |
+//! | [`crate::retention::run`] | its interval | prunes old logs, bundles, deliveries, audit rows (one replica at a time) |
+//! | [`crate::http::health::run`] | its interval | computes `/metrics` (scrapes read the result) |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -48,6 +50,8 @@ pub struct LoopCtx {
     pub intake: Arc<IntakeConfig>,
     /// Task deltas for the live views.
     pub events: Events,
+    /// The last computed `/metrics` text.
+    pub metrics: crate::http::health::MetricsCache,
 }
 
 impl LoopCtx {
@@ -61,6 +65,7 @@ impl LoopCtx {
             config: Arc::new(config),
             intake: Arc::default(),
             events: Events::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -124,6 +129,8 @@ pub mod singleton {
     pub const POLLER: i64 = 0x6270_706f_6c6c;
     /// The budget holds sweep ("bpbudg").
     pub const BUDGETS: i64 = 0x6270_6275_6467;
+    /// Retention ("bpretn").
+    pub const RETENTION: i64 = 0x6270_7265_746e;
 }
 
 /// Whether this replica leads a singleton loop.

@@ -244,6 +244,7 @@ pub async fn start(
         config: config.clone(),
         intake: intake.clone(),
         events: crate::fanout::Events::default(),
+        metrics: Default::default(),
     };
     let tracker = TaskTracker::new();
     spawn_loops(&ctx, &tracker, &shutdown);
@@ -273,6 +274,8 @@ pub async fn start(
         events: ctx.events.clone(),
         secure_cookies: config.secure_cookies,
         shutdown: shutdown.clone(),
+        metrics: ctx.metrics.clone(),
+        metrics_token: config.metrics_token.clone(),
     };
     let app = Router::new()
         .merge(crate::http::health::router())
@@ -344,6 +347,12 @@ pub const LOOPS: &[(&str, LoopFn)] = &[
     }),
     ("events", |ctx, stop| {
         Box::pin(crate::http::events::run(ctx, stop))
+    }),
+    ("retention", |ctx, stop| {
+        Box::pin(crate::retention::run(ctx, stop))
+    }),
+    ("metrics", |ctx, stop| {
+        Box::pin(crate::http::health::run(ctx, stop))
     }),
 ];
 

@@ -169,6 +169,38 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
             Duration::from_secs(12 * 3600)
         };
 
+    let retention = {
+        let r = file.retention.unwrap_or_default();
+        let d = controller::store::retention::Retention::default();
+        let mut days = |key: &str, v: Option<f64>, default: Option<Duration>| match v {
+            None => default,
+            Some(0.0) => None,
+            Some(days) if days.is_finite() && (0.01..=36_500.0).contains(&days) => {
+                Some(Duration::from_secs_f64(days * 24.0 * 3600.0))
+            }
+            Some(days) => {
+                problems.push(error(format!(
+                    "`[retention] {key} = {days}` is not a number of days (0.01–36500, or 0 to keep forever)"
+                )));
+                default
+            }
+        };
+        controller::store::retention::Retention {
+            logs: days("logs_days", r.logs_days, d.logs),
+            bundles: days("bundles_days", r.bundles_days, d.bundles),
+            deliveries: days("deliveries_days", r.deliveries_days, d.deliveries),
+            audit: days("audit_days", r.audit_days, d.audit),
+        }
+    };
+    let metrics_interval = match file.metrics_seconds {
+        None => Duration::from_secs(15),
+        Some(s) if (1..=3600).contains(&s) => Duration::from_secs(s),
+        Some(s) => {
+            problems.push(error(format!("`metrics_seconds = {s}` is outside 1–3600")));
+            Duration::from_secs(15)
+        }
+    };
+
     let mut gh = args.github;
     if !given("github_api")
         && let Some(a) = gh_file.api
@@ -268,6 +300,9 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
         daily_budget_microusd,
         task_deadline,
         prices,
+        retention,
+        metrics_interval,
+        metrics_token: file.metrics_token.filter(|t| !t.is_empty()),
         ..defaults
     };
     Ok((config, problems))

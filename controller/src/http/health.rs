@@ -1,13 +1,35 @@
 //! Health and monitoring: `/healthz` (the process answers), `/readyz` (its database answers) and
-//! `/metrics` (Prometheus text, from the numbers the store reads).
+//! `/metrics` (Prometheus text). The metrics are computed in the background every
+//! `metrics_interval` ([`run`], one of the loops) and a scrape serves the last computation with
+//! its age, so scrapes cost no database work however often they come; with `metrics_token` set a
+//! scrape must bring it as a bearer token.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
+use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use crate::loops::{LoopCtx, Next, every};
 use crate::store::metrics::Metrics;
+
+/// The last computed metrics text and when it was computed (shared by the loop and the route).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsCache(Arc<RwLock<Option<(Instant, String)>>>);
+
+impl MetricsCache {
+    fn get(&self) -> Option<(Instant, String)> {
+        self.0.read().expect("metrics lock").clone()
+    }
+
+    fn set(&self, text: String) {
+        *self.0.write().expect("metrics lock") = Some((Instant::now(), text));
+    }
+}
 
 /// The health and metrics routes.
 pub fn router() -> Router<AppState> {
@@ -17,8 +39,28 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
+/// Computes the metrics every `metrics_interval` until `shutdown`.
+pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
+    every(
+        "metrics",
+        Vec::new(),
+        ctx.config.metrics_interval,
+        shutdown,
+        || {
+            let ctx = ctx.clone();
+            async move {
+                let m = ctx.store.metrics().await?;
+                ctx.metrics.set(render(&m));
+                Ok(Next::Wait)
+            }
+        },
+    )
+    .await;
+}
+
 async fn metrics(
     State(s): State<AppState>,
+    headers: HeaderMap,
 ) -> (
     StatusCode,
     [(axum::http::HeaderName, &'static str); 1],
@@ -28,16 +70,39 @@ async fn metrics(
         axum::http::header::CONTENT_TYPE,
         "text/plain; version=0.0.4",
     )];
-    match s.store.metrics().await {
-        Ok(m) => (StatusCode::OK, ct, render(&m)),
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
+    if let Some(token) = &s.metrics_token {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok =
+            given.is_some_and(|g| super::auth::constant_time_eq(g.as_bytes(), token.as_bytes()));
+        if !ok {
+            return (
+                StatusCode::UNAUTHORIZED,
                 ct,
-                "# the database is unreachable\n".into(),
+                "# /metrics needs the metrics token: Authorization: Bearer <metrics_token>\n"
+                    .into(),
+            );
+        }
+    }
+    match s.metrics.get() {
+        Some((at, text)) => {
+            let age = at.elapsed().as_secs_f64();
+            (
+                StatusCode::OK,
+                ct,
+                format!(
+                    "{text}# HELP backporcher_metrics_age_seconds Seconds since these metrics were computed.\n# TYPE backporcher_metrics_age_seconds gauge\nbackporcher_metrics_age_seconds {age:.3}\n"
+                ),
             )
         }
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ct,
+            "# the metrics have not been computed yet (the database may be unreachable); try again shortly\n"
+                .into(),
+        ),
     }
 }
 

@@ -47,6 +47,10 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// Ends live streams (SSE) when the controller stops, so shutdown never waits on a client.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The last computed metrics.
+    pub metrics: health::MetricsCache,
+    /// The bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<String>,
 }
 
 /// An API error.

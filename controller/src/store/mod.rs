@@ -18,6 +18,7 @@
 //! [`milestones`] (what GitHub already shows), [`feedback`] (reflection, learnings, breaker,
 //! outbox), [`ops`] (audited operations and the audit log), [`users`] (people and credentials),
 //! [`repos`], [`runners`], [`settings`], [`usage`] and [`metrics`] (the ledger and numbers),
+//! [`retention`] (pruning by age),
 //! [`pki`] (the runner CA), [`lifecycle`] (statuses and the step table), [`wake`] (the
 //! notification channels) and [`work`] (claims on work with effects outside the database, so
 //! replicas do each piece once).
@@ -34,6 +35,7 @@ pub mod milestones;
 pub mod ops;
 pub mod pki;
 pub mod repos;
+pub mod retention;
 pub mod runners;
 pub mod settings;
 pub mod stages;

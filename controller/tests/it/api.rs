@@ -77,6 +77,7 @@ async fn start() -> (String, controller::store::Store, crate::Serving) {
     let server = crate::Serving::start(Config {
         database_url: Some(url),
         data_dir: tempfile::tempdir().unwrap().keep(),
+        metrics_interval: Duration::from_millis(200),
         ..Config::default()
     })
     .await;
@@ -395,18 +396,27 @@ async fn roles_csrf_tokens_and_every_endpoint() {
         json!([{"model": "claude-sonnet-4-5", "cost_microusd": 250_000, "per_merged_microusd": 250_000.0}])
     );
     assert_eq!(stats["budget_today"]["spent_microusd"], 250_000, "{stats}");
-    let metrics = reqwest::get(format!("{}/metrics", vic.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("backporcher_cost_per_merged_pr_usd{model=\"claude-sonnet-4-5\"} 0.25")
-            && metrics
-                .contains("backporcher_budget_today_usd{scope=\"fleet\",kind=\"spent\"} 0.25"),
-        "{metrics}"
-    );
+    // The next computation of the metrics says the same.
+    crate::eventually(
+        Duration::from_secs(10),
+        "the metrics to show the cost",
+        || {
+            let base = vic.base.clone();
+            async move {
+                let metrics = reqwest::get(format!("{base}/metrics"))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                metrics.contains(
+                    "backporcher_cost_per_merged_pr_usd{model=\"claude-sonnet-4-5\"} 0.25",
+                ) && metrics
+                    .contains("backporcher_budget_today_usd{scope=\"fleet\",kind=\"spent\"} 0.25")
+            }
+        },
+    )
+    .await;
     // The merged task leaves a learning (written by the controller's feedback loop).
     let mut learned = json!([]);
     for _ in 0..100 {
@@ -682,7 +692,38 @@ async fn logs_page_and_follow_until_the_attempt_ends_and_bad_bodies_get_json_err
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_metrics_report_the_fleet() {
-    let (base, store, server) = start().await;
+    const TOKEN: &str = "metrics-token-0123456789";
+    let (store, url) = crate::store_and_url().await;
+    let server = crate::Serving::start(Config {
+        database_url: Some(url),
+        data_dir: tempfile::tempdir().unwrap().keep(),
+        metrics_interval: Duration::from_millis(300),
+        metrics_token: Some(TOKEN.into()),
+        ..Config::default()
+    })
+    .await;
+    let base = format!("http://{}", server.addr);
+    let scrape = |base: String| async move {
+        reqwest::Client::new()
+            .get(format!("{base}/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // Without the token (or with another) a scrape is refused, saying what it needs.
+    for auth in [None, Some("Bearer wrong-token")] {
+        let mut req = reqwest::Client::new().get(format!("{base}/metrics"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(resp.text().await.unwrap().contains("metrics token"));
+    }
     let repo = crate::repo(&store, "acme/metrics").await;
     let mut gpu = api_task(repo.id, "needs a gpu");
     gpu.required_labels = Some(vec!["gpu".into()]);
@@ -708,24 +749,16 @@ async fn prometheus_metrics_report_the_fleet() {
         || {
             let base = base.clone();
             async move {
-                let t = reqwest::get(format!("{base}/metrics"))
+                scrape(base)
                     .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-                t.contains("backporcher_queue_depth{labels=\"gpu\"} 1")
+                    .contains("backporcher_queue_depth{labels=\"gpu\"} 1")
             }
         },
     )
     .await;
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(base.clone()).await;
     for want in [
+        "# TYPE backporcher_metrics_age_seconds gauge",
         "# TYPE backporcher_queue_depth gauge",
         "backporcher_tasks{status=\"leased\"} 1",
         "backporcher_schedule_to_start_seconds_count 1",
@@ -735,6 +768,52 @@ async fn prometheus_metrics_report_the_fleet() {
     ] {
         assert!(text.contains(want), "{want} missing in:\n{text}");
     }
+    // Scrapes read the last computation: a change shows at the next one, not at the next scrape.
+    let mut second = api_task(repo.id, "second gpu task");
+    second.required_labels = Some(vec!["gpu".into()]);
+    store.create_task(&second).await.unwrap();
+    crate::eventually(Duration::from_secs(10), "the next computation", || {
+        let base = base.clone();
+        async move {
+            scrape(base)
+                .await
+                .contains("backporcher_queue_depth{labels=\"gpu\"} 2")
+        }
+    })
+    .await;
+    server.stop().await;
+}
+
+/// A scrape costs no database work: it reads the last computation (with an interval of an hour,
+/// a task created after the first computation does not show).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scrape_reads_the_last_computation() {
+    let (store, url) = crate::store_and_url().await;
+    let server = crate::Serving::start(Config {
+        database_url: Some(url),
+        data_dir: tempfile::tempdir().unwrap().keep(),
+        metrics_interval: Duration::from_secs(3600),
+        ..Config::default()
+    })
+    .await;
+    let base = format!("http://{}", server.addr);
+    let scrape = || async {
+        let r = reqwest::get(format!("{base}/metrics")).await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    };
+    crate::eventually(Duration::from_secs(10), "the first computation", || async {
+        scrape().await.0 == StatusCode::OK
+    })
+    .await;
+    let repo = crate::repo(&store, "acme/cached").await;
+    crate::queued(&store, &repo, "after the computation").await;
+    let (code, text) = scrape().await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(
+        !text.contains("backporcher_tasks{status=\"queued\"}"),
+        "computed at the scrape: {text}"
+    );
+    assert!(text.contains("backporcher_metrics_age_seconds"), "{text}");
     server.stop().await;
 }
 

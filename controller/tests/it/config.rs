@@ -77,6 +77,26 @@ async fn check_config_explains_each_problem() {
     );
     let (code, out) = check(dir.path(), &budgets, &[]);
     assert_eq!((code, out.trim()), (0, "configuration OK"), "{out}");
+    // Retention in days (0: forever); a value that is not a number of days is named.
+    let kept = fixed.replace(
+        "[github]",
+        "metrics_seconds = 0\n[retention]\nlogs_days = -3\naudit_days = 0\n[github]",
+    );
+    let (code, out) = check(dir.path(), &kept, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("`[retention] logs_days = -3` is not a number of days")
+            && out.contains("`metrics_seconds = 0` is outside 1–3600")
+            && !out.contains("audit_days"),
+        "{out}"
+    );
+    let (code, out) = check(
+        dir.path(),
+        &fixed.replace("[github]", "[retention]\nlog_days = 3\n[github]"),
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("log_days"), "the unknown key is named: {out}");
     // The price table is the operator's to set; a price that is not one is named.
     let (code, out) = check(
         dir.path(),

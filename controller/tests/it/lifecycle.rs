@@ -777,3 +777,95 @@ async fn edits_apply_before_dispatch_only() {
         "{err}"
     );
 }
+
+/// Retention prunes by age in bounded batches: logs and bundles of tasks that ended long ago
+/// (never of a task under way or recently ended), old webhook delivery ids and audit rows; a kind
+/// kept forever is never touched.
+#[tokio::test]
+async fn retention_prunes_old_rows_in_bounded_batches_and_nothing_else() {
+    use controller::store::retention::Retention;
+    let store = crate::store().await;
+    let repo = crate::repo(&store, "acme/retain").await;
+    let runner = crate::runner(&store, "r1").await;
+    let mut tasks = Vec::new();
+    for title in ["old", "recent", "live"] {
+        crate::queued(&store, &repo, title).await;
+        let (t, lease) = crate::claim(&store, runner).await;
+        for seq in 0..3 {
+            store
+                .append_log(&lease, seq, "agent", b"a line\n")
+                .await
+                .unwrap();
+        }
+        store.store_bundle(&lease, b"bundle", "00").await.unwrap();
+        tasks.push((t.id, lease));
+    }
+    for (id, _) in &tasks[..2] {
+        store
+            .fail(
+                *id,
+                controller::store::TerminalReason::AgentFailed,
+                "x",
+                &crate::note("test"),
+            )
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE tasks SET finished_at = now() - interval '40 days' WHERE id = $1")
+        .bind(tasks[0].0)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (delivery_id, event, received_at) VALUES \
+         ('old', 'issues', now() - interval '10 days'), ('new', 'issues', now())",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, outcome) VALUES \
+         (now() - interval '400 days', 'a', 'old', 'ok'), (now(), 'a', 'new', 'ok')",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let count = |sql: &'static str, id: i64| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(id)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+        }
+    };
+    let logs = "SELECT count(*) FROM log_chunks WHERE task_id = $1";
+    let bundles = "SELECT count(*) FROM task_bundles WHERE task_id = $1";
+    // Logs kept forever: only the rest goes.
+    let forever = Retention {
+        logs: None,
+        ..Retention::default()
+    };
+    let p = store.prune_batch(&forever, 2).await.unwrap();
+    assert_eq!((p.logs, p.bundles, p.deliveries, p.audit), (0, 1, 1, 1));
+    assert_eq!(count(logs, tasks[0].0).await, 3);
+    // Batches are bounded: three old chunks take two batches of two.
+    let keep = Retention::default();
+    assert_eq!(store.prune_batch(&keep, 2).await.unwrap().logs, 2);
+    assert_eq!(store.prune_batch(&keep, 2).await.unwrap().logs, 1);
+    assert_eq!(store.prune_batch(&keep, 2).await.unwrap().total(), 0);
+    assert_eq!(count(logs, tasks[0].0).await, 0);
+    assert_eq!(count(bundles, tasks[0].0).await, 0);
+    for (id, _) in &tasks[1..] {
+        assert_eq!(count(logs, *id).await, 3, "task {id} keeps its log");
+        assert_eq!(count(bundles, *id).await, 1, "task {id} keeps its bundle");
+    }
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT delivery_id FROM webhook_deliveries UNION ALL SELECT action FROM audit_log ORDER BY 1",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(left, vec!["new", "new"]);
+}
