@@ -51,7 +51,24 @@ pub struct LoopCtx {
     /// Task deltas for the live views.
     pub events: Events,
     /// The last computed `/metrics` text.
-    pub metrics: crate::http::health::MetricsCache,
+    pub metrics: MetricsCache,
+}
+
+/// The last computed metrics text and when it was computed: written by the metrics loop
+/// ([`crate::http::health::run`]), read by every scrape.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsCache(Arc<std::sync::RwLock<Option<(std::time::Instant, String)>>>);
+
+impl MetricsCache {
+    /// The last computation and when it was made.
+    pub fn get(&self) -> Option<(std::time::Instant, String)> {
+        self.0.read().expect("metrics lock").clone()
+    }
+
+    /// Replaces the last computation.
+    pub fn set(&self, text: String) {
+        *self.0.write().expect("metrics lock") = Some((std::time::Instant::now(), text));
+    }
 }
 
 impl LoopCtx {

@@ -110,7 +110,7 @@ impl Firewall {
             if !ipt(&["-n", "-L", chain])? {
                 anyhow::ensure!(
                     ipt(&["-N", chain])?,
-                    "iptables refused to create chain {chain}; run the runner as root (it needs CAP_NET_ADMIN)"
+                    "iptables refused to create chain {chain}; the runner needs CAP_NET_ADMIN (run it as root, or with the capabilities deploy/systemd/backporcher-runner.service grants)"
                 );
             }
         }
@@ -132,7 +132,7 @@ impl Firewall {
             add.extend(spec.iter().map(String::as_str));
             anyhow::ensure!(
                 ipt(&add)?,
-                "iptables refused `{}`; run the runner as root (it needs CAP_NET_ADMIN)",
+                "iptables refused `{}`; the runner needs CAP_NET_ADMIN (run it as root, or with the capabilities deploy/systemd/backporcher-runner.service grants)",
                 add.join(" ")
             );
         }

@@ -23,6 +23,7 @@ pub mod gateway;
 pub mod graphs;
 pub mod identity;
 pub mod pin;
+pub mod privileges;
 pub mod prompt;
 pub mod redact;
 pub mod retry;

@@ -38,6 +38,20 @@ enum Command {
     },
     /// Lease and run tasks until stopped (SIGTERM: finish current work, take no more).
     Run(RunArgs),
+    /// Check this host with the privileges the runner has now: the Docker engine, the agent
+    /// image, the sandbox networks and their firewall, the hand-over to the sandbox user.
+    Check {
+        /// Agent image.
+        #[arg(
+            long,
+            env = "BACKPORCHER_AGENT_IMAGE",
+            default_value = "backporcher-agent:latest"
+        )]
+        image: String,
+        /// Port of the model gateway on the Docker bridges.
+        #[arg(long, env = "BACKPORCHER_GATEWAY_PORT", default_value_t = 4180)]
+        gateway_port: u16,
+    },
 }
 
 #[derive(clap::Args)]
@@ -131,6 +145,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run_daemon(cli.state_dir, args).await,
+        Command::Check {
+            image,
+            gateway_port,
+        } => {
+            std::fs::create_dir_all(&cli.state_dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create the state directory {}: {e}",
+                    cli.state_dir.display()
+                )
+            })?;
+            let found = runner::privileges::check(&cli.state_dir, &image, gateway_port).await;
+            let mut failed = 0;
+            for (what, result) in &found {
+                match result {
+                    Ok(note) => println!("ok    {what}: {note}"),
+                    Err(why) => {
+                        failed += 1;
+                        println!("FAIL  {what}: {why}");
+                    }
+                }
+            }
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} of {} checks failed; the runner needs {} and the `{}` group (or root)",
+                found.len(),
+                runner::privileges::CAPABILITIES
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                runner::privileges::DOCKER_GROUP
+            );
+            Ok(())
+        }
     }
 }
 

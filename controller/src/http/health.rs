@@ -4,9 +4,6 @@
 //! its age, so scrapes cost no database work however often they come; with `metrics_token` set a
 //! scrape must bring it as a bearer token.
 
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
-
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -16,20 +13,6 @@ use tokio_util::sync::CancellationToken;
 use super::AppState;
 use crate::loops::{LoopCtx, Next, every};
 use crate::store::metrics::Metrics;
-
-/// The last computed metrics text and when it was computed (shared by the loop and the route).
-#[derive(Debug, Clone, Default)]
-pub struct MetricsCache(Arc<RwLock<Option<(Instant, String)>>>);
-
-impl MetricsCache {
-    fn get(&self) -> Option<(Instant, String)> {
-        self.0.read().expect("metrics lock").clone()
-    }
-
-    fn set(&self, text: String) {
-        *self.0.write().expect("metrics lock") = Some((Instant::now(), text));
-    }
-}
 
 /// The health and metrics routes.
 pub fn router() -> Router<AppState> {

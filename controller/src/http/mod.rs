@@ -48,7 +48,7 @@ pub struct AppState {
     /// Ends live streams (SSE) when the controller stops, so shutdown never waits on a client.
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The last computed metrics.
-    pub metrics: health::MetricsCache,
+    pub metrics: crate::loops::MetricsCache,
     /// The bearer token `/metrics` requires, if any.
     pub metrics_token: Option<String>,
 }

@@ -103,3 +103,169 @@ fn the_offline_images_run() {
     assert!(!text.contains("no PostgreSQL binaries"), "{text}");
     assert!(text.contains("warning: no GitHub credentials"), "{text}");
 }
+
+/// A compose project brought down (volumes too) whatever the test's end.
+struct Project {
+    env: Vec<(String, String)>,
+}
+
+impl Project {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        compose(args, &env).expect("a Compose tool")
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", "-v", "--remove-orphans", "-t", "5"]);
+    }
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The compose deployment starts here from the shipped file with the images built on this host
+/// (no registry): PostgreSQL from its offline image, the controller ready on it, a runner
+/// container that enrolls over mTLS through the published port and can run sandboxes
+/// (`backporcher-runner check` in it: the engine, the agent image, the networks and firewall, and a
+/// sandbox reading a handed-over tree through a bind mount the host's engine resolves); then down.
+#[test]
+fn compose_starts_from_the_shipped_file_and_its_runner_can_run_sandboxes() {
+    if std::env::var("BP_SKIP_DOCKER").is_ok_and(|v| v == "1")
+        || compose(&["version"], &[]).is_none()
+    {
+        eprintln!("no Docker or no Compose tool: compose deployment test skipped");
+        return;
+    }
+    for image in [
+        "backporcher-postgres:latest",
+        "backporcher-controller:latest",
+        "backporcher-runner:latest",
+        "backporcher-agent:latest",
+    ] {
+        let found = xcmd::Cmd::new("docker", std::env::temp_dir())
+            .args(["image", "inspect", image])
+            .to_std()
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            found,
+            "{image} is missing: bash deploy/agent/build-offline.sh && bash deploy/build-images.sh"
+        );
+    }
+    let state = std::env::temp_dir().join(format!("bp-compose-runner-{}", std::process::id()));
+    std::fs::create_dir_all(&state).unwrap();
+    let (http, grpc) = (e2e::harness::free_port(), e2e::harness::free_port());
+    let project = Project {
+        env: vec![
+            (
+                "COMPOSE_PROJECT_NAME".into(),
+                format!("bptest{}", std::process::id()),
+            ),
+            ("POSTGRES_PASSWORD".into(), "compose-test-password".into()),
+            (
+                "RUNNER_STATE_DIR".into(),
+                state.to_string_lossy().into_owned(),
+            ),
+            ("BACKPORCHER_HTTP_PORT".into(), http.to_string()),
+            ("BACKPORCHER_GRPC_PORT".into(), grpc.to_string()),
+        ],
+    };
+    let up = project.run(&["up", "-d", "controller"]);
+    assert!(up.status.success(), "up: {}", text(&up));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let ready = std::net::TcpStream::connect(("127.0.0.1", http))
+            .ok()
+            .and_then(|mut s| {
+                use std::io::{Read, Write};
+                s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .ok()?;
+                s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").ok()?;
+                let mut r = String::new();
+                s.read_to_string(&mut r).ok()?;
+                Some(r)
+            });
+        if ready
+            .as_deref()
+            .is_some_and(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"))
+        {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let logs = project.run(&["logs", "--no-color"]);
+            panic!(
+                "the controller never became ready: {ready:?}\n{}",
+                text(&logs)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // A join ticket from the controller container; the runner container enrolls with it over
+    // mTLS through the published port, checking the controller's CA against the ticket.
+    let ticket = project.run(&[
+        "exec",
+        "-T",
+        "controller",
+        "backporcher-controller",
+        "runner-token",
+        "--data-dir",
+        "/var/lib/controller",
+    ]);
+    assert!(ticket.status.success(), "runner-token: {}", text(&ticket));
+    let ticket = String::from_utf8_lossy(&ticket.stdout).trim().to_owned();
+    let joined = project.run(&[
+        "run",
+        "--rm",
+        "--no-deps",
+        "runner",
+        "join",
+        "--controller",
+        &format!("https://localhost:{grpc}"),
+        "--token",
+        &ticket,
+        "--name",
+        "compose-runner",
+    ]);
+    assert!(joined.status.success(), "join: {}", text(&joined));
+    assert!(
+        text(&joined).contains("enrolled as runner"),
+        "{}",
+        text(&joined)
+    );
+    let checked = project.run(&[
+        "run",
+        "--rm",
+        "--no-deps",
+        "runner",
+        "check",
+        "--gateway-port",
+        &e2e::harness::free_port().to_string(),
+    ]);
+    let said = text(&checked);
+    assert!(
+        checked.status.success(),
+        "check in the runner container:\n{said}"
+    );
+    assert!(
+        said.contains("ok    a sandbox reads a handed-over tree"),
+        "{said}"
+    );
+    drop(project);
+    let _ = xcmd::Cmd::new("rm", std::env::temp_dir())
+        .arg("-rf")
+        .arg(&state)
+        .to_std()
+        .status();
+}
