@@ -36,7 +36,7 @@ build() { # name packages file entrypoint cmd user [extra customize hook]
     "$suite" "$work/rootfs.tar"
   docker import \
     --change "USER $user" \
-    --change "ENV PATH=/usr/local/bin:/usr/bin:/bin" \
+    --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     --change "ENTRYPOINT $entrypoint" \
     --change "CMD $cmd" \
     --change "LABEL backporcher.inputs=$hash" \
