@@ -58,6 +58,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Mark the session cookie `Secure` (the controller is served over HTTPS).
     pub secure_cookies: bool,
+    /// HTTPS on the HTTP listener (off: plain HTTP, behind a TLS proxy or on loopback).
+    pub http_tls: crate::http::tls::HttpTls,
     /// The price table for every model call, the controller's and the agents'.
     pub prices: proto::prices::Prices,
     /// A task's budget across its attempts where its repository sets none, micro-dollars.
@@ -103,6 +105,7 @@ impl Default for Config {
             notify_urls: Vec::new(),
             pipeline: PipelineConfig::default(),
             secure_cookies: false,
+            http_tls: crate::http::tls::HttpTls::Off,
             prices: proto::prices::Prices::default(),
             task_budget_microusd: 10_000_000,
             daily_budget_microusd: None,
@@ -149,6 +152,12 @@ pub struct FileConfig {
     pub notify_urls: Option<Vec<String>>,
     /// Whether session cookies are `Secure`.
     pub secure_cookies: Option<bool>,
+    /// HTTPS with a certificate from the controller's own CA.
+    pub tls_own_ca: Option<bool>,
+    /// HTTPS certificate chain file (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// Its key file (PEM).
+    pub tls_key: Option<PathBuf>,
     /// `[github]`.
     pub github: Option<GitHubFile>,
     /// `[model]`.

@@ -75,6 +75,16 @@ struct ServeArgs {
     /// HTTP listen address.
     #[arg(long, env = "BACKPORCHER_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Serve the dashboard and the API over HTTPS with a certificate the controller's own CA
+    /// issues for the server names (clients trust the CA: `GET /ca.pem`).
+    #[arg(long, env = "BACKPORCHER_TLS_OWN_CA")]
+    tls_own_ca: bool,
+    /// Serve HTTPS with this certificate chain (PEM; with --tls-key).
+    #[arg(long, env = "BACKPORCHER_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "BACKPORCHER_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// Runner gRPC (mTLS) listen address.
     #[arg(
         long,

@@ -206,6 +206,7 @@ pub async fn start(
         );
     }
     let pki = Arc::new(Pki::load_or_create(&store, config.client_cert_validity).await?);
+    let tls_pki = pki.clone();
     let forge: Option<Arc<dyn crate::forge::Forge>> = match &config.github {
         Some(gh) => Some(Arc::new(
             crate::forge::github::GitHub::new(gh.clone())
@@ -289,13 +290,38 @@ pub async fn start(
         ))
         .merge(crate::http::api_router(state))
         .merge(dashboard::router());
-    tracing::info!(addr = %listeners.http.local_addr()?, "controller listening");
     let http_shutdown = shutdown.clone();
-    let http = tokio::spawn(
-        axum::serve(listeners.http, app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+    let stopped = async move { http_shutdown.cancelled().await };
+    let tls = match &config.http_tls {
+        crate::http::tls::HttpTls::Off => None,
+        crate::http::tls::HttpTls::OwnCa => {
+            let (chain, key) = tls_pki.server_identity(&config.server_names)?;
+            Some(crate::http::tls::server_config(&chain, &key)?)
+        }
+        crate::http::tls::HttpTls::Files { cert, key } => {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the TLS file {}", p.display()))
+            };
+            Some(crate::http::tls::server_config(&read(cert)?, &read(key)?)?)
+        }
+    };
+    tracing::info!(addr = %listeners.http.local_addr()?, https = tls.is_some(), "controller listening");
+    let http = match tls {
+        None => tokio::spawn(
+            axum::serve(listeners.http, app)
+                .with_graceful_shutdown(stopped)
+                .into_future(),
+        ),
+        Some(tls) => tokio::spawn(
+            axum::serve(
+                crate::http::tls::TlsListener::new(listeners.http, tls)?,
+                app,
+            )
+            .with_graceful_shutdown(stopped)
             .into_future(),
-    );
+        ),
+    };
     let join = tokio::spawn(async move {
         shutdown.cancelled().await;
         let http = http.await.context("the HTTP task panicked")?;

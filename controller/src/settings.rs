@@ -201,6 +201,29 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
         }
     };
 
+    let http_tls = {
+        let own_ca = args.tls_own_ca || (!given("tls_own_ca") && file.tls_own_ca.unwrap_or(false));
+        let cert = args.tls_cert.clone().or(file.tls_cert.clone());
+        let key = args.tls_key.clone().or(file.tls_key.clone());
+        match (own_ca, cert, key) {
+            (false, None, None) => controller::http::tls::HttpTls::Off,
+            (true, None, None) => controller::http::tls::HttpTls::OwnCa,
+            (false, Some(cert), Some(key)) => controller::http::tls::HttpTls::Files { cert, key },
+            (true, _, _) => {
+                problems.push(error(
+                    "`tls_own_ca` and `tls_cert`/`tls_key` exclude each other: choose the controller's CA or your certificate",
+                ));
+                controller::http::tls::HttpTls::Off
+            }
+            (false, _, _) => {
+                problems.push(error(
+                    "`tls_cert` and `tls_key` go together: set both (PEM files) or neither",
+                ));
+                controller::http::tls::HttpTls::Off
+            }
+        }
+    };
+
     let mut gh = args.github;
     if !given("github_api")
         && let Some(a) = gh_file.api
@@ -288,7 +311,10 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
             pick!("poll_seconds", args.poll_seconds, file.poll_seconds).max(5),
         ),
         notify_urls: file.notify_urls.unwrap_or_default(),
-        secure_cookies: file.secure_cookies.unwrap_or(false),
+        // Sessions served over HTTPS are marked Secure.
+        secure_cookies: file.secure_cookies.unwrap_or(false)
+            || http_tls != controller::http::tls::HttpTls::Off,
+        http_tls,
         pipeline: controller::config::PipelineConfig {
             retry: controller::store::tasks::RetryPolicy {
                 lease_losses: max_lease_losses.max(1),

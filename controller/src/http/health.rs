@@ -20,6 +20,18 @@ pub fn router() -> Router<AppState> {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/ca.pem", get(ca_pem))
+}
+
+/// The controller's CA certificate (public): what clients trust for HTTPS from `--tls-own-ca`
+/// and runners pin by its fingerprint.
+async fn ca_pem(
+    State(s): State<AppState>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-pem-file")],
+        s.pki.ca_pem().to_owned(),
+    )
 }
 
 /// Computes the metrics every `metrics_interval` until `shutdown`.

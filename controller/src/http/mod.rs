@@ -14,6 +14,7 @@ pub mod routes;
 mod runners;
 mod session;
 mod tasks;
+pub mod tls;
 pub(crate) mod views;
 
 use std::collections::HashMap;

@@ -97,6 +97,25 @@ async fn check_config_explains_each_problem() {
     );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("log_days"), "the unknown key is named: {out}");
+    // HTTPS: a certificate needs its key; the controller's CA and your certificate exclude each other.
+    for (extra, want) in [
+        (
+            "tls_cert = \"c.pem\"\n",
+            "`tls_cert` and `tls_key` go together",
+        ),
+        (
+            "tls_own_ca = true\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+            "`tls_own_ca` and `tls_cert`/`tls_key` exclude each other",
+        ),
+    ] {
+        let (code, out) = check(
+            dir.path(),
+            &fixed.replace("[github]", &format!("{extra}[github]")),
+            &[],
+        );
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains(want), "{want}: {out}");
+    }
     // The price table is the operator's to set; a price that is not one is named.
     let (code, out) = check(
         dir.path(),

@@ -135,7 +135,8 @@ fn text(out: &std::process::Output) -> String {
 }
 
 /// The compose deployment starts here from the shipped file with the images built on this host
-/// (no registry): PostgreSQL from its offline image, the controller ready on it, a runner
+/// (no registry): PostgreSQL from its offline image, the controller ready on it and serving the
+/// dashboard over HTTPS from its own CA (verified by name with the CA it serves), a runner
 /// container that enrolls over mTLS through the published port and can run sandboxes
 /// (`backporcher-runner check` in it: the engine, the agent image, the networks and firewall, and a
 /// sandbox reading a handed-over tree through a bind mount the host's engine resolves); then down.
@@ -184,34 +185,45 @@ fn compose_starts_from_the_shipped_file_and_its_runner_can_run_sandboxes() {
     };
     let up = project.run(&["up", "-d", "controller"]);
     assert!(up.status.success(), "up: {}", text(&up));
+    // Served over HTTPS from the controller's CA: ready, then the CA it serves verifies it for
+    // the name a browser would use.
+    let curl = |args: &[&str]| {
+        xcmd::Cmd::new("curl", &state)
+            .args(["-fsS", "--max-time", "5"])
+            .args(args)
+            .to_std()
+            .output()
+            .unwrap()
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let ready = std::net::TcpStream::connect(("127.0.0.1", http))
-            .ok()
-            .and_then(|mut s| {
-                use std::io::{Read, Write};
-                s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-                    .ok()?;
-                s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").ok()?;
-                let mut r = String::new();
-                s.read_to_string(&mut r).ok()?;
-                Some(r)
-            });
-        if ready
-            .as_deref()
-            .is_some_and(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"))
-        {
-            break;
-        }
+    while !curl(&["-k", &format!("https://127.0.0.1:{http}/readyz")])
+        .status
+        .success()
+    {
         if std::time::Instant::now() > deadline {
             let logs = project.run(&["logs", "--no-color"]);
             panic!(
-                "the controller never became ready: {ready:?}\n{}",
+                "the controller never became ready over HTTPS:\n{}",
                 text(&logs)
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+    let ca = curl(&["-k", &format!("https://127.0.0.1:{http}/ca.pem")]);
+    assert!(ca.status.success());
+    std::fs::write(state.join("ca.pem"), &ca.stdout).unwrap();
+    let verified = curl(&[
+        "--cacert",
+        "ca.pem",
+        &format!("https://localhost:{http}/healthz"),
+    ]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(
+        !curl(&[&format!("http://127.0.0.1:{http}/healthz")])
+            .status
+            .success(),
+        "no plain HTTP"
+    );
     // A join ticket from the controller container; the runner container enrolls with it over
     // mTLS through the published port, checking the controller's CA against the ticket.
     let ticket = project.run(&[
