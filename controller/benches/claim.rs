@@ -3,7 +3,10 @@
 //! For each concurrency level, a fresh database gets `--tasks` queued tasks spread over
 //! `--repos` repositories (with `--durable`, on a server with fsync on); that many claimers (each a runner of its own, as a Tokio task with a pooled connection)
 //! claim until the queue is empty. Prints claims per second and p50/p99/max claim latency as a
-//! Markdown table. Run: `cargo bench -p controller --bench claim -- [--tasks N] [--repos N]
+//! Markdown table, and beside it the floor: what PostgreSQL itself does with the bare
+//! `UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED LIMIT 1)` on a queue of the same size,
+//! driven by `pgbench` with as many clients, on the same server in the same run — and our rate as
+//! a share of it. Run: `cargo bench -p controller --bench claim -- [--tasks N] [--repos N]
 //! [--claimers 1,8,32] [--durable]`. Uses the private PostgreSQL of `pgembed::testing` (or `DATABASE_URL`).
 
 use std::time::{Duration, Instant};
@@ -65,8 +68,10 @@ async fn main() {
         false => None,
     };
     println!("durable (fsync, synchronous_commit): {}\n", args.durable);
-    println!("| claimers | tasks | repos | claims/s | p50 ms | p99 ms | max ms |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| claimers | tasks | repos | claims/s | p50 ms | p99 ms | max ms | floor claims/s | share |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &args.claimers {
         let url = match &durable {
             Some(server) => {
@@ -133,14 +138,17 @@ async fn main() {
         );
         lat.sort();
         let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1000.0;
+        let rate = lat.len() as f64 / wall.as_secs_f64();
+        let floor = floor(&store, &url, n, args.tasks).await;
         println!(
-            "| {n} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            "| {n} | {} | {} | {rate:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
             args.tasks,
             args.repos,
-            lat.len() as f64 / wall.as_secs_f64(),
             pct(0.50),
             pct(0.99),
             lat.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
+            floor.map_or("—".into(), |f| format!("{f:.0}")),
+            floor.map_or("—".into(), |f| format!("{:.0} %", 100.0 * rate / f)),
         );
         store.pool().close().await;
     }
@@ -178,4 +186,72 @@ async fn seed(store: &Store, repos: i64, tasks: i64) {
         .execute(store.pool())
         .await
         .expect("analyze");
+}
+
+/// The floor: the bare claim statement on a queue of `tasks` rows, `clients` pgbench clients on
+/// the same server, until the queue is empty; transactions per second (`None` without pgbench).
+async fn floor(store: &Store, url: &str, clients: usize, tasks: i64) -> Option<f64> {
+    let pgbench = ["/usr/bin/pgbench"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .chain(
+            std::fs::read_dir("/usr/lib/postgresql")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|d| d.path().join("bin/pgbench")),
+        )
+        .find(|p| p.exists())?;
+    for sql in [
+        "DROP TABLE IF EXISTS floor_queue",
+        "CREATE TABLE floor_queue (id bigserial PRIMARY KEY, status text NOT NULL, claimed_by int)",
+        "CREATE INDEX floor_queued ON floor_queue (id) WHERE status = 'queued'",
+    ] {
+        sqlx::query(sql).execute(store.pool()).await.ok()?;
+    }
+    sqlx::query("INSERT INTO floor_queue (status) SELECT 'queued' FROM generate_series(1, $1)")
+        .bind(tasks)
+        .execute(store.pool())
+        .await
+        .ok()?;
+    sqlx::query("VACUUM ANALYZE floor_queue")
+        .execute(store.pool())
+        .await
+        .ok()?;
+    let dir = tempfile_dir();
+    let script = dir.join("claim.sql");
+    std::fs::write(
+        &script,
+        "UPDATE floor_queue SET status = 'leased', claimed_by = :client_id \
+         WHERE id = (SELECT id FROM floor_queue WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED);\n",
+    )
+    .ok()?;
+    let per_client = (tasks as usize / clients).max(1);
+    let out = xcmd::Cmd::new(&pgbench, &dir)
+        .args(["-n", "-f"])
+        .arg(&script)
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+            "-t",
+            &per_client.to_string(),
+            url,
+        ])
+        .to_std()
+        .output()
+        .ok()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("bp-floor-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&d).expect("a scratch directory");
+    d
 }
