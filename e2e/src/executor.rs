@@ -8,7 +8,8 @@
 //! - `bigbundle:<MiB>`: succeeds with a bundle of that many mebibytes.
 //!
 //! Every run is appended to a shared file (`task attempt pid`), so tests can count executions
-//! across runner processes.
+//! across runner processes; every run's end to `<runs file>.ended` (`task attempt pid outcome`),
+//! so tests can tell when an attempt stopped working.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -61,6 +62,45 @@ impl Executor for ScriptExecutor {
     }
 
     async fn run(&self, ctx: TaskContext) -> ExecResult {
+        let lease = ctx.assignment.lease.clone();
+        let result = self.script(ctx).await;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.runs_file.with_extension("ended"))
+        {
+            let _ = writeln!(
+                f,
+                "{} {} {} {:?}",
+                lease.task_id,
+                lease.attempt,
+                std::process::id(),
+                result.outcome
+            );
+        }
+        result
+    }
+}
+
+impl ScriptExecutor {
+    /// Runs that ended so far: (task, attempt, pid, outcome).
+    pub fn ended(&self) -> Vec<(i64, i32, u32, String)> {
+        std::fs::read_to_string(self.runs_file.with_extension("ended"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((
+                    it.next()?.parse().ok()?,
+                    it.next()?.parse().ok()?,
+                    it.next()?.parse().ok()?,
+                    it.next()?.to_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    async fn script(&self, ctx: TaskContext) -> ExecResult {
         let lease = ctx.assignment.lease.clone();
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)

@@ -221,3 +221,89 @@ async fn a_database_outage_longer_than_a_lease_costs_no_work() {
     c.stop().await;
     server.stop().await.unwrap();
 }
+
+/// A runner frozen (SIGSTOP) past its lease: the controller takes the task back and another
+/// runner completes it; when the frozen one resumes, its attempt stops within a few heartbeats —
+/// it does not go on working on a task it no longer holds — and nothing it reports is taken.
+#[tokio::test]
+async fn a_frozen_runner_resumed_after_its_lease_stops_its_work_and_reports_nothing() {
+    let lease = Duration::from_secs(3);
+    let c = TestController::start(Options {
+        lease,
+        heartbeat: Duration::from_secs(1),
+        restart_grace: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let repo = c.repo("acme/widgets").await;
+    let (_, dir_a) = enroll(&c, "a", &[]).await;
+    let exec = executor();
+    let mut a = runner_process(&dir_a, &exec.runs_file);
+    let t = c.task(&repo, "sleep:12000").await;
+    c.wait_status(t.id, "running", Duration::from_secs(20))
+        .await;
+    let e = exec.clone();
+    e2e::harness::eventually(
+        Duration::from_secs(10),
+        "the work to start on a",
+        move || {
+            let e = e.clone();
+            async move { !e.runs().is_empty() }
+        },
+    )
+    .await;
+    let pid = a.id().to_string();
+    let signal = |sig: &str| {
+        let ok = xcmd::Cmd::new("kill", std::env::temp_dir())
+            .args([sig, &pid])
+            .to_std()
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    // Frozen past its lease: the task goes back to the queue and runner b takes it.
+    c.wait_status(t.id, "queued", lease + Duration::from_secs(5))
+        .await;
+    let (id_b, dir_b) = enroll(&c, "b", &[]).await;
+    let b = spawn_runner(id_b.clone(), &dir_b, exec.clone(), 1);
+    c.wait_status(t.id, "running", Duration::from_secs(20))
+        .await;
+    signal("-CONT");
+    let resumed = Instant::now();
+    let a_pid = a.id();
+    let e = exec.clone();
+    e2e::harness::eventually(
+        Duration::from_secs(10),
+        "the resumed runner to stop its attempt",
+        move || {
+            let e = e.clone();
+            async move { e.ended().iter().any(|r| r.2 == a_pid) }
+        },
+    )
+    .await;
+    let stopped_after = resumed.elapsed();
+    let ended = exec.ended();
+    let a_end = ended.iter().find(|r| r.2 == a_pid).unwrap();
+    assert_eq!(a_end.3, "Canceled", "{ended:?}");
+    assert!(
+        stopped_after < Duration::from_secs(6),
+        "the old attempt kept working {stopped_after:?} after the resume"
+    );
+    c.wait_status(t.id, "pushing", Duration::from_secs(30))
+        .await;
+    let done = c.store.task(t.id).await.unwrap();
+    assert_eq!(done.runner_id, Some(id_b.runner_id));
+    let results: Vec<(i32,)> =
+        sqlx::query_as("SELECT attempt FROM task_results WHERE task_id = $1")
+            .bind(t.id)
+            .fetch_all(c.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(results, vec![(done.attempt,)], "only b's attempt reported");
+    let _ = a.kill();
+    let _ = a.wait();
+    b.stop().await.unwrap();
+    c.stop().await;
+}
