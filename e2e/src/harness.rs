@@ -391,6 +391,7 @@ pub async fn quick_identity(c: &TestController, name: &str, capacity: i32) -> Id
         cert_pem: cert.pem,
         key_pem,
         ca_pem: pki.ca_pem().to_owned(),
+        replicas: Vec::new(),
     }
 }
 

@@ -71,6 +71,10 @@ struct Slot {
 pub struct Shared {
     config: Config,
     client: RwLock<Client>,
+    /// The controller's addresses and the one in use: an address that does not answer is left
+    /// for the next (a replica of the same controller).
+    endpoints: Vec<String>,
+    endpoint: std::sync::atomic::AtomicUsize,
     identity: Mutex<Identity>,
     slots: Mutex<HashMap<(i64, i32), Arc<Slot>>>,
     freed: Notify,
@@ -80,9 +84,39 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The current controller client (replaced when the certificate is renewed).
+    /// The current controller client (replaced when the certificate is renewed, or when the
+    /// controller address in use stops answering and another replica's is tried).
     pub fn client(&self) -> Client {
         self.client.read().expect("client lock").clone()
+    }
+
+    /// Moves on to the controller's next address after the one in use did not answer (nothing
+    /// to do with a single address).
+    fn fail_over(&self) {
+        if self.endpoints.len() < 2 {
+            return;
+        }
+        let next = (self.endpoint.fetch_add(1, Ordering::AcqRel) + 1) % self.endpoints.len();
+        let url = &self.endpoints[next];
+        let identity = self.identity.lock().expect("identity lock").clone();
+        match identity.connect_to(url) {
+            Ok(c) => {
+                tracing::info!(controller = %url, "controller unreachable; trying another of its addresses");
+                *self.client.write().expect("client lock") = c;
+            }
+            Err(e) => {
+                tracing::warn!(controller = %url, error = %e, "cannot use a controller address")
+            }
+        }
+    }
+
+    /// A client for the address in use, with `identity` (after a certificate renewal).
+    fn connect_current(&self, identity: &Identity) -> anyhow::Result<Client> {
+        let i = self.endpoint.load(Ordering::Acquire) % self.endpoints.len().max(1);
+        match self.endpoints.get(i) {
+            Some(url) => identity.connect_to(url),
+            None => identity.connect(),
+        }
     }
 
     fn active(&self) -> Vec<Lease> {
@@ -120,6 +154,9 @@ where
             }
             Err(s) if transient(&s) => {
                 tracing::debug!(what, error = %s.message(), "controller unreachable; retrying");
+                if s.code() == Code::Unavailable {
+                    shared.fail_over();
+                }
                 tokio::select! {
                     _ = backoff.wait() => {}
                     _ = shared.stop.cancelled() => return Err(CallError::Stopped),
@@ -153,9 +190,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let client = identity.connect()?;
     crate::redact::remember(&identity.key_pem);
+    let endpoints = identity.endpoints();
     let shared = Arc::new(Shared {
         config,
         client: RwLock::new(client),
+        endpoints,
+        endpoint: std::sync::atomic::AtomicUsize::new(0),
         identity: Mutex::new(identity),
         slots: Mutex::new(HashMap::new()),
         freed: Notify::new(),
@@ -302,6 +342,9 @@ async fn session_loop(shared: Arc<Shared>, stop: CancellationToken) {
             Ok(s) => Box::pin(s),
             Err(e) => {
                 tracing::debug!(error = %e.message(), "session failed to open; retrying");
+                if e.code() == Code::Unavailable {
+                    shared.fail_over();
+                }
                 tokio::select! { _ = backoff.wait() => continue, _ = stop.cancelled() => return }
             }
         };
@@ -426,7 +469,7 @@ async fn renew_certificate_if_due(shared: &Arc<Shared>) {
                 tracing::warn!(error = %e, "cannot save the renewed certificate");
                 return;
             }
-            match renewed.connect() {
+            match shared.connect_current(&renewed) {
                 Ok(c) => *shared.client.write().expect("client lock") = c,
                 Err(e) => tracing::warn!(error = %e, "cannot use the renewed certificate"),
             }

@@ -29,6 +29,10 @@ pub struct Identity {
     /// The controller's CA (PEM).
     #[serde(skip)]
     pub ca_pem: String,
+    /// Further addresses of the same controller (its replicas), tried in turn while the one in
+    /// use does not answer (given at `run`, not stored).
+    #[serde(skip)]
+    pub replicas: Vec<String>,
 }
 
 const IDENTITY: &str = "identity.json";
@@ -39,12 +43,23 @@ const CA: &str = "ca.pem";
 impl Identity {
     /// A lazy mTLS connection to the controller with this identity.
     pub fn connect(&self) -> anyhow::Result<client::Client> {
-        client::Client::with_pem(
-            &self.controller,
-            &self.ca_pem,
-            &self.cert_pem,
-            &self.key_pem,
-        )
+        self.connect_to(&self.controller)
+    }
+
+    /// A lazy mTLS connection to `url`, one of the controller's addresses, with this identity.
+    pub fn connect_to(&self, url: &str) -> anyhow::Result<client::Client> {
+        client::Client::with_pem(url, &self.ca_pem, &self.cert_pem, &self.key_pem)
+    }
+
+    /// Every address of the controller: the enrolled one first, then its replicas.
+    pub fn endpoints(&self) -> Vec<String> {
+        let mut all = vec![self.controller.clone()];
+        for r in &self.replicas {
+            if !all.contains(r) {
+                all.push(r.clone());
+            }
+        }
+        all
     }
 
     /// Loads the identity from `state_dir`.
@@ -162,6 +177,7 @@ pub async fn join(
         cert_pem: resp.certificate_pem,
         key_pem,
         ca_pem: resp.ca_pem,
+        replicas: Vec::new(),
     };
     id.save(state_dir)?;
     tracing::info!(runner = id.runner_id, state_dir = %state_dir.display(), "enrolled with the controller");

@@ -97,6 +97,10 @@ struct RunArgs {
     /// model credential out of this process's environment (preferred over the variables).
     #[arg(long, env = "BACKPORCHER_MODEL_CREDENTIAL_FILE")]
     credential_file: Option<PathBuf>,
+    /// Further addresses of the controller (its replicas, comma-separated), tried in turn while
+    /// the one in use does not answer; the address enrolled with comes first.
+    #[arg(long, env = "BACKPORCHER_CONTROLLERS", value_delimiter = ',')]
+    controllers: Vec<String>,
     /// Private or link-local ranges (CIDRs, comma-separated) an `open` sandbox may reach.
     #[arg(long, env = "BACKPORCHER_OPEN_ALLOW", value_delimiter = ',')]
     open_allow: Vec<String>,
@@ -184,7 +188,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn run_daemon(state_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
     use runner::gateway::Credential;
-    let identity = runner::identity::Identity::load(&state_dir)?;
+    let mut identity = runner::identity::Identity::load(&state_dir)?;
+    identity.replicas = args.controllers.clone();
     // The real model credential stays in this process; agents only ever see per-task tokens.
     let from_file = match &args.credential_file {
         Some(path) => Some(read_credential_file(path)?),

@@ -307,3 +307,35 @@ async fn a_frozen_runner_resumed_after_its_lease_stops_its_work_and_reports_noth
     b.stop().await.unwrap();
     c.stop().await;
 }
+
+/// A runner that knows two replicas of its controller: the one it enrolled with stops, and the
+/// runner goes on with the other — a task filed afterwards is leased and completed through it.
+#[tokio::test]
+async fn a_runner_fails_over_to_another_replica_when_its_controller_stops() {
+    let opts = Options {
+        lease: Duration::from_secs(5),
+        heartbeat: Duration::from_secs(1),
+        ..Options::default()
+    };
+    let c1 = TestController::start(opts.clone()).await;
+    let c2 = TestController::start_on_database(c1.db_url().to_owned(), opts).await;
+    let repo = c1.repo("acme/widgets").await;
+    let (mut id, dir) = enroll(&c1, "a", &[]).await;
+    id.replicas = vec![c2.url()];
+    let exec = executor();
+    let r = spawn_runner(id.clone(), &dir, exec.clone(), 1);
+    let first = c1.task(&repo, "sleep:100").await;
+    c1.wait_status(first.id, "pushing", Duration::from_secs(20))
+        .await;
+    // The replica it enrolled with goes away for good; the other one serves it from now on.
+    c1.stop().await;
+    let second = c2.task(&repo, "sleep:100").await;
+    let done = c2
+        .wait_status(second.id, "pushing", Duration::from_secs(30))
+        .await;
+    assert_eq!(done.runner_id, Some(id.runner_id));
+    let runs = exec.runs();
+    assert!(runs.iter().any(|r| r.0 == second.id), "{runs:?}");
+    r.stop().await.unwrap();
+    c2.stop().await;
+}
