@@ -100,6 +100,18 @@ impl TestController {
         Self::start_on(db.url, None, None, options).await
     }
 
+    /// Starts a controller on a fresh database, listening on `grpc` and `http` (addresses of a
+    /// test network, say).
+    pub async fn start_at(grpc: SocketAddr, http: SocketAddr, options: Options) -> Self {
+        init();
+        let db = pgembed::testing::cluster()
+            .await
+            .fresh_database(&MIGRATOR)
+            .await
+            .expect("database");
+        Self::start_on(db.url, Some(grpc), Some(http), options).await
+    }
+
     /// Starts a controller on the (empty or migrated) database at `db_url`.
     pub async fn start_on_database(db_url: String, options: Options) -> Self {
         init();

@@ -29,7 +29,7 @@ async fn every_issue_of_a_busy_fleet_ends_merged() {
 
 /// Two controller replicas on one database (each with its own pool, loops, gRPC and HTTP
 /// listeners; the runners spread over both, the webhooks alternating between them), 20 issues:
-/// every task merges, with one comment per milestone, one pull request and one merge per task,
+/// every task merges, with one comment per milestone, one pull request and one merge commit per task,
 /// and each task triaged in exactly one model call — counted at the simulators.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_controller_replicas_do_everything_once() {
@@ -76,7 +76,24 @@ async fn two_controller_replicas_do_everything_once() {
             .count()
     };
     assert_eq!(count("POST", "/pulls"), 20, "one pull request per task");
-    assert_eq!(count("PUT", "/merge"), 20, "one merge per task");
+    // A merge refused because another one just moved the base branch is tried again (as on
+    // GitHub), so requests may exceed merges; what counts is the effect: one commit on each
+    // repository's main per task merged there (squash), none twice.
+    assert!(count("PUT", "/merge") >= 20);
+    let mut repos: Vec<&String> = r.issues.iter().map(|(repo, _)| repo).collect();
+    repos.sort();
+    repos.dedup();
+    let mut merges = 0;
+    for repo in repos {
+        let out = xcmd::Cmd::new("git", r.gh.git_dir(repo))
+            .args(["rev-list", "--count", "refs/heads/main"])
+            .to_std()
+            .output()
+            .unwrap();
+        let commits: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        merges += commits - 1;
+    }
+    assert_eq!(merges, 20, "one merge per task");
     let model = r.model.expect("the model simulator");
     let triage: Vec<String> = model
         .received()

@@ -9,6 +9,7 @@ mod failures;
 mod fleet;
 mod hostile_text;
 mod logs;
+mod partition;
 mod pipeline;
 mod redteam;
 mod sandbox;
