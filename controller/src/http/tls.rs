@@ -1,7 +1,8 @@
 //! HTTPS for the dashboard and the API on the controller's own HTTP listener: a certificate the
 //! operator gives (PEM files), or one the controller's CA issues for its server names (the CA a
-//! browser or `curl --cacert` then trusts — `GET /ca.pem`). Handshakes run concurrently, each
-//! bounded by a deadline, so a client that never finishes one holds up nobody else.
+//! browser or `curl --cacert` then trusts — `GET /ca.pem`). Handshakes run concurrently (at most
+//! `HANDSHAKES` at once), each bounded by a deadline, so a client that never finishes one holds
+//! up nobody else.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,9 @@ use tokio_rustls::server::TlsStream;
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Handshakes done and not yet taken by the server.
 const BACKLOG: usize = 256;
+/// Handshakes under way at once; past it a new connection waits in the kernel's accept queue
+/// until one finishes or times out.
+const HANDSHAKES: usize = 512;
 
 /// Where the HTTPS certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -71,8 +75,12 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let (tx, done) = mpsc::channel(BACKLOG);
+        let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
         let accept = tokio::spawn(async move {
             loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let (stream, addr) = match tcp.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -83,6 +91,7 @@ impl TlsListener {
                 };
                 let (acceptor, done) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = done.send((tls, addr)).await;

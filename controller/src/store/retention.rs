@@ -52,59 +52,46 @@ impl Pruned {
     }
 }
 
+/// What each kind prunes: its rows past an age (`$1`, seconds), at most `$2` of them.
+const PRUNE: [&str; 4] = [
+    // Log chunks of ended tasks.
+    "DELETE FROM log_chunks WHERE (task_id, attempt, seq) IN ( \
+       SELECT c.task_id, c.attempt, c.seq FROM tasks t JOIN log_chunks c ON c.task_id = t.id \
+       WHERE t.finished_at < now() - make_interval(secs => $1) LIMIT $2)",
+    // Bundles of ended tasks.
+    "DELETE FROM task_bundles WHERE (task_id, attempt) IN ( \
+       SELECT b.task_id, b.attempt FROM tasks t JOIN task_bundles b ON b.task_id = t.id \
+       WHERE t.finished_at < now() - make_interval(secs => $1) LIMIT $2)",
+    // Webhook delivery ids.
+    "DELETE FROM webhook_deliveries WHERE delivery_id IN ( \
+       SELECT delivery_id FROM webhook_deliveries \
+       WHERE received_at < now() - make_interval(secs => $1) LIMIT $2)",
+    // Audit rows.
+    "DELETE FROM audit_log WHERE id IN ( \
+       SELECT id FROM audit_log WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
+];
+
 impl Store {
     /// Removes at most `batch` rows of each kind past `keep`; call again while it removes a
     /// full batch of any kind.
     pub async fn prune_batch(&self, keep: &Retention, batch: i64) -> Result<Pruned> {
-        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
-        let mut pruned = Pruned::default();
-        if let Some(age) = secs(keep.logs) {
-            pruned.logs = sqlx::query(
-                "DELETE FROM log_chunks WHERE (task_id, attempt, seq) IN ( \
-                   SELECT c.task_id, c.attempt, c.seq FROM tasks t JOIN log_chunks c ON c.task_id = t.id \
-                   WHERE t.finished_at < now() - make_interval(secs => $1) LIMIT $2)",
-            )
-            .bind(age)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let ages = [keep.logs, keep.bundles, keep.deliveries, keep.audit];
+        let mut removed = [0u64; 4];
+        for ((sql, age), n) in PRUNE.iter().zip(ages).zip(removed.iter_mut()) {
+            let Some(age) = age else { continue };
+            *n = sqlx::query(*sql)
+                .bind(age.as_secs_f64())
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         }
-        if let Some(age) = secs(keep.bundles) {
-            pruned.bundles = sqlx::query(
-                "DELETE FROM task_bundles WHERE (task_id, attempt) IN ( \
-                   SELECT b.task_id, b.attempt FROM tasks t JOIN task_bundles b ON b.task_id = t.id \
-                   WHERE t.finished_at < now() - make_interval(secs => $1) LIMIT $2)",
-            )
-            .bind(age)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        }
-        if let Some(age) = secs(keep.deliveries) {
-            pruned.deliveries = sqlx::query(
-                "DELETE FROM webhook_deliveries WHERE delivery_id IN ( \
-                   SELECT delivery_id FROM webhook_deliveries \
-                   WHERE received_at < now() - make_interval(secs => $1) LIMIT $2)",
-            )
-            .bind(age)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        }
-        if let Some(age) = secs(keep.audit) {
-            pruned.audit = sqlx::query(
-                "DELETE FROM audit_log WHERE id IN ( \
-                   SELECT id FROM audit_log WHERE at < now() - make_interval(secs => $1) LIMIT $2)",
-            )
-            .bind(age)
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        }
-        Ok(pruned)
+        let [logs, bundles, deliveries, audit] = removed;
+        Ok(Pruned {
+            logs,
+            bundles,
+            deliveries,
+            audit,
+        })
     }
 }
