@@ -5,8 +5,11 @@
 //!
 //! A claim is one `FOR UPDATE SKIP LOCKED` statement that honours holds, dependencies, the global
 //! pause, runner labels and the per-repo concurrency cap, and orders by priority then age. The cap
-//! is exact: the statement increments the repository's `active_tasks` only while it is below the
-//! cap, on the locked repository row, and the tasks trigger decrements it when a lease ends.
+//! is exact without a shared counter: a capped repository has one slot row per unit of its cap
+//! (`repo_slots`, migration 0022); a claim takes a free slot with `FOR UPDATE SKIP LOCKED` and the
+//! tasks trigger frees it when the lease ends. A claim locks the repository's row only while the
+//! repository has a daily budget; a change of the cap or the budget is fenced against the claims
+//! of the repository ([`fence_repo_limits`]).
 
 use std::time::Duration;
 
@@ -107,12 +110,20 @@ macro_rules! take_back_sql {
 // written out (`Status::UNSUCCESSFUL`, `Status::ACTIVE`, checked by a test) so the planner can use
 // the partial index on active tasks: with a bound array it cannot, and claims run at half speed.
 //
+// Nothing every claim of a repository writes is shared: the candidate is chosen first (the plan
+// that walks the head of the queue) and locked; then `gate` (`repo_claim_gate`, migration 0022)
+// checks that no change of the repository's cap or daily budget is under way and that the ones
+// read are still current, and keeps them so until the claim commits. A capped repository's claim
+// takes a free slot (`FOR UPDATE SKIP LOCKED`: claims of the repository take different slots
+// instead of waiting for each other); the repository's row is locked only while it has a daily
+// budget, the fleet's only while the fleet has one.
+//
 // Money: the claim grants the attempt the least of what is left of the task's budget, of its
 // repository's daily budget and of the fleet's (spend today and grants to running attempts
-// subtracted). The candidate is chosen first (the plan that walks the head of the queue); then the
-// fleet's row is locked (only while a fleet budget is set) and the repository's row re-checked
-// under its lock, so concurrent claims cannot together grant more than is left; a claim that lost
-// the race to another retries with fresh figures.
+// subtracted). The fleet's row is locked before the grant is computed; the repository's is
+// re-checked under its lock, so concurrent claims cannot together grant more than is left. The
+// slot is locked before the repository's budget is written and taken only if the budget allowed
+// it, so a claim that fails takes neither. A claim that lost a race retries with fresh figures.
 macro_rules! claim_sql {
     ($prelude:literal, $from:literal) => {
         concat!(
@@ -122,7 +133,8 @@ macro_rules! claim_sql {
             "    AND (t.hold_kind IS NULL OR (t.hold_kind IN ('circuit_breaker', 'reflection') AND t.hold_until <= now()))",
             "    AND r.enabled AND (r.breaker_until IS NULL OR r.breaker_until <= now())",
             "    AND (NOT t.labels_required OR t.required_labels <@ $2::text[])",
-            "    AND (r.max_concurrency IS NULL OR r.active_tasks < r.max_concurrency)",
+            "    AND (r.max_concurrency IS NULL OR EXISTS (SELECT 1 FROM repo_slots s",
+            "         WHERE s.repo_id = r.id AND s.task_id IS NULL AND s.slot <= r.max_concurrency))",
             "    AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks dt ON dt.id = d.depends_on",
             "                    WHERE d.task_id = t.id AND (dt.status <> 'merged' AND (NOT d.soft OR dt.status NOT IN ('failed', 'canceled'))))",
             "    AND NOT (SELECT queue_paused FROM settings)",
@@ -136,7 +148,8 @@ macro_rules! claim_sql {
             "), g AS (SELECT ", fleet_left!(""), " AS left_microusd FROM settings",
             "  WHERE budget_global_daily_microusd IS NOT NULL FOR UPDATE",
             "), grant_ AS (",
-            "  SELECT cand.id, cand.repo_id, GREATEST(LEAST(",
+            "  SELECT cand.id, cand.repo_id, r.max_concurrency AS cap, r.budget_daily_microusd AS daily,",
+            "    GREATEST(LEAST(",
             "      COALESCE(r.budget_task_microusd, (SELECT budget_task_microusd FROM settings)) - t.cost_microusd,",
             "      COALESCE(", day_left!("r."), ", 9223372036854775807),",
             "      COALESCE((SELECT left_microusd FROM g), 9223372036854775807)), 0) AS amount",
@@ -147,30 +160,49 @@ macro_rules! claim_sql {
             // the budget-hold sweep takes such tasks off the queue within a sweep.
             "  WHERE COALESCE((SELECT left_microusd FROM g), 1) > 0",
             "    AND COALESCE(", day_left!("r."), ", 1) > 0",
-            "), slot AS (",
-            "  UPDATE repos r SET active_tasks = r.active_tasks + 1,",
+            "), gate AS MATERIALIZED (",
+            "  SELECT grant_.id FROM grant_ WHERE repo_claim_gate(grant_.repo_id, grant_.cap, grant_.daily)",
+            "), free_slot AS MATERIALIZED (",
+            "  SELECT s.repo_id, s.slot FROM grant_ JOIN repo_slots s ON s.repo_id = grant_.repo_id",
+            "  WHERE grant_.cap IS NOT NULL AND EXISTS (SELECT 1 FROM gate)",
+            "    AND s.task_id IS NULL AND s.slot <= grant_.cap",
+            // Holders above the cap (it was lowered while over): no claim until they are gone.
+            "    AND NOT EXISTS (SELECT 1 FROM repo_slots h WHERE h.repo_id = grant_.repo_id AND h.slot > grant_.cap)",
+            "  ORDER BY s.slot LIMIT 1",
+            "  FOR UPDATE OF s SKIP LOCKED",
+            "), budget AS (",
+            "  UPDATE repos r SET",
             "    day_spent_microusd = CASE WHEN r.spend_day = (now() AT TIME ZONE 'UTC')::date THEN r.day_spent_microusd ELSE 0 END,",
             "    spend_day = (now() AT TIME ZONE 'UTC')::date,",
             "    day_granted_microusd = r.day_granted_microusd + grant_.amount",
             "  FROM grant_",
-            "  WHERE r.id = grant_.repo_id AND (r.max_concurrency IS NULL OR r.active_tasks < r.max_concurrency)",
-            "    AND COALESCE(", day_left!("r."), " >= grant_.amount, true)",
+            "  WHERE r.id = grant_.repo_id AND grant_.daily IS NOT NULL AND EXISTS (SELECT 1 FROM gate)",
+            "    AND (grant_.cap IS NULL OR EXISTS (SELECT 1 FROM free_slot))",
+            "    AND COALESCE(", day_left!("r."), " >= grant_.amount, false)",
             "  RETURNING r.id",
+            "), won AS MATERIALIZED (",
+            "  SELECT grant_.id, grant_.amount FROM grant_",
+            "  WHERE EXISTS (SELECT 1 FROM gate)",
+            "    AND (grant_.cap IS NULL OR EXISTS (SELECT 1 FROM free_slot))",
+            "    AND (grant_.daily IS NULL OR EXISTS (SELECT 1 FROM budget))",
+            "), slot AS (",
+            "  UPDATE repo_slots s SET task_id = won.id FROM won, free_slot",
+            "  WHERE s.repo_id = free_slot.repo_id AND s.slot = free_slot.slot",
             "), fleet AS (",
-            "  UPDATE settings SET day_granted_microusd = day_granted_microusd + grant_.amount,",
+            "  UPDATE settings SET day_granted_microusd = day_granted_microusd + won.amount,",
             "    day_spent_microusd = CASE WHEN spend_day = (now() AT TIME ZONE 'UTC')::date THEN day_spent_microusd ELSE 0 END,",
             "    spend_day = (now() AT TIME ZONE 'UTC')::date",
-            "  FROM grant_ JOIN slot ON slot.id = grant_.repo_id",
+            "  FROM won",
             "  WHERE budget_global_daily_microusd IS NOT NULL",
             "), claimed AS (",
             "  UPDATE tasks t SET status = 'leased', attempt = t.attempt + 1, lease_token = gen_random_uuid(),",
             "    runner_id = $1, leased_at = now(), lease_expires_at = now() + make_interval(secs => $3),",
-            "    hold_kind = NULL, hold_until = NULL, hold_by = NULL, granted_microusd = grant_.amount,",
+            "    hold_kind = NULL, hold_until = NULL, hold_by = NULL, granted_microusd = won.amount,",
             "    started_at = COALESCE(t.started_at, now()),",
             "    ev_seq = t.ev_seq + 1, ev_actor = 'runner:' || $1, ev_reason = 'claimed',",
-            "    ev_data = jsonb_build_object('granted_microusd', grant_.amount)",
-            "  FROM grant_ JOIN slot ON slot.id = grant_.repo_id",
-            "  WHERE t.id = grant_.id",
+            "    ev_data = jsonb_build_object('granted_microusd', won.amount)",
+            "  FROM won",
+            "  WHERE t.id = won.id",
             "  RETURNING t.*",
             ")",
             "SELECT cand.id AS candidate, claimed.*, r.name AS repo_name, r.clone_url AS repo_clone_url,",
@@ -263,8 +295,9 @@ impl Store {
         &self,
         req: &ClaimRequest<'_>,
     ) -> Result<Option<(Task, ClaimedRepo)>> {
-        // A claim that found a candidate but lost the repository's last slot to a concurrent
-        // claimer tries again: other repositories may still have work.
+        // A claim that found a candidate but lost the repository's last slot (or what was left of
+        // its budget) to a concurrent claimer, or met a change of its limits, tries again: other
+        // repositories may still have work.
         for _ in 0..4 {
             let mut row = self.claim_once(CLAIM_HEAD_SQL, req).await?;
             if row.is_none() {
@@ -512,6 +545,21 @@ settings.task_deadline_secs, over %s attempts); split the issue or raise the dea
         .fetch_optional(&self.pool)
         .await?)
     }
+}
+
+/// Fences a change of `repo`'s cap or daily budget (in `tx`, before its row is written): waits
+/// for the claims of the repository under way and keeps new ones out until `tx` ends, and waits
+/// for its leases that are ending now, so that the slots and the grant the repository's triggers
+/// rebuild count every running attempt (`repo_limits_fence`, migration 0022).
+pub(super) async fn fence_repo_limits(
+    tx: &mut sqlx::PgConnection,
+    repo: super::RepoId,
+) -> Result<()> {
+    sqlx::query("SELECT repo_limits_fence($1)")
+        .bind(repo)
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

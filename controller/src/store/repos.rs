@@ -111,7 +111,9 @@ pub struct RepoSettings {
 
 const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command, approval_mode, \
     review_fail_mode, egress_policy, allow_workflow_changes, agent_hooks, budget_task_microusd, \
-    budget_daily_microusd, max_concurrency, active_tasks, runner_labels, stack, enabled, merge_method, ci_ignore, no_checks, \
+    budget_daily_microusd, max_concurrency, \
+    (SELECT count(*)::int FROM tasks t WHERE t.repo_id = repos.id AND t.status IN ('leased', 'running', 'verifying')) AS active_tasks, \
+    runner_labels, stack, enabled, merge_method, ci_ignore, no_checks, \
     no_checks_grace_secs, env_image, env_setup, created_at";
 
 impl Store {
@@ -213,7 +215,13 @@ impl Store {
                 )));
             }
         }
-        sqlx::query_as::<_, Repo>(sqlx::AssertSqlSafe(format!(
+        // A change of the cap or the daily budget waits for the repository's claims and ending
+        // leases (the triggers then rebuild its slots and recount its grants).
+        let mut tx = self.pool.begin().await?;
+        if s.max_concurrency.is_some() || s.budget_daily_microusd.is_some() {
+            super::claims::fence_repo_limits(&mut tx, id).await?;
+        }
+        let repo = sqlx::query_as::<_, Repo>(sqlx::AssertSqlSafe(format!(
             "UPDATE repos SET \
                verify_command = CASE WHEN $2::text IS NULL THEN verify_command ELSE NULLIF($2, '') END, \
                approval_mode = CASE WHEN $3::text IS NULL THEN approval_mode ELSE NULLIF($3, '') END, \
@@ -253,9 +261,11 @@ impl Store {
         .bind(s.agent_hooks)
         .bind(&s.env_image)
         .bind(&s.env_setup)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?
-        .ok_or_else(|| Error::RepoNotFound(id.to_string()))
+        .ok_or_else(|| Error::RepoNotFound(id.to_string()))?;
+        tx.commit().await?;
+        Ok(repo)
     }
 }
 

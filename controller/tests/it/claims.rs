@@ -709,3 +709,305 @@ async fn the_fleet_daily_budget_binds_every_repository_under_concurrent_claims()
     let (held, _) = store.sweep_budget_holds().await.unwrap();
     assert_eq!(held.len(), 8, "every queued task of every repository waits");
 }
+
+/// Sets `repo`'s concurrency cap (`0`: none).
+async fn set_cap(store: &Store, repo: i64, cap: i32) {
+    store
+        .update_repo(
+            repo,
+            &RepoSettings {
+                max_concurrency: Some(cap),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// Active tasks of `repo`, and how many of them hold a slot.
+async fn active_and_slotted(store: &Store, repo: i64) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM tasks WHERE repo_id = $1 AND status IN ('leased', 'running', 'verifying')), \
+                (SELECT count(*) FROM repo_slots WHERE repo_id = $1 AND task_id IS NOT NULL)",
+    )
+    .bind(repo)
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+}
+
+async fn succeed(store: &Store, lease: &controller::store::claims::LeaseRef) {
+    store
+        .complete(
+            lease,
+            &Completion::new(Outcome::Succeeded),
+            &RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// 32 claimers work through 60 tasks of a repository capped at 3, each completing what it
+/// claimed: never more than 3 run at once (counted in the database right after each claim and
+/// in-process between claim and completion), and completions open slots until all are done.
+#[tokio::test]
+async fn the_cap_is_exact_under_32_concurrent_claimers_and_reopens_as_leases_end() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let store = store().await;
+    let capped = repo(&store, "acme/capped").await;
+    set_cap(&store, capped.id, 3).await;
+    let r = runner(&store, "r1").await;
+    seed_queued(&store, &[capped.id], 60).await;
+    let running = Arc::new(AtomicI64::new(0));
+    let most = Arc::new(AtomicI64::new(0));
+    let done = Arc::new(AtomicI64::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (store, running, most, done) =
+            (store.clone(), running.clone(), most.clone(), done.clone());
+        set.spawn(async move {
+            let mut mine = 0;
+            while done.load(Ordering::SeqCst) < 60 {
+                let Some(t) = store.claim(&claim_req(r)).await.unwrap() else {
+                    tokio::task::yield_now().await;
+                    continue;
+                };
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let (active, slotted) = active_and_slotted(&store, t.repo_id).await;
+                assert!(active <= 3, "{active} active under a cap of 3");
+                assert_eq!(active, slotted, "every active task holds a slot");
+                tokio::task::yield_now().await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                succeed(
+                    &store,
+                    &controller::store::claims::LeaseRef::of(&t).unwrap(),
+                )
+                .await;
+                done.fetch_add(1, Ordering::SeqCst);
+                mine += 1;
+            }
+            mine
+        });
+    }
+    let mut total = 0;
+    while let Some(n) = set.join_next().await {
+        total += n.unwrap();
+    }
+    assert_eq!(total, 60, "every task claimed once");
+    assert!(most.load(Ordering::SeqCst) <= 3);
+    assert_eq!(active_and_slotted(&store, capped.id).await, (0, 0));
+    let slots: i64 = sqlx::query_scalar("SELECT count(*) FROM repo_slots WHERE repo_id = $1")
+        .bind(capped.id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(slots, 3, "the slots are the cap's");
+}
+
+/// A repository without a daily budget is claimed from, and its leases end, while another
+/// transaction holds its row for writing: with a cap (slots) and without one. (`FOR NO KEY
+/// UPDATE`, what any writer of the row holds; a lease end's foreign-key check on the task's
+/// repository takes a key-share lock, which only `FOR UPDATE` or a key change would block.)
+#[tokio::test]
+async fn claims_without_a_daily_budget_do_not_lock_the_repository_row() {
+    let store = store().await;
+    let free = repo(&store, "acme/free").await;
+    let capped = repo(&store, "acme/capped").await;
+    set_cap(&store, capped.id, 2).await;
+    let r = runner(&store, "r1").await;
+    for repo in [&free, &capped] {
+        queued(&store, repo, "a").await;
+        queued(&store, repo, "b").await;
+    }
+    let mut holder = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM repos WHERE id = ANY($1) FOR NO KEY UPDATE")
+        .bind(vec![free.id, capped.id])
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let claims = async {
+        let mut leases = Vec::new();
+        for _ in 0..4 {
+            leases.push(claim(&store, r).await.1);
+        }
+        leases
+    };
+    let leases = tokio::time::timeout(Duration::from_secs(20), claims)
+        .await
+        .expect("claims did not wait for the locked repository rows");
+    let ends = async {
+        for lease in &leases {
+            succeed(&store, lease).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), ends)
+        .await
+        .expect("lease ends did not wait for the locked repository rows");
+    holder.rollback().await.unwrap();
+    assert_eq!(active_and_slotted(&store, capped.id).await, (0, 0));
+}
+
+/// Lowering the cap below what runs stops claims until the repository is below the new cap; a
+/// cap set where none was counts what already runs; raising it opens slots at once.
+#[tokio::test]
+async fn changing_the_cap_counts_what_runs_and_holds_until_below() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    for i in 0..10 {
+        queued(&store, &repo, &format!("t{i}")).await;
+    }
+    let mut leases = Vec::new();
+    for _ in 0..3 {
+        leases.push(claim(&store, r).await.1);
+    }
+    // A cap of 1 set while 3 run: no claim until fewer than 1 run.
+    set_cap(&store, repo.id, 1).await;
+    assert_eq!(active_and_slotted(&store, repo.id).await, (3, 3));
+    assert_eq!(store.repo(repo.id).await.unwrap().active_tasks, 3);
+    for lease in leases.drain(..) {
+        assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+        succeed(&store, &lease).await;
+    }
+    leases.push(claim(&store, r).await.1);
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+    // Raised to 3: two more at once, then none.
+    set_cap(&store, repo.id, 3).await;
+    leases.push(claim(&store, r).await.1);
+    leases.push(claim(&store, r).await.1);
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+    // Lowered to 2 while 3 run: the first lease to end (whichever slot it held) leaves 2,
+    // still no claim; the next leaves 1, and one claim goes through.
+    set_cap(&store, repo.id, 2).await;
+    succeed(&store, &leases.remove(1)).await;
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+    assert_eq!(active_and_slotted(&store, repo.id).await, (2, 2));
+    succeed(&store, &leases.remove(0)).await;
+    leases.push(claim(&store, r).await.1);
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_none());
+    assert_eq!(active_and_slotted(&store, repo.id).await, (2, 2));
+    // Removed: no slots, claims go on.
+    set_cap(&store, repo.id, 0).await;
+    assert_eq!(active_and_slotted(&store, repo.id).await, (2, 0));
+    claim(&store, r).await;
+    assert_eq!(store.repo(repo.id).await.unwrap().active_tasks, 3);
+}
+
+/// A cap set while many claims are under way: every claim that went through before the change
+/// holds a slot afterwards (none slips past the count), and from then on the cap is exact.
+#[tokio::test]
+async fn a_cap_set_during_concurrent_claims_counts_every_claim_that_went_through() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    seed_queued(&store, &[repo.id], 400).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        set.spawn(async move {
+            let mut leases = Vec::new();
+            while let Some(t) = store.claim(&claim_req(r)).await.unwrap() {
+                leases.push(controller::store::claims::LeaseRef::of(&t).unwrap());
+            }
+            leases
+        });
+    }
+    // Let some claims through, then cap the repository under way.
+    loop {
+        let (active, _) = active_and_slotted(&store, repo.id).await;
+        if active >= 20 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    set_cap(&store, repo.id, 5).await;
+    let mut leases = Vec::new();
+    while let Some(l) = set.join_next().await {
+        leases.extend(l.unwrap());
+    }
+    let (active, slotted) = active_and_slotted(&store, repo.id).await;
+    assert_eq!(active, leases.len() as i64);
+    assert!((20..400).contains(&active), "{active}");
+    assert_eq!(
+        slotted, active,
+        "every claim that went through holds a slot"
+    );
+    // All end; then exactly the cap is claimed, by 16 at once.
+    for lease in &leases {
+        succeed(&store, lease).await;
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        set.spawn(async move { store.claim(&claim_req(r)).await.unwrap().is_some() });
+    }
+    let mut won = 0;
+    while let Some(ok) = set.join_next().await {
+        won += usize::from(ok.unwrap());
+    }
+    assert_eq!(won, 5, "exactly the cap");
+}
+
+/// A repository's daily budget binds concurrent claims (here with a cap too, so a claim takes a
+/// slot and the grant together or neither), and a budget set while attempts run counts what
+/// they hold.
+#[tokio::test]
+async fn a_repository_daily_budget_binds_concurrent_claims_and_counts_running_attempts() {
+    let store = store().await;
+    store.set_fleet_budgets(1_000_000, None).await.unwrap();
+    let repo = repo(&store, "acme/daily").await;
+    let r = runner(&store, "r1").await;
+    seed_queued(&store, &[repo.id], 40).await;
+    // Two attempts run before any daily budget is set.
+    let (_, first) = claim(&store, r).await;
+    claim(&store, r).await;
+    store
+        .update_repo(
+            repo.id,
+            &RepoSettings {
+                budget_daily_microusd: Some(5_500_000),
+                max_concurrency: Some(30),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let day = store.repo_day(repo.id).await.unwrap();
+    assert_eq!(
+        day.granted_microusd, 2_000_000,
+        "the running attempts count"
+    );
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        set.spawn(async move {
+            let mut granted = Vec::new();
+            while let Some((_, repo)) = store.claim_with_repo(&claim_req(r)).await.unwrap() {
+                granted.push(repo.grant_microusd);
+            }
+            granted
+        });
+    }
+    let mut granted = Vec::new();
+    while let Some(g) = set.join_next().await {
+        granted.extend(g.unwrap());
+    }
+    granted.sort();
+    assert_eq!(
+        granted,
+        vec![500_000, 1_000_000, 1_000_000, 1_000_000],
+        "exactly what was left of the day"
+    );
+    let day = store.repo_day(repo.id).await.unwrap();
+    assert_eq!(
+        (day.granted_microusd, day.left_microusd()),
+        (5_500_000, Some(0))
+    );
+    assert_eq!(active_and_slotted(&store, repo.id).await, (6, 6));
+    // A lease ending returns its grant.
+    succeed(&store, &first).await;
+    let day = store.repo_day(repo.id).await.unwrap();
+    assert_eq!(day.granted_microusd, 4_500_000);
+}
