@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the controller and runner images without a registry, the way deploy/agent does: release
+# Builds the controller, runner, PostgreSQL and simulators images without a registry, the way deploy/agent does: release
 # binaries built on this host, a Debian root filesystem from the Debian mirror (mmdebstrap), then
 # `docker import`. Each image is labelled with a hash of its inputs and rebuilt only when they
 # change. Usage: deploy/build-images.sh   (CARGO_TARGET_DIR is honoured)
@@ -13,7 +13,7 @@ for tool in mmdebstrap docker cargo; do
 done
 
 echo "== release binaries"
-(cd "$root" && cargo build --release --quiet --bin backporcher-controller --bin backporcher-runner)
+(cd "$root" && cargo build --release --quiet --bin backporcher-controller --bin backporcher-runner --bin backporcher-sims)
 
 build() { # name packages file entrypoint cmd user [extra customize hook]
   # `file` is installed at /usr/local/bin/<its name> (a release binary, or a script).
@@ -58,3 +58,6 @@ build runner "ca-certificates,git,iptables,passwd" "$target/release/backporcher-
 build postgres "postgresql-15,passwd" "$root/deploy/postgres/entrypoint.sh" \
   '["/usr/local/bin/entrypoint.sh"]' '["postgres"]' postgres \
   'rm -rf "$1/var/lib/postgresql/15" "$1/etc/postgresql/15" && mkdir -p "$1/var/lib/postgresql/data" && chroot "$1" chown postgres:postgres /var/lib/postgresql/data && chmod 700 "$1/var/lib/postgresql/data"'
+# The simulators of the compose file's `sims` profile (GitHub with real git, the model API).
+build sims "ca-certificates,git,passwd" "$target/release/backporcher-sims" \
+  '["/usr/local/bin/backporcher-sims"]' '[]' backporcher

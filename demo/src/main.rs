@@ -19,8 +19,9 @@ use controller::config::Config;
 use controller::forge::github::GitHubConfig;
 use controller::llm::ModelConfig;
 use controller::store::repos::{NewRepo, RepoSettings};
+use sim::demo;
 use sim::github::GitHubSim;
-use sim::model::{ModelSim, Script};
+use sim::model::ModelSim;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -54,30 +55,6 @@ struct Args {
     allowed_users: Vec<String>,
 }
 
-/// Sample issues of the demo repository: (title, body, file the agent writes, content).
-const SAMPLES: &[(&str, &str, &str, &str)] = &[
-    (
-        "Add a CONTRIBUTING guide",
-        "We need a short CONTRIBUTING.md. [demo-1]",
-        "/workspace/CONTRIBUTING.md",
-        "# Contributing\n\nOpen an issue, label it `backporcher`.\n",
-    ),
-    (
-        "Document the release steps",
-        "Write docs/release.md. [demo-2]",
-        "/workspace/docs/release.md",
-        "# Releasing\n\n1. Tag.\n2. Push.\n",
-    ),
-    (
-        "Add a health check script",
-        "Add scripts/health.sh printing ok. [demo-3]",
-        "/workspace/scripts/health.sh",
-        "#!/bin/sh\necho ok\n",
-    ),
-];
-
-const SIM_TOKEN: &str = "ghs_demo_token";
-const SIM_KEY: &str = "sk-demo-model-key";
 const SECRET: &str = "whsec-demo";
 
 fn main() -> ExitCode {
@@ -103,33 +80,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn scripts(model: &ModelSim) {
-    model.add_script(sim_says(
-        "Classify this issue",
-        100,
-        "{\"model\": \"sonnet\", \"complexity\": \"simple\"}",
-    ));
-    model.add_script(sim_says("Triage these issues", 100, "[]"));
-    model.add_script(sim_says(
-        "review this pull request",
-        100,
-        "The change does what the issue asks.\nVERDICT: APPROVE",
-    ));
-    model.add_script(sim_says(
-        "How the attempt ended",
-        100,
-        "Cause: unknown in the demo.\nNext: try again.",
-    ));
-    for (i, (_, _, path, content)) in SAMPLES.iter().enumerate() {
-        model.add_script(Script::writes(&format!("[demo-{}]", i + 1), path, content));
-    }
-}
-
-/// Says `text` to up to `times` requests containing `selector`.
-fn sim_says(selector: &str, times: usize, text: &str) -> Script {
-    Script::says(selector, &vec![text; times])
 }
 
 async fn ensure_image() -> anyhow::Result<()> {
@@ -193,14 +143,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => {
             let root = data_dir.join("sim-github");
             let _ = std::fs::remove_dir_all(&root);
-            let gh = GitHubSim::new(&root, SIM_TOKEN);
-            gh.create_repo(
-                "demo/widgets",
-                "main",
-                &[("README.md", "# widgets\n\nA demo repository.\n")],
-            )?;
-            gh.set_public("demo/widgets");
-            gh.set_default_ci("success");
+            let gh = GitHubSim::new(&root, demo::GITHUB_TOKEN);
+            demo::sample_repo(&gh)?;
             let l = tokio::net::TcpListener::bind(args.sim_listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.sim_listen))?;
@@ -208,9 +152,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             gh.serve(l);
             sim = Some((gh, url.clone()));
             (
-                GitHubConfig::with_token(&url, SIM_TOKEN),
-                vec!["demo/widgets".to_owned()],
-                vec!["demo".to_owned()],
+                GitHubConfig::with_token(&url, demo::GITHUB_TOKEN),
+                vec![demo::REPO.to_owned()],
+                vec![demo::USER.to_owned()],
             )
         }
     };
@@ -245,20 +189,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             runner::gateway::Credential::OAuth(token),
         ),
         (None, None) => {
-            let m = ModelSim::new(Some(SIM_KEY.into()));
-            scripts(&m);
+            let m = ModelSim::new(Some(demo::MODEL_KEY.into()));
+            demo::scripts(&m);
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let url = format!("http://{}", l.local_addr()?);
             m.serve(l);
             (
                 ModelConfig {
                     base_url: url.clone(),
-                    api_key: SIM_KEY.into(),
+                    api_key: demo::MODEL_KEY.into(),
                     timeout: Duration::from_secs(60),
                     cli: None,
                 },
                 url,
-                runner::gateway::Credential::ApiKey(SIM_KEY.into()),
+                runner::gateway::Credential::ApiKey(demo::MODEL_KEY.into()),
             )
         }
     };
@@ -362,11 +306,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             &format!("http://{}/api/github/webhook", args.listen),
             SECRET,
         );
-        for (title, body, _, _) in SAMPLES {
-            gh.open_issue("demo/widgets", title, body, "demo", &["backporcher"])
-                .await;
-        }
-        println!("GitHub simulator:   {url} (token {SIM_TOKEN}; repository demo/widgets)");
+        demo::file_samples(gh).await;
+        println!(
+            "GitHub simulator:   {url} (token {}; repository {})",
+            demo::GITHUB_TOKEN,
+            demo::REPO
+        );
     }
     println!("Dashboard:          http://{}/", args.listen);
     match &password {

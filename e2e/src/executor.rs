@@ -48,6 +48,17 @@ impl ScriptExecutor {
     }
 }
 
+/// Appends `line` to the record at `path` (shared by runner processes; a line per write).
+pub fn append_line(path: &std::path::Path, line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 async fn pause(ctx: &TaskContext, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => true,
@@ -64,20 +75,16 @@ impl Executor for ScriptExecutor {
     async fn run(&self, ctx: TaskContext) -> ExecResult {
         let lease = ctx.assignment.lease.clone();
         let result = self.script(ctx).await;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.runs_file.with_extension("ended"))
-        {
-            let _ = writeln!(
-                f,
+        append_line(
+            &self.runs_file.with_extension("ended"),
+            &format!(
                 "{} {} {} {:?}",
                 lease.task_id,
                 lease.attempt,
                 std::process::id(),
                 result.outcome
-            );
-        }
+            ),
+        );
         result
     }
 }
@@ -102,19 +109,10 @@ impl ScriptExecutor {
 
     async fn script(&self, ctx: TaskContext) -> ExecResult {
         let lease = ctx.assignment.lease.clone();
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.runs_file)
-        {
-            let _ = writeln!(
-                f,
-                "{} {} {}",
-                lease.task_id,
-                lease.attempt,
-                std::process::id()
-            );
-        }
+        append_line(
+            &self.runs_file,
+            &format!("{} {} {}", lease.task_id, lease.attempt, std::process::id()),
+        );
         let title = ctx.assignment.spec.title.clone();
         let mut parts = title.split(':');
         let verb = parts.next().unwrap_or_default();

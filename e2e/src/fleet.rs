@@ -24,7 +24,8 @@ use crate::harness::{Configure, Options, TestController, enroll, spawn_runner_wi
 
 const TOKEN: &str = "ghs_fleet";
 const SECRET: &str = "whsec-fleet";
-const MODEL_KEY: &str = "sk-fleet";
+/// The model API key the simulator expects.
+pub const MODEL_KEY: &str = "sk-fleet";
 
 /// An executor that leaves behind what an agent's run would, without the agent and at the least
 /// cost, so the benchmark measures the controller rather than its stand-in runners: one new file
@@ -227,10 +228,8 @@ pub struct Report {
     pub cpu_postgres: f64,
     /// `ci_wait` (green) → merged, p50 and p99, seconds.
     pub ci_to_merged: (f64, f64),
-    /// The GitHub simulator as the run left it (comments, requests).
-    pub gh: GitHubSim,
-    /// The model simulator, when the run had one (requests).
-    pub model: Option<ModelSim>,
+    /// The simulators as the run left them (comments, requests).
+    pub sims: Sims,
     /// The issues filed: repository and number.
     pub issues: Vec<(String, u64)>,
 }
@@ -266,36 +265,215 @@ fn postgres_cpu() -> f64 {
     total
 }
 
+/// The simulators a fleet works against — GitHub (repositories `fleet/repo<i>`, each public
+/// with one commit on `main`, CI green by default) and, optionally, the scripted model API with
+/// enough answers for every triage and review call — both served on `bind`.
+#[derive(Clone)]
+pub struct Sims {
+    /// The GitHub simulator.
+    pub gh: GitHubSim,
+    /// Its URL.
+    pub gh_url: String,
+    /// The model simulator.
+    pub model: Option<ModelSim>,
+    /// Its URL.
+    pub model_url: Option<String>,
+    /// The repositories' names.
+    pub names: Vec<String>,
+}
+
+impl Sims {
+    /// Starts the simulators for `repos` repositories and `issues` issues.
+    pub async fn start(
+        bind: std::net::IpAddr,
+        token: &str,
+        repos: usize,
+        issues: usize,
+        model: bool,
+    ) -> Self {
+        let gh = GitHubSim::new(&state_dir("fleet-gh"), token);
+        gh.set_default_ci("success");
+        let names: Vec<String> = (0..repos).map(|i| format!("fleet/repo{i}")).collect();
+        for name in &names {
+            gh.create_repo(name, "main", &[("README.md", "# fleet\n")])
+                .expect("repository");
+            gh.set_public(name);
+        }
+        let l = tokio::net::TcpListener::bind((bind, 0)).await.unwrap();
+        let gh_url = format!("http://{}", l.local_addr().unwrap());
+        gh.serve(l);
+        let model = model.then(|| ModelSim::new(Some(MODEL_KEY.into())));
+        let mut model_url = None;
+        if let Some(m) = &model {
+            let l = tokio::net::TcpListener::bind((bind, 0)).await.unwrap();
+            model_url = Some(format!("http://{}", l.local_addr().unwrap()));
+            m.serve(l);
+            // Enough answers for every triage and review call the run can make.
+            let triage: Vec<&str> = vec!["[]"; issues];
+            m.add_script(Script::says("Triage these issues", &triage));
+            let single: Vec<&str> =
+                vec!["{\"model\": \"sonnet\", \"complexity\": \"simple\"}"; issues];
+            m.add_script(Script::says("Classify this issue", &single));
+            let approve: Vec<&str> = vec!["VERDICT: APPROVE"; 2 * issues];
+            m.add_script(Script::says("review this pull request", &approve));
+        }
+        Self {
+            gh,
+            gh_url,
+            model,
+            model_url,
+            names,
+        }
+    }
+
+    /// Registers the repositories with the controller, fully automatic.
+    pub async fn add_repos(&self, store: &controller::store::Store) {
+        for name in &self.names {
+            let repo = store
+                .add_repo(&NewRepo {
+                    name: name.clone(),
+                    clone_url: format!("{}/{name}.git", self.gh_url),
+                    default_branch: "main".into(),
+                })
+                .await
+                .unwrap();
+            store
+                .update_repo(
+                    repo.id,
+                    &RepoSettings {
+                        approval_mode: Some("full-auto".into()),
+                        ..RepoSettings::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Files `n` labelled issues (`Fleet change <i>`, by alice) round the repositories, each
+    /// with the webhook GitHub sends for the label, delivered to the webhook URLs in turn.
+    pub async fn file_issues(
+        &self,
+        n: usize,
+        secret: &str,
+        webhooks: &[String],
+    ) -> Vec<(String, u64)> {
+        let mut issues = Vec::new();
+        for i in 0..n {
+            let repo = &self.names[i % self.names.len()];
+            let title = format!("Fleet change {i}");
+            let number =
+                self.gh
+                    .create_issue(repo, &title, "add one file", "alice", &[labels::TRIGGER]);
+            issues.push((repo.clone(), number));
+            self.gh.set_webhook(&webhooks[i % webhooks.len()], secret);
+            self.gh
+                .deliver(
+                    "issues",
+                    serde_json::json!({
+                        "action": "labeled",
+                        "label": {"name": labels::TRIGGER},
+                        "issue": {"number": number, "title": title, "body": "add one file", "state": "open",
+                                  "user": {"login": "alice"}, "labels": [{"name": labels::TRIGGER}]},
+                        "repository": {"full_name": repo},
+                    }),
+                )
+                .await;
+        }
+        issues
+    }
+
+    /// What was done more (or less) than once for `issues`, each meant to end merged: every
+    /// milestone comment once and no comment twice, one pull request and one commit on `main`
+    /// per task, one triage call per issue (with a model). Empty when all is as it should be.
+    pub fn effects_not_once(&self, issues: &[(String, u64)]) -> Vec<String> {
+        let mut wrong = Vec::new();
+        for (repo, n) in issues {
+            let comments = self.gh.comments(repo, *n);
+            let mut unique = comments.clone();
+            unique.sort();
+            unique.dedup();
+            if unique.len() != comments.len() {
+                wrong.push(format!("{repo}#{n}: a comment posted twice: {comments:#?}"));
+            }
+            for milestone in ["accepted this issue", "Opened pull request", "Merged in"] {
+                let times = comments.iter().filter(|c| c.contains(milestone)).count();
+                if times != 1 {
+                    wrong.push(format!(
+                        "{repo}#{n}: `{milestone}` {times} times: {comments:#?}"
+                    ));
+                }
+            }
+        }
+        let requests = self.gh.requests();
+        let pulls = requests
+            .iter()
+            .filter(|(m, p)| m == "POST" && p.ends_with("/pulls"))
+            .count();
+        if pulls != issues.len() {
+            wrong.push(format!(
+                "{pulls} pull requests opened for {} tasks",
+                issues.len()
+            ));
+        }
+        // A merge refused because another one just moved the base branch is tried again (as
+        // on GitHub), so requests may exceed merges; what counts is the effect: one commit on
+        // each repository's main per task merged there (squash), none twice.
+        let mut merges = 0;
+        for repo in &self.names {
+            let out = xcmd::Cmd::new("git", self.gh.git_dir(repo))
+                .args(["rev-list", "--count", "refs/heads/main"])
+                .to_std()
+                .output()
+                .unwrap();
+            let commits: usize = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(1);
+            merges += commits - 1;
+        }
+        if merges != issues.len() {
+            wrong.push(format!(
+                "{merges} merges on main for {} tasks",
+                issues.len()
+            ));
+        }
+        if let Some(model) = &self.model {
+            let triage: Vec<String> = model
+                .received()
+                .iter()
+                .filter(|q| {
+                    q.last_user_text.contains("Triage these issues")
+                        || q.last_user_text.contains("Classify this issue")
+                })
+                .map(|q| q.last_user_text.clone())
+                .collect();
+            for i in 0..issues.len() {
+                // The title as the prompt fences it, on a line of its own.
+                let title = format!("\nFleet change {i}\n");
+                let calls = triage.iter().filter(|t| t.contains(&title)).count();
+                if calls != 1 {
+                    wrong.push(format!("issue {i} triaged in {calls} calls"));
+                }
+            }
+        }
+        wrong
+    }
+}
+
 /// Runs a fleet and waits until every task has ended (or the limit passed).
 pub async fn run(fleet: Fleet) -> Report {
     crate::harness::init();
-    let gh = GitHubSim::new(&state_dir("fleet-gh"), TOKEN);
-    gh.set_default_ci("success");
-    let names: Vec<String> = (0..fleet.repos).map(|i| format!("fleet/repo{i}")).collect();
-    for name in &names {
-        gh.create_repo(name, "main", &[("README.md", "# fleet\n")])
-            .expect("repository");
-        gh.set_public(name);
-    }
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gh_url = format!("http://{}", l.local_addr().unwrap());
-    gh.serve(l);
-    let model = fleet.model.then(|| ModelSim::new(Some(MODEL_KEY.into())));
-    let mut model_url = None;
-    if let Some(m) = &model {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        model_url = Some(format!("http://{}", l.local_addr().unwrap()));
-        m.serve(l);
-        // Enough answers for every triage and review call the run can make.
-        let triage: Vec<&str> = vec!["[]"; fleet.issues];
-        m.add_script(Script::says("Triage these issues", &triage));
-        let single: Vec<&str> =
-            vec!["{\"model\": \"sonnet\", \"complexity\": \"simple\"}"; fleet.issues];
-        m.add_script(Script::says("Classify this issue", &single));
-        let approve: Vec<&str> = vec!["VERDICT: APPROVE"; 2 * fleet.issues];
-        m.add_script(Script::says("review this pull request", &approve));
-    }
-    let (gh_for_config, concurrency) = (gh_url.clone(), fleet.stage_concurrency);
+    let sims = Sims::start(
+        "127.0.0.1".parse().unwrap(),
+        TOKEN,
+        fleet.repos,
+        fleet.issues,
+        fleet.model,
+    )
+    .await;
+    let (gh_for_config, concurrency) = (sims.gh_url.clone(), fleet.stage_concurrency);
+    let model_url = sims.model_url.clone();
     let options = Options {
         lease: Duration::from_secs(60),
         heartbeat: Duration::from_secs(5),
@@ -326,37 +504,7 @@ pub async fn run(fleet: Fleet) -> Report {
         );
     }
     let c = &controllers[0];
-    let set_webhook = |i: usize| {
-        gh.set_webhook(
-            &format!(
-                "http://{}/api/github/webhook",
-                controllers[i % controllers.len()].http
-            ),
-            SECRET,
-        )
-    };
-    set_webhook(0);
-    for name in &names {
-        let repo = c
-            .store
-            .add_repo(&NewRepo {
-                name: name.clone(),
-                clone_url: format!("{gh_url}/{name}.git"),
-                default_branch: "main".into(),
-            })
-            .await
-            .unwrap();
-        c.store
-            .update_repo(
-                repo.id,
-                &RepoSettings {
-                    approval_mode: Some("full-auto".into()),
-                    ..RepoSettings::default()
-                },
-            )
-            .await
-            .unwrap();
-    }
+    sims.add_repos(&c.store).await;
     let work = state_dir("fleet-work");
     std::fs::create_dir_all(&work).unwrap();
     let exec = Arc::new(CommitExecutor::new(work));
@@ -369,26 +517,11 @@ pub async fn run(fleet: Fleet) -> Report {
 
     let cpu0 = (own_cpu(), postgres_cpu());
     let t0 = Instant::now();
-    let mut issues = Vec::new();
-    for i in 0..fleet.issues {
-        let repo = &names[i % names.len()];
-        let title = format!("Fleet change {i}");
-        let n = gh.create_issue(repo, &title, "add one file", "alice", &[labels::TRIGGER]);
-        issues.push((repo.clone(), n));
-        set_webhook(i);
-        // The webhook GitHub sends for the label.
-        gh.deliver(
-            "issues",
-            serde_json::json!({
-                "action": "labeled",
-                "label": {"name": labels::TRIGGER},
-                "issue": {"number": n, "title": title, "body": "add one file", "state": "open",
-                          "user": {"login": "alice"}, "labels": [{"name": labels::TRIGGER}]},
-                "repository": {"full_name": repo},
-            }),
-        )
-        .await;
-    }
+    let webhooks: Vec<String> = controllers
+        .iter()
+        .map(|c| format!("http://{}/api/github/webhook", c.http))
+        .collect();
+    let issues = sims.file_issues(fleet.issues, SECRET, &webhooks).await;
     // Every issue becomes a task, and every task ends.
     let deadline = t0 + fleet.limit;
     let terminal = controller::store::lifecycle::status_texts(controller::store::Status::TERMINAL);
@@ -447,8 +580,7 @@ pub async fn run(fleet: Fleet) -> Report {
         cpu_children: (cpu1.0.1 - cpu0.0.1),
         cpu_postgres: cpu1.1 - cpu0.1,
         ci_to_merged: (tail.0.unwrap_or(0.0), tail.1.unwrap_or(0.0)),
-        gh,
-        model,
+        sims,
         issues,
     }
 }

@@ -7,11 +7,13 @@
 //!   `/v1/messages/count_tokens`) that answers with scripted text and `tool_use` blocks, so the
 //!   real Claude Code CLI really edits files.
 //!
-//! [`kit`] holds the few helpers every test crate shares.
+//! [`kit`] holds the few helpers every test crate shares; [`demo`] the offline demo's sample
+//! repository, issues and scripts (also served by the `backporcher-sims` binary).
 //!
 //! Never a normal dependency of the controller or the runner: tests and the demo only.
 #![deny(missing_docs)]
 
+pub mod demo;
 pub mod github;
 pub mod kit;
 pub mod model;

@@ -70,6 +70,29 @@ async fn screenshot(c: &fantoccini::Client, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }
 
+/// Finds the element at `css` (waiting up to 10 s) and clicks it. The dashboard re-renders its
+/// tables as events arrive, so an element found a moment ago may have been replaced: such a click
+/// is tried again on the new element, a bounded number of times.
+async fn click_fresh(c: &fantoccini::Client, css: &str) {
+    use fantoccini::error::{CmdError, ErrorStatus};
+    for _ in 0..20 {
+        let el = c
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match el.click().await {
+            Ok(()) => return,
+            Err(CmdError::Standard(e)) if e.error == ErrorStatus::StaleElementReference => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("clicking {css}: {e}"),
+        }
+    }
+    panic!("{css} was replaced on every one of 20 clicks");
+}
+
 /// Waits for the status cell of task `id` to read `want` (as the page shows it).
 async fn wait_status(c: &fantoccini::Client, id: i64, want: &str) {
     let css = format!("#tasks tr[data-id=\"{id}\"] td.status span[data-status=\"{want}\"]");
@@ -219,12 +242,7 @@ async fn log_in_watch_a_task_appear_and_approve_it_without_a_reload() {
         ("repos", "#repo-table tbody tr"),
         ("metrics", "#stats dt"),
     ] {
-        b.find(Locator::Css(&format!("#nav button[data-view=\"{view}\"]")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click_fresh(&b, &format!("#nav button[data-view=\"{view}\"]")).await;
         b.wait()
             .at_most(Duration::from_secs(10))
             .for_element(Locator::Css(sel))
@@ -255,23 +273,12 @@ async fn log_in_watch_a_task_appear_and_approve_it_without_a_reload() {
     .execute(c.store.pool())
     .await
     .unwrap();
-    b.find(Locator::Css("#nav button[data-view=\"repos\"]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(&format!(
-            "#repo-table button[data-environment=\"{}\"]",
-            repo.id
-        )))
-        .await
-        .expect("an environment control per repository")
-        .click()
-        .await
-        .unwrap();
+    click_fresh(&b, "#nav button[data-view=\"repos\"]").await;
+    click_fresh(
+        &b,
+        &format!("#repo-table button[data-environment=\"{}\"]", repo.id),
+    )
+    .await;
     let image_row = b
         .wait()
         .at_most(Duration::from_secs(10))

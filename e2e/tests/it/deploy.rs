@@ -4,6 +4,15 @@
 use std::path::Path;
 
 fn compose(args: &[&str], env: &[(&str, &str)]) -> Option<std::process::Output> {
+    compose_with(&[], args, env)
+}
+
+/// `compose` with options before the command (`--env-file`, `--profile`).
+fn compose_with(
+    options: &[&str],
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Option<std::process::Output> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let (program, prefix): (&str, &[&str]) = if which("docker-compose") {
         ("docker-compose", &[])
@@ -15,6 +24,7 @@ fn compose(args: &[&str], env: &[(&str, &str)]) -> Option<std::process::Output> 
     let mut cmd = xcmd::Cmd::new(program, &root)
         .args(prefix)
         .args(["-f", "deploy/compose.yaml"])
+        .args(options)
         .args(args);
     for (k, v) in env {
         cmd = cmd.env(k, v);
@@ -106,6 +116,7 @@ fn the_offline_images_run() {
 
 /// A compose project brought down (volumes too) whatever the test's end.
 struct Project {
+    options: Vec<String>,
     env: Vec<(String, String)>,
 }
 
@@ -116,7 +127,8 @@ impl Project {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        compose(args, &env).expect("a Compose tool")
+        let options: Vec<&str> = self.options.iter().map(String::as_str).collect();
+        compose_with(&options, args, &env).expect("a Compose tool")
     }
 }
 
@@ -135,11 +147,15 @@ fn text(out: &std::process::Output) -> String {
 }
 
 /// The compose deployment starts here from the shipped file with the images built on this host
-/// (no registry): PostgreSQL from its offline image, the controller ready on it and serving the
-/// dashboard over HTTPS from its own CA (verified by name with the CA it serves), a runner
-/// container that enrolls over mTLS through the published port and can run sandboxes
-/// (`backporcher-runner check` in it: the engine, the agent image, the networks and firewall, and a
-/// sandbox reading a handed-over tree through a bind mount the host's engine resolves); then down.
+/// (no registry), with the `sims` profile and its shipped settings (`deploy/sims.env`):
+/// PostgreSQL from its offline image, the controller ready on it and serving the dashboard over
+/// HTTPS from its own CA (verified by name with the CA it serves), a runner container that enrolls
+/// over mTLS through the published port and can run sandboxes (`backporcher-runner check` in it:
+/// the engine, the agent image, the networks and firewall, and a sandbox reading a handed-over tree
+/// through a bind mount the host's engine resolves); then the runner service runs, the sample
+/// repository is registered through the API, and a labelled issue on the simulator becomes a
+/// merged pull request through the containers (the real agent CLI in a sandbox the runner
+/// container started); then down.
 #[test]
 fn compose_starts_from_the_shipped_file_and_its_runner_can_run_sandboxes() {
     if std::env::var("BP_SKIP_DOCKER").is_ok_and(|v| v == "1")
@@ -152,6 +168,7 @@ fn compose_starts_from_the_shipped_file_and_its_runner_can_run_sandboxes() {
         "backporcher-postgres:latest",
         "backporcher-controller:latest",
         "backporcher-runner:latest",
+        "backporcher-sims:latest",
         "backporcher-agent:latest",
     ] {
         let found = xcmd::Cmd::new("docker", std::env::temp_dir())
@@ -168,7 +185,12 @@ fn compose_starts_from_the_shipped_file_and_its_runner_can_run_sandboxes() {
     let state = std::env::temp_dir().join(format!("bp-compose-runner-{}", std::process::id()));
     std::fs::create_dir_all(&state).unwrap();
     let (http, grpc) = (e2e::harness::free_port(), e2e::harness::free_port());
+    let (sims_github, sims_model) = (e2e::harness::free_port(), e2e::harness::free_port());
+    let sims = |port: u16| format!("http://host.docker.internal:{port}");
     let project = Project {
+        options: ["--env-file", "deploy/sims.env", "--profile", "sims"]
+            .map(String::from)
+            .to_vec(),
         env: vec![
             (
                 "COMPOSE_PROJECT_NAME".into(),
@@ -181,9 +203,18 @@ fn compose_starts_from_the_shipped_file_and_its_runner_can_run_sandboxes() {
             ),
             ("BACKPORCHER_HTTP_PORT".into(), http.to_string()),
             ("BACKPORCHER_GRPC_PORT".into(), grpc.to_string()),
+            // The shipped settings name the simulators' default ports; these are free ones.
+            (
+                "BACKPORCHER_SIMS_GITHUB_PORT".into(),
+                sims_github.to_string(),
+            ),
+            ("BACKPORCHER_SIMS_MODEL_PORT".into(), sims_model.to_string()),
+            ("BACKPORCHER_GITHUB_API".into(), sims(sims_github)),
+            ("ANTHROPIC_BASE_URL".into(), sims(sims_model)),
+            ("BACKPORCHER_MODEL_API_URL".into(), sims(sims_model)),
         ],
     };
-    let up = project.run(&["up", "-d", "controller"]);
+    let up = project.run(&["up", "-d", "controller", "sims"]);
     assert!(up.status.success(), "up: {}", text(&up));
     // Served over HTTPS from the controller's CA: ready, then the CA it serves verifies it for
     // the name a browser would use.
@@ -273,6 +304,111 @@ fn compose_starts_from_the_shipped_file_and_its_runner_can_run_sandboxes() {
     assert!(
         said.contains("ok    a sandbox reads a handed-over tree"),
         "{said}"
+    );
+
+    // The runner service runs; the sample repository is registered through the API (its clone
+    // URL the address both containers reach the simulator at) and set to merge on its own.
+    let up = project.run(&["up", "-d", "runner"]);
+    assert!(up.status.success(), "up runner: {}", text(&up));
+    let admin = project.run(&[
+        "exec",
+        "-T",
+        "controller",
+        "backporcher-controller",
+        "bootstrap-admin",
+        "--data-dir",
+        "/var/lib/controller",
+    ]);
+    assert!(admin.status.success(), "bootstrap-admin: {}", text(&admin));
+    let password = String::from_utf8_lossy(&admin.stdout).trim().to_owned();
+    let base = format!("https://localhost:{http}");
+    let login = curl(&[
+        "--cacert",
+        "ca.pem",
+        "-c",
+        "cookies",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &serde_json::json!({"username": "admin", "password": password}).to_string(),
+        &format!("{base}/api/login"),
+    ]);
+    assert!(login.status.success(), "login: {}", text(&login));
+    let me: serde_json::Value = serde_json::from_slice(&login.stdout).unwrap();
+    let csrf = me["csrf_token"].as_str().unwrap().to_owned();
+    let api = |method: &str, path: &str, body: serde_json::Value| {
+        let out = curl(&[
+            "--cacert",
+            "ca.pem",
+            "-b",
+            "cookies",
+            "-X",
+            method,
+            "-H",
+            "content-type: application/json",
+            "-H",
+            &format!("x-csrf-token: {csrf}"),
+            "-d",
+            &body.to_string(),
+            &format!("{base}{path}"),
+        ]);
+        assert!(out.status.success(), "{method} {path}: {}", text(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let repo = api(
+        "POST",
+        "/api/repos",
+        serde_json::json!({"name": "demo/widgets", "default_branch": "main",
+                           "clone_url": format!("{}/demo/widgets.git", sims(sims_github))}),
+    );
+    api(
+        "PATCH",
+        &format!("/api/repos/{}", repo["id"]),
+        serde_json::json!({"approval_mode": "full-auto"}),
+    );
+
+    // The poller finds the labelled sample issues; the first becomes a merged pull request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(420);
+    let merged = loop {
+        let pulls = curl(&[
+            "-H",
+            &format!("authorization: Bearer {}", sim::demo::GITHUB_TOKEN),
+            &format!("http://127.0.0.1:{sims_github}/repos/demo/widgets/pulls?state=closed"),
+        ]);
+        let pulls: serde_json::Value =
+            serde_json::from_slice(&pulls.stdout).unwrap_or(serde_json::Value::Null);
+        let merged: Vec<String> = pulls
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| !p["merged_at"].is_null())
+            .map(|p| p["title"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if !merged.is_empty() {
+            break merged;
+        }
+        if std::time::Instant::now() > deadline {
+            let tasks = curl(&[
+                "--cacert",
+                "ca.pem",
+                "-b",
+                "cookies",
+                &format!("{base}/api/tasks"),
+            ]);
+            let logs = project.run(&["logs", "--no-color", "--tail", "60"]);
+            panic!(
+                "no pull request merged through the containers; tasks: {}\nlogs:\n{}",
+                text(&tasks),
+                text(&logs)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    };
+    assert!(
+        merged
+            .iter()
+            .any(|t| sim::demo::SAMPLES.iter().any(|s| t.contains(s.0))),
+        "{merged:?}"
     );
     drop(project);
     let _ = xcmd::Cmd::new("rm", std::env::temp_dir())

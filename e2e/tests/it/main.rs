@@ -1,8 +1,10 @@
 //! Runner protocol tests: the real controller and the real runner daemon over TLS on 127.0.0.1,
-//! on real PostgreSQL. Runners that must be killed run as the `e2e-runner` process.
+//! on real PostgreSQL. Runners that must be killed run as the `e2e-runner` process; the
+//! multi-host rig runs controllers and runners on hosts of their own (network namespaces).
 
 mod browser;
 mod cancel;
+mod chaos;
 mod deploy;
 mod environments;
 mod failures;
