@@ -450,7 +450,6 @@ struct Rig {
 struct RunnerHost {
     host: Host,
     dir: PathBuf,
-    id: i64,
     controllers: String,
     proc: Option<Proc>,
 }
@@ -821,14 +820,13 @@ pub async fn run(chaos: Chaos) -> ChaosReport {
         std::fs::create_dir_all(&rdir).unwrap();
         let home = &urls[i % urls.len()];
         let ticket: runner::identity::Ticket = ticket(&store, &[]).await.parse().unwrap();
-        let id = runner::identity::join(home, &ticket, &format!("chaos-r{i}"), &rdir)
+        runner::identity::join(home, &ticket, &format!("chaos-r{i}"), &rdir)
             .await
             .expect("join over the bridge");
         let others: Vec<String> = urls.iter().filter(|u| *u != home).cloned().collect();
         rig.runners.push(RunnerHost {
             host,
             dir: rdir,
-            id: id.runner_id,
             controllers: others.join(","),
             proc: None,
         });
