@@ -306,6 +306,26 @@ fn compose_starts_from_the_shipped_file_and_its_runner_can_run_sandboxes() {
         "{said}"
     );
 
+    // The simulators answer (their sample repository and issues are in place).
+    let sims_api = |path: &str| {
+        curl(&[
+            "-H",
+            &format!("authorization: Bearer {}", sim::demo::GITHUB_TOKEN),
+            &format!(
+                "http://127.0.0.1:{sims_github}/repos/{}{path}",
+                sim::demo::REPO
+            ),
+        ])
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !sims_api("/issues").status.success() {
+        if std::time::Instant::now() > deadline {
+            let logs = project.run(&["logs", "--no-color", "--tail", "40", "sims"]);
+            panic!("the simulators never answered:\n{}", text(&logs));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
     // The runner service runs; the sample repository is registered through the API (its clone
     // URL the address both containers reach the simulator at) and set to merge on its own.
     let up = project.run(&["up", "-d", "runner"]);
@@ -370,11 +390,7 @@ fn compose_starts_from_the_shipped_file_and_its_runner_can_run_sandboxes() {
     // The poller finds the labelled sample issues; the first becomes a merged pull request.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(420);
     let merged = loop {
-        let pulls = curl(&[
-            "-H",
-            &format!("authorization: Bearer {}", sim::demo::GITHUB_TOKEN),
-            &format!("http://127.0.0.1:{sims_github}/repos/demo/widgets/pulls?state=closed"),
-        ]);
+        let pulls = sims_api("/pulls?state=closed");
         let pulls: serde_json::Value =
             serde_json::from_slice(&pulls.stdout).unwrap_or(serde_json::Value::Null);
         let merged: Vec<String> = pulls
@@ -410,6 +426,7 @@ fn compose_starts_from_the_shipped_file_and_its_runner_can_run_sandboxes() {
             .any(|t| sim::demo::SAMPLES.iter().any(|s| t.contains(s.0))),
         "{merged:?}"
     );
+    eprintln!("merged through the containers: {merged:?}");
     drop(project);
     let _ = xcmd::Cmd::new("rm", std::env::temp_dir())
         .arg("-rf")

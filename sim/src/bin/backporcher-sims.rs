@@ -23,6 +23,8 @@ fn addr(var: &str, default: &str) -> Result<SocketAddr, String> {
 }
 
 async fn run() -> Result<(), String> {
+    // Webhook deliveries go out over reqwest, whose TLS needs a process-wide provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let github = addr("BACKPORCHER_SIMS_GITHUB_LISTEN", "0.0.0.0:8090")?;
     let model = addr("BACKPORCHER_SIMS_MODEL_LISTEN", "0.0.0.0:8091")?;
     let dir = std::env::var_os("BACKPORCHER_SIMS_DIR")
