@@ -235,8 +235,8 @@ pub struct PipelineConfig {
     pub retry: crate::store::tasks::RetryPolicy,
     /// How often a pending CI is looked at again.
     pub ci_poll: Duration,
-    /// Stage lease (renewed while the step runs; a replica that dies mid-stage loses it after
-    /// this).
+    /// Stage lease, renewed every third of it while the step runs: a replica that dies mid-stage
+    /// holds its task's stage this long at most before another replica takes it over.
     pub stage_lease: Duration,
     /// Failures in a row after which a stage fails its task (`internal_error`).
     pub stage_error_tries: u32,
@@ -261,7 +261,7 @@ impl Default for PipelineConfig {
         Self {
             retry: crate::store::tasks::RetryPolicy::default(),
             ci_poll: Duration::from_secs(10),
-            stage_lease: Duration::from_secs(120),
+            stage_lease: Duration::from_secs(30),
             stage_error_tries: 5,
             stage_transient_tries: 30,
             stage_retry_base: Duration::from_secs(5),

@@ -380,8 +380,8 @@ pub struct FaultFigure {
     /// The attempt it hit on purpose (a runner's fault): task and attempt.
     pub hit: Option<(i64, i32)>,
     /// From the fault until the fleet had recovered from it: for a runner's fault, until its
-    /// task ran again elsewhere; for a controller's, until it served runners again; for the
-    /// database's, until it was back and the pipeline moved again.
+    /// task ran again elsewhere; for a controller's, until it served again; for the database's,
+    /// until it was back and every controller ready on it again (`/readyz`).
     pub recovered: Duration,
     /// Agent work lost to it: the attempts it ended early, from their starts to the fault.
     pub lost_work: Duration,
@@ -600,7 +600,11 @@ impl Rig {
                         .await
                         .expect("PostgreSQL starts again on its port"),
                 );
-                self.next_event_after(now_ms(), within).await?;
+                for i in 0..self.controllers.len() {
+                    if !self.controller_ready(i, within).await {
+                        return None;
+                    }
+                }
                 Some(FaultFigure::new(fault, started, t0.elapsed()))
             }
             Fault::ControllerRestart => {
@@ -674,25 +678,6 @@ impl Rig {
             if n > 0 {
                 tokio::time::sleep(self.chaos.agent / 4).await;
                 return Some(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
-    /// Waits for the first task event after `after` (unix ms): the pipeline moving.
-    async fn next_event_after(&self, after: u64, within: Duration) -> Option<Duration> {
-        let t0 = Instant::now();
-        while t0.elapsed() < within {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM task_events WHERE at >= to_timestamp($1::float8 / 1000)",
-            )
-            .bind(after as f64)
-            .fetch_one(self.store.pool())
-            .await
-            .unwrap_or(0);
-            if n > 0 {
-                return Some(t0.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
