@@ -859,8 +859,14 @@ pub async fn run(chaos: Chaos) -> ChaosReport {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let wall = t0.elapsed();
-    // Long enough for any attempt still working somewhere to hear that its lease is gone.
+    // Long enough for any attempt still working somewhere to hear that its lease is gone, and for
+    // the milestones to catch up: GitHub comments follow the timeline, and a walk the killed
+    // replica had claimed waits for its claim to run out (`work::CLAIM_TTL`).
     tokio::time::sleep(chaos.lease + Duration::from_secs(2)).await;
+    let settle = Instant::now() + controller::store::work::CLAIM_TTL + Duration::from_secs(15);
+    while !sims.effects_not_once(&issues).is_empty() && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     let tasks: Vec<(i64, String, i32, Option<String>)> =
         sqlx::query_as("SELECT id, status, attempt, error FROM tasks ORDER BY id")

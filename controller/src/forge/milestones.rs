@@ -27,19 +27,17 @@ use super::{Forge, ForgeError, labels};
 use crate::loops::{LoopCtx, Next, every};
 use crate::store::lifecycle::TaskEvent;
 use crate::store::wake::Channel;
-use crate::store::work::Work;
+use crate::store::work::{CLAIM_TTL, Work};
 use crate::store::{Status, Store, Task};
-
-/// How long a claim on a task's walk lasts without renewal (it is renewed before every event; an
-/// event's effect is at most a few GitHub calls with their own timeouts).
-const CLAIM: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Applies every pending milestone once; returns how many events were applied.
 pub async fn sync_once(store: &Store, forge: &dyn Forge) -> anyhow::Result<usize> {
     let pending = store.forge_pending(100).await?;
     let keys: Vec<i64> = pending.iter().map(|(t, _, _)| *t).collect();
     let mut applied = 0;
-    for task_id in store.claim_work(Work::Forge, &keys, CLAIM).await? {
+    let claimed = store.claim_work(Work::Forge, &keys, CLAIM_TTL).await?;
+    let _kept = store.keep_work(Work::Forge, &claimed, CLAIM_TTL);
+    for task_id in claimed {
         let walked = walk(store, forge, task_id).await;
         store.release_work(Work::Forge, task_id).await?;
         applied += walked?;
@@ -62,7 +60,7 @@ async fn walk(store: &Store, forge: &dyn Forge, task_id: i64) -> anyhow::Result<
     let events = store.events_after(task_id, cursor).await?;
     let mut applied = 0;
     for ev in &events {
-        if !store.renew_work(Work::Forge, task_id, CLAIM).await? {
+        if !store.renew_work(Work::Forge, task_id, CLAIM_TTL).await? {
             tracing::warn!(
                 task = task_id,
                 "the milestone claim ran out; another controller walks this task"

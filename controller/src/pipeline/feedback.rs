@@ -13,12 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::llm::{Call, ModelClient};
 use crate::loops::{Leading, LoopCtx, Next, every, lead, singleton};
 use crate::store::wake::Channel;
-use crate::store::work::Work;
+use crate::store::work::{CLAIM_TTL, Work};
 use crate::store::{SingletonLock, Status, Store, Task};
-
-/// How long a claim on a reflection or a notification lasts (one model call with its retries;
-/// one POST per webhook with its timeout).
-const CLAIM: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Timeout of one chat webhook POST.
 const NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -71,11 +67,12 @@ impl Loops {
             .iter()
             .map(|t| t.id)
             .collect();
-        for id in self
+        let claimed = self
             .store
-            .claim_work(Work::Reflection, &pending, CLAIM)
-            .await?
-        {
+            .claim_work(Work::Reflection, &pending, CLAIM_TTL)
+            .await?;
+        let kept = self.store.keep_work(Work::Reflection, &claimed, CLAIM_TTL);
+        for id in claimed {
             // Read again under the claim: another replica may have reflected already.
             let task = self.store.task(id).await;
             if let Ok(task) = &task
@@ -88,6 +85,7 @@ impl Loops {
             self.store.release_work(Work::Reflection, id).await?;
             task?;
         }
+        drop(kept);
         for task in self.store.learnings_pending(32).await? {
             self.learn(&task).await?;
             n += 1;
@@ -267,11 +265,16 @@ impl Loops {
             .iter()
             .map(|n| n.id)
             .collect();
-        let claimed = self.store.claim_work(Work::Notify, &listed, CLAIM).await?;
+        let claimed = self
+            .store
+            .claim_work(Work::Notify, &listed, CLAIM_TTL)
+            .await?;
+        let kept = self.store.keep_work(Work::Notify, &claimed, CLAIM_TTL);
         // Read again under the claim: another replica may have sent some since they were listed.
         let due = self.store.notifications_among(&claimed).await;
         let n = claimed.len();
         let sent = self.send(due?).await;
+        drop(kept);
         for id in claimed {
             self.store.release_work(Work::Notify, id).await?;
         }

@@ -19,7 +19,7 @@ use crate::llm::{Call, ModelClient};
 use crate::loops::{LoopCtx, Next, every};
 use crate::store::tasks::Triage;
 use crate::store::wake::Channel;
-use crate::store::work::Work;
+use crate::store::work::{CLAIM_TTL, Work};
 use crate::store::{HoldKind, Note, Status, Store, Task, TaskId};
 
 fn system() -> String {
@@ -46,16 +46,15 @@ pub async fn run_once(
     }
     // Replicas: the tasks this controller triages are claimed, then read again (another
     // replica may have triaged them since they were listed).
-    let claimed = store.claim_work(Work::Triage, &listed, CLAIM).await?;
+    let claimed = store.claim_work(Work::Triage, &listed, CLAIM_TTL).await?;
+    let kept = store.keep_work(Work::Triage, &claimed, CLAIM_TTL);
     let result = triage_claimed(store, model, triage_model, &claimed).await;
+    drop(kept);
     for id in claimed {
         store.release_work(Work::Triage, id).await?;
     }
     result
 }
-
-/// How long a claim on a task's triage lasts (one model call with its retries).
-const CLAIM: std::time::Duration = std::time::Duration::from_secs(300);
 
 async fn triage_claimed(
     store: &Store,

@@ -5,12 +5,28 @@
 //! again before acting (another replica may have finished it and released its claim in between),
 //! renews the claim before each step that cannot be undone, and releases it when the work is
 //! recorded. A claim is one row taken atomically by `INSERT … ON CONFLICT`: of two replicas that
-//! saw the same work, one gets it. A holder that dies leaves its claims to run out (`ttl`), after
-//! which anyone may take them; work done meanwhile is at most the one step in flight.
+//! saw the same work, one gets it. Claims are short ([`CLAIM_TTL`]) and kept alive while the work
+//! is under way ([`Store::keep_work`]), so a holder that dies leaves its claims to run out within
+//! seconds, after which anyone may take them; work done meanwhile is at most the one step in
+//! flight.
 
 use std::time::Duration;
 
 use super::{Result, Store};
+
+/// How long a claim lasts unless renewed: the longest a replica that died holds up the work it
+/// had claimed. While the work is under way [`Store::keep_work`] renews it every third of this.
+pub const CLAIM_TTL: Duration = Duration::from_secs(30);
+
+/// Renews a set of claims in the background until dropped (see [`Store::keep_work`]).
+#[must_use = "the claims are kept only while the keeper lives"]
+pub struct WorkKeeper(tokio::task::JoinHandle<()>);
+
+impl Drop for WorkKeeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// The kinds of claimed work (one place, so no two loops share a kind by accident).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +95,38 @@ impl Store {
         .await?
         .rows_affected()
             == 1)
+    }
+
+    /// Keeps this process's claims on `keys` alive — renewed every third of `ttl` — until the
+    /// returned keeper is dropped, however long the work takes (a GitHub rate-limit wait, a slow
+    /// model). A renewal that fails is tried again at the next tick; a claim another holder took
+    /// meanwhile is not taken back (the work's own [`Store::renew_work`] before each step says so).
+    pub fn keep_work(&self, kind: Work, keys: &[i64], ttl: Duration) -> WorkKeeper {
+        let store = self.clone();
+        let keys = keys.to_vec();
+        WorkKeeper(tokio::spawn(async move {
+            if keys.is_empty() {
+                return;
+            }
+            let mut tick = tokio::time::interval(ttl / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = sqlx::query(
+                    "UPDATE work_claims SET until = now() + make_interval(secs => $4) \
+                     WHERE kind = $1 AND key = ANY($2) AND holder = $3",
+                )
+                .bind(kind.as_str())
+                .bind(&keys)
+                .bind(store.replica)
+                .bind(ttl.as_secs_f64())
+                .execute(&store.pool)
+                .await
+                {
+                    tracing::warn!(kind = kind.as_str(), error = %e, "could not renew work claims");
+                }
+            }
+        }))
     }
 
     /// Releases this process's claim on `key` (the work is recorded).

@@ -301,3 +301,39 @@ async fn a_lapsed_stage_lease_taken_by_another_replica_stays_theirs() {
     );
     assert!(b.extend_stage_lease(t.id, lease).await.unwrap());
 }
+
+/// A claim on work is short and kept alive while the work runs: held by a keeper it outlasts its
+/// length many times and nobody else can take it; once the keeper is gone (its process died) it
+/// runs out within that length and another replica takes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_work_claim_outlasts_its_length_and_a_dead_holders_runs_out() {
+    use controller::store::work::Work;
+    let env = crate::forge::env().await;
+    let a = env.store.clone();
+    let b = Store::connect(&env.db_url, 10).await.unwrap();
+    let ttl = Duration::from_millis(900);
+    assert_eq!(
+        a.claim_work(Work::Triage, &[7, 8], ttl).await.unwrap(),
+        [7, 8]
+    );
+    let keeper = a.keep_work(Work::Triage, &[7, 8], ttl);
+    tokio::time::sleep(ttl * 3).await;
+    assert!(
+        b.claim_work(Work::Triage, &[7, 8], ttl)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a kept claim is nobody else's"
+    );
+    drop(keeper);
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    assert_eq!(
+        b.claim_work(Work::Triage, &[7, 8], ttl).await.unwrap(),
+        [7, 8],
+        "a claim nobody keeps runs out"
+    );
+    assert!(
+        !a.renew_work(Work::Triage, 7, ttl).await.unwrap(),
+        "the first holder learns it lost the claim"
+    );
+}
