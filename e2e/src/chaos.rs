@@ -709,9 +709,7 @@ async fn http_ok(addr: SocketAddr, path: &str) -> bool {
 pub async fn run(chaos: Chaos) -> ChaosReport {
     crate::harness::init();
     assert!(chaos.runners >= 3 && chaos.controllers >= 2);
-    let tag = std::process::id() % 100_000;
-    let subnet = (std::process::id() % 200) as u8 + 20;
-    let mut net = Net::new(tag, subnet);
+    let mut net = Net::create();
     let own = net.own_addr();
     let dir = state_dir("chaos");
     std::fs::create_dir_all(&dir).unwrap();

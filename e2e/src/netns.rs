@@ -67,10 +67,15 @@ pub struct Host {
 }
 
 impl Net {
-    /// A bridge `10.231.<subnet>.0/24` with this process at `.1`. `tag` makes the names unique
-    /// on the machine (the test process id, say); leftovers of an earlier run with the same tag
-    /// are removed first.
-    pub fn new(tag: u32, subnet: u8) -> Self {
+    /// A bridge `10.231.<subnet>.0/24` of its own with this process at `.1`. Its names and subnet
+    /// are unique to this network among those of this process (tests in one binary build theirs
+    /// at once) and of other processes as far as the process id tells them apart; leftovers of
+    /// an earlier run with the same names are removed first.
+    pub fn create() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+        let tag = (std::process::id() % 1000) * 10 + n;
+        let subnet = (tag % 200) as u8 + 20;
         let bridge = format!("bpbr{tag}");
         let forward_rule = ["FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT"]
             .map(String::from)
@@ -110,7 +115,7 @@ impl Net {
     pub fn add_host(&mut self, name: &str, octet: u8) -> Host {
         let host = Host {
             ns: format!("bp-{}-{name}", self.tag),
-            veth: format!("bpv{}x{octet}", self.tag % 10_000),
+            veth: format!("bpv{}x{octet}", self.tag),
             addr: IpAddr::V4(Ipv4Addr::new(10, 231, self.subnet, octet)),
         };
         try_run("ip", &["netns", "del", &host.ns]);

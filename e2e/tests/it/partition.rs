@@ -18,9 +18,7 @@ async fn a_runner_cut_off_past_its_lease_stops_its_work_when_the_link_heals() {
     if !e2e::netns::available() {
         return;
     }
-    let tag = std::process::id() % 100_000;
-    let subnet = (std::process::id() % 200) as u8 + 20;
-    let mut net = Net::new(tag, subnet);
+    let mut net = Net::create();
     let host = net.add_host("runner", 2);
     let controller_ip = net.own_addr();
     let lease = Duration::from_secs(3);
