@@ -38,6 +38,30 @@ pub struct Metrics {
     pub budgets_today: Vec<(String, i64, i64, Option<i64>)>,
 }
 
+/// All-time statistics: ended tasks from `task_rollups`, live ones from `tasks`. The status lists
+/// are written out (`Status::TERMINAL`, `Status::OUTCOMES`; checked by a test) so the live part
+/// matches the `tasks_live` partial index. Binds: $1 repository (NULL: all).
+const STATS_SQL: &str = "WITH ended AS ( \
+       SELECT COALESCE(sum(tasks) FILTER (WHERE status = 'merged'), 0)::bigint AS merged, \
+              COALESCE(sum(tasks) FILTER (WHERE status = 'failed'), 0)::bigint AS failed, \
+              COALESCE(sum(tasks) FILTER (WHERE status = 'canceled'), 0)::bigint AS canceled, \
+              sum(seconds) FILTER (WHERE status = 'merged') AS merge_seconds, \
+              COALESCE(sum(retried) FILTER (WHERE status IN ('merged', 'failed')), 0)::float8 AS retried, \
+              COALESCE(sum(cost_microusd) FILTER (WHERE status IN ('merged', 'failed')), 0)::float8 AS outcome_cost, \
+              COALESCE(sum(cost_microusd), 0)::bigint AS ended_cost \
+         FROM task_rollups WHERE $1::bigint IS NULL OR repo_id = $1), \
+     live AS ( \
+       SELECT count(*) AS live, COALESCE(sum(cost_microusd), 0)::bigint AS cost FROM tasks \
+        WHERE status NOT IN ('merged', 'failed', 'canceled') AND ($1::bigint IS NULL OR repo_id = $1)) \
+     SELECT merged, failed, canceled, live.live, \
+            merged::float8 / NULLIF(merged + failed, 0) AS success_rate, \
+            merge_seconds / NULLIF(merged, 0) AS avg_seconds_to_merge, \
+            retried / NULLIF(merged + failed, 0) AS retry_rate, \
+            outcome_cost / NULLIF(merged + failed, 0) AS avg_cost_microusd, \
+            (ended_cost + live.cost)::bigint AS total_cost_microusd, \
+            (ended_cost + live.cost)::float8 / NULLIF(merged, 0) AS cost_per_merged_microusd \
+       FROM ended, live";
+
 impl Store {
     /// Reads every metric.
     pub async fn metrics(&self) -> Result<Metrics> {
@@ -178,32 +202,18 @@ pub struct DayStats {
 impl Store {
     /// Fleet statistics (optionally for one repository).
     pub async fn stats(&self, repo: Option<RepoId>) -> Result<Stats> {
-        Ok(sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'merged') AS merged, \
-               count(*) FILTER (WHERE status = 'failed') AS failed, \
-               count(*) FILTER (WHERE status = 'canceled') AS canceled, \
-               count(*) FILTER (WHERE status <> ALL($2)) AS live, \
-               (count(*) FILTER (WHERE status = 'merged'))::float8 / NULLIF(count(*) FILTER (WHERE status = ANY($3)), 0) AS success_rate, \
-               avg(EXTRACT(EPOCH FROM finished_at - created_at)) FILTER (WHERE status = 'merged')::float8 AS avg_seconds_to_merge, \
-               (count(*) FILTER (WHERE status = ANY($3) AND agent_retries + verify_retries + review_retries + ci_retries + conflict_retries > 0))::float8 \
-                 / NULLIF(count(*) FILTER (WHERE status = ANY($3)), 0) AS retry_rate, \
-               avg(cost_microusd) FILTER (WHERE status = ANY($3))::float8 AS avg_cost_microusd, \
-               COALESCE(sum(cost_microusd), 0)::bigint AS total_cost_microusd, \
-               COALESCE(sum(cost_microusd), 0)::float8 / NULLIF(count(*) FILTER (WHERE status = 'merged'), 0) \
-                 AS cost_per_merged_microusd \
-             FROM tasks WHERE $1::bigint IS NULL OR repo_id = $1",
-        )
-        .bind(repo)
-        .bind(status_texts(Status::TERMINAL))
-        .bind(status_texts(Status::OUTCOMES))
-        .fetch_one(&self.pool)
-        .await?)
+        // Ended tasks from their rollups (migration 0023), live ones from `tasks` through the
+        // `tasks_live` partial index: the cost does not grow with history.
+        Ok(sqlx::query_as(STATS_SQL)
+            .bind(repo)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Spending per model (optionally for one repository), all time, dearest first.
     pub async fn cost_by_model(&self, repo: Option<RepoId>) -> Result<Vec<ModelCost>> {
         Ok(sqlx::query_as(
-            "SELECT model, COALESCE(sum(cost_microusd), 0)::bigint AS cost_microusd FROM usage_ledger \
+            "SELECT model, COALESCE(sum(cost_microusd), 0)::bigint AS cost_microusd FROM usage_rollups \
              WHERE $1::bigint IS NULL OR repo_id = $1 GROUP BY 1 ORDER BY 2 DESC, 1",
         )
         .bind(repo)
@@ -215,13 +225,13 @@ impl Store {
     pub async fn stats_by_day(&self, days: i32) -> Result<Vec<DayStats>> {
         Ok(sqlx::query_as(
             "WITH days AS (SELECT g::date AS day FROM generate_series(current_date - ($1 - 1), current_date, interval '1 day') g), \
-                  ended AS (SELECT repo_id, finished_at::date AS day, \
-                                   count(*) FILTER (WHERE status = 'merged') AS merged, \
-                                   count(*) FILTER (WHERE status = 'failed') AS failed \
-                            FROM tasks WHERE status = ANY($2) AND finished_at >= current_date - ($1 - 1) \
+                  ended AS (SELECT repo_id, day, \
+                                   sum(tasks) FILTER (WHERE status = 'merged')::bigint AS merged, \
+                                   sum(tasks) FILTER (WHERE status = 'failed')::bigint AS failed \
+                            FROM task_rollups WHERE status = ANY($2) AND day >= current_date - ($1 - 1) \
                             GROUP BY 1, 2), \
-                  spent AS (SELECT repo_id, at::date AS day, sum(cost_microusd)::bigint AS cost \
-                            FROM usage_ledger WHERE at >= current_date - ($1 - 1) GROUP BY 1, 2) \
+                  spent AS (SELECT repo_id, day, sum(cost_microusd)::bigint AS cost \
+                            FROM usage_rollups WHERE day >= current_date - ($1 - 1) GROUP BY 1, 2) \
              SELECT r.name AS repo, d.day, COALESCE(e.merged, 0) AS merged, COALESCE(e.failed, 0) AS failed, \
                     COALESCE(s.cost, 0)::bigint AS cost_microusd \
              FROM repos r CROSS JOIN days d \
@@ -246,6 +256,15 @@ const LEASES_NEAR_EXPIRY_SQL: &str = "SELECT count(*) FROM tasks \
 mod tests {
     use super::super::lifecycle::sql_list;
     use super::*;
+
+    #[test]
+    fn the_statistics_lists_are_the_sets_and_the_live_one_matches_its_index() {
+        let terminal = format!("status NOT IN {}", sql_list(Status::TERMINAL));
+        assert!(STATS_SQL.contains(&terminal));
+        assert!(STATS_SQL.contains(&format!("status IN {}", sql_list(Status::OUTCOMES))));
+        let schema = include_str!("../../../migrations/0023_stat_rollups.sql");
+        assert!(schema.contains(&format!("tasks_live ON tasks (repo_id) WHERE {terminal}")));
+    }
 
     #[test]
     fn the_written_out_list_is_the_active_set() {

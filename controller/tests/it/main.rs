@@ -14,6 +14,7 @@ mod redteam;
 mod replicas;
 mod server;
 mod shapes;
+mod stats;
 mod transitions;
 
 use std::time::Duration;
