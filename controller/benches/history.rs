@@ -82,11 +82,9 @@ async fn fresh(queued: i64) -> (Store, i64) {
 async fn seed_history(store: &Store, tasks: i64, log_mb: i64) {
     let t0 = Instant::now();
     let mut conn = store.pool().acquire().await.expect("connection");
-    let run = |sql: &'static str| sql;
     for sql in [
-        run("SET session_replication_role = replica"),
-        run(
-            "INSERT INTO tasks (repo_id, source, issue_title, status, terminal_reason, attempt, \
+        "SET session_replication_role = replica",
+        "INSERT INTO tasks (repo_id, source, issue_title, status, terminal_reason, attempt, \
                cost_microusd, created_at, started_at, finished_at, updated_at) \
              SELECT (SELECT min(id) FROM repos), 'api', 'ended ' || g, \
                CASE WHEN g % 5 = 0 THEN 'failed' ELSE 'merged' END, \
@@ -96,7 +94,6 @@ async fn seed_history(store: &Store, tasks: i64, log_mb: i64) {
                now() - make_interval(secs => (g % 31536000)::float8 - 900), \
                now() - make_interval(secs => (g % 31536000)::float8 - 900) \
              FROM generate_series(1, $1) g",
-        ),
     ] {
         sqlx::query(sql)
             .bind(tasks)

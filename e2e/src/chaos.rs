@@ -27,7 +27,7 @@ use crate::harness::{free_port, state_dir};
 use crate::netns::{Host, Net};
 
 /// What a controller process needs (written as JSON for `e2e-controller --spec <file>`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ControllerSpec {
     /// Database URL.
     pub database_url: String,
@@ -56,66 +56,6 @@ pub struct ControllerSpec {
 }
 
 impl ControllerSpec {
-    /// As JSON.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "database_url": self.database_url,
-            "grpc": self.grpc.to_string(),
-            "http": self.http.to_string(),
-            "lease_ms": self.lease.as_millis() as u64,
-            "heartbeat_ms": self.heartbeat.as_millis() as u64,
-            "restart_grace_ms": self.restart_grace.as_millis() as u64,
-            "github_url": self.github_url,
-            "github_token": self.github_token,
-            "model": self.model.as_ref().map(|(u, k)| serde_json::json!([u, k])),
-            "webhook_secret": self.webhook_secret,
-            "allowed_users": self.allowed_users,
-            "data_dir": self.data_dir,
-        })
-    }
-
-    /// From [`Self::to_json`]'s form, naming what is missing or malformed.
-    pub fn from_json(v: &serde_json::Value) -> anyhow::Result<Self> {
-        let s = |k: &str| -> anyhow::Result<String> {
-            v[k].as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| anyhow::anyhow!("the spec has no string `{k}`"))
-        };
-        let ms = |k: &str| -> anyhow::Result<Duration> {
-            v[k].as_u64()
-                .map(Duration::from_millis)
-                .ok_or_else(|| anyhow::anyhow!("the spec has no number `{k}`"))
-        };
-        let model = match &v["model"] {
-            serde_json::Value::Null => None,
-            m => Some((
-                m[0].as_str().unwrap_or_default().to_owned(),
-                m[1].as_str().unwrap_or_default().to_owned(),
-            )),
-        };
-        Ok(Self {
-            database_url: s("database_url")?,
-            grpc: s("grpc")?.parse()?,
-            http: s("http")?.parse()?,
-            lease: ms("lease_ms")?,
-            heartbeat: ms("heartbeat_ms")?,
-            restart_grace: ms("restart_grace_ms")?,
-            github_url: s("github_url")?,
-            github_token: s("github_token")?,
-            model,
-            webhook_secret: s("webhook_secret")?,
-            allowed_users: v["allowed_users"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|u| u.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            data_dir: s("data_dir")?.into(),
-        })
-    }
-
     /// The controller's configuration: as the tests' in-process controllers, on the rig.
     pub fn config(&self) -> controller::config::Config {
         let mut config = controller::config::Config {
@@ -293,11 +233,8 @@ impl Proc {
         self.child.id()
     }
 
-    fn signal(&self, sig: &str) {
-        let _ = xcmd::Cmd::new("kill", std::env::temp_dir())
-            .args([sig, &self.pid().to_string()])
-            .to_std()
-            .output();
+    fn signal(&self, sig: &str) -> bool {
+        crate::harness::signal(self.pid(), sig)
     }
 
     fn kill(mut self) {
@@ -309,7 +246,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         // A frozen process must be thawed to die cleanly.
-        self.signal("-CONT");
+        let _ = self.signal("-CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -647,12 +584,12 @@ impl Rig {
                 let at = now_ms();
                 match fault {
                     Fault::RunnerPartitioned => self.net.link(&self.runners[i].host, false),
-                    _ => self.runners[i].proc.as_ref()?.signal("-STOP"),
+                    _ => assert!(self.runners[i].proc.as_ref()?.signal("-STOP"), "SIGSTOP"),
                 }
                 let recovered = self.ran_again(task, attempt, within).await;
                 match fault {
                     Fault::RunnerPartitioned => self.net.link(&self.runners[i].host, true),
-                    _ => self.runners[i].proc.as_ref()?.signal("-CONT"),
+                    _ => assert!(self.runners[i].proc.as_ref()?.signal("-CONT"), "SIGCONT"),
                 }
                 let recovered = recovered?;
                 let stopped = self.attempt_ended(task, attempt, within).await;
@@ -764,7 +701,7 @@ pub async fn run(chaos: Chaos) -> ChaosReport {
         };
         std::fs::create_dir_all(&spec.data_dir).unwrap();
         let file = spec.data_dir.join("spec.json");
-        std::fs::write(&file, spec.to_json().to_string()).unwrap();
+        std::fs::write(&file, serde_json::to_vec(&spec).unwrap()).unwrap();
         controllers.push((host, spec, file, None));
     }
     let record = dir.join("attempts.record");

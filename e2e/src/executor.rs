@@ -33,19 +33,45 @@ impl ScriptExecutor {
 
     /// Runs recorded so far: (task, attempt, pid).
     pub fn runs(&self) -> Vec<(i64, i32, u32)> {
-        std::fs::read_to_string(&self.runs_file)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.split_whitespace();
-                Some((
-                    it.next()?.parse().ok()?,
-                    it.next()?.parse().ok()?,
-                    it.next()?.parse().ok()?,
-                ))
-            })
+        records(&self.runs_file)
+            .into_iter()
+            .map(|(task, attempt, pid, _)| (task, attempt, pid))
             .collect()
     }
+
+    /// Waits up to `within` for process `pid`'s run to end; how long that took and its outcome.
+    /// Panics, saying `what`, when it has not ended by then.
+    pub async fn wait_ended(&self, pid: u32, within: Duration, what: &str) -> (Duration, String) {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(end) = self.ended().into_iter().find(|r| r.2 == pid) {
+                return (t0.elapsed(), end.3);
+            }
+            assert!(
+                t0.elapsed() < within,
+                "{what}: not within {within:?}; ended so far: {:?}",
+                self.ended()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The lines of a record, `task attempt pid [word]`, that parse.
+fn records(path: &std::path::Path) -> Vec<(i64, i32, u32, Option<String>)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+                it.next().map(str::to_owned),
+            ))
+        })
+        .collect()
 }
 
 /// Appends `line` to the record at `path` (shared by runner processes; a line per write).
@@ -92,18 +118,9 @@ impl Executor for ScriptExecutor {
 impl ScriptExecutor {
     /// Runs that ended so far: (task, attempt, pid, outcome).
     pub fn ended(&self) -> Vec<(i64, i32, u32, String)> {
-        std::fs::read_to_string(self.runs_file.with_extension("ended"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.split_whitespace();
-                Some((
-                    it.next()?.parse().ok()?,
-                    it.next()?.parse().ok()?,
-                    it.next()?.parse().ok()?,
-                    it.next()?.to_owned(),
-                ))
-            })
+        records(&self.runs_file.with_extension("ended"))
+            .into_iter()
+            .filter_map(|(task, attempt, pid, outcome)| Some((task, attempt, pid, outcome?)))
             .collect()
     }
 

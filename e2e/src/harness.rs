@@ -457,6 +457,15 @@ pub fn spawn_runner_with(
 
 pub use sim::kit::eventually;
 
+/// Sends `sig` (`-STOP`, `-CONT`, `-KILL`…) to process `pid`; whether `kill` said it was sent.
+pub fn signal(pid: u32, sig: &str) -> bool {
+    xcmd::Cmd::new("kill", std::env::temp_dir())
+        .args([sig, &pid.to_string()])
+        .to_std()
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Whether the Docker tests are skipped (`BP_SKIP_DOCKER=1`); CI never sets it.
 pub fn skip_docker() -> bool {
     std::env::var("BP_SKIP_DOCKER").is_ok_and(|v| v == "1")

@@ -16,7 +16,9 @@ async fn main() -> anyhow::Result<()> {
     let config = if first == "--spec" {
         let file = args.next().context("--spec needs a file")?;
         let text = std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
-        e2e::chaos::ControllerSpec::from_json(&serde_json::from_str(&text)?)?.config()
+        serde_json::from_str::<e2e::chaos::ControllerSpec>(&text)
+            .with_context(|| format!("{file} is not a controller spec"))?
+            .config()
     } else {
         let grpc = args.next().context("grpc addr")?.parse()?;
         let http = args.next().context("http addr")?.parse()?;

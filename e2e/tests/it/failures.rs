@@ -252,17 +252,7 @@ async fn a_frozen_runner_resumed_after_its_lease_stops_its_work_and_reports_noth
         },
     )
     .await;
-    let pid = a.id().to_string();
-    let signal = |sig: &str| {
-        let ok = xcmd::Cmd::new("kill", std::env::temp_dir())
-            .args([sig, &pid])
-            .to_std()
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    };
-    signal("-STOP");
+    assert!(e2e::harness::signal(a.id(), "-STOP"));
     // Frozen past its lease: the task goes back to the queue and runner b takes it.
     c.wait_status(t.id, "queued", lease + Duration::from_secs(5))
         .await;
@@ -270,23 +260,15 @@ async fn a_frozen_runner_resumed_after_its_lease_stops_its_work_and_reports_noth
     let b = spawn_runner(id_b.clone(), &dir_b, exec.clone(), 1);
     c.wait_status(t.id, "running", Duration::from_secs(20))
         .await;
-    signal("-CONT");
-    let resumed = Instant::now();
-    let a_pid = a.id();
-    let e = exec.clone();
-    e2e::harness::eventually(
-        Duration::from_secs(10),
-        "the resumed runner to stop its attempt",
-        move || {
-            let e = e.clone();
-            async move { e.ended().iter().any(|r| r.2 == a_pid) }
-        },
-    )
-    .await;
-    let stopped_after = resumed.elapsed();
-    let ended = exec.ended();
-    let a_end = ended.iter().find(|r| r.2 == a_pid).unwrap();
-    assert_eq!(a_end.3, "Canceled", "{ended:?}");
+    assert!(e2e::harness::signal(a.id(), "-CONT"));
+    let (stopped_after, outcome) = exec
+        .wait_ended(
+            a.id(),
+            Duration::from_secs(10),
+            "the resumed runner to stop its attempt",
+        )
+        .await;
+    assert_eq!(outcome, "Canceled");
     assert!(
         stopped_after < Duration::from_secs(6),
         "the old attempt kept working {stopped_after:?} after the resume"

@@ -6,7 +6,7 @@
 //! reports is taken. Needs root and `ip`; skipped otherwise.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::harness::{Options, TestController, spawn_runner, state_dir};
 use e2e::netns::Net;
@@ -77,25 +77,14 @@ async fn a_runner_cut_off_past_its_lease_stops_its_work_when_the_link_heals() {
     c.wait_status(t.id, "running", Duration::from_secs(20))
         .await;
     net.link(&host, true);
-    let healed = Instant::now();
-    let a_pid = a.id();
-    let e = exec.clone();
-    e2e::harness::eventually(
-        Duration::from_secs(20),
-        "the cut-off runner to stop its attempt",
-        move || {
-            let e = e.clone();
-            async move { e.ended().iter().any(|r| r.2 == a_pid) }
-        },
-    )
-    .await;
-    let stopped_after = healed.elapsed();
-    let ended = exec.ended();
-    assert_eq!(
-        ended.iter().find(|r| r.2 == a_pid).unwrap().3,
-        "Canceled",
-        "{ended:?}"
-    );
+    let (stopped_after, outcome) = exec
+        .wait_ended(
+            a.id(),
+            Duration::from_secs(20),
+            "the cut-off runner to stop its attempt",
+        )
+        .await;
+    assert_eq!(outcome, "Canceled");
     assert!(
         stopped_after < Duration::from_secs(15),
         "the cut-off attempt kept working {stopped_after:?} after the link healed"
