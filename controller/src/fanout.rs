@@ -1,12 +1,13 @@
 //! The process's one LISTEN connection, fanned out: it listens on every channel the store
 //! notifies ([`crate::store::wake`]) and turns each notification into the wake-up of whoever
 //! waits for it — the lease long-polls (queue changes), each background loop
-//! ([`crate::loops`]), the runner sessions that push cancellations, and the live views (a task
-//! changed). Nobody else holds a LISTEN connection. When the connection is (re)established,
+//! ([`crate::loops`]), the runner sessions that push cancellations, the live views (a task
+//! changed) and what the runner service remembers of the registry ([`RegistryGeneration`]). Nobody else holds a LISTEN connection. When the connection is (re)established,
 //! everybody is woken once and the live views are told to resync, so nothing sent while it was
 //! down is lost for long.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast};
@@ -33,6 +34,42 @@ pub struct Fanout {
     loops: Arc<[(Channel, Arc<Notify>)]>,
     cancels: broadcast::Sender<i64>,
     changes: broadcast::Sender<Change>,
+    registry: Arc<RegistryGeneration>,
+}
+
+/// How current what the process remembers of the runner registry may be: a generation that
+/// moves on every `bp_runner` notification and every change of the listener's connection, and
+/// that reads as `None` while the listener is down (then nothing may be remembered, since a
+/// change would go unheard). Something read from the registry under generation `g` is still
+/// good while [`RegistryGeneration::current`] says `Some(g)`.
+#[derive(Debug, Default)]
+pub struct RegistryGeneration {
+    n: AtomicU64,
+    live: AtomicBool,
+}
+
+impl RegistryGeneration {
+    /// The current generation, or `None` while changes to the registry cannot be heard.
+    pub fn current(&self) -> Option<u64> {
+        self.live
+            .load(Ordering::Acquire)
+            .then(|| self.n.load(Ordering::Acquire))
+    }
+
+    fn changed(&self) {
+        self.n.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn listening(&self, live: bool) {
+        // Down: stop trusting before anything else; up: move on from everything read before.
+        if !live {
+            self.live.store(false, Ordering::Release);
+        }
+        self.changed();
+        if live {
+            self.live.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl Default for Fanout {
@@ -52,7 +89,13 @@ impl Fanout {
                 .collect(),
             cancels: broadcast::channel(1024).0,
             changes: broadcast::channel(4096).0,
+            registry: Arc::new(RegistryGeneration::default()),
         }
+    }
+
+    /// The generation of what may be remembered of the runner registry.
+    pub fn registry(&self) -> &Arc<RegistryGeneration> {
+        &self.registry
     }
 
     /// The queue-change notifier of lease long-polls. Create and `enable` a `notified()` future
@@ -102,6 +145,7 @@ impl Fanout {
                 }
             };
             // Whatever was sent while nobody listened: everyone looks again.
+            self.registry.listening(true);
             self.wake_everyone();
             loop {
                 let wake = tokio::select! {
@@ -124,11 +168,13 @@ impl Fanout {
                             self.queue.notify_waiters();
                             self.wake(Channel::Queue).notify_one();
                         }
+                        Channel::Runner => self.registry.changed(),
                         other => self.wake(other).notify_one(),
                     },
                     Ok(Wake::Timeout) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "notification listener failed; reconnecting");
+                        self.registry.listening(false);
                         break;
                     }
                 }

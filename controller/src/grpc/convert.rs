@@ -146,10 +146,15 @@ pub fn task_spec(t: &Task, repo: &ClaimedRepo, prices: &proto::prices::Prices) -
         prices: prices.to_wire(),
         environment_image: repo.env_image.clone().unwrap_or_default(),
         environment_setup: repo.env_setup.clone(),
-        // Filled by the lease handler (read apart from the claim, when a lease is handed out).
-        setup_secrets: Vec::new(),
+        setup_secrets: repo
+            .secrets()
+            .map(|(name, value)| proto::Secret {
+                name: name.to_string(),
+                value: value.to_string(),
+            })
+            .collect(),
         priority: t.priority,
-        learnings: Vec::new(),
+        learnings: repo.learnings.clone(),
         stack: String::new(),
         agent_hooks: repo.agent_hooks,
     }

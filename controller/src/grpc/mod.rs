@@ -3,9 +3,12 @@
 //! This layer is thin: it checks the protocol version and the caller's certificate, converts wire
 //! types to domain types ([`convert`]), calls the store, and maps store errors to gRPC statuses
 //! (`ABORTED` means "your lease is gone: stop that work", and nothing else returns it). Live
-//! session streams are kept in [`sessions::Sessions`] so a cancellation can be pushed at once.
+//! session streams are kept in [`sessions::Sessions`] so a cancellation can be pushed at once;
+//! who is calling is remembered between calls ([`registry::RunnerCache`]) while the registry
+//! has not changed.
 
 pub mod convert;
+pub mod registry;
 pub mod service;
 pub mod sessions;
 

@@ -1,9 +1,6 @@
 //! The `Runner` service methods. Each checks the protocol version and (except `Join`) the client
 //! certificate, then calls the store.
 
-/// Learnings given to each run.
-const LEARNINGS_IN_PROMPT: i64 = 10;
-
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::GrpcConfig;
 use super::convert::{self, status};
+use super::registry::RunnerCache;
 use super::sessions::Sessions;
 use crate::fanout::Fanout;
 use crate::pki::{Pki, cert_identity};
@@ -35,6 +33,7 @@ pub struct RunnerService {
     config: Arc<GrpcConfig>,
     fanout: Fanout,
     sessions: Arc<Sessions>,
+    registry: Arc<RunnerCache>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -54,6 +53,7 @@ impl RunnerService {
             store,
             pki,
             config: Arc::new(config),
+            registry: Arc::new(RunnerCache::new(fanout.registry().clone())),
             fanout,
             sessions,
             tracker,
@@ -75,8 +75,8 @@ impl RunnerService {
         let (id, serial) = cert_identity(leaf).ok_or_else(|| {
             Status::unauthenticated("the client certificate does not name a runner")
         })?;
-        self.store
-            .authenticate_runner(id, &serial)
+        self.registry
+            .authenticate(&self.store, id, &serial)
             .await
             .map_err(status)
     }
@@ -100,7 +100,11 @@ impl RunnerService {
             .renew_many(runner.id, &leases, self.config.lease)
             .await
             .map_err(status)?;
-        let current = self.store.runner(runner.id).await.map_err(status)?;
+        let current = self
+            .registry
+            .runner(&self.store, runner.id)
+            .await
+            .map_err(status)?;
         self.store.touch_runner(runner.id).await.map_err(status)?;
         let leases = renewed
             .into_iter()
@@ -285,26 +289,7 @@ impl proto::runner_server::Runner for RunnerService {
                             .lease_expires_at
                             .map(|t| t.timestamp_millis())
                             .unwrap_or_default(),
-                        task: Some({
-                            let mut spec = convert::task_spec(&task, &repo, &self.config.prices);
-                            spec.setup_secrets = self
-                                .store
-                                .repo_secrets(task.repo_id)
-                                .await
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(name, value)| proto::Secret { name, value })
-                                .collect();
-                            spec.learnings = self
-                                .store
-                                .recent_learnings(task.repo_id, LEARNINGS_IN_PROMPT)
-                                .await
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(outcome, summary)| format!("[{outcome}] {summary}"))
-                                .collect();
-                            spec
-                        }),
+                        task: Some(convert::task_spec(&task, &repo, &self.config.prices)),
                     }),
                     drain: false,
                 }));
@@ -322,7 +307,11 @@ impl proto::runner_server::Runner for RunnerService {
             }
             // The runner may have been drained or disabled meanwhile. (Its certificate was checked
             // when the call began; a renewal during the wait does not end the call.)
-            current = self.store.runner(current.id).await.map_err(status)?;
+            current = self
+                .registry
+                .runner(&self.store, current.id)
+                .await
+                .map_err(status)?;
             if current.state == "disabled" {
                 return Err(status(crate::store::Error::RunnerDisabled(current.id)));
             }

@@ -138,6 +138,9 @@ macro_rules! claim_sql {
             "    AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks dt ON dt.id = d.depends_on",
             "                    WHERE d.task_id = t.id AND (dt.status <> 'merged' AND (NOT d.soft OR dt.status NOT IN ('failed', 'canceled'))))",
             "    AND NOT (SELECT queue_paused FROM settings)",
+            // The runner's registry row, read in the claim itself: a runner disabled or drained
+            // a moment ago claims nothing, whatever its caller remembered of the registry.
+            "    AND (SELECT state FROM runners WHERE id = $1) = 'active'",
             "    AND ($4::int IS NULL OR (SELECT count(*) FROM tasks h WHERE h.runner_id = $1",
             "         AND h.status IN ('leased', 'running', 'verifying')) < $4)",
             "  ORDER BY t.priority, t.created_at, t.id",
@@ -208,7 +211,13 @@ macro_rules! claim_sql {
             "SELECT cand.id AS candidate, claimed.*, r.name AS repo_name, r.clone_url AS repo_clone_url,",
             "  r.default_branch AS repo_default_branch, r.verify_command AS repo_verify_command,",
             "  r.egress_policy AS repo_egress_policy, grant_.amount AS repo_grant_microusd,",
-            "  r.agent_hooks AS repo_agent_hooks, r.env_image AS repo_env_image, r.env_setup AS repo_env_setup",
+            "  r.agent_hooks AS repo_agent_hooks, r.env_image AS repo_env_image, r.env_setup AS repo_env_setup,",
+            // What the lease carries besides: the environment's setup secrets and the
+            // repository's last ten learnings (empty when nothing was claimed: `r` is NULL then).
+            "  ARRAY(SELECT s.name FROM repo_secrets s WHERE s.repo_id = r.id ORDER BY s.name) AS repo_secret_names,",
+            "  ARRAY(SELECT s.value FROM repo_secrets s WHERE s.repo_id = r.id ORDER BY s.name) AS repo_secret_values,",
+            "  ARRAY(SELECT format('[%s] %s', l.outcome, l.summary) FROM learnings l WHERE l.repo_id = r.id",
+            "        ORDER BY l.id DESC LIMIT 10) AS repo_learnings",
             " FROM cand LEFT JOIN claimed ON claimed.id = cand.id LEFT JOIN repos r ON r.id = claimed.repo_id",
             " LEFT JOIN grant_ ON grant_.id = cand.id"
         )
@@ -235,7 +244,8 @@ struct ClaimRow {
 }
 
 /// What a runner needs of the repository of a task it claimed (read in the claim statement).
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// Its `Debug` names the secrets but never shows their values.
+#[derive(Clone, sqlx::FromRow)]
 pub struct ClaimedRepo {
     /// `owner/name`.
     #[sqlx(rename = "repo_name")]
@@ -265,6 +275,44 @@ pub struct ClaimedRepo {
     /// Its setup commands.
     #[sqlx(rename = "repo_env_setup")]
     pub env_setup: Vec<String>,
+    /// Names of the secrets the environment's setup may read, sorted.
+    #[sqlx(rename = "repo_secret_names")]
+    pub secret_names: Vec<String>,
+    /// Their values, in the order of `secret_names`.
+    #[sqlx(rename = "repo_secret_values")]
+    pub secret_values: Vec<String>,
+    /// The repository's last ten learnings, newest first, each as `[outcome] summary`.
+    #[sqlx(rename = "repo_learnings")]
+    pub learnings: Vec<String>,
+}
+
+impl std::fmt::Debug for ClaimedRepo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimedRepo")
+            .field("name", &self.name)
+            .field("clone_url", &self.clone_url)
+            .field("default_branch", &self.default_branch)
+            .field("verify_command", &self.verify_command)
+            .field("egress_policy", &self.egress_policy)
+            .field("grant_microusd", &self.grant_microusd)
+            .field("agent_hooks", &self.agent_hooks)
+            .field("env_image", &self.env_image)
+            .field("env_setup", &self.env_setup)
+            .field("secret_names", &self.secret_names)
+            .field("secret_values", &"<redacted>")
+            .field("learnings", &self.learnings)
+            .finish()
+    }
+}
+
+impl ClaimedRepo {
+    /// The setup secrets as (name, value) pairs.
+    pub fn secrets(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.secret_names
+            .iter()
+            .map(String::as_str)
+            .zip(self.secret_values.iter().map(String::as_str))
+    }
 }
 
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {

@@ -351,14 +351,4 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
-
-    /// A repository's secrets with their values, for the lease that may run its setup.
-    pub async fn repo_secrets(&self, repo: RepoId) -> Result<Vec<(String, String)>> {
-        Ok(
-            sqlx::query_as("SELECT name, value FROM repo_secrets WHERE repo_id = $1 ORDER BY name")
-                .bind(repo)
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
 }

@@ -47,6 +47,20 @@ pub struct Runner {
     pub registered_at: DateTime<Utc>,
 }
 
+impl Runner {
+    /// Whether a caller presenting the certificate with `serial` is this runner: the runner is
+    /// not disabled and that certificate is the one it currently holds.
+    pub fn admits(&self, serial: &str) -> Result<()> {
+        if self.state == "disabled" {
+            return Err(Error::RunnerDisabled(self.id));
+        }
+        if self.cert_serial.as_deref() != Some(serial) {
+            return Err(Error::CertificateSuperseded(self.id));
+        }
+        Ok(())
+    }
+}
+
 const RUNNER_COLUMNS: &str = "id, name, labels, reported_labels, capacity, backends, version, hostname, state, \
     cert_serial, cert_not_after, boot_id, last_seen_at, registered_at";
 
@@ -186,19 +200,6 @@ impl Store {
             return Err(Error::RunnerNotFound(id.to_string()));
         }
         Ok(())
-    }
-
-    /// Checks a presented certificate: the runner exists, is not disabled, and this is its current
-    /// certificate. Called on every authenticated call.
-    pub async fn authenticate_runner(&self, id: RunnerId, serial: &str) -> Result<Runner> {
-        let r = self.runner(id).await?;
-        if r.state == "disabled" {
-            return Err(Error::RunnerDisabled(id));
-        }
-        if r.cert_serial.as_deref() != Some(serial) {
-            return Err(Error::CertificateSuperseded(id));
-        }
-        Ok(r)
     }
 
     /// Records a runner process's handshake. When the process is a new one (another boot id),

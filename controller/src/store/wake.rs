@@ -25,6 +25,9 @@ pub enum Channel {
     Forge,
     /// `bp_notify`: a chat notification waits in the outbox.
     Notify,
+    /// `bp_runner`: a runner's state, certificate, labels or capacity changed (payload: runner
+    /// id); what a controller remembers of the registry is stale.
+    Runner,
 }
 
 impl Channel {
@@ -37,6 +40,7 @@ impl Channel {
         Channel::New,
         Channel::Forge,
         Channel::Notify,
+        Channel::Runner,
     ];
 
     /// The channel's name in the database.
@@ -49,6 +53,7 @@ impl Channel {
             Channel::New => "bp_new",
             Channel::Forge => "bp_forge",
             Channel::Notify => "bp_notify",
+            Channel::Runner => "bp_runner",
         }
     }
 

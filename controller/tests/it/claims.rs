@@ -1011,3 +1011,80 @@ async fn a_repository_daily_budget_binds_concurrent_claims_and_counts_running_at
     let day = store.repo_day(repo.id).await.unwrap();
     assert_eq!(day.granted_microusd, 4_500_000);
 }
+
+/// A runner draining or disabled a moment ago claims nothing, whatever its caller remembered of
+/// the registry: the claim reads the runner's state itself.
+#[tokio::test]
+async fn a_draining_or_disabled_runner_claims_nothing() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let r = runner(&store, "r1").await;
+    queued(&store, &repo, "t").await;
+    for state in ["draining", "disabled"] {
+        store.set_runner_state(r, state).await.unwrap();
+        assert!(
+            store.claim(&claim_req(r)).await.unwrap().is_none(),
+            "a {state} runner claimed"
+        );
+    }
+    store.set_runner_state(r, "active").await.unwrap();
+    assert!(store.claim(&claim_req(r)).await.unwrap().is_some());
+}
+
+/// The claim itself carries what the lease hands the runner besides the task: its repository's
+/// setup secrets (no other repository's) and its last ten learnings, newest first — so a lease
+/// costs no statement after the claim. The claimed repository's `Debug` never shows a value.
+#[tokio::test]
+async fn a_claim_carries_the_setup_secrets_and_the_last_ten_learnings() {
+    let store = store().await;
+    let repo = repo(&store, "acme/widgets").await;
+    let other = crate::repo(&store, "acme/other").await;
+    let r = runner(&store, "r1").await;
+    store
+        .set_repo_secret(repo.id, "B_TOKEN", "value-of-b-0123")
+        .await
+        .unwrap();
+    store
+        .set_repo_secret(repo.id, "A_TOKEN", "value-of-a-0123")
+        .await
+        .unwrap();
+    store
+        .set_repo_secret(other.id, "C_TOKEN", "value-of-c-0123")
+        .await
+        .unwrap();
+    for i in 0..12 {
+        store
+            .add_learning(repo.id, None, "merged", &format!("lesson {i}"))
+            .await
+            .unwrap();
+    }
+    store
+        .add_learning(other.id, None, "failed", "not this one")
+        .await
+        .unwrap();
+    queued(&store, &repo, "t").await;
+    let (_, claimed) = store
+        .claim_with_repo(&claim_req(r))
+        .await
+        .unwrap()
+        .expect("claimed");
+    let secrets: Vec<(&str, &str)> = claimed.secrets().collect();
+    assert_eq!(
+        secrets,
+        vec![
+            ("A_TOKEN", "value-of-a-0123"),
+            ("B_TOKEN", "value-of-b-0123")
+        ]
+    );
+    let want: Vec<String> = (2..12)
+        .rev()
+        .map(|i| format!("[merged] lesson {i}"))
+        .collect();
+    assert_eq!(claimed.learnings, want);
+    let shown = format!("{claimed:?}");
+    assert!(shown.contains("A_TOKEN"), "{shown}");
+    assert!(
+        !shown.contains("value-of-"),
+        "a secret value in Debug: {shown}"
+    );
+}

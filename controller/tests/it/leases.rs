@@ -606,3 +606,76 @@ async fn a_task_past_its_deadline_fails_unless_a_person_holds_it() {
     assert_eq!(store.task(held.id).await.unwrap().status, Status::Leased);
     assert_eq!(store.task(fresh.id).await.unwrap().status, Status::Queued);
 }
+
+/// What the runner service remembers of the registry (so a call costs no statement to learn who
+/// is calling) is used only while the registry has not changed: a change of a runner's state or
+/// certificate notifies every controller, which forgets what it remembered; before the
+/// controller listens, nothing is remembered. A change that does not decide leases (a
+/// heartbeat's last-seen time) does not make it forget.
+#[tokio::test]
+async fn the_remembered_registry_follows_every_change_that_matters() {
+    use controller::fanout::Fanout;
+    use controller::grpc::registry::RunnerCache;
+
+    let store = store().await;
+    let r = runner(&store, "r1").await;
+    let later = chrono::Utc::now() + chrono::Duration::days(1);
+    store.set_runner_cert(r, "aa01", later).await.unwrap();
+    let fanout = Fanout::new();
+    let cache = RunnerCache::new(fanout.registry().clone());
+
+    // Not listening: every read goes to the store, so even a change nobody announced is seen.
+    assert_eq!(fanout.registry().current(), None);
+    let first = cache.runner(&store, r).await.unwrap().last_seen_at;
+    store.touch_runner(r).await.unwrap();
+    assert_ne!(cache.runner(&store, r).await.unwrap().last_seen_at, first);
+
+    let stop = CancellationToken::new();
+    let listening = tokio::spawn(fanout.clone().run(store.clone(), stop.clone()));
+    let registry = fanout.registry().clone();
+    eventually(Duration::from_secs(10), "the controller to listen", || {
+        let registry = registry.clone();
+        async move { registry.current().is_some() }
+    })
+    .await;
+
+    // Listening: remembered, so an unannounced change is not read again.
+    let seen = cache.runner(&store, r).await.unwrap().last_seen_at;
+    store.touch_runner(r).await.unwrap();
+    assert_eq!(cache.runner(&store, r).await.unwrap().last_seen_at, seen);
+    cache.authenticate(&store, r, "aa01").await.unwrap();
+
+    // Each change that decides leases is heard and the row read again.
+    store.set_runner_state(r, "draining").await.unwrap();
+    eventually(Duration::from_secs(5), "the drain to be heard", || async {
+        cache.runner(&store, r).await.unwrap().state == "draining"
+    })
+    .await;
+    store.set_runner_cert(r, "bb02", later).await.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the old certificate to be refused",
+        || async {
+            matches!(
+                cache.authenticate(&store, r, "aa01").await,
+                Err(Error::CertificateSuperseded(_))
+            )
+        },
+    )
+    .await;
+    cache.authenticate(&store, r, "bb02").await.unwrap();
+    store.set_runner_state(r, "disabled").await.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the disabled runner to be refused",
+        || async {
+            matches!(
+                cache.authenticate(&store, r, "bb02").await,
+                Err(Error::RunnerDisabled(_))
+            )
+        },
+    )
+    .await;
+    stop.cancel();
+    listening.await.unwrap();
+}

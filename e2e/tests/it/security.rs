@@ -165,14 +165,16 @@ async fn no_certificate_a_foreign_certificate_and_a_disabled_runner_are_refused(
         "refused at the handshake, not by the service: {err}"
     );
 
-    // Disabled: refused from the next call on.
+    // Disabled: refused as soon as the controller hears of the change (the registry notifies
+    // every controller; its leases were taken back and its claims refused already).
     let client = id.connect().unwrap();
     client.hello(&hello_info()).await.unwrap();
     c.store
         .set_runner_state(id.runner_id, "disabled")
         .await
         .unwrap();
-    let err = client.hello(&hello_info()).await.unwrap_err();
+    let info = hello_info();
+    let err = refused(|| client.hello(&info)).await;
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
     assert!(err.message().contains("disabled"));
     c.stop().await;
@@ -264,12 +266,9 @@ async fn certificates_are_renewed_before_they_expire_and_old_ones_stop_working()
         "the renewed certificate has the configured validity"
     );
     // The old certificate is refused now; the runner keeps working with the new one.
-    let err = id
-        .connect()
-        .unwrap()
-        .hello(&hello_info())
-        .await
-        .unwrap_err();
+    let old = id.connect().unwrap();
+    let info = hello_info();
+    let err = refused(|| old.hello(&info)).await;
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
     let repo = c.repo("acme/w").await;
     let t = c.task(&repo, "sleep:10").await;
@@ -303,4 +302,23 @@ async fn a_runner_disabled_while_it_waits_for_work_is_refused_and_stops() {
     let err = ended.expect_err("a disabled runner cannot go on");
     assert!(format!("{err:#}").contains("disabled"), "{err:#}");
     c.stop().await;
+}
+
+/// The error of `call` once it fails, retried while it succeeds for at most 5 s: a change of the
+/// registry takes effect on a controller when it hears the change's notification.
+async fn refused<T, F, Fut>(call: F) -> tonic::Status
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match call().await {
+            Err(e) => return e,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Ok(_) => panic!("the call is still let in 5 s after the registry changed"),
+        }
+    }
 }
