@@ -19,10 +19,79 @@ pub enum SymbolKind {
     Method,
     /// A test function or test case.
     Test,
+    /// A macro definition (Rust `macro_rules!`); calls written in its body start from it.
+    Macro,
 }
 
 /// A type as written: a path of names (`["std", "Vec"]`, `["Session"]`).
 pub type TypePath = Vec<String>;
+
+/// A type as written with its generic arguments (Rust): `Arc<Semaphore>`, `Vec<Slot>`,
+/// `MutexGuard<'_, LinkedList<T>>`. Lifetimes, references and raw pointers are dropped; arrays
+/// and slices are the path `[]` with the element as the argument; a generic parameter with a
+/// trait bound is replaced by the bound where the extractor saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ty {
+    /// The type's path (`["std", "sync", "Arc"]`).
+    pub path: TypePath,
+    /// Its generic type arguments, in order.
+    pub args: Vec<Ty>,
+}
+
+impl Ty {
+    /// The names the type mentions (for incremental invalidation).
+    pub fn names(&self, out: &mut Vec<String>) {
+        out.extend(self.path.iter().cloned());
+        for a in &self.args {
+            a.names(out);
+        }
+    }
+}
+
+/// An expression whose value's type the resolver can follow step by step (Rust receivers and
+/// `let` initialisers): `self.delay.as_mut()`, `self.slot[i]`, `Arc::new(Semaphore::new(1))`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Expr {
+    /// A name or path: a local, `self`, a constant, a function or a type.
+    Path(Vec<String>),
+    /// `e.name` (a field; `e.0` for tuple fields).
+    Field(Box<Expr>, String),
+    /// `e.name(..)`: a method call.
+    Method(Box<Expr>, String),
+    /// `f(..)`: a call of a path or expression; the first argument is kept when the callee is a
+    /// constructor that wraps it (`Arc::new(x)`, `Some(x)`).
+    Call(Box<Expr>, Option<Box<Expr>>),
+    /// `e[i]`.
+    Index(Box<Expr>),
+    /// `e?`.
+    Try(Box<Expr>),
+    /// A value whose type is written: `T { .. }`, `e as T`.
+    Typed(Ty),
+    /// Anything else (literals, closures, blocks, arithmetic).
+    Unknown,
+}
+
+impl Expr {
+    /// The names the expression mentions (for incremental invalidation).
+    pub fn names(&self, out: &mut Vec<String>) {
+        match self {
+            Expr::Path(p) => out.extend(p.iter().cloned()),
+            Expr::Field(e, n) | Expr::Method(e, n) => {
+                out.push(n.clone());
+                e.names(out);
+            }
+            Expr::Call(e, a) => {
+                e.names(out);
+                if let Some(a) = a {
+                    a.names(out);
+                }
+            }
+            Expr::Index(e) | Expr::Try(e) => e.names(out),
+            Expr::Typed(t) => t.names(out),
+            Expr::Unknown => {}
+        }
+    }
+}
 
 /// Where a local variable's type comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +100,51 @@ pub enum TypeHint {
     Declared(TypePath),
     /// Assigned from a call (`x = Foo()`, `let x = Foo::new()`, `x := NewFoo()`).
     CallOf(TypePath),
+    /// Declared type with its generic arguments (Rust parameters and fields).
+    Ty(Ty),
+    /// A Rust `let`: its declared type or its initialiser, visible on lines `from..=to` (the
+    /// statements after it in its block). A later `let` of the same name shadows it.
+    Let {
+        /// The declared type, if written.
+        ty: Option<Ty>,
+        /// The initialiser, if any.
+        value: Option<Expr>,
+        /// First line the binding is visible on.
+        from: u32,
+        /// Last line it is visible on (the end of its block).
+        to: u32,
+    },
+}
+
+impl TypeHint {
+    /// The names the hint mentions (for incremental invalidation).
+    pub fn names(&self, out: &mut Vec<String>) {
+        match self {
+            TypeHint::Declared(p) | TypeHint::CallOf(p) => out.extend(p.iter().cloned()),
+            TypeHint::Ty(t) => t.names(out),
+            TypeHint::Let { ty, value, .. } => {
+                if let Some(t) = ty {
+                    t.names(out);
+                }
+                if let Some(v) = value {
+                    v.names(out);
+                }
+            }
+        }
+    }
+}
+
+/// What a Rust signature says beyond names: full types and generic parameters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sig {
+    /// The declared return type with its arguments.
+    pub ret: Option<Ty>,
+    /// For a method in an `impl` block: the block's self type as written (`Mutex<T>`).
+    pub self_ty: Option<Ty>,
+    /// For a type: its generic type parameters, in order.
+    pub generics: Vec<String>,
+    /// Generic parameters of the function (and its `impl` block) with their first trait bound.
+    pub bounds: Vec<(String, Ty)>,
 }
 
 /// A definition in a file.
@@ -56,6 +170,8 @@ pub struct Symbol {
     pub ret: Option<TypePath>,
     /// Local variables, parameters and (for types) fields with a known type source.
     pub locals: Vec<(String, TypeHint)>,
+    /// Full types and generics of the signature (Rust).
+    pub sig: Option<Box<Sig>>,
 }
 
 /// An import, `use`, `require` or `#include`.
@@ -104,6 +220,10 @@ pub struct Call {
     pub path: Vec<String>,
     /// The receiver is an expression the graph cannot name (`f().g()`, `a[0].g()`); `path` is `[g]`.
     pub opaque_receiver: bool,
+    /// A method call's receiver as an expression to follow (Rust); `path` is `[method]`.
+    pub recv: Option<Expr>,
+    /// A macro invocation (`name!(..)`): `path` names a macro.
+    pub mac: bool,
 }
 
 /// A trait implemented for a type outside the type's definition (Rust `impl Trait for Type`).
@@ -117,6 +237,10 @@ pub struct Impl {
     pub ty: TypePath,
     /// The trait as written.
     pub tr: TypePath,
+    /// The implementing type with its generic arguments (`MutexGuard<T>`).
+    pub self_ty: Option<Ty>,
+    /// Associated types of `Deref` and `Index` impls (`Target`, `Output`).
+    pub assoc: Vec<(String, Ty)>,
 }
 
 /// Everything extracted from one file.
@@ -194,6 +318,7 @@ impl FileFacts {
                     && a.bases == b.bases
                     && a.implements == b.implements
                     && a.ret == b.ret
+                    && a.sig == b.sig
                     && (a.kind != SymbolKind::Type || a.locals == b.locals)
             })
     }

@@ -15,12 +15,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::extract;
-use crate::facts::{FileFacts, SymbolKind, TypeHint};
+use crate::facts::{FileFacts, SymbolKind};
 use crate::resolve::{Edge, EdgeKind, Index, Links, NodeId, Resolver, Source};
 use crate::scan::{self, Config};
 
 /// Bumped whenever the stored format or the meaning of stored data changes.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"CGRAPHv1";
 
 /// Errors of building, updating, saving and loading a graph.
@@ -727,6 +727,7 @@ fn remap(old: &FileFacts, new: &FileFacts) -> Option<HashMap<u32, u32>> {
             && a.bases == b.bases
             && a.implements == b.implements
             && a.ret == b.ret
+            && a.sig == b.sig
             && (a.kind != SymbolKind::Type || a.locals == b.locals);
         if !parent_ok || !visible_same {
             return None;
@@ -738,19 +739,43 @@ fn remap(old: &FileFacts, new: &FileFacts) -> Option<HashMap<u32, u32>> {
 /// Whether a file's references mention any of `names`.
 fn mentions(facts: &FileFacts, names: &HashSet<String>) -> bool {
     let hit = |p: &[String]| p.iter().any(|s| names.contains(s));
-    facts.calls.iter().any(|c| hit(&c.path))
+    let hit_names = |f: &dyn Fn(&mut Vec<String>)| {
+        let mut buf = Vec::new();
+        f(&mut buf);
+        hit(&buf)
+    };
+    facts
+        .calls
+        .iter()
+        .any(|c| hit(&c.path) || c.recv.as_ref().is_some_and(|r| hit_names(&|b| r.names(b))))
         || facts
             .imports
             .iter()
             .any(|i| hit(&i.path) || i.name.as_ref().is_some_and(|n| names.contains(n)))
-        || facts.impls.iter().any(|i| hit(&i.ty) || hit(&i.tr))
+        || facts.impls.iter().any(|i| {
+            hit(&i.ty)
+                || hit(&i.tr)
+                || hit_names(&|b| {
+                    for t in i.self_ty.iter().chain(i.assoc.iter().map(|(_, t)| t)) {
+                        t.names(b);
+                    }
+                })
+        })
         || facts.symbols.iter().any(|s| {
             s.bases.iter().any(|b| hit(b))
                 || s.implements.iter().any(|b| hit(b))
                 || s.owner.as_deref().is_some_and(hit)
                 || s.ret.as_deref().is_some_and(hit)
-                || s.locals.iter().any(|(_, h)| match h {
-                    TypeHint::Declared(p) | TypeHint::CallOf(p) => hit(p),
+                || s.locals.iter().any(|(_, h)| hit_names(&|b| h.names(b)))
+                || s.sig.as_ref().is_some_and(|sig| {
+                    hit_names(&|b| {
+                        for t in sig.ret.iter().chain(&sig.self_ty) {
+                            t.names(b);
+                        }
+                        for (_, t) in &sig.bounds {
+                            t.names(b);
+                        }
+                    })
                 })
         })
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::facts::{FileFacts, SymbolKind, TypeHint};
+use crate::facts::{Expr, FileFacts, SymbolKind, Ty, TypeHint};
 use crate::lang::Lang;
 use crate::layout::{self, Layout};
 
@@ -138,6 +138,21 @@ pub struct Index {
     globals: HashMap<String, Vec<NodeId>>,
     methods_of: HashMap<NodeId, Vec<NodeId>>,
     traits_of: HashMap<NodeId, Vec<NodeId>>,
+    /// Rust types with a `Deref` / `Index` impl in the repository → (the impl's file and
+    /// scope, its self type, the `Target` / `Output` type).
+    deref_of: HashMap<NodeId, Assoc>,
+    index_of: HashMap<NodeId, Assoc>,
+    /// Rust macro name → its `macro_rules!` definitions.
+    macros: HashMap<String, Vec<NodeId>>,
+}
+
+/// An associated type of an impl, with where to resolve it.
+#[derive(Clone, Debug)]
+struct Assoc {
+    file: u32,
+    scope: Option<u32>,
+    self_ty: Option<Ty>,
+    target: Ty,
 }
 
 fn family(lang: Lang) -> &'static str {
@@ -175,6 +190,12 @@ impl Index {
             let mut names: HashMap<String, Vec<u32>> = HashMap::new();
             for (i, s) in facts.symbols.iter().enumerate() {
                 names.entry(s.name.clone()).or_default().push(i as u32);
+                if s.kind == SymbolKind::Macro {
+                    ix.macros.entry(s.name.clone()).or_default().push(NodeId {
+                        file: id,
+                        sym: Some(i as u32),
+                    });
+                }
                 let global = s.parent.is_none()
                     || facts.symbols[s.parent.unwrap_or(0) as usize].kind == SymbolKind::Module;
                 if global
@@ -214,6 +235,8 @@ impl Index {
         // methods declared outside their type, and trait impls, need the tables above
         let mut methods_of: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
         let mut traits_of: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+        let mut deref_of: HashMap<NodeId, Assoc> = HashMap::new();
+        let mut index_of: HashMap<NodeId, Assoc> = HashMap::new();
         {
             let mut r = Resolver::new(files, &ix);
             for (id, f) in files.iter().enumerate() {
@@ -239,11 +262,29 @@ impl Index {
                     ) {
                         traits_of.entry(t).or_default().push(tr);
                     }
+                    let wanted = match imp.tr.last().map(String::as_str) {
+                        Some("Deref") => Some(("Target", &mut deref_of)),
+                        Some("Index") => Some(("Output", &mut index_of)),
+                        _ => None,
+                    };
+                    if let Some((name, map)) = wanted
+                        && let Some((_, target)) = imp.assoc.iter().find(|(n, _)| n == name)
+                        && let Res::Val(Val::Sym(t)) = r.resolve_path(id, imp.scope, &imp.ty, 0)
+                    {
+                        map.entry(t).or_insert(Assoc {
+                            file: id,
+                            scope: imp.scope,
+                            self_ty: imp.self_ty.clone(),
+                            target: target.clone(),
+                        });
+                    }
                 }
             }
         }
         ix.methods_of = methods_of;
         ix.traits_of = traits_of;
+        ix.deref_of = deref_of;
+        ix.index_of = index_of;
         ix
     }
 }
@@ -256,6 +297,9 @@ pub struct Resolver<'a, S> {
     bases_memo: HashMap<NodeId, Vec<NodeId>>,
     deps: BTreeSet<u32>,
     current: u32,
+    /// The line of the reference being resolved in the current file (0: none), which decides
+    /// which `let` bindings are visible.
+    line: u32,
 }
 
 impl<'a, S: Source> Resolver<'a, S> {
@@ -268,6 +312,7 @@ impl<'a, S: Source> Resolver<'a, S> {
             bases_memo: HashMap::new(),
             deps: BTreeSet::new(),
             current: 0,
+            line: 0,
         }
     }
 
@@ -289,7 +334,16 @@ impl<'a, S: Source> Resolver<'a, S> {
                 links.unresolved_calls += 1;
                 continue;
             }
-            match self.resolve_path(id, call.from, &call.path, 0) {
+            self.line = call.line;
+            let res = if call.mac {
+                self.resolve_macro(id, &call.path)
+            } else if let (Some(recv), Some(name)) = (&call.recv, call.path.last()) {
+                self.method_call(id, call.from, recv, name)
+            } else {
+                self.resolve_path(id, call.from, &call.path, 0)
+            };
+            self.line = 0;
+            match res {
                 Res::Val(Val::Sym(t)) if self.callable(t) => {
                     links.edges.push(Edge {
                         kind: EdgeKind::Calls,
@@ -404,7 +458,13 @@ impl<'a, S: Source> Resolver<'a, S> {
     fn callable(&self, n: NodeId) -> bool {
         matches!(
             self.kind(n),
-            Some(SymbolKind::Function | SymbolKind::Method | SymbolKind::Test | SymbolKind::Type)
+            Some(
+                SymbolKind::Function
+                    | SymbolKind::Method
+                    | SymbolKind::Test
+                    | SymbolKind::Type
+                    | SymbolKind::Macro
+            )
         )
     }
 
@@ -591,12 +651,17 @@ impl<'a, S: Source> Resolver<'a, S> {
             return Res::Val(Val::File(sub));
         }
         let facts = self.facts(f);
+        let line = if f == self.current { self.line } else { 0 };
         for s in self.chain(f, scope) {
             let sym = &facts.symbols[s as usize];
             if matches!(
                 sym.kind,
-                SymbolKind::Function | SymbolKind::Method | SymbolKind::Test
-            ) && let Some((_, hint)) = sym.locals.iter().rev().find(|(n, _)| n == name)
+                SymbolKind::Function | SymbolKind::Method | SymbolKind::Test | SymbolKind::Macro
+            ) && let Some((_, hint)) = sym
+                .locals
+                .iter()
+                .rev()
+                .find(|(n, h)| n == name && visible(h, line))
             {
                 if let Some(t) = self.hint_type(f, Some(s), hint, depth + 1) {
                     return Res::Val(Val::Inst(t));
@@ -753,6 +818,10 @@ impl<'a, S: Source> Resolver<'a, S> {
                 Res::Val(Val::Sym(t)) if self.is_type(t) => Some(t),
                 _ => None,
             },
+            TypeHint::Ty(_) | TypeHint::Let { .. } => {
+                let t = self.hint_rty(f, scope, hint, depth + 1)?;
+                self.repo_type(&t, depth + 1)
+            }
             TypeHint::CallOf(p) => match self.resolve_path(f, scope, p, depth + 1) {
                 Res::Val(Val::Sym(t)) if self.is_type(t) => Some(t),
                 Res::Val(Val::Sym(func)) => {
@@ -1157,4 +1226,623 @@ impl<'a, S: Source> Resolver<'a, S> {
         let first = hits.next().map(|(_, &g)| g);
         if hits.next().is_some() { None } else { first }
     }
+}
+
+/// Whether a local's hint is visible on `line` (0: no line known, every binding is).
+fn visible(h: &TypeHint, line: u32) -> bool {
+    match h {
+        TypeHint::Let { from, to, .. } => line == 0 || (*from <= line && line <= *to),
+        _ => true,
+    }
+}
+
+/// Standard smart pointers and guards that dereference to their first type argument.
+const SEE_THROUGH: [&str; 16] = [
+    "Box",
+    "Rc",
+    "Arc",
+    "Pin",
+    "Ref",
+    "RefMut",
+    "MutexGuard",
+    "RwLockReadGuard",
+    "RwLockWriteGuard",
+    "MappedMutexGuard",
+    "OwnedMutexGuard",
+    "Cow",
+    "ManuallyDrop",
+    "AssertUnwindSafe",
+    "NonNull",
+    "Weak",
+];
+
+/// Methods that hand back the value they are called on (seen through its pointers).
+const SAME_METHODS: [&str; 12] = [
+    "clone",
+    "to_owned",
+    "borrow",
+    "borrow_mut",
+    "as_ref",
+    "as_mut",
+    "deref",
+    "deref_mut",
+    "by_ref",
+    "unwrap",
+    "expect",
+    "get_mut",
+];
+
+/// What a method of a standard container gives back.
+enum StdRule {
+    /// The container itself.
+    Same,
+    /// Its type argument `i`.
+    Inner(usize),
+    /// `Option` of its type argument `i`.
+    OptionOf(usize),
+}
+
+fn std_method(ty: &str, method: &str) -> Option<StdRule> {
+    match ty {
+        "Option" | "Result" | "Poll" | "LockResult" | "TryLockResult" => match method {
+            "unwrap" | "expect" | "unwrap_unchecked" | "unwrap_or_default" | "unwrap_or"
+            | "unwrap_or_else" => Some(StdRule::Inner(0)),
+            "as_ref" | "as_mut" | "as_deref" | "as_deref_mut" | "take" | "clone" | "as_pin_mut"
+            | "cloned" | "copied" | "replace" => Some(StdRule::Same),
+            _ => None,
+        },
+        "Mutex" | "RwLock" | "RefCell" | "Cell" | "UnsafeCell" | "OnceCell" | "OnceLock"
+        | "Lazy" | "LazyLock" | "CachePadded" => match method {
+            "lock" | "read" | "write" | "try_lock" | "try_read" | "try_write" | "borrow"
+            | "borrow_mut" | "get_mut" | "get" | "into_inner" | "get_or_init" | "blocking_lock" => {
+                Some(StdRule::Inner(0))
+            }
+            _ => None,
+        },
+        "Vec" | "VecDeque" | "[]" | "LinkedList" | "BinaryHeap" | "Slab" | "SmallVec"
+        | "ArrayVec" | "BTreeSet" | "HashSet" => match method {
+            "get" | "get_mut" | "first" | "last" | "first_mut" | "last_mut" | "pop"
+            | "pop_front" | "pop_back" | "front" | "back" | "front_mut" | "back_mut" | "peek" => {
+                Some(StdRule::OptionOf(0))
+            }
+            "get_unchecked" | "get_unchecked_mut" | "remove" | "swap_remove" => {
+                Some(StdRule::Inner(0))
+            }
+            _ => None,
+        },
+        "HashMap" | "BTreeMap" | "IndexMap" => match method {
+            "get" | "get_mut" | "remove" => Some(StdRule::OptionOf(1)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Element type argument of a standard sequence or map (`v[i]`).
+fn std_index(ty: &str) -> Option<usize> {
+    match ty {
+        "Vec" | "VecDeque" | "[]" | "Slab" | "SmallVec" | "ArrayVec" => Some(0),
+        "HashMap" | "BTreeMap" | "IndexMap" => Some(1),
+        _ => None,
+    }
+}
+
+/// A type during resolution: where its names are to be looked up, and its arguments.
+#[derive(Clone, Debug)]
+struct RTy {
+    head: Head,
+    args: Vec<RTy>,
+}
+
+#[derive(Clone, Debug)]
+enum Head {
+    /// A path written in `file` inside `scope`.
+    Path {
+        path: Vec<String>,
+        file: u32,
+        scope: Option<u32>,
+    },
+    /// A type already resolved.
+    Node(NodeId),
+}
+
+impl RTy {
+    fn of(t: &Ty, file: u32, scope: Option<u32>) -> Option<RTy> {
+        if t.path.is_empty() {
+            return None;
+        }
+        Some(RTy {
+            head: Head::Path {
+                path: t.path.clone(),
+                file,
+                scope,
+            },
+            args: t
+                .args
+                .iter()
+                .map(|a| {
+                    RTy::of(a, file, scope).unwrap_or(RTy {
+                        head: Head::Path {
+                            path: vec!["_".to_string()],
+                            file,
+                            scope,
+                        },
+                        args: Vec::new(),
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    fn node(n: NodeId) -> RTy {
+        RTy {
+            head: Head::Node(n),
+            args: Vec::new(),
+        }
+    }
+
+    /// The last segment of a written path.
+    fn name(&self) -> Option<&str> {
+        match &self.head {
+            Head::Path { path, .. } => path.last().map(String::as_str),
+            Head::Node(_) => None,
+        }
+    }
+
+    /// Replaces single-name paths bound in `map`.
+    fn subst(self, map: &[(String, RTy)]) -> RTy {
+        if map.is_empty() {
+            return self;
+        }
+        if let Head::Path { path, .. } = &self.head
+            && path.len() == 1
+            && let Some((_, t)) = map.iter().find(|(n, _)| *n == path[0])
+        {
+            return t.clone();
+        }
+        RTy {
+            head: self.head,
+            args: self.args.into_iter().map(|a| a.subst(map)).collect(),
+        }
+    }
+}
+
+/// How deep a type may be followed through pointers, guards and `Deref` impls.
+const MAX_PEEL: usize = 8;
+
+impl<S: Source> Resolver<'_, S> {
+    /// A `macro_rules!` macro named by an invocation: one in the same file, else the only one of
+    /// that name in the same crate; external when the repository defines none of that name.
+    fn resolve_macro(&mut self, f: u32, path: &[String]) -> Res {
+        let Some(name) = path.last() else {
+            return Res::Missing;
+        };
+        let Some(list) = self.ix.macros.get(name) else {
+            return Res::External;
+        };
+        let here: Vec<NodeId> = list.iter().copied().filter(|n| n.file == f).collect();
+        if here.len() == 1 {
+            return Res::Val(Val::Sym(here[0]));
+        }
+        let root = self.ix.layout.rust_module.get(&f).map(|m| m.root);
+        let same_crate: Vec<NodeId> = list
+            .iter()
+            .copied()
+            .filter(|n| self.ix.layout.rust_module.get(&n.file).map(|m| m.root) == root)
+            .collect();
+        if same_crate.len() == 1 {
+            self.touch(same_crate[0].file);
+            return Res::Val(Val::Sym(same_crate[0]));
+        }
+        if same_crate.is_empty() {
+            Res::External
+        } else {
+            Res::Missing
+        }
+    }
+
+    /// The method `name` called on the value of `recv`.
+    fn method_call(&mut self, f: u32, scope: Option<u32>, recv: &Expr, name: &str) -> Res {
+        let Some(t) = self.eval(f, scope, recv, 0) else {
+            return Res::Missing;
+        };
+        if let Some((m, _)) = self.find_method(t.clone(), name, 0) {
+            return Res::Val(Val::Sym(m));
+        }
+        // a method of a type from outside the repository is outside it too
+        let mut t = t;
+        for _ in 0..MAX_PEEL {
+            match self.peel(&t, 0) {
+                Some(inner) => t = inner,
+                None => break,
+            }
+        }
+        match self.ty_node(&t, 0) {
+            Res::External => Res::External,
+            _ => Res::Missing,
+        }
+    }
+
+    /// What `t` resolves to when it names a type of the repository.
+    fn ty_node(&mut self, t: &RTy, depth: u32) -> Res {
+        match &t.head {
+            Head::Node(n) => Res::Val(Val::Sym(*n)),
+            Head::Path { path, file, scope } => {
+                let (path, file, scope) = (path.clone(), *file, *scope);
+                // a written type is read where it was written, whatever line is being resolved
+                let saved = std::mem::take(&mut self.line);
+                let r = self.resolve_path(file, scope, &path, depth + 1);
+                self.line = saved;
+                r
+            }
+        }
+    }
+
+    /// The repository type `t` is, seen through standard pointers, guards and `Deref` impls.
+    fn repo_type(&mut self, t: &RTy, depth: u32) -> Option<NodeId> {
+        let mut t = t.clone();
+        for _ in 0..MAX_PEEL {
+            match self.ty_node(&t, depth) {
+                Res::Val(Val::Sym(n) | Val::Inst(n))
+                    if self.is_type(n) && self.alias(n).is_none() =>
+                {
+                    return Some(n);
+                }
+                _ => t = self.peel(&t, depth)?,
+            }
+        }
+        None
+    }
+
+    /// One dereference of `t`: a standard pointer's argument, or a repository `Deref` target.
+    fn peel(&mut self, t: &RTy, depth: u32) -> Option<RTy> {
+        if let Res::Val(Val::Sym(n)) = self.ty_node(t, depth)
+            && self.is_type(n)
+        {
+            if let Some((target, generics)) = self.alias(n) {
+                let scope = self.facts(n.file).symbols[n.sym? as usize].parent;
+                let map: Vec<(String, RTy)> =
+                    generics.into_iter().zip(t.args.iter().cloned()).collect();
+                return Some(RTy::of(&target, n.file, scope)?.subst(&map));
+            }
+            if let Some(a) = self.ix.deref_of.get(&n).cloned() {
+                return self.assoc_ty(t, &a);
+            }
+        }
+        if t.name().is_some_and(|n| SEE_THROUGH.contains(&n)) {
+            return t.args.first().cloned();
+        }
+        None
+    }
+
+    /// A type alias's target and generic parameters (`type Lists<T> = Mutex<ListsInner<T>>`).
+    fn alias(&self, n: NodeId) -> Option<(Ty, Vec<String>)> {
+        let sym = &self.facts(n.file).symbols[n.sym? as usize];
+        let sig = sym.sig.as_ref()?;
+        if sym.kind != SymbolKind::Type || self.facts(n.file).lang != Lang::Rust {
+            return None;
+        }
+        sig.ret.clone().map(|t| (t, sig.generics.clone()))
+    }
+
+    /// An impl's associated type for the instance `t` (its arguments put in for the impl's).
+    fn assoc_ty(&self, t: &RTy, a: &Assoc) -> Option<RTy> {
+        let target = RTy::of(&a.target, a.file, a.scope)?;
+        let map = a
+            .self_ty
+            .as_ref()
+            .map(|st| params(st, t))
+            .unwrap_or_default();
+        Some(target.subst(&map))
+    }
+
+    /// The method `name` on `t` or what it dereferences to, with the receiver type it was found on.
+    fn find_method(&mut self, t: RTy, name: &str, depth: u32) -> Option<(NodeId, RTy)> {
+        let mut t = t;
+        for _ in 0..MAX_PEEL {
+            if let Res::Val(Val::Sym(n) | Val::Inst(n)) = self.ty_node(&t, depth)
+                && self.is_type(n)
+                && let Res::Val(Val::Sym(m)) = self.type_member(n, name, depth + 1)
+                && matches!(
+                    self.kind(m),
+                    Some(SymbolKind::Method | SymbolKind::Function | SymbolKind::Test)
+                )
+            {
+                return Some((m, t));
+            }
+            t = self.peel(&t, depth)?;
+        }
+        None
+    }
+
+    /// The type of a field `name` of `t` (seen through pointers and `Deref`).
+    fn field_of(&mut self, t: RTy, name: &str, depth: u32) -> Option<RTy> {
+        let mut t = t;
+        for _ in 0..MAX_PEEL {
+            if let Res::Val(Val::Sym(n) | Val::Inst(n)) = self.ty_node(&t, depth)
+                && self.is_type(n)
+            {
+                let sym = &self.facts(n.file).symbols[n.sym? as usize];
+                if let Some((_, hint)) = sym.locals.iter().find(|(f, _)| f == name) {
+                    self.touch(n.file);
+                    let hint = hint.clone();
+                    let generics = sym
+                        .sig
+                        .as_ref()
+                        .map(|s| s.generics.clone())
+                        .unwrap_or_default();
+                    let ft = self.hint_rty(n.file, n.sym, &hint, depth + 1)?;
+                    let map: Vec<(String, RTy)> =
+                        generics.into_iter().zip(t.args.iter().cloned()).collect();
+                    return Some(ft.subst(&map));
+                }
+            }
+            t = self.peel(&t, depth)?;
+        }
+        None
+    }
+
+    /// The type of `t[i]`.
+    fn index_of(&mut self, t: RTy, depth: u32) -> Option<RTy> {
+        let mut t = t;
+        for _ in 0..MAX_PEEL {
+            match self.ty_node(&t, depth) {
+                Res::Val(Val::Sym(n) | Val::Inst(n)) if self.is_type(n) => {
+                    if let Some(a) = self.ix.index_of.get(&n).cloned() {
+                        return self.assoc_ty(&t, &a);
+                    }
+                }
+                _ => {
+                    if let Some(i) = t.name().and_then(std_index) {
+                        return t.args.get(i).cloned();
+                    }
+                }
+            }
+            t = self.peel(&t, depth)?;
+        }
+        None
+    }
+
+    /// The type of `t.name(..)`.
+    fn method_value(&mut self, t: RTy, name: &str, depth: u32) -> Option<RTy> {
+        if let Some((m, on)) = self.find_method(t.clone(), name, depth) {
+            let sig = self.facts(m.file).symbols[m.sym? as usize].sig.clone()?;
+            let ret = sig.ret.as_ref()?;
+            if ret.path == ["Self"] {
+                return Some(on);
+            }
+            let mut map = sig
+                .self_ty
+                .as_ref()
+                .map(|st| params(st, &on))
+                .unwrap_or_default();
+            let scope = self.facts(m.file).symbols[m.sym? as usize].parent;
+            for (n, b) in &sig.bounds {
+                if !map.iter().any(|(k, _)| k == n)
+                    && let Some(b) = RTy::of(b, m.file, scope)
+                {
+                    map.push((n.clone(), b));
+                }
+            }
+            return Some(RTy::of(ret, m.file, Some(m.sym?))?.subst(&map));
+        }
+        let mut t = t;
+        for _ in 0..MAX_PEEL {
+            let repo = matches!(self.ty_node(&t, depth), Res::Val(Val::Sym(n)) if self.is_type(n));
+            if !repo && let Some(rule) = t.name().and_then(|n| std_method(n, name)) {
+                return match rule {
+                    StdRule::Same => Some(t),
+                    StdRule::Inner(i) => t.args.get(i).cloned(),
+                    StdRule::OptionOf(i) => Some(RTy {
+                        head: match &t.head {
+                            Head::Path { file, scope, .. } => Head::Path {
+                                path: vec!["Option".to_string()],
+                                file: *file,
+                                scope: *scope,
+                            },
+                            Head::Node(_) => return None,
+                        },
+                        args: vec![t.args.get(i).cloned()?],
+                    }),
+                };
+            }
+            match self.peel(&t, depth) {
+                Some(inner) => t = inner,
+                None => break,
+            }
+        }
+        if SAME_METHODS.contains(&name) {
+            return Some(t);
+        }
+        None
+    }
+
+    /// The type of a local's hint (`f`/`scope`: where the local is declared).
+    fn hint_rty(&mut self, f: u32, scope: Option<u32>, hint: &TypeHint, depth: u32) -> Option<RTy> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match hint {
+            TypeHint::Ty(t) => RTy::of(t, f, scope),
+            TypeHint::Declared(p) => RTy::of(
+                &Ty {
+                    path: p.clone(),
+                    args: Vec::new(),
+                },
+                f,
+                scope,
+            ),
+            TypeHint::CallOf(_) => self.hint_type(f, scope, hint, depth + 1).map(RTy::node),
+            TypeHint::Let {
+                ty, value, from, ..
+            } => {
+                if let Some(t) = ty {
+                    return RTy::of(t, f, scope);
+                }
+                let value = value.as_ref()?;
+                // the initialiser sees the bindings before the `let`
+                let saved = self.line;
+                if f == self.current {
+                    self.line = from.saturating_sub(1);
+                }
+                let r = self.eval(f, scope, value, depth + 1);
+                self.line = saved;
+                r
+            }
+        }
+    }
+
+    /// The type of `self` inside `scope`: the `impl` block's self type with bounded parameters
+    /// replaced by their bounds, else the enclosing type.
+    fn self_rty(&mut self, f: u32, scope: Option<u32>, depth: u32) -> Option<RTy> {
+        let facts = self.facts(f);
+        for s in self.chain(f, scope) {
+            let sym = &facts.symbols[s as usize];
+            if let Some(sig) = &sym.sig
+                && let Some(st) = &sig.self_ty
+            {
+                let map: Vec<(String, RTy)> = sig
+                    .bounds
+                    .iter()
+                    .filter_map(|(n, b)| Some((n.clone(), RTy::of(b, f, sym.parent)?)))
+                    .collect();
+                return Some(RTy::of(st, f, sym.parent)?.subst(&map));
+            }
+            if sym.owner.is_some() {
+                break;
+            }
+        }
+        self.self_type(f, scope, depth).map(RTy::node)
+    }
+
+    /// The type of an expression's value, when it can be followed.
+    fn eval(&mut self, f: u32, scope: Option<u32>, e: &Expr, depth: u32) -> Option<RTy> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match e {
+            Expr::Path(p) => {
+                let (head, rest) = p.split_first()?;
+                let mut t = if head == "self" && self.facts(f).lang == Lang::Rust {
+                    self.self_rty(f, scope, depth)?
+                } else if let Some((s, hint)) = self.local(f, scope, head) {
+                    self.hint_rty(f, Some(s), &hint, depth + 1)?
+                } else {
+                    return match self.resolve_path(f, scope, p, depth + 1) {
+                        Res::Val(Val::Sym(n) | Val::Inst(n)) if self.is_type(n) => {
+                            Some(RTy::node(n))
+                        }
+                        _ => None,
+                    };
+                };
+                for name in rest {
+                    t = self.field_of(t, name, depth + 1)?;
+                }
+                Some(t)
+            }
+            Expr::Field(e, name) => {
+                let t = self.eval(f, scope, e, depth + 1)?;
+                self.field_of(t, name, depth + 1)
+            }
+            Expr::Method(e, name) => {
+                let t = self.eval(f, scope, e, depth + 1)?;
+                self.method_value(t, name, depth + 1)
+            }
+            Expr::Index(e) => {
+                let t = self.eval(f, scope, e, depth + 1)?;
+                self.index_of(t, depth + 1)
+            }
+            Expr::Try(e) => {
+                let t = self.eval(f, scope, e, depth + 1)?;
+                match t.name() {
+                    Some("Option" | "Result" | "Poll" | "LockResult") => t.args.first().cloned(),
+                    _ => Some(t),
+                }
+            }
+            Expr::Typed(t) => RTy::of(t, f, scope),
+            Expr::Call(callee, arg) => {
+                let Expr::Path(p) = callee.as_ref() else {
+                    return None;
+                };
+                match self.resolve_path(f, scope, p, depth + 1) {
+                    Res::Val(Val::Sym(n)) if self.is_type(n) => Some(RTy::node(n)),
+                    Res::Val(Val::Sym(func)) => {
+                        let sym = &self.facts(func.file).symbols[func.sym? as usize];
+                        let sig = sym.sig.as_ref()?;
+                        let ret = sig.ret.as_ref()?;
+                        if ret.path == ["Self"] {
+                            return self.self_rty(func.file, func.sym, depth + 1);
+                        }
+                        let map: Vec<(String, RTy)> = sig
+                            .bounds
+                            .iter()
+                            .filter_map(|(n, b)| {
+                                Some((n.clone(), RTy::of(b, func.file, sym.parent)?))
+                            })
+                            .collect();
+                        Some(RTy::of(ret, func.file, func.sym)?.subst(&map))
+                    }
+                    Res::External | Res::Missing => {
+                        // `Arc::new(x)`, `Some(x)`: the wrapper around the argument's type
+                        let inner = self.eval(f, scope, arg.as_deref()?, depth + 1)?;
+                        let wrapper = match p.as_slice() {
+                            [one] => match one.as_str() {
+                                "Some" => "Option",
+                                "Ok" => "Result",
+                                other => other,
+                            },
+                            [.., w, _] => w.as_str(),
+                            [] => return None,
+                        };
+                        Some(RTy {
+                            head: Head::Path {
+                                path: vec![wrapper.to_string()],
+                                file: f,
+                                scope,
+                            },
+                            args: vec![inner],
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            Expr::Unknown => None,
+        }
+    }
+
+    /// The innermost local named `name` visible at the current line, with its function.
+    fn local(&self, f: u32, scope: Option<u32>, name: &str) -> Option<(u32, TypeHint)> {
+        let facts = self.facts(f);
+        let line = if f == self.current { self.line } else { 0 };
+        for s in self.chain(f, scope) {
+            let sym = &facts.symbols[s as usize];
+            if !matches!(
+                sym.kind,
+                SymbolKind::Function | SymbolKind::Method | SymbolKind::Test | SymbolKind::Macro
+            ) {
+                continue;
+            }
+            if let Some((_, h)) = sym
+                .locals
+                .iter()
+                .rev()
+                .find(|(n, h)| n == name && visible(h, line))
+            {
+                return Some((s, h.clone()));
+            }
+        }
+        None
+    }
+}
+
+/// The impl's generic parameters (single names among `self_ty`'s arguments) bound to the
+/// instance's arguments, by position.
+fn params(self_ty: &Ty, inst: &RTy) -> Vec<(String, RTy)> {
+    self_ty
+        .args
+        .iter()
+        .zip(inst.args.iter())
+        .filter(|(a, _)| a.path.len() == 1 && a.args.is_empty())
+        .map(|(a, i)| (a.path[0].clone(), i.clone()))
+        .collect()
 }

@@ -159,6 +159,7 @@ impl<'a> Cx<'a> {
             implements: Vec::new(),
             ret: None,
             locals: Vec::new(),
+            sig: None,
         });
         if scope.func.is_none()
             && let Some(k) = scope.owner
@@ -180,7 +181,7 @@ impl<'a> Cx<'a> {
                 inner.func = None;
                 inner.owner = None;
             }
-            SymbolKind::Function | SymbolKind::Method | SymbolKind::Test => {
+            SymbolKind::Function | SymbolKind::Method | SymbolKind::Test | SymbolKind::Macro => {
                 inner.func = Some(index)
             }
         }
@@ -211,6 +212,8 @@ impl<'a> Cx<'a> {
             line: line(node),
             path,
             opaque_receiver,
+            recv: None,
+            mac: false,
         });
     }
 

@@ -5,7 +5,7 @@
 use tree_sitter::Node;
 
 use super::{Cx, Flow, Scope, line, named_children};
-use crate::facts::{Impl, Import, SymbolKind, TypeHint, TypePath};
+use crate::facts::{Expr, Impl, Import, Sig, SymbolKind, Ty, TypeHint, TypePath};
 
 /// Generic wrappers whose first type argument is what a function hands back.
 const WRAPPERS: [&str; 9] = [
@@ -33,34 +33,79 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
             {
                 cx.sym(index).ret = Some(ret);
             }
+            let mut bounds = Vec::new();
+            let block = enclosing_impl(node);
+            if let Some(imp) = block {
+                generic_bounds(cx, imp, &mut bounds);
+            }
+            generic_bounds(cx, node, &mut bounds);
+            let sig = Sig {
+                ret: node
+                    .child_by_field_name("return_type")
+                    .and_then(|t| ty(cx, t, &bounds)),
+                self_ty: block
+                    .and_then(|imp| imp.child_by_field_name("type"))
+                    .and_then(|t| ty(cx, t, &[])),
+                generics: Vec::new(),
+                bounds,
+            };
             if let Some(params) = node.child_by_field_name("parameters") {
                 for p in named_children(params) {
                     if p.kind() == "parameter"
                         && let Some(pat) = p.child_by_field_name("pattern")
                         && pat.kind() == "identifier"
-                        && let Some(t) = p.child_by_field_name("type").and_then(|t| cx.type_path(t))
+                        && let Some(t) = p
+                            .child_by_field_name("type")
+                            .and_then(|t| ty(cx, t, &sig.bounds))
                     {
-                        cx.local(inner, cx.text(pat), TypeHint::Declared(t));
+                        cx.local(inner, cx.text(pat), TypeHint::Ty(t));
                     }
                 }
             }
+            cx.sym(index).sig = Some(Box::new(sig));
             Flow::Descend(inner)
         }
         "struct_item" | "enum_item" | "union_item" | "trait_item" => {
             let name = cx.field_text(node, "name").unwrap_or("");
             let (index, inner) = cx.define(node, name, SymbolKind::Type, scope);
             if let Some(body) = node.child_by_field_name("body") {
+                let mut position = 0;
                 for f in named_children(body) {
                     if f.kind() == "field_declaration"
                         && let (Some(n), Some(t)) =
                             (cx.field_text(f, "name"), f.child_by_field_name("type"))
-                        && let Some(t) = cx.type_path(t)
+                        && let Some(t) = ty(cx, t, &[])
                     {
-                        cx.sym(index)
-                            .locals
-                            .push((n.to_string(), TypeHint::Declared(t)));
+                        cx.sym(index).locals.push((n.to_string(), TypeHint::Ty(t)));
+                    }
+                    // tuple struct fields are named by position
+                    if body.kind() == "ordered_field_declaration_list"
+                        && !matches!(f.kind(), "attribute_item" | "visibility_modifier")
+                    {
+                        if let Some(t) = ty(cx, f, &[]) {
+                            cx.sym(index)
+                                .locals
+                                .push((position.to_string(), TypeHint::Ty(t)));
+                        }
+                        position += 1;
                     }
                 }
+            }
+            let generics: Vec<String> = node
+                .child_by_field_name("type_parameters")
+                .map(|tp| {
+                    named_children(tp)
+                        .into_iter()
+                        .filter(|p| p.kind() == "type_parameter")
+                        .filter_map(|p| cx.field_text(p, "name").map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !generics.is_empty() {
+                cx.sym(index).sig = Some(Box::new(Sig {
+                    generics,
+                    ..Sig::default()
+                }));
             }
             if node.kind() == "trait_item"
                 && let Some(bounds) = node.child_by_field_name("bounds")
@@ -84,11 +129,33 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                 .child_by_field_name("trait")
                 .and_then(|t| cx.type_path(t))
             {
+                let mut assoc = Vec::new();
+                if matches!(tr.last().map(String::as_str), Some("Deref" | "Index"))
+                    && let Some(body) = node.child_by_field_name("body")
+                {
+                    let mut bounds = Vec::new();
+                    generic_bounds(cx, node, &mut bounds);
+                    for item in named_children(body) {
+                        if item.kind() == "type_item"
+                            && let (Some(n), Some(t)) = (
+                                cx.field_text(item, "name"),
+                                item.child_by_field_name("type")
+                                    .and_then(|t| self::ty(cx, t, &bounds)),
+                            )
+                        {
+                            assoc.push((n.to_string(), t));
+                        }
+                    }
+                }
                 cx.facts.impls.push(Impl {
                     line: line(node),
                     scope: scope.module,
                     ty: ty.clone(),
                     tr,
+                    self_ty: node
+                        .child_by_field_name("type")
+                        .and_then(|t| self::ty(cx, t, &[])),
+                    assoc,
                 });
             }
             let mut inner = scope;
@@ -106,11 +173,90 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
         }
         "call_expression" => {
             if let Some(f) = node.child_by_field_name("function") {
-                cx.call_expr(node, scope, f);
+                let method = if f.kind() == "generic_function" {
+                    f.child_by_field_name("function")
+                        .filter(|g| g.kind() == "field_expression")
+                } else {
+                    Some(f).filter(|g| g.kind() == "field_expression")
+                };
+                match method {
+                    Some(m) => {
+                        if let (Some(name), Some(value)) =
+                            (cx.field_text(m, "field"), m.child_by_field_name("value"))
+                        {
+                            let recv = expr(cx, value, 0);
+                            cx.call(node, scope, vec![name.to_string()], false);
+                            if let Some(c) = cx.facts.calls.last_mut()
+                                && c.line == line(node)
+                                && c.recv.is_none()
+                            {
+                                c.recv = Some(recv);
+                            }
+                        }
+                    }
+                    None => cx.call_expr(node, scope, f),
+                }
+            }
+            Flow::Descend(scope)
+        }
+        "macro_definition" => {
+            let name = cx.field_text(node, "name").unwrap_or("");
+            let (_, inner) = cx.define(node, name, SymbolKind::Macro, scope);
+            for rule in named_children(node) {
+                if rule.kind() == "macro_rule"
+                    && let Some(body) = rule.child_by_field_name("right")
+                {
+                    expand_macro_body(cx, body, inner);
+                }
+            }
+            Flow::Skip
+        }
+        "let_condition" | "for_expression" => {
+            // `if let P = v`, `for P in v`: P's names are bound after v
+            let (pat, value) = match node.kind() {
+                "let_condition" => (
+                    node.child_by_field_name("pattern"),
+                    node.child_by_field_name("value"),
+                ),
+                _ => (
+                    node.child_by_field_name("pattern"),
+                    node.child_by_field_name("value"),
+                ),
+            };
+            if let Some(pat) = pat {
+                let from = value.map_or(line(pat), |v| v.end_position().row as u32 + 2);
+                let to = binding_end(node);
+                bind_untyped(cx, scope, pat, from, to);
+            }
+            Flow::Descend(scope)
+        }
+        "match_arm" | "closure_expression" => {
+            let pat = match node.kind() {
+                "match_arm" => node.child_by_field_name("pattern"),
+                _ => node.child_by_field_name("parameters"),
+            };
+            if let Some(pat) = pat {
+                bind_untyped(
+                    cx,
+                    scope,
+                    pat,
+                    line(node),
+                    node.end_position().row as u32 + 1,
+                );
             }
             Flow::Descend(scope)
         }
         "macro_invocation" => {
+            if let Some(m) = node.child_by_field_name("macro") {
+                let mut path = super::split_path(cx.text(m));
+                if path.first().is_some_and(|h| h == "$crate") {
+                    path[0] = "crate".to_string();
+                }
+                cx.call(node, scope, path, false);
+                if let Some(c) = cx.facts.calls.last_mut() {
+                    c.mac = true;
+                }
+            }
             let Some(tt) = named_children(node)
                 .into_iter()
                 .find(|c| c.kind() == "token_tree")
@@ -144,59 +290,94 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
             Flow::Skip
         }
         "let_declaration" => {
-            if let Some(pat) = node.child_by_field_name("pattern")
-                && pat.kind() == "identifier"
-            {
-                let name = cx.text(pat);
-                let hint = match node
-                    .child_by_field_name("type")
-                    .and_then(|t| cx.type_path(t))
+            let from = node.end_position().row as u32 + 2;
+            let to = binding_end(node);
+            if let Some(pat) = node.child_by_field_name("pattern") {
+                if pat.kind() == "identifier" {
+                    let bounds = scope
+                        .func
+                        .and_then(|f| cx.facts.symbols[f as usize].sig.as_ref())
+                        .map(|s| s.bounds.clone())
+                        .unwrap_or_default();
+                    let hint = TypeHint::Let {
+                        ty: node
+                            .child_by_field_name("type")
+                            .and_then(|t| ty(cx, t, &bounds)),
+                        value: node.child_by_field_name("value").map(|v| expr(cx, v, 0)),
+                        from,
+                        to,
+                    };
+                    cx.local(scope, cx.text(pat), hint);
+                } else if pat.kind() == "struct_pattern"
+                    && let Some(value) = node.child_by_field_name("value")
                 {
-                    Some(t) => Some(TypeHint::Declared(t)),
-                    None => node
-                        .child_by_field_name("value")
-                        .and_then(|v| value_hint(cx, v)),
-                };
-                if let Some(hint) = hint {
-                    cx.local(scope, name, hint);
+                    // `let S { a, b: c, .. } = v`: a is v.a, c is v.b
+                    let value = expr(cx, value, 0);
+                    for f in named_children(pat) {
+                        if f.kind() != "field_pattern" {
+                            continue;
+                        }
+                        let Some(field) = f.child_by_field_name("name") else {
+                            continue;
+                        };
+                        let bound = match f.child_by_field_name("pattern") {
+                            Some(p) if p.kind() == "identifier" => p,
+                            Some(p) => {
+                                bind_untyped(cx, scope, p, from, to);
+                                continue;
+                            }
+                            None => field,
+                        };
+                        let hint = TypeHint::Let {
+                            ty: None,
+                            value: Some(Expr::Field(
+                                Box::new(value.clone()),
+                                cx.text(field).to_string(),
+                            )),
+                            from,
+                            to,
+                        };
+                        cx.local(scope, cx.text(bound), hint);
+                    }
+                } else {
+                    bind_untyped(cx, scope, pat, from, to);
                 }
             }
             Flow::Descend(scope)
         }
-        _ => Flow::Descend(scope),
-    }
-}
-
-/// The type a `let` initialiser produces, when it can be named.
-fn value_hint(cx: &Cx<'_>, value: Node<'_>) -> Option<TypeHint> {
-    match value.kind() {
-        "call_expression" => {
-            let function = value.child_by_field_name("function")?;
-            // `x.unwrap()`, `x.expect(..)`: the type is what `x` holds
-            if function.kind() == "field_expression"
-                && matches!(cx.field_text(function, "field"), Some("unwrap" | "expect"))
-                && let Some(inner) = function.child_by_field_name("value")
-            {
-                return value_hint(cx, inner);
+        "type_item" => {
+            // a type alias (not an associated type): a node whose target is seen through
+            let associated = node.parent().is_some_and(|p| {
+                p.kind() == "declaration_list"
+                    && p.parent()
+                        .is_some_and(|g| matches!(g.kind(), "impl_item" | "trait_item"))
+            });
+            if associated {
+                return Flow::Skip;
             }
-            let (path, opaque) = cx.callee_path(function)?;
-            if opaque {
-                None
-            } else {
-                Some(TypeHint::CallOf(path))
-            }
+            let name = cx.field_text(node, "name").unwrap_or("");
+            let target = node
+                .child_by_field_name("type")
+                .and_then(|t| ty(cx, t, &[]));
+            let (index, _) = cx.define(node, name, SymbolKind::Type, scope);
+            let generics: Vec<String> = node
+                .child_by_field_name("type_parameters")
+                .map(|tp| {
+                    named_children(tp)
+                        .into_iter()
+                        .filter(|p| p.kind() == "type_parameter")
+                        .filter_map(|p| cx.field_text(p, "name").map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            cx.sym(index).sig = Some(Box::new(Sig {
+                ret: target,
+                generics,
+                ..Sig::default()
+            }));
+            Flow::Skip
         }
-        "struct_expression" => cx
-            .type_path(value.child_by_field_name("name")?)
-            .map(TypeHint::Declared),
-        "reference_expression"
-        | "try_expression"
-        | "await_expression"
-        | "parenthesized_expression" => value_hint(
-            cx,
-            value.named_child(value.named_child_count().saturating_sub(1) as u32)?,
-        ),
-        _ => None,
+        _ => Flow::Descend(scope),
     }
 }
 
@@ -391,31 +572,506 @@ fn expand_items(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope) {
     let Some(tree) = parser.parse(inner, None) else {
         return;
     };
-    let offset = tt.start_position().row as u32;
+    let root = tree.root_node();
+    let mut cursor = root.walk();
+    let nodes: Vec<Node<'_>> = root.children(&mut cursor).collect();
+    let errors = cx.facts.parse_errors;
+    walk_sub(cx, inner, tt.start_position().row as u32, scope, &nodes);
+    // an item-position macro body is the file's own code: its syntax errors count
+    let sub_errors = count_errors(root);
+    cx.facts.parse_errors = errors + sub_errors;
+}
+
+fn count_errors(node: Node<'_>) -> u32 {
+    let mut n = 0;
+    let mut stack = vec![node];
+    while let Some(x) = stack.pop() {
+        if x.is_error() || x.is_missing() {
+            n += 1;
+        }
+        if x.has_error() {
+            let mut c = x.walk();
+            stack.extend(x.children(&mut c));
+        }
+    }
+    n
+}
+
+/// The last line a binding made by `node` is visible on: the end of the enclosing block.
+fn binding_end(node: Node<'_>) -> u32 {
+    let mut cur = node.parent();
+    while let Some(p) = cur {
+        if matches!(
+            p.kind(),
+            "block" | "function_item" | "closure_expression" | "match_arm" | "source_file"
+        ) {
+            return p.end_position().row as u32 + 1;
+        }
+        cur = p.parent();
+    }
+    u32::MAX
+}
+
+/// Records the names a pattern binds as locals of unknown type, visible on lines
+/// `from..=to`: they shadow outer bindings of the same name there.
+fn bind_untyped(cx: &mut Cx<'_>, scope: Scope, pat: Node<'_>, from: u32, to: u32) {
+    let mut stack = vec![pat];
+    let mut seen = 0;
+    while let Some(n) = stack.pop() {
+        seen += 1;
+        if seen > 256 {
+            return;
+        }
+        match n.kind() {
+            "identifier" => {
+                let name = cx.text(n);
+                // `Some(x)` binds x; a lone capitalised name is a constant or variant
+                if name.chars().next().is_some_and(char::is_lowercase) || name.starts_with('_') {
+                    let hint = TypeHint::Let {
+                        ty: None,
+                        value: None,
+                        from,
+                        to,
+                    };
+                    cx.local(scope, name, hint);
+                }
+            }
+            // the path of `Some(..)`, `Foo { .. }` and field names are not bindings
+            "scoped_identifier" | "field_identifier" | "type_identifier" => {}
+            "tuple_struct_pattern" | "struct_pattern" => {
+                let mut c = n.walk();
+                for (i, child) in n.named_children(&mut c).enumerate() {
+                    if i > 0 || child.kind() != "identifier" {
+                        stack.push(child);
+                    }
+                }
+            }
+            "field_pattern" => {
+                // `Foo { a, b: c }` binds a and c
+                match n.child_by_field_name("pattern") {
+                    Some(p) => stack.push(p),
+                    None => {
+                        if let Some(name) = n.child_by_field_name("name") {
+                            let text = cx.text(name);
+                            cx.local(
+                                scope,
+                                text,
+                                TypeHint::Let {
+                                    ty: None,
+                                    value: None,
+                                    from,
+                                    to,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            "parameter" => {
+                // closure parameters with a written type
+                if let Some(p) = n.child_by_field_name("pattern") {
+                    stack.push(p);
+                }
+            }
+            _ => {
+                let mut c = n.walk();
+                stack.extend(n.named_children(&mut c));
+            }
+        }
+    }
+}
+
+/// The `impl` block a function item sits in directly.
+fn enclosing_impl(node: Node<'_>) -> Option<Node<'_>> {
+    let list = node.parent().filter(|p| p.kind() == "declaration_list")?;
+    list.parent().filter(|p| p.kind() == "impl_item")
+}
+
+/// Marker and std traits that say nothing about which method a bounded parameter calls.
+const MARKER_TRAITS: [&str; 14] = [
+    "Send",
+    "Sync",
+    "Sized",
+    "Unpin",
+    "Copy",
+    "Clone",
+    "Debug",
+    "Default",
+    "Eq",
+    "PartialEq",
+    "Hash",
+    "Ord",
+    "PartialOrd",
+    "Display",
+];
+
+/// The first bound of a bound list that names a trait with methods of interest.
+fn first_bound(cx: &Cx<'_>, bounds: Node<'_>) -> Option<Ty> {
+    for b in named_children(bounds) {
+        let b = if b.kind() == "higher_ranked_trait_bound" {
+            b.child_by_field_name("type")?
+        } else {
+            b
+        };
+        if matches!(
+            b.kind(),
+            "lifetime" | "removed_trait_bound" | "function_type"
+        ) {
+            continue;
+        }
+        let t = ty(cx, b, &[])?;
+        if t.path
+            .last()
+            .is_some_and(|l| !MARKER_TRAITS.contains(&l.as_str()))
+        {
+            return Some(t);
+        }
+    }
+    None
+}
+
+/// Generic parameters of `node` (a function or `impl` item) with a trait bound, from its
+/// parameter list and its `where` clause.
+fn generic_bounds(cx: &Cx<'_>, node: Node<'_>, out: &mut Vec<(String, Ty)>) {
+    if let Some(tp) = node.child_by_field_name("type_parameters") {
+        for p in named_children(tp) {
+            if p.kind() == "type_parameter"
+                && let (Some(n), Some(b)) =
+                    (cx.field_text(p, "name"), p.child_by_field_name("bounds"))
+                && let Some(t) = first_bound(cx, b)
+            {
+                out.push((n.to_string(), t));
+            }
+        }
+    }
+    for c in named_children(node) {
+        if c.kind() != "where_clause" {
+            continue;
+        }
+        for pred in named_children(c) {
+            if pred.kind() == "where_predicate"
+                && let (Some(left), Some(b)) = (
+                    pred.child_by_field_name("left"),
+                    pred.child_by_field_name("bounds"),
+                )
+                && left.kind() == "type_identifier"
+                && !out.iter().any(|(n, _)| n == cx.text(left))
+                && let Some(t) = first_bound(cx, b)
+            {
+                out.push((cx.text(left).to_string(), t));
+            }
+        }
+    }
+}
+
+/// A type with its generic arguments; `bounds` replaces bounded generic parameters.
+fn ty(cx: &Cx<'_>, node: Node<'_>, bounds: &[(String, Ty)]) -> Option<Ty> {
+    ty_at(cx, node, bounds, 0)
+}
+
+fn ty_at(cx: &Cx<'_>, node: Node<'_>, bounds: &[(String, Ty)], depth: usize) -> Option<Ty> {
+    if depth > 16 {
+        return None;
+    }
+    match node.kind() {
+        "reference_type" | "pointer_type" => {
+            ty_at(cx, node.child_by_field_name("type")?, bounds, depth + 1)
+        }
+        "array_type" => Some(Ty {
+            path: vec!["[]".to_string()],
+            args: vec![
+                ty_at(cx, node.child_by_field_name("element")?, bounds, depth + 1).unwrap_or(Ty {
+                    path: Vec::new(),
+                    args: Vec::new(),
+                }),
+            ],
+        }),
+        "generic_type" => {
+            let base = node.child_by_field_name("type")?;
+            let path = cx.type_path(base)?;
+            let mut args = Vec::new();
+            if let Some(list) = node.child_by_field_name("type_arguments") {
+                for a in named_children(list) {
+                    if matches!(
+                        a.kind(),
+                        "lifetime" | "type_binding" | "block" | "integer_literal"
+                    ) {
+                        continue;
+                    }
+                    args.push(ty_at(cx, a, bounds, depth + 1).unwrap_or(Ty {
+                        path: Vec::new(),
+                        args: Vec::new(),
+                    }));
+                }
+            }
+            Some(Ty { path, args })
+        }
+        "abstract_type" | "dynamic_type" => {
+            let t = node.child_by_field_name("trait")?;
+            if t.kind() == "bounded_type" {
+                return first_bound(cx, t);
+            }
+            ty_at(cx, t, bounds, depth + 1)
+        }
+        "bounded_type" => first_bound(cx, node),
+        "type_identifier" => {
+            let name = cx.text(node);
+            if let Some((_, b)) = bounds.iter().find(|(n, _)| n == name) {
+                return Some(b.clone());
+            }
+            Some(Ty {
+                path: vec![name.to_string()],
+                args: Vec::new(),
+            })
+        }
+        "scoped_type_identifier" | "scoped_identifier" | "primitive_type" | "identifier" => {
+            Some(Ty {
+                path: cx
+                    .type_path(node)
+                    .or_else(|| Some(vec![cx.text(node).to_string()]))?,
+                args: Vec::new(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Constructors whose value is their first argument, wrapped (`Arc::new(x)`, `Some(x)`).
+fn wraps_argument(path: &[String]) -> bool {
+    match path {
+        [one] => matches!(one.as_str(), "Some" | "Ok" | "Box" | "Poll" | "Ready"),
+        [.., ty, f] => {
+            matches!(
+                ty.as_str(),
+                "Box"
+                    | "Arc"
+                    | "Rc"
+                    | "Pin"
+                    | "Mutex"
+                    | "RwLock"
+                    | "RefCell"
+                    | "Cell"
+                    | "UnsafeCell"
+                    | "ManuallyDrop"
+                    | "Option"
+                    | "Some"
+                    | "Poll"
+            ) && matches!(
+                f.as_str(),
+                "new" | "pin" | "clone" | "from" | "new_unchecked" | "Ready"
+            )
+        }
+        _ => false,
+    }
+}
+
+/// An expression as steps the resolver can follow to its type.
+fn expr(cx: &Cx<'_>, node: Node<'_>, depth: usize) -> Expr {
+    if depth > 24 {
+        return Expr::Unknown;
+    }
+    let inner = |n: Option<Node<'_>>| match n {
+        Some(n) => expr(cx, n, depth + 1),
+        None => Expr::Unknown,
+    };
+    match node.kind() {
+        "identifier" | "self" | "crate" | "super" | "scoped_identifier" => {
+            match cx.callee_path(node) {
+                Some((p, false)) => Expr::Path(p),
+                _ => Expr::Unknown,
+            }
+        }
+        "generic_function" => inner(node.child_by_field_name("function")),
+        "field_expression" => {
+            let Some(field) = cx.field_text(node, "field") else {
+                return Expr::Unknown;
+            };
+            Expr::Field(
+                Box::new(inner(node.child_by_field_name("value"))),
+                field.to_string(),
+            )
+        }
+        "call_expression" => {
+            let Some(f) = node.child_by_field_name("function") else {
+                return Expr::Unknown;
+            };
+            let f = if f.kind() == "generic_function"
+                && f.child_by_field_name("function")
+                    .is_some_and(|g| g.kind() == "field_expression")
+            {
+                f.child_by_field_name("function").unwrap_or(f)
+            } else {
+                f
+            };
+            if f.kind() == "field_expression" {
+                let Some(name) = cx.field_text(f, "field") else {
+                    return Expr::Unknown;
+                };
+                return Expr::Method(
+                    Box::new(inner(f.child_by_field_name("value"))),
+                    name.to_string(),
+                );
+            }
+            let callee = inner(Some(f));
+            let arg = match &callee {
+                Expr::Path(p) if wraps_argument(p) => node
+                    .child_by_field_name("arguments")
+                    .and_then(|a| a.named_child(0))
+                    .map(|a| Box::new(expr(cx, a, depth + 1))),
+                _ => None,
+            };
+            Expr::Call(Box::new(callee), arg)
+        }
+        "index_expression" => Expr::Index(Box::new(inner(node.named_child(0)))),
+        "try_expression" => Expr::Try(Box::new(inner(node.named_child(0)))),
+        "await_expression" | "parenthesized_expression" | "reference_expression" => {
+            inner(node.named_child(node.named_child_count().saturating_sub(1) as u32))
+        }
+        "unary_expression" if cx.text(node).starts_with('*') => inner(node.named_child(0)),
+        "struct_expression" => match node
+            .child_by_field_name("name")
+            .and_then(|n| ty(cx, n, &[]))
+        {
+            Some(t) => Expr::Typed(t),
+            None => Expr::Unknown,
+        },
+        "type_cast_expression" => match node
+            .child_by_field_name("type")
+            .and_then(|n| ty(cx, n, &[]))
+        {
+            Some(t) => Expr::Typed(t),
+            None => Expr::Unknown,
+        },
+        _ => Expr::Unknown,
+    }
+}
+
+/// Parses the body of a `macro_rules!` rule as a block of statements and extracts it in
+/// place, its calls starting from the macro's node: metavariables (`$x`) become names that
+/// resolve to nothing, `$crate` becomes `crate`, repetition marks (`$( .. ),*`) are dropped.
+fn expand_macro_body(cx: &mut Cx<'_>, body: Node<'_>, scope: Scope) {
+    let start = body.start_byte();
+    let mut text: Vec<u8> = cx.src[body.byte_range()].to_vec();
+    if text.len() < 2 {
+        return;
+    }
+    let mut stack = vec![body];
+    let mut seen = 0;
+    while let Some(n) = stack.pop() {
+        seen += 1;
+        if seen > 100_000 {
+            return;
+        }
+        let (a, b) = (n.start_byte() - start, n.end_byte() - start);
+        match n.kind() {
+            "metavariable" => {
+                let is_crate = &text[a..b] == b"$crate";
+                text[a] = if is_crate { b' ' } else { b'_' };
+            }
+            "token_repetition" => {
+                // `$(` .. `)` sep op: keep what is inside once
+                let mut c = n.walk();
+                let children: Vec<Node<'_>> = n.children(&mut c).collect();
+                let close = children.iter().rposition(|k| k.kind() == ")");
+                for (i, k) in children.iter().enumerate() {
+                    let blank = match close {
+                        Some(close) => i <= 1 || i >= close,
+                        None => false,
+                    };
+                    if blank {
+                        for byte in &mut text[k.start_byte() - start..k.end_byte() - start] {
+                            if *byte != b'\n' {
+                                *byte = b' ';
+                            }
+                        }
+                    } else {
+                        stack.push(*k);
+                    }
+                }
+            }
+            _ => {
+                let mut c = n.walk();
+                stack.extend(n.children(&mut c));
+            }
+        }
+    }
+    let last = text.len() - 1;
+    text[0] = b'{';
+    text[last] = b'}';
+    let mut source = b"fn __macro_body() ".to_vec();
+    source.extend_from_slice(&text);
+    let Ok(source) = String::from_utf8(source) else {
+        return;
+    };
+    let mut parser = tree_sitter::Parser::new();
+    if parser
+        .set_language(&crate::lang::Lang::Rust.grammar())
+        .is_err()
+    {
+        return;
+    }
+    let Some(tree) = parser.parse(&source, None) else {
+        return;
+    };
+    let Some(block) = tree
+        .root_node()
+        .named_child(0)
+        .and_then(|f| f.child_by_field_name("body"))
+    else {
+        return;
+    };
+    let nodes: Vec<Node<'_>> = named_children(block);
+    walk_sub(cx, &source, body.start_position().row as u32, scope, &nodes);
+}
+
+/// Walks nodes of a separately parsed text (`source`) as if they were at `offset` lines into
+/// this file: their facts join this file's, their lines shifted; their syntax errors do not count.
+fn walk_sub(cx: &mut Cx<'_>, source: &str, offset: u32, scope: Scope, nodes: &[Node<'_>]) {
     let before = (
         cx.facts.symbols.len(),
         cx.facts.imports.len(),
         cx.facts.calls.len(),
         cx.facts.impls.len(),
     );
+    let errors = cx.facts.parse_errors;
+    // the enclosing function or type may get locals from the walk: shift those too
+    let outer: Vec<(u32, usize)> = [scope.func, scope.class]
+        .into_iter()
+        .flatten()
+        .filter(|&i| (i as usize) < before.0)
+        .map(|i| (i, cx.facts.symbols[i as usize].locals.len()))
+        .collect();
     let mut sub = Cx {
-        src: inner.as_bytes(),
+        src: source.as_bytes(),
         lang: cx.lang,
         test_file: cx.test_file,
         facts: std::mem::replace(&mut cx.facts, crate::facts::FileFacts::empty(cx.lang)),
         owners: std::mem::take(&mut cx.owners),
     };
-    let root = tree.root_node();
-    let mut cursor = root.walk();
-    for child in root.children(&mut cursor) {
-        super::walk(&mut sub, child, scope, 1);
+    for &n in nodes {
+        super::walk(&mut sub, n, scope, 1);
     }
     cx.facts = sub.facts;
     cx.owners = sub.owners;
+    cx.facts.parse_errors = errors;
     let facts = &mut cx.facts;
+    let shift = |h: &mut TypeHint| {
+        if let TypeHint::Let { from, to, .. } = h {
+            *from = from.saturating_add(offset);
+            *to = to.saturating_add(offset);
+        }
+    };
     for s in &mut facts.symbols[before.0..] {
         s.start_line += offset;
         s.end_line += offset;
+        for (_, h) in &mut s.locals {
+            shift(h);
+        }
+    }
+    for (i, len) in outer {
+        for (_, h) in &mut facts.symbols[i as usize].locals[len..] {
+            shift(h);
+        }
     }
     for i in &mut facts.imports[before.1..] {
         i.line += offset;

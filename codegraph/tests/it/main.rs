@@ -3,6 +3,7 @@
 mod accuracy;
 mod incremental;
 mod queries;
+mod real;
 mod render;
 mod resolution;
 mod scan;
