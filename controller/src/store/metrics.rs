@@ -1,6 +1,8 @@
-//! Numbers for the Prometheus endpoint (rendered by `http::health`), read from the store at scrape time (so every replica
-//! reports the same fleet-wide values): queue depth by required labels, schedule-to-start
-//! latency, leases close to expiry, expired leases, requeues, cancel latency, log gaps, cost.
+//! Numbers for the Prometheus endpoint (rendered by `http::health`), read from the store in the
+//! background (so every replica reports the same fleet-wide values): queue depth by required
+//! labels, schedule-to-start latency, leases close to expiry, expired leases, requeues, cancel
+//! latency, log gaps, cost. None of the reads grows with history: all-time figures come from the
+//! rollups and counters the triggers keep (migrations 0023 and 0028), recent ones through indexes.
 
 use serde::Serialize;
 
@@ -72,10 +74,7 @@ impl Store {
         )
         .fetch_all(p)
         .await?;
-        let tasks_by_status =
-            sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY 1 ORDER BY 1")
-                .fetch_all(p)
-                .await?;
+        let tasks_by_status = sqlx::query_as(TASKS_BY_STATUS_SQL).fetch_all(p).await?;
         let schedule_to_start: (Option<f64>, Option<f64>, Option<f64>, i64) = sqlx::query_as(
             "WITH waits AS ( \
                SELECT EXTRACT(EPOCH FROM l.at - (SELECT max(q.at) FROM task_events q \
@@ -89,34 +88,35 @@ impl Store {
         let leases_near_expiry = sqlx::query_scalar(LEASES_NEAR_EXPIRY_SQL)
             .fetch_one(p)
             .await?;
-        let (expired_leases, requeues, retries): (i64, i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE reason = 'lease_expired'), count(*) FILTER (WHERE reason = 'requeue'), \
-                    count(*) FILTER (WHERE to_status = 'queued' AND reason IN ('agent_failed', 'timed_out', 'stalled', 'verify_failed', \
-                       'review_rejected', 'ci_failed', 'merge_conflict')) FROM task_events",
-        )
-        .fetch_one(p)
-        .await?;
+        let counters: Vec<(String, i64)> = sqlx::query_as("SELECT name, n FROM metric_counters")
+            .fetch_all(p)
+            .await?;
+        let counter = |name: &str| {
+            counters
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, v)| *v)
+        };
         let cancel_latency: Option<f64> = sqlx::query_scalar(
             "SELECT avg(EXTRACT(EPOCH FROM finished_at - cancel_requested_at))::float8 FROM tasks \
              WHERE status = 'canceled' AND cancel_requested_at IS NOT NULL AND finished_at > now() - interval '1 day'",
         )
         .fetch_one(p)
         .await?;
-        let log_chunks_dropped: i64 =
-            sqlx::query_scalar("SELECT COALESCE(sum(dropped_chunks), 0)::bigint FROM log_totals")
-                .fetch_one(p)
-                .await?;
         let cost = sqlx::query_as(
-            "SELECT purpose, model, COALESCE(sum(cost_microusd), 0)::bigint FROM usage_ledger GROUP BY 1, 2 ORDER BY 1, 2",
+            "SELECT purpose, model, COALESCE(sum(cost_microusd), 0)::bigint FROM usage_rollups \
+             GROUP BY 1, 2 ORDER BY 1, 2",
         )
         .fetch_all(p)
         .await?;
         let runners = sqlx::query_as("SELECT state, count(*) FROM runners GROUP BY 1 ORDER BY 1")
             .fetch_all(p)
             .await?;
-        let merged = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'merged'")
-            .fetch_one(p)
-            .await?;
+        let merged = sqlx::query_scalar(
+            "SELECT COALESCE(sum(tasks), 0)::bigint FROM task_rollups WHERE status = 'merged'",
+        )
+        .fetch_one(p)
+        .await?;
         let budgets_today = sqlx::query_as(
             "SELECT 'fleet', CASE WHEN spend_day = (now() AT TIME ZONE 'UTC')::date THEN day_spent_microusd ELSE 0 END, \
                     day_granted_microusd, budget_global_daily_microusd FROM settings \
@@ -136,11 +136,11 @@ impl Store {
                 schedule_to_start.3,
             ),
             leases_near_expiry,
-            expired_leases,
-            requeues,
-            retries,
+            expired_leases: counter("expired_leases"),
+            requeues: counter("requeues"),
+            retries: counter("retries"),
             cancel_latency: cancel_latency.unwrap_or(0.0),
-            log_chunks_dropped,
+            log_chunks_dropped: counter("log_chunks_dropped"),
             cost,
             runners,
             merged,
@@ -246,6 +246,14 @@ impl Store {
     }
 }
 
+/// Tasks per status: ended ones from `task_rollups`, live ones through the `tasks_live` partial
+/// index (`Status::TERMINAL` written out, checked by a test).
+const TASKS_BY_STATUS_SQL: &str = "SELECT status, sum(tasks)::bigint FROM task_rollups \
+    GROUP BY 1 HAVING sum(tasks) > 0 \
+    UNION ALL \
+    SELECT status, count(*) FROM tasks WHERE status NOT IN ('merged', 'failed', 'canceled') GROUP BY 1 \
+    ORDER BY 1";
+
 /// Leases with less than a third of their time left: `Status::ACTIVE` written out for the
 /// `tasks_live_leases` index.
 const LEASES_NEAR_EXPIRY_SQL: &str = "SELECT count(*) FROM tasks \
@@ -261,6 +269,7 @@ mod tests {
     fn the_statistics_lists_are_the_sets_and_the_live_one_matches_its_index() {
         let terminal = format!("status NOT IN {}", sql_list(Status::TERMINAL));
         assert!(STATS_SQL.contains(&terminal));
+        assert!(TASKS_BY_STATUS_SQL.contains(&terminal));
         assert!(STATS_SQL.contains(&format!("status IN {}", sql_list(Status::OUTCOMES))));
         let schema = include_str!("../../../migrations/0023_stat_rollups.sql");
         assert!(schema.contains(&format!("tasks_live ON tasks (repo_id) WHERE {terminal}")));

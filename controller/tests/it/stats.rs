@@ -114,3 +114,159 @@ async fn rolled_up_statistics_equal_the_rows_through_ends_requeues_late_costs_an
         "one of the two merged needed a retry"
     );
 }
+
+/// `/metrics`' all-time figures as the rows say (what it computed before migration 0028).
+async fn metrics_from_rows(
+    store: &controller::store::Store,
+) -> (
+    Vec<(String, i64)>,
+    i64,
+    i64,
+    i64,
+    i64,
+    Vec<(String, String, i64)>,
+    i64,
+) {
+    let p = store.pool();
+    let by_status = sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY 1 ORDER BY 1")
+        .fetch_all(p)
+        .await
+        .unwrap();
+    let (expired, requeues, retries): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE reason = 'lease_expired'), count(*) FILTER (WHERE reason = 'requeue'), \
+                count(*) FILTER (WHERE to_status = 'queued' AND reason IN ('agent_failed', 'timed_out', 'stalled', \
+                   'verify_failed', 'review_rejected', 'ci_failed', 'merge_conflict')) FROM task_events",
+    )
+    .fetch_one(p)
+    .await
+    .unwrap();
+    let dropped =
+        sqlx::query_scalar("SELECT COALESCE(sum(dropped_chunks), 0)::bigint FROM log_totals")
+            .fetch_one(p)
+            .await
+            .unwrap();
+    let cost = sqlx::query_as(
+        "SELECT purpose, model, COALESCE(sum(cost_microusd), 0)::bigint FROM usage_ledger GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(p)
+    .await
+    .unwrap();
+    let merged = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'merged'")
+        .fetch_one(p)
+        .await
+        .unwrap();
+    (by_status, expired, requeues, retries, dropped, cost, merged)
+}
+
+async fn metrics_now(
+    store: &controller::store::Store,
+) -> (
+    Vec<(String, i64)>,
+    i64,
+    i64,
+    i64,
+    i64,
+    Vec<(String, String, i64)>,
+    i64,
+) {
+    let m = store.metrics().await.unwrap();
+    (
+        m.tasks_by_status,
+        m.expired_leases,
+        m.requeues,
+        m.retries,
+        m.log_chunks_dropped,
+        m.cost,
+        m.merged,
+    )
+}
+
+/// `/metrics` reads no aggregate over every row: its all-time figures come from counters and
+/// rollups the triggers keep (migration 0028). Through an expired lease, a retry after a failure,
+/// a person's requeue, dropped log chunks and charges for several purposes they equal what the
+/// rows say; after a task is deleted the counters keep what happened (they only grow) while
+/// the per-status counts follow the rows.
+#[tokio::test]
+async fn metrics_from_counters_and_rollups_equal_the_rows() {
+    use controller::store::completion::{Completion, Outcome};
+    use controller::store::tasks::{Edits, RetryPolicy};
+
+    let (store, _) = crate::store_and_url().await;
+    let repo = crate::repo(&store, "acme/metrics").await;
+    let r = crate::runner(&store, "r1").await;
+    let first = crate::queued(&store, &repo, "expires").await;
+    let (t, _) = crate::claim(&store, r).await;
+    assert_eq!(t.id, first.id);
+    crate::expire_now(&store, t.id).await;
+    assert_eq!(store.reap_expired(10).await.unwrap().len(), 1);
+    let (t, lease) = crate::claim(&store, r).await;
+    store
+        .complete(
+            &lease,
+            &Completion::new(Outcome::AgentFailed),
+            &RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.task(t.id).await.unwrap().status, Status::Queued);
+    let second = crate::queued(&store, &repo, "requeued").await;
+    crate::force_status(&store, second.id, Status::Failed, r).await;
+    store
+        .requeue(second.id, &Edits::default(), &crate::note("requeue"))
+        .await
+        .unwrap();
+    let third = crate::queued(&store, &repo, "merged").await;
+    crate::force_status(&store, third.id, Status::Merged, r).await;
+    let p = store.pool();
+    sqlx::query("INSERT INTO log_totals (task_id, attempt, dropped_chunks) VALUES ($1, 1, 3)")
+        .bind(first.id)
+        .execute(p)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE log_totals SET dropped_chunks = dropped_chunks + 2 WHERE task_id = $1 AND attempt = 1",
+    )
+    .bind(first.id)
+    .execute(p)
+    .await
+    .unwrap();
+    for (purpose, model, cost) in [
+        ("agent", "sonnet", 1_000),
+        ("agent", "opus", 4_000),
+        ("review", "sonnet", 70),
+        ("triage", "haiku", 5),
+        ("agent", "sonnet", 500),
+    ] {
+        sqlx::query(
+            "INSERT INTO usage_ledger (task_id, repo_id, purpose, model, cost_microusd) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(third.id)
+        .bind(repo.id)
+        .bind(purpose)
+        .bind(model)
+        .bind(cost)
+        .execute(p)
+        .await
+        .unwrap();
+    }
+    let now = metrics_now(&store).await;
+    assert_eq!(now, metrics_from_rows(&store).await);
+    assert_eq!(
+        (now.1, now.2, now.3, now.4, now.6),
+        (1, 1, 1, 5, 1),
+        "{now:?}"
+    );
+
+    // Deleted: the per-status counts follow the rows, the counters keep what happened.
+    sqlx::query("DELETE FROM tasks WHERE id = $1")
+        .bind(first.id)
+        .execute(p)
+        .await
+        .unwrap();
+    let after = metrics_now(&store).await;
+    let rows = metrics_from_rows(&store).await;
+    assert_eq!(after.0, rows.0);
+    assert_eq!((after.1, after.3, after.4), (1, 1, 5), "{after:?}");
+    assert_eq!((rows.1, rows.3, rows.4), (0, 0, 0), "{rows:?}");
+}
