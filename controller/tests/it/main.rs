@@ -10,6 +10,7 @@ mod intake;
 mod leases;
 mod lifecycle;
 mod loops;
+mod parity;
 mod redteam;
 mod replicas;
 mod server;
