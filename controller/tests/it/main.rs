@@ -4,6 +4,7 @@
 mod api;
 mod ci_gate;
 mod claims;
+mod cleanup;
 mod config;
 mod forge;
 mod intake;
