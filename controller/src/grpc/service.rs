@@ -289,7 +289,11 @@ impl proto::runner_server::Runner for RunnerService {
                             .lease_expires_at
                             .map(|t| t.timestamp_millis())
                             .unwrap_or_default(),
-                        task: Some(convert::task_spec(&task, &repo, &self.config.prices)),
+                        task: Some({
+                            let mut spec = convert::task_spec(&task, &repo, &self.config.prices);
+                            spec.navigation_off = !self.config.navigation;
+                            spec
+                        }),
                     }),
                     drain: false,
                 }));
