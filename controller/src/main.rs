@@ -158,8 +158,14 @@ struct ServeArgs {
     /// (review-merge, or what was set at run time) stays; see the README on how the two meet.
     #[arg(long, env = "BACKPORCHER_APPROVAL_MODE")]
     approval_mode: Option<String>,
-    /// Whether agents get the code graph's navigation map (true or false).
-    #[arg(long, env = "BACKPORCHER_NAVIGATION_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Whether agents get the code graph's navigation map (true/false, yes/no, 1/0, on/off).
+    #[arg(
+        long,
+        env = "BACKPORCHER_NAVIGATION_ENABLED",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     navigation_enabled: bool,
     /// Accepted for the reference's sake: navigation here is computed from the code graph and
     /// uses no model.

@@ -216,7 +216,7 @@ async fn the_reference_settings_work_under_their_names() {
         ("BACKPORCHER_APPROVAL_MODE", "full-auto"),
         ("BACKPORCHER_DEFAULT_MODEL", "haiku"),
         ("BACKPORCHER_COORDINATOR_MODEL", "opus"),
-        ("BACKPORCHER_NAVIGATION_ENABLED", "true"),
+        ("BACKPORCHER_NAVIGATION_ENABLED", "1"),
         ("BACKPORCHER_MAX_CI_RETRIES", "2"),
         ("BACKPORCHER_MAX_TASK_RETRIES", "4"),
         ("BACKPORCHER_CI_CHECK_INTERVAL", "15"),
