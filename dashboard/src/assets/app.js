@@ -589,6 +589,8 @@ function scheduleActivity() {
 }
 
 const STAGES = ["new", "queued", "leased", "running", "verifying", "pushing", "pr_open", "reviewing", "ci_wait", "approval_hold", "merging"];
+const STAGE_NAMES = { new: "New (triage)", leased: "Leased", pr_open: "PR open", ci_wait: "Waiting for CI", approval_hold: "Awaiting approval" };
+const stageName = (st) => STAGE_NAMES[st] || st[0].toUpperCase() + st.slice(1).replaceAll("_", " ");
 
 async function loadActivity() {
   const a = await api("GET", "/api/activity");
@@ -605,6 +607,7 @@ function taskLink(id) {
 
 function renderActivity(a) {
   const byId = new Map(a.tasks.map((t) => [t.id, t]));
+  const runnerName = new Map(a.runners.map((r) => [r.id, r.name]));
   const sinceOf = (id) => { const t = byId.get(id); return t ? el("span", { class: "muted" }, " for ", el("span", { "data-since-at": t.since }, ago(t.since))) : ""; };
   $("#agent-cards").replaceChildren(...a.agents.map((g) => el("article", { class: `card${g.working.length ? " busy" : ""}`, "data-agent": g.name, "aria-label": `${g.name} agent` },
     el("h3", {}, g.name, " ", el("span", { class: `badge ${g.working.length ? "s-running" : "s-canceled"}` }, g.working.length ? "working" : "idle")),
@@ -619,11 +622,11 @@ function renderActivity(a) {
   const columns = STAGES.map((st) => {
     const items = a.tasks.filter((t) => t.status === st);
     return el("section", { class: "column", "data-stage": st, "aria-label": `${st}: ${items.length}` },
-      el("h3", {}, st.replace("_", " "), el("span", { class: "count" }, String(items.length))),
+      el("h3", {}, stageName(st), el("span", { class: "count" }, String(items.length))),
       el("ul", {}, ...items.map((t) => el("li", { class: `card mini worked-${t.worked_by}`, "data-task": String(t.id) },
         taskLink(t.id),
         el("div", { class: "muted" }, `${t.repo} · ${t.model}${t.hold ? " · held: " + t.hold : ""}`),
-        el("div", {}, el("span", { "data-since-at": t.since }, ago(t.since)), ` · ${t.worked_by === "runner" ? "runner " + t.runner_id : t.worked_by}`)))));
+        el("div", {}, el("span", { "data-since-at": t.since }, ago(t.since)), ` · ${t.worked_by === "runner" ? "on " + (runnerName.get(t.runner_id) || "runner " + t.runner_id) : t.worked_by}`)))));
   });
   $("#board").replaceChildren(...columns);
 }
@@ -708,8 +711,14 @@ async function loadLearnings(r) {
 
 const pct = (v) => (v == null ? "—" : Math.round(v * 100) + " %");
 
-function chartCard(id, title, summary, body) {
-  return el("figure", { class: "chart", id }, el("figcaption", {}, el("strong", {}, title), el("span", { class: "muted" }, " " + summary)), body);
+// A chart with its numbers one click away (for keyboards and screen readers too).
+function chartCard(id, title, summary, body, head, rows) {
+  const table = rows && rows.length
+    ? el("details", { class: "numbers" }, el("summary", {}, "The numbers"),
+      el("table", {}, el("thead", {}, el("tr", {}, ...head.map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((c) => el("td", {}, c)))))))
+    : "";
+  return el("figure", { class: "chart", id }, el("figcaption", {}, el("strong", {}, title), el("span", { class: "muted" }, " " + summary)), body, table);
 }
 
 // Columns per day; `series` = [{key, label, cls}] stacked bottom up.
@@ -811,14 +820,18 @@ async function loadMetrics() {
   const charts = [
     chartCard("chart-merged", "Merged per day", `${merged} merged in ${days} days`,
       el("div", {}, dayBars(dayList, [{ key: "merged", label: "merged", cls: "c-ok" }, { key: "failed", label: "failed", cls: "c-bad" }], `Merged and failed tasks per day, last ${days} days`),
-        legend([["c-ok", "merged"], ["c-bad", "failed"]]))),
+        legend([["c-ok", "merged"], ["c-bad", "failed"]])),
+      ["Day", "Merged", "Failed", "Spent"], dayList.map((d) => [d.day, String(d.merged), String(d.failed), money(d.cost)])),
     chartCard("chart-success", "Success rate per day", `merged of merged + failed; all time ${pct(s.success_rate)}`,
       lineChart(dayList.map((d) => ({ day: d.day, v: d.merged + d.failed ? d.merged / (d.merged + d.failed) : null, n: d.merged + d.failed })), "Success rate per day", pct)),
   ];
+  const head = (name) => [name[0].toUpperCase() + name.slice(1), "Merged", "Failed", "Success", "p50", "p90", "$ per merged PR"];
+  const table = (rows) => rows.map((r) => [r.name, String(r.merged), String(r.failed), pct(r.rate), r.p50 == null ? "—" : duration(r.p50), r.p90 == null ? "—" : duration(r.p90), money(r.per)]);
   for (const [name, rows] of [["model", models], ["repository", repos]]) {
     charts.push(
       chartCard(`chart-ttm-${name}`, `Time to merge by ${name}`, "median and 90th percentile",
-        el("div", {}, hbars(rows, [{ key: "p50", label: "p50", cls: "c-run" }, { key: "p90", label: "p90", cls: "c-warn" }], `Time to merge by ${name}`, duration), legend([["c-run", "p50"], ["c-warn", "p90"]]))),
+        el("div", {}, hbars(rows, [{ key: "p50", label: "p50", cls: "c-run" }, { key: "p90", label: "p90", cls: "c-warn" }], `Time to merge by ${name}`, duration), legend([["c-run", "p50"], ["c-warn", "p90"]])),
+        head(name), table(rows)),
       chartCard(`chart-cost-${name}`, `$ per merged PR by ${name}`, "everything spent over what merged",
         hbars(rows, [{ key: "per", label: "per merged PR", cls: "c-cost" }], `Cost per merged PR by ${name}`, money)),
       chartCard(`chart-rate-${name}`, `Success rate by ${name}`, `last ${days} days`,

@@ -13,7 +13,7 @@ use controller::store::claims::{ClaimRequest, LeaseRef};
 use controller::store::tasks::NewTask;
 use controller::store::{HoldKind, Note, Status, Store};
 use e2e::harness::{Options, TestController};
-use fantoccini::{Client, Locator};
+use fantoccini::{Client, Locator, key::Key};
 use serde_json::{Value, json};
 
 use crate::browser::{browser, click_fresh, screenshot, skip, wait_status};
@@ -335,8 +335,26 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
     let t = wait_task(&store, created, "requeued", |t| !t.status.is_terminal()).await;
     assert_eq!(t.model, "haiku");
     let second = api_task(&store, repo.id, "Second", "body").await;
-    wait_for(&b, &format!("#tasks tr[data-id=\"{second}\"]")).await;
-    click_fresh(&b, &format!("#tasks tr[data-id=\"{second}\"]")).await;
+    // With the keyboard: Escape closes the panel and gives the focus back to the row; Enter on
+    // another row opens that task.
+    b.active_element()
+        .await
+        .unwrap()
+        .send_keys(&Key::Escape.to_string())
+        .await
+        .unwrap();
+    wait_for(&b, "#detail[hidden]").await;
+    let focused = b
+        .execute("return document.activeElement.dataset.id || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        focused,
+        json!(created.to_string()),
+        "the focus went back to the row"
+    );
+    let row = wait_for(&b, &format!("#tasks tr[data-id=\"{second}\"]")).await;
+    row.send_keys(&Key::Enter.to_string()).await.unwrap();
     wait_text(&b, "#detail-title", "Second").await;
     click_fresh(&b, "#detail-actions button[data-action=\"cancel\"]").await;
     wait_task(&store, second, "canceled", |t| t.status == Status::Canceled).await;
@@ -422,6 +440,12 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
     let all = text(&b, "#transcript").await;
     assert!(all.contains(HOSTILE), "the log's markup shows as text");
     nothing_ran(&b).await;
+    b.execute(
+        "document.querySelector('#log-title').scrollIntoView(); return null;",
+        vec![],
+    )
+    .await
+    .unwrap();
     screenshot(&b, "dash-03-transcript").await;
     // The raw stream, one click away.
     click_fresh(&b, "#log-raw").await;
@@ -443,6 +467,12 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
     wait_for(
         &b,
         &format!("#board .column[data-stage=\"leased\"] [data-task=\"{worked}\"]"),
+    )
+    .await;
+    wait_text(
+        &b,
+        &format!("#board [data-task=\"{worked}\"]"),
+        "on runner-a",
     )
     .await;
     for agent in ["triage", "review", "reflection"] {
@@ -533,6 +563,14 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
     }
     wait_for(&b, "#chart-cost-repository rect[data-group=\"acme/web\"]").await;
     wait_for(&b, "#chart-success circle").await;
+    click_fresh(&b, "#chart-ttm-repository details.numbers > summary").await;
+    let numbers = wait_text(
+        &b,
+        "#chart-ttm-repository details.numbers table",
+        "acme/web",
+    )
+    .await;
+    assert!(numbers.contains("100 %"), "success of acme/web: {numbers}");
     screenshot(&b, "dash-06-charts").await;
 
     // Audit log.
