@@ -393,6 +393,48 @@ pub struct Settings {
     pub approval_mode: String,
 }
 
+/// A change to the global switches (`PATCH /api/settings`): the approval mode (admin), the
+/// dispatch pause (operator). Absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    /// `full-auto`, `review-merge` or `review-all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_mode: Option<String>,
+    /// Pause (true) or resume (false) dispatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+}
+
+/// Ask the controller to deal now with what ended tasks left on GitHub (`POST /api/cleanup`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupRequest {
+    /// Only this repository (`owner/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Ignore the age the policy waits for (kinds the policy never sweeps stay untouched).
+    #[serde(default)]
+    pub now: bool,
+}
+
+/// What one cleanup did to one ended task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CleanedTask {
+    /// Task id.
+    pub task: i64,
+    /// `owner/name`.
+    pub repo: String,
+    /// How it ended.
+    pub status: String,
+    /// The PR closed (it was still open).
+    pub pr_closed: Option<i64>,
+    /// The branch deleted (or found gone).
+    pub branch_deleted: Option<String>,
+    /// Why it could not be cleaned now (the next sweep tries again).
+    pub error: Option<String>,
+}
+
 /// A user.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct User {

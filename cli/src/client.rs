@@ -22,6 +22,8 @@ pub struct Config {
 pub enum CliError {
     /// 1.
     Failed(String),
+    /// 2: the command line asks for nothing or something impossible.
+    Usage(String),
     /// 3.
     NotFound(String),
     /// 4.
@@ -37,6 +39,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Failed(_) => 1,
+            CliError::Usage(_) => 2,
             CliError::NotFound(_) => 3,
             CliError::NotAllowed(_) => 4,
             CliError::Conflict(_) => 5,
@@ -49,6 +52,7 @@ impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CliError::Failed(m)
+            | CliError::Usage(m)
             | CliError::NotFound(m)
             | CliError::NotAllowed(m)
             | CliError::Conflict(m)

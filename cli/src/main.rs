@@ -61,10 +61,11 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// One task: its fields and timeline (and its log with --logs).
+    /// One task: its fields and timeline (and its log with --logs). With no id: live tasks and
+    /// the 10 most recent ended ones, with counts by status.
     Status {
-        /// Task id.
-        id: i64,
+        /// Task id (none: the overview).
+        id: Option<i64>,
         /// Also print the log of the current attempt.
         #[arg(long)]
         logs: bool,
@@ -77,12 +78,25 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
-    /// Approve a task's merge (or its dispatch).
+    /// Approve what a task waits for: its merge (approval hold) or its dispatch (review-all).
     Approve { id: i64 },
-    /// Put a hold on a task.
+    /// Put a user hold on a task.
     Hold { id: i64 },
-    /// Release a task's hold.
+    /// Release a user hold (approval holds are `approve`'s; the others release themselves).
     Release { id: i64 },
+    /// Change a task's prompt, model or priority before it starts.
+    Edit {
+        id: i64,
+        /// New prompt (`-` reads it from standard input).
+        #[arg(long)]
+        prompt: Option<String>,
+        /// New model (sonnet, opus, haiku or a full claude-* name).
+        #[arg(long)]
+        model: Option<String>,
+        /// New priority (lower runs first).
+        #[arg(long)]
+        priority: Option<i32>,
+    },
     /// Cancel a task.
     Cancel { id: i64 },
     /// Re-queue an ended task.
@@ -98,8 +112,18 @@ enum Command {
         #[arg(long, default_value = "opus")]
         model: String,
     },
-    /// Cancel every live task of a repository that is held, and list what was canceled.
+    /// Close the PRs and delete the branches ended tasks left on GitHub, by the controller's
+    /// cleanup policy (failed after some days, canceled and merged stragglers).
     Cleanup {
+        /// Only this repository (`owner/name`).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Do not wait for the policy's ages (kinds it never cleans stay untouched).
+        #[arg(long)]
+        now: bool,
+    },
+    /// Cancel every live task of a repository that is held, and list what was canceled.
+    CancelHeld {
         /// Repository `owner/name`.
         repo: String,
     },
@@ -107,6 +131,9 @@ enum Command {
     Pause,
     /// Resume dispatch.
     Resume,
+    /// The global switches: approval mode and dispatch pause.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
     /// Merged count, success rate, time to merge, retry rate, cost.
     Stats {
         /// One repository.
@@ -158,6 +185,20 @@ enum RepoCommand {
     Environment {
         /// `owner/name`.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SettingsCommand {
+    /// Show them.
+    Get,
+    /// Change one: `approval-mode full-auto|review-merge|review-all` (admin) or
+    /// `paused true|false` (operator).
+    Set {
+        /// `approval-mode` or `paused`.
+        key: String,
+        /// The value.
+        value: String,
     },
 }
 
@@ -231,7 +272,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             unreachable!("handled above")
         }
         Command::Fleet { watch } => fleet(&c, json, watch).await,
-        Command::Status { id, logs } => {
+        Command::Status { id: None, .. } => overview(&c, json).await,
+        Command::Status { id: Some(id), logs } => {
             let d: api::TaskDetail = c.get(&format!("/api/tasks/{id}")).await?;
             if json {
                 return print_json(&d);
@@ -279,7 +321,65 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Escalate { id, model } => {
             action(&c, id, "escalate", Some(json!({"model": model})), json).await
         }
-        Command::Cleanup { repo } => {
+        Command::Edit {
+            id,
+            prompt,
+            model,
+            priority,
+        } => {
+            let prompt = match prompt.as_deref() {
+                Some("-") => {
+                    let mut p = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut p)
+                        .map_err(|e| CliError::Failed(format!("cannot read the prompt: {e}")))?;
+                    Some(p)
+                }
+                _ => prompt,
+            };
+            if prompt.is_none() && model.is_none() && priority.is_none() {
+                return Err(CliError::Usage(
+                    "nothing to edit: give --prompt, --model and/or --priority".into(),
+                ));
+            }
+            let body = json!({"prompt": prompt, "model": model, "priority": priority});
+            action(&c, id, "edit", Some(body), json).await
+        }
+        Command::Cleanup { repo, now } => {
+            let done: Vec<api::CleanedTask> = c
+                .post("/api/cleanup", Some(json!({"repo": repo, "now": now})))
+                .await?;
+            if json {
+                return print_json(&done);
+            }
+            for t in &done {
+                let mut what = Vec::new();
+                if let Some(n) = t.pr_closed {
+                    what.push(format!("closed PR #{n}"));
+                }
+                if let Some(b) = &t.branch_deleted {
+                    what.push(format!("deleted branch {b}"));
+                }
+                if let Some(e) = &t.error {
+                    what.push(format!("not now: {e}"));
+                }
+                if what.is_empty() {
+                    what.push("nothing left on GitHub".into());
+                }
+                println!("#{} {} [{}]: {}", t.task, t.repo, t.status, what.join(", "));
+            }
+            println!(
+                "cleaned {} ended task(s){}",
+                done.iter().filter(|t| t.error.is_none()).count(),
+                match done.iter().filter(|t| t.error.is_some()).count() {
+                    0 => String::new(),
+                    n => format!("; {n} failed and will be tried again by the next sweep"),
+                }
+            );
+            Ok(())
+        }
+        Command::Settings(cmd) => settings(&c, cmd, json).await,
+        Command::CancelHeld { repo } => {
             let tasks: Vec<api::Task> = c.get(&format!("/api/tasks?live=true&repo={repo}")).await?;
             let mut done = Vec::new();
             for t in tasks.iter().filter(|t| t.hold.is_some()) {
@@ -294,13 +394,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Pause => {
             let s: api::Settings = c.post("/api/pause", None).await?;
-            println!("dispatch {}", if s.paused { "paused" } else { "running" });
-            Ok(())
+            print_settings(&s, json)
         }
         Command::Resume => {
             let s: api::Settings = c.post("/api/resume", None).await?;
-            println!("dispatch {}", if s.paused { "paused" } else { "running" });
-            Ok(())
+            print_settings(&s, json)
         }
         Command::Stats { repo } => {
             let q = repo.map(|r| format!("?repo={r}")).unwrap_or_default();
@@ -359,6 +457,91 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Repo(r) => repo(&c, r, json).await,
         Command::Runner(r) => runner(&c, r, json).await,
     }
+}
+
+fn print_settings(s: &api::Settings, json: bool) -> Result<(), CliError> {
+    if json {
+        return print_json(s);
+    }
+    println!("dispatch {}", if s.paused { "paused" } else { "running" });
+    println!("approval mode {}", s.approval_mode);
+    Ok(())
+}
+
+async fn settings(c: &Client, cmd: SettingsCommand, json: bool) -> Result<(), CliError> {
+    let s: api::Settings = match cmd {
+        SettingsCommand::Get => c.get("/api/settings").await?,
+        SettingsCommand::Set { key, value } => {
+            let body = match key.as_str() {
+                "approval-mode" | "approval_mode" => json!({"approval_mode": value}),
+                "paused" => match value.as_str() {
+                    "true" | "yes" | "on" => json!({"paused": true}),
+                    "false" | "no" | "off" => json!({"paused": false}),
+                    other => {
+                        return Err(CliError::Usage(format!(
+                            "`paused` takes true or false, not `{other}`"
+                        )));
+                    }
+                },
+                other => {
+                    return Err(CliError::Usage(format!(
+                        "unknown setting `{other}`; use approval-mode or paused"
+                    )));
+                }
+            };
+            c.patch("/api/settings", body).await?
+        }
+    };
+    print_settings(&s, json)
+}
+
+/// `status` with no id: live tasks and the 10 most recent ended ones, counts by status.
+async fn overview(c: &Client, json: bool) -> Result<(), CliError> {
+    let live: Vec<api::Task> = c.get("/api/tasks?live=true").await?;
+    let mut ended = Vec::new();
+    for st in ["merged", "failed", "canceled"] {
+        let v: Vec<api::Task> = c.get(&format!("/api/tasks?status={st}&limit=10")).await?;
+        ended.extend(v);
+    }
+    ended.sort_by(|a, b| b.finished_at.cmp(&a.finished_at).then(b.id.cmp(&a.id)));
+    ended.truncate(10);
+    let stats: api::Stats = c.get("/api/stats").await?;
+    let mut counts = std::collections::BTreeMap::<String, i64>::new();
+    for t in &live {
+        *counts.entry(t.status.clone()).or_default() += 1;
+    }
+    counts.insert("merged".into(), stats.merged);
+    counts.insert("failed".into(), stats.failed);
+    counts.insert("canceled".into(), stats.canceled);
+    if json {
+        return print_json(&json!({"counts": counts, "live": live, "recent": ended}));
+    }
+    println!(
+        "{}",
+        counts
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
+    println!("live ({}):", live.len());
+    for t in &live {
+        println!("{}", fleet_line(t));
+    }
+    println!("recently ended ({}):", ended.len());
+    for t in &ended {
+        println!(
+            "{:>6}  {:<9} {:<22} {}  {}",
+            t.id,
+            t.status,
+            t.repo,
+            t.finished_at
+                .map(|f| f.format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_default(),
+            t.title.chars().take(60).collect::<String>()
+        );
+    }
+    Ok(())
 }
 
 fn read_password(from_stdin: bool) -> Result<String, CliError> {
@@ -535,6 +718,9 @@ async fn repo(c: &Client, cmd: RepoCommand, json: bool) -> Result<(), CliError> 
                     json!({"verify_command": command.join(" ")}),
                 )
                 .await?;
+            if json {
+                return print_json(&r);
+            }
             println!(
                 "{}: verify {}",
                 r.name,
@@ -677,6 +863,9 @@ async fn runner(c: &Client, cmd: RunnerCommand, json: bool) -> Result<(), CliErr
         }
         RunnerCommand::Drain { id } => {
             let r: api::Runner = c.post(&format!("/api/runners/{id}/drain"), None).await?;
+            if json {
+                return print_json(&r);
+            }
             println!("runner {} is {}", r.name, r.state);
             Ok(())
         }

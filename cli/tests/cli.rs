@@ -200,12 +200,314 @@ async fn the_cli_drives_a_live_controller() {
     assert_eq!(code, 0);
     assert!(out.trim().contains('@'));
     let (code, out, _) = run(cfg.clone(), sv(&["pause"]), None).await.unwrap();
-    assert_eq!((code, out.trim()), (0, "dispatch paused"));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("dispatch paused\n"), "{out}");
     let (code, out, _) = run(cfg.clone(), sv(&["fleet"]), None).await.unwrap();
     assert_eq!(code, 0);
     assert!(out.contains("DISPATCH PAUSED"));
-    let (code, _, _) = run(cfg.clone(), sv(&["resume"]), None).await.unwrap();
+    let (code, out, _) = run(cfg.clone(), sv(&["resume", "--json"]), None)
+        .await
+        .unwrap();
     assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["paused"],
+        false
+    );
+
+    // Settings: get, set the approval mode (admin) and the pause; bad input exits 2 or 1.
+    let (code, out, err) = run(cfg.clone(), sv(&["settings", "get"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "dispatch running\napproval mode review-merge\n");
+    let (code, out, err) = run(
+        cfg.clone(),
+        sv(&["settings", "set", "approval-mode", "review-all", "--json"]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        serde_json::json!({"paused": false, "approval_mode": "review-all"})
+    );
+    assert_eq!(store.settings().await.unwrap().approval_mode, "review-all");
+    let (code, _, err) = run(
+        cfg.clone(),
+        sv(&["settings", "set", "approval-mode", "sometimes"]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("full-auto, review-merge, review-all"), "{err}");
+    let (code, _, err) = run(cfg.clone(), sv(&["settings", "set", "colour", "x"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 2, "{err}");
+    let (code, out, _) = run(
+        cfg.clone(),
+        sv(&["settings", "set", "paused", "true"]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "dispatch paused\napproval mode review-all\n")
+    );
+    let (code, _, _) = run(
+        cfg.clone(),
+        sv(&["settings", "set", "paused", "false"]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    let (code, _, _) = run(
+        cfg.clone(),
+        sv(&["settings", "set", "approval-mode", "review-merge"]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+
+    // Edit before dispatch: prompt (from stdin), model, priority; nothing to edit exits 2.
+    let (code, out, err) = run(
+        cfg.clone(),
+        sv(&[
+            "edit",
+            &id,
+            "--prompt",
+            "-",
+            "--model",
+            "opus",
+            "--priority",
+            "7",
+        ]),
+        Some("a better prompt".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("opus"), "{out}");
+    let edited = store.task(task.id).await.unwrap();
+    assert_eq!(
+        (
+            edited.prompt_override.as_deref(),
+            edited.model.as_str(),
+            edited.priority
+        ),
+        (Some("a better prompt"), "opus", 7)
+    );
+    let (code, out, _) = run(
+        cfg.clone(),
+        sv(&["edit", &id, "--priority", "9", "--json"]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["priority"], 9);
+    let (code, _, err) = run(cfg.clone(), sv(&["edit", &id]), None).await.unwrap();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--prompt"), "{err}");
+
+    // Approve and release as the reference means them: approve clears an approval hold, release
+    // a user hold; each refusal names the hold and the command.
+    let (code, _, err) = run(cfg.clone(), sv(&["approve", &id]), None).await.unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("it has a user hold") && err.contains(&format!("backporcher release {id}")),
+        "{err}"
+    );
+    let (code, out, err) = run(cfg.clone(), sv(&["release", &id]), None).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("held"), "{out}");
+    store
+        .hold(
+            task.id,
+            controller::store::HoldKind::DispatchApproval,
+            None,
+            &controller::store::Note::new("test", "review-all"),
+        )
+        .await
+        .unwrap();
+    let (code, _, err) = run(cfg.clone(), sv(&["release", &id]), None).await.unwrap();
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains(&format!("backporcher approve {id}")), "{err}");
+    let (code, out, err) = run(cfg.clone(), sv(&["approve", &id, "--json"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["hold"],
+        Value::Null
+    );
+
+    // Escalate, then logs (a chunk of the current attempt), logs -f (ends with the attempt).
+    let (code, out, err) = run(
+        cfg.clone(),
+        sv(&["escalate", &id, "--model", "haiku"]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("haiku"), "{out}");
+    sqlx::query(
+        "INSERT INTO log_chunks (task_id, attempt, seq, stream, data) VALUES ($1, $2, 0, 'agent', $3)",
+    )
+    .bind(task.id)
+    .bind(edited.attempt)
+    .bind(b"hello from the agent\n".to_vec())
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let (code, out, err) = run(cfg.clone(), sv(&["logs", &id]), None).await.unwrap();
+    assert_eq!((code, out.as_str()), (0, "hello from the agent\n"), "{err}");
+    let (code, out, _) = run(cfg.clone(), sv(&["logs", &id, "--json"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["seq"], 0);
+    let (code, out, err) = run(cfg.clone(), sv(&["logs", "-f", &id]), None)
+        .await
+        .unwrap();
+    assert_eq!((code, out.as_str()), (0, "hello from the agent\n"), "{err}");
+    let (code, out, _) = run(cfg.clone(), sv(&["status", &id, "--logs"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("hello from the agent"), "{out}");
+
+    // A second task: held, then canceled by cancel-held; requeued with another model.
+    let mut t2 = controller::store::tasks::NewTask::for_issue(repo.id, 0, "Second", "y");
+    t2.issue_number = None;
+    let second = store.create_task(&t2).await.unwrap();
+    let id2 = second.id.to_string();
+    for _ in 0..200 {
+        if store.task(second.id).await.unwrap().status == controller::store::Status::Queued {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _, _) = run(cfg.clone(), sv(&["hold", &id2]), None).await.unwrap();
+    assert_eq!(code, 0);
+    let (code, out, err) = run(cfg.clone(), sv(&["cancel-held", "acme/cli"]), None)
+        .await
+        .unwrap();
+    assert_eq!((code, out.trim()), (0, "canceled 1 held task(s)"), "{err}");
+    assert_eq!(
+        store.task(second.id).await.unwrap().status,
+        controller::store::Status::Canceled
+    );
+    let (code, out, err) = run(
+        cfg.clone(),
+        sv(&["requeue", &id2, "--model", "opus", "--json"]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["model"].as_str()),
+        (Some("queued"), Some("opus"))
+    );
+    let (code, out, err) = run(cfg.clone(), sv(&["cancel", &id2]), None).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("canceled"), "{out}");
+
+    // status with no id: counts, live tasks, recently ended.
+    let (code, out, err) = run(cfg.clone(), sv(&["status"]), None).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("canceled 1")
+            && out.contains("queued 1")
+            && out.contains("live (1):")
+            && out.contains("recently ended (1):")
+            && out.contains("Second"),
+        "{out}"
+    );
+    let (code, out, _) = run(cfg.clone(), sv(&["status", "--json"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            v["counts"]["canceled"].as_i64(),
+            v["live"][0]["id"].as_i64(),
+            v["recent"][0]["id"].as_i64()
+        ),
+        (Some(1), Some(task.id), Some(second.id)),
+        "{v}"
+    );
+
+    // cleanup needs GitHub, which this controller has none of: it says so (the sweep itself is
+    // tested against the GitHub simulator in the controller's tests).
+    let (code, _, err) = run(cfg.clone(), sv(&["cleanup", "--now"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("no GitHub is configured"), "{err}");
+
+    // Runners: list (text and JSON), drain.
+    let r = store.register_runner("cli-runner", &[], 2).await.unwrap();
+    let (code, out, _) = run(cfg.clone(), sv(&["runner", "list"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("cli-runner") && out.contains("0/2 leases"),
+        "{out}"
+    );
+    let (code, out, err) = run(
+        cfg.clone(),
+        sv(&["runner", "drain", &r.id.to_string()]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "runner cli-runner is draining");
+    let (code, out, _) = run(cfg.clone(), sv(&["runner", "list", "--json"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()[0]["state"],
+        "draining"
+    );
+
+    // Repository: clear the verify command; learnings of a registered repository.
+    let (code, out, _) = run(cfg.clone(), sv(&["repo", "verify", "acme/cli"]), None)
+        .await
+        .unwrap();
+    assert_eq!((code, out.trim()), (0, "acme/cli: verify cleared"));
+    store
+        .add_learning(repo.id, None, "merged", "small PRs merge fast")
+        .await
+        .unwrap();
+    let (code, out, _) = run(cfg.clone(), sv(&["repo", "learnings", "acme/cli"]), None)
+        .await
+        .unwrap();
+    assert_eq!((code, out.trim()), (0, "+ small PRs merge fast"));
+    let (code, out, _) = run(
+        cfg.clone(),
+        sv(&["repo", "learnings", "acme/cli", "--json"]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()[0]["summary"],
+        "small PRs merge fast"
+    );
 
     // A viewer's token: reads work, actions exit 4.
     let hash = controller::http::auth::hash_password("viewer password 1").unwrap();
@@ -228,6 +530,15 @@ async fn the_cli_drives_a_live_controller() {
         .unwrap();
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("operator"), "{err}");
+    let (code, _, err) = run(
+        viewer_cfg.clone(),
+        sv(&["settings", "set", "approval-mode", "full-auto"]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("admin"), "{err}");
     let (code, _, err) = run(
         viewer_cfg,
         sv(&["login", "--url", &u, "--user", "vee", "--password-stdin"]),

@@ -52,8 +52,22 @@ pub struct Config {
     pub triage_model: String,
     /// Reflection model alias (a cheap one).
     pub reflection_model: String,
-    /// Slack/Discord-compatible webhook URLs for hold, failed, merged and paused.
+    /// Slack/Discord-compatible webhook URLs (`notify_urls`, `BACKPORCHER_WEBHOOK_URL`).
     pub notify_urls: Vec<String>,
+    /// Which events go to them (`BACKPORCHER_WEBHOOK_EVENTS`; default hold, failed).
+    pub notify_events: NotifyEvents,
+    /// The approval mode the configuration sets (`BACKPORCHER_APPROVAL_MODE`); `None`: the one
+    /// stored (set at run time, or the default `review-merge`) stays. See
+    /// [`crate::store::Store::apply_configured_approval_mode`].
+    pub approval_mode: Option<String>,
+    /// The model new tasks start with (`BACKPORCHER_DEFAULT_MODEL`); the `opus` label and
+    /// triage may choose another.
+    pub default_model: String,
+    /// Whether runners give agents the code graph's navigation map (`BACKPORCHER_NAVIGATION_ENABLED`).
+    pub navigation: bool,
+    /// Ended tasks' leftovers on GitHub: when the sweep closes their PRs and deletes their
+    /// branches.
+    pub cleanup: crate::cleanup::CleanupPolicy,
     /// Pipeline stage settings.
     pub pipeline: PipelineConfig,
     /// Mark the session cookie `Secure` (the controller is served over HTTPS).
@@ -103,6 +117,11 @@ impl Default for Config {
             triage_model: "haiku".into(),
             reflection_model: "haiku".into(),
             notify_urls: Vec::new(),
+            notify_events: NotifyEvents::default(),
+            approval_mode: None,
+            default_model: "sonnet".into(),
+            navigation: true,
+            cleanup: crate::cleanup::CleanupPolicy::default(),
             pipeline: PipelineConfig::default(),
             secure_cookies: false,
             http_tls: crate::http::tls::HttpTls::Off,
@@ -150,6 +169,36 @@ pub struct FileConfig {
     pub task_deadline_hours: Option<f64>,
     /// Chat webhook URLs.
     pub notify_urls: Option<Vec<String>>,
+    /// One chat webhook URL (the reference's name; added to `notify_urls`).
+    pub webhook_url: Option<String>,
+    /// Events sent to the chat webhooks: hold, failed, completed, paused, settings (or all).
+    pub webhook_events: Option<StringList>,
+    /// The default approval mode: full-auto, review-merge or review-all.
+    pub approval_mode: Option<String>,
+    /// The model new tasks start with.
+    pub default_model: Option<String>,
+    /// The reviewer model (the reference's name for `[model] review_model`).
+    pub coordinator_model: Option<String>,
+    /// Whether agents get the code graph's navigation map.
+    pub navigation_enabled: Option<bool>,
+    /// Accepted for the reference's sake; navigation uses no model.
+    pub navigation_model: Option<String>,
+    /// CI failures retried per task.
+    pub max_ci_retries: Option<i32>,
+    /// Agent failures retried per task (escalating sonnet → opus).
+    pub max_task_retries: Option<i32>,
+    /// Seconds between two looks at a pending CI.
+    pub ci_check_interval: Option<u64>,
+    /// Seconds between issue polls (the reference's name for `poll_seconds`).
+    pub poll_interval: Option<u64>,
+    /// Address the dashboard and API listen on (with `dashboard_port`; `listen` wins).
+    pub dashboard_host: Option<String>,
+    /// Port the dashboard and API listen on.
+    pub dashboard_port: Option<u16>,
+    /// Agent hard-kill timeout in seconds — a runner setting: named here only to say so.
+    pub task_timeout: Option<u64>,
+    /// `[cleanup]`.
+    pub cleanup: Option<CleanupFile>,
     /// Whether session cookies are `Secure`.
     pub secure_cookies: Option<bool>,
     /// HTTPS with a certificate from the controller's own CA.
@@ -171,6 +220,151 @@ pub struct FileConfig {
     pub metrics_seconds: Option<u64>,
     /// A bearer token `/metrics` requires.
     pub metrics_token: Option<String>,
+}
+
+/// A list written either as a TOML array or as one comma-separated string (as in the
+/// environment: `webhook_events = "hold,failed"`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum StringList {
+    /// `["hold", "failed"]`.
+    List(Vec<String>),
+    /// `"hold,failed"`.
+    Text(String),
+}
+
+impl StringList {
+    /// The items, trimmed, empty ones dropped.
+    pub fn items(&self) -> Vec<String> {
+        let raw: Vec<&str> = match self {
+            StringList::List(v) => v.iter().map(String::as_str).collect(),
+            StringList::Text(t) => t.split(',').collect(),
+        };
+        raw.into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
+/// `[cleanup]` of the configuration file: days after its end an ended task's PR is closed and
+/// its branch deleted (0: never).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupFile {
+    /// Failed tasks (default 7).
+    pub failed_days: Option<f64>,
+    /// Canceled tasks (default 1; a cancel closes and deletes at once, this catches stragglers).
+    pub canceled_days: Option<f64>,
+    /// Merged tasks: their branch is deleted at the merge; the sweep checks it is gone
+    /// (default 1).
+    pub merged_days: Option<f64>,
+    /// Seconds between two sweeps (default 3600).
+    pub interval_seconds: Option<u64>,
+}
+
+/// A chat notification's event, as `BACKPORCHER_WEBHOOK_EVENTS` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NotifyEvent {
+    /// A task waits for a person's approval.
+    Hold,
+    /// A task failed.
+    Failed,
+    /// A task was merged.
+    Completed,
+    /// Dispatch was paused or resumed (by a person or a circuit breaker).
+    Paused,
+    /// The global approval mode was changed.
+    Settings,
+}
+
+impl NotifyEvent {
+    /// Every event, in the order the docs list them.
+    pub const ALL: [NotifyEvent; 5] = [
+        NotifyEvent::Hold,
+        NotifyEvent::Failed,
+        NotifyEvent::Completed,
+        NotifyEvent::Paused,
+        NotifyEvent::Settings,
+    ];
+
+    /// Its name in `BACKPORCHER_WEBHOOK_EVENTS`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NotifyEvent::Hold => "hold",
+            NotifyEvent::Failed => "failed",
+            NotifyEvent::Completed => "completed",
+            NotifyEvent::Paused => "paused",
+            NotifyEvent::Settings => "settings",
+        }
+    }
+
+    /// The event of a notification kind in the outbox (`None`: a kind no filter names, sent
+    /// always).
+    pub fn of_kind(kind: &str) -> Option<NotifyEvent> {
+        Some(match kind {
+            "approval_hold" | "hold" => NotifyEvent::Hold,
+            "failed" => NotifyEvent::Failed,
+            "merged" | "completed" => NotifyEvent::Completed,
+            "paused" | "resumed" => NotifyEvent::Paused,
+            "settings" => NotifyEvent::Settings,
+            _ => return None,
+        })
+    }
+}
+
+/// The events chat webhooks receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyEvents(pub std::collections::BTreeSet<NotifyEvent>);
+
+impl Default for NotifyEvents {
+    /// The reference's default: hold, failed.
+    fn default() -> Self {
+        Self(
+            [NotifyEvent::Hold, NotifyEvent::Failed]
+                .into_iter()
+                .collect(),
+        )
+    }
+}
+
+impl NotifyEvents {
+    /// Parses names (`all` for every event); an unknown name is an error naming the known ones.
+    pub fn parse(names: &[String]) -> Result<Self, String> {
+        let mut set = std::collections::BTreeSet::new();
+        for n in names {
+            let n = n.trim().to_ascii_lowercase();
+            if n == "all" {
+                set.extend(NotifyEvent::ALL);
+                continue;
+            }
+            match NotifyEvent::ALL.iter().find(|e| e.name() == n) {
+                Some(e) => {
+                    set.insert(*e);
+                }
+                None => {
+                    return Err(format!(
+                        "webhook event `{n}` is not one of: hold, failed, completed, paused, settings (or all)"
+                    ));
+                }
+            }
+        }
+        Ok(Self(set))
+    }
+
+    /// Whether a notification of outbox `kind` is sent.
+    pub fn sends(&self, kind: &str) -> bool {
+        NotifyEvent::of_kind(kind).is_none_or(|e| self.0.contains(&e))
+    }
+
+    /// The names, comma-separated.
+    pub fn names(&self) -> String {
+        self.0
+            .iter()
+            .map(|e| e.name())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// `[retention]` of the configuration file: days each kind of row is kept (0: forever).

@@ -5,6 +5,7 @@
 //! - [`pipeline::triage`]: new tasks are triaged into the queue (model, priority, dependencies);
 //! - [`grpc`]: runners lease queued tasks over mTLS and report back (the runner service, [`pki`]);
 //!   [`reaper`] takes expired leases back; [`retention`] prunes what piles up by age;
+//!   [`cleanup`] closes the PRs and deletes the branches ended tasks leave on GitHub;
 //! - [`pipeline`]: the controller stages — push and PR, review, CI, merge — and the feedback
 //!   loops (reflection, learnings, breaker, notifications); [`forge`] is GitHub and [`llm`] the
 //!   model API they call;
@@ -20,6 +21,7 @@
 //! memory.
 #![deny(missing_docs)]
 
+pub mod cleanup;
 pub mod config;
 pub mod fanout;
 pub mod forge;

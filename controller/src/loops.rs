@@ -17,6 +17,7 @@
 //! | [`crate::http::events::run`] | task changes | deltas for the live views (SSE) |
 //! | [`crate::retention::run`] | its interval | prunes old logs, bundles, deliveries, audit rows (one replica at a time) |
 //! | [`crate::http::health::run`] | its interval | computes `/metrics` (scrapes read the result) |
+//! | [`crate::cleanup::run`] | its interval | closes ended tasks' PRs, deletes their branches (one replica at a time) |
 
 use std::future::Future;
 use std::sync::Arc;
@@ -148,6 +149,8 @@ pub mod singleton {
     pub const BUDGETS: i64 = 0x6270_6275_6467;
     /// Retention ("bpretn").
     pub const RETENTION: i64 = 0x6270_7265_746e;
+    /// The cleanup sweep ("bpclen").
+    pub const CLEANUP: i64 = 0x6270_636c_656e;
 }
 
 /// Whether this replica leads a singleton loop.

@@ -29,7 +29,14 @@ enum Command {
     Serve(ServeArgs),
     /// Check the configuration (file, environment, flags) and explain each problem; exit 1 if any
     /// is an error.
-    CheckConfig(ServeArgs),
+    CheckConfig {
+        #[command(flatten)]
+        args: ServeArgs,
+        /// Also print the effective value of each setting the reference names, and where the
+        /// approval mode in force comes from.
+        #[arg(long)]
+        show: bool,
+    },
     /// Create the first admin (only while no admin exists); prints a generated password once.
     BootstrapAdmin {
         /// PostgreSQL URL; unset uses the embedded server under the data dir.
@@ -72,9 +79,15 @@ struct ServeArgs {
     /// State directory.
     #[arg(long, env = "BACKPORCHER_DATA_DIR", default_value = ".backporcher")]
     data_dir: PathBuf,
-    /// HTTP listen address.
+    /// HTTP listen address (dashboard and API).
     #[arg(long, env = "BACKPORCHER_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// The listen address's host, the reference's way (with --dashboard-port; --listen wins).
+    #[arg(long, env = "BACKPORCHER_DASHBOARD_HOST")]
+    dashboard_host: Option<String>,
+    /// The listen address's port, the reference's way (with --dashboard-host; --listen wins).
+    #[arg(long, env = "BACKPORCHER_DASHBOARD_PORT")]
+    dashboard_port: Option<u16>,
     /// Serve the dashboard and the API over HTTPS with a certificate the controller's own CA
     /// issues for the server names (clients trust the CA: `GET /ca.pem`).
     #[arg(long, env = "BACKPORCHER_TLS_OWN_CA")]
@@ -135,9 +148,54 @@ struct ServeArgs {
     /// Reviewer model.
     #[arg(long, env = "BACKPORCHER_REVIEW_MODEL", default_value = "sonnet")]
     review_model: String,
+    /// The reviewer model under the reference's name (same as --review-model).
+    #[arg(long, env = "BACKPORCHER_COORDINATOR_MODEL")]
+    coordinator_model: Option<String>,
+    /// The model new tasks start with (the `opus` label and triage may choose another).
+    #[arg(long, env = "BACKPORCHER_DEFAULT_MODEL", default_value = "sonnet")]
+    default_model: String,
+    /// The default approval mode: full-auto, review-merge or review-all. Unset: the mode stored
+    /// (review-merge, or what was set at run time) stays; see the README on how the two meet.
+    #[arg(long, env = "BACKPORCHER_APPROVAL_MODE")]
+    approval_mode: Option<String>,
+    /// Whether agents get the code graph's navigation map (true or false).
+    #[arg(long, env = "BACKPORCHER_NAVIGATION_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    navigation_enabled: bool,
+    /// Accepted for the reference's sake: navigation here is computed from the code graph and
+    /// uses no model.
+    #[arg(long, env = "BACKPORCHER_NAVIGATION_MODEL")]
+    navigation_model: Option<String>,
+    /// CI failures retried per task (each a new agent run with the failed jobs' logs).
+    #[arg(long, env = "BACKPORCHER_MAX_CI_RETRIES", default_value_t = 3)]
+    max_ci_retries: i32,
+    /// Agent failures (and timeouts) retried per task, escalating sonnet to opus.
+    #[arg(long, env = "BACKPORCHER_MAX_TASK_RETRIES", default_value_t = 3)]
+    max_task_retries: i32,
+    /// Seconds between two looks at a pending CI.
+    #[arg(long, env = "BACKPORCHER_CI_CHECK_INTERVAL", default_value_t = 10)]
+    ci_check_interval: u64,
     /// Seconds between issue polls (the webhook backstop).
     #[arg(long, env = "BACKPORCHER_POLL_SECONDS", default_value_t = 60)]
     poll_seconds: u64,
+    /// The same under the reference's name.
+    #[arg(long, env = "BACKPORCHER_POLL_INTERVAL")]
+    poll_interval: Option<u64>,
+    /// A Slack/Discord-compatible webhook for notifications (added to the file's `notify_urls`).
+    #[arg(long, env = "BACKPORCHER_WEBHOOK_URL", hide_env_values = true)]
+    webhook_url: Option<String>,
+    /// Events sent to the notification webhooks: hold, failed, completed, paused, settings, or
+    /// all (comma-separated).
+    #[arg(
+        long,
+        env = "BACKPORCHER_WEBHOOK_EVENTS",
+        value_delimiter = ',',
+        default_value = "hold,failed"
+    )]
+    webhook_events: Vec<String>,
+    /// A runner setting (agent hard-kill timeout, seconds): set it on the runner hosts. Read here
+    /// only to say so.
+    #[arg(long, env = "BACKPORCHER_TASK_TIMEOUT", hide = true)]
+    task_timeout: Option<u64>,
     /// Leases a task may lose in a row (expired, runner gone) before it fails.
     #[arg(long, env = "BACKPORCHER_MAX_LEASE_LOSSES", default_value_t = 3)]
     max_lease_losses: u32,
@@ -265,9 +323,12 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<()> {
             labels,
             ttl_minutes,
         } => runner_token(database_url, data_dir, labels, ttl_minutes).await,
-        Command::CheckConfig(args) => {
+        Command::CheckConfig { args, show } => {
             let (config, mut problems) = settings::resolve(args, &matches)?;
             problems.extend(settings::check(&config).await);
+            if show {
+                settings::show(&config);
+            }
             if problems.is_empty() {
                 println!("configuration OK");
                 return Ok(());

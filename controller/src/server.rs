@@ -232,9 +232,17 @@ pub async fn start(
         .set_fleet_budgets(config.task_budget_microusd, config.daily_budget_microusd)
         .await?;
     store.set_task_deadline(config.task_deadline).await?;
+    announce_approval_mode(
+        &store,
+        store
+            .apply_configured_approval_mode(config.approval_mode.as_deref())
+            .await?,
+    )
+    .await?;
     let intake = Arc::new(IntakeConfig {
         webhook_secret: config.webhook_secret.clone(),
         allowed_users: config.allowed_users.clone(),
+        default_model: config.default_model.clone(),
     });
     let config = Arc::new(config);
     let ctx = LoopCtx {
@@ -260,6 +268,7 @@ pub async fn start(
             lease_wait: config.lease_wait,
             retry: config.pipeline.retry.clone(),
             prices: config.prices.clone(),
+            navigation: config.navigation,
             ..GrpcConfig::default()
         },
         fanout: ctx.fanout.clone(),
@@ -277,6 +286,7 @@ pub async fn start(
         shutdown: shutdown.clone(),
         metrics: ctx.metrics.clone(),
         metrics_token: config.metrics_token.clone(),
+        cleanup: config.cleanup,
     };
     let app = Router::new()
         .merge(crate::http::health::router())
@@ -345,6 +355,64 @@ pub async fn start(
     Ok(Running { join })
 }
 
+/// Says at a start which approval mode is in force and why; a configured mode that replaced
+/// another is audited and announced (the `settings` event) like a change made at run time.
+async fn announce_approval_mode(
+    store: &crate::store::Store,
+    outcome: crate::store::settings::ConfiguredMode,
+) -> anyhow::Result<()> {
+    use crate::store::settings::ConfiguredMode;
+    match outcome {
+        ConfiguredMode::NotSet { mode, by } => tracing::info!(
+            approval_mode = mode,
+            set_by = by.as_deref().unwrap_or("default"),
+            "approval mode: none configured (BACKPORCHER_APPROVAL_MODE); the stored one is in force"
+        ),
+        ConfiguredMode::Applied { old, new } if old == new => tracing::info!(
+            approval_mode = new,
+            "approval mode: the configured one is in force"
+        ),
+        ConfiguredMode::Applied { old, new } => {
+            tracing::info!(
+                approval_mode = new,
+                before = old,
+                "approval mode: the configured one (new or changed since the last start) replaces the stored one"
+            );
+            let actor = crate::store::ops::Actor {
+                name: "config".into(),
+                user_id: None,
+            };
+            store
+                .audit(
+                    &actor,
+                    "set_approval_mode",
+                    Some("settings"),
+                    "ok",
+                    Some(&serde_json::json!({"old": old, "new": new})),
+                )
+                .await?;
+            store
+                .enqueue_notification(
+                    "settings",
+                    None,
+                    &format!("approval mode {old} → {new} (from the configuration at start)"),
+                )
+                .await?;
+        }
+        ConfiguredMode::RunTimeWins {
+            configured,
+            mode,
+            by,
+        } => tracing::warn!(
+            configured,
+            approval_mode = mode,
+            set_by = by.as_deref().unwrap_or("someone"),
+            "approval mode: changed at run time after the configured one was applied; the run-time one stays until the configured value changes"
+        ),
+    }
+    Ok(())
+}
+
 type LoopFn = fn(LoopCtx, CancellationToken) -> BoxFuture<'static, ()>;
 
 /// Every background loop of the controller: (name, entry point). What each does and what wakes it
@@ -379,6 +447,9 @@ pub const LOOPS: &[(&str, LoopFn)] = &[
     }),
     ("metrics", |ctx, stop| {
         Box::pin(crate::http::health::run(ctx, stop))
+    }),
+    ("cleanup", |ctx, stop| {
+        Box::pin(crate::cleanup::run(ctx, stop))
     }),
 ];
 

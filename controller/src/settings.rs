@@ -51,11 +51,12 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         )
     };
-    let file = match &args.config {
+    let mut file = match &args.config {
         Some(p) => load_file(p)?,
         None => FileConfig::default(),
     };
     let mut problems = Vec::new();
+    let parity = reference_settings(&args, &mut file, &given, &mut problems);
     let prices = match file.prices {
         None => proto::prices::Prices::default(),
         Some(table) if table.is_empty() => {
@@ -282,7 +283,10 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
         http_listen: if given("listen") {
             args.listen
         } else {
-            listen_file.unwrap_or(args.listen)
+            match (parity.listen, parity.listen_given) {
+                (Some(l), true) => l,
+                (l, _) => listen_file.or(l).unwrap_or(args.listen),
+            }
         },
         grpc_listen: if given("grpc_listen") {
             args.grpc_listen
@@ -300,7 +304,11 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
         },
         github,
         model,
-        review_model: pick!("review_model", args.review_model, model_file.review_model),
+        review_model: parity.review_model.unwrap_or(pick!(
+            "review_model",
+            args.review_model,
+            model_file.review_model
+        )),
         triage_model: model_file
             .triage_model
             .unwrap_or(defaults.triage_model.clone()),
@@ -308,9 +316,17 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
             .reflection_model
             .unwrap_or(defaults.reflection_model.clone()),
         poll_interval: Duration::from_secs(
-            pick!("poll_seconds", args.poll_seconds, file.poll_seconds).max(5),
+            parity
+                .poll_seconds
+                .unwrap_or(pick!("poll_seconds", args.poll_seconds, file.poll_seconds))
+                .max(5),
         ),
-        notify_urls: file.notify_urls.unwrap_or_default(),
+        notify_urls: parity.notify_urls,
+        notify_events: parity.notify_events,
+        approval_mode: parity.approval_mode,
+        default_model: parity.default_model,
+        navigation: parity.navigation,
+        cleanup: parity.cleanup,
         // Sessions served over HTTPS are marked Secure.
         secure_cookies: file.secure_cookies.unwrap_or(false)
             || http_tls != controller::http::tls::HttpTls::Off,
@@ -318,8 +334,11 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
         pipeline: controller::config::PipelineConfig {
             retry: controller::store::tasks::RetryPolicy {
                 lease_losses: max_lease_losses.max(1),
+                agent: parity.max_task_retries,
+                ci: parity.max_ci_retries,
                 ..defaults.pipeline.retry.clone()
             },
+            ci_poll: parity.ci_poll,
             ..defaults.pipeline.clone()
         },
         task_budget_microusd: task_budget_microusd.unwrap_or(defaults.task_budget_microusd),
@@ -334,6 +353,309 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
     Ok((config, problems))
 }
 
+/// The settings the reference names (its variables, and the same names as file keys), resolved:
+/// a flag or variable given wins over the file, the file over the default.
+struct Parity {
+    listen: Option<std::net::SocketAddr>,
+    /// Whether `listen` comes from the environment or a flag (and so wins over the file).
+    listen_given: bool,
+    review_model: Option<String>,
+    poll_seconds: Option<u64>,
+    notify_urls: Vec<String>,
+    notify_events: controller::config::NotifyEvents,
+    approval_mode: Option<String>,
+    default_model: String,
+    navigation: bool,
+    max_ci_retries: i32,
+    max_task_retries: i32,
+    ci_poll: Duration,
+    cleanup: controller::cleanup::CleanupPolicy,
+}
+
+fn reference_settings(
+    args: &ServeArgs,
+    file: &mut FileConfig,
+    given: &dyn Fn(&str) -> bool,
+    problems: &mut Vec<Problem>,
+) -> Parity {
+    let defaults = Config::default();
+    // Host and port compose the listen address; `listen` (flag, variable or key) wins.
+    let host = if given("dashboard_host") {
+        args.dashboard_host.clone()
+    } else {
+        file.dashboard_host.take()
+    };
+    let port = if given("dashboard_port") {
+        args.dashboard_port
+    } else {
+        file.dashboard_port.take()
+    };
+    let listen_given = given("dashboard_host") || given("dashboard_port");
+    let listen = match (host, port) {
+        (None, None) => None,
+        (host, port) => {
+            if given("listen") || file.listen.is_some() {
+                problems.push(warning(
+                    "both `listen` (BACKPORCHER_LISTEN) and the dashboard host/port (BACKPORCHER_DASHBOARD_HOST/_PORT) are set: `listen` wins; keep one",
+                ));
+            }
+            let host = host.unwrap_or_else(|| defaults.http_listen.ip().to_string());
+            let port = port.unwrap_or(defaults.http_listen.port());
+            let text = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            match text.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    problems.push(error(format!(
+                        "dashboard host `{host}` (BACKPORCHER_DASHBOARD_HOST / `dashboard_host`) is not an IP address like 127.0.0.1 or 0.0.0.0"
+                    )));
+                    None
+                }
+            }
+        }
+    };
+
+    // The reviewer: BACKPORCHER_REVIEW_MODEL, or its reference name BACKPORCHER_COORDINATOR_MODEL.
+    let coordinator = if given("coordinator_model") {
+        args.coordinator_model.clone()
+    } else {
+        file.coordinator_model.take()
+    };
+    let review_model = match coordinator {
+        Some(c) if given("review_model") && c != args.review_model => {
+            problems.push(error(format!(
+                "BACKPORCHER_REVIEW_MODEL = `{}` and BACKPORCHER_COORDINATOR_MODEL (its reference name) = `{c}` differ: set one",
+                args.review_model
+            )));
+            None
+        }
+        Some(c) if c.trim().is_empty() => {
+            problems.push(error(
+                "the coordinator (review) model is empty: name a model such as sonnet",
+            ));
+            None
+        }
+        c => c,
+    };
+    if given("navigation_model") || file.navigation_model.is_some() {
+        problems.push(warning(
+            "BACKPORCHER_NAVIGATION_MODEL / `navigation_model` is accepted but unused: navigation here is computed from the code graph and calls no model (switch it with BACKPORCHER_NAVIGATION_ENABLED)",
+        ));
+    }
+    if given("task_timeout") || file.task_timeout.is_some() {
+        problems.push(warning(
+            "BACKPORCHER_TASK_TIMEOUT / `task_timeout` is a runner setting (the agent's hard-kill timeout): set it on each runner host for `backporcher-runner run`; the controller's own bound is `task_deadline_hours`",
+        ));
+    }
+
+    let poll_seconds = if given("poll_interval") {
+        if given("poll_seconds") && args.poll_interval != Some(args.poll_seconds) {
+            problems.push(warning(
+                "both BACKPORCHER_POLL_SECONDS and BACKPORCHER_POLL_INTERVAL (its reference name) are set: BACKPORCHER_POLL_INTERVAL wins; keep one",
+            ));
+        }
+        args.poll_interval
+    } else if given("poll_seconds") {
+        None
+    } else {
+        file.poll_interval.take()
+    };
+    if let Some(p) = poll_seconds.filter(|p| *p < 5) {
+        problems.push(warning(format!(
+            "a poll interval of {p} s is raised to 5 s (the poller is the webhooks' backstop)"
+        )));
+    }
+
+    let mut notify_urls = file.notify_urls.take().unwrap_or_default();
+    let webhook_url = if given("webhook_url") {
+        args.webhook_url.clone()
+    } else {
+        file.webhook_url.take()
+    };
+    if let Some(u) = webhook_url.filter(|u| !u.trim().is_empty())
+        && !notify_urls.contains(&u)
+    {
+        notify_urls.push(u);
+    }
+    let event_names = if given("webhook_events") {
+        args.webhook_events.clone()
+    } else {
+        file.webhook_events
+            .take()
+            .map(|l| l.items())
+            .unwrap_or_else(|| args.webhook_events.clone())
+    };
+    let notify_events = match controller::config::NotifyEvents::parse(&event_names) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(error(format!(
+                "{e} (BACKPORCHER_WEBHOOK_EVENTS / `webhook_events`)"
+            )));
+            controller::config::NotifyEvents::default()
+        }
+    };
+
+    let approval_mode = if given("approval_mode") {
+        args.approval_mode.clone()
+    } else {
+        file.approval_mode.take()
+    };
+    if let Some(m) = &approval_mode
+        && controller::store::settings::check_approval_mode(m).is_err()
+    {
+        problems.push(error(format!(
+            "approval mode `{m}` (BACKPORCHER_APPROVAL_MODE / `approval_mode`) is not one of: full-auto, review-merge, review-all"
+        )));
+    }
+    let default_model = if given("default_model") {
+        args.default_model.clone()
+    } else {
+        file.default_model
+            .take()
+            .unwrap_or(args.default_model.clone())
+    };
+    if !(matches!(default_model.as_str(), "sonnet" | "opus" | "haiku")
+        || default_model.starts_with("claude-"))
+    {
+        problems.push(error(format!(
+            "default model `{default_model}` (BACKPORCHER_DEFAULT_MODEL / `default_model`) is not sonnet, opus, haiku or a full claude-* name"
+        )));
+    }
+    let navigation = if given("navigation_enabled") {
+        args.navigation_enabled
+    } else {
+        file.navigation_enabled.unwrap_or(args.navigation_enabled)
+    };
+    let mut retries = |id: &str, key: &str, var: &str, arg: i32, from_file: Option<i32>| {
+        let v = if given(id) {
+            arg
+        } else {
+            from_file.unwrap_or(arg)
+        };
+        if (0..=20).contains(&v) {
+            v
+        } else {
+            problems.push(error(format!(
+                "{var} / `{key}` = {v} is outside 0–20 retries"
+            )));
+            arg.clamp(0, 20)
+        }
+    };
+    let max_ci_retries = retries(
+        "max_ci_retries",
+        "max_ci_retries",
+        "BACKPORCHER_MAX_CI_RETRIES",
+        args.max_ci_retries,
+        file.max_ci_retries,
+    );
+    let max_task_retries = retries(
+        "max_task_retries",
+        "max_task_retries",
+        "BACKPORCHER_MAX_TASK_RETRIES",
+        args.max_task_retries,
+        file.max_task_retries,
+    );
+    let ci_secs = if given("ci_check_interval") {
+        args.ci_check_interval
+    } else {
+        file.ci_check_interval.unwrap_or(args.ci_check_interval)
+    };
+    let ci_poll = if (1..=3600).contains(&ci_secs) {
+        Duration::from_secs(ci_secs)
+    } else {
+        problems.push(error(format!(
+            "BACKPORCHER_CI_CHECK_INTERVAL / `ci_check_interval` = {ci_secs} is outside 1–3600 seconds"
+        )));
+        defaults.pipeline.ci_poll
+    };
+
+    let cleanup = {
+        let c = file.cleanup.take().unwrap_or_default();
+        let d = controller::cleanup::CleanupPolicy::default();
+        let mut days = |key: &str, v: Option<f64>, default: Option<Duration>| match v {
+            None => default,
+            Some(0.0) => None,
+            Some(days) if days.is_finite() && (0.0..=36_500.0).contains(&days) => {
+                Some(Duration::from_secs_f64(days * 24.0 * 3600.0))
+            }
+            Some(days) => {
+                problems.push(error(format!(
+                    "`[cleanup] {key} = {days}` is not a number of days (up to 36500, or 0 for never)"
+                )));
+                default
+            }
+        };
+        let sweep = controller::store::cleanup::Sweep {
+            failed: days("failed_days", c.failed_days, d.sweep.failed),
+            canceled: days("canceled_days", c.canceled_days, d.sweep.canceled),
+            merged: days("merged_days", c.merged_days, d.sweep.merged),
+        };
+        let interval = match c.interval_seconds {
+            None => d.interval,
+            Some(s) if (10..=7 * 24 * 3600).contains(&s) => Duration::from_secs(s),
+            Some(s) => {
+                problems.push(error(format!(
+                    "`[cleanup] interval_seconds = {s}` is outside 10–604800"
+                )));
+                d.interval
+            }
+        };
+        controller::cleanup::CleanupPolicy { sweep, interval }
+    };
+
+    Parity {
+        listen,
+        listen_given,
+        review_model,
+        poll_seconds,
+        notify_urls,
+        notify_events,
+        approval_mode,
+        default_model,
+        navigation,
+        max_ci_retries,
+        max_task_retries,
+        ci_poll,
+        cleanup,
+    }
+}
+
+/// Prints the effective value of every setting the reference names (`check-config --show`).
+pub fn show(c: &Config) {
+    let secs = |d: Duration| d.as_secs();
+    let r = &c.pipeline.retry;
+    let days = |d: Option<Duration>| {
+        d.map(|d| format!("{}", d.as_secs_f64() / 86_400.0))
+            .unwrap_or_else(|| "never".into())
+    };
+    for (name, value) in [
+        (
+            "approval_mode",
+            c.approval_mode
+                .clone()
+                .unwrap_or_else(|| "(not set: the stored mode stays)".into()),
+        ),
+        ("default_model", c.default_model.clone()),
+        ("coordinator_model", c.review_model.clone()),
+        ("navigation_enabled", c.navigation.to_string()),
+        ("max_ci_retries", r.ci.to_string()),
+        ("max_task_retries", r.agent.to_string()),
+        ("ci_check_interval", secs(c.pipeline.ci_poll).to_string()),
+        ("poll_interval", secs(c.poll_interval).to_string()),
+        ("listen", c.http_listen.to_string()),
+        ("webhook_urls", c.notify_urls.len().to_string()),
+        ("webhook_events", c.notify_events.names()),
+        ("cleanup.failed_days", days(c.cleanup.sweep.failed)),
+        ("cleanup.canceled_days", days(c.cleanup.sweep.canceled)),
+        ("cleanup.merged_days", days(c.cleanup.sweep.merged)),
+    ] {
+        println!("{name} = {value}");
+    }
+}
+
 /// Checks that go beyond parsing: the database, the data dir, GitHub, the model, the webhooks.
 pub async fn check(config: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
@@ -345,7 +667,18 @@ pub async fn check(config: &Config) -> Vec<Problem> {
             )
             .await;
             match connect {
-                Ok(Ok(_)) => {}
+                Ok(Ok(store)) => {
+                    if let (Some(m), Ok(s)) = (&config.approval_mode, store.settings().await)
+                        && s.approval_mode_configured.as_deref() == Some(m.as_str())
+                        && s.approval_mode != *m
+                    {
+                        p.push(warning(format!(
+                            "approval mode: the configured `{m}` was applied at an earlier start and {} changed it to `{}` at run time; the run-time value stays until the configured value changes (or set it with `backporcher settings set approval-mode`)",
+                            s.approval_mode_by.as_deref().unwrap_or("someone"),
+                            s.approval_mode
+                        )));
+                    }
+                }
                 Ok(Err(e)) => p.push(error(format!(
                     "DATABASE_URL does not connect: {e}; check host, port, user and password"
                 ))),

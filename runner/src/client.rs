@@ -323,6 +323,7 @@ impl Client {
                         learnings: t.learnings.clone(),
                         stack: (!t.stack.is_empty()).then(|| t.stack.clone()),
                         navigation: None,
+                        navigation_off: t.navigation_off,
                         agent_hooks: t.agent_hooks,
                     },
                 })

@@ -365,7 +365,11 @@ impl SandboxExecutor {
         {
             Ok((g, summary)) => {
                 ctx.log("runner", format!("{summary}\n").as_bytes());
-                spec.navigation = g.navigation(&format!("{}\n{}", spec.title, spec.body));
+                if !spec.navigation_off {
+                    spec.navigation = g.navigation(&format!("{}\n{}", spec.title, spec.body));
+                } else {
+                    ctx.log("runner", b"navigation map off (the controller's setting)\n");
+                }
                 Some(g)
             }
             Err(e) => {

@@ -60,6 +60,8 @@ pub struct TaskSpec {
     pub stack: Option<String>,
     /// Where to start: the code graph's navigation map for the issue (rendered, fenced).
     pub navigation: Option<String>,
+    /// The controller turned the navigation map off (`BACKPORCHER_NAVIGATION_ENABLED=false`).
+    pub navigation_off: bool,
     /// Whether the agent CLI may run the hooks and MCP servers of the default branch.
     pub agent_hooks: bool,
 }

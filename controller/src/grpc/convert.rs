@@ -152,6 +152,8 @@ pub fn task_spec(t: &Task, repo: &ClaimedRepo, prices: &proto::prices::Prices) -
         learnings: Vec::new(),
         stack: String::new(),
         agent_hooks: repo.agent_hooks,
+        // Set by the lease handler from the controller's configuration.
+        navigation_off: false,
     }
 }
 

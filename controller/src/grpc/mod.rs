@@ -37,6 +37,8 @@ pub struct GrpcConfig {
     pub retry: RetryPolicy,
     /// The price table sent with every lease.
     pub prices: proto::prices::Prices,
+    /// Whether runners give agents the code graph's navigation map.
+    pub navigation: bool,
 }
 
 impl Default for GrpcConfig {
@@ -49,6 +51,7 @@ impl Default for GrpcConfig {
             max_bundle_bytes: proto::limits::MAX_BUNDLE_BYTES,
             retry: RetryPolicy::default(),
             prices: proto::prices::Prices::default(),
+            navigation: true,
         }
     }
 }

@@ -303,6 +303,7 @@ impl proto::runner_server::Runner for RunnerService {
                                 .into_iter()
                                 .map(|(outcome, summary)| format!("[{outcome}] {summary}"))
                                 .collect();
+                            spec.navigation_off = !self.config.navigation;
                             spec
                         }),
                     }),

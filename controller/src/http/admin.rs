@@ -9,41 +9,189 @@ use super::auth::{Caller, Role, check_password, hash_password};
 use super::views::*;
 use super::{ApiError, ApiJson, ApiResult, AppState, audited};
 
-pub(super) async fn settings(State(s): State<AppState>, _c: Caller) -> ApiResult<api::Settings> {
-    let st = s.store.settings().await?;
-    Ok(Json(api::Settings {
+fn settings_view(st: crate::store::settings::Settings) -> api::Settings {
+    api::Settings {
         paused: st.queue_paused,
         approval_mode: st.approval_mode,
-    }))
+    }
+}
+
+pub(super) async fn settings(State(s): State<AppState>, _c: Caller) -> ApiResult<api::Settings> {
+    Ok(Json(settings_view(s.store.settings().await?)))
 }
 
 pub(super) async fn pause(State(s): State<AppState>, c: Caller) -> ApiResult<api::Settings> {
     c.require(&s, Role::Operator, "pause", None).await?;
-    let st = s.store.pause(&format!("user:{}", c.user.username)).await?;
-    s.store.audit(&c.actor(), "pause", None, "ok", None).await?;
-    s.store
-        .enqueue_notification(
-            "paused",
-            None,
-            &format!("dispatch paused by {}", c.user.username),
-        )
-        .await?;
-    Ok(Json(api::Settings {
-        paused: st.queue_paused,
-        approval_mode: st.approval_mode,
-    }))
+    set_paused(&s, &c, true).await.map(Json)
 }
 
 pub(super) async fn resume(State(s): State<AppState>, c: Caller) -> ApiResult<api::Settings> {
     c.require(&s, Role::Operator, "resume", None).await?;
-    let st = s.store.resume().await?;
+    set_paused(&s, &c, false).await.map(Json)
+}
+
+/// Pauses or resumes dispatch as `c` (whose role was checked): audited, and announced to the
+/// notification webhooks (the `paused` event) when it changes anything.
+async fn set_paused(s: &AppState, c: &Caller, paused: bool) -> Result<api::Settings, ApiError> {
+    let was = s.store.settings().await?.queue_paused;
+    let (st, action) = if paused {
+        (s.store.pause(&c.actor().name).await?, "pause")
+    } else {
+        (s.store.resume().await?, "resume")
+    };
     s.store
-        .audit(&c.actor(), "resume", None, "ok", None)
+        .audit(
+            &c.actor(),
+            action,
+            Some("settings"),
+            "ok",
+            Some(&serde_json::json!({"old": was, "new": paused})),
+        )
         .await?;
-    Ok(Json(api::Settings {
-        paused: st.queue_paused,
-        approval_mode: st.approval_mode,
-    }))
+    if was != paused {
+        s.store
+            .enqueue_notification(
+                if paused { "paused" } else { "resumed" },
+                None,
+                &format!(
+                    "dispatch {} by {}",
+                    if paused { "paused" } else { "resumed" },
+                    c.user.username
+                ),
+            )
+            .await?;
+    }
+    Ok(settings_view(st))
+}
+
+/// `PATCH /api/settings`: the approval mode needs an admin, the pause an operator; both are
+/// checked before anything changes. Each change is audited (who, old → new) and announced.
+pub(super) async fn update_settings(
+    State(s): State<AppState>,
+    c: Caller,
+    ApiJson(req): ApiJson<api::SettingsPatch>,
+) -> ApiResult<api::Settings> {
+    if req.approval_mode.is_none() && req.paused.is_none() {
+        return Err(ApiError::Invalid(
+            "nothing to change: send `approval_mode` (full-auto, review-merge or review-all) and/or `paused` (true or false)".into(),
+        ));
+    }
+    if req.approval_mode.is_some() {
+        c.require(&s, Role::Admin, "set_approval_mode", Some("settings"))
+            .await?;
+    }
+    if let Some(p) = req.paused {
+        c.require(
+            &s,
+            Role::Operator,
+            if p { "pause" } else { "resume" },
+            Some("settings"),
+        )
+        .await?;
+    }
+    if let Some(mode) = &req.approval_mode {
+        if let Err(e) = crate::store::settings::check_approval_mode(mode) {
+            let e = ApiError::from(e);
+            s.store
+                .audit(
+                    &c.actor(),
+                    "set_approval_mode",
+                    Some("settings"),
+                    &format!("refused: {e}"),
+                    None,
+                )
+                .await?;
+            return Err(e);
+        }
+        let (old, _) = s.store.set_approval_mode(mode, &c.actor().name).await?;
+        s.store
+            .audit(
+                &c.actor(),
+                "set_approval_mode",
+                Some("settings"),
+                "ok",
+                Some(&serde_json::json!({"old": old, "new": mode})),
+            )
+            .await?;
+        if old != *mode {
+            s.store
+                .enqueue_notification(
+                    "settings",
+                    None,
+                    &format!("approval mode {old} → {mode} (by {})", c.user.username),
+                )
+                .await?;
+        }
+    }
+    if let Some(p) = req.paused {
+        set_paused(&s, &c, p).await?;
+    }
+    Ok(Json(settings_view(s.store.settings().await?)))
+}
+
+/// `POST /api/cleanup`: one sweep now ([`crate::cleanup::sweep`]), by the policy's ages or
+/// (`now`) regardless of them; audited with what it did.
+pub(super) async fn cleanup(
+    State(s): State<AppState>,
+    c: Caller,
+    ApiJson(req): ApiJson<api::CleanupRequest>,
+) -> ApiResult<Vec<api::CleanedTask>> {
+    let target = req
+        .repo
+        .as_deref()
+        .map(|r| format!("repo:{r}"))
+        .unwrap_or_else(|| "fleet".into());
+    c.require(&s, Role::Operator, "cleanup", Some(&target))
+        .await?;
+    let result = async {
+        let Some(forge) = s.forge.clone() else {
+            return Err(ApiError::Conflict(
+                "no GitHub is configured, so there is nothing on GitHub to clean up (set GITHUB_TOKEN or the GitHub App settings)".into(),
+            ));
+        };
+        let repo = match req.repo.as_deref() {
+            Some(name) => Some(s.store.repo_by_name(name).await?.id),
+            None => None,
+        };
+        let ages = if req.now {
+            s.cleanup.immediate()
+        } else {
+            s.cleanup.sweep
+        };
+        let swept = crate::cleanup::sweep(&s.store, forge.as_ref(), &ages, repo).await?;
+        Ok(swept
+            .into_iter()
+            .map(|t| api::CleanedTask {
+                task: t.task,
+                repo: t.repo,
+                status: t.status.to_string(),
+                pr_closed: t.pr_closed,
+                branch_deleted: t.branch_deleted,
+                error: t.error,
+            })
+            .collect::<Vec<_>>())
+    }
+    .await;
+    let (outcome, data) = match &result {
+        Ok(v) => (
+            "ok".to_owned(),
+            Some(serde_json::json!({
+                "cleaned": v.iter().filter(|t| t.error.is_none()).map(|t| t.task).collect::<Vec<_>>(),
+                "not_now": v.iter().filter(|t| t.error.is_some()).map(|t| t.task).collect::<Vec<_>>(),
+            })),
+        ),
+        Err(e) => (format!("refused: {e}"), None),
+    };
+    s.store
+        .audit(
+            &c.actor(),
+            "cleanup",
+            Some(&target),
+            &outcome,
+            data.as_ref(),
+        )
+        .await?;
+    result.map(Json)
 }
 
 #[derive(Deserialize)]

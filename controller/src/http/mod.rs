@@ -53,6 +53,8 @@ pub struct AppState {
     pub metrics: crate::loops::MetricsCache,
     /// The bearer token `/metrics` requires, if any.
     pub metrics_token: Option<String>,
+    /// When ended tasks' PRs and branches are cleaned up (`POST /api/cleanup`).
+    pub cleanup: crate::cleanup::CleanupPolicy,
 }
 
 /// An API error.

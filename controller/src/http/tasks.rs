@@ -104,6 +104,9 @@ pub(super) async fn create_task(
         );
         t.issue_number = None;
         t.created_by = format!("user:{}", c.user.username);
+        if !s.intake.default_model.is_empty() {
+            t.model = s.intake.default_model.clone();
+        }
         if let Some(m) = &req.model {
             t.model = m.clone();
         }

@@ -41,6 +41,8 @@ pub struct IntakeConfig {
     pub webhook_secret: String,
     /// GitHub logins whose issues may start tasks (empty: nobody).
     pub allowed_users: Vec<String>,
+    /// The model new tasks start with (the `opus` label wins).
+    pub default_model: String,
 }
 
 /// What became of a delivery.
@@ -160,6 +162,9 @@ pub async fn accept_issue(
         format!("{}\n{body_text}", title.text).as_bytes(),
     ));
     let mut task = NewTask::for_issue(repo.id, issue.number, &title.text, &body_text);
+    if !config.default_model.is_empty() {
+        task.model = config.default_model.clone();
+    }
     let removed = textguard::Removed {
         comments: title.removed.comments + body.removed.comments,
         comment_chars: title.removed.comment_chars + body.removed.comment_chars,

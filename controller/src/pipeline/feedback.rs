@@ -30,6 +30,8 @@ pub struct Loops {
     pub reflection_model: String,
     /// Slack/Discord-compatible webhook URLs.
     pub notify_urls: Vec<String>,
+    /// The events sent to them (the others are dropped from the outbox unsent).
+    pub notify_events: crate::config::NotifyEvents,
     /// HTTP client for notifications.
     pub http: reqwest::Client,
     /// The budget sweep's singleton lock while this replica runs it.
@@ -284,7 +286,7 @@ impl Loops {
 
     async fn send(&self, due: Vec<crate::store::feedback::Notification>) -> anyhow::Result<()> {
         for note in due {
-            if self.notify_urls.is_empty() {
+            if self.notify_urls.is_empty() || !self.notify_events.sends(&note.kind) {
                 self.store.notification_done(note.id).await?;
                 continue;
             }
@@ -321,6 +323,7 @@ pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
         model: ctx.llm.clone(),
         reflection_model: ctx.config.reflection_model.clone(),
         notify_urls: ctx.config.notify_urls.clone(),
+        notify_events: ctx.config.notify_events.clone(),
         http: reqwest::Client::builder()
             .timeout(NOTIFY_TIMEOUT)
             .build()

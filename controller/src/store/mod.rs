@@ -27,6 +27,7 @@
 pub mod activity;
 pub mod budgets;
 pub mod claims;
+pub mod cleanup;
 pub mod completion;
 pub mod feedback;
 pub mod intake;
@@ -80,6 +81,21 @@ impl SingletonLock {
 /// The embedded migrations (`migrations/` at the workspace root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// What clears a hold of `kind` on `task`, said to the person who tried something else.
+pub fn how_to_clear(kind: HoldKind, task: TaskId) -> String {
+    match kind {
+        HoldKind::User => format!("release it first: `backporcher release {task}`"),
+        HoldKind::DispatchApproval => {
+            format!("it waits for approval (review-all): `backporcher approve {task}`")
+        }
+        HoldKind::CircuitBreaker => "its repository's circuit breaker releases it by itself at the hold's end (`backporcher status` shows when)".to_owned(),
+        HoldKind::Reflection => {
+            "its failure is being diagnosed; it releases itself when the diagnosis is done".to_owned()
+        }
+        HoldKind::Budget => "the daily budget is used up; it releases when the UTC day turns or the budget is raised".to_owned(),
+    }
+}
+
 /// What a store operation can report besides success.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -116,8 +132,16 @@ pub enum Error {
         expected: String,
     },
     /// A hold prevents the step.
-    #[error("task {task} is held ({kind}); release it first")]
+    #[error("task {task} is held ({kind}); {}", how_to_clear(*.kind, *.task))]
     Held {
+        /// The task.
+        task: TaskId,
+        /// The hold in place.
+        kind: HoldKind,
+    },
+    /// `release` was asked for a hold it does not clear (it clears a user hold only).
+    #[error("task {task} has a {kind} hold, which release does not clear (it clears a user hold only); {}", how_to_clear(*.kind, *.task))]
+    NotReleasable {
         /// The task.
         task: TaskId,
         /// The hold in place.

@@ -94,7 +94,13 @@ impl Store {
                 Some(kind) => Err(Error::Held { task: id, kind }),
                 None => self.hold(id, HoldKind::User, None, &note).await,
             },
-            Op::Release => self.release(id, &note).await,
+            // Release clears a user hold only; approve clears one that awaits approval.
+            Op::Release => match self.task(id).await?.hold_kind.0 {
+                Some(kind) if kind != HoldKind::User => {
+                    Err(Error::NotReleasable { task: id, kind })
+                }
+                _ => self.release_kind(id, Some(HoldKind::User), &note).await,
+            },
             Op::Cancel | Op::Reject => self.cancel(id, &note).await.map(|(_, t)| t),
             Op::Requeue(edits) => self.requeue(id, edits, &note).await,
             Op::Escalate(model) => self.escalate(id, model, &note).await,
@@ -184,7 +190,8 @@ impl Store {
     }
 
     /// Approves what a task waits for: its merge (`approval_hold` → `merging`) or its dispatch
-    /// (a `dispatch_approval` hold). Audited either way.
+    /// (a `dispatch_approval` hold) — any hold that awaits approval, as the reference's
+    /// `approve`; a user hold is `release`'s. Audited either way.
     pub async fn approve(&self, id: TaskId, actor: &Actor) -> Result<Task> {
         let note = Note::new(actor.name.clone(), "approved");
         let result = async {
@@ -192,11 +199,17 @@ impl Store {
             if task.status == Status::ApprovalHold {
                 self.advance(id, &Advance::StartMerge, &note).await
             } else if task.hold_kind.0 == Some(HoldKind::DispatchApproval) {
-                self.release(id, &note).await
+                self.release_kind(id, Some(HoldKind::DispatchApproval), &note)
+                    .await
             } else {
                 Err(Error::Invalid(format!(
-                    "task {id} is {} and waits for no approval",
-                    task.status
+                    "task {id} is {} and waits for no approval{}",
+                    task.status,
+                    match task.hold_kind.0 {
+                        Some(kind) =>
+                            format!("; it has a {kind} hold: {}", super::how_to_clear(kind, id)),
+                        None => String::new(),
+                    }
                 )))
             }
         }

@@ -621,23 +621,45 @@ impl Store {
 
     /// Removes the hold of a live task.
     pub async fn release(&self, id: TaskId, note: &Note) -> Result<Task> {
+        self.release_kind(id, None, note).await
+    }
+
+    /// Takes a hold off a live task — only a hold of `kind`, when given (another kind is refused
+    /// as [`Error::Held`], checked in the same statement).
+    pub async fn release_kind(
+        &self,
+        id: TaskId,
+        kind: Option<HoldKind>,
+        note: &Note,
+    ) -> Result<Task> {
         let row = sqlx::query_as::<_, Task>(concat!(
             "UPDATE tasks SET hold_kind = NULL, hold_until = NULL, hold_by = NULL, ",
             // A stage that waited on the hold is looked at again now.
             "stage_due_at = CASE WHEN stage_due_at IS NULL THEN NULL ELSE now() END, stage_lease_until = NULL, ",
             "ev_seq = ev_seq + 1, ev_actor = $3, ev_reason = $4, ev_data = $5 ",
-            "WHERE id = $1 AND status = ANY($2) AND hold_kind IS NOT NULL RETURNING ",
+            "WHERE id = $1 AND status = ANY($2) AND hold_kind IS NOT NULL ",
+            "AND ($6::text IS NULL OR hold_kind = $6) RETURNING ",
             task_columns!()
         ))
         .bind(id)
         .bind(status_texts(&Status::live()))
         .bind_note(note)
+        .bind(kind.map(|k| k.as_str()))
         .fetch_optional(&self.pool)
         .await?;
         match row {
             Some(t) => Ok(t),
             None => {
                 let t = self.task(id).await?;
+                if let (Some(want), Some(held)) = (kind, t.hold_kind.0)
+                    && want != held
+                    && !t.status.is_terminal()
+                {
+                    return Err(Error::Held {
+                        task: id,
+                        kind: held,
+                    });
+                }
                 if t.status.is_terminal() {
                     Err(Error::IllegalTransition {
                         task: id,

@@ -8,7 +8,7 @@ use controller::config::Config;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-struct Api {
+pub(crate) struct Api {
     base: String,
     http: reqwest::Client,
     cookie: Option<String>,
@@ -17,7 +17,7 @@ struct Api {
 }
 
 impl Api {
-    fn new(base: &str) -> Self {
+    pub(crate) fn new(base: &str) -> Self {
         Self {
             base: base.into(),
             http: reqwest::Client::new(),
@@ -27,7 +27,12 @@ impl Api {
         }
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(c) = &self.cookie {
             req = req.header("cookie", c);
@@ -50,7 +55,7 @@ impl Api {
         )
     }
 
-    async fn login(base: &str, user: &str, password: &str) -> Api {
+    pub(crate) async fn login(base: &str, user: &str, password: &str) -> Api {
         let mut api = Api::new(base);
         let resp = api
             .http

@@ -77,6 +77,7 @@ pub(crate) fn intake_config() -> IntakeConfig {
     IntakeConfig {
         webhook_secret: SECRET.into(),
         allowed_users: vec!["alice".into()],
+        ..IntakeConfig::default()
     }
 }
 

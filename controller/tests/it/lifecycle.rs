@@ -655,7 +655,10 @@ async fn bad_input_is_refused_with_what_was_wrong() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("gateway-only"), "{e}");
-    let e = store.set_approval_mode("yolo").await.unwrap_err();
+    let e = store
+        .set_approval_mode("yolo", "user:test")
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("review-merge"), "{e}");
     let e = store.task(424242).await.unwrap_err();
     assert!(matches!(e, Error::TaskNotFound(424242)));

@@ -286,6 +286,7 @@ async fn a_failure_is_diagnosed_before_its_retry_and_learned_from() {
         model: Some(m),
         reflection_model: "haiku".into(),
         notify_urls: vec![],
+        notify_events: controller::config::NotifyEvents::parse(&["all".into()]).unwrap(),
         http: reqwest::Client::new(),
         budgets_lock: Default::default(),
     };
@@ -356,6 +357,7 @@ async fn the_circuit_breaker_trips_on_repeated_failures_releases_itself_and_noti
         model: None,
         reflection_model: "haiku".into(),
         notify_urls: vec![hook],
+        notify_events: controller::config::NotifyEvents::parse(&["all".into()]).unwrap(),
         http: reqwest::Client::new(),
         budgets_lock: Default::default(),
     };

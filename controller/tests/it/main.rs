@@ -4,12 +4,14 @@
 mod api;
 mod ci_gate;
 mod claims;
+mod cleanup;
 mod config;
 mod forge;
 mod intake;
 mod leases;
 mod lifecycle;
 mod loops;
+mod parity;
 mod redteam;
 mod replicas;
 mod server;

@@ -149,6 +149,7 @@ async fn two_replicas_send_each_message_and_record_each_learning_once() {
         model: None,
         reflection_model: "haiku".into(),
         notify_urls: vec![hook.clone()],
+        notify_events: controller::config::NotifyEvents::parse(&["all".into()]).unwrap(),
         http: reqwest::Client::new(),
         budgets_lock: Default::default(),
     };
