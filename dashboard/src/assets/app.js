@@ -175,7 +175,8 @@ const ACTIONS = [
   ["approve", "Approve", APPROVABLE],
   ["reject", "Reject", (t) => APPROVABLE(t) || ["pr_open", "reviewing", "ci_wait"].includes(t.status)],
   ["hold", "Hold", (t) => !t.hold && LIVE(t)],
-  ["release", "Release", (t) => !!t.hold],
+  // Release takes off a person's hold; the others clear by approval or by themselves.
+  ["release", "Release", (t) => t.hold === "user"],
   ["escalate", "Escalate to opus", (t) => ["new", "queued", "leased", "running", "verifying"].includes(t.status) && t.model !== "opus"],
   ["dispatch", "Dispatch now", (t) => t.status === "queued"],
   ["requeue", "Requeue", (t) => ["failed", "canceled"].includes(t.status)],
@@ -906,7 +907,7 @@ async function setApprovalMode(mode) {
     renderSettings(await api("PATCH", "/api/settings", { approval_mode: mode }));
     showError(null);
   } catch (e) {
-    showError(e.status === 404 || e.status === 405 ? new Error("this controller cannot change the approval mode at run time (no PATCH /api/settings)") : e);
+    showError(e);
     if (before) $("#approval-mode").value = before;
   }
 }
