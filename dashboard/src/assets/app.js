@@ -273,15 +273,17 @@ async function openDetail(id, refresh) {
   }, label)) : []));
   renderEdit(t, d.body);
   const attempts = $("#log-attempt");
-  if (!refresh || attempts.options.length !== Math.max(1, t.attempt)) {
-    attempts.replaceChildren(...Array.from({ length: Math.max(1, t.attempt) }, (_, i) => el("option", { value: String(i + 1) }, `${i + 1}${i + 1 === t.attempt ? " (latest)" : ""}`)));
-    attempts.value = String(Math.max(1, t.attempt));
+  const count = Math.max(1, t.attempt);
+  const following = refresh && state.log && state.log.task === t.id;
+  if (!refresh || attempts.options.length !== count) {
+    attempts.replaceChildren(...Array.from({ length: count }, (_, i) => el("option", { value: String(i + 1) }, `${i + 1}${i + 1 === count ? " (latest)" : ""}`)));
+    attempts.value = String(following ? state.log.attempt : count);
   }
   if (!refresh) {
-    followLog(t, Math.max(1, t.attempt));
+    followLog(t, count);
     panel.focus();
-  } else if (state.log && state.log.attempt !== t.attempt && Number(attempts.value) === state.log.attempt && state.log.ended && t.attempt > state.log.attempt) {
-    // A new attempt started while the last one was shown: follow it.
+  } else if (following && state.log.latest && t.attempt > state.log.attempt) {
+    // A new attempt started while the latest one was shown: follow it.
     attempts.value = String(t.attempt);
     followLog(t, t.attempt);
   }
@@ -552,7 +554,7 @@ function followLog(t, attempt) {
   if (state.logSource) state.logSource.close();
   const transcript = new Transcript($("#transcript"), $("#detail-log"));
   const live = attempt === t.attempt && !ENDED.includes(t.status);
-  state.log = { task: t.id, attempt, ended: false, transcript };
+  state.log = { task: t.id, attempt, latest: attempt === Math.max(1, t.attempt), ended: false, transcript };
   $("#log-state").textContent = live ? "live" : "loading…";
   const es = new EventSource(`/api/tasks/${t.id}/logs/stream?attempt=${attempt}`);
   let any = false;

@@ -525,6 +525,57 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
     nothing_ran(&b).await;
     screenshot(&b, "dash-05-panel-ended").await;
 
+    // A second attempt: the panel follows it live; the first stays one choice away.
+    let lease2 = claim(&store, runner).await;
+    assert_eq!((lease2.task_id, lease2.attempt), (worked, 2));
+    store
+        .append_log(
+            &lease2,
+            0,
+            "agent",
+            &line(json!({"type": "assistant", "message": {"id": "n1", "content": [{"type": "text", "text": "Second try, smaller change."}]}})),
+        )
+        .await
+        .unwrap();
+    wait_text(&b, "#transcript", "Second try, smaller change.").await;
+    let shown = b
+        .execute(
+            "return document.querySelector('#log-attempt').value;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(shown, json!("2"));
+    b.find(Locator::Css("#log-attempt"))
+        .await
+        .unwrap()
+        .select_by_value("1")
+        .await
+        .unwrap();
+    wait_text(&b, "#transcript", "Fixed the parser.").await;
+    wait_text(&b, "#log-state", "attempt ended").await;
+    assert!(!text(&b, "#transcript").await.contains("Second try"));
+
+    // Pause and resume dispatch from the header; the filter narrows the list.
+    click_fresh(&b, "#pause").await;
+    wait_for(&b, "#paused-badge:not([hidden])").await;
+    assert!(store.settings().await.unwrap().queue_paused);
+    click_fresh(&b, "#resume").await;
+    wait_for(&b, "#paused-badge[hidden]").await;
+    assert!(!store.settings().await.unwrap().queue_paused);
+    fill(&b, "#filter", "parser fix").await;
+    wait_for(&b, &format!("#tasks tr[data-id=\"{second}\"][hidden]")).await;
+    assert!(
+        b.find_all(Locator::Css(&format!(
+            "#tasks tr[data-id=\"{worked}\"]:not([hidden])"
+        )))
+        .await
+        .unwrap()
+        .len()
+            == 1
+    );
+    fill(&b, "#filter", "").await;
+
     // Time in stage stops at the end.
     force(&store, worked, "merged").await;
     wait_status(&b, worked, "merged").await;
@@ -655,7 +706,7 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
     b.set_window_size(390, 844).await.unwrap();
     click_fresh(&b, "#nav button[data-view=\"fleet\"]").await;
     click_fresh(&b, &format!("#tasks tr[data-id=\"{worked}\"]")).await;
-    wait_text(&b, "#transcript", "Fixed the parser.").await;
+    wait_text(&b, "#transcript", "Second try, smaller change.").await;
     let fits = b
         .execute(
             "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
