@@ -241,6 +241,7 @@ function renderEdit(t, body) {
 
 async function openDetail(id, refresh) {
   state.selected = id;
+  if (!refresh) { delete $("#edit").dataset.dirty; $("#edit").dataset.task = ""; }
   document.querySelectorAll("#tasks tbody tr").forEach((r) => r.classList.toggle("selected", r.dataset.id === String(id)));
   let d;
   try { d = await api("GET", `/api/tasks/${id}`); } catch (e) { showError(e); return; }
@@ -304,11 +305,15 @@ function closeDetail() {
 
 const FOLD_CHARS = 600;
 const FOLD_LINES = 8;
+// Bounds: an attempt's log may hold tens of megabytes; the page keeps the latest of it.
 const RAW_CAP = 400000;
+const TEXT_CAP = 20000;
+const MAX_ENTRIES = 1500;
 
 // Text shown whole when short, folded (first line as the summary) when long.
 function folded(text, label, cls) {
-  const s = String(text ?? "").replace(/\n$/, "");
+  let s = String(text ?? "").replace(/\n$/, "");
+  if (s.length > TEXT_CAP) s = s.slice(0, TEXT_CAP) + `\n… ${(s.length - TEXT_CAP).toLocaleString()} more characters (the raw stream has them)`;
   const lines = s.split("\n");
   if (s.length <= FOLD_CHARS && lines.length <= FOLD_LINES) return el("pre", { class: cls || "" }, s);
   const first = lines.find((l) => l.trim()) || "";
@@ -337,6 +342,11 @@ function resultText(content) {
 function stepWeight(u) {
   if (!u) return 0;
   return (u.input_tokens || 0) + 5 * (u.output_tokens || 0) + 1.25 * (u.cache_creation_input_tokens || 0) + 0.1 * (u.cache_read_input_tokens || 0);
+}
+
+// Keeps the last TEXT_CAP characters of a growing block of output.
+function tail(pre) {
+  if (pre.textContent.length > 2 * TEXT_CAP) pre.textContent = "[earlier output cut]\n" + pre.textContent.slice(-TEXT_CAP);
 }
 
 class Transcript {
@@ -382,7 +392,23 @@ class Transcript {
     }
   }
 
-  add(node) { this.root.append(node); return node; }
+  add(node) {
+    this.root.append(node);
+    if (this.root.childElementCount > MAX_ENTRIES) {
+      if (!this.cut) {
+        this.cut = el("p", { class: "muted cut" });
+        this.cutCount = 0;
+      }
+      while (this.root.childElementCount > MAX_ENTRIES) {
+        const first = this.root.firstElementChild === this.cut ? this.cut.nextElementSibling : this.root.firstElementChild;
+        first.remove();
+        this.cutCount += 1;
+      }
+      this.cut.textContent = `${this.cutCount.toLocaleString()} earlier entries are not shown (the raw stream keeps the latest output)`;
+      this.root.prepend(this.cut);
+    }
+    return node;
+  }
 
   line(stream, line, at) {
     if (stream === "agent") {
@@ -405,7 +431,7 @@ class Transcript {
     }
     if (!line.trim()) return;
     const last = this.root.lastElementChild;
-    if (last && last.dataset.stream === stream) { last.querySelector("pre").append("\n" + line); return; }
+    if (last && last.dataset.stream === stream) { const pre = last.querySelector("pre"); pre.append("\n" + line); tail(pre); return; }
     this.add(el("div", { class: `entry stream-${stream.replace(/[^a-z0-9_-]/gi, "_")}`, "data-stream": stream }, el("span", { class: "who" }, stream), el("pre", {}, line)));
   }
 
@@ -424,6 +450,7 @@ class Transcript {
     if (!this.verify) this.startVerify("(verify)", this.lastAt || Date.now());
     this.verify.out.append((this.verify.lines ? "\n" : "") + line);
     this.verify.lines += 1;
+    tail(this.verify.out);
   }
 
   endVerify(outcome, line) {
@@ -718,8 +745,8 @@ const pct = (v) => (v == null ? "—" : Math.round(v * 100) + " %");
 function chartCard(id, title, summary, body, head, rows) {
   const table = rows && rows.length
     ? el("details", { class: "numbers" }, el("summary", {}, "The numbers"),
-      el("table", {}, el("thead", {}, el("tr", {}, ...head.map((h) => el("th", { scope: "col" }, h)))),
-        el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((c) => el("td", {}, c)))))))
+      el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, ...head.map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, ...rows.map((r) => el("tr", {}, ...r.map((c) => el("td", {}, c))))))))
     : "";
   return el("figure", { class: "chart", id }, el("figcaption", {}, el("strong", {}, title), el("span", { class: "muted" }, " " + summary)), body, table);
 }
@@ -1010,7 +1037,8 @@ document.addEventListener("DOMContentLoaded", async () => {
     delete $("#edit").dataset.dirty;
     await act(t, $("#edit").dataset.action, body);
   });
-  $("#edit").addEventListener("input", () => { $("#edit").dataset.dirty = "1"; });
+  // Once a person is in the form, live updates leave its fields alone.
+  for (const ev of ["input", "focusin"]) $("#edit").addEventListener(ev, () => { $("#edit").dataset.dirty = "1"; });
   $("#log-attempt").addEventListener("change", (ev) => { if (state.selectedTask) followLog(state.selectedTask, Number(ev.target.value)); });
   $("#log-raw").addEventListener("click", (ev) => {
     const raw = ev.currentTarget.getAttribute("aria-pressed") !== "true";

@@ -702,8 +702,50 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
     // The approval-mode switch (admins).
     approval_switch(&b, &store).await;
 
+    // A log far past what a page should hold stays bounded: the latest entries, a note saying
+    // how many earlier ones are not shown, long outputs cut with a note.
+    let bounded = b
+        .execute(
+            "const root = document.createElement('div'), raw = document.createElement('pre'); \
+             const t = new Transcript(root, raw); \
+             for (let i = 0; i < 2000; i++) t.push({stream: 'agent', seq: i, text: JSON.stringify({type: 'assistant', message: {id: 'm' + i, content: [{type: 'text', text: 'step ' + i}]}}) + '\\n'}); \
+             t.push({stream: 'agent', seq: 2000, text: JSON.stringify({type: 'assistant', message: {id: 'big', content: [{type: 'text', text: 'x'.repeat(100000)}]}}) + '\\n'}); \
+             return [root.childElementCount, root.querySelector('.cut').textContent, root.lastElementChild.textContent.length, raw.textContent.length];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let bounded = bounded.as_array().unwrap();
+    assert!(bounded[0].as_u64().unwrap() <= 1501, "{bounded:?}");
+    assert!(
+        bounded[1]
+            .as_str()
+            .unwrap()
+            .contains("earlier entries are not shown"),
+        "{bounded:?}"
+    );
+    assert!(bounded[2].as_u64().unwrap() < 21_000, "{bounded:?}");
+    assert!(bounded[3].as_u64().unwrap() <= 400_100, "{bounded:?}");
+
     // Phone width: nothing wider than the screen; the panel fills it.
     b.set_window_size(390, 844).await.unwrap();
+    for (view, drawn) in [
+        ("agents", "#board .column"),
+        ("metrics", "#charts figure svg"),
+        ("audit", "#audit-table tbody tr"),
+    ] {
+        click_fresh(&b, &format!("#nav button[data-view=\"{view}\"]")).await;
+        wait_for(&b, &format!("#{view}:not([hidden]) {drawn}")).await;
+        let fits = b
+            .execute(
+                "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        screenshot(&b, &format!("dash-09-phone-{view}")).await;
+        assert_eq!(fits, json!(true), "{view} scrolls sideways at 390 px");
+    }
     click_fresh(&b, "#nav button[data-view=\"fleet\"]").await;
     click_fresh(&b, &format!("#tasks tr[data-id=\"{worked}\"]")).await;
     wait_text(&b, "#transcript", "Second try, smaller change.").await;
