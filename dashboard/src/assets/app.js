@@ -241,7 +241,7 @@ function renderEdit(t, body) {
 
 async function openDetail(id, refresh) {
   state.selected = id;
-  if (!refresh) { delete $("#edit").dataset.dirty; $("#edit").dataset.task = ""; }
+  if (!refresh) { delete $("#edit").dataset.dirty; $("#edit").dataset.task = ""; $("#edit-box").open = false; }
   document.querySelectorAll("#tasks tbody tr").forEach((r) => r.classList.toggle("selected", r.dataset.id === String(id)));
   let d;
   try { d = await api("GET", `/api/tasks/${id}`); } catch (e) { showError(e); return; }
@@ -989,6 +989,9 @@ async function start() {
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
+  // The task panel starts below the header, however many lines the header wraps to.
+  const header = document.querySelector("header");
+  new ResizeObserver(() => document.documentElement.style.setProperty("--header-h", header.offsetHeight + "px")).observe(header);
   $("#login").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     try {

@@ -236,6 +236,8 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
         .unwrap();
     let repo = c.repo("acme/web").await;
     let (b, _driver, _profile) = browser().await;
+    // A laptop's width first; a phone's at the end.
+    b.set_window_size(1280, 800).await.unwrap();
     let base = format!("http://{}", c.http);
     login(&b, &base, "root", &password).await;
 
