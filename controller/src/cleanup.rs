@@ -8,54 +8,17 @@
 //! call here is idempotent, so a pass cut short is simply repeated.
 
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::forge::Forge;
 use crate::loops::{Leading, LoopCtx, Next, every, lead, singleton};
+pub use crate::store::cleanup::CleanupPolicy;
 use crate::store::cleanup::{Leftover, Sweep};
 use crate::store::{RepoId, Status, Store};
 
 /// Tasks looked at per pass.
 pub const BATCH: i64 = 100;
-
-/// When the sweep deals with what ended tasks left on GitHub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CleanupPolicy {
-    /// Ages per end status.
-    pub sweep: Sweep,
-    /// Time between two sweeps.
-    pub interval: Duration,
-}
-
-impl Default for CleanupPolicy {
-    fn default() -> Self {
-        const DAY: u64 = 24 * 3600;
-        Self {
-            sweep: Sweep {
-                failed: Some(Duration::from_secs(7 * DAY)),
-                canceled: Some(Duration::from_secs(DAY)),
-                merged: Some(Duration::from_secs(DAY)),
-            },
-            interval: Duration::from_secs(3600),
-        }
-    }
-}
-
-impl CleanupPolicy {
-    /// The same kinds with no age: every ended task whose kind is swept at all (the on-demand
-    /// `cleanup --now`).
-    pub fn immediate(&self) -> Sweep {
-        let now = |d: Option<Duration>| d.map(|_| Duration::ZERO);
-        Sweep {
-            failed: now(self.sweep.failed),
-            canceled: now(self.sweep.canceled),
-            merged: now(self.sweep.merged),
-        }
-    }
-}
 
 /// What the sweep did to one task.
 #[derive(Debug, Clone, PartialEq, Eq)]

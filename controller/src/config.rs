@@ -67,7 +67,7 @@ pub struct Config {
     pub navigation: bool,
     /// Ended tasks' leftovers on GitHub: when the sweep closes their PRs and deletes their
     /// branches.
-    pub cleanup: crate::cleanup::CleanupPolicy,
+    pub cleanup: crate::store::cleanup::CleanupPolicy,
     /// Pipeline stage settings.
     pub pipeline: PipelineConfig,
     /// Mark the session cookie `Secure` (the controller is served over HTTPS).
@@ -121,7 +121,7 @@ impl Default for Config {
             approval_mode: None,
             default_model: "sonnet".into(),
             navigation: true,
-            cleanup: crate::cleanup::CleanupPolicy::default(),
+            cleanup: crate::store::cleanup::CleanupPolicy::default(),
             pipeline: PipelineConfig::default(),
             secure_cookies: false,
             http_tls: crate::http::tls::HttpTls::Off,

@@ -190,6 +190,13 @@ impl ScriptExecutor {
                     format!("retry context: {} entries, first {first}\n", entries.len()).as_bytes(),
                 );
             }
+            "navigation" => {
+                let off = ctx.assignment.spec.navigation_off;
+                ctx.log(
+                    "stdout",
+                    format!("navigation: {}\n", if off { "off" } else { "on" }).as_bytes(),
+                );
+            }
             "bundle" => {
                 result.bundle = Some(parts.collect::<Vec<_>>().join(":").into_bytes());
                 result.head_sha = Some("0123456789abcdef0123456789abcdef01234567".into());

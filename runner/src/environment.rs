@@ -590,31 +590,16 @@ pub fn to_prune(
     budget: u64,
     keep: &str,
 ) -> Vec<String> {
-    let now = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let mut by_age: Vec<(u64, &str, u64)> = images
+    let now_secs = crate::prune::secs(now);
+    let items: Vec<crate::prune::Item> = images
         .iter()
-        .filter(|(t, _)| t != keep)
-        .map(|(t, size)| {
-            (
-                used.get(t).copied().unwrap_or(now),
-                t.as_str(),
-                (*size).max(0) as u64,
-            )
+        .map(|(t, size)| crate::prune::Item {
+            key: t.clone(),
+            last_used: used.get(t).copied().unwrap_or(now_secs),
+            bytes: (*size).max(0) as u64,
         })
         .collect();
-    by_age.sort();
-    let mut total: u64 = images.iter().map(|(_, s)| (*s).max(0) as u64).sum();
-    let mut out = Vec::new();
-    for (last, tag, size) in by_age {
-        if now.saturating_sub(last) > max_age.as_secs() || total > budget {
-            out.push(tag.to_owned());
-            total = total.saturating_sub(size);
-        }
-    }
-    out
+    crate::prune::pick(&items, now, max_age, budget, &[keep.to_owned()].into())
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod identity;
 pub mod pin;
 pub mod privileges;
 pub mod prompt;
+pub mod prune;
 pub mod redact;
 pub mod retry;
 pub mod sandbox;

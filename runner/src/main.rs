@@ -101,6 +101,12 @@ struct RunArgs {
     /// the one in use does not answer; the address enrolled with comes first.
     #[arg(long, env = "BACKPORCHER_CONTROLLERS", value_delimiter = ',')]
     controllers: Vec<String>,
+    /// Repository mirrors and their code-graph indexes unused this many days are removed.
+    #[arg(long, env = "BACKPORCHER_REPO_MAX_AGE_DAYS", default_value_t = 30)]
+    repo_max_age_days: u64,
+    /// Disk the mirrors and indexes may take, GiB, before the least recently used go.
+    #[arg(long, env = "BACKPORCHER_REPO_DISK_BUDGET_GB", default_value_t = 50)]
+    repo_disk_budget_gb: u64,
     /// Private or link-local ranges (CIDRs, comma-separated) an `open` sandbox may reach.
     #[arg(long, env = "BACKPORCHER_OPEN_ALLOW", value_delimiter = ',')]
     open_allow: Vec<String>,
@@ -245,6 +251,8 @@ async fn run_daemon(state_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
             verify_timeout: Duration::from_secs(args.task_timeout),
             max_verify_fixes: args.max_verify_retries,
             open_allow: args.open_allow,
+            repo_max_age: Duration::from_secs(args.repo_max_age_days.saturating_mul(24 * 3600)),
+            repo_disk_budget: args.repo_disk_budget_gb.saturating_mul(1 << 30),
             ..runner::sandbox_executor::ExecConfig::new(state_dir, args.gateway_port)
         },
     };

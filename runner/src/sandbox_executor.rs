@@ -61,6 +61,10 @@ pub struct ExecConfig {
     pub env_max_age: Duration,
     /// Disk the environment snapshots may take before the least recently used go, bytes.
     pub env_disk_budget: u64,
+    /// Repository mirrors (with their code-graph indexes) unused this long are removed.
+    pub repo_max_age: Duration,
+    /// Disk mirrors and indexes may take before the least recently used go, bytes.
+    pub repo_disk_budget: u64,
     /// Certificate authorities an environment's setup trusts for the package registries (the
     /// host's bundle by default: a proxy in the way is trusted as the host trusts it). Public
     /// certificates only; mounted read-only.
@@ -88,6 +92,8 @@ impl ExecConfig {
             setup_timeout: Duration::from_secs(1800),
             env_max_age: Duration::from_secs(14 * 24 * 3600),
             env_disk_budget: 20 << 30,
+            repo_max_age: Duration::from_secs(30 * 24 * 3600),
+            repo_disk_budget: 50 << 30,
             setup_ca_bundle: Some(PathBuf::from("/etc/ssl/certs/ca-certificates.crt"))
                 .filter(|p| p.exists()),
             max_verify_fixes: 2,
@@ -237,6 +243,18 @@ impl SandboxExecutor {
             .workspaces
             .checkout(spec, lease.task_id, &repo_dir)
             .await?;
+        // This attempt's mirror is in use now: the others may go by age and the disk budget.
+        let pruned = self
+            .workspaces
+            .prune(
+                &self.config.state_dir.join("graphs"),
+                self.config.repo_max_age,
+                self.config.repo_disk_budget,
+            )
+            .await;
+        if !pruned.repos.is_empty() {
+            tracing::info!(repos = ?pruned.repos, bytes = pruned.bytes, "mirrors and code-graph indexes pruned");
+        }
         let agent_config =
             crate::agent_config::load(&checkout.mirror, &checkout.default_head, spec.agent_hooks)
                 .await;

@@ -39,8 +39,44 @@ const MAX_LOOSE: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct Workspaces {
     root: PathBuf,
+    /// One fetch (or removal) at a time per mirror, keyed by the mirror's name.
     locks: Arc<std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>>,
+    /// Attempts using each mirror (its objects are their checkouts' alternates): never pruned
+    /// while above zero.
+    users: Arc<std::sync::Mutex<HashMap<String, usize>>>,
 }
+
+/// An attempt's use of a mirror: while one lives, [`Workspaces::prune`] leaves the mirror (and
+/// its graph index) alone.
+#[derive(Debug)]
+pub struct InUse {
+    key: String,
+    users: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let mut u = self.users.lock().expect("mirror users");
+        if let Some(n) = u.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                u.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What [`Workspaces::prune`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Mirror names (`owner__name`) removed with their indexes.
+    pub repos: Vec<String>,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+/// Entries walked per tree when measuring mirrors (bare mirrors are repacked: few files).
+const MAX_MEASURED_ENTRIES: usize = 200_000;
 
 /// A checkout ready for the agent.
 #[derive(Debug, Clone)]
@@ -53,6 +89,8 @@ pub struct Checkout {
     pub mirror_objects: PathBuf,
     /// The mirror itself (runner-owned; read by the runner only).
     pub mirror: PathBuf,
+    /// Keeps the mirror from being pruned while the attempt runs.
+    pub in_use: Arc<InUse>,
     /// Task branch.
     pub branch: String,
     /// Commit the branch started from (the default branch's head, or the resumed branch's).
@@ -116,11 +154,110 @@ impl Workspaces {
         Self {
             root,
             locks: Arc::default(),
+            users: Arc::default(),
         }
     }
 
+    /// The name of `repo`'s mirror (and of its graph index): `owner__name`.
+    pub fn key(repo: &str) -> String {
+        repo.replace('/', "__")
+    }
+
     fn mirror_path(&self, repo: &str) -> PathBuf {
-        self.root.join(format!("{}.git", repo.replace('/', "__")))
+        self.root.join(format!("{}.git", Self::key(repo)))
+    }
+
+    fn lock_of(&self, key: &str) -> Arc<Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("workspace locks")
+            .entry(key.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Marks `repo`'s mirror in use until the returned guard is dropped.
+    pub fn use_repo(&self, repo: &str) -> InUse {
+        let key = Self::key(repo);
+        *self
+            .users
+            .lock()
+            .expect("mirror users")
+            .entry(key.clone())
+            .or_default() += 1;
+        InUse {
+            key,
+            users: self.users.clone(),
+        }
+    }
+
+    fn in_use(&self, key: &str) -> bool {
+        self.users
+            .lock()
+            .expect("mirror users")
+            .get(key)
+            .is_some_and(|n| *n > 0)
+    }
+
+    /// Removes the mirrors (with their code-graph indexes under `indexes`) unused for longer
+    /// than `max_age`, then the least recently used while mirrors and indexes together take more
+    /// than `budget` bytes — never one an attempt uses. A mirror's last use is its last fetch.
+    /// Each removal holds the mirror's lock, so it never meets a fetch; a later task simply
+    /// clones again.
+    pub async fn prune(&self, indexes: &Path, max_age: std::time::Duration, budget: u64) -> Pruned {
+        let (root, index_dir) = (self.root.clone(), indexes.to_owned());
+        let measured = tokio::task::spawn_blocking(move || measure(&root, &index_dir))
+            .await
+            .unwrap_or_default();
+        let keep: std::collections::HashSet<String> = measured
+            .iter()
+            .filter(|i| self.in_use(&i.key))
+            .map(|i| i.key.clone())
+            .collect();
+        let mut pruned = Pruned::default();
+        for key in crate::prune::pick(
+            &measured,
+            std::time::SystemTime::now(),
+            max_age,
+            budget,
+            &keep,
+        ) {
+            let lock = self.lock_of(&key);
+            let _held = lock.lock().await;
+            if self.in_use(&key) {
+                continue;
+            }
+            let mirror = self.root.join(format!("{key}.git"));
+            let mut ok = true;
+            for p in [mirror.clone(), mirror.with_extension("partial")] {
+                if let Err(e) = tokio::fs::remove_dir_all(&p).await
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(mirror = %p.display(), error = %e, "cannot prune a mirror");
+                    ok = false;
+                }
+            }
+            for p in [
+                Self::fingerprint_path(&mirror),
+                indexes.join(format!("{key}.idx")),
+            ] {
+                if let Err(e) = tokio::fs::remove_file(&p).await
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(file = %p.display(), error = %e, "cannot prune a file");
+                    ok = false;
+                }
+            }
+            if ok {
+                pruned.bytes += measured
+                    .iter()
+                    .find(|i| i.key == key)
+                    .map(|i| i.bytes)
+                    .unwrap_or_default();
+                pruned.repos.push(key);
+            }
+        }
+        pruned
     }
 
     fn fingerprint_path(mirror: &Path) -> PathBuf {
@@ -130,13 +267,7 @@ impl Workspaces {
     /// Creates or updates the mirror of `spec`'s repository; returns its path. A mirror whose
     /// files differ from what this runner left after its last fetch is rebuilt.
     pub async fn mirror(&self, spec: &TaskSpec) -> anyhow::Result<PathBuf> {
-        let lock = self
-            .locks
-            .lock()
-            .expect("workspace locks")
-            .entry(spec.repo.clone())
-            .or_default()
-            .clone();
+        let lock = self.lock_of(&Self::key(&spec.repo));
         let _held = lock.lock().await;
         let path = self.mirror_path(&spec.repo);
         let print = Self::fingerprint_path(&path);
@@ -205,6 +336,8 @@ impl Workspaces {
             "the task branch `{}` is not a backporcher/ branch; refusing to check it out",
             textguard::clean_plain(&branch)
         );
+        // In use before the fetch: a prune waiting for the mirror's lock sees it and leaves it.
+        let in_use = Arc::new(self.use_repo(&spec.repo));
         let mirror = self.mirror(spec).await?;
         let default_ref = format!("refs/heads/{}", spec.default_branch);
         let default_head = git(&mirror, &["rev-parse", "--verify", "--quiet", &default_ref])
@@ -270,11 +403,57 @@ impl Workspaces {
             git_dir,
             mirror_objects: mirror.join("objects"),
             mirror,
+            in_use,
             branch,
             base,
             default_head,
         })
     }
+}
+
+/// Each mirror under `root` and each index under `indexes`, by name: last used (the later of the
+/// mirror's last fetch and the index's last write) and bytes (both together).
+fn measure(root: &Path, indexes: &Path) -> Vec<crate::prune::Item> {
+    let mut items: HashMap<String, crate::prune::Item> = HashMap::new();
+    let mut add = |key: String, last: Option<u64>, bytes: u64| {
+        let i = items.entry(key.clone()).or_insert(crate::prune::Item {
+            key,
+            last_used: 0,
+            bytes: 0,
+        });
+        i.last_used = i.last_used.max(last.unwrap_or_default());
+        i.bytes += bytes;
+    };
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let p = e.path();
+        if let Some(key) = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".git"))
+        {
+            let last = crate::prune::modified(&Workspaces::fingerprint_path(&p))
+                .or_else(|| crate::prune::modified(&p));
+            add(
+                key.to_owned(),
+                last,
+                crate::prune::dir_bytes(&p, MAX_MEASURED_ENTRIES),
+            );
+        }
+    }
+    for e in std::fs::read_dir(indexes).into_iter().flatten().flatten() {
+        let p = e.path();
+        if let Some(key) = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".idx"))
+        {
+            let bytes = std::fs::symlink_metadata(&p)
+                .map(|m| m.len())
+                .unwrap_or_default();
+            add(key.to_owned(), crate::prune::modified(&p), bytes);
+        }
+    }
+    items.into_values().collect()
 }
 
 /// A working tree of `commit` of `mirror` at `dir` for the sandbox user (an environment's setup):
@@ -438,7 +617,94 @@ pub async fn fingerprint(dir: &Path) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_task_branch;
+    use super::*;
+
+    async fn origin(dir: &Path, name: &str) -> TaskSpec {
+        let src = dir.join(format!("src-{name}"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("README.md"), format!("# {name}\n")).unwrap();
+        git(&src, &["init", "--quiet", "-b", "main"]).await.unwrap();
+        git(&src, &["add", "-A"]).await.unwrap();
+        git(
+            &src,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@x",
+                "commit",
+                "--quiet",
+                "-m",
+                "one",
+            ],
+        )
+        .await
+        .unwrap();
+        TaskSpec {
+            repo: format!("acme/{name}"),
+            clone_url: src.to_string_lossy().into_owned(),
+            default_branch: "main".into(),
+            ..TaskSpec::default()
+        }
+    }
+
+    fn age(path: &Path, days: u64) {
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn mirrors_and_indexes_go_by_age_then_budget_never_while_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspaces::new(dir.path().join("mirrors"));
+        let indexes = dir.path().join("graphs");
+        std::fs::create_dir_all(&indexes).unwrap();
+        let month = std::time::Duration::from_secs(30 * 86_400);
+        let (old, fresh, busy) = (
+            origin(dir.path(), "old").await,
+            origin(dir.path(), "fresh").await,
+            origin(dir.path(), "busy").await,
+        );
+        for spec in [&old, &fresh, &busy] {
+            ws.mirror(spec).await.unwrap();
+            std::fs::write(
+                indexes.join(format!("{}.idx", Workspaces::key(&spec.repo))),
+                vec![0u8; 4096],
+            )
+            .unwrap();
+        }
+        let mirror = |spec: &TaskSpec| ws.mirror_path(&spec.repo);
+        let index = |spec: &TaskSpec| indexes.join(format!("{}.idx", Workspaces::key(&spec.repo)));
+        for spec in [&old, &busy] {
+            age(&Workspaces::fingerprint_path(&mirror(spec)), 40);
+            age(&index(spec), 40);
+        }
+        let in_use = ws.use_repo(&busy.repo);
+        // By age: the old one goes, the busy one (as old) stays.
+        let p = ws.prune(&indexes, month, u64::MAX).await;
+        assert_eq!(p.repos, vec!["acme__old".to_owned()]);
+        assert!(p.bytes > 4096, "{p:?}");
+        assert!(!mirror(&old).exists() && !index(&old).exists());
+        assert!(mirror(&busy).exists() && mirror(&fresh).exists());
+        // Over the budget: the least recently used that is not in use.
+        let p = ws.prune(&indexes, month, 0).await;
+        assert_eq!(p.repos, vec!["acme__fresh".to_owned()]);
+        assert!(!index(&fresh).exists());
+        assert!(mirror(&busy).exists() && index(&busy).exists());
+        // Once the attempt is over it may go too; a later task clones it again.
+        drop(in_use);
+        let p = ws.prune(&indexes, month, 0).await;
+        assert_eq!(p.repos, vec!["acme__busy".to_owned()]);
+        assert!(!mirror(&busy).exists());
+        let m = ws.mirror(&busy).await.unwrap();
+        assert!(m.join("HEAD").exists());
+        assert_eq!(ws.prune(&indexes, month, u64::MAX).await, Pruned::default());
+    }
 
     #[test]
     fn only_task_branches_are_checked_out() {

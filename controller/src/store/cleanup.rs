@@ -18,6 +18,42 @@ pub struct Sweep {
     pub merged: Option<Duration>,
 }
 
+/// When the sweep deals with what ended tasks left on GitHub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    /// Ages per end status.
+    pub sweep: Sweep,
+    /// Time between two sweeps.
+    pub interval: Duration,
+}
+
+impl Default for CleanupPolicy {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            sweep: Sweep {
+                failed: Some(Duration::from_secs(7 * DAY)),
+                canceled: Some(Duration::from_secs(DAY)),
+                merged: Some(Duration::from_secs(DAY)),
+            },
+            interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl CleanupPolicy {
+    /// The same kinds with no age: every ended task whose kind is swept at all (the on-demand
+    /// `cleanup --now`).
+    pub fn immediate(&self) -> Sweep {
+        let now = |d: Option<Duration>| d.map(|_| Duration::ZERO);
+        Sweep {
+            failed: now(self.sweep.failed),
+            canceled: now(self.sweep.canceled),
+            merged: now(self.sweep.merged),
+        }
+    }
+}
+
 /// An ended task with something to sweep.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Leftover {

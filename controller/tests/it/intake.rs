@@ -68,6 +68,7 @@ async fn labelled_issues_become_one_task_and_bad_deliveries_are_refused() {
         database_url: Some(db_url),
         webhook_secret: SECRET.into(),
         allowed_users: vec!["alice".into()],
+        default_model: "haiku".into(),
         ..Config::default()
     })
     .await;
@@ -95,9 +96,25 @@ async fn labelled_issues_become_one_task_and_bad_deliveries_are_refused() {
         snapshot, "GET /health returns 200",
         "hidden text and invisible characters removed"
     );
-    assert_eq!(model, "opus", "the opus label picks the model");
+    assert_eq!(model, "opus", "the opus label wins over the default model");
     assert_eq!(author.as_deref(), Some("alice"));
     assert_eq!(hash.len(), 64);
+    // Without the label a task starts with the configured default model (BACKPORCHER_DEFAULT_MODEL).
+    let plain = labeled(47, "alice", &["backporcher"]);
+    let (code, text) = post(
+        addr,
+        "issues",
+        "d-default-model",
+        Some(sign(SECRET, &plain)),
+        &plain,
+    )
+    .await;
+    assert_eq!(code, 202, "{text}");
+    let model: String = sqlx::query_scalar("SELECT model FROM tasks WHERE issue_number = 47")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(model, "haiku");
 
     // Bad signature, no signature: 401, nothing recorded.
     let other = labeled(43, "alice", &["backporcher"]);
@@ -143,7 +160,7 @@ async fn labelled_issues_become_one_task_and_bad_deliveries_are_refused() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(n, 2, "the two accepted issues only");
 
     server.stop().await;
 }

@@ -265,3 +265,36 @@ async fn an_oversized_bundle_spends_the_agent_budget_and_never_loops() {
     );
     runner.stop().await.unwrap();
 }
+
+/// BACKPORCHER_NAVIGATION_ENABLED reaches the runner with each lease: off on a controller that
+/// turned it off, on by default.
+#[tokio::test]
+async fn the_navigation_switch_travels_with_the_lease() {
+    for (enabled, want) in [(false, "navigation: off"), (true, "navigation: on")] {
+        let c = TestController::start(Options {
+            configure: e2e::harness::Configure(Some(std::sync::Arc::new(move |cfg| {
+                cfg.navigation = enabled;
+            }))),
+            ..Options::default()
+        })
+        .await;
+        let repo = c.repo("acme/nav").await;
+        let t = c.task(&repo, "navigation").await;
+        let (id, dir) = enroll(&c, "r-nav", &[]).await;
+        let runner = spawn_runner(id, &dir, executor(), 1);
+        c.wait_status(t.id, "pushing", Duration::from_secs(30))
+            .await;
+        let t = c.store.task(t.id).await.unwrap();
+        let log: String = c
+            .store
+            .log_chunks(t.id, t.attempt)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, _, data)| String::from_utf8_lossy(&data).into_owned())
+            .collect();
+        assert!(log.contains(want), "{want}: {log}");
+        runner.stop().await.unwrap();
+        c.stop().await;
+    }
+}
