@@ -226,13 +226,21 @@ async fn log_in_watch_a_task_appear_and_approve_it_without_a_reload() {
         .await
         .unwrap();
     assert_eq!(marker, serde_json::json!(42), "the page was never reloaded");
-    let timeline = b
-        .find(Locator::Css("#detail-timeline"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The panel re-reads the task after the row changed: wait for its timeline.
+    let mut timeline = String::new();
+    for _ in 0..100 {
+        timeline = b
+            .find(Locator::Css("#detail-timeline"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if timeline.contains("approved") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(timeline.contains("approved"), "{timeline}");
     screenshot(&b, "04-approved").await;
 
