@@ -132,6 +132,26 @@ pub struct TaskDetail {
     /// [`RepoEnvironment`]), once a runner has read it.
     #[serde(default)]
     pub environment: Option<serde_json::Value>,
+    /// What it cost, per purpose and model, dearest first.
+    #[serde(default)]
+    pub usage: Vec<UsageLine>,
+}
+
+/// One line of a task's cost breakdown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UsageLine {
+    /// `agent`, `triage`, `review`, `reflection`, …
+    pub purpose: String,
+    /// Model.
+    pub model: String,
+    /// Calls (for `agent`: attempts).
+    pub calls: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cost, micro-dollars.
+    pub cost_microusd: i64,
 }
 
 /// A task's place in the dependency graph.
@@ -172,6 +192,9 @@ pub struct LogChunk {
     pub stream: String,
     /// Text (lossy UTF-8).
     pub text: String,
+    /// When the controller received it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// `POST /api/tasks/{id}/{action}` bodies (all optional fields).
@@ -516,6 +539,31 @@ pub struct Stats {
     pub budget_today: BudgetToday,
     /// Per repository and day.
     pub by_day: Vec<DayStats>,
+    /// The tasks that ended in the same window of days: for the fleet, per repository and per
+    /// model, with the time to merge as percentiles.
+    #[serde(default)]
+    pub window: Vec<GroupStats>,
+}
+
+/// Tasks ended in a window of days, for one group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupStats {
+    /// `all`, `repo` or `model`.
+    pub by: String,
+    /// The repository or model (`""` for `all`).
+    pub key: String,
+    /// Merged.
+    pub merged: i64,
+    /// Failed.
+    pub failed: i64,
+    /// Median seconds from creation to merge.
+    pub merge_seconds_p50: Option<f64>,
+    /// 90th percentile of the seconds from creation to merge.
+    pub merge_seconds_p90: Option<f64>,
+    /// Cost of the tasks that ended (canceled ones too), micro-dollars.
+    pub cost_microusd: i64,
+    /// That cost over the merged count, micro-dollars.
+    pub per_merged_microusd: Option<f64>,
 }
 
 /// Spending on one model.
@@ -553,4 +601,87 @@ pub struct DayStats {
     pub failed: i64,
     /// Spending, micro-dollars.
     pub cost_microusd: i64,
+}
+
+/// `GET /api/activity`: what every live task, the controller's own agents and each runner are
+/// doing now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Activity {
+    /// Live tasks, oldest first, each with its stage and since when.
+    pub tasks: Vec<LiveTask>,
+    /// The controller's agents: `triage`, `review`, `reflection`.
+    pub agents: Vec<AgentActivity>,
+    /// Every runner and the tasks it holds.
+    pub runners: Vec<RunnerActivity>,
+}
+
+/// A live task in the pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveTask {
+    /// Id.
+    pub id: i64,
+    /// Repository.
+    pub repo: String,
+    /// Title.
+    pub title: String,
+    /// Status: the stage it is in.
+    pub status: String,
+    /// Hold overlay.
+    pub hold: Option<String>,
+    /// Model.
+    pub model: String,
+    /// Attempt.
+    pub attempt: i32,
+    /// Runner of its lease, while it has one.
+    pub runner_id: Option<i64>,
+    /// When it entered its status.
+    pub since: DateTime<Utc>,
+    /// Who works on it now: `runner`, `controller` (a stage worker holds it), `triage`,
+    /// `reflection`, or `waiting`.
+    pub worked_by: String,
+}
+
+/// One of the controller's own agents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentActivity {
+    /// `triage`, `review` or `reflection`.
+    pub name: String,
+    /// Tasks it works on now.
+    pub working: Vec<i64>,
+    /// Tasks waiting for it.
+    pub waiting: Vec<i64>,
+    /// Its last model call.
+    pub last_call: Option<AgentCall>,
+    /// Its calls in the last hour.
+    pub calls_last_hour: i64,
+}
+
+/// A model call the controller made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentCall {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// For which task.
+    pub task: Option<i64>,
+    /// Model.
+    pub model: String,
+    /// Cost, micro-dollars.
+    pub cost_microusd: i64,
+}
+
+/// A runner and what it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunnerActivity {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// `active`, `draining`, `disabled`.
+    pub state: String,
+    /// Tasks at once.
+    pub capacity: i32,
+    /// Last contact.
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// The tasks it holds (ids of `tasks`).
+    pub tasks: Vec<i64>,
 }

@@ -2,7 +2,10 @@
 //! binary and served at `/`. The page talks to the same REST API as the CLI (`/api`), logs in
 //! with a password (session cookie + CSRF token), lists tasks and applies the deltas that arrive
 //! over SSE (`/api/events`) instead of reloading the table, and shows each control only to roles
-//! that may use it. There is no build step: what is in `assets/` is what the browser gets.
+//! that may use it. The task panel renders the agent's stream-json log as a transcript; the agent
+//! view reads `/api/activity`; the charts are inline SVG drawn from `/api/stats`. Every text from
+//! the API is inserted as text, never as markup, under a CSP that allows no inline script. There
+//! is no build step: what is in `assets/` is what the browser gets.
 #![deny(missing_docs)]
 
 use axum::Router;

@@ -597,7 +597,10 @@ impl SandboxExecutor {
                 .await?;
             verify_output = tail(&output.text(), VERIFY_TAIL_CHARS);
             match ended {
-                Ended::Exited(0) => break,
+                Ended::Exited(0) => {
+                    ctx.log("runner", b"verify passed\n");
+                    break;
+                }
                 Ended::Cancelled => return Ok(self.result(Outcome::Canceled, None, &token)),
                 _ if rounds < self.config.max_verify_fixes => {
                     rounds += 1;

@@ -238,6 +238,22 @@ pub(super) async fn stats(
             cost_microusd: d.cost_microusd,
         })
         .collect();
+    let window = s
+        .store
+        .window_stats(q.days.unwrap_or(14), repo)
+        .await?
+        .into_iter()
+        .map(|g| api::GroupStats {
+            per_merged_microusd: (g.merged > 0).then(|| g.cost_microusd as f64 / g.merged as f64),
+            by: g.by,
+            key: g.key,
+            merged: g.merged,
+            failed: g.failed,
+            merge_seconds_p50: g.merge_seconds_p50,
+            merge_seconds_p90: g.merge_seconds_p90,
+            cost_microusd: g.cost_microusd,
+        })
+        .collect();
     Ok(Json(api::Stats {
         merged: st.merged,
         failed: st.failed,
@@ -256,6 +272,7 @@ pub(super) async fn stats(
             granted_microusd: day.granted_microusd,
         },
         by_day,
+        window,
     }))
 }
 

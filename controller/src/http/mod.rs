@@ -4,6 +4,7 @@
 //! `api` crate's wire types. Errors are JSON (`api::ErrorBody`) with a message that says what to
 //! do; internal errors are logged once and reported without detail.
 
+mod activity;
 mod admin;
 pub mod auth;
 pub mod events;

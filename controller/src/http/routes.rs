@@ -8,7 +8,7 @@ use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use axum::{Json, Router};
 
 use super::openapi::Operation;
-use super::{AppState, admin, repos, runners, session, tasks};
+use super::{AppState, activity, admin, repos, runners, session, tasks};
 
 /// One operation of `/api` and its handler.
 pub struct Route {
@@ -302,6 +302,15 @@ pub fn routes() -> Vec<Route> {
             None,
             "Stats",
             get(admin::stats),
+        ),
+        op(
+            "get",
+            "/api/activity",
+            "viewer",
+            "What every live task, the controller's own agents (triage, review, reflection) and each runner are doing now",
+            None,
+            "Activity",
+            get(activity::activity),
         ),
         op(
             "get",

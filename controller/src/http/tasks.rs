@@ -158,6 +158,20 @@ pub(super) async fn task_detail(
         task: task_view(&task, &repo.name),
         timeline,
         environment: s.store.task_environment(id).await?,
+        usage: s
+            .store
+            .task_usage(id)
+            .await?
+            .into_iter()
+            .map(|u| api::UsageLine {
+                purpose: u.purpose,
+                model: u.model,
+                calls: u.calls,
+                input_tokens: u.input_tokens,
+                output_tokens: u.output_tokens,
+                cost_microusd: u.cost_microusd,
+            })
+            .collect(),
     }))
 }
 
@@ -214,15 +228,16 @@ pub(super) async fn log_page(
     after: i64,
 ) -> Result<Vec<api::LogChunk>, ApiError> {
     Ok(s.store
-        .log_chunks(id, attempt)
+        .log_chunks_timed(id, attempt)
         .await?
         .into_iter()
-        .filter(|(seq, _, _)| *seq > after)
-        .map(|(seq, stream, data)| api::LogChunk {
+        .filter(|(seq, _, _, _)| *seq > after)
+        .map(|(seq, stream, data, at)| api::LogChunk {
             attempt,
             seq,
             stream,
             text: String::from_utf8_lossy(&data).into_owned(),
+            at: Some(at),
         })
         .collect())
 }

@@ -223,4 +223,19 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+
+    /// The log chunks of an attempt with the time each arrived: (seq, stream, data, received).
+    pub async fn log_chunks_timed(
+        &self,
+        task: TaskId,
+        attempt: i32,
+    ) -> Result<Vec<(i64, String, Vec<u8>, chrono::DateTime<chrono::Utc>)>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, stream, data, received_at FROM log_chunks WHERE task_id = $1 AND attempt = $2 ORDER BY seq",
+        )
+        .bind(task)
+        .bind(attempt)
+        .fetch_all(&self.pool)
+        .await?)
+    }
 }

@@ -254,6 +254,55 @@ const TASKS_BY_STATUS_SQL: &str = "SELECT status, sum(tasks)::bigint FROM task_r
     SELECT status, count(*) FROM tasks WHERE status NOT IN ('merged', 'failed', 'canceled') GROUP BY 1 \
     ORDER BY 1";
 
+/// Outcomes of the tasks that ended in a window, for the whole fleet (`by` = `all`), per
+/// repository (`repo`) and per model (`model`).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct GroupStats {
+    /// `all`, `repo` or `model`.
+    pub by: String,
+    /// The repository or the model (empty for `all`).
+    pub key: String,
+    /// Merged in the window.
+    pub merged: i64,
+    /// Failed in the window.
+    pub failed: i64,
+    /// Median seconds from creation to merge.
+    pub merge_seconds_p50: Option<f64>,
+    /// 90th percentile of the seconds from creation to merge.
+    pub merge_seconds_p90: Option<f64>,
+    /// What the tasks that ended in the window cost (canceled ones too), micro-dollars.
+    pub cost_microusd: i64,
+}
+
+/// Tasks ended in the last `$1` days (optionally of repository `$2`), through the `tasks_finished`
+/// index: bounded by the window, not by history. Percentiles need the rows, which the rollups do
+/// not keep.
+const WINDOW_SQL: &str = "SELECT CASE WHEN GROUPING(r.name) = 0 THEN 'repo' WHEN GROUPING(t.model) = 0 THEN 'model' ELSE 'all' END AS by, \
+       COALESCE(CASE WHEN GROUPING(r.name) = 0 THEN r.name WHEN GROUPING(t.model) = 0 THEN t.model END, '') AS key, \
+       count(*) FILTER (WHERE t.status = 'merged') AS merged, \
+       count(*) FILTER (WHERE t.status = 'failed') AS failed, \
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM t.finished_at - t.created_at)::float8) \
+           FILTER (WHERE t.status = 'merged') AS merge_seconds_p50, \
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM t.finished_at - t.created_at)::float8) \
+           FILTER (WHERE t.status = 'merged') AS merge_seconds_p90, \
+       COALESCE(sum(t.cost_microusd), 0)::bigint AS cost_microusd \
+  FROM tasks t JOIN repos r ON r.id = t.repo_id \
+ WHERE t.finished_at >= now() - make_interval(days => $1) AND t.status IN ('merged', 'failed', 'canceled') \
+   AND ($2::bigint IS NULL OR t.repo_id = $2) \
+ GROUP BY GROUPING SETS ((), (r.name), (t.model)) ORDER BY 1, 2";
+
+impl Store {
+    /// Outcomes, time to merge (p50, p90) and cost of the tasks that ended in the last `days`
+    /// days (1 to 366), for the fleet and per repository and model.
+    pub async fn window_stats(&self, days: i32, repo: Option<RepoId>) -> Result<Vec<GroupStats>> {
+        Ok(sqlx::query_as(WINDOW_SQL)
+            .bind(days.clamp(1, 366))
+            .bind(repo)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+}
+
 /// Leases with less than a third of their time left: `Status::ACTIVE` written out for the
 /// `tasks_live_leases` index.
 const LEASES_NEAR_EXPIRY_SQL: &str = "SELECT count(*) FROM tasks \

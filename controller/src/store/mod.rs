@@ -18,11 +18,13 @@
 //! [`milestones`] (what GitHub already shows), [`feedback`] (reflection, learnings, breaker,
 //! outbox), [`ops`] (audited operations and the audit log), [`users`] (people and credentials),
 //! [`repos`], [`runners`], [`settings`], [`usage`] and [`metrics`] (the ledger and numbers),
-//! [`retention`] (pruning by age),
+//! [`retention`] (pruning by age), [`activity`] (what live tasks and the controller's own agents
+//! are doing now),
 //! [`pki`] (the runner CA), [`lifecycle`] (statuses and the step table), [`wake`] (the
 //! notification channels) and [`work`] (claims on work with effects outside the database, so
 //! replicas do each piece once).
 
+pub mod activity;
 pub mod budgets;
 pub mod claims;
 pub mod cleanup;

@@ -4,6 +4,23 @@
 
 use super::{RepoId, Result, Store, TaskId};
 
+/// One line of a task's cost breakdown: its calls for one purpose and model.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UsageLine {
+    /// `agent`, `triage`, `review`, `reflection`, …
+    pub purpose: String,
+    /// The model called.
+    pub model: String,
+    /// How many ledger rows (calls, or agent attempts).
+    pub calls: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cost, micro-dollars.
+    pub cost_microusd: i64,
+}
+
 impl Store {
     /// Records one model call.
     #[allow(clippy::too_many_arguments)]
@@ -40,5 +57,18 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// A task's spending per purpose and model, dearest first (through `usage_ledger_task`).
+    pub async fn task_usage(&self, task: TaskId) -> Result<Vec<UsageLine>> {
+        Ok(sqlx::query_as(
+            "SELECT purpose, model, count(*) AS calls, COALESCE(sum(input_tokens), 0)::bigint AS input_tokens, \
+                    COALESCE(sum(output_tokens), 0)::bigint AS output_tokens, \
+                    COALESCE(sum(cost_microusd), 0)::bigint AS cost_microusd \
+             FROM usage_ledger WHERE task_id = $1 GROUP BY 1, 2 ORDER BY 6 DESC, 1, 2",
+        )
+        .bind(task)
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

@@ -931,3 +931,183 @@ async fn a_repositorys_environment_shows_its_settings_beside_what_its_files_decl
     assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_activity_view_shows_each_stage_the_controllers_agents_and_the_runners() {
+    let (base, store, server) = start().await;
+    let password = controller::http::bootstrap_admin(&store, "root")
+        .await
+        .unwrap();
+    let admin = Api::login(&base, "root", &password).await;
+    let (code, _) = admin
+        .call(
+            Method::POST,
+            "/api/users",
+            Some(json!({"username": "vic", "password": "a viewer's password", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let viewer = Api::login(&base, "vic", "a viewer's password").await;
+    let repo = crate::repo(&store, "acme/now").await;
+    let runner = crate::runner(&store, "r1").await;
+    let idle = crate::runner(&store, "r2").await;
+    // On a runner.
+    let running = crate::queued(&store, &repo, "On a runner").await;
+    let (_, lease) = crate::claim(&store, runner).await;
+    assert_eq!(lease.task_id, running.id);
+    store
+        .append_log(&lease, 0, "agent", b"{\"type\":\"system\"}\n")
+        .await
+        .unwrap();
+    // Being triaged: a live claim (another replica's, so this controller's triage loop leaves
+    // it alone).
+    let new = |title: &'static str| {
+        let store = store.clone();
+        let repo = repo.id;
+        async move {
+            let mut t = controller::store::tasks::NewTask::for_issue(repo, 0, title, "body");
+            t.issue_number = None;
+            store.create_task(&t).await.unwrap().id
+        }
+    };
+    let triaging = new("Being triaged").await;
+    sqlx::query(
+        "INSERT INTO work_claims (kind, key, holder, until) VALUES ('triage', $1, gen_random_uuid(), now() + interval '30 seconds')",
+    )
+    .bind(triaging)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    // Under review, its stage held by a controller worker; the review call recorded.
+    let reviewed = crate::queued(&store, &repo, "Under review").await;
+    crate::force_status(
+        &store,
+        reviewed.id,
+        controller::store::Status::Reviewing,
+        runner,
+    )
+    .await;
+    sqlx::query(
+        "UPDATE tasks SET stage_lease_until = now() + interval '1 minute', stage_lease_holder = gen_random_uuid() WHERE id = $1",
+    )
+    .bind(reviewed.id)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store
+        .record_usage(
+            Some(reviewed.id),
+            None,
+            "review",
+            "claude-haiku",
+            100,
+            10,
+            1_234,
+        )
+        .await
+        .unwrap();
+    // Held for reflection, which another replica is doing (its claim keeps this controller's
+    // loop away).
+    let reflecting = crate::queued(&store, &repo, "Reflected on").await;
+    sqlx::query(
+        "INSERT INTO work_claims (kind, key, holder, until) VALUES ('reflection', $1, gen_random_uuid(), now() + interval '30 seconds')",
+    )
+    .bind(reflecting.id)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE tasks SET hold_kind = 'reflection', hold_until = now() + interval '1 minute', \
+         ev_seq = ev_seq + 1, ev_actor = 'test', ev_reason = 'forced' WHERE id = $1",
+    )
+    .bind(reflecting.id)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    // Ended: not live.
+    let done = crate::queued(&store, &repo, "Done").await;
+    crate::force_status(&store, done.id, controller::store::Status::Merged, runner).await;
+
+    let (code, a) = viewer.call(Method::GET, "/api/activity", None).await;
+    assert_eq!(code, StatusCode::OK, "{a}");
+    let task = |id: i64| {
+        a["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(task(running.id)["status"], "leased");
+    assert_eq!(task(running.id)["worked_by"], "runner");
+    assert_eq!(task(running.id)["runner_id"], runner);
+    assert_eq!(task(triaging)["worked_by"], "triage");
+    assert_eq!(task(reviewed.id)["worked_by"], "review");
+    assert_eq!(task(reflecting.id)["hold"], "reflection");
+    assert_eq!(task(done.id), Value::Null, "ended tasks are not live");
+    // `since` is when the task entered its status (the leased event), not its last update.
+    let leased_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT max(at) FROM task_events WHERE task_id = $1 AND to_status = 'leased'",
+    )
+    .bind(running.id)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    let since: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(task(running.id)["since"].clone()).unwrap();
+    assert_eq!(since, leased_at);
+    let agent = |name: &str| {
+        a["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(agent("triage")["working"], json!([triaging]));
+    assert_eq!(agent("review")["working"], json!([reviewed.id]));
+    assert_eq!(agent("review")["last_call"]["model"], "claude-haiku");
+    assert_eq!(agent("review")["last_call"]["task"], reviewed.id);
+    assert_eq!(agent("review")["calls_last_hour"], 1);
+    assert_eq!(agent("reflection")["working"], json!([reflecting.id]));
+    assert_eq!(task(reflecting.id)["worked_by"], "reflection");
+    assert_eq!(agent("reflection")["last_call"], Value::Null);
+    let runners = a["runners"].as_array().unwrap();
+    let of = |id: i64| runners.iter().find(|r| r["id"] == id).unwrap().clone();
+    assert_eq!(of(runner)["tasks"], json!([running.id]));
+    assert_eq!(of(idle)["tasks"], json!([]));
+
+    // The task panel's cost breakdown and timed log lines.
+    let (_, detail) = viewer
+        .call(Method::GET, &format!("/api/tasks/{}", reviewed.id), None)
+        .await;
+    assert_eq!(detail["usage"][0]["purpose"], "review");
+    assert_eq!(detail["usage"][0]["cost_microusd"], 1_234);
+    let (_, logs) = viewer
+        .call(
+            Method::GET,
+            &format!("/api/tasks/{}/logs", running.id),
+            None,
+        )
+        .await;
+    assert!(logs[0]["at"].is_string(), "{logs}");
+
+    // Nobody else.
+    let (code, _) = Api::new(&base)
+        .call(Method::GET, "/api/activity", None)
+        .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    // The stats carry the window.
+    let (_, stats) = viewer.call(Method::GET, "/api/stats?days=7", None).await;
+    let all = stats["window"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["by"] == "all")
+        .cloned()
+        .unwrap();
+    assert_eq!(all["merged"], 1);
+    server.stop().await;
+}

@@ -270,3 +270,111 @@ async fn metrics_from_counters_and_rollups_equal_the_rows() {
     assert_eq!((after.1, after.3, after.4), (1, 1, 5), "{after:?}");
     assert_eq!((rows.1, rows.3, rows.4), (0, 0, 0), "{rows:?}");
 }
+
+/// Ends task `id` as `status` after `seconds` from its creation, on `model`, having cost `cost`.
+async fn ended(
+    store: &controller::store::Store,
+    runner: i64,
+    id: i64,
+    status: Status,
+    model: &str,
+    seconds: i64,
+    cost: i64,
+) {
+    sqlx::query("UPDATE tasks SET model = $2, cost_microusd = $3 WHERE id = $1")
+        .bind(id)
+        .bind(model)
+        .bind(cost)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    crate::force_status(store, id, status, runner).await;
+    sqlx::query(
+        "UPDATE tasks SET created_at = finished_at - make_interval(secs => $2) WHERE id = $1",
+    )
+    .bind(id)
+    .bind(seconds as f64)
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_window_gives_time_to_merge_percentiles_and_cost_per_merged_pr_by_model_and_repository()
+{
+    let (store, _) = crate::store_and_url().await;
+    let web = crate::repo(&store, "acme/web").await;
+    let api = crate::repo(&store, "acme/api").await;
+    let runner = crate::runner(&store, "r1").await;
+    let cases = [
+        (&web, "sonnet", Status::Merged, 100, 1_000),
+        (&web, "sonnet", Status::Merged, 200, 1_000),
+        (&web, "sonnet", Status::Merged, 300, 1_000),
+        (&web, "opus", Status::Merged, 1_000, 9_000),
+        (&api, "sonnet", Status::Failed, 50, 500),
+        (&api, "opus", Status::Merged, 400, 3_000),
+        (&api, "haiku", Status::Canceled, 10, 200),
+    ];
+    for (i, (repo, model, status, seconds, cost)) in cases.iter().enumerate() {
+        let t = crate::queued(&store, repo, &format!("t{i}")).await;
+        ended(&store, runner, t.id, *status, model, *seconds, *cost).await;
+    }
+    // Outside the window: ended a month ago.
+    let old = crate::queued(&store, &web, "old").await;
+    ended(&store, runner, old.id, Status::Merged, "sonnet", 5, 99_000).await;
+    sqlx::query("UPDATE tasks SET finished_at = now() - interval '30 days', created_at = now() - interval '31 days' WHERE id = $1")
+        .bind(old.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    // A live task does not count.
+    crate::queued(&store, &web, "live").await;
+
+    let w = store.window_stats(14, None).await.unwrap();
+    let get = |by: &str, key: &str| {
+        w.iter()
+            .find(|g| g.by == by && g.key == key)
+            .unwrap_or_else(|| panic!("no {by} {key} in {w:?}"))
+            .clone()
+    };
+    let close = |a: Option<f64>, b: f64| {
+        assert!(a.is_some_and(|a| (a - b).abs() < 1e-6), "{a:?} != {b}");
+    };
+    let all = get("all", "");
+    assert_eq!((all.merged, all.failed, all.cost_microusd), (5, 1, 15_700));
+    // Merged after 100, 200, 300, 400, 1,000 s: median 300, p90 400 + 0.6 × 600.
+    close(all.merge_seconds_p50, 300.0);
+    close(all.merge_seconds_p90, 760.0);
+    let sonnet = get("model", "sonnet");
+    assert_eq!(
+        (sonnet.merged, sonnet.failed, sonnet.cost_microusd),
+        (3, 1, 3_500)
+    );
+    close(sonnet.merge_seconds_p50, 200.0);
+    close(sonnet.merge_seconds_p90, 280.0);
+    let opus = get("model", "opus");
+    close(opus.merge_seconds_p50, 700.0);
+    assert_eq!(opus.cost_microusd, 12_000);
+    let haiku = get("model", "haiku");
+    assert_eq!(
+        (haiku.merged, haiku.failed, haiku.merge_seconds_p50),
+        (0, 0, None)
+    );
+    let web_row = get("repo", "acme/web");
+    assert_eq!((web_row.merged, web_row.cost_microusd), (4, 12_000));
+    close(web_row.merge_seconds_p50, 250.0);
+    close(web_row.merge_seconds_p90, 790.0);
+    let api_row = get("repo", "acme/api");
+    assert_eq!(
+        (api_row.merged, api_row.failed, api_row.cost_microusd),
+        (1, 1, 3_700)
+    );
+    assert_eq!(w.len(), 1 + 3 + 2, "{w:?}");
+
+    // One repository only; a window wide enough for the old task.
+    let only = store.window_stats(14, Some(api.id)).await.unwrap();
+    assert_eq!(only.iter().find(|g| g.by == "all").unwrap().merged, 1);
+    assert!(only.iter().all(|g| g.key != "acme/web"));
+    let wide = store.window_stats(60, None).await.unwrap();
+    assert_eq!(wide.iter().find(|g| g.by == "all").unwrap().merged, 6);
+}

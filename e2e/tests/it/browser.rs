@@ -10,7 +10,7 @@ use controller::store::{HoldKind, Note};
 use e2e::harness::{Options, TestController, free_port};
 use fantoccini::{ClientBuilder, Locator, key::Key};
 
-fn skip() -> bool {
+pub(crate) fn skip() -> bool {
     if std::env::var("BP_SKIP_BROWSER").is_ok_and(|v| v == "1") {
         return true;
     }
@@ -25,7 +25,7 @@ fn skip() -> bool {
     false
 }
 
-async fn browser() -> (fantoccini::Client, tokio::process::Child, tempfile::TempDir) {
+pub(crate) async fn browser() -> (fantoccini::Client, tokio::process::Child, tempfile::TempDir) {
     let port = free_port();
     let profile = tempfile::tempdir().unwrap();
     let driver = xcmd::Cmd::new("/usr/bin/chromedriver", profile.path())
@@ -63,7 +63,7 @@ async fn browser() -> (fantoccini::Client, tokio::process::Child, tempfile::Temp
     }
 }
 
-async fn screenshot(c: &fantoccini::Client, name: &str) {
+pub(crate) async fn screenshot(c: &fantoccini::Client, name: &str) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let png = c.screenshot().await.unwrap();
@@ -73,7 +73,7 @@ async fn screenshot(c: &fantoccini::Client, name: &str) {
 /// Finds the element at `css` (waiting up to 10 s) and clicks it. The dashboard re-renders its
 /// tables as events arrive, so an element found a moment ago may have been replaced: such a click
 /// is tried again on the new element, a bounded number of times.
-async fn click_fresh(c: &fantoccini::Client, css: &str) {
+pub(crate) async fn click_fresh(c: &fantoccini::Client, css: &str) {
     use fantoccini::error::{CmdError, ErrorStatus};
     for _ in 0..20 {
         let el = c
@@ -94,7 +94,7 @@ async fn click_fresh(c: &fantoccini::Client, css: &str) {
 }
 
 /// Waits for the status cell of task `id` to read `want` (as the page shows it).
-async fn wait_status(c: &fantoccini::Client, id: i64, want: &str) {
+pub(crate) async fn wait_status(c: &fantoccini::Client, id: i64, want: &str) {
     let css = format!("#tasks tr[data-id=\"{id}\"] td.status span[data-status=\"{want}\"]");
     c.wait()
         .at_most(Duration::from_secs(15))
@@ -226,13 +226,21 @@ async fn log_in_watch_a_task_appear_and_approve_it_without_a_reload() {
         .await
         .unwrap();
     assert_eq!(marker, serde_json::json!(42), "the page was never reloaded");
-    let timeline = b
-        .find(Locator::Css("#detail-timeline"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The panel re-reads the task after the row changed: wait for its timeline.
+    let mut timeline = String::new();
+    for _ in 0..100 {
+        timeline = b
+            .find(Locator::Css("#detail-timeline"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if timeline.contains("approved") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(timeline.contains("approved"), "{timeline}");
     screenshot(&b, "04-approved").await;
 
