@@ -89,3 +89,6 @@ SELECT stat_rollups_rebuild();
 
 -- The last hour's claims (schedule-to-start) without reading the whole timeline.
 CREATE INDEX task_events_leased_at ON task_events (at) WHERE to_status = 'leased';
+-- The last day's cancellations (cancel latency) without reading every task that ended that day.
+CREATE INDEX tasks_canceled_finished ON tasks (finished_at)
+    WHERE status = 'canceled' AND cancel_requested_at IS NOT NULL;

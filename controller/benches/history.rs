@@ -6,7 +6,8 @@
 //! a result) and `--log-mb` of log chunks over the newest of them. Each call is timed `--samples`
 //! times on each; the table gives medians and the ratio. The calls are the store's, as the HTTP
 //! handlers make them: the first load is `/api/me`'s user, `/api/tasks?limit=200`, `/api/stats`
-//! (totals, cost by model, today's budget, 14 days by day), `/api/runners`, `/api/repos` and
+//! (totals, cost by model, today's budget, 14 days by day, the 14-day window — served again until
+//! a task ends, so one sample in 15 computes it), `/api/runners`, `/api/repos` and
 //! `/api/settings`; `/metrics` is its background computation. Run:
 //! `cargo bench -p controller --bench history -- [--tasks 1000000] [--log-mb 2048] [--samples 15]`.
 
@@ -89,10 +90,10 @@ async fn seed_history(store: &Store, tasks: i64, log_mb: i64) {
              SELECT (SELECT min(id) FROM repos), 'api', 'ended ' || g, \
                CASE WHEN g % 5 = 0 THEN 'failed' ELSE 'merged' END, \
                CASE WHEN g % 5 = 0 THEN 'ci_failed' ELSE 'succeeded' END, 1, 40000 + g % 9000, \
-               now() - make_interval(secs => (g % 31536000)::float8), \
-               now() - make_interval(secs => (g % 31536000)::float8 - 60), \
-               now() - make_interval(secs => (g % 31536000)::float8 - 900), \
-               now() - make_interval(secs => (g % 31536000)::float8 - 900) \
+               now() - make_interval(secs => (g * 31536000.0 / $1)::float8), \
+               now() - make_interval(secs => (g * 31536000.0 / $1)::float8 - 60), \
+               now() - make_interval(secs => (g * 31536000.0 / $1)::float8 - 900), \
+               now() - make_interval(secs => (g * 31536000.0 / $1)::float8 - 900) \
              FROM generate_series(1, $1) g",
     ] {
         sqlx::query(sql)
@@ -186,6 +187,7 @@ async fn measure(store: &Store, runner: i64, samples: usize) -> Vec<(&'static st
         store.cost_by_model(None).await.expect("cost");
         store.fleet_day().await.expect("day");
         store.stats_by_day(14).await.expect("by day");
+        store.window_stats(14, None).await.expect("window");
         store.runners().await.expect("runners");
         store.repos().await.expect("repos");
         store.settings().await.expect("settings");
@@ -195,6 +197,7 @@ async fn measure(store: &Store, runner: i64, samples: usize) -> Vec<(&'static st
         store.cost_by_model(None).await.expect("cost");
         store.fleet_day().await.expect("day");
         store.stats_by_day(14).await.expect("by day");
+        store.window_stats(14, None).await.expect("window");
     });
     time!("a claim", {
         store

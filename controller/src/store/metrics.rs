@@ -291,15 +291,55 @@ const WINDOW_SQL: &str = "SELECT CASE WHEN GROUPING(r.name) = 0 THEN 'repo' WHEN
    AND ($2::bigint IS NULL OR t.repo_id = $2) \
  GROUP BY GROUPING SETS ((), (r.name), (t.model)) ORDER BY 1, 2";
 
+/// The longest a window's statistics are served again while no task ended (the window's edge
+/// moves meanwhile): percentiles need the window's rows (a busy fleet's fortnight costs a
+/// hundred milliseconds or more), and every dashboard that opens asks for them.
+pub const WINDOW_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Most windows kept at once (by days and repository); past it all are forgotten.
+const WINDOWS_KEPT: usize = 64;
+
+/// What changes whenever a task ends, is requeued from an end or charged after it: the totals
+/// of the ended tasks' rollup (a few hundred rows, not the tasks).
+const ENDED_TOTALS_SQL: &str = "SELECT COALESCE(sum(tasks), 0)::bigint, \
+    COALESCE(sum(cost_microusd), 0)::bigint, COALESCE(sum(seconds), 0)::float8 FROM task_rollups";
+
+type EndedTotals = (i64, i64, f64);
+type WindowKey = (i32, Option<RepoId>);
+type KeptWindow = (EndedTotals, std::time::Instant, Vec<GroupStats>);
+
+/// Window statistics computed lately, per process, each with the ended tasks' totals it was
+/// computed at.
+#[derive(Debug, Clone, Default)]
+pub(super) struct WindowCache(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<WindowKey, KeptWindow>>>,
+);
+
 impl Store {
     /// Outcomes, time to merge (p50, p90) and cost of the tasks that ended in the last `days`
-    /// days (1 to 366), for the fleet and per repository and model.
+    /// days (1 to 366), for the fleet and per repository and model. Computed again when a task
+    /// ended since the last computation (or [`WINDOW_KEPT_FOR`] passed), else served as before.
     pub async fn window_stats(&self, days: i32, repo: Option<RepoId>) -> Result<Vec<GroupStats>> {
-        Ok(sqlx::query_as(WINDOW_SQL)
-            .bind(days.clamp(1, 366))
+        let key = (days.clamp(1, 366), repo);
+        let totals: EndedTotals = sqlx::query_as(ENDED_TOTALS_SQL)
+            .fetch_one(&self.pool)
+            .await?;
+        if let Some((at_totals, at, v)) = self.windows.0.lock().expect("window cache").get(&key) {
+            if *at_totals == totals && at.elapsed() < WINDOW_KEPT_FOR {
+                return Ok(v.clone());
+            }
+        }
+        let v: Vec<GroupStats> = sqlx::query_as(WINDOW_SQL)
+            .bind(key.0)
             .bind(repo)
             .fetch_all(&self.pool)
-            .await?)
+            .await?;
+        let mut kept = self.windows.0.lock().expect("window cache");
+        if kept.len() >= WINDOWS_KEPT {
+            kept.clear();
+        }
+        kept.insert(key, (totals, std::time::Instant::now(), v.clone()));
+        Ok(v)
     }
 }
 

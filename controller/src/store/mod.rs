@@ -248,6 +248,8 @@ pub struct Store {
     pool: PgPool,
     /// This process's identity as a holder of work claims ([`work`]).
     replica: uuid::Uuid,
+    /// Window statistics computed lately ([`metrics`]).
+    windows: metrics::WindowCache,
 }
 
 impl Store {
@@ -266,6 +268,7 @@ impl Store {
         Self {
             pool,
             replica: uuid::Uuid::new_v4(),
+            windows: Default::default(),
         }
     }
 

@@ -378,3 +378,53 @@ async fn the_window_gives_time_to_merge_percentiles_and_cost_per_merged_pr_by_mo
     let wide = store.window_stats(60, None).await.unwrap();
     assert_eq!(wide.iter().find(|g| g.by == "all").unwrap().merged, 6);
 }
+
+/// The window's percentiles need its rows, so a computed window is served again until a task
+/// ends (or is charged after its end): a change the window would show but that ends nothing is
+/// not read again; the next end brings everything in.
+#[tokio::test]
+async fn a_window_is_computed_again_once_a_task_ends() {
+    let (store, _) = crate::store_and_url().await;
+    let web = crate::repo(&store, "acme/web").await;
+    let runner = crate::runner(&store, "r1").await;
+    let first = crate::queued(&store, &web, "first").await;
+    ended(
+        &store,
+        runner,
+        first.id,
+        Status::Merged,
+        "sonnet",
+        100,
+        1_000,
+    )
+    .await;
+    let merged = |w: &[controller::store::metrics::GroupStats], key: &str| {
+        w.iter()
+            .find(|g| g.by == "model" && g.key == key)
+            .map_or(0, |g| g.merged)
+    };
+    let w = store.window_stats(14, None).await.unwrap();
+    assert_eq!(merged(&w, "sonnet"), 1);
+    // Nothing ended: the window is served as it was computed.
+    sqlx::query("UPDATE tasks SET model = 'opus' WHERE id = $1")
+        .bind(first.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let w = store.window_stats(14, None).await.unwrap();
+    assert_eq!((merged(&w, "sonnet"), merged(&w, "opus")), (1, 0));
+    // A task ends: computed again, with both changes.
+    let second = crate::queued(&store, &web, "second").await;
+    ended(
+        &store,
+        runner,
+        second.id,
+        Status::Merged,
+        "sonnet",
+        200,
+        1_000,
+    )
+    .await;
+    let w = store.window_stats(14, None).await.unwrap();
+    assert_eq!((merged(&w, "sonnet"), merged(&w, "opus")), (1, 1));
+}
