@@ -324,10 +324,18 @@ impl Store {
         let totals: EndedTotals = sqlx::query_as(ENDED_TOTALS_SQL)
             .fetch_one(&self.pool)
             .await?;
-        if let Some((at_totals, at, v)) = self.windows.0.lock().expect("window cache").get(&key) {
-            if *at_totals == totals && at.elapsed() < WINDOW_KEPT_FOR {
-                return Ok(v.clone());
-            }
+        let kept = self
+            .windows
+            .0
+            .lock()
+            .expect("window cache")
+            .get(&key)
+            .cloned();
+        if let Some((at_totals, at, v)) = kept
+            && at_totals == totals
+            && at.elapsed() < WINDOW_KEPT_FOR
+        {
+            return Ok(v);
         }
         let v: Vec<GroupStats> = sqlx::query_as(WINDOW_SQL)
             .bind(key.0)
