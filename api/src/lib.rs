@@ -1,14 +1,179 @@
 //! The REST API's wire types: what the controller's `/api` answers and accepts, shared with the
 //! CLI and the tests so both sides agree by construction. Domain types stay inside the controller;
-//! its HTTP layer converts them to these.
+//! its HTTP layer converts them to these. Each derives its JSON schema (`utoipa::ToSchema`): the
+//! controller's `/api/openapi.json` is built from these derives, so the document describes what
+//! is sent. Fields whose values form a closed set are `String`s on the wire and enums in the
+//! schema ([`TaskStatus`], [`Role`], …).
 #![deny(missing_docs)]
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
+
+/// Every schema of the API, by name: what the controller's OpenAPI document draws its
+/// `components.schemas` from (each type's own and those it refers to).
+pub fn schemas() -> Vec<(
+    String,
+    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+)> {
+    let mut all = Vec::new();
+    macro_rules! each {
+        ($($t:ty),* $(,)?) => {$(
+            all.push((<$t as ToSchema>::name().into_owned(), <$t as utoipa::PartialSchema>::schema()));
+            <$t as ToSchema>::schemas(&mut all);
+        )*};
+    }
+    each!(
+        ErrorBody,
+        LoginRequest,
+        Me,
+        Task,
+        TaskDetail,
+        Dependencies,
+        LogChunk,
+        ActionRequest,
+        CreateTask,
+        Repo,
+        RepoSettings,
+        NewRepo,
+        Secret,
+        SecretValue,
+        RepoEnvironment,
+        Learning,
+        Runner,
+        JoinTokenRequest,
+        JoinTicket,
+        Settings,
+        User,
+        NewUser,
+        UserPatch,
+        NewToken,
+        Token,
+        AuditEntry,
+        Stats,
+        TaskStatus,
+        Role,
+        ApprovalMode,
+        RunnerState,
+        TaskAction,
+        RunnerAction,
+    );
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all.dedup_by(|a, b| a.0 == b.0);
+    all
+}
+
+/// A task's status (`Task.status`, the `status` filter of `GET /api/tasks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Arrived, not triaged yet.
+    New,
+    /// Waiting for a runner.
+    Queued,
+    /// A runner took it.
+    Leased,
+    /// The agent works.
+    Running,
+    /// The verify command runs.
+    Verifying,
+    /// The branch is pushed.
+    Pushing,
+    /// A pull request is open.
+    PrOpen,
+    /// The reviewer reads it.
+    Reviewing,
+    /// Waiting for CI.
+    CiWait,
+    /// Waiting for a person to approve the merge.
+    ApprovalHold,
+    /// Being merged.
+    Merging,
+    /// Merged.
+    Merged,
+    /// Failed.
+    Failed,
+    /// Canceled.
+    Canceled,
+}
+
+/// A user's role, ordered by what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads.
+    Viewer,
+    /// Reads and steers tasks.
+    Operator,
+    /// Everything.
+    Admin,
+}
+
+/// When a person approves: never, before merging, or before dispatch and merging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalMode {
+    /// Nobody approves.
+    FullAuto,
+    /// A person approves each merge.
+    ReviewMerge,
+    /// A person approves each dispatch and each merge.
+    ReviewAll,
+}
+
+/// A runner's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerState {
+    /// Takes work.
+    Active,
+    /// Finishes its leases, takes no more.
+    Draining,
+    /// Takes nothing; its certificate is refused.
+    Disabled,
+}
+
+/// `{action}` of `POST /api/tasks/{id}/{action}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskAction {
+    /// Clears an approval hold.
+    Approve,
+    /// Holds the task.
+    Hold,
+    /// Releases a hold.
+    Release,
+    /// Cancels it.
+    Cancel,
+    /// Rejects what waits for approval.
+    Reject,
+    /// Queues it again (with edits).
+    Requeue,
+    /// Moves it to a stronger model.
+    Escalate,
+    /// Dispatches it now.
+    Dispatch,
+    /// Dispatches it now (alias of `dispatch`).
+    DispatchNow,
+    /// Changes its prompt, model or priority.
+    Edit,
+}
+
+/// `{state}` of `POST /api/runners/{id}/{state}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerAction {
+    /// Finish the leases, take no more.
+    Drain,
+    /// Refuse the runner.
+    Disable,
+    /// Take work again.
+    Enable,
+}
 
 /// Every error: what went wrong and what to do about it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable kind (`unauthorized`, `forbidden`, `not_found`, `conflict`, `invalid`, …).
     pub error: String,
@@ -17,7 +182,7 @@ pub struct ErrorBody {
 }
 
 /// `POST /api/login`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LoginRequest {
     /// User name.
     pub username: String,
@@ -26,20 +191,21 @@ pub struct LoginRequest {
 }
 
 /// Who is asking (`GET /api/me`, and the login answer).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Me {
     /// User id.
     pub id: i64,
     /// User name.
     pub username: String,
     /// `viewer`, `operator` or `admin`.
+    #[schema(value_type = Role)]
     pub role: String,
     /// The CSRF token to send as `X-CSRF-Token` with mutating requests (cookie sessions only).
     pub csrf_token: Option<String>,
 }
 
 /// A task as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Task {
     /// Id.
     pub id: i64,
@@ -50,6 +216,7 @@ pub struct Task {
     /// Title.
     pub title: String,
     /// Status.
+    #[schema(value_type = TaskStatus)]
     pub status: String,
     /// Why it ended.
     pub terminal_reason: Option<String>,
@@ -86,7 +253,7 @@ pub struct Task {
 }
 
 /// Retries spent per failure mode.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, ToSchema)]
 pub struct Retries {
     /// Agent failures.
     pub agent: i32,
@@ -101,7 +268,7 @@ pub struct Retries {
 }
 
 /// A timeline entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// Id (orders the timeline).
     pub id: i64,
@@ -110,8 +277,10 @@ pub struct Event {
     /// Who.
     pub actor: String,
     /// From.
+    #[schema(value_type = Option<TaskStatus>)]
     pub from_status: Option<String>,
     /// To.
+    #[schema(value_type = TaskStatus)]
     pub to_status: String,
     /// Why.
     pub reason: String,
@@ -120,7 +289,7 @@ pub struct Event {
 }
 
 /// Task detail: the task and its timeline.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TaskDetail {
     /// The task.
     pub task: Task,
@@ -135,7 +304,7 @@ pub struct TaskDetail {
 }
 
 /// A task's place in the dependency graph.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Dependencies {
     /// The task.
     pub task: i64,
@@ -146,13 +315,14 @@ pub struct Dependencies {
 }
 
 /// A task reached in the dependency graph.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DependencyLink {
     /// The task.
     pub id: i64,
     /// Its title.
     pub title: String,
     /// Its status.
+    #[schema(value_type = TaskStatus)]
     pub status: String,
     /// Edges away (1: directly).
     pub depth: u32,
@@ -162,7 +332,7 @@ pub struct DependencyLink {
 }
 
 /// One log chunk.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LogChunk {
     /// Attempt.
     pub attempt: i32,
@@ -174,8 +344,23 @@ pub struct LogChunk {
     pub text: String,
 }
 
+/// `POST /api/tasks`: a task from a prompt.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateTask {
+    /// Repository `owner/name` (registered).
+    pub repo: String,
+    /// Title.
+    pub title: String,
+    /// What the agent is to do.
+    pub prompt: String,
+    /// Model (default: the configured one).
+    pub model: Option<String>,
+    /// Priority (lower first).
+    pub priority: Option<i32>,
+}
+
 /// `POST /api/tasks/{id}/{action}` bodies (all optional fields).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ActionRequest {
     /// New model (escalate, edit, requeue).
     pub model: Option<String>,
@@ -186,7 +371,7 @@ pub struct ActionRequest {
 }
 
 /// A repository.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Repo {
     /// Id.
     pub id: i64,
@@ -203,7 +388,7 @@ pub struct Repo {
 }
 
 /// Repository settings; in a `PATCH`, absent fields stay as they are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct RepoSettings {
     /// Verify command (`""` clears it).
     pub verify_command: Option<String>,
@@ -241,7 +426,7 @@ pub struct RepoSettings {
 }
 
 /// `POST /api/repos`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewRepo {
     /// `owner/name`.
     pub name: String,
@@ -252,7 +437,7 @@ pub struct NewRepo {
 }
 
 /// A repository's setup-only secret as listed (the value is never returned).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Secret {
     /// Its name (an environment variable name).
     pub name: String,
@@ -261,7 +446,7 @@ pub struct Secret {
 }
 
 /// `PUT /api/repos/{id}/secrets/{name}`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct SecretValue {
     /// The value (12 to 65,536 characters).
     pub value: String,
@@ -275,7 +460,7 @@ impl std::fmt::Debug for SecretValue {
 
 /// `GET /api/repos/{id}/environment`: the environment as the repository's settings describe it,
 /// beside what its own files on the default branch declare as the latest task read them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RepoEnvironment {
     /// The repository.
     pub repo: String,
@@ -286,7 +471,7 @@ pub struct RepoEnvironment {
 }
 
 /// The environment as the repository's settings describe it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnvironmentSettings {
     /// Base image (none: the repository's files decide).
     pub image: Option<String>,
@@ -297,7 +482,7 @@ pub struct EnvironmentSettings {
 }
 
 /// A runner's report of a repository's environment, as of one task.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnvironmentSeen {
     /// The task.
     pub task: i64,
@@ -313,7 +498,7 @@ pub struct EnvironmentSeen {
 }
 
 /// A learning.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Learning {
     /// `merged` or `failed`.
     pub outcome: String,
@@ -322,7 +507,7 @@ pub struct Learning {
 }
 
 /// A runner.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Runner {
     /// Id.
     pub id: i64,
@@ -335,6 +520,7 @@ pub struct Runner {
     /// Capacity.
     pub capacity: i32,
     /// `active`, `draining`, `disabled`.
+    #[schema(value_type = RunnerState)]
     pub state: String,
     /// Version.
     pub version: Option<String>,
@@ -345,7 +531,7 @@ pub struct Runner {
 }
 
 /// `POST /api/runners/tokens`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct JoinTokenRequest {
     /// Labels the runner will carry.
     #[serde(default)]
@@ -355,63 +541,67 @@ pub struct JoinTokenRequest {
 }
 
 /// A join ticket for `backporcher-runner join --token`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JoinTicket {
     /// `<token>@<ca-sha256>`.
     pub ticket: String,
 }
 
 /// Global switches.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Settings {
     /// Dispatch paused.
     pub paused: bool,
     /// Default approval mode.
+    #[schema(value_type = ApprovalMode)]
     pub approval_mode: String,
 }
 
 /// A user.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct User {
     /// Id.
     pub id: i64,
     /// Name.
     pub username: String,
     /// Role.
+    #[schema(value_type = Role)]
     pub role: String,
     /// Disabled.
     pub disabled: bool,
 }
 
 /// `POST /api/users`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewUser {
     /// Name.
     pub username: String,
     /// Password (at least 12 characters).
     pub password: String,
     /// Role.
+    #[schema(value_type = Role)]
     pub role: String,
 }
 
 /// `PATCH /api/users/{id}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct UserPatch {
     /// New role.
+    #[schema(value_type = Option<Role>)]
     pub role: Option<String>,
     /// Disable or enable.
     pub disabled: Option<bool>,
 }
 
 /// `POST /api/tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewToken {
     /// Label.
     pub name: String,
 }
 
 /// An API token (the secret only once, at creation).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Token {
     /// Id.
     pub id: i64,
@@ -426,7 +616,7 @@ pub struct Token {
 }
 
 /// An audit entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditEntry {
     /// Id.
     pub id: i64,
@@ -443,7 +633,7 @@ pub struct AuditEntry {
 }
 
 /// Statistics.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct Stats {
     /// Merged tasks.
     pub merged: i64,
@@ -477,7 +667,7 @@ pub struct Stats {
 }
 
 /// Spending on one model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ModelCost {
     /// Model.
     pub model: String,
@@ -488,7 +678,7 @@ pub struct ModelCost {
 }
 
 /// Today's figures of a daily budget (UTC day), micro-dollars.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct BudgetToday {
     /// The daily budget, if set.
     pub budget_microusd: Option<i64>,
@@ -499,7 +689,7 @@ pub struct BudgetToday {
 }
 
 /// One repository-day.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DayStats {
     /// Repository.
     pub repo: String,

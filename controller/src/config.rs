@@ -76,6 +76,9 @@ pub struct Config {
     pub metrics_interval: Duration,
     /// A bearer token `/metrics` requires (`None`: open, as on a private address).
     pub metrics_token: Option<String>,
+    /// Proxies in front of the HTTP listener whose `X-Forwarded-For` names the client (login
+    /// limits count per client address); from anyone else the header is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Config {
@@ -114,6 +117,7 @@ impl Default for Config {
             retention_interval: Duration::from_secs(3600),
             metrics_interval: Duration::from_secs(15),
             metrics_token: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -171,6 +175,8 @@ pub struct FileConfig {
     pub metrics_seconds: Option<u64>,
     /// A bearer token `/metrics` requires.
     pub metrics_token: Option<String>,
+    /// IP addresses of the proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `[retention]` of the configuration file: days each kind of row is kept (0: forever).

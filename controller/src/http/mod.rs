@@ -7,6 +7,7 @@
 mod admin;
 pub mod auth;
 pub mod events;
+pub mod guard;
 pub mod health;
 pub mod openapi;
 mod repos;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub metrics: crate::loops::MetricsCache,
     /// The bearer token `/metrics` requires, if any.
     pub metrics_token: Option<String>,
+    /// Bounds on password hashing and log streams, and the trusted proxies.
+    pub guard: Arc<guard::Guard>,
 }
 
 /// An API error.
@@ -69,6 +72,8 @@ pub enum ApiError {
     Conflict(String),
     /// 429.
     TooMany(String),
+    /// 503: busy now, retry shortly.
+    Unavailable(String),
     /// 500 (logged, not shown).
     Internal(String),
 }
@@ -82,6 +87,7 @@ impl std::fmt::Display for ApiError {
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
             | ApiError::TooMany(m)
+            | ApiError::Unavailable(m)
             | ApiError::Internal(m) => f.write_str(m),
         }
     }
@@ -104,6 +110,7 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = matches!(self, ApiError::Unavailable(_));
         let (status, kind, message) = match self {
             ApiError::Invalid(m) => (StatusCode::BAD_REQUEST, "invalid", m),
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m),
@@ -111,6 +118,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
             ApiError::TooMany(m) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests", m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             ApiError::Internal(m) => {
                 tracing::error!(error = m, "internal error in the API");
                 (
@@ -121,14 +129,21 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        (
+        let mut resp = (
             status,
             Json(api::ErrorBody {
                 error: kind.into(),
                 message,
             }),
         )
-            .into_response()
+            .into_response();
+        if retry_after {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("2"),
+            );
+        }
+        resp
     }
 }
 
@@ -163,9 +178,66 @@ pub(crate) async fn audited<T>(
     result
 }
 
-/// The `/api` routes.
+/// The `/api` routes. Every error they answer is an [`api::ErrorBody`], the router's own too
+/// (a path or query that does not parse, a method not allowed): [`json_errors`].
 pub fn api_router(state: AppState) -> Router {
-    routes::router().with_state(state)
+    routes::router()
+        .layer(axum::middleware::map_response(json_errors))
+        .with_state(state)
+}
+
+/// Most bytes of a plain-text rejection quoted in the JSON error that replaces it.
+const MAX_REJECTION: usize = 4096;
+
+/// Turns an error answered without a JSON body (axum's rejections of paths, queries and bodies,
+/// 405) into an [`api::ErrorBody`] that quotes it, so every error has the documented shape.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (_, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let (kind, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this path does not take that method; see /api/openapi.json".to_owned(),
+        ),
+        StatusCode::NOT_FOUND => (
+            "not_found",
+            "no such API path; see /api/openapi.json".to_owned(),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too_large", "the request body is too large".to_owned()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "invalid",
+            format!("{text}; send JSON with `Content-Type: application/json`"),
+        ),
+        s if s.is_server_error() => ("internal", "the controller failed; retry".to_owned()),
+        _ => (
+            "invalid",
+            if text.is_empty() {
+                "the request is not what this endpoint takes; see /api/openapi.json".to_owned()
+            } else {
+                format!("{text}; see /api/openapi.json")
+            },
+        ),
+    };
+    (
+        status,
+        Json(api::ErrorBody {
+            error: kind.into(),
+            message,
+        }),
+    )
+        .into_response()
 }
 
 /// Creates the first admin with a generated password, which is returned once. Refused once any

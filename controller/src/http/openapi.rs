@@ -1,8 +1,16 @@
 //! The OpenAPI 3.1 document of `/api`, built from the one list of operations in
-//! [`super::routes`] (method, path, role, summary, request and response schema) that the router
-//! is built from too.
+//! [`super::routes`] (method, path, role, summary, request and response schema names, the
+//! parameters of the handler's query and path types) that the router is built from too. Every
+//! schema is derived from the `api` crate's wire types ([`api::schemas`], `utoipa` derives) and
+//! every parameter from the handlers' query and path types (`utoipa::IntoParams`): nothing here is
+//! written by hand but the envelope.
 
 use serde_json::{Map, Value, json};
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::{ObjectBuilder, Required, Type};
+
+/// The parameters of one operation (its query or path type's `IntoParams`).
+pub type Params = fn() -> Vec<Parameter>;
 
 /// One operation as the document describes it.
 pub struct Operation {
@@ -14,73 +22,110 @@ pub struct Operation {
     pub role: &'static str,
     /// What it does.
     pub summary: &'static str,
-    /// Request body schema, if any.
+    /// Request body schema (a name in [`api::schemas`]), if any.
     pub request: Option<&'static str>,
-    /// Response schema (`Task`, `Task[]`, `empty`, `object`, `text/event-stream`).
+    /// Response schema: a name in [`api::schemas`], `Name[]`, `empty` (`{}`), `none` (204),
+    /// `object` or `text/event-stream`.
     pub response: &'static str,
+    /// Query parameters.
+    pub query: Option<Params>,
+    /// Path parameters; without them, each `{id}` is an int64 and any other a string.
+    pub path_params: Option<Params>,
 }
 
-fn schema_ref(name: &str) -> Value {
+/// The query or path parameters of `T`.
+pub fn params_of<T: utoipa::IntoParams>(at: ParameterIn) -> Vec<Parameter> {
+    T::into_params(|| Some(at.clone()))
+}
+
+fn schema_ref(name: &str, known: &Map<String, Value>) -> Value {
+    let named = |n: &str| {
+        assert!(
+            known.contains_key(n),
+            "schema `{n}` is not among api::schemas(); derive ToSchema on it and list it there"
+        );
+        json!({"$ref": format!("#/components/schemas/{n}")})
+    };
     match name {
-        "empty" => json!({}),
+        "empty" => json!({"type": "object", "maxProperties": 0}),
         "object" => json!({"type": "object"}),
         "text/event-stream" => json!({"type": "string"}),
-        n if n.ends_with("[]") => {
-            json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{}", &n[..n.len() - 2])}})
-        }
-        n => json!({"$ref": format!("#/components/schemas/{n}")}),
+        n if n.ends_with("[]") => json!({"type": "array", "items": named(&n[..n.len() - 2])}),
+        n => named(n),
     }
+}
+
+fn default_path_params(path: &str) -> Vec<Parameter> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|p| {
+            let schema = if p == "id" {
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                        utoipa::openapi::KnownFormat::Int64,
+                    )))
+                    .build()
+            } else {
+                ObjectBuilder::new().schema_type(Type::String).build()
+            };
+            ParameterBuilder::new()
+                .name(p)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .schema(Some(schema))
+                .build()
+        })
+        .collect()
 }
 
 /// The document of `ops`.
 pub fn document<'a>(ops: impl IntoIterator<Item = &'a Operation>) -> Value {
+    let schemas: Map<String, Value> = api::schemas()
+        .into_iter()
+        .map(|(name, schema)| {
+            let v = serde_json::to_value(schema).expect("a schema serialises");
+            (name, v)
+        })
+        .collect();
     let mut paths = Map::new();
-    let mut schemas = Map::new();
     for r in ops {
-        let (method, path, role, summary, request, response) = (
-            &r.method,
-            &r.path,
-            &r.role,
-            &r.summary,
-            &r.request,
-            &r.response,
-        );
+        let ok = match r.response {
+            "none" => json!({"204": {"description": "Done"}}),
+            "text/event-stream" => json!({"200": {"description": "OK", "content": {
+                "text/event-stream": {"schema": schema_ref(r.response, &schemas)}}}}),
+            other => json!({"200": {"description": "OK", "content": {
+                "application/json": {"schema": schema_ref(other, &schemas)}}}}),
+        };
+        let mut responses = ok;
+        responses["default"] = json!({"description": "Error: what was wrong and what to do",
+            "content": {"application/json": {"schema": schema_ref("ErrorBody", &schemas)}}});
         let mut op = json!({
-            "summary": summary,
-            "x-role": role,
-            "responses": {
-                "200": {"description": "OK", "content": {
-                    if *response == "text/event-stream" { "text/event-stream" } else { "application/json" }: {"schema": schema_ref(response)}
-                }},
-                "default": {"description": "Error: what was wrong and what to do", "content": {"application/json": {"schema": schema_ref("ErrorBody")}}}
-            },
+            "operationId": operation_id(r.method, r.path),
+            "summary": r.summary,
+            "x-role": r.role,
+            "responses": responses,
         });
-        if *role != "none" {
+        if r.role != "none" {
             op["security"] = json!([{"session": [], "csrf": []}, {"token": []}]);
         }
-        if let Some(r) = request {
-            op["requestBody"] = json!({"content": {"application/json": {"schema": schema_ref(r)}}});
+        if let Some(req) = r.request {
+            op["requestBody"] = json!({"required": true,
+                "content": {"application/json": {"schema": schema_ref(req, &schemas)}}});
         }
-        let params: Vec<Value> = path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": if p == "id" { "integer" } else { "string" }}}))
-            .collect();
+        let mut params = match r.path_params {
+            Some(f) => f(),
+            None => default_path_params(r.path),
+        };
+        if let Some(q) = r.query {
+            params.extend(q());
+        }
         if !params.is_empty() {
-            op["parameters"] = Value::Array(params);
+            op["parameters"] = serde_json::to_value(params).expect("parameters serialise");
         }
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[*method] = op;
-        for name in [request.unwrap_or("empty"), response.trim_end_matches("[]")] {
-            if name.chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
-                schemas.insert(name.to_owned(), json!({"type": "object"}));
-            }
-        }
+        let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
+        entry[r.method] = op;
     }
-    schemas.insert(
-        "ErrorBody".into(),
-        json!({"type": "object", "required": ["error", "message"], "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}),
-    );
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Backporcher controller API", "version": env!("CARGO_PKG_VERSION")},
@@ -94,4 +139,14 @@ pub fn document<'a>(ops: impl IntoIterator<Item = &'a Operation>) -> Value {
             }
         }
     })
+}
+
+/// `get /api/tasks/{id}/logs` → `get_tasks_id_logs`.
+fn operation_id(method: &str, path: &str) -> String {
+    let rest: Vec<&str> = path
+        .trim_start_matches("/api/")
+        .split('/')
+        .map(|s| s.trim_start_matches('{').trim_end_matches('}'))
+        .collect();
+    format!("{method}_{}", rest.join("_")).replace(['.', '-'], "_")
 }

@@ -47,10 +47,20 @@ pub(super) async fn runner_token(
     }))
 }
 
+/// `POST /api/runners/{id}/{state}`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub(super) struct StatePath {
+    /// The runner.
+    id: i64,
+    /// What to do.
+    #[param(value_type = api::RunnerAction)]
+    state: String,
+}
+
 pub(super) async fn runner_state(
     State(s): State<AppState>,
     c: Caller,
-    Path((id, state)): Path<(i64, String)>,
+    Path(StatePath { id, state }): Path<StatePath>,
 ) -> ApiResult<api::Runner> {
     let target = format!("runner:{id}");
     let wanted = match state.as_str() {

@@ -164,25 +164,6 @@ impl Store {
         }
     }
 
-    /// Refused `action`s on `target` within the last `window` (rate limits read the audit log, so
-    /// they hold across replicas and restarts).
-    pub async fn recent_refusals(
-        &self,
-        action: &str,
-        target: &str,
-        window: std::time::Duration,
-    ) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM audit_log WHERE action = $1 AND target = $2 AND outcome <> 'ok' \
-             AND at > now() - make_interval(secs => $3)",
-        )
-        .bind(action)
-        .bind(target)
-        .bind(window.as_secs_f64())
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
     /// Approves what a task waits for: its merge (`approval_hold` → `merging`) or its dispatch
     /// (a `dispatch_approval` hold). Audited either way.
     pub async fn approve(&self, id: TaskId, actor: &Actor) -> Result<Task> {

@@ -6,6 +6,7 @@ mod ci_gate;
 mod claims;
 mod config;
 mod forge;
+mod guard;
 mod intake;
 mod leases;
 mod lifecycle;
