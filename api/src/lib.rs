@@ -58,10 +58,171 @@ pub fn schemas() -> Vec<(
         RunnerState,
         TaskAction,
         RunnerAction,
+        RepoApprovalMode,
+        ReviewFailMode,
+        EgressPolicy,
+        MergeMethod,
+        NoChecks,
+        LogStreamEvent,
+        TaskStreamEvent,
     );
     all.sort_by(|a, b| a.0.cmp(&b.0));
     all.dedup_by(|a, b| a.0 == b.0);
     all
+}
+
+/// Priorities a person may give run from `-PRIORITY_LIMIT` to `PRIORITY_LIMIT` (lower first).
+pub const PRIORITY_LIMIT: i32 = 1_000_000;
+
+/// Whether `model` names a model a task may use: an alias or a full `claude-*` name.
+pub fn valid_model(model: &str) -> bool {
+    matches!(model, "sonnet" | "opus" | "haiku") || model.starts_with("claude-")
+}
+
+/// Longest life of a runner join ticket, minutes (a week).
+pub const MAX_JOIN_TTL_MINUTES: u64 = 7 * 24 * 60;
+
+/// Integers as JSON (and its schemas) count them: `3` and `3.0` alike; `3.5` or one out of the
+/// type's range is refused, naming the value.
+mod integer {
+    use serde::{Deserialize, Deserializer};
+
+    fn of<T: TryFrom<i64>>(n: serde_json::Number) -> Result<T, String> {
+        let whole = match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Some(i),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
+            _ => None,
+        };
+        whole
+            .and_then(|i| T::try_from(i).ok())
+            .ok_or_else(|| format!("{n} is not an integer in range"))
+    }
+
+    /// An optional integer field.
+    pub fn option<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<Option<T>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(|n| of(n).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// The events of `GET /api/tasks/{id}/logs/stream` (server-sent events).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogStreamEvent {
+    /// `logs`: `data` is a JSON array of [`LogChunk`] (a page); `end`: the attempt ended, `data`
+    /// is `{}`.
+    pub event: LogStreamKind,
+    /// The event's JSON.
+    pub data: String,
+}
+
+/// The kinds of [`LogStreamEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStreamKind {
+    /// A page of chunks.
+    Logs,
+    /// The attempt ended: nothing more will come.
+    End,
+}
+
+/// The events of `GET /api/events` (server-sent events).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskStreamEvent {
+    /// `task`: `data` is a [`Task`] that changed; `resync`: deltas were missed, reload the list.
+    pub event: TaskStreamKind,
+    /// The event's JSON.
+    pub data: String,
+}
+
+/// The kinds of [`TaskStreamEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStreamKind {
+    /// A task changed.
+    Task,
+    /// Reload the list.
+    Resync,
+}
+
+/// A repository's approval mode: one of the global modes, or `""` (in a `PATCH`: clear, so the
+/// global mode applies). Its schema lists the serde names of its variants (the derive drops an
+/// empty name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RepoApprovalMode {
+    /// Nobody approves.
+    FullAuto,
+    /// A person approves each merge.
+    ReviewMerge,
+    /// A person approves each dispatch and each merge.
+    ReviewAll,
+    /// The global mode.
+    #[serde(rename = "")]
+    Global,
+}
+
+impl utoipa::PartialSchema for RepoApprovalMode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use RepoApprovalMode::*;
+        let names = [FullAuto, ReviewMerge, ReviewAll, Global]
+            .map(|m| serde_json::to_value(m).expect("a unit variant serialises"));
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .description(Some(
+                "A repository's approval mode, or `\"\"` for the global one",
+            ))
+            .enum_values(Some(names))
+            .into()
+    }
+}
+
+impl ToSchema for RepoApprovalMode {}
+
+/// What happens when the reviewer cannot give a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewFailMode {
+    /// The task goes on unreviewed.
+    Open,
+    /// The task waits for a person.
+    Closed,
+}
+
+/// What the agent's sandbox may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum EgressPolicy {
+    /// Nothing.
+    None,
+    /// The model gateway only.
+    GatewayOnly,
+    /// Anything.
+    Open,
+}
+
+/// How a pull request is merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeMethod {
+    /// One squashed commit.
+    Squash,
+    /// A merge commit.
+    Merge,
+    /// Rebased commits.
+    Rebase,
+}
+
+/// What happens to a pull request no CI check reports on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NoChecks {
+    /// Merge it.
+    Merge,
+    /// Hold it for a person.
+    Hold,
+    /// Keep waiting.
+    Wait,
 }
 
 /// A task's status (`Task.status`, the `status` filter of `GET /api/tasks`).
@@ -185,6 +346,7 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LoginRequest {
     /// User name.
+    #[schema(max_length = 64)]
     pub username: String,
     /// Password.
     pub password: String,
@@ -349,24 +511,39 @@ pub struct LogChunk {
 pub struct CreateTask {
     /// Repository `owner/name` (registered).
     pub repo: String,
-    /// Title.
+    /// Title (not blank).
+    #[schema(
+        pattern = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     pub title: String,
-    /// What the agent is to do.
+    /// What the agent is to do (not blank).
+    #[schema(
+        pattern = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     pub prompt: String,
-    /// Model (default: the configured one).
+    /// Model (default: the configured one): `sonnet`, `opus`, `haiku` or a full `claude-*` name.
+    #[schema(pattern = r"^(sonnet|opus|haiku|claude-[^\u0000]*)$")]
     pub model: Option<String>,
     /// Priority (lower first).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = -1_000_000, maximum = 1_000_000)]
     pub priority: Option<i32>,
 }
 
 /// `POST /api/tasks/{id}/{action}` bodies (all optional fields).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ActionRequest {
-    /// New model (escalate, edit, requeue).
+    /// New model (escalate, edit, requeue): `sonnet`, `opus`, `haiku` or a full `claude-*` name.
+    #[schema(pattern = r"^(sonnet|opus|haiku|claude-[^\u0000]*)$")]
     pub model: Option<String>,
     /// New priority (edit, requeue).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = -1_000_000, maximum = 1_000_000)]
     pub priority: Option<i32>,
-    /// New prompt (edit, requeue).
+    /// New prompt (edit, requeue; not blank).
+    #[schema(
+        pattern = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     pub prompt: Option<String>,
 }
 
@@ -393,22 +570,33 @@ pub struct RepoSettings {
     /// Verify command (`""` clears it).
     pub verify_command: Option<String>,
     /// `full-auto`, `review-merge`, `review-all` (`""`: the global mode).
+    #[schema(value_type = Option<RepoApprovalMode>)]
     pub approval_mode: Option<String>,
     /// `open` or `closed`.
+    #[schema(value_type = Option<ReviewFailMode>)]
     pub review_fail_mode: Option<String>,
     /// `none`, `gateway-only`, `open`.
+    #[schema(value_type = Option<EgressPolicy>)]
     pub egress_policy: Option<String>,
     /// Per-task budget, micro-dollars (0 clears).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 0)]
     pub budget_task_microusd: Option<i64>,
     /// Daily budget, micro-dollars (0 clears).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 0)]
     pub budget_daily_microusd: Option<i64>,
-    /// Concurrency cap (0 removes).
+    /// Concurrency cap (0 removes; at most 1000).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 0, maximum = 1000)]
     pub max_concurrency: Option<i32>,
     /// `squash`, `merge`, `rebase`.
+    #[schema(value_type = Option<MergeMethod>)]
     pub merge_method: Option<String>,
     /// Checks that do not count.
     pub ci_ignore: Option<Vec<String>>,
     /// `merge`, `hold`, `wait`.
+    #[schema(value_type = Option<NoChecks>)]
     pub no_checks: Option<String>,
     /// Whether tasks are dispatched.
     pub enabled: Option<bool>,
@@ -417,6 +605,8 @@ pub struct RepoSettings {
     /// Whether the agent CLI may run the hooks and MCP servers the default branch configures.
     pub agent_hooks: Option<bool>,
     /// Seconds to wait for CI checks to appear before the no-checks policy applies.
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 0)]
     pub no_checks_grace_secs: Option<i32>,
     /// The environment's base image, a local image on the runners (`""` clears it: the
     /// repository's `.backporcher.toml` or devcontainer decides). Wins over the repository's files.
@@ -429,6 +619,7 @@ pub struct RepoSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewRepo {
     /// `owner/name`.
+    #[schema(pattern = "^[A-Za-z0-9._-]+/[A-Za-z0-9._-]+$")]
     pub name: String,
     /// Clone URL (default: GitHub's).
     pub clone_url: Option<String>,
@@ -449,6 +640,7 @@ pub struct Secret {
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct SecretValue {
     /// The value (12 to 65,536 characters).
+    #[schema(min_length = 12, max_length = 65536)]
     pub value: String,
 }
 
@@ -536,7 +728,9 @@ pub struct JoinTokenRequest {
     /// Labels the runner will carry.
     #[serde(default)]
     pub labels: Vec<String>,
-    /// Minutes valid (default 60).
+    /// Minutes valid (default 60, at most a week).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 1, maximum = 10080)]
     pub ttl_minutes: Option<u64>,
 }
 
@@ -574,9 +768,11 @@ pub struct User {
 /// `POST /api/users`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewUser {
-    /// Name.
+    /// Name: 1 to 64 letters, digits, `.`, `_` or `-`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub username: String,
     /// Password (at least 12 characters).
+    #[schema(min_length = 12)]
     pub password: String,
     /// Role.
     #[schema(value_type = Role)]
@@ -596,7 +792,10 @@ pub struct UserPatch {
 /// `POST /api/tokens`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewToken {
-    /// Label.
+    /// Label (not blank).
+    #[schema(
+        pattern = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     pub name: String,
 }
 

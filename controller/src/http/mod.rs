@@ -96,9 +96,10 @@ impl std::fmt::Display for ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         match e {
-            Error::TaskNotFound(_) | Error::RepoNotFound(_) | Error::RunnerNotFound(_) => {
-                ApiError::NotFound(e.to_string())
-            }
+            Error::TaskNotFound(_)
+            | Error::RepoNotFound(_)
+            | Error::RunnerNotFound(_)
+            | Error::UserNotFound(_) => ApiError::NotFound(e.to_string()),
             Error::Invalid(_) | Error::DependencyCycle { .. } | Error::DependencyFailed { .. } => {
                 ApiError::Invalid(e.to_string())
             }
@@ -182,6 +183,7 @@ pub(crate) async fn audited<T>(
 /// (a path or query that does not parse, a method not allowed): [`json_errors`].
 pub fn api_router(state: AppState) -> Router {
     routes::router()
+        .layer(axum::middleware::from_fn(refuse_nul))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
@@ -269,18 +271,85 @@ pub struct ApiJson<T>(pub T);
 
 impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
 where
-    T: serde::de::DeserializeOwned,
+    T: serde::de::DeserializeOwned + serde::Serialize,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
+        match Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(Json(v)) => object_body(v).map(ApiJson),
             Err(e) => Err(ApiError::Invalid(format!(
                 "the request body is not what this endpoint takes: {}; see /api/openapi.json",
                 e.body_text()
             ))),
         }
+    }
+}
+
+/// A request body as `T`: a JSON object (serde would also take a struct from an array).
+pub(crate) fn object_body<T: serde::de::DeserializeOwned + serde::Serialize>(
+    v: serde_json::Value,
+) -> Result<T, ApiError> {
+    if !v.is_object() {
+        return Err(ApiError::Invalid(
+            "the request body must be a JSON object; see /api/openapi.json".into(),
+        ));
+    }
+    let body: T = serde_json::from_value(v).map_err(|e| {
+        ApiError::Invalid(format!(
+            "the request body is not what this endpoint takes: {e}; see /api/openapi.json"
+        ))
+    })?;
+    // Only the fields taken count (unknown ones are ignored).
+    if serde_json::to_value(&body).is_ok_and(|taken| has_nul(&taken)) {
+        return Err(ApiError::Invalid(
+            "a text in the request body holds a NUL character, which nothing here can store; remove it".into(),
+        ));
+    }
+    Ok(body)
+}
+
+/// Refuses a model no task may use.
+pub(crate) fn check_model(model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if !api::valid_model(m) => Err(ApiError::Invalid(format!(
+            "unknown model `{m}`; use sonnet, opus, haiku or a full claude-* name"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Whether any text in `v` holds a NUL (no text the API stores may: PostgreSQL refuses it).
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        serde_json::Value::Object(o) => o.values().any(has_nul),
+        _ => false,
+    }
+}
+
+/// Refuses a request whose path or query holds a NUL (`%00`), before any handler sees it.
+async fn refuse_nul(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let uri = req.uri();
+    let nul = |s: &str| s.to_ascii_lowercase().contains("%00");
+    if nul(uri.path()) || uri.query().is_some_and(nul) {
+        return ApiError::Invalid(
+            "the path or query holds a NUL character (%00); no name or filter can".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Refuses a priority out of [`api::PRIORITY_LIMIT`].
+pub(crate) fn check_priority(p: Option<i32>) -> Result<(), ApiError> {
+    match p {
+        Some(p) if p.abs() > api::PRIORITY_LIMIT => Err(ApiError::Invalid(format!(
+            "priority {p} is out of range; use -{0} to {0} (lower runs first)",
+            api::PRIORITY_LIMIT
+        ))),
+        _ => Ok(()),
     }
 }

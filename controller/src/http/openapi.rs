@@ -25,7 +25,7 @@ pub struct Operation {
     /// Request body schema (a name in [`api::schemas`]), if any.
     pub request: Option<&'static str>,
     /// Response schema: a name in [`api::schemas`], `Name[]`, `empty` (`{}`), `none` (204),
-    /// `object` or `text/event-stream`.
+    /// `object`, or `sse:Name` (server-sent events, each event an object of that schema).
     pub response: &'static str,
     /// Query parameters.
     pub query: Option<Params>,
@@ -49,7 +49,6 @@ fn schema_ref(name: &str, known: &Map<String, Value>) -> Value {
     match name {
         "empty" => json!({"type": "object", "maxProperties": 0}),
         "object" => json!({"type": "object"}),
-        "text/event-stream" => json!({"type": "string"}),
         n if n.ends_with("[]") => json!({"type": "array", "items": named(&n[..n.len() - 2])}),
         n => named(n),
     }
@@ -79,12 +78,41 @@ fn default_path_params(path: &str) -> Vec<Parameter> {
         .collect()
 }
 
+/// The pattern of a text with no other constraint: no NUL (PostgreSQL stores none, so the API
+/// refuses them with 400 and never answers one).
+const NO_NUL: &str = r"^[^\u0000]*$";
+
+/// Gives every string schema without an enum, format or pattern of its own the [`NO_NUL`] pattern
+/// (the one rule every text shares, stated once here rather than on every field).
+fn no_nul(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            let is_string = match o.get("type") {
+                Some(Value::String(t)) => t == "string",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "string"),
+                _ => false,
+            };
+            if is_string
+                && !["enum", "format", "pattern"]
+                    .iter()
+                    .any(|k| o.contains_key(*k))
+            {
+                o.insert("pattern".into(), Value::String(NO_NUL.into()));
+            }
+            o.values_mut().for_each(no_nul);
+        }
+        Value::Array(a) => a.iter_mut().for_each(no_nul),
+        _ => {}
+    }
+}
+
 /// The document of `ops`.
 pub fn document<'a>(ops: impl IntoIterator<Item = &'a Operation>) -> Value {
     let schemas: Map<String, Value> = api::schemas()
         .into_iter()
         .map(|(name, schema)| {
-            let v = serde_json::to_value(schema).expect("a schema serialises");
+            let mut v = serde_json::to_value(schema).expect("a schema serialises");
+            no_nul(&mut v);
             (name, v)
         })
         .collect();
@@ -92,8 +120,8 @@ pub fn document<'a>(ops: impl IntoIterator<Item = &'a Operation>) -> Value {
     for r in ops {
         let ok = match r.response {
             "none" => json!({"204": {"description": "Done"}}),
-            "text/event-stream" => json!({"200": {"description": "OK", "content": {
-                "text/event-stream": {"schema": schema_ref(r.response, &schemas)}}}}),
+            sse if sse.starts_with("sse:") => json!({"200": {"description": "OK", "content": {
+                "text/event-stream": {"schema": schema_ref(&sse[4..], &schemas)}}}}),
             other => json!({"200": {"description": "OK", "content": {
                 "application/json": {"schema": schema_ref(other, &schemas)}}}}),
         };
@@ -121,11 +149,14 @@ pub fn document<'a>(ops: impl IntoIterator<Item = &'a Operation>) -> Value {
             params.extend(q());
         }
         if !params.is_empty() {
-            op["parameters"] = serde_json::to_value(params).expect("parameters serialise");
+            let mut v = serde_json::to_value(params).expect("parameters serialise");
+            no_nul(&mut v);
+            op["parameters"] = v;
         }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
         entry[r.method] = op;
     }
+    add_links(&mut paths, &schemas);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Backporcher controller API", "version": env!("CARGO_PKG_VERSION")},
@@ -141,6 +172,45 @@ pub fn document<'a>(ops: impl IntoIterator<Item = &'a Operation>) -> Value {
     })
 }
 
+/// Links for stateful testing and clients, by one rule: what a `POST` on a collection creates
+/// (an answer with an `id`) is what every operation under `collection/{id}` takes as its `id`.
+fn add_links(paths: &mut Map<String, Value>, schemas: &Map<String, Value>) {
+    let targets: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object().into_iter().flatten().map(move |(_, op)| {
+                let id = op["operationId"].as_str().unwrap_or_default();
+                (path.clone(), id.to_owned())
+            })
+        })
+        .collect();
+    for (path, ops) in paths.iter_mut() {
+        let Some(post) = ops.get_mut("post") else {
+            continue;
+        };
+        let created = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("#/components/schemas/"))
+            .and_then(|name| schemas.get(name));
+        if !created.is_some_and(|s| s["properties"]["id"].is_object()) {
+            continue;
+        }
+        let under = format!("{path}/{{id}}");
+        let mut links = Map::new();
+        for (p, op_id) in &targets {
+            if p == &under || p.starts_with(&format!("{under}/")) {
+                links.insert(
+                    op_id.clone(),
+                    json!({"operationId": op_id, "parameters": {"id": "$response.body#/id"}}),
+                );
+            }
+        }
+        if !links.is_empty() {
+            post["responses"]["200"]["links"] = Value::Object(links);
+        }
+    }
+}
+
 /// `get /api/tasks/{id}/logs` → `get_tasks_id_logs`.
 fn operation_id(method: &str, path: &str) -> String {
     let rest: Vec<&str> = path
@@ -149,4 +219,96 @@ fn operation_id(method: &str, path: &str) -> String {
         .map(|s| s.trim_start_matches('{').trim_end_matches('}'))
         .collect();
     format!("{method}_{}", rest.join("_")).replace(['.', '-'], "_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> Value {
+        super::super::routes::document()
+    }
+
+    fn enum_of(doc: &Value, name: &str) -> Vec<String> {
+        doc["components"]["schemas"][name]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} is an enum"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_schema_describes_its_fields_and_closed_sets_are_enums() {
+        let doc = doc();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for (name, s) in schemas {
+            assert!(
+                s.get("properties").is_some() || s.get("enum").is_some(),
+                "{name} is a bare schema: {s}"
+            );
+        }
+        let task = &schemas["Task"];
+        assert_eq!(
+            task["properties"]["status"]["$ref"],
+            "#/components/schemas/TaskStatus"
+        );
+        assert_eq!(task["properties"]["created_at"]["format"], "date-time");
+        assert_eq!(task["properties"]["id"]["format"], "int64");
+        let required: Vec<&str> = task["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(required.contains(&"status") && !required.contains(&"pr_url"));
+        // The wire enums are the controller's own sets.
+        let statuses: Vec<String> = crate::store::Status::ALL
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        assert_eq!(enum_of(&doc, "TaskStatus"), statuses);
+        assert_eq!(enum_of(&doc, "Role"), ["viewer", "operator", "admin"]);
+        assert!(enum_of(&doc, "RepoApprovalMode").contains(&String::new()));
+    }
+
+    #[test]
+    fn every_operation_declares_its_path_parameters_and_answers() {
+        let doc = doc();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                let declared: Vec<&str> = op["parameters"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .filter(|p| p["in"] == "path")
+                            .map(|p| p["name"].as_str().unwrap())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let in_path: Vec<&str> = path
+                    .split('/')
+                    .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                    .collect();
+                assert_eq!(declared, in_path, "{method} {path}");
+                assert!(op["responses"]["default"].is_object(), "{method} {path}");
+                assert!(op["operationId"].is_string(), "{method} {path}");
+            }
+        }
+        let list = &doc["paths"]["/api/tasks"]["get"]["parameters"];
+        let status = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "status")
+            .unwrap();
+        assert_eq!(status["in"], "query");
+        // What a POST creates links to the operations under its id.
+        let links = &doc["paths"]["/api/tasks"]["post"]["responses"]["200"]["links"];
+        assert_eq!(
+            links["get_tasks_id"]["parameters"]["id"],
+            "$response.body#/id"
+        );
+        assert!(links["post_tasks_id_action"].is_object(), "{links}");
+    }
 }

@@ -177,9 +177,9 @@ pub(super) async fn delete_secret(
         .await?;
     let result = match s.store.delete_repo_secret(id, &name).await {
         Ok(true) => Ok(Json(serde_json::json!({}))),
-        Ok(false) => Err(ApiError::from(crate::store::Error::Invalid(format!(
+        Ok(false) => Err(ApiError::NotFound(format!(
             "repository #{id} has no secret `{name}`"
-        )))),
+        ))),
         Err(e) => Err(ApiError::from(e)),
     };
     audited(&s, &c.actor(), "delete_secret", &target, result).await

@@ -150,10 +150,10 @@ pub fn routes() -> Vec<Route> {
             "viewer",
             "Follow an attempt's log (SSE: logs, end)",
             None,
-            "text/event-stream",
+            "sse:LogStreamEvent",
             get(tasks::task_logs_stream),
         )
-        .query::<tasks::LogQuery>(),
+        .query::<tasks::StreamQuery>(),
         op(
             "post",
             "/api/tasks/{id}/{action}",
@@ -170,7 +170,7 @@ pub fn routes() -> Vec<Route> {
             "viewer",
             "Task changes as they happen (SSE: task deltas, resync)",
             None,
-            "text/event-stream",
+            "sse:TaskStreamEvent",
             get(tasks::events),
         ),
         op(

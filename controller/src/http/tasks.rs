@@ -88,6 +88,8 @@ pub(super) async fn create_task(
     )
     .await?;
     let result = async {
+        super::check_priority(req.priority)?;
+        super::check_model(req.model.as_deref())?;
         if req.prompt.trim().is_empty() || req.title.trim().is_empty() {
             return Err(ApiError::Invalid(
                 "a task needs a title and a prompt".into(),
@@ -213,20 +215,31 @@ pub(super) struct LogQuery {
     /// At most this many chunks (default 200), and at most 4 MiB past the first.
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
-    /// The last this many chunks instead of a page (not with `after`).
+    /// The last this many chunks (of those after `after`) instead of the first.
     #[param(minimum = 1, maximum = 1000)]
     tail: Option<i64>,
 }
 
-impl LogQuery {
-    fn limit(&self) -> Result<i64, ApiError> {
-        match self.limit {
-            None => Ok(LOG_PAGE),
-            Some(n @ 1..=MAX_LOG_PAGE) => Ok(n),
-            Some(n) => Err(ApiError::Invalid(format!(
-                "limit {n} is out of range; ask for 1 to {MAX_LOG_PAGE} chunks and page on with `after`"
-            ))),
-        }
+/// Which log to follow, from where.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct StreamQuery {
+    /// The attempt (default: the task's current one).
+    attempt: Option<i32>,
+    /// Only chunks with a greater sequence number (default: from the start).
+    after: Option<i64>,
+    /// At most this many chunks per event (default 200), and at most 4 MiB past the first.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// The page size `limit` asks for.
+fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(LOG_PAGE),
+        Some(n @ 1..=MAX_LOG_PAGE) => Ok(n),
+        Some(n) => Err(ApiError::Invalid(format!(
+            "limit {n} is out of range; ask for 1 to {MAX_LOG_PAGE} chunks and page on with `after`"
+        ))),
     }
 }
 
@@ -247,26 +260,18 @@ pub(super) async fn task_logs(
     Path(id): Path<i64>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Vec<api::LogChunk>> {
-    let limit = q.limit()?;
+    let limit = page_limit(q.limit)?;
     let task = s.store.task(id).await?;
     let attempt = q.attempt.unwrap_or(task.attempt);
-    let rows = match (q.tail, q.after) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::Invalid(
-                "give `tail` (the last chunks) or `after` (the chunks after a sequence number), not both".into(),
-            ));
-        }
-        (Some(n @ 1..=MAX_LOG_PAGE), None) => s.store.log_tail(id, attempt, n).await?,
-        (Some(n), None) => {
+    let after = q.after.unwrap_or(-1);
+    let rows = match q.tail {
+        Some(n @ 1..=MAX_LOG_PAGE) => s.store.log_tail(id, attempt, after, n).await?,
+        Some(n) => {
             return Err(ApiError::Invalid(format!(
                 "tail {n} is out of range; ask for the last 1 to {MAX_LOG_PAGE} chunks"
             )));
         }
-        (None, after) => {
-            s.store
-                .log_page(id, attempt, after.unwrap_or(-1), limit)
-                .await?
-        }
+        None => s.store.log_page(id, attempt, after, limit).await?,
     };
     Ok(Json(chunk_views(attempt, rows)))
 }
@@ -275,9 +280,9 @@ pub(super) async fn task_logs_stream(
     State(s): State<AppState>,
     c: Caller,
     Path(id): Path<i64>,
-    Query(q): Query<LogQuery>,
+    Query(q): Query<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let limit = q.limit()?;
+    let limit = page_limit(q.limit)?;
     let task = s.store.task(id).await?;
     let attempt = q.attempt.unwrap_or(task.attempt);
     let slot = match s.guard.open_stream(c.user.id) {
@@ -369,12 +374,15 @@ pub(super) async fn task_action(
     let req: api::ActionRequest = if body.iter().all(u8::is_ascii_whitespace) {
         api::ActionRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
             ApiError::Invalid(format!(
                 "the body is not an action request ({{model, priority, prompt}}): {e}"
             ))
-        })?
+        })?;
+        super::object_body(v)?
     };
+    super::check_priority(req.priority)?;
+    super::check_model(req.model.as_deref())?;
     let edits = Edits {
         model: req.model.clone(),
         priority: req.priority,

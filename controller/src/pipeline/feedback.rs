@@ -147,7 +147,7 @@ impl Loops {
     async fn log_tail(&self, task: &Task) -> String {
         let chunks = self
             .store
-            .log_tail(task.id, task.attempt, 16)
+            .log_tail(task.id, task.attempt, -1, 16)
             .await
             .unwrap_or_default();
         let mut text = String::new();

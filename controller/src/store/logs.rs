@@ -256,19 +256,27 @@ impl Store {
         .await?)
     }
 
-    /// The last `n` chunks of an attempt's log, in order (at most [`MAX_LOG_PAGE_BYTES`] of them
-    /// counted from the end, the last chunk always).
-    pub async fn log_tail(&self, task: TaskId, attempt: i32, n: i64) -> Result<Vec<LogRow>> {
+    /// The last `n` chunks of an attempt's log with `seq > after`, in order (at most
+    /// [`MAX_LOG_PAGE_BYTES`] of them counted from the end, the last chunk always).
+    pub async fn log_tail(
+        &self,
+        task: TaskId,
+        attempt: i32,
+        after: i64,
+        n: i64,
+    ) -> Result<Vec<LogRow>> {
         Ok(sqlx::query_as(
             "SELECT seq, stream, data FROM ( \
                SELECT seq, stream, data, sum(length(data)) OVER (ORDER BY seq DESC) - length(data) AS after \
-               FROM log_chunks WHERE task_id = $1 AND attempt = $2 ORDER BY seq DESC LIMIT $3) t \
+               FROM log_chunks WHERE task_id = $1 AND attempt = $2 AND seq > $5 \
+               ORDER BY seq DESC LIMIT $3) t \
              WHERE after = 0 OR after + length(data) <= $4 ORDER BY seq",
         )
         .bind(task)
         .bind(attempt)
         .bind(n.max(0))
         .bind(MAX_LOG_PAGE_BYTES)
+        .bind(after)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -129,7 +129,7 @@ impl Store {
     /// Sets the model of a task that has not finished running; it applies from the next attempt
     /// (or the current one, if it has not started).
     pub async fn escalate(&self, id: TaskId, model: &str, note: &Note) -> Result<Task> {
-        if !matches!(model, "sonnet" | "opus" | "haiku") && !model.starts_with("claude-") {
+        if !api::valid_model(model) {
             return Err(Error::Invalid(format!(
                 "unknown model `{model}`; use sonnet, opus, haiku or a full claude-* name"
             )));
@@ -175,7 +175,7 @@ impl Store {
             } else if task.hold_kind.0 == Some(HoldKind::DispatchApproval) {
                 self.release(id, &note).await
             } else {
-                Err(Error::Invalid(format!(
+                Err(Error::Conflict(format!(
                     "task {id} is {} and waits for no approval",
                     task.status
                 )))

@@ -82,7 +82,7 @@ impl Store {
         .await
         .map_err(|e| {
             if is_unique_violation(&e, "users_username_key") {
-                Error::Invalid(format!("user `{username}` exists already"))
+                Error::Conflict(format!("user `{username}` exists already"))
             } else {
                 e.into()
             }
@@ -148,7 +148,7 @@ impl Store {
                 .execute(&self.pool)
                 .await?;
         }
-        user.ok_or_else(|| Error::Invalid(format!("user {id} does not exist")))
+        user.ok_or(Error::UserNotFound(id))
     }
 
     /// Opens a session; returns (cookie secret, CSRF token).

@@ -2,7 +2,8 @@
 //! wrong-password logins cannot pass the limit, a locked window expires, an attacker's address
 //! cannot lock a user out from another, `X-Forwarded-For` counts only from a trusted proxy,
 //! unknown and disabled users cost one password check like real ones (counted, not timed), log
-//! pages return exactly the window asked for, and a user past the log stream cap is refused.
+//! pages return exactly the window asked for, a user past the log stream cap is refused, and an
+//! admin cannot disable or demote themselves.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -300,6 +301,35 @@ async fn unknown_disabled_and_real_users_cost_one_password_check_each() {
             "{what}: one argon2 verification per attempt"
         );
     }
+    // An admin cannot lock everyone out by disabling or demoting themselves.
+    let me: Value = reqwest::Client::new()
+        .get(format!("{base}/api/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for patch in [json!({"disabled": true}), json!({"role": "viewer"})] {
+        let resp = reqwest::Client::new()
+            .patch(format!("{base}/api/users/{}", me["id"]))
+            .bearer_auth(&token)
+            .json(&patch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CONFLICT, "{patch}");
+    }
+    let rows = audit(&base, &token).await;
+    assert!(
+        rows.iter().any(|r| r["action"] == "update_user"
+            && r["outcome"]
+                .as_str()
+                .unwrap()
+                .starts_with("refused: you cannot disable yourself")),
+        "the refusal is audited"
+    );
     server.stop().await;
 }
 
@@ -343,7 +373,11 @@ async fn log_pages_return_exactly_the_window_asked_and_log_streams_are_capped_pe
     assert_eq!(seqs(&page), [6, 7, 8, 9]);
     let (_, page) = get("").await;
     assert_eq!(seqs(&page), (0..10).collect::<Vec<_>>());
-    for bad in ["limit=0", "limit=1001", "tail=0", "tail=3&after=1"] {
+    let (_, page) = get("tail=2&after=8").await;
+    assert_eq!(seqs(&page), [9], "the tail of what comes after `after`");
+    let (_, page) = get("tail=2&after=3").await;
+    assert_eq!(seqs(&page), [8, 9]);
+    for bad in ["limit=0", "limit=1001", "tail=0", "tail=1001", "after=x"] {
         let (code, body) = get(bad).await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert!(body["message"].is_string(), "{bad}: {body}");

@@ -5,6 +5,7 @@ mod api;
 mod ci_gate;
 mod claims;
 mod config;
+mod contract;
 mod forge;
 mod guard;
 mod intake;
