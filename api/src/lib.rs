@@ -1,14 +1,346 @@
 //! The REST API's wire types: what the controller's `/api` answers and accepts, shared with the
 //! CLI and the tests so both sides agree by construction. Domain types stay inside the controller;
-//! its HTTP layer converts them to these.
+//! its HTTP layer converts them to these. Each derives its JSON schema (`utoipa::ToSchema`): the
+//! controller's `/api/openapi.json` is built from these derives, so the document describes what
+//! is sent. Fields whose values form a closed set are `String`s on the wire and enums in the
+//! schema ([`TaskStatus`], [`Role`], …).
 #![deny(missing_docs)]
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
+
+/// Every schema of the API, by name: what the controller's OpenAPI document draws its
+/// `components.schemas` from (each type's own and those it refers to).
+pub fn schemas() -> Vec<(
+    String,
+    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+)> {
+    let mut all = Vec::new();
+    macro_rules! each {
+        ($($t:ty),* $(,)?) => {$(
+            all.push((<$t as ToSchema>::name().into_owned(), <$t as utoipa::PartialSchema>::schema()));
+            <$t as ToSchema>::schemas(&mut all);
+        )*};
+    }
+    each!(
+        ErrorBody,
+        LoginRequest,
+        Me,
+        Task,
+        TaskDetail,
+        Dependencies,
+        LogChunk,
+        ActionRequest,
+        CreateTask,
+        Repo,
+        RepoSettings,
+        NewRepo,
+        Secret,
+        SecretValue,
+        RepoEnvironment,
+        Learning,
+        Runner,
+        JoinTokenRequest,
+        JoinTicket,
+        Settings,
+        User,
+        NewUser,
+        UserPatch,
+        NewToken,
+        Token,
+        AuditEntry,
+        Stats,
+        TaskStatus,
+        Role,
+        ApprovalMode,
+        RunnerState,
+        TaskAction,
+        RunnerAction,
+        RepoApprovalMode,
+        ReviewFailMode,
+        EgressPolicy,
+        MergeMethod,
+        NoChecks,
+        LogStreamEvent,
+        TaskStreamEvent,
+        SettingsPatch,
+        CleanupRequest,
+        CleanedTask,
+        Activity,
+        UsageLine,
+        GroupStats,
+    );
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all.dedup_by(|a, b| a.0 == b.0);
+    all
+}
+
+/// Priorities a person may give run from `-PRIORITY_LIMIT` to `PRIORITY_LIMIT` (lower first).
+pub const PRIORITY_LIMIT: i32 = 1_000_000;
+
+/// Whether `model` names a model a task may use: an alias or a full `claude-*` name.
+pub fn valid_model(model: &str) -> bool {
+    matches!(model, "sonnet" | "opus" | "haiku") || model.starts_with("claude-")
+}
+
+/// Longest life of a runner join ticket, minutes (a week).
+pub const MAX_JOIN_TTL_MINUTES: u64 = 7 * 24 * 60;
+
+/// Integers as JSON (and its schemas) count them: `3` and `3.0` alike; `3.5` or one out of the
+/// type's range is refused, naming the value.
+mod integer {
+    use serde::{Deserialize, Deserializer};
+
+    fn of<T: TryFrom<i64>>(n: serde_json::Number) -> Result<T, String> {
+        let whole = match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Some(i),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
+            _ => None,
+        };
+        whole
+            .and_then(|i| T::try_from(i).ok())
+            .ok_or_else(|| format!("{n} is not an integer in range"))
+    }
+
+    /// An optional integer field.
+    pub fn option<'de, D: Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<Option<T>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(|n| of(n).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// The events of `GET /api/tasks/{id}/logs/stream` (server-sent events).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogStreamEvent {
+    /// `logs`: `data` is a JSON array of [`LogChunk`] (a page); `end`: the attempt ended, `data`
+    /// is `{}`.
+    pub event: LogStreamKind,
+    /// The event's JSON.
+    pub data: String,
+}
+
+/// The kinds of [`LogStreamEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStreamKind {
+    /// A page of chunks.
+    Logs,
+    /// The attempt ended: nothing more will come.
+    End,
+}
+
+/// The events of `GET /api/events` (server-sent events).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskStreamEvent {
+    /// `task`: `data` is a [`Task`] that changed; `resync`: deltas were missed, reload the list.
+    pub event: TaskStreamKind,
+    /// The event's JSON.
+    pub data: String,
+}
+
+/// The kinds of [`TaskStreamEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStreamKind {
+    /// A task changed.
+    Task,
+    /// Reload the list.
+    Resync,
+}
+
+/// A repository's approval mode: one of the global modes, or `""` (in a `PATCH`: clear, so the
+/// global mode applies). Its schema lists the serde names of its variants (the derive drops an
+/// empty name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RepoApprovalMode {
+    /// Nobody approves.
+    FullAuto,
+    /// A person approves each merge.
+    ReviewMerge,
+    /// A person approves each dispatch and each merge.
+    ReviewAll,
+    /// The global mode.
+    #[serde(rename = "")]
+    Global,
+}
+
+impl utoipa::PartialSchema for RepoApprovalMode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use RepoApprovalMode::*;
+        let names = [FullAuto, ReviewMerge, ReviewAll, Global]
+            .map(|m| serde_json::to_value(m).expect("a unit variant serialises"));
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .description(Some(
+                "A repository's approval mode, or `\"\"` for the global one",
+            ))
+            .enum_values(Some(names))
+            .into()
+    }
+}
+
+impl ToSchema for RepoApprovalMode {}
+
+/// What happens when the reviewer cannot give a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewFailMode {
+    /// The task goes on unreviewed.
+    Open,
+    /// The task waits for a person.
+    Closed,
+}
+
+/// What the agent's sandbox may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum EgressPolicy {
+    /// Nothing.
+    None,
+    /// The model gateway only.
+    GatewayOnly,
+    /// Anything.
+    Open,
+}
+
+/// How a pull request is merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeMethod {
+    /// One squashed commit.
+    Squash,
+    /// A merge commit.
+    Merge,
+    /// Rebased commits.
+    Rebase,
+}
+
+/// What happens to a pull request no CI check reports on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NoChecks {
+    /// Merge it.
+    Merge,
+    /// Hold it for a person.
+    Hold,
+    /// Keep waiting.
+    Wait,
+}
+
+/// A task's status (`Task.status`, the `status` filter of `GET /api/tasks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Arrived, not triaged yet.
+    New,
+    /// Waiting for a runner.
+    Queued,
+    /// A runner took it.
+    Leased,
+    /// The agent works.
+    Running,
+    /// The verify command runs.
+    Verifying,
+    /// The branch is pushed.
+    Pushing,
+    /// A pull request is open.
+    PrOpen,
+    /// The reviewer reads it.
+    Reviewing,
+    /// Waiting for CI.
+    CiWait,
+    /// Waiting for a person to approve the merge.
+    ApprovalHold,
+    /// Being merged.
+    Merging,
+    /// Merged.
+    Merged,
+    /// Failed.
+    Failed,
+    /// Canceled.
+    Canceled,
+}
+
+/// A user's role, ordered by what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads.
+    Viewer,
+    /// Reads and steers tasks.
+    Operator,
+    /// Everything.
+    Admin,
+}
+
+/// When a person approves: never, before merging, or before dispatch and merging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalMode {
+    /// Nobody approves.
+    FullAuto,
+    /// A person approves each merge.
+    ReviewMerge,
+    /// A person approves each dispatch and each merge.
+    ReviewAll,
+}
+
+/// A runner's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerState {
+    /// Takes work.
+    Active,
+    /// Finishes its leases, takes no more.
+    Draining,
+    /// Takes nothing; its certificate is refused.
+    Disabled,
+}
+
+/// `{action}` of `POST /api/tasks/{id}/{action}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskAction {
+    /// Clears an approval hold.
+    Approve,
+    /// Holds the task.
+    Hold,
+    /// Releases a hold.
+    Release,
+    /// Cancels it.
+    Cancel,
+    /// Rejects what waits for approval.
+    Reject,
+    /// Queues it again (with edits).
+    Requeue,
+    /// Moves it to a stronger model.
+    Escalate,
+    /// Dispatches it now.
+    Dispatch,
+    /// Dispatches it now (alias of `dispatch`).
+    DispatchNow,
+    /// Changes its prompt, model or priority.
+    Edit,
+}
+
+/// `{state}` of `POST /api/runners/{id}/{state}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerAction {
+    /// Finish the leases, take no more.
+    Drain,
+    /// Refuse the runner.
+    Disable,
+    /// Take work again.
+    Enable,
+}
 
 /// Every error: what went wrong and what to do about it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable kind (`unauthorized`, `forbidden`, `not_found`, `conflict`, `invalid`, …).
     pub error: String,
@@ -17,29 +349,31 @@ pub struct ErrorBody {
 }
 
 /// `POST /api/login`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LoginRequest {
     /// User name.
+    #[schema(max_length = 64)]
     pub username: String,
     /// Password.
     pub password: String,
 }
 
 /// Who is asking (`GET /api/me`, and the login answer).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Me {
     /// User id.
     pub id: i64,
     /// User name.
     pub username: String,
     /// `viewer`, `operator` or `admin`.
+    #[schema(value_type = Role)]
     pub role: String,
     /// The CSRF token to send as `X-CSRF-Token` with mutating requests (cookie sessions only).
     pub csrf_token: Option<String>,
 }
 
 /// A task as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Task {
     /// Id.
     pub id: i64,
@@ -50,6 +384,7 @@ pub struct Task {
     /// Title.
     pub title: String,
     /// Status.
+    #[schema(value_type = TaskStatus)]
     pub status: String,
     /// Why it ended.
     pub terminal_reason: Option<String>,
@@ -86,7 +421,7 @@ pub struct Task {
 }
 
 /// Retries spent per failure mode.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, ToSchema)]
 pub struct Retries {
     /// Agent failures.
     pub agent: i32,
@@ -101,7 +436,7 @@ pub struct Retries {
 }
 
 /// A timeline entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// Id (orders the timeline).
     pub id: i64,
@@ -110,8 +445,10 @@ pub struct Event {
     /// Who.
     pub actor: String,
     /// From.
+    #[schema(value_type = Option<TaskStatus>)]
     pub from_status: Option<String>,
     /// To.
+    #[schema(value_type = TaskStatus)]
     pub to_status: String,
     /// Why.
     pub reason: String,
@@ -120,7 +457,7 @@ pub struct Event {
 }
 
 /// Task detail: the task and its timeline.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TaskDetail {
     /// The task.
     pub task: Task,
@@ -138,7 +475,7 @@ pub struct TaskDetail {
 }
 
 /// One line of a task's cost breakdown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UsageLine {
     /// `agent`, `triage`, `review`, `reflection`, …
     pub purpose: String,
@@ -155,7 +492,7 @@ pub struct UsageLine {
 }
 
 /// A task's place in the dependency graph.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Dependencies {
     /// The task.
     pub task: i64,
@@ -166,13 +503,14 @@ pub struct Dependencies {
 }
 
 /// A task reached in the dependency graph.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DependencyLink {
     /// The task.
     pub id: i64,
     /// Its title.
     pub title: String,
     /// Its status.
+    #[schema(value_type = TaskStatus)]
     pub status: String,
     /// Edges away (1: directly).
     pub depth: u32,
@@ -182,7 +520,7 @@ pub struct DependencyLink {
 }
 
 /// One log chunk.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LogChunk {
     /// Attempt.
     pub attempt: i32,
@@ -197,19 +535,49 @@ pub struct LogChunk {
     pub at: Option<DateTime<Utc>>,
 }
 
+/// `POST /api/tasks`: a task from a prompt.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateTask {
+    /// Repository `owner/name` (registered).
+    pub repo: String,
+    /// Title (not blank).
+    #[schema(
+        pattern = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
+    pub title: String,
+    /// What the agent is to do (not blank).
+    #[schema(
+        pattern = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
+    pub prompt: String,
+    /// Model (default: the configured one): `sonnet`, `opus`, `haiku` or a full `claude-*` name.
+    #[schema(pattern = r"^(sonnet|opus|haiku|claude-[^\u0000]*)$")]
+    pub model: Option<String>,
+    /// Priority (lower first).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = -1_000_000, maximum = 1_000_000)]
+    pub priority: Option<i32>,
+}
+
 /// `POST /api/tasks/{id}/{action}` bodies (all optional fields).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ActionRequest {
-    /// New model (escalate, edit, requeue).
+    /// New model (escalate, edit, requeue): `sonnet`, `opus`, `haiku` or a full `claude-*` name.
+    #[schema(pattern = r"^(sonnet|opus|haiku|claude-[^\u0000]*)$")]
     pub model: Option<String>,
     /// New priority (edit, requeue).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = -1_000_000, maximum = 1_000_000)]
     pub priority: Option<i32>,
-    /// New prompt (edit, requeue).
+    /// New prompt (edit, requeue; not blank).
+    #[schema(
+        pattern = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     pub prompt: Option<String>,
 }
 
 /// A repository.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Repo {
     /// Id.
     pub id: i64,
@@ -226,27 +594,38 @@ pub struct Repo {
 }
 
 /// Repository settings; in a `PATCH`, absent fields stay as they are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct RepoSettings {
     /// Verify command (`""` clears it).
     pub verify_command: Option<String>,
     /// `full-auto`, `review-merge`, `review-all` (`""`: the global mode).
+    #[schema(value_type = Option<RepoApprovalMode>)]
     pub approval_mode: Option<String>,
     /// `open` or `closed`.
+    #[schema(value_type = Option<ReviewFailMode>)]
     pub review_fail_mode: Option<String>,
     /// `none`, `gateway-only`, `open`.
+    #[schema(value_type = Option<EgressPolicy>)]
     pub egress_policy: Option<String>,
     /// Per-task budget, micro-dollars (0 clears).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 0)]
     pub budget_task_microusd: Option<i64>,
     /// Daily budget, micro-dollars (0 clears).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 0)]
     pub budget_daily_microusd: Option<i64>,
-    /// Concurrency cap (0 removes).
+    /// Concurrency cap (0 removes; at most 1000).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 0, maximum = 1000)]
     pub max_concurrency: Option<i32>,
     /// `squash`, `merge`, `rebase`.
+    #[schema(value_type = Option<MergeMethod>)]
     pub merge_method: Option<String>,
     /// Checks that do not count.
     pub ci_ignore: Option<Vec<String>>,
     /// `merge`, `hold`, `wait`.
+    #[schema(value_type = Option<NoChecks>)]
     pub no_checks: Option<String>,
     /// Whether tasks are dispatched.
     pub enabled: Option<bool>,
@@ -255,6 +634,8 @@ pub struct RepoSettings {
     /// Whether the agent CLI may run the hooks and MCP servers the default branch configures.
     pub agent_hooks: Option<bool>,
     /// Seconds to wait for CI checks to appear before the no-checks policy applies.
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 0)]
     pub no_checks_grace_secs: Option<i32>,
     /// The environment's base image, a local image on the runners (`""` clears it: the
     /// repository's `.backporcher.toml` or devcontainer decides). Wins over the repository's files.
@@ -264,9 +645,10 @@ pub struct RepoSettings {
 }
 
 /// `POST /api/repos`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewRepo {
     /// `owner/name`.
+    #[schema(pattern = "^[A-Za-z0-9._-]+/[A-Za-z0-9._-]+$")]
     pub name: String,
     /// Clone URL (default: GitHub's).
     pub clone_url: Option<String>,
@@ -275,7 +657,7 @@ pub struct NewRepo {
 }
 
 /// A repository's setup-only secret as listed (the value is never returned).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Secret {
     /// Its name (an environment variable name).
     pub name: String,
@@ -284,9 +666,10 @@ pub struct Secret {
 }
 
 /// `PUT /api/repos/{id}/secrets/{name}`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct SecretValue {
     /// The value (12 to 65,536 characters).
+    #[schema(min_length = 12, max_length = 65536)]
     pub value: String,
 }
 
@@ -298,7 +681,7 @@ impl std::fmt::Debug for SecretValue {
 
 /// `GET /api/repos/{id}/environment`: the environment as the repository's settings describe it,
 /// beside what its own files on the default branch declare as the latest task read them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RepoEnvironment {
     /// The repository.
     pub repo: String,
@@ -309,7 +692,7 @@ pub struct RepoEnvironment {
 }
 
 /// The environment as the repository's settings describe it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnvironmentSettings {
     /// Base image (none: the repository's files decide).
     pub image: Option<String>,
@@ -320,7 +703,7 @@ pub struct EnvironmentSettings {
 }
 
 /// A runner's report of a repository's environment, as of one task.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnvironmentSeen {
     /// The task.
     pub task: i64,
@@ -336,7 +719,7 @@ pub struct EnvironmentSeen {
 }
 
 /// A learning.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Learning {
     /// `merged` or `failed`.
     pub outcome: String,
@@ -345,7 +728,7 @@ pub struct Learning {
 }
 
 /// A runner.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Runner {
     /// Id.
     pub id: i64,
@@ -358,6 +741,7 @@ pub struct Runner {
     /// Capacity.
     pub capacity: i32,
     /// `active`, `draining`, `disabled`.
+    #[schema(value_type = RunnerState)]
     pub state: String,
     /// Version.
     pub version: Option<String>,
@@ -368,38 +752,42 @@ pub struct Runner {
 }
 
 /// `POST /api/runners/tokens`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct JoinTokenRequest {
     /// Labels the runner will carry.
     #[serde(default)]
     pub labels: Vec<String>,
-    /// Minutes valid (default 60).
+    /// Minutes valid (default 60, at most a week).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 1, maximum = 10080)]
     pub ttl_minutes: Option<u64>,
 }
 
 /// A join ticket for `backporcher-runner join --token`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JoinTicket {
     /// `<token>@<ca-sha256>`.
     pub ticket: String,
 }
 
 /// Global switches.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Settings {
     /// Dispatch paused.
     pub paused: bool,
     /// Default approval mode.
+    #[schema(value_type = ApprovalMode)]
     pub approval_mode: String,
 }
 
 /// A change to the global switches (`PATCH /api/settings`): the approval mode (admin), the
 /// dispatch pause (operator). Absent fields stay as they are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsPatch {
     /// `full-auto`, `review-merge` or `review-all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ApprovalMode>)]
     pub approval_mode: Option<String>,
     /// Pause (true) or resume (false) dispatch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -407,7 +795,7 @@ pub struct SettingsPatch {
 }
 
 /// Ask the controller to deal now with what ended tasks left on GitHub (`POST /api/cleanup`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CleanupRequest {
     /// Only this repository (`owner/name`).
@@ -419,13 +807,14 @@ pub struct CleanupRequest {
 }
 
 /// What one cleanup did to one ended task.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CleanedTask {
     /// Task id.
     pub task: i64,
     /// `owner/name`.
     pub repo: String,
     /// How it ended.
+    #[schema(value_type = TaskStatus)]
     pub status: String,
     /// The PR closed (it was still open).
     pub pr_closed: Option<i64>,
@@ -436,47 +825,55 @@ pub struct CleanedTask {
 }
 
 /// A user.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct User {
     /// Id.
     pub id: i64,
     /// Name.
     pub username: String,
     /// Role.
+    #[schema(value_type = Role)]
     pub role: String,
     /// Disabled.
     pub disabled: bool,
 }
 
 /// `POST /api/users`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewUser {
-    /// Name.
+    /// Name: 1 to 64 letters, digits, `.`, `_` or `-`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub username: String,
     /// Password (at least 12 characters).
+    #[schema(min_length = 12)]
     pub password: String,
     /// Role.
+    #[schema(value_type = Role)]
     pub role: String,
 }
 
 /// `PATCH /api/users/{id}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct UserPatch {
     /// New role.
+    #[schema(value_type = Option<Role>)]
     pub role: Option<String>,
     /// Disable or enable.
     pub disabled: Option<bool>,
 }
 
 /// `POST /api/tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewToken {
-    /// Label.
+    /// Label (not blank).
+    #[schema(
+        pattern = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     pub name: String,
 }
 
 /// An API token (the secret only once, at creation).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Token {
     /// Id.
     pub id: i64,
@@ -491,7 +888,7 @@ pub struct Token {
 }
 
 /// An audit entry.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditEntry {
     /// Id.
     pub id: i64,
@@ -508,7 +905,7 @@ pub struct AuditEntry {
 }
 
 /// Statistics.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct Stats {
     /// Merged tasks.
     pub merged: i64,
@@ -546,7 +943,7 @@ pub struct Stats {
 }
 
 /// Tasks ended in a window of days, for one group.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GroupStats {
     /// `all`, `repo` or `model`.
     pub by: String,
@@ -567,7 +964,7 @@ pub struct GroupStats {
 }
 
 /// Spending on one model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ModelCost {
     /// Model.
     pub model: String,
@@ -578,7 +975,7 @@ pub struct ModelCost {
 }
 
 /// Today's figures of a daily budget (UTC day), micro-dollars.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct BudgetToday {
     /// The daily budget, if set.
     pub budget_microusd: Option<i64>,
@@ -589,7 +986,7 @@ pub struct BudgetToday {
 }
 
 /// One repository-day.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DayStats {
     /// Repository.
     pub repo: String,
@@ -605,7 +1002,7 @@ pub struct DayStats {
 
 /// `GET /api/activity`: what every live task, the controller's own agents and each runner are
 /// doing now.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Activity {
     /// Live tasks, oldest first, each with its stage and since when.
     pub tasks: Vec<LiveTask>,
@@ -616,7 +1013,7 @@ pub struct Activity {
 }
 
 /// A live task in the pipeline.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LiveTask {
     /// Id.
     pub id: i64,
@@ -625,6 +1022,7 @@ pub struct LiveTask {
     /// Title.
     pub title: String,
     /// Status: the stage it is in.
+    #[schema(value_type = TaskStatus)]
     pub status: String,
     /// Hold overlay.
     pub hold: Option<String>,
@@ -642,7 +1040,7 @@ pub struct LiveTask {
 }
 
 /// One of the controller's own agents.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentActivity {
     /// `triage`, `review` or `reflection`.
     pub name: String,
@@ -657,7 +1055,7 @@ pub struct AgentActivity {
 }
 
 /// A model call the controller made.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentCall {
     /// When.
     pub at: DateTime<Utc>,
@@ -670,13 +1068,14 @@ pub struct AgentCall {
 }
 
 /// A runner and what it runs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunnerActivity {
     /// Id.
     pub id: i64,
     /// Name.
     pub name: String,
     /// `active`, `draining`, `disabled`.
+    #[schema(value_type = RunnerState)]
     pub state: String,
     /// Tasks at once.
     pub capacity: i32,

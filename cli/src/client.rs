@@ -277,6 +277,21 @@ impl Client {
         Ok(())
     }
 
+    /// The whole log of a task's current attempt, page after page (the API pages by sequence).
+    pub async fn all_logs(&self, id: i64) -> Result<Vec<api::LogChunk>, CliError> {
+        let mut all: Vec<api::LogChunk> = Vec::new();
+        loop {
+            let after = all.last().map_or(-1, |c| c.seq);
+            let page: Vec<api::LogChunk> = self
+                .get(&format!("/api/tasks/{id}/logs?after={after}&limit=1000"))
+                .await?;
+            if page.is_empty() {
+                return Ok(all);
+            }
+            all.extend(page);
+        }
+    }
+
     /// Prints an attempt's log as it grows, until the attempt ends.
     pub async fn follow_logs(&self, id: i64) -> Result<(), CliError> {
         self.sse(&format!("/api/tasks/{id}/logs/stream"), |event, data| {

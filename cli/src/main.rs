@@ -290,7 +290,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 );
             }
             if logs {
-                let chunks: Vec<api::LogChunk> = c.get(&format!("/api/tasks/{id}/logs")).await?;
+                let chunks = c.all_logs(id).await?;
                 for ch in chunks {
                     print!("{}", ch.text);
                 }
@@ -301,7 +301,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             if follow {
                 c.follow_logs(id).await
             } else {
-                let chunks: Vec<api::LogChunk> = c.get(&format!("/api/tasks/{id}/logs")).await?;
+                let chunks = c.all_logs(id).await?;
                 if json {
                     return print_json(&chunks);
                 }

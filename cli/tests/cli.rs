@@ -560,3 +560,100 @@ async fn the_cli_drives_a_live_controller() {
     assert_eq!(code, 6, "{err}");
     assert!(err.contains("cannot reach the controller"), "{err}");
 }
+
+/// `backporcher logs` prints a whole log however many pages the API serves it in.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_prints_every_page_of_a_long_log() {
+    use controller::store::claims::{ClaimRequest, LeaseRef};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = pgembed::testing::cluster()
+        .await
+        .fresh_database(&controller::store::MIGRATOR)
+        .await
+        .unwrap();
+    let store = controller::store::Store::connect(&db.url, 4).await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", http.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = controller::server::start(
+        Config {
+            database_url: Some(db.url.clone()),
+            data_dir: dir.path().join("controller"),
+            ..Config::default()
+        },
+        controller::server::Listeners { http, grpc },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let password = controller::http::bootstrap_admin(&store, "root")
+        .await
+        .unwrap();
+    let repo = store
+        .add_repo(&controller::store::repos::NewRepo {
+            name: "acme/logs".into(),
+            clone_url: "https://example.invalid/acme/logs.git".into(),
+            default_branch: "main".into(),
+        })
+        .await
+        .unwrap();
+    let mut t = controller::store::tasks::NewTask::for_issue(repo.id, 0, "Long log", "body");
+    t.issue_number = None;
+    let task = store.create_task(&t).await.unwrap();
+    store
+        .triage(
+            task.id,
+            &controller::store::tasks::Triage::default(),
+            &controller::store::Note::new("user:test", "triaged"),
+        )
+        .await
+        .unwrap();
+    let runner = store.register_runner("r1", &[], 4).await.unwrap().id;
+    let claimed = store
+        .claim(&ClaimRequest {
+            runner_id: runner,
+            labels: &[],
+            lease: Duration::from_secs(60),
+            capacity: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let lease = LeaseRef::of(&claimed).unwrap();
+    // 2,500 chunks: three pages of at most 1,000.
+    let chunks: Vec<(i64, String, Vec<u8>)> = (0..2500)
+        .map(|i| (i, "agent".to_owned(), format!("line {i}\n").into_bytes()))
+        .collect();
+    store.append_logs(&lease, &chunks).await.unwrap();
+
+    let cfg = dir.path().join("admin.toml");
+    let login = {
+        let (cfg, url) = (cfg.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            backporcher(
+                &cfg,
+                &["login", "--url", &url, "--user", "root", "--password-stdin"],
+                Some(&password),
+            )
+        })
+    };
+    let (code, out, err) = login.await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let id = task.id.to_string();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || backporcher(&cfg, &["logs", &id], None))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let expected: String = (0..2500).map(|i| format!("line {i}\n")).collect();
+    assert!(
+        out == expected,
+        "the log printed is not the whole log ({} bytes of {})",
+        out.len(),
+        expected.len()
+    );
+    shutdown.cancel();
+    server.stopped().await.unwrap();
+}

@@ -90,6 +90,9 @@ pub struct Config {
     pub metrics_interval: Duration,
     /// A bearer token `/metrics` requires (`None`: open, as on a private address).
     pub metrics_token: Option<String>,
+    /// Proxies in front of the HTTP listener whose `X-Forwarded-For` names the client (login
+    /// limits count per client address); from anyone else the header is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Config {
@@ -133,6 +136,7 @@ impl Default for Config {
             retention_interval: Duration::from_secs(3600),
             metrics_interval: Duration::from_secs(15),
             metrics_token: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -220,6 +224,8 @@ pub struct FileConfig {
     pub metrics_seconds: Option<u64>,
     /// A bearer token `/metrics` requires.
     pub metrics_token: Option<String>,
+    /// IP addresses of the proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// A list written either as a TOML array or as one comma-separated string (as in the

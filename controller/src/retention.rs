@@ -1,7 +1,8 @@
 //! The retention loop: one replica at a time ([`crate::loops::lead`]), every `retention_interval`,
 //! prunes what piles up by age ([`crate::store::retention`]) in bounded batches until a pass
 //! removes less than a batch of each kind (at most `MAX_BATCHES` batches per pass, so one huge
-//! backlog drains over several passes and never holds the database).
+//! backlog drains over several passes and never holds the database), and login limit rows of
+//! windows that ended a day ago.
 
 use std::sync::Arc;
 
@@ -48,6 +49,16 @@ pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
                     {
                         break;
                     }
+                }
+                // Login limit rows whose window ended long ago (a window lasts minutes).
+                let limits = store
+                    .prune_login_limits(std::time::Duration::from_secs(24 * 3600), BATCH)
+                    .await?;
+                if limits > 0 {
+                    tracing::info!(
+                        login_limits = limits,
+                        "retention: pruned expired login limits"
+                    );
                 }
                 if total.total() > 0 {
                     tracing::info!(

@@ -287,7 +287,12 @@ pub async fn start(
         metrics: ctx.metrics.clone(),
         metrics_token: config.metrics_token.clone(),
         cleanup: config.cleanup,
+        guard: Arc::new(crate::http::guard::Guard::new(
+            crate::http::auth::Passwords::for_this_machine(),
+            config.trusted_proxies.clone(),
+        )),
     };
+    crate::http::auth::Passwords::warm_up();
     let app = Router::new()
         .merge(crate::http::health::router())
         .with_state(state.clone())
@@ -317,16 +322,20 @@ pub async fn start(
         }
     };
     tracing::info!(addr = %listeners.http.local_addr()?, https = tls.is_some(), "controller listening");
+    use crate::http::guard::PeerAddr;
     let http = match tls {
         None => tokio::spawn(
-            axum::serve(listeners.http, app)
-                .with_graceful_shutdown(stopped)
-                .into_future(),
+            axum::serve(
+                listeners.http,
+                app.into_make_service_with_connect_info::<PeerAddr>(),
+            )
+            .with_graceful_shutdown(stopped)
+            .into_future(),
         ),
         Some(tls) => tokio::spawn(
             axum::serve(
                 crate::http::tls::TlsListener::new(listeners.http, tls)?,
-                app,
+                app.into_make_service_with_connect_info::<PeerAddr>(),
             )
             .with_graceful_shutdown(stopped)
             .into_future(),

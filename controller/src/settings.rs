@@ -276,6 +276,15 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
         }),
         (None, None) => None,
     };
+    let mut trusted_proxies = Vec::new();
+    for p in file.trusted_proxies.iter().flatten() {
+        match p.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) => trusted_proxies.push(ip.to_canonical()),
+            Err(_) => problems.push(error(format!(
+                "trusted_proxies: `{p}` is not an IP address; list the proxies' addresses (no names, no ranges)"
+            ))),
+        }
+    }
     let defaults = Config::default();
     let config = Config {
         database_url: args.database_url.or(file.database_url),
@@ -348,6 +357,7 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
         retention,
         metrics_interval,
         metrics_token: file.metrics_token.filter(|t| !t.is_empty()),
+        trusted_proxies,
         ..defaults
     };
     Ok((config, problems))

@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-use super::auth::{Caller, Role, check_password, hash_password};
+use super::auth::{Caller, Role, check_password};
 use super::views::*;
 use super::{ApiError, ApiJson, ApiResult, AppState, audited};
 
@@ -194,9 +194,12 @@ pub(super) async fn cleanup(
     result.map(Json)
 }
 
-#[derive(Deserialize)]
+/// The filters of `GET /api/stats`.
+#[derive(Deserialize, utoipa::IntoParams)]
 pub(super) struct StatsQuery {
+    /// Only this repository (`owner/name`).
     repo: Option<String>,
+    /// Days of `by_day`.
     days: Option<i32>,
 }
 
@@ -293,7 +296,7 @@ pub(super) async fn add_user(
         .await?;
     let result = async {
         check_password(&req.password)?;
-        let hash = hash_password(&req.password)?;
+        let hash = s.guard.passwords.hash(&req.password).await?;
         Ok(user_view(
             s.store.create_user(&req.username, &hash, &req.role).await?,
         ))
@@ -313,12 +316,19 @@ pub(super) async fn update_user(
     let target = format!("user-id:{id}");
     c.require(&s, Role::Admin, "update_user", Some(&target))
         .await?;
-    let result = s
-        .store
-        .update_user(id, req.role.as_deref(), req.disabled)
-        .await
-        .map(user_view)
-        .map_err(ApiError::from);
+    let demotes_self = id == c.user.id
+        && (req.disabled == Some(true) || req.role.as_deref().is_some_and(|r| r != "admin"));
+    let result = if demotes_self {
+        Err(ApiError::Conflict(
+            "you cannot disable yourself or give up your admin role (the last admin could lock everyone out); another admin must".into(),
+        ))
+    } else {
+        s.store
+            .update_user(id, req.role.as_deref(), req.disabled)
+            .await
+            .map(user_view)
+            .map_err(ApiError::from)
+    };
     audited(&s, &c.actor(), "update_user", &target, result)
         .await
         .map(Json)
@@ -379,9 +389,12 @@ pub(super) async fn revoke_token(
     audited(&s, &c.actor(), "revoke_token", &target, result).await
 }
 
-#[derive(Deserialize)]
+/// A page of the audit log.
+#[derive(Deserialize, utoipa::IntoParams)]
 pub(super) struct AuditQuery {
+    /// At most this many (default 200; at most 1000 are returned).
     limit: Option<i64>,
+    /// Only entries with a smaller id (the next page).
     before: Option<i64>,
 }
 

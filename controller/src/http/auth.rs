@@ -1,8 +1,13 @@
 //! Who is calling and what they may do. Cookie sessions (from a password login, argon2-hashed
 //! passwords) need the session's CSRF token in `X-CSRF-Token` on every mutating request; API
 //! tokens (`Authorization: Bearer bpt_…`) are for the CLI and scripts. Roles are ordered
-//! viewer < operator < admin. Logins are rate-limited per user name from the audit log, so the
-//! limit holds across controller replicas and restarts.
+//! viewer < operator < admin. Password hashing ([`Passwords`]) runs on the blocking pool, a few at
+//! a time, and costs the same whether or not the user exists; the login limits are in
+//! [`super::session`].
+
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -16,8 +21,6 @@ use crate::store::users::User;
 
 /// Session cookie name.
 pub const COOKIE: &str = "bp_session";
-/// Failed logins per user name within the window before logins are refused.
-pub const LOGIN_ATTEMPTS: i64 = 5;
 
 /// A role, ordered by what it may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -92,6 +95,91 @@ impl Caller {
             },
             self.user.role
         )))
+    }
+}
+
+/// Password hashing and checking off the async workers: each runs on the blocking pool while it
+/// holds one of a few slots (argon2 takes 19 MiB and tens of milliseconds a call). When every slot
+/// stays taken for `wait`, the call is refused ([`ApiError::Unavailable`]) instead of queueing
+/// without end. A check for a user that does not exist (or may not log in) verifies against a
+/// fixed dummy hash, so it costs what a real one costs.
+pub struct Passwords {
+    slots: tokio::sync::Semaphore,
+    wait: Duration,
+    verified: AtomicU64,
+}
+
+/// A hash of a password nobody knows, with the parameters real hashes have: what a login for an
+/// unknown user is checked against.
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    hash_password(&crate::store::runners::new_secret("dummy-")).expect("argon2 hashes a password")
+});
+
+impl Passwords {
+    /// At most `slots` hashes at once; a caller waits at most `wait` for a slot.
+    pub fn new(slots: usize, wait: Duration) -> Self {
+        Self {
+            slots: tokio::sync::Semaphore::new(slots.max(1)),
+            wait,
+            verified: AtomicU64::new(0),
+        }
+    }
+
+    /// Slots as many as the machine has cores, at most four; a caller waits up to two seconds.
+    pub fn for_this_machine() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::new(cores.min(4), Duration::from_secs(2))
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let slot = tokio::time::timeout(self.wait, self.slots.acquire())
+            .await
+            .map_err(|_| {
+                ApiError::Unavailable(
+                    "the controller is busy checking other passwords; retry in a few seconds"
+                        .into(),
+                )
+            })?
+            .map_err(|_| ApiError::Internal("the password slots are closed".into()))?;
+        let out = tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ApiError::Internal(format!("a password hash task failed: {e}")))?;
+        drop(slot);
+        Ok(out)
+    }
+
+    /// Whether `password` matches `hash`; `None` (no such user) checks against the dummy hash
+    /// and is always false. Exactly one argon2 verification either way.
+    pub async fn verify(&self, password: &str, hash: Option<String>) -> Result<bool, ApiError> {
+        let password = password.to_owned();
+        let known = hash.is_some();
+        let ok = self
+            .run(move || {
+                let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
+                verify_password(&password, &hash)
+            })
+            .await?;
+        self.verified.fetch_add(1, Ordering::Relaxed);
+        Ok(ok && known)
+    }
+
+    /// Hashes a password (argon2id, random salt).
+    pub async fn hash(&self, password: &str) -> Result<String, ApiError> {
+        let password = password.to_owned();
+        self.run(move || hash_password(&password)).await?
+    }
+
+    /// Password verifications done so far (`/metrics`: `backporcher_password_checks_total`).
+    pub fn verifications(&self) -> u64 {
+        self.verified.load(Ordering::Relaxed)
+    }
+
+    /// Makes the dummy hash now (at startup), not in the first login for an unknown user.
+    pub fn warm_up() {
+        LazyLock::force(&DUMMY_HASH);
     }
 }
 
@@ -206,5 +294,25 @@ mod tests {
         assert!(!verify_password("x", "not a hash"));
         assert!(check_password("short").is_err());
         assert!(Role::Admin > Role::Operator && Role::Operator > Role::Viewer);
+    }
+
+    #[tokio::test]
+    async fn unknown_users_cost_one_verification_and_full_slots_refuse_at_once() {
+        let p = Passwords::new(1, Duration::ZERO);
+        let h = p.hash("correct horse battery").await.unwrap();
+        assert!(
+            p.verify("correct horse battery", Some(h.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(!p.verify("wrong", Some(h)).await.unwrap());
+        assert!(!p.verify("correct horse battery", None).await.unwrap());
+        assert_eq!(p.verifications(), 3, "one argon2 verification per check");
+        let _held = p.slots.try_acquire().unwrap();
+        match p.verify("x", None).await {
+            Err(ApiError::Unavailable(m)) => assert!(m.contains("retry"), "{m}"),
+            other => panic!("expected busy, got {other:?}"),
+        }
+        assert_eq!(p.verifications(), 3, "a refused check verifies nothing");
     }
 }

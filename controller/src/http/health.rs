@@ -88,7 +88,9 @@ async fn metrics(
                 StatusCode::OK,
                 ct,
                 format!(
-                    "{text}# HELP backporcher_metrics_age_seconds Seconds since these metrics were computed.\n# TYPE backporcher_metrics_age_seconds gauge\nbackporcher_metrics_age_seconds {age:.3}\n"
+                    "{text}# HELP backporcher_metrics_age_seconds Seconds since these metrics were computed.\n# TYPE backporcher_metrics_age_seconds gauge\nbackporcher_metrics_age_seconds {age:.3}\n\
+                     # HELP backporcher_password_checks_total Password verifications this controller ran (logins past the limits, known user or not).\n# TYPE backporcher_password_checks_total counter\nbackporcher_password_checks_total {}\n",
+                    s.guard.passwords.verifications()
                 ),
             )
         }

@@ -139,10 +139,20 @@ pub(super) async fn list_secrets(
     ))
 }
 
+/// `/api/repos/{id}/secrets/{name}`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub(super) struct SecretPath {
+    /// The repository.
+    id: i64,
+    /// The secret's name: an environment variable name.
+    #[param(pattern = "^[A-Z_][A-Z0-9_]{0,63}$")]
+    name: String,
+}
+
 pub(super) async fn set_secret(
     State(s): State<AppState>,
     c: Caller,
-    Path((id, name)): Path<(i64, String)>,
+    Path(SecretPath { id, name }): Path<SecretPath>,
     ApiJson(req): ApiJson<api::SecretValue>,
 ) -> ApiResult<serde_json::Value> {
     let target = format!("repo:{id}:secret:{name}");
@@ -160,16 +170,16 @@ pub(super) async fn set_secret(
 pub(super) async fn delete_secret(
     State(s): State<AppState>,
     c: Caller,
-    Path((id, name)): Path<(i64, String)>,
+    Path(SecretPath { id, name }): Path<SecretPath>,
 ) -> ApiResult<serde_json::Value> {
     let target = format!("repo:{id}:secret:{name}");
     c.require(&s, Role::Admin, "delete_secret", Some(&target))
         .await?;
     let result = match s.store.delete_repo_secret(id, &name).await {
         Ok(true) => Ok(Json(serde_json::json!({}))),
-        Ok(false) => Err(ApiError::from(crate::store::Error::Invalid(format!(
+        Ok(false) => Err(ApiError::NotFound(format!(
             "repository #{id} has no secret `{name}`"
-        )))),
+        ))),
         Err(e) => Err(ApiError::from(e)),
     };
     audited(&s, &c.actor(), "delete_secret", &target, result).await

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use axum::{Json, Router};
 
-use super::openapi::Operation;
+use utoipa::openapi::path::ParameterIn;
+
+use super::openapi::{Operation, params_of};
 use super::{AppState, activity, admin, repos, runners, session, tasks};
 
 /// One operation of `/api` and its handler.
@@ -34,8 +36,25 @@ fn op(
             summary,
             request,
             response,
+            query: None,
+            path_params: None,
         },
         handler,
+    }
+}
+
+impl Route {
+    /// Its query parameters are `T`'s (the handler's `Query<T>`).
+    fn query<T: utoipa::IntoParams>(mut self) -> Self {
+        self.op.query = Some(|| params_of::<T>(ParameterIn::Query));
+        self
+    }
+
+    /// Its path parameters are `T`'s (the handler's `Path<T>`), not the default (`{id}` an
+    /// int64, anything else a string).
+    fn path<T: utoipa::IntoParams>(mut self) -> Self {
+        self.op.path_params = Some(|| params_of::<T>(ParameterIn::Path));
+        self
     }
 }
 
@@ -66,7 +85,7 @@ pub fn routes() -> Vec<Route> {
             "viewer",
             "End the session",
             None,
-            "empty",
+            "none",
             post(session::logout),
         ),
         op(
@@ -86,7 +105,8 @@ pub fn routes() -> Vec<Route> {
             None,
             "Task[]",
             get(tasks::list_tasks),
-        ),
+        )
+        .query::<tasks::TaskQuery>(),
         op(
             "post",
             "/api/tasks",
@@ -122,16 +142,18 @@ pub fn routes() -> Vec<Route> {
             None,
             "LogChunk[]",
             get(tasks::task_logs),
-        ),
+        )
+        .query::<tasks::LogQuery>(),
         op(
             "get",
             "/api/tasks/{id}/logs/stream",
             "viewer",
             "Follow an attempt's log (SSE: logs, end)",
             None,
-            "text/event-stream",
+            "sse:LogStreamEvent",
             get(tasks::task_logs_stream),
-        ),
+        )
+        .query::<tasks::StreamQuery>(),
         op(
             "post",
             "/api/tasks/{id}/{action}",
@@ -140,14 +162,15 @@ pub fn routes() -> Vec<Route> {
             Some("ActionRequest"),
             "Task",
             post(tasks::task_action),
-        ),
+        )
+        .path::<tasks::ActionPath>(),
         op(
             "get",
             "/api/events",
             "viewer",
             "Task changes as they happen (SSE: task deltas, resync)",
             None,
-            "text/event-stream",
+            "sse:TaskStreamEvent",
             get(tasks::events),
         ),
         op(
@@ -194,7 +217,8 @@ pub fn routes() -> Vec<Route> {
             Some("SecretValue"),
             "empty",
             put(repos::set_secret),
-        ),
+        )
+        .path::<repos::SecretPath>(),
         op(
             "delete",
             "/api/repos/{id}/secrets/{name}",
@@ -203,7 +227,8 @@ pub fn routes() -> Vec<Route> {
             None,
             "empty",
             delete(repos::delete_secret),
-        ),
+        )
+        .path::<repos::SecretPath>(),
         op(
             "get",
             "/api/repos/{id}/environment",
@@ -248,7 +273,8 @@ pub fn routes() -> Vec<Route> {
             None,
             "Runner",
             post(runners::runner_state),
-        ),
+        )
+        .path::<runners::StatePath>(),
         op(
             "get",
             "/api/settings",
@@ -302,7 +328,8 @@ pub fn routes() -> Vec<Route> {
             None,
             "Stats",
             get(admin::stats),
-        ),
+        )
+        .query::<admin::StatsQuery>(),
         op(
             "get",
             "/api/activity",
@@ -363,7 +390,7 @@ pub fn routes() -> Vec<Route> {
             "viewer",
             "Revoke a token",
             None,
-            "empty",
+            "none",
             delete(admin::revoke_token),
         ),
         op(
@@ -374,7 +401,8 @@ pub fn routes() -> Vec<Route> {
             None,
             "AuditEntry[]",
             get(admin::audit),
-        ),
+        )
+        .query::<admin::AuditQuery>(),
     ]
 }
 

@@ -28,7 +28,14 @@ pub(super) async fn runner_token(
     ApiJson(req): ApiJson<api::JoinTokenRequest>,
 ) -> ApiResult<api::JoinTicket> {
     c.require(&s, Role::Admin, "runner_token", None).await?;
-    let ttl = Duration::from_secs(req.ttl_minutes.unwrap_or(60).clamp(1, 7 * 24 * 60) * 60);
+    let minutes = req.ttl_minutes.unwrap_or(60);
+    if !(1..=api::MAX_JOIN_TTL_MINUTES).contains(&minutes) {
+        return Err(ApiError::Invalid(format!(
+            "ttl_minutes {minutes} is out of range; a join ticket lives 1 to {} minutes (a week)",
+            api::MAX_JOIN_TTL_MINUTES
+        )));
+    }
+    let ttl = Duration::from_secs(minutes * 60);
     let token = s
         .store
         .create_join_token(&format!("user:{}", c.user.username), ttl, &req.labels)
@@ -47,10 +54,20 @@ pub(super) async fn runner_token(
     }))
 }
 
+/// `POST /api/runners/{id}/{state}`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub(super) struct StatePath {
+    /// The runner.
+    id: i64,
+    /// What to do.
+    #[param(value_type = api::RunnerAction)]
+    state: String,
+}
+
 pub(super) async fn runner_state(
     State(s): State<AppState>,
     c: Caller,
-    Path((id, state)): Path<(i64, String)>,
+    Path(StatePath { id, state }): Path<StatePath>,
 ) -> ApiResult<api::Runner> {
     let target = format!("runner:{id}");
     let wanted = match state.as_str() {

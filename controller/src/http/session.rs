@@ -1,4 +1,12 @@
-//! Sessions: log in (rate-limited, audited), log out, and who is calling.
+//! Sessions: log in (limited, audited), log out, and who is calling.
+//!
+//! A login is counted before its password is checked, against two keys at once by one statement
+//! ([`crate::store::Store::count_login_attempt`]): the client address ([`ClientAddr`]; at most
+//! [`ADDR_ATTEMPTS`] per window, whatever the user names) and the user name from that address
+//! (at most [`LOGIN_ATTEMPTS`]). Concurrent attempts cannot all pass, windows expire, and an
+//! attacker's failures lock a user out only from the attacker's own address. Every login past the
+//! limit checks one password — the user's hash, or a dummy one for unknown and disabled users —
+//! so the time taken does not tell which names exist.
 
 use std::time::Duration;
 
@@ -7,37 +15,72 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::auth::{COOKIE, Caller, LOGIN_ATTEMPTS, verify_password};
+use super::auth::{COOKIE, Caller};
+use super::guard::ClientAddr;
 use super::{ApiError, ApiJson, ApiResult, AppState};
 use crate::store::ops::Actor;
 
 /// Session lifetime.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Failed logins for one user name from one address within [`LOGIN_WINDOW`].
+pub const LOGIN_ATTEMPTS: i64 = 5;
+/// Failed logins from one address within [`LOGIN_WINDOW`], whatever the user names.
+pub const ADDR_ATTEMPTS: i64 = 30;
+/// How long the failed logins of a key count; the window starts at its first attempt.
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(300);
+/// Longest user name a login looks up (longer names cannot exist).
+const MAX_USERNAME: usize = 64;
 
 pub(super) async fn login(
     State(s): State<AppState>,
+    addr: ClientAddr,
     ApiJson(req): ApiJson<api::LoginRequest>,
 ) -> Result<Response, ApiError> {
+    if req.username.len() > MAX_USERNAME {
+        return Err(ApiError::Invalid(format!(
+            "a user name has at most {MAX_USERNAME} characters"
+        )));
+    }
     let target = format!("user:{}", req.username);
-    let recent = s
-        .store
-        .recent_refusals("login", &target, Duration::from_secs(300))
-        .await?;
+    let addr_key = addr.key();
+    let user_key = format!("user:{}@{}", req.username, addr.0);
+    let keys = [addr_key.as_str(), user_key.as_str()];
+    let counts = s.store.count_login_attempt(&keys, LOGIN_WINDOW).await?;
     let anon = Actor {
-        name: "anonymous".into(),
+        name: format!("anonymous@{}", addr.0),
         user_id: None,
     };
-    if recent >= LOGIN_ATTEMPTS {
+    if counts[0] > ADDR_ATTEMPTS || counts[1] > LOGIN_ATTEMPTS {
         s.store
             .audit(&anon, "login", Some(&target), "refused: rate limited", None)
             .await?;
-        return Err(ApiError::TooMany(
-            "too many failed logins for this user; wait five minutes".into(),
-        ));
+        return Err(ApiError::TooMany(format!(
+            "too many failed logins from your address{}; wait {} minutes",
+            if counts[1] > LOGIN_ATTEMPTS {
+                " for this user"
+            } else {
+                ""
+            },
+            LOGIN_WINDOW.as_secs() / 60
+        )));
     }
     let found = s.store.user_for_login(&req.username).await?;
-    let user = match found {
-        Some((u, hash)) if !u.disabled && verify_password(&req.password, &hash) => u,
+    // One verification whatever was found: a disabled user's hash is checked too, an unknown
+    // user's password against the dummy hash.
+    let (user, hash) = match found {
+        Some((u, hash)) => (Some(u), Some(hash)),
+        None => (None, None),
+    };
+    let matches = match s.guard.passwords.verify(&req.password, hash).await {
+        Ok(m) => m,
+        Err(e) => {
+            // Nothing was checked (busy): the attempt does not count against anyone.
+            s.store.forgive_login_attempt(&keys).await?;
+            return Err(e);
+        }
+    };
+    let user = match user {
+        Some(u) if matches && !u.disabled => u,
         _ => {
             s.store
                 .audit(
@@ -51,6 +94,7 @@ pub(super) async fn login(
             return Err(ApiError::Unauthorized("wrong user name or password".into()));
         }
     };
+    s.store.forgive_login_attempt(&keys).await?;
     let (secret, csrf) = s.store.create_session(user.id, SESSION_TTL).await?;
     let actor = Actor {
         name: format!("user:{}", user.username),

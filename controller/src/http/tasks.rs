@@ -17,13 +17,20 @@ use crate::store::Status;
 use crate::store::ops::Op;
 use crate::store::tasks::{Edits, NewTask, TaskFilter};
 
-#[derive(Deserialize)]
+/// The filters of `GET /api/tasks`.
+#[derive(Deserialize, utoipa::IntoParams)]
 pub(super) struct TaskQuery {
+    /// Only tasks in this status.
+    #[param(value_type = Option<api::TaskStatus>)]
     status: Option<String>,
+    /// Only tasks of this repository (`owner/name`).
     repo: Option<String>,
+    /// Only tasks that have not ended.
     #[serde(default)]
     live: bool,
+    /// At most this many (default 200; at most 1000 are returned).
     limit: Option<i64>,
+    /// Only tasks with a smaller id (the next page).
     before: Option<i64>,
 }
 
@@ -68,19 +75,10 @@ pub(super) async fn list_tasks(
     ))
 }
 
-#[derive(Deserialize)]
-pub(super) struct CreateTask {
-    repo: String,
-    title: String,
-    prompt: String,
-    model: Option<String>,
-    priority: Option<i32>,
-}
-
 pub(super) async fn create_task(
     State(s): State<AppState>,
     c: Caller,
-    ApiJson(req): ApiJson<CreateTask>,
+    ApiJson(req): ApiJson<api::CreateTask>,
 ) -> ApiResult<api::Task> {
     c.require(
         &s,
@@ -90,6 +88,8 @@ pub(super) async fn create_task(
     )
     .await?;
     let result = async {
+        super::check_priority(req.priority)?;
+        super::check_model(req.model.as_deref())?;
         if req.prompt.trim().is_empty() || req.title.trim().is_empty() {
             return Err(ApiError::Invalid(
                 "a task needs a title and a prompt".into(),
@@ -215,23 +215,53 @@ pub(super) async fn task_dependencies(
     }))
 }
 
-#[derive(Deserialize)]
+/// Chunks a log page returns when the query names no `limit`.
+const LOG_PAGE: i64 = 200;
+/// Most chunks one log page (or one stream event) returns.
+const MAX_LOG_PAGE: i64 = 1000;
+/// How often a log stream looks for new chunks while the attempt runs.
+const LOG_POLL: Duration = Duration::from_millis(300);
+
+/// Which chunks of a log: a page after a sequence number, or the last ones.
+#[derive(Deserialize, utoipa::IntoParams)]
 pub(super) struct LogQuery {
+    /// The attempt (default: the task's current one).
     attempt: Option<i32>,
+    /// Only chunks with a greater sequence number (default: from the start).
     after: Option<i64>,
+    /// At most this many chunks (default 200), and at most 4 MiB past the first.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    /// The last this many chunks (of those after `after`) instead of the first.
+    #[param(minimum = 1, maximum = 1000)]
+    tail: Option<i64>,
 }
 
-pub(super) async fn log_page(
-    s: &AppState,
-    id: i64,
-    attempt: i32,
-    after: i64,
-) -> Result<Vec<api::LogChunk>, ApiError> {
-    Ok(s.store
-        .log_chunks_timed(id, attempt)
-        .await?
-        .into_iter()
-        .filter(|(seq, _, _, _)| *seq > after)
+/// Which log to follow, from where.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct StreamQuery {
+    /// The attempt (default: the task's current one).
+    attempt: Option<i32>,
+    /// Only chunks with a greater sequence number (default: from the start).
+    after: Option<i64>,
+    /// At most this many chunks per event (default 200), and at most 4 MiB past the first.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// The page size `limit` asks for.
+fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(LOG_PAGE),
+        Some(n @ 1..=MAX_LOG_PAGE) => Ok(n),
+        Some(n) => Err(ApiError::Invalid(format!(
+            "limit {n} is out of range; ask for 1 to {MAX_LOG_PAGE} chunks and page on with `after`"
+        ))),
+    }
+}
+
+fn chunk_views(attempt: i32, rows: Vec<crate::store::logs::LogRow>) -> Vec<api::LogChunk> {
+    rows.into_iter()
         .map(|(seq, stream, data, at)| api::LogChunk {
             attempt,
             seq,
@@ -239,7 +269,7 @@ pub(super) async fn log_page(
             text: String::from_utf8_lossy(&data).into_owned(),
             at: Some(at),
         })
-        .collect())
+        .collect()
 }
 
 pub(super) async fn task_logs(
@@ -248,36 +278,69 @@ pub(super) async fn task_logs(
     Path(id): Path<i64>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Vec<api::LogChunk>> {
+    let limit = page_limit(q.limit)?;
     let task = s.store.task(id).await?;
     let attempt = q.attempt.unwrap_or(task.attempt);
-    Ok(Json(
-        log_page(&s, id, attempt, q.after.unwrap_or(-1)).await?,
-    ))
+    let after = q.after.unwrap_or(-1);
+    let rows = match q.tail {
+        Some(n @ 1..=MAX_LOG_PAGE) => s.store.log_tail(id, attempt, after, n).await?,
+        Some(n) => {
+            return Err(ApiError::Invalid(format!(
+                "tail {n} is out of range; ask for the last 1 to {MAX_LOG_PAGE} chunks"
+            )));
+        }
+        None => s.store.log_page(id, attempt, after, limit).await?,
+    };
+    Ok(Json(chunk_views(attempt, rows)))
 }
 
 pub(super) async fn task_logs_stream(
     State(s): State<AppState>,
-    _c: Caller,
+    c: Caller,
     Path(id): Path<i64>,
-    Query(q): Query<LogQuery>,
+    Query(q): Query<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let limit = page_limit(q.limit)?;
     let task = s.store.task(id).await?;
     let attempt = q.attempt.unwrap_or(task.attempt);
+    let slot = match s.guard.open_stream(c.user.id) {
+        Ok(slot) => slot,
+        Err(e) => {
+            let _ = s
+                .store
+                .audit(
+                    &c.actor(),
+                    "follow_logs",
+                    Some(&format!("task:{id}")),
+                    "refused: too many log streams",
+                    None,
+                )
+                .await;
+            return Err(e);
+        }
+    };
     let task_stop = s.shutdown.clone();
+    // Each poll reads only the chunks after the last one sent, a page at a time; the slot is
+    // held by the stream's state and given back when the stream is dropped.
     let stream = futures::stream::unfold(
-        (s, q.after.unwrap_or(-1), false),
-        move |(s, after, done)| async move {
+        (s, q.after.unwrap_or(-1), false, slot),
+        move |(s, after, done, slot)| async move {
             if done {
                 return None;
             }
             loop {
-                let page = log_page(&s, id, attempt, after).await.unwrap_or_default();
+                let page = s
+                    .store
+                    .log_page(id, attempt, after, limit)
+                    .await
+                    .map(|rows| chunk_views(attempt, rows))
+                    .unwrap_or_default();
                 if let Some(last) = page.last() {
                     let next = last.seq;
                     let data = serde_json::to_string(&page).unwrap_or_default();
                     return Some((
                         Ok(SseEvent::default().event("logs").data(data)),
-                        (s, next, false),
+                        (s, next, false, slot),
                     ));
                 }
                 let ended = s
@@ -287,12 +350,21 @@ pub(super) async fn task_logs_stream(
                     .map(|t| !t.status.is_active() || t.attempt != attempt)
                     .unwrap_or(true);
                 if ended {
-                    return Some((
-                        Ok(SseEvent::default().event("end").data("{}")),
-                        (s, after, true),
-                    ));
+                    // Chunks stored between the read above and the end are sent before `end`.
+                    let last = s
+                        .store
+                        .log_page(id, attempt, after, 1)
+                        .await
+                        .unwrap_or_default();
+                    if last.is_empty() {
+                        return Some((
+                            Ok(SseEvent::default().event("end").data("{}")),
+                            (s, after, true, slot),
+                        ));
+                    }
+                    continue;
                 }
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                tokio::time::sleep(LOG_POLL).await;
             }
         },
     );
@@ -300,22 +372,35 @@ pub(super) async fn task_logs_stream(
     Ok(Sse::new(stream.take_until(stop)).keep_alive(KeepAlive::default()))
 }
 
+/// `POST /api/tasks/{id}/{action}`.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct ActionPath {
+    /// The task.
+    id: i64,
+    /// What to do.
+    #[param(value_type = api::TaskAction)]
+    action: String,
+}
+
 pub(super) async fn task_action(
     State(s): State<AppState>,
     c: Caller,
-    Path((id, action)): Path<(i64, String)>,
+    Path(ActionPath { id, action }): Path<ActionPath>,
     body: axum::body::Bytes,
 ) -> ApiResult<api::Task> {
     // The body is optional; when present it must be an `ActionRequest`.
     let req: api::ActionRequest = if body.iter().all(u8::is_ascii_whitespace) {
         api::ActionRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
             ApiError::Invalid(format!(
                 "the body is not an action request ({{model, priority, prompt}}): {e}"
             ))
-        })?
+        })?;
+        super::object_body(v)?
     };
+    super::check_priority(req.priority)?;
+    super::check_model(req.model.as_deref())?;
     let edits = Edits {
         model: req.model.clone(),
         priority: req.priority,

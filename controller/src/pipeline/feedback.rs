@@ -149,11 +149,11 @@ impl Loops {
     async fn log_tail(&self, task: &Task) -> String {
         let chunks = self
             .store
-            .log_chunks(task.id, task.attempt)
+            .log_tail(task.id, task.attempt, -1, 16)
             .await
             .unwrap_or_default();
         let mut text = String::new();
-        for (_, _, data) in chunks.iter().rev().take(16).rev() {
+        for (_, _, data, _) in &chunks {
             text.push_str(&String::from_utf8_lossy(data));
         }
         let len = text.len();

@@ -1,6 +1,8 @@
 //! What a runner ships while it works: log chunks (acknowledged once stored, idempotent per
 //! sequence number, capped per attempt with the rest counted) and the result bundle — each write
-//! fenced by the lease key.
+//! fenced by the lease key. Readers page: chunks after a sequence number up to a count and a byte
+//! budget ([`Store::log_page`]), or the last chunks ([`Store::log_tail`]); neither reads more of
+//! an attempt's log than it returns.
 
 use super::claims::LeaseRef;
 use super::lifecycle::{Status, TaskId, status_texts};
@@ -10,6 +12,11 @@ use super::{Error, Result, Store};
 pub const MAX_LOG_CHUNK: usize = 256 * 1024;
 /// Most log bytes stored per attempt; the rest is acknowledged, counted and dropped.
 pub const MAX_LOG_BYTES: i64 = proto::limits::MAX_LOG_BYTES as i64;
+/// Most bytes one page of log returns (at least one chunk is returned, whatever its size).
+pub const MAX_LOG_PAGE_BYTES: i64 = 4 * 1024 * 1024;
+
+/// A stored log chunk: (seq, stream, bytes, when the controller received it).
+pub type LogRow = (i64, String, Vec<u8>, chrono::DateTime<chrono::Utc>);
 
 impl Store {
     /// Stores the result bundle of an attempt (replacing an earlier upload of the same attempt).
@@ -224,17 +231,52 @@ impl Store {
         .await?)
     }
 
-    /// The log chunks of an attempt with the time each arrived: (seq, stream, data, received).
-    pub async fn log_chunks_timed(
+    /// One page of an attempt's log: the chunks with `seq > after`, in order, at most `limit` of
+    /// them and, past the first, at most [`MAX_LOG_PAGE_BYTES`] in all. The next page starts
+    /// after the last `seq` returned.
+    pub async fn log_page(
         &self,
         task: TaskId,
         attempt: i32,
-    ) -> Result<Vec<(i64, String, Vec<u8>, chrono::DateTime<chrono::Utc>)>> {
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<LogRow>> {
         Ok(sqlx::query_as(
-            "SELECT seq, stream, data, received_at FROM log_chunks WHERE task_id = $1 AND attempt = $2 ORDER BY seq",
+            "SELECT seq, stream, data, received_at FROM ( \
+               SELECT seq, stream, data, received_at, sum(length(data)) OVER (ORDER BY seq) - length(data) AS before \
+               FROM log_chunks WHERE task_id = $1 AND attempt = $2 AND seq > $3 ORDER BY seq LIMIT $4) p \
+             WHERE before = 0 OR before + length(data) <= $5 ORDER BY seq",
         )
         .bind(task)
         .bind(attempt)
+        .bind(after)
+        .bind(limit.max(0))
+        .bind(MAX_LOG_PAGE_BYTES)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The last `n` chunks of an attempt's log with `seq > after`, in order (at most
+    /// [`MAX_LOG_PAGE_BYTES`] of them counted from the end, the last chunk always).
+    pub async fn log_tail(
+        &self,
+        task: TaskId,
+        attempt: i32,
+        after: i64,
+        n: i64,
+    ) -> Result<Vec<LogRow>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, stream, data, received_at FROM ( \
+               SELECT seq, stream, data, received_at, sum(length(data)) OVER (ORDER BY seq DESC) - length(data) AS after \
+               FROM log_chunks WHERE task_id = $1 AND attempt = $2 AND seq > $5 \
+               ORDER BY seq DESC LIMIT $3) t \
+             WHERE after = 0 OR after + length(data) <= $4 ORDER BY seq",
+        )
+        .bind(task)
+        .bind(attempt)
+        .bind(n.max(0))
+        .bind(MAX_LOG_PAGE_BYTES)
+        .bind(after)
         .fetch_all(&self.pool)
         .await?)
     }

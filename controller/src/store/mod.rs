@@ -191,6 +191,13 @@ pub enum Error {
     /// Input that the store refuses, with what was wrong.
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// Well-formed, but in conflict with what is stored (a name taken, a step the row's state
+    /// does not allow), with what to do.
+    #[error("{0}")]
+    Conflict(String),
+    /// No user with this id.
+    #[error("user {0} does not exist")]
+    UserNotFound(i64),
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),

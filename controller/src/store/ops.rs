@@ -135,7 +135,7 @@ impl Store {
     /// Sets the model of a task that has not finished running; it applies from the next attempt
     /// (or the current one, if it has not started).
     pub async fn escalate(&self, id: TaskId, model: &str, note: &Note) -> Result<Task> {
-        if !matches!(model, "sonnet" | "opus" | "haiku") && !model.starts_with("claude-") {
+        if !api::valid_model(model) {
             return Err(Error::Invalid(format!(
                 "unknown model `{model}`; use sonnet, opus, haiku or a full claude-* name"
             )));
@@ -170,25 +170,6 @@ impl Store {
         }
     }
 
-    /// Refused `action`s on `target` within the last `window` (rate limits read the audit log, so
-    /// they hold across replicas and restarts).
-    pub async fn recent_refusals(
-        &self,
-        action: &str,
-        target: &str,
-        window: std::time::Duration,
-    ) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT count(*) FROM audit_log WHERE action = $1 AND target = $2 AND outcome <> 'ok' \
-             AND at > now() - make_interval(secs => $3)",
-        )
-        .bind(action)
-        .bind(target)
-        .bind(window.as_secs_f64())
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
     /// Approves what a task waits for: its merge (`approval_hold` → `merging`) or its dispatch
     /// (a `dispatch_approval` hold) — any hold that awaits approval, as the reference's
     /// `approve`; a user hold is `release`'s. Audited either way.
@@ -202,7 +183,7 @@ impl Store {
                 self.release_kind(id, Some(HoldKind::DispatchApproval), &note)
                     .await
             } else {
-                Err(Error::Invalid(format!(
+                Err(Error::Conflict(format!(
                     "task {id} is {} and waits for no approval{}",
                     task.status,
                     match task.hold_kind.0 {

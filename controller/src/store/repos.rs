@@ -109,6 +109,9 @@ pub struct RepoSettings {
     pub env_setup: Option<Vec<String>>,
 }
 
+/// Highest per-repository concurrency cap (the cap is kept as that many slot rows).
+pub const MAX_CONCURRENCY: i32 = 1000;
+
 const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command, approval_mode, \
     review_fail_mode, egress_policy, allow_workflow_changes, agent_hooks, budget_task_microusd, \
     budget_daily_microusd, max_concurrency, \
@@ -135,7 +138,7 @@ impl Store {
         .await;
         match res {
             Ok(repo) => Ok(repo),
-            Err(e) if is_unique_violation(&e, "repos_name_key") => Err(Error::Invalid(format!(
+            Err(e) if is_unique_violation(&e, "repos_name_key") => Err(Error::Conflict(format!(
                 "repository {} is already registered",
                 r.name
             ))),
@@ -214,6 +217,13 @@ impl Store {
                     "{what} must not be negative (got {v})"
                 )));
             }
+        }
+        if let Some(cap) = s.max_concurrency
+            && cap > MAX_CONCURRENCY
+        {
+            return Err(Error::Invalid(format!(
+                "concurrency cap {cap} is more than {MAX_CONCURRENCY}; use 0 for no cap"
+            )));
         }
         // A change of the cap or the daily budget waits for the repository's claims and ending
         // leases (the triggers then rebuild its slots and recount its grants).
@@ -310,7 +320,7 @@ impl Store {
                 "secret name `{name}` must look like an environment variable: A-Z, 0-9 and _, not starting with a digit, at most 64 characters"
             )));
         }
-        if !(12..=65536).contains(&value.len()) {
+        if !(12..=65536).contains(&value.chars().count()) {
             return Err(Error::Invalid(
                 "a secret must be 12 to 65,536 characters (a shorter one cannot be kept out of logs reliably)"
                     .into(),

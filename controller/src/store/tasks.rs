@@ -774,7 +774,7 @@ impl Store {
         };
         let row = sqlx::query_as::<_, Task>(concat!(
             "UPDATE tasks SET hold_kind = NULL, hold_until = NULL, hold_by = NULL, ",
-            "priority = LEAST(priority, (SELECT COALESCE(min(priority), 0) FROM tasks WHERE status = 'queued') - 1), ",
+            "priority = LEAST(priority, GREATEST((SELECT COALESCE(min(priority), 0)::bigint FROM tasks WHERE status = 'queued') - 1, -2147483648)::int), ",
             "ev_seq = ev_seq + 1, ev_actor = $3, ev_reason = $4, ev_data = $5 ",
             "WHERE id = $1 AND status = ANY($2) AND (hold_kind IS NULL OR hold_kind <> 'user') RETURNING ",
             task_columns!()

@@ -1,5 +1,6 @@
 //! People and their credentials: users with roles, login sessions (hashed cookie tokens with a
-//! CSRF token each), API tokens (hashed, revocable).
+//! CSRF token each), API tokens (hashed, revocable), and the login limits (attempts counted per
+//! key in windows that expire, each attempt counted and recorded by one statement).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -81,7 +82,7 @@ impl Store {
         .await
         .map_err(|e| {
             if is_unique_violation(&e, "users_username_key") {
-                Error::Invalid(format!("user `{username}` exists already"))
+                Error::Conflict(format!("user `{username}` exists already"))
             } else {
                 e.into()
             }
@@ -147,7 +148,7 @@ impl Store {
                 .execute(&self.pool)
                 .await?;
         }
-        user.ok_or_else(|| Error::Invalid(format!("user {id} does not exist")))
+        user.ok_or(Error::UserNotFound(id))
     }
 
     /// Opens a session; returns (cookie secret, CSRF token).
@@ -243,5 +244,68 @@ impl Store {
         .await?
         .rows_affected()
             == 1)
+    }
+
+    /// Counts one login attempt against each of `keys` and returns the attempts of each key in
+    /// its current window (in the order of `keys`), this one included. One statement counts and
+    /// records: concurrent attempts queue on the row lock, so no two of them see the same count.
+    /// A window older than `window` starts again at this attempt.
+    pub async fn count_login_attempt(
+        &self,
+        keys: &[&str],
+        window: std::time::Duration,
+    ) -> Result<Vec<i64>> {
+        // One order for every caller, so two attempts never lock the same rows crosswise.
+        let mut sorted: Vec<&str> = keys.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let rows: Vec<(String, i32)> = sqlx::query_as(
+            "INSERT INTO login_limits AS l (key, window_start, attempts) \
+             SELECT k, now(), 1 FROM unnest($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n \
+             ON CONFLICT (key) DO UPDATE SET \
+               window_start = CASE WHEN l.window_start <= now() - make_interval(secs => $2) \
+                 THEN now() ELSE l.window_start END, \
+               attempts = CASE WHEN l.window_start <= now() - make_interval(secs => $2) \
+                 THEN 1 ELSE l.attempts + 1 END \
+             RETURNING key, attempts",
+        )
+        .bind(&sorted)
+        .bind(window.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(keys
+            .iter()
+            .map(|k| {
+                rows.iter()
+                    .find(|(key, _)| key == k)
+                    .map_or(0, |(_, n)| i64::from(*n))
+            })
+            .collect())
+    }
+
+    /// Takes back an attempt counted by [`Store::count_login_attempt`] that succeeded: only
+    /// failures count against a key.
+    pub async fn forgive_login_attempt(&self, keys: &[&str]) -> Result<()> {
+        sqlx::query(
+            "UPDATE login_limits SET attempts = greatest(attempts - 1, 0) WHERE key = ANY($1)",
+        )
+        .bind(keys)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes at most `batch` login limit rows whose window ended (they would start again at
+    /// their next attempt anyway); returns how many.
+    pub async fn prune_login_limits(&self, window: std::time::Duration, batch: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM login_limits WHERE key IN (SELECT key FROM login_limits \
+             WHERE window_start <= now() - make_interval(secs => $1) LIMIT $2)",
+        )
+        .bind(window.as_secs_f64())
+        .bind(batch)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 }
