@@ -65,8 +65,20 @@ pub enum Expr {
     Index(Box<Expr>),
     /// `e?`.
     Try(Box<Expr>),
+    /// Type argument `i` of `e`'s type: what `Some(x)` / `Ok(x)` (0) or `Err(x)` (1) binds.
+    Arg(Box<Expr>, u32),
     /// A value whose type is written: `T { .. }`, `e as T`.
     Typed(Ty),
+    /// Parameter `param` of a closure passed as argument `arg` to `callee` (a path or a
+    /// `Method`): typed from the callee's `Fn(..)` bound on that argument.
+    ClosureParam {
+        /// The called function or method (`Method(recv, name)` for a method).
+        callee: Box<Expr>,
+        /// Position of the closure among the call's arguments (`self` not counted).
+        arg: u32,
+        /// Position of the parameter in the closure.
+        param: u32,
+    },
     /// Anything else (literals, closures, blocks, arithmetic).
     Unknown,
 }
@@ -86,8 +98,9 @@ impl Expr {
                     a.names(out);
                 }
             }
-            Expr::Index(e) | Expr::Try(e) => e.names(out),
+            Expr::Index(e) | Expr::Try(e) | Expr::Arg(e, _) => e.names(out),
             Expr::Typed(t) => t.names(out),
+            Expr::ClosureParam { callee, .. } => callee.names(out),
             Expr::Unknown => {}
         }
     }
@@ -145,6 +158,8 @@ pub struct Sig {
     pub generics: Vec<String>,
     /// Generic parameters of the function (and its `impl` block) with their first trait bound.
     pub bounds: Vec<(String, Ty)>,
+    /// For a function: its parameters' types in order (`self` not counted; `None` when unknown).
+    pub params: Vec<Option<Ty>>,
 }
 
 /// A definition in a file.

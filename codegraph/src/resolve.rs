@@ -121,8 +121,9 @@ const RUST_PRELUDE: &[&str] = &[
     "Eq",
 ];
 
-/// How deep a chain of lookups may go (imports of imports, bases of bases).
-const MAX_DEPTH: u32 = 12;
+/// How deep a chain of lookups may go (imports of imports, bases of bases, and the steps of
+/// an expression whose type is followed: locals typed from calls on locals typed from calls).
+const MAX_DEPTH: u32 = 40;
 
 /// Cross-file tables, built from every file's interface.
 #[derive(Debug, Default)]
@@ -652,16 +653,23 @@ impl<'a, S: Source> Resolver<'a, S> {
         }
         let facts = self.facts(f);
         let line = if f == self.current { self.line } else { 0 };
+        // a Rust path `a::b` names an item: locals are values, reached only as receivers
+        let locals_visible = !(lang == Lang::Rust && has_rest);
         for s in self.chain(f, scope) {
             let sym = &facts.symbols[s as usize];
-            if matches!(
-                sym.kind,
-                SymbolKind::Function | SymbolKind::Method | SymbolKind::Test | SymbolKind::Macro
-            ) && let Some((_, hint)) = sym
-                .locals
-                .iter()
-                .rev()
-                .find(|(n, h)| n == name && visible(h, line))
+            if locals_visible
+                && matches!(
+                    sym.kind,
+                    SymbolKind::Function
+                        | SymbolKind::Method
+                        | SymbolKind::Test
+                        | SymbolKind::Macro
+                )
+                && let Some((_, hint)) = sym
+                    .locals
+                    .iter()
+                    .rev()
+                    .find(|(n, h)| n == name && visible(h, line))
             {
                 if let Some(t) = self.hint_type(f, Some(s), hint, depth + 1) {
                     return Res::Val(Val::Inst(t));
@@ -1257,7 +1265,9 @@ const SEE_THROUGH: [&str; 16] = [
 ];
 
 /// Methods that hand back the value they are called on (seen through its pointers).
-const SAME_METHODS: [&str; 12] = [
+const SAME_METHODS: [&str; 14] = [
+    "get_unchecked_mut",
+    "get_ref",
     "clone",
     "to_owned",
     "borrow",
@@ -1725,7 +1735,11 @@ impl<S: Source> Resolver<'_, S> {
                 let (head, rest) = p.split_first()?;
                 let mut t = if head == "self" && self.facts(f).lang == Lang::Rust {
                     self.self_rty(f, scope, depth)?
-                } else if let Some((s, hint)) = self.local(f, scope, head) {
+                } else if let Some((s, hint)) = (rest.is_empty()
+                    || self.facts(f).lang != Lang::Rust)
+                    .then(|| self.local(f, scope, head))
+                    .flatten()
+                {
                     self.hint_rty(f, Some(s), &hint, depth + 1)?
                 } else {
                     return match self.resolve_path(f, scope, p, depth + 1) {
@@ -1760,6 +1774,48 @@ impl<S: Source> Resolver<'_, S> {
                 }
             }
             Expr::Typed(t) => RTy::of(t, f, scope),
+            Expr::Arg(e, i) => {
+                let mut t = self.eval(f, scope, e, depth + 1)?;
+                for _ in 0..MAX_PEEL {
+                    if matches!(
+                        t.name(),
+                        Some("Option" | "Result" | "Poll" | "LockResult" | "TryLockResult")
+                    ) {
+                        return t.args.get(*i as usize).cloned();
+                    }
+                    t = self.peel(&t, depth + 1)?;
+                }
+                None
+            }
+            Expr::ClosureParam { callee, arg, param } => {
+                let (func, map) = match callee.as_ref() {
+                    Expr::Method(recv, name) => {
+                        let t = self.eval(f, scope, recv, depth + 1)?;
+                        let (m, on) = self.find_method(t, name, depth + 1)?;
+                        let sig = self.facts(m.file).symbols[m.sym? as usize].sig.as_ref()?;
+                        let map = sig
+                            .self_ty
+                            .as_ref()
+                            .map(|st| params(st, &on))
+                            .unwrap_or_default();
+                        (m, map)
+                    }
+                    Expr::Path(p) => match self.resolve_path(f, scope, p, depth + 1) {
+                        Res::Val(Val::Sym(func)) => (func, Vec::new()),
+                        _ => return None,
+                    },
+                    _ => return None,
+                };
+                let sig = self.facts(func.file).symbols[func.sym? as usize]
+                    .sig
+                    .as_ref()?;
+                let bound = sig.params.get(*arg as usize)?.as_ref()?;
+                if bound.path != ["Fn"] {
+                    return None;
+                }
+                let t = bound.args.get(*param as usize)?;
+                Some(RTy::of(t, func.file, func.sym)?.subst(&map))
+            }
             Expr::Call(callee, arg) => {
                 let Expr::Path(p) = callee.as_ref() else {
                     return None;
