@@ -1,5 +1,5 @@
 //! Python: `def`, `class`, calls, `import`/`from ... import`, typed parameters and
-//! assignments from calls (locals and `self.x` fields).
+//! assignments from calls or typed names (locals and `self.x` fields).
 
 use tree_sitter::Node;
 
@@ -180,6 +180,17 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                     .and_then(|f| cx.callee_path(f))
                     .filter(|(_, opaque)| !opaque)
                     .map(|(p, _)| TypeHint::CallOf(p))
+            } else if right.kind() == "identifier" {
+                // `self.x = x` in `__init__(self, x: X)`: the attribute has the parameter's type
+                let name = cx.text(right);
+                scope.func.and_then(|f| {
+                    cx.facts.symbols[f as usize]
+                        .locals
+                        .iter()
+                        .rev()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, h)| h.clone())
+                })
             } else {
                 None
             };
