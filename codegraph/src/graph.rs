@@ -112,7 +112,7 @@ pub struct Graph {
     /// Files skipped by content (binary, generated), with the size and mtime they had.
     skipped: HashMap<String, (u64, u128)>,
     config: Config,
-    index: Option<Index>,
+    pub(crate) index: Option<Index>,
     /// Reverse adjacency: target → (source, kind, line).
     pub(crate) incoming: HashMap<NodeId, Vec<(NodeId, EdgeKind, u32)>>,
 }

@@ -39,6 +39,9 @@ pub enum EdgeKind {
     Implements,
     /// A symbol is exercised by a test.
     TestedBy,
+    /// A call to a base-type or trait method that may run this overriding implementation at
+    /// run time. Blast radius only: the direct-caller view never holds such an edge.
+    Dispatch,
 }
 
 /// A resolved edge.
@@ -138,6 +141,8 @@ pub struct Index {
     /// language family → name → top-level definitions (C, C++, Ruby, PHP globals)
     globals: HashMap<String, Vec<NodeId>>,
     methods_of: HashMap<NodeId, Vec<NodeId>>,
+    /// method declared outside its type → the type
+    owner_of: HashMap<NodeId, NodeId>,
     traits_of: HashMap<NodeId, Vec<NodeId>>,
     /// Rust types with a `Deref` / `Index` impl in the repository → (the impl's file and
     /// scope, its self type, the `Target` / `Output` type).
@@ -235,6 +240,7 @@ impl Index {
         }
         // methods declared outside their type, and trait impls, need the tables above
         let mut methods_of: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+        let mut owner_of: HashMap<NodeId, NodeId> = HashMap::new();
         let mut traits_of: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
         let mut deref_of: HashMap<NodeId, Assoc> = HashMap::new();
         let mut index_of: HashMap<NodeId, Assoc> = HashMap::new();
@@ -250,10 +256,12 @@ impl Index {
                     if let Res::Val(Val::Sym(t)) = r.resolve_path(id, s.parent, owner, 0)
                         && r.is_type(t)
                     {
-                        methods_of.entry(t).or_default().push(NodeId {
+                        let m = NodeId {
                             file: id,
                             sym: Some(i as u32),
-                        });
+                        };
+                        methods_of.entry(t).or_default().push(m);
+                        owner_of.insert(m, t);
                     }
                 }
                 for imp in &facts.impls {
@@ -283,10 +291,28 @@ impl Index {
             }
         }
         ix.methods_of = methods_of;
+        ix.owner_of = owner_of;
         ix.traits_of = traits_of;
         ix.deref_of = deref_of;
         ix.index_of = index_of;
         ix
+    }
+}
+
+impl Index {
+    /// The type a method declared outside it belongs to (Rust `impl`, Go receivers).
+    pub(crate) fn owner_of(&self, m: NodeId) -> Option<NodeId> {
+        self.owner_of.get(&m).copied()
+    }
+
+    /// Methods declared outside type `t`.
+    pub(crate) fn methods_of(&self, t: NodeId) -> &[NodeId] {
+        self.methods_of.get(&t).map_or(&[], Vec::as_slice)
+    }
+
+    /// Traits implemented for `t` by separate `impl` blocks.
+    pub(crate) fn traits_of(&self, t: NodeId) -> &[NodeId] {
+        self.traits_of.get(&t).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -301,6 +327,9 @@ pub struct Resolver<'a, S> {
     /// The line of the reference being resolved in the current file (0: none), which decides
     /// which `let` bindings are visible.
     line: u32,
+    /// Types of the current file's locals already followed, by (file, function, index in its
+    /// locals); cleared with each file, so the files they consulted are in `deps` already.
+    local_memo: HashMap<(u32, u32, u32), Option<RTy>>,
 }
 
 impl<'a, S: Source> Resolver<'a, S> {
@@ -314,6 +343,7 @@ impl<'a, S: Source> Resolver<'a, S> {
             deps: BTreeSet::new(),
             current: 0,
             line: 0,
+            local_memo: HashMap::new(),
         }
     }
 
@@ -321,6 +351,7 @@ impl<'a, S: Source> Resolver<'a, S> {
     pub fn links(&mut self, id: u32) -> Links {
         self.current = id;
         self.deps.clear();
+        self.local_memo.clear();
         let mut links = Links::default();
         let Some(file) = self.file(id) else {
             return links;
@@ -665,13 +696,19 @@ impl<'a, S: Source> Resolver<'a, S> {
                         | SymbolKind::Test
                         | SymbolKind::Macro
                 )
-                && let Some((_, hint)) = sym
+                && let Some(i) = sym
                     .locals
                     .iter()
-                    .rev()
-                    .find(|(n, h)| n == name && visible(h, line))
+                    .rposition(|(n, h)| n == name && visible(h, line))
             {
-                if let Some(t) = self.hint_type(f, Some(s), hint, depth + 1) {
+                let t = if lang == Lang::Rust {
+                    self.local_rty(f, s, i, depth + 1)
+                        .and_then(|t| self.repo_type(&t, depth + 1))
+                } else {
+                    let hint = &sym.locals[i].1;
+                    self.hint_type(f, Some(s), hint, depth + 1)
+                };
+                if let Some(t) = t {
                     return Res::Val(Val::Inst(t));
                 }
                 // a local shadows anything outer, typed or not
@@ -1735,12 +1772,11 @@ impl<S: Source> Resolver<'_, S> {
                 let (head, rest) = p.split_first()?;
                 let mut t = if head == "self" && self.facts(f).lang == Lang::Rust {
                     self.self_rty(f, scope, depth)?
-                } else if let Some((s, hint)) = (rest.is_empty()
-                    || self.facts(f).lang != Lang::Rust)
+                } else if let Some((s, i)) = (rest.is_empty() || self.facts(f).lang != Lang::Rust)
                     .then(|| self.local(f, scope, head))
                     .flatten()
                 {
-                    self.hint_rty(f, Some(s), &hint, depth + 1)?
+                    self.local_rty(f, s, i, depth + 1)?
                 } else {
                     return match self.resolve_path(f, scope, p, depth + 1) {
                         Res::Val(Val::Sym(n) | Val::Inst(n)) if self.is_type(n) => {
@@ -1866,8 +1902,9 @@ impl<S: Source> Resolver<'_, S> {
         }
     }
 
-    /// The innermost local named `name` visible at the current line, with its function.
-    fn local(&self, f: u32, scope: Option<u32>, name: &str) -> Option<(u32, TypeHint)> {
+    /// The innermost local named `name` visible at the current line: its function and its
+    /// index among the function's locals.
+    fn local(&self, f: u32, scope: Option<u32>, name: &str) -> Option<(u32, usize)> {
         let facts = self.facts(f);
         let line = if f == self.current { self.line } else { 0 };
         for s in self.chain(f, scope) {
@@ -1878,16 +1915,34 @@ impl<S: Source> Resolver<'_, S> {
             ) {
                 continue;
             }
-            if let Some((_, h)) = sym
+            if let Some(i) = sym
                 .locals
                 .iter()
-                .rev()
-                .find(|(n, h)| n == name && visible(h, line))
+                .rposition(|(n, h)| n == name && visible(h, line))
             {
-                return Some((s, h.clone()));
+                return Some((s, i));
             }
         }
         None
+    }
+
+    /// The type of local `i` of function `s` in file `f` (memoised for the current file: a
+    /// binding's type does not depend on where it is used).
+    fn local_rty(&mut self, f: u32, s: u32, i: usize, depth: u32) -> Option<RTy> {
+        let key = (f, s, i as u32);
+        if f == self.current {
+            if let Some(t) = self.local_memo.get(&key) {
+                return t.clone();
+            }
+            // a binding being followed is unknown to itself
+            self.local_memo.insert(key, None);
+        }
+        let hint = self.facts(f).symbols[s as usize].locals[i].1.clone();
+        let t = self.hint_rty(f, Some(s), &hint, depth);
+        if f == self.current {
+            self.local_memo.insert(key, t.clone());
+        }
+        t
     }
 }
 

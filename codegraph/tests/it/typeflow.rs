@@ -230,3 +230,37 @@ fn python_attributes_take_the_type_of_the_init_parameter_they_store() {
         "the typed parameter's attribute resolves, the untyped one is not guessed"
     );
 }
+
+#[test]
+fn a_changed_implementation_impacts_the_callers_of_the_method_it_implements() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("src")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        "[package]\nname = \"disp\"\nversion = \"0.1.0\"\n",
+    )
+    .expect("write");
+    let lib = "pub trait Buf {\n    fn remaining(&self) -> usize;\n}\n\
+               pub struct Bytes;\n\
+               impl Buf for Bytes {\n    fn remaining(&self) -> usize {\n        0\n    }\n}\n\
+               pub fn user(b: &dyn Buf) -> usize {\n    b.remaining()\n}\n";
+    std::fs::write(dir.path().join("src/lib.rs"), lib).expect("write");
+    let g = Graph::build(dir.path(), Config::default()).expect("build");
+    // the direct view: the call names the trait's method, not the implementation
+    assert_eq!(
+        callees(&g, "src/lib.rs::user"),
+        set(&["src/lib.rs::Buf.remaining"])
+    );
+    // line 7 is inside `Bytes::remaining`
+    let blast = g.blast_radius(&[codegraph::Change {
+        path: "src/lib.rs".to_string(),
+        ranges: vec![(7, 7)],
+    }]);
+    let user = blast
+        .impacted
+        .iter()
+        .find(|i| i.symbol.name == "user")
+        .unwrap_or_else(|| panic!("user is impacted: {:?}", blast.impacted));
+    assert_eq!(user.via, codegraph::EdgeKind::Dispatch);
+    assert_eq!(user.depends_on.name, "Bytes.remaining");
+}
