@@ -28,6 +28,7 @@ pub fn extract(parser: &mut Parser, lang: Lang, source: &str, path: &str) -> Fil
         test_file: is_test_path(path),
         owners: Vec::new(),
         sub_parser: None,
+        macro_depth: 0,
         facts: FileFacts {
             lines: source.lines().count() as u32,
             ..FileFacts::empty(lang)
@@ -95,6 +96,9 @@ pub(crate) struct Cx<'a> {
     pub owners: Vec<crate::facts::TypePath>,
     /// A parser for text taken out of the file (macro bodies and arguments), made on first use.
     pub sub_parser: Option<Parser>,
+    /// How many macro texts the walk is inside (each is parsed again): bounded, so nested
+    /// macros cannot make the work grow without limit.
+    pub macro_depth: u32,
 }
 
 pub(crate) fn walk(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope, depth: usize) {

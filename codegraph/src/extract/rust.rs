@@ -7,6 +7,10 @@ use tree_sitter::Node;
 use super::{Cx, Flow, Scope, line, named_children};
 use crate::facts::{Expr, Impl, Import, Sig, SymbolKind, Ty, TypeHint, TypePath};
 
+/// How many macro texts inside one another are parsed again; deeper ones are scanned for
+/// calls as tokens only.
+const MAX_MACRO_DEPTH: u32 = 6;
+
 /// Generic wrappers whose first type argument is what a function hands back.
 const WRAPPERS: [&str; 9] = [
     "Result",
@@ -674,6 +678,9 @@ fn record_token_call(
 /// Parses an expression-position macro's arguments (`assert_eq!(a.b(), c)`) as call
 /// arguments and extracts them like ordinary code; false when they do not parse.
 fn parse_macro_args(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope) -> bool {
+    if cx.macro_depth >= MAX_MACRO_DEPTH {
+        return false;
+    }
     let text = cx.text(tt);
     if text.len() < 2 || !text.is_char_boundary(1) || !text.is_char_boundary(text.len() - 1) {
         return false;
@@ -704,6 +711,10 @@ fn parse_macro_args(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope) -> bool {
 /// Parses the body of an item-position macro as Rust items and extracts them in place,
 /// shifting their lines to where the body sits in the file.
 fn expand_items(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope) {
+    if cx.macro_depth >= MAX_MACRO_DEPTH {
+        token_tree_calls(cx, tt, scope, 0);
+        return;
+    }
     let text = cx.text(tt);
     if text.len() < 2 {
         return;
@@ -1121,6 +1132,9 @@ fn expr(cx: &Cx<'_>, node: Node<'_>, depth: usize) -> Expr {
 /// place, its calls starting from the macro's node: metavariables (`$x`) become names that
 /// resolve to nothing, `$crate` becomes `crate`, repetition marks (`$( .. ),*`) are dropped.
 fn expand_macro_body(cx: &mut Cx<'_>, body: Node<'_>, scope: Scope) {
+    if cx.macro_depth >= MAX_MACRO_DEPTH {
+        return;
+    }
     let start = body.start_byte();
     let mut text: Vec<u8> = cx.src[body.byte_range()].to_vec();
     if text.len() < 2 {
@@ -1219,6 +1233,7 @@ fn walk_sub(cx: &mut Cx<'_>, source: &str, offset: u32, scope: Scope, nodes: &[N
         facts: std::mem::replace(&mut cx.facts, crate::facts::FileFacts::empty(cx.lang)),
         owners: std::mem::take(&mut cx.owners),
         sub_parser: cx.sub_parser.take(),
+        macro_depth: cx.macro_depth + 1,
     };
     for &n in nodes {
         super::walk(&mut sub, n, scope, 1);
@@ -1331,6 +1346,9 @@ fn break_value(body: Node<'_>) -> Option<Node<'_>> {
 
 /// `pin!(e)` / `std::pin::pin!(e)`: the value is `e` pinned.
 fn pin_macro(cx: &Cx<'_>, node: Node<'_>, depth: usize) -> Expr {
+    if cx.macro_depth >= MAX_MACRO_DEPTH {
+        return Expr::Unknown;
+    }
     let is_pin = node
         .child_by_field_name("macro")
         .is_some_and(|m| cx.text(m) == "pin" || cx.text(m).ends_with("::pin"));
@@ -1376,6 +1394,7 @@ fn pin_macro(cx: &Cx<'_>, node: Node<'_>, depth: usize) -> Expr {
         facts: crate::facts::FileFacts::empty(cx.lang),
         owners: Vec::new(),
         sub_parser: None,
+        macro_depth: cx.macro_depth + 1,
     };
     let inner = expr(&sub, value, depth + 1);
     Expr::Call(

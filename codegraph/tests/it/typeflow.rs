@@ -264,3 +264,23 @@ fn a_changed_implementation_impacts_the_callers_of_the_method_it_implements() {
     assert_eq!(user.via, codegraph::EdgeKind::Dispatch);
     assert_eq!(user.depends_on.name, "Bytes.remaining");
 }
+
+#[test]
+fn deeply_nested_macros_are_parsed_a_bounded_number_of_times() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("src")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        "[package]\nname = \"deep\"\nversion = \"0.1.0\"\n",
+    )
+    .expect("write");
+    let depth = 3000;
+    let body = format!(
+        "pub fn helper() {{}}\npub fn f() {{ {}helper(){}; }}\n",
+        "m!(\n".repeat(depth),
+        ")\n".repeat(depth)
+    );
+    std::fs::write(dir.path().join("src/lib.rs"), body).expect("write");
+    let g = Graph::build(dir.path(), Config::default()).expect("build");
+    assert!(g.file("src/lib.rs").is_some(), "the file is indexed");
+}
