@@ -114,14 +114,14 @@ pub enum TypeHint {
     /// Assigned from a call (`x = Foo()`, `let x = Foo::new()`, `x := NewFoo()`).
     CallOf(TypePath),
     /// Declared type with its generic arguments (Rust parameters and fields).
-    Ty(Ty),
+    Ty(Box<Ty>),
     /// A Rust `let`: its declared type or its initialiser, visible on lines `from..=to` (the
     /// statements after it in its block). A later `let` of the same name shadows it.
     Let {
         /// The declared type, if written.
-        ty: Option<Ty>,
+        ty: Option<Box<Ty>>,
         /// The initialiser, if any.
-        value: Option<Expr>,
+        value: Option<Box<Expr>>,
         /// First line the binding is visible on.
         from: u32,
         /// Last line it is visible on (the end of its block).
@@ -130,6 +130,16 @@ pub enum TypeHint {
 }
 
 impl TypeHint {
+    /// A Rust binding visible on lines `from..=to`.
+    pub fn binding(ty: Option<Ty>, value: Option<Expr>, from: u32, to: u32) -> TypeHint {
+        TypeHint::Let {
+            ty: ty.map(Box::new),
+            value: value.map(Box::new),
+            from,
+            to,
+        }
+    }
+
     /// The names the hint mentions (for incremental invalidation).
     pub fn names(&self, out: &mut Vec<String>) {
         match self {
@@ -236,7 +246,7 @@ pub struct Call {
     /// The receiver is an expression the graph cannot name (`f().g()`, `a[0].g()`); `path` is `[g]`.
     pub opaque_receiver: bool,
     /// A method call's receiver as an expression to follow (Rust); `path` is `[method]`.
-    pub recv: Option<Expr>,
+    pub recv: Option<Box<Expr>>,
     /// A macro invocation (`name!(..)`): `path` names a macro.
     pub mac: bool,
 }

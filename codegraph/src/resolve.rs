@@ -3,6 +3,13 @@
 //! the types of `self`, typed locals and fields. A reference that cannot be followed to one
 //! definition stays unresolved; nothing is guessed from a bare name alone.
 //!
+//! Rust method calls are followed through their receiver expression: field chains, return
+//! types of signatures (with generic arguments put in), indexing of arrays, slices, `Vec` and
+//! maps, `let` bindings typed from their initialiser and visible only on the lines after them,
+//! the standard pointers and guards (`Box`, `Arc`, `Pin`, `MutexGuard`, ...), `Deref` impls and
+//! type aliases of the repository, and bounded generics, `impl Trait` and `dyn Trait`, which
+//! resolve to the trait's method. Calls in `macro_rules!` bodies start from the macro's node.
+//!
 //! The [`Index`] holds the cross-file tables (built from every file's interface); a
 //! [`Resolver`] walks them for one file at a time and records which other files it
 //! consulted, so an edit can re-resolve exactly the files that depended on it.
@@ -124,9 +131,12 @@ const RUST_PRELUDE: &[&str] = &[
     "Eq",
 ];
 
-/// How deep a chain of lookups may go (imports of imports, bases of bases, and the steps of
-/// an expression whose type is followed: locals typed from calls on locals typed from calls).
-const MAX_DEPTH: u32 = 40;
+/// How deep a chain of lookups may go (imports of imports, bases of bases).
+const MAX_DEPTH: u32 = 12;
+
+/// How many expressions and bindings may be followed inside one another (locals typed from
+/// calls on locals typed from calls); each one starts its lookups with a fresh depth.
+const MAX_NESTING: u32 = 48;
 
 /// Cross-file tables, built from every file's interface.
 #[derive(Debug, Default)]
@@ -330,6 +340,8 @@ pub struct Resolver<'a, S> {
     /// Types of the current file's locals already followed, by (file, function, index in its
     /// locals); cleared with each file, so the files they consulted are in `deps` already.
     local_memo: HashMap<(u32, u32, u32), Option<RTy>>,
+    /// Expressions and bindings being followed inside one another (bounded by `MAX_NESTING`).
+    nesting: u32,
 }
 
 impl<'a, S: Source> Resolver<'a, S> {
@@ -344,6 +356,7 @@ impl<'a, S: Source> Resolver<'a, S> {
             current: 0,
             line: 0,
             local_memo: HashMap::new(),
+            nesting: 0,
         }
     }
 
@@ -1706,9 +1719,6 @@ impl<S: Source> Resolver<'_, S> {
 
     /// The type of a local's hint (`f`/`scope`: where the local is declared).
     fn hint_rty(&mut self, f: u32, scope: Option<u32>, hint: &TypeHint, depth: u32) -> Option<RTy> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
         match hint {
             TypeHint::Ty(t) => RTy::of(t, f, scope),
             TypeHint::Declared(p) => RTy::of(
@@ -1763,10 +1773,19 @@ impl<S: Source> Resolver<'_, S> {
     }
 
     /// The type of an expression's value, when it can be followed.
-    fn eval(&mut self, f: u32, scope: Option<u32>, e: &Expr, depth: u32) -> Option<RTy> {
-        if depth > MAX_DEPTH {
+    fn eval(&mut self, f: u32, scope: Option<u32>, e: &Expr, _depth: u32) -> Option<RTy> {
+        if self.nesting >= MAX_NESTING {
             return None;
         }
+        self.nesting += 1;
+        let r = self.eval_inner(f, scope, e);
+        self.nesting -= 1;
+        r
+    }
+
+    fn eval_inner(&mut self, f: u32, scope: Option<u32>, e: &Expr) -> Option<RTy> {
+        // lookups made from here start fresh: the nesting bound keeps this recursion finite
+        let depth = 0;
         match e {
             Expr::Path(p) => {
                 let (head, rest) = p.split_first()?;
@@ -1928,7 +1947,10 @@ impl<S: Source> Resolver<'_, S> {
 
     /// The type of local `i` of function `s` in file `f` (memoised for the current file: a
     /// binding's type does not depend on where it is used).
-    fn local_rty(&mut self, f: u32, s: u32, i: usize, depth: u32) -> Option<RTy> {
+    fn local_rty(&mut self, f: u32, s: u32, i: usize, _depth: u32) -> Option<RTy> {
+        if self.nesting >= MAX_NESTING {
+            return None;
+        }
         let key = (f, s, i as u32);
         if f == self.current {
             if let Some(t) = self.local_memo.get(&key) {
@@ -1938,7 +1960,9 @@ impl<S: Source> Resolver<'_, S> {
             self.local_memo.insert(key, None);
         }
         let hint = self.facts(f).symbols[s as usize].locals[i].1.clone();
-        let t = self.hint_rty(f, Some(s), &hint, depth);
+        self.nesting += 1;
+        let t = self.hint_rty(f, Some(s), &hint, 0);
+        self.nesting -= 1;
         if f == self.current {
             self.local_memo.insert(key, t.clone());
         }

@@ -1,6 +1,9 @@
 //! Rust: items, `impl` blocks (methods get their type as owner; `impl Trait for T` becomes an
-//! IMPLEMENTS fact), inline modules, `use` trees, calls (including those written inside macro
-//! token trees), typed parameters, `let` bindings and struct fields.
+//! IMPLEMENTS fact), inline modules, `use` trees, calls with their receivers as expressions
+//! ([`Expr`]), typed parameters with generic bounds, `let` and pattern bindings with the lines
+//! they are visible on, struct fields, type aliases, and macros: `macro_rules!` bodies and
+//! expression-position macro arguments are parsed as code where they parse (token trees are
+//! scanned for calls where they do not), item-position macro bodies as items.
 
 use tree_sitter::Node;
 
@@ -70,7 +73,7 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                             .child_by_field_name("type")
                             .and_then(|t| ty(cx, t, &sig.bounds))
                     {
-                        cx.local(inner, cx.text(pat), TypeHint::Ty(t));
+                        cx.local(inner, cx.text(pat), TypeHint::Ty(Box::new(t)));
                     }
                 }
             }
@@ -88,7 +91,9 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                             (cx.field_text(f, "name"), f.child_by_field_name("type"))
                         && let Some(t) = ty(cx, t, &[])
                     {
-                        cx.sym(index).locals.push((n.to_string(), TypeHint::Ty(t)));
+                        cx.sym(index)
+                            .locals
+                            .push((n.to_string(), TypeHint::Ty(Box::new(t))));
                     }
                     // tuple struct fields are named by position
                     if body.kind() == "ordered_field_declaration_list"
@@ -97,7 +102,7 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                         if let Some(t) = ty(cx, f, &[]) {
                             cx.sym(index)
                                 .locals
-                                .push((position.to_string(), TypeHint::Ty(t)));
+                                .push((position.to_string(), TypeHint::Ty(Box::new(t))));
                         }
                         position += 1;
                     }
@@ -202,7 +207,7 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                                 && c.line == line(node)
                                 && c.recv.is_none()
                             {
-                                c.recv = Some(recv);
+                                c.recv = Some(Box::new(recv));
                             }
                         }
                     }
@@ -273,12 +278,7 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                     }),
                     _ => None,
                 };
-                let hint = TypeHint::Let {
-                    ty: written,
-                    value,
-                    from,
-                    to,
-                };
+                let hint = TypeHint::binding(written, value, from, to);
                 cx.local(scope, cx.text(pat), hint);
             }
             Flow::Descend(scope)
@@ -358,14 +358,13 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                         .and_then(|f| cx.facts.symbols[f as usize].sig.as_ref())
                         .map(|s| s.bounds.clone())
                         .unwrap_or_default();
-                    let hint = TypeHint::Let {
-                        ty: node
-                            .child_by_field_name("type")
+                    let hint = TypeHint::binding(
+                        node.child_by_field_name("type")
                             .and_then(|t| ty(cx, t, &bounds)),
-                        value: node.child_by_field_name("value").map(|v| expr(cx, v, 0)),
+                        node.child_by_field_name("value").map(|v| expr(cx, v, 0)),
                         from,
                         to,
-                    };
+                    );
                     cx.local(scope, cx.text(pat), hint);
                 } else if pat.kind() == "tuple_pattern"
                     && let Some(elems) = node
@@ -376,12 +375,7 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                     for (i, p) in named_children(pat).into_iter().enumerate() {
                         match elems.get(i) {
                             Some(e) if p.kind() == "identifier" => {
-                                let hint = TypeHint::Let {
-                                    ty: None,
-                                    value: Some(expr(cx, *e, 0)),
-                                    from,
-                                    to,
-                                };
+                                let hint = TypeHint::binding(None, Some(expr(cx, *e, 0)), from, to);
                                 cx.local(scope, cx.text(p), hint);
                             }
                             _ => bind_untyped(cx, scope, p, from, to),
@@ -407,15 +401,15 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                             }
                             None => field,
                         };
-                        let hint = TypeHint::Let {
-                            ty: None,
-                            value: Some(Expr::Field(
+                        let hint = TypeHint::binding(
+                            None,
+                            Some(Expr::Field(
                                 Box::new(value.clone()),
                                 cx.text(field).to_string(),
                             )),
                             from,
                             to,
-                        };
+                        );
                         cx.local(scope, cx.text(bound), hint);
                     }
                 } else {
@@ -671,7 +665,7 @@ fn record_token_call(
         && c.line == line(node)
         && c.recv.is_none()
     {
-        c.recv = Some(recv);
+        c.recv = Some(Box::new(recv));
     }
 }
 
@@ -778,12 +772,7 @@ fn bind_untyped(cx: &mut Cx<'_>, scope: Scope, pat: Node<'_>, from: u32, to: u32
                 let name = cx.text(n);
                 // `Some(x)` binds x; a lone capitalised name is a constant or variant
                 if name.chars().next().is_some_and(char::is_lowercase) || name.starts_with('_') {
-                    let hint = TypeHint::Let {
-                        ty: None,
-                        value: None,
-                        from,
-                        to,
-                    };
+                    let hint = TypeHint::binding(None, None, from, to);
                     cx.local(scope, name, hint);
                 }
             }
@@ -810,16 +799,7 @@ fn bind_untyped(cx: &mut Cx<'_>, scope: Scope, pat: Node<'_>, from: u32, to: u32
                     None => {
                         if let Some(name) = n.child_by_field_name("name") {
                             let text = cx.text(name);
-                            cx.local(
-                                scope,
-                                text,
-                                TypeHint::Let {
-                                    ty: None,
-                                    value: None,
-                                    from,
-                                    to,
-                                },
-                            );
+                            cx.local(scope, text, TypeHint::binding(None, None, from, to));
                         }
                     }
                 }
@@ -1465,12 +1445,12 @@ fn bind_variant(cx: &mut Cx<'_>, scope: Scope, pat: Node<'_>, value: Node<'_>, f
                 }
             }
             if bound.kind() == "identifier" {
-                let hint = TypeHint::Let {
-                    ty: None,
-                    value: Some(Expr::Arg(Box::new(expr(cx, value, 0)), i)),
+                let hint = TypeHint::binding(
+                    None,
+                    Some(Expr::Arg(Box::new(expr(cx, value, 0)), i)),
                     from,
                     to,
-                };
+                );
                 cx.local(scope, cx.text(bound), hint);
                 return;
             }
