@@ -39,12 +39,9 @@ pub struct Ty {
 }
 
 impl Ty {
-    /// The names the type mentions (for incremental invalidation).
-    pub fn names(&self, out: &mut Vec<String>) {
-        out.extend(self.path.iter().cloned());
-        for a in &self.args {
-            a.names(out);
-        }
+    /// Whether the type mentions a name for which `hit` is true (incremental invalidation).
+    pub fn mentions(&self, hit: &dyn Fn(&str) -> bool) -> bool {
+        self.path.iter().any(|p| hit(p)) || self.args.iter().any(|a| a.mentions(hit))
     }
 }
 
@@ -84,24 +81,17 @@ pub enum Expr {
 }
 
 impl Expr {
-    /// The names the expression mentions (for incremental invalidation).
-    pub fn names(&self, out: &mut Vec<String>) {
+    /// Whether the expression mentions a name for which `hit` is true (incremental
+    /// invalidation).
+    pub fn mentions(&self, hit: &dyn Fn(&str) -> bool) -> bool {
         match self {
-            Expr::Path(p) => out.extend(p.iter().cloned()),
-            Expr::Field(e, n) | Expr::Method(e, n) => {
-                out.push(n.clone());
-                e.names(out);
-            }
-            Expr::Call(e, a) => {
-                e.names(out);
-                if let Some(a) = a {
-                    a.names(out);
-                }
-            }
-            Expr::Index(e) | Expr::Try(e) | Expr::Arg(e, _) => e.names(out),
-            Expr::Typed(t) => t.names(out),
-            Expr::ClosureParam { callee, .. } => callee.names(out),
-            Expr::Unknown => {}
+            Expr::Path(p) => p.iter().any(|s| hit(s)),
+            Expr::Field(e, n) | Expr::Method(e, n) => hit(n) || e.mentions(hit),
+            Expr::Call(e, a) => e.mentions(hit) || a.as_ref().is_some_and(|a| a.mentions(hit)),
+            Expr::Index(e) | Expr::Try(e) | Expr::Arg(e, _) => e.mentions(hit),
+            Expr::Typed(t) => t.mentions(hit),
+            Expr::ClosureParam { callee, .. } => callee.mentions(hit),
+            Expr::Unknown => false,
         }
     }
 }
@@ -140,18 +130,14 @@ impl TypeHint {
         }
     }
 
-    /// The names the hint mentions (for incremental invalidation).
-    pub fn names(&self, out: &mut Vec<String>) {
+    /// Whether the hint mentions a name for which `hit` is true (incremental invalidation).
+    pub fn mentions(&self, hit: &dyn Fn(&str) -> bool) -> bool {
         match self {
-            TypeHint::Declared(p) | TypeHint::CallOf(p) => out.extend(p.iter().cloned()),
-            TypeHint::Ty(t) => t.names(out),
+            TypeHint::Declared(p) | TypeHint::CallOf(p) => p.iter().any(|s| hit(s)),
+            TypeHint::Ty(t) => t.mentions(hit),
             TypeHint::Let { ty, value, .. } => {
-                if let Some(t) = ty {
-                    t.names(out);
-                }
-                if let Some(v) = value {
-                    v.names(out);
-                }
+                ty.as_ref().is_some_and(|t| t.mentions(hit))
+                    || value.as_ref().is_some_and(|v| v.mentions(hit))
             }
         }
     }
