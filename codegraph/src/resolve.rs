@@ -715,7 +715,7 @@ impl<'a, S: Source> Resolver<'a, S> {
                     .rposition(|(n, h)| n == name && visible(h, line))
             {
                 let t = if lang == Lang::Rust {
-                    self.local_rty(f, s, i, depth + 1)
+                    self.local_rty(f, s, i)
                         .and_then(|t| self.repo_type(&t, depth + 1))
                 } else {
                     let hint = &sym.locals[i].1;
@@ -1503,7 +1503,7 @@ impl<S: Source> Resolver<'_, S> {
 
     /// The method `name` called on the value of `recv`.
     fn method_call(&mut self, f: u32, scope: Option<u32>, recv: &Expr, name: &str) -> Res {
-        let Some(t) = self.eval(f, scope, recv, 0) else {
+        let Some(t) = self.eval(f, scope, recv) else {
             return Res::Missing;
         };
         if let Some((m, _)) = self.find_method(t.clone(), name, 0) {
@@ -1742,7 +1742,7 @@ impl<S: Source> Resolver<'_, S> {
                 if f == self.current {
                     self.line = from.saturating_sub(1);
                 }
-                let r = self.eval(f, scope, value, depth + 1);
+                let r = self.eval(f, scope, value);
                 self.line = saved;
                 r
             }
@@ -1773,7 +1773,7 @@ impl<S: Source> Resolver<'_, S> {
     }
 
     /// The type of an expression's value, when it can be followed.
-    fn eval(&mut self, f: u32, scope: Option<u32>, e: &Expr, _depth: u32) -> Option<RTy> {
+    fn eval(&mut self, f: u32, scope: Option<u32>, e: &Expr) -> Option<RTy> {
         if self.nesting >= MAX_NESTING {
             return None;
         }
@@ -1795,7 +1795,7 @@ impl<S: Source> Resolver<'_, S> {
                     .then(|| self.local(f, scope, head))
                     .flatten()
                 {
-                    self.local_rty(f, s, i, depth + 1)?
+                    self.local_rty(f, s, i)?
                 } else {
                     return match self.resolve_path(f, scope, p, depth + 1) {
                         Res::Val(Val::Sym(n) | Val::Inst(n)) if self.is_type(n) => {
@@ -1810,19 +1810,19 @@ impl<S: Source> Resolver<'_, S> {
                 Some(t)
             }
             Expr::Field(e, name) => {
-                let t = self.eval(f, scope, e, depth + 1)?;
+                let t = self.eval(f, scope, e)?;
                 self.field_of(t, name, depth + 1)
             }
             Expr::Method(e, name) => {
-                let t = self.eval(f, scope, e, depth + 1)?;
+                let t = self.eval(f, scope, e)?;
                 self.method_value(t, name, depth + 1)
             }
             Expr::Index(e) => {
-                let t = self.eval(f, scope, e, depth + 1)?;
+                let t = self.eval(f, scope, e)?;
                 self.index_of(t, depth + 1)
             }
             Expr::Try(e) => {
-                let t = self.eval(f, scope, e, depth + 1)?;
+                let t = self.eval(f, scope, e)?;
                 match t.name() {
                     Some("Option" | "Result" | "Poll" | "LockResult") => t.args.first().cloned(),
                     _ => Some(t),
@@ -1830,7 +1830,7 @@ impl<S: Source> Resolver<'_, S> {
             }
             Expr::Typed(t) => RTy::of(t, f, scope),
             Expr::Arg(e, i) => {
-                let mut t = self.eval(f, scope, e, depth + 1)?;
+                let mut t = self.eval(f, scope, e)?;
                 for _ in 0..MAX_PEEL {
                     if matches!(
                         t.name(),
@@ -1845,7 +1845,7 @@ impl<S: Source> Resolver<'_, S> {
             Expr::ClosureParam { callee, arg, param } => {
                 let (func, map) = match callee.as_ref() {
                     Expr::Method(recv, name) => {
-                        let t = self.eval(f, scope, recv, depth + 1)?;
+                        let t = self.eval(f, scope, recv)?;
                         let (m, on) = self.find_method(t, name, depth + 1)?;
                         let sig = self.facts(m.file).symbols[m.sym? as usize].sig.as_ref()?;
                         let map = sig
@@ -1895,7 +1895,7 @@ impl<S: Source> Resolver<'_, S> {
                     }
                     Res::External | Res::Missing => {
                         // `Arc::new(x)`, `Some(x)`: the wrapper around the argument's type
-                        let inner = self.eval(f, scope, arg.as_deref()?, depth + 1)?;
+                        let inner = self.eval(f, scope, arg.as_deref()?)?;
                         let wrapper = match p.as_slice() {
                             [one] => match one.as_str() {
                                 "Some" => "Option",
@@ -1947,7 +1947,7 @@ impl<S: Source> Resolver<'_, S> {
 
     /// The type of local `i` of function `s` in file `f` (memoised for the current file: a
     /// binding's type does not depend on where it is used).
-    fn local_rty(&mut self, f: u32, s: u32, i: usize, _depth: u32) -> Option<RTy> {
+    fn local_rty(&mut self, f: u32, s: u32, i: usize) -> Option<RTy> {
         if self.nesting >= MAX_NESTING {
             return None;
         }

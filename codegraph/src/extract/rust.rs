@@ -46,7 +46,7 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                 generic_bounds(cx, imp, &mut bounds);
             }
             generic_bounds(cx, node, &mut bounds);
-            let sig = Sig {
+            let mut sig = Sig {
                 ret: node
                     .child_by_field_name("return_type")
                     .and_then(|t| ty(cx, t, &bounds)),
@@ -57,24 +57,20 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                 bounds,
                 params: Vec::new(),
             };
-            let mut sig = sig;
             if let Some(params) = node.child_by_field_name("parameters") {
                 for p in named_children(params) {
-                    if p.kind() == "parameter" {
-                        let t = p
-                            .child_by_field_name("type")
-                            .and_then(|t| ty(cx, t, &sig.bounds));
-                        sig.params.push(t);
+                    if p.kind() != "parameter" {
+                        continue;
                     }
-                    if p.kind() == "parameter"
-                        && let Some(pat) = p.child_by_field_name("pattern")
+                    let t = p
+                        .child_by_field_name("type")
+                        .and_then(|t| ty(cx, t, &sig.bounds));
+                    if let (Some(pat), Some(t)) = (p.child_by_field_name("pattern"), &t)
                         && pat.kind() == "identifier"
-                        && let Some(t) = p
-                            .child_by_field_name("type")
-                            .and_then(|t| ty(cx, t, &sig.bounds))
                     {
-                        cx.local(inner, cx.text(pat), TypeHint::Ty(Box::new(t)));
+                        cx.local(inner, cx.text(pat), TypeHint::Ty(Box::new(t.clone())));
                     }
+                    sig.params.push(t);
                 }
             }
             cx.sym(index).sig = Some(Box::new(sig));
