@@ -284,3 +284,42 @@ fn deeply_nested_macros_are_parsed_a_bounded_number_of_times() {
     let g = Graph::build(dir.path(), Config::default()).expect("build");
     assert!(g.file("src/lib.rs").is_some(), "the file is indexed");
 }
+
+#[test]
+fn a_changed_return_type_moves_the_edges_of_callers_that_chain_through_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("src")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        "[package]\nname = \"chain\"\nversion = \"0.1.0\"\n",
+    )
+    .expect("write");
+    let make = |ret: &str| {
+        format!(
+            "pub struct Foo;\nimpl Foo {{\n    pub fn go(&self) {{}}\n}}\n\
+             pub struct Other;\nimpl Other {{\n    pub fn go(&self) {{}}\n}}\n\
+             pub fn make() -> {ret} {{\n    todo!()\n}}\n"
+        )
+    };
+    std::fs::write(dir.path().join("src/make.rs"), make("Foo")).expect("write");
+    std::fs::write(
+        dir.path().join("src/lib.rs"),
+        "pub mod make;\npub fn user() {\n    let v = make::make();\n    v.go();\n}\n",
+    )
+    .expect("write");
+    let mut g = Graph::build(dir.path(), Config::default()).expect("build");
+    assert_eq!(
+        callees(&g, "src/lib.rs::user"),
+        set(&["src/make.rs::make", "src/make.rs::Foo.go"])
+    );
+    // a different length, so the edit is seen whatever the file system's time resolution
+    std::fs::write(dir.path().join("src/make.rs"), make("Other")).expect("write");
+    g.update(dir.path()).expect("update");
+    assert_eq!(
+        callees(&g, "src/lib.rs::user"),
+        set(&["src/make.rs::make", "src/make.rs::Other.go"]),
+        "the caller in another file is resolved again"
+    );
+    let fresh = Graph::build(dir.path(), Config::default()).expect("rebuild");
+    assert_eq!(call_pairs(&g), call_pairs(&fresh));
+}
