@@ -1717,6 +1717,35 @@ impl<S: Source> Resolver<'_, S> {
         None
     }
 
+    /// The parameter of a closure given to a standard `Option`/`Result` method
+    /// (`opt.map(|x| ..)`: x is what the option holds).
+    fn std_closure_param(&mut self, t: RTy, method: &str, arg: u32, param: u32) -> Option<RTy> {
+        if param != 0 {
+            return None;
+        }
+        let mut t = t;
+        for _ in 0..MAX_PEEL {
+            let which = match (t.name(), method, arg) {
+                (
+                    Some("Option" | "Result"),
+                    "map" | "and_then" | "inspect" | "is_some_and" | "is_none_or" | "is_ok_and"
+                    | "filter" | "take_if",
+                    0,
+                ) => Some(0),
+                (Some("Option" | "Result"), "map_or" | "map_or_else", 1) => Some(0),
+                (Some("Result"), "map_err" | "or_else" | "inspect_err" | "is_err_and", 0) => {
+                    Some(1)
+                }
+                _ => None,
+            };
+            if let Some(i) = which {
+                return t.args.get(i).cloned();
+            }
+            t = self.peel(&t, 0)?;
+        }
+        None
+    }
+
     /// The type of a local's hint (`f`/`scope`: where the local is declared).
     fn hint_rty(&mut self, f: u32, scope: Option<u32>, hint: &TypeHint, depth: u32) -> Option<RTy> {
         match hint {
@@ -1846,7 +1875,9 @@ impl<S: Source> Resolver<'_, S> {
                 let (func, map) = match callee.as_ref() {
                     Expr::Method(recv, name) => {
                         let t = self.eval(f, scope, recv)?;
-                        let (m, on) = self.find_method(t, name, depth + 1)?;
+                        let Some((m, on)) = self.find_method(t.clone(), name, depth + 1) else {
+                            return self.std_closure_param(t, name, *arg, *param);
+                        };
                         let sig = self.facts(m.file).symbols[m.sym? as usize].sig.as_ref()?;
                         let map = sig
                             .self_ty

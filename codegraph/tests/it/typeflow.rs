@@ -79,6 +79,10 @@ impl Frozen {
     pub fn len(&self) -> usize { 1 }
 }
 
+pub fn opt(o: Option<Frozen>) -> Option<usize> {
+    o.map(|f| f.len())
+}
+
 pub fn shadow() {
     let b = Builder::new();
     b.len();
@@ -180,6 +184,8 @@ fn receivers_are_followed_through_types_and_left_alone_when_unknown() {
                 "src/lib.rs::Frozen.len",
             ],
         ),
+        // a closure given to Option::map gets what the option holds
+        ("src/lib.rs::opt", &["src/lib.rs::Frozen.len"]),
         // a bounded generic and a dyn Trait call the trait's method
         ("src/lib.rs::bounded", &["src/lib.rs::Buf.has"]),
         ("src/lib.rs::dynamic", &["src/lib.rs::Buf.remaining"]),
