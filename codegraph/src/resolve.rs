@@ -1666,7 +1666,9 @@ impl<S: Source> Resolver<'_, S> {
     /// The type of `t.name(..)`.
     fn method_value(&mut self, t: RTy, name: &str, depth: u32) -> Option<RTy> {
         if let Some((m, on)) = self.find_method(t.clone(), name, depth) {
-            let sig = self.facts(m.file).symbols[m.sym? as usize].sig.clone()?;
+            let Some(sig) = self.facts(m.file).symbols[m.sym? as usize].sig.clone() else {
+                return self.written_ret(m);
+            };
             let ret = sig.ret.as_ref()?;
             if ret.path == ["Self"] {
                 return Some(on);
@@ -1715,6 +1717,22 @@ impl<S: Source> Resolver<'_, S> {
             return Some(t);
         }
         None
+    }
+
+    /// The return type a function's signature names without generic arguments (languages
+    /// other than Rust): `def f() -> Session`.
+    fn written_ret(&self, func: NodeId) -> Option<RTy> {
+        let ret = self.facts(func.file).symbols[func.sym? as usize]
+            .ret
+            .as_ref()?;
+        RTy::of(
+            &Ty {
+                path: ret.clone(),
+                args: Vec::new(),
+            },
+            func.file,
+            func.sym,
+        )
     }
 
     /// The parameter of a closure given to a standard `Option`/`Result` method
@@ -1910,7 +1928,10 @@ impl<S: Source> Resolver<'_, S> {
                     Res::Val(Val::Sym(n)) if self.is_type(n) => Some(RTy::node(n)),
                     Res::Val(Val::Sym(func)) => {
                         let sym = &self.facts(func.file).symbols[func.sym? as usize];
-                        let sig = sym.sig.as_ref()?;
+                        let Some(sig) = sym.sig.as_ref() else {
+                            // other languages: the return type as written
+                            return self.written_ret(func);
+                        };
                         let ret = sig.ret.as_ref()?;
                         if ret.path == ["Self"] {
                             return self.self_rty(func.file, func.sym, depth + 1);

@@ -212,7 +212,7 @@ fn receivers_are_followed_through_types_and_left_alone_when_unknown() {
 }
 
 #[test]
-fn python_attributes_take_the_type_of_the_init_parameter_they_store() {
+fn python_attributes_and_return_annotations_type_receivers() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("pkg")).expect("mkdir");
     std::fs::write(dir.path().join("pkg/__init__.py"), "").expect("write");
@@ -226,7 +226,9 @@ fn python_attributes_take_the_type_of_the_init_parameter_they_store() {
         "from .adapters import Adapter\n\n\
          class Session:\n    def __init__(self, adapter: Adapter, other):\n        \
          self.adapter = adapter\n        self.other = other\n\n    \
-         def go(self):\n        self.adapter.send()\n        self.other.send()\n",
+         def go(self):\n        self.adapter.send()\n        self.other.send()\n\n    \
+         def factory(self) -> Adapter:\n        return self.adapter\n\n    \
+         def chained(self):\n        self.factory().send()\n        self.unknown().send()\n",
     )
     .expect("write");
     let g = Graph::build(dir.path(), Config::default()).expect("build");
@@ -234,6 +236,14 @@ fn python_attributes_take_the_type_of_the_init_parameter_they_store() {
         callees(&g, "pkg/session.py::Session.go"),
         set(&["pkg/adapters.py::Adapter.send"]),
         "the typed parameter's attribute resolves, the untyped one is not guessed"
+    );
+    assert_eq!(
+        callees(&g, "pkg/session.py::Session.chained"),
+        set(&[
+            "pkg/session.py::Session.factory",
+            "pkg/adapters.py::Adapter.send"
+        ]),
+        "a call on a call follows the return annotation"
     );
 }
 
