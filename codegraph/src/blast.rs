@@ -1,6 +1,8 @@
 //! Blast radius: from changed files and line ranges to the changed symbols, the symbols that
 //! depend on them within N hops (with the edge that connects each), the files outside the
-//! diff that hold them, and the tests that reach them.
+//! diff that hold them, and the tests that reach them. A changed method that overrides or
+//! implements a base-type or trait method also impacts that method's callers (edge
+//! `Dispatch`): they may run it, though no call names it.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
@@ -202,7 +204,16 @@ impl Graph {
             if d > opts.hops {
                 continue;
             }
-            for &(from, kind, line) in self.incoming(n) {
+            let mut edges: Vec<(NodeId, EdgeKind, u32)> = self.incoming(n).to_vec();
+            for base in self.overridden(n) {
+                edges.extend(
+                    self.incoming(base)
+                        .iter()
+                        .filter(|(_, k, _)| *k == EdgeKind::Calls)
+                        .map(|&(from, _, line)| (from, EdgeKind::Dispatch, line)),
+                );
+            }
+            for (from, kind, line) in edges {
                 if kind == EdgeKind::Contains || depth.contains_key(&from) {
                     continue;
                 }
@@ -235,5 +246,84 @@ impl Graph {
         out.impacted_files = files.into_iter().collect();
         out.tests = tests.into_iter().collect();
         out
+    }
+}
+
+impl Graph {
+    /// The base-type and trait methods a method overrides or implements: same-named methods
+    /// of the types its type extends or implements, up to a few levels up.
+    fn overridden(&self, m: NodeId) -> Vec<NodeId> {
+        let (Some(ix), Some(si)) = (self.index.as_ref(), m.sym) else {
+            return Vec::new();
+        };
+        let Some(e) = self.entry(m.file) else {
+            return Vec::new();
+        };
+        let sym = &e.facts.symbols[si as usize];
+        if sym.kind != SymbolKind::Method {
+            return Vec::new();
+        }
+        let owner = ix.owner_of(m).or_else(|| {
+            let p = NodeId {
+                file: m.file,
+                sym: sym.parent,
+            };
+            (sym.parent.is_some() && self.kind(p) == Some(SymbolKind::Type)).then_some(p)
+        });
+        let Some(owner) = owner else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut seen: HashSet<NodeId> = HashSet::from([owner]);
+        let mut level = vec![owner];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for t in level {
+                let ups = self
+                    .outgoing(t)
+                    .filter(|e| matches!(e.kind, EdgeKind::Inherits | EdgeKind::Implements))
+                    .map(|e| e.to)
+                    .chain(ix.traits_of(t).iter().copied());
+                for a in ups.collect::<Vec<_>>() {
+                    if seen.insert(a) {
+                        next.push(a);
+                    }
+                }
+            }
+            for &a in &next {
+                out.extend(self.method_named(a, &sym.name));
+            }
+            if next.is_empty() {
+                break;
+            }
+            level = next;
+        }
+        out
+    }
+
+    /// Methods of type `t` named `name`, declared inside it or in separate blocks.
+    fn method_named(&self, t: NodeId, name: &str) -> Vec<NodeId> {
+        let Some(e) = self.entry(t.file) else {
+            return Vec::new();
+        };
+        let inside = e
+            .facts
+            .symbols
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.parent == t.sym && s.name == name && s.kind == SymbolKind::Method)
+            .map(|(i, _)| NodeId {
+                file: t.file,
+                sym: Some(i as u32),
+            });
+        let outside = self.index.iter().flat_map(|ix| {
+            ix.methods_of(t).iter().copied().filter(|m| {
+                m.sym.is_some_and(|s| {
+                    self.entry(m.file)
+                        .is_some_and(|f| f.facts.symbols[s as usize].name == name)
+                })
+            })
+        });
+        inside.chain(outside).collect()
     }
 }

@@ -39,12 +39,9 @@ pub struct Ty {
 }
 
 impl Ty {
-    /// The names the type mentions (for incremental invalidation).
-    pub fn names(&self, out: &mut Vec<String>) {
-        out.extend(self.path.iter().cloned());
-        for a in &self.args {
-            a.names(out);
-        }
+    /// Whether the type mentions a name for which `hit` is true (incremental invalidation).
+    pub fn mentions(&self, hit: &dyn Fn(&str) -> bool) -> bool {
+        self.path.iter().any(|p| hit(p)) || self.args.iter().any(|a| a.mentions(hit))
     }
 }
 
@@ -65,30 +62,36 @@ pub enum Expr {
     Index(Box<Expr>),
     /// `e?`.
     Try(Box<Expr>),
+    /// Type argument `i` of `e`'s type: what `Some(x)` / `Ok(x)` (0) or `Err(x)` (1) binds.
+    Arg(Box<Expr>, u32),
     /// A value whose type is written: `T { .. }`, `e as T`.
     Typed(Ty),
+    /// Parameter `param` of a closure passed as argument `arg` to `callee` (a path or a
+    /// `Method`): typed from the callee's `Fn(..)` bound on that argument.
+    ClosureParam {
+        /// The called function or method (`Method(recv, name)` for a method).
+        callee: Box<Expr>,
+        /// Position of the closure among the call's arguments (`self` not counted).
+        arg: u32,
+        /// Position of the parameter in the closure.
+        param: u32,
+    },
     /// Anything else (literals, closures, blocks, arithmetic).
     Unknown,
 }
 
 impl Expr {
-    /// The names the expression mentions (for incremental invalidation).
-    pub fn names(&self, out: &mut Vec<String>) {
+    /// Whether the expression mentions a name for which `hit` is true (incremental
+    /// invalidation).
+    pub fn mentions(&self, hit: &dyn Fn(&str) -> bool) -> bool {
         match self {
-            Expr::Path(p) => out.extend(p.iter().cloned()),
-            Expr::Field(e, n) | Expr::Method(e, n) => {
-                out.push(n.clone());
-                e.names(out);
-            }
-            Expr::Call(e, a) => {
-                e.names(out);
-                if let Some(a) = a {
-                    a.names(out);
-                }
-            }
-            Expr::Index(e) | Expr::Try(e) => e.names(out),
-            Expr::Typed(t) => t.names(out),
-            Expr::Unknown => {}
+            Expr::Path(p) => p.iter().any(|s| hit(s)),
+            Expr::Field(e, n) | Expr::Method(e, n) => hit(n) || e.mentions(hit),
+            Expr::Call(e, a) => e.mentions(hit) || a.as_ref().is_some_and(|a| a.mentions(hit)),
+            Expr::Index(e) | Expr::Try(e) | Expr::Arg(e, _) => e.mentions(hit),
+            Expr::Typed(t) => t.mentions(hit),
+            Expr::ClosureParam { callee, .. } => callee.mentions(hit),
+            Expr::Unknown => false,
         }
     }
 }
@@ -101,14 +104,14 @@ pub enum TypeHint {
     /// Assigned from a call (`x = Foo()`, `let x = Foo::new()`, `x := NewFoo()`).
     CallOf(TypePath),
     /// Declared type with its generic arguments (Rust parameters and fields).
-    Ty(Ty),
+    Ty(Box<Ty>),
     /// A Rust `let`: its declared type or its initialiser, visible on lines `from..=to` (the
     /// statements after it in its block). A later `let` of the same name shadows it.
     Let {
         /// The declared type, if written.
-        ty: Option<Ty>,
+        ty: Option<Box<Ty>>,
         /// The initialiser, if any.
-        value: Option<Expr>,
+        value: Option<Box<Expr>>,
         /// First line the binding is visible on.
         from: u32,
         /// Last line it is visible on (the end of its block).
@@ -117,18 +120,24 @@ pub enum TypeHint {
 }
 
 impl TypeHint {
-    /// The names the hint mentions (for incremental invalidation).
-    pub fn names(&self, out: &mut Vec<String>) {
+    /// A Rust binding visible on lines `from..=to`.
+    pub fn binding(ty: Option<Ty>, value: Option<Expr>, from: u32, to: u32) -> TypeHint {
+        TypeHint::Let {
+            ty: ty.map(Box::new),
+            value: value.map(Box::new),
+            from,
+            to,
+        }
+    }
+
+    /// Whether the hint mentions a name for which `hit` is true (incremental invalidation).
+    pub fn mentions(&self, hit: &dyn Fn(&str) -> bool) -> bool {
         match self {
-            TypeHint::Declared(p) | TypeHint::CallOf(p) => out.extend(p.iter().cloned()),
-            TypeHint::Ty(t) => t.names(out),
+            TypeHint::Declared(p) | TypeHint::CallOf(p) => p.iter().any(|s| hit(s)),
+            TypeHint::Ty(t) => t.mentions(hit),
             TypeHint::Let { ty, value, .. } => {
-                if let Some(t) = ty {
-                    t.names(out);
-                }
-                if let Some(v) = value {
-                    v.names(out);
-                }
+                ty.as_ref().is_some_and(|t| t.mentions(hit))
+                    || value.as_ref().is_some_and(|v| v.mentions(hit))
             }
         }
     }
@@ -145,6 +154,8 @@ pub struct Sig {
     pub generics: Vec<String>,
     /// Generic parameters of the function (and its `impl` block) with their first trait bound.
     pub bounds: Vec<(String, Ty)>,
+    /// For a function: its parameters' types in order (`self` not counted; `None` when unknown).
+    pub params: Vec<Option<Ty>>,
 }
 
 /// A definition in a file.
@@ -221,7 +232,7 @@ pub struct Call {
     /// The receiver is an expression the graph cannot name (`f().g()`, `a[0].g()`); `path` is `[g]`.
     pub opaque_receiver: bool,
     /// A method call's receiver as an expression to follow (Rust); `path` is `[method]`.
-    pub recv: Option<Expr>,
+    pub recv: Option<Box<Expr>>,
     /// A macro invocation (`name!(..)`): `path` names a macro.
     pub mac: bool,
 }

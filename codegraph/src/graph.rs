@@ -112,7 +112,7 @@ pub struct Graph {
     /// Files skipped by content (binary, generated), with the size and mtime they had.
     skipped: HashMap<String, (u64, u128)>,
     config: Config,
-    index: Option<Index>,
+    pub(crate) index: Option<Index>,
     /// Reverse adjacency: target → (source, kind, line).
     pub(crate) incoming: HashMap<NodeId, Vec<(NodeId, EdgeKind, u32)>>,
 }
@@ -738,16 +738,14 @@ fn remap(old: &FileFacts, new: &FileFacts) -> Option<HashMap<u32, u32>> {
 
 /// Whether a file's references mention any of `names`.
 fn mentions(facts: &FileFacts, names: &HashSet<String>) -> bool {
-    let hit = |p: &[String]| p.iter().any(|s| names.contains(s));
-    let hit_names = |f: &dyn Fn(&mut Vec<String>)| {
-        let mut buf = Vec::new();
-        f(&mut buf);
-        hit(&buf)
-    };
+    // most names differ in length from the few changed ones: compare lengths before hashing
+    let lens: Vec<usize> = names.iter().map(String::len).collect();
+    let name = |s: &str| lens.contains(&s.len()) && names.contains(s);
+    let hit = |p: &[String]| p.iter().any(|s| name(s));
     facts
         .calls
         .iter()
-        .any(|c| hit(&c.path) || c.recv.as_ref().is_some_and(|r| hit_names(&|b| r.names(b))))
+        .any(|c| hit(&c.path) || c.recv.as_ref().is_some_and(|r| r.mentions(&name)))
         || facts
             .imports
             .iter()
@@ -755,27 +753,22 @@ fn mentions(facts: &FileFacts, names: &HashSet<String>) -> bool {
         || facts.impls.iter().any(|i| {
             hit(&i.ty)
                 || hit(&i.tr)
-                || hit_names(&|b| {
-                    for t in i.self_ty.iter().chain(i.assoc.iter().map(|(_, t)| t)) {
-                        t.names(b);
-                    }
-                })
+                || i.self_ty.as_ref().is_some_and(|t| t.mentions(&name))
+                || i.assoc.iter().any(|(_, t)| t.mentions(&name))
         })
         || facts.symbols.iter().any(|s| {
             s.bases.iter().any(|b| hit(b))
                 || s.implements.iter().any(|b| hit(b))
                 || s.owner.as_deref().is_some_and(hit)
                 || s.ret.as_deref().is_some_and(hit)
-                || s.locals.iter().any(|(_, h)| hit_names(&|b| h.names(b)))
+                || s.locals.iter().any(|(_, h)| h.mentions(&name))
                 || s.sig.as_ref().is_some_and(|sig| {
-                    hit_names(&|b| {
-                        for t in sig.ret.iter().chain(&sig.self_ty) {
-                            t.names(b);
-                        }
-                        for (_, t) in &sig.bounds {
-                            t.names(b);
-                        }
-                    })
+                    sig.ret
+                        .iter()
+                        .chain(&sig.self_ty)
+                        .any(|t| t.mentions(&name))
+                        || sig.bounds.iter().any(|(_, t)| t.mentions(&name))
+                        || sig.params.iter().flatten().any(|t| t.mentions(&name))
                 })
         })
 }

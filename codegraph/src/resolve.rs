@@ -3,6 +3,13 @@
 //! the types of `self`, typed locals and fields. A reference that cannot be followed to one
 //! definition stays unresolved; nothing is guessed from a bare name alone.
 //!
+//! Rust method calls are followed through their receiver expression: field chains, return
+//! types of signatures (with generic arguments put in), indexing of arrays, slices, `Vec` and
+//! maps, `let` bindings typed from their initialiser and visible only on the lines after them,
+//! the standard pointers and guards (`Box`, `Arc`, `Pin`, `MutexGuard`, ...), `Deref` impls and
+//! type aliases of the repository, and bounded generics, `impl Trait` and `dyn Trait`, which
+//! resolve to the trait's method. Calls in `macro_rules!` bodies start from the macro's node.
+//!
 //! The [`Index`] holds the cross-file tables (built from every file's interface); a
 //! [`Resolver`] walks them for one file at a time and records which other files it
 //! consulted, so an edit can re-resolve exactly the files that depended on it.
@@ -39,6 +46,9 @@ pub enum EdgeKind {
     Implements,
     /// A symbol is exercised by a test.
     TestedBy,
+    /// A call to a base-type or trait method that may run this overriding implementation at
+    /// run time. Blast radius only: the direct-caller view never holds such an edge.
+    Dispatch,
 }
 
 /// A resolved edge.
@@ -124,6 +134,10 @@ const RUST_PRELUDE: &[&str] = &[
 /// How deep a chain of lookups may go (imports of imports, bases of bases).
 const MAX_DEPTH: u32 = 12;
 
+/// How many expressions and bindings may be followed inside one another (locals typed from
+/// calls on locals typed from calls); each one starts its lookups with a fresh depth.
+const MAX_NESTING: u32 = 48;
+
 /// Cross-file tables, built from every file's interface.
 #[derive(Debug, Default)]
 pub struct Index {
@@ -137,6 +151,8 @@ pub struct Index {
     /// language family → name → top-level definitions (C, C++, Ruby, PHP globals)
     globals: HashMap<String, Vec<NodeId>>,
     methods_of: HashMap<NodeId, Vec<NodeId>>,
+    /// method declared outside its type → the type
+    owner_of: HashMap<NodeId, NodeId>,
     traits_of: HashMap<NodeId, Vec<NodeId>>,
     /// Rust types with a `Deref` / `Index` impl in the repository → (the impl's file and
     /// scope, its self type, the `Target` / `Output` type).
@@ -234,6 +250,7 @@ impl Index {
         }
         // methods declared outside their type, and trait impls, need the tables above
         let mut methods_of: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+        let mut owner_of: HashMap<NodeId, NodeId> = HashMap::new();
         let mut traits_of: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
         let mut deref_of: HashMap<NodeId, Assoc> = HashMap::new();
         let mut index_of: HashMap<NodeId, Assoc> = HashMap::new();
@@ -249,10 +266,12 @@ impl Index {
                     if let Res::Val(Val::Sym(t)) = r.resolve_path(id, s.parent, owner, 0)
                         && r.is_type(t)
                     {
-                        methods_of.entry(t).or_default().push(NodeId {
+                        let m = NodeId {
                             file: id,
                             sym: Some(i as u32),
-                        });
+                        };
+                        methods_of.entry(t).or_default().push(m);
+                        owner_of.insert(m, t);
                     }
                 }
                 for imp in &facts.impls {
@@ -282,10 +301,28 @@ impl Index {
             }
         }
         ix.methods_of = methods_of;
+        ix.owner_of = owner_of;
         ix.traits_of = traits_of;
         ix.deref_of = deref_of;
         ix.index_of = index_of;
         ix
+    }
+}
+
+impl Index {
+    /// The type a method declared outside it belongs to (Rust `impl`, Go receivers).
+    pub(crate) fn owner_of(&self, m: NodeId) -> Option<NodeId> {
+        self.owner_of.get(&m).copied()
+    }
+
+    /// Methods declared outside type `t`.
+    pub(crate) fn methods_of(&self, t: NodeId) -> &[NodeId] {
+        self.methods_of.get(&t).map_or(&[], Vec::as_slice)
+    }
+
+    /// Traits implemented for `t` by separate `impl` blocks.
+    pub(crate) fn traits_of(&self, t: NodeId) -> &[NodeId] {
+        self.traits_of.get(&t).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -300,6 +337,11 @@ pub struct Resolver<'a, S> {
     /// The line of the reference being resolved in the current file (0: none), which decides
     /// which `let` bindings are visible.
     line: u32,
+    /// Types of the current file's locals already followed, by (file, function, index in its
+    /// locals); cleared with each file, so the files they consulted are in `deps` already.
+    local_memo: HashMap<(u32, u32, u32), Option<RTy>>,
+    /// Expressions and bindings being followed inside one another (bounded by `MAX_NESTING`).
+    nesting: u32,
 }
 
 impl<'a, S: Source> Resolver<'a, S> {
@@ -313,6 +355,8 @@ impl<'a, S: Source> Resolver<'a, S> {
             deps: BTreeSet::new(),
             current: 0,
             line: 0,
+            local_memo: HashMap::new(),
+            nesting: 0,
         }
     }
 
@@ -320,6 +364,7 @@ impl<'a, S: Source> Resolver<'a, S> {
     pub fn links(&mut self, id: u32) -> Links {
         self.current = id;
         self.deps.clear();
+        self.local_memo.clear();
         let mut links = Links::default();
         let Some(file) = self.file(id) else {
             return links;
@@ -652,18 +697,31 @@ impl<'a, S: Source> Resolver<'a, S> {
         }
         let facts = self.facts(f);
         let line = if f == self.current { self.line } else { 0 };
+        // a Rust path `a::b` names an item: locals are values, reached only as receivers
+        let locals_visible = !(lang == Lang::Rust && has_rest);
         for s in self.chain(f, scope) {
             let sym = &facts.symbols[s as usize];
-            if matches!(
-                sym.kind,
-                SymbolKind::Function | SymbolKind::Method | SymbolKind::Test | SymbolKind::Macro
-            ) && let Some((_, hint)) = sym
-                .locals
-                .iter()
-                .rev()
-                .find(|(n, h)| n == name && visible(h, line))
+            if locals_visible
+                && matches!(
+                    sym.kind,
+                    SymbolKind::Function
+                        | SymbolKind::Method
+                        | SymbolKind::Test
+                        | SymbolKind::Macro
+                )
+                && let Some(i) = sym
+                    .locals
+                    .iter()
+                    .rposition(|(n, h)| n == name && visible(h, line))
             {
-                if let Some(t) = self.hint_type(f, Some(s), hint, depth + 1) {
+                let t = if lang == Lang::Rust {
+                    self.local_rty(f, s, i)
+                        .and_then(|t| self.repo_type(&t, depth + 1))
+                } else {
+                    let hint = &sym.locals[i].1;
+                    self.hint_type(f, Some(s), hint, depth + 1)
+                };
+                if let Some(t) = t {
                     return Res::Val(Val::Inst(t));
                 }
                 // a local shadows anything outer, typed or not
@@ -1257,7 +1315,9 @@ const SEE_THROUGH: [&str; 16] = [
 ];
 
 /// Methods that hand back the value they are called on (seen through its pointers).
-const SAME_METHODS: [&str; 12] = [
+const SAME_METHODS: [&str; 14] = [
+    "get_unchecked_mut",
+    "get_ref",
     "clone",
     "to_owned",
     "borrow",
@@ -1443,7 +1503,7 @@ impl<S: Source> Resolver<'_, S> {
 
     /// The method `name` called on the value of `recv`.
     fn method_call(&mut self, f: u32, scope: Option<u32>, recv: &Expr, name: &str) -> Res {
-        let Some(t) = self.eval(f, scope, recv, 0) else {
+        let Some(t) = self.eval(f, scope, recv) else {
             return Res::Missing;
         };
         if let Some((m, _)) = self.find_method(t.clone(), name, 0) {
@@ -1606,7 +1666,9 @@ impl<S: Source> Resolver<'_, S> {
     /// The type of `t.name(..)`.
     fn method_value(&mut self, t: RTy, name: &str, depth: u32) -> Option<RTy> {
         if let Some((m, on)) = self.find_method(t.clone(), name, depth) {
-            let sig = self.facts(m.file).symbols[m.sym? as usize].sig.clone()?;
+            let Some(sig) = self.facts(m.file).symbols[m.sym? as usize].sig.clone() else {
+                return self.written_ret(m);
+            };
             let ret = sig.ret.as_ref()?;
             if ret.path == ["Self"] {
                 return Some(on);
@@ -1657,11 +1719,53 @@ impl<S: Source> Resolver<'_, S> {
         None
     }
 
-    /// The type of a local's hint (`f`/`scope`: where the local is declared).
-    fn hint_rty(&mut self, f: u32, scope: Option<u32>, hint: &TypeHint, depth: u32) -> Option<RTy> {
-        if depth > MAX_DEPTH {
+    /// The return type a function's signature names without generic arguments (languages
+    /// other than Rust): `def f() -> Session`.
+    fn written_ret(&self, func: NodeId) -> Option<RTy> {
+        let ret = self.facts(func.file).symbols[func.sym? as usize]
+            .ret
+            .as_ref()?;
+        RTy::of(
+            &Ty {
+                path: ret.clone(),
+                args: Vec::new(),
+            },
+            func.file,
+            func.sym,
+        )
+    }
+
+    /// The parameter of a closure given to a standard `Option`/`Result` method
+    /// (`opt.map(|x| ..)`: x is what the option holds).
+    fn std_closure_param(&mut self, t: RTy, method: &str, arg: u32, param: u32) -> Option<RTy> {
+        if param != 0 {
             return None;
         }
+        let mut t = t;
+        for _ in 0..MAX_PEEL {
+            let which = match (t.name(), method, arg) {
+                (
+                    Some("Option" | "Result"),
+                    "map" | "and_then" | "inspect" | "is_some_and" | "is_none_or" | "is_ok_and"
+                    | "filter" | "take_if",
+                    0,
+                ) => Some(0),
+                (Some("Option" | "Result"), "map_or" | "map_or_else", 1) => Some(0),
+                (Some("Result"), "map_err" | "or_else" | "inspect_err" | "is_err_and", 0) => {
+                    Some(1)
+                }
+                _ => None,
+            };
+            if let Some(i) = which {
+                return t.args.get(i).cloned();
+            }
+            t = self.peel(&t, 0)?;
+        }
+        None
+    }
+
+    /// The type of a local's hint (`f`/`scope`: where the local is declared).
+    fn hint_rty(&mut self, f: u32, scope: Option<u32>, hint: &TypeHint, depth: u32) -> Option<RTy> {
         match hint {
             TypeHint::Ty(t) => RTy::of(t, f, scope),
             TypeHint::Declared(p) => RTy::of(
@@ -1685,7 +1789,7 @@ impl<S: Source> Resolver<'_, S> {
                 if f == self.current {
                     self.line = from.saturating_sub(1);
                 }
-                let r = self.eval(f, scope, value, depth + 1);
+                let r = self.eval(f, scope, value);
                 self.line = saved;
                 r
             }
@@ -1716,17 +1820,29 @@ impl<S: Source> Resolver<'_, S> {
     }
 
     /// The type of an expression's value, when it can be followed.
-    fn eval(&mut self, f: u32, scope: Option<u32>, e: &Expr, depth: u32) -> Option<RTy> {
-        if depth > MAX_DEPTH {
+    fn eval(&mut self, f: u32, scope: Option<u32>, e: &Expr) -> Option<RTy> {
+        if self.nesting >= MAX_NESTING {
             return None;
         }
+        self.nesting += 1;
+        let r = self.eval_inner(f, scope, e);
+        self.nesting -= 1;
+        r
+    }
+
+    fn eval_inner(&mut self, f: u32, scope: Option<u32>, e: &Expr) -> Option<RTy> {
+        // lookups made from here start fresh: the nesting bound keeps this recursion finite
+        let depth = 0;
         match e {
             Expr::Path(p) => {
                 let (head, rest) = p.split_first()?;
                 let mut t = if head == "self" && self.facts(f).lang == Lang::Rust {
                     self.self_rty(f, scope, depth)?
-                } else if let Some((s, hint)) = self.local(f, scope, head) {
-                    self.hint_rty(f, Some(s), &hint, depth + 1)?
+                } else if let Some((s, i)) = (rest.is_empty() || self.facts(f).lang != Lang::Rust)
+                    .then(|| self.local(f, scope, head))
+                    .flatten()
+                {
+                    self.local_rty(f, s, i)?
                 } else {
                     return match self.resolve_path(f, scope, p, depth + 1) {
                         Res::Val(Val::Sym(n) | Val::Inst(n)) if self.is_type(n) => {
@@ -1741,25 +1857,69 @@ impl<S: Source> Resolver<'_, S> {
                 Some(t)
             }
             Expr::Field(e, name) => {
-                let t = self.eval(f, scope, e, depth + 1)?;
+                let t = self.eval(f, scope, e)?;
                 self.field_of(t, name, depth + 1)
             }
             Expr::Method(e, name) => {
-                let t = self.eval(f, scope, e, depth + 1)?;
+                let t = self.eval(f, scope, e)?;
                 self.method_value(t, name, depth + 1)
             }
             Expr::Index(e) => {
-                let t = self.eval(f, scope, e, depth + 1)?;
+                let t = self.eval(f, scope, e)?;
                 self.index_of(t, depth + 1)
             }
             Expr::Try(e) => {
-                let t = self.eval(f, scope, e, depth + 1)?;
+                let t = self.eval(f, scope, e)?;
                 match t.name() {
                     Some("Option" | "Result" | "Poll" | "LockResult") => t.args.first().cloned(),
                     _ => Some(t),
                 }
             }
             Expr::Typed(t) => RTy::of(t, f, scope),
+            Expr::Arg(e, i) => {
+                let mut t = self.eval(f, scope, e)?;
+                for _ in 0..MAX_PEEL {
+                    if matches!(
+                        t.name(),
+                        Some("Option" | "Result" | "Poll" | "LockResult" | "TryLockResult")
+                    ) {
+                        return t.args.get(*i as usize).cloned();
+                    }
+                    t = self.peel(&t, depth + 1)?;
+                }
+                None
+            }
+            Expr::ClosureParam { callee, arg, param } => {
+                let (func, map) = match callee.as_ref() {
+                    Expr::Method(recv, name) => {
+                        let t = self.eval(f, scope, recv)?;
+                        let Some((m, on)) = self.find_method(t.clone(), name, depth + 1) else {
+                            return self.std_closure_param(t, name, *arg, *param);
+                        };
+                        let sig = self.facts(m.file).symbols[m.sym? as usize].sig.as_ref()?;
+                        let map = sig
+                            .self_ty
+                            .as_ref()
+                            .map(|st| params(st, &on))
+                            .unwrap_or_default();
+                        (m, map)
+                    }
+                    Expr::Path(p) => match self.resolve_path(f, scope, p, depth + 1) {
+                        Res::Val(Val::Sym(func)) => (func, Vec::new()),
+                        _ => return None,
+                    },
+                    _ => return None,
+                };
+                let sig = self.facts(func.file).symbols[func.sym? as usize]
+                    .sig
+                    .as_ref()?;
+                let bound = sig.params.get(*arg as usize)?.as_ref()?;
+                if bound.path != ["Fn"] {
+                    return None;
+                }
+                let t = bound.args.get(*param as usize)?;
+                Some(RTy::of(t, func.file, func.sym)?.subst(&map))
+            }
             Expr::Call(callee, arg) => {
                 let Expr::Path(p) = callee.as_ref() else {
                     return None;
@@ -1768,7 +1928,10 @@ impl<S: Source> Resolver<'_, S> {
                     Res::Val(Val::Sym(n)) if self.is_type(n) => Some(RTy::node(n)),
                     Res::Val(Val::Sym(func)) => {
                         let sym = &self.facts(func.file).symbols[func.sym? as usize];
-                        let sig = sym.sig.as_ref()?;
+                        let Some(sig) = sym.sig.as_ref() else {
+                            // other languages: the return type as written
+                            return self.written_ret(func);
+                        };
                         let ret = sig.ret.as_ref()?;
                         if ret.path == ["Self"] {
                             return self.self_rty(func.file, func.sym, depth + 1);
@@ -1784,7 +1947,7 @@ impl<S: Source> Resolver<'_, S> {
                     }
                     Res::External | Res::Missing => {
                         // `Arc::new(x)`, `Some(x)`: the wrapper around the argument's type
-                        let inner = self.eval(f, scope, arg.as_deref()?, depth + 1)?;
+                        let inner = self.eval(f, scope, arg.as_deref()?)?;
                         let wrapper = match p.as_slice() {
                             [one] => match one.as_str() {
                                 "Some" => "Option",
@@ -1810,8 +1973,9 @@ impl<S: Source> Resolver<'_, S> {
         }
     }
 
-    /// The innermost local named `name` visible at the current line, with its function.
-    fn local(&self, f: u32, scope: Option<u32>, name: &str) -> Option<(u32, TypeHint)> {
+    /// The innermost local named `name` visible at the current line: its function and its
+    /// index among the function's locals.
+    fn local(&self, f: u32, scope: Option<u32>, name: &str) -> Option<(u32, usize)> {
         let facts = self.facts(f);
         let line = if f == self.current { self.line } else { 0 };
         for s in self.chain(f, scope) {
@@ -1822,16 +1986,39 @@ impl<S: Source> Resolver<'_, S> {
             ) {
                 continue;
             }
-            if let Some((_, h)) = sym
+            if let Some(i) = sym
                 .locals
                 .iter()
-                .rev()
-                .find(|(n, h)| n == name && visible(h, line))
+                .rposition(|(n, h)| n == name && visible(h, line))
             {
-                return Some((s, h.clone()));
+                return Some((s, i));
             }
         }
         None
+    }
+
+    /// The type of local `i` of function `s` in file `f` (memoised for the current file: a
+    /// binding's type does not depend on where it is used).
+    fn local_rty(&mut self, f: u32, s: u32, i: usize) -> Option<RTy> {
+        if self.nesting >= MAX_NESTING {
+            return None;
+        }
+        let key = (f, s, i as u32);
+        if f == self.current {
+            if let Some(t) = self.local_memo.get(&key) {
+                return t.clone();
+            }
+            // a binding being followed is unknown to itself
+            self.local_memo.insert(key, None);
+        }
+        let hint = self.facts(f).symbols[s as usize].locals[i].1.clone();
+        self.nesting += 1;
+        let t = self.hint_rty(f, Some(s), &hint, 0);
+        self.nesting -= 1;
+        if f == self.current {
+            self.local_memo.insert(key, t.clone());
+        }
+        t
     }
 }
 

@@ -27,6 +27,8 @@ pub fn extract(parser: &mut Parser, lang: Lang, source: &str, path: &str) -> Fil
         lang,
         test_file: is_test_path(path),
         owners: Vec::new(),
+        sub_parser: None,
+        macro_depth: 0,
         facts: FileFacts {
             lines: source.lines().count() as u32,
             ..FileFacts::empty(lang)
@@ -92,6 +94,11 @@ pub(crate) struct Cx<'a> {
     pub facts: FileFacts,
     /// Types of the `impl` blocks (and similar) the walk is inside; indexed by [`Scope::owner`].
     pub owners: Vec<crate::facts::TypePath>,
+    /// A parser for text taken out of the file (macro bodies and arguments), made on first use.
+    pub sub_parser: Option<Parser>,
+    /// How many macro texts the walk is inside (each is parsed again): bounded, so nested
+    /// macros cannot make the work grow without limit.
+    pub macro_depth: u32,
 }
 
 pub(crate) fn walk(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope, depth: usize) {
@@ -119,6 +126,16 @@ pub(crate) fn walk(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope, depth: usize) 
 }
 
 impl<'a> Cx<'a> {
+    /// Parses `source` as Rust with the file's second parser.
+    pub fn parse_rust(&mut self, source: &str) -> Option<tree_sitter::Tree> {
+        if self.sub_parser.is_none() {
+            let mut p = Parser::new();
+            p.set_language(&Lang::Rust.grammar()).ok()?;
+            self.sub_parser = Some(p);
+        }
+        self.sub_parser.as_mut()?.parse(source, None)
+    }
+
     pub fn text(&self, node: Node<'_>) -> &'a str {
         std::str::from_utf8(&self.src[node.byte_range()]).unwrap_or("")
     }

@@ -1,10 +1,11 @@
-//! Python: `def`, `class`, calls, `import`/`from ... import`, typed parameters and
-//! assignments from calls (locals and `self.x` fields).
+//! Python: `def`, `class`, calls (a receiver that is itself a call or an attribute of one is
+//! kept as an expression to follow through return annotations), `import`/`from ... import`,
+//! typed parameters and assignments from calls or typed names (locals and `self.x` fields).
 
 use tree_sitter::Node;
 
 use super::{Cx, Flow, Scope, named_children, split_path};
-use crate::facts::{Import, SymbolKind, TypeHint};
+use crate::facts::{Expr, Import, SymbolKind, TypeHint};
 
 pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
     match node.kind() {
@@ -68,7 +69,21 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                     let method = cx.field_text(f, "attribute").unwrap_or("").to_string();
                     cx.call(node, scope, vec!["super".to_string(), method], false);
                 } else {
-                    cx.call_expr(node, scope, f);
+                    match cx.callee_path(f) {
+                        // `a.b().c()`, `f().g()`: the receiver is followed as an expression
+                        Some((_, true)) if f.kind() == "attribute" => {
+                            let recv = f.child_by_field_name("object").map(|o| expr(cx, o, 0));
+                            let name = cx.field_text(f, "attribute").unwrap_or("").to_string();
+                            cx.call(node, scope, vec![name], false);
+                            if let Some(c) = cx.facts.calls.last_mut()
+                                && c.line == super::line(node)
+                                && c.recv.is_none()
+                            {
+                                c.recv = recv.map(Box::new);
+                            }
+                        }
+                        _ => cx.call_expr(node, scope, f),
+                    }
                 }
             }
             Flow::Descend(scope)
@@ -180,6 +195,17 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                     .and_then(|f| cx.callee_path(f))
                     .filter(|(_, opaque)| !opaque)
                     .map(|(p, _)| TypeHint::CallOf(p))
+            } else if right.kind() == "identifier" {
+                // `self.x = x` in `__init__(self, x: X)`: the attribute has the parameter's type
+                let name = cx.text(right);
+                scope.func.and_then(|f| {
+                    cx.facts.symbols[f as usize]
+                        .locals
+                        .iter()
+                        .rev()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, h)| h.clone())
+                })
             } else {
                 None
             };
@@ -200,5 +226,54 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
             Flow::Descend(scope)
         }
         _ => Flow::Descend(scope),
+    }
+}
+
+/// A receiver expression, for the resolver to follow through return types and attributes.
+fn expr(cx: &Cx<'_>, node: Node<'_>, depth: usize) -> Expr {
+    if depth > 24 {
+        return Expr::Unknown;
+    }
+    match node.kind() {
+        "identifier" | "attribute" => match cx.callee_path(node) {
+            Some((p, false)) => Expr::Path(p),
+            _ if node.kind() == "attribute" => {
+                match (
+                    node.child_by_field_name("object"),
+                    cx.field_text(node, "attribute"),
+                ) {
+                    (Some(o), Some(a)) => {
+                        Expr::Field(Box::new(expr(cx, o, depth + 1)), a.to_string())
+                    }
+                    _ => Expr::Unknown,
+                }
+            }
+            _ => Expr::Unknown,
+        },
+        "call" => {
+            let Some(f) = node.child_by_field_name("function") else {
+                return Expr::Unknown;
+            };
+            match cx.callee_path(f) {
+                Some((p, false)) => Expr::Call(Box::new(Expr::Path(p)), None),
+                _ if f.kind() == "attribute" => {
+                    match (
+                        f.child_by_field_name("object"),
+                        cx.field_text(f, "attribute"),
+                    ) {
+                        (Some(o), Some(a)) => {
+                            Expr::Method(Box::new(expr(cx, o, depth + 1)), a.to_string())
+                        }
+                        _ => Expr::Unknown,
+                    }
+                }
+                _ => Expr::Unknown,
+            }
+        }
+        "parenthesized_expression" | "await" => match node.named_child(0) {
+            Some(inner) => expr(cx, inner, depth + 1),
+            None => Expr::Unknown,
+        },
+        _ => Expr::Unknown,
     }
 }

@@ -1,11 +1,18 @@
 //! Rust: items, `impl` blocks (methods get their type as owner; `impl Trait for T` becomes an
-//! IMPLEMENTS fact), inline modules, `use` trees, calls (including those written inside macro
-//! token trees), typed parameters, `let` bindings and struct fields.
+//! IMPLEMENTS fact), inline modules, `use` trees, calls with their receivers as expressions
+//! ([`Expr`]), typed parameters with generic bounds, `let` and pattern bindings with the lines
+//! they are visible on, struct fields, type aliases, and macros: `macro_rules!` bodies and
+//! expression-position macro arguments are parsed as code where they parse (token trees are
+//! scanned for calls where they do not), item-position macro bodies as items.
 
 use tree_sitter::Node;
 
 use super::{Cx, Flow, Scope, line, named_children};
 use crate::facts::{Expr, Impl, Import, Sig, SymbolKind, Ty, TypeHint, TypePath};
+
+/// How many macro texts inside one another are parsed again; deeper ones are scanned for
+/// calls as tokens only.
+const MAX_MACRO_DEPTH: u32 = 6;
 
 /// Generic wrappers whose first type argument is what a function hands back.
 const WRAPPERS: [&str; 9] = [
@@ -39,7 +46,7 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                 generic_bounds(cx, imp, &mut bounds);
             }
             generic_bounds(cx, node, &mut bounds);
-            let sig = Sig {
+            let mut sig = Sig {
                 ret: node
                     .child_by_field_name("return_type")
                     .and_then(|t| ty(cx, t, &bounds)),
@@ -48,18 +55,22 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                     .and_then(|t| ty(cx, t, &[])),
                 generics: Vec::new(),
                 bounds,
+                params: Vec::new(),
             };
             if let Some(params) = node.child_by_field_name("parameters") {
                 for p in named_children(params) {
-                    if p.kind() == "parameter"
-                        && let Some(pat) = p.child_by_field_name("pattern")
-                        && pat.kind() == "identifier"
-                        && let Some(t) = p
-                            .child_by_field_name("type")
-                            .and_then(|t| ty(cx, t, &sig.bounds))
-                    {
-                        cx.local(inner, cx.text(pat), TypeHint::Ty(t));
+                    if p.kind() != "parameter" {
+                        continue;
                     }
+                    let t = p
+                        .child_by_field_name("type")
+                        .and_then(|t| ty(cx, t, &sig.bounds));
+                    if let (Some(pat), Some(t)) = (p.child_by_field_name("pattern"), &t)
+                        && pat.kind() == "identifier"
+                    {
+                        cx.local(inner, cx.text(pat), TypeHint::Ty(Box::new(t.clone())));
+                    }
+                    sig.params.push(t);
                 }
             }
             cx.sym(index).sig = Some(Box::new(sig));
@@ -76,7 +87,9 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                             (cx.field_text(f, "name"), f.child_by_field_name("type"))
                         && let Some(t) = ty(cx, t, &[])
                     {
-                        cx.sym(index).locals.push((n.to_string(), TypeHint::Ty(t)));
+                        cx.sym(index)
+                            .locals
+                            .push((n.to_string(), TypeHint::Ty(Box::new(t))));
                     }
                     // tuple struct fields are named by position
                     if body.kind() == "ordered_field_declaration_list"
@@ -85,7 +98,7 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                         if let Some(t) = ty(cx, f, &[]) {
                             cx.sym(index)
                                 .locals
-                                .push((position.to_string(), TypeHint::Ty(t)));
+                                .push((position.to_string(), TypeHint::Ty(Box::new(t))));
                         }
                         position += 1;
                     }
@@ -190,7 +203,7 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                                 && c.line == line(node)
                                 && c.recv.is_none()
                             {
-                                c.recv = Some(recv);
+                                c.recv = Some(Box::new(recv));
                             }
                         }
                     }
@@ -212,37 +225,79 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
             Flow::Skip
         }
         "let_condition" | "for_expression" => {
-            // `if let P = v`, `for P in v`: P's names are bound after v
-            let (pat, value) = match node.kind() {
-                "let_condition" => (
-                    node.child_by_field_name("pattern"),
-                    node.child_by_field_name("value"),
-                ),
-                _ => (
-                    node.child_by_field_name("pattern"),
-                    node.child_by_field_name("value"),
-                ),
-            };
-            if let Some(pat) = pat {
+            // `if let P = v`, `for P in v`: P's names are bound after v, in the body
+            if let Some(pat) = node.child_by_field_name("pattern") {
+                let value = node.child_by_field_name("value");
                 let from = value.map_or(line(pat), |v| v.end_position().row as u32 + 2);
-                let to = binding_end(node);
-                bind_untyped(cx, scope, pat, from, to);
+                let to = body_end(node);
+                match value.filter(|_| node.kind() == "let_condition") {
+                    Some(v) => bind_variant(cx, scope, pat, v, from, to),
+                    None => bind_untyped(cx, scope, pat, from, to),
+                }
             }
             Flow::Descend(scope)
         }
-        "match_arm" | "closure_expression" => {
-            let pat = match node.kind() {
-                "match_arm" => node.child_by_field_name("pattern"),
-                _ => node.child_by_field_name("parameters"),
+        "closure_expression" => {
+            let Some(params) = node.child_by_field_name("parameters") else {
+                return Flow::Descend(scope);
             };
-            if let Some(pat) = pat {
-                bind_untyped(
-                    cx,
-                    scope,
-                    pat,
-                    line(node),
-                    node.end_position().row as u32 + 1,
-                );
+            let (from, to) = (line(node), node.end_position().row as u32 + 1);
+            // a closure passed to a call: its parameters are typed by the callee's bound
+            let site = node
+                .parent()
+                .filter(|a| a.kind() == "arguments")
+                .and_then(|a| {
+                    let call = a.parent().filter(|c| c.kind() == "call_expression")?;
+                    let index = named_children(a).iter().position(|c| *c == node)?;
+                    let callee = callee_expr(cx, call.child_by_field_name("function")?)?;
+                    Some((callee, index as u32))
+                });
+            for (j, p) in named_children(params).into_iter().enumerate() {
+                let (pat, written) = if p.kind() == "parameter" {
+                    (
+                        p.child_by_field_name("pattern"),
+                        p.child_by_field_name("type").and_then(|t| ty(cx, t, &[])),
+                    )
+                } else {
+                    (Some(p), None)
+                };
+                let Some(pat) = pat else { continue };
+                if pat.kind() != "identifier" {
+                    bind_untyped(cx, scope, pat, from, to);
+                    continue;
+                }
+                let value = match (&written, &site) {
+                    (None, Some((callee, arg))) => Some(Expr::ClosureParam {
+                        callee: Box::new(callee.clone()),
+                        arg: *arg,
+                        param: j as u32,
+                    }),
+                    _ => None,
+                };
+                let hint = TypeHint::binding(written, value, from, to);
+                cx.local(scope, cx.text(pat), hint);
+            }
+            Flow::Descend(scope)
+        }
+        "match_arm" => {
+            if let Some(pat) = node.child_by_field_name("pattern") {
+                let (from, to) = (line(node), node.end_position().row as u32 + 1);
+                // the scrutinee: match_arm → match_block → match_expression
+                let value = node
+                    .parent()
+                    .and_then(|b| b.parent())
+                    .filter(|m| m.kind() == "match_expression")
+                    .and_then(|m| m.child_by_field_name("value"));
+                let guard = pat.child_by_field_name("condition").map(|g| g.id());
+                let inner = named_children(pat)
+                    .into_iter()
+                    .find(|c| Some(c.id()) != guard);
+                match (value, inner) {
+                    (Some(v), Some(p)) if pat.kind() == "match_pattern" => {
+                        bind_variant(cx, scope, p, v, from, to)
+                    }
+                    _ => bind_untyped(cx, scope, pat, from, to),
+                }
             }
             Flow::Descend(scope)
         }
@@ -269,7 +324,7 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                 .is_some_and(|p| matches!(p.kind(), "source_file" | "declaration_list"));
             if item_position && cx.text(tt).starts_with('{') {
                 expand_items(cx, tt, scope);
-            } else {
+            } else if !parse_macro_args(cx, tt, scope) {
                 token_tree_calls(cx, tt, scope, 0);
             }
             Flow::Skip
@@ -299,15 +354,29 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                         .and_then(|f| cx.facts.symbols[f as usize].sig.as_ref())
                         .map(|s| s.bounds.clone())
                         .unwrap_or_default();
-                    let hint = TypeHint::Let {
-                        ty: node
-                            .child_by_field_name("type")
+                    let hint = TypeHint::binding(
+                        node.child_by_field_name("type")
                             .and_then(|t| ty(cx, t, &bounds)),
-                        value: node.child_by_field_name("value").map(|v| expr(cx, v, 0)),
+                        node.child_by_field_name("value").map(|v| expr(cx, v, 0)),
                         from,
                         to,
-                    };
+                    );
                     cx.local(scope, cx.text(pat), hint);
+                } else if pat.kind() == "tuple_pattern"
+                    && let Some(elems) = node
+                        .child_by_field_name("value")
+                        .and_then(|v| tuple_elements(v))
+                {
+                    // `let (a, b) = (x, y)` or a block ending in a tuple
+                    for (i, p) in named_children(pat).into_iter().enumerate() {
+                        match elems.get(i) {
+                            Some(e) if p.kind() == "identifier" => {
+                                let hint = TypeHint::binding(None, Some(expr(cx, *e, 0)), from, to);
+                                cx.local(scope, cx.text(p), hint);
+                            }
+                            _ => bind_untyped(cx, scope, p, from, to),
+                        }
+                    }
                 } else if pat.kind() == "struct_pattern"
                     && let Some(value) = node.child_by_field_name("value")
                 {
@@ -328,15 +397,15 @@ pub(super) fn visit(cx: &mut Cx<'_>, node: Node<'_>, scope: Scope) -> Flow {
                             }
                             None => field,
                         };
-                        let hint = TypeHint::Let {
-                            ty: None,
-                            value: Some(Expr::Field(
+                        let hint = TypeHint::binding(
+                            None,
+                            Some(Expr::Field(
                                 Box::new(value.clone()),
                                 cx.text(field).to_string(),
                             )),
                             from,
                             to,
-                        };
+                        );
                         cx.local(scope, cx.text(bound), hint);
                     }
                 } else {
@@ -493,6 +562,9 @@ fn token_tree_calls(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope, depth: usize) {
         return;
     }
     let mut path: Vec<String> = Vec::new();
+    // for each segment after the first: whether `.` (not `::`) came before it
+    let mut dots: Vec<bool> = Vec::new();
+    let mut pending_dot = false;
     let mut opaque = false;
     let mut last_was_sep = false;
     let mut skip_attribute = false;
@@ -503,32 +575,35 @@ fn token_tree_calls(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope, depth: usize) {
             "identifier" | "self" | "super" | "crate" => {
                 if !last_was_sep {
                     path.clear();
+                    dots.clear();
                     opaque = false;
                 }
-                let t = cx.text(child);
-                path.push(if t == "self" {
-                    "self".to_string()
-                } else {
-                    t.to_string()
-                });
+                if !path.is_empty() {
+                    dots.push(pending_dot);
+                }
+                path.push(cx.text(child).to_string());
                 last_was_sep = false;
             }
             "::" | "." => {
                 if path.is_empty() {
                     opaque = true;
                 }
+                pending_dot = child.kind() == ".";
                 last_was_sep = true;
             }
             "token_tree" if skip_attribute => {
                 skip_attribute = false;
                 path.clear();
+                dots.clear();
             }
             "token_tree" => {
                 if !path.is_empty() && !last_was_sep && cx.text(child).starts_with('(') {
                     let p = std::mem::take(&mut path);
-                    cx.call(child, scope, p, opaque);
+                    let d = std::mem::take(&mut dots);
+                    record_token_call(cx, child, scope, p, &d, opaque);
                 } else {
                     path.clear();
+                    dots.clear();
                 }
                 opaque = true;
                 last_was_sep = false;
@@ -538,15 +613,18 @@ fn token_tree_calls(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope, depth: usize) {
                 // an attribute inside the macro body: `#[cfg(...)]` is not a call
                 skip_attribute = true;
                 path.clear();
+                dots.clear();
                 last_was_sep = false;
             }
             "!" => {
                 // a nested macro: `name!(...)` is not a call of `name`
                 path.clear();
+                dots.clear();
                 last_was_sep = false;
             }
             _ => {
                 path.clear();
+                dots.clear();
                 opaque = false;
                 last_was_sep = false;
             }
@@ -554,22 +632,85 @@ fn token_tree_calls(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope, depth: usize) {
     }
 }
 
+/// Records a call found in a token tree: a path call (`a::b(`), or a method call on a
+/// receiver written as `a::b.c.d(` (a path, then fields).
+fn record_token_call(
+    cx: &mut Cx<'_>,
+    node: Node<'_>,
+    scope: Scope,
+    path: Vec<String>,
+    dots: &[bool],
+    opaque: bool,
+) {
+    let Some(first_dot) = dots.iter().position(|&d| d) else {
+        cx.call(node, scope, path, opaque);
+        return;
+    };
+    if opaque || !dots[first_dot..].iter().all(|&d| d) {
+        cx.call(node, scope, path, true);
+        return;
+    }
+    // dots[i] is the separator before path[i + 1]
+    let mut recv = Expr::Path(path[..=first_dot].to_vec());
+    for field in &path[first_dot + 1..path.len() - 1] {
+        recv = Expr::Field(Box::new(recv), field.clone());
+    }
+    let method = path[path.len() - 1].clone();
+    cx.call(node, scope, vec![method], false);
+    if let Some(c) = cx.facts.calls.last_mut()
+        && c.line == line(node)
+        && c.recv.is_none()
+    {
+        c.recv = Some(Box::new(recv));
+    }
+}
+
+/// Parses an expression-position macro's arguments (`assert_eq!(a.b(), c)`) as call
+/// arguments and extracts them like ordinary code; false when they do not parse.
+fn parse_macro_args(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope) -> bool {
+    if cx.macro_depth >= MAX_MACRO_DEPTH {
+        return false;
+    }
+    let text = cx.text(tt);
+    if text.len() < 2 || !text.is_char_boundary(1) || !text.is_char_boundary(text.len() - 1) {
+        return false;
+    }
+    let source = format!("fn __m() {{ __m({}); }}", &text[1..text.len() - 1]);
+    let Some(tree) = cx.parse_rust(&source) else {
+        return false;
+    };
+    let root = tree.root_node();
+    if root.has_error() {
+        return false;
+    }
+    let args = root
+        .named_child(0)
+        .and_then(|f| f.child_by_field_name("body"))
+        .and_then(|b| b.named_child(0))
+        .and_then(|st| st.named_child(0))
+        .filter(|c| c.kind() == "call_expression")
+        .and_then(|c| c.child_by_field_name("arguments"));
+    let Some(args) = args else {
+        return false;
+    };
+    let nodes = named_children(args);
+    walk_sub(cx, &source, tt.start_position().row as u32, scope, &nodes);
+    true
+}
+
 /// Parses the body of an item-position macro as Rust items and extracts them in place,
 /// shifting their lines to where the body sits in the file.
 fn expand_items(cx: &mut Cx<'_>, tt: Node<'_>, scope: Scope) {
+    if cx.macro_depth >= MAX_MACRO_DEPTH {
+        token_tree_calls(cx, tt, scope, 0);
+        return;
+    }
     let text = cx.text(tt);
     if text.len() < 2 {
         return;
     }
     let inner = &text[1..text.len() - 1];
-    let mut parser = tree_sitter::Parser::new();
-    if parser
-        .set_language(&crate::lang::Lang::Rust.grammar())
-        .is_err()
-    {
-        return;
-    }
-    let Some(tree) = parser.parse(inner, None) else {
+    let Some(tree) = cx.parse_rust(inner) else {
         return;
     };
     let root = tree.root_node();
@@ -627,17 +768,18 @@ fn bind_untyped(cx: &mut Cx<'_>, scope: Scope, pat: Node<'_>, from: u32, to: u32
                 let name = cx.text(n);
                 // `Some(x)` binds x; a lone capitalised name is a constant or variant
                 if name.chars().next().is_some_and(char::is_lowercase) || name.starts_with('_') {
-                    let hint = TypeHint::Let {
-                        ty: None,
-                        value: None,
-                        from,
-                        to,
-                    };
+                    let hint = TypeHint::binding(None, None, from, to);
                     cx.local(scope, name, hint);
                 }
             }
             // the path of `Some(..)`, `Foo { .. }` and field names are not bindings
             "scoped_identifier" | "field_identifier" | "type_identifier" => {}
+            // `pat if guard`: the guard binds nothing
+            "match_pattern" => {
+                let guard = n.child_by_field_name("condition").map(|g| g.id());
+                let mut c = n.walk();
+                stack.extend(n.named_children(&mut c).filter(|k| Some(k.id()) != guard));
+            }
             "tuple_struct_pattern" | "struct_pattern" => {
                 let mut c = n.walk();
                 for (i, child) in n.named_children(&mut c).enumerate() {
@@ -653,16 +795,7 @@ fn bind_untyped(cx: &mut Cx<'_>, scope: Scope, pat: Node<'_>, from: u32, to: u32
                     None => {
                         if let Some(name) = n.child_by_field_name("name") {
                             let text = cx.text(name);
-                            cx.local(
-                                scope,
-                                text,
-                                TypeHint::Let {
-                                    ty: None,
-                                    value: None,
-                                    from,
-                                    to,
-                                },
-                            );
+                            cx.local(scope, text, TypeHint::binding(None, None, from, to));
                         }
                     }
                 }
@@ -713,10 +846,7 @@ fn first_bound(cx: &Cx<'_>, bounds: Node<'_>) -> Option<Ty> {
         } else {
             b
         };
-        if matches!(
-            b.kind(),
-            "lifetime" | "removed_trait_bound" | "function_type"
-        ) {
+        if matches!(b.kind(), "lifetime" | "removed_trait_bound") {
             continue;
         }
         let t = ty(cx, b, &[])?;
@@ -814,6 +944,30 @@ fn ty_at(cx: &Cx<'_>, node: Node<'_>, bounds: &[(String, Ty)], depth: usize) -> 
             ty_at(cx, t, bounds, depth + 1)
         }
         "bounded_type" => first_bound(cx, node),
+        // `FnOnce(&mut T) -> U`: the path `Fn` with the parameter types as arguments
+        "function_type" => {
+            let params = node.child_by_field_name("parameters")?;
+            let args = named_children(params)
+                .into_iter()
+                .filter(|p| !matches!(p.kind(), "attribute_item" | "lifetime"))
+                .map(|p| {
+                    let t = if p.kind() == "parameter" {
+                        p.child_by_field_name("type")
+                    } else {
+                        Some(p)
+                    };
+                    t.and_then(|t| ty_at(cx, t, bounds, depth + 1))
+                        .unwrap_or(Ty {
+                            path: Vec::new(),
+                            args: Vec::new(),
+                        })
+                })
+                .collect();
+            Some(Ty {
+                path: vec!["Fn".to_string()],
+                args,
+            })
+        }
         "type_identifier" => {
             let name = cx.text(node);
             if let Some((_, b)) = bounds.iter().find(|(n, _)| n == name) {
@@ -935,6 +1089,10 @@ fn expr(cx: &Cx<'_>, node: Node<'_>, depth: usize) -> Expr {
             Some(t) => Expr::Typed(t),
             None => Expr::Unknown,
         },
+        "block" | "unsafe_block" => inner(tail(node)),
+        "if_expression" => inner(node.child_by_field_name("consequence").and_then(tail)),
+        "loop_expression" => inner(node.child_by_field_name("body").and_then(break_value)),
+        "macro_invocation" => pin_macro(cx, node, depth),
         "type_cast_expression" => match node
             .child_by_field_name("type")
             .and_then(|n| ty(cx, n, &[]))
@@ -950,6 +1108,9 @@ fn expr(cx: &Cx<'_>, node: Node<'_>, depth: usize) -> Expr {
 /// place, its calls starting from the macro's node: metavariables (`$x`) become names that
 /// resolve to nothing, `$crate` becomes `crate`, repetition marks (`$( .. ),*`) are dropped.
 fn expand_macro_body(cx: &mut Cx<'_>, body: Node<'_>, scope: Scope) {
+    if cx.macro_depth >= MAX_MACRO_DEPTH {
+        return;
+    }
     let start = body.start_byte();
     let mut text: Vec<u8> = cx.src[body.byte_range()].to_vec();
     if text.len() < 2 {
@@ -1047,12 +1208,15 @@ fn walk_sub(cx: &mut Cx<'_>, source: &str, offset: u32, scope: Scope, nodes: &[N
         test_file: cx.test_file,
         facts: std::mem::replace(&mut cx.facts, crate::facts::FileFacts::empty(cx.lang)),
         owners: std::mem::take(&mut cx.owners),
+        sub_parser: cx.sub_parser.take(),
+        macro_depth: cx.macro_depth + 1,
     };
     for &n in nodes {
         super::walk(&mut sub, n, scope, 1);
     }
     cx.facts = sub.facts;
     cx.owners = sub.owners;
+    cx.sub_parser = sub.sub_parser;
     cx.facts.parse_errors = errors;
     let facts = &mut cx.facts;
     let shift = |h: &mut TypeHint| {
@@ -1082,4 +1246,211 @@ fn walk_sub(cx: &mut Cx<'_>, source: &str, offset: u32, scope: Scope, nodes: &[N
     for i in &mut facts.impls[before.3..] {
         i.line += offset;
     }
+}
+
+/// The callee of a call as an expression: `Method(recv, name)` for a method call, else its path.
+fn callee_expr(cx: &Cx<'_>, f: Node<'_>) -> Option<Expr> {
+    let f = if f.kind() == "generic_function" {
+        f.child_by_field_name("function")?
+    } else {
+        f
+    };
+    if f.kind() == "field_expression" {
+        let name = cx.field_text(f, "field")?;
+        let value = f.child_by_field_name("value")?;
+        return Some(Expr::Method(Box::new(expr(cx, value, 0)), name.to_string()));
+    }
+    match expr(cx, f, 0) {
+        Expr::Path(p) => Some(Expr::Path(p)),
+        _ => None,
+    }
+}
+
+/// The tail expression of a block (`{ ..; x }` is `x`), if it has one.
+fn tail(block: Node<'_>) -> Option<Node<'_>> {
+    let block = if block.kind() == "unsafe_block" {
+        named_children(block)
+            .into_iter()
+            .find(|c| c.kind() == "block")?
+    } else {
+        block
+    };
+    let last = named_children(block).into_iter().rev().find(|c| {
+        !matches!(
+            c.kind(),
+            "line_comment" | "block_comment" | "attribute_item"
+        )
+    })?;
+    if last.kind().ends_with("_statement")
+        || last.kind().ends_with("_declaration")
+        || last.kind().ends_with("_item")
+    {
+        return None;
+    }
+    Some(last)
+}
+
+/// The value of the first `break` of a loop body (not one of an inner loop or closure).
+fn break_value(body: Node<'_>) -> Option<Node<'_>> {
+    let mut stack = vec![body];
+    let mut seen = 0;
+    while let Some(n) = stack.pop() {
+        seen += 1;
+        if seen > 4096 {
+            return None;
+        }
+        if n.kind() == "break_expression" {
+            if let Some(v) = named_children(n).into_iter().find(|c| c.kind() != "label") {
+                return Some(v);
+            }
+            continue;
+        }
+        if n != body
+            && matches!(
+                n.kind(),
+                "loop_expression" | "while_expression" | "for_expression" | "closure_expression"
+            )
+        {
+            continue;
+        }
+        let mut c = n.walk();
+        let children: Vec<Node<'_>> = n.named_children(&mut c).collect();
+        stack.extend(children.into_iter().rev());
+    }
+    None
+}
+
+/// `pin!(e)` / `std::pin::pin!(e)`: the value is `e` pinned.
+fn pin_macro(cx: &Cx<'_>, node: Node<'_>, depth: usize) -> Expr {
+    if cx.macro_depth >= MAX_MACRO_DEPTH {
+        return Expr::Unknown;
+    }
+    let is_pin = node
+        .child_by_field_name("macro")
+        .is_some_and(|m| cx.text(m) == "pin" || cx.text(m).ends_with("::pin"));
+    let Some(tt) = named_children(node)
+        .into_iter()
+        .find(|c| c.kind() == "token_tree")
+    else {
+        return Expr::Unknown;
+    };
+    if !is_pin {
+        return Expr::Unknown;
+    }
+    let text = cx.text(tt);
+    if text.len() < 2 {
+        return Expr::Unknown;
+    }
+    let source = format!("fn f() {{ {} }}", &text[1..text.len() - 1]);
+    let mut parser = tree_sitter::Parser::new();
+    if parser
+        .set_language(&crate::lang::Lang::Rust.grammar())
+        .is_err()
+    {
+        return Expr::Unknown;
+    }
+    let Some(tree) = parser.parse(&source, None) else {
+        return Expr::Unknown;
+    };
+    let root = tree.root_node();
+    if root.has_error() {
+        return Expr::Unknown;
+    }
+    let Some(value) = root
+        .named_child(0)
+        .and_then(|f| f.child_by_field_name("body"))
+        .and_then(tail)
+    else {
+        return Expr::Unknown;
+    };
+    let sub = Cx {
+        src: source.as_bytes(),
+        lang: cx.lang,
+        test_file: cx.test_file,
+        facts: crate::facts::FileFacts::empty(cx.lang),
+        owners: Vec::new(),
+        sub_parser: None,
+        macro_depth: cx.macro_depth + 1,
+    };
+    let inner = expr(&sub, value, depth + 1);
+    Expr::Call(
+        Box::new(Expr::Path(vec!["Pin".to_string(), "new".to_string()])),
+        Some(Box::new(inner)),
+    )
+}
+
+/// The elements of a tuple expression, seen through blocks that end in one.
+fn tuple_elements(value: Node<'_>) -> Option<Vec<Node<'_>>> {
+    let mut v = value;
+    for _ in 0..8 {
+        match v.kind() {
+            "tuple_expression" => {
+                return Some(
+                    named_children(v)
+                        .into_iter()
+                        .filter(|c| c.kind() != "attribute_item")
+                        .collect(),
+                );
+            }
+            "block" | "unsafe_block" => v = tail(v)?,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The last line of the body of the `if let` / `while let` / `for` a binding belongs to.
+fn body_end(node: Node<'_>) -> u32 {
+    let mut cur = Some(node);
+    while let Some(n) = cur {
+        let body = match n.kind() {
+            "if_expression" => n.child_by_field_name("consequence"),
+            "while_expression" | "for_expression" => n.child_by_field_name("body"),
+            _ => None,
+        };
+        if let Some(b) = body {
+            return b.end_position().row as u32 + 1;
+        }
+        if matches!(n.kind(), "block" | "function_item" | "closure_expression") {
+            break;
+        }
+        cur = n.parent();
+    }
+    binding_end(node)
+}
+
+/// `Some(x)`, `Ok(x)`, `Err(x)`, `Ready(x)` matched against `value`: x is typed from the
+/// value's type argument; any other pattern binds names of unknown type.
+fn bind_variant(cx: &mut Cx<'_>, scope: Scope, pat: Node<'_>, value: Node<'_>, from: u32, to: u32) {
+    if pat.kind() == "tuple_struct_pattern" {
+        let parts = named_children(pat);
+        let variant = parts
+            .first()
+            .map(|t| cx.text(*t).rsplit("::").next().unwrap_or("").to_string());
+        let index = match variant.as_deref() {
+            Some("Some" | "Ok" | "Ready") => Some(0),
+            Some("Err") => Some(1),
+            _ => None,
+        };
+        if let (Some(i), 2) = (index, parts.len()) {
+            let mut bound = parts[1];
+            while matches!(bound.kind(), "ref_pattern" | "mut_pattern") {
+                match bound.named_child(bound.named_child_count().saturating_sub(1) as u32) {
+                    Some(b) => bound = b,
+                    None => break,
+                }
+            }
+            if bound.kind() == "identifier" {
+                let hint = TypeHint::binding(
+                    None,
+                    Some(Expr::Arg(Box::new(expr(cx, value, 0)), i)),
+                    from,
+                    to,
+                );
+                cx.local(scope, cx.text(bound), hint);
+                return;
+            }
+        }
+    }
+    bind_untyped(cx, scope, pat, from, to);
 }

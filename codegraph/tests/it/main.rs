@@ -8,3 +8,4 @@ mod render;
 mod resolution;
 mod scan;
 mod support;
+mod typeflow;
