@@ -318,7 +318,7 @@ async fn the_cli_drives_a_live_controller() {
     // Approve and release as the reference means them: approve clears an approval hold, release
     // a user hold; each refusal names the hold and the command.
     let (code, _, err) = run(cfg.clone(), sv(&["approve", &id]), None).await.unwrap();
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 5, "{err}");
     assert!(
         err.contains("it has a user hold") && err.contains(&format!("backporcher release {id}")),
         "{err}"

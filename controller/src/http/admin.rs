@@ -72,9 +72,8 @@ pub(super) async fn update_settings(
     ApiJson(req): ApiJson<api::SettingsPatch>,
 ) -> ApiResult<api::Settings> {
     if req.approval_mode.is_none() && req.paused.is_none() {
-        return Err(ApiError::Invalid(
-            "nothing to change: send `approval_mode` (full-auto, review-merge or review-all) and/or `paused` (true or false)".into(),
-        ));
+        // A patch that names nothing changes nothing: the switches as they are.
+        return Ok(Json(settings_view(s.store.settings().await?)));
     }
     if req.approval_mode.is_some() {
         c.require(&s, Role::Admin, "set_approval_mode", Some("settings"))
