@@ -363,12 +363,15 @@ fn offers_tool(body: &Value, name: &str) -> bool {
         .is_some_and(|tools| tools.iter().any(|t| t["name"] == name))
 }
 
-/// The text of the first `<untrusted source="{source}">` fence in `texts`.
+/// The text of the first fence from `source` in `texts`, found by the markers
+/// `textguard::fence_plain` writes (the ones every prompt of the system uses).
 fn fenced(texts: &[String], source: &str) -> Option<String> {
-    let open = format!("<untrusted source=\"{source}\">\n");
+    let probe = textguard::fence_plain(source, "FENCED");
+    let (open, close) = probe.split_once("FENCED")?;
+    let close = close.trim_end_matches('\n');
     texts.iter().find_map(|t| {
-        let start = t.find(&open)? + open.len();
-        let len = t[start..].find("\n</untrusted>")?;
+        let start = t.find(open)? + open.len();
+        let len = t[start..].find(close)?;
         Some(t[start..start + len].to_owned())
     })
 }
