@@ -12,6 +12,7 @@ mod leases;
 mod lifecycle;
 mod loops;
 mod parity;
+mod password;
 mod redteam;
 mod replicas;
 mod server;
