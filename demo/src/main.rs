@@ -86,6 +86,8 @@ enum Cmd {
 }
 
 const SECRET: &str = "whsec-demo";
+/// The name of the admin's API token each start mints for the printed commands.
+const TOKEN_NAME: &str = "backporcher-up";
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -316,9 +318,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         Some(controller::http::bootstrap_admin(&db, "admin").await?)
     };
-    // An API token of the admin's for the commands printed below (one per start).
+    // An API token of the admin's for the commands printed below: a new one each start, the
+    // previous start's revoked, so only the one on the screen works.
     let api_token = match db.user_for_login("admin").await? {
-        Some((admin, _)) => Some(db.create_api_token(admin.id, "backporcher-up").await?.1),
+        Some((admin, _)) => {
+            for t in db.api_tokens(Some(admin.id)).await? {
+                if t.name == TOKEN_NAME && t.revoked_at.is_none() {
+                    db.revoke_api_token(t.id, Some(admin.id)).await?;
+                }
+            }
+            Some(db.create_api_token(admin.id, TOKEN_NAME).await?.1)
+        }
         None => None,
     };
 

@@ -212,6 +212,16 @@ impl Up {
     }
 }
 
+/// The API token the start-up message prints in its commands.
+fn printed_token(up: &Up) -> String {
+    up.line("Authorization: Bearer bpt_")
+        .split("Bearer ")
+        .nth(1)
+        .and_then(|t| t.split('\'').next())
+        .unwrap()
+        .to_owned()
+}
+
 /// Waits up to `secs` for `f` to give `Some`.
 async fn until<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
 where
@@ -292,14 +302,7 @@ fn the_printed_tour_works_and_a_second_start_is_coherent() {
     let api = format!("http://127.0.0.1:{http_port}");
     let sim_url = format!("http://127.0.0.1:{sim}");
     let up = Up::start(dir.path(), ports, "3");
-    let token = up
-        .line("Authorization: Bearer bpt_")
-        .split("Bearer ")
-        .nth(1)
-        .and_then(|t| t.split('\'').next())
-        .unwrap()
-        .to_owned();
-    let auth = format!("Bearer {token}");
+    let auth = format!("Bearer {}", printed_token(&up));
     assert!(up.line("file-issue").contains(&sim_url), "{:?}", up.printed);
     assert!(
         up.line("Admin login").contains("admin / "),
@@ -481,7 +484,17 @@ fn the_printed_tour_works_and_a_second_start_is_coherent() {
         "{:?}",
         up.printed
     );
+    let old_auth = auth;
+    let auth = format!("Bearer {}", printed_token(&up));
     rt.block_on(async {
+        // Only the token on the screen works: the previous start's is revoked.
+        let refused = http
+            .get(format!("{api}/api/tasks"))
+            .header("authorization", &old_auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401, "the previous start's token");
         tokio::time::sleep(Duration::from_secs(8)).await;
         let issues = get_json(
             &http,
