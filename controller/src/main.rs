@@ -49,6 +49,19 @@ enum Command {
         #[arg(long, default_value = "admin")]
         username: String,
     },
+    /// Give a user (a lost admin password) a new generated password, printed once; ends their
+    /// sessions. Run on the controller's host, against its database.
+    ResetPassword {
+        /// PostgreSQL URL; unset uses the embedded server under the data dir.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// State directory.
+        #[arg(long, env = "BACKPORCHER_DATA_DIR", default_value = ".backporcher")]
+        data_dir: PathBuf,
+        /// The user's name.
+        #[arg(long, default_value = "admin")]
+        username: String,
+    },
     /// Mint a one-time join ticket for a runner host (`backporcher-runner join --token …`).
     RunnerToken {
         /// PostgreSQL URL; unset uses the embedded server under the data dir.
@@ -356,7 +369,30 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> anyhow::Result<()> {
             data_dir,
             username,
         } => bootstrap_admin(database_url, data_dir, &username).await,
+        Command::ResetPassword {
+            database_url,
+            data_dir,
+            username,
+        } => reset_password(database_url, data_dir, &username).await,
     }
+}
+
+async fn reset_password(
+    database_url: Option<String>,
+    data_dir: PathBuf,
+    username: &str,
+) -> anyhow::Result<()> {
+    let config = Config {
+        database_url,
+        data_dir,
+        ..Config::default()
+    };
+    let db = controller::server::Database::open_for_admin(&config).await?;
+    let result = controller::http::reset_password(&db.store, username).await;
+    db.close().await;
+    println!("{}", result?);
+    eprintln!("`{username}` has a new password (shown once); their sessions ended");
+    Ok(())
 }
 
 async fn bootstrap_admin(

@@ -2,8 +2,13 @@
 //! own PostgreSQL under the data dir unless `DATABASE_URL` is set), a local runner enrolled
 //! through a real join ticket, the agent image built if it is missing — and, when no GitHub or
 //! model credentials are configured, the GitHub simulator with a sample repository and labelled
-//! sample issues plus the scripted model, so the dashboard shows issues becoming merged PRs within
-//! a minute. Prints the dashboard URL and the admin login.
+//! sample issues (filed `--sample-interval` seconds apart: one fails CI and is fixed, one waits
+//! for a person's approval) plus the scripted model, which handles any other issue by writing a
+//! note quoting it. Prints the dashboard URL, the admin login and what to try next.
+//!
+//! The simulator keeps its state under the data dir with the controller's, so a second start
+//! finds the same issues and pull requests. Subcommands: `file-issue` files an issue on the
+//! running demo's simulator; `reset-admin-password` gives `admin` a new password.
 //!
 //! With `GITHUB_TOKEN` (and `BACKPORCHER_REPOS=owner/name,…`) it works against real GitHub; with
 //! `ANTHROPIC_API_KEY` (or `CLAUDE_CODE_OAUTH_TOKEN`) against the real model API.
@@ -31,6 +36,8 @@ use tokio_util::sync::CancellationToken;
     about = "Run the whole Backporcher system on this machine"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// State directory (database, runner, simulators).
     #[arg(long, env = "BACKPORCHER_DATA_DIR", default_value = ".backporcher")]
     data_dir: PathBuf,
@@ -53,9 +60,34 @@ struct Args {
     /// GitHub logins whose labelled issues start tasks (real GitHub only).
     #[arg(long, env = "BACKPORCHER_ALLOWED_USERS", value_delimiter = ',')]
     allowed_users: Vec<String>,
+    /// Seconds between the sample issues being filed (simulator only), so each is seen at work.
+    #[arg(long, default_value_t = 20)]
+    sample_interval: u64,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// File an issue on the running demo's simulated GitHub, labelled `backporcher`, as the demo
+    /// user; it goes through like the samples (with no model credential a scripted model writes
+    /// a note quoting it).
+    FileIssue {
+        /// The issue's title.
+        title: String,
+        /// The issue's body.
+        #[arg(default_value = "")]
+        body: String,
+        /// The simulator's URL (what `backporcher-up` printed).
+        #[arg(long, default_value = "http://127.0.0.1:8090")]
+        sim_url: String,
+    },
+    /// Give the dashboard's `admin` a new password (printed once). Stop `backporcher-up` first:
+    /// it opens the same data directory's database.
+    ResetAdminPassword,
 }
 
 const SECRET: &str = "whsec-demo";
+/// The name of the admin's API token each start mints for the printed commands.
+const TOKEN_NAME: &str = "backporcher-up";
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -65,7 +97,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -73,7 +105,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    let work = async {
+        match args.command.take() {
+            Some(Cmd::FileIssue {
+                title,
+                body,
+                sim_url,
+            }) => file_issue(&sim_url, &title, &body).await,
+            Some(Cmd::ResetAdminPassword) => reset_admin_password(&args).await,
+            None => run(args).await,
+        }
+    };
+    match rt.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -124,6 +167,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // GitHub: real, or the simulator with a sample repository.
     let github_token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
     let mut sim = None;
+    let mut fresh_sim = false;
     let (github, repos, allowed) = match &github_token {
         Some(token) => {
             anyhow::ensure!(
@@ -141,10 +185,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )
         }
         None => {
+            // The simulator's state lives with the controller's: a second start finds the same
+            // issues and pull requests the controller's tasks point at.
             let root = data_dir.join("sim-github");
-            let _ = std::fs::remove_dir_all(&root);
             let gh = GitHubSim::new(&root, demo::GITHUB_TOKEN);
-            demo::sample_repo(&gh)?;
+            let state = root.join("state.json");
+            let loaded = match gh.load(&state) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("starting the GitHub simulator afresh: {e:#}");
+                    false
+                }
+            };
+            if loaded {
+                demo::configure(&gh);
+            } else {
+                let _ = std::fs::remove_dir_all(&root);
+                demo::sample_repo(&gh)?;
+                fresh_sim = true;
+            }
+            keep_saving(gh.clone(), state, shutdown.clone());
             let l = tokio::net::TcpListener::bind(args.sim_listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.sim_listen))?;
@@ -258,6 +318,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         Some(controller::http::bootstrap_admin(&db, "admin").await?)
     };
+    // An API token of the admin's for the commands printed below: a new one each start, the
+    // previous start's revoked, so only the one on the screen works.
+    let api_token = match db.user_for_login("admin").await? {
+        Some((admin, _)) => {
+            for t in db.api_tokens(Some(admin.id)).await? {
+                if t.name == TOKEN_NAME && t.revoked_at.is_none() {
+                    db.revoke_api_token(t.id, Some(admin.id)).await?;
+                }
+            }
+            Some(db.create_api_token(admin.id, TOKEN_NAME).await?.1)
+        }
+        None => None,
+    };
 
     // A local runner, enrolled through a real join ticket.
     let runner_dir = data_dir.join("runner");
@@ -300,25 +373,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
 
-    // Sample issues on the simulator, labelled as a person would.
+    // Sample issues on the simulator, labelled as a person would, spaced out so each is seen
+    // at work.
     if let Some((gh, url)) = &sim {
         gh.set_webhook(
             &format!("http://{}/api/github/webhook", args.listen),
             SECRET,
         );
-        demo::file_samples(gh).await;
+        if fresh_sim {
+            let gh = gh.clone();
+            let interval = Duration::from_secs(args.sample_interval);
+            tokio::spawn(async move { demo::file_samples(&gh, interval).await });
+        }
         println!(
-            "GitHub simulator:   {url} (token {}; repository {})",
+            "GitHub simulator:   {url}/{} (token {}; the demo user's token {})",
+            demo::REPO,
             demo::GITHUB_TOKEN,
-            demo::REPO
+            demo::USER_TOKEN
         );
     }
-    println!("Dashboard:          http://{}/", args.listen);
+    let dashboard = format!("http://{}", args.listen);
+    println!("Dashboard:          {dashboard}/");
     match &password {
         Some(p) => println!("Admin login:        admin / {p}"),
         None => println!(
-            "Admin login:        the admin created on the first start (password printed then)"
+            "Admin login:        admin, password printed on the first start (lost it? stop this, run `backporcher-up --data-dir {} reset-admin-password`)",
+            args.data_dir.display()
         ),
+    }
+    if let Some((_, url)) = &sim {
+        print_tour(&dashboard, url, &args, api_token.as_deref());
     }
     println!("Ctrl-C stops everything.");
 
@@ -334,12 +418,91 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What to try next, with the exact commands.
+fn print_tour(dashboard: &str, sim_url: &str, args: &Args, token: Option<&str>) {
+    let token = token.unwrap_or("<an API token: dashboard → Tokens>");
+    let interval = args.sample_interval;
+    println!(
+        "
+Try this:
+  1. Open {dashboard}/ and log in. {n} sample issues arrive {interval} s apart: one fails CI and the
+     agent fixes it from the failed job's log, one waits for your approval after its review.
+     Each task's PR link opens the simulator's page with the diff, checks and review
+     ({sim_url}/{repo} lists them all).
+  2. Approve the held task (the one in `approval_hold`) with the dashboard's Approve button, or:
+       curl -s -H 'Authorization: Bearer {token}' {dashboard}/api/tasks?status=approval_hold
+       curl -s -X POST -H 'Authorization: Bearer {token}' {dashboard}/api/tasks/<id>/approve
+  3. File your own issue and watch it become a merged PR (with no model credential a scripted
+     model writes a note quoting it):
+       cargo run --release -p demo --bin backporcher-up -- file-issue --sim-url {sim_url} \
+         \"Say hello\" \"Add a greeting to the README\"
+     or with curl, as on GitHub:
+       curl -s -H 'Authorization: token {user_token}' -d '{{\"title\": \"Say hello\", \"labels\": [\"backporcher\"]}}' \
+         {sim_url}/repos/{repo}/issues
+A real repository: stop this, then start it again with GITHUB_TOKEN=<token>,
+BACKPORCHER_REPOS=owner/name and BACKPORCHER_ALLOWED_USERS=<your login> (and ANTHROPIC_API_KEY or
+CLAUDE_CODE_OAUTH_TOKEN for a real model); label an issue `backporcher` there.
+",
+        n = demo::SAMPLES.len(),
+        repo = demo::REPO,
+        user_token = demo::USER_TOKEN,
+    );
+}
+
+/// `file-issue`: files an issue on the running demo's simulator.
+async fn file_issue(sim_url: &str, title: &str, body: &str) -> anyhow::Result<()> {
+    let (number, page) = demo::file_issue(sim_url, title, body).await?;
+    println!("filed issue #{number}: {page}");
+    Ok(())
+}
+
+/// `reset-admin-password`: a new password for `admin` in the data directory's database.
+async fn reset_admin_password(args: &Args) -> anyhow::Result<()> {
+    let data_dir = std::fs::canonicalize(&args.data_dir).with_context(|| {
+        format!(
+            "no data directory {} (--data-dir names it)",
+            args.data_dir.display()
+        )
+    })?;
+    let config = Config {
+        database_url: std::env::var("DATABASE_URL").ok(),
+        data_dir: data_dir.join("controller"),
+        ..Config::default()
+    };
+    let db = controller::server::Database::open_for_admin(&config).await?;
+    let result = controller::http::reset_password(&db.store, "admin").await;
+    db.close().await;
+    println!("Admin login:        admin / {}", result?);
+    Ok(())
+}
+
 async fn sigterm() {
     if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         s.recv().await;
     } else {
         std::future::pending::<()>().await;
     }
+}
+
+/// Saves the simulator's state every second, and once more at shutdown.
+fn keep_saving(gh: GitHubSim, path: PathBuf, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            let stop = tokio::select! {
+                _ = shutdown.cancelled() => true,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            };
+            if let Err(e) = gh.save(&path) {
+                eprintln!(
+                    "cannot save the GitHub simulator's state to {}: {e:#}",
+                    path.display()
+                );
+            }
+            if stop {
+                return;
+            }
+        }
+    });
 }
 
 fn free_port() -> anyhow::Result<u16> {

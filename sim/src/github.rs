@@ -15,9 +15,17 @@
 //! Git: `GET/POST /{owner}/{repo}.git/…` run `git http-backend` with HTTP basic auth (any user,
 //! the token as password), so clone, fetch and push are real.
 //!
+//! Web pages (`pages`): the `html_url`s it hands out open as plain server-rendered HTML — the
+//! repository (its files at the default branch), an issue, a pull request with its diff, checks
+//! and reviews. `POST /repos/{owner}/{repo}/issues` files an issue as the token's user (a
+//! person's token added with [`GitHubSim::add_user_token`]) and fires the webhook. Webhook
+//! deliveries carry a random UUID in `X-GitHub-Delivery`, as GitHub's do. [`GitHubSim::save`] and
+//! [`GitHubSim::load`] keep issues and pull requests across restarts.
+//!
 //! Tests drive it through methods: create repositories and issues, set a commit's CI result (with
-//! a failed job's log, or any number of check runs and statuses), submit a review with line comments, queue rate limits, and register the
-//! webhook target.
+//! a failed job's log, or any number of check runs and statuses, or a rule that decides it per
+//! commit), submit a review with line comments, queue rate limits, and register the webhook
+//! target.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -30,13 +38,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use hmac::{KeyInit, Mac};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+mod pages;
 mod shapes;
 
 /// An issue or a pull request (they share numbers, as on GitHub).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Item {
     number: u64,
     title: String,
@@ -51,15 +60,18 @@ struct Item {
     events: Vec<(String, String, String)>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pull {
     head: String,
     base: String,
     merged: bool,
     merge_sha: Option<String>,
+    /// The head commit when it merged (its branch may be deleted since).
+    #[serde(default)]
+    last_head: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Repo {
     default_branch: String,
     items: BTreeMap<u64, Item>,
@@ -75,7 +87,7 @@ struct Repo {
 }
 
 /// A submitted pull request review.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Review {
     id: u64,
     user: String,
@@ -112,7 +124,15 @@ struct SimState {
     default_ci: Option<String>,
     /// Errors to answer instead: (method, path suffix, status, message, times left).
     faults: Vec<(String, String, u16, String, usize)>,
+    /// Tokens of people (token → login): REST calls with one act as that user.
+    user_tokens: HashMap<String, String>,
+    /// Decides the CI of commits nobody set one for, before the default CI applies.
+    ci_rule: Option<CiRule>,
 }
+
+/// A CI rule: given a repository's bare git directory and a commit, the failed job's log when
+/// that commit's CI fails (`None`: the default CI applies).
+pub type CiRule = Arc<dyn Fn(&Path, &str) -> Option<String> + Send + Sync>;
 
 /// The simulator; cheap to clone.
 #[derive(Clone)]
@@ -328,6 +348,19 @@ impl GitHubSim {
 
     /// A commit's status contexts and check runs: as set, else the default CI, else none.
     fn commit_ci(&self, full: &str, sha: &str) -> (Vec<Status>, Vec<CheckRun>) {
+        let rule = {
+            let st = self.state.lock().expect("sim lock");
+            let set = st
+                .repos
+                .get(full)
+                .is_some_and(|r| r.statuses.contains_key(sha) || r.checks.contains_key(sha));
+            st.ci_rule.clone().filter(|_| !set)
+        };
+        if let Some(rule) = rule
+            && let Some(log) = rule(&self.git_dir(full), sha)
+        {
+            self.fail_ci(full, sha, &log);
+        }
         let st = self.state.lock().expect("sim lock");
         let repo = st.repos.get(full);
         let default = st.default_ci.as_deref().map(ci_entries);
@@ -536,6 +569,88 @@ impl GitHubSim {
             .insert(full_name.to_owned());
     }
 
+    /// Accepts `token` as `login`'s own (a person's token): REST calls with it act as that user,
+    /// e.g. `POST /repos/{owner}/{repo}/issues` files the issue as them.
+    pub fn add_user_token(&self, token: &str, login: &str) {
+        self.state
+            .lock()
+            .expect("sim lock")
+            .user_tokens
+            .insert(token.to_owned(), login.to_owned());
+    }
+
+    fn user_of(&self, token: &str) -> Option<String> {
+        self.state
+            .lock()
+            .expect("sim lock")
+            .user_tokens
+            .get(token)
+            .cloned()
+    }
+
+    /// Decides the CI of every commit nobody set a result for: `rule` gets the repository's git
+    /// directory and the commit, and answers the failed job's log when it fails (the default CI
+    /// applies otherwise). Asked once per commit.
+    pub fn set_ci_rule(&self, rule: CiRule) {
+        self.state.lock().expect("sim lock").ci_rule = Some(rule);
+    }
+
+    /// The failed job's log of a commit, if its CI failed with one.
+    fn job_log_of(&self, full: &str, sha: &str) -> Option<String> {
+        let st = self.state.lock().expect("sim lock");
+        st.repos.get(full)?.job_logs.get(sha).cloned()
+    }
+
+    /// Writes what the simulator knows (issues, pull requests, reviews, CI results; the git
+    /// repositories are under its root already) to `path`, so [`GitHubSim::load`] can pick it
+    /// up on a later start. Written whole to a temporary file, then renamed.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        #[derive(Serialize)]
+        struct Saved<'a> {
+            repos: &'a HashMap<String, Repo>,
+            next_id: u64,
+        }
+        let text = {
+            let st = self.state.lock().expect("sim lock");
+            serde_json::to_string(&Saved {
+                repos: &st.repos,
+                next_id: st.next_id,
+            })?
+        };
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// Loads what [`GitHubSim::save`] wrote to `path`; `false` when there is no such file.
+    /// Configuration (webhook, public repositories, CI rules, tokens) is not saved: set it again.
+    pub fn load(&self, path: &Path) -> anyhow::Result<bool> {
+        #[derive(Deserialize)]
+        struct Saved {
+            repos: HashMap<String, Repo>,
+            next_id: u64,
+        }
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let saved: Saved = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not the simulator's state: {e}", path.display()))?;
+        for name in saved.repos.keys() {
+            anyhow::ensure!(
+                self.git_dir(name).exists(),
+                "{} names {name}, whose git repository is gone",
+                path.display()
+            );
+        }
+        let mut st = self.state.lock().expect("sim lock");
+        st.repos = saved.repos;
+        st.next_id = saved.next_id;
+        Ok(true)
+    }
+
     /// Every REST request so far as (method, path with query).
     pub fn requests(&self) -> Vec<(String, String)> {
         self.state.lock().expect("sim lock").requests.clone()
@@ -587,7 +702,10 @@ impl GitHubSim {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/repos/{owner}/{repo}", get(get_repo))
-            .route("/repos/{owner}/{repo}/issues", get(list_issues))
+            .route(
+                "/repos/{owner}/{repo}/issues",
+                get(list_issues).post(create_issue_rest),
+            )
             .route(
                 "/repos/{owner}/{repo}/issues/{number}",
                 get(get_issue).patch(update_issue),
@@ -656,6 +774,7 @@ impl GitHubSim {
                 "/repos/{owner}/{repo}/git/refs/heads/{*branch}",
                 delete(delete_branch),
             )
+            .route("/{owner}/{repo}", get(repository_page))
             .route("/{owner}/{repo}/{*rest}", get(git_http).post(git_http))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
@@ -675,7 +794,7 @@ impl GitHubSim {
             .strip_prefix("token ")
             .or_else(|| v.strip_prefix("Bearer "))
         {
-            return t == self.token.as_str();
+            return t == self.token.as_str() || self.user_of(t).is_some();
         }
         if let Some(b64) = v.strip_prefix("Basic ") {
             use base64_lite::decode;
@@ -770,12 +889,9 @@ impl GitHubSim {
             st.next_id += 1;
             st.deliveries
                 .push(json!({"event": event, "payload": payload}));
-            // Unique across simulator restarts, as GitHub's delivery ids are.
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default();
-            let id = format!("sim-{nanos:x}-{}", st.next_id);
+            // A random UUID per delivery, as GitHub's `X-GitHub-Delivery`: unique across
+            // simulator restarts, so no receiver drops one as a duplicate.
+            let id = delivery_id();
             st.last_delivery = Some((id.clone(), event.to_owned(), body.clone()));
             id
         };
@@ -807,6 +923,31 @@ impl GitHubSim {
             .ok()
             .map(|r| r.status().as_u16())
     }
+}
+
+/// A random version-4 UUID, as GitHub's delivery ids are.
+fn delivery_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // No system randomness: time and a counter still never repeat within this process.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        b = nanos.to_be_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// Minimal base64 decoding for HTTP basic auth (standard alphabet, padding optional).
@@ -1005,6 +1146,72 @@ async fn list_issues(
     resp.headers_mut()
         .insert(header::ETAG, HeaderValue::from_str(&etag).expect("etag"));
     resp
+}
+
+/// `GET /{owner}/{repo}`: the repository's web page.
+async fn repository_page(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    pages::repository(&sim, &format!("{o}/{r}"), &headers)
+}
+
+/// `POST /repos/{owner}/{repo}/issues` (`title`, `body`, `labels`): files an issue as the token's
+/// user and delivers the `issues` `opened` webhook, as GitHub does.
+async fn create_issue_rest(
+    State(sim): State<GitHubSim>,
+    UrlPath((o, r)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let full = format!("{o}/{r}");
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return with_rate(gh_error(StatusCode::BAD_REQUEST, "Problems parsing JSON"));
+    };
+    let Some(title) = v
+        .get("title")
+        .and_then(Value::as_str)
+        .filter(|t| !t.trim().is_empty())
+    else {
+        return with_rate(gh_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Validation Failed: title is missing",
+        ));
+    };
+    if !sim
+        .state
+        .lock()
+        .expect("sim lock")
+        .repos
+        .contains_key(&full)
+    {
+        return with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found"));
+    }
+    let labels: Vec<&str> = v
+        .get("labels")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("token ")
+                .or_else(|| h.strip_prefix("Bearer "))
+        })
+        .unwrap_or_default();
+    let author = sim
+        .user_of(token)
+        .unwrap_or_else(|| "backporcher-bot".into());
+    let body_text = v.get("body").and_then(Value::as_str).unwrap_or_default();
+    let n = sim
+        .open_issue(&full, title, body_text, &author, &labels)
+        .await;
+    match sim.item(&full, n) {
+        Some(i) => ok_json(StatusCode::CREATED, sim.item_json(&full, &i)),
+        None => with_rate(gh_error(StatusCode::NOT_FOUND, "Not Found")),
+    }
 }
 
 async fn get_issue(
@@ -1345,6 +1552,7 @@ async fn create_pull(
                 base,
                 merged: false,
                 merge_sha: None,
+                last_head: None,
             }),
             updated: repo.version,
             events: Vec::new(),
@@ -1475,6 +1683,7 @@ async fn merge_pull(
             if let Some(p) = i.pull.as_mut() {
                 p.merged = true;
                 p.merge_sha = Some(commit.clone());
+                p.last_head = Some(head_sha.clone());
             }
         }
     }
@@ -1916,6 +2125,9 @@ async fn git_http(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if !repo.ends_with(".git") && method == Method::GET {
+        return pages::item_page(&sim, &format!("{owner}/{repo}"), &rest, &headers);
+    }
     let read_only = !rest.contains("git-receive-pack")
         && !uri.query().unwrap_or_default().contains("git-receive-pack");
     let public = read_only && {

@@ -2,7 +2,7 @@
 //! their real wire protocols so the real clients cannot tell the difference.
 //!
 //! - [`github`]: the GitHub REST endpoints the controller uses, real git over smart HTTP, signed
-//!   webhooks;
+//!   webhooks, and web pages for the links it hands out;
 //! - [`model`]: a scripted Anthropic Messages API (`/v1/messages` with and without streaming,
 //!   `/v1/messages/count_tokens`) that answers with scripted text and `tool_use` blocks, so the
 //!   real Claude Code CLI really edits files.

@@ -5,6 +5,9 @@
 //! a request takes the first unused step whose [`Match`] fits (text in the last user message, a
 //! `tool_result` present, the model asked). A request that no step fits gets a short closing text,
 //! so a conversation always ends.
+//! An agent's conversation that no script selects can go to the fallback agent
+//! ([`ModelSim::set_fallback_agent`]), which writes a note quoting the issue and says a scripted
+//! model wrote it — so any issue goes through.
 //!
 //! Replies stream as server-sent events exactly as the real API does (`message_start`,
 //! `content_block_start`/`_delta`/`_stop`, `message_delta` with usage, `message_stop`) or come as
@@ -225,6 +228,8 @@ struct Inner {
     scripts: Vec<(Script, Vec<bool>)>,
     received: Vec<Received>,
     failures: VecDeque<Failure>,
+    /// Text that marks an agent's prompt, for the fallback agent.
+    fallback_agent: Option<String>,
 }
 
 /// The simulator's state; cheap to clone.
@@ -251,6 +256,14 @@ impl ModelSim {
             .expect("sim lock")
             .scripts
             .push((script, used));
+    }
+
+    /// Answers an agent's conversation that no script selects — a request whose user text
+    /// contains `trigger` and that offers the `Write` tool — transparently: it writes
+    /// `/workspace/notes/<issue title>.md` quoting the issue from the prompt and saying that a
+    /// scripted model wrote it, then says it is done. So any issue goes through.
+    pub fn set_fallback_agent(&self, trigger: &str) {
+        self.inner.lock().expect("sim lock").fallback_agent = Some(trigger.to_owned());
     }
 
     /// Requests received so far.
@@ -298,10 +311,12 @@ impl ModelSim {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
+        let mut selected = false;
         for (script, used) in inner.scripts.iter_mut() {
             if !all_user_text.iter().any(|t| t.contains(&script.selector)) {
                 continue;
             }
+            selected = true;
             for (i, step) in script.steps.iter().enumerate() {
                 if used[i] {
                     continue;
@@ -320,10 +335,78 @@ impl ModelSim {
             }
             break;
         }
+        if !selected
+            && let Some(trigger) = &inner.fallback_agent
+            && all_user_text.iter().any(|t| t.contains(trigger.as_str()))
+            && offers_tool(body, "Write")
+        {
+            return Ok(if has_tool_result {
+                Step {
+                    text: "Done: a scripted model wrote a note quoting the issue.".into(),
+                    ..Step::default()
+                }
+            } else {
+                fallback_note(&all_user_text)
+            });
+        }
         Ok(Step {
             text: "Done.".into(),
             ..Step::default()
         })
+    }
+}
+
+/// Whether the request offers the tool `name`.
+fn offers_tool(body: &Value, name: &str) -> bool {
+    body.get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|tools| tools.iter().any(|t| t["name"] == name))
+}
+
+/// The text of the first fence from `source` in `texts`, found by the markers
+/// `textguard::fence_plain` writes (the ones every prompt of the system uses).
+fn fenced(texts: &[String], source: &str) -> Option<String> {
+    let probe = textguard::fence_plain(source, "FENCED");
+    let (open, close) = probe.split_once("FENCED")?;
+    let close = close.trim_end_matches('\n');
+    texts.iter().find_map(|t| {
+        let start = t.find(open)? + open.len();
+        let len = t[start..].find(close)?;
+        Some(t[start..start + len].to_owned())
+    })
+}
+
+/// The fallback agent's first move: a note quoting the issue, named after its title.
+fn fallback_note(texts: &[String]) -> Step {
+    let title = fenced(texts, "issue title").unwrap_or_else(|| "the task".into());
+    let body = fenced(texts, "issue").unwrap_or_default();
+    let mut slug: String = title
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect::<String>()
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    slug.truncate(60);
+    if slug.is_empty() {
+        slug = "task".into();
+    }
+    let quoted: String = body.lines().map(|l| format!("> {l}\n")).collect();
+    let content = format!(
+        "# {title}\n\nA scripted model wrote this note: the demo runs without a model credential, so \
+         a stand-in for the model answers every issue by quoting it here. With ANTHROPIC_API_KEY or \
+         CLAUDE_CODE_OAUTH_TOKEN set, a real model does the work instead.\n\nThe issue said:\n\n{quoted}"
+    );
+    Step {
+        text: "A scripted model: writing a note that quotes the issue.".into(),
+        ..Step::writes(&format!("/workspace/notes/{slug}.md"), &content)
     }
 }
 

@@ -587,3 +587,218 @@ async fn lists_are_paginated_with_link_headers_as_on_github() {
     assert_eq!(all.as_array().unwrap().len(), 35);
     assert!(h.get("link").is_none());
 }
+
+/// The web pages at the `html_url`s the simulator hands out: a private repository's stay hidden
+/// from anonymous callers (as on GitHub), every text is escaped, and a merged pull request's page
+/// shows its diff and checks even after its branch is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_pages_open_escaped_and_private_ones_stay_hidden() {
+    let (sim, url, root) = start().await;
+    sim.create_repo("acme/pages", "main", &[("a.txt", "one <b>\n")])
+        .unwrap();
+    sim.set_default_ci("success");
+    let n = sim.create_issue(
+        "acme/pages",
+        "<script>alert(1)</script>",
+        "body & <img src=x onerror=alert(2)>",
+        "eve",
+        &["backporcher"],
+    );
+    let anon = |path: &str| client().get(format!("{url}{path}")).send();
+    for path in ["/acme/pages", &format!("/acme/pages/issues/{n}")] {
+        assert_eq!(anon(path).await.unwrap().status(), 404, "{path} is private");
+    }
+    let page = client()
+        .get(format!("{url}/acme/pages/issues/{n}"))
+        .header("Authorization", format!("token {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{html}"
+    );
+    assert!(
+        html.contains("body &amp; &lt;img src=x onerror=alert(2)&gt;"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("<script>") && !html.contains("<img"),
+        "{html}"
+    );
+
+    sim.set_public("acme/pages");
+    let remote = format!(
+        "http://x:{TOKEN}@{}/acme/pages.git",
+        url.trim_start_matches("http://")
+    );
+    git(&root, &["clone", "--quiet", &remote, "pw"]);
+    let w = root.join("pw");
+    git(&w, &["checkout", "--quiet", "-b", "f"]);
+    std::fs::write(w.join("b.txt"), "hello <world>\n").unwrap();
+    git(&w, &["add", "-A"]);
+    git(&w, &["commit", "--quiet", "-m", "b"]);
+    git(&w, &["push", "--quiet", "origin", "f"]);
+    let (s, pr, _) = api(
+        reqwest::Method::POST,
+        &format!("{url}/repos/acme/pages/pulls"),
+        Some(json!({"title": "Add b", "head": "f", "base": "main", "body": "Closes #1 <i>"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{pr}");
+    let html_url = pr["html_url"].as_str().unwrap().to_owned();
+    let open = client()
+        .get(&html_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(open.contains("<span class=\"state\">open</span>"), "{open}");
+    assert!(open.contains("+hello &lt;world&gt;"), "{open}");
+    let number = pr["number"].as_u64().unwrap();
+    let (s, _, _) = api(
+        reqwest::Method::PUT,
+        &format!("{url}/repos/acme/pages/pulls/{number}/merge"),
+        Some(json!({"merge_method": "squash"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, _) = api(
+        reqwest::Method::DELETE,
+        &format!("{url}/repos/acme/pages/git/refs/heads/f"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let merged = client()
+        .get(&html_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        merged.contains("<span class=\"state\">merged</span>"),
+        "{merged}"
+    );
+    assert!(merged.contains("+++ b/b.txt"), "{merged}");
+    assert!(merged.contains("+hello &lt;world&gt;"), "{merged}");
+    assert!(
+        merged.contains("check run <code>build</code>: <b>success</b>"),
+        "{merged}"
+    );
+    assert!(merged.contains("Closes #1 &lt;i&gt;"), "{merged}");
+    // The issue number of a pull request sends to its page, and the repository page lists it.
+    let moved = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{url}/acme/pages/issues/{number}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 301);
+    let repo = anon("/acme/pages").await.unwrap().text().await.unwrap();
+    assert!(
+        repo.contains("<code>b.txt</code>") && repo.contains("hello &lt;world&gt;"),
+        "{repo}"
+    );
+    assert!(repo.contains("merged pull request"), "{repo}");
+    assert_eq!(anon("/acme/pages/pull/999").await.unwrap().status(), 404);
+}
+
+/// `POST /repos/{owner}/{repo}/issues` files the issue as the token's user and fires the
+/// webhook with a fresh UUID delivery id each time; without a token it is refused. Saved state
+/// comes back in a new simulator on the same root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issues_filed_over_rest_are_the_tokens_users_and_state_survives_a_restart() {
+    let (sim, url, root) = start().await;
+    let ids = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let ids2 = ids.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let ids2 = ids2.clone();
+            async move {
+                let id = headers["x-github-delivery"].to_str().unwrap().to_owned();
+                ids2.lock().unwrap().push(id);
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    sim.set_webhook(&hook, "s3cret");
+    sim.create_repo("acme/filed", "main", &[("a.txt", "one\n")])
+        .unwrap();
+    sim.add_user_token("ghp_alice", "alice");
+    let issue = json!({"title": "Do it", "body": "please", "labels": ["backporcher"]});
+    let anon = client()
+        .post(format!("{url}/repos/acme/filed/issues"))
+        .json(&issue)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 401);
+    let post = |token: &'static str, body: Value| {
+        client()
+            .post(format!("{url}/repos/acme/filed/issues"))
+            .header("Authorization", format!("token {token}"))
+            .json(&body)
+            .send()
+    };
+    let r = post("ghp_alice", issue.clone()).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["user"]["login"], "alice");
+    assert_eq!(v["labels"][0]["name"], "backporcher");
+    assert!(
+        v["html_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/acme/filed/issues/1")
+    );
+    assert_eq!(
+        post("ghp_alice", json!({"body": "no title"}))
+            .await
+            .unwrap()
+            .status(),
+        422
+    );
+    post("ghp_alice", issue.clone()).await.unwrap();
+    let got = ids.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_ne!(got[0], got[1]);
+    for id in &got {
+        let parts: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(parts, [8, 4, 4, 4, 12], "{id} is a UUID");
+        assert_eq!(&id[14..15], "4", "{id} is a version-4 UUID");
+    }
+
+    let state = root.join("state.json");
+    sim.save(&state).unwrap();
+    let again = GitHubSim::new(&root, TOKEN);
+    assert!(again.load(&state).unwrap());
+    assert_eq!(
+        again.state_of("acme/filed", 2),
+        Some(("open".into(), false))
+    );
+    assert_eq!(
+        again.labels("acme/filed", 1),
+        vec!["backporcher".to_string()]
+    );
+    assert!(!again.load(&root.join("none.json")).unwrap());
+    std::fs::write(&state, "{}").unwrap();
+    assert!(again.load(&state).is_err(), "not the simulator's state");
+}

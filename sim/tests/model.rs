@@ -148,3 +148,67 @@ async fn failures_can_be_queued_and_count_tokens_answers() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+/// With a fallback agent set, an agent conversation no script selects gets a note quoting the
+/// issue (named after its title, saying a scripted model wrote it), then a closing text; a
+/// request without the Write tool (not an agent's turn) gets the plain closing text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_agent_takes_any_issue() {
+    let sim = ModelSim::new(None);
+    sim.add_script(Script::says("Classify this issue", &["{}"]));
+    sim.set_fallback_agent("You are working non-interactively");
+    let url = start(&sim).await;
+    let prompt = "# Rules\nYou are working non-interactively in a git checkout.\n# Task\n<untrusted source=\"issue title\">\nSay Hello, World!\n</untrusted>\n<untrusted source=\"issue\">\nline one\nline two\n</untrusted>\n";
+    let ask = |messages: Value, tools: Value| {
+        client()
+            .post(format!("{url}/v1/messages"))
+            .header("x-api-key", "k")
+            .json(&json!({"model": "m", "max_tokens": 100, "messages": messages, "tools": tools}))
+            .send()
+    };
+    let write = json!([{"name": "Write", "input_schema": {}}]);
+    let v: Value = ask(json!([{"role": "user", "content": prompt}]), write.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let call = v["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["type"] == "tool_use")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(call["name"], "Write");
+    assert_eq!(
+        call["input"]["file_path"],
+        "/workspace/notes/say-hello-world.md"
+    );
+    let content = call["input"]["content"].as_str().unwrap();
+    assert!(content.starts_with("# Say Hello, World!\n"), "{content}");
+    assert!(
+        content.contains("A scripted model wrote this note"),
+        "{content}"
+    );
+    assert!(content.contains("> line one\n> line two\n"), "{content}");
+    let after = json!([
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": [call]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "ok"}]}
+    ]);
+    let v: Value = ask(after, write).await.unwrap().json().await.unwrap();
+    assert!(
+        v["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("scripted model"),
+        "{v}"
+    );
+    let v: Value = ask(json!([{"role": "user", "content": prompt}]), json!([]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["content"][0]["text"], "Done.", "{v}");
+}

@@ -269,6 +269,31 @@ pub async fn bootstrap_admin(store: &Store, username: &str) -> anyhow::Result<St
     Ok(password)
 }
 
+/// Gives `username` a new generated password (ending their sessions), audited; returns it once.
+/// For a lost password, from the command line of the controller's host.
+pub async fn reset_password(store: &Store, username: &str) -> anyhow::Result<String> {
+    let password = crate::store::runners::new_secret("");
+    let hash = auth::hash_password(&password).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    if store.set_password(username, &hash).await?.is_none() {
+        anyhow::bail!(
+            "there is no user `{username}`; `bootstrap-admin` creates the first admin when none exists"
+        );
+    }
+    store
+        .audit(
+            &crate::store::ops::Actor {
+                name: "command-line".into(),
+                user_id: None,
+            },
+            "reset_password",
+            Some(&format!("user:{username}")),
+            "ok",
+            None,
+        )
+        .await?;
+    Ok(password)
+}
+
 /// `Json` whose rejections are API errors (JSON, saying what was wrong), not plain text.
 pub struct ApiJson<T>(pub T);
 

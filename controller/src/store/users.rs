@@ -98,6 +98,26 @@ impl Store {
         )
     }
 
+    /// Sets `username`'s password hash and ends their sessions (a lost password's reset from
+    /// the command line); the user, or `None` when there is none by that name.
+    pub async fn set_password(&self, username: &str, password_hash: &str) -> Result<Option<User>> {
+        let user: Option<User> = sqlx::query_as(
+            "UPDATE users SET password_hash = $2 WHERE username = $1 \
+             RETURNING id, username, role, disabled, created_at",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(u) = &user {
+            sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+                .bind(u.id)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(user)
+    }
+
     /// A user and their password hash, by name.
     pub async fn user_for_login(&self, username: &str) -> Result<Option<(User, String)>> {
         let row: Option<UserAnd> = sqlx::query_as(

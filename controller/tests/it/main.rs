@@ -14,6 +14,7 @@ mod leases;
 mod lifecycle;
 mod loops;
 mod parity;
+mod password;
 mod redteam;
 mod replicas;
 mod server;

@@ -423,7 +423,7 @@ fn compose_starts_from_the_shipped_file_and_its_runner_can_run_sandboxes() {
     assert!(
         merged
             .iter()
-            .any(|t| sim::demo::SAMPLES.iter().any(|s| t.contains(s.0))),
+            .any(|t| sim::demo::SAMPLES.iter().any(|s| t.contains(s.title))),
         "{merged:?}"
     );
     eprintln!("merged through the containers: {merged:?}");

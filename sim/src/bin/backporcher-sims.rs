@@ -45,7 +45,7 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {model} (BACKPORCHER_SIMS_MODEL_LISTEN): {e}"))?;
     m.serve(l);
-    let issues = demo::file_samples(&gh).await;
+    let issues = demo::file_samples(&gh, std::time::Duration::ZERO).await;
     println!(
         "GitHub simulator on {github} (token {}; repository {}, issues {issues:?} labelled by {}); model API on {model} (key {})",
         demo::GITHUB_TOKEN,
