@@ -122,17 +122,28 @@ async fn claims(a: &Args) {
     println!("| load | leases/s | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|");
     // Saturation: every runner asks again as soon as it got an answer.
     seed(&c, a.tasks).await;
-    lease_round(&clients, a.tasks, None, "saturated (closed loop)").await;
+    let saturated = lease_round(&clients, a.tasks, None, "saturated (closed loop)").await;
     // Paced: the fleet together asks 2,000 times a second, each runner on its own schedule.
     seed(&c, a.tasks).await;
     lease_round(&clients, a.tasks, Some(2000.0), "paced at 2,000/s").await;
     seed(&c, a.tasks).await;
     lease_round(&clients, a.tasks, Some(1000.0), "paced at 1,000/s").await;
+    // The goal's load: half of what this fleet and this server reach saturated.
+    seed(&c, a.tasks).await;
+    let half = (saturated / 2.0).round();
+    lease_round(
+        &clients,
+        a.tasks,
+        Some(half),
+        &format!("paced at half the saturated rate ({half:.0}/s)"),
+    )
+    .await;
     println!();
     c.stop().await;
 }
 
-async fn lease_round(clients: &[Client], tasks: i64, rate: Option<f64>, label: &str) {
+/// One round of leases over the whole queue; prints its row and returns the leases per second.
+async fn lease_round(clients: &[Client], tasks: i64, rate: Option<f64>, label: &str) -> f64 {
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     let n = clients.len();
@@ -166,13 +177,14 @@ async fn lease_round(clients: &[Client], tasks: i64, rate: Option<f64>, label: &
     assert_eq!(lat.len() as i64, tasks, "every task leased once");
     lat.sort();
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize].as_secs_f64() * 1000.0;
+    let rate = lat.len() as f64 / wall.as_secs_f64();
     println!(
-        "| {label} | {:.0} | {:.2} | {:.2} | {:.2} |",
-        lat.len() as f64 / wall.as_secs_f64(),
+        "| {label} | {rate:.0} | {:.2} | {:.2} | {:.2} |",
         p(0.5),
         p(0.99),
         p(1.0)
     );
+    rate
 }
 
 async fn heartbeats(a: &Args) {
