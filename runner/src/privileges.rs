@@ -94,9 +94,10 @@ pub async fn check(state_dir: &Path, image: &str, gateway_port: u16) -> Vec<Find
     firewall.remove_port_rules();
     let probe = state_dir.join("check-handover");
     let tree = probe.join("tree");
+    let token = format!("probe-{}", uuid::Uuid::new_v4().simple());
     let handed = async {
         tokio::fs::create_dir_all(&tree).await?;
-        tokio::fs::write(tree.join("file"), b"probe").await?;
+        tokio::fs::write(tree.join("file"), token.as_bytes()).await?;
         crate::workspace::give_file_to_sandbox(&tree).await?;
         anyhow::Ok(())
     }
@@ -108,7 +109,7 @@ pub async fn check(state_dir: &Path, image: &str, gateway_port: u16) -> Vec<Find
     if handed_ok {
         found.push((
             "a sandbox reads a handed-over tree",
-            sandbox_reads(&sandbox, &probe, &tree).await,
+            sandbox_reads(&sandbox, &probe, &tree, &token).await,
         ));
     }
     let removed = tokio::fs::remove_dir_all(&probe).await;
@@ -126,10 +127,13 @@ pub async fn check(state_dir: &Path, image: &str, gateway_port: u16) -> Vec<Find
 }
 
 /// Runs the agent image with `tree` mounted, without network, and reads the probe file back.
+/// The output is searched for `token` rather than compared: the image's entrypoint probes its
+/// gateway relay, and with no gateway behind it the relay's complaint can land after the file.
 async fn sandbox_reads(
     sandbox: &Sandbox,
     socket_dir: &Path,
     tree: &Path,
+    token: &str,
 ) -> Result<String, String> {
     let run = crate::sandbox::RunSpec {
         name: format!("check-{}", uuid::Uuid::new_v4().simple()),
@@ -153,7 +157,7 @@ async fn sandbox_reads(
         .await;
     let out = String::from_utf8_lossy(&out).trim().to_owned();
     match ended {
-        Ok(crate::sandbox::Ended::Exited(0)) if out.ends_with("probe") => {
+        Ok(crate::sandbox::Ended::Exited(0)) if out.lines().any(|l| l.contains(token)) => {
             Ok("the agent image ran as the sandbox user and read it through a bind mount".into())
         }
         Ok(e) => Err(format!(
