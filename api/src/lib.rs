@@ -557,6 +557,10 @@ pub struct CreateTask {
     #[serde(default, deserialize_with = "integer::option")]
     #[schema(minimum = -1_000_000, maximum = 1_000_000)]
     pub priority: Option<i32>,
+    /// Also open an issue on GitHub with the title and prompt; the task then follows it like a
+    /// labelled issue (milestone labels and comments, the PR linked to it).
+    #[serde(default)]
+    pub open_issue: bool,
 }
 
 /// `POST /api/tasks/{id}/{action}` bodies (all optional fields).
@@ -778,6 +782,9 @@ pub struct Settings {
     /// Default approval mode.
     #[schema(value_type = ApprovalMode)]
     pub approval_mode: String,
+    /// A GitHub connection is configured: new tasks can open their issue there.
+    #[serde(default)]
+    pub github: bool,
 }
 
 /// A change to the global switches (`PATCH /api/settings`): the approval mode (admin), the

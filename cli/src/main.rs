@@ -84,6 +84,26 @@ enum Command {
     Hold { id: i64 },
     /// Release a user hold (approval holds are `approve`'s; the others release themselves).
     Release { id: i64 },
+    /// Create a task from a prompt.
+    New {
+        /// Repository `owner/name` (registered).
+        repo: String,
+        /// Title.
+        #[arg(long)]
+        title: String,
+        /// What the agent is to do (`-` reads it from standard input).
+        #[arg(long)]
+        prompt: String,
+        /// Model (sonnet, opus, haiku or a full claude-* name; default: the configured one).
+        #[arg(long)]
+        model: Option<String>,
+        /// Priority (lower runs first).
+        #[arg(long)]
+        priority: Option<i32>,
+        /// Also open an issue on GitHub for it, which the task then follows.
+        #[arg(long)]
+        open_issue: bool,
+    },
     /// Change a task's prompt, model or priority before it starts.
     Edit {
         id: i64,
@@ -320,6 +340,34 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Escalate { id, model } => {
             action(&c, id, "escalate", Some(json!({"model": model})), json).await
+        }
+        Command::New {
+            repo,
+            title,
+            prompt,
+            model,
+            priority,
+            open_issue,
+        } => {
+            let prompt = if prompt == "-" {
+                let mut p = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut p)
+                    .map_err(|e| CliError::Failed(format!("cannot read the prompt: {e}")))?;
+                p
+            } else {
+                prompt
+            };
+            let body = json!({
+                "repo": repo, "title": title, "prompt": prompt, "model": model,
+                "priority": priority, "open_issue": open_issue,
+            });
+            let t: api::Task = c.post("/api/tasks", Some(body)).await?;
+            if json {
+                return print_json(&t);
+            }
+            print_task(&t);
+            Ok(())
         }
         Command::Edit {
             id,

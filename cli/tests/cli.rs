@@ -230,7 +230,7 @@ async fn the_cli_drives_a_live_controller() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap(),
-        serde_json::json!({"paused": false, "approval_mode": "review-all"})
+        serde_json::json!({"paused": false, "approval_mode": "review-all", "github": false})
     );
     assert_eq!(store.settings().await.unwrap().approval_mode, "review-all");
     let (code, _, err) = run(
@@ -547,6 +547,47 @@ async fn the_cli_drives_a_live_controller() {
     .await
     .unwrap();
     assert_eq!(code, 4, "{err}");
+
+    // A new task from a prompt read from stdin; without a GitHub connection no issue can be
+    // opened, and the refusal says so (nothing is created).
+    let (code, out, err) = run(
+        cfg.clone(),
+        sv(&[
+            "new",
+            "acme/cli",
+            "--title",
+            "Add a changelog",
+            "--prompt",
+            "-",
+        ]),
+        Some("Write CHANGELOG.md".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Add a changelog"), "{out}");
+    let tasks_before = store.list_tasks(&Default::default()).await.unwrap().len();
+    let (code, _, err) = run(
+        cfg.clone(),
+        sv(&[
+            "new",
+            "acme/cli",
+            "--title",
+            "Not opened",
+            "--prompt",
+            "x",
+            "--open-issue",
+        ]),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no GitHub connection"), "{err}");
+    assert_eq!(
+        store.list_tasks(&Default::default()).await.unwrap().len(),
+        tasks_before
+    );
 
     // Shell completions; an unreachable controller.
     let (code, out, _) = run(cfg.clone(), sv(&["completions", "bash"]), None)

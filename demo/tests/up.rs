@@ -358,6 +358,59 @@ fn the_printed_tour_works_and_a_second_start_is_coherent() {
             "the title is escaped: {page}"
         );
 
+        // From the dashboard's new-task form: the controller opens the issue on the simulator,
+        // and the task follows it to a merged PR.
+        let settings = get_json(&http, &format!("{api}/api/settings"), &auth)
+            .await
+            .unwrap();
+        assert_eq!(settings["github"], true, "{settings}");
+        let created = http
+            .post(format!("{api}/api/tasks"))
+            .header("authorization", &auth)
+            .json(&serde_json::json!({
+                "repo": "demo/widgets",
+                "title": "Welcome the form's users",
+                "prompt": "Say hi to people who use the form.",
+                "open_issue": true,
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 200, "{:?}", created.text().await);
+        let created: serde_json::Value = created.json().await.unwrap();
+        let number = created["issue_number"].as_i64().expect("an issue number");
+        let issue = get_json(
+            &http,
+            &format!("{sim_url}/repos/demo/widgets/issues/{number}"),
+            "token ghs_demo_token",
+        )
+        .await
+        .expect("the opened issue");
+        assert_eq!(issue["title"], "Welcome the form's users", "{issue}");
+        let form_pr = until(300, "the form's task merged", || {
+            merged_pr(&http, sim, "Welcome the form")
+        })
+        .await;
+        assert!(
+            form_pr["body"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("#{number}")),
+            "the PR names the issue: {form_pr}"
+        );
+        let issue_page = http
+            .get(format!("{sim_url}/demo/widgets/issues/{number}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            issue_page.contains("Say hi to people who use the form."),
+            "{issue_page}"
+        );
+
         // A merged sample's PR page shows its diff, state and checks.
         let contributing = until(300, "the CONTRIBUTING sample merged", || {
             merged_pr(&http, sim, "CONTRIBUTING")
@@ -510,12 +563,12 @@ fn the_printed_tour_works_and_a_second_start_is_coherent() {
             .filter(|i| i.get("pull_request").is_none())
             .map(|i| i["title"].as_str().unwrap())
             .collect();
-        assert_eq!(titles.len(), 5, "{titles:?}");
+        assert_eq!(titles.len(), 6, "{titles:?}");
         assert_eq!(pulls(&http, sim).await.len(), before);
         let tasks = get_json(&http, &format!("{api}/api/tasks"), &auth)
             .await
             .unwrap();
-        assert_eq!(tasks.as_array().unwrap().len(), 5, "{tasks}");
+        assert_eq!(tasks.as_array().unwrap().len(), 6, "{tasks}");
         let login = http
             .post(format!("{api}/api/login"))
             .json(&serde_json::json!({"username": "admin", "password": password}))

@@ -551,6 +551,20 @@ impl Forge for GitHub {
         issue_of(&path, self.get(&path).await?)
     }
 
+    async fn open_issue(&self, repo: &str, title: &str, body: &str) -> Result<Issue> {
+        let path = format!("/repos/{repo}/issues");
+        let created: models::issues::Issue = self
+            .send(
+                Method::POST,
+                &path,
+                Some(&json!({ "title": title, "body": body })),
+                &[],
+            )
+            .await?
+            .decode(&path)?;
+        issue_of(&path, created)
+    }
+
     async fn label_actor(&self, repo: &str, number: i64, label: &str) -> Result<Option<String>> {
         // Events come oldest first; the last `labeled` event for the label wins.
         let events = self

@@ -316,6 +316,8 @@ pub trait Forge: Send + Sync {
     -> Result<Listing>;
     /// One issue.
     async fn issue(&self, repo: &str, number: i64) -> Result<Issue>;
+    /// Opens an issue (no labels: the trigger label would make it a second task).
+    async fn open_issue(&self, repo: &str, title: &str, body: &str) -> Result<Issue>;
     /// Who last added `label` to issue `number` (from the issue's events), if anyone did;
     /// `None` too when the issue has more events than the forge reads.
     async fn label_actor(&self, repo: &str, number: i64, label: &str) -> Result<Option<String>>;

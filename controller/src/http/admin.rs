@@ -9,15 +9,16 @@ use super::auth::{Caller, Role, check_password};
 use super::views::*;
 use super::{ApiError, ApiJson, ApiResult, AppState, audited};
 
-fn settings_view(st: crate::store::settings::Settings) -> api::Settings {
+fn settings_view(s: &AppState, st: crate::store::settings::Settings) -> api::Settings {
     api::Settings {
         paused: st.queue_paused,
         approval_mode: st.approval_mode,
+        github: s.forge.is_some(),
     }
 }
 
 pub(super) async fn settings(State(s): State<AppState>, _c: Caller) -> ApiResult<api::Settings> {
-    Ok(Json(settings_view(s.store.settings().await?)))
+    Ok(Json(settings_view(&s, s.store.settings().await?)))
 }
 
 pub(super) async fn pause(State(s): State<AppState>, c: Caller) -> ApiResult<api::Settings> {
@@ -61,7 +62,7 @@ async fn set_paused(s: &AppState, c: &Caller, paused: bool) -> Result<api::Setti
             )
             .await?;
     }
-    Ok(settings_view(st))
+    Ok(settings_view(s, st))
 }
 
 /// `PATCH /api/settings`: the approval mode needs an admin, the pause an operator; both are
@@ -73,7 +74,7 @@ pub(super) async fn update_settings(
 ) -> ApiResult<api::Settings> {
     if req.approval_mode.is_none() && req.paused.is_none() {
         // A patch that names nothing changes nothing: the switches as they are.
-        return Ok(Json(settings_view(s.store.settings().await?)));
+        return Ok(Json(settings_view(&s, s.store.settings().await?)));
     }
     if req.approval_mode.is_some() {
         c.require(&s, Role::Admin, "set_approval_mode", Some("settings"))
@@ -125,7 +126,7 @@ pub(super) async fn update_settings(
     if let Some(p) = req.paused {
         set_paused(&s, &c, p).await?;
     }
-    Ok(Json(settings_view(s.store.settings().await?)))
+    Ok(Json(settings_view(&s, s.store.settings().await?)))
 }
 
 /// `POST /api/cleanup`: one sweep now ([`crate::cleanup::sweep`]), by the policy's ages or

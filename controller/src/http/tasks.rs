@@ -96,14 +96,17 @@ pub(super) async fn create_task(
             ));
         }
         let repo = s.store.repo_by_name(&req.repo).await?;
-        let mut t = NewTask::for_issue(
-            repo.id,
-            0,
-            &textguard::clean_plain(&req.title),
-            &textguard::clean_plain(&req.prompt),
-        );
+        let title = textguard::clean_plain(&req.title);
+        let prompt = textguard::clean_plain(&req.prompt);
+        let mut t = NewTask::for_issue(repo.id, 0, &title, &prompt);
         t.issue_number = None;
         t.created_by = format!("user:{}", c.user.username);
+        if req.open_issue {
+            let issue = open_issue_for(&s, &repo.name, &title, &prompt).await?;
+            t.issue_number = Some(issue.number);
+            t.author = Some(issue.author);
+            t.content_hash = Some(crate::intake::snapshot_hash(&title, &prompt));
+        }
         if !s.intake.default_model.is_empty() {
             t.model = s.intake.default_model.clone();
         }
@@ -126,6 +129,33 @@ pub(super) async fn create_task(
     )
     .await
     .map(Json)
+}
+
+/// Opens the issue a new task follows. Nothing is created when GitHub refuses or is unreachable;
+/// the error says so.
+async fn open_issue_for(
+    s: &AppState,
+    repo: &str,
+    title: &str,
+    prompt: &str,
+) -> Result<crate::forge::Issue, ApiError> {
+    let Some(forge) = &s.forge else {
+        return Err(ApiError::Invalid(
+            "no GitHub connection is configured, so no issue can be opened; create the task without `open_issue`".into(),
+        ));
+    };
+    forge.open_issue(repo, title, prompt).await.map_err(|e| {
+        tracing::warn!(repo, error = %e, "opening an issue for a new task failed");
+        if e.is_transient() {
+            ApiError::Unavailable(format!(
+                "GitHub did not open the issue ({e}); nothing was created, try again"
+            ))
+        } else {
+            ApiError::Conflict(format!(
+                "GitHub refused to open the issue ({e}); nothing was created (the App needs the Issues write permission)"
+            ))
+        }
+    })
 }
 
 pub(super) async fn task_detail(

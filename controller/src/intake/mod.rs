@@ -115,6 +115,11 @@ pub fn allowed(config: &IntakeConfig, login: &str) -> bool {
             .any(|u| u.eq_ignore_ascii_case(login))
 }
 
+/// The hash of a task's issue snapshot (its cleaned title and body), as recorded with the task.
+pub fn snapshot_hash(title: &str, body: &str) -> String {
+    hex::encode(sha2::Sha256::digest(format!("{title}\n{body}").as_bytes()))
+}
+
 /// Turns a labelled issue into a task, the same way for webhooks and the poller: the trigger
 /// label, an allowlisted author, a registered repository, at most one live task per issue.
 pub async fn accept_issue(
@@ -158,9 +163,7 @@ pub async fn accept_issue(
     let title = textguard::clean_report(&issue.title, textguard::Format::Plain);
     let body = textguard::clean_report(&issue.body, textguard::Format::Markdown);
     let body_text = textguard::cap(&body.text);
-    let hash = hex::encode(sha2::Sha256::digest(
-        format!("{}\n{body_text}", title.text).as_bytes(),
-    ));
+    let hash = snapshot_hash(&title.text, &body_text);
     let mut task = NewTask::for_issue(repo.id, issue.number, &title.text, &body_text);
     if !config.default_model.is_empty() {
         task.model = config.default_model.clone();

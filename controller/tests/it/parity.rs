@@ -148,7 +148,7 @@ async fn settings_change_at_run_time_by_role_audited_and_announced_through_the_f
         (code, &body),
         (
             StatusCode::OK,
-            &json!({"paused": true, "approval_mode": "review-merge"})
+            &json!({"paused": true, "approval_mode": "review-merge", "github": false})
         )
     );
     let (code, body) = admin
@@ -162,11 +162,14 @@ async fn settings_change_at_run_time_by_role_audited_and_announced_through_the_f
         (code, &body),
         (
             StatusCode::OK,
-            &json!({"paused": false, "approval_mode": "full-auto"})
+            &json!({"paused": false, "approval_mode": "full-auto", "github": false})
         )
     );
     let (_, body) = vic.call(Method::GET, "/api/settings", None).await;
-    assert_eq!(body, json!({"paused": false, "approval_mode": "full-auto"}));
+    assert_eq!(
+        body,
+        json!({"paused": false, "approval_mode": "full-auto", "github": false})
+    );
     let st = store.settings().await.unwrap();
     assert_eq!(st.approval_mode_by.as_deref(), Some("user:root"));
 

@@ -963,6 +963,8 @@ async function openNewTask() {
   sel.replaceChildren(...state.repos.map((r) => el("option", { value: r.name }, r.name)));
   (state.repos.length ? $("#new-title") : sel).focus();
   $("#new-error").textContent = state.repos.length ? "" : "No repository is registered yet: an admin adds one first.";
+  // With a GitHub connection the task can follow an issue of its own, opened by the controller.
+  $("#new-issue-label").hidden = !(state.settings && state.settings.github);
 }
 
 function closeNewTask() {
@@ -1015,6 +1017,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     const body = { repo: $("#new-repo").value, title: $("#new-title").value, prompt: $("#new-prompt").value };
     if ($("#new-model").value.trim()) body.model = $("#new-model").value.trim();
     if ($("#new-priority").value !== "") body.priority = Number($("#new-priority").value);
+    if (!$("#new-issue-label").hidden && $("#new-issue").checked) body.open_issue = true;
     try {
       const t = await api("POST", "/api/tasks", body);
       $("#new-error").textContent = "";
