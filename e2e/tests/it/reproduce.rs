@@ -253,3 +253,132 @@ async fn no_test_under_the_proceed_policy_is_marked_not_reproduced_and_not_held(
     assert!(data["message"].is_null(), "{data}");
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_test_that_fails_on_the_head_gives_the_agent_a_fix_round() {
+    if skip_docker() {
+        return;
+    }
+    let env = env("repro-round", "on", "hold").await;
+    let test =
+        ". ./calc.sh\n[ \"$(add 2 3)\" = 5 ] || { echo \"add 2 3 gave $(add 2 3)\"; exit 1; }\n";
+    env.sim.add_script(Script {
+        selector: "MARK-REPRO-ROUND".into(),
+        steps: vec![
+            Step {
+                when: Match {
+                    tool_result: Some(false),
+                    ..Match::default()
+                },
+                // A wrong fix first: the test still fails on the change.
+                tools: vec![
+                    ToolCall::write("/workspace/tests/test_calc.sh", test),
+                    ToolCall::write(
+                        "/workspace/.backporcher/repro.json",
+                        r#"{"command": "bash tests/test_calc.sh", "files": ["tests/test_calc.sh"]}"#,
+                    ),
+                    ToolCall::write("/workspace/calc.sh", CALC.replace("- $2", "* $2").as_str()),
+                ],
+                ..Step::default()
+            },
+            Step {
+                when: Match {
+                    tool_result: Some(true),
+                    ..Match::default()
+                },
+                text: "Fixed add.".into(),
+                ..Step::default()
+            },
+            Step {
+                when: Match {
+                    contains: Some("fails on your change".into()),
+                    ..Match::default()
+                },
+                tools: vec![ToolCall::write("/workspace/calc.sh", CALC_FIXED)],
+                ..Step::default()
+            },
+            Step {
+                when: Match {
+                    tool_result: Some(true),
+                    ..Match::default()
+                },
+                text: "Really fixed add.".into(),
+                ..Step::default()
+            },
+        ],
+    });
+    let t = env
+        .task("add subtracts MARK-REPRO-ROUND", "add 2 3 prints -1")
+        .await;
+    env.c
+        .wait_status(t.id, "pushing", Duration::from_secs(180))
+        .await;
+    assert!(
+        env.sim
+            .received()
+            .iter()
+            .any(|m| m.last_user_text.contains("add 2 3 gave 6")),
+        "the failing head run's output reached the agent"
+    );
+    let r = env.c.store.task_reproduction(t.id).await.unwrap().unwrap();
+    assert_eq!(r.status, ReproStatus::Reproduced, "{r:?}");
+    let logs = env.logs(t.id).await;
+    assert!(
+        logs.contains("the reproduction test fails on the change; giving its output to the agent (fix round 1)")
+            && !logs.contains("fix round 2"),
+        "one fix round: {logs}"
+    );
+    assert_eq!(env.c.store.task(t.id).await.unwrap().hold_kind.0, None);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn a_repro_file_linked_to_a_secret_is_not_followed_and_counts_as_no_test() {
+    if skip_docker() {
+        return;
+    }
+    let env = env("repro-link", "on", "hold").await;
+    env.sim.add_script(Script {
+        selector: "MARK-REPRO-LINK".into(),
+        steps: vec![
+            Step {
+                when: Match {
+                    tool_result: Some(false),
+                    ..Match::default()
+                },
+                tools: vec![
+                    ToolCall::write("/workspace/calc.sh", CALC_FIXED),
+                    ToolCall::bash(
+                        "mkdir -p /workspace/.backporcher && ln -s /proc/self/environ /workspace/.backporcher/repro.json",
+                    ),
+                ],
+                ..Step::default()
+            },
+            Step {
+                when: Match {
+                    tool_result: Some(true),
+                    ..Match::default()
+                },
+                text: "Done.".into(),
+                ..Step::default()
+            },
+        ],
+    });
+    let t = env
+        .task("add subtracts MARK-REPRO-LINK", "add 2 3 prints -1")
+        .await;
+    env.c
+        .wait_status(t.id, "pushing", Duration::from_secs(180))
+        .await;
+    let r = env.c.store.task_reproduction(t.id).await.unwrap().unwrap();
+    assert_eq!(r.status, ReproStatus::NoTest, "{r:?}");
+    assert!(r.note.contains("wrote no"), "{r:?}");
+    assert_eq!(
+        env.c.store.task(t.id).await.unwrap().hold_kind.0,
+        Some(HoldKind::User),
+        "`hold`: held for a person"
+    );
+    let logs = env.logs(t.id).await;
+    assert!(!logs.contains(crate::sandbox::REAL_KEY), "no secret read");
+    env.finish().await;
+}
