@@ -200,3 +200,88 @@ async fn a_runners_record_is_kept_bounded() {
     assert!(kept.base.unwrap().output_tail.len() <= 8_000);
     assert!(kept.files.len() <= 100);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_not_reproduced_task_opens_a_marked_pr_and_merges_only_once_released() {
+    use controller::forge::Forge;
+    let env = crate::forge::env().await;
+    env.store
+        .update_repo(
+            env.repo.id,
+            &RepoSettings {
+                approval_mode: Some("full-auto".into()),
+                reproduce_first: Some("on".into()),
+                reproduce_policy: Some("hold".into()),
+                ..RepoSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    let n = env
+        .sim
+        .create_issue(crate::forge::REPO, "Add two", "", "alice", &[]) as i64;
+    let mut t = controller::store::tasks::NewTask::for_issue(env.repo.id, n, "Add two", "two");
+    t.created_by = "test".into();
+    let task = env.store.create_task(&t).await.unwrap();
+    env.store
+        .triage(task.id, &Triage::default(), &crate::note("triaged"))
+        .await
+        .unwrap();
+    let r = runner(&env.store, "r-held").await;
+    let (claimed, repo) = env
+        .store
+        .claim_with_repo(&claim_req(r))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(repo.reproduce_first);
+    let lease = LeaseRef::of(&claimed).unwrap();
+    let branch = claimed.branch.clone().unwrap();
+    let (bundle, head) = crate::forge::make_bundle_in(
+        &env,
+        crate::forge::REPO,
+        &branch,
+        &[("src/two.rs", "pub fn two() {}\n")],
+    );
+    env.store
+        .store_bundle(&lease, &bundle, "sha")
+        .await
+        .unwrap();
+    let c = Completion {
+        branch: Some(branch),
+        head_sha: Some(head),
+        reproduction: Some(record(ReproStatus::NotReproduced, 0)),
+        ..Completion::new(Outcome::Succeeded)
+    };
+    env.store
+        .complete(&lease, &c, &RetryPolicy::default())
+        .await
+        .unwrap();
+    let p = crate::forge::pipeline(&env, vec![]);
+    let t = crate::forge::drive(&env, &p, task.id, Status::CiWait).await;
+    assert_eq!(t.hold_kind.0, Some(HoldKind::User));
+    let pr = env
+        .forge
+        .pull(crate::forge::REPO, t.pr_number.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        pr.body.contains("**Reproduce-first:** not reproduced:"),
+        "the PR says so: {}",
+        pr.body
+    );
+    env.sim.set_ci(
+        crate::forge::REPO,
+        t.head_sha.as_deref().unwrap(),
+        "success",
+    );
+    p.run_due().await.unwrap();
+    let t = env.store.task(task.id).await.unwrap();
+    assert_eq!(t.status, Status::CiWait, "held: green CI does not merge it");
+    // A person looked and released it: it merges.
+    env.store
+        .release(task.id, &crate::note("release"))
+        .await
+        .unwrap();
+    crate::forge::drive(&env, &p, task.id, Status::Merged).await;
+}
