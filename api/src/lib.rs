@@ -63,6 +63,11 @@ pub fn schemas() -> Vec<(
         EgressPolicy,
         MergeMethod,
         NoChecks,
+        ReproduceFirst,
+        ReproducePolicy,
+        Reproduction,
+        ReproductionRun,
+        ReproductionStatus,
         LogStreamEvent,
         TaskStreamEvent,
         SettingsPatch,
@@ -229,6 +234,75 @@ pub enum NoChecks {
     Hold,
     /// Keep waiting.
     Wait,
+}
+
+/// Which tasks of a repository are reproduced first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReproduceFirst {
+    /// None.
+    Off,
+    /// Every task.
+    On,
+    /// Tasks triage called a bug (the default).
+    Bugs,
+}
+
+/// What happens to a task whose issue was not reproduced (no test that fails on the base).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReproducePolicy {
+    /// Hold it for a person: its PR opens, marked, and does not merge until released (the
+    /// default).
+    Hold,
+    /// Go on, marked "not reproduced".
+    Proceed,
+}
+
+/// How reproduce-first ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReproductionStatus {
+    /// The test fails on the base and passes on the head.
+    Reproduced,
+    /// The test passes on the base: it does not expose the issue.
+    NotReproduced,
+    /// The agent named no (valid) test.
+    NoTest,
+    /// The test still fails on the head after the fix rounds.
+    NotFixed,
+}
+
+/// One run of the agent's reproduction test.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReproductionRun {
+    /// Exit code; -1 when it did not exit.
+    pub exit_code: i32,
+    /// It ran past the time limit.
+    pub timed_out: bool,
+    /// The end of its output.
+    pub output_tail: String,
+    /// How long it ran, milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Reproduce-first as the runner showed it: the agent's test on the base and on the head.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Reproduction {
+    /// How it ended.
+    pub status: ReproductionStatus,
+    /// The test command the agent named (empty when none).
+    pub command: String,
+    /// The files the agent named as its test.
+    pub files: Vec<String>,
+    /// The run on the base (a fresh checkout plus the test's files), when it ran.
+    pub base: Option<ReproductionRun>,
+    /// The run on the head, when it ran.
+    pub head: Option<ReproductionRun>,
+    /// Why, for people.
+    pub note: String,
+    /// One line: "reproduced: …" or "not reproduced: …".
+    pub summary: String,
 }
 
 /// A task's status (`Task.status`, the `status` filter of `GET /api/tasks`).
@@ -472,6 +546,9 @@ pub struct TaskDetail {
     /// What it cost, per purpose and model, dearest first.
     #[serde(default)]
     pub usage: Vec<UsageLine>,
+    /// Reproduce-first of its latest attempt that ran it.
+    #[serde(default)]
+    pub reproduction: Option<Reproduction>,
 }
 
 /// One line of a task's cost breakdown.
@@ -646,6 +723,14 @@ pub struct RepoSettings {
     pub env_image: Option<String>,
     /// The environment's setup commands (with `env_image`).
     pub env_setup: Option<Vec<String>>,
+    /// Reproduce-first: `off`, `on`, `bugs` (tasks triage called a bug; the default).
+    #[serde(default)]
+    #[schema(value_type = Option<ReproduceFirst>)]
+    pub reproduce_first: Option<String>,
+    /// When no test is shown to fail on the base: `hold` (the default) or `proceed`.
+    #[serde(default)]
+    #[schema(value_type = Option<ReproducePolicy>)]
+    pub reproduce_policy: Option<String>,
 }
 
 /// `POST /api/repos`.

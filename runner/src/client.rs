@@ -325,6 +325,7 @@ impl Client {
                         navigation: None,
                         navigation_off: t.navigation_off,
                         agent_hooks: t.agent_hooks,
+                        reproduce_first: t.reproduce_first,
                     },
                 })
             }
@@ -436,6 +437,7 @@ impl Client {
                 }),
                 verify_output: r.verify_output.clone(),
                 data_json: r.data.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                reproduction: r.reproduction.as_ref().map(reproduction),
             })
             .await?;
         Ok(resp.into_inner().duplicate)
@@ -460,4 +462,28 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The reproduce-first record on the wire.
+fn reproduction(r: &crate::reproduce::Reproduction) -> proto::Reproduction {
+    use crate::reproduce::Status;
+    let run = |x: &crate::reproduce::Run| proto::ReproductionRun {
+        exit_code: x.exit_code,
+        timed_out: x.timed_out,
+        output_tail: x.output_tail.clone(),
+        duration_ms: x.duration.as_millis() as u64,
+    };
+    proto::Reproduction {
+        status: match r.status {
+            Status::Reproduced => proto::ReproductionStatus::Reproduced,
+            Status::NotReproduced => proto::ReproductionStatus::NotReproduced,
+            Status::NoTest => proto::ReproductionStatus::NoTest,
+            Status::NotFixed => proto::ReproductionStatus::NotFixed,
+        } as i32,
+        command: r.command.clone(),
+        files: r.files.clone(),
+        base: r.base.as_ref().map(run),
+        head: r.head.as_ref().map(run),
+        note: r.note.clone(),
+    }
 }

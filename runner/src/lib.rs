@@ -27,6 +27,7 @@ pub mod privileges;
 pub mod prompt;
 pub mod prune;
 pub mod redact;
+pub mod reproduce;
 pub mod retry;
 pub mod sandbox;
 pub mod sandbox_executor;

@@ -83,6 +83,11 @@ pub fn build(spec: &TaskSpec, extra: &[String]) -> String {
         p.push_str(&textguard::clean_plain(nav));
         p.push('\n');
     }
+    if spec.reproduce_first {
+        p.push_str("\n# Reproduce first\n");
+        p.push_str(crate::reproduce::PROMPT);
+        p.push('\n');
+    }
     p.push_str("\n# Task\n");
     match &spec.prompt_override {
         Some(prompt) => p.push_str(&textguard::fence_plain("task", prompt)),

@@ -28,6 +28,7 @@ use crate::executor::{Executor, TaskContext};
 use crate::firewall::Firewall;
 use crate::gateway::Gateway;
 use crate::prompt;
+use crate::reproduce;
 use crate::sandbox::{Egress, Ended, RunSpec, Sandbox, Stream};
 use crate::task::{ExecResult, Outcome, Usage};
 use crate::workspace::{Checkout, MIRROR_OBJECTS, Workspaces};
@@ -408,6 +409,7 @@ impl SandboxExecutor {
         }
         let mut rounds = 0;
         let mut verify_output = String::new();
+        let mut reproduction = None;
         loop {
             tokio::fs::write(task_dir.join("prompt.md"), prompt::build(spec, &extra)).await?;
             if rounds > 0 && !ctx.stage(false).await {
@@ -561,6 +563,40 @@ impl SandboxExecutor {
                     }
                 }
             }
+            if spec.reproduce_first {
+                // Reproduce-first: the agent's test must pass on the head and fail on the base.
+                let test = TestRun {
+                    ctx,
+                    checkout: &checkout,
+                    labels: &labels,
+                    env: &env_vars,
+                    env_mounts: &env_mounts,
+                    image: env_image.as_ref(),
+                    egress: &egress,
+                };
+                match self.reproduce(&test).await? {
+                    Reproduce::Done(r) => reproduction = Some(r),
+                    Reproduce::FailsOnHead(request, head) => {
+                        if rounds < self.config.max_verify_fixes {
+                            rounds += 1;
+                            let note = format!(
+                                "the reproduction test fails on the change; giving its output to the agent (fix round {rounds})\n"
+                            );
+                            ctx.log("runner", note.as_bytes());
+                            extra.push(reproduce::fix_round(&request, &head));
+                            continue;
+                        }
+                        let why = format!(
+                            "the reproduction test still fails on the change after {rounds} fix rounds"
+                        );
+                        let mut r = self.result(Outcome::VerifyFailed, Some(why), &token);
+                        r.context = Some(json!({"reproduction_output": head.output_tail}));
+                        r.reproduction =
+                            Some(reproduce::Reproduction::not_fixed(&request, head, rounds));
+                        return Ok(r);
+                    }
+                }
+            }
             let Some(verify) = spec.verify_command.clone() else {
                 break;
             };
@@ -630,6 +666,9 @@ impl SandboxExecutor {
         let (mut result, diff0) = self
             .finish(ctx, &checkout, &labels, &token, verify_output)
             .await?;
+        if result.outcome == Outcome::Succeeded {
+            result.reproduction = reproduction;
+        }
         // The reviewer gets the blast radius of the diff, computed on the graph of the base.
         if let (Some(g), Some(serde_json::Value::Object(data))) = (&graph, result.data.as_mut())
             && let Some(blast) = g.blast_radius(&diff0)
@@ -677,6 +716,14 @@ impl SandboxExecutor {
                 format!("BP_BRANCH={}", checkout.branch),
                 format!("BP_MAX_BUNDLE={max_bundle}"),
                 format!("BP_MAX_DIFF={MAX_DIFF_BYTES}"),
+                format!(
+                    "BP_UNTRACK={}",
+                    if spec.reproduce_first {
+                        reproduce::REPRO_FILE
+                    } else {
+                        ""
+                    }
+                ),
             ],
             mounts: vec![
                 (checkout.dir.clone(), "/workspace".into(), true),
@@ -1094,6 +1141,237 @@ impl Executor for SandboxExecutor {
     }
 }
 
+/// What a reproduce-first test run needs of its attempt.
+struct TestRun<'a> {
+    ctx: &'a TaskContext,
+    checkout: &'a Checkout,
+    labels: &'a HashMap<String, String>,
+    /// The environment's variables.
+    env: &'a [String],
+    /// The environment's extra mounts.
+    env_mounts: &'a [(PathBuf, String, bool)],
+    /// The environment's snapshot, if any.
+    image: Option<&'a String>,
+    egress: &'a Egress,
+}
+
+/// Where one reproduce-first check ended.
+enum Reproduce {
+    /// A record: reproduced, not reproduced, or no test.
+    Done(reproduce::Reproduction),
+    /// The test fails on the head: a fix round, if one is left.
+    FailsOnHead(reproduce::Request, reproduce::Run),
+}
+
+/// Reads the agent's `repro.json` (a regular file; a symlink or anything else is not read) and
+/// prints at most one byte more than the cap, so an oversized file is seen as such.
+const READ_REPRO_SCRIPT: &str = r#"f="/workspace/$BP_REPRO_FILE"
+if [ -L /workspace/.backporcher ] || [ -L "$f" ] || [ ! -f "$f" ]; then exit 3; fi
+head -c "$BP_MAX" "$f""#;
+
+/// Copies the named test files from the head (`/head`, read-only) into the base tree
+/// (`/workspace`): regular files only, each must exist in the change.
+const COPY_TEST_FILES_SCRIPT: &str = r#"set -u
+while IFS= read -r f; do
+  [ -n "$f" ] || continue
+  if [ -L "/head/$f" ] || [ ! -f "/head/$f" ]; then
+    printf 'test file %s is not a regular file in the change\n' "$f"; exit 3
+  fi
+  rm -rf -- "/workspace/$f"
+  mkdir -p -- "$(dirname -- "/workspace/$f")" && cp -- "/head/$f" "/workspace/$f" || exit 4
+done <<< "$BP_REPRO_FILES"
+"#;
+
+impl SandboxExecutor {
+    /// Reproduce-first after the agent (and verify): reads the agent's test, runs it on the head
+    /// and — when it passes there — on a fresh checkout of the base with only the test's files
+    /// copied in. Everything runs in the sandbox; only `repro.json` comes back, capped.
+    async fn reproduce(&self, t: &TestRun<'_>) -> anyhow::Result<Reproduce> {
+        let ctx = t.ctx;
+        let lease = &ctx.assignment.lease;
+        let none = Egress::None {
+            socket_dir: self.urls.socket_dir.clone(),
+        };
+        let mut json = Capped::new(reproduce::MAX_REPRO_JSON + 1);
+        let read = RunSpec {
+            name: format!("{}-{}-repro-read", lease.task_id, lease.attempt),
+            cmd: vec!["bash".into(), "-c".into(), READ_REPRO_SCRIPT.into()],
+            env: vec![
+                format!("BP_REPRO_FILE={}", reproduce::REPRO_FILE),
+                format!("BP_MAX={}", reproduce::MAX_REPRO_JSON + 1),
+            ],
+            mounts: vec![(t.checkout.dir.clone(), "/workspace".into(), true)],
+            egress: none.clone(),
+            labels: step_labels(t.labels, "repro"),
+            wall: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            image: None,
+            commit_to: None,
+        };
+        let ended = self
+            .sandbox
+            .run(&read, ctx.cancelled(), |stream, bytes| {
+                if let Stream::Stdout = stream {
+                    json.push(bytes)
+                }
+            })
+            .await?;
+        let request = match ended {
+            Ended::Exited(0) => reproduce::parse(&json.into_inner()),
+            Ended::Exited(3) => Err(format!(
+                "the agent wrote no {} naming a test that exposes the issue",
+                reproduce::REPRO_FILE
+            )),
+            Ended::Cancelled => anyhow::bail!("cancelled during reproduce-first"),
+            other => Err(format!(
+                "{} could not be read ({other:?})",
+                reproduce::REPRO_FILE
+            )),
+        };
+        let request = match request {
+            Ok(r) => r,
+            Err(why) => {
+                ctx.log("runner", format!("reproduce-first: {why}\n").as_bytes());
+                return Ok(Reproduce::Done(reproduce::Reproduction::no_test(why)));
+            }
+        };
+        ctx.log(
+            "runner",
+            format!(
+                "reproduce-first: running `{}` on the change\n",
+                request.command
+            )
+            .as_bytes(),
+        );
+        let head = self
+            .test_run(t, &request, &t.checkout.dir, "repro-head")
+            .await?;
+        if !head.passed() {
+            return Ok(Reproduce::FailsOnHead(request, head));
+        }
+        // The base: a fresh checkout of it, plus only the files the test needs, copied in the
+        // sandbox from the (read-only) head.
+        let base_dir = ctx.work_dir.join("repro-base");
+        crate::workspace::sandbox_tree(&t.checkout.mirror, &t.checkout.base, &base_dir).await?;
+        let mut copy_out = Tail::new(8 * 1024);
+        let copy = RunSpec {
+            name: format!("{}-{}-repro-copy", lease.task_id, lease.attempt),
+            cmd: vec!["bash".into(), "-c".into(), COPY_TEST_FILES_SCRIPT.into()],
+            env: vec![format!("BP_REPRO_FILES={}", request.files.join("\n"))],
+            mounts: vec![
+                (base_dir.clone(), "/workspace".into(), false),
+                (t.checkout.dir.clone(), "/head".into(), true),
+            ],
+            egress: none,
+            labels: step_labels(t.labels, "repro"),
+            wall: Duration::from_secs(120),
+            idle: Duration::from_secs(120),
+            image: None,
+            commit_to: None,
+        };
+        let copied = self
+            .sandbox
+            .run(&copy, ctx.cancelled(), |_, bytes| copy_out.push(bytes))
+            .await?;
+        let result = match copied {
+            Ended::Exited(0) => {
+                ctx.log(
+                    "runner",
+                    format!(
+                        "reproduce-first: running `{}` on the base with the test's files\n",
+                        request.command
+                    )
+                    .as_bytes(),
+                );
+                let base = self.test_run(t, &request, &base_dir, "repro-base").await?;
+                let r = reproduce::Reproduction::judged(&request, head, base);
+                ctx.log(
+                    "runner",
+                    format!("reproduce-first: {}\n", r.note).as_bytes(),
+                );
+                r
+            }
+            Ended::Cancelled => anyhow::bail!("cancelled during reproduce-first"),
+            other => {
+                let why = format!(
+                    "the test's files could not be put on the base ({other:?}): {}",
+                    tail(copy_out.text().trim(), 500)
+                );
+                ctx.log("runner", format!("reproduce-first: {why}\n").as_bytes());
+                reproduce::Reproduction {
+                    head: Some(head),
+                    command: request.command.clone(),
+                    files: request.files.clone(),
+                    ..reproduce::Reproduction::no_test(why)
+                }
+            }
+        };
+        let _ = tokio::fs::remove_dir_all(&base_dir).await;
+        Ok(Reproduce::Done(result))
+    }
+
+    /// Runs the test command in `tree` (mounted at `/workspace`) like verify: the environment's
+    /// image, variables and egress, the verify time limit.
+    async fn test_run(
+        &self,
+        t: &TestRun<'_>,
+        request: &reproduce::Request,
+        tree: &Path,
+        step: &str,
+    ) -> anyhow::Result<reproduce::Run> {
+        let lease = &t.ctx.assignment.lease;
+        let mut env = t.env.to_vec();
+        env.push(format!("BP_REPRO_COMMAND={}", request.command));
+        let run = RunSpec {
+            name: format!("{}-{}-{step}", lease.task_id, lease.attempt),
+            cmd: vec![
+                "bash".into(),
+                "-c".into(),
+                "cd /workspace && bash -c \"$BP_REPRO_COMMAND\"".into(),
+            ],
+            env,
+            mounts: [
+                vec![
+                    (tree.to_path_buf(), "/workspace".into(), false),
+                    (
+                        t.checkout.mirror_objects.clone(),
+                        MIRROR_OBJECTS.into(),
+                        true,
+                    ),
+                ],
+                t.env_mounts.to_vec(),
+            ]
+            .concat(),
+            egress: t.egress.clone(),
+            labels: step_labels(t.labels, step),
+            wall: self.config.verify_timeout,
+            idle: self.config.verify_timeout,
+            image: t.image.cloned(),
+            commit_to: None,
+        };
+        let mut output = Tail::new(VERIFY_TAIL_BYTES);
+        let started = std::time::Instant::now();
+        let ended = self
+            .sandbox
+            .run(&run, t.ctx.cancelled(), |_, bytes| {
+                t.ctx.log(step, bytes);
+                output.push(bytes);
+            })
+            .await?;
+        let (exit_code, timed_out) = match ended {
+            Ended::Exited(code) => (code as i32, false),
+            Ended::TimedOut | Ended::Idle => (-1, true),
+            Ended::Cancelled => anyhow::bail!("cancelled during reproduce-first"),
+        };
+        Ok(reproduce::Run {
+            exit_code,
+            timed_out,
+            output_tail: tail(&output.text(), reproduce::OUTPUT_TAIL_CHARS),
+            duration: started.elapsed(),
+        })
+    }
+}
+
 /// Checks the firewall every `every` and puts back what is missing; while it cannot, the
 /// networks are marked unsafe and no networked sandbox starts.
 async fn keep_firewall(
@@ -1165,6 +1443,7 @@ out=/tmp/out
 mkdir -p "$out"
 cd /workspace
 git add -A
+if [ -n "${BP_UNTRACK:-}" ]; then git reset -q -- "$BP_UNTRACK" 2>/dev/null || true; fi
 if ! git diff --cached --quiet; then
   git commit -q --no-verify -m "$BP_MESSAGE"
 fi

@@ -64,6 +64,8 @@ pub struct TaskSpec {
     pub navigation_off: bool,
     /// Whether the agent CLI may run the hooks and MCP servers of the default branch.
     pub agent_hooks: bool,
+    /// Reproduce-first: the agent writes a test that exposes the issue, run on base and head.
+    pub reproduce_first: bool,
 }
 
 /// A leased task.
@@ -136,6 +138,8 @@ pub struct ExecResult {
     pub verify_output: String,
     /// Anything else to keep (diff stats, blast radius).
     pub data: Option<Value>,
+    /// What reproduce-first showed, when the lease asked for it.
+    pub reproduction: Option<crate::reproduce::Reproduction>,
 }
 
 impl ExecResult {
@@ -152,6 +156,7 @@ impl ExecResult {
             usage: Usage::default(),
             verify_output: String::new(),
             data: None,
+            reproduction: None,
         }
     }
 
@@ -162,6 +167,16 @@ impl ExecResult {
         self.error = self.error.as_deref().map(scrub_str);
         self.summary = scrub_str(&self.summary);
         self.verify_output = scrub_str(&self.verify_output);
+        if let Some(r) = self.reproduction.as_mut() {
+            r.command = scrub_str(&r.command);
+            r.note = scrub_str(&r.note);
+            for f in r.files.iter_mut() {
+                *f = scrub_str(f);
+            }
+            for run in [r.base.as_mut(), r.head.as_mut()].into_iter().flatten() {
+                run.output_tail = scrub_str(&run.output_tail);
+            }
+        }
         for v in [self.context.as_mut(), self.data.as_mut()]
             .into_iter()
             .flatten()

@@ -127,7 +127,7 @@ pub fn scripts(model: &ModelSim) {
     let says = |selector: &str, text: &str| Script::says(selector, &vec![text; 100]);
     model.add_script(says(
         "Classify this issue",
-        "{\"model\": \"sonnet\", \"complexity\": \"simple\"}",
+        "{\"model\": \"sonnet\", \"complexity\": \"simple\", \"bug\": false}",
     ));
     model.add_script(says("Triage these issues", "[]"));
     // The held sample's diff: the reviewer gives no verdict, so a person must approve.

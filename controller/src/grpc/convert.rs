@@ -157,6 +157,7 @@ pub fn task_spec(t: &Task, repo: &ClaimedRepo, prices: &proto::prices::Prices) -
         learnings: repo.learnings.clone(),
         stack: String::new(),
         agent_hooks: repo.agent_hooks,
+        reproduce_first: repo.reproduce_first,
         // Set by the lease handler from the controller's configuration.
         navigation_off: false,
     }
@@ -193,4 +194,47 @@ fn refused_for_good(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .and_then(|d| d.code())
         .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+}
+
+/// A runner's reproduce-first record as the domain type; texts made storable.
+pub fn reproduction(
+    r: proto::Reproduction,
+) -> Result<crate::store::reproduction::Reproduction, Status> {
+    use crate::store::reproduction::{ReproRun, ReproStatus, Reproduction};
+    let status = match proto::ReproductionStatus::try_from(r.status) {
+        Ok(proto::ReproductionStatus::Reproduced) => ReproStatus::Reproduced,
+        Ok(proto::ReproductionStatus::NotReproduced) => ReproStatus::NotReproduced,
+        Ok(proto::ReproductionStatus::NoTest) => ReproStatus::NoTest,
+        Ok(proto::ReproductionStatus::NotFixed) => ReproStatus::NotFixed,
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "reproduction status {} is not one this controller knows",
+                r.status
+            )));
+        }
+    };
+    let run = |x: proto::ReproductionRun| {
+        let mut output_tail = x.output_tail;
+        storable(&mut output_tail);
+        ReproRun {
+            exit_code: x.exit_code,
+            timed_out: x.timed_out,
+            output_tail,
+            duration_ms: x.duration_ms,
+        }
+    };
+    let (mut command, mut note) = (r.command, r.note);
+    storable(&mut command);
+    storable(&mut note);
+    let mut files = r.files;
+    files.iter_mut().for_each(storable);
+    Ok(Reproduction {
+        status,
+        command,
+        files,
+        base: r.base.map(run),
+        head: r.head.map(run),
+        note,
+    }
+    .bounded())
 }

@@ -467,6 +467,7 @@ impl proto::runner_server::Runner for RunnerService {
                 },
                 "data": parse("data_json", &r.data_json)?,
             })),
+            reproduction: r.reproduction.map(convert::reproduction).transpose()?,
         };
         let done = self
             .store

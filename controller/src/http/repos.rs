@@ -67,6 +67,8 @@ pub(super) async fn update_repo(
         agent_hooks: req.agent_hooks,
         env_image: req.env_image,
         env_setup: req.env_setup,
+        reproduce_first: req.reproduce_first,
+        reproduce_policy: req.reproduce_policy,
     };
     let result = s
         .store

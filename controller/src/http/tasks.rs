@@ -188,6 +188,11 @@ pub(super) async fn task_detail(
         task: task_view(&task, &repo.name),
         timeline,
         environment: s.store.task_environment(id).await?,
+        reproduction: s
+            .store
+            .task_reproduction(id)
+            .await?
+            .map(super::views::reproduction_view),
         usage: s
             .store
             .task_usage(id)

@@ -59,6 +59,8 @@ pub(crate) fn repo_view(r: &crate::store::repos::Repo) -> api::Repo {
             no_checks_grace_secs: Some(r.no_checks_grace_secs),
             env_image: r.env_image.clone(),
             env_setup: Some(r.env_setup.clone()),
+            reproduce_first: Some(r.reproduce_first.clone()),
+            reproduce_policy: Some(r.reproduce_policy.clone()),
         },
     }
 }
@@ -93,5 +95,29 @@ pub(crate) fn token_view(t: crate::store::users::ApiToken, secret: Option<String
         secret,
         revoked: t.revoked_at.is_some(),
         last_used_at: t.last_used_at,
+    }
+}
+
+pub(crate) fn reproduction_view(r: crate::store::reproduction::Reproduction) -> api::Reproduction {
+    use crate::store::reproduction::ReproStatus;
+    let run = |x: crate::store::reproduction::ReproRun| api::ReproductionRun {
+        exit_code: x.exit_code,
+        timed_out: x.timed_out,
+        output_tail: x.output_tail,
+        duration_ms: x.duration_ms,
+    };
+    api::Reproduction {
+        summary: r.summary(),
+        status: match r.status {
+            ReproStatus::Reproduced => api::ReproductionStatus::Reproduced,
+            ReproStatus::NotReproduced => api::ReproductionStatus::NotReproduced,
+            ReproStatus::NoTest => api::ReproductionStatus::NoTest,
+            ReproStatus::NotFixed => api::ReproductionStatus::NotFixed,
+        },
+        command: r.command,
+        files: r.files,
+        base: r.base.map(run),
+        head: r.head.map(run),
+        note: r.note,
     }
 }

@@ -182,7 +182,8 @@ async fn push(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         Some(pr) => return foreign_pr(p, task, &branch, pr.number).await,
         None => {
             let title = pr_title(task);
-            let body = pr_body(task, &marker);
+            let reproduction = p.store.task_reproduction(task.id).await?;
+            let body = pr_body(task, &marker, reproduction.as_ref());
             match p
                 .forge
                 .create_pull(
@@ -265,10 +266,18 @@ fn pr_marker(task: &Task, key: uuid::Uuid) -> String {
     format!("<!-- backporcher task {} key {key} -->", task.id)
 }
 
-fn pr_body(task: &Task, marker: &str) -> String {
+fn pr_body(
+    task: &Task,
+    marker: &str,
+    reproduction: Option<&crate::store::reproduction::Reproduction>,
+) -> String {
     let mut s = String::new();
     if let Some(n) = task.issue_number {
         s.push_str(&format!("Closes #{n}.\n\n"));
+    }
+    // Reproduce-first: "reproduced" or "not reproduced", with what the runs showed.
+    if let Some(r) = reproduction {
+        s.push_str(&format!("**Reproduce-first:** {}.\n\n", r.summary()));
     }
     s.push_str(&format!(
         "Backporcher task {}. Comment `@backporcher <what to change>` or submit a review to ask for changes.\n\n{marker}\n",

@@ -99,6 +99,7 @@ async fn triage_claimed(
                 depends_on: d.depends_on.clone(),
                 after: overlaps(t, &in_flight, &tasks),
                 hold: (mode == "review-all").then_some(HoldKind::DispatchApproval),
+                bug: d.bug,
             };
             triage.after.retain(|a| !triage.depends_on.contains(a));
             let mut plan = |deps: &mut Vec<TaskId>, link: Link| {
@@ -119,6 +120,7 @@ async fn triage_claimed(
             "model_used": model.is_some(),
             "dropped_dependencies": dropped,
             "complexity": tasks.iter().map(|t| decisions.get(&t.id).and_then(|d| d.complexity.clone())).collect::<Vec<_>>(),
+            "bug": tasks.iter().map(|t| decisions.get(&t.id).and_then(|d| d.bug)).collect::<Vec<_>>(),
         }));
         match store.triage_batch(&batch, &note).await {
             Ok(done) => queued += done.len(),
@@ -148,6 +150,8 @@ struct Decision {
     priority: Option<i32>,
     complexity: Option<String>,
     depends_on: Vec<TaskId>,
+    /// `Some(true)` only for an explicit `"bug": true`; anything else is not a bug.
+    bug: Option<bool>,
 }
 
 /// The triage request for `tasks` (one issue, or a batch of one repository's issues).
@@ -164,9 +168,9 @@ pub fn prompt(tasks: &[Task]) -> String {
         })
         .collect();
     let ask = if tasks.len() == 1 {
-        "Classify this issue. Answer {\"model\": \"sonnet\" or \"opus\" (opus only for hard, cross-cutting work), \"complexity\": \"simple\" | \"medium\" | \"complex\"}."
+        "Classify this issue. Answer {\"model\": \"sonnet\" or \"opus\" (opus only for hard, cross-cutting work), \"complexity\": \"simple\" | \"medium\" | \"complex\", \"bug\": true if it reports a defect in existing behaviour, else false}."
     } else {
-        "Triage these issues of one repository. Answer a JSON array with one object per issue: {\"issue\": <number>, \"model\": \"sonnet\" | \"opus\", \"complexity\": \"simple\" | \"medium\" | \"complex\", \"priority\": 1-200 (lower runs first), \"depends_on\": [issue numbers that must be merged first]}. Add a dependency only when one issue cannot be done before another is merged."
+        "Triage these issues of one repository. Answer a JSON array with one object per issue: {\"issue\": <number>, \"model\": \"sonnet\" | \"opus\", \"complexity\": \"simple\" | \"medium\" | \"complex\", \"bug\": true if it reports a defect in existing behaviour, else false, \"priority\": 1-200 (lower runs first), \"depends_on\": [issue numbers that must be merged first]}. Add a dependency only when one issue cannot be done before another is merged."
     };
     format!("{ask}\n\n{issues}")
 }
@@ -245,10 +249,17 @@ fn parse(text: &str, tasks: &[Task]) -> anyhow::Result<HashMap<TaskId, Decision>
                 priority,
                 complexity: item["complexity"].as_str().map(str::to_owned),
                 depends_on,
+                bug: Some(bug_of(&item)),
             },
         );
     }
     Ok(out)
+}
+
+/// Triage's bug verdict in one decision: only an explicit `"bug": true` is a bug; a missing,
+/// `null` or non-boolean answer (`"yes"`, `1`) is not.
+fn bug_of(item: &Value) -> bool {
+    item.get("bug").and_then(Value::as_bool) == Some(true)
 }
 
 fn first_json(text: &str) -> Option<Value> {
@@ -346,5 +357,19 @@ mod tests {
         let v = first_json("Sure! Here: [{\"issue\": 3, \"depends_on\": [2]}] done").unwrap();
         assert_eq!(v[0]["issue"], 3);
         assert!(first_json("no json").is_none());
+    }
+
+    #[test]
+    fn only_an_explicit_true_is_a_bug() {
+        assert!(bug_of(&json!({"bug": true})));
+        for no in [
+            json!({"bug": false}),
+            json!({}),
+            json!({"bug": null}),
+            json!({"bug": "true"}),
+            json!({"bug": 1}),
+        ] {
+            assert!(!bug_of(&no), "{no}");
+        }
     }
 }

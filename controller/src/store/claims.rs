@@ -212,6 +212,9 @@ macro_rules! claim_sql {
             "  r.default_branch AS repo_default_branch, r.verify_command AS repo_verify_command,",
             "  r.egress_policy AS repo_egress_policy, grant_.amount AS repo_grant_microusd,",
             "  r.agent_hooks AS repo_agent_hooks, r.env_image AS repo_env_image, r.env_setup AS repo_env_setup,",
+            // Reproduce-first: `on`, or `bugs` for a task triage called a bug.
+            "  COALESCE(r.reproduce_first = 'on' OR (r.reproduce_first = 'bugs' AND claimed.is_bug IS TRUE), false)",
+            "    AS repo_reproduce_first,",
             // What the lease carries besides: the environment's setup secrets and the
             // repository's last ten learnings (empty when nothing was claimed: `r` is NULL then).
             "  ARRAY(SELECT s.name FROM repo_secrets s WHERE s.repo_id = r.id ORDER BY s.name) AS repo_secret_names,",
@@ -284,6 +287,9 @@ pub struct ClaimedRepo {
     /// The repository's last ten learnings, newest first, each as `[outcome] summary`.
     #[sqlx(rename = "repo_learnings")]
     pub learnings: Vec<String>,
+    /// Whether this task is reproduced first (the repository's setting and triage's verdict).
+    #[sqlx(rename = "repo_reproduce_first")]
+    pub reproduce_first: bool,
 }
 
 impl std::fmt::Debug for ClaimedRepo {
@@ -296,6 +302,7 @@ impl std::fmt::Debug for ClaimedRepo {
             .field("egress_policy", &self.egress_policy)
             .field("grant_microusd", &self.grant_microusd)
             .field("agent_hooks", &self.agent_hooks)
+            .field("reproduce_first", &self.reproduce_first)
             .field("env_image", &self.env_image)
             .field("env_setup", &self.env_setup)
             .field("secret_names", &self.secret_names)

@@ -9,6 +9,7 @@ use super::claims::LeaseRef;
 use super::lifecycle::{
     self, FailureMode, RunnerId, Status, Task, TaskId, TerminalReason, status_texts, task_columns,
 };
+use super::reproduction::Reproduction;
 use super::tasks::{Failure, RetryPolicy, retry_in};
 use super::{Error, Note, Result, Store};
 
@@ -70,6 +71,8 @@ pub struct Completion {
     pub cost_microusd: i64,
     /// Anything else to keep with the result.
     pub data: Option<Value>,
+    /// What reproduce-first showed, when the lease asked for it.
+    pub reproduction: Option<Reproduction>,
 }
 
 impl Completion {
@@ -83,6 +86,7 @@ impl Completion {
             head_sha: None,
             cost_microusd: 0,
             data: None,
+            reproduction: None,
         }
     }
 }
@@ -219,8 +223,8 @@ impl Store {
         }
 
         sqlx::query(
-            "INSERT INTO task_results (task_id, attempt, lease_token, outcome, error, data) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO task_results (task_id, attempt, lease_token, outcome, error, data, reproduction) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(lease.task_id)
         .bind(lease.attempt)
@@ -228,6 +232,7 @@ impl Store {
         .bind(c.outcome.as_str())
         .bind(&c.error)
         .bind(json!({"context": c.context, "data": c.data, "head_sha": c.head_sha, "branch": c.branch}))
+        .bind(c.reproduction.clone().map(|r| sqlx::types::Json(r.bounded())))
         .execute(&mut *tx)
         .await?;
         if let Some(report) = c.data.as_ref().and_then(|d| d.pointer("/data/environment")) {
@@ -274,21 +279,54 @@ impl Store {
             .await?
         } else {
             match c.outcome {
-                Outcome::Succeeded => sqlx::query_as::<_, Task>(concat!(
-                    "UPDATE tasks SET status = 'pushing', lost_count = 0, ",
-                    "head_sha = COALESCE($3, head_sha), lease_expires_at = NULL, error = NULL, ",
-                    "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = 'completed', ",
-                    "ev_data = CASE WHEN $2::text IS DISTINCT FROM branch ",
-                    "  THEN jsonb_build_object('runner_branch', $2::text, 'branch', branch) END ",
-                    "WHERE id = $1 RETURNING ",
-                    task_columns!()
-                ))
-                .bind(lease.task_id)
-                .bind(&c.branch)
-                .bind(&c.head_sha)
-                .bind(&actor)
-                .fetch_one(&mut *tx)
-                .await?,
+                Outcome::Succeeded => {
+                    // Reproduce-first: an issue not shown to be fixed follows the repository's
+                    // policy — `hold` puts a hold on the task (its PR opens, marked, and waits for
+                    // a person before it merges), `proceed` only marks it.
+                    let (mut repro_data, mut hold) = (None, false);
+                    if let Some(r) = &c.reproduction {
+                        let policy: String = sqlx::query_scalar(
+                            "SELECT r.reproduce_policy FROM tasks t JOIN repos r ON r.id = t.repo_id WHERE t.id = $1",
+                        )
+                        .bind(lease.task_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        hold = !r.reproduced() && policy == "hold";
+                        let message = hold.then(|| {
+                            format!(
+                                "{}; the repository's reproduce policy is `hold`: look at the PR, then `backporcher release {}` lets it merge",
+                                r.summary(),
+                                lease.task_id
+                            )
+                        });
+                        repro_data = Some(json!({
+                            "reproduction": r.status.as_str(),
+                            "summary": r.summary(),
+                            "policy": policy,
+                            "message": message,
+                        }));
+                    }
+                    sqlx::query_as::<_, Task>(concat!(
+                        "UPDATE tasks SET status = 'pushing', lost_count = 0, ",
+                        "head_sha = COALESCE($3, head_sha), lease_expires_at = NULL, error = NULL, ",
+                        "hold_kind = CASE WHEN $6 THEN 'user' ELSE hold_kind END, ",
+                        "hold_by = CASE WHEN $6 THEN 'system' ELSE hold_by END, ",
+                        "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = 'completed', ",
+                        "ev_data = NULLIF(COALESCE(CASE WHEN $2::text IS DISTINCT FROM branch ",
+                        "  THEN jsonb_build_object('runner_branch', $2::text, 'branch', branch) END, '{}'::jsonb) ",
+                        "  || COALESCE($5::jsonb, '{}'::jsonb), '{}'::jsonb) ",
+                        "WHERE id = $1 RETURNING ",
+                        task_columns!()
+                    ))
+                    .bind(lease.task_id)
+                    .bind(&c.branch)
+                    .bind(&c.head_sha)
+                    .bind(&actor)
+                    .bind(repro_data)
+                    .bind(hold)
+                    .fetch_one(&mut *tx)
+                    .await?
+                }
                 Outcome::AgentFailed
                 | Outcome::TimedOut
                 | Outcome::Stalled

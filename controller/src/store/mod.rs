@@ -38,6 +38,7 @@ pub mod milestones;
 pub mod ops;
 pub mod pki;
 pub mod repos;
+pub mod reproduction;
 pub mod retention;
 pub mod runners;
 pub mod settings;

@@ -55,6 +55,10 @@ pub struct Repo {
     pub env_image: Option<String>,
     /// Its setup commands.
     pub env_setup: Vec<String>,
+    /// Reproduce-first: `off`, `on`, or `bugs` (tasks triage called a bug).
+    pub reproduce_first: String,
+    /// When no test was shown to fail on the base: `hold` for a person or `proceed` marked.
+    pub reproduce_policy: String,
     /// Registered at.
     pub created_at: DateTime<Utc>,
 }
@@ -107,6 +111,10 @@ pub struct RepoSettings {
     pub env_image: Option<String>,
     /// The environment's setup commands.
     pub env_setup: Option<Vec<String>>,
+    /// `off`, `on` or `bugs`.
+    pub reproduce_first: Option<String>,
+    /// `hold` or `proceed`.
+    pub reproduce_policy: Option<String>,
 }
 
 /// Highest per-repository concurrency cap (the cap is kept as that many slot rows).
@@ -117,7 +125,7 @@ const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command,
     budget_daily_microusd, max_concurrency, \
     (SELECT count(*)::int FROM tasks t WHERE t.repo_id = repos.id AND t.status IN ('leased', 'running', 'verifying')) AS active_tasks, \
     runner_labels, stack, enabled, merge_method, ci_ignore, no_checks, \
-    no_checks_grace_secs, env_image, env_setup, created_at";
+    no_checks_grace_secs, env_image, env_setup, reproduce_first, reproduce_policy, created_at";
 
 impl Store {
     /// Registers a repository. Its name must be `owner/name`.
@@ -204,6 +212,16 @@ impl Store {
             s.no_checks.as_deref(),
             &["merge", "hold", "wait"],
         )?;
+        check_choice(
+            "reproduce-first",
+            s.reproduce_first.as_deref(),
+            &["off", "on", "bugs"],
+        )?;
+        check_choice(
+            "reproduce policy",
+            s.reproduce_policy.as_deref(),
+            &["hold", "proceed"],
+        )?;
         for (what, v) in [
             ("no-checks grace", s.no_checks_grace_secs.map(i64::from)),
             ("task budget", s.budget_task_microusd),
@@ -250,6 +268,8 @@ impl Store {
                agent_hooks = COALESCE($16, agent_hooks), \
                env_image = CASE WHEN $17::text IS NULL THEN env_image ELSE NULLIF($17, '') END, \
                env_setup = COALESCE($18, env_setup), \
+               reproduce_first = COALESCE($19, reproduce_first), \
+               reproduce_policy = COALESCE($20, reproduce_policy), \
                updated_at = now() \
              WHERE id = $1 RETURNING {REPO_COLUMNS}"
         )))
@@ -271,6 +291,8 @@ impl Store {
         .bind(s.agent_hooks)
         .bind(&s.env_image)
         .bind(&s.env_setup)
+        .bind(&s.reproduce_first)
+        .bind(&s.reproduce_policy)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::RepoNotFound(id.to_string()))?;

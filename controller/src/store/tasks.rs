@@ -110,6 +110,9 @@ pub struct Triage {
     pub after: Vec<TaskId>,
     /// A hold to start with (review-all mode: dispatch approval).
     pub hold: Option<HoldKind>,
+    /// Whether triage called the issue a bug (`None`: unknown, which counts as not a bug for
+    /// reproduce-first).
+    pub bug: Option<bool>,
 }
 
 /// Controller pipeline steps that only move the status (plus PR fields).
@@ -432,7 +435,7 @@ impl Store {
         for (id, decision) in batch {
             let row = sqlx::query_as::<_, Task>(concat!(
                 "UPDATE tasks SET status = 'queued', model = COALESCE($3, model), ",
-                "priority = COALESCE($4, priority), hold_kind = $5, ",
+                "priority = COALESCE($4, priority), hold_kind = $5, is_bug = COALESCE($9, is_bug), ",
                 "hold_by = CASE WHEN $5::text IS NULL THEN NULL ELSE $6 END, ",
                 "ev_seq = ev_seq + 1, ev_actor = $6, ev_reason = $7, ev_data = $8 ",
                 "WHERE id = $1 AND status = ANY($2) RETURNING ",
@@ -446,6 +449,7 @@ impl Store {
             .bind(&note.actor)
             .bind(&note.reason)
             .bind(triage_data(decision, note))
+            .bind(decision.bug)
             .fetch_optional(&mut *tx)
             .await?;
             match row {
@@ -830,6 +834,7 @@ fn triage_data(decision: &Triage, note: &Note) -> Value {
         "depends_on": decision.depends_on,
         "after": decision.after,
         "hold": decision.hold.map(|h| h.as_str()),
+        "bug": decision.bug,
     });
     if let (Some(extra), Some(obj)) = (&note.data, v.as_object_mut()) {
         obj.insert("note".into(), extra.clone());

@@ -17,6 +17,7 @@ mod parity;
 mod password;
 mod redteam;
 mod replicas;
+mod reproduce;
 mod server;
 mod shapes;
 mod stats;

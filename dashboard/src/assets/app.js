@@ -264,6 +264,8 @@ async function openDetail(id, refresh) {
   $("#detail-error").textContent = t.error || "";
   $("#detail-prompt").textContent = d.body;
   $("#detail-environment").textContent = environmentLine(d.environment);
+  // The runner's record: "reproduced: …" or "not reproduced: …" (text only).
+  $("#detail-reproduction").textContent = d.reproduction ? d.reproduction.summary : "not run for this task";
   renderReview(t.review);
   renderCost(t, d.usage);
   $("#detail-timeline").replaceChildren(...d.timeline.map((e) => el("li", {}, `${when(e.at)} ${e.from_status || ""} → ${e.to_status} (${e.reason}, ${e.actor})`)));

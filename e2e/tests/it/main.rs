@@ -15,6 +15,7 @@ mod logs;
 mod partition;
 mod pipeline;
 mod redteam;
+mod reproduce;
 mod sandbox;
 mod security;
 mod work;
