@@ -67,6 +67,8 @@ pub(super) async fn update_repo(
         agent_hooks: req.agent_hooks,
         env_image: req.env_image,
         env_setup: req.env_setup,
+        guard_window_secs: req.guard_window_secs,
+        guard_window_commits: req.guard_window_commits,
     };
     let result = s
         .store

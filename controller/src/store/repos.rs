@@ -55,6 +55,10 @@ pub struct Repo {
     pub env_image: Option<String>,
     /// Its setup commands.
     pub env_setup: Vec<String>,
+    /// Seconds the post-merge guard watches a merge (0: no guard).
+    pub guard_window_secs: i32,
+    /// Later commits on the default branch the guard watches a merge over.
+    pub guard_window_commits: i32,
     /// Registered at.
     pub created_at: DateTime<Utc>,
 }
@@ -107,6 +111,10 @@ pub struct RepoSettings {
     pub env_image: Option<String>,
     /// The environment's setup commands.
     pub env_setup: Option<Vec<String>>,
+    /// Seconds the post-merge guard watches a merge (0 turns it off).
+    pub guard_window_secs: Option<i32>,
+    /// Later commits the guard watches a merge over.
+    pub guard_window_commits: Option<i32>,
 }
 
 /// Highest per-repository concurrency cap (the cap is kept as that many slot rows).
@@ -117,7 +125,7 @@ const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command,
     budget_daily_microusd, max_concurrency, \
     (SELECT count(*)::int FROM tasks t WHERE t.repo_id = repos.id AND t.status IN ('leased', 'running', 'verifying')) AS active_tasks, \
     runner_labels, stack, enabled, merge_method, ci_ignore, no_checks, \
-    no_checks_grace_secs, env_image, env_setup, created_at";
+    no_checks_grace_secs, env_image, env_setup, guard_window_secs, guard_window_commits, created_at";
 
 impl Store {
     /// Registers a repository. Its name must be `owner/name`.
@@ -209,6 +217,11 @@ impl Store {
             ("task budget", s.budget_task_microusd),
             ("daily budget", s.budget_daily_microusd),
             ("concurrency cap", s.max_concurrency.map(i64::from)),
+            ("guard window", s.guard_window_secs.map(i64::from)),
+            (
+                "guard window commits",
+                s.guard_window_commits.map(i64::from),
+            ),
         ] {
             if let Some(v) = v
                 && v < 0
@@ -250,6 +263,8 @@ impl Store {
                agent_hooks = COALESCE($16, agent_hooks), \
                env_image = CASE WHEN $17::text IS NULL THEN env_image ELSE NULLIF($17, '') END, \
                env_setup = COALESCE($18, env_setup), \
+               guard_window_secs = COALESCE($19, guard_window_secs), \
+               guard_window_commits = COALESCE($20, guard_window_commits), \
                updated_at = now() \
              WHERE id = $1 RETURNING {REPO_COLUMNS}"
         )))
@@ -271,6 +286,8 @@ impl Store {
         .bind(s.agent_hooks)
         .bind(&s.env_image)
         .bind(&s.env_setup)
+        .bind(s.guard_window_secs)
+        .bind(s.guard_window_commits)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::RepoNotFound(id.to_string()))?;
