@@ -4,8 +4,8 @@
 
 -- The window: how long and over how many later commits a merge is watched (0 seconds: no guard).
 ALTER TABLE repos
-    ADD COLUMN guard_window_secs integer NOT NULL DEFAULT 1800 CHECK (guard_window_secs >= 0),
-    ADD COLUMN guard_window_commits integer NOT NULL DEFAULT 10 CHECK (guard_window_commits >= 0);
+    ADD COLUMN guard_window_secs integer NOT NULL DEFAULT 1800 CHECK (guard_window_secs BETWEEN 0 AND 604800),
+    ADD COLUMN guard_window_commits integer NOT NULL DEFAULT 10 CHECK (guard_window_commits BETWEEN 0 AND 200);
 
 -- One row per watched merge. `state`: watching → clean | unknown | guilty → reverted. Each
 -- effect outside the database is recorded here once done (the revert commit, its pull request,

@@ -690,7 +690,7 @@ pub struct RepoSettings {
     pub guard_window_secs: Option<i32>,
     /// Later commits on the default branch the guard watches a merge over (default 10).
     #[serde(default, deserialize_with = "integer::option")]
-    #[schema(minimum = 0, maximum = 604800)]
+    #[schema(minimum = 0, maximum = 200)]
     pub guard_window_commits: Option<i32>,
 }
 

@@ -40,8 +40,9 @@ use crate::store::repos::Repo;
 use crate::store::wake::Channel;
 use crate::store::work::{CLAIM_TTL, Work};
 
-/// Commits of the default branch's history read per pass (newest first).
-const HISTORY: usize = 200;
+/// Commits of the default branch's history read per pass (newest first): one more than the
+/// longest window (`MAX_GUARD_WINDOW_COMMITS`), so a merge not among them is past its window.
+const HISTORY: usize = crate::store::repos::MAX_GUARD_WINDOW_COMMITS as usize + 1;
 /// Earlier commits looked at for the verdict before a merge.
 const BASELINE_DEPTH: usize = 20;
 

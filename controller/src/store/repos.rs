@@ -117,6 +117,11 @@ pub struct RepoSettings {
     pub guard_window_commits: Option<i32>,
 }
 
+/// Longest post-merge guard window (a week).
+pub const MAX_GUARD_WINDOW_SECS: i32 = 7 * 24 * 3600;
+/// Most later commits the post-merge guard watches a merge over.
+pub const MAX_GUARD_WINDOW_COMMITS: i32 = 200;
+
 /// Highest per-repository concurrency cap (the cap is kept as that many slot rows).
 pub const MAX_CONCURRENCY: i32 = 1000;
 
@@ -228,6 +233,22 @@ impl Store {
             {
                 return Err(Error::Invalid(format!(
                     "{what} must not be negative (got {v})"
+                )));
+            }
+        }
+        for (what, v, max) in [
+            ("guard window", s.guard_window_secs, MAX_GUARD_WINDOW_SECS),
+            (
+                "guard window commits",
+                s.guard_window_commits,
+                MAX_GUARD_WINDOW_COMMITS,
+            ),
+        ] {
+            if let Some(v) = v
+                && v > max
+            {
+                return Err(Error::Invalid(format!(
+                    "{what} {v} is more than {max}; 0 seconds turns the guard off"
                 )));
             }
         }

@@ -420,3 +420,45 @@ async fn a_window_that_ends_with_ci_pending_is_unknown_and_reverts_nothing() {
     assert!(r.contains("guard_window_ended"), "{r}");
     assert!(!r.contains("guard_guilty"), "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guard_window_out_of_range_is_refused_and_zero_turns_the_guard_off() {
+    let (env, p, guard) = setup().await;
+    for bad in [
+        RepoSettings {
+            guard_window_secs: Some(7 * 24 * 3600 + 1),
+            ..Default::default()
+        },
+        RepoSettings {
+            guard_window_commits: Some(201),
+            ..Default::default()
+        },
+        RepoSettings {
+            guard_window_secs: Some(-1),
+            ..Default::default()
+        },
+    ] {
+        let e = env.store.update_repo(env.repo.id, &bad).await.unwrap_err();
+        assert!(e.to_string().contains("guard window"), "{e}");
+    }
+    let r = env
+        .store
+        .update_repo(
+            env.repo.id,
+            &RepoSettings {
+                guard_window_secs: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.guard_window_secs, r.guard_window_commits), (0, 10));
+    let (task, sha) = merged(&env, &p, &[("src/three.rs", "pub fn three() {}\n")]).await;
+    env.sim.fail_ci(REPO, &sha, LOG);
+    assert!(!guard.pass().await.unwrap(), "nothing watched");
+    assert!(env.store.task_guards(task.id).await.unwrap().is_empty());
+    assert_eq!(
+        env.store.task(task.id).await.unwrap().status,
+        Status::Merged
+    );
+}
