@@ -462,3 +462,35 @@ async fn a_guard_window_out_of_range_is_refused_and_zero_turns_the_guard_off() {
         Status::Merged
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_reverted_a_second_time_fails() {
+    let (env, p, guard) = setup().await;
+    let (task, sha) = merged(&env, &p, &[("src/three.rs", "pub fn three() {}\n")]).await;
+    // An earlier merge of the same task was reverted already.
+    sqlx::query(
+        "INSERT INTO merge_guards (task_id, repo_id, merge_sha, state, reason, merged_at, deadline, \
+         window_commits, revert_state, revert_pr_number, requeued) \
+         VALUES ($1, $2, 'earlier', 'reverted', 'red', now() - interval '1 day', now() - interval '1 day', 10, 'merged', 99, true)",
+    )
+    .bind(task.id)
+    .bind(env.repo.id)
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    env.sim.fail_ci(REPO, &sha, LOG);
+    let g = guard_until(&env, &guard, task.id, "reverted", |g| g.requeued).await;
+    assert_eq!(g.merge_sha, sha);
+    let t = env.store.task(task.id).await.unwrap();
+    assert_eq!(t.status, Status::Failed);
+    assert!(
+        t.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("reverted 2 times"),
+        "{:?}",
+        t.error
+    );
+    let r = reasons(&env.store.timeline(task.id).await.unwrap()).join(",");
+    assert!(r.contains("reverted_too_often"), "{r}");
+}
