@@ -30,6 +30,8 @@ pub fn schemas() -> Vec<(
         Me,
         Task,
         TaskDetail,
+        GuardWatch,
+        GuardState,
         Dependencies,
         LogChunk,
         ActionRequest,
@@ -549,6 +551,45 @@ pub struct TaskDetail {
     /// Reproduce-first of its latest attempt that ran it.
     #[serde(default)]
     pub reproduction: Option<Reproduction>,
+    /// The post-merge guard's watch over each of its merges, latest first.
+    #[serde(default)]
+    pub guard: Vec<GuardWatch>,
+}
+
+/// Where the post-merge guard is with one of a task's merges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardState {
+    /// The default branch's CI is watched.
+    Watching,
+    /// CI stayed green after it (or was red before it).
+    Clean,
+    /// The window ended with CI undecided: no longer watched.
+    Unknown,
+    /// Found guilty; the revert is being made.
+    Reverting,
+    /// Reverted by a pull request.
+    Reverted,
+}
+
+/// The post-merge guard's watch over one merge.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GuardWatch {
+    /// Its state.
+    pub state: GuardState,
+    /// Why it ended (`green`, `green_later`, `red_before`, `window_ended`, `red`).
+    pub reason: Option<String>,
+    /// The merge commit on the default branch.
+    pub merge_sha: String,
+    /// When the window ends.
+    pub until: DateTime<Utc>,
+    /// The revert pull request.
+    pub revert_pr: Option<i64>,
+    /// Its web address.
+    pub revert_pr_url: Option<String>,
+    /// `open` (merged by the guard once green), `awaiting_approval`, `merged`, `closed`,
+    /// `ci_failed`, `refused`, `conflict` (revert by hand), `unknown`.
+    pub revert_state: Option<String>,
 }
 
 /// One line of a task's cost breakdown.
@@ -731,6 +772,15 @@ pub struct RepoSettings {
     #[serde(default)]
     #[schema(value_type = Option<ReproducePolicy>)]
     pub reproduce_policy: Option<String>,
+    /// Seconds the post-merge guard watches the default branch's CI after an agent's merge
+    /// (0 turns the guard off; default 1800).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 0, maximum = 604800)]
+    pub guard_window_secs: Option<i32>,
+    /// Later commits on the default branch the guard watches a merge over (default 10).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 0, maximum = 200)]
+    pub guard_window_commits: Option<i32>,
 }
 
 /// `POST /api/repos`.

@@ -282,16 +282,19 @@ pub enum NotifyEvent {
     Paused,
     /// The global approval mode was changed.
     Settings,
+    /// The post-merge guard reverted a merge that turned the default branch's CI red.
+    Reverted,
 }
 
 impl NotifyEvent {
     /// Every event, in the order the docs list them.
-    pub const ALL: [NotifyEvent; 5] = [
+    pub const ALL: [NotifyEvent; 6] = [
         NotifyEvent::Hold,
         NotifyEvent::Failed,
         NotifyEvent::Completed,
         NotifyEvent::Paused,
         NotifyEvent::Settings,
+        NotifyEvent::Reverted,
     ];
 
     /// Its name in `BACKPORCHER_WEBHOOK_EVENTS`.
@@ -302,6 +305,7 @@ impl NotifyEvent {
             NotifyEvent::Completed => "completed",
             NotifyEvent::Paused => "paused",
             NotifyEvent::Settings => "settings",
+            NotifyEvent::Reverted => "reverted",
         }
     }
 
@@ -314,6 +318,7 @@ impl NotifyEvent {
             "merged" | "completed" => NotifyEvent::Completed,
             "paused" | "resumed" => NotifyEvent::Paused,
             "settings" => NotifyEvent::Settings,
+            "reverted" => NotifyEvent::Reverted,
             _ => return None,
         })
     }

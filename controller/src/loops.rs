@@ -12,6 +12,7 @@
 //! | [`crate::pipeline::triage::run`] | `bp_new` | new tasks → queued, in debounced batches |
 //! | [`crate::pipeline::run`] | `bp_stage` | the controller stages: push, review, CI, merge |
 //! | [`crate::pipeline::feedback::run`] | `bp_queue`, `bp_notify` | reflection, learnings, breaker, chat notifications |
+//! | [`crate::pipeline::guard::run`] | `bp_queue` (a merge), the CI poll while watching | the post-merge guard: watches merges, reverts a guilty one |
 //! | [`crate::intake::poller::run`] | its interval | labelled issues the webhooks missed |
 //! | [`crate::forge::milestones::run`] | `bp_forge` | labels and comments on the issue |
 //! | [`crate::http::events::run`] | task changes | deltas for the live views (SSE) |

@@ -442,6 +442,9 @@ pub const LOOPS: &[(&str, LoopFn)] = &[
     ("feedback", |ctx, stop| {
         Box::pin(crate::pipeline::feedback::run(ctx, stop))
     }),
+    ("guard", |ctx, stop| {
+        Box::pin(crate::pipeline::guard::run(ctx, stop))
+    }),
     ("poller", |ctx, stop| {
         Box::pin(crate::intake::poller::run(ctx, stop))
     }),

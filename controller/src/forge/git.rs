@@ -55,7 +55,7 @@ impl Pusher {
     }
 
     /// The bare cache repository of `repo`, created on first use.
-    async fn cache(&self, repo: &str) -> Result<PathBuf> {
+    pub(super) async fn cache(&self, repo: &str) -> Result<PathBuf> {
         let dir = self.root.join(format!("{repo}.git"));
         if !dir.join("HEAD").exists() {
             tokio::fs::create_dir_all(&dir)
@@ -212,7 +212,7 @@ async fn protected_change(dir: &Path, default_branch: &str, changed: &[String]) 
 }
 
 /// The controller writes only the task branches it named, never the default branch.
-fn refuse_foreign_branch(branch: &str, default_branch: &str) -> Result<()> {
+pub(super) fn refuse_foreign_branch(branch: &str, default_branch: &str) -> Result<()> {
     if crate::store::tasks::is_task_branch(branch, default_branch) {
         Ok(())
     } else {
@@ -222,7 +222,7 @@ fn refuse_foreign_branch(branch: &str, default_branch: &str) -> Result<()> {
     }
 }
 
-fn basic_auth(token: &str) -> String {
+pub(super) fn basic_auth(token: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
     format!("Authorization: Basic {b64}")
 }
@@ -235,7 +235,12 @@ fn git_err(op: &'static str, e: impl std::fmt::Display) -> ForgeError {
 }
 
 /// Runs git in `dir`; `auth` becomes an `http.extraHeader` through the environment.
-async fn git(dir: &Path, args: &[&str], auth: Option<&str>, op: &'static str) -> Result<String> {
+pub(super) async fn git(
+    dir: &Path,
+    args: &[&str],
+    auth: Option<&str>,
+    op: &'static str,
+) -> Result<String> {
     let mut cmd = xcmd::Cmd::new("git", dir)
         .args(args)
         .env("GIT_TERMINAL_PROMPT", "0");
@@ -319,7 +324,7 @@ impl Pusher {
     }
 }
 
-async fn git_as_bot(dir: &Path, args: &[&str]) -> Result<String> {
+pub(super) async fn git_as_bot(dir: &Path, args: &[&str]) -> Result<String> {
     let out = xcmd::Cmd::new("git", dir)
         .args(args)
         .env("GIT_AUTHOR_NAME", "backporcher")
@@ -414,7 +419,12 @@ async fn fetch_base_and_branch(
 }
 
 /// Fetches `branches` from `clone_url` as `refs/remotes/origin/*` of the cache repository.
-async fn fetch_branches(dir: &Path, clone_url: &str, branches: &[&str], auth: &str) -> Result<()> {
+pub(super) async fn fetch_branches(
+    dir: &Path,
+    clone_url: &str,
+    branches: &[&str],
+    auth: &str,
+) -> Result<()> {
     let refspecs: Vec<String> = branches
         .iter()
         .map(|b| format!("+refs/heads/{b}:refs/remotes/origin/{b}"))

@@ -20,6 +20,8 @@
 //! | → failed                 | + failed, − in-progress                  | why, what to do                                     |
 //! | → canceled               | − in-progress; PR closed, branch deleted | canceled                                            |
 //! | failed/canceled → queued | + in-progress, − failed                  |                                                     |
+//! | merged → queued (guard)  | + in-progress, − done                    | the merge broke CI, reverted in PR …, re-queued      |
+//! | merged → failed (guard)  | as → failed                              | as → failed (the error names the revert)            |
 
 use tokio_util::sync::CancellationToken;
 
@@ -108,6 +110,8 @@ async fn apply(
         Some(Err(_)) => return Ok(()),
     };
     match (from, to) {
+        // The post-merge guard's notes on a task keep its status: no milestone of their own.
+        (Some(f), t) if f == t && ev.reason.starts_with("guard_") => Ok(()),
         (None, _) => {
             forge
                 .add_labels(repo, issue, &[labels::IN_PROGRESS])
@@ -212,6 +216,34 @@ async fn apply(
                     repo,
                     issue,
                     &format!("Task {} was canceled by {}.", task.id, ev.actor),
+                )
+                .await
+        }
+        (Some(Status::Merged), Status::Queued) => {
+            let revert = ev
+                .data
+                .as_ref()
+                .and_then(|d| d.0.get("url").and_then(|u| u.as_str()).map(str::to_owned))
+                .map(|u| format!(" in {u}"))
+                .unwrap_or_default();
+            let merged = ev
+                .data
+                .as_ref()
+                .and_then(|d| d.0.get("merged_pr").and_then(|n| n.as_i64()))
+                .map(|n| format!("#{n}"))
+                .unwrap_or_else(pr);
+            forge
+                .add_labels(repo, issue, &[labels::IN_PROGRESS])
+                .await?;
+            forge.remove_label(repo, issue, labels::DONE).await?;
+            forge
+                .comment(
+                    repo,
+                    issue,
+                    &format!(
+                        "Merging {merged} turned CI on `{default_branch}` red, so Backporcher reverted it{revert}. Task {} is back in the queue with the failed checks' logs.",
+                        task.id
+                    ),
                 )
                 .await
         }

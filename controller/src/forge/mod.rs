@@ -4,13 +4,15 @@
 //! calls (a trait, so faults can be injected); [`github::GitHub`] implements it on octocrab's HTTP
 //! client with our own request loop — authentication ([`auth`]: a personal token or a GitHub App's
 //! installation tokens), rate-limit backoff, and GitHub's JSON decoded into the few domain types
-//! below. [`git`] pushes a runner's bundle to the task branch. Intake of issues (webhooks and the
+//! below. [`git`] pushes a runner's bundle to the task branch; [`revert`] reads the default
+//! branch's history and makes revert commits for the post-merge guard. Intake of issues (webhooks and the
 //! ETag poller) lives in [`crate::intake`].
 
 pub mod auth;
 pub mod git;
 pub mod github;
 pub mod milestones;
+pub mod revert;
 
 use std::time::{Duration, SystemTime};
 

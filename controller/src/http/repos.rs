@@ -69,6 +69,8 @@ pub(super) async fn update_repo(
         env_setup: req.env_setup,
         reproduce_first: req.reproduce_first,
         reproduce_policy: req.reproduce_policy,
+        guard_window_secs: req.guard_window_secs,
+        guard_window_commits: req.guard_window_commits,
     };
     let result = s
         .store

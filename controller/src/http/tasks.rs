@@ -207,6 +207,13 @@ pub(super) async fn task_detail(
                 cost_microusd: u.cost_microusd,
             })
             .collect(),
+        guard: s
+            .store
+            .task_guards(id)
+            .await?
+            .iter()
+            .map(super::views::guard_view)
+            .collect(),
     }))
 }
 

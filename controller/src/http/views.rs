@@ -35,6 +35,24 @@ pub(crate) fn task_view(t: &Task, repo: &str) -> api::Task {
     }
 }
 
+pub(crate) fn guard_view(g: &crate::store::guard::MergeGuard) -> api::GuardWatch {
+    api::GuardWatch {
+        state: match g.state.as_str() {
+            "watching" => api::GuardState::Watching,
+            "clean" => api::GuardState::Clean,
+            "guilty" => api::GuardState::Reverting,
+            "reverted" => api::GuardState::Reverted,
+            _ => api::GuardState::Unknown,
+        },
+        reason: g.reason.clone(),
+        merge_sha: g.merge_sha.clone(),
+        until: g.deadline,
+        revert_pr: g.revert_pr_number,
+        revert_pr_url: g.revert_pr_url.clone(),
+        revert_state: g.revert_state.clone(),
+    }
+}
+
 pub(crate) fn repo_view(r: &crate::store::repos::Repo) -> api::Repo {
     api::Repo {
         id: r.id,
@@ -61,6 +79,8 @@ pub(crate) fn repo_view(r: &crate::store::repos::Repo) -> api::Repo {
             env_setup: Some(r.env_setup.clone()),
             reproduce_first: Some(r.reproduce_first.clone()),
             reproduce_policy: Some(r.reproduce_policy.clone()),
+            guard_window_secs: Some(r.guard_window_secs),
+            guard_window_commits: Some(r.guard_window_commits),
         },
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod dependencies;
 pub mod feedback;
+pub mod guard;
 pub mod review;
 mod stages;
 pub mod triage;

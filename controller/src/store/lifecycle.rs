@@ -284,6 +284,9 @@ steps! {
     MERGED = "merged": [Merging] => Merged;
     /// Comments on the PR ask for another round on the same branch.
     REOPEN = "reopen": [PrOpen, Reviewing, CiWait, ApprovalHold] => Queued;
+    /// The post-merge guard reverted the merge: back to the queue with the regression (or failed
+    /// when the task was reverted too often).
+    GUARD_REVERT = "guard_revert": [Merged] => Queued;
     /// An explicit requeue of an ended task.
     REQUEUE = "requeue": [Failed, Canceled] => Queued;
     /// Cancel: immediate for tasks not on a runner, requested (and finished by the runner or the

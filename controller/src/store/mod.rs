@@ -30,6 +30,7 @@ pub mod claims;
 pub mod cleanup;
 pub mod completion;
 pub mod feedback;
+pub mod guard;
 pub mod intake;
 pub mod lifecycle;
 pub mod logs;

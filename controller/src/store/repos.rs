@@ -59,6 +59,10 @@ pub struct Repo {
     pub reproduce_first: String,
     /// When no test was shown to fail on the base: `hold` for a person or `proceed` marked.
     pub reproduce_policy: String,
+    /// Seconds the post-merge guard watches a merge (0: no guard).
+    pub guard_window_secs: i32,
+    /// Later commits on the default branch the guard watches a merge over.
+    pub guard_window_commits: i32,
     /// Registered at.
     pub created_at: DateTime<Utc>,
 }
@@ -115,7 +119,16 @@ pub struct RepoSettings {
     pub reproduce_first: Option<String>,
     /// `hold` or `proceed`.
     pub reproduce_policy: Option<String>,
+    /// Seconds the post-merge guard watches a merge (0 turns it off).
+    pub guard_window_secs: Option<i32>,
+    /// Later commits the guard watches a merge over.
+    pub guard_window_commits: Option<i32>,
 }
+
+/// Longest post-merge guard window (a week).
+pub const MAX_GUARD_WINDOW_SECS: i32 = 7 * 24 * 3600;
+/// Most later commits the post-merge guard watches a merge over.
+pub const MAX_GUARD_WINDOW_COMMITS: i32 = 200;
 
 /// Highest per-repository concurrency cap (the cap is kept as that many slot rows).
 pub const MAX_CONCURRENCY: i32 = 1000;
@@ -125,7 +138,8 @@ const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command,
     budget_daily_microusd, max_concurrency, \
     (SELECT count(*)::int FROM tasks t WHERE t.repo_id = repos.id AND t.status IN ('leased', 'running', 'verifying')) AS active_tasks, \
     runner_labels, stack, enabled, merge_method, ci_ignore, no_checks, \
-    no_checks_grace_secs, env_image, env_setup, reproduce_first, reproduce_policy, created_at";
+    no_checks_grace_secs, env_image, env_setup, reproduce_first, reproduce_policy, \
+    guard_window_secs, guard_window_commits, created_at";
 
 impl Store {
     /// Registers a repository. Its name must be `owner/name`.
@@ -227,12 +241,33 @@ impl Store {
             ("task budget", s.budget_task_microusd),
             ("daily budget", s.budget_daily_microusd),
             ("concurrency cap", s.max_concurrency.map(i64::from)),
+            ("guard window", s.guard_window_secs.map(i64::from)),
+            (
+                "guard window commits",
+                s.guard_window_commits.map(i64::from),
+            ),
         ] {
             if let Some(v) = v
                 && v < 0
             {
                 return Err(Error::Invalid(format!(
                     "{what} must not be negative (got {v})"
+                )));
+            }
+        }
+        for (what, v, max) in [
+            ("guard window", s.guard_window_secs, MAX_GUARD_WINDOW_SECS),
+            (
+                "guard window commits",
+                s.guard_window_commits,
+                MAX_GUARD_WINDOW_COMMITS,
+            ),
+        ] {
+            if let Some(v) = v
+                && v > max
+            {
+                return Err(Error::Invalid(format!(
+                    "{what} {v} is more than {max}; 0 seconds turns the guard off"
                 )));
             }
         }
@@ -270,6 +305,8 @@ impl Store {
                env_setup = COALESCE($18, env_setup), \
                reproduce_first = COALESCE($19, reproduce_first), \
                reproduce_policy = COALESCE($20, reproduce_policy), \
+               guard_window_secs = COALESCE($21, guard_window_secs), \
+               guard_window_commits = COALESCE($22, guard_window_commits), \
                updated_at = now() \
              WHERE id = $1 RETURNING {REPO_COLUMNS}"
         )))
@@ -293,6 +330,8 @@ impl Store {
         .bind(&s.env_setup)
         .bind(&s.reproduce_first)
         .bind(&s.reproduce_policy)
+        .bind(s.guard_window_secs)
+        .bind(s.guard_window_commits)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::RepoNotFound(id.to_string()))?;

@@ -39,6 +39,8 @@ pub enum Work {
     Reflection,
     /// A chat notification, keyed by outbox row.
     Notify,
+    /// The post-merge guard's pass over a repository's merges, keyed by repository.
+    Guard,
 }
 
 impl Work {
@@ -48,6 +50,7 @@ impl Work {
             Work::Triage => "triage",
             Work::Reflection => "reflection",
             Work::Notify => "notify",
+            Work::Guard => "guard",
         }
     }
 }

@@ -15,6 +15,7 @@ mod lifecycle;
 mod loops;
 mod parity;
 mod password;
+mod postmerge;
 mod redteam;
 mod replicas;
 mod reproduce;

@@ -243,7 +243,11 @@ async fn the_step_table_and_is_legal_agree() {
             );
         }
     }
-    assert!(!lifecycle::is_legal(Status::Merged, Status::Queued));
+    assert!(
+        lifecycle::is_legal(Status::Merged, Status::Queued),
+        "the post-merge guard re-queues a reverted merge"
+    );
+    assert!(!lifecycle::is_legal(Status::Merged, Status::Running));
     assert!(!lifecycle::is_legal(Status::Canceled, Status::Running));
     assert!(
         lifecycle::is_legal(Status::Running, Status::Queued),

@@ -261,6 +261,7 @@ async function openDetail(id, refresh) {
     pr.replaceChildren("Pull request: ", el("a", { href: t.pr_url, target: "_blank", rel: "noopener noreferrer", id: "detail-pr-link" }, `#${t.pr_number ?? "?"}`),
       t.branch ? ` (branch ${t.branch})` : "");
   } else pr.replaceChildren(t.branch ? `Branch ${t.branch}; no pull request yet` : "No pull request yet");
+  renderGuard(d.guard || []);
   $("#detail-error").textContent = t.error || "";
   $("#detail-prompt").textContent = d.body;
   $("#detail-environment").textContent = environmentLine(d.environment);
@@ -685,6 +686,26 @@ async function loadRepos() {
 }
 
 // One line for a task's environment report (what the runner read and used).
+// The post-merge guard on the task's latest merge: watching, clean, unknown, reverting or
+// reverted (with the revert pull request's link).
+function renderGuard(watches) {
+  const box = $("#detail-guard");
+  const g = watches[0];
+  box.hidden = !g;
+  if (!g) return box.replaceChildren();
+  const parts = [`Post-merge guard: ${g.state}`];
+  if (g.reason) parts.push(` (${g.reason})`);
+  parts.push(` on ${g.merge_sha.slice(0, 12)}`);
+  if (g.state === "watching") parts.push(` until ${when(g.until)}`);
+  const nodes = [parts.join("")];
+  if (g.revert_pr_url && /^https?:\/\//.test(g.revert_pr_url)) {
+    nodes.push("; revert ", el("a", { href: g.revert_pr_url, target: "_blank", rel: "noopener noreferrer", id: "detail-guard-revert" }, `#${g.revert_pr ?? "?"}`));
+  }
+  if (g.revert_state) nodes.push(` (${g.revert_state.replace("_", " ")})`);
+  if (watches.length > 1) nodes.push(` · ${watches.length - 1} earlier merge(s) watched`);
+  box.replaceChildren(...nodes);
+}
+
 function environmentLine(rep) {
   if (!rep) return "not read yet";
   if (rep.error) return `refused or failed: ${rep.error}`;
