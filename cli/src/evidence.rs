@@ -74,7 +74,11 @@ fn path_of(task: i64, attempt: Option<i32>) -> String {
 }
 
 /// An attempt's envelope from the controller.
-pub async fn fetch(c: &Client, task: i64, attempt: Option<i32>) -> Result<api::SignedEvidence, CliError> {
+pub async fn fetch(
+    c: &Client,
+    task: i64,
+    attempt: Option<i32>,
+) -> Result<api::SignedEvidence, CliError> {
     c.get(&path_of(task, attempt)).await
 }
 
@@ -178,7 +182,14 @@ pub async fn verify(c: Option<&Client>, args: &VerifyArgs) -> Result<String, Cli
                 ))
             })?
         }
-        None => fetch(c.ok_or_else(|| need("downloading the record"))?, args.task, args.attempt).await?,
+        None => {
+            fetch(
+                c.ok_or_else(|| need("downloading the record"))?,
+                args.task,
+                args.attempt,
+            )
+            .await?
+        }
     };
     let key = match &args.key {
         Some(k) => key_from_pem(
@@ -225,7 +236,10 @@ pub async fn verify(c: Option<&Client>, args: &VerifyArgs) -> Result<String, Cli
     // The transcript the record hashes, when the controller can be asked for it.
     if let (Some(c), Some(url)) = (c, record["trajectory"]["url"].as_str()) {
         match c.get_text(url).await {
-            Ok(t) if Some(sha256(t.as_bytes()).as_str()) == record["trajectory"]["sha256"].as_str() => {
+            Ok(t)
+                if Some(sha256(t.as_bytes()).as_str())
+                    == record["trajectory"]["sha256"].as_str() =>
+            {
                 line.push_str("; the transcript matches its SHA-256");
             }
             Ok(_) => {
@@ -271,7 +285,9 @@ async fn explain(
         }
     }
     let Some(authentic) = authentic else {
-        return format!("{why}: it was changed after signing or signed by another key (the controller's copy could not be fetched to say what)");
+        return format!(
+            "{why}: it was changed after signing or signed by another key (the controller's copy could not be fetched to say what)"
+        );
     };
     if check(&authentic, key).is_err() {
         return format!("{why}; the controller's own copy does not verify either");
@@ -286,7 +302,11 @@ async fn explain(
         }
         return format!(
             "{why}: the record is the controller's, byte for byte, but its {} was substituted",
-            if what.is_empty() { "envelope".to_string() } else { what.join(" and ") }
+            if what.is_empty() {
+                "envelope".to_string()
+            } else {
+                what.join(" and ")
+            }
         );
     }
     let mut diffs = Vec::new();

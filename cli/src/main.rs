@@ -986,8 +986,13 @@ async fn evidence_command(c: &Client, cmd: EvidenceCommand, json: bool) -> Resul
             }
             println!(
                 "  model calls: {} ledger rows, USD {:.4}",
-                record["model_calls"]["ledger"].as_array().map_or(0, Vec::len),
-                record["model_calls"]["total_cost_microusd"].as_i64().unwrap_or(0) as f64 / 1e6
+                record["model_calls"]["ledger"]
+                    .as_array()
+                    .map_or(0, Vec::len),
+                record["model_calls"]["total_cost_microusd"]
+                    .as_i64()
+                    .unwrap_or(0) as f64
+                    / 1e6
             );
             println!(
                 "  transcript: {} steps, `backporcher evidence trajectory {task} --attempt {}`",

@@ -822,9 +822,14 @@ async fn evidence_verifies_and_tampering_is_named() {
     envelope["record"] = Value::String(changed);
     let tampered = dir.path().join("tampered.json");
     std::fs::write(&tampered, envelope.to_string()).unwrap();
-    let (code, out, err) = verify_file(offline.clone(), tampered.clone()).await.unwrap();
+    let (code, out, err) = verify_file(offline.clone(), tampered.clone())
+        .await
+        .unwrap();
     assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("the signature does not match the record"), "{err}");
+    assert!(
+        err.contains("the signature does not match the record"),
+        "{err}"
+    );
     let (code, out, err) = verify_file(cfg.clone(), tampered.clone()).await.unwrap();
     assert_eq!(code, 1, "{out}{err}");
     assert!(
@@ -839,8 +844,7 @@ async fn evidence_verifies_and_tampering_is_named() {
         .unwrap()
         .sign(b"something else");
     use base64::Engine;
-    envelope["signature"] =
-        Value::String(base64::engine::general_purpose::STANDARD.encode(other));
+    envelope["signature"] = Value::String(base64::engine::general_purpose::STANDARD.encode(other));
     let substituted = dir.path().join("substituted.json");
     std::fs::write(&substituted, envelope.to_string()).unwrap();
     let (code, out, err) = verify_file(offline.clone(), substituted.clone())

@@ -168,7 +168,11 @@ pub async fn make(
 /// Why a task has no valid record for `head`: none was made for its attempt, the stored one
 /// does not verify with the controller's key, or it is about another commit. On success, the
 /// record.
-pub async fn check(store: &Store, task: &Task, head: &str) -> anyhow::Result<Result<Value, String>> {
+pub async fn check(
+    store: &Store,
+    task: &Task,
+    head: &str,
+) -> anyhow::Result<Result<Value, String>> {
     let Some(e) = store.evidence(task.id, task.attempt).await? else {
         return Ok(Err(format!(
             "attempt {} has no evidence record (none was made when it was pushed)",
@@ -180,7 +184,12 @@ pub async fn check(store: &Store, task: &Task, head: &str) -> anyhow::Result<Res
 }
 
 /// The record of `e` when it is signed by `signer` and about `task`'s attempt at `head`.
-pub fn valid(signer: &Signer, task: &Task, head: &str, e: &StoredEvidence) -> Result<Value, String> {
+pub fn valid(
+    signer: &Signer,
+    task: &Task,
+    head: &str,
+    e: &StoredEvidence,
+) -> Result<Value, String> {
     if e.key_id != signer.key_id() {
         return Err(format!(
             "the evidence record was signed by key {} and the controller's key is {}",
@@ -216,7 +225,8 @@ pub struct Inputs<'a> {
     pub repo: &'a str,
     /// The head commit pushed.
     pub head: &'a str,
-    /// The attempt's stored result (`{context, data, head_sha, branch}`).
+    /// The attempt's stored result (`{context, data: {summary, usage, data: <the runner's>},
+    /// head_sha, branch}`).
     pub result: &'a Value,
     /// The task's usage-ledger rows.
     pub ledger: &'a [LedgerRow],
@@ -228,11 +238,19 @@ pub struct Inputs<'a> {
 
 /// The record (schema [`SCHEMA`], `docs/evidence.md`).
 pub fn record(i: &Inputs<'_>) -> Value {
-    let data = &i.result["data"];
+    // The stored result: `data` is the completion (`summary`, `usage`), its `data` the runner's.
+    let completion = &i.result["data"];
+    let data = &completion["data"];
     let ev = &data["evidence"];
     let reported = ev.is_object();
     let not_reported = json!({"status": "not_reported"});
-    let pick = |v: &Value| if v.is_object() { v.clone() } else { not_reported.clone() };
+    let pick = |v: &Value| {
+        if v.is_object() {
+            v.clone()
+        } else {
+            not_reported.clone()
+        }
+    };
     let calls: Vec<Value> = i
         .ledger
         .iter()
@@ -295,7 +313,7 @@ pub fn record(i: &Inputs<'_>) -> Value {
         "coverage": coverage,
         "model_calls": {
             "ledger": calls,
-            "agent": ev["agent_usage"].clone(),
+            "agent": if ev["agent_usage"].is_object() { ev["agent_usage"].clone() } else { completion["usage"].clone() },
             "agent_turns": i.trajectory.turns,
             "total_cost_microusd": total_cost,
             "total_tokens": total_tokens,
@@ -330,7 +348,12 @@ pub struct Trajectory {
 
 /// The transcript of an attempt from its stored `agent` log (the agent CLI's stream-json, one
 /// event per line): every event becomes one or more steps (`docs/evidence.md`).
-pub fn trajectory(task: i64, attempt: i32, agent: &str, chunks: &[(i64, String, Vec<u8>)]) -> Trajectory {
+pub fn trajectory(
+    task: i64,
+    attempt: i32,
+    agent: &str,
+    chunks: &[(i64, String, Vec<u8>)],
+) -> Trajectory {
     let mut raw = Vec::new();
     for (_, stream, data) in chunks {
         if stream == "agent" {
@@ -339,7 +362,8 @@ pub fn trajectory(task: i64, attempt: i32, agent: &str, chunks: &[(i64, String, 
     }
     let text = String::from_utf8_lossy(&raw);
     let mut steps: Vec<Value> = Vec::new();
-    let (mut size, mut dropped, mut round, mut turns, mut tokens) = (0usize, 0usize, 0i64, 0usize, 0i64);
+    let (mut size, mut dropped, mut round, mut turns, mut tokens) =
+        (0usize, 0usize, 0i64, 0usize, 0i64);
     let mut push = |mut step: Value, round: i64, steps: &mut Vec<Value>| {
         step["index"] = json!(steps.len() + dropped);
         step["round"] = json!(round);
@@ -387,8 +411,12 @@ pub fn trajectory(task: i64, attempt: i32, agent: &str, chunks: &[(i64, String, 
                     let mut step = match b["type"].as_str().unwrap_or_default() {
                         "text" => json!({"kind": "message", "role": kind, "text": b["text"]}),
                         "thinking" => json!({"kind": "thinking", "text": b["thinking"]}),
-                        "tool_use" => json!({"kind": "tool_call", "id": b["id"], "tool": b["name"], "input": b["input"]}),
-                        "tool_result" => json!({"kind": "tool_result", "id": b["tool_use_id"], "is_error": b["is_error"].as_bool().unwrap_or(false), "text": flatten(&b["content"])}),
+                        "tool_use" => {
+                            json!({"kind": "tool_call", "id": b["id"], "tool": b["name"], "input": b["input"]})
+                        }
+                        "tool_result" => {
+                            json!({"kind": "tool_result", "id": b["tool_use_id"], "is_error": b["is_error"].as_bool().unwrap_or(false), "text": flatten(&b["content"])})
+                        }
                         other => json!({"kind": "event", "type": other, "raw": b}),
                     };
                     if first && kind == "assistant" {
@@ -404,7 +432,11 @@ pub fn trajectory(task: i64, attempt: i32, agent: &str, chunks: &[(i64, String, 
                 round,
                 &mut steps,
             ),
-            other => push(json!({"kind": "event", "type": other, "raw": ev}), round, &mut steps),
+            other => push(
+                json!({"kind": "event", "type": other, "raw": ev}),
+                round,
+                &mut steps,
+            ),
         }
     }
     let count = steps.len();
@@ -464,11 +496,20 @@ fn verify_line(v: &Value) -> String {
 /// The figures of a record, one per line, for people (PR body, reviewer). Only numbers,
 /// statuses and commit ids: no text the agent wrote.
 pub fn figures(record: &Value) -> Vec<(String, String)> {
-    let short = |v: &Value| v.as_str().map(|s| s.chars().take(12).collect::<String>()).unwrap_or_else(|| "?".into());
-    let tests = record["tests"]["changed"].as_array().cloned().unwrap_or_default();
+    let short = |v: &Value| {
+        v.as_str()
+            .map(|s| s.chars().take(12).collect::<String>())
+            .unwrap_or_else(|| "?".into())
+    };
+    let tests = record["tests"]["changed"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let count = |r: &str| tests.iter().filter(|t| t["result"] == r).count();
     let tests_line = if tests.is_empty() {
-        let files = record["tests"]["changed_files"].as_array().map_or(0, Vec::len);
+        let files = record["tests"]["changed_files"]
+            .as_array()
+            .map_or(0, Vec::len);
         format!("none found ({files} test files changed)")
     } else {
         format!(
@@ -486,18 +527,32 @@ pub fn figures(record: &Value) -> Vec<(String, String)> {
         if c + n == 0 {
             "no symbols in the blast radius".to_string()
         } else {
-            format!("{c} of {} symbols reached by a test ({:.0} %)", c + n, 100.0 * c as f64 / (c + n) as f64)
+            format!(
+                "{c} of {} symbols reached by a test ({:.0} %)",
+                c + n,
+                100.0 * c as f64 / (c + n) as f64
+            )
         }
     } else {
         "not computed (no code graph)".to_string()
     };
-    let calls = record["model_calls"]["ledger"].as_array().map_or(0, Vec::len);
-    let cost = record["model_calls"]["total_cost_microusd"].as_i64().unwrap_or(0);
+    let calls = record["model_calls"]["ledger"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let cost = record["model_calls"]["total_cost_microusd"]
+        .as_i64()
+        .unwrap_or(0);
     let tokens = record["model_calls"]["total_tokens"].as_i64().unwrap_or(0);
     let commands = record["commands"].as_array().map_or(0, Vec::len);
     vec![
-        (format!("Verify before (base `{}`)", short(&record["base"])), verify_line(&record["verify"]["before"])),
-        (format!("Verify after (head `{}`)", short(&record["head"])), verify_line(&record["verify"]["after"])),
+        (
+            format!("Verify before (base `{}`)", short(&record["base"])),
+            verify_line(&record["verify"]["before"]),
+        ),
+        (
+            format!("Verify after (head `{}`)", short(&record["head"])),
+            verify_line(&record["verify"]["after"]),
+        ),
         ("Tests added or changed".into(), tests_line),
         ("Blast-radius coverage".into(), coverage),
         (
@@ -524,7 +579,8 @@ pub fn figures(record: &Value) -> Vec<(String, String)> {
 pub fn pr_section(record: &Value) -> String {
     let task = record["task"].as_i64().unwrap_or(0);
     let attempt = record["attempt"].as_i64().unwrap_or(0);
-    let mut s = format!("### Evidence (attempt {attempt}, signed by the controller)\n\n| | |\n|---|---|\n");
+    let mut s =
+        format!("### Evidence (attempt {attempt}, signed by the controller)\n\n| | |\n|---|---|\n");
     for (k, v) in figures(record) {
         s.push_str(&format!("| {k} | {v} |\n"));
     }

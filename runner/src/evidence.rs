@@ -28,7 +28,14 @@ pub struct Commands(pub Vec<Value>);
 impl Commands {
     /// Records one sandbox step (`verify_base`, `agent`, `verify`, `finish`) of fix round
     /// `round`: its command, how it ended and how long it took.
-    pub fn push(&mut self, step: &str, round: u32, command: &[String], ended: &Ended, took: Duration) {
+    pub fn push(
+        &mut self,
+        step: &str,
+        round: u32,
+        command: &[String],
+        ended: &Ended,
+        took: Duration,
+    ) {
         let (how, code) = ended_of(ended);
         self.0.push(json!({
             "step": step,
@@ -41,7 +48,14 @@ impl Commands {
     }
 
     /// Records a step that could not run (the sandbox refused it).
-    pub fn push_error(&mut self, step: &str, round: u32, command: &[String], why: &str, took: Duration) {
+    pub fn push_error(
+        &mut self,
+        step: &str,
+        round: u32,
+        command: &[String],
+        why: &str,
+        took: Duration,
+    ) {
         self.0.push(json!({
             "step": step,
             "round": round,
@@ -104,8 +118,20 @@ pub fn is_test_path(path: &str) -> bool {
     dir_test
         || name.starts_with("test_")
         || [
-            "_test.py", "_test.go", "_test.rs", "_test.rb", "_spec.rb", ".test.js", ".test.ts",
-            ".test.tsx", ".test.jsx", ".spec.js", ".spec.ts", "Test.java", "Tests.java", "Test.kt",
+            "_test.py",
+            "_test.go",
+            "_test.rs",
+            "_test.rb",
+            "_spec.rb",
+            ".test.js",
+            ".test.ts",
+            ".test.tsx",
+            ".test.jsx",
+            ".spec.js",
+            ".spec.ts",
+            "Test.java",
+            "Tests.java",
+            "Test.kt",
             "Tests.cs",
         ]
         .iter()
@@ -153,7 +179,11 @@ pub fn tests_in_diff(diff: &str) -> Vec<ChangedTest> {
             .or_else(|| js_test(t))
             .or_else(|| {
                 (marked && t.contains('('))
-                    .then(|| t.split('(').next().and_then(|h| h.split_whitespace().last()))
+                    .then(|| {
+                        t.split('(')
+                            .next()
+                            .and_then(|h| h.split_whitespace().last())
+                    })
                     .flatten()
                     .map(str::to_owned)
             });
@@ -227,11 +257,20 @@ fn names(line: &str, name: &str) -> bool {
 
 /// The record's `tests`: test files the change touches, the tests it adds or changes (from the
 /// diff and from the graph's changed test symbols) with their results in the verify output.
-pub fn tests(files: &[String], diff: &str, graph_tests: &[(String, String)], verify_output: &str) -> Value {
+pub fn tests(
+    files: &[String],
+    diff: &str,
+    graph_tests: &[(String, String)],
+    verify_output: &str,
+) -> Value {
     let mut found = tests_in_diff(diff);
     for (path, name) in graph_tests {
         let short = name.rsplit(['.', ':']).next().unwrap_or(name);
-        if !found.iter().any(|t| &t.path == path && (t.name == *name || t.name == short)) && found.len() < MAX_TESTS {
+        if !found
+            .iter()
+            .any(|t| &t.path == path && (t.name == *name || t.name == short))
+            && found.len() < MAX_TESTS
+        {
             found.push(ChangedTest {
                 path: path.clone(),
                 name: name.clone(),
@@ -314,12 +353,24 @@ diff --git a/a.test.js b/a.test.js\n--- a/a.test.js\n+++ b/a.test.js\n@@ -1,0 +2
     #[test]
     fn verify_runs_say_how_they_ended() {
         let d = Duration::from_millis(1500);
-        assert_eq!(verify_run(Ok(&Ended::Exited(0)), d, "ok")["status"], "passed");
+        assert_eq!(
+            verify_run(Ok(&Ended::Exited(0)), d, "ok")["status"],
+            "passed"
+        );
         let f = verify_run(Ok(&Ended::Exited(2)), d, "boom");
-        assert_eq!((f["status"].as_str(), f["exit_code"].as_i64()), (Some("failed"), Some(2)));
-        assert_eq!(verify_run(Ok(&Ended::TimedOut), d, "")["status"], "timed_out");
+        assert_eq!(
+            (f["status"].as_str(), f["exit_code"].as_i64()),
+            (Some("failed"), Some(2))
+        );
+        assert_eq!(
+            verify_run(Ok(&Ended::TimedOut), d, "")["status"],
+            "timed_out"
+        );
         let e = verify_run(Err("no docker"), d, "");
-        assert_eq!((e["status"].as_str(), e["error"].as_str()), (Some("error"), Some("no docker")));
+        assert_eq!(
+            (e["status"].as_str(), e["error"].as_str()),
+            (Some("error"), Some("no docker"))
+        );
         assert_eq!(e["duration_ms"], 1500);
     }
 }

@@ -625,11 +625,8 @@ impl SandboxExecutor {
                 .await?;
             commands.push("verify", rounds, &run.cmd, &ended, verify_started.elapsed());
             verify_output = tail(&output.text(), VERIFY_TAIL_CHARS);
-            verify_after = crate::evidence::verify_run(
-                Ok(&ended),
-                verify_started.elapsed(),
-                &verify_output,
-            );
+            verify_after =
+                crate::evidence::verify_run(Ok(&ended), verify_started.elapsed(), &verify_output);
             match ended {
                 Ended::Exited(0) => {
                     ctx.log("runner", b"verify passed\n");
@@ -693,7 +690,11 @@ impl SandboxExecutor {
         {
             let files: Vec<String> = data["files"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|f| f.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
             let u = result.usage;
             data.insert(
@@ -728,18 +729,30 @@ impl SandboxExecutor {
         commands: &mut crate::evidence::Commands,
     ) -> serde_json::Value {
         let lease = &ctx.assignment.lease;
-        let cmd = vec!["bash".to_string(), "-c".to_string(), base.command.to_owned()];
+        let cmd = vec![
+            "bash".to_string(),
+            "-c".to_string(),
+            base.command.to_owned(),
+        ];
         let started = std::time::Instant::now();
         let dir = ctx.work_dir.join("base");
-        if let Err(e) = crate::workspace::sandbox_tree(&checkout.mirror, &checkout.base, &dir).await {
+        if let Err(e) = crate::workspace::sandbox_tree(&checkout.mirror, &checkout.base, &dir).await
+        {
             let why = format!("cannot check out the base: {e:#}");
-            ctx.log("runner", format!("verify on the base not run: {why}\n").as_bytes());
+            ctx.log(
+                "runner",
+                format!("verify on the base not run: {why}\n").as_bytes(),
+            );
             commands.push_error("verify_base", 0, &cmd, &why, started.elapsed());
             return crate::evidence::verify_run(Err(why.as_str()), started.elapsed(), "");
         }
         ctx.log(
             "runner",
-            format!("verifying the base with `{}` (for the evidence record)\n", base.command).as_bytes(),
+            format!(
+                "verifying the base with `{}` (for the evidence record)\n",
+                base.command
+            )
+            .as_bytes(),
         );
         let run = RunSpec {
             name: format!("{}-{}-verifybase", lease.task_id, lease.attempt),
@@ -774,12 +787,18 @@ impl SandboxExecutor {
         match ended {
             Ok(e) => {
                 commands.push("verify_base", 0, &cmd, &e, took);
-                ctx.log("runner", format!("verify on the base ended: {e:?}\n").as_bytes());
+                ctx.log(
+                    "runner",
+                    format!("verify on the base ended: {e:?}\n").as_bytes(),
+                );
                 crate::evidence::verify_run(Ok(&e), took, &text)
             }
             Err(e) => {
                 let why = format!("{e:#}");
-                ctx.log("runner", format!("verify on the base could not run: {why}\n").as_bytes());
+                ctx.log(
+                    "runner",
+                    format!("verify on the base could not run: {why}\n").as_bytes(),
+                );
                 commands.push_error("verify_base", 0, &cmd, &why, took);
                 crate::evidence::verify_run(Err(why.as_str()), took, &text)
             }

@@ -266,8 +266,12 @@ pub(super) async fn task_evidence(
     };
     let Some(e) = e else {
         return Err(ApiError::NotFound(match q.attempt {
-            Some(a) => format!("task {id} attempt {a} has no evidence record; records are made when an attempt is pushed"),
-            None => format!("task {id} has no evidence record yet; records are made when an attempt is pushed"),
+            Some(a) => format!(
+                "task {id} attempt {a} has no evidence record; records are made when an attempt is pushed"
+            ),
+            None => format!(
+                "task {id} has no evidence record yet; records are made when an attempt is pushed"
+            ),
         }));
     };
     Ok(Json(

@@ -199,7 +199,11 @@ async fn push(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         Some(pr) => return foreign_pr(p, task, &branch, pr.number).await,
         None => {
             let title = pr_title(task);
-            let body = pr_body(task, &marker, &format!("{section}\n{}\n", evidence_mark(&evidence)));
+            let body = pr_body(
+                task,
+                &marker,
+                &format!("{section}\n{}\n", evidence_mark(&evidence)),
+            );
             match p
                 .forge
                 .create_pull(
@@ -326,7 +330,13 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         .store
         .result_data(task.id, task.attempt)
         .await?
-        .and_then(|d| d["data"]["blast_radius"].as_str().map(str::to_owned));
+        .and_then(|d| {
+            // The runner's data sits under the completion's `data`.
+            d.pointer("/data/data/blast_radius")
+                .or_else(|| d.pointer("/data/blast_radius"))
+                .and_then(|b| b.as_str())
+                .map(str::to_owned)
+        });
     // No valid, signed record for this head: never shown to the reviewer, never approved.
     let evidence = crate::evidence::check(&p.store, task, &diff.head)
         .await

@@ -89,11 +89,9 @@ impl Store {
 
     /// The evidence signing key, if it was made.
     pub async fn evidence_key(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        Ok(
-            sqlx::query_as("SELECT pkcs8, public_key FROM evidence_key")
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_as("SELECT pkcs8, public_key FROM evidence_key")
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Stores an attempt's signed record unless it has one; returns the one stored (the first

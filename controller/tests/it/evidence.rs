@@ -65,7 +65,9 @@ async fn a_pushed_attempt_has_a_signed_record_the_pr_names_and_the_reviewer_read
         .await
         .unwrap()
         .expect("a record for the pushed attempt");
-    let signer = controller::evidence::Signer::load(&env.store).await.unwrap();
+    let signer = controller::evidence::Signer::load(&env.store)
+        .await
+        .unwrap();
     let head = t.head_sha.clone().unwrap();
     let record = controller::evidence::valid(&signer, &t, &head, &stored).expect("valid");
     assert_eq!(record["schema"], "backporcher.evidence/1");
@@ -85,7 +87,10 @@ async fn a_pushed_attempt_has_a_signed_record_the_pr_names_and_the_reviewer_read
     drive(&env, &p, task.id, Status::CiWait).await;
     let inputs = seen.0.lock().unwrap().clone();
     assert_eq!(inputs.len(), 1);
-    let ev = inputs[0].evidence.as_ref().expect("the reviewer gets the record");
+    let ev = inputs[0]
+        .evidence
+        .as_ref()
+        .expect("the reviewer gets the record");
     assert!(ev.figures.contains("Verify after"), "{}", ev.figures);
     let t = env.store.task(task.id).await.unwrap();
     assert_eq!(t.review.unwrap().0["approve"], true);
@@ -122,9 +127,17 @@ async fn refused_review(env: &Env, n: i64, spoil: &'static str) -> String {
 async fn a_task_without_a_valid_record_is_never_approved() {
     let env = env().await;
     full_auto(&env).await;
-    let issue = |t: &str| env.sim.create_issue(REPO, t, "add fn two", "alice", &[labels::TRIGGER]) as i64;
+    let issue = |t: &str| {
+        env.sim
+            .create_issue(REPO, t, "add fn two", "alice", &[labels::TRIGGER]) as i64
+    };
 
-    let why = refused_review(&env, issue("none"), "DELETE FROM evidence_records WHERE task_id = $1").await;
+    let why = refused_review(
+        &env,
+        issue("none"),
+        "DELETE FROM evidence_records WHERE task_id = $1",
+    )
+    .await;
     assert!(why.contains("has no evidence record"), "{why}");
 
     // One byte of one field changed.

@@ -102,11 +102,15 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "two=2\n");
-    assert_eq!(
-        gh.branch_head(REPO, t.branch.as_deref().unwrap()),
-        None,
-        "branch deleted"
-    );
+    // The branch goes right after the merge is recorded: wait for it (bounded).
+    let branch = t.branch.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while gh.branch_head(REPO, &branch).is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("branch deleted");
     let issue_done = async {
         loop {
             let labels = gh.labels(REPO, number);
@@ -218,7 +222,10 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
         .expect("the merged attempt's record");
     let record = controller::evidence::valid(&signer, &t, &stored.head_sha, &stored)
         .expect("signed by the controller");
-    assert!(c.store.evidence(task_id, 1).await.unwrap().is_some(), "the first push's record");
+    assert!(
+        c.store.evidence(task_id, 1).await.unwrap().is_some(),
+        "the first push's record"
+    );
     assert_eq!(record["runner_reported"], true, "{record}");
     let steps: Vec<&str> = record["commands"]
         .as_array()
@@ -226,12 +233,18 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
         .iter()
         .map(|c| c["step"].as_str().unwrap())
         .collect();
-    assert_eq!(steps, ["verify_base", "agent", "verify", "finish"], "{record}");
-    assert!(record["commands"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|c| c["exit_code"] == 0 && c["duration_ms"].is_u64()));
+    assert_eq!(
+        steps,
+        ["verify_base", "agent", "verify", "finish"],
+        "{record}"
+    );
+    assert!(
+        record["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["exit_code"] == 0 && c["duration_ms"].is_u64())
+    );
     assert_eq!(record["verify"]["before"]["status"], "passed", "{record}");
     assert_eq!(record["verify"]["after"]["status"], "passed", "{record}");
     let purposes: Vec<&str> = record["model_calls"]["ledger"]
@@ -243,12 +256,24 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
     for p in ["triage", "review", "agent"] {
         assert!(purposes.contains(&p), "{p} missing in {purposes:?}");
     }
-    assert!(record["model_calls"]["agent_turns"].as_i64().unwrap() >= 1, "{record}");
-    let trajectory = c.store.trajectory(task_id, t.attempt).await.unwrap().unwrap();
+    assert!(
+        record["model_calls"]["agent_turns"].as_i64().unwrap() >= 1,
+        "{record}"
+    );
+    let trajectory = c
+        .store
+        .trajectory(task_id, t.attempt)
+        .await
+        .unwrap()
+        .unwrap();
     let doc: serde_json::Value = serde_json::from_str(&trajectory).unwrap();
     assert_eq!(doc["format"], "backporcher.trajectory/1");
     assert!(
-        doc["steps"].as_array().unwrap().iter().any(|s| s["kind"] == "tool_call"),
+        doc["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["kind"] == "tool_call"),
         "{doc}"
     );
     use sha2::Digest;
