@@ -42,6 +42,7 @@ pub fn schemas() -> Vec<(
         Secret,
         SecretValue,
         RepoEnvironment,
+        SignedEvidence,
         Learning,
         Runner,
         JoinTokenRequest,
@@ -855,6 +856,23 @@ pub struct EnvironmentSeen {
     /// `snapshot`, `setup` (`reused`, `ran`, `failed`), `verify` and `verify_from`,
     /// `protected_paths`, `notes` (which description won over which, and why) and `error`.
     pub report: serde_json::Value,
+}
+
+/// `GET /api/tasks/{id}/evidence`: an attempt's evidence record in its signed envelope
+/// (`docs/evidence.md`). `record` is the record's JSON text exactly as signed: verify the
+/// signature over its UTF-8 bytes, then parse it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SignedEvidence {
+    /// `backporcher.evidence.signed/1`.
+    pub schema: String,
+    /// `ed25519`.
+    pub algorithm: String,
+    /// SHA-256 (hex) of the raw public key that signed (`GET /evidence-key.pem`).
+    pub key_id: String,
+    /// The signature, base64 (standard alphabet, padded).
+    pub signature: String,
+    /// The record (`backporcher.evidence/1`), JSON text.
+    pub record: String,
 }
 
 /// A learning.

@@ -222,6 +222,17 @@ impl Client {
         answer(self.send(reqwest::Method::GET, path, None).await?).await
     }
 
+    /// GET of a text body (a PEM key, a transcript).
+    pub async fn get_text(&self, path: &str) -> Result<String, CliError> {
+        let resp = self.send(reqwest::Method::GET, path, None).await?;
+        if !resp.status().is_success() {
+            return answer::<Value>(resp).await.map(|_| String::new());
+        }
+        resp.text()
+            .await
+            .map_err(|e| unreachable(&self.config.url, e))
+    }
+
     /// POST with an optional JSON body.
     pub async fn post<T: DeserializeOwned>(
         &self,

@@ -5,6 +5,7 @@
 //! unreachable.
 
 mod client;
+mod evidence;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -160,6 +161,9 @@ enum Command {
         #[arg(long)]
         repo: Option<String>,
     },
+    /// A task's signed evidence record: show it, verify it, download the agent's transcript.
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
     /// Repositories.
     #[command(subcommand)]
     Repo(RepoCommand),
@@ -205,6 +209,45 @@ enum RepoCommand {
     Environment {
         /// `owner/name`.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvidenceCommand {
+    /// The record's figures (with --json: the signed envelope, to save and verify later).
+    Show {
+        /// Task id.
+        task: i64,
+        /// Attempt (default: the newest with a record).
+        #[arg(long)]
+        attempt: Option<i32>,
+    },
+    /// Check the record's signature with the controller's public key; exits 1 naming what was
+    /// changed when it does not verify.
+    Verify {
+        /// Task id.
+        task: i64,
+        /// Attempt (default: the newest with a record).
+        #[arg(long)]
+        attempt: Option<i32>,
+        /// A saved envelope (`backporcher --json evidence show <task> > F`) instead of the
+        /// controller's.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The public key (PEM) instead of the controller's `/evidence-key.pem`.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// The agent's transcript (backporcher.trajectory/1, JSON).
+    Trajectory {
+        /// Task id.
+        task: i64,
+        /// Attempt.
+        #[arg(long)]
+        attempt: i32,
+        /// Write it to this file instead of standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -281,6 +324,23 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Config { url, token } => {
             Config { url, token }.save(&path)?;
             println!("stored in {}", path.display());
+            return Ok(());
+        }
+        Command::Evidence(EvidenceCommand::Verify {
+            task,
+            attempt,
+            file,
+            key,
+        }) if file.is_some() && key.is_some() => {
+            // Offline when it can be; the controller, when configured, says what was changed.
+            let c = Config::load(&path).ok().and_then(|c| Client::new(c).ok());
+            let args = evidence::VerifyArgs {
+                task,
+                attempt,
+                file,
+                key,
+            };
+            println!("{}", evidence::verify(c.as_ref(), &args).await?);
             return Ok(());
         }
         _ => {}
@@ -427,6 +487,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Settings(cmd) => settings(&c, cmd, json).await,
+        Command::Evidence(cmd) => evidence_command(&c, cmd, json).await,
         Command::CancelHeld { repo } => {
             let tasks: Vec<api::Task> = c.get(&format!("/api/tasks?live=true&repo={repo}")).await?;
             let mut done = Vec::new();
@@ -916,6 +977,108 @@ async fn runner(c: &Client, cmd: RunnerCommand, json: bool) -> Result<(), CliErr
             }
             println!("runner {} is {}", r.name, r.state);
             Ok(())
+        }
+    }
+}
+
+async fn evidence_command(c: &Client, cmd: EvidenceCommand, json: bool) -> Result<(), CliError> {
+    match cmd {
+        EvidenceCommand::Show { task, attempt } => {
+            let env = evidence::fetch(c, task, attempt).await?;
+            if json {
+                return print_json(&env);
+            }
+            let record: Value = serde_json::from_str(&env.record)
+                .map_err(|e| CliError::Failed(format!("the record is not JSON: {e}")))?;
+            println!(
+                "evidence of task {} attempt {} ({}), head {}, signed by key {}",
+                record["task"],
+                record["attempt"],
+                record["repo"].as_str().unwrap_or("?"),
+                record["head"].as_str().unwrap_or("?"),
+                env.key_id
+            );
+            let verify = |v: &Value| {
+                format!(
+                    "{}{}",
+                    v["status"].as_str().unwrap_or("not_reported"),
+                    v["exit_code"]
+                        .as_i64()
+                        .map(|c| format!(" (exit {c})"))
+                        .unwrap_or_default()
+                )
+            };
+            println!("  verify before: {}", verify(&record["verify"]["before"]));
+            println!("  verify after:  {}", verify(&record["verify"]["after"]));
+            for t in record["tests"]["changed"].as_array().into_iter().flatten() {
+                println!(
+                    "  test {} {}: {}",
+                    t["path"].as_str().unwrap_or("?"),
+                    t["name"].as_str().unwrap_or("?"),
+                    t["result"].as_str().unwrap_or("unknown")
+                );
+            }
+            match record["coverage"]["fraction"].as_f64() {
+                Some(f) => println!("  blast-radius coverage: {:.0} %", f * 100.0),
+                None => println!("  blast-radius coverage: not computed"),
+            }
+            for cmd in record["commands"].as_array().into_iter().flatten() {
+                println!(
+                    "  ran {} (round {}): {} exit {} in {} ms",
+                    cmd["step"].as_str().unwrap_or("?"),
+                    cmd["round"],
+                    cmd["ended"].as_str().unwrap_or("?"),
+                    cmd["exit_code"],
+                    cmd["duration_ms"]
+                );
+            }
+            println!(
+                "  model calls: {} ledger rows, USD {:.4}",
+                record["model_calls"]["ledger"]
+                    .as_array()
+                    .map_or(0, Vec::len),
+                record["model_calls"]["total_cost_microusd"]
+                    .as_i64()
+                    .unwrap_or(0) as f64
+                    / 1e6
+            );
+            println!(
+                "  transcript: {} steps, `backporcher evidence trajectory {task} --attempt {}`",
+                record["trajectory"]["steps"], record["attempt"]
+            );
+            Ok(())
+        }
+        EvidenceCommand::Verify {
+            task,
+            attempt,
+            file,
+            key,
+        } => {
+            let args = evidence::VerifyArgs {
+                task,
+                attempt,
+                file,
+                key,
+            };
+            let line = evidence::verify(Some(c), &args).await?;
+            if json {
+                return print_json(&json!({"ok": true, "message": line}));
+            }
+            println!("{line}");
+            Ok(())
+        }
+        EvidenceCommand::Trajectory { task, attempt, out } => {
+            let text = c
+                .get_text(&format!("/api/tasks/{task}/attempts/{attempt}/trajectory"))
+                .await?;
+            match out {
+                Some(f) => std::fs::write(&f, text)
+                    .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", f.display()))),
+                None => {
+                    println!("{text}");
+                    Ok(())
+                }
+            }
         }
     }
 }

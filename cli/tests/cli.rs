@@ -698,3 +698,212 @@ async fn logs_prints_every_page_of_a_long_log() {
     shutdown.cancel();
     server.stopped().await.unwrap();
 }
+
+/// `backporcher evidence`: a signed record verifies (from the controller and from a saved file,
+/// offline with the key); one byte changed in a field, or a substituted signature, exits 1
+/// naming what was changed; the transcript downloads and matches the hash the record names.
+#[tokio::test(flavor = "multi_thread")]
+async fn evidence_verifies_and_tampering_is_named() {
+    use controller::store::claims::{ClaimRequest, LeaseRef};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = pgembed::testing::cluster()
+        .await
+        .fresh_database(&controller::store::MIGRATOR)
+        .await
+        .unwrap();
+    let store = controller::store::Store::connect(&db.url, 4).await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", http.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = controller::server::start(
+        Config {
+            database_url: Some(db.url.clone()),
+            data_dir: dir.path().join("controller"),
+            ..Config::default()
+        },
+        controller::server::Listeners { http, grpc },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let password = controller::http::bootstrap_admin(&store, "root")
+        .await
+        .unwrap();
+    let repo = store
+        .add_repo(&controller::store::repos::NewRepo {
+            name: "acme/evidence".into(),
+            clone_url: "https://example.invalid/acme/evidence.git".into(),
+            default_branch: "main".into(),
+        })
+        .await
+        .unwrap();
+    let mut t = controller::store::tasks::NewTask::for_issue(repo.id, 0, "Evidence", "body");
+    t.issue_number = None;
+    let task = store.create_task(&t).await.unwrap();
+    store
+        .triage(
+            task.id,
+            &controller::store::tasks::Triage::default(),
+            &controller::store::Note::new("user:test", "triaged"),
+        )
+        .await
+        .unwrap();
+    let runner = store.register_runner("r1", &[], 4).await.unwrap().id;
+    let claimed = store
+        .claim(&ClaimRequest {
+            runner_id: runner,
+            labels: &[],
+            lease: Duration::from_secs(60),
+            capacity: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let lease = LeaseRef::of(&claimed).unwrap();
+    let events = [
+        serde_json::json!({"type": "system", "subtype": "init", "model": "sonnet"}),
+        serde_json::json!({"type": "assistant", "message": {"model": "sonnet", "usage": {"input_tokens": 7, "output_tokens": 3}, "content": [{"type": "tool_use", "id": "t1", "name": "Edit", "input": {"file_path": "/workspace/a.txt"}}]}}),
+        serde_json::json!({"type": "result", "is_error": false, "result": "done"}),
+    ];
+    let chunks: Vec<(i64, String, Vec<u8>)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as i64, "agent".to_owned(), format!("{e}\n").into_bytes()))
+        .collect();
+    store.append_logs(&lease, &chunks).await.unwrap();
+    let task = store.task(task.id).await.unwrap();
+    let head = "0123456789abcdef0123456789abcdef01234567";
+    controller::evidence::make(&store, &task, &repo.name, head)
+        .await
+        .unwrap();
+
+    let cfg = dir.path().join("admin.toml");
+    let run = {
+        let cfg = cfg.clone();
+        move |args: Vec<String>, stdin: Option<String>| {
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || {
+                let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                backporcher(&cfg, &a, stdin.as_deref())
+            })
+        }
+    };
+    let sv = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let (code, out, err) = run(
+        sv(&["login", "--url", &url, "--user", "root", "--password-stdin"]),
+        Some(password),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let id = task.id.to_string();
+
+    // From the controller: signed, and the transcript matches its hash.
+    let (code, out, err) = run(sv(&["evidence", "verify", &id]), None).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("ok: ") && out.contains(head), "{out}");
+    assert!(out.contains("the transcript matches"), "{out}");
+    let (code, out, err) = run(sv(&["evidence", "show", &id]), None).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("verify before: not_reported"), "{out}");
+    let (code, out, err) = run(sv(&["evidence", "trajectory", &id, "--attempt", "1"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let trajectory: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(trajectory["format"], "backporcher.trajectory/1");
+    assert_eq!(trajectory["steps"][1]["tool"], "Edit");
+
+    // Saved, with the key saved too: verifies offline.
+    let (code, saved, err) = run(sv(&["--json", "evidence", "show", &id]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let file = dir.path().join("record.json");
+    std::fs::write(&file, &saved).unwrap();
+    let pem = reqwest::get(format!("{url}/evidence-key.pem"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, &pem).unwrap();
+    let offline = dir.path().join("nobody.toml");
+    let verify_file = |cfg: std::path::PathBuf, f: std::path::PathBuf| {
+        let (key, id) = (key.clone(), id.clone());
+        tokio::task::spawn_blocking(move || {
+            backporcher(
+                &cfg,
+                &[
+                    "evidence",
+                    "verify",
+                    &id,
+                    "--file",
+                    f.to_str().unwrap(),
+                    "--key",
+                    key.to_str().unwrap(),
+                ],
+                None,
+            )
+        })
+    };
+    let (code, out, err) = verify_file(offline.clone(), file.clone()).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+
+    // One byte changed in a field: detected, and named when the controller can be asked.
+    let mut envelope: Value = serde_json::from_str(&saved).unwrap();
+    let record = envelope["record"].as_str().unwrap().to_owned();
+    assert!(record.contains("\"attempt\":1,"), "{record}");
+    let changed = record.replacen("\"attempt\":1,", "\"attempt\":2,", 1);
+    assert_eq!(changed.len(), record.len(), "one byte");
+    envelope["record"] = Value::String(changed);
+    let tampered = dir.path().join("tampered.json");
+    std::fs::write(&tampered, envelope.to_string()).unwrap();
+    let (code, out, err) = verify_file(offline.clone(), tampered.clone())
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("the signature does not match the record"),
+        "{err}"
+    );
+    let (code, out, err) = verify_file(cfg.clone(), tampered.clone()).await.unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("tampered with") && err.contains("attempt (here 2, the controller's 1)"),
+        "{err}"
+    );
+
+    // The record intact, another signature (a valid one, of other bytes, by the same key).
+    let mut envelope: Value = serde_json::from_str(&saved).unwrap();
+    let other = controller::evidence::Signer::load(&store)
+        .await
+        .unwrap()
+        .sign(b"something else");
+    use base64::Engine;
+    envelope["signature"] = Value::String(base64::engine::general_purpose::STANDARD.encode(other));
+    let substituted = dir.path().join("substituted.json");
+    std::fs::write(&substituted, envelope.to_string()).unwrap();
+    let (code, out, err) = verify_file(offline.clone(), substituted.clone())
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    let (code, out, err) = verify_file(cfg.clone(), substituted).await.unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("byte for byte") && err.contains("signature was substituted"),
+        "{err}"
+    );
+
+    // A task without a record: not found.
+    let (code, _, err) = run(sv(&["evidence", "verify", "999999"]), None)
+        .await
+        .unwrap();
+    assert_eq!(code, 3, "{err}");
+    shutdown.cancel();
+    server.stopped().await.unwrap();
+}

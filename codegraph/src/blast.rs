@@ -84,7 +84,64 @@ pub struct BlastRadius {
     pub truncated: usize,
 }
 
+/// A symbol of a blast radius that tests reach, and the tests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Covered {
+    /// The changed or impacted symbol.
+    pub symbol: SymbolRef,
+    /// The tests that call it (its tested-by edges).
+    pub tests: Vec<SymbolRef>,
+}
+
+/// Which symbols of a blast radius tests reach: a symbol is covered when a test calls it (a
+/// `TestedBy` edge of the graph). Files and the tests themselves are not counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// Symbols with at least one tested-by edge.
+    pub covered: Vec<Covered>,
+    /// Symbols without one.
+    pub not_covered: Vec<SymbolRef>,
+}
+
+impl Coverage {
+    /// Covered symbols over all symbols (`None` when there are none).
+    pub fn fraction(&self) -> Option<f64> {
+        let all = self.covered.len() + self.not_covered.len();
+        (all > 0).then(|| self.covered.len() as f64 / all as f64)
+    }
+}
+
 impl Graph {
+    /// Which of the changed and impacted symbols of `b` a test calls directly.
+    pub fn coverage(&self, b: &BlastRadius) -> Coverage {
+        let mut out = Coverage::default();
+        let mut seen: HashSet<&SymbolRef> = HashSet::new();
+        let symbols = b.changed.iter().chain(b.impacted.iter().map(|i| &i.symbol));
+        for s in symbols {
+            if s.name.is_empty() || s.kind == Some(SymbolKind::Test) || !seen.insert(s) {
+                continue;
+            }
+            let Some(n) = self.find(&s.path, Some(s.name.as_str())) else {
+                continue;
+            };
+            let tests: BTreeSet<SymbolRef> = self
+                .incoming(n)
+                .iter()
+                .filter(|(from, kind, _)| *kind == EdgeKind::Calls && self.is_test(*from))
+                .map(|(from, _, _)| self.symbol_ref(*from))
+                .collect();
+            if tests.is_empty() {
+                out.not_covered.push(s.clone());
+            } else {
+                out.covered.push(Covered {
+                    symbol: s.clone(),
+                    tests: tests.into_iter().collect(),
+                });
+            }
+        }
+        out
+    }
+
     /// A readable reference to a node.
     pub fn symbol_ref(&self, n: NodeId) -> SymbolRef {
         let Some(e) = self.entry(n.file) else {

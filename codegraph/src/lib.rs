@@ -13,7 +13,7 @@ pub mod render;
 pub mod resolve;
 pub mod scan;
 
-pub use blast::{BlastOptions, BlastRadius, Change, Impact, SymbolRef};
+pub use blast::{BlastOptions, BlastRadius, Change, Coverage, Covered, Impact, SymbolRef};
 pub use graph::{Error, FileEntry, Graph, UpdateStats};
 pub use navigate::{KeySymbol, NavFile, NavigateOptions, NavigationMap};
 pub use render::RenderOptions;

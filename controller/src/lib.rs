@@ -8,7 +8,8 @@
 //!   [`cleanup`] closes the PRs and deletes the branches ended tasks leave on GitHub;
 //! - [`pipeline`]: the controller stages — push and PR, review, CI, merge — and the feedback
 //!   loops (reflection, learnings, breaker, notifications); [`forge`] is GitHub and [`llm`] the
-//!   model API they call;
+//!   model API they call; [`evidence`] is the signed record of every pushed attempt, which the
+//!   PR, the reviewer and the API carry;
 //! - [`http`]: what people use — the REST API for the dashboard and the CLI, health and metrics.
 //!
 //! Underneath: [`store`] holds every decision in PostgreSQL (and all the SQL); [`fanout`] is the
@@ -23,6 +24,7 @@
 
 pub mod cleanup;
 pub mod config;
+pub mod evidence;
 pub mod fanout;
 pub mod forge;
 pub mod grpc;

@@ -116,6 +116,24 @@ impl TaskGraph {
     }
 }
 
+impl TaskGraph {
+    /// The blast radius of a `git diff -U0` rendered, with the radius itself and which of its
+    /// symbols tests reach (the graph's tested-by edges).
+    pub fn blast_and_coverage(
+        &self,
+        diff_u0: &str,
+    ) -> Option<(String, codegraph::BlastRadius, codegraph::Coverage)> {
+        let changes = changes_of(diff_u0);
+        if changes.is_empty() {
+            return None;
+        }
+        let b = self.graph.blast_radius(&changes);
+        let c = self.graph.coverage(&b);
+        let text = codegraph::render::blast_radius(&b, &RenderOptions::default());
+        Some((text, b, c))
+    }
+}
+
 /// Changed base-side line ranges per file from `git diff -U0` output. Files new in the diff are
 /// left out (the graph does not know them); a pure insertion marks the line it follows.
 pub fn changes_of(diff: &str) -> Vec<Change> {

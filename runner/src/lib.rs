@@ -17,6 +17,7 @@ pub mod bounded;
 pub mod client;
 pub mod daemon;
 pub mod environment;
+pub mod evidence;
 pub mod executor;
 pub mod firewall;
 pub mod gateway;

@@ -56,6 +56,9 @@ pub struct ExecConfig {
     pub stall_timeout: Duration,
     /// Wall-clock limit of one verify run.
     pub verify_timeout: Duration,
+    /// Wall-clock limit of the verify run on the base, before the agent (for the evidence
+    /// record; a base that fails or runs out of time is recorded as such, the attempt goes on).
+    pub base_verify_timeout: Duration,
     /// Wall-clock limit of a repository environment's setup.
     pub setup_timeout: Duration,
     /// Environment snapshots unused this long are removed.
@@ -90,6 +93,7 @@ impl ExecConfig {
             agent_timeout: Duration::from_secs(3600),
             stall_timeout: Duration::from_secs(600),
             verify_timeout: Duration::from_secs(1800),
+            base_verify_timeout: Duration::from_secs(600),
             setup_timeout: Duration::from_secs(1800),
             env_max_age: Duration::from_secs(14 * 24 * 3600),
             env_disk_budget: 20 << 30,
@@ -400,6 +404,27 @@ impl SandboxExecutor {
             }
         };
         let spec = &spec;
+        // Evidence: what runs in the sandbox, and verify on the base before the agent.
+        let mut commands = crate::evidence::Commands::default();
+        let verify_before = match &spec.verify_command {
+            Some(v) => {
+                let base = BaseVerify {
+                    command: v,
+                    image: env_image.clone(),
+                    env: env_vars.clone(),
+                    mounts: env_mounts.clone(),
+                    egress: egress.clone(),
+                    labels: &labels,
+                };
+                let r = self.verify_base(ctx, &checkout, &base, &mut commands).await;
+                if ctx.cancelled().is_cancelled() {
+                    return Ok(self.result(Outcome::Canceled, None, &token));
+                }
+                r
+            }
+            None => json!({"status": "not_run", "why": "the repository has no verify command"}),
+        };
+        let mut verify_after = verify_before_none(spec);
         let mut extra: Vec<String> = Vec::new();
         if let Some(e) = environment.as_ref().filter(|e| !e.protected.is_empty()) {
             extra.push(format!(
@@ -470,6 +495,7 @@ impl SandboxExecutor {
             let mut final_result: Option<AgentEvent> = None;
             let mut rate_limited = None;
             let mut lines = LineSplitter::new(MAX_LINE);
+            let agent_started = std::time::Instant::now();
             let ended = self
                 .sandbox
                 .run(&run, &stop, |stream, bytes| {
@@ -501,6 +527,7 @@ impl SandboxExecutor {
                 }
             }
             let ended = ended?;
+            commands.push("agent", rounds, &run.cmd, &ended, agent_started.elapsed());
             if stalled.load(std::sync::atomic::Ordering::Acquire) {
                 let why = format!(
                     "the agent showed no sign of life (no output, no model traffic) for {:?}; its container was killed",
@@ -624,6 +651,7 @@ impl SandboxExecutor {
                 image: env_image.clone(),
                 commit_to: None,
             };
+            let verify_started = std::time::Instant::now();
             let ended = self
                 .sandbox
                 .run(&run, ctx.cancelled(), |_, bytes| {
@@ -631,7 +659,10 @@ impl SandboxExecutor {
                     output.push(bytes);
                 })
                 .await?;
+            commands.push("verify", rounds, &run.cmd, &ended, verify_started.elapsed());
             verify_output = tail(&output.text(), VERIFY_TAIL_CHARS);
+            verify_after =
+                crate::evidence::verify_run(Ok(&ended), verify_started.elapsed(), &verify_output);
             match ended {
                 Ended::Exited(0) => {
                     ctx.log("runner", b"verify passed\n");
@@ -663,19 +694,154 @@ impl SandboxExecutor {
                 }
             }
         }
+        let finish_started = std::time::Instant::now();
+        let last_verify = verify_output.clone();
         let (mut result, diff0) = self
             .finish(ctx, &checkout, &labels, &token, verify_output)
             .await?;
         if result.outcome == Outcome::Succeeded {
             result.reproduction = reproduction;
         }
+        commands.push(
+            "finish",
+            rounds,
+            &["finish: commit, bundle, diff (the runner's script)".to_string()],
+            &Ended::Exited(0),
+            finish_started.elapsed(),
+        );
         // The reviewer gets the blast radius of the diff, computed on the graph of the base.
+        let mut coverage = serde_json::Value::Null;
+        let mut graph_tests: Vec<(String, String)> = Vec::new();
         if let (Some(g), Some(serde_json::Value::Object(data))) = (&graph, result.data.as_mut())
-            && let Some(blast) = g.blast_radius(&diff0)
+            && let Some((blast, b, c)) = g.blast_and_coverage(&diff0)
         {
             data.insert("blast_radius".into(), serde_json::Value::String(blast));
+            coverage = crate::evidence::coverage(&c);
+            graph_tests = b
+                .changed
+                .iter()
+                .filter(|s| s.kind == Some(codegraph::facts::SymbolKind::Test))
+                .map(|s| (s.path.clone(), s.name.clone()))
+                .collect();
+        }
+        if result.outcome == Outcome::Succeeded
+            && let Some(serde_json::Value::Object(data)) = result.data.as_mut()
+        {
+            let files: Vec<String> = data["files"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|f| f.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let u = result.usage;
+            data.insert(
+                "evidence".into(),
+                json!({
+                    "commands": commands.0,
+                    "verify_command": spec.verify_command,
+                    "verify_before": verify_before,
+                    "verify_after": verify_after,
+                    "tests": crate::evidence::tests(&files, &diff0, &graph_tests, &last_verify),
+                    "coverage": coverage,
+                    "agent_usage": {
+                        "input_tokens": u.input_tokens,
+                        "output_tokens": u.output_tokens,
+                        "cache_read_tokens": u.cache_read_tokens,
+                        "cache_write_tokens": u.cache_write_tokens,
+                        "cost_microusd": u.cost_microusd,
+                    },
+                }),
+            );
         }
         Ok(result)
+    }
+
+    /// Runs the verify command on a fresh tree of the base (never the agent's checkout), bounded
+    /// by `base_verify_timeout`; whatever happens is recorded, nothing stops the attempt.
+    async fn verify_base(
+        &self,
+        ctx: &TaskContext,
+        checkout: &Checkout,
+        base: &BaseVerify<'_>,
+        commands: &mut crate::evidence::Commands,
+    ) -> serde_json::Value {
+        let lease = &ctx.assignment.lease;
+        let cmd = vec![
+            "bash".to_string(),
+            "-c".to_string(),
+            base.command.to_owned(),
+        ];
+        let started = std::time::Instant::now();
+        let dir = ctx.work_dir.join("base");
+        if let Err(e) = crate::workspace::sandbox_tree(&checkout.mirror, &checkout.base, &dir).await
+        {
+            let why = format!("cannot check out the base: {e:#}");
+            ctx.log(
+                "runner",
+                format!("verify on the base not run: {why}\n").as_bytes(),
+            );
+            commands.push_error("verify_base", 0, &cmd, &why, started.elapsed());
+            return crate::evidence::verify_run(Err(why.as_str()), started.elapsed(), "");
+        }
+        ctx.log(
+            "runner",
+            format!(
+                "verifying the base with `{}` (for the evidence record)\n",
+                base.command
+            )
+            .as_bytes(),
+        );
+        let run = RunSpec {
+            name: format!("{}-{}-verifybase", lease.task_id, lease.attempt),
+            cmd: cmd.clone(),
+            env: base.env.clone(),
+            mounts: [
+                vec![
+                    (dir.clone(), "/workspace".into(), false),
+                    (checkout.mirror_objects.clone(), MIRROR_OBJECTS.into(), true),
+                ],
+                base.mounts.clone(),
+            ]
+            .concat(),
+            egress: base.egress.clone(),
+            labels: step_labels(base.labels, "verify_base"),
+            wall: self.config.base_verify_timeout,
+            idle: self.config.base_verify_timeout,
+            image: base.image.clone(),
+            commit_to: None,
+        };
+        let mut output = Tail::new(VERIFY_TAIL_BYTES);
+        let ended = self
+            .sandbox
+            .run(&run, ctx.cancelled(), |_, bytes| {
+                ctx.log("verify", bytes);
+                output.push(bytes);
+            })
+            .await;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let took = started.elapsed();
+        let text = tail(&output.text(), VERIFY_TAIL_CHARS);
+        match ended {
+            Ok(e) => {
+                commands.push("verify_base", 0, &cmd, &e, took);
+                ctx.log(
+                    "runner",
+                    format!("verify on the base ended: {e:?}\n").as_bytes(),
+                );
+                crate::evidence::verify_run(Ok(&e), took, &text)
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                ctx.log(
+                    "runner",
+                    format!("verify on the base could not run: {why}\n").as_bytes(),
+                );
+                commands.push_error("verify_base", 0, &cmd, &why, took);
+                crate::evidence::verify_run(Err(why.as_str()), took, &text)
+            }
+        }
     }
 
     /// Commits the work tree with the trusted git directory and reads the outputs back from the
@@ -1399,6 +1565,24 @@ async fn keep_firewall(
             Err(e) => Some(e.to_string()),
         };
         *unsafe_network.lock().expect("network lock") = state;
+    }
+}
+
+/// How to run verify on the base: what the attempt's verify runs use.
+struct BaseVerify<'a> {
+    command: &'a str,
+    image: Option<String>,
+    env: Vec<String>,
+    mounts: Vec<(PathBuf, String, bool)>,
+    egress: Egress,
+    labels: &'a HashMap<String, String>,
+}
+
+/// The verify-after entry before any verify ran.
+fn verify_before_none(spec: &crate::task::TaskSpec) -> serde_json::Value {
+    match spec.verify_command {
+        Some(_) => json!({"status": "not_run", "why": "no verify run reached"}),
+        None => json!({"status": "not_run", "why": "the repository has no verify command"}),
     }
 }
 

@@ -81,6 +81,31 @@ fn blast_radius_follows_callers_and_finds_tests() {
 }
 
 #[test]
+fn coverage_names_the_blast_radius_symbols_a_test_calls() {
+    let g = Graph::build(&corpus().join("python"), Config::default()).expect("build");
+    let b = g.blast_radius(&[Change {
+        path: "shop/util.py".into(),
+        ranges: vec![(6, 6)],
+    }]);
+    let c = g.coverage(&b);
+    let get = c
+        .covered
+        .iter()
+        .find(|s| s.symbol.name == "get")
+        .unwrap_or_else(|| panic!("get is tested: {c:#?}"));
+    let tests: Vec<&str> = get.tests.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(tests, vec!["test_util_get"]);
+    assert!(
+        c.not_covered.iter().any(|s| s.name == "Item.save"),
+        "no test calls Item.save: {c:#?}"
+    );
+    let all = c.covered.len() + c.not_covered.len();
+    assert_eq!(c.fraction(), Some(c.covered.len() as f64 / all as f64));
+    assert!(c.fraction().unwrap() < 1.0);
+    assert_eq!(g.coverage(&BlastRadius::default()).fraction(), None);
+}
+
+#[test]
 fn blast_radius_hops_limit_and_unknown_paths() {
     let g = Graph::build(&corpus().join("python"), Config::default()).expect("build");
     let change = [

@@ -21,6 +21,23 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .route("/ca.pem", get(ca_pem))
+        .route("/evidence-key.pem", get(evidence_key_pem))
+}
+
+/// The public key evidence records are signed with (public; made on first use).
+async fn evidence_key_pem(
+    State(s): State<AppState>,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String), axum::http::StatusCode> {
+    match crate::evidence::Signer::load(&s.store).await {
+        Ok(k) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/x-pem-file")],
+            k.public_pem(),
+        )),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot load the evidence key");
+            Err(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+        }
+    }
 }
 
 /// The controller's CA certificate (public): what clients trust for HTTPS from `--tls-own-ca`

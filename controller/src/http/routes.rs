@@ -146,6 +146,26 @@ pub fn routes() -> Vec<Route> {
         .query::<tasks::LogQuery>(),
         op(
             "get",
+            "/api/tasks/{id}/evidence",
+            "viewer",
+            "An attempt's evidence record in its signed envelope (docs/evidence.md; the key is at /evidence-key.pem)",
+            None,
+            "SignedEvidence",
+            get(tasks::task_evidence),
+        )
+        .query::<tasks::EvidenceQuery>(),
+        op(
+            "get",
+            "/api/tasks/{id}/attempts/{attempt}/trajectory",
+            "viewer",
+            "An attempt's transcript as backporcher.trajectory/1 (its SHA-256 is in the evidence record)",
+            None,
+            "object",
+            get(tasks::task_trajectory),
+        )
+        .path::<tasks::AttemptPath>(),
+        op(
+            "get",
             "/api/tasks/{id}/logs/stream",
             "viewer",
             "Follow an attempt's log (SSE: logs, end)",

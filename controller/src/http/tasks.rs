@@ -279,6 +279,63 @@ pub(super) struct LogQuery {
     tail: Option<i64>,
 }
 
+/// Which attempt's evidence.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct EvidenceQuery {
+    /// The attempt (default: the newest attempt that has a record).
+    attempt: Option<i32>,
+}
+
+/// `/api/tasks/{id}/attempts/{attempt}/…`.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(super) struct AttemptPath {
+    /// The task.
+    id: i64,
+    /// The attempt.
+    attempt: i32,
+}
+
+pub(super) async fn task_evidence(
+    State(s): State<AppState>,
+    _c: Caller,
+    Path(id): Path<i64>,
+    Query(q): Query<EvidenceQuery>,
+) -> ApiResult<api::SignedEvidence> {
+    s.store.task(id).await?;
+    let e = match q.attempt {
+        Some(a) => s.store.evidence(id, a).await?,
+        None => s.store.latest_evidence(id).await?,
+    };
+    let Some(e) = e else {
+        return Err(ApiError::NotFound(match q.attempt {
+            Some(a) => format!(
+                "task {id} attempt {a} has no evidence record; records are made when an attempt is pushed"
+            ),
+            None => format!(
+                "task {id} has no evidence record yet; records are made when an attempt is pushed"
+            ),
+        }));
+    };
+    Ok(Json(
+        serde_json::from_value(crate::evidence::envelope(&e))
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
+}
+
+pub(super) async fn task_trajectory(
+    State(s): State<AppState>,
+    _c: Caller,
+    Path(AttemptPath { id, attempt }): Path<AttemptPath>,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], String), ApiError> {
+    s.store.task(id).await?;
+    let Some(t) = s.store.trajectory(id, attempt).await? else {
+        return Err(ApiError::NotFound(format!(
+            "task {id} attempt {attempt} has no exported transcript; transcripts are exported with the evidence record when an attempt is pushed"
+        )));
+    };
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], t))
+}
+
 /// Which log to follow, from where.
 #[derive(Deserialize, utoipa::IntoParams)]
 pub(super) struct StreamQuery {

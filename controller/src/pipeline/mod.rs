@@ -35,7 +35,7 @@ use crate::store::wake::Channel;
 use crate::store::{Note, Store, Task, TerminalReason};
 
 pub use crate::config::PipelineConfig;
-pub use review::{ReviewInput, Reviewer, Verdict};
+pub use review::{ReviewEvidence, ReviewInput, Reviewer, Verdict};
 
 /// What the stages need.
 #[derive(Clone)]

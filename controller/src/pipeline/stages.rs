@@ -165,6 +165,13 @@ async fn push(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
     p.store
         .set_pushed(task.id, &pushed.head_sha, &pushed.changed_files)
         .await?;
+    // The attempt's signed evidence record, before the PR that names it.
+    let evidence = crate::evidence::make(&p.store, task, &repo.name, &pushed.head_sha)
+        .await
+        .map_err(StageError::Other)?;
+    let section = serde_json::from_str::<serde_json::Value>(&evidence.record)
+        .map(|r| crate::evidence::pr_section(&r))
+        .unwrap_or_default();
     // One PR per task, and only the one the controller opened: a retried push finds it again
     // by the key in its body; a PR somebody else opened from the branch is never adopted.
     let key = p.store.pr_key(task.id).await?;
@@ -178,12 +185,27 @@ async fn push(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         .await
         .map_err(|e| forge_err(task, e))?;
     let pr = match found {
-        Some(pr) if ours(&pr) => pr,
+        Some(pr) if ours(&pr) => {
+            // A later attempt on the same PR: its record is named in a comment, once.
+            if !evidence.announced && !pr.body.contains(&evidence_mark(&evidence)) {
+                let note = format!("{section}\n{}\n", evidence_mark(&evidence));
+                p.forge
+                    .comment(&repo.name, pr.number, &note)
+                    .await
+                    .map_err(|e| forge_err(task, e))?;
+            }
+            pr
+        }
         Some(pr) => return foreign_pr(p, task, &branch, pr.number).await,
         None => {
             let title = pr_title(task);
             let reproduction = p.store.task_reproduction(task.id).await?;
-            let body = pr_body(task, &marker, reproduction.as_ref());
+            let body = pr_body(
+                task,
+                &marker,
+                reproduction.as_ref(),
+                &format!("{section}\n{}\n", evidence_mark(&evidence)),
+            );
             match p
                 .forge
                 .create_pull(
@@ -220,6 +242,9 @@ async fn push(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
             }
         }
     };
+    p.store
+        .set_evidence_announced(task.id, evidence.attempt)
+        .await?;
     p.store
         .advance(
             task.id,
@@ -270,6 +295,7 @@ fn pr_body(
     task: &Task,
     marker: &str,
     reproduction: Option<&crate::store::reproduction::Reproduction>,
+    evidence: &str,
 ) -> String {
     let mut s = String::new();
     if let Some(n) = task.issue_number {
@@ -280,10 +306,18 @@ fn pr_body(
         s.push_str(&format!("**Reproduce-first:** {}.\n\n", r.summary()));
     }
     s.push_str(&format!(
-        "Backporcher task {}. Comment `@backporcher <what to change>` or submit a review to ask for changes.\n\n{marker}\n",
+        "Backporcher task {}. Comment `@backporcher <what to change>` or submit a review to ask for changes.\n\n{evidence}\n{marker}\n",
         task.id
     ));
     s
+}
+
+/// The mark of an attempt's evidence section in the PR (hidden on GitHub).
+fn evidence_mark(e: &crate::store::evidence::StoredEvidence) -> String {
+    format!(
+        "<!-- backporcher evidence task {} attempt {} -->",
+        e.task_id, e.attempt
+    )
 }
 
 async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
@@ -307,7 +341,17 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         .store
         .result_data(task.id, task.attempt)
         .await?
-        .and_then(|d| d["data"]["blast_radius"].as_str().map(str::to_owned));
+        .and_then(|d| {
+            // The runner's data sits under the completion's `data`.
+            d.pointer("/data/data/blast_radius")
+                .or_else(|| d.pointer("/data/blast_radius"))
+                .and_then(|b| b.as_str())
+                .map(str::to_owned)
+        });
+    // No valid, signed record for this head: never shown to the reviewer, never approved.
+    let evidence = crate::evidence::check(&p.store, task, &diff.head)
+        .await
+        .map_err(StageError::Other)?;
     p.store
         .advance(
             task.id,
@@ -326,8 +370,14 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
             .unwrap_or_else(|| task.issue_body.clone()),
         diff: diff.text,
         blast_radius: blast,
+        evidence: evidence.as_ref().ok().map(|r| {
+            let (figures, details) = crate::evidence::for_reviewer(r);
+            super::ReviewEvidence { figures, details }
+        }),
     };
-    let verdict = if !diff.complete {
+    let verdict = if let Err(why) = &evidence {
+        Err(ReviewError::NoEvidence(why.clone()))
+    } else if !diff.complete {
         Err(ReviewError::Unreviewable(format!(
             "the diff is larger than {} bytes",
             WINDOW * MAX_WINDOWS
@@ -393,8 +443,13 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
             }
         }
         // No verdict was reached on what the reviewer was shown, or it could not be shown
-        // whole: never an approval. The change goes on to CI, and only a person can merge it.
-        Err(e @ (ReviewError::Unusable(_) | ReviewError::Unreviewable(_))) => {
+        // whole, or it has no valid evidence record: never an approval. The change goes on to
+        // CI, and only a person can merge it.
+        Err(
+            e @ (ReviewError::Unusable(_)
+            | ReviewError::Unreviewable(_)
+            | ReviewError::NoEvidence(_)),
+        ) => {
             tracing::warn!(task = task.id, error = %e, "no review verdict; a person must approve the merge");
             p.store
                 .set_review(
@@ -406,8 +461,11 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                 .advance(
                     task.id,
                     &Advance::ReviewApproved,
-                    &Note::new(ACTOR, "review_needs_human")
-                        .with_data(json!({"error": e.to_string(), "head": head})),
+                    &Note::new(ACTOR, "review_needs_human").with_data(json!({
+                        "error": e.to_string(),
+                        "head": head,
+                        "no_evidence": matches!(e, ReviewError::NoEvidence(_)),
+                    })),
                 )
                 .await?;
         }

@@ -20,7 +20,7 @@
 //! [`repos`], [`runners`], [`settings`], [`usage`] and [`metrics`] (the ledger and numbers),
 //! [`retention`] (pruning by age), [`activity`] (what live tasks and the controller's own agents
 //! are doing now),
-//! [`pki`] (the runner CA), [`lifecycle`] (statuses and the step table), [`wake`] (the
+//! [`pki`] (the runner CA), [`evidence`] (signed evidence records and their key), [`lifecycle`] (statuses and the step table), [`wake`] (the
 //! notification channels) and [`work`] (claims on work with effects outside the database, so
 //! replicas do each piece once).
 
@@ -29,6 +29,7 @@ pub mod budgets;
 pub mod claims;
 pub mod cleanup;
 pub mod completion;
+pub mod evidence;
 pub mod feedback;
 pub mod guard;
 pub mod intake;

@@ -146,4 +146,20 @@ impl Store {
         .await?;
         Ok(row.map(|r| r.0.0))
     }
+
+    /// The reproduce-first record of one attempt, as stored (for its evidence record).
+    pub async fn attempt_reproduction(
+        &self,
+        task: TaskId,
+        attempt: i32,
+    ) -> Result<Option<serde_json::Value>> {
+        Ok(sqlx::query_scalar(
+            "SELECT reproduction FROM task_results WHERE task_id = $1 AND attempt = $2",
+        )
+        .bind(task)
+        .bind(attempt)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
+    }
 }

@@ -7,6 +7,7 @@ mod claims;
 mod cleanup;
 mod config;
 mod contract;
+mod evidence;
 mod forge;
 mod guard;
 mod intake;

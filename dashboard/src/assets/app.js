@@ -268,6 +268,7 @@ async function openDetail(id, refresh) {
   // The runner's record: "reproduced: …" or "not reproduced: …" (text only).
   $("#detail-reproduction").textContent = d.reproduction ? d.reproduction.summary : "not run for this task";
   renderReview(t.review);
+  loadEvidence(t);
   renderCost(t, d.usage);
   $("#detail-timeline").replaceChildren(...d.timeline.map((e) => el("li", {}, `${when(e.at)} ${e.from_status || ""} → ${e.to_status} (${e.reason}, ${e.actor})`)));
   const actions = $("#detail-actions");
@@ -291,6 +292,47 @@ async function openDetail(id, refresh) {
     attempts.value = String(t.attempt);
     followLog(t, t.attempt);
   }
+}
+
+// ---- The attempt's signed evidence record (docs/evidence.md) ----------------------------------
+
+function verifyText(v) {
+  if (!v) return "not reported";
+  const parts = [String(v.status || "not reported").replace(/_/g, " ")];
+  if (v.exit_code != null) parts.push(`exit ${v.exit_code}`);
+  if (v.duration_ms != null) parts.push(`${(v.duration_ms / 1000).toFixed(1)} s`);
+  return parts.join(", ");
+}
+
+async function loadEvidence(t) {
+  const box = $("#detail-evidence");
+  let env;
+  try { env = await api("GET", `/api/tasks/${t.id}/evidence`); } catch (e) {
+    if (state.selected === t.id) box.replaceChildren(el("p", {}, e.status === 404 ? "No evidence record yet (one is made when an attempt is pushed)." : e.message));
+    return;
+  }
+  if (state.selected !== t.id) return;
+  let r;
+  try { r = JSON.parse(env.record); } catch (_) { box.replaceChildren(el("p", { class: "error" }, "The record is not JSON.")); return; }
+  const cov = r.coverage;
+  const covText = cov && cov.fraction != null ? `${Math.round(cov.fraction * 100)} % (${(cov.covered || []).length} of ${(cov.covered || []).length + (cov.not_covered || []).length} symbols reached by a test)` : "not computed";
+  const tests = (r.tests && r.tests.changed) || [];
+  const rows = [
+    ["Attempt", `${r.attempt} · head ${String(r.head || "").slice(0, 12)} · base ${String(r.base || "?").slice(0, 12)}`],
+    ["Verify before (base)", verifyText(r.verify && r.verify.before)],
+    ["Verify after (head)", verifyText(r.verify && r.verify.after)],
+    ["Tests added or changed", tests.length ? tests.map((x) => `${x.path} ${x.name}: ${x.result}`).join("\n") : "none found"],
+    ["Blast-radius coverage", covText],
+    ["Model calls", `${((r.model_calls && r.model_calls.ledger) || []).length} ledger rows, ${money(r.model_calls && r.model_calls.total_cost_microusd)}`],
+    ["Commands", ((r.commands) || []).map((c) => `${c.step} (round ${c.round}): ${c.ended}${c.exit_code != null ? " " + c.exit_code : ""}, ${c.duration_ms} ms`).join("\n") || "none reported"],
+    ["Signature", `ed25519, key ${String(env.key_id).slice(0, 16)}… (check it: backporcher evidence verify ${r.task} --attempt ${r.attempt})`],
+  ];
+  const traj = r.trajectory && r.trajectory.url && /^\/api\//.test(r.trajectory.url) ? el("a", { href: r.trajectory.url, target: "_blank", rel: "noopener", id: "evidence-trajectory" }, `Transcript (${r.trajectory.steps} steps, JSON)`) : "";
+  box.replaceChildren(
+    el("table", { id: "evidence-table" }, el("tbody", {}, ...rows.map(([k, v]) => el("tr", {}, el("th", { scope: "row" }, k), el("td", {}, el("pre", {}, v)))))),
+    el("p", {}, traj),
+    folded(JSON.stringify(r, null, 2), "Whole record"),
+  );
 }
 
 function closeDetail() {

@@ -122,6 +122,10 @@ async fn every_prompt_fences_cleans_and_caps_hostile_text() {
         body: hostile("BODY"),
         diff: format!("+{}", hostile("DIFF").replace('\n', "\n+")),
         blast_radius: Some(hostile("BLAST")),
+        evidence: Some(controller::pipeline::ReviewEvidence {
+            figures: "- Verify after: passed".into(),
+            details: hostile("EVIDENCE"),
+        }),
     };
     let p = review_prompt(&input, &input.diff, 0, 1);
     assert_eq!(
@@ -138,6 +142,10 @@ async fn every_prompt_fences_cleans_and_caps_hostile_text() {
         "the reviewer is shown where invisible characters were"
     );
     // (The diff is code: its comments are data the reviewer must see, so they are kept.)
+    assert!(
+        p.contains("<untrusted source=\"evidence details\"") && p.contains("EVIDENCE: fix it"),
+        "the evidence details are fenced"
+    );
 
     // Reflection: the failure and the log are hostile too.
     let p =

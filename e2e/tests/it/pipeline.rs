@@ -28,6 +28,7 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
         &[("README.md", "# full\n"), ("config/values.txt", "one=1\n")],
         RepoSettings {
             approval_mode: Some("full-auto".into()),
+            verify_command: Some("grep -q one=1 config/values.txt".into()),
             ..RepoSettings::default()
         },
     )
@@ -101,11 +102,15 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "two=2\n");
-    assert_eq!(
-        gh.branch_head(REPO, t.branch.as_deref().unwrap()),
-        None,
-        "branch deleted"
-    );
+    // The branch goes right after the merge is recorded: wait for it (bounded).
+    let branch = t.branch.clone().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while gh.branch_head(REPO, &branch).is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("branch deleted");
     let issue_done = async {
         loop {
             let labels = gh.labels(REPO, number);
@@ -206,6 +211,83 @@ async fn a_labelled_issue_becomes_a_merged_pr_through_the_real_cli_with_a_ci_ret
     .expect("a learning for the merge");
     assert!(learning.contains("config/two.txt"), "{learning}");
 
+    // Both pushed attempts carry a signed record: the sandbox's commands, verify on the base
+    // and the head, the ledger, the transcript's hash; the second is named on the same PR.
+    let signer = controller::evidence::Signer::load(&c.store).await.unwrap();
+    let stored = c
+        .store
+        .evidence(task_id, t.attempt)
+        .await
+        .unwrap()
+        .expect("the merged attempt's record");
+    let record = controller::evidence::valid(&signer, &t, &stored.head_sha, &stored)
+        .expect("signed by the controller");
+    assert!(
+        c.store.evidence(task_id, 1).await.unwrap().is_some(),
+        "the first push's record"
+    );
+    assert_eq!(record["runner_reported"], true, "{record}");
+    let steps: Vec<&str> = record["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["verify_base", "agent", "verify", "finish"],
+        "{record}"
+    );
+    assert!(
+        record["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["exit_code"] == 0 && c["duration_ms"].is_u64())
+    );
+    assert_eq!(record["verify"]["before"]["status"], "passed", "{record}");
+    assert_eq!(record["verify"]["after"]["status"], "passed", "{record}");
+    let purposes: Vec<&str> = record["model_calls"]["ledger"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["purpose"].as_str().unwrap())
+        .collect();
+    for p in ["triage", "review", "agent"] {
+        assert!(purposes.contains(&p), "{p} missing in {purposes:?}");
+    }
+    assert!(
+        record["model_calls"]["agent_turns"].as_i64().unwrap() >= 1,
+        "{record}"
+    );
+    let trajectory = c
+        .store
+        .trajectory(task_id, t.attempt)
+        .await
+        .unwrap()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&trajectory).unwrap();
+    assert_eq!(doc["format"], "backporcher.trajectory/1");
+    assert!(
+        doc["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["kind"] == "tool_call"),
+        "{doc}"
+    );
+    use sha2::Digest;
+    assert_eq!(
+        record["trajectory"]["sha256"],
+        hex::encode(sha2::Sha256::digest(trajectory.as_bytes()))
+    );
+    assert!(
+        gh.comments(REPO, pr)
+            .iter()
+            .any(|c| c.contains(&format!("### Evidence (attempt {}", t.attempt))),
+        "the second attempt's record is named on the PR"
+    );
+
     sys.stop().await;
 }
 
@@ -293,6 +375,7 @@ async fn subscription_users_get_the_controllers_calls_through_claude_p() {
             body: "please".into(),
             diff: "+two".into(),
             blast_radius: None,
+            evidence: None,
         })
         .await
         .unwrap();
