@@ -428,7 +428,9 @@ impl AgentBackend for Codex {
             // Everything else (turn.started, item updates) is kept as Codex wrote it.
             _ => return line.to_owned(),
         };
-        translated.to_string()
+        // One event a line, as written.
+        let end = if line.ends_with('\n') { "\n" } else { "" };
+        format!("{translated}{end}")
     }
 }
 
@@ -599,6 +601,10 @@ mod tests {
         assert_eq!(lines[6]["subtype"], "success");
         assert_eq!(lines[6]["usage"]["output_tokens"], 15);
         assert_eq!(c.log_line("not json"), "not json");
+        assert!(
+            c.log_line(&format!("{}\n", CODEX_RUN[0])).ends_with("}\n"),
+            "the line's end is kept"
+        );
     }
 
     #[test]
