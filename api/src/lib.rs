@@ -64,6 +64,7 @@ pub fn schemas() -> Vec<(
         RepoApprovalMode,
         ReviewFailMode,
         EgressPolicy,
+        Agent,
         MergeMethod,
         NoChecks,
         ReproduceFirst,
@@ -201,6 +202,21 @@ pub enum ReviewFailMode {
     Open,
     /// The task waits for a person.
     Closed,
+}
+
+/// The agent CLI a task runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Agent {
+    /// Claude Code (the Messages API).
+    Claude,
+    /// The Codex CLI (the Responses API).
+    Codex,
+}
+
+/// Whether `agent` names an agent backend.
+pub fn valid_agent(agent: &str) -> bool {
+    matches!(agent, "claude" | "codex")
 }
 
 /// What the agent's sandbox may reach.
@@ -471,6 +487,9 @@ pub struct Task {
     pub error: Option<String>,
     /// Model.
     pub model: String,
+    /// Agent backend: `claude` or `codex`.
+    #[schema(value_type = Agent)]
+    pub agent: String,
     /// Priority (lower first).
     pub priority: i32,
     /// Attempts so far.
@@ -680,6 +699,10 @@ pub struct CreateTask {
     /// labelled issue (milestone labels and comments, the PR linked to it).
     #[serde(default)]
     pub open_issue: bool,
+    /// Agent backend (default: the repository's).
+    #[serde(default)]
+    #[schema(value_type = Option<Agent>)]
+    pub agent: Option<String>,
 }
 
 /// `POST /api/tasks/{id}/{action}` bodies (all optional fields).
@@ -697,6 +720,10 @@ pub struct ActionRequest {
         pattern = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
     )]
     pub prompt: Option<String>,
+    /// New agent backend (edit, requeue).
+    #[serde(default)]
+    #[schema(value_type = Option<Agent>)]
+    pub agent: Option<String>,
 }
 
 /// A repository.
@@ -756,6 +783,13 @@ pub struct RepoSettings {
     pub allow_workflow_changes: Option<bool>,
     /// Whether the agent CLI may run the hooks and MCP servers the default branch configures.
     pub agent_hooks: Option<bool>,
+    /// The agent backend its tasks start with (an issue label `codex` or `claude` wins).
+    #[serde(default)]
+    #[schema(value_type = Option<Agent>)]
+    pub agent: Option<String>,
+    /// Whether a task the model API rate-limited on one backend goes on with the other.
+    #[serde(default)]
+    pub agent_fallback: Option<bool>,
     /// Seconds to wait for CI checks to appear before the no-checks policy applies.
     #[serde(default, deserialize_with = "integer::option")]
     #[schema(minimum = 0)]

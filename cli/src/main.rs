@@ -105,7 +105,7 @@ enum Command {
         #[arg(long)]
         open_issue: bool,
     },
-    /// Change a task's prompt, model or priority before it starts.
+    /// Change a task's prompt, model, agent or priority before it starts.
     Edit {
         id: i64,
         /// New prompt (`-` reads it from standard input).
@@ -114,6 +114,9 @@ enum Command {
         /// New model (sonnet, opus, haiku or a full claude-* name).
         #[arg(long)]
         model: Option<String>,
+        /// New agent backend (claude or codex).
+        #[arg(long)]
+        agent: Option<String>,
         /// New priority (lower runs first).
         #[arg(long)]
         priority: Option<i32>,
@@ -433,6 +436,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             id,
             prompt,
             model,
+            agent,
             priority,
         } => {
             let prompt = match prompt.as_deref() {
@@ -445,12 +449,13 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 _ => prompt,
             };
-            if prompt.is_none() && model.is_none() && priority.is_none() {
+            if prompt.is_none() && model.is_none() && agent.is_none() && priority.is_none() {
                 return Err(CliError::Usage(
-                    "nothing to edit: give --prompt, --model and/or --priority".into(),
+                    "nothing to edit: give --prompt, --model, --agent and/or --priority".into(),
                 ));
             }
-            let body = json!({"prompt": prompt, "model": model, "priority": priority});
+            let body =
+                json!({"prompt": prompt, "model": model, "agent": agent, "priority": priority});
             action(&c, id, "edit", Some(body), json).await
         }
         Command::Cleanup { repo, now } => {

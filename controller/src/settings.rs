@@ -75,7 +75,13 @@ pub fn resolve(args: ServeArgs, matches: &ArgMatches) -> anyhow::Result<(Config,
                     )));
                     continue;
                 }
-                rates.push((family, proto::prices::Rate::usd(input, output)));
+                // OpenAI's models bill no cache writes; Anthropic's do.
+                let rate = if family.starts_with("gpt") {
+                    proto::prices::Rate::usd_responses(input, output)
+                } else {
+                    proto::prices::Rate::usd(input, output)
+                };
+                rates.push((family, rate));
             }
             proto::prices::Prices(rates)
         }

@@ -360,6 +360,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             image: None,
             model_api: runner_upstream,
             credential: runner_key,
+            openai: None,
             exec: runner::sandbox_executor::ExecConfig {
                 agent_timeout: Duration::from_secs(1800),
                 stall_timeout: Duration::from_secs(600),

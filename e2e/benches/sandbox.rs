@@ -103,6 +103,7 @@ async fn lease_to_agent(tasks: usize, label: &str, files: Vec<(String, String)>)
         image: None,
         model_api: sim_url.clone(),
         credential: Credential::ApiKey("k".into()),
+        openai: None,
         exec: ExecConfig {
             agent_timeout: Duration::from_secs(120),
             stall_timeout: Duration::from_secs(120),

@@ -1,6 +1,7 @@
 //! The whole system on one machine for tests and benchmarks: the GitHub simulator with a
 //! repository, the scripted model server, a controller configured for both, and one runner with
-//! the real Docker sandbox and Claude Code CLI.
+//! the real Docker sandbox and the real agent CLIs (Claude Code, and the Codex CLI through the
+//! simulator's Responses API).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +109,11 @@ impl FullSystem {
             image: None,
             model_api: model_url.clone(),
             credential: Credential::ApiKey(KEY.into()),
+            // The same simulator answers the Codex CLI's Responses API.
+            openai: Some(runner::start::OpenAi {
+                url: model_url.clone(),
+                key: KEY.into(),
+            }),
             exec: ExecConfig {
                 agent_timeout: Duration::from_secs(120),
                 stall_timeout: Duration::from_secs(120),

@@ -16,13 +16,25 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// `input` and `output` dollars per million tokens, with the usual cache multipliers
+    /// `input` and `output` dollars per million tokens, with the Messages API's cache multipliers
     /// (writes 1.25×, reads 0.1× the input price).
     pub fn usd(input: f64, output: f64) -> Self {
         Self {
             input: input * 1e6,
             output: output * 1e6,
             cache_write: input * 1.25e6,
+            cache_read: input * 0.1e6,
+        }
+    }
+
+    /// `input` and `output` dollars per million tokens as the Responses API bills them: cached
+    /// input at 0.1× the input price, no charge for writing the cache (its `cache_write` is the
+    /// input price, which only the worst case of a call uses).
+    pub fn usd_responses(input: f64, output: f64) -> Self {
+        Self {
+            input: input * 1e6,
+            output: output * 1e6,
+            cache_write: input * 1e6,
             cache_read: input * 0.1e6,
         }
     }
@@ -45,11 +57,17 @@ pub struct Prices(pub Vec<(String, Rate)>);
 
 impl Default for Prices {
     /// Public list prices (USD per million tokens, 2026-11): Opus 5/25, Sonnet 3/15, Haiku 1/5.
+    /// The OpenAI models the Codex backend uses are priced at ASSUMED rates, not read from a
+    /// price list: gpt-5.5 at 1.25/10 and gpt-5-mini at 0.25/2 (the published GPT-5 and GPT-5
+    /// mini rates); any other model, OpenAI's included, is priced at the dearest entry as below.
+    /// An operator sets the real ones with the `prices` setting.
     fn default() -> Self {
         Self(vec![
             ("opus".into(), Rate::usd(5.0, 25.0)),
             ("sonnet".into(), Rate::usd(3.0, 15.0)),
             ("haiku".into(), Rate::usd(1.0, 5.0)),
+            ("gpt-5-mini".into(), Rate::usd_responses(0.25, 2.0)),
+            ("gpt-5.5".into(), Rate::usd_responses(1.25, 10.0)),
         ])
     }
 }
@@ -131,6 +149,12 @@ mod tests {
         assert_eq!(p.of("some-new-model"), p.of("opus"));
         assert_eq!(p.cost_microusd("sonnet", 1_000_000, 100_000), 4_500_000);
         assert_eq!(Prices(Vec::new()).of("x"), p.of("opus"));
+        // The Codex backend's models: the mini one is not taken for its larger sibling, and an
+        // OpenAI model the table does not name is priced at the dearest entry.
+        assert_eq!(p.of("gpt-5.5").output, 10e6);
+        assert_eq!(p.of("gpt-5-mini").output, 2e6);
+        assert_eq!(p.of("gpt-5.5").cache_read, 0.125e6);
+        assert_eq!(p.of("gpt-9"), p.of("opus"));
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! The model gateway: the only way a sandboxed agent reaches its model.
 //!
-//! The container gets `ANTHROPIC_BASE_URL` pointing here and a per-task token as its API key. The
-//! gateway swaps that token for the real credential, which only the runner holds, and forwards
-//! only the Messages API (`POST /v1/messages` and its free `count_tokens`); anything else — files,
-//! batches, admin endpoints — is refused and never reaches the upstream.
+//! The container gets the gateway as its model API's base URL and a per-task token as its API key.
+//! The gateway swaps that token for the real credential, which only the runner holds, and forwards
+//! only the one API the task's agent CLI speaks ([`Api`]): for Claude Code the Messages API
+//! (`POST /v1/messages` and its free `count_tokens`, to the Anthropic upstream), for the Codex CLI
+//! the Responses API (`POST /v1/responses`, to the OpenAI upstream, when the runner has one);
+//! anything else — the other API, files, batches, admin endpoints — is refused and never reaches an
+//! upstream.
 //!
 //! Money is reserved before it is spent: before a call is forwarded, its worst case (every input
-//! byte a token at the dearer of the input and cache-write rates, plus `max_tokens` of output) is
+//! byte a token at the dearer of the input and cache-write rates, plus `max_tokens` — the
+//! Responses API's `max_output_tokens` — of output) is
 //! reserved against what is left of the task's budget under one lock, so parallel calls cannot
 //! together pass it; a call whose worst case does not fit is refused and the task is marked over
 //! budget, which ends it. When the call ends the reservation is settled to the usage the upstream
@@ -44,11 +48,53 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-/// The endpoints forwarded (method, path without query); everything else is refused.
-const FORWARDED: [(&str, &str); 2] = [
-    ("POST", "/v1/messages"),
-    ("POST", "/v1/messages/count_tokens"),
-];
+/// The model API a task's agent CLI speaks, and so the only endpoints its token may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Api {
+    /// Anthropic's Messages API (Claude Code).
+    #[default]
+    Messages,
+    /// OpenAI's Responses API (the Codex CLI).
+    Responses,
+}
+
+impl Api {
+    /// The endpoints forwarded (method, path without query); everything else is refused.
+    fn forwarded(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::Messages => &[
+                ("POST", "/v1/messages"),
+                ("POST", "/v1/messages/count_tokens"),
+            ],
+            Self::Responses => &[("POST", "/v1/responses")],
+        }
+    }
+
+    /// The one paid endpoint (the others are free).
+    fn paid(self) -> &'static str {
+        match self {
+            Self::Messages => "/v1/messages",
+            Self::Responses => "/v1/responses",
+        }
+    }
+
+    /// The request field that bounds a call's output.
+    fn max_output_field(self) -> &'static str {
+        match self {
+            Self::Messages => "max_tokens",
+            Self::Responses => "max_output_tokens",
+        }
+    }
+
+    /// The forwarded endpoints, for messages.
+    fn describe(self) -> String {
+        self.forwarded()
+            .iter()
+            .map(|(m, p)| format!("{m} {p}"))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+}
 
 /// The output a call without `max_tokens` is reserved for (the upstream refuses such a call, and
 /// the reservation is then released).
@@ -82,6 +128,7 @@ pub struct Metered {
 
 struct TaskMeter {
     task_id: i64,
+    api: Api,
     budget_microusd: f64,
     prices: Prices,
     used: Metered,
@@ -95,6 +142,8 @@ type Meters = Arc<Mutex<HashMap<String, TaskMeter>>>;
 struct Inner {
     upstream: String,
     credential: Credential,
+    /// The Responses API's upstream and its API key (sent as a bearer token), if configured.
+    responses: Option<(String, String)>,
     http: reqwest::Client,
     tasks: Meters,
 }
@@ -156,15 +205,43 @@ impl Gateway {
             inner: Inner {
                 upstream: upstream.trim_end_matches('/').to_owned(),
                 credential,
+                responses: None,
                 http,
                 tasks: Arc::default(),
             },
         })
     }
 
-    /// Registers a task that may spend `budget_microusd` (0 or less refuses every paid call),
-    /// metered at `prices`; returns its token.
+    /// Also forwards the Responses API (for Codex tasks) to `upstream` (e.g.
+    /// `https://api.openai.com`) with the API key `key`.
+    pub fn with_responses(mut self, upstream: &str, key: &str) -> Self {
+        crate::redact::remember(key);
+        self.inner.responses = Some((upstream.trim_end_matches('/').to_owned(), key.to_owned()));
+        self
+    }
+
+    /// Whether the Responses API has an upstream here (a runner without one offers no Codex).
+    pub fn serves(&self, api: Api) -> bool {
+        match api {
+            Api::Messages => true,
+            Api::Responses => self.inner.responses.is_some(),
+        }
+    }
+
+    /// Registers a Messages API task that may spend `budget_microusd` (0 or less refuses every
+    /// paid call), metered at `prices`; returns its token.
     pub fn register(&self, task_id: i64, budget_microusd: i64, prices: Prices) -> TaskToken {
+        self.register_api(task_id, budget_microusd, prices, Api::Messages)
+    }
+
+    /// Registers a task whose agent speaks `api`: only that API's endpoints are forwarded for it.
+    pub fn register_api(
+        &self,
+        task_id: i64,
+        budget_microusd: i64,
+        prices: Prices,
+        api: Api,
+    ) -> TaskToken {
         let token = format!(
             "bpgw-{}{}",
             uuid::Uuid::new_v4().simple(),
@@ -174,6 +251,7 @@ impl Gateway {
             token.clone(),
             TaskMeter {
                 task_id,
+                api,
                 budget_microusd: budget_microusd.max(0) as f64,
                 prices,
                 used: Metered::default(),
@@ -384,7 +462,7 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
             "missing task token",
         );
     };
-    let task_id = {
+    let (task_id, api) = {
         let mut tasks = gw.tasks.lock().expect("gateway lock");
         match tasks.get_mut(&token) {
             None => {
@@ -405,20 +483,21 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
             Some(m) => {
                 m.last_activity = std::time::Instant::now();
                 let endpoint = (req.method().as_str(), req.uri().path());
-                if !FORWARDED.contains(&endpoint) {
+                if !m.api.forwarded().contains(&endpoint) {
                     m.used.refused += 1;
                     tracing::warn!(task = m.task_id, method = %req.method(), path = req.uri().path(), "a sandbox called an endpoint the gateway does not forward");
                     return refuse(
                         StatusCode::FORBIDDEN,
                         "permission_error",
                         &format!(
-                            "the model gateway forwards only POST /v1/messages and POST /v1/messages/count_tokens, not {} {}",
+                            "the model gateway forwards only {} for this task, not {} {}",
+                            m.api.describe(),
                             req.method(),
                             req.uri().path()
                         ),
                     );
                 }
-                m.task_id
+                (m.task_id, m.api)
             }
         }
     };
@@ -436,10 +515,10 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    // Counting tokens is free; only a message is paid for.
-    let mut reservation = if parts.uri.path() == "/v1/messages" && parts.method == Method::POST {
+    // Counting tokens is free; only a message (a response) is paid for.
+    let mut reservation = if parts.uri.path() == api.paid() && parts.method == Method::POST {
         let max_tokens = request
-            .get("max_tokens")
+            .get(api.max_output_field())
             .and_then(Value::as_i64)
             .filter(|n| *n > 0)
             .unwrap_or(DEFAULT_MAX_TOKENS);
@@ -455,7 +534,22 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let url = format!("{}{}", gw.upstream, path);
+    let (upstream, credential) = match (api, &gw.responses) {
+        (Api::Messages, _) => (gw.upstream.as_str(), gw.credential.clone()),
+        // An OpenAI key always goes as a bearer token.
+        (Api::Responses, Some((url, key))) => (url.as_str(), Credential::OAuth(key.clone())),
+        (Api::Responses, None) => {
+            if let Some(r) = reservation.as_mut() {
+                r.settle(Usage::default(), true);
+            }
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "this runner has no upstream for the Responses API (set OPENAI_API_KEY)",
+            );
+        }
+    };
+    let url = format!("{upstream}{path}");
     let mut out = gw.http.request(parts.method.clone(), &url).body(body);
     for (name, value) in parts.headers.iter() {
         let n = name.as_str();
@@ -472,7 +566,7 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
         }
         out = out.header(name, value);
     }
-    out = match &gw.credential {
+    out = match &credential {
         Credential::ApiKey(k) => out.header("x-api-key", k),
         Credential::OAuth(t) => out.header(header::AUTHORIZATION, format!("Bearer {t}")),
     };
@@ -591,21 +685,32 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Reads either API's usage object. The Responses API counts cached tokens inside
+    /// `input_tokens` (`input_tokens_details.cached_tokens`); they are taken out of the input
+    /// here so that each token is priced once, at the cache-read rate.
     fn from_json(u: &Value) -> Self {
         let n = |k: &str| u.get(k).and_then(Value::as_i64).unwrap_or(0);
+        let cached = u
+            .pointer("/input_tokens_details/cached_tokens")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            .max(0);
         Self {
-            input: n("input_tokens"),
+            input: (n("input_tokens") - cached).max(0),
             output: n("output_tokens"),
-            cache_read: n("cache_read_input_tokens"),
+            cache_read: n("cache_read_input_tokens") + cached,
             cache_write: n("cache_creation_input_tokens"),
             done: false,
         }
     }
 }
 
-/// Incremental parser of a Messages API event stream that keeps one call's usage: input and
-/// cache tokens from `message_start`, output tokens from `message_delta` (cumulative: the last
-/// value counts; later input figures there replace the first), complete at `message_stop`.
+/// Incremental parser of a model event stream that keeps one call's usage. The Messages API's:
+/// input and cache tokens from `message_start`, output tokens from `message_delta` (cumulative:
+/// the last value counts; later input figures there replace the first), complete at
+/// `message_stop`. The Responses API's: the whole usage in the closing event's response
+/// (`response.completed`, `response.incomplete` or `response.failed`), complete there — a failed
+/// response without usage is complete at nothing.
 #[derive(Debug, Default)]
 pub struct SseUsage {
     buf: Vec<u8>,
@@ -673,6 +778,12 @@ impl SseUsage {
                     }
                 }
                 Some("message_stop") => u.done = true,
+                Some("response.completed" | "response.incomplete" | "response.failed") => {
+                    if let Some(found) = v.pointer("/response/usage").filter(|u| u.is_object()) {
+                        *u = Usage::from_json(found);
+                    }
+                    u.done = true;
+                }
                 _ => {}
             }
         }
@@ -957,6 +1068,214 @@ mod tests {
             "{charged}"
         );
         assert_eq!(after.reserved_microusd, 0.0);
+    }
+
+    const RESPONSES_STREAM: &str = concat!(
+        "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\"}}\n\n",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\n",
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"usage\":{\"input_tokens\":1000,\"input_tokens_details\":{\"cached_tokens\":200},\"output_tokens\":100,\"output_tokens_details\":{\"reasoning_tokens\":40},\"total_tokens\":1100}}}\n\n",
+    );
+
+    #[test]
+    fn responses_streams_are_metered_with_cached_input_priced_once() {
+        let mut p = SseUsage::default();
+        let mut done = false;
+        for chunk in RESPONSES_STREAM.as_bytes().chunks(13) {
+            done |= p.feed(chunk);
+        }
+        assert!(done);
+        assert_eq!(
+            p.usage(),
+            Usage {
+                input: 800,
+                output: 100,
+                cache_read: 200,
+                cache_write: 0,
+                done: true
+            }
+        );
+        let mut failed = SseUsage::default();
+        assert!(
+            failed.feed(b"data: {\"type\":\"response.failed\",\"response\":{\"error\":{}}}\n\n")
+        );
+        assert_eq!(failed.usage().output, 0);
+    }
+
+    /// A stand-in for the OpenAI API: `/v1/responses` streams [`RESPONSES_STREAM`]; every request's
+    /// path and `authorization` header is recorded.
+    async fn openai_upstream() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+        let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let s = seen.clone();
+        let app = Router::new().fallback(move |req: Request| {
+            let s = s.clone();
+            async move {
+                let auth = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                s.lock().unwrap().push((req.uri().path().to_owned(), auth));
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "text/event-stream")
+                    .body(Body::from(RESPONSES_STREAM))
+                    .unwrap()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_codex_task_reaches_only_the_responses_api_and_is_metered_by_its_usage() {
+        let up = upstream().await;
+        let (openai, seen) = openai_upstream().await;
+        let gw = Gateway::new(&up.url, Credential::ApiKey("sk-ant-real".into()))
+            .unwrap()
+            .with_responses(&openai, "sk-openai-real");
+        assert!(gw.serves(Api::Responses));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        gw.serve_tcp(listener);
+        let prices = Prices::default();
+        let codex = gw.register_api(1, 50_000_000, prices.clone(), Api::Responses);
+        let claude = gw.register(2, 50_000_000, prices.clone());
+        let http = reqwest::Client::new();
+        // The codex task's token opens nothing else: not the Messages API, not the Responses
+        // API's other endpoints (compaction, files, retrieval), not the model list.
+        for (method, path) in [
+            ("POST", "/v1/messages"),
+            ("POST", "/v1/messages/count_tokens"),
+            ("POST", "/v1/responses/compact"),
+            ("GET", "/v1/responses/resp_1"),
+            ("POST", "/v1/files"),
+            ("GET", "/v1/models"),
+            ("POST", "/v1/chat/completions"),
+            ("POST", "/v1/responses/../files"),
+        ] {
+            let resp = http
+                .request(method.parse().unwrap(), format!("{url}{path}"))
+                .bearer_auth(codex.token())
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 403, "{method} {path}");
+            let text = resp.text().await.unwrap();
+            assert!(text.contains("forwards only POST /v1/responses"), "{text}");
+        }
+        // And a Claude task's token does not open the Responses API.
+        let resp = http
+            .post(format!("{url}/v1/responses"))
+            .header("x-api-key", claude.token())
+            .json(&json!({"model": "gpt-5.5", "input": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        assert!(
+            resp.text()
+                .await
+                .unwrap()
+                .contains("forwards only POST /v1/messages")
+        );
+        assert_eq!(up.hits.load(Ordering::SeqCst), 0);
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "nothing reached either API"
+        );
+        assert_eq!(codex.used().refused, 8);
+
+        // The one endpoint: forwarded with the real key as a bearer token, the stream passed
+        // through, the call settled to its reported usage.
+        let resp = http
+            .post(format!("{url}/v1/responses"))
+            .bearer_auth(codex.token())
+            .json(&json!({"model": "gpt-5.5", "stream": true, "max_output_tokens": 4000, "input": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.text().await.unwrap().contains("response.completed"));
+        assert_eq!(
+            seen.lock().unwrap().clone(),
+            vec![(
+                "/v1/responses".to_owned(),
+                "Bearer sk-openai-real".to_owned()
+            )]
+        );
+        let used = codex.used();
+        let rate = prices.of("gpt-5.5");
+        assert_eq!(
+            (
+                used.input_tokens,
+                used.cache_read_tokens,
+                used.output_tokens
+            ),
+            (800, 200, 100)
+        );
+        assert!((used.cost_microusd - rate.cost(800, 100, 0, 200)).abs() < 1e-9);
+        assert_eq!(used.reserved_microusd, 0.0);
+        assert_eq!(used.calls, 1);
+    }
+
+    #[tokio::test]
+    async fn a_responses_call_whose_worst_case_does_not_fit_never_leaves() {
+        let up = upstream().await;
+        let (openai, seen) = openai_upstream().await;
+        let gw = Gateway::new(&up.url, Credential::ApiKey("k".into()))
+            .unwrap()
+            .with_responses(&openai, "sk-openai-real");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        gw.serve_tcp(listener);
+        // Room for 1,000 output tokens of gpt-5.5, not for a call without `max_output_tokens`
+        // (reserved at 128,000).
+        let prices = Prices::default();
+        let budget = worst_case(&prices.of("gpt-5.5"), 200, 1000) as i64 + 1;
+        let codex = gw.register_api(1, budget.max(20_000), prices, Api::Responses);
+        let resp = reqwest::Client::new()
+            .post(format!("{url}/v1/responses"))
+            .bearer_auth(codex.token())
+            .json(&json!({"model": "gpt-5.5", "stream": true, "input": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        assert!(resp.text().await.unwrap().contains("budget cannot cover"));
+        assert!(seen.lock().unwrap().is_empty());
+        assert!(codex.used().over_budget);
+    }
+
+    #[tokio::test]
+    async fn a_runner_without_an_openai_upstream_forwards_no_responses_call() {
+        let up = upstream().await;
+        let (gw, url) = gateway(&up).await;
+        assert!(!gw.serves(Api::Responses));
+        let codex = gw.register_api(1, 50_000_000, Prices::default(), Api::Responses);
+        let resp = reqwest::Client::new()
+            .post(format!("{url}/v1/responses"))
+            .bearer_auth(codex.token())
+            .json(&json!({"model": "gpt-5.5", "max_output_tokens": 10, "input": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        assert!(
+            resp.text()
+                .await
+                .unwrap()
+                .contains("no upstream for the Responses API")
+        );
+        assert_eq!(
+            up.hits.load(Ordering::SeqCst),
+            0,
+            "the Anthropic upstream saw nothing"
+        );
+        let used = codex.used();
+        assert_eq!((used.cost_microusd, used.reserved_microusd), (0.0, 0.0));
     }
 
     #[tokio::test]

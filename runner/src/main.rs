@@ -76,6 +76,15 @@ struct RunArgs {
         default_value = "https://api.anthropic.com"
     )]
     model_api_url: String,
+    /// The OpenAI API the gateway forwards Codex tasks' Responses calls to (with
+    /// `OPENAI_API_KEY` from the credential file or the environment; without a key this runner
+    /// offers no Codex backend).
+    #[arg(
+        long,
+        env = "BACKPORCHER_OPENAI_API_URL",
+        default_value = "https://api.openai.com"
+    )]
+    openai_api_url: String,
     /// Port of the model gateway on the Docker bridges.
     #[arg(long, env = "BACKPORCHER_GATEWAY_PORT", default_value_t = 4180)]
     gateway_port: u16,
@@ -93,8 +102,9 @@ struct RunArgs {
     /// Agent re-runs with failing verify output.
     #[arg(long, env = "BACKPORCHER_MAX_VERIFY_RETRIES", default_value_t = 2)]
     max_verify_retries: u32,
-    /// A file (mode 0600) holding `ANTHROPIC_API_KEY=…` or `CLAUDE_CODE_OAUTH_TOKEN=…`: keeps the
-    /// model credential out of this process's environment (preferred over the variables).
+    /// A file (mode 0600) holding `ANTHROPIC_API_KEY=…` or `CLAUDE_CODE_OAUTH_TOKEN=…` (and
+    /// `OPENAI_API_KEY=…` for Codex): keeps the model credentials out of this process's
+    /// environment (preferred over the variables).
     #[arg(long, env = "BACKPORCHER_MODEL_CREDENTIAL_FILE")]
     credential_file: Option<PathBuf>,
     /// Further addresses of the controller (its replicas, comma-separated), tried in turn while
@@ -245,6 +255,10 @@ async fn run_daemon(state_dir: PathBuf, args: RunArgs) -> anyhow::Result<()> {
         image: Some(args.image),
         model_api: args.model_api_url,
         credential,
+        openai: var("OPENAI_API_KEY").map(|key| runner::start::OpenAi {
+            url: args.openai_api_url.clone(),
+            key,
+        }),
         exec: runner::sandbox_executor::ExecConfig {
             agent_timeout: Duration::from_secs(args.task_timeout),
             stall_timeout: Duration::from_secs(args.stall_timeout),

@@ -449,10 +449,11 @@ impl Sandbox {
         self.docker.inspect_image(image).await.is_ok()
     }
 
-    /// Copies the agent CLI and the entrypoint out of the agent image into `dest` (the directory
-    /// environment containers get mounted at `/opt/bp`), once.
+    /// Copies the agent CLIs and the entrypoint out of the agent image into `dest` (the directory
+    /// environment containers get mounted at `/opt/bp`), once (`.complete` marks a whole copy).
+    /// `codex` is copied when the image has it.
     pub async fn export_agent_files(&self, dest: &std::path::Path) -> anyhow::Result<()> {
-        if dest.join("claude").exists() && dest.join("bp-entrypoint").exists() {
+        if dest.join(".complete").exists() {
             return Ok(());
         }
         let name = format!("bp-export-{}", uuid::Uuid::new_v4().simple());
@@ -477,7 +478,11 @@ impl Sandbox {
         let _ = tokio::fs::remove_dir_all(&staging).await;
         tokio::fs::create_dir_all(&staging).await?;
         let mut copied = Ok(());
-        for path in ["/usr/local/bin/claude", "/usr/local/bin/bp-entrypoint"] {
+        for path in [
+            "/usr/local/bin/claude",
+            "/usr/local/bin/bp-entrypoint",
+            "/usr/local/bin/codex",
+        ] {
             let mut tar_bytes = Vec::new();
             let mut stream = self.docker.download_from_container(
                 &name,
@@ -488,6 +493,11 @@ impl Sandbox {
             while let Some(chunk) = stream.next().await {
                 match chunk {
                     Ok(b) => tar_bytes.extend_from_slice(&b),
+                    // An image from before the Codex CLI: environments get Claude Code only.
+                    Err(_) if path.ends_with("/codex") => {
+                        tar_bytes.clear();
+                        break;
+                    }
                     Err(e) => {
                         copied = Err(anyhow::anyhow!(
                             "cannot copy {path} from the agent image: {e}"
@@ -498,6 +508,9 @@ impl Sandbox {
             }
             if copied.is_err() {
                 break;
+            }
+            if tar_bytes.is_empty() {
+                continue;
             }
             let staging = staging.clone();
             copied = tokio::task::spawn_blocking(move || {
@@ -512,6 +525,7 @@ impl Sandbox {
         }
         self.remove(&name).await;
         copied?;
+        tokio::fs::write(staging.join(".complete"), b"").await?;
         let _ = tokio::fs::remove_dir_all(dest).await;
         tokio::fs::rename(&staging, dest).await?;
         Ok(())

@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 
-use crate::agent::{AgentBackend, AgentEvent, Claude};
+use crate::agent::{AgentBackend, AgentEvent};
 use crate::bounded::{Capped, LineSplitter, Tail, read_outputs};
 use crate::executor::{Executor, TaskContext};
 use crate::firewall::Firewall;
@@ -186,7 +186,9 @@ impl SandboxExecutor {
             open: format!("http://{open_ip}:{}", config.gateway_port),
         };
         let mut backends: HashMap<&'static str, Arc<dyn AgentBackend>> = HashMap::new();
-        backends.insert("claude", Arc::new(Claude));
+        for backend in crate::agent::available(&gateway) {
+            backends.insert(backend.name(), backend);
+        }
         let unsafe_network = Arc::new(std::sync::Mutex::new(None));
         listeners.push(tokio::spawn(keep_firewall(
             firewall.clone(),
@@ -234,9 +236,12 @@ impl SandboxExecutor {
             .get(spec.agent.as_str())
             .cloned()
             .with_context(|| {
+                let mut has: Vec<&str> = self.backends.keys().copied().collect();
+                has.sort_unstable();
                 format!(
-                    "agent backend `{}` is not available on this runner (it has: claude)",
-                    spec.agent
+                    "agent backend `{}` is not available on this runner (it has: {})",
+                    spec.agent,
+                    has.join(", ")
                 )
             })?;
         ctx.log(
@@ -281,9 +286,12 @@ impl SandboxExecutor {
                 format!("agent configuration: {note}\n").as_bytes(),
             );
         }
-        let token = self
-            .gateway
-            .register(lease.task_id, spec.budget_microusd, spec.prices.clone());
+        let token = self.gateway.register_api(
+            lease.task_id,
+            spec.budget_microusd,
+            spec.prices.clone(),
+            backend.api(),
+        );
         let (egress, gateway_url) = self.egress(&spec.egress_policy);
         if !matches!(egress, Egress::None { .. })
             && let Some(why) = self.unsafe_network.lock().expect("network lock").clone()
@@ -442,8 +450,7 @@ impl SandboxExecutor {
             }
             let mut env = env_vars.clone();
             env.extend(backend.env(&spec.model));
-            env.push(format!("ANTHROPIC_BASE_URL={gateway_url}"));
-            env.push(format!("ANTHROPIC_API_KEY={}", token.token()));
+            env.extend(backend.gateway_env(&gateway_url, token.token()));
             let run = RunSpec {
                 name: format!("{}-{}-agent{rounds}", lease.task_id, lease.attempt),
                 cmd: backend.command(),
@@ -503,7 +510,7 @@ impl SandboxExecutor {
                     match stream {
                         Stream::Stdout => {
                             for line in lines.push(bytes) {
-                                ctx.log("agent", line.as_bytes());
+                                ctx.log("agent", backend.log_line(&line).as_bytes());
                                 for ev in backend.parse_line(&line) {
                                     match ev {
                                         AgentEvent::Result { .. } => final_result = Some(ev),
@@ -519,7 +526,7 @@ impl SandboxExecutor {
                 .await;
             watcher.abort();
             if let Some(last) = lines.rest() {
-                ctx.log("agent", last.as_bytes());
+                ctx.log("agent", backend.log_line(&last).as_bytes());
                 for ev in backend.parse_line(&last) {
                     if let AgentEvent::Result { .. } = ev {
                         final_result = Some(ev);

@@ -11,6 +11,21 @@ use crate::identity::Identity;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::sandbox_executor::{ExecConfig, SandboxExecutor};
 
+/// The OpenAI API and its key. Its `Debug` form names the URL only.
+#[derive(Clone)]
+pub struct OpenAi {
+    /// Base URL (`https://api.openai.com`).
+    pub url: String,
+    /// The API key (only the gateway holds it).
+    pub key: String,
+}
+
+impl std::fmt::Debug for OpenAi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OpenAi({}, key …)", self.url)
+    }
+}
+
 /// What a runner on this host is made of.
 #[derive(Debug, Clone)]
 pub struct Setup {
@@ -22,6 +37,9 @@ pub struct Setup {
     pub model_api: String,
     /// The real model credential (only the gateway holds it).
     pub credential: Credential,
+    /// The OpenAI API the gateway forwards Codex tasks' Responses calls to; without it the runner
+    /// offers no Codex backend.
+    pub openai: Option<OpenAi>,
     /// How tasks are run (its `state_dir` is the runner's state directory).
     pub exec: ExecConfig,
 }
@@ -29,7 +47,10 @@ pub struct Setup {
 /// Puts the executor together: the metering gateway, the Docker sandbox, and the host prepared
 /// by [`SandboxExecutor::start`] (orphans removed, networks and firewall in place).
 pub async fn executor(setup: Setup) -> anyhow::Result<SandboxExecutor> {
-    let gateway = Gateway::new(&setup.model_api, setup.credential)?;
+    let mut gateway = Gateway::new(&setup.model_api, setup.credential)?;
+    if let Some(openai) = &setup.openai {
+        gateway = gateway.with_responses(&openai.url, &openai.key);
+    }
     let defaults = SandboxConfig::default();
     let sandbox = Sandbox::connect(SandboxConfig {
         image: setup.image.unwrap_or(defaults.image.clone()),

@@ -1,4 +1,5 @@
-//! A scripted model server speaking the Anthropic Messages API.
+//! A scripted model server speaking the Anthropic Messages API and, for the Codex CLI, OpenAI's
+//! Responses API (`POST /v1/responses`).
 //!
 //! Scripts are chosen per conversation: a [`Script`] applies to a request when any user message
 //! contains its `selector`. Within a script, each [`Step`] answers one request and is then used up;
@@ -14,6 +15,15 @@
 //! one JSON message when `stream` is false. Usage figures are derived from the sizes of request and
 //! reply. Every request is recorded for tests to inspect, and the server can be told to fail with
 //! a rate limit or an overload for a number of requests.
+//!
+//! The same scripts answer the Responses API: a step's text becomes an assistant `message` item and
+//! its tool calls become the Codex CLI's tools — `Write` an `apply_patch` (`*** Add File`, which
+//! replaces a file), `Edit` an `apply_patch` update, `Bash` and `Read` `exec_command` calls (and
+//! `exec_command` / `apply_patch` are sent as named) — streamed as the Responses API's events
+//! (`response.created`, `response.output_item.added`/`.done`, `response.output_text.delta`,
+//! `response.completed` with usage). A request's user text is its user messages and tool outputs
+//! (`function_call_output`, `custom_tool_call_output`); its last user message is what follows the
+//! model's last output item.
 //!
 //! Control API (JSON): `POST /_sim/scripts` adds a script, `DELETE /_sim/scripts` clears them,
 //! `GET /_sim/requests` lists what was received, `POST /_sim/fail` queues failures.
@@ -228,6 +238,8 @@ struct Inner {
     scripts: Vec<(Script, Vec<bool>)>,
     received: Vec<Received>,
     failures: VecDeque<Failure>,
+    /// Failures for Responses API requests only.
+    responses_failures: VecDeque<Failure>,
     /// Text that marks an agent's prompt, for the fallback agent.
     fallback_agent: Option<String>,
 }
@@ -279,11 +291,21 @@ impl ModelSim {
         }
     }
 
+    /// The next `n` Responses API requests (the Codex CLI's) fail with `failure`; Messages API
+    /// requests are answered as usual.
+    pub fn fail_next_responses(&self, failure: Failure, n: usize) {
+        let mut inner = self.inner.lock().expect("sim lock");
+        for _ in 0..n {
+            inner.responses_failures.push_back(failure);
+        }
+    }
+
     /// The HTTP routes.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/messages", post(messages))
             .route("/v1/messages/count_tokens", post(count_tokens))
+            .route("/v1/responses", post(responses))
             .route("/_sim/scripts", post(add_script).delete(clear_scripts))
             .route("/_sim/requests", get(requests))
             .route("/_sim/fail", post(queue_failure))
@@ -300,8 +322,12 @@ impl ModelSim {
 
     fn choose(&self, body: &Value, received: Received) -> Result<Step, Failure> {
         let mut inner = self.inner.lock().expect("sim lock");
+        let responses = received.path.starts_with("/v1/responses");
         inner.received.push(received);
         if let Some(f) = inner.failures.pop_front() {
+            return Err(f);
+        }
+        if responses && let Some(f) = inner.responses_failures.pop_front() {
             return Err(f);
         }
         let all_user_text = user_texts(body);
@@ -338,7 +364,7 @@ impl ModelSim {
         if !selected
             && let Some(trigger) = &inner.fallback_agent
             && all_user_text.iter().any(|t| t.contains(trigger.as_str()))
-            && offers_tool(body, "Write")
+            && (offers_tool(body, "Write") || offers_tool(body, "apply_patch"))
         {
             return Ok(if has_tool_result {
                 Step {
@@ -412,6 +438,9 @@ fn fallback_note(texts: &[String]) -> Step {
 
 /// Text of every user message (text blocks and tool results).
 fn user_texts(body: &Value) -> Vec<String> {
+    if let Some(items) = body.get("input").and_then(Value::as_array) {
+        return items.iter().filter_map(input_item_text).collect();
+    }
     body.get("messages")
         .and_then(Value::as_array)
         .map(|msgs| {
@@ -443,7 +472,57 @@ fn content_text(content: Option<&Value>) -> String {
     }
 }
 
+/// The user text of one Responses API input item: a user message's text, a tool's output.
+fn input_item_text(item: &Value) -> Option<String> {
+    match item.get("type").and_then(Value::as_str) {
+        Some("message") if item.get("role").and_then(Value::as_str) == Some("user") => {
+            Some(match item.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => String::new(),
+            })
+        }
+        Some("function_call_output" | "custom_tool_call_output") => {
+            Some(match item.get("output") {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            })
+        }
+        _ => None,
+    }
+}
+
 fn last_user(body: &Value) -> (String, bool) {
+    if let Some(items) = body.get("input").and_then(Value::as_array) {
+        // What follows the model's last output item: tool outputs, or a user message.
+        let mut texts = Vec::new();
+        let mut has_result = false;
+        for item in items.iter().rev() {
+            match item.get("type").and_then(Value::as_str) {
+                Some("function_call_output" | "custom_tool_call_output") => {
+                    has_result = true;
+                    texts.extend(input_item_text(item));
+                }
+                Some("message") if item.get("role").and_then(Value::as_str) == Some("user") => {
+                    texts.extend(input_item_text(item));
+                    break;
+                }
+                Some("message")
+                    if matches!(
+                        item.get("role").and_then(Value::as_str),
+                        Some("developer" | "system")
+                    ) => {}
+                _ => break,
+            }
+        }
+        texts.reverse();
+        return (texts.join("\n"), has_result);
+    }
     let last = body
         .get("messages")
         .and_then(Value::as_array)
@@ -485,6 +564,227 @@ fn api_error(status: StatusCode, kind: &str, message: &str) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// A Responses API error as OpenAI shapes it.
+fn openai_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": kind}});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// A tool call as the Codex CLI's tools: a custom `apply_patch` call or a function call.
+fn codex_item(t: &ToolCall, call_id: &str) -> Value {
+    let s = |k: &str| t.input.get(k).and_then(Value::as_str).unwrap_or_default();
+    let patch = |body: String| {
+        json!({"type": "custom_tool_call", "id": format!("ctc_{call_id}"), "call_id": call_id,
+               "status": "completed", "name": "apply_patch",
+               "input": format!("*** Begin Patch\n{body}*** End Patch\n")})
+    };
+    let exec = |cmd: String| {
+        json!({"type": "function_call", "id": format!("fc_{call_id}"), "call_id": call_id,
+               "status": "completed", "name": "exec_command",
+               "arguments": json!({"cmd": cmd}).to_string()})
+    };
+    let lines = |text: &str, mark: char| -> String {
+        text.lines().map(|l| format!("{mark}{l}\n")).collect()
+    };
+    match t.name.as_str() {
+        "Write" => patch(format!(
+            "*** Add File: {}\n{}",
+            s("file_path"),
+            lines(s("content"), '+')
+        )),
+        "Edit" => patch(format!(
+            "*** Update File: {}\n@@\n{}{}",
+            s("file_path"),
+            lines(s("old_string"), '-'),
+            lines(s("new_string"), '+')
+        )),
+        "apply_patch" => patch(
+            s("patch")
+                .trim_start_matches("*** Begin Patch\n")
+                .trim_end_matches("*** End Patch\n")
+                .to_owned(),
+        ),
+        "Bash" => exec(s("command").to_owned()),
+        "exec_command" => exec(s("cmd").to_owned()),
+        "Read" => exec(format!(
+            "cat -- '{}'",
+            s("file_path").replace('\'', "'\\''")
+        )),
+        other => json!({"type": "function_call", "id": format!("fc_{call_id}"), "call_id": call_id,
+                        "status": "completed", "name": other, "arguments": t.input.to_string()}),
+    }
+}
+
+/// `POST /v1/responses`: the scripts answered in the Responses API's shapes.
+async fn responses(
+    State(sim): State<ModelSim>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: String,
+) -> Response {
+    let cred = credential(&headers);
+    if let Some(key) = sim.api_key.as_ref()
+        && &cred != key
+    {
+        return openai_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "Incorrect API key provided",
+        );
+    }
+    let Ok(json) = serde_json::from_str::<Value>(&body) else {
+        return openai_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "the body is not JSON",
+        );
+    };
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if model.is_empty() || json.get("input").is_none() {
+        return openai_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "model and input are required",
+        );
+    }
+    let stream = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let received = Received {
+        path: uri.to_string(),
+        model: model.clone(),
+        stream,
+        credential: cred,
+        last_user_text: last_user(&json).0,
+        body: json.clone(),
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default(),
+    };
+    let step = match sim.choose(&json, received) {
+        Ok(s) => s,
+        Err(Failure::RateLimit) => {
+            let mut r = openai_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                "Rate limit reached for requests",
+            );
+            r.headers_mut()
+                .insert("retry-after", "1".parse().expect("header"));
+            return r;
+        }
+        Err(Failure::Overloaded) => {
+            return openai_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "The server is overloaded",
+            );
+        }
+    };
+    if step.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(step.delay_ms)).await;
+    }
+    let id = uuid_like();
+    let mut items = Vec::new();
+    if !step.text.is_empty() || step.tools.is_empty() {
+        let text = if step.text.is_empty() {
+            "Done."
+        } else {
+            &step.text
+        };
+        items.push(json!({"type": "message", "id": format!("msg_{id}"), "status": "completed",
+            "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}));
+    }
+    for (i, t) in step.tools.iter().enumerate() {
+        items.push(codex_item(t, &format!("call_{id}_{i}")));
+    }
+    let reply_len: usize = items.iter().map(|b| b.to_string().len()).sum();
+    let usage = json!({
+        "input_tokens": tokens(body.len()), "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": tokens(reply_len) + step.extra_output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": tokens(body.len()) + tokens(reply_len) + step.extra_output_tokens,
+    });
+    let response = |status: &str, output: Vec<Value>, usage: Value| {
+        json!({"id": format!("resp_{id}"), "object": "response", "status": status,
+               "model": model, "output": output, "usage": usage})
+    };
+    if step.hang_mid_stream && !stream {
+        std::future::pending::<()>().await;
+    }
+    if !stream {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            response("completed", items, usage).to_string(),
+        )
+            .into_response();
+    }
+    let mut events = vec![json!({"type": "response.created",
+        "response": response("in_progress", Vec::new(), Value::Null)})];
+    for (index, item) in items.iter().enumerate() {
+        let mut started = item.clone();
+        started["status"] = json!("in_progress");
+        if item["type"] == "message" {
+            started["content"] = json!([]);
+        }
+        events.push(
+            json!({"type": "response.output_item.added", "output_index": index, "item": started}),
+        );
+        if item["type"] == "message" {
+            let text = item["content"][0]["text"].as_str().unwrap_or_default();
+            let chars: Vec<char> = text.chars().collect();
+            for piece in chars.chunks(chars.len().div_ceil(3).max(1)) {
+                events.push(
+                    json!({"type": "response.output_text.delta", "item_id": item["id"],
+                    "output_index": index, "content_index": 0,
+                    "delta": piece.iter().collect::<String>()}),
+                );
+            }
+        }
+        events.push(
+            json!({"type": "response.output_item.done", "output_index": index, "item": item}),
+        );
+    }
+    events.push(
+        json!({"type": "response.completed", "response": response("completed", items, usage)}),
+    );
+    if step.hang_mid_stream {
+        events.truncate(1);
+    }
+    let frames = events.into_iter().enumerate().map(|(n, mut e)| {
+        e["sequence_number"] = json!(n);
+        let kind = e["type"].as_str().unwrap_or_default().to_owned();
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(format!(
+            "event: {kind}\ndata: {e}\n\n"
+        )))
+    });
+    let hang = step.hang_mid_stream;
+    let frames = tokio_stream::StreamExt::chain(
+        tokio_stream::iter(frames),
+        futures::stream::once(async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            Ok(bytes::Bytes::new())
+        }),
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(frames))
+        .expect("response")
 }
 
 fn tokens(text_len: usize) -> u64 {

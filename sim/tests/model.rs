@@ -1,4 +1,5 @@
-//! The model simulator answers like the Messages API: scripted steps in order, streaming and not.
+//! The model simulator answers like the Messages API and the Responses API: scripted steps in
+//! order, streaming and not.
 
 use serde_json::{Value, json};
 use sim::model::{Failure, Match, ModelSim, Script, Step, ToolCall};
@@ -211,4 +212,144 @@ async fn the_fallback_agent_takes_any_issue() {
         .await
         .unwrap();
     assert_eq!(v["content"][0]["text"], "Done.", "{v}");
+}
+
+/// A Codex CLI request: its developer message, the user's prompt, and what came since.
+fn responses_request(prompt: &str, since: Vec<Value>) -> Value {
+    let mut input = vec![
+        json!({"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "You are a coding agent"}]}),
+        json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": prompt}]}),
+    ];
+    input.extend(since);
+    json!({"model": "gpt-5.5", "stream": true, "input": input,
+           "tools": [{"type": "function", "name": "exec_command"}, {"type": "custom", "name": "apply_patch"}]})
+}
+
+/// The `data:` objects of an event stream.
+fn events(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_responses_api_answers_scripts_with_the_codex_clis_tools() {
+    let sim = ModelSim::new(Some("sk-real".into()));
+    sim.add_script(Script {
+        selector: "TASK-9".into(),
+        steps: vec![
+            Step {
+                when: Match {
+                    tool_result: Some(false),
+                    ..Match::default()
+                },
+                text: "Writing it.".into(),
+                tools: vec![
+                    ToolCall::write("/workspace/a.txt", "one\ntwo\n"),
+                    ToolCall::bash("cargo test"),
+                ],
+                ..Step::default()
+            },
+            Step::after_tools("written"),
+        ],
+    });
+    let url = start(&sim).await;
+    let c = client();
+    let post = |body: Value, key: &str| {
+        c.post(format!("{url}/v1/responses"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
+    let bad = post(responses_request("TASK-9", vec![]), "nope")
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    assert!(bad.text().await.unwrap().contains("invalid_api_key"));
+
+    let first = post(responses_request("do TASK-9", vec![]), "sk-real")
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["content-type"], "text/event-stream");
+    let evs = events(&first.text().await.unwrap());
+    let kinds: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"response.created"));
+    assert_eq!(kinds.last(), Some(&"response.completed"));
+    assert!(kinds.contains(&"response.output_text.delta"));
+    let done: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["type"] == "response.output_item.done")
+        .map(|e| &e["item"])
+        .collect();
+    assert_eq!(done.len(), 3, "the text, the patch and the command");
+    assert_eq!(done[0]["type"], "message");
+    assert_eq!(done[1]["type"], "custom_tool_call");
+    assert_eq!(done[1]["name"], "apply_patch");
+    assert_eq!(
+        done[1]["input"],
+        "*** Begin Patch\n*** Add File: /workspace/a.txt\n+one\n+two\n*** End Patch\n"
+    );
+    assert_eq!(done[2]["type"], "function_call");
+    assert_eq!(done[2]["name"], "exec_command");
+    let args: Value = serde_json::from_str(done[2]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args["cmd"], "cargo test");
+    let usage = &evs.last().unwrap()["response"]["usage"];
+    assert!(usage["input_tokens"].as_u64().unwrap() > 0);
+    assert!(usage["output_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(usage["input_tokens_details"]["cached_tokens"], 0);
+
+    // The tools' outputs come back: the next step answers.
+    let since = vec![
+        done[1].clone(),
+        json!({"type": "custom_tool_call_output", "call_id": done[1]["call_id"], "output": "Success. Updated the following files:\nA a.txt"}),
+        done[2].clone(),
+        json!({"type": "function_call_output", "call_id": done[2]["call_id"], "output": "test result: ok"}),
+    ];
+    let second: Value = c
+        .post(format!("{url}/v1/responses"))
+        .bearer_auth("sk-real")
+        .json(&json!({"model": "gpt-5.5", "stream": false,
+                      "input": responses_request("do TASK-9", since)["input"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["status"], "completed");
+    assert_eq!(second["output"][0]["content"][0]["text"], "written");
+    let got = sim.received();
+    assert!(
+        got[1].last_user_text.contains("test result: ok"),
+        "{}",
+        got[1].last_user_text
+    );
+
+    // Rate limits for the Responses API only: a Messages call goes through meanwhile.
+    sim.fail_next_responses(Failure::RateLimit, 1);
+    let m = c
+        .post(format!("{url}/v1/messages"))
+        .header("x-api-key", "sk-real")
+        .json(&request("hello", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200);
+    let limited = post(responses_request("again TASK-9", vec![]), "sk-real")
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(
+        limited
+            .text()
+            .await
+            .unwrap()
+            .contains("rate_limit_exceeded")
+    );
+    let after = post(responses_request("again TASK-9", vec![]), "sk-real")
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 200);
 }

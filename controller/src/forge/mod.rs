@@ -31,6 +31,10 @@ pub mod labels {
     pub const FAILED: &str = "backporcher-failed";
     /// Asks for the stronger model.
     pub const OPUS: &str = "opus";
+    /// Asks for the Codex CLI as the agent backend.
+    pub const CODEX: &str = "codex";
+    /// Asks for Claude Code as the agent backend (in a repository whose default is Codex).
+    pub const CLAUDE: &str = "claude";
 }
 
 /// What went wrong talking to the forge.

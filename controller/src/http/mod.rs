@@ -348,6 +348,16 @@ pub(crate) fn check_model(model: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
+/// Refuses an agent backend that does not exist.
+pub(crate) fn check_agent(agent: Option<&str>) -> Result<(), ApiError> {
+    match agent {
+        Some(a) if !api::valid_agent(a) => Err(ApiError::Invalid(format!(
+            "unknown agent backend `{a}`; use claude or codex"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Whether any text in `v` holds a NUL (no text the API stores may: PostgreSQL refuses it).
 fn has_nul(v: &serde_json::Value) -> bool {
     match v {

@@ -65,6 +65,8 @@ pub(super) async fn update_repo(
         no_checks_grace_secs: req.no_checks_grace_secs,
         allow_workflow_changes: req.allow_workflow_changes,
         agent_hooks: req.agent_hooks,
+        agent: req.agent,
+        agent_fallback: req.agent_fallback,
         env_image: req.env_image,
         env_setup: req.env_setup,
         reproduce_first: req.reproduce_first,

@@ -90,6 +90,7 @@ pub(super) async fn create_task(
     let result = async {
         super::check_priority(req.priority)?;
         super::check_model(req.model.as_deref())?;
+        super::check_agent(req.agent.as_deref())?;
         if req.prompt.trim().is_empty() || req.title.trim().is_empty() {
             return Err(ApiError::Invalid(
                 "a task needs a title and a prompt".into(),
@@ -116,6 +117,7 @@ pub(super) async fn create_task(
         if let Some(p) = req.priority {
             t.priority = p;
         }
+        t.agent = req.agent.clone().unwrap_or_else(|| repo.agent.clone());
         let task = s.store.create_task(&t).await?;
         Ok(task_view(&task, &repo.name))
     }
@@ -493,17 +495,19 @@ pub(super) async fn task_action(
     } else {
         let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
             ApiError::Invalid(format!(
-                "the body is not an action request ({{model, priority, prompt}}): {e}"
+                "the body is not an action request ({{model, priority, prompt, agent}}): {e}"
             ))
         })?;
         super::object_body(v)?
     };
     super::check_priority(req.priority)?;
     super::check_model(req.model.as_deref())?;
+    super::check_agent(req.agent.as_deref())?;
     let edits = Edits {
         model: req.model.clone(),
         priority: req.priority,
         prompt: req.prompt.clone(),
+        agent: req.agent.clone(),
     };
     let op = match action.as_str() {
         "approve" => Op::Approve,

@@ -14,6 +14,7 @@ pub(crate) fn task_view(t: &Task, repo: &str) -> api::Task {
         hold: t.hold_kind.0.map(|h| h.as_str().into()),
         error: t.error.clone(),
         model: t.model.clone(),
+        agent: t.agent.clone(),
         priority: t.priority,
         attempt: t.attempt,
         retries: api::Retries {
@@ -74,6 +75,8 @@ pub(crate) fn repo_view(r: &crate::store::repos::Repo) -> api::Repo {
             enabled: Some(r.enabled),
             allow_workflow_changes: Some(r.allow_workflow_changes),
             agent_hooks: Some(r.agent_hooks),
+            agent: Some(r.agent.clone()),
+            agent_fallback: Some(r.agent_fallback),
             no_checks_grace_secs: Some(r.no_checks_grace_secs),
             env_image: r.env_image.clone(),
             env_setup: Some(r.env_setup.clone()),

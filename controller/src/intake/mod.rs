@@ -34,6 +34,18 @@ pub const TRIGGER_LABEL: &str = labels::TRIGGER;
 /// The label that asks for the stronger model.
 pub const OPUS_LABEL: &str = labels::OPUS;
 
+/// The agent backend an issue's task starts with: a `codex` or `claude` label wins (`codex` if
+/// both), else the repository's setting.
+pub fn agent_for(issue_labels: &[String], repo_default: &str) -> String {
+    if issue_labels.iter().any(|l| l == labels::CODEX) {
+        "codex".into()
+    } else if issue_labels.iter().any(|l| l == labels::CLAUDE) {
+        "claude".into()
+    } else {
+        repo_default.to_owned()
+    }
+}
+
 /// What intake needs to decide.
 #[derive(Debug, Clone, Default)]
 pub struct IntakeConfig {
@@ -189,6 +201,7 @@ pub async fn accept_issue(
     if issue.labels.iter().any(|l| l == OPUS_LABEL) {
         task.model = "opus".into();
     }
+    task.agent = agent_for(&issue.labels, &repo.agent);
     match store.create_task(&task).await {
         Ok(Task { id, .. }) => {
             tracing::info!(

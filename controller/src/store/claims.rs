@@ -133,6 +133,8 @@ macro_rules! claim_sql {
             "    AND (t.hold_kind IS NULL OR (t.hold_kind IN ('circuit_breaker', 'reflection') AND t.hold_until <= now()))",
             "    AND r.enabled AND (r.breaker_until IS NULL OR r.breaker_until <= now())",
             "    AND (NOT t.labels_required OR t.required_labels <@ $2::text[])",
+            // Every runner has Claude Code; another backend only goes to a runner that offers it.
+            "    AND (t.agent = 'claude' OR EXISTS (SELECT 1 FROM runners WHERE id = $1 AND t.agent = ANY(backends)))",
             "    AND (r.max_concurrency IS NULL OR EXISTS (SELECT 1 FROM repo_slots s",
             "         WHERE s.repo_id = r.id AND s.task_id IS NULL AND s.slot <= r.max_concurrency))",
             "    AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks dt ON dt.id = d.depends_on",

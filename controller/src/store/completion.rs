@@ -349,9 +349,20 @@ impl Store {
                         context: c.context.clone(),
                     };
                     let note = Note::new(actor.clone(), c.outcome.as_str());
-                    retry_in(&mut tx, lease.task_id, &failure, policy, &note)
+                    let task = retry_in(&mut tx, lease.task_id, &failure, policy, &note)
                         .await?
-                        .ok_or(Error::TaskNotFound(lease.task_id))?
+                        .ok_or(Error::TaskNotFound(lease.task_id))?;
+                    let rate_limited = c.outcome == Outcome::AgentFailed
+                        && c.data
+                            .as_ref()
+                            .and_then(|d| d.pointer("/data/rate_limited"))
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false);
+                    if rate_limited && task.status == Status::Queued {
+                        fall_back(&mut tx, task, &actor).await?
+                    } else {
+                        task
+                    }
                 }
                 // Nothing another attempt would change: the repository must fix its setup.
                 Outcome::SetupFailed => {
@@ -421,6 +432,26 @@ impl Store {
             duplicate: false,
         })
     }
+}
+
+/// A task the model API rate-limited goes on with the other agent backend when its repository
+/// allows it (`agent_fallback`), recorded on the timeline as `agent_fallback` with both names;
+/// otherwise it is returned as it is.
+async fn fall_back(tx: &mut sqlx::PgConnection, task: Task, actor: &str) -> Result<Task> {
+    let to = super::repos::other_agent(&task.agent);
+    let switched = sqlx::query_as::<_, Task>(concat!(
+        "UPDATE tasks SET agent = $2, ev_seq = ev_seq + 1, ev_actor = $3, ev_reason = 'agent_fallback', ",
+        "ev_data = jsonb_build_object('from', agent, 'to', $2::text, 'why', 'rate_limited') ",
+        "WHERE id = $1 AND status = 'queued' ",
+        "  AND (SELECT r.agent_fallback FROM repos r WHERE r.id = tasks.repo_id) RETURNING ",
+        task_columns!()
+    ))
+    .bind(task.id)
+    .bind(to)
+    .bind(actor)
+    .fetch_optional(tx)
+    .await?;
+    Ok(switched.unwrap_or(task))
 }
 
 async fn end_lease(

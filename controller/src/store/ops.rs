@@ -117,7 +117,8 @@ impl Store {
         let data = match op {
             Op::Escalate(m) => Some(serde_json::json!({"model": m})),
             Op::Requeue(e) | Op::Edit(e) => Some(serde_json::json!({
-                "model": e.model, "priority": e.priority, "prompt_edited": e.prompt.is_some()
+                "model": e.model, "priority": e.priority, "prompt_edited": e.prompt.is_some(),
+                "agent": e.agent
             })),
             _ => None,
         };

@@ -29,6 +29,10 @@ pub struct Repo {
     pub allow_workflow_changes: bool,
     /// Whether the agent CLI may run the default branch's hooks and MCP servers.
     pub agent_hooks: bool,
+    /// The agent backend its tasks start with: `claude` or `codex`.
+    pub agent: String,
+    /// Whether a task the model API rate-limited on one backend goes on with the other.
+    pub agent_fallback: bool,
     /// Cost cap per task.
     pub budget_task_microusd: Option<i64>,
     /// Cost cap per day for the repository.
@@ -111,6 +115,10 @@ pub struct RepoSettings {
     pub allow_workflow_changes: Option<bool>,
     /// Whether the agent CLI may run the default branch's hooks and MCP servers.
     pub agent_hooks: Option<bool>,
+    /// The agent backend its tasks start with ([`AGENTS`]).
+    pub agent: Option<String>,
+    /// Whether a rate-limited task goes on with the other backend.
+    pub agent_fallback: Option<bool>,
     /// The environment's base image (`Some("")` clears it: the repository's files decide).
     pub env_image: Option<String>,
     /// The environment's setup commands.
@@ -129,12 +137,19 @@ pub struct RepoSettings {
 pub const MAX_GUARD_WINDOW_SECS: i32 = 7 * 24 * 3600;
 /// Most later commits the post-merge guard watches a merge over.
 pub const MAX_GUARD_WINDOW_COMMITS: i32 = 200;
+/// The agent backends a task may run with (runner/src/agent.rs).
+pub const AGENTS: [&str; 2] = ["claude", "codex"];
+
+/// The backend a rate-limited task falls back to.
+pub fn other_agent(agent: &str) -> &'static str {
+    if agent == "codex" { "claude" } else { "codex" }
+}
 
 /// Highest per-repository concurrency cap (the cap is kept as that many slot rows).
 pub const MAX_CONCURRENCY: i32 = 1000;
 
 const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command, approval_mode, \
-    review_fail_mode, egress_policy, allow_workflow_changes, agent_hooks, budget_task_microusd, \
+    review_fail_mode, egress_policy, allow_workflow_changes, agent_hooks, agent, agent_fallback, budget_task_microusd, \
     budget_daily_microusd, max_concurrency, \
     (SELECT count(*)::int FROM tasks t WHERE t.repo_id = repos.id AND t.status IN ('leased', 'running', 'verifying')) AS active_tasks, \
     runner_labels, stack, enabled, merge_method, ci_ignore, no_checks, \
@@ -236,6 +251,7 @@ impl Store {
             s.reproduce_policy.as_deref(),
             &["hold", "proceed"],
         )?;
+        check_choice("agent backend", s.agent.as_deref(), &AGENTS)?;
         for (what, v) in [
             ("no-checks grace", s.no_checks_grace_secs.map(i64::from)),
             ("task budget", s.budget_task_microusd),
@@ -307,6 +323,8 @@ impl Store {
                reproduce_policy = COALESCE($20, reproduce_policy), \
                guard_window_secs = COALESCE($21, guard_window_secs), \
                guard_window_commits = COALESCE($22, guard_window_commits), \
+               agent = COALESCE($23, agent), \
+               agent_fallback = COALESCE($24, agent_fallback), \
                updated_at = now() \
              WHERE id = $1 RETURNING {REPO_COLUMNS}"
         )))
@@ -332,6 +350,8 @@ impl Store {
         .bind(&s.reproduce_policy)
         .bind(s.guard_window_secs)
         .bind(s.guard_window_commits)
+        .bind(&s.agent)
+        .bind(s.agent_fallback)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::RepoNotFound(id.to_string()))?;

@@ -229,6 +229,19 @@ pub struct Edits {
     pub priority: Option<i32>,
     /// New prompt (replaces the issue text).
     pub prompt: Option<String>,
+    /// New agent backend (`claude` or `codex`).
+    pub agent: Option<String>,
+}
+
+/// Refuses an agent backend no runner has.
+pub fn check_agent(agent: Option<&str>) -> Result<()> {
+    match agent {
+        Some(a) if !super::repos::AGENTS.contains(&a) => Err(Error::Invalid(format!(
+            "agent backend `{a}` is not one of: {}",
+            super::repos::AGENTS.join(", ")
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// What cancel did.
@@ -279,6 +292,7 @@ macro_rules! retry_sql {
 impl Store {
     /// Creates a task in `new`. An issue with a live task gets [`Error::DuplicateIssue`].
     pub async fn create_task(&self, t: &NewTask) -> Result<Task> {
+        check_agent(Some(&t.agent))?;
         if t.title.trim().is_empty() && t.body.trim().is_empty() {
             return Err(Error::Invalid(
                 "a task needs a title or a body that says what to do".into(),
@@ -681,6 +695,7 @@ impl Store {
     /// Puts an ended task back in the queue with fresh retry budgets, optionally edited.
     /// Refused while a dependency has ended without merging.
     pub async fn requeue(&self, id: TaskId, edits: &Edits, note: &Note) -> Result<Task> {
+        check_agent(edits.agent.as_deref())?;
         let res = sqlx::query_as::<_, Task>(concat!(
             "UPDATE tasks SET status = 'queued', terminal_reason = NULL, error = NULL, ",
             "hold_kind = NULL, hold_until = NULL, hold_by = NULL, ",
@@ -689,7 +704,7 @@ impl Store {
             "lease_token = NULL, runner_id = NULL, leased_at = NULL, lease_expires_at = NULL, ",
             "resume_branch = false, retry_context = '[]', pr_number = NULL, pr_url = NULL, head_sha = NULL, ",
             "model = COALESCE($3, model), priority = COALESCE($4, priority), ",
-            "prompt_override = COALESCE($5, prompt_override), ",
+            "prompt_override = COALESCE($5, prompt_override), agent = COALESCE($10, agent), ",
             "ev_seq = ev_seq + 1, ev_actor = $6, ev_reason = $7, ev_data = $8 ",
             "WHERE id = $1 AND status = ANY($2) AND NOT EXISTS (",
             "  SELECT 1 FROM task_dependencies d JOIN tasks x ON x.id = d.depends_on ",
@@ -703,6 +718,7 @@ impl Store {
         .bind(&edits.prompt)
         .bind_note(note)
         .bind(status_texts(Status::UNSUCCESSFUL))
+        .bind(&edits.agent)
         .fetch_optional(&self.pool)
         .await;
         match res {
@@ -735,6 +751,7 @@ impl Store {
 
     /// Edits a task that has not started (`new` or `queued`).
     pub async fn edit(&self, id: TaskId, edits: &Edits, note: &Note) -> Result<Task> {
+        check_agent(edits.agent.as_deref())?;
         if let Some(p) = &edits.prompt
             && p.trim().is_empty()
         {
@@ -747,7 +764,7 @@ impl Store {
         };
         let row = sqlx::query_as::<_, Task>(concat!(
             "UPDATE tasks SET model = COALESCE($3, model), priority = COALESCE($4, priority), ",
-            "prompt_override = COALESCE($5, prompt_override), ",
+            "prompt_override = COALESCE($5, prompt_override), agent = COALESCE($9, agent), ",
             "ev_seq = ev_seq + 1, ev_actor = $6, ev_reason = $7, ev_data = $8 ",
             "WHERE id = $1 AND status = ANY($2) RETURNING ",
             task_columns!()
@@ -759,7 +776,8 @@ impl Store {
         .bind(&edits.prompt)
         .bind(&note.actor)
         .bind(&note.reason)
-        .bind(json!({"model": edits.model, "priority": edits.priority, "prompt_edited": edits.prompt.is_some()}))
+        .bind(json!({"model": edits.model, "priority": edits.priority, "prompt_edited": edits.prompt.is_some(), "agent": edits.agent}))
+        .bind(&edits.agent)
         .fetch_optional(&self.pool)
         .await?;
         match row {

@@ -498,6 +498,7 @@ async fn requeue_resets_budgets_errors_holds_and_pr_but_not_the_attempt() {
             &Edits {
                 model: Some("opus".into()),
                 priority: Some(5),
+                agent: None,
                 prompt: Some("do it better".into()),
             },
             &note("requeue"),
@@ -667,6 +668,7 @@ async fn bad_input_is_refused_with_what_was_wrong() {
         .edit(
             t.id,
             &Edits {
+                agent: None,
                 prompt: Some(" ".into()),
                 ..Default::default()
             },
@@ -747,6 +749,7 @@ async fn edits_apply_before_dispatch_only() {
             &Edits {
                 model: Some("opus".into()),
                 priority: Some(3),
+                agent: None,
                 prompt: Some("new".into()),
             },
             &note("edit"),

@@ -1,6 +1,7 @@
 //! Controller integration tests, on a real PostgreSQL (a private server per test binary, a fresh
 //! database per test; `DATABASE_URL` to use another server).
 
+mod agents;
 mod api;
 mod ci_gate;
 mod claims;

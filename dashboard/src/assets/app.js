@@ -229,9 +229,10 @@ function renderEdit(t, body) {
     form.dataset.status = t.status;
     $("#edit-prompt").value = body;
     $("#edit-model").value = t.model;
+    $("#edit-agent").value = t.agent || "claude";
     $("#edit-priority").value = String(t.priority);
   }
-  $("#edit-title").textContent = editable ? "Edit before it runs (prompt, model, priority)" : "Requeue with changes";
+  $("#edit-title").textContent = editable ? "Edit before it runs (prompt, model, agent, priority)" : "Requeue with changes";
   $("#edit-note").textContent = editable
     ? "Changes apply to the next attempt; a running task cannot be changed (cancel it and requeue with changes)."
     : "The task ended; it goes back to the queue with these.";
@@ -252,7 +253,7 @@ async function openDetail(id, refresh) {
   panel.hidden = false;
   document.body.classList.add("detail-open");
   $("#detail-title").textContent = `#${t.id} ${t.title}`;
-  const meta = [t.repo, `status ${t.status}${t.hold ? " (held: " + t.hold + ")" : ""}`, `model ${t.model}`, `priority ${t.priority}`,
+  const meta = [t.repo, `status ${t.status}${t.hold ? " (held: " + t.hold + ")" : ""}`, `model ${t.model}`, `agent ${t.agent || "claude"}`, `priority ${t.priority}`,
     `attempt ${t.attempt}`, t.runner_id ? `runner ${t.runner_id}` : null, `in stage ${stageLabel(t)}`,
     t.terminal_reason ? `ended: ${t.terminal_reason}` : null].filter((x) => x);
   $("#detail-meta").textContent = meta.join(" · ");
@@ -1081,6 +1082,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     ev.preventDefault();
     const body = { repo: $("#new-repo").value, title: $("#new-title").value, prompt: $("#new-prompt").value };
     if ($("#new-model").value.trim()) body.model = $("#new-model").value.trim();
+    if ($("#new-agent").value) body.agent = $("#new-agent").value;
     if ($("#new-priority").value !== "") body.priority = Number($("#new-priority").value);
     if (!$("#new-issue-label").hidden && $("#new-issue").checked) body.open_issue = true;
     try {
@@ -1101,6 +1103,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     const prompt = $("#edit-prompt").value;
     if (prompt !== $("#detail-prompt").textContent) body.prompt = prompt;
     if ($("#edit-model").value.trim() && $("#edit-model").value.trim() !== t.model) body.model = $("#edit-model").value.trim();
+    if ($("#edit-agent").value !== (t.agent || "claude")) body.agent = $("#edit-agent").value;
     const p = $("#edit-priority").value;
     if (p !== "" && Number(p) !== t.priority) body.priority = Number(p);
     if (!Object.keys(body).length && $("#edit").dataset.action === "edit") { $("#detail-error").textContent = "nothing changed"; return; }

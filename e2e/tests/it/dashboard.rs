@@ -123,6 +123,18 @@ async fn fill(b: &Client, css: &str, value: &str) {
     e.send_keys(value).await.unwrap();
 }
 
+/// Picks `value` in the select `css` as a person would (the change event fires).
+async fn choose(b: &Client, css: &str, value: &str) {
+    b.execute(
+        "const s = document.querySelector(arguments[0]); s.value = arguments[1]; \
+         s.dispatchEvent(new Event('input', {bubbles: true})); \
+         s.dispatchEvent(new Event('change', {bubbles: true}));",
+        vec![json!(css), json!(value)],
+    )
+    .await
+    .unwrap();
+}
+
 async fn api_task(store: &Store, repo: i64, title: &str, body: &str) -> i64 {
     let mut t = NewTask::for_issue(repo, 0, title, body);
     t.issue_number = None;
@@ -257,6 +269,7 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
     .await;
     fill(&b, "#new-model", "haiku").await;
     fill(&b, "#new-priority", "7").await;
+    choose(&b, "#new-agent", "codex").await;
     screenshot(&b, "dash-01-new-task").await;
     click_fresh(&b, "#new-submit").await;
     let title = wait_text(&b, "#detail-title", "Fix <img").await;
@@ -264,6 +277,7 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
     let created: i64 = title[1..title.find(' ').unwrap()].parse().unwrap();
     let t = store.task(created).await.unwrap();
     assert_eq!((t.model.as_str(), t.priority), ("haiku", 7));
+    assert_eq!(t.agent, "codex", "the agent chosen in the form");
     let prompt = b
         .execute(
             "return document.querySelector('#detail-prompt').textContent;",
@@ -284,9 +298,11 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
     fill(&b, "#edit-prompt", "Only the parser, nothing else.").await;
     fill(&b, "#edit-model", "sonnet").await;
     fill(&b, "#edit-priority", "2").await;
+    choose(&b, "#edit-agent", "claude").await;
     click_fresh(&b, "#edit-submit").await;
     let t = wait_task(&store, created, "edited", |t| t.priority == 2).await;
     assert_eq!(t.model, "sonnet");
+    assert_eq!(t.agent, "claude", "the agent changed before it runs");
     assert_eq!(
         t.prompt_override.as_deref(),
         Some("Only the parser, nothing else.")

@@ -5,6 +5,7 @@
 mod browser;
 mod cancel;
 mod chaos;
+mod codex;
 mod dashboard;
 mod deploy;
 mod environments;

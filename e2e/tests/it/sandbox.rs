@@ -100,6 +100,7 @@ pub(crate) async fn setup(tag: &str, s: Setup) -> Env {
         image: None,
         model_api: sim_url.clone(),
         credential: Credential::ApiKey(REAL_KEY.into()),
+        openai: None,
         exec: ExecConfig {
             agent_timeout: s.agent_timeout,
             stall_timeout: s.stall_timeout,
@@ -679,6 +680,7 @@ async fn a_runner_start_removes_orphan_containers_and_checkouts() {
         image: None,
         model_api: "http://127.0.0.1:9".into(),
         credential: Credential::ApiKey("k".into()),
+        openai: None,
         exec: ExecConfig {
             agent_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(10),
