@@ -67,6 +67,8 @@ pub(super) async fn update_repo(
         agent_hooks: req.agent_hooks,
         env_image: req.env_image,
         env_setup: req.env_setup,
+        best_of: req.best_of,
+        best_of_models: req.best_of_models,
     };
     let result = s
         .store

@@ -32,6 +32,9 @@ pub(crate) fn task_view(t: &Task, repo: &str) -> api::Task {
         created_at: t.created_at,
         updated_at: t.updated_at,
         finished_at: t.finished_at,
+        best_of: t.best_of,
+        parent_id: t.parent_id,
+        candidate: t.candidate,
     }
 }
 
@@ -59,6 +62,8 @@ pub(crate) fn repo_view(r: &crate::store::repos::Repo) -> api::Repo {
             no_checks_grace_secs: Some(r.no_checks_grace_secs),
             env_image: r.env_image.clone(),
             env_setup: Some(r.env_setup.clone()),
+            best_of: Some(r.best_of),
+            best_of_models: Some(r.best_of_models.clone()),
         },
     }
 }

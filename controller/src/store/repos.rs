@@ -55,6 +55,10 @@ pub struct Repo {
     pub env_image: Option<String>,
     /// Its setup commands.
     pub env_setup: Vec<String>,
+    /// Best-of-N: candidates per task (1: a single attempt).
+    pub best_of: i32,
+    /// Models the candidates cycle through.
+    pub best_of_models: Vec<String>,
     /// Registered at.
     pub created_at: DateTime<Utc>,
 }
@@ -107,6 +111,10 @@ pub struct RepoSettings {
     pub env_image: Option<String>,
     /// The environment's setup commands.
     pub env_setup: Option<Vec<String>>,
+    /// Best-of-N: candidates per task (1..=5).
+    pub best_of: Option<i32>,
+    /// Models the candidates cycle through (at most 5).
+    pub best_of_models: Option<Vec<String>>,
 }
 
 /// Highest per-repository concurrency cap (the cap is kept as that many slot rows).
@@ -117,7 +125,7 @@ const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command,
     budget_daily_microusd, max_concurrency, \
     (SELECT count(*)::int FROM tasks t WHERE t.repo_id = repos.id AND t.status IN ('leased', 'running', 'verifying')) AS active_tasks, \
     runner_labels, stack, enabled, merge_method, ci_ignore, no_checks, \
-    no_checks_grace_secs, env_image, env_setup, created_at";
+    no_checks_grace_secs, env_image, env_setup, best_of, best_of_models, created_at";
 
 impl Store {
     /// Registers a repository. Its name must be `owner/name`.
@@ -218,6 +226,23 @@ impl Store {
                 )));
             }
         }
+        if let Some(n) = s.best_of
+            && !(1..=super::tasks::MAX_BEST_OF).contains(&n)
+        {
+            return Err(Error::Invalid(format!(
+                "best-of-{n} is out of range: run between 1 and {} candidates",
+                super::tasks::MAX_BEST_OF
+            )));
+        }
+        if let Some(m) = &s.best_of_models
+            && (m.len() > super::tasks::MAX_BEST_OF as usize
+                || m.iter().any(|x| x.trim().is_empty()))
+        {
+            return Err(Error::Invalid(format!(
+                "best-of models: list at most {} model names, none blank",
+                super::tasks::MAX_BEST_OF
+            )));
+        }
         if let Some(cap) = s.max_concurrency
             && cap > MAX_CONCURRENCY
         {
@@ -250,6 +275,8 @@ impl Store {
                agent_hooks = COALESCE($16, agent_hooks), \
                env_image = CASE WHEN $17::text IS NULL THEN env_image ELSE NULLIF($17, '') END, \
                env_setup = COALESCE($18, env_setup), \
+               best_of = COALESCE($19, best_of), \
+               best_of_models = COALESCE($20, best_of_models), \
                updated_at = now() \
              WHERE id = $1 RETURNING {REPO_COLUMNS}"
         )))
@@ -271,6 +298,8 @@ impl Store {
         .bind(s.agent_hooks)
         .bind(&s.env_image)
         .bind(&s.env_setup)
+        .bind(s.best_of)
+        .bind(&s.best_of_models)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::RepoNotFound(id.to_string()))?;
