@@ -60,21 +60,6 @@ pub struct Ranking {
     pub entries: sqlx::types::Json<Value>,
 }
 
-/// The reason a candidate's run ended, from its completion's outcome.
-pub(super) fn candidate_reason(outcome: super::completion::Outcome) -> TerminalReason {
-    use super::completion::Outcome as O;
-    match outcome {
-        O::Succeeded => TerminalReason::Succeeded,
-        O::AgentFailed | O::Abandoned => TerminalReason::AgentFailed,
-        O::VerifyFailed => TerminalReason::VerifyFailed,
-        O::TimedOut => TerminalReason::TimedOut,
-        O::Stalled => TerminalReason::Stalled,
-        O::SetupFailed => TerminalReason::SetupFailed,
-        O::BudgetExceeded => TerminalReason::BudgetExceeded,
-        O::Canceled => TerminalReason::CanceledByUser,
-    }
-}
-
 impl Store {
     /// Turns the lease a claim just took on best-of-N task `parent` into its candidates: the
     /// parent goes `leased → candidates` (its lease, slot and grant given back) and N candidates

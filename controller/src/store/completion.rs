@@ -399,6 +399,21 @@ impl Store {
     }
 }
 
+/// The reason a candidate's run ended, from its completion's outcome.
+fn candidate_reason(outcome: Outcome) -> TerminalReason {
+    use Outcome as O;
+    match outcome {
+        O::Succeeded => TerminalReason::Succeeded,
+        O::AgentFailed | O::Abandoned => TerminalReason::AgentFailed,
+        O::VerifyFailed => TerminalReason::VerifyFailed,
+        O::TimedOut => TerminalReason::TimedOut,
+        O::Stalled => TerminalReason::Stalled,
+        O::SetupFailed => TerminalReason::SetupFailed,
+        O::BudgetExceeded => TerminalReason::BudgetExceeded,
+        O::Canceled => TerminalReason::CanceledByUser,
+    }
+}
+
 /// Ends a best-of-N candidate's run: `finished` with the reason it ended (a cancel requested
 /// meanwhile wins), or back to the queue when its runner gave the work up.
 async fn finish_candidate(
@@ -423,7 +438,7 @@ async fn finish_candidate(
     let reason = if cancel_requested {
         TerminalReason::CanceledByUser
     } else {
-        super::candidates::candidate_reason(c.outcome)
+        candidate_reason(c.outcome)
     };
     Ok(sqlx::query_as::<_, Task>(concat!(
         "UPDATE tasks SET status = 'finished', terminal_reason = $2, error = COALESCE($3, error), ",
