@@ -8,7 +8,7 @@
 
 ALTER TABLE repos
     ADD COLUMN best_of integer NOT NULL DEFAULT 1 CHECK (best_of BETWEEN 1 AND 5),
-    -- Models the candidates cycle through (empty: every candidate takes the task's model).
+    -- Models the candidates cycle through (empty, or a blank entry: the task's model).
     ADD COLUMN best_of_models text[] NOT NULL DEFAULT '{}'
         CHECK (cardinality(best_of_models) <= 5);
 

@@ -703,7 +703,8 @@ pub struct RepoSettings {
     #[serde(default, deserialize_with = "integer::option")]
     #[schema(minimum = 1, maximum = 5)]
     pub best_of: Option<i32>,
-    /// Models the candidates cycle through (empty: the task's model for all), at most 5.
+    /// Models the candidates cycle through (empty: the task's model for all; a blank entry: the
+    /// task's model for that candidate), at most 5.
     #[schema(max_items = 5)]
     pub best_of_models: Option<Vec<String>>,
 }

@@ -95,7 +95,7 @@ impl Store {
             "  parent_attempt, budget_task_microusd, ev_actor, ev_reason, ev_data) ",
             "SELECT p.repo_id, 'candidate', p.issue_title, p.issue_body, p.issue_author, p.issue_hash, ",
             "  p.prompt_override, 'queued', p.priority, ",
-            "  COALESCE(p.best_of_models[1 + (i - 1) % NULLIF(cardinality(p.best_of_models), 0)], p.model), ",
+            "  COALESCE(NULLIF(btrim(p.best_of_models[1 + (i - 1) % NULLIF(cardinality(p.best_of_models), 0)]), ''), p.model), ",
             "  p.agent, p.required_labels, p.resume_branch, p.retry_context, p.branch, ",
             "  format('task:%s', p.id), p.created_at, now(), p.id, i, p.attempt, $2, ",
             "  'system', 'candidate', jsonb_build_object('parent', p.id, 'candidate', i, 'share_microusd', $2) ",

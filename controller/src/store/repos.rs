@@ -235,11 +235,10 @@ impl Store {
             )));
         }
         if let Some(m) = &s.best_of_models
-            && (m.len() > super::tasks::MAX_BEST_OF as usize
-                || m.iter().any(|x| x.trim().is_empty()))
+            && m.len() > super::tasks::MAX_BEST_OF as usize
         {
             return Err(Error::Invalid(format!(
-                "best-of models: list at most {} model names, none blank",
+                "best-of models: list at most {} model names",
                 super::tasks::MAX_BEST_OF
             )));
         }
