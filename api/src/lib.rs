@@ -33,6 +33,8 @@ pub fn schemas() -> Vec<(
         GuardWatch,
         GuardState,
         Dependencies,
+        Candidates,
+        CandidateRanking,
         LogChunk,
         ActionRequest,
         CreateTask,
@@ -338,6 +340,8 @@ pub enum TaskStatus {
     Running,
     /// The verify command runs.
     Verifying,
+    /// Best-of-N: its candidates run; the best one is pushed when they end.
+    Candidates,
     /// The branch is pushed.
     Pushing,
     /// A pull request is open.
@@ -356,6 +360,8 @@ pub enum TaskStatus {
     Failed,
     /// Canceled.
     Canceled,
+    /// A best-of-N candidate whose run ended (`terminal_reason` says how); its parent ranks it.
+    Finished,
 }
 
 /// A user's role, ordered by what it may do.
@@ -514,6 +520,51 @@ pub struct Task {
     pub updated_at: DateTime<Utc>,
     /// Ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Best-of-N: candidates per round (1: a single attempt).
+    #[serde(default = "one")]
+    pub best_of: i32,
+    /// For a best-of-N candidate: the task it is a candidate of.
+    #[serde(default)]
+    pub parent_id: Option<i64>,
+    /// For a best-of-N candidate: its place among its siblings (1..N).
+    #[serde(default)]
+    pub candidate: Option<i32>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// `GET /api/tasks/{id}/candidates`: a best-of-N task's candidates and how each round was ranked.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Candidates {
+    /// The task.
+    pub task: i64,
+    /// Candidates per round.
+    pub best_of: i32,
+    /// Every candidate (newest round first), with its own logs at `/api/tasks/{id}/logs`.
+    pub candidates: Vec<Task>,
+    /// Each ranked round, newest first.
+    pub rankings: Vec<CandidateRanking>,
+}
+
+/// How one round of candidates was ranked.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CandidateRanking {
+    /// The task's attempt (the round).
+    pub attempt: i32,
+    /// When.
+    pub ranked_at: DateTime<Utc>,
+    /// How long the controller took to rank, microseconds (the reviewer's calls included).
+    pub rank_micros: i64,
+    /// The candidate pushed.
+    pub winner: Option<i64>,
+    /// Whether and how the reviewer scored the finalists.
+    pub reviewer: String,
+    /// Each candidate: its inputs (`task_id`, `candidate`, `model`, `backend`, `outcome`,
+    /// `has_bundle`, `tests_passed`, `reproduced`, `diff_lines`, `coverage`, `reviewer_score`,
+    /// `cost_microusd`), `rank`, `finalist` and `reason`.
+    pub entries: Vec<Value>,
 }
 
 /// Retries spent per failure mode.
@@ -703,6 +754,11 @@ pub struct CreateTask {
     #[serde(default)]
     #[schema(value_type = Option<Agent>)]
     pub agent: Option<String>,
+    /// Best-of-N: candidates to run in parallel, the best one pushed (default: the
+    /// repository's setting; 1 is a single attempt).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 1, maximum = 5)]
+    pub best_of: Option<i32>,
 }
 
 /// `POST /api/tasks/{id}/{action}` bodies (all optional fields).
@@ -816,6 +872,15 @@ pub struct RepoSettings {
     #[serde(default, deserialize_with = "integer::option")]
     #[schema(minimum = 0, maximum = 200)]
     pub guard_window_commits: Option<i32>,
+    /// Best-of-N: candidates each task runs in parallel, the best one pushed (1: a single
+    /// attempt; an issue's `best-of-N` label wins).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 1, maximum = 5)]
+    pub best_of: Option<i32>,
+    /// Models the candidates cycle through (empty: the task's model for all; a blank entry: the
+    /// task's model for that candidate), at most 5.
+    #[schema(max_items = 5)]
+    pub best_of_models: Option<Vec<String>>,
 }
 
 /// `POST /api/repos`.

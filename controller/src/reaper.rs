@@ -1,5 +1,5 @@
-//! The reaper: a singleton loop that takes expired leases back and ends tasks past their
-//! deadline.
+//! The reaper: a singleton loop that takes expired leases back, settles best-of-N rounds whose
+//! candidates it took back, and ends tasks past their deadline.
 //!
 //! It sleeps until the earliest live lease could expire (at most `interval`), then re-queues what
 //! expired as `lease_expired` (or cancels it when cancellation was pending). Several controller
@@ -40,12 +40,13 @@ const OUTAGE: Duration = Duration::from_secs(2);
 pub async fn run(ctx: LoopCtx, shutdown: CancellationToken) {
     let interval = ctx.config.reaper_interval;
     let grace = ctx.config.restart_grace;
+    let policy = ctx.config.pipeline.retry.clone();
     let state: Arc<Mutex<State>> = Arc::default();
     every("reaper", Vec::new(), interval, shutdown, || {
-        let (store, state) = (ctx.store.clone(), state.clone());
+        let (store, state, policy) = (ctx.store.clone(), state.clone(), policy.clone());
         async move {
             let mut state = state.lock().await;
-            match sweep(&store, &mut state, interval, grace).await {
+            match sweep(&store, &mut state, interval, grace, &policy).await {
                 Ok(pause) => Ok(Next::WaitAtMost(pause)),
                 Err(e) => {
                     // The lock's connection may be gone with the error: take it again; and
@@ -67,6 +68,7 @@ async fn sweep(
     state: &mut State,
     interval: Duration,
     grace: Duration,
+    policy: &crate::store::tasks::RetryPolicy,
 ) -> Result<Duration, crate::store::Error> {
     let asked = std::time::Instant::now();
     store.ping().await?;
@@ -95,6 +97,11 @@ async fn sweep(
     if pruned > 0 {
         tracing::info!(pruned, "work claims of controllers that are gone removed");
     }
+    // Best-of-N rounds whose candidates the reaper took back, or past the deadline with a
+    // candidate that succeeded (ranked rather than failed), move on before the deadline sweep.
+    for t in store.settle_candidates(policy, 100).await? {
+        tracing::info!(task = t.id, status = %t.status, "best-of-N round settled");
+    }
     for t in store.fail_past_deadline(100).await? {
         tracing::warn!(task = t, "task ran past its deadline; failed");
     }
@@ -106,6 +113,9 @@ async fn sweep(
         if reaped.len() < 500 {
             break;
         }
+    }
+    for t in store.settle_candidates(policy, 100).await? {
+        tracing::info!(task = t.id, status = %t.status, "best-of-N round settled");
     }
     // Sleep until the next lease could expire, bounded by the interval.
     Ok(match store.next_lease_expiry().await? {

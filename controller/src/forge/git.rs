@@ -401,6 +401,86 @@ impl Pusher {
     }
 }
 
+impl Pusher {
+    /// The diff a result bundle carries on `branch` against the default branch (fetched fresh),
+    /// at most `max` bytes, without pushing it: how the best-of-N reviewer reads a candidate.
+    /// The bundle's ref is dropped from the cache repository again.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn bundle_diff(
+        &self,
+        repo: &str,
+        clone_url: &str,
+        default_branch: &str,
+        branch: &str,
+        bundle: &[u8],
+        token: &str,
+        max: usize,
+    ) -> Result<BranchDiff> {
+        refuse_foreign_branch(branch, default_branch)?;
+        let dir = self.cache(repo).await?;
+        let auth = basic_auth(token);
+        fetch_branches(&dir, clone_url, &[default_branch], &auth).await?;
+        let _ = fetch_branches(&dir, clone_url, &[branch], &auth).await;
+        let id = uuid::Uuid::new_v4();
+        let path = dir.join(format!("candidate-{id}.bundle"));
+        tokio::fs::write(&path, bundle)
+            .await
+            .map_err(|e| git_err("write bundle", e))?;
+        let local = format!("refs/backporcher-candidates/{id}");
+        let path_s = path.to_string_lossy().into_owned();
+        let fetched = git(
+            &dir,
+            &[
+                "fetch",
+                "--quiet",
+                &path_s,
+                &format!("+refs/heads/{branch}:{local}"),
+            ],
+            None,
+            "fetch bundle",
+        )
+        .await;
+        let _ = tokio::fs::remove_file(&path).await;
+        fetched.map_err(|e| {
+            ForgeError::Refused(format!("the candidate's bundle does not apply: {e}"))
+        })?;
+        let diffed = async {
+            let head = git(&dir, &["rev-parse", &local], None, "rev-parse").await?;
+            let range = format!("refs/remotes/origin/{default_branch}...{head}");
+            let text = git(
+                &dir,
+                &[
+                    "diff",
+                    "--no-color",
+                    "--no-ext-diff",
+                    "--no-textconv",
+                    &range,
+                ],
+                None,
+                "diff",
+            )
+            .await?;
+            Ok::<_, ForgeError>((head, text))
+        }
+        .await;
+        let _ = git(&dir, &["update-ref", "-d", &local], None, "update-ref").await;
+        let (head, mut text) = diffed?;
+        let complete = text.len() <= max;
+        if !complete {
+            let mut cut = max;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        Ok(BranchDiff {
+            text,
+            head,
+            complete,
+        })
+    }
+}
+
 /// Fetches the default branch and the task branch from the forge into the cache repository.
 async fn fetch_base_and_branch(
     dir: &Path,

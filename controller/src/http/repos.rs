@@ -73,6 +73,8 @@ pub(super) async fn update_repo(
         reproduce_policy: req.reproduce_policy,
         guard_window_secs: req.guard_window_secs,
         guard_window_commits: req.guard_window_commits,
+        best_of: req.best_of,
+        best_of_models: req.best_of_models,
     };
     let result = s
         .store

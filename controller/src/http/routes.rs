@@ -127,6 +127,15 @@ pub fn routes() -> Vec<Route> {
         ),
         op(
             "get",
+            "/api/tasks/{id}/candidates",
+            "viewer",
+            "A best-of-N task's candidates and how each round was ranked (why each candidate lost)",
+            None,
+            "Candidates",
+            get(tasks::task_candidates),
+        ),
+        op(
+            "get",
             "/api/tasks/{id}/dependencies",
             "viewer",
             "What the task waits for and what waits for it, directly and through others",

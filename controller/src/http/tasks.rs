@@ -118,6 +118,7 @@ pub(super) async fn create_task(
             t.priority = p;
         }
         t.agent = req.agent.clone().unwrap_or_else(|| repo.agent.clone());
+        t.best_of = req.best_of;
         let task = s.store.create_task(&t).await?;
         Ok(task_view(&task, &repo.name))
     }
@@ -215,6 +216,39 @@ pub(super) async fn task_detail(
             .await?
             .iter()
             .map(super::views::guard_view)
+            .collect(),
+    }))
+}
+
+pub(super) async fn task_candidates(
+    State(s): State<AppState>,
+    _c: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<api::Candidates> {
+    let task = s.store.task(id).await?;
+    let repo = s.store.repo(task.repo_id).await?;
+    let candidates = s.store.candidates_of(id).await?;
+    let rankings = s.store.rankings(id).await?;
+    Ok(Json(api::Candidates {
+        task: id,
+        best_of: task.best_of,
+        candidates: candidates
+            .iter()
+            .map(|c| task_view(c, &repo.name))
+            .collect(),
+        rankings: rankings
+            .into_iter()
+            .map(|r| api::CandidateRanking {
+                attempt: r.attempt,
+                ranked_at: r.ranked_at,
+                rank_micros: r.rank_micros,
+                winner: r.winner,
+                reviewer: r.reviewer,
+                entries: match r.entries.0 {
+                    serde_json::Value::Array(v) => v,
+                    other => vec![other],
+                },
+            })
             .collect(),
     }))
 }

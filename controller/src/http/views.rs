@@ -33,6 +33,9 @@ pub(crate) fn task_view(t: &Task, repo: &str) -> api::Task {
         created_at: t.created_at,
         updated_at: t.updated_at,
         finished_at: t.finished_at,
+        best_of: t.best_of,
+        parent_id: t.parent_id,
+        candidate: t.candidate,
     }
 }
 
@@ -84,6 +87,8 @@ pub(crate) fn repo_view(r: &crate::store::repos::Repo) -> api::Repo {
             reproduce_policy: Some(r.reproduce_policy.clone()),
             guard_window_secs: Some(r.guard_window_secs),
             guard_window_commits: Some(r.guard_window_commits),
+            best_of: Some(r.best_of),
+            best_of_models: Some(r.best_of_models.clone()),
         },
     }
 }

@@ -202,6 +202,7 @@ pub async fn accept_issue(
         task.model = "opus".into();
     }
     task.agent = agent_for(&issue.labels, &repo.agent);
+    task.best_of = best_of_label(&issue.labels);
     match store.create_task(&task).await {
         Ok(Task { id, .. }) => {
             tracing::info!(
@@ -303,5 +304,32 @@ mod tests {
             clean_text("open <!-- never closed"),
             "open <!-- never closed"
         );
+    }
+}
+
+/// The issue's `best-of-N` label (N from 1 to the most candidates a task runs), if any; the
+/// highest wins when several are set. Others (`best-of-9`, `best-of-x`) are ignored.
+pub fn best_of_label(labels: &[String]) -> Option<i32> {
+    labels
+        .iter()
+        .filter_map(|l| l.strip_prefix("best-of-")?.parse::<i32>().ok())
+        .filter(|n| (1..=crate::store::tasks::MAX_BEST_OF).contains(n))
+        .max()
+}
+
+#[cfg(test)]
+mod best_of_tests {
+    use super::best_of_label;
+
+    #[test]
+    fn the_best_of_label_is_read_within_bounds() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(best_of_label(&l(&["backporcher", "best-of-3"])), Some(3));
+        assert_eq!(best_of_label(&l(&["best-of-2", "best-of-4"])), Some(4));
+        assert_eq!(
+            best_of_label(&l(&["best-of-9", "best-of-x", "best-of-0"])),
+            None
+        );
+        assert_eq!(best_of_label(&l(&["backporcher"])), None);
     }
 }

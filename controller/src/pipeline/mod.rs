@@ -13,9 +13,11 @@
 //! other repositories; a stage that keeps failing fails its task (`internal_error`, with the
 //! error and what to do) after `stage_error_tries` tries.
 
+mod best_of;
 pub mod dependencies;
 pub mod feedback;
 pub mod guard;
+pub mod rank;
 pub mod review;
 mod stages;
 pub mod triage;

@@ -82,6 +82,14 @@ pub enum ReviewError {
 pub trait Reviewer: Send + Sync {
     /// Reviews the whole diff of `input`.
     async fn review(&self, input: &ReviewInput) -> Result<Verdict, ReviewError>;
+
+    /// Scores a best-of-N finalist's diff, 0 to 1 (higher is better). By default its verdict:
+    /// approved 1, rejected 0.
+    async fn score(&self, input: &ReviewInput) -> Result<f64, ReviewError> {
+        self.review(input)
+            .await
+            .map(|v| if v.approve { 1.0 } else { 0.0 })
+    }
 }
 
 /// Stands in when no model API is configured: the reviewer is unavailable, which the

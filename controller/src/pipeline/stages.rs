@@ -113,6 +113,21 @@ fn forge_err(task: &Task, e: ForgeError) -> StageError {
 }
 
 async fn push(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
+    // Best-of-N: the round's candidates are ranked first; the winner's bundle becomes the task's.
+    if task.best_of > 1
+        && let Some(ranked) = super::best_of::rank_round(p, task, repo).await?
+        && ranked.winner.is_none()
+    {
+        p.store
+            .fail(
+                task.id,
+                TerminalReason::PushRejected,
+                "no candidate of the round left a result that can be pushed",
+                &Note::new(ACTOR, "push_rejected"),
+            )
+            .await?;
+        return Ok(());
+    }
     let branch = task
         .branch
         .clone()

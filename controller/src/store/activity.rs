@@ -79,7 +79,7 @@ const LIVE_SQL: &str = "SELECT * FROM ( \
               COALESCE(t.stage_lease_until > now(), false) AS stage_worked, \
               t.stage_lease_holder::text AS stage_holder \
        FROM tasks t JOIN repos r ON r.id = t.repo_id \
-       WHERE t.status NOT IN ('merged', 'failed', 'canceled') ORDER BY t.id DESC LIMIT $1) l \
+       WHERE t.status NOT IN ('merged', 'failed', 'canceled', 'finished') ORDER BY t.id DESC LIMIT $1) l \
      ORDER BY id";
 
 impl Store {

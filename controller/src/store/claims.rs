@@ -87,8 +87,11 @@ macro_rules! take_back_sql {
     ($filter:literal) => {
         concat!(
             "UPDATE tasks SET ",
-            "status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'canceled' ",
-            "  WHEN lost_count + 1 >= (SELECT max_lease_losses FROM settings) THEN 'failed' ELSE 'queued' END, ",
+            // A candidate (best-of-N) ends `finished` where a task would end.
+            "status = CASE WHEN cancel_requested_at IS NOT NULL THEN ",
+            "    CASE WHEN parent_id IS NULL THEN 'canceled' ELSE 'finished' END ",
+            "  WHEN lost_count + 1 >= (SELECT max_lease_losses FROM settings) THEN ",
+            "    CASE WHEN parent_id IS NULL THEN 'failed' ELSE 'finished' END ELSE 'queued' END, ",
             "terminal_reason = CASE WHEN cancel_requested_at IS NOT NULL THEN 'canceled_by_user' ",
             "  WHEN lost_count + 1 >= (SELECT max_lease_losses FROM settings) THEN $5 END, ",
             "error = CASE WHEN cancel_requested_at IS NULL AND lost_count + 1 >= (SELECT max_lease_losses FROM settings) ",
@@ -155,7 +158,8 @@ macro_rules! claim_sql {
             "), grant_ AS (",
             "  SELECT cand.id, cand.repo_id, r.max_concurrency AS cap, r.budget_daily_microusd AS daily,",
             "    GREATEST(LEAST(",
-            "      COALESCE(r.budget_task_microusd, (SELECT budget_task_microusd FROM settings)) - t.cost_microusd,",
+            // A candidate's own share of its parent's budget (best-of-N), else the task budget.
+            "      COALESCE(t.budget_task_microusd, r.budget_task_microusd, (SELECT budget_task_microusd FROM settings)) - t.cost_microusd,",
             "      COALESCE(", day_left!("r."), ", 9223372036854775807),",
             "      COALESCE((SELECT left_microusd FROM g), 9223372036854775807)), 0) AS amount",
             "  FROM cand JOIN tasks t ON t.id = cand.id JOIN repos r ON r.id = cand.repo_id",
@@ -210,7 +214,7 @@ macro_rules! claim_sql {
             "  WHERE t.id = won.id",
             "  RETURNING t.*",
             ")",
-            "SELECT cand.id AS candidate, claimed.*, r.name AS repo_name, r.clone_url AS repo_clone_url,",
+            "SELECT cand.id AS claim_candidate, claimed.*, r.name AS repo_name, r.clone_url AS repo_clone_url,",
             "  r.default_branch AS repo_default_branch, r.verify_command AS repo_verify_command,",
             "  r.egress_policy AS repo_egress_policy, grant_.amount AS repo_grant_microusd,",
             "  r.agent_hooks AS repo_agent_hooks, r.env_image AS repo_env_image, r.env_setup AS repo_env_setup,",
@@ -327,7 +331,7 @@ impl ClaimedRepo {
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
     fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
         use sqlx::Row;
-        let candidate = row.try_get("candidate")?;
+        let candidate = row.try_get("claim_candidate")?;
         let won: Option<TaskId> = row.try_get("id")?;
         let task = match won {
             Some(_) => Some((
@@ -362,6 +366,13 @@ impl Store {
             }
             match row {
                 None => return Ok(None),
+                // A best-of-N task is not run itself: its claim makes its candidates, which
+                // this and other runners claim next.
+                Some(ClaimRow {
+                    task: Some((t, _)), ..
+                }) if t.best_of > 1 => {
+                    self.fan_out(&t).await?;
+                }
                 Some(ClaimRow { task: Some(t), .. }) => return Ok(Some(t)),
                 Some(ClaimRow {
                     candidate,
@@ -456,7 +467,8 @@ impl Store {
             .collect())
     }
 
-    /// Fails tasks still under way `settings.task_deadline_secs` after their first lease
+    /// Fails tasks still under way `settings.task_deadline_secs` after their first lease (a
+    /// best-of-N candidate goes by its task's deadline: the task ending stops it)
     /// (`timed_out`, saying so), whatever they are doing — except waiting for a person (approval,
     /// a user's hold, a dispatch approval) or for the day's budget. A runner working on one learns
     /// at its next heartbeat that the lease is gone and stops. Returns the tasks failed.
@@ -468,7 +480,7 @@ settings.task_deadline_secs, over %s attempts); split the issue or raise the dea
                  justify_interval(make_interval(secs => (SELECT task_deadline_secs FROM settings))), attempt), \
                lease_token = NULL, lease_expires_at = NULL, \
                ev_seq = ev_seq + 1, ev_actor = 'system', ev_reason = 'deadline', ev_data = NULL \
-             WHERE id IN (SELECT id FROM tasks WHERE status = ANY($1) AND started_at IS NOT NULL \
+             WHERE id IN (SELECT id FROM tasks WHERE status = ANY($1) AND started_at IS NOT NULL AND parent_id IS NULL \
                AND started_at < now() - make_interval(secs => (SELECT task_deadline_secs FROM settings)) \
                AND (hold_kind IS NULL OR hold_kind NOT IN ('user', 'dispatch_approval', 'budget')) \
                LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
@@ -478,6 +490,7 @@ settings.task_deadline_secs, over %s attempts); split the issue or raise the dea
             Status::Leased,
             Status::Running,
             Status::Verifying,
+            Status::Candidates,
             Status::Pushing,
             Status::PrOpen,
             Status::Reviewing,

@@ -108,6 +108,7 @@ struct LockedLease {
     lease_token: Option<Uuid>,
     cancel_requested: bool,
     runner_id: Option<RunnerId>,
+    parent_id: Option<TaskId>,
 }
 
 impl Store {
@@ -170,7 +171,7 @@ impl Store {
     ) -> Result<Completed> {
         let mut tx = self.pool.begin().await?;
         let row: Option<LockedLease> = sqlx::query_as(
-            "SELECT status, attempt, lease_token, cancel_requested_at IS NOT NULL AS cancel_requested, runner_id \
+            "SELECT status, attempt, lease_token, cancel_requested_at IS NOT NULL AS cancel_requested, runner_id, parent_id \
              FROM tasks WHERE id = $1 FOR UPDATE",
         )
         .bind(lease.task_id)
@@ -182,6 +183,7 @@ impl Store {
             lease_token: token,
             cancel_requested,
             runner_id: runner,
+            parent_id,
         }) = row
         else {
             return Err(Error::TaskNotFound(lease.task_id));
@@ -248,9 +250,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE tasks SET cost_microusd = cost_microusd + $2 WHERE id = $1")
+        // A candidate's cost counts against its best-of-N task's budget too.
+        sqlx::query("UPDATE tasks SET cost_microusd = cost_microusd + $2 WHERE id = $1 OR id = $3")
             .bind(lease.task_id)
             .bind(c.cost_microusd)
+            .bind(parent_id)
             .execute(&mut *tx)
             .await?;
         // The runner's metered agent calls join the ledger with the controller's own calls.
@@ -266,6 +270,16 @@ impl Store {
         }
 
         let actor = format!("runner:{}", runner.unwrap_or_default());
+        if let Some(parent) = parent_id {
+            let task =
+                finish_candidate(&mut tx, lease.task_id, c, cancel_requested, &actor).await?;
+            super::candidates::settle_in(&mut tx, parent, policy).await?;
+            tx.commit().await?;
+            return Ok(Completed {
+                task,
+                duplicate: false,
+            });
+        }
         let task = if cancel_requested {
             end_lease(
                 &mut tx,
@@ -452,6 +466,64 @@ async fn fall_back(tx: &mut sqlx::PgConnection, task: Task, actor: &str) -> Resu
     .fetch_optional(tx)
     .await?;
     Ok(switched.unwrap_or(task))
+}
+
+/// The reason a candidate's run ended, from its completion's outcome.
+fn candidate_reason(outcome: Outcome) -> TerminalReason {
+    use Outcome as O;
+    match outcome {
+        O::Succeeded => TerminalReason::Succeeded,
+        O::AgentFailed | O::Abandoned => TerminalReason::AgentFailed,
+        O::VerifyFailed => TerminalReason::VerifyFailed,
+        O::TimedOut => TerminalReason::TimedOut,
+        O::Stalled => TerminalReason::Stalled,
+        O::SetupFailed => TerminalReason::SetupFailed,
+        O::BudgetExceeded => TerminalReason::BudgetExceeded,
+        O::Canceled => TerminalReason::CanceledByUser,
+    }
+}
+
+/// Ends a best-of-N candidate's run: `finished` with the reason it ended (a cancel requested
+/// meanwhile wins), or back to the queue when its runner gave the work up.
+async fn finish_candidate(
+    tx: &mut sqlx::PgConnection,
+    id: TaskId,
+    c: &Completion,
+    cancel_requested: bool,
+    actor: &str,
+) -> Result<Task> {
+    if c.outcome == Outcome::Abandoned && !cancel_requested {
+        return end_lease(
+            tx,
+            id,
+            Status::Queued,
+            None,
+            c.error.as_deref(),
+            actor,
+            "abandoned",
+        )
+        .await;
+    }
+    let reason = if cancel_requested {
+        TerminalReason::CanceledByUser
+    } else {
+        candidate_reason(c.outcome)
+    };
+    Ok(sqlx::query_as::<_, Task>(concat!(
+        "UPDATE tasks SET status = 'finished', terminal_reason = $2, error = COALESCE($3, error), ",
+        "head_sha = COALESCE($4, head_sha), lost_count = 0, lease_expires_at = NULL, ",
+        "ev_seq = ev_seq + 1, ev_actor = $5, ev_reason = $6, ev_data = NULL ",
+        "WHERE id = $1 RETURNING ",
+        task_columns!()
+    ))
+    .bind(id)
+    .bind(reason.as_str())
+    .bind(&c.error)
+    .bind(&c.head_sha)
+    .bind(actor)
+    .bind(c.outcome.as_str())
+    .fetch_one(tx)
+    .await?)
 }
 
 async fn end_lease(

@@ -81,6 +81,9 @@ text_enum! {
         Running = "running",
         /// The repository's verify command runs on a runner.
         Verifying = "verifying",
+        /// Best-of-N: the task's candidates run (each a task of its own); the controller ranks
+        /// them when they have ended. Not on a runner, not claimable.
+        Candidates = "candidates",
         /// The runner's result is stored; the controller pushes the branch and opens the PR.
         Pushing = "pushing",
         /// A pull request exists and waits for review.
@@ -99,12 +102,20 @@ text_enum! {
         Failed = "failed",
         /// Terminal: canceled by a user.
         Canceled = "canceled",
+        /// Terminal, candidates only: the candidate's run ended (its `terminal_reason` says how);
+        /// its parent ranks it.
+        Finished = "finished",
     }
 }
 
 impl Status {
     /// Terminal statuses: nothing moves a task out of these except an explicit requeue.
-    pub const TERMINAL: &'static [Status] = &[Status::Merged, Status::Failed, Status::Canceled];
+    pub const TERMINAL: &'static [Status] = &[
+        Status::Merged,
+        Status::Failed,
+        Status::Canceled,
+        Status::Finished,
+    ];
     /// Statuses in which a runner holds a lease.
     pub const ACTIVE: &'static [Status] = &[Status::Leased, Status::Running, Status::Verifying];
     /// Ended without merging: a task waiting for one of these cannot go on.
@@ -112,7 +123,7 @@ impl Status {
     /// Ended with an outcome to learn from.
     pub const OUTCOMES: &'static [Status] = &[Status::Merged, Status::Failed];
 
-    /// Merged, failed or canceled.
+    /// Merged, failed, canceled or (a candidate) finished.
     pub fn is_terminal(self) -> bool {
         Self::TERMINAL.contains(&self)
     }
@@ -258,6 +269,13 @@ steps! {
     TRIAGE = "triage": [New] => Queued;
     /// A runner claims it.
     CLAIM = "claim": [Queued] => Leased;
+    /// Best-of-N: the claimed task makes its candidates and waits for them.
+    FAN_OUT = "fan_out": [Leased] => Candidates;
+    /// Best-of-N: the candidates ended (or the cost cap stopped them) and one succeeded: the
+    /// push stage ranks them and pushes the winner.
+    CANDIDATES_DONE = "candidates_done": [Candidates] => Pushing;
+    /// A candidate's run ended.
+    CANDIDATE_FINISHED = "candidate_finished": [Queued, Leased, Running, Verifying] => Finished;
     /// The runner started the agent (or re-runs it after a failed verify).
     START_AGENT = "start_agent": [Leased, Verifying] => Running;
     /// The runner started the verify command.
@@ -292,11 +310,11 @@ steps! {
     /// Cancel: immediate for tasks not on a runner, requested (and finished by the runner or the
     /// reaper) for active ones. Too late once the merge started.
     CANCEL = "cancel": [
-        New, Queued, Leased, Running, Verifying, Pushing, PrOpen, Reviewing, CiWait, ApprovalHold
+        New, Queued, Leased, Running, Verifying, Candidates, Pushing, PrOpen, Reviewing, CiWait, ApprovalHold
     ] => Canceled;
     /// Fail with a reason, from any live status.
     FAIL = "fail": [
-        New, Queued, Leased, Running, Verifying, Pushing, PrOpen, Reviewing, CiWait, ApprovalHold,
+        New, Queued, Leased, Running, Verifying, Candidates, Pushing, PrOpen, Reviewing, CiWait, ApprovalHold,
         Merging
     ] => Failed;
 }
@@ -306,7 +324,7 @@ pub const fn retry_step(mode: FailureMode) -> Step {
     match mode {
         FailureMode::Agent | FailureMode::Verify => Step {
             name: "agent_retry",
-            from: &[Leased, Running, Verifying],
+            from: &[Leased, Running, Verifying, Candidates],
             to: Queued,
         },
         FailureMode::Review => Step {
@@ -450,6 +468,12 @@ pub struct Task {
     pub updated_at: DateTime<Utc>,
     /// Ended at.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Best-of-N: how many candidates each round runs (1: a single attempt).
+    pub best_of: i32,
+    /// For a candidate: the best-of-N task it is a candidate of.
+    pub parent_id: Option<TaskId>,
+    /// For a candidate: its place among its siblings (1..N).
+    pub candidate: Option<i32>,
 }
 
 /// Nullable text column, decoded through `TryFrom`.
@@ -480,7 +504,7 @@ macro_rules! task_columns {
          priority, model, agent, required_labels, agent_retries, verify_retries, review_retries, \
          ci_retries, conflict_retries, attempt, lost_count, lease_token, runner_id, lease_expires_at, \
          resume_branch, retry_context, branch, head_sha, changed_files, stage_tries, review, pr_number, pr_url, cost_microusd, \
-         created_at, updated_at, finished_at"
+         created_at, updated_at, finished_at, best_of, parent_id, candidate"
     };
 }
 pub(crate) use task_columns;

@@ -54,7 +54,7 @@ const STATS_SQL: &str = "WITH ended AS ( \
          FROM task_rollups WHERE $1::bigint IS NULL OR repo_id = $1), \
      live AS ( \
        SELECT count(*) AS live, COALESCE(sum(cost_microusd), 0)::bigint AS cost FROM tasks \
-        WHERE status NOT IN ('merged', 'failed', 'canceled') AND ($1::bigint IS NULL OR repo_id = $1)) \
+        WHERE status NOT IN ('merged', 'failed', 'canceled', 'finished') AND ($1::bigint IS NULL OR repo_id = $1)) \
      SELECT merged, failed, canceled, live.live, \
             merged::float8 / NULLIF(merged + failed, 0) AS success_rate, \
             merge_seconds / NULLIF(merged, 0) AS avg_seconds_to_merge, \
@@ -251,7 +251,7 @@ impl Store {
 const TASKS_BY_STATUS_SQL: &str = "SELECT status, sum(tasks)::bigint FROM task_rollups \
     GROUP BY 1 HAVING sum(tasks) > 0 \
     UNION ALL \
-    SELECT status, count(*) FROM tasks WHERE status NOT IN ('merged', 'failed', 'canceled') GROUP BY 1 \
+    SELECT status, count(*) FROM tasks WHERE status NOT IN ('merged', 'failed', 'canceled', 'finished') GROUP BY 1 \
     ORDER BY 1";
 
 /// Outcomes of the tasks that ended in a window, for the whole fleet (`by` = `all`), per
@@ -368,7 +368,7 @@ mod tests {
         assert!(STATS_SQL.contains(&terminal));
         assert!(TASKS_BY_STATUS_SQL.contains(&terminal));
         assert!(STATS_SQL.contains(&format!("status IN {}", sql_list(Status::OUTCOMES))));
-        let schema = include_str!("../../../migrations/0023_stat_rollups.sql");
+        let schema = include_str!("../../../migrations/0032_best_of.sql");
         assert!(schema.contains(&format!("tasks_live ON tasks (repo_id) WHERE {terminal}")));
     }
 

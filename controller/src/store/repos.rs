@@ -67,6 +67,10 @@ pub struct Repo {
     pub guard_window_secs: i32,
     /// Later commits on the default branch the guard watches a merge over.
     pub guard_window_commits: i32,
+    /// Best-of-N: candidates per task (1: a single attempt).
+    pub best_of: i32,
+    /// Models the candidates cycle through.
+    pub best_of_models: Vec<String>,
     /// Registered at.
     pub created_at: DateTime<Utc>,
 }
@@ -131,6 +135,10 @@ pub struct RepoSettings {
     pub guard_window_secs: Option<i32>,
     /// Later commits the guard watches a merge over.
     pub guard_window_commits: Option<i32>,
+    /// Best-of-N: candidates per task (1..=5).
+    pub best_of: Option<i32>,
+    /// Models the candidates cycle through (at most 5).
+    pub best_of_models: Option<Vec<String>>,
 }
 
 /// Longest post-merge guard window (a week).
@@ -154,7 +162,7 @@ const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command,
     (SELECT count(*)::int FROM tasks t WHERE t.repo_id = repos.id AND t.status IN ('leased', 'running', 'verifying')) AS active_tasks, \
     runner_labels, stack, enabled, merge_method, ci_ignore, no_checks, \
     no_checks_grace_secs, env_image, env_setup, reproduce_first, reproduce_policy, \
-    guard_window_secs, guard_window_commits, created_at";
+    guard_window_secs, guard_window_commits, best_of, best_of_models, created_at";
 
 impl Store {
     /// Registers a repository. Its name must be `owner/name`.
@@ -287,6 +295,22 @@ impl Store {
                 )));
             }
         }
+        if let Some(n) = s.best_of
+            && !(1..=super::tasks::MAX_BEST_OF).contains(&n)
+        {
+            return Err(Error::Invalid(format!(
+                "best-of-{n} is out of range: run between 1 and {} candidates",
+                super::tasks::MAX_BEST_OF
+            )));
+        }
+        if let Some(m) = &s.best_of_models
+            && m.len() > super::tasks::MAX_BEST_OF as usize
+        {
+            return Err(Error::Invalid(format!(
+                "best-of models: list at most {} model names",
+                super::tasks::MAX_BEST_OF
+            )));
+        }
         if let Some(cap) = s.max_concurrency
             && cap > MAX_CONCURRENCY
         {
@@ -325,6 +349,8 @@ impl Store {
                guard_window_commits = COALESCE($22, guard_window_commits), \
                agent = COALESCE($23, agent), \
                agent_fallback = COALESCE($24, agent_fallback), \
+               best_of = COALESCE($25, best_of), \
+               best_of_models = COALESCE($26, best_of_models), \
                updated_at = now() \
              WHERE id = $1 RETURNING {REPO_COLUMNS}"
         )))
@@ -352,6 +378,8 @@ impl Store {
         .bind(s.guard_window_commits)
         .bind(&s.agent)
         .bind(s.agent_fallback)
+        .bind(s.best_of)
+        .bind(&s.best_of_models)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::RepoNotFound(id.to_string()))?;

@@ -39,6 +39,8 @@ pub struct NewTask {
     pub created_by: String,
     /// Data for the creation event on the timeline (e.g. what cleaning removed from the issue).
     pub note: Option<serde_json::Value>,
+    /// Best-of-N: candidates per round (1..=5); `None` takes the repository's setting.
+    pub best_of: Option<i32>,
 }
 
 impl NewTask {
@@ -55,11 +57,15 @@ impl NewTask {
             model: "sonnet".to_owned(),
             agent: "claude".to_owned(),
             required_labels: None,
+            best_of: None,
             created_by: "intake".to_owned(),
             note: None,
         }
     }
 }
+
+/// The most candidates a best-of-N task runs per round.
+pub const MAX_BEST_OF: i32 = 5;
 
 /// The task branch the controller names: `backporcher/<task>-<slug of the title>`. The only
 /// branch a task's bundle may carry, the controller pushes, or it deletes.
@@ -293,6 +299,13 @@ impl Store {
     /// Creates a task in `new`. An issue with a live task gets [`Error::DuplicateIssue`].
     pub async fn create_task(&self, t: &NewTask) -> Result<Task> {
         check_agent(Some(&t.agent))?;
+        if let Some(n) = t.best_of
+            && !(1..=MAX_BEST_OF).contains(&n)
+        {
+            return Err(Error::Invalid(format!(
+                "best-of-{n} is out of range: run between 1 and {MAX_BEST_OF} candidates"
+            )));
+        }
         if t.title.trim().is_empty() && t.body.trim().is_empty() {
             return Err(Error::Invalid(
                 "a task needs a title or a body that says what to do".into(),
@@ -301,8 +314,10 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query_as::<_, Task>(concat!(
             "INSERT INTO tasks (repo_id, source, issue_number, issue_title, issue_body, issue_author, ",
-            "issue_hash, priority, model, agent, required_labels, created_by, ev_actor, ev_reason, ev_data) ",
-            "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, COALESCE($11, r.runner_labels), $12, $12, 'created', $13 ",
+            "issue_hash, priority, model, agent, required_labels, created_by, ev_actor, ev_reason, ev_data, ",
+            "best_of, best_of_models) ",
+            "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, COALESCE($11, r.runner_labels), $12, $12, 'created', $13, ",
+            "COALESCE($14, r.best_of), r.best_of_models ",
             "FROM repos r WHERE r.id = $1 RETURNING ",
             task_columns!()
         ))
@@ -319,6 +334,7 @@ impl Store {
         .bind(&t.required_labels)
         .bind(&t.created_by)
         .bind(&t.note)
+        .bind(t.best_of)
         .fetch_optional(&mut *tx)
         .await;
         match res {

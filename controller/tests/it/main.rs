@@ -3,6 +3,7 @@
 
 mod agents;
 mod api;
+mod best_of;
 mod ci_gate;
 mod claims;
 mod cleanup;
@@ -116,13 +117,18 @@ pub async fn claim(store: &Store, runner: RunnerId) -> (Task, LeaseRef) {
 }
 
 /// Puts a task straight into `status` (test setup only), keeping the row consistent: a lease for
-/// active statuses, a terminal reason for terminal ones (the repository's active count is counted
+/// active statuses, a terminal reason for terminal ones, best-of-N for `candidates`, a (self)
+/// parent for a `finished` candidate (the repository's active count is counted
 /// from the tasks; a capped repository's slots are not taken).
 pub async fn force_status(store: &Store, id: i64, status: Status, runner: RunnerId) -> Task {
     sqlx::query(
         "UPDATE tasks SET status = $2, \
            terminal_reason = CASE $2 WHEN 'merged' THEN 'succeeded' WHEN 'failed' THEN 'agent_failed' \
-                                     WHEN 'canceled' THEN 'canceled_by_user' END, \
+                                     WHEN 'canceled' THEN 'canceled_by_user' WHEN 'finished' THEN 'succeeded' END, \
+           best_of = CASE WHEN $2 = 'candidates' THEN 2 ELSE best_of END, \
+           parent_id = CASE WHEN $2 = 'finished' THEN id ELSE parent_id END, \
+           candidate = CASE WHEN $2 = 'finished' THEN 1 ELSE candidate END, \
+           parent_attempt = CASE WHEN $2 = 'finished' THEN 0 ELSE parent_attempt END, \
            attempt = CASE WHEN $2 = ANY($3) THEN attempt + 1 ELSE attempt END, \
            lease_token = CASE WHEN $2 = ANY($3) THEN gen_random_uuid() END, \
            runner_id = CASE WHEN $2 = ANY($3) THEN $4 ELSE runner_id END, \

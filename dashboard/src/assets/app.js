@@ -208,6 +208,29 @@ function renderReview(r) {
   box.replaceChildren(...parts);
 }
 
+// Best-of-N: a task's candidates with their ranks and why each lost; a candidate links its task.
+async function renderCandidates(t) {
+  const box = $("#detail-candidates");
+  if (t.parent_id) {
+    box.hidden = false;
+    box.replaceChildren(`Candidate ${t.candidate} of best-of-N task `, taskLink(t.parent_id));
+    return;
+  }
+  if (!(t.best_of > 1)) { box.hidden = true; box.replaceChildren(); return; }
+  let c;
+  try { c = await api("GET", `/api/tasks/${t.id}/candidates`); } catch (e) { showError(e); return; }
+  if (state.selected !== t.id) return;
+  const ranked = new Map();
+  for (const r of c.rankings) for (const e of r.entries) if (!ranked.has(e.task_id)) ranked.set(e.task_id, { e, r });
+  box.hidden = false;
+  box.replaceChildren(el("h3", {}, `Best-of-${c.best_of} candidates`), el("ul", {}, ...c.candidates.map((x) => {
+    const k = ranked.get(x.id);
+    const what = k ? ` — rank ${k.e.rank}: ${k.e.reason}` : "";
+    return el("li", {}, taskLink(x.id), ` ${x.model} · ${x.status}${x.terminal_reason ? " (" + x.terminal_reason + ")" : ""}${what}`);
+  })), ...c.rankings.map((r) => el("p", { class: "muted" },
+    `Round ${r.attempt}: winner #${r.winner ?? "none"}, reviewer ${r.reviewer}, ranked in ${(r.rank_micros / 1000).toFixed(1)} ms`)));
+}
+
 function renderCost(t, usage) {
   const rows = (usage || []).map((u) => el("tr", {}, el("td", {}, u.purpose), el("td", {}, u.model), el("td", {}, String(u.calls)),
     el("td", {}, `${u.input_tokens.toLocaleString()} / ${u.output_tokens.toLocaleString()}`), el("td", {}, money(u.cost_microusd))));
@@ -271,6 +294,7 @@ async function openDetail(id, refresh) {
   renderReview(t.review);
   loadEvidence(t);
   renderCost(t, d.usage);
+  renderCandidates(t);
   $("#detail-timeline").replaceChildren(...d.timeline.map((e) => el("li", {}, `${when(e.at)} ${e.from_status || ""} → ${e.to_status} (${e.reason}, ${e.actor})`)));
   const actions = $("#detail-actions");
   actions.replaceChildren(...(can("operator") ? ACTIONS.filter(([, , ok]) => ok(t)).map(([name, label]) => el("button", {
@@ -664,8 +688,8 @@ function scheduleActivity() {
   activityTimer = setTimeout(() => { activityTimer = null; loadActivity().catch(() => {}); }, 400);
 }
 
-const STAGES = ["new", "queued", "leased", "running", "verifying", "pushing", "pr_open", "reviewing", "ci_wait", "approval_hold", "merging"];
-const STAGE_NAMES = { new: "New (triage)", leased: "Leased", pr_open: "PR open", ci_wait: "Waiting for CI", approval_hold: "Awaiting approval" };
+const STAGES = ["new", "queued", "leased", "running", "verifying", "candidates", "pushing", "pr_open", "reviewing", "ci_wait", "approval_hold", "merging"];
+const STAGE_NAMES = { new: "New (triage)", leased: "Leased", candidates: "Best-of-N candidates", pr_open: "PR open", ci_wait: "Waiting for CI", approval_hold: "Awaiting approval" };
 const stageName = (st) => STAGE_NAMES[st] || st[0].toUpperCase() + st.slice(1).replaceAll("_", " ");
 
 async function loadActivity() {

@@ -79,3 +79,67 @@ async fn a_cancel_asked_while_the_controller_was_away_arrives_in_the_next_heartb
     runner.stop().await.unwrap();
     c.stop().await;
 }
+
+#[tokio::test]
+async fn canceling_a_best_of_three_task_stops_its_candidates_on_three_runners() {
+    let c = TestController::start(Options {
+        lease: Duration::from_secs(30),
+        heartbeat: Duration::from_secs(10),
+        ..Options::default()
+    })
+    .await;
+    let repo = c.repo("acme/widgets").await;
+    c.store
+        .update_repo(
+            repo.id,
+            &controller::store::repos::RepoSettings {
+                best_of: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut runners = Vec::new();
+    for name in ["r1", "r2", "r3"] {
+        let (id, dir) = enroll(&c, name, &[]).await;
+        runners.push(spawn_runner(id, &dir, executor(), 1));
+    }
+    let t = c.task(&repo, "forever").await;
+    assert_eq!(t.best_of, 3);
+    // Each runner works on one candidate.
+    e2e::harness::eventually(
+        Duration::from_secs(20),
+        "three candidates running",
+        || async {
+            let all = c.store.candidates_of(t.id).await.unwrap();
+            let running: std::collections::HashSet<_> = all
+                .iter()
+                .filter(|x| x.status == Status::Running)
+                .filter_map(|x| x.runner_id)
+                .collect();
+            running.len() == 3
+        },
+    )
+    .await;
+    let candidates = c.store.candidates_of(t.id).await.unwrap();
+    assert_eq!(candidates.len(), 3);
+    c.store
+        .cancel(t.id, &Note::new("user:ops", "cancel"))
+        .await
+        .unwrap();
+    assert_eq!(c.store.task(t.id).await.unwrap().status, Status::Canceled);
+    // Pushed down the session streams (heartbeats are 10 s away): every candidate stops.
+    for x in &candidates {
+        let done = c
+            .wait_status(x.id, "finished", Duration::from_secs(5))
+            .await;
+        assert_eq!(
+            done.terminal_reason.0,
+            Some(controller::store::TerminalReason::CanceledByUser)
+        );
+    }
+    for r in runners {
+        r.stop().await.unwrap();
+    }
+    c.stop().await;
+}
