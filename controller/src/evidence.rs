@@ -138,9 +138,20 @@ pub async fn make(
         .result_data(task.id, task.attempt)
         .await?
         .unwrap_or(Value::Null);
-    let ledger = store.ledger_rows(task.id, MAX_LEDGER_ROWS).await?;
+    // A best-of-N task's work was done by the winning candidate: its transcript and its calls
+    // are under the candidate's own id.
+    let (work_task, work_attempt) = match store.ranking(task.id, task.attempt).await? {
+        Some(crate::store::candidates::Ranking {
+            winner: Some(w), ..
+        }) => (w, store.task(w).await?.attempt),
+        _ => (task.id, task.attempt),
+    };
+    let mut ledger = store.ledger_rows(task.id, MAX_LEDGER_ROWS).await?;
+    if work_task != task.id {
+        ledger.extend(store.ledger_rows(work_task, MAX_LEDGER_ROWS).await?);
+    }
     let reproduction = store.attempt_reproduction(task.id, task.attempt).await?;
-    let chunks = store.log_chunks(task.id, task.attempt).await?;
+    let chunks = store.log_chunks(work_task, work_attempt).await?;
     let trajectory = trajectory(task.id, task.attempt, &task.agent, &chunks);
     let record = record(&Inputs {
         task,

@@ -243,8 +243,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "INSERT INTO task_results (task_id, attempt, lease_token, outcome, error, data) \
-                 SELECT $1, $2, lease_token, outcome, error, data || jsonb_build_object('candidate', $3::bigint) \
+                "INSERT INTO task_results (task_id, attempt, lease_token, outcome, error, data, reproduction) \
+                 SELECT $1, $2, lease_token, outcome, error, data || jsonb_build_object('candidate', $3::bigint), reproduction \
                  FROM task_results WHERE task_id = $3 AND attempt = $4 \
                  ON CONFLICT (task_id, attempt) DO NOTHING",
             )
