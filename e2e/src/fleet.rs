@@ -538,6 +538,21 @@ pub async fn run(fleet: Fleet) -> Report {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let wall = t0.elapsed();
+    // Milestones follow each task's timeline on their own: give them a bounded time to reflect
+    // the last entries on GitHub before the controllers stop.
+    let caught_up = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < caught_up {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tasks WHERE source = 'issue' AND forge_synced_seq < ev_seq",
+        )
+        .fetch_one(c.store.pool())
+        .await
+        .unwrap();
+        if behind == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let cpu1 = (own_cpu(), postgres_cpu());
     let rows: Vec<(i64, String, Option<String>)> =
         sqlx::query_as("SELECT id, status, error FROM tasks ORDER BY id")

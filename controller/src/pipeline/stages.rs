@@ -363,7 +363,7 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                 .and_then(|b| b.as_str())
                 .map(str::to_owned)
         });
-    // No valid, signed record for this head: never shown to the reviewer, never approved.
+    // No valid, signed record for this head: never approved.
     let evidence = crate::evidence::check(&p.store, task, &diff.head)
         .await
         .map_err(StageError::Other)?;
@@ -390,9 +390,7 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
             super::ReviewEvidence { figures, details }
         }),
     };
-    let verdict = if let Err(why) = &evidence {
-        Err(ReviewError::NoEvidence(why.clone()))
-    } else if !diff.complete {
+    let verdict = if !diff.complete {
         Err(ReviewError::Unreviewable(format!(
             "the diff is larger than {} bytes",
             WINDOW * MAX_WINDOWS
@@ -405,6 +403,14 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                 p.config.review_timeout
             ))),
         }
+    };
+    // Without a valid record the reviewer still reads the diff, and its rejection counts (a
+    // commit someone added after the agent's is caught like any other), but nothing else does:
+    // an approval, an unusable answer or an unavailable reviewer all leave it to a person.
+    let verdict = match (&evidence, verdict) {
+        (Ok(_), v) => v,
+        (Err(_), Ok(v)) if !v.approve => Ok(v),
+        (Err(why), _) => Err(ReviewError::NoEvidence(why.clone())),
     };
     let head = diff.head;
     match verdict {

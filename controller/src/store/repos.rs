@@ -153,6 +153,9 @@ pub fn other_agent(agent: &str) -> &'static str {
     if agent == "codex" { "claude" } else { "codex" }
 }
 
+/// The most candidates a best-of-N task runs per round.
+pub const MAX_BEST_OF: i32 = 5;
+
 /// Highest per-repository concurrency cap (the cap is kept as that many slot rows).
 pub const MAX_CONCURRENCY: i32 = 1000;
 
@@ -296,19 +299,19 @@ impl Store {
             }
         }
         if let Some(n) = s.best_of
-            && !(1..=super::tasks::MAX_BEST_OF).contains(&n)
+            && !(1..=MAX_BEST_OF).contains(&n)
         {
             return Err(Error::Invalid(format!(
                 "best-of-{n} is out of range: run between 1 and {} candidates",
-                super::tasks::MAX_BEST_OF
+                MAX_BEST_OF
             )));
         }
         if let Some(m) = &s.best_of_models
-            && m.len() > super::tasks::MAX_BEST_OF as usize
+            && m.len() > MAX_BEST_OF as usize
         {
             return Err(Error::Invalid(format!(
                 "best-of models: list at most {} model names",
-                super::tasks::MAX_BEST_OF
+                MAX_BEST_OF
             )));
         }
         if let Some(cap) = s.max_concurrency

@@ -64,8 +64,7 @@ impl NewTask {
     }
 }
 
-/// The most candidates a best-of-N task runs per round.
-pub const MAX_BEST_OF: i32 = 5;
+pub use super::repos::MAX_BEST_OF;
 
 /// The task branch the controller names: `backporcher/<task>-<slug of the title>`. The only
 /// branch a task's bundle may carry, the controller pushes, or it deletes.

@@ -97,7 +97,8 @@ async fn a_pushed_attempt_has_a_signed_record_the_pr_names_and_the_reviewer_read
 }
 
 /// Pushes a task to `pr_open`, lets `spoil` change its stored record, reviews it: the
-/// reviewer is never asked and the review needs a person, saying why.
+/// reviewer reads the diff without a record, its approval does not count, and the review needs a
+/// person, saying why.
 async fn refused_review(env: &Env, n: i64, spoil: &'static str) -> String {
     let task = task_at_pushing(env, n, &[("src/two.rs", "pub fn two() {}\n")]).await;
     let (p, seen) = watched(env);
@@ -109,7 +110,12 @@ async fn refused_review(env: &Env, n: i64, spoil: &'static str) -> String {
         .unwrap();
     assert_eq!(spoiled.rows_affected(), 1, "{spoil}");
     let t = drive(env, &p, task.id, Status::CiWait).await;
-    assert!(seen.0.lock().unwrap().is_empty(), "the reviewer was asked");
+    let inputs = seen.0.lock().unwrap().clone();
+    assert!(!inputs.is_empty(), "the reviewer read the diff");
+    assert!(
+        inputs.iter().all(|i| i.evidence.is_none()),
+        "the reviewer was shown an invalid record"
+    );
     let review = t.review.unwrap().0;
     assert_eq!(review["approve"], false, "{review}");
     let why = review["human_required"].as_str().unwrap().to_owned();
