@@ -36,6 +36,8 @@ CREATE TABLE merge_guards (
     revert_state     text,
     revert_deadline  timestamptz,
     requeued         boolean NOT NULL DEFAULT false,
+    -- Failed steps so far (non-transient errors); at the bound the watch ends for a person.
+    errors           integer NOT NULL DEFAULT 0,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     UNIQUE (task_id, merge_sha)

@@ -122,6 +122,7 @@ impl Guard {
                 return Ok(());
             }
             let task = g.task_id;
+            let g_ref = g.clone();
             let step = match g.state.as_str() {
                 "watching" => self
                     .watch(&repo, &g, &history, &watching, &token, &mut ci)
@@ -142,7 +143,9 @@ impl Guard {
                     return Err(e);
                 }
                 Err(e) => {
-                    tracing::warn!(repo = repo.name, task, error = %format!("{e:#}"), "guard step failed; tried again at the next pass");
+                    let why = format!("{e:#}");
+                    let ended = self.store.guard_step_failed(&g_ref, &why).await?;
+                    tracing::warn!(repo = repo.name, task, error = %why, ended, "guard step failed; tried again at the next pass unless the bound ended it");
                 }
             }
         }

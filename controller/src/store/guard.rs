@@ -71,6 +71,9 @@ const GUARD_COLUMNS: &str = "id, task_id, repo_id, merge_sha, pr_number, state, 
 
 /// The guards a pass works on: watching, being reverted, a revert whose task is not re-queued
 /// yet, or a full-auto revert not merged yet.
+/// Failed steps a guard is tried again after; the last one ends it for a person.
+pub const MAX_GUARD_ERRORS: i32 = 5;
+
 const LIVE: &str = "(state IN ('watching', 'guilty') OR (state = 'reverted' AND \
     (revert_state = 'open' OR (NOT requeued AND revert_pr_number IS NOT NULL))))";
 
@@ -394,6 +397,32 @@ impl Store {
 
     /// One guarded change of a guard row (`set` may use `$3`, `$4` from `args`) and its timeline
     /// entry, in one transaction; `false` when `when` no longer held.
+    /// Counts a failed step of `g` (a non-transient error), on the task's timeline
+    /// (`guard_step_failed`); at the [`MAX_GUARD_ERRORS`]th the watch ends as `unknown`
+    /// (`step_failed`) and is left to a person. Returns whether it ended.
+    pub async fn guard_step_failed(&self, g: &MergeGuard, why: &str) -> Result<bool> {
+        self.guard_step(
+            g,
+            LIVE,
+            &format!(
+                "errors = errors + 1, \
+                 state = CASE WHEN errors + 1 >= {MAX_GUARD_ERRORS} THEN 'unknown' ELSE state END, \
+                 reason = CASE WHEN errors + 1 >= {MAX_GUARD_ERRORS} THEN 'step_failed' ELSE reason END"
+            ),
+            &[],
+            "guard_step_failed",
+            json!({"error": why, "merge": g.merge_sha, "gives_up_after": MAX_GUARD_ERRORS}),
+        )
+        .await?;
+        let live: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT {LIVE} FROM merge_guards WHERE id = $1"
+        )))
+        .bind(g.id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(!live)
+    }
+
     async fn guard_step(
         &self,
         g: &MergeGuard,

@@ -494,3 +494,34 @@ async fn a_task_reverted_a_second_time_fails() {
     let r = reasons(&env.store.timeline(task.id).await.unwrap()).join(",");
     assert!(r.contains("reverted_too_often"), "{r}");
 }
+
+/// A step that keeps failing is not tried for ever: each failure is on the timeline, and at the
+/// bound the watch ends as `unknown` (`step_failed`), no longer worked on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guard_step_that_keeps_failing_ends_the_watch_at_the_bound() {
+    let (env, p, guard) = setup().await;
+    let (task, sha) = merged(&env, &p, &[("src/four.rs", "pub fn four() {}\n")]).await;
+    env.sim.set_ci(REPO, &sha, "pending");
+    let g = guard_until(&env, &guard, task.id, "watching", |g| g.state == "watching").await;
+    let bound = controller::store::guard::MAX_GUARD_ERRORS;
+    for i in 1..bound {
+        assert!(
+            !env.store.guard_step_failed(&g, "refused").await.unwrap(),
+            "failure {i} of {bound} ended the watch"
+        );
+    }
+    assert!(env.store.guard_step_failed(&g, "refused").await.unwrap());
+    let g = env.store.task_guards(task.id).await.unwrap().remove(0);
+    assert_eq!(
+        (g.state.as_str(), g.reason.as_deref()),
+        ("unknown", Some("step_failed"))
+    );
+    // Ended: a further failure changes nothing and adds nothing to the timeline.
+    assert!(env.store.guard_step_failed(&g, "refused").await.unwrap());
+    let timeline = env.store.timeline(task.id).await.unwrap();
+    let r = reasons(&timeline);
+    assert_eq!(
+        r.iter().filter(|x| **x == "guard_step_failed").count(),
+        bound as usize
+    );
+}
