@@ -329,12 +329,17 @@ impl NotifyEvent {
 pub struct NotifyEvents(pub std::collections::BTreeSet<NotifyEvent>);
 
 impl Default for NotifyEvents {
-    /// The reference's default: hold, failed.
+    /// The reference's default (hold, failed) and a revert of the default branch by the
+    /// post-merge guard, which a team wants to hear of whatever else it filters.
     fn default() -> Self {
         Self(
-            [NotifyEvent::Hold, NotifyEvent::Failed]
-                .into_iter()
-                .collect(),
+            [
+                NotifyEvent::Hold,
+                NotifyEvent::Failed,
+                NotifyEvent::Reverted,
+            ]
+            .into_iter()
+            .collect(),
         )
     }
 }

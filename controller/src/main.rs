@@ -202,13 +202,13 @@ struct ServeArgs {
     /// A Slack/Discord-compatible webhook for notifications (added to the file's `notify_urls`).
     #[arg(long, env = "BACKPORCHER_WEBHOOK_URL", hide_env_values = true)]
     webhook_url: Option<String>,
-    /// Events sent to the notification webhooks: hold, failed, completed, paused, settings, or
-    /// all (comma-separated).
+    /// Events sent to the notification webhooks: hold, failed, completed, paused, settings,
+    /// reverted, or all (comma-separated).
     #[arg(
         long,
         env = "BACKPORCHER_WEBHOOK_EVENTS",
         value_delimiter = ',',
-        default_value = "hold,failed"
+        default_value = "hold,failed,reverted"
     )]
     webhook_events: Vec<String>,
     /// A runner setting (agent hard-kill timeout, seconds): set it on the runner hosts. Read here

@@ -125,23 +125,38 @@ fn main() -> ExitCode {
     }
 }
 
-async fn ensure_image() -> anyhow::Result<()> {
+/// Builds the agent image if it is missing, its output kept in `log` (the tail is shown if the
+/// build fails).
+async fn ensure_image(log: PathBuf) -> anyhow::Result<()> {
     if agent_image_present().await {
         return Ok(());
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent/build-offline.sh");
-    eprintln!("building the agent image (first run only; a few minutes)…");
+    eprintln!(
+        "building the agent image (first run only; about a minute; output in {})…",
+        log.display()
+    );
+    let out =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let status = xcmd::Cmd::new("bash", Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .arg(script)
         .env("HOME", std::env::var_os("HOME").unwrap_or_default())
         .to_tokio()
+        .stdout(out.try_clone()?)
+        .stderr(out)
         .status()
         .await
         .context("cannot run deploy/agent/build-offline.sh")?;
-    anyhow::ensure!(
-        status.success(),
-        "building the agent image failed; see the output above"
-    );
+    if !status.success() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        anyhow::bail!(
+            "building the agent image failed ({}); its last lines:\n{tail}",
+            log.display()
+        );
+    }
+    eprintln!("agent image built");
     Ok(())
 }
 
@@ -161,7 +176,9 @@ async fn agent_image_present() -> bool {
 async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
-    ensure_image().await?;
+    // The agent image builds (first start only) while the controller starts: the dashboard is
+    // up before it, and the local runner joins once it is there.
+    let image = tokio::spawn(ensure_image(data_dir.join("agent-image-build.log")));
     let shutdown = CancellationToken::new();
 
     // GitHub: real, or the simulator with a sample repository.
@@ -332,6 +349,61 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
 
+    // Sample issues on the simulator, labelled as a person would, spaced out so each is seen
+    // at work — filed once the runner is there (below).
+    if let Some((gh, url)) = &sim {
+        gh.set_webhook(
+            &format!("http://{}/api/github/webhook", args.listen),
+            SECRET,
+        );
+        println!(
+            "GitHub simulator:   {url}/{} (token {}; the demo user's token {})",
+            demo::REPO,
+            demo::GITHUB_TOKEN,
+            demo::USER_TOKEN
+        );
+    }
+    let dashboard = format!("http://{}", args.listen);
+    println!("Dashboard:          {dashboard}/");
+    match &password {
+        Some(p) => println!("Admin login:        admin / {p}"),
+        None => println!(
+            "Admin login:        admin, password printed on the first start (lost it? stop this, run `backporcher-up --data-dir {} reset-admin-password`)",
+            args.data_dir.display()
+        ),
+    }
+    if let Some((_, url)) = &sim {
+        print_tour(&dashboard, url, &args, api_token.as_deref());
+    }
+    println!("Ctrl-C stops everything.");
+
+    if !image.is_finished() {
+        println!(
+            "Building the agent image (first start only, about a minute): the local runner joins \
+             when it is ready; until then the dashboard shows tasks waiting in the queue."
+        );
+    }
+    let built = tokio::select! {
+        r = image => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+        _ = sigterm() => None,
+    };
+    let built = match built {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(anyhow::anyhow!("building the agent image stopped: {e}")),
+        None => {
+            eprintln!("stopping…");
+            shutdown.cancel();
+            server.stopped().await?;
+            return Ok(());
+        }
+    };
+    if let Err(e) = built {
+        shutdown.cancel();
+        server.stopped().await?;
+        return Err(e);
+    }
+
     // A local runner, enrolled through a real join ticket.
     let runner_dir = data_dir.join("runner");
     let identity = match runner::identity::Identity::load(&runner_dir) {
@@ -374,38 +446,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
 
-    // Sample issues on the simulator, labelled as a person would, spaced out so each is seen
-    // at work.
-    if let Some((gh, url)) = &sim {
-        gh.set_webhook(
-            &format!("http://{}/api/github/webhook", args.listen),
-            SECRET,
-        );
-        if fresh_sim {
-            let gh = gh.clone();
-            let interval = Duration::from_secs(args.sample_interval);
-            tokio::spawn(async move { demo::file_samples(&gh, interval).await });
-        }
-        println!(
-            "GitHub simulator:   {url}/{} (token {}; the demo user's token {})",
-            demo::REPO,
-            demo::GITHUB_TOKEN,
-            demo::USER_TOKEN
-        );
+    println!("Local runner:       `local` enrolled; agents start now");
+    if let Some((gh, _)) = &sim
+        && fresh_sim
+    {
+        let gh = gh.clone();
+        let interval = Duration::from_secs(args.sample_interval);
+        tokio::spawn(async move { demo::file_samples(&gh, interval).await });
     }
-    let dashboard = format!("http://{}", args.listen);
-    println!("Dashboard:          {dashboard}/");
-    match &password {
-        Some(p) => println!("Admin login:        admin / {p}"),
-        None => println!(
-            "Admin login:        admin, password printed on the first start (lost it? stop this, run `backporcher-up --data-dir {} reset-admin-password`)",
-            args.data_dir.display()
-        ),
-    }
-    if let Some((_, url)) = &sim {
-        print_tour(&dashboard, url, &args, api_token.as_deref());
-    }
-    println!("Ctrl-C stops everything.");
 
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -435,7 +483,7 @@ Try this:
        curl -s -X POST -H 'Authorization: Bearer {token}' {dashboard}/api/tasks/<id>/approve
   3. File your own issue and watch it become a merged PR (with no model credential a scripted
      model writes a note quoting it):
-       cargo run --release -p demo --bin backporcher-up -- file-issue --sim-url {sim_url} \
+       cargo run -p demo --bin backporcher-up -- file-issue --sim-url {sim_url} \
          \"Say hello\" \"Add a greeting to the README\"
      or with curl, as on GitHub:
        curl -s -H 'Authorization: token {user_token}' -d '{{\"title\": \"Say hello\", \"labels\": [\"backporcher\"]}}' \

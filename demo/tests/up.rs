@@ -168,13 +168,18 @@ impl Up {
             }
         });
         let mut printed = Vec::new();
-        while !printed.iter().any(|l: &String| l.starts_with("Ctrl-C")) {
+        // The runner joins once the agent image is there (built beside the controller's start
+        // when missing); its line ends the start-up.
+        while !printed
+            .iter()
+            .any(|l: &String| l.starts_with("Local runner:"))
+        {
             match rx.recv_timeout(Duration::from_secs(300)) {
                 Ok(l) => printed.push(l),
                 Err(_) => {
                     let _ = child.kill();
                     panic!(
-                        "backporcher-up printed no end of start-up within 5 minutes: {printed:?}"
+                        "backporcher-up printed no `Local runner:` within 5 minutes: {printed:?}"
                     );
                 }
             }

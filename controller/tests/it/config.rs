@@ -184,7 +184,7 @@ async fn the_reference_settings_work_under_their_names() {
         "ci_check_interval = 10",
         "poll_interval = 60",
         "listen = 127.0.0.1:8080",
-        "webhook_events = hold,failed",
+        "webhook_events = hold,failed,reverted",
         "cleanup.failed_days = 7",
     ] {
         assert!(out.contains(want), "{want}: {out}");
