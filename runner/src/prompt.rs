@@ -122,7 +122,9 @@ fn conflict_text(item: &serde_json::Value) -> Option<String> {
         return None;
     }
     let files = item["detail"]["conflicts"].as_array()?;
-    let theirs = item["detail"]["theirs"].as_str().unwrap_or("the default branch");
+    let theirs = item["detail"]["theirs"]
+        .as_str()
+        .unwrap_or("the default branch");
     let mut t = format!(
         "{}\nYour branch conflicted with `{theirs}` after other changes merged. Start from the current `{theirs}` and make the change fit what it has now.\n",
         item["error"].as_str().unwrap_or("merge conflict")
@@ -203,7 +205,10 @@ mod tests {
         };
         let p = build(&spec, &[]);
         assert!(p.contains("## src/a.rs"), "{p}");
-        assert!(p.contains("--- your branch had:\nlet x = 1;\n--- `main` has:\nlet x = 2;\n"), "{p}");
+        assert!(
+            p.contains("--- your branch had:\nlet x = 1;\n--- `main` has:\nlet x = 2;\n"),
+            "{p}"
+        );
         assert!(p.contains("2 more conflicting hunks"), "{p}");
         assert!(!p.contains("\\n"), "no escaped JSON: {p}");
     }

@@ -498,10 +498,14 @@ pub fn conflict_hunks(text: &str) -> (Vec<ConflictHunk>, usize) {
     for (i, l) in text.lines().enumerate() {
         let marker = |m: &str| l == m || l.starts_with(&format!("{m} "));
         match &mut open {
-            None if marker("<<<<<<<") => open = Some((i + 1, Side::Ours, String::new(), String::new())),
+            None if marker("<<<<<<<") => {
+                open = Some((i + 1, Side::Ours, String::new(), String::new()))
+            }
             None => {}
             Some((_, side, _, _)) if marker("|||||||") && *side == Side::Ours => *side = Side::Base,
-            Some((_, side, _, _)) if l == "=======" && *side != Side::Theirs => *side = Side::Theirs,
+            Some((_, side, _, _)) if l == "=======" && *side != Side::Theirs => {
+                *side = Side::Theirs
+            }
             Some(_) if marker(">>>>>>>") => {
                 if let Some((line, _, ours, theirs)) = open.take() {
                     total += 1;
@@ -525,7 +529,8 @@ pub fn conflict_hunks(text: &str) -> (Vec<ConflictHunk>, usize) {
             }
         }
     }
-    (hunks, total - hunks.len())
+    let more = total - hunks.len();
+    (hunks, more)
 }
 
 fn cut(s: &str, max: usize) -> String {
@@ -552,9 +557,7 @@ async fn git_as_bot_at(dir: &Path, args: &[&str], date: Option<&str>) -> Result<
         .env("GIT_COMMITTER_NAME", "backporcher")
         .env("GIT_COMMITTER_EMAIL", "backporcher@localhost");
     if let Some(d) = date {
-        cmd = cmd
-            .env("GIT_AUTHOR_DATE", d)
-            .env("GIT_COMMITTER_DATE", d);
+        cmd = cmd.env("GIT_AUTHOR_DATE", d).env("GIT_COMMITTER_DATE", d);
     }
     let out = cmd
         .to_tokio()

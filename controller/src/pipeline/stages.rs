@@ -1069,7 +1069,11 @@ async fn refresh_siblings(p: &Pipeline, merged: &Task, repo: &Repo) {
                 tracing::warn!(task = id, error = %e, "refreshing a queued sibling failed");
             }
             Err(StageError::Wait(_, why) | StageError::Later(_, why)) => {
-                tracing::warn!(task = id, why, "refreshing a queued sibling failed; its turn does it");
+                tracing::warn!(
+                    task = id,
+                    why,
+                    "refreshing a queued sibling failed; its turn does it"
+                );
             }
             Err(StageError::Other(e)) => {
                 tracing::warn!(task = id, error = %e, "refreshing a queued sibling failed");

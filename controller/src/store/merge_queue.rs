@@ -107,11 +107,11 @@ WITH q AS (
            m.refreshes, t.status, (t.hold_kind IS NOT NULL) AS held, t.priority,
            (SELECT count(*) FROM merge_queue o JOIN tasks ot ON ot.id = o.task_id
              WHERE o.repo_id = m.repo_id AND o.task_id <> m.task_id
-               AND ot.changed_files && t.changed_files) AS overlaps
+               AND ot.changed_files && t.changed_files) AS \"overlaps\"
       FROM merge_queue m JOIN tasks t ON t.id = m.task_id
      WHERE m.repo_id = $1
 )
-SELECT q.*, row_number() OVER (ORDER BY merging DESC, priority, overlaps, entered_at, task_id) AS position
+SELECT q.*, row_number() OVER (ORDER BY merging DESC, priority, \"overlaps\", entered_at, task_id) AS position
   FROM q ORDER BY position";
 
 impl Store {
@@ -221,9 +221,8 @@ impl Store {
         let Some(me) = entries.iter().find(|e| e.task_id == task) else {
             return Ok(Slot::NotQueued);
         };
-        let eligible = |e: &&QueueEntry| {
-            !e.held && matches!(e.status, Status::CiWait | Status::Merging)
-        };
+        let eligible =
+            |e: &&QueueEntry| !e.held && matches!(e.status, Status::CiWait | Status::Merging);
         let holder = entries.iter().filter(|e| e.merging).find(eligible);
         let next = holder.or_else(|| entries.iter().find(eligible));
         match next {

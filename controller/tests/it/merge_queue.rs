@@ -46,6 +46,8 @@ async fn mode(env: &Env, mode: &str) {
             env.repo.id,
             &RepoSettings {
                 approval_mode: Some(mode.into()),
+                // Merge commits: each one's second parent is the head that merged.
+                merge_method: Some("merge".into()),
                 ..Default::default()
             },
         )
@@ -137,8 +139,7 @@ async fn reasons(store: &Store, id: i64) -> Vec<(String, serde_json::Value)> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn five_changes_to_one_file_merge_one_at_a_time_and_a_true_conflict_goes_back_to_its_agent()
-{
+async fn five_changes_to_one_file_merge_one_at_a_time_and_a_true_conflict_goes_back_to_its_agent() {
     let env = env().await;
     mode(&env, "full-auto").await;
     let asked = recorded_ci(&env);
@@ -236,7 +237,11 @@ async fn five_changes_to_one_file_merge_one_at_a_time_and_a_true_conflict_goes_b
         .filter(|(r, _)| r == "merge_queue_left")
         .map(|(_, d)| d["why"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(left, ["conflict", "merged"], "left for the agent, then merged");
+    assert_eq!(
+        left,
+        ["conflict", "merged"],
+        "left for the agent, then merged"
+    );
     // Every task entered once per stay and left merged; the merged file has all five changes.
     for id in &ids {
         let r = reasons(&env.store, *id).await;
@@ -252,8 +257,7 @@ async fn five_changes_to_one_file_merge_one_at_a_time_and_a_true_conflict_goes_b
         &["show", &format!("refs/heads/main:{SHARED}")],
     );
     for k in 1..=4 {
-        let found = main.contains(&format!("changed by task {k}"))
-            || (k == 1 && c.id == ids[0]);
+        let found = main.contains(&format!("changed by task {k}")) || (k == 1 && c.id == ids[0]);
         assert!(found, "task {k}'s change is on main: {main}");
     }
     assert!(main.contains(&format!("task {} again", c.id)), "{main}");
@@ -292,7 +296,12 @@ async fn an_approval_hold_keeps_its_place_in_the_queue() {
     // A, B, C change different files; they become ready in that order.
     let mut ids = Vec::new();
     for name in ["a", "b", "c"] {
-        let t = task_with(&env, name, &[(&format!("src/{name}.rs"), "pub fn f() {}\n")]).await;
+        let t = task_with(
+            &env,
+            name,
+            &[(&format!("src/{name}.rs"), "pub fn f() {}\n")],
+        )
+        .await;
         let id = t.id;
         until(
             &env,
