@@ -369,20 +369,19 @@ async fn two_replicas_merge_one_change_of_a_repository_at_a_time() {
     let env = env().await;
     mode(&env, "full-auto").await;
     let asked = recorded_ci(&env);
-    env.sim
-        .push_commit(REPO, "main", &[(SHARED, &base_file())])
-        .unwrap();
     let start = env.sim.branch_head(REPO, "main").unwrap();
     let p1 = pipeline(&env, vec![]);
     // A second controller: its own connection pool (its own replica id) and git cache.
     let mut p2 = pipeline(&env, vec![]);
     p2.store = Store::connect(&env.db_url, 10).await.unwrap();
     p2.pusher = controller::forge::git::Pusher::new(&env.dir.path().join("cache-2"));
+    // Files of their own: nothing refreshes a task early, each is brought up to date at its
+    // turn, by whichever replica holds the slot.
     let mut ids = Vec::new();
     for k in 1..=4usize {
-        let content = edited(&env, k * 10, &format!("// changed by task {k}"));
+        let path = format!("src/r{k}.rs");
         ids.push(
-            task_with(&env, &format!("Change {k}"), &[(SHARED, &content)])
+            task_with(&env, &format!("Change {k}"), &[(&path, "pub fn r() {}\n")])
                 .await
                 .id,
         );
