@@ -32,6 +32,8 @@ pub fn schemas() -> Vec<(
         TaskDetail,
         GuardWatch,
         GuardState,
+        MergeQueue,
+        MergeQueuePlace,
         Dependencies,
         Candidates,
         CandidateRanking,
@@ -625,6 +627,44 @@ pub struct TaskDetail {
     /// The post-merge guard's watch over each of its merges, latest first.
     #[serde(default)]
     pub guard: Vec<GuardWatch>,
+    /// Its place in its repository's merge queue, while it is queued.
+    #[serde(default)]
+    pub merge_queue: Option<MergeQueuePlace>,
+}
+
+/// `GET /api/repos/{id}/merge-queue`: the tasks of a repository ready to merge, in the order
+/// they merge.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MergeQueue {
+    /// Repository `owner/name`.
+    pub repo: String,
+    /// The queue, first (the one merging) first.
+    pub entries: Vec<MergeQueuePlace>,
+}
+
+/// One task's place in its repository's merge queue.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct MergeQueuePlace {
+    /// The task.
+    pub task: i64,
+    /// Its place: 1 merges next (or is merging).
+    pub position: i64,
+    /// What it waits for: `its turn`, `approval`, `its hold to be released`, `CI on the
+    /// up-to-date branch`, `CI on its refreshed branch`, `its merge`.
+    pub waiting_for: String,
+    /// Whether it holds the repository's merge slot.
+    pub merging: bool,
+    /// When it entered (its place among tasks of equal priority).
+    pub entered_at: DateTime<Utc>,
+    /// Task status.
+    #[schema(value_type = TaskStatus)]
+    pub status: String,
+    /// Task priority (lower first).
+    pub priority: i32,
+    /// Queued siblings whose changed files it shares.
+    pub overlaps: i64,
+    /// Times its branch was brought up to date with the default branch while queued.
+    pub refreshes: i32,
 }
 
 /// Where the post-merge guard is with one of a task's merges.

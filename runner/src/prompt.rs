@@ -101,7 +101,10 @@ pub fn build(spec: &TaskSpec, extra: &[String]) -> String {
             "\n# Earlier attempts\nEarlier attempts at this task ended like this; do better.\n",
         );
         for item in items {
-            p.push_str(&textguard::fence_tail("earlier attempt", &item.to_string()));
+            match conflict_text(item) {
+                Some(text) => p.push_str(&textguard::fence_plain("merge conflict", &text)),
+                None => p.push_str(&textguard::fence_tail("earlier attempt", &item.to_string())),
+            }
         }
     }
     for e in extra {
@@ -109,6 +112,41 @@ pub fn build(spec: &TaskSpec, extra: &[String]) -> String {
         p.push_str(&textguard::fence_tail("verify output", e));
     }
     p
+}
+
+/// A merge conflict the controller reported (`kind` `conflict` with `detail.conflicts`), as
+/// readable text: each conflicting file with its hunks, the task branch's side and the default
+/// branch's side one after the other. `None` for any other item.
+fn conflict_text(item: &serde_json::Value) -> Option<String> {
+    if item["kind"] != "conflict" {
+        return None;
+    }
+    let files = item["detail"]["conflicts"].as_array()?;
+    let theirs = item["detail"]["theirs"]
+        .as_str()
+        .unwrap_or("the default branch");
+    let mut t = format!(
+        "{}\nYour branch conflicted with `{theirs}` after other changes merged. Start from the current `{theirs}` and make the change fit what it has now.\n",
+        item["error"].as_str().unwrap_or("merge conflict")
+    );
+    for f in files.iter().take(20) {
+        t.push_str(&format!("\n## {}\n", f["path"].as_str().unwrap_or("?")));
+        if let Some(note) = f["note"].as_str() {
+            t.push_str(&format!("{note}\n"));
+        }
+        for h in f["hunks"].as_array().into_iter().flatten().take(20) {
+            t.push_str(&format!(
+                "\n### line {}\n--- your branch had:\n{}--- `{theirs}` has:\n{}",
+                h["line"].as_u64().unwrap_or(0),
+                h["ours"].as_str().unwrap_or(""),
+                h["theirs"].as_str().unwrap_or("")
+            ));
+        }
+        if let Some(n) = f["more_hunks"].as_u64().filter(|n| *n > 0) {
+            t.push_str(&format!("\n({n} more conflicting hunks in this file)\n"));
+        }
+    }
+    Some(t)
 }
 
 #[cfg(test)]
@@ -146,5 +184,32 @@ mod tests {
         std::fs::write(dir.join("go.mod"), "module x").unwrap();
         assert_eq!(detect_stack(&dir).as_deref(), Some("Go (go modules)"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_merge_conflict_reads_as_both_sides() {
+        let spec = TaskSpec {
+            repo: "acme/w".into(),
+            default_branch: "main".into(),
+            title: "Fix it".into(),
+            body: "b".into(),
+            retry_context: serde_json::json!([{
+                "kind": "conflict",
+                "error": "merge conflict with main in src/a.rs",
+                "detail": {"theirs": "main", "conflicts": [{
+                    "path": "src/a.rs", "more_hunks": 2, "note": null,
+                    "hunks": [{"line": 3, "ours": "let x = 1;\n", "theirs": "let x = 2;\n"}]
+                }]}
+            }]),
+            ..TaskSpec::default()
+        };
+        let p = build(&spec, &[]);
+        assert!(p.contains("## src/a.rs"), "{p}");
+        assert!(
+            p.contains("--- your branch had:\nlet x = 1;\n--- `main` has:\nlet x = 2;\n"),
+            "{p}"
+        );
+        assert!(p.contains("2 more conflicting hunks"), "{p}");
+        assert!(!p.contains("\\n"), "no escaped JSON: {p}");
     }
 }

@@ -265,9 +265,53 @@ pub(super) async fn git(
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// What bringing a task branch up to date with the default branch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BranchUpdate {
+    /// The branch already contains the default branch's head; it is left as it is.
+    UpToDate(String),
+    /// A merge commit of the default branch into the branch was made (not pushed yet).
+    Merged(String),
+    /// The two conflict; what conflicts (bounded, cleaned text).
+    Conflict(Vec<ConflictFile>),
+}
+
+/// A file the default branch and the task branch both changed in ways git cannot merge.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConflictFile {
+    /// Path in the repository.
+    pub path: String,
+    /// Its conflicting hunks (at most [`MAX_CONFLICT_HUNKS`]).
+    pub hunks: Vec<ConflictHunk>,
+    /// Hunks left out past the bound.
+    pub more_hunks: usize,
+    /// What git said of the file (a conflict without text hunks: deleted on one side, …).
+    pub note: Option<String>,
+}
+
+/// One conflicting region: both sides' text, each cut at [`MAX_CONFLICT_SIDE`] characters.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConflictHunk {
+    /// The line of the region in the merged file (1-based).
+    pub line: usize,
+    /// The task branch's text.
+    pub ours: String,
+    /// The default branch's text.
+    pub theirs: String,
+}
+
+/// Most conflicting files described.
+pub const MAX_CONFLICT_FILES: usize = 10;
+/// Most hunks described per file.
+pub const MAX_CONFLICT_HUNKS: usize = 5;
+/// Most characters kept of each side of a hunk.
+pub const MAX_CONFLICT_SIDE: usize = 2000;
+
 impl Pusher {
     /// Brings the task branch up to date with the default branch by a merge commit made without a
-    /// work tree (`git merge-tree`), and pushes it. `Ok(None)` when the two conflict.
+    /// work tree (`git merge-tree`), which [`Pusher::push_update`] pushes (so the caller can
+    /// record it first). Nothing is made when the branch already contains the default branch's
+    /// head; on a conflict the conflicting hunks come back.
     pub async fn update_branch(
         &self,
         repo: &str,
@@ -275,26 +319,39 @@ impl Pusher {
         default_branch: &str,
         branch: &str,
         token: &str,
-    ) -> Result<Option<String>> {
+    ) -> Result<BranchUpdate> {
         refuse_foreign_branch(branch, default_branch)?;
         let dir = self.cache(repo).await?;
-        let auth = basic_auth(token);
         fetch_base_and_branch(&dir, clone_url, default_branch, branch, token).await?;
         let base = format!("refs/remotes/origin/{default_branch}");
         let head = format!("refs/remotes/origin/{branch}");
-        let Ok(tree) = git(
-            &dir,
-            &["merge-tree", "--write-tree", &head, &base],
-            None,
-            "merge-tree",
-        )
-        .await
-        else {
-            return Ok(None);
-        };
-        let tree = tree.lines().next().unwrap_or_default().to_owned();
+        let head_sha = git(&dir, &["rev-parse", &head], None, "rev-parse").await?;
+        if is_ancestor(&dir, &base, &head_sha).await? {
+            return Ok(BranchUpdate::UpToDate(head_sha));
+        }
+        let (ok, out) = git_status(&dir, &["merge-tree", "--write-tree", &head, &base]).await?;
+        if !ok {
+            return Ok(BranchUpdate::Conflict(conflicts(&dir, &out).await));
+        }
+        let tree = out.lines().next().unwrap_or_default().to_owned();
         let message = format!("Merge {default_branch} into {branch}");
-        let commit = git_as_bot(
+        // Dated by its parents, not the clock: two replicas (or a queue head and the refresh
+        // after a sibling's merge) that update the same branch at once make the same commit,
+        // and the second push changes nothing.
+        let dates = git(
+            &dir,
+            &["log", "--no-walk", "--format=%ct", &head, &base],
+            None,
+            "log",
+        )
+        .await?;
+        let when = dates
+            .lines()
+            .filter_map(|l| l.trim().parse::<i64>().ok())
+            .max()
+            .unwrap_or_default();
+        let when = format!("@{when} +0000");
+        let commit = git_as_bot_at(
             &dir,
             &[
                 "commit-tree",
@@ -306,8 +363,25 @@ impl Pusher {
                 "-m",
                 &message,
             ],
+            Some(&when),
         )
         .await?;
+        Ok(BranchUpdate::Merged(commit))
+    }
+
+    /// Pushes the merge commit [`Pusher::update_branch`] made to the task branch (never
+    /// forced: a branch that moved meanwhile refuses it).
+    pub async fn push_update(
+        &self,
+        repo: &str,
+        clone_url: &str,
+        default_branch: &str,
+        branch: &str,
+        commit: &str,
+        token: &str,
+    ) -> Result<()> {
+        refuse_foreign_branch(branch, default_branch)?;
+        let dir = self.cache(repo).await?;
         git(
             &dir,
             &[
@@ -316,21 +390,176 @@ impl Pusher {
                 clone_url,
                 &format!("{commit}:refs/heads/{branch}"),
             ],
-            Some(&auth),
+            Some(&basic_auth(token)),
             "push",
         )
-        .await?;
-        Ok(Some(commit))
+        .await
+        .map(drop)
+    }
+
+    /// Whether `head` (a commit of the task branch, fetched fresh with the default branch)
+    /// contains the default branch's current head.
+    pub async fn contains_default(
+        &self,
+        repo: &str,
+        clone_url: &str,
+        default_branch: &str,
+        branch: &str,
+        head: &str,
+        token: &str,
+    ) -> Result<bool> {
+        let dir = self.cache(repo).await?;
+        fetch_base_and_branch(&dir, clone_url, default_branch, branch, token).await?;
+        let base = format!("refs/remotes/origin/{default_branch}");
+        is_ancestor(&dir, &base, head).await
     }
 }
 
-pub(super) async fn git_as_bot(dir: &Path, args: &[&str]) -> Result<String> {
+/// Whether `ancestor` is an ancestor of (or is) `of`.
+async fn is_ancestor(dir: &Path, ancestor: &str, of: &str) -> Result<bool> {
+    let (ok, _) = git_status(dir, &["merge-base", "--is-ancestor", ancestor, of]).await?;
+    Ok(ok)
+}
+
+/// Runs git in `dir` for a command whose failure is an answer (merge-tree's conflict,
+/// `--is-ancestor`'s no): whether it succeeded, and its output. Exit codes past 1 are errors.
+async fn git_status(dir: &Path, args: &[&str]) -> Result<(bool, String)> {
     let out = xcmd::Cmd::new("git", dir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .to_tokio()
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| git_err("git", e))?;
+    match out.status.code() {
+        Some(0) => Ok((true, String::from_utf8_lossy(&out.stdout).into_owned())),
+        Some(1) => Ok((false, String::from_utf8_lossy(&out.stdout).into_owned())),
+        _ => Err(git_err(
+            "git",
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )),
+    }
+}
+
+/// The conflicting files of a failed `merge-tree --write-tree` (its output: the tree with
+/// conflict markers, the conflicted entries, then git's messages), each with its hunks.
+async fn conflicts(dir: &Path, out: &str) -> Vec<ConflictFile> {
+    let mut lines = out.lines();
+    let tree = lines.next().unwrap_or_default().to_owned();
+    let mut paths: Vec<String> = Vec::new();
+    for l in lines.by_ref() {
+        if l.is_empty() {
+            break;
+        }
+        if let Some((_, path)) = l.split_once('\t')
+            && !paths.iter().any(|p| p == path)
+        {
+            paths.push(path.to_owned());
+        }
+    }
+    let messages: Vec<&str> = lines.collect();
+    let mut files = Vec::new();
+    for path in paths.into_iter().take(MAX_CONFLICT_FILES) {
+        let text = git(dir, &["show", &format!("{tree}:{path}")], None, "show")
+            .await
+            .unwrap_or_default();
+        let (hunks, more_hunks) = conflict_hunks(&text);
+        let note = messages
+            .iter()
+            .filter(|m| m.contains(path.as_str()))
+            .map(|m| textguard::clean_plain(m))
+            .collect::<Vec<_>>()
+            .join("\n");
+        files.push(ConflictFile {
+            path: textguard::clean_plain(&path),
+            hunks,
+            more_hunks,
+            note: (!note.is_empty()).then(|| cut(&note, MAX_CONFLICT_SIDE)),
+        });
+    }
+    files
+}
+
+/// The regions between git's conflict markers in `text`: ours (the task branch, first) and
+/// theirs (the default branch), cleaned and cut; the first [`MAX_CONFLICT_HUNKS`] and how many
+/// more there are.
+pub fn conflict_hunks(text: &str) -> (Vec<ConflictHunk>, usize) {
+    #[derive(PartialEq)]
+    enum Side {
+        Ours,
+        Base,
+        Theirs,
+    }
+    let mut hunks = Vec::new();
+    let mut total = 0;
+    // (line, side being read, ours, theirs)
+    let mut open: Option<(usize, Side, String, String)> = None;
+    for (i, l) in text.lines().enumerate() {
+        let marker = |m: &str| l == m || l.starts_with(&format!("{m} "));
+        match &mut open {
+            None if marker("<<<<<<<") => {
+                open = Some((i + 1, Side::Ours, String::new(), String::new()))
+            }
+            None => {}
+            Some((_, side, _, _)) if marker("|||||||") && *side == Side::Ours => *side = Side::Base,
+            Some((_, side, _, _)) if l == "=======" && *side != Side::Theirs => {
+                *side = Side::Theirs
+            }
+            Some(_) if marker(">>>>>>>") => {
+                if let Some((line, _, ours, theirs)) = open.take() {
+                    total += 1;
+                    if hunks.len() < MAX_CONFLICT_HUNKS {
+                        hunks.push(ConflictHunk {
+                            line,
+                            ours: cut(&textguard::clean_plain(&ours), MAX_CONFLICT_SIDE),
+                            theirs: cut(&textguard::clean_plain(&theirs), MAX_CONFLICT_SIDE),
+                        });
+                    }
+                }
+            }
+            Some((_, side, ours, theirs)) => {
+                let text = match side {
+                    Side::Ours => ours,
+                    Side::Theirs => theirs,
+                    Side::Base => continue,
+                };
+                text.push_str(l);
+                text.push('\n');
+            }
+        }
+    }
+    let more = total - hunks.len();
+    (hunks, more)
+}
+
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+pub(super) async fn git_as_bot(dir: &Path, args: &[&str]) -> Result<String> {
+    git_as_bot_at(dir, args, None).await
+}
+
+/// [`git_as_bot`] with the author and committer date set (`@<seconds> <zone>`).
+async fn git_as_bot_at(dir: &Path, args: &[&str], date: Option<&str>) -> Result<String> {
+    let mut cmd = xcmd::Cmd::new("git", dir)
         .args(args)
         .env("GIT_AUTHOR_NAME", "backporcher")
         .env("GIT_AUTHOR_EMAIL", "backporcher@localhost")
         .env("GIT_COMMITTER_NAME", "backporcher")
-        .env("GIT_COMMITTER_EMAIL", "backporcher@localhost")
+        .env("GIT_COMMITTER_EMAIL", "backporcher@localhost");
+    if let Some(d) = date {
+        cmd = cmd.env("GIT_AUTHOR_DATE", d).env("GIT_COMMITTER_DATE", d);
+    }
+    let out = cmd
         .to_tokio()
         .stdin(std::process::Stdio::null())
         .output()
@@ -512,4 +741,44 @@ pub(super) async fn fetch_branches(
     let mut args = vec!["fetch", "--quiet", "--no-tags", clone_url];
     args.extend(refspecs.iter().map(String::as_str));
     git(dir, &args, Some(auth), "fetch").await.map(drop)
+}
+
+#[cfg(test)]
+mod conflict_tests {
+    use super::*;
+
+    #[test]
+    fn hunks_are_read_between_the_markers_in_both_styles() {
+        let text = "a\n<<<<<<< refs/remotes/origin/backporcher/1-x\nours 1\n=======\ntheirs 1\n>>>>>>> refs/remotes/origin/main\nb\n\
+<<<<<<< ours\nours 2\n||||||| base\nbase 2\n=======\ntheirs 2\ntheirs 2b\n>>>>>>> theirs\n";
+        let (hunks, more) = conflict_hunks(text);
+        assert_eq!(more, 0);
+        assert_eq!(
+            hunks,
+            vec![
+                ConflictHunk {
+                    line: 2,
+                    ours: "ours 1\n".into(),
+                    theirs: "theirs 1\n".into()
+                },
+                ConflictHunk {
+                    line: 8,
+                    ours: "ours 2\n".into(),
+                    theirs: "theirs 2\ntheirs 2b\n".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn hunks_and_sides_are_bounded_and_cleaned() {
+        let one = format!(
+            "<<<<<<< a\n\u{202E}{}\n=======\nx\n>>>>>>> b\n",
+            "y".repeat(MAX_CONFLICT_SIDE * 2)
+        );
+        let (hunks, more) = conflict_hunks(&one.repeat(MAX_CONFLICT_HUNKS + 3));
+        assert_eq!((hunks.len(), more), (MAX_CONFLICT_HUNKS, 3));
+        assert!(hunks[0].ours.len() <= MAX_CONFLICT_SIDE + '…'.len_utf8());
+        assert!(!hunks.iter().any(|h| h.ours.contains('\u{202E}')));
+    }
 }

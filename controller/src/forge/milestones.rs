@@ -110,8 +110,16 @@ async fn apply(
         Some(Err(_)) => return Ok(()),
     };
     match (from, to) {
-        // The post-merge guard's notes on a task keep its status: no milestone of their own.
-        (Some(f), t) if f == t && ev.reason.starts_with("guard_") => Ok(()),
+        // The post-merge guard's and the merge queue's notes on a task keep its status: no
+        // milestone of their own.
+        (Some(f), t)
+            if f == t
+                && (ev.reason.starts_with("guard_")
+                    || ev.reason.starts_with("merge_queue_")
+                    || ev.reason == "branch_updated") =>
+        {
+            Ok(())
+        }
         (None, _) => {
             forge
                 .add_labels(repo, issue, &[labels::IN_PROGRESS])

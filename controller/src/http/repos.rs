@@ -103,6 +103,19 @@ pub(super) async fn learnings(
     ))
 }
 
+pub(super) async fn merge_queue(
+    State(s): State<AppState>,
+    _c: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<api::MergeQueue> {
+    let repo = s.store.repo(id).await?;
+    let entries = s.store.merge_queue(id).await?;
+    Ok(Json(api::MergeQueue {
+        repo: repo.name,
+        entries: entries.iter().map(super::views::queue_place).collect(),
+    }))
+}
+
 pub(super) async fn environment(
     State(s): State<AppState>,
     _c: Caller,

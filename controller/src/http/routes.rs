@@ -260,6 +260,15 @@ pub fn routes() -> Vec<Route> {
         .path::<repos::SecretPath>(),
         op(
             "get",
+            "/api/repos/{id}/merge-queue",
+            "viewer",
+            "The repository's merge queue in merge order: each task's place and what it waits for",
+            None,
+            "MergeQueue",
+            get(repos::merge_queue),
+        ),
+        op(
+            "get",
             "/api/repos/{id}/environment",
             "viewer",
             "The environment as the settings describe it, beside what the repository's own files declare (the latest task's report: which wins, and why)",

@@ -217,6 +217,12 @@ pub(super) async fn task_detail(
             .iter()
             .map(super::views::guard_view)
             .collect(),
+        merge_queue: s
+            .store
+            .queue_entry(id)
+            .await?
+            .as_ref()
+            .map(super::views::queue_place),
     }))
 }
 

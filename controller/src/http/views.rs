@@ -149,3 +149,18 @@ pub(crate) fn reproduction_view(r: crate::store::reproduction::Reproduction) -> 
         note: r.note,
     }
 }
+
+/// A merge queue entry as the API shows it.
+pub(crate) fn queue_place(e: &crate::store::merge_queue::QueueEntry) -> api::MergeQueuePlace {
+    api::MergeQueuePlace {
+        task: e.task_id,
+        position: e.position,
+        waiting_for: e.waiting_for().to_owned(),
+        merging: e.merging,
+        entered_at: e.entered_at,
+        status: e.status.as_str().to_owned(),
+        priority: e.priority,
+        overlaps: e.overlaps,
+        refreshes: e.refreshes,
+    }
+}

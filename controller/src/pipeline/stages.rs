@@ -8,11 +8,12 @@ use serde_json::json;
 
 use super::review::{MAX_WINDOWS, ReviewError, WINDOW};
 use super::{Pipeline, ReviewInput};
-use crate::forge::git::PushRequest;
+use crate::forge::git::{BranchUpdate, PushRequest};
 use crate::forge::{
     CheckState, CiVerdict, FailedLog, ForgeError, MergeMethod, MergeOutcome, NewPullRequest,
     PullRequest,
 };
+use crate::store::merge_queue::{MAX_REFRESHES, MAX_SLOT_SECS, Slot};
 use crate::store::repos::Repo;
 use crate::store::tasks::{Advance, Failure};
 use crate::store::{Error, FailureMode, Note, Status, Task, TerminalReason};
@@ -545,6 +546,15 @@ async fn head_unreviewed(p: &Pipeline, task: &Task, pr_head: &str) -> Result<boo
     if reviewed_head(task) == Some(pr_head) {
         return Ok(false);
     }
+    // The controller records its own update of the branch before pushing it: until the push
+    // lands the PR still shows the commit it was made from, which was reviewed.
+    let updated_from = task
+        .review
+        .as_ref()
+        .and_then(|r| r.0["updated_from"].as_str());
+    if updated_from == Some(pr_head) {
+        return Ok(false);
+    }
     tracing::warn!(task = task.id, pr_head, reviewed = ?reviewed_head(task), "the PR's head is not the reviewed commit; reviewing again");
     p.store
         .advance(
@@ -633,6 +643,12 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
     if head_unreviewed(p, task, &pr.head_sha).await? {
         return Ok(());
     }
+    // The queue's head waits for CI on its up-to-date branch here, within the slot's bound.
+    if let Some(entry) = p.store.queue_entry(task.id).await?
+        && slot_overdue(p, task, repo, &entry).await?
+    {
+        return Ok(());
+    }
     let checks = p
         .forge
         .checks(&repo.name, &pr.head_sha)
@@ -702,18 +718,40 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         CiVerdict::Green(_) => true,
     };
     let mode = approval_mode(p, repo).await?;
-    if green && mode == "full-auto" && human_required(task).is_none() {
+    let auto = mode == "full-auto" && human_required(task).is_none();
+    // Ready to merge: the task joins its repository's merge queue (or, back from a refresh,
+    // records the head CI is green on now). An approval given earlier stays with the entry.
+    let entry = if green {
+        Some(
+            p.store
+                .enter_merge_queue(task.id, Some(&pr.head_sha), auto)
+                .await?,
+        )
+    } else {
+        None
+    };
+    if let Some(entry) = entry.as_ref().filter(|e| auto || e.approved) {
         let why = if no_checks {
             "no_checks_merge"
         } else {
             "ci_green"
         };
         p.store
-            .advance(task.id, &Advance::StartMerge, &Note::new(ACTOR, why))
+            .advance(
+                task.id,
+                &Advance::StartMerge,
+                &Note::new(ACTOR, why).with_data(json!({
+                    "head": pr.head_sha,
+                    "queue_position": entry.position,
+                })),
+            )
             .await?;
     } else {
         let why = if no_checks { "no_checks" } else { "ci_green" };
         let mut data = json!({"approval_mode": mode, "human_required": human_required(task)});
+        if let Some(e) = &entry {
+            data["queue_position"] = json!(e.position);
+        }
         if no_checks {
             data["head"] = json!(pr.head_sha);
             data["grace_secs"] = json!(repo.no_checks_grace_secs);
@@ -735,7 +773,36 @@ async fn ci(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
     Ok(())
 }
 
+/// The merge stage: the task waits for its turn in the repository's merge queue; at the head it
+/// is brought up to date with the default branch (and goes back to CI on that combination), and
+/// only a head that contains the default branch and on which CI was green merges. After the
+/// merge, queued siblings whose changed files overlap are refreshed at once.
 async fn merge(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
+    // The task reached `merging`: full-auto, or a person approved it. Its turn first (no GitHub
+    // call while it waits).
+    p.store.approve_queued(task.id).await?;
+    let mut slot = p.store.take_merge_slot(task.id).await?;
+    if slot == Slot::NotQueued {
+        // Approved before it was queued: it joins now (at the back); CI is looked at again on
+        // its head before it merges.
+        p.store.enter_merge_queue(task.id, None, true).await?;
+        slot = p.store.take_merge_slot(task.id).await?;
+    }
+    let entry = match (slot, p.store.queue_entry(task.id).await?) {
+        (Slot::Taken, Some(e)) => e,
+        (Slot::Wait { position, behind }, _) => {
+            return Err(StageError::Wait(
+                p.config.ci_poll,
+                format!("merge queue position {position}, after task {behind}"),
+            ));
+        }
+        _ => {
+            return Err(StageError::Wait(
+                p.config.ci_poll,
+                "joining the merge queue".into(),
+            ));
+        }
+    };
     let Some(pr) = task_pull(p, task, repo, "merging").await? else {
         return Ok(());
     };
@@ -750,31 +817,65 @@ async fn merge(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
             )
             .await?;
         delete_task_branch(p, repo, &branch).await;
+        refresh_siblings(p, task, repo).await;
         return Ok(());
     }
     // Only the reviewed commit merges: GitHub refuses the merge if the head moves meanwhile.
     if head_unreviewed(p, task, &pr.head_sha).await? {
         return Ok(());
     }
+    if slot_overdue(p, task, repo, &entry).await? {
+        return Ok(());
+    }
+    let token = p.forge.git_token().await.map_err(|e| forge_err(task, e))?;
+    let up_to_date = p
+        .pusher
+        .contains_default(
+            &repo.name,
+            &repo.clone_url,
+            &repo.default_branch,
+            &branch,
+            &pr.head_sha,
+            &token,
+        )
+        .await
+        .map_err(|e| later(task, &e))?;
+    if !up_to_date || pr.mergeable == Some(false) {
+        return refresh(p, task, repo, "queue_head").await;
+    }
+    if entry.green_head.as_deref() != Some(pr.head_sha.as_str()) {
+        // Up to date, but CI has not been seen green on this very head.
+        p.store
+            .advance(
+                task.id,
+                &Advance::MergeDeferred,
+                &Note::new(ACTOR, "ci_not_seen_on_head").with_data(json!({"head": pr.head_sha})),
+            )
+            .await?;
+        return Ok(());
+    }
     let method: MergeMethod = repo.merge_method.parse().unwrap_or_default();
-    let outcome = if pr.mergeable == Some(false) {
-        MergeOutcome::Conflict("GitHub reports the PR conflicts with its base".into())
-    } else {
-        p.forge
-            .merge(&repo.name, number, &pr.head_sha, method)
-            .await
-            .map_err(|e| forge_err(task, e))?
-    };
+    let outcome = p
+        .forge
+        .merge(&repo.name, number, &pr.head_sha, method)
+        .await
+        .map_err(|e| forge_err(task, e))?;
     match outcome {
         MergeOutcome::Merged(sha) => {
             p.store
                 .advance(
                     task.id,
                     &Advance::Merged,
-                    &Note::new(ACTOR, "merged").with_data(json!({"sha": sha, "pr": number})),
+                    &Note::new(ACTOR, "merged").with_data(json!({
+                        "sha": sha,
+                        "pr": number,
+                        "head": pr.head_sha,
+                        "refreshes": entry.refreshes,
+                    })),
                 )
                 .await?;
             delete_task_branch(p, repo, &branch).await;
+            refresh_siblings(p, task, repo).await;
         }
         MergeOutcome::HeadMoved(why) => {
             p.store
@@ -785,54 +886,8 @@ async fn merge(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                 )
                 .await?;
         }
-        MergeOutcome::Conflict(why) => {
-            // First try to merge the base into the branch without the agent; CI runs again.
-            let token = p.forge.git_token().await.map_err(|e| forge_err(task, e))?;
-            let updated = p
-                .pusher
-                .update_branch(
-                    &repo.name,
-                    &repo.clone_url,
-                    &repo.default_branch,
-                    &branch,
-                    &token,
-                )
-                .await;
-            match updated {
-                Ok(Some(sha)) => {
-                    // The controller's own merge of the base into the reviewed commit.
-                    if let Some(review) = &task.review {
-                        let mut r = review.0.clone();
-                        r["head"] = json!(sha);
-                        r["updated_from"] = json!(reviewed_head(task));
-                        p.store.set_review(task.id, &r).await?;
-                    }
-                    p.store
-                        .advance(
-                            task.id,
-                            &Advance::MergeDeferred,
-                            &Note::new(ACTOR, "branch_updated").with_data(json!({"sha": sha})),
-                        )
-                        .await?;
-                }
-                Ok(None) => {
-                    p.store
-                        .retry_or_fail(
-                            task.id,
-                            &Failure {
-                                mode: FailureMode::Conflict,
-                                reason: None,
-                                error: format!("merge conflict with {}: {why}", repo.default_branch),
-                                context: Some(json!({"conflict": why, "note": "start again from the current default branch"})),
-                            },
-                            &p.config.retry,
-                            &Note::new(ACTOR, "merge_conflict"),
-                        )
-                        .await?;
-                }
-                Err(e) => return Err(forge_err(task, e)),
-            }
-        }
+        // The default branch moved between the check and the merge: bring it up to date again.
+        MergeOutcome::Conflict(_) => return refresh(p, task, repo, "queue_head").await,
         MergeOutcome::Refused(why) => {
             p.store
                 .fail(
@@ -845,4 +900,184 @@ async fn merge(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         }
     }
     Ok(())
+}
+
+/// Fails a task that held its repository's merge slot longer than [`MAX_SLOT_SECS`] (CI on
+/// its up-to-date head never decided, the default branch kept moving): the next task gets the
+/// slot. `true` when it did.
+async fn slot_overdue(
+    p: &Pipeline,
+    task: &Task,
+    repo: &Repo,
+    entry: &crate::store::merge_queue::QueueEntry,
+) -> Result<bool, StageError> {
+    let Some(since) = entry.slot_at.filter(|_| entry.merging) else {
+        return Ok(false);
+    };
+    if (chrono::Utc::now() - since).num_seconds() <= MAX_SLOT_SECS {
+        return Ok(false);
+    }
+    p.store
+        .fail(
+            task.id,
+            TerminalReason::MergeFailed,
+            &format!(
+                "the task held the merge queue of {} for more than {} hours without merging (CI on its up-to-date branch never decided, or the default branch kept moving); requeue it",
+                repo.name,
+                MAX_SLOT_SECS / 3600
+            ),
+            &Note::new(ACTOR, "merge_queue_timeout"),
+        )
+        .await?;
+    Ok(true)
+}
+
+/// Brings a queued task's branch up to date with the default branch (a merge commit the
+/// controller makes; the reviewed head follows it) and sends it back to CI; a real conflict goes
+/// back to the agent with the conflicting hunks and both sides in its context, spending a
+/// conflict retry. At most [`MAX_REFRESHES`] times per stay in the queue.
+async fn refresh(p: &Pipeline, task: &Task, repo: &Repo, why: &str) -> StageResult {
+    let branch = task.branch.clone().unwrap_or_default();
+    let token = p.forge.git_token().await.map_err(|e| forge_err(task, e))?;
+    let updated = p
+        .pusher
+        .update_branch(
+            &repo.name,
+            &repo.clone_url,
+            &repo.default_branch,
+            &branch,
+            &token,
+        )
+        .await;
+    match updated {
+        Ok(BranchUpdate::UpToDate(head)) => {
+            if task.status == Status::Merging {
+                // Up to date after all (GitHub's mergeability lagged): CI decides on this head.
+                p.store
+                    .advance(
+                        task.id,
+                        &Advance::MergeDeferred,
+                        &Note::new(ACTOR, "merge_recheck").with_data(json!({"head": head})),
+                    )
+                    .await?;
+            }
+        }
+        Ok(BranchUpdate::Merged(sha)) => {
+            let refreshes = p.store.note_queue_refresh(task.id).await?;
+            if refreshes > MAX_REFRESHES {
+                p.store
+                    .fail(
+                        task.id,
+                        TerminalReason::MergeFailed,
+                        &format!(
+                            "the branch was brought up to date with {} {MAX_REFRESHES} times and the default branch moved again each time before it could merge; requeue it when the default branch is quieter",
+                            repo.default_branch
+                        ),
+                        &Note::new(ACTOR, "merge_queue_refresh_bound"),
+                    )
+                    .await?;
+                return Ok(());
+            }
+            // The controller's own merge of the base into the reviewed commit, recorded before
+            // it is pushed (the old head stays accepted until the push lands).
+            if let Some(review) = &task.review {
+                let mut r = review.0.clone();
+                r["head"] = json!(sha);
+                r["updated_from"] = json!(reviewed_head(task));
+                p.store.set_review(task.id, &r).await?;
+            }
+            p.pusher
+                .push_update(
+                    &repo.name,
+                    &repo.clone_url,
+                    &repo.default_branch,
+                    &branch,
+                    &sha,
+                    &token,
+                )
+                .await
+                .map_err(|e| later(task, &e))?;
+            let note = Note::new(ACTOR, "branch_updated")
+                .with_data(json!({"sha": sha, "why": why, "refreshes": refreshes}));
+            if task.status == Status::Merging {
+                p.store
+                    .advance(task.id, &Advance::MergeDeferred, &note)
+                    .await?;
+            } else {
+                p.store.queue_note(task.id, &note).await?;
+            }
+        }
+        Ok(BranchUpdate::Conflict(files)) => {
+            let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+            p.store
+                .retry_or_fail(
+                    task.id,
+                    &Failure {
+                        mode: FailureMode::Conflict,
+                        reason: None,
+                        error: format!(
+                            "merge conflict with {} in {}",
+                            repo.default_branch,
+                            names.join(", ")
+                        ),
+                        context: Some(json!({
+                            "conflicts": files,
+                            "ours": "the task branch",
+                            "theirs": repo.default_branch,
+                            "note": "start again from the current default branch and make the change fit what it has now",
+                        })),
+                    },
+                    &p.config.retry,
+                    &Note::new(ACTOR, "merge_conflict").with_data(json!({"files": names, "why": why})),
+                )
+                .await?;
+        }
+        Err(e @ ForgeError::Git { .. }) => return Err(later(task, &e)),
+        Err(e) => return Err(forge_err(task, e)),
+    }
+    Ok(())
+}
+
+/// After `merged` merged, its queued siblings whose changed files overlap are refreshed now, so
+/// a conflict reaches its agent before that sibling's turn. A failure here only logs: the
+/// sibling's own turn brings it up to date again.
+async fn refresh_siblings(p: &Pipeline, merged: &Task, repo: &Repo) {
+    let siblings = match p
+        .store
+        .overlapping_queued(merged.id, &merged.changed_files)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(task = merged.id, error = %e, "reading the merge queue failed");
+            return;
+        }
+    };
+    for id in siblings {
+        let Ok(t) = p.store.task(id).await else {
+            continue;
+        };
+        if !matches!(
+            t.status,
+            Status::CiWait | Status::ApprovalHold | Status::Merging
+        ) {
+            continue;
+        }
+        match refresh(p, &t, repo, "sibling_merged").await {
+            Ok(()) => {}
+            Err(StageError::Store(e)) => {
+                tracing::warn!(task = id, error = %e, "refreshing a queued sibling failed");
+            }
+            Err(StageError::Wait(_, why) | StageError::Later(_, why)) => {
+                tracing::warn!(
+                    task = id,
+                    why,
+                    "refreshing a queued sibling failed; its turn does it"
+                );
+            }
+            Err(StageError::Other(e)) => {
+                tracing::warn!(task = id, error = %e, "refreshing a queued sibling failed");
+            }
+        }
+    }
 }

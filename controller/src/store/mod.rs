@@ -15,7 +15,7 @@
 //! PR feedback), [`tasks`] (lifecycle operations driven by the controller and users, task
 //! lists), [`claims`] (leases: claim, renew, reap, grace), [`logs`] (log chunks and bundles),
 //! [`completion`] (stage reports and results), [`candidates`] (best-of-N: fan-out, settling, rankings), [`stages`] (the controller stages as work items),
-//! [`milestones`] (what GitHub already shows), [`feedback`] (reflection, learnings, breaker,
+//! [`milestones`] (what GitHub already shows), [`merge_queue`] (tasks ready to merge, their order and the merge slot), [`feedback`] (reflection, learnings, breaker,
 //! outbox), [`ops`] (audited operations and the audit log), [`users`] (people and credentials),
 //! [`repos`], [`runners`], [`settings`], [`usage`] and [`metrics`] (the ledger and numbers),
 //! [`retention`] (pruning by age), [`activity`] (what live tasks and the controller's own agents
@@ -36,6 +36,7 @@ pub mod guard;
 pub mod intake;
 pub mod lifecycle;
 pub mod logs;
+pub mod merge_queue;
 pub mod metrics;
 pub mod milestones;
 pub mod ops;

@@ -279,7 +279,8 @@ async fn a_pr_without_checks_merges_after_the_grace_only_when_the_repository_opt
         .at
         - ev.iter()
             .rev()
-            .find(|e| e.to_status == "ci_wait")
+            // Entering `ci_wait` (not a note made while in it, such as the merge queue's).
+            .find(|e| e.to_status == "ci_wait" && e.from_status.as_deref() != Some("ci_wait"))
             .unwrap()
             .at;
     assert!(waited >= chrono::Duration::seconds(2), "{waited}");

@@ -528,8 +528,21 @@ async fn a_merge_conflict_is_detected_and_the_branch_updated_or_requeued() {
         )
         .await
         .unwrap();
-    let new_head = updated.expect("no conflict: merged");
+    let controller::forge::git::BranchUpdate::Merged(new_head) = updated else {
+        panic!("no conflict: merged, got {updated:?}");
+    };
     assert_ne!(new_head, old_head);
+    p.pusher
+        .push_update(
+            REPO,
+            &env.repo.clone_url,
+            "main",
+            t2.branch.as_deref().unwrap(),
+            &new_head,
+            &token,
+        )
+        .await
+        .unwrap();
     assert_eq!(
         env.sim.branch_head(REPO, t2.branch.as_deref().unwrap()),
         Some(new_head)

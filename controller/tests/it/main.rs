@@ -16,6 +16,7 @@ mod intake;
 mod leases;
 mod lifecycle;
 mod loops;
+mod merge_queue;
 mod parity;
 mod password;
 mod postmerge;

@@ -286,6 +286,7 @@ async function openDetail(id, refresh) {
       t.branch ? ` (branch ${t.branch})` : "");
   } else pr.replaceChildren(t.branch ? `Branch ${t.branch}; no pull request yet` : "No pull request yet");
   renderGuard(d.guard || []);
+  renderQueue(d.merge_queue);
   $("#detail-error").textContent = t.error || "";
   $("#detail-prompt").textContent = d.body;
   $("#detail-environment").textContent = environmentLine(d.environment);
@@ -771,6 +772,14 @@ function renderGuard(watches) {
   if (g.revert_state) nodes.push(` (${g.revert_state.replace("_", " ")})`);
   if (watches.length > 1) nodes.push(` · ${watches.length - 1} earlier merge(s) watched`);
   box.replaceChildren(...nodes);
+}
+
+// The task's place in its repository's merge queue, and what it waits for (text only).
+function renderQueue(q) {
+  const box = $("#detail-queue");
+  box.hidden = !q;
+  box.textContent = q ? `Merge queue: position ${q.position}, waiting for ${q.waiting_for}` +
+    (q.refreshes ? ` (brought up to date ${q.refreshes}×)` : "") : "";
 }
 
 function environmentLine(rep) {
