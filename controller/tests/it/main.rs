@@ -18,6 +18,7 @@ mod lifecycle;
 mod loops;
 mod parity;
 mod password;
+mod plan_gate;
 mod postmerge;
 mod redteam;
 mod replicas;
