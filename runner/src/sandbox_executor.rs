@@ -1948,3 +1948,27 @@ fn setup_failed(ctx: &TaskContext, why: String) -> ExecResult {
     r.error = Some(why);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::plan_json;
+
+    #[test]
+    fn the_plan_is_the_last_json_object_of_the_answer() {
+        let text = "I read {the code}. Plan:\n{\"files\": [\"a.rs\"], \"approach\": \"x {y}\"}\n";
+        let got = plan_json(text).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(v["files"][0], "a.rs");
+        assert_eq!(v["approach"], "x {y}");
+        assert!(plan_json("no plan here").is_none());
+        assert!(
+            plan_json("[1, 2] }").is_none(),
+            "an array or a stray brace is no plan"
+        );
+        let long = format!("{}{{\"approach\": \"end\"}}", "é".repeat(200_000));
+        assert!(
+            plan_json(&long).unwrap().contains("end"),
+            "a long answer is searched from its end"
+        );
+    }
+}
