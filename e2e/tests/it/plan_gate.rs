@@ -125,10 +125,12 @@ async fn a_scripted_agent_cannot_write_during_the_plan_run() {
         .unwrap();
     let branches = String::from_utf8_lossy(&out.stdout);
     assert!(branches.trim().is_empty(), "nothing pushed: {branches}");
-    assert_eq!(
-        std::fs::read_to_string(env.origin.join("README.md")).unwrap(),
-        "hello\n"
-    );
+    let out = xcmd::Cmd::new("git", &env.origin)
+        .args(["show", "main:README.md"])
+        .to_std()
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
     let logs = env.logs(t.id).await;
     assert!(
         logs.contains("plan run: the workspace is read-only"),
