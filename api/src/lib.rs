@@ -30,6 +30,8 @@ pub fn schemas() -> Vec<(
         Me,
         Task,
         TaskDetail,
+        TaskPlan,
+        PlanDecision,
         GuardWatch,
         GuardState,
         MergeQueue,
@@ -309,6 +311,70 @@ pub struct ReproductionRun {
     pub duration_ms: u64,
 }
 
+/// Plan gate: a task's plan (`GET /api/tasks/{id}/plan`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskPlan {
+    /// The task.
+    pub task: i64,
+    /// The plan run's attempt.
+    pub attempt: i32,
+    /// `pending`, `approved`, `rejected` or `timed_out`.
+    pub state: String,
+    /// Files the plan names.
+    pub files: Vec<String>,
+    /// How.
+    pub approach: String,
+    /// What could go wrong.
+    pub risks: Vec<String>,
+    /// How it will be tested.
+    pub tests: Vec<String>,
+    /// The plan as posted (Markdown), or as a person edited it: what the implementation run and
+    /// the reviewer get once approved.
+    pub text: String,
+    /// A person replaced the text.
+    pub edited: bool,
+    /// Predicted blast radius (files named plus files impacted); absent when unknown.
+    pub blast_radius: Option<i32>,
+    /// Paths the plan run changed in its read-only workspace (discarded, never pushed).
+    pub discarded: Vec<String>,
+    /// Who decided (`user:…`, `policy`, `system`).
+    pub decided_by: Option<String>,
+    /// When.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// Why (a rejection's reason, the policy's note).
+    pub note: Option<String>,
+    /// When it was posted.
+    pub posted_at: DateTime<Utc>,
+    /// When an undecided plan is denied.
+    pub due_at: DateTime<Utc>,
+}
+
+/// What a person does with a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanAction {
+    /// Approve it as it is.
+    Approve,
+    /// Replace its text (`text`), then approve it.
+    Edit,
+    /// Reject it (`reason`): the task fails.
+    Reject,
+}
+
+/// `POST /api/tasks/{id}/plan`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanDecision {
+    /// What to do.
+    pub action: PlanAction,
+    /// The new plan text (`edit`).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Why (`reject`).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// Reproduce-first as the runner showed it: the agent's test on the base and on the head.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Reproduction {
@@ -344,6 +410,8 @@ pub enum TaskStatus {
     Verifying,
     /// Best-of-N: its candidates run; the best one is pushed when they end.
     Candidates,
+    /// Plan gate: its plan waits for a person to approve, edit or reject it.
+    PlanHold,
     /// The branch is pushed.
     Pushing,
     /// A pull request is open.
@@ -921,6 +989,21 @@ pub struct RepoSettings {
     /// task's model for that candidate), at most 5.
     #[schema(max_items = 5)]
     pub best_of_models: Option<Vec<String>>,
+    /// Plan gate: each task first runs read-only and delivers a plan (files, approach, risks,
+    /// tests) that a person approves, edits or rejects before the task is implemented (default
+    /// off).
+    #[serde(default)]
+    pub plan_gate: Option<bool>,
+    /// Plan gate: approve a plan automatically when its predicted blast radius (files named
+    /// plus files the code graph says they impact) is at most this; -1: never (the default).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = -1, maximum = 10000)]
+    pub plan_auto_blast: Option<i32>,
+    /// Plan gate: seconds an undecided plan waits before it is denied and its task fails
+    /// (default 86400).
+    #[serde(default, deserialize_with = "integer::option")]
+    #[schema(minimum = 300, maximum = 1209600)]
+    pub plan_timeout_secs: Option<i32>,
 }
 
 /// `POST /api/repos`.

@@ -167,6 +167,9 @@ enum Command {
     /// A task's signed evidence record: show it, verify it, download the agent's transcript.
     #[command(subcommand)]
     Evidence(EvidenceCommand),
+    /// Plan gate: a task's plan — show it, approve it, edit it (then approved) or reject it.
+    #[command(subcommand)]
+    Plan(PlanCommand),
     /// Repositories.
     #[command(subcommand)]
     Repo(RepoCommand),
@@ -181,7 +184,51 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum PlanCommand {
+    /// The plan: files, approach, risks, tests, its predicted blast radius and the decision.
+    Show {
+        /// Task id.
+        id: i64,
+    },
+    /// Approve it: the task is implemented following it.
+    Approve {
+        /// Task id.
+        id: i64,
+    },
+    /// Replace its text (from a file, `-` for standard input), then approve it.
+    Edit {
+        /// Task id.
+        id: i64,
+        /// The new plan text.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Reject it: the task fails with the reason.
+    Reject {
+        /// Task id.
+        id: i64,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum RepoCommand {
+    /// Plan gate: each task first runs read-only and waits for its plan to be approved.
+    PlanGate {
+        /// `owner/name`.
+        name: String,
+        /// `on` or `off`.
+        state: String,
+        /// Approve plans automatically when their predicted blast radius (files) is at most
+        /// this; -1: never.
+        #[arg(long)]
+        auto_blast: Option<i32>,
+        /// Seconds an undecided plan waits before it is denied (300 to 1209600).
+        #[arg(long)]
+        timeout: Option<i32>,
+    },
     /// Register a repository.
     Add {
         /// `owner/name`.
@@ -568,6 +615,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
+        Command::Plan(p) => plan(&c, p, json).await,
         Command::Repo(r) => repo(&c, r, json).await,
         Command::Runner(r) => runner(&c, r, json).await,
     }
@@ -782,8 +830,115 @@ async fn find_repo(c: &Client, name: &str) -> Result<api::Repo, CliError> {
     })
 }
 
+async fn plan(c: &Client, cmd: PlanCommand, json: bool) -> Result<(), CliError> {
+    let (id, body) = match cmd {
+        PlanCommand::Show { id } => {
+            let p: api::TaskPlan = c.get(&format!("/api/tasks/{id}/plan")).await?;
+            if json {
+                return print_json(&p);
+            }
+            print_plan(&p);
+            return Ok(());
+        }
+        PlanCommand::Approve { id } => (id, json!({"action": "approve"})),
+        PlanCommand::Edit { id, file } => {
+            let text = if file.as_os_str() == "-" {
+                let mut t = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut t)
+                    .map_err(|e| CliError::Failed(format!("cannot read the plan: {e}")))?;
+                t
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| {
+                    CliError::Failed(format!("cannot read the plan from {}: {e}", file.display()))
+                })?
+            };
+            (id, json!({"action": "edit", "text": text}))
+        }
+        PlanCommand::Reject { id, reason } => (id, json!({"action": "reject", "reason": reason})),
+    };
+    let p: api::TaskPlan = c.post(&format!("/api/tasks/{id}/plan"), Some(body)).await?;
+    if json {
+        return print_json(&p);
+    }
+    println!("task {id}: plan {}", p.state);
+    Ok(())
+}
+
+/// A plan as text.
+fn print_plan(p: &api::TaskPlan) {
+    println!(
+        "task {} plan (attempt {}): {}{}",
+        p.task,
+        p.attempt,
+        p.state,
+        if p.edited { ", edited" } else { "" }
+    );
+    if let Some(b) = p.blast_radius {
+        println!("predicted blast radius: {b} files");
+    }
+    if !p.discarded.is_empty() {
+        println!(
+            "the plan run changed (discarded): {}",
+            p.discarded.join(", ")
+        );
+    }
+    match (&p.decided_by, &p.decided_at) {
+        (Some(by), Some(at)) => println!(
+            "decided by {by} at {at}{}",
+            p.note
+                .as_deref()
+                .map(|n| format!(": {n}"))
+                .unwrap_or_default()
+        ),
+        _ => println!("undecided; denied at {}", p.due_at),
+    }
+    println!("\n{}", p.text);
+}
+
 async fn repo(c: &Client, cmd: RepoCommand, json: bool) -> Result<(), CliError> {
     match cmd {
+        RepoCommand::PlanGate {
+            name,
+            state,
+            auto_blast,
+            timeout,
+        } => {
+            let on = match state.as_str() {
+                "on" => true,
+                "off" => false,
+                other => {
+                    return Err(CliError::Usage(format!(
+                        "plan gate `{other}`: say on or off"
+                    )));
+                }
+            };
+            let r = find_repo(c, &name).await?;
+            let r: api::Repo = c
+                .patch(
+                    &format!("/api/repos/{}", r.id),
+                    json!({"plan_gate": on, "plan_auto_blast": auto_blast, "plan_timeout_secs": timeout}),
+                )
+                .await?;
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "{}: plan gate {}, auto-approve {}, timeout {} s",
+                r.name,
+                if r.settings.plan_gate == Some(true) {
+                    "on"
+                } else {
+                    "off"
+                },
+                match r.settings.plan_auto_blast {
+                    Some(n) if n >= 0 => format!("at most {n} files"),
+                    _ => "never".into(),
+                },
+                r.settings.plan_timeout_secs.unwrap_or_default()
+            );
+            Ok(())
+        }
         RepoCommand::Add {
             name,
             branch,

@@ -1,5 +1,5 @@
 //! The reaper: a singleton loop that takes expired leases back, settles best-of-N rounds whose
-//! candidates it took back, and ends tasks past their deadline.
+//! candidates it took back, ends tasks past their deadline and denies plans nobody decided on in time.
 //!
 //! It sleeps until the earliest live lease could expire (at most `interval`), then re-queues what
 //! expired as `lease_expired` (or cancels it when cancellation was pending). Several controller
@@ -104,6 +104,10 @@ async fn sweep(
     }
     for t in store.fail_past_deadline(100).await? {
         tracing::warn!(task = t, "task ran past its deadline; failed");
+    }
+    // Plan gate: a plan nobody decided on by its due time is denied (never waits for ever).
+    for t in store.deny_overdue_plans(100).await? {
+        tracing::warn!(task = t, "plan approval timed out; task failed");
     }
     loop {
         let reaped = store.reap_expired(500).await?;

@@ -63,6 +63,11 @@ pub trait AgentBackend: Send + Sync {
     fn command(&self) -> Vec<String>;
     /// Environment for the command (besides the gateway URL and token).
     fn env(&self, model: &str) -> Vec<String>;
+    /// Extra environment of a read-only plan run (plan gate): what turns the CLI's editing
+    /// tools off. The workspace is mounted read-only either way; this is the second fence.
+    fn plan_env(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// The variables that point the CLI at the gateway at `url` with the per-task `token` as
     /// its API key (never a real credential).
     fn gateway_env(&self, url: &str, token: &str) -> Vec<String> {
@@ -82,6 +87,9 @@ pub trait AgentBackend: Send + Sync {
     /// CLI reads; the command must make the CLI ignore the copies in its working tree.
     fn write_config(&self, config: &AgentConfig, dir: &Path) -> std::io::Result<()>;
 }
+
+/// Claude Code's tools that change files: off in a plan run (`--disallowedTools`).
+pub const PLAN_DISALLOWED_TOOLS: &str = "Edit,Write,MultiEdit,NotebookEdit";
 
 /// Claude Code in print mode with stream-json output.
 #[derive(Debug, Clone, Copy, Default)]
@@ -106,6 +114,7 @@ impl AgentBackend for Claude {
                 "exec claude -p --output-format stream-json --verbose --model \"$BP_MODEL\" ",
                 "--dangerously-skip-permissions --setting-sources user ",
                 "--settings /task/agent/settings.json --strict-mcp-config --mcp-config /task/agent/mcp.json ",
+                "${BP_DISALLOWED_TOOLS:+--disallowedTools \"$BP_DISALLOWED_TOOLS\"} ",
                 "< /task/prompt.md"
             )
             .into(),
@@ -121,6 +130,10 @@ impl AgentBackend for Claude {
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1".into(),
             "IS_SANDBOX=1".into(),
         ]
+    }
+
+    fn plan_env(&self) -> Vec<String> {
+        vec![format!("BP_DISALLOWED_TOOLS={PLAN_DISALLOWED_TOOLS}")]
     }
 
     fn write_config(&self, config: &AgentConfig, dir: &Path) -> std::io::Result<()> {

@@ -326,6 +326,8 @@ impl Client {
                         navigation_off: t.navigation_off,
                         agent_hooks: t.agent_hooks,
                         reproduce_first: t.reproduce_first,
+                        plan_run: t.plan_run,
+                        approved_plan: (!t.approved_plan.is_empty()).then_some(t.approved_plan),
                     },
                 })
             }
@@ -438,6 +440,12 @@ impl Client {
                 verify_output: r.verify_output.clone(),
                 data_json: r.data.as_ref().map(|v| v.to_string()).unwrap_or_default(),
                 reproduction: r.reproduction.as_ref().map(reproduction),
+                plan: r.plan.as_ref().map(|p| proto::Plan {
+                    plan_json: p.plan_json.clone(),
+                    blast_radius: p.blast_radius.unwrap_or(-1),
+                    blast_text: p.blast_text.clone(),
+                    discarded: p.discarded.clone(),
+                }),
             })
             .await?;
         Ok(resp.into_inner().duplicate)

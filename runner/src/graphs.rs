@@ -117,6 +117,29 @@ impl TaskGraph {
 }
 
 impl TaskGraph {
+    /// Plan gate: the predicted blast radius of a plan that names `files` (each taken whole):
+    /// how many files it touches or impacts (named plus impacted, each once), and the radius
+    /// rendered.
+    pub fn plan_blast(&self, files: &[String]) -> (i32, String) {
+        let changes: Vec<Change> = files
+            .iter()
+            .map(|f| Change {
+                path: f.clone(),
+                ranges: Vec::new(),
+            })
+            .collect();
+        let b = self.graph.blast_radius(&changes);
+        let mut all: Vec<&str> = files
+            .iter()
+            .map(String::as_str)
+            .chain(b.impacted_files.iter().map(String::as_str))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        let text = codegraph::render::blast_radius(&b, &RenderOptions::default());
+        (i32::try_from(all.len()).unwrap_or(i32::MAX), text)
+    }
+
     /// The blast radius of a `git diff -U0` rendered, with the radius itself and which of its
     /// symbols tests reach (the graph's tested-by edges).
     pub fn blast_and_coverage(
@@ -204,6 +227,9 @@ mod tests {
             blast.contains("send_invoice"),
             "the caller is impacted: {blast}"
         );
+        // A plan naming the file: the file itself, nothing else depends on it from outside.
+        let (n, text) = g.plan_blast(&["src/billing.py".to_string(), "src/new.py".to_string()]);
+        assert_eq!(n, 2, "{text}");
         // A second task reuses the index.
         let (_, summary) = graphs
             .prepare("acme/x", &repo, limit, &never)

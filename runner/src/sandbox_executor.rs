@@ -412,6 +412,21 @@ impl SandboxExecutor {
             }
         };
         let spec = &spec;
+        if spec.plan_run {
+            let run = PlanRun {
+                checkout: &checkout,
+                task_dir: &task_dir,
+                backend: backend.as_ref(),
+                env: &env_vars,
+                env_mounts: &env_mounts,
+                image: env_image.as_ref(),
+                egress: &egress,
+                gateway_url: &gateway_url,
+                labels: &labels,
+                graph: graph.as_ref(),
+            };
+            return self.plan_run(ctx, spec, &run, &token).await;
+        }
         // Evidence: what runs in the sandbox, and verify on the base before the agent.
         let mut commands = crate::evidence::Commands::default();
         let verify_before = match &spec.verify_command {
@@ -1314,6 +1329,274 @@ impl Executor for SandboxExecutor {
     }
 }
 
+/// What a plan run needs of its attempt.
+struct PlanRun<'a> {
+    checkout: &'a Checkout,
+    task_dir: &'a Path,
+    backend: &'a dyn AgentBackend,
+    env: &'a [String],
+    env_mounts: &'a [(PathBuf, String, bool)],
+    image: Option<&'a String>,
+    egress: &'a Egress,
+    gateway_url: &'a str,
+    labels: &'a HashMap<String, String>,
+    graph: Option<&'a crate::graphs::TaskGraph>,
+}
+
+/// Most bytes of `git status` read back after a plan run.
+const MAX_STATUS_BYTES: usize = 64 * 1024;
+/// Most characters of the agent's final text searched for the plan.
+const MAX_PLAN_TEXT: usize = 128 * 1024;
+
+impl SandboxExecutor {
+    /// Plan gate: the agent runs once with the workspace mounted read-only and its editing tools
+    /// off, and answers with a plan; whatever the run changed anyway is listed and thrown away
+    /// (no commit, no bundle). The plan's predicted blast radius comes from the code graph.
+    async fn plan_run(
+        &self,
+        ctx: &TaskContext,
+        spec: &crate::task::TaskSpec,
+        p: &PlanRun<'_>,
+        token: &crate::gateway::TaskToken,
+    ) -> anyhow::Result<ExecResult> {
+        let lease = &ctx.assignment.lease;
+        tokio::fs::write(p.task_dir.join("prompt.md"), prompt::build(spec, &[])).await?;
+        ctx.log(
+            "runner",
+            b"plan run: the workspace is read-only and the editing tools are off\n",
+        );
+        let mut env = p.env.to_vec();
+        env.extend(p.backend.env(&spec.model));
+        env.extend(p.backend.plan_env());
+        env.extend(p.backend.gateway_env(p.gateway_url, token.token()));
+        let run = RunSpec {
+            name: format!("{}-{}-plan", lease.task_id, lease.attempt),
+            cmd: p.backend.command(),
+            env,
+            mounts: [
+                vec![
+                    (p.checkout.dir.clone(), "/workspace".into(), true),
+                    (p.task_dir.to_path_buf(), "/task".into(), true),
+                    (
+                        p.checkout.mirror_objects.clone(),
+                        MIRROR_OBJECTS.into(),
+                        true,
+                    ),
+                ],
+                p.env_mounts.to_vec(),
+            ]
+            .concat(),
+            egress: p.egress.clone(),
+            labels: step_labels(p.labels, "plan"),
+            wall: self.config.agent_timeout,
+            idle: self.config.stall_timeout,
+            image: p.image.cloned(),
+            commit_to: None,
+        };
+        let mut final_text: Option<(bool, String)> = None;
+        let mut lines = LineSplitter::new(MAX_LINE);
+        let ended = self
+            .sandbox
+            .run(&run, ctx.cancelled(), |stream, bytes| match stream {
+                Stream::Stdout => {
+                    for line in lines.push(bytes) {
+                        ctx.log("agent", p.backend.log_line(&line).as_bytes());
+                        for ev in p.backend.parse_line(&line) {
+                            if let AgentEvent::Result { is_error, text, .. } = ev {
+                                final_text = Some((is_error, text));
+                            }
+                        }
+                    }
+                }
+                Stream::Stderr => ctx.log("agent.stderr", bytes),
+            })
+            .await;
+        if let Some(last) = lines.rest() {
+            ctx.log("agent", p.backend.log_line(&last).as_bytes());
+            for ev in p.backend.parse_line(&last) {
+                if let AgentEvent::Result { is_error, text, .. } = ev {
+                    final_text = Some((is_error, text));
+                }
+            }
+        }
+        let ended = ended?;
+        // Whatever happened, the workspace is checked: a change is reported and discarded.
+        let discarded = self.workspace_changes(ctx, p).await?;
+        if !discarded.is_empty() {
+            ctx.log(
+                "runner",
+                format!(
+                    "plan run: {} path(s) changed in the read-only workspace; discarded: {}\n",
+                    discarded.len(),
+                    discarded.join(", ")
+                )
+                .as_bytes(),
+            );
+        }
+        if token.used().over_budget {
+            return Ok(self.result(
+                Outcome::BudgetExceeded,
+                Some("the task reached its cost budget during its plan run".into()),
+                token,
+            ));
+        }
+        let text = match (ended, final_text) {
+            (Ended::Cancelled, _) => return Ok(self.result(Outcome::Canceled, None, token)),
+            (Ended::TimedOut, _) => {
+                return Ok(self.result(
+                    Outcome::TimedOut,
+                    Some(format!(
+                        "the plan run ran past {:?}",
+                        self.config.agent_timeout
+                    )),
+                    token,
+                ));
+            }
+            (Ended::Idle, _) => {
+                return Ok(self.result(
+                    Outcome::Stalled,
+                    Some(format!(
+                        "the plan run printed nothing for {:?}",
+                        self.config.stall_timeout
+                    )),
+                    token,
+                ));
+            }
+            (Ended::Exited(0), Some((false, text))) => text,
+            (Ended::Exited(code), _) => {
+                return Ok(self.result(
+                    Outcome::AgentFailed,
+                    Some(format!("the plan run failed (exit {code}) without a plan")),
+                    token,
+                ));
+            }
+        };
+        let Some(plan_json) = plan_json(&text) else {
+            let mut r = self.result(
+                Outcome::AgentFailed,
+                Some(format!(
+                    "the plan run ended without a plan (no JSON object at the end of its answer): {}",
+                    truncate(&text, 300)
+                )),
+                token,
+            );
+            r.context = Some(json!({"plan_error": "no plan JSON in the final answer"}));
+            return Ok(r);
+        };
+        let files: Vec<String> = serde_json::from_str::<serde_json::Value>(&plan_json)
+            .ok()
+            .and_then(|v| {
+                v.get("files").and_then(|f| f.as_array()).map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str())
+                        .take(100)
+                        .map(|x| x.trim_start_matches("./").to_owned())
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        let (blast_radius, blast_text) = match p.graph {
+            Some(g) => {
+                let (n, text) = g.plan_blast(&files);
+                (Some(n), text)
+            }
+            None => (None, String::new()),
+        };
+        let mut r = self.result(Outcome::Succeeded, None, token);
+        r.summary = format!("plan: {} file(s)", files.len());
+        r.plan = Some(crate::task::PlanResult {
+            plan_json,
+            blast_radius,
+            blast_text,
+            discarded,
+        });
+        Ok(r)
+    }
+
+    /// Paths that differ from the checkout's commit in its work tree, read by `git status` in a
+    /// container with the trusted git directory and everything mounted read-only.
+    async fn workspace_changes(
+        &self,
+        ctx: &TaskContext,
+        p: &PlanRun<'_>,
+    ) -> anyhow::Result<Vec<String>> {
+        let lease = &ctx.assignment.lease;
+        let run = RunSpec {
+            name: format!("{}-{}-plancheck", lease.task_id, lease.attempt),
+            cmd: vec![
+                "bash".into(),
+                "-c".into(),
+                concat!(
+                    "export GIT_DIR=/git GIT_WORK_TREE=/workspace GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null ",
+                    "GIT_ATTR_NOSYSTEM=1 GIT_NO_REPLACE_OBJECTS=1 GIT_TERMINAL_PROMPT=0 HOME=/tmp && cd /workspace && ",
+                    "git --no-optional-locks status --porcelain=v1 --untracked-files=all --ignored=no"
+                )
+                .into(),
+            ],
+            env: Vec::new(),
+            mounts: vec![
+                (p.checkout.dir.clone(), "/workspace".into(), true),
+                (p.checkout.git_dir.clone(), "/git".into(), true),
+                (
+                    p.checkout.mirror_objects.clone(),
+                    MIRROR_OBJECTS.into(),
+                    true,
+                ),
+            ],
+            egress: Egress::None {
+                socket_dir: self.urls.socket_dir.clone(),
+            },
+            labels: step_labels(p.labels, "plancheck"),
+            wall: Duration::from_secs(120),
+            idle: Duration::from_secs(120),
+            image: None,
+            commit_to: None,
+        };
+        let mut out = Capped::new(MAX_STATUS_BYTES);
+        let ended = self
+            .sandbox
+            .run(&run, ctx.cancelled(), |stream, bytes| match stream {
+                Stream::Stdout => out.push(bytes),
+                Stream::Stderr => ctx.log("runner", bytes),
+            })
+            .await?;
+        if ended != Ended::Exited(0) {
+            anyhow::bail!("cannot check the plan run's workspace for changes ({ended:?})");
+        }
+        Ok(String::from_utf8_lossy(&out.into_inner())
+            .lines()
+            .filter_map(|l| l.get(3..))
+            .map(|p| p.trim_matches('"').to_owned())
+            .filter(|p| !p.is_empty())
+            .take(100)
+            .collect())
+    }
+}
+
+/// The plan in an agent's final answer: the last JSON object in it (the prompt asks for the plan
+/// as the last thing written).
+fn plan_json(text: &str) -> Option<String> {
+    let text = if text.len() > MAX_PLAN_TEXT {
+        let mut start = text.len() - MAX_PLAN_TEXT;
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        &text[start..]
+    } else {
+        text
+    };
+    let end = text.rfind('}')?;
+    // The largest object that ends at the last brace: try each opening brace from the first.
+    text[..end]
+        .match_indices('{')
+        .take(2000)
+        .map(|(i, _)| &text[i..=end])
+        .find(|candidate| {
+            serde_json::from_str::<serde_json::Value>(candidate).is_ok_and(|v| v.is_object())
+        })
+        .map(str::to_owned)
+}
+
 /// What a reproduce-first test run needs of its attempt.
 struct TestRun<'a> {
     ctx: &'a TaskContext,
@@ -1664,4 +1947,28 @@ fn setup_failed(ctx: &TaskContext, why: String) -> ExecResult {
     let mut r = ExecResult::new(Outcome::SetupFailed);
     r.error = Some(why);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plan_json;
+
+    #[test]
+    fn the_plan_is_the_last_json_object_of_the_answer() {
+        let text = "I read {the code}. Plan:\n{\"files\": [\"a.rs\"], \"approach\": \"x {y}\"}\n";
+        let got = plan_json(text).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(v["files"][0], "a.rs");
+        assert_eq!(v["approach"], "x {y}");
+        assert!(plan_json("no plan here").is_none());
+        assert!(
+            plan_json("[1, 2] }").is_none(),
+            "an array or a stray brace is no plan"
+        );
+        let long = format!("{}{{\"approach\": \"end\"}}", "é".repeat(200_000));
+        assert!(
+            plan_json(&long).unwrap().contains("end"),
+            "a long answer is searched from its end"
+        );
+    }
 }

@@ -66,6 +66,11 @@ pub struct TaskSpec {
     pub agent_hooks: bool,
     /// Reproduce-first: the agent writes a test that exposes the issue, run on base and head.
     pub reproduce_first: bool,
+    /// Plan gate: a read-only plan run (the workspace mounted read-only, write tools off; the
+    /// result is a plan, never a bundle).
+    pub plan_run: bool,
+    /// Plan gate: the approved plan this implementation run follows.
+    pub approved_plan: Option<String>,
 }
 
 /// A leased task.
@@ -140,6 +145,21 @@ pub struct ExecResult {
     pub data: Option<Value>,
     /// What reproduce-first showed, when the lease asked for it.
     pub reproduction: Option<crate::reproduce::Reproduction>,
+    /// What a plan run produced, when the lease was one.
+    pub plan: Option<PlanResult>,
+}
+
+/// What a plan run produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanResult {
+    /// The agent's plan, JSON (`files`, `approach`, `risks`, `tests`).
+    pub plan_json: String,
+    /// Files named plus files the code graph says they impact (`None`: the graph could not tell).
+    pub blast_radius: Option<i32>,
+    /// The blast radius rendered.
+    pub blast_text: String,
+    /// Paths the run changed in its workspace despite the read-only mount (discarded).
+    pub discarded: Vec<String>,
 }
 
 impl ExecResult {
@@ -157,6 +177,7 @@ impl ExecResult {
             verify_output: String::new(),
             data: None,
             reproduction: None,
+            plan: None,
         }
     }
 
@@ -167,6 +188,11 @@ impl ExecResult {
         self.error = self.error.as_deref().map(scrub_str);
         self.summary = scrub_str(&self.summary);
         self.verify_output = scrub_str(&self.verify_output);
+        if let Some(p) = self.plan.as_mut() {
+            p.plan_json = scrub_str(&p.plan_json);
+            p.blast_text = scrub_str(&p.blast_text);
+            p.discarded.iter_mut().for_each(|d| *d = scrub_str(d));
+        }
         if let Some(r) = self.reproduction.as_mut() {
             r.command = scrub_str(&r.command);
             r.note = scrub_str(&r.note);

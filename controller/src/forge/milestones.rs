@@ -15,6 +15,8 @@
 //! |--------------------------|------------------------------------------|-----------------------------------------------------|
 //! | created                  | + in-progress, − backporcher             | accepted                                            |
 //! | → pr_open                |                                          | PR opened                                           |
+//! | → plan_hold              |                                          | the plan (fenced), how to decide, its due time      |
+//! | plan_hold → queued       |                                          | who approved it (or the policy's note)              |
 //! | → approval_hold          |                                          | waiting for a human; says when no CI check appeared |
 //! | → merged                 | + done, − in-progress; issue closed      | merged                                              |
 //! | → failed                 | + failed, − in-progress                  | why, what to do                                     |
@@ -69,7 +71,22 @@ async fn walk(store: &Store, forge: &dyn Forge, task_id: i64) -> anyhow::Result<
             );
             return Ok(applied);
         }
-        match apply(forge, &repo.name, &repo.default_branch, issue, &task, ev).await {
+        // Plan gate: the plan an event about it shows (read before the effect; it is kept).
+        let plan = match ev.to_status.as_str() {
+            "plan_hold" => store.plan(task_id).await?,
+            _ => None,
+        };
+        match apply(
+            forge,
+            &repo.name,
+            &repo.default_branch,
+            issue,
+            &task,
+            ev,
+            plan.as_ref(),
+        )
+        .await
+        {
             Ok(()) => applied += 1,
             Err(e) if e.is_transient() => {
                 tracing::warn!(task = task_id, event = ev.id, error = %e, "GitHub milestone deferred");
@@ -93,6 +110,7 @@ async fn apply(
     issue: i64,
     task: &Task,
     ev: &TaskEvent,
+    plan: Option<&crate::store::plans::Plan>,
 ) -> Result<(), ForgeError> {
     let pr = || match (&task.pr_number, &task.pr_url) {
         (Some(n), Some(u)) => format!("#{n} ({u})"),
@@ -139,6 +157,60 @@ async fn apply(
         (Some(Status::Pushing), Status::PrOpen) => {
             forge
                 .comment(repo, issue, &format!("Opened pull request {}.", pr()))
+                .await
+        }
+        (Some(_), Status::PlanHold) => {
+            let Some(plan) = plan else { return Ok(()) };
+            // The plan is the agent's text: shown in a fence, so nothing in it renders as a
+            // mention, a link or markup on the issue.
+            let text = plan.text.replace("~~~", "~ ~ ~");
+            let blast = plan
+                .blast_radius
+                .map(|b| format!(" Predicted blast radius: {b} files."))
+                .unwrap_or_default();
+            let discarded = if plan.discarded.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " The plan run tried to change {} path(s) in its read-only workspace; nothing of it was kept.",
+                    plan.discarded.len()
+                )
+            };
+            forge
+                .comment(
+                    repo,
+                    issue,
+                    &format!(
+                        "Task {} proposes this plan and waits for a decision before it changes anything.{blast}{discarded}\n\n~~~~text\n{text}\n~~~~\n\n`backporcher plan approve {}`, `backporcher plan edit {}` or `backporcher plan reject {} --reason …` (or the dashboard). Undecided, it is denied at {}.",
+                        task.id, task.id, task.id, task.id, plan.due_at.format("%Y-%m-%d %H:%M UTC")
+                    ),
+                )
+                .await
+        }
+        (Some(Status::PlanHold), Status::Queued) => {
+            let note = ev
+                .data
+                .as_ref()
+                .and_then(|d| d.0.get("note").and_then(|n| n.as_str()).map(str::to_owned));
+            let edited = ev
+                .data
+                .as_ref()
+                .and_then(|d| d.0.get("edited").and_then(|e| e.as_bool()))
+                .unwrap_or(false);
+            forge
+                .comment(
+                    repo,
+                    issue,
+                    &match note {
+                        Some(n) => format!("The plan of task {} was {}.", task.id, textguard::clean_plain(&n)),
+                        None => format!(
+                            "The plan of task {} was approved{} by {}; the task now implements it.",
+                            task.id,
+                            if edited { " as edited" } else { "" },
+                            ev.actor
+                        ),
+                    },
+                )
                 .await
         }
         (Some(_), Status::ApprovalHold) if ev.reason == "no_checks" => {

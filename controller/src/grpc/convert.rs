@@ -157,7 +157,13 @@ pub fn task_spec(t: &Task, repo: &ClaimedRepo, prices: &proto::prices::Prices) -
         learnings: repo.learnings.clone(),
         stack: String::new(),
         agent_hooks: repo.agent_hooks,
-        reproduce_first: repo.reproduce_first,
+        reproduce_first: repo.reproduce_first && !repo.plan_run,
+        plan_run: repo.plan_run,
+        approved_plan: if repo.plan_run {
+            String::new()
+        } else {
+            repo.plan.clone().unwrap_or_default()
+        },
         // Set by the lease handler from the controller's configuration.
         navigation_off: false,
     }
@@ -237,4 +243,21 @@ pub fn reproduction(
         note,
     }
     .bounded())
+}
+
+/// A runner's plan-run report as the domain type; texts made storable (the store parses,
+/// cleans and bounds the plan itself).
+pub fn plan(p: proto::Plan) -> crate::store::plans::PlanReport {
+    let (mut plan_json, mut blast_text) = (p.plan_json, p.blast_text);
+    storable(&mut plan_json);
+    storable(&mut blast_text);
+    let mut discarded = p.discarded;
+    discarded.truncate(crate::store::plans::MAX_FILES);
+    discarded.iter_mut().for_each(storable);
+    crate::store::plans::PlanReport {
+        plan_json,
+        blast_radius: (p.blast_radius >= 0).then_some(p.blast_radius),
+        blast_text,
+        discarded,
+    }
 }

@@ -468,6 +468,7 @@ impl proto::runner_server::Runner for RunnerService {
                 "data": parse("data_json", &r.data_json)?,
             })),
             reproduction: r.reproduction.map(convert::reproduction).transpose()?,
+            plan: r.plan.map(convert::plan),
         };
         let done = self
             .store

@@ -75,6 +75,9 @@ pub(super) async fn update_repo(
         guard_window_commits: req.guard_window_commits,
         best_of: req.best_of,
         best_of_models: req.best_of_models,
+        plan_gate: req.plan_gate,
+        plan_auto_blast: req.plan_auto_blast,
+        plan_timeout_secs: req.plan_timeout_secs,
     };
     let result = s
         .store

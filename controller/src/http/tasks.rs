@@ -599,3 +599,81 @@ fn s_shutdown(
 ) -> tokio_util::sync::WaitForCancellationFutureOwned {
     token.clone().cancelled_owned()
 }
+
+/// The plan of a task as the API shows it.
+fn plan_view(p: crate::store::plans::Plan) -> api::TaskPlan {
+    let doc = p.plan.0;
+    api::TaskPlan {
+        task: p.task_id,
+        attempt: p.attempt,
+        state: p.state,
+        files: doc.files,
+        approach: doc.approach,
+        risks: doc.risks,
+        tests: doc.tests,
+        text: p.text,
+        edited: p.edited,
+        blast_radius: p.blast_radius,
+        discarded: p.discarded,
+        decided_by: p.decided_by,
+        decided_at: p.decided_at,
+        note: p.note,
+        posted_at: p.posted_at,
+        due_at: p.due_at,
+    }
+}
+
+pub(super) async fn task_plan(
+    State(s): State<AppState>,
+    _c: Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<api::TaskPlan> {
+    let task = s.store.task(id).await?;
+    match s.store.plan(id).await? {
+        Some(p) => Ok(Json(plan_view(p))),
+        None => Err(ApiError::NotFound(format!(
+            "task {id} has no plan (it is {}); a plan exists once the plan run of a repository with the plan gate on delivered one",
+            task.status
+        ))),
+    }
+}
+
+pub(super) async fn decide_plan(
+    State(s): State<AppState>,
+    c: Caller,
+    Path(id): Path<i64>,
+    ApiJson(req): ApiJson<api::PlanDecision>,
+) -> ApiResult<api::TaskPlan> {
+    use crate::store::plans::Decision;
+    let decision = match (req.action, req.text, req.reason) {
+        (api::PlanAction::Approve, None, None) => Decision::Approve,
+        (api::PlanAction::Edit, Some(text), None) => Decision::Edit(text),
+        (api::PlanAction::Reject, None, Some(reason)) => Decision::Reject(reason),
+        (action, _, _) => {
+            return Err(ApiError::Invalid(format!(
+                "plan action `{}` takes {}",
+                serde_json::to_value(action)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                match action {
+                    api::PlanAction::Approve => "neither text nor reason",
+                    api::PlanAction::Edit => "the new plan as `text` (and no reason)",
+                    api::PlanAction::Reject => "a `reason` (and no text)",
+                }
+            )));
+        }
+    };
+    c.require(
+        &s,
+        Role::Operator,
+        decision.name(),
+        Some(&format!("task:{id}")),
+    )
+    .await?;
+    s.store.decide_plan(id, &decision, &c.actor()).await?;
+    match s.store.plan(id).await? {
+        Some(p) => Ok(Json(plan_view(p))),
+        None => Err(ApiError::NotFound(format!("task {id} has no plan"))),
+    }
+}

@@ -89,6 +89,9 @@ pub(crate) fn repo_view(r: &crate::store::repos::Repo) -> api::Repo {
             guard_window_commits: Some(r.guard_window_commits),
             best_of: Some(r.best_of),
             best_of_models: Some(r.best_of_models.clone()),
+            plan_gate: Some(r.plan_gate),
+            plan_auto_blast: Some(r.plan_auto_blast.unwrap_or(-1)),
+            plan_timeout_secs: Some(r.plan_timeout_secs),
         },
     }
 }

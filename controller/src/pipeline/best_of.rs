@@ -179,6 +179,11 @@ async fn score(
                 .unwrap_or_else(|| task.issue_body.clone()),
             diff: diff.text,
             blast_radius: blast,
+            plan: p
+                .store
+                .approved_plan(task.id)
+                .await
+                .map_err(|e| e.to_string())?,
             // A candidate has no signed record until it wins: the winner's is made at push and
             // checked by the review stage like any attempt's.
             evidence: None,

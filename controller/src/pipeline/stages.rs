@@ -386,6 +386,7 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
             .unwrap_or_else(|| task.issue_body.clone()),
         diff: diff.text,
         blast_radius: blast,
+        plan: p.store.approved_plan(task.id).await?,
         evidence: evidence.as_ref().ok().map(|r| {
             let (figures, details) = crate::evidence::for_reviewer(r);
             super::ReviewEvidence { figures, details }

@@ -208,6 +208,10 @@ macro_rules! claim_sql {
             "    runner_id = $1, leased_at = now(), lease_expires_at = now() + make_interval(secs => $3),",
             "    hold_kind = NULL, hold_until = NULL, hold_by = NULL, granted_microusd = won.amount,",
             "    started_at = COALESCE(t.started_at, now()),",
+            // Plan gate: until its plan is approved, a task of a gated repository is claimed
+            // only for a read-only plan run (candidates run under their parent's approved plan).
+            "    plan_attempt = CASE WHEN t.parent_id IS NULL AND t.plan_state IS DISTINCT FROM 'approved'",
+            "      AND (SELECT pr.plan_gate FROM repos pr WHERE pr.id = t.repo_id) THEN t.attempt + 1 END,",
             "    ev_seq = t.ev_seq + 1, ev_actor = 'runner:' || $1, ev_reason = 'claimed',",
             "    ev_data = jsonb_build_object('granted_microusd', won.amount)",
             "  FROM won",
@@ -221,6 +225,9 @@ macro_rules! claim_sql {
             // Reproduce-first: `on`, or `bugs` for a task triage called a bug.
             "  COALESCE(r.reproduce_first = 'on' OR (r.reproduce_first = 'bugs' AND claimed.is_bug IS TRUE), false)",
             "    AS repo_reproduce_first,",
+            "  COALESCE(claimed.plan_attempt = claimed.attempt, false) AS repo_plan_run,",
+            "  (SELECT p.text FROM task_plans p WHERE p.task_id = COALESCE(claimed.parent_id, claimed.id)",
+            "    AND p.state = 'approved') AS repo_plan,",
             // What the lease carries besides: the environment's setup secrets and the
             // repository's last ten learnings (empty when nothing was claimed: `r` is NULL then).
             "  ARRAY(SELECT s.name FROM repo_secrets s WHERE s.repo_id = r.id ORDER BY s.name) AS repo_secret_names,",
@@ -296,6 +303,13 @@ pub struct ClaimedRepo {
     /// Whether this task is reproduced first (the repository's setting and triage's verdict).
     #[sqlx(rename = "repo_reproduce_first")]
     pub reproduce_first: bool,
+    /// Plan gate: this lease is a read-only plan run (the claim decided it; see
+    /// [`crate::store::plans`]).
+    #[sqlx(rename = "repo_plan_run")]
+    pub plan_run: bool,
+    /// Plan gate: the approved plan an implementation run follows.
+    #[sqlx(rename = "repo_plan")]
+    pub plan: Option<String>,
 }
 
 impl std::fmt::Debug for ClaimedRepo {
@@ -309,6 +323,8 @@ impl std::fmt::Debug for ClaimedRepo {
             .field("grant_microusd", &self.grant_microusd)
             .field("agent_hooks", &self.agent_hooks)
             .field("reproduce_first", &self.reproduce_first)
+            .field("plan_run", &self.plan_run)
+            .field("plan", &self.plan.as_ref().map(String::len))
             .field("env_image", &self.env_image)
             .field("env_setup", &self.env_setup)
             .field("secret_names", &self.secret_names)
@@ -369,8 +385,8 @@ impl Store {
                 // A best-of-N task is not run itself: its claim makes its candidates, which
                 // this and other runners claim next.
                 Some(ClaimRow {
-                    task: Some((t, _)), ..
-                }) if t.best_of > 1 => {
+                    task: Some((t, r)), ..
+                }) if t.best_of > 1 && !r.plan_run => {
                     self.fan_out(&t).await?;
                 }
                 Some(ClaimRow { task: Some(t), .. }) => return Ok(Some(t)),

@@ -9,6 +9,7 @@ use super::claims::LeaseRef;
 use super::lifecycle::{
     self, FailureMode, RunnerId, Status, Task, TaskId, TerminalReason, status_texts, task_columns,
 };
+use super::plans::{PlanDoc, PlanReport};
 use super::reproduction::Reproduction;
 use super::tasks::{Failure, RetryPolicy, retry_in};
 use super::{Error, Note, Result, Store};
@@ -73,6 +74,8 @@ pub struct Completion {
     pub data: Option<Value>,
     /// What reproduce-first showed, when the lease asked for it.
     pub reproduction: Option<Reproduction>,
+    /// What a plan run produced, when the lease was one.
+    pub plan: Option<PlanReport>,
 }
 
 impl Completion {
@@ -87,6 +90,7 @@ impl Completion {
             cost_microusd: 0,
             data: None,
             reproduction: None,
+            plan: None,
         }
     }
 }
@@ -109,6 +113,7 @@ struct LockedLease {
     cancel_requested: bool,
     runner_id: Option<RunnerId>,
     parent_id: Option<TaskId>,
+    plan_attempt: Option<i32>,
 }
 
 impl Store {
@@ -171,7 +176,8 @@ impl Store {
     ) -> Result<Completed> {
         let mut tx = self.pool.begin().await?;
         let row: Option<LockedLease> = sqlx::query_as(
-            "SELECT status, attempt, lease_token, cancel_requested_at IS NOT NULL AS cancel_requested, runner_id, parent_id \
+            "SELECT status, attempt, lease_token, cancel_requested_at IS NOT NULL AS cancel_requested, runner_id, parent_id, \
+             plan_attempt \
              FROM tasks WHERE id = $1 FOR UPDATE",
         )
         .bind(lease.task_id)
@@ -184,6 +190,7 @@ impl Store {
             cancel_requested,
             runner_id: runner,
             parent_id,
+            plan_attempt,
         }) = row
         else {
             return Err(Error::TaskNotFound(lease.task_id));
@@ -291,6 +298,38 @@ impl Store {
                 "canceled",
             )
             .await?
+        } else if plan_attempt == Some(lease.attempt) && c.outcome == Outcome::Succeeded {
+            // Plan gate: a plan run ends in `plan_hold` with its plan, never in `pushing`,
+            // whatever the runner sent besides; without a valid plan it is an agent failure.
+            match c.plan.as_ref().map(|p| (PlanDoc::parse(&p.plan_json), p)) {
+                Some((Ok(doc), report)) => {
+                    super::plans::deliver(
+                        &mut tx,
+                        lease.task_id,
+                        lease.attempt,
+                        &doc,
+                        report,
+                        &actor,
+                    )
+                    .await?
+                }
+                other => {
+                    let why = match other {
+                        Some((Err(why), _)) => why,
+                        _ => "the plan run ended without a plan".to_owned(),
+                    };
+                    let failure = Failure {
+                        mode: FailureMode::Agent,
+                        reason: Some(TerminalReason::AgentFailed),
+                        error: format!("the plan run produced no usable plan: {why}"),
+                        context: Some(json!({"plan_error": why})),
+                    };
+                    let note = Note::new(actor.clone(), "plan_invalid");
+                    retry_in(&mut tx, lease.task_id, &failure, policy, &note)
+                        .await?
+                        .ok_or(Error::TaskNotFound(lease.task_id))?
+                }
+            }
         } else {
             match c.outcome {
                 Outcome::Succeeded => {

@@ -121,13 +121,14 @@ impl Store {
     }
 
     /// Trips the repository's breaker when its failures since the window start (or the last
-    /// trip) reach the threshold; returns when it releases if it tripped now.
+    /// trip) reach the threshold; returns when it releases if it tripped now. A person's (or the
+    /// timeout's) denial of a plan is no failure of the repository.
     pub async fn trip_breaker_if_needed(&self, repo: RepoId) -> Result<Option<DateTime<Utc>>> {
         Ok(sqlx::query_scalar(
             "UPDATE repos r SET breaker_until = now() + make_interval(secs => r.breaker_cooldown_secs) \
              WHERE r.id = $1 AND (r.breaker_until IS NULL OR r.breaker_until <= now()) \
                AND (SELECT count(*) FROM tasks t WHERE t.repo_id = r.id AND t.status = 'failed' \
-                      AND t.terminal_reason NOT IN ('dependency_failed', 'canceled_by_user') \
+                      AND t.terminal_reason NOT IN ('dependency_failed', 'canceled_by_user', 'plan_rejected', 'plan_timed_out') \
                       AND t.finished_at > GREATEST(now() - make_interval(secs => r.breaker_window_secs), \
                                                    COALESCE(r.breaker_until, '-infinity'))) >= r.breaker_threshold \
              RETURNING breaker_until",

@@ -84,6 +84,10 @@ text_enum! {
         /// Best-of-N: the task's candidates run (each a task of its own); the controller ranks
         /// them when they have ended. Not on a runner, not claimable.
         Candidates = "candidates",
+        /// Plan gate: the read-only plan run delivered a plan; the task waits for a person (or
+        /// the repository's auto-approval) to approve, edit or reject it, or for the timeout.
+        /// Not on a runner, not claimable.
+        PlanHold = "plan_hold",
         /// The runner's result is stored; the controller pushes the branch and opens the PR.
         Pushing = "pushing",
         /// A pull request exists and waits for review.
@@ -192,6 +196,10 @@ text_enum! {
         SafetyBlocked = "safety_blocked",
         /// A bug or an unexpected error in the controller.
         InternalError = "internal_error",
+        /// Plan gate: a person rejected the task's plan.
+        PlanRejected = "plan_rejected",
+        /// Plan gate: nobody decided on the plan within the repository's plan timeout.
+        PlanTimedOut = "plan_timed_out",
     }
 }
 
@@ -271,6 +279,11 @@ steps! {
     CLAIM = "claim": [Queued] => Leased;
     /// Best-of-N: the claimed task makes its candidates and waits for them.
     FAN_OUT = "fan_out": [Leased] => Candidates;
+    /// Plan gate: the read-only plan run delivered its plan, which waits for a decision.
+    PLAN_READY = "plan_ready": [Leased, Running, Verifying] => PlanHold;
+    /// Plan gate: the plan was approved (as written or edited): the task goes back to the queue,
+    /// now claimable for implementation.
+    PLAN_APPROVED = "plan_approved": [PlanHold] => Queued;
     /// Best-of-N: the candidates ended (or the cost cap stopped them) and one succeeded: the
     /// push stage ranks them and pushes the winner.
     CANDIDATES_DONE = "candidates_done": [Candidates] => Pushing;
@@ -310,12 +323,13 @@ steps! {
     /// Cancel: immediate for tasks not on a runner, requested (and finished by the runner or the
     /// reaper) for active ones. Too late once the merge started.
     CANCEL = "cancel": [
-        New, Queued, Leased, Running, Verifying, Candidates, Pushing, PrOpen, Reviewing, CiWait, ApprovalHold
+        New, Queued, Leased, Running, Verifying, Candidates, PlanHold, Pushing, PrOpen, Reviewing, CiWait,
+        ApprovalHold
     ] => Canceled;
     /// Fail with a reason, from any live status.
     FAIL = "fail": [
-        New, Queued, Leased, Running, Verifying, Candidates, Pushing, PrOpen, Reviewing, CiWait, ApprovalHold,
-        Merging
+        New, Queued, Leased, Running, Verifying, Candidates, PlanHold, Pushing, PrOpen, Reviewing, CiWait,
+        ApprovalHold, Merging
     ] => Failed;
 }
 

@@ -24,7 +24,7 @@ impl Store {
         let n = sqlx::query(
             "INSERT INTO task_bundles (task_id, attempt, size, sha256, data) \
              SELECT id, attempt, $4, $5, $6 FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3 \
-               AND runner_id = $7 AND status = ANY($8) \
+               AND runner_id = $7 AND status = ANY($8) AND plan_attempt IS DISTINCT FROM attempt \
              ON CONFLICT (task_id, attempt) DO UPDATE SET size = EXCLUDED.size, sha256 = EXCLUDED.sha256, \
                data = EXCLUDED.data, received_at = now()",
         )
@@ -40,6 +40,21 @@ impl Store {
         .await?
         .rows_affected();
         if n == 0 {
+            // Plan gate: a plan run's lease takes no bundle (nothing of it is ever pushed).
+            let plan_run: Option<bool> = sqlx::query_scalar(
+                "SELECT plan_attempt = attempt FROM tasks WHERE id = $1 AND attempt = $2",
+            )
+            .bind(lease.task_id)
+            .bind(lease.attempt)
+            .fetch_optional(&self.pool)
+            .await?
+            .flatten();
+            if plan_run == Some(true) {
+                return Err(Error::Invalid(format!(
+                    "task {} attempt {} is a read-only plan run: it takes no bundle and nothing of it is pushed",
+                    lease.task_id, lease.attempt
+                )));
+            }
             return Err(self.lease_lost(lease).await);
         }
         Ok(())

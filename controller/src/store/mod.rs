@@ -14,7 +14,7 @@
 //! Submodules are named by what they hold, along the task's path: [`intake`] (deliveries, ETags,
 //! PR feedback), [`tasks`] (lifecycle operations driven by the controller and users, task
 //! lists), [`claims`] (leases: claim, renew, reap, grace), [`logs`] (log chunks and bundles),
-//! [`completion`] (stage reports and results), [`candidates`] (best-of-N: fan-out, settling, rankings), [`stages`] (the controller stages as work items),
+//! [`completion`] (stage reports and results), [`candidates`] (best-of-N: fan-out, settling, rankings), [`plans`] (the plan gate), [`stages`] (the controller stages as work items),
 //! [`milestones`] (what GitHub already shows), [`merge_queue`] (tasks ready to merge, their order and the merge slot), [`feedback`] (reflection, learnings, breaker,
 //! outbox), [`ops`] (audited operations and the audit log), [`users`] (people and credentials),
 //! [`repos`], [`runners`], [`settings`], [`usage`] and [`metrics`] (the ledger and numbers),
@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod milestones;
 pub mod ops;
 pub mod pki;
+pub mod plans;
 pub mod repos;
 pub mod reproduction;
 pub mod retention;

@@ -71,6 +71,12 @@ pub struct Repo {
     pub best_of: i32,
     /// Models the candidates cycle through.
     pub best_of_models: Vec<String>,
+    /// Plan gate: tasks first run read-only and wait for an approved plan.
+    pub plan_gate: bool,
+    /// Plan gate: auto-approve a plan whose predicted blast radius is at most this (None: never).
+    pub plan_auto_blast: Option<i32>,
+    /// Plan gate: seconds an undecided plan waits before it is denied.
+    pub plan_timeout_secs: i32,
     /// Registered at.
     pub created_at: DateTime<Utc>,
 }
@@ -139,7 +145,18 @@ pub struct RepoSettings {
     pub best_of: Option<i32>,
     /// Models the candidates cycle through (at most 5).
     pub best_of_models: Option<Vec<String>>,
+    /// Plan gate on or off.
+    pub plan_gate: Option<bool>,
+    /// Plan gate auto-approval threshold (0..=[`MAX_PLAN_AUTO_BLAST`]; `Some(-1)`: never).
+    pub plan_auto_blast: Option<i32>,
+    /// Plan gate timeout ([`PLAN_TIMEOUT_SECS`]).
+    pub plan_timeout_secs: Option<i32>,
 }
+
+/// Highest plan auto-approval threshold (files named plus impacted).
+pub const MAX_PLAN_AUTO_BLAST: i32 = 10_000;
+/// The range of a plan's approval timeout: five minutes to two weeks (default a day).
+pub const PLAN_TIMEOUT_SECS: std::ops::RangeInclusive<i32> = 300..=14 * 24 * 3600;
 
 /// Longest post-merge guard window (a week).
 pub const MAX_GUARD_WINDOW_SECS: i32 = 7 * 24 * 3600;
@@ -165,7 +182,8 @@ const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command,
     (SELECT count(*)::int FROM tasks t WHERE t.repo_id = repos.id AND t.status IN ('leased', 'running', 'verifying')) AS active_tasks, \
     runner_labels, stack, enabled, merge_method, ci_ignore, no_checks, \
     no_checks_grace_secs, env_image, env_setup, reproduce_first, reproduce_policy, \
-    guard_window_secs, guard_window_commits, best_of, best_of_models, created_at";
+    guard_window_secs, guard_window_commits, best_of, best_of_models, plan_gate, plan_auto_blast, \
+    plan_timeout_secs, created_at";
 
 impl Store {
     /// Registers a repository. Its name must be `owner/name`.
@@ -314,6 +332,22 @@ impl Store {
                 MAX_BEST_OF
             )));
         }
+        if let Some(n) = s.plan_auto_blast
+            && !(-1..=MAX_PLAN_AUTO_BLAST).contains(&n)
+        {
+            return Err(Error::Invalid(format!(
+                "plan auto-approval threshold {n} is out of range: use 0 to {MAX_PLAN_AUTO_BLAST} files, or -1 (never approve automatically)"
+            )));
+        }
+        if let Some(n) = s.plan_timeout_secs
+            && !PLAN_TIMEOUT_SECS.contains(&n)
+        {
+            return Err(Error::Invalid(format!(
+                "plan timeout {n}s is out of range: use {} to {} seconds",
+                PLAN_TIMEOUT_SECS.start(),
+                PLAN_TIMEOUT_SECS.end()
+            )));
+        }
         if let Some(cap) = s.max_concurrency
             && cap > MAX_CONCURRENCY
         {
@@ -354,6 +388,10 @@ impl Store {
                agent_fallback = COALESCE($24, agent_fallback), \
                best_of = COALESCE($25, best_of), \
                best_of_models = COALESCE($26, best_of_models), \
+               plan_gate = COALESCE($27, plan_gate), \
+               plan_auto_blast = CASE WHEN $28::int IS NULL THEN plan_auto_blast \
+                 WHEN $28 < 0 THEN NULL ELSE $28 END, \
+               plan_timeout_secs = COALESCE($29, plan_timeout_secs), \
                updated_at = now() \
              WHERE id = $1 RETURNING {REPO_COLUMNS}"
         )))
@@ -383,6 +421,9 @@ impl Store {
         .bind(s.agent_fallback)
         .bind(s.best_of)
         .bind(&s.best_of_models)
+        .bind(s.plan_gate)
+        .bind(s.plan_auto_blast)
+        .bind(s.plan_timeout_secs)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::RepoNotFound(id.to_string()))?;

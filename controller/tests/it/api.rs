@@ -77,7 +77,7 @@ impl Api {
     }
 }
 
-async fn start() -> (String, controller::store::Store, crate::Serving) {
+pub(crate) async fn start() -> (String, controller::store::Store, crate::Serving) {
     let (store, url) = crate::store_and_url().await;
     let server = crate::Serving::start(Config {
         database_url: Some(url),

@@ -19,6 +19,7 @@ mod loops;
 mod merge_queue;
 mod parity;
 mod password;
+mod plan_gate;
 mod postmerge;
 mod redteam;
 mod replicas;

@@ -231,6 +231,48 @@ async function renderCandidates(t) {
     `Round ${r.attempt}: winner #${r.winner ?? "none"}, reviewer ${r.reviewer}, ranked in ${(r.rank_micros / 1000).toFixed(1)} ms`)));
 }
 
+// Plan gate: the task's plan (text only) and, while it waits, approve / edit / reject.
+async function renderPlan(t) {
+  const box = $("#detail-plan");
+  let p = null;
+  if (t.attempt > 0 && !t.parent_id) {
+    try { p = await api("GET", `/api/tasks/${t.id}/plan`); } catch (_) { p = null; }
+  }
+  if (state.selected !== t.id) return;
+  if (!p) { box.hidden = true; return; }
+  box.hidden = false;
+  box.dataset.task = String(t.id);
+  const meta = [`state ${p.state}${p.edited ? " (edited)" : ""}`,
+    p.blast_radius != null ? `predicted blast radius ${p.blast_radius} files` : null,
+    p.discarded.length ? `the plan run changed ${p.discarded.length} path(s), discarded` : null,
+    p.decided_by ? `decided by ${p.decided_by}${p.note ? ": " + p.note : ""}` : `denied unless decided by ${when(p.due_at)}`].filter((x) => x);
+  $("#detail-plan-meta").textContent = meta.join(" · ");
+  $("#detail-plan-text").textContent = p.text;
+  const waiting = p.state === "pending" && t.status === "plan_hold" && can("operator");
+  $("#detail-plan-actions").hidden = !waiting;
+  if (!waiting) { $("#plan-edit-form").hidden = true; $("#plan-reject-form").hidden = true; }
+  if ($("#plan-edit-form").hidden) $("#plan-edit-text").value = p.text;
+}
+
+async function decidePlan(body) {
+  const id = Number($("#detail-plan").dataset.task);
+  try {
+    await api("POST", `/api/tasks/${id}/plan`, body);
+    $("#plan-error").textContent = "";
+    $("#plan-edit-form").hidden = true;
+    $("#plan-reject-form").hidden = true;
+    openDetail(id, true);
+  } catch (e) { $("#plan-error").textContent = e.message; }
+}
+
+function wirePlan() {
+  $("#plan-approve").addEventListener("click", () => decidePlan({ action: "approve" }));
+  $("#plan-edit").addEventListener("click", () => { $("#plan-edit-form").hidden = false; $("#plan-reject-form").hidden = true; $("#plan-edit-text").focus(); });
+  $("#plan-reject").addEventListener("click", () => { $("#plan-reject-form").hidden = false; $("#plan-edit-form").hidden = true; $("#plan-reject-reason").focus(); });
+  $("#plan-edit-form").addEventListener("submit", (e) => { e.preventDefault(); decidePlan({ action: "edit", text: $("#plan-edit-text").value }); });
+  $("#plan-reject-form").addEventListener("submit", (e) => { e.preventDefault(); decidePlan({ action: "reject", reason: $("#plan-reject-reason").value }); });
+}
+
 function renderCost(t, usage) {
   const rows = (usage || []).map((u) => el("tr", {}, el("td", {}, u.purpose), el("td", {}, u.model), el("td", {}, String(u.calls)),
     el("td", {}, `${u.input_tokens.toLocaleString()} / ${u.output_tokens.toLocaleString()}`), el("td", {}, money(u.cost_microusd))));
@@ -296,6 +338,7 @@ async function openDetail(id, refresh) {
   loadEvidence(t);
   renderCost(t, d.usage);
   renderCandidates(t);
+  renderPlan(t);
   $("#detail-timeline").replaceChildren(...d.timeline.map((e) => el("li", {}, `${when(e.at)} ${e.from_status || ""} → ${e.to_status} (${e.reason}, ${e.actor})`)));
   const actions = $("#detail-actions");
   actions.replaceChildren(...(can("operator") ? ACTIONS.filter(([, , ok]) => ok(t)).map(([name, label]) => el("button", {
@@ -689,8 +732,8 @@ function scheduleActivity() {
   activityTimer = setTimeout(() => { activityTimer = null; loadActivity().catch(() => {}); }, 400);
 }
 
-const STAGES = ["new", "queued", "leased", "running", "verifying", "candidates", "pushing", "pr_open", "reviewing", "ci_wait", "approval_hold", "merging"];
-const STAGE_NAMES = { new: "New (triage)", leased: "Leased", candidates: "Best-of-N candidates", pr_open: "PR open", ci_wait: "Waiting for CI", approval_hold: "Awaiting approval" };
+const STAGES = ["new", "queued", "leased", "running", "verifying", "candidates", "plan_hold", "pushing", "pr_open", "reviewing", "ci_wait", "approval_hold", "merging"];
+const STAGE_NAMES = { new: "New (triage)", leased: "Leased", candidates: "Best-of-N candidates", plan_hold: "Plan waits for approval", pr_open: "PR open", ci_wait: "Waiting for CI", approval_hold: "Awaiting approval" };
 const stageName = (st) => STAGE_NAMES[st] || st[0].toUpperCase() + st.slice(1).replaceAll("_", " ");
 
 async function loadActivity() {
@@ -1102,6 +1145,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     } catch (e) { $("#login-error").textContent = e.message; }
   });
   $("#logout").addEventListener("click", async () => { await api("POST", "/api/logout"); location.reload(); });
+  wirePlan();
   $("#pause").addEventListener("click", async () => { try { renderSettings(await api("POST", "/api/pause")); } catch (e) { showError(e); } });
   $("#resume").addEventListener("click", async () => { try { renderSettings(await api("POST", "/api/resume")); } catch (e) { showError(e); } });
   $("#approval-mode").addEventListener("change", (ev) => setApprovalMode(ev.target.value));

@@ -122,6 +122,7 @@ async fn every_prompt_fences_cleans_and_caps_hostile_text() {
         body: hostile("BODY"),
         diff: format!("+{}", hostile("DIFF").replace('\n', "\n+")),
         blast_radius: Some(hostile("BLAST")),
+        plan: Some(hostile("PLAN")),
         evidence: Some(controller::pipeline::ReviewEvidence {
             figures: "- Verify after: passed".into(),
             details: hostile("EVIDENCE"),

@@ -15,6 +15,7 @@ mod hostile_text;
 mod logs;
 mod partition;
 mod pipeline;
+mod plan_gate;
 mod redteam;
 mod reproduce;
 mod sandbox;

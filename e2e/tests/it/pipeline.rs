@@ -375,6 +375,7 @@ async fn subscription_users_get_the_controllers_calls_through_claude_p() {
             body: "please".into(),
             diff: "+two".into(),
             blast_radius: None,
+            plan: None,
             evidence: None,
         })
         .await
