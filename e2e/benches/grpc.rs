@@ -2,7 +2,7 @@
 //! heartbeating fleet, and the memory of an idle runner process.
 //!
 //! `cargo bench -p e2e --bench grpc -- [--runners 200] [--tasks 10000] [--fleet 1000]
-//! [--heartbeat 10] [--window 30]`. Prints Markdown tables.
+//! [--heartbeat 10] [--window 30] [--parts leases,heartbeats,idle]`. Prints Markdown tables.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ struct Args {
     fleet: usize,
     heartbeat: u64,
     window: u64,
+    parts: Vec<String>,
 }
 
 fn args() -> Args {
@@ -25,6 +26,7 @@ fn args() -> Args {
         fleet: 1000,
         heartbeat: 10,
         window: 30,
+        parts: vec!["leases".into(), "heartbeats".into(), "idle".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -35,6 +37,15 @@ fn args() -> Args {
             "--fleet" => a.fleet = v().parse().expect("number"),
             "--heartbeat" => a.heartbeat = v().parse().expect("seconds"),
             "--window" => a.window = v().parse().expect("seconds"),
+            "--parts" => {
+                a.parts = v().split(',').map(str::to_owned).collect();
+                for p in &a.parts {
+                    assert!(
+                        ["leases", "heartbeats", "idle"].contains(&p.as_str()),
+                        "unknown part {p}; use leases, heartbeats, idle"
+                    );
+                }
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -93,9 +104,16 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let a = args();
-    claims(&a).await;
-    heartbeats(&a).await;
-    idle_runner().await;
+    let part = |p: &str| a.parts.iter().any(|x| x == p);
+    if part("leases") {
+        claims(&a).await;
+    }
+    if part("heartbeats") {
+        heartbeats(&a).await;
+    }
+    if part("idle") {
+        idle_runner().await;
+    }
 }
 
 async fn claims(a: &Args) {

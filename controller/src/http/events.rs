@@ -1,5 +1,5 @@
-//! Task changes for live views: the process's one LISTEN connection ([`crate::fanout`]) names
-//! each task that changed; it is read and serialised once here and fanned out to every SSE
+//! Task changes for live views: the process's one reader of the timeline ([`crate::fanout`])
+//! names each task that got an entry; it is read and serialised once here and fanned out to every SSE
 //! subscriber as a delta (one task), so a change costs one query however many dashboards watch.
 
 use tokio::sync::broadcast::error::RecvError;

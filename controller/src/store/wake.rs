@@ -1,6 +1,11 @@
 //! LISTEN/NOTIFY: the store announces changes so claimers and loops wake at once instead of
 //! waiting for their next sweep. Every channel is named here ([`Channel`]); triggers in
 //! `migrations/` and the few statements that notify by hand use these names.
+//!
+//! Timeline entries are not announced by NOTIFY (migration 0038): a transaction that notifies
+//! takes PostgreSQL's one notify lock from before its commit until its commit record is written,
+//! so a NOTIFY per entry (one per claim) made every claim of the fleet commit in turn. The live
+//! views read the timeline's id sequence instead ([`Store::timeline_after`]).
 
 use std::time::Duration;
 
@@ -15,8 +20,6 @@ pub enum Channel {
     Queue,
     /// `bp_cancel`: cancellation requested for a task on a runner (payload: task id).
     Cancel,
-    /// `bp_events`: a task got a timeline entry (payload: task id).
-    Events,
     /// `bp_stage`: a controller stage became due.
     Stage,
     /// `bp_new`: a task arrived for triage.
@@ -35,7 +38,6 @@ impl Channel {
     pub const ALL: &'static [Channel] = &[
         Channel::Queue,
         Channel::Cancel,
-        Channel::Events,
         Channel::Stage,
         Channel::New,
         Channel::Forge,
@@ -48,7 +50,6 @@ impl Channel {
         match self {
             Channel::Queue => "bp_queue",
             Channel::Cancel => "bp_cancel",
-            Channel::Events => "bp_events",
             Channel::Stage => "bp_stage",
             Channel::New => "bp_new",
             Channel::Forge => "bp_forge",
@@ -90,6 +91,49 @@ impl Store {
             .listen_all(channels.iter().map(|c| c.name()))
             .await?;
         Ok(Waker { listener })
+    }
+}
+
+/// A timeline entry: its id (the order entries were made in, not always the order they
+/// committed in) and its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct TimelineEntry {
+    /// Entry id.
+    pub id: i64,
+    /// The task it belongs to.
+    pub task_id: i64,
+}
+
+impl Store {
+    /// The highest timeline entry id committed so far (0 for none): where a reader of
+    /// [`Store::timeline_after`] starts.
+    pub async fn timeline_head(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM task_events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Timeline entries after `after` (at most `limit`, in id order), and those among `missing`
+    /// (ids below `after` the reader has not seen yet: their transactions may still have been
+    /// open). Two primary-key range reads; nothing is locked or written.
+    pub async fn timeline_after(
+        &self,
+        after: i64,
+        missing: &[i64],
+        limit: i64,
+    ) -> Result<Vec<TimelineEntry>> {
+        Ok(sqlx::query_as(
+            "(SELECT id, task_id FROM task_events WHERE id > $1 ORDER BY id LIMIT $3) \
+             UNION ALL (SELECT id, task_id FROM task_events WHERE id = ANY($2) AND id <= $1) \
+             ORDER BY id",
+        )
+        .bind(after)
+        .bind(missing)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 }
 

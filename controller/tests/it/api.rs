@@ -583,6 +583,38 @@ async fn task_changes_arrive_over_sse_and_the_openapi_document_lists_every_route
     assert!(got.is_ok(), "no delta for task {id}: {seen}");
     assert!(seen.contains("event: task"));
 
+    // A claim (which sends no NOTIFY) reaches the live view within a fraction of a second.
+    let runner = store.register_runner("sse-r", &[], 1).await.unwrap().id;
+    let claimed = store
+        .claim(&controller::store::claims::ClaimRequest {
+            runner_id: runner,
+            labels: &[],
+            lease: Duration::from_secs(60),
+            capacity: None,
+        })
+        .await
+        .unwrap()
+        .expect("the queued task is claimed");
+    assert_eq!(claimed.id, id);
+    let at = std::time::Instant::now();
+    seen.clear();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        use futures::StreamExt;
+        while let Some(chunk) = body.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if seen.contains(&format!("\"id\":{id}")) && seen.contains("\"status\":\"leased\"") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "no delta for the claim of task {id}: {seen}");
+    assert!(
+        at.elapsed() < Duration::from_secs(2),
+        "the claim reached the live view after {:?}",
+        at.elapsed()
+    );
+
     let (code, doc) = Api::new(&base)
         .call(Method::GET, "/api/openapi.json", None)
         .await;
