@@ -272,7 +272,7 @@ pub struct CleanupFile {
 /// A chat notification's event, as `BACKPORCHER_WEBHOOK_EVENTS` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum NotifyEvent {
-    /// A task waits for a person's approval.
+    /// A task waits for a person's approval (of its merge, or of its plan).
     Hold,
     /// A task failed.
     Failed,
@@ -313,7 +313,7 @@ impl NotifyEvent {
     /// always).
     pub fn of_kind(kind: &str) -> Option<NotifyEvent> {
         Some(match kind {
-            "approval_hold" | "hold" => NotifyEvent::Hold,
+            "approval_hold" | "plan_hold" | "hold" => NotifyEvent::Hold,
             "failed" => NotifyEvent::Failed,
             "merged" | "completed" => NotifyEvent::Completed,
             "paused" | "resumed" => NotifyEvent::Paused,

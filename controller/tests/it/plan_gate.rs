@@ -115,6 +115,23 @@ async fn a_gated_task_is_claimed_only_for_its_plan_run_until_a_person_approves_t
         assert!(plan.text.contains(section), "{}", plan.text);
     }
     assert!(plan.due_at > plan.posted_at);
+    // The notification webhooks hear of it as a hold (the default filter sends holds).
+    let outbox: Vec<(String, String)> =
+        sqlx::query_as("SELECT kind, text FROM notify_outbox WHERE task_id = $1")
+            .bind(t.id)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(outbox.len(), 1, "{outbox:?}");
+    assert_eq!(outbox[0].0, "plan_hold");
+    assert!(
+        outbox[0].1.contains("has a plan waiting for approval"),
+        "{outbox:?}"
+    );
+    assert_eq!(
+        controller::config::NotifyEvent::of_kind(&outbox[0].0),
+        Some(controller::config::NotifyEvent::Hold)
+    );
 
     let approved = store
         .decide_plan(t.id, &Decision::Approve, &person())
