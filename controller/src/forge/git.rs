@@ -270,8 +270,16 @@ pub(super) async fn git(
 pub enum BranchUpdate {
     /// The branch already contains the default branch's head; it is left as it is.
     UpToDate(String),
-    /// A merge commit of the default branch into the branch was made (not pushed yet).
-    Merged(String),
+    /// A new head was made (not pushed yet): a merge commit of the default branch into the
+    /// branch, or — a repository that merges by rebase keeps a linear history — the branch's
+    /// change made again as one commit on the default branch's head.
+    Made {
+        /// The new head.
+        commit: String,
+        /// Rebased: the head it replaces (the push expects the branch still there); a merge
+        /// commit descends from the head and replaces nothing.
+        replaces: Option<String>,
+    },
     /// The two conflict; what conflicts (bounded, cleaned text).
     Conflict(Vec<ConflictFile>),
 }
@@ -319,6 +327,7 @@ impl Pusher {
         default_branch: &str,
         branch: &str,
         token: &str,
+        linear: bool,
     ) -> Result<BranchUpdate> {
         refuse_foreign_branch(branch, default_branch)?;
         let dir = self.cache(repo).await?;
@@ -334,7 +343,11 @@ impl Pusher {
             return Ok(BranchUpdate::Conflict(conflicts(&dir, &out).await));
         }
         let tree = out.lines().next().unwrap_or_default().to_owned();
-        let message = format!("Merge {default_branch} into {branch}");
+        let message = if linear {
+            rebased_message(&dir, &head, &base, default_branch).await?
+        } else {
+            format!("Merge {default_branch} into {branch}")
+        };
         // Dated by its parents, not the clock: two replicas (or a queue head and the refresh
         // after a sibling's merge) that update the same branch at once make the same commit,
         // and the second push changes nothing.
@@ -351,6 +364,20 @@ impl Pusher {
             .max()
             .unwrap_or_default();
         let when = format!("@{when} +0000");
+        if linear {
+            // The combined tree on the default branch's head alone: the branch's change as one
+            // commit, as a rebase and squash would leave it.
+            let commit = git_as_bot_at(
+                &dir,
+                &["commit-tree", &tree, "-p", &base, "-m", &message],
+                Some(&when),
+            )
+            .await?;
+            return Ok(BranchUpdate::Made {
+                commit,
+                replaces: Some(head_sha),
+            });
+        }
         let commit = git_as_bot_at(
             &dir,
             &[
@@ -366,11 +393,16 @@ impl Pusher {
             Some(&when),
         )
         .await?;
-        Ok(BranchUpdate::Merged(commit))
+        Ok(BranchUpdate::Made {
+            commit,
+            replaces: None,
+        })
     }
 
-    /// Pushes the merge commit [`Pusher::update_branch`] made to the task branch (never
-    /// forced: a branch that moved meanwhile refuses it).
+    /// Pushes the commit [`Pusher::update_branch`] made to the task branch: a merge commit is
+    /// never forced (a branch that moved meanwhile refuses it); a rebased one (`replaces`: the
+    /// head it was made from) replaces the branch only while it is still that head.
+    #[allow(clippy::too_many_arguments)]
     pub async fn push_update(
         &self,
         repo: &str,
@@ -378,23 +410,21 @@ impl Pusher {
         default_branch: &str,
         branch: &str,
         commit: &str,
+        replaces: Option<&str>,
         token: &str,
     ) -> Result<()> {
         refuse_foreign_branch(branch, default_branch)?;
         let dir = self.cache(repo).await?;
-        git(
-            &dir,
-            &[
-                "push",
-                "--quiet",
-                clone_url,
-                &format!("{commit}:refs/heads/{branch}"),
-            ],
-            Some(&basic_auth(token)),
-            "push",
-        )
-        .await
-        .map(drop)
+        let lease = replaces.map(|old| format!("--force-with-lease=refs/heads/{branch}:{old}"));
+        let refspec = format!("{commit}:refs/heads/{branch}");
+        let mut args = vec!["push", "--quiet"];
+        if let Some(l) = &lease {
+            args.push(l);
+        }
+        args.extend([clone_url, refspec.as_str()]);
+        git(&dir, &args, Some(&basic_auth(token)), "push")
+            .await
+            .map(drop)
     }
 
     /// Whether `head` (a commit of the task branch, fetched fresh with the default branch)
@@ -413,6 +443,35 @@ impl Pusher {
         let base = format!("refs/remotes/origin/{default_branch}");
         is_ancestor(&dir, &base, head).await
     }
+}
+
+/// The message of a rebased task branch: its own commits' messages since it left the default
+/// branch (merge commits left out), oldest first, at most 8 KiB.
+async fn rebased_message(
+    dir: &Path,
+    head: &str,
+    base: &str,
+    default_branch: &str,
+) -> Result<String> {
+    let fork = git(dir, &["merge-base", head, base], None, "merge-base").await?;
+    let log = git(
+        dir,
+        &[
+            "log",
+            "--no-merges",
+            "--reverse",
+            "--format=%B",
+            &format!("{fork}..{head}"),
+        ],
+        None,
+        "log",
+    )
+    .await?;
+    let mut text: String = log.trim().chars().take(8192).collect();
+    if text.is_empty() {
+        text = format!("Rebase onto {default_branch}");
+    }
+    Ok(text)
 }
 
 /// Whether `ancestor` is an ancestor of (or is) `of`.

@@ -948,6 +948,9 @@ async fn refresh(p: &Pipeline, task: &Task, repo: &Repo, why: &str) -> StageResu
             &repo.default_branch,
             &branch,
             &token,
+            // A repository that merges by rebase keeps its history linear: the branch is
+            // made again on the default branch's head rather than merged with it.
+            repo.merge_method == "rebase",
         )
         .await;
     match updated {
@@ -963,7 +966,10 @@ async fn refresh(p: &Pipeline, task: &Task, repo: &Repo, why: &str) -> StageResu
                     .await?;
             }
         }
-        Ok(BranchUpdate::Merged(sha)) => {
+        Ok(BranchUpdate::Made {
+            commit: sha,
+            replaces,
+        }) => {
             let refreshes = p.store.note_queue_refresh(task.id).await?;
             if refreshes > MAX_REFRESHES {
                 p.store
@@ -994,12 +1000,18 @@ async fn refresh(p: &Pipeline, task: &Task, repo: &Repo, why: &str) -> StageResu
                     &repo.default_branch,
                     &branch,
                     &sha,
+                    replaces.as_deref(),
                     &token,
                 )
                 .await
                 .map_err(|e| later(task, &e))?;
+            let how = if replaces.is_some() {
+                "rebased"
+            } else {
+                "merged"
+            };
             let note = Note::new(ACTOR, "branch_updated")
-                .with_data(json!({"sha": sha, "why": why, "refreshes": refreshes}));
+                .with_data(json!({"sha": sha, "why": why, "refreshes": refreshes, "how": how}));
             if task.status == Status::Merging {
                 p.store
                     .advance(task.id, &Advance::MergeDeferred, &note)

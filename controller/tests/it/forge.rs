@@ -525,10 +525,15 @@ async fn a_merge_conflict_is_detected_and_the_branch_updated_or_requeued() {
             "main",
             t2.branch.as_deref().unwrap(),
             &token,
+            false,
         )
         .await
         .unwrap();
-    let controller::forge::git::BranchUpdate::Merged(new_head) = updated else {
+    let controller::forge::git::BranchUpdate::Made {
+        commit: new_head,
+        replaces: None,
+    } = updated
+    else {
         panic!("no conflict: merged, got {updated:?}");
     };
     assert_ne!(new_head, old_head);
@@ -539,6 +544,7 @@ async fn a_merge_conflict_is_detected_and_the_branch_updated_or_requeued() {
             "main",
             t2.branch.as_deref().unwrap(),
             &new_head,
+            None,
             &token,
         )
         .await

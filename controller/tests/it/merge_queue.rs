@@ -2,7 +2,7 @@
 //! time, each only after CI was green on its branch brought up to date with the default branch;
 //! a true conflict goes back to its agent with the conflicting hunks and then merges; an
 //! approval hold keeps the task's place; two controller replicas still merge one change of a
-//! repository at a time.
+//! repository at a time; a repository that merges by rebase gets its branches rebased, not merged.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -409,4 +409,75 @@ async fn two_replicas_merge_one_change_of_a_repository_at_a_time() {
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     assert_each_merge_up_to_date_and_tested(&env, &start, &asked, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_that_merges_by_rebase_gets_its_branches_rebased_and_main_stays_linear() {
+    let env = env().await;
+    env.store
+        .update_repo(
+            env.repo.id,
+            &RepoSettings {
+                approval_mode: Some("full-auto".into()),
+                merge_method: Some("rebase".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let asked = recorded_ci(&env);
+    let start = env.sim.branch_head(REPO, "main").unwrap();
+    let p = pipeline(&env, vec![]);
+    let a = task_with(&env, "Change a", &[("src/a.rs", "pub fn a() {}\n")]).await;
+    let b = task_with(&env, "Change b", &[("src/b.rs", "pub fn b() {}\n")]).await;
+    let ids = [a.id, b.id];
+    until(
+        &env,
+        &p,
+        "both merged",
+        |ts| ts.iter().all(|t| t.status == Status::Merged),
+        &ids,
+    )
+    .await;
+    let dir = env.sim.git_dir(REPO);
+    let merges = git(
+        &dir,
+        &["rev-list", "--merges", &format!("{start}..refs/heads/main")],
+    );
+    assert!(merges.is_empty(), "no merge commit on main: {merges}");
+    for file in ["src/a.rs", "src/b.rs"] {
+        git(
+            &dir,
+            &["cat-file", "-e", &format!("refs/heads/main:{file}")],
+        );
+    }
+    // The second in line was made again on main after the first merged — one parent, main as
+    // it was — and CI ran on that head before it merged.
+    let mut rebased = Vec::new();
+    for id in ids {
+        for (reason, data) in reasons(&env.store, id).await {
+            if reason == "branch_updated" {
+                assert_eq!(data["how"], "rebased", "{data}");
+                rebased.push(data["sha"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert_eq!(
+        rebased.len(),
+        1,
+        "one branch brought up to date: {rebased:?}"
+    );
+    let head = &rebased[0];
+    let parents = git(&dir, &["rev-list", "--parents", "-n", "1", head]);
+    assert_eq!(
+        parents.split_whitespace().count(),
+        2,
+        "a rebased head has one parent: {parents}"
+    );
+    let parent = parents.split_whitespace().nth(1).unwrap();
+    assert_ne!(parent, start, "made on main after the first merge");
+    assert!(
+        asked.lock().unwrap().contains(head),
+        "CI ran on the rebased head"
+    );
 }
