@@ -406,32 +406,21 @@ impl Store {
         decision: &Decision,
         actor: &Actor,
     ) -> Result<Task> {
-        let decision = match decision {
-            Decision::Approve => Decision::Approve,
+        // What a person sent, cleaned and bounded; a refusal is audited like a decision.
+        let checked = match decision {
+            Decision::Approve => Ok(Decision::Approve),
             Decision::Edit(text) => {
                 let text = textguard::clean(text.trim());
                 if text.is_empty() {
-                    return self
-                        .audited_plan(
-                            id,
-                            decision,
-                            actor,
-                            Err(Error::Invalid(
-                                "an edited plan needs text; send the plan as it should be followed"
-                                    .into(),
-                            )),
-                        )
-                        .await;
+                    Err("an edited plan needs text; send the plan as it should be followed".into())
+                } else if text.len() > MAX_TEXT_BYTES {
+                    Err(format!(
+                        "the edited plan is {} bytes; at most {MAX_TEXT_BYTES} are kept, shorten it",
+                        text.len()
+                    ))
+                } else {
+                    Ok(Decision::Edit(text))
                 }
-                if text.len() > MAX_TEXT_BYTES {
-                    return self
-                        .audited_plan(id, decision, actor, Err(Error::Invalid(format!(
-                            "the edited plan is {} bytes; at most {MAX_TEXT_BYTES} are kept, shorten it",
-                            text.len()
-                        ))))
-                        .await;
-                }
-                Decision::Edit(text)
             }
             Decision::Reject(reason) => {
                 let reason: String = textguard::clean_plain(reason.trim())
@@ -439,19 +428,18 @@ impl Store {
                     .take(MAX_REASON_CHARS)
                     .collect();
                 if reason.is_empty() {
-                    return self
-                        .audited_plan(
-                            id,
-                            decision,
-                            actor,
-                            Err(Error::Invalid(
-                                "a rejection needs a reason; say what is wrong with the plan"
-                                    .into(),
-                            )),
-                        )
-                        .await;
+                    Err("a rejection needs a reason; say what is wrong with the plan".into())
+                } else {
+                    Ok(Decision::Reject(reason))
                 }
-                Decision::Reject(reason)
+            }
+        };
+        let decision = match checked {
+            Ok(d) => d,
+            Err(why) => {
+                return self
+                    .audited_plan(id, decision, actor, Err(Error::Invalid(why)))
+                    .await;
             }
         };
         let result = async {

@@ -128,6 +128,20 @@ fn assert_each_merge_up_to_date_and_tested(
     }
 }
 
+/// Whether every task merged; a task that ended any other way fails the test there.
+fn all_merged(tasks: &[Task]) -> bool {
+    for t in tasks {
+        assert!(
+            !t.status.is_terminal() || t.status == Status::Merged,
+            "task {} ended {}: {:?}",
+            t.id,
+            t.status,
+            t.error
+        );
+    }
+    tasks.iter().all(|t| t.status == Status::Merged)
+}
+
 async fn reasons(store: &Store, id: i64) -> Vec<(String, serde_json::Value)> {
     store
         .timeline(id)
@@ -179,17 +193,8 @@ async fn five_changes_to_one_file_merge_one_at_a_time_and_a_true_conflict_goes_b
                 run_attempt(&env, t.id, &[(SHARED, &fix)]).await;
             }
         }
-        if tasks.iter().all(|t| t.status == Status::Merged) {
+        if all_merged(&tasks) {
             break;
-        }
-        for t in &tasks {
-            assert!(
-                !t.status.is_terminal() || t.status == Status::Merged,
-                "task {} ended {}: {:?}",
-                t.id,
-                t.status,
-                t.error
-            );
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -392,17 +397,8 @@ async fn two_replicas_merge_one_change_of_a_repository_at_a_time() {
         r1.unwrap();
         r2.unwrap();
         let tasks = env.store.tasks_by_id(&ids).await.unwrap();
-        if tasks.iter().all(|t| t.status == Status::Merged) {
+        if all_merged(&tasks) {
             break;
-        }
-        for t in &tasks {
-            assert!(
-                !t.status.is_terminal() || t.status == Status::Merged,
-                "task {} ended {}: {:?}",
-                t.id,
-                t.status,
-                t.error
-            );
         }
         assert!(tokio::time::Instant::now() < deadline, "not all merged");
         hurry(&env.store).await;
