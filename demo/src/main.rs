@@ -86,6 +86,8 @@ enum Cmd {
 }
 
 const SECRET: &str = "whsec-demo";
+/// Longest the agent image build may take (it is mostly downloads: about a minute here).
+const IMAGE_BUILD_LIMIT: Duration = Duration::from_secs(20 * 60);
 /// The name of the admin's API token each start mints for the printed commands.
 const TOKEN_NAME: &str = "backporcher-up";
 
@@ -138,14 +140,26 @@ async fn ensure_image(log: PathBuf) -> anyhow::Result<()> {
     );
     let out =
         std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-    let status = xcmd::Cmd::new("bash", Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+    let mut build = xcmd::Cmd::new("bash", Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .arg(script)
         .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .to_tokio()
+        .to_tokio();
+    let child = build
         .stdout(out.try_clone()?)
         .stderr(out)
-        .status()
+        .kill_on_drop(true)
+        .status();
+    // Downloads that stall must not keep the demo waiting for ever.
+    let status = tokio::time::timeout(IMAGE_BUILD_LIMIT, child)
         .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "building the agent image took more than {} minutes and was stopped (see {}); \
+                 check the network to the Debian mirror and PyPI, then start again",
+                IMAGE_BUILD_LIMIT.as_secs() / 60,
+                log.display()
+            )
+        })?
         .context("cannot run deploy/agent/build-offline.sh")?;
     if !status.success() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
