@@ -74,6 +74,17 @@ pub(crate) async fn screenshot(c: &fantoccini::Client, name: &str) {
 /// tables as events arrive, so an element found a moment ago may have been replaced: such a click
 /// is tried again on the new element, a bounded number of times.
 pub(crate) async fn click_fresh(c: &fantoccini::Client, css: &str) {
+    act_fresh(c, css, None).await
+}
+
+/// Sends `keys` to the element at `css`, finding it again when the page replaced it meanwhile.
+pub(crate) async fn keys_fresh(c: &fantoccini::Client, css: &str, keys: &str) {
+    act_fresh(c, css, Some(keys)).await
+}
+
+/// Clicks (or types `keys` into) the element at `css`; a live page re-renders rows on every
+/// event, so an element found a moment ago may be gone: find it again, up to 20 times.
+async fn act_fresh(c: &fantoccini::Client, css: &str, keys: Option<&str>) {
     use fantoccini::error::{CmdError, ErrorStatus};
     for _ in 0..20 {
         let el = c
@@ -82,15 +93,19 @@ pub(crate) async fn click_fresh(c: &fantoccini::Client, css: &str) {
             .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("{css}: {e}"));
-        match el.click().await {
+        let done = match keys {
+            None => el.click().await,
+            Some(k) => el.send_keys(k).await,
+        };
+        match done {
             Ok(()) => return,
             Err(CmdError::Standard(e)) if e.error == ErrorStatus::StaleElementReference => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => panic!("clicking {css}: {e}"),
+            Err(e) => panic!("acting on {css}: {e}"),
         }
     }
-    panic!("{css} was replaced on every one of 20 clicks");
+    panic!("{css} was replaced on every one of 20 tries");
 }
 
 /// Waits for the status cell of task `id` to read `want` (as the page shows it).
@@ -175,11 +190,12 @@ async fn log_in_watch_a_task_appear_and_approve_it_without_a_reload() {
         )))
         .await
         .expect("the hold shows");
-    let row = b
-        .find(Locator::Css(&format!("#tasks tr[data-id=\"{}\"]", task.id)))
-        .await
-        .unwrap();
-    row.send_keys(&Key::Enter.to_string()).await.unwrap();
+    keys_fresh(
+        &b,
+        &format!("#tasks tr[data-id=\"{}\"]", task.id),
+        &Key::Enter.to_string(),
+    )
+    .await;
     let approve = b
         .wait()
         .at_most(Duration::from_secs(10))

@@ -16,7 +16,7 @@ use e2e::harness::{Options, TestController};
 use fantoccini::{Client, Locator, key::Key};
 use serde_json::{Value, json};
 
-use crate::browser::{browser, click_fresh, screenshot, skip, wait_status};
+use crate::browser::{browser, click_fresh, keys_fresh, screenshot, skip, wait_status};
 
 /// Markup that would run if any text were inserted as HTML.
 const HOSTILE: &str = "<img src=x onerror=\"window.__pwned=1\"><script>window.__pwned=2</script>";
@@ -371,8 +371,12 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
         json!(created.to_string()),
         "the focus went back to the row"
     );
-    let row = wait_for(&b, &format!("#tasks tr[data-id=\"{second}\"]")).await;
-    row.send_keys(&Key::Enter.to_string()).await.unwrap();
+    keys_fresh(
+        &b,
+        &format!("#tasks tr[data-id=\"{second}\"]"),
+        &Key::Enter.to_string(),
+    )
+    .await;
     wait_text(&b, "#detail-title", "Second").await;
     click_fresh(&b, "#detail-actions button[data-action=\"cancel\"]").await;
     wait_task(&store, second, "canceled", |t| t.status == Status::Canceled).await;
