@@ -1,5 +1,6 @@
 //! The reaper: a singleton loop that takes expired leases back, settles best-of-N rounds whose
-//! candidates it took back, ends tasks past their deadline and denies plans nobody decided on in time.
+//! candidates it took back, ends tasks past their deadline (every 15 s at most) and denies plans
+//! nobody decided on in time.
 //!
 //! It sleeps until the earliest live lease could expire (at most `interval`), then re-queues what
 //! expired as `lease_expired` (or cancels it when cancellation was pending). Several controller
@@ -31,7 +32,13 @@ struct State {
     outage: bool,
     /// This process has led before (a lead taken again follows a lost session: an outage).
     led: bool,
+    /// When this replica last ended tasks past their deadline.
+    deadline_swept: Option<std::time::Instant>,
 }
+
+/// Deadlines are at least a minute long ([`Store::set_task_deadline`]); their sweep reads every
+/// live task, so it runs at most this often rather than at every lease sweep.
+const DEADLINE_SWEEP: Duration = Duration::from_secs(15);
 
 /// Reaching the database taking longer than this counts as an outage.
 const OUTAGE: Duration = Duration::from_secs(2);
@@ -102,8 +109,14 @@ async fn sweep(
     for t in store.settle_candidates(policy, 100).await? {
         tracing::info!(task = t.id, status = %t.status, "best-of-N round settled");
     }
-    for t in store.fail_past_deadline(100).await? {
-        tracing::warn!(task = t, "task ran past its deadline; failed");
+    if state
+        .deadline_swept
+        .is_none_or(|at| at.elapsed() >= DEADLINE_SWEEP)
+    {
+        for t in store.fail_past_deadline(100).await? {
+            tracing::warn!(task = t, "task ran past its deadline; failed");
+        }
+        state.deadline_swept = Some(std::time::Instant::now());
     }
     // Plan gate: a plan nobody decided on by its due time is denied (never waits for ever).
     for t in store.deny_overdue_plans(100).await? {

@@ -161,7 +161,10 @@ pub fn render(m: &Metrics) -> String {
         &mut out,
         "backporcher_schedule_to_start_seconds",
         "summary",
-        "Time from queued to leased over the last hour.",
+        &format!(
+            "Time from queued to leased over the last hour (quantiles of its latest {} leases).",
+            crate::store::metrics::SCHEDULE_SAMPLE
+        ),
     );
     let (p50, p90, p99, count) = m.schedule_to_start;
     out.push_str(&format!(

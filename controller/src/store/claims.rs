@@ -82,7 +82,8 @@ pub struct Reaped {
 // Re-queues (or, with a pending cancel, cancels) active tasks chosen by `$filter`, spending no retry
 // — unless the task has now lost its runner `settings.max_lease_losses` times in a row: then it
 // fails with the reason, since it may be what kills its runners.
-// Binds: $1 active statuses, $2 limit, $3 runner, $4 actor, $5 reason.
+// Binds: $1 limit, $2 runner, $3 actor, $4 reason. The active statuses are written out
+// (`Status::ACTIVE`, checked by a test) so the planner can use the partial indexes on live leases.
 macro_rules! take_back_sql {
     ($filter:literal) => {
         concat!(
@@ -93,17 +94,17 @@ macro_rules! take_back_sql {
             "  WHEN lost_count + 1 >= (SELECT max_lease_losses FROM settings) THEN ",
             "    CASE WHEN parent_id IS NULL THEN 'failed' ELSE 'finished' END ELSE 'queued' END, ",
             "terminal_reason = CASE WHEN cancel_requested_at IS NOT NULL THEN 'canceled_by_user' ",
-            "  WHEN lost_count + 1 >= (SELECT max_lease_losses FROM settings) THEN $5 END, ",
+            "  WHEN lost_count + 1 >= (SELECT max_lease_losses FROM settings) THEN $4 END, ",
             "error = CASE WHEN cancel_requested_at IS NULL AND lost_count + 1 >= (SELECT max_lease_losses FROM settings) ",
             "  THEN format('the task lost its runner %s times in a row (last: %s); it may be what stops its runners: ",
-            "read the end of its last attempt''s log, fix the cause, then requeue it', lost_count + 1, $5) ELSE error END, ",
+            "read the end of its last attempt''s log, fix the cause, then requeue it', lost_count + 1, $4) ELSE error END, ",
             "lost_count = lost_count + 1, ",
             "lease_token = NULL, lease_expires_at = NULL, ",
-            "ev_seq = ev_seq + 1, ev_actor = $4, ev_reason = $5, ",
+            "ev_seq = ev_seq + 1, ev_actor = $3, ev_reason = $4, ",
             "ev_data = jsonb_build_object('runner', runner_id, 'attempt', attempt, 'lost', lost_count + 1) ",
-            "WHERE id IN (SELECT id FROM tasks WHERE status = ANY($1) AND ($3::bigint IS NULL OR runner_id = $3) AND ",
+            "WHERE id IN (SELECT id FROM tasks WHERE status IN ('leased', 'running', 'verifying') AND ($2::bigint IS NULL OR runner_id = $2) AND ",
             $filter,
-            " LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id, status, runner_id"
+            " LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id, status, runner_id"
         )
     };
 }
@@ -252,6 +253,11 @@ const CLAIM_HEAD_SQL: &str = claim_sql!(
 /// Claims from the whole queue: used when everything at the head is gated (held, waiting for
 /// dependencies, labels, caps) or locked by other claimers.
 const CLAIM_ALL_SQL: &str = claim_sql!("", "tasks t");
+
+/// Seconds until the next live lease expires, through the partial index on live leases (the
+/// status list written out, as in [`take_back_sql`]).
+const NEXT_LEASE_EXPIRY_SQL: &str = "SELECT EXTRACT(EPOCH FROM (min(lease_expires_at) - now()))::float8 \
+     FROM tasks WHERE status IN ('leased', 'running', 'verifying')";
 
 /// The claim statement's row: the candidate it locked, and the task if the claim won a slot.
 struct ClaimRow {
@@ -487,7 +493,9 @@ impl Store {
     /// best-of-N candidate goes by its task's deadline: the task ending stops it)
     /// (`timed_out`, saying so), whatever they are doing — except waiting for a person (approval,
     /// a user's hold, a dispatch approval) or for the day's budget. A runner working on one learns
-    /// at its next heartbeat that the lease is gone and stops. Returns the tasks failed.
+    /// at its next heartbeat that the lease is gone and stops. Returns the tasks failed. The
+    /// live statuses are also written out as the partial index on live tasks (`tasks_live`) says
+    /// them, so a history of ended tasks is not read.
     pub async fn fail_past_deadline(&self, limit: i64) -> Result<Vec<TaskId>> {
         Ok(sqlx::query_scalar(
             "UPDATE tasks SET status = 'failed', terminal_reason = 'timed_out', \
@@ -496,7 +504,8 @@ settings.task_deadline_secs, over %s attempts); split the issue or raise the dea
                  justify_interval(make_interval(secs => (SELECT task_deadline_secs FROM settings))), attempt), \
                lease_token = NULL, lease_expires_at = NULL, \
                ev_seq = ev_seq + 1, ev_actor = 'system', ev_reason = 'deadline', ev_data = NULL \
-             WHERE id IN (SELECT id FROM tasks WHERE status = ANY($1) AND started_at IS NOT NULL AND parent_id IS NULL \
+             WHERE id IN (SELECT id FROM tasks WHERE status NOT IN ('merged', 'failed', 'canceled', 'finished') \
+               AND status = ANY($1) AND started_at IS NOT NULL AND parent_id IS NULL \
                AND started_at < now() - make_interval(secs => (SELECT task_deadline_secs FROM settings)) \
                AND (hold_kind IS NULL OR hold_kind NOT IN ('user', 'dispatch_approval', 'budget')) \
                LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
@@ -566,7 +575,6 @@ settings.task_deadline_secs, over %s attempts); split the issue or raise the dea
         actor: &str,
     ) -> Result<Vec<Reaped>> {
         let rows: Vec<(TaskId, String, Option<RunnerId>)> = sqlx::query_as(sql)
-            .bind(status_texts(Status::ACTIVE))
             .bind(limit)
             .bind(runner)
             .bind(actor)
@@ -613,12 +621,9 @@ settings.task_deadline_secs, over %s attempts); split the issue or raise the dea
 
     /// Seconds until the next live lease expires (negative when one is overdue), if any is live.
     pub async fn next_lease_expiry(&self) -> Result<Option<f64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXTRACT(EPOCH FROM (min(lease_expires_at) - now()))::float8 FROM tasks WHERE status = ANY($1)",
-        )
-        .bind(status_texts(Status::ACTIVE))
-        .fetch_one(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(NEXT_LEASE_EXPIRY_SQL)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// The runner and attempt of `task` while it is on a runner.
@@ -663,6 +668,14 @@ mod tests {
                 sql_list(Status::UNSUCCESSFUL)
             )));
             assert!(sql.contains(&format!("h.status IN {}", sql_list(Status::ACTIVE))));
+        }
+        for sql in [
+            take_back_sql!("true"),
+            take_back_sql!("lease_expires_at < now() ORDER BY lease_expires_at"),
+            NEXT_LEASE_EXPIRY_SQL,
+        ] {
+            assert!(sql.contains(&format!("status IN {}", sql_list(Status::ACTIVE))));
+            assert!(!sql.contains("ANY("), "{sql}");
         }
         let schema = include_str!("../../../migrations/0001_store.sql");
         for index in ["tasks_runner ON tasks (runner_id)", "tasks_live_leases"] {

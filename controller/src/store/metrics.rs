@@ -16,7 +16,8 @@ pub struct Metrics {
     pub queue_depth: Vec<(String, i64)>,
     /// Tasks per status.
     pub tasks_by_status: Vec<(String, i64)>,
-    /// Seconds from `queued` to `leased`, last hour: (p50, p90, p99, count).
+    /// Seconds from `queued` to `leased` over the last hour: (p50, p90, p99) of the hour's latest
+    /// [`SCHEDULE_SAMPLE`] leases, and the count of all of them.
     pub schedule_to_start: (f64, f64, f64, i64),
     /// Live leases with less than a third of their length left.
     pub leases_near_expiry: i64,
@@ -64,6 +65,9 @@ const STATS_SQL: &str = "WITH ended AS ( \
             (ended_cost + live.cost)::float8 / NULLIF(merged, 0) AS cost_per_merged_microusd \
        FROM ended, live";
 
+/// The most leases of the last hour whose waits the schedule-to-start quantiles are taken from.
+pub const SCHEDULE_SAMPLE: i64 = 5_000;
+
 impl Store {
     /// Reads every metric.
     pub async fn metrics(&self) -> Result<Metrics> {
@@ -75,14 +79,23 @@ impl Store {
         .fetch_all(p)
         .await?;
         let tasks_by_status = sqlx::query_as(TASKS_BY_STATUS_SQL).fetch_all(p).await?;
+        // The quantiles come from the hour's latest leases (at most `SCHEDULE_SAMPLE`, each
+        // looking up when its task last entered the queue), the count from all of them: a busy
+        // fleet's hour of leases would otherwise cost a lookup each at every computation.
         let schedule_to_start: (Option<f64>, Option<f64>, Option<f64>, i64) = sqlx::query_as(
-            "WITH waits AS ( \
-               SELECT EXTRACT(EPOCH FROM l.at - (SELECT max(q.at) FROM task_events q \
-                        WHERE q.task_id = l.task_id AND q.to_status = 'queued' AND q.id < l.id))::float8 AS s \
-               FROM task_events l WHERE l.to_status = 'leased' AND l.at > now() - interval '1 hour') \
+            "WITH recent AS MATERIALIZED ( \
+               SELECT l.task_id, l.id, l.at FROM task_events l \
+               WHERE l.to_status = 'leased' AND l.at > now() - interval '1 hour' ORDER BY l.at DESC LIMIT $1), \
+             waits AS MATERIALIZED ( \
+               SELECT EXTRACT(EPOCH FROM r.at - (SELECT q.at FROM task_events q \
+                        WHERE q.task_id = r.task_id AND q.to_status = 'queued' AND q.id < r.id \
+                        ORDER BY q.task_id DESC, q.id DESC LIMIT 1))::float8 AS s FROM recent r) \
              SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s), percentile_cont(0.9) WITHIN GROUP (ORDER BY s), \
-                    percentile_cont(0.99) WITHIN GROUP (ORDER BY s), count(s) FROM waits",
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY s), \
+                    (SELECT count(*) FROM task_events WHERE to_status = 'leased' AND at > now() - interval '1 hour') \
+             FROM waits",
         )
+        .bind(SCHEDULE_SAMPLE)
         .fetch_one(p)
         .await?;
         let leases_near_expiry = sqlx::query_scalar(LEASES_NEAR_EXPIRY_SQL)

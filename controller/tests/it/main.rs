@@ -39,6 +39,9 @@ use controller::store::{MIGRATOR, Note, RunnerId, Status, Store, Task};
 
 /// A store on a fresh, migrated database, and the database's URL.
 pub async fn store_and_url() -> (Store, String) {
+    // Whatever a test builds next (an HTTP client for a webhook, a TLS server), the process has
+    // its crypto provider, however the tests are filtered or ordered.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let db = pgembed::testing::cluster()
         .await
         .fresh_database(&MIGRATOR)
@@ -52,6 +55,7 @@ pub async fn store_and_url() -> (Store, String) {
 
 /// A store on a fresh, migrated database.
 pub async fn store() -> Store {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let db = pgembed::testing::cluster()
         .await
         .fresh_database(&MIGRATOR)
