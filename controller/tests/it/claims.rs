@@ -1088,3 +1088,27 @@ async fn a_claim_carries_the_setup_secrets_and_the_last_ten_learnings() {
         "a secret value in Debug: {shown}"
     );
 }
+
+/// The store's connections run without PostgreSQL's JIT compiler, whatever the server's default:
+/// a sweep whose estimate crosses `jit_above_cost` compiled its plan for over a second of CPU
+/// while the claims on the same cores waited. Checked on several connections of the pool.
+#[tokio::test]
+async fn every_connection_of_the_store_runs_without_jit() {
+    let store = crate::store().await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = store.pool().acquire().await.unwrap();
+        let jit: String = sqlx::query_scalar("SHOW jit")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(jit, "off");
+        held.push(conn);
+    }
+    // The server itself still has its default: the setting is the store's, not the test's.
+    let server: String = sqlx::query_scalar("SELECT boot_val FROM pg_settings WHERE name = 'jit'")
+        .fetch_one(&mut *held[0])
+        .await
+        .unwrap();
+    assert_eq!(server, "on");
+}
