@@ -349,30 +349,24 @@ pub struct TaskPlan {
     pub due_at: DateTime<Utc>,
 }
 
-/// What a person does with a plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PlanAction {
-    /// Approve it as it is.
-    Approve,
-    /// Replace its text (`text`), then approve it.
-    Edit,
-    /// Reject it (`reason`): the task fails.
-    Reject,
-}
-
-/// `POST /api/tasks/{id}/plan`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PlanDecision {
-    /// What to do.
-    pub action: PlanAction,
-    /// The new plan text (`edit`).
-    #[serde(default)]
-    pub text: Option<String>,
-    /// Why (`reject`).
-    #[serde(default)]
-    pub reason: Option<String>,
+/// `POST /api/tasks/{id}/plan`: what a person does with a plan, named by `action`; each action
+/// takes exactly its own field (`text` for `edit`, `reason` for `reject`), so the document says
+/// what the API refuses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PlanDecision {
+    /// Approve it as it is (a struct variant, so that a field sent with it is refused).
+    Approve {},
+    /// Replace its text, then approve it.
+    Edit {
+        /// The new plan text (not blank).
+        text: String,
+    },
+    /// Reject it: the task fails.
+    Reject {
+        /// Why (not blank).
+        reason: String,
+    },
 }
 
 /// Reproduce-first as the runner showed it: the agent's test on the base and on the head.
@@ -838,14 +832,8 @@ pub struct CreateTask {
     /// Repository `owner/name` (registered).
     pub repo: String,
     /// Title (not blank).
-    #[schema(
-        pattern = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
-    )]
     pub title: String,
     /// What the agent is to do (not blank).
-    #[schema(
-        pattern = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
-    )]
     pub prompt: String,
     /// Model (default: the configured one): `sonnet`, `opus`, `haiku` or a full `claude-*` name.
     #[schema(pattern = r"^(sonnet|opus|haiku|claude-[^\u0000]*)$")]
@@ -880,9 +868,6 @@ pub struct ActionRequest {
     #[schema(minimum = -1_000_000, maximum = 1_000_000)]
     pub priority: Option<i32>,
     /// New prompt (edit, requeue; not blank).
-    #[schema(
-        pattern = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
-    )]
     pub prompt: Option<String>,
     /// New agent backend (edit, requeue).
     #[serde(default)]
@@ -1248,9 +1233,6 @@ pub struct UserPatch {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewToken {
     /// Label (not blank).
-    #[schema(
-        pattern = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
-    )]
     pub name: String,
 }
 
@@ -1465,4 +1447,50 @@ pub struct RunnerActivity {
     pub last_seen_at: Option<DateTime<Utc>>,
     /// The tasks it holds (ids of `tasks`).
     pub tasks: Vec<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each plan action takes exactly its own field: the others, a missing one and an unknown
+    /// action are refused by the decoding, which is what the document states.
+    #[test]
+    fn a_plan_decision_takes_exactly_its_actions_field() {
+        let ok = |v: serde_json::Value| serde_json::from_value::<PlanDecision>(v).unwrap();
+        let bad = |v: serde_json::Value| serde_json::from_value::<PlanDecision>(v).unwrap_err();
+        assert_eq!(
+            ok(serde_json::json!({"action": "approve"})),
+            PlanDecision::Approve {}
+        );
+        assert_eq!(
+            ok(serde_json::json!({"action": "edit", "text": "do x"})),
+            PlanDecision::Edit {
+                text: "do x".into()
+            }
+        );
+        assert_eq!(
+            ok(serde_json::json!({"action": "reject", "reason": "no"})),
+            PlanDecision::Reject {
+                reason: "no".into()
+            }
+        );
+        for (v, says) in [
+            (serde_json::json!({"action": "edit"}), "text"),
+            (serde_json::json!({"action": "reject"}), "reason"),
+            (
+                serde_json::json!({"action": "approve", "text": "x"}),
+                "text",
+            ),
+            (
+                serde_json::json!({"action": "edit", "text": "x", "reason": "y"}),
+                "reason",
+            ),
+            (serde_json::json!({"action": "merge"}), "merge"),
+            (serde_json::json!({"text": "x"}), "action"),
+        ] {
+            let e = bad(v.clone()).to_string();
+            assert!(e.contains(says), "{v} refused with `{e}`");
+        }
+    }
 }

@@ -82,8 +82,14 @@ fn default_path_params(path: &str) -> Vec<Parameter> {
 /// refuses them with 400 and never answers one).
 const NO_NUL: &str = r"^[^\u0000]*$";
 
+/// The pattern of a text that must not be blank: something besides whitespace (what the API
+/// trims), and no NUL.
+const NOT_BLANK: &str = r"^[^\u0000]*[^\u0000\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$";
+
 /// Gives every string schema without an enum, format or pattern of its own the [`NO_NUL`] pattern
-/// (the one rule every text shares, stated once here rather than on every field).
+/// (the one rule every text shares, stated once here rather than on every field) — or
+/// [`NOT_BLANK`] where its description says `not blank`, as the `api` types' fields do that the
+/// API refuses blank.
 fn no_nul(v: &mut Value) {
     match v {
         Value::Object(o) => {
@@ -92,6 +98,13 @@ fn no_nul(v: &mut Value) {
                 Some(Value::Array(ts)) => ts.iter().any(|t| t == "string"),
                 _ => false,
             };
+            let not_blank = o
+                .get("description")
+                .and_then(Value::as_str)
+                .is_some_and(|d| d.contains("not blank"));
+            if is_string && not_blank && !o.contains_key("pattern") {
+                o.insert("pattern".into(), Value::String(NOT_BLANK.into()));
+            }
             if is_string
                 && !["enum", "format", "pattern"]
                     .iter()
@@ -106,6 +119,27 @@ fn no_nul(v: &mut Value) {
     }
 }
 
+/// Closes the variants of a tagged enum (a `oneOf` of objects told apart by a one-value enum
+/// property): the API's tagged enums refuse unknown fields (`deny_unknown_fields`, the one
+/// tagged enum being [`api::PlanDecision`]), which the derived schema does not state per variant.
+fn closed_variants(v: &mut Value) {
+    let Some(Value::Array(members)) = v.get_mut("oneOf") else {
+        return;
+    };
+    let tagged = members.iter().all(|m| {
+        m["type"] == "object"
+            && m["properties"].as_object().is_some_and(|p| {
+                p.values()
+                    .any(|f| f["enum"].as_array().is_some_and(|e| e.len() == 1))
+            })
+    });
+    if tagged {
+        for m in members {
+            m["additionalProperties"] = Value::Bool(false);
+        }
+    }
+}
+
 /// The document of `ops`.
 pub fn document<'a>(ops: impl IntoIterator<Item = &'a Operation>) -> Value {
     let schemas: Map<String, Value> = api::schemas()
@@ -113,6 +147,7 @@ pub fn document<'a>(ops: impl IntoIterator<Item = &'a Operation>) -> Value {
         .map(|(name, schema)| {
             let mut v = serde_json::to_value(schema).expect("a schema serialises");
             no_nul(&mut v);
+            closed_variants(&mut v);
             (name, v)
         })
         .collect();
@@ -243,11 +278,33 @@ mod tests {
         let doc = doc();
         let schemas = doc["components"]["schemas"].as_object().unwrap();
         for (name, s) in schemas {
+            // A tagged enum is a `oneOf` of closed objects, each with its fields described.
+            let variants = s["oneOf"].as_array().is_some_and(|m| {
+                m.iter()
+                    .all(|m| m.get("properties").is_some() && m["additionalProperties"] == false)
+            });
             assert!(
-                s.get("properties").is_some() || s.get("enum").is_some(),
+                s.get("properties").is_some() || s.get("enum").is_some() || variants,
                 "{name} is a bare schema: {s}"
             );
         }
+        let plan = &schemas["PlanDecision"]["oneOf"];
+        assert_eq!(plan[1]["required"], json!(["text", "action"]));
+        // Texts the API refuses blank say so in the document, the others refuse only NUL.
+        assert_eq!(plan[1]["properties"]["text"]["pattern"], NOT_BLANK);
+        assert_eq!(plan[2]["properties"]["reason"]["pattern"], NOT_BLANK);
+        assert_eq!(
+            schemas["CreateTask"]["properties"]["title"]["pattern"],
+            NOT_BLANK
+        );
+        assert_eq!(
+            schemas["NewToken"]["properties"]["name"]["pattern"],
+            NOT_BLANK
+        );
+        assert_eq!(
+            schemas["CreateTask"]["properties"]["repo"]["pattern"],
+            NO_NUL
+        );
         let task = &schemas["Task"];
         assert_eq!(
             task["properties"]["status"]["$ref"],

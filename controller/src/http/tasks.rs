@@ -645,24 +645,10 @@ pub(super) async fn decide_plan(
     ApiJson(req): ApiJson<api::PlanDecision>,
 ) -> ApiResult<api::TaskPlan> {
     use crate::store::plans::Decision;
-    let decision = match (req.action, req.text, req.reason) {
-        (api::PlanAction::Approve, None, None) => Decision::Approve,
-        (api::PlanAction::Edit, Some(text), None) => Decision::Edit(text),
-        (api::PlanAction::Reject, None, Some(reason)) => Decision::Reject(reason),
-        (action, _, _) => {
-            return Err(ApiError::Invalid(format!(
-                "plan action `{}` takes {}",
-                serde_json::to_value(action)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
-                match action {
-                    api::PlanAction::Approve => "neither text nor reason",
-                    api::PlanAction::Edit => "the new plan as `text` (and no reason)",
-                    api::PlanAction::Reject => "a `reason` (and no text)",
-                }
-            )));
-        }
+    let decision = match req {
+        api::PlanDecision::Approve {} => Decision::Approve,
+        api::PlanDecision::Edit { text } => Decision::Edit(text),
+        api::PlanDecision::Reject { reason } => Decision::Reject(reason),
     };
     c.require(
         &s,

@@ -515,6 +515,22 @@ async fn the_api_shows_the_plan_and_only_an_operator_decides() {
         StatusCode::BAD_REQUEST,
         "a rejection needs a reason: {body}"
     );
+    assert!(
+        body["message"].as_str().unwrap_or("").contains("reason"),
+        "the refusal names the missing field: {body}"
+    );
+    let (code, body) = operator
+        .call(
+            Method::POST,
+            &format!("/api/tasks/{}/plan", t.id),
+            Some(json!({"action": "approve", "text": "and also this"})),
+        )
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::BAD_REQUEST,
+        "an approval takes no text: {body}"
+    );
     let (code, body) = operator
         .call(
             Method::POST,

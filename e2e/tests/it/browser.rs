@@ -196,8 +196,7 @@ async fn log_in_watch_a_task_appear_and_approve_it_without_a_reload() {
         &Key::Enter.to_string(),
     )
     .await;
-    let approve = b
-        .wait()
+    b.wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::Css(
             "#detail-actions button[data-action=\"approve\"]",
@@ -205,7 +204,8 @@ async fn log_in_watch_a_task_appear_and_approve_it_without_a_reload() {
         .await
         .expect("an approve control for an admin");
     screenshot(&b, "03-detail-held").await;
-    approve.click().await.unwrap();
+    // The panel re-renders on live updates: the control is found again if it was replaced.
+    click_fresh(&b, "#detail-actions button[data-action=\"approve\"]").await;
     let mut released = false;
     for _ in 0..100 {
         let held = b
