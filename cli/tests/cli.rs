@@ -602,67 +602,108 @@ async fn the_cli_drives_a_live_controller() {
     assert!(err.contains("cannot reach the controller"), "{err}");
 }
 
-/// `backporcher logs` prints a whole log however many pages the API serves it in.
-#[tokio::test(flavor = "multi_thread")]
-async fn logs_prints_every_page_of_a_long_log() {
-    use controller::store::claims::{ClaimRequest, LeaseRef};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let db = pgembed::testing::cluster()
-        .await
-        .fresh_database(&controller::store::MIGRATOR)
-        .await
-        .unwrap();
-    let store = controller::store::Store::connect(&db.url, 4).await.unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", http.local_addr().unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let server = controller::server::start(
-        Config {
-            database_url: Some(db.url.clone()),
-            data_dir: dir.path().join("controller"),
-            ..Config::default()
-        },
-        controller::server::Listeners { http, grpc },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let password = controller::http::bootstrap_admin(&store, "root")
-        .await
-        .unwrap();
-    let repo = store
-        .add_repo(&controller::store::repos::NewRepo {
-            name: "acme/logs".into(),
-            clone_url: "https://example.invalid/acme/logs.git".into(),
-            default_branch: "main".into(),
-        })
-        .await
-        .unwrap();
-    let mut t = controller::store::tasks::NewTask::for_issue(repo.id, 0, "Long log", "body");
-    t.issue_number = None;
-    let task = store.create_task(&t).await.unwrap();
-    store
-        .triage(
-            task.id,
-            &controller::store::tasks::Triage::default(),
-            &controller::store::Note::new("user:test", "triaged"),
+/// A controller serving on its own database with an admin (`root`, `password`) and one task of
+/// `repo` leased to a runner: what the tests of commands that read a task's run start from.
+struct Leased {
+    store: controller::store::Store,
+    url: String,
+    dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    server: controller::server::Running,
+    password: String,
+    repo: controller::store::repos::Repo,
+    task: controller::store::Task,
+    lease: controller::store::claims::LeaseRef,
+}
+
+impl Leased {
+    async fn start(repo: &str, title: &str) -> Self {
+        use controller::store::claims::{ClaimRequest, LeaseRef};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let db = pgembed::testing::cluster()
+            .await
+            .fresh_database(&controller::store::MIGRATOR)
+            .await
+            .unwrap();
+        let store = controller::store::Store::connect(&db.url, 4).await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", http.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = controller::server::start(
+            Config {
+                database_url: Some(db.url.clone()),
+                data_dir: dir.path().join("controller"),
+                ..Config::default()
+            },
+            controller::server::Listeners { http, grpc },
+            shutdown.clone(),
         )
         .await
         .unwrap();
-    let runner = store.register_runner("r1", &[], 4).await.unwrap().id;
-    let claimed = store
-        .claim(&ClaimRequest {
-            runner_id: runner,
-            labels: &[],
-            lease: Duration::from_secs(60),
-            capacity: None,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    let lease = LeaseRef::of(&claimed).unwrap();
+        let password = controller::http::bootstrap_admin(&store, "root")
+            .await
+            .unwrap();
+        let repo = store
+            .add_repo(&controller::store::repos::NewRepo {
+                name: repo.into(),
+                clone_url: format!("https://example.invalid/{repo}.git"),
+                default_branch: "main".into(),
+            })
+            .await
+            .unwrap();
+        let mut t = controller::store::tasks::NewTask::for_issue(repo.id, 0, title, "body");
+        t.issue_number = None;
+        let task = store.create_task(&t).await.unwrap();
+        store
+            .triage(
+                task.id,
+                &controller::store::tasks::Triage::default(),
+                &controller::store::Note::new("user:test", "triaged"),
+            )
+            .await
+            .unwrap();
+        let runner = store.register_runner("r1", &[], 4).await.unwrap().id;
+        let claimed = store
+            .claim(&ClaimRequest {
+                runner_id: runner,
+                labels: &[],
+                lease: Duration::from_secs(60),
+                capacity: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let lease = LeaseRef::of(&claimed).unwrap();
+        Self {
+            store,
+            url,
+            dir,
+            shutdown,
+            server,
+            password,
+            repo,
+            task,
+            lease,
+        }
+    }
+}
+
+/// `backporcher logs` prints a whole log however many pages the API serves it in.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_prints_every_page_of_a_long_log() {
+    let Leased {
+        store,
+        url,
+        dir,
+        shutdown,
+        server,
+        password,
+        repo: _,
+        task,
+        lease,
+    } = Leased::start("acme/logs", "Long log").await;
     // 2,500 chunks: three pages of at most 1,000.
     let chunks: Vec<(i64, String, Vec<u8>)> = (0..2500)
         .map(|i| (i, "agent".to_owned(), format!("line {i}\n").into_bytes()))
@@ -704,64 +745,17 @@ async fn logs_prints_every_page_of_a_long_log() {
 /// naming what was changed; the transcript downloads and matches the hash the record names.
 #[tokio::test(flavor = "multi_thread")]
 async fn evidence_verifies_and_tampering_is_named() {
-    use controller::store::claims::{ClaimRequest, LeaseRef};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let db = pgembed::testing::cluster()
-        .await
-        .fresh_database(&controller::store::MIGRATOR)
-        .await
-        .unwrap();
-    let store = controller::store::Store::connect(&db.url, 4).await.unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", http.local_addr().unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let server = controller::server::start(
-        Config {
-            database_url: Some(db.url.clone()),
-            data_dir: dir.path().join("controller"),
-            ..Config::default()
-        },
-        controller::server::Listeners { http, grpc },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let password = controller::http::bootstrap_admin(&store, "root")
-        .await
-        .unwrap();
-    let repo = store
-        .add_repo(&controller::store::repos::NewRepo {
-            name: "acme/evidence".into(),
-            clone_url: "https://example.invalid/acme/evidence.git".into(),
-            default_branch: "main".into(),
-        })
-        .await
-        .unwrap();
-    let mut t = controller::store::tasks::NewTask::for_issue(repo.id, 0, "Evidence", "body");
-    t.issue_number = None;
-    let task = store.create_task(&t).await.unwrap();
-    store
-        .triage(
-            task.id,
-            &controller::store::tasks::Triage::default(),
-            &controller::store::Note::new("user:test", "triaged"),
-        )
-        .await
-        .unwrap();
-    let runner = store.register_runner("r1", &[], 4).await.unwrap().id;
-    let claimed = store
-        .claim(&ClaimRequest {
-            runner_id: runner,
-            labels: &[],
-            lease: Duration::from_secs(60),
-            capacity: None,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    let lease = LeaseRef::of(&claimed).unwrap();
+    let Leased {
+        store,
+        url,
+        dir,
+        shutdown,
+        server,
+        password,
+        repo,
+        task,
+        lease,
+    } = Leased::start("acme/evidence", "Evidence").await;
     let events = [
         serde_json::json!({"type": "system", "subtype": "init", "model": "sonnet"}),
         serde_json::json!({"type": "assistant", "message": {"model": "sonnet", "usage": {"input_tokens": 7, "output_tokens": 3}, "content": [{"type": "tool_use", "id": "t1", "name": "Edit", "input": {"file_path": "/workspace/a.txt"}}]}}),

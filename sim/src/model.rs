@@ -224,6 +224,24 @@ pub struct Received {
     pub at_ms: i64,
 }
 
+impl Received {
+    /// What a request to `uri` asking for `model` with `credential` and body `json` was, now.
+    fn of(uri: &axum::http::Uri, model: &str, credential: String, json: &Value) -> Self {
+        Self {
+            path: uri.to_string(),
+            model: model.to_owned(),
+            stream: json.get("stream").and_then(Value::as_bool).unwrap_or(false),
+            credential,
+            last_user_text: last_user(json).0,
+            body: json.clone(),
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// A failure to answer with instead of a reply.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub enum Failure {
@@ -658,19 +676,8 @@ async fn responses(
             "model and input are required",
         );
     }
-    let stream = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let received = Received {
-        path: uri.to_string(),
-        model: model.clone(),
-        stream,
-        credential: cred,
-        last_user_text: last_user(&json).0,
-        body: json.clone(),
-        at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default(),
-    };
+    let received = Received::of(&uri, &model, cred, &json);
+    let stream = received.stream;
     let step = match sim.choose(&json, received) {
         Ok(s) => s,
         Err(Failure::RateLimit) => {
@@ -826,19 +833,8 @@ async fn messages(
             "model and messages are required",
         );
     }
-    let stream = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let received = Received {
-        path: uri.to_string(),
-        model: model.clone(),
-        stream,
-        credential: cred,
-        last_user_text: last_user(&json).0,
-        body: json.clone(),
-        at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default(),
-    };
+    let received = Received::of(&uri, &model, cred, &json);
+    let stream = received.stream;
     let step = match sim.choose(&json, received) {
         Ok(s) => s,
         Err(Failure::RateLimit) => {
