@@ -365,8 +365,15 @@ impl Pusher {
             .unwrap_or_default();
         let when = format!("@{when} +0000");
         if linear {
-            // The combined tree on the default branch's head alone: the branch's change as one
-            // commit, as a rebase and squash would leave it.
+            // The branch's own commits made again one by one on the default branch's head; when
+            // that cannot be done, the combined tree on the head alone: the branch's change as
+            // one commit, as a rebase and squash would leave it.
+            if let Some(commit) = replay(&dir, &head_sha, &base, &when).await? {
+                return Ok(BranchUpdate::Made {
+                    commit,
+                    replaces: Some(head_sha),
+                });
+            }
             let commit = git_as_bot_at(
                 &dir,
                 &["commit-tree", &tree, "-p", &base, "-m", &message],
@@ -443,6 +450,103 @@ impl Pusher {
         let base = format!("refs/remotes/origin/{default_branch}");
         is_ancestor(&dir, &base, head).await
     }
+}
+
+/// Most commits a rebase replays one by one; a longer branch is made again as one commit.
+const MAX_REPLAYED: usize = 50;
+
+/// The task branch's own commits (since it left `base`'s history) made again one by one, in
+/// order, on `base`'s head — a rebase without a work tree: each commit's change is merged onto
+/// the new parent with `git merge-tree --merge-base <its parent>` —, each keeping its author, date
+/// and message, committed by the bot at `when` so that two replicas replaying the same branch
+/// make the same commits. Returns the new head, or `None` when the branch has a merge commit,
+/// more than [`MAX_REPLAYED`] commits, or a commit that does not apply on its own (the change as
+/// a whole does; it is then made as one commit).
+async fn replay(dir: &Path, head: &str, base: &str, when: &str) -> Result<Option<String>> {
+    let fork = git(dir, &["merge-base", head, base], None, "merge-base").await?;
+    let range = format!("{fork}..{head}");
+    let merges = git(
+        dir,
+        &["rev-list", "--min-parents=2", &range],
+        None,
+        "rev-list",
+    )
+    .await?;
+    if !merges.trim().is_empty() {
+        return Ok(None);
+    }
+    let list = git(dir, &["rev-list", "--reverse", &range], None, "rev-list").await?;
+    let commits: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if commits.is_empty() || commits.len() > MAX_REPLAYED {
+        return Ok(None);
+    }
+    let mut parent = git(dir, &["rev-parse", base], None, "rev-parse").await?;
+    for commit in commits {
+        let (ok, out) = git_status(
+            dir,
+            &[
+                "merge-tree",
+                "--write-tree",
+                "--merge-base",
+                &format!("{commit}^"),
+                &parent,
+                commit,
+            ],
+        )
+        .await?;
+        if !ok {
+            return Ok(None);
+        }
+        let tree = out.lines().next().unwrap_or_default().trim().to_owned();
+        let meta = git(
+            dir,
+            &[
+                "log",
+                "-1",
+                "--format=%an%x00%ae%x00%ad%x00%B",
+                "--date=raw",
+                commit,
+            ],
+            None,
+            "log",
+        )
+        .await?;
+        let mut fields = meta.splitn(4, '\0');
+        let (name, email, date) = (
+            fields.next().unwrap_or_default(),
+            fields.next().unwrap_or_default(),
+            fields.next().unwrap_or_default(),
+        );
+        let message = match fields.next().map(str::trim) {
+            Some(m) if !m.is_empty() => m.to_owned(),
+            _ => "(no message)".to_owned(),
+        };
+        let out = xcmd::Cmd::new("git", dir)
+            .args(["commit-tree", &tree, "-p", &parent, "-m", &message])
+            .env("GIT_AUTHOR_NAME", name)
+            .env("GIT_AUTHOR_EMAIL", email)
+            .env("GIT_AUTHOR_DATE", date)
+            .env("GIT_COMMITTER_NAME", "backporcher")
+            .env("GIT_COMMITTER_EMAIL", "backporcher@localhost")
+            .env("GIT_COMMITTER_DATE", when)
+            .to_tokio()
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| git_err("commit-tree", e))?;
+        if !out.status.success() {
+            return Err(git_err(
+                "commit-tree",
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ));
+        }
+        parent = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    }
+    Ok(Some(parent))
 }
 
 /// The message of a rebased task branch: its own commits' messages since it left the default
@@ -839,5 +943,88 @@ mod conflict_tests {
         assert_eq!((hunks.len(), more), (MAX_CONFLICT_HUNKS, 3));
         assert!(hunks[0].ours.len() <= MAX_CONFLICT_SIDE + '…'.len_utf8());
         assert!(!hunks.iter().any(|h| h.ours.contains('\u{202E}')));
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+
+    fn run(dir: &Path, args: &[&str]) -> String {
+        let out = xcmd::Cmd::new("git", dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "agent")
+            .env("GIT_AUTHOR_EMAIL", "agent@localhost")
+            .env("GIT_COMMITTER_NAME", "agent")
+            .env("GIT_COMMITTER_EMAIL", "agent@localhost")
+            .to_std()
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn commit(dir: &Path, file: &str, text: &str, message: &str) -> String {
+        std::fs::write(dir.join(file), text).unwrap();
+        run(dir, &["add", "-A"]);
+        run(dir, &["commit", "--quiet", "-m", message]);
+        run(dir, &["rev-parse", "HEAD"])
+    }
+
+    /// A repository with `a.txt` on `main`.
+    fn repo() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        run(d.path(), &["init", "--quiet", "-b", "main"]);
+        commit(d.path(), "a.txt", "1\n", "base");
+        d
+    }
+
+    /// Each commit of the branch is made again on the new base with its message and author,
+    /// and the same replay twice makes the same commits (two replicas agree).
+    #[tokio::test]
+    async fn a_branch_is_replayed_commit_by_commit_the_same_way_twice() {
+        let d = repo();
+        let dir = d.path();
+        run(dir, &["checkout", "--quiet", "-b", "task"]);
+        commit(dir, "a.txt", "1\nx\n", "first");
+        let head = commit(dir, "a.txt", "1\nx\ny\n", "second");
+        run(dir, &["checkout", "--quiet", "main"]);
+        let main = commit(dir, "b.txt", "b\n", "main moved");
+        let when = "@1700000000 +0000";
+        let new = replay(dir, &head, "main", when)
+            .await
+            .unwrap()
+            .expect("replayed");
+        assert_eq!(run(dir, &["rev-parse", &format!("{new}~2")]), main);
+        assert_eq!(
+            run(dir, &["log", "--format=%s|%an", "-n", "2", &new]),
+            "second|agent\nfirst|agent"
+        );
+        assert_eq!(run(dir, &["show", &format!("{new}:a.txt")]), "1\nx\ny");
+        assert_eq!(run(dir, &["show", &format!("{new}:b.txt")]), "b");
+        let again = replay(dir, &head, "main", when).await.unwrap();
+        assert_eq!(again.as_deref(), Some(new.as_str()));
+    }
+
+    /// A commit that does not apply on its own (the branch as a whole does), or a merge commit
+    /// in the branch: no replay — the caller makes the change as one commit.
+    #[tokio::test]
+    async fn a_step_that_does_not_apply_alone_or_a_merge_means_one_commit() {
+        let d = repo();
+        let dir = d.path();
+        run(dir, &["checkout", "--quiet", "-b", "task"]);
+        commit(dir, "a.txt", "conflict\n", "changes the line");
+        let head = commit(dir, "a.txt", "1\n", "changes it back");
+        run(dir, &["checkout", "--quiet", "main"]);
+        commit(dir, "a.txt", "2\n", "main changes the line too");
+        assert_eq!(replay(dir, &head, "main", "@1 +0000").await.unwrap(), None);
+
+        run(dir, &["checkout", "--quiet", "-b", "merged", "main~1"]);
+        commit(dir, "c.txt", "c\n", "own change");
+        run(dir, &["merge", "--quiet", "--no-edit", "main"]);
+        let head = run(dir, &["rev-parse", "HEAD"]);
+        run(dir, &["checkout", "--quiet", "main"]);
+        commit(dir, "d.txt", "d\n", "main again");
+        assert_eq!(replay(dir, &head, "main", "@1 +0000").await.unwrap(), None);
     }
 }

@@ -95,6 +95,16 @@ pub(crate) fn make_bundle_in(
     branch: &str,
     files: &[(&str, &str)],
 ) -> (Vec<u8>, String) {
+    make_bundle_commits_in(env, repo, branch, &[files])
+}
+
+/// [`make_bundle_in`] with a commit for each set of files, in order.
+pub(crate) fn make_bundle_commits_in(
+    env: &Env,
+    repo: &str,
+    branch: &str,
+    commits: &[&[(&str, &str)]],
+) -> (Vec<u8>, String) {
     let work: PathBuf = env
         .dir
         .path()
@@ -110,13 +120,19 @@ pub(crate) fn make_bundle_in(
     );
     let base = git(&work, &["rev-parse", "HEAD"]);
     git(&work, &["checkout", "--quiet", "-B", branch]);
-    for (p, c) in files {
-        let path = work.join(p);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, c).unwrap();
+    for (i, files) in commits.iter().enumerate() {
+        for (p, c) in *files {
+            let path = work.join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, c).unwrap();
+        }
+        git(&work, &["add", "-A"]);
+        let message = match i {
+            0 => "agent change".to_owned(),
+            n => format!("agent change {}", n + 1),
+        };
+        git(&work, &["commit", "--quiet", "-m", &message]);
     }
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "--quiet", "-m", "agent change"]);
     let head = git(&work, &["rev-parse", "HEAD"]);
     git(
         &work,
@@ -151,6 +167,16 @@ pub(crate) async fn run_attempt(env: &Env, id: i64, files: &[(&str, &str)]) -> T
 
 /// [`run_attempt`] for a task of the simulated repository `repo`.
 pub(crate) async fn run_attempt_in(env: &Env, repo: &str, id: i64, files: &[(&str, &str)]) -> Task {
+    run_attempt_commits_in(env, repo, id, &[files]).await
+}
+
+/// [`run_attempt_in`] delivering a commit for each set of files.
+pub(crate) async fn run_attempt_commits_in(
+    env: &Env,
+    repo: &str,
+    id: i64,
+    commits: &[&[(&str, &str)]],
+) -> Task {
     let runner = crate::runner(&env.store, &format!("r-{id}-{}", uuid::Uuid::new_v4())).await;
     let (task, lease) = crate::claim(&env.store, runner).await;
     assert_eq!(task.id, id);
@@ -158,7 +184,7 @@ pub(crate) async fn run_attempt_in(env: &Env, repo: &str, id: i64, files: &[(&st
         .branch
         .clone()
         .expect("the controller named the branch");
-    let (bundle, head) = make_bundle_in(env, repo, &branch, files);
+    let (bundle, head) = make_bundle_commits_in(env, repo, &branch, commits);
     env.store
         .store_bundle(&lease, &bundle, "sha")
         .await

@@ -11,6 +11,7 @@ use std::time::Duration;
 use controller::pipeline::Pipeline;
 use controller::store::ops::Actor;
 use controller::store::repos::RepoSettings;
+use controller::store::tasks::{NewTask, Triage};
 use controller::store::{Status, Store, Task};
 
 use crate::forge::{Env, REPO, env, git, pipeline, run_attempt, task_at_pushing};
@@ -425,7 +426,25 @@ async fn a_repository_that_merges_by_rebase_gets_its_branches_rebased_and_main_s
     let start = env.sim.branch_head(REPO, "main").unwrap();
     let p = pipeline(&env, vec![]);
     let a = task_with(&env, "Change a", &[("src/a.rs", "pub fn a() {}\n")]).await;
-    let b = task_with(&env, "Change b", &[("src/b.rs", "pub fn b() {}\n")]).await;
+    // The second delivers two commits: a rebase replays both, in order, keeping each message.
+    let n = env.sim.create_issue(REPO, "Change b", "", "alice", &[]) as i64;
+    let mut t = NewTask::for_issue(env.repo.id, n, "Change b", "two commits");
+    t.created_by = "test".into();
+    let b = env.store.create_task(&t).await.unwrap();
+    env.store
+        .triage(b.id, &Triage::default(), &crate::note("triaged"))
+        .await
+        .unwrap();
+    let b = crate::forge::run_attempt_commits_in(
+        &env,
+        REPO,
+        b.id,
+        &[
+            &[("src/b.rs", "pub fn b() {}\n")],
+            &[("src/b2.rs", "pub fn b2() {}\n")],
+        ],
+    )
+    .await;
     let ids = [a.id, b.id];
     until(
         &env,
@@ -464,14 +483,31 @@ async fn a_repository_that_merges_by_rebase_gets_its_branches_rebased_and_main_s
         "one branch brought up to date: {rebased:?}"
     );
     let head = &rebased[0];
-    let parents = git(&dir, &["rev-list", "--parents", "-n", "1", head]);
+    // Both of the second branch's commits, one after the other on main as the first merge left
+    // it, each with its own message and one parent.
+    let messages = git(&dir, &["log", "--format=%s", "-n", "2", head]);
     assert_eq!(
-        parents.split_whitespace().count(),
-        2,
-        "a rebased head has one parent: {parents}"
+        messages.lines().collect::<Vec<_>>(),
+        ["agent change 2", "agent change"],
+        "each commit replayed with its message"
     );
-    let parent = parents.split_whitespace().nth(1).unwrap();
+    for commit in [head.clone(), format!("{head}^")] {
+        let parents = git(&dir, &["rev-list", "--parents", "-n", "1", &commit]);
+        assert_eq!(
+            parents.split_whitespace().count(),
+            2,
+            "a replayed commit has one parent: {parents}"
+        );
+    }
+    let parent = git(&dir, &["rev-parse", &format!("{head}~2")]);
     assert_ne!(parent, start, "made on main after the first merge");
+    let main_before = git(&dir, &["rev-parse", &format!("{head}~2")]);
+    assert!(
+        git(&dir, &["rev-list", "--first-parent", "refs/heads/main"])
+            .lines()
+            .any(|c| c == main_before),
+        "replayed on main's history"
+    );
     assert!(
         asked.lock().unwrap().contains(head),
         "CI ran on the rebased head"
