@@ -593,6 +593,8 @@ pub struct Task {
     /// For a best-of-N candidate: its place among its siblings (1..N).
     #[serde(default)]
     pub candidate: Option<i32>,
+    /// Plan gate: a runner is making the task's plan now (a read-only plan run, not the change).
+    pub planning: bool,
 }
 
 fn one() -> i32 {

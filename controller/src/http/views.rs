@@ -36,6 +36,7 @@ pub(crate) fn task_view(t: &Task, repo: &str) -> api::Task {
         best_of: t.best_of,
         parent_id: t.parent_id,
         candidate: t.candidate,
+        planning: t.planning(),
     }
 }
 

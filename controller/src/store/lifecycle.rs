@@ -488,6 +488,17 @@ pub struct Task {
     pub parent_id: Option<TaskId>,
     /// For a candidate: its place among its siblings (1..N).
     pub candidate: Option<i32>,
+    /// Plan gate: the attempt that is (or was) a read-only plan run, as the claim decided it
+    /// (`None` when no attempt was); a query that does not read it leaves it `None`.
+    #[sqlx(default)]
+    pub plan_attempt: Option<i32>,
+}
+
+impl Task {
+    /// Plan gate: a runner is making this task's plan now (its current attempt is a plan run).
+    pub fn planning(&self) -> bool {
+        self.plan_attempt == Some(self.attempt) && self.status.is_active()
+    }
 }
 
 /// Nullable text column, decoded through `TryFrom`.
@@ -518,7 +529,7 @@ macro_rules! task_columns {
          priority, model, agent, required_labels, agent_retries, verify_retries, review_retries, \
          ci_retries, conflict_retries, attempt, lost_count, lease_token, runner_id, lease_expires_at, \
          resume_branch, retry_context, branch, head_sha, changed_files, stage_tries, review, pr_number, pr_url, cost_microusd, \
-         created_at, updated_at, finished_at, best_of, parent_id, candidate"
+         created_at, updated_at, finished_at, best_of, parent_id, candidate, plan_attempt"
     };
 }
 pub(crate) use task_columns;

@@ -88,7 +88,12 @@ async fn waiting(store: &Store, name: &str, auto: Option<i32>, blast: Option<i32
     let (claimed, plan_run, _) = lease(store, r).await.expect("the plan run");
     assert_eq!(claimed.id, t.id);
     assert!(plan_run, "a gated task's first lease is a plan run");
+    assert!(
+        store.task(t.id).await.unwrap().planning(),
+        "the task reads as planning while its plan run is on a runner"
+    );
     let t = deliver(store, &claimed, &plan_json(&["src/total.py"]), blast, &[]).await;
+    assert!(!t.planning(), "waiting with its plan, it is not planning");
     (t, r)
 }
 
@@ -142,6 +147,10 @@ async fn a_gated_task_is_claimed_only_for_its_plan_run_until_a_person_approves_t
     let (impl_run, plan_run, carried) = lease(&store, r).await.expect("the implementation run");
     assert_eq!(impl_run.id, t.id);
     assert!(!plan_run);
+    assert!(
+        !store.task(t.id).await.unwrap().planning(),
+        "the implementation run is not planning"
+    );
     assert_eq!(carried.as_deref(), Some(plan.text.as_str()));
     assert_eq!(
         store.approved_plan(t.id).await.unwrap().as_deref(),
@@ -482,6 +491,14 @@ async fn the_api_shows_the_plan_and_only_an_operator_decides() {
     assert_eq!(code, StatusCode::NOT_FOUND, "no plan yet: {body}");
     let (claimed, plan_run, _) = lease(&store, rr).await.unwrap();
     assert!(plan_run);
+    let (code, detail) = viewer
+        .call(Method::GET, &format!("/api/tasks/{}", t.id), None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        detail["task"]["planning"], true,
+        "a plan run shows: {detail}"
+    );
     deliver(&store, &claimed, &plan_json(&["src/x.py"]), None, &[]).await;
     let (code, plan) = viewer
         .call(Method::GET, &format!("/api/tasks/{}/plan", t.id), None)
@@ -494,6 +511,7 @@ async fn the_api_shows_the_plan_and_only_an_operator_decides() {
         .await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(detail["task"]["status"], "plan_hold");
+    assert_eq!(detail["task"]["planning"], false);
     let (code, _) = viewer
         .call(
             Method::POST,

@@ -93,8 +93,10 @@ function stageLabel(t) {
 // ---- Fleet ------------------------------------------------------------------------------------
 
 function statusCell(t) {
-  const label = t.hold ? `${t.status} (held: ${t.hold})` : t.status;
-  return el("span", { class: `badge s-${t.status}${t.hold ? " held" : ""}`, "data-status": t.status }, label);
+  // A plan run (plan gate) reads as planning: the runner makes a plan, not the change.
+  const shown = t.planning ? `${t.status}, planning` : t.status;
+  const label = t.hold ? `${shown} (held: ${t.hold})` : shown;
+  return el("span", { class: `badge s-${t.status}${t.hold ? " held" : ""}`, "data-status": t.status, "data-planning": t.planning ? "yes" : null }, label);
 }
 
 function matchesFilter(t) {

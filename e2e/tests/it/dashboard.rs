@@ -944,3 +944,98 @@ async fn a_viewer_and_an_operator_side_by_side() {
     operator.close().await.unwrap();
     c.stop().await;
 }
+
+/// The plan gate in the browser: a task whose plan run is on a runner reads as planning; once
+/// its plan waits, the task panel shows it (hostile text inert) and an operator approves it,
+/// after which the task is queued for its implementation run with the plan approved.
+#[tokio::test]
+async fn a_plan_shows_while_it_is_made_and_is_approved_from_the_task_panel() {
+    use controller::store::completion::{Completion, Outcome};
+    use controller::store::plans::PlanReport;
+    use controller::store::repos::RepoSettings;
+    use controller::store::tasks::RetryPolicy;
+    if skip() {
+        return;
+    }
+    let c = TestController::start(Options {
+        lease: Duration::from_secs(600),
+        ..Options::default()
+    })
+    .await;
+    let store = c.store.clone();
+    let password = controller::http::bootstrap_admin(&store, "root")
+        .await
+        .unwrap();
+    let repo = c.repo("acme/gated").await;
+    store
+        .update_repo(
+            repo.id,
+            &RepoSettings {
+                plan_gate: Some(true),
+                ..RepoSettings::default()
+            },
+        )
+        .await
+        .unwrap();
+    let task = api_task(&store, repo.id, "Fix the total", "body").await;
+    wait_task(&store, task, "triaged", |t| t.status == Status::Queued).await;
+    let runner = store.register_runner("planner", &[], 4).await.unwrap().id;
+    let lease = claim(&store, runner).await;
+    assert_eq!(lease.task_id, task);
+    let (b, _driver, _profile) = browser().await;
+    let base = format!("http://{}", c.http);
+    login(&b, &base, "root", &password).await;
+    let row = format!("#tasks tr[data-id=\"{task}\"]");
+    wait_for(&b, &format!("{row} td.status span[data-planning=\"yes\"]")).await;
+    wait_text(&b, &format!("{row} td.status"), "planning").await;
+    screenshot(&b, "dash-plan-01-planning").await;
+
+    let plan = serde_json::json!({
+        "files": ["src/total.py"],
+        "approach": format!("Round once. {HOSTILE}"),
+        "risks": ["rounding"],
+        "tests": ["test_total"],
+    });
+    let mut done = Completion::new(Outcome::Succeeded);
+    done.plan = Some(PlanReport {
+        plan_json: plan.to_string(),
+        blast_radius: Some(1),
+        blast_text: String::new(),
+        discarded: Vec::new(),
+    });
+    store
+        .complete(&lease, &done, &RetryPolicy::default())
+        .await
+        .unwrap();
+    wait_status(&b, task, "plan_hold").await;
+    assert!(
+        b.find_all(Locator::Css(&format!(
+            "{row} td.status span[data-planning]"
+        )))
+        .await
+        .unwrap()
+        .is_empty(),
+        "waiting with its plan, it no longer reads as planning"
+    );
+    click_fresh(&b, &row).await;
+    wait_text(&b, "#detail-plan-text", "Round once.").await;
+    nothing_ran(&b).await;
+    screenshot(&b, "dash-plan-02-waiting").await;
+    click_fresh(&b, "#plan-approve").await;
+    let t = wait_task(&store, task, "the plan approved", |t| {
+        t.status == Status::Queued
+    })
+    .await;
+    assert_eq!(
+        store.plan(task).await.unwrap().map(|p| p.state),
+        Some("approved".to_owned())
+    );
+    assert!(!t.planning());
+    let audit = store.audit_log(20, None).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "plan_approve" && a.actor.contains("root")),
+        "{audit:?}"
+    );
+}
