@@ -153,6 +153,29 @@ async fn reasons(store: &Store, id: i64) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// A task of its own issue whose run delivers two commits (`first`, then `second`, each adding
+/// one file), up to a stored result.
+async fn two_commit_task(env: &Env, title: &str, first: &str, second: &str) -> Task {
+    let n = env.sim.create_issue(REPO, title, "", "alice", &[]) as i64;
+    let mut t = NewTask::for_issue(env.repo.id, n, title, "two commits");
+    t.created_by = "test".into();
+    let t = env.store.create_task(&t).await.unwrap();
+    env.store
+        .triage(t.id, &Triage::default(), &crate::note("triaged"))
+        .await
+        .unwrap();
+    crate::forge::run_attempt_commits_in(
+        env,
+        REPO,
+        t.id,
+        &[
+            &[(first, "pub fn one() {}\n")],
+            &[(second, "pub fn two() {}\n")],
+        ],
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn five_changes_to_one_file_merge_one_at_a_time_and_a_true_conflict_goes_back_to_its_agent() {
     let env = env().await;
@@ -425,26 +448,10 @@ async fn a_repository_that_merges_by_rebase_gets_its_branches_rebased_and_main_s
     let asked = recorded_ci(&env);
     let start = env.sim.branch_head(REPO, "main").unwrap();
     let p = pipeline(&env, vec![]);
-    let a = task_with(&env, "Change a", &[("src/a.rs", "pub fn a() {}\n")]).await;
-    // The second delivers two commits: a rebase replays both, in order, keeping each message.
-    let n = env.sim.create_issue(REPO, "Change b", "", "alice", &[]) as i64;
-    let mut t = NewTask::for_issue(env.repo.id, n, "Change b", "two commits");
-    t.created_by = "test".into();
-    let b = env.store.create_task(&t).await.unwrap();
-    env.store
-        .triage(b.id, &Triage::default(), &crate::note("triaged"))
-        .await
-        .unwrap();
-    let b = crate::forge::run_attempt_commits_in(
-        &env,
-        REPO,
-        b.id,
-        &[
-            &[("src/b.rs", "pub fn b() {}\n")],
-            &[("src/b2.rs", "pub fn b2() {}\n")],
-        ],
-    )
-    .await;
+    // Each delivers two commits: whichever is rebased gets both replayed, in order, each keeping
+    // its message.
+    let a = two_commit_task(&env, "Change a", "src/a.rs", "src/a2.rs").await;
+    let b = two_commit_task(&env, "Change b", "src/b.rs", "src/b2.rs").await;
     let ids = [a.id, b.id];
     until(
         &env,
@@ -460,7 +467,7 @@ async fn a_repository_that_merges_by_rebase_gets_its_branches_rebased_and_main_s
         &["rev-list", "--merges", &format!("{start}..refs/heads/main")],
     );
     assert!(merges.is_empty(), "no merge commit on main: {merges}");
-    for file in ["src/a.rs", "src/b.rs"] {
+    for file in ["src/a.rs", "src/a2.rs", "src/b.rs", "src/b2.rs"] {
         git(
             &dir,
             &["cat-file", "-e", &format!("refs/heads/main:{file}")],
@@ -483,7 +490,7 @@ async fn a_repository_that_merges_by_rebase_gets_its_branches_rebased_and_main_s
         "one branch brought up to date: {rebased:?}"
     );
     let head = &rebased[0];
-    // Both of the second branch's commits, one after the other on main as the first merge left
+    // Both of the second in line's commits, one after the other on main as the first merge left
     // it, each with its own message and one parent.
     let messages = git(&dir, &["log", "--format=%s", "-n", "2", head]);
     assert_eq!(
