@@ -343,11 +343,6 @@ impl Pusher {
             return Ok(BranchUpdate::Conflict(conflicts(&dir, &out).await));
         }
         let tree = out.lines().next().unwrap_or_default().to_owned();
-        let message = if linear {
-            rebased_message(&dir, &head, &base, default_branch).await?
-        } else {
-            format!("Merge {default_branch} into {branch}")
-        };
         // Dated by its parents, not the clock: two replicas (or a queue head and the refresh
         // after a sibling's merge) that update the same branch at once make the same commit,
         // and the second push changes nothing.
@@ -368,23 +363,25 @@ impl Pusher {
             // The branch's own commits made again one by one on the default branch's head; when
             // that cannot be done, the combined tree on the head alone: the branch's change as
             // one commit, as a rebase and squash would leave it.
-            if let Some(commit) = replay(&dir, &head_sha, &base, &when).await? {
-                return Ok(BranchUpdate::Made {
-                    commit,
-                    replaces: Some(head_sha),
-                });
-            }
-            let commit = git_as_bot_at(
-                &dir,
-                &["commit-tree", &tree, "-p", &base, "-m", &message],
-                Some(&when),
-            )
-            .await?;
+            let fork = git(&dir, &["merge-base", &head, &base], None, "merge-base").await?;
+            let commit = match replay(&dir, &fork, &head_sha, &base, &when).await? {
+                Some(commit) => commit,
+                None => {
+                    let message = squashed_message(&dir, &fork, &head, default_branch).await?;
+                    git_as_bot_at(
+                        &dir,
+                        &["commit-tree", &tree, "-p", &base, "-m", &message],
+                        Some(&when),
+                    )
+                    .await?
+                }
+            };
             return Ok(BranchUpdate::Made {
                 commit,
                 replaces: Some(head_sha),
             });
         }
+        let message = format!("Merge {default_branch} into {branch}");
         let commit = git_as_bot_at(
             &dir,
             &[
@@ -454,16 +451,26 @@ impl Pusher {
 
 /// Most commits a rebase replays one by one; a longer branch is made again as one commit.
 const MAX_REPLAYED: usize = 50;
+/// Longest commit message a rebase replays, bytes (a message is one argument of `git
+/// commit-tree`, which the kernel caps at 128 KiB); a branch with a longer one is made again as
+/// one commit.
+const MAX_REPLAYED_MESSAGE: usize = 64 * 1024;
 
-/// The task branch's own commits (since it left `base`'s history) made again one by one, in
-/// order, on `base`'s head — a rebase without a work tree: each commit's change is merged onto
-/// the new parent with `git merge-tree --merge-base <its parent>` —, each keeping its author, date
-/// and message, committed by the bot at `when` so that two replicas replaying the same branch
-/// make the same commits. Returns the new head, or `None` when the branch has a merge commit,
-/// more than [`MAX_REPLAYED`] commits, or a commit that does not apply on its own (the change as
-/// a whole does; it is then made as one commit).
-async fn replay(dir: &Path, head: &str, base: &str, when: &str) -> Result<Option<String>> {
-    let fork = git(dir, &["merge-base", head, base], None, "merge-base").await?;
+/// The task branch's own commits (those after `fork`, where it left the default branch's
+/// history) made again one by one, in order, on `base`'s head — a rebase without a work tree:
+/// each commit's change is merged onto the new parent with `git merge-tree --merge-base <its
+/// parent>` —, each keeping its author, date and message, committed by the bot at `when` so that
+/// two replicas replaying the same branch make the same commits. Returns the new head, or `None`
+/// when the branch has a merge commit, more than [`MAX_REPLAYED`] commits, a message over
+/// [`MAX_REPLAYED_MESSAGE`], or a commit that does not apply on its own (the change as a whole
+/// does): it is then made as one commit.
+async fn replay(
+    dir: &Path,
+    fork: &str,
+    head: &str,
+    base: &str,
+    when: &str,
+) -> Result<Option<String>> {
     let range = format!("{fork}..{head}");
     let merges = git(
         dir,
@@ -516,48 +523,35 @@ async fn replay(dir: &Path, head: &str, base: &str, when: &str) -> Result<Option
         )
         .await?;
         let mut fields = meta.splitn(4, '\0');
-        let (name, email, date) = (
-            fields.next().unwrap_or_default(),
-            fields.next().unwrap_or_default(),
-            fields.next().unwrap_or_default(),
-        );
-        let message = match fields.next().map(str::trim) {
-            Some(m) if !m.is_empty() => m.to_owned(),
-            _ => "(no message)".to_owned(),
+        let author = Author {
+            name: fields.next().unwrap_or_default(),
+            email: fields.next().unwrap_or_default(),
+            date: fields.next().unwrap_or_default(),
         };
-        let out = xcmd::Cmd::new("git", dir)
-            .args(["commit-tree", &tree, "-p", &parent, "-m", &message])
-            .env("GIT_AUTHOR_NAME", name)
-            .env("GIT_AUTHOR_EMAIL", email)
-            .env("GIT_AUTHOR_DATE", date)
-            .env("GIT_COMMITTER_NAME", "backporcher")
-            .env("GIT_COMMITTER_EMAIL", "backporcher@localhost")
-            .env("GIT_COMMITTER_DATE", when)
-            .to_tokio()
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|e| git_err("commit-tree", e))?;
-        if !out.status.success() {
-            return Err(git_err(
-                "commit-tree",
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            ));
-        }
-        parent = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let message = match fields.next().map(str::trim) {
+            Some(m) if m.len() > MAX_REPLAYED_MESSAGE => return Ok(None),
+            Some(m) if !m.is_empty() => m,
+            _ => "(no message)",
+        };
+        parent = git_committing(
+            dir,
+            &["commit-tree", &tree, "-p", &parent, "-m", message],
+            Some(&author),
+            Some(when),
+        )
+        .await?;
     }
     Ok(Some(parent))
 }
 
-/// The message of a rebased task branch: its own commits' messages since it left the default
-/// branch (merge commits left out), oldest first, at most 8 KiB.
-async fn rebased_message(
+/// The message of a task branch made again as one commit: its own commits' messages since it
+/// left the default branch at `fork` (merge commits left out), oldest first, at most 8 KiB.
+async fn squashed_message(
     dir: &Path,
+    fork: &str,
     head: &str,
-    base: &str,
     default_branch: &str,
 ) -> Result<String> {
-    let fork = git(dir, &["merge-base", head, base], None, "merge-base").await?;
     let log = git(
         dir,
         &[
@@ -713,15 +707,46 @@ pub(super) async fn git_as_bot(dir: &Path, args: &[&str]) -> Result<String> {
 
 /// [`git_as_bot`] with the author and committer date set (`@<seconds> <zone>`).
 async fn git_as_bot_at(dir: &Path, args: &[&str], date: Option<&str>) -> Result<String> {
+    git_committing(dir, args, None, date).await
+}
+
+/// The author a replayed commit keeps: name, email and date (`--date=raw`).
+struct Author<'a> {
+    name: &'a str,
+    email: &'a str,
+    date: &'a str,
+}
+
+/// Runs a git command that makes a commit, committed by the bot (at `date` when given) and
+/// authored by `author`, or by the bot too.
+async fn git_committing(
+    dir: &Path,
+    args: &[&str],
+    author: Option<&Author<'_>>,
+    date: Option<&str>,
+) -> Result<String> {
     let mut cmd = xcmd::Cmd::new("git", dir)
         .args(args)
-        .env("GIT_AUTHOR_NAME", "backporcher")
-        .env("GIT_AUTHOR_EMAIL", "backporcher@localhost")
         .env("GIT_COMMITTER_NAME", "backporcher")
         .env("GIT_COMMITTER_EMAIL", "backporcher@localhost");
     if let Some(d) = date {
-        cmd = cmd.env("GIT_AUTHOR_DATE", d).env("GIT_COMMITTER_DATE", d);
+        cmd = cmd.env("GIT_COMMITTER_DATE", d);
     }
+    cmd = match author {
+        Some(a) => cmd
+            .env("GIT_AUTHOR_NAME", a.name)
+            .env("GIT_AUTHOR_EMAIL", a.email)
+            .env("GIT_AUTHOR_DATE", a.date),
+        None => {
+            let cmd = cmd
+                .env("GIT_AUTHOR_NAME", "backporcher")
+                .env("GIT_AUTHOR_EMAIL", "backporcher@localhost");
+            match date {
+                Some(d) => cmd.env("GIT_AUTHOR_DATE", d),
+                None => cmd,
+            }
+        }
+    };
     let out = cmd
         .to_tokio()
         .stdin(std::process::Stdio::null())
@@ -991,7 +1016,8 @@ mod replay_tests {
         run(dir, &["checkout", "--quiet", "main"]);
         let main = commit(dir, "b.txt", "b\n", "main moved");
         let when = "@1700000000 +0000";
-        let new = replay(dir, &head, "main", when)
+        let fork = run(dir, &["merge-base", &head, "main"]);
+        let new = replay(dir, &fork, &head, "main", when)
             .await
             .unwrap()
             .expect("replayed");
@@ -1002,14 +1028,21 @@ mod replay_tests {
         );
         assert_eq!(run(dir, &["show", &format!("{new}:a.txt")]), "1\nx\ny");
         assert_eq!(run(dir, &["show", &format!("{new}:b.txt")]), "b");
-        let again = replay(dir, &head, "main", when).await.unwrap();
+        let again = replay(dir, &fork, &head, "main", when).await.unwrap();
         assert_eq!(again.as_deref(), Some(new.as_str()));
     }
 
-    /// A commit that does not apply on its own (the branch as a whole does), or a merge commit
-    /// in the branch: no replay — the caller makes the change as one commit.
+    /// [`replay`] of `head` onto `main`, from where they forked.
+    async fn replayed(dir: &Path, head: &str) -> Option<String> {
+        let fork = run(dir, &["merge-base", head, "main"]);
+        replay(dir, &fork, head, "main", "@1 +0000").await.unwrap()
+    }
+
+    /// A commit that does not apply on its own (the branch as a whole does), a merge commit in
+    /// the branch, or a message too long for one argument of `git commit-tree`: no replay — the
+    /// caller makes the change as one commit.
     #[tokio::test]
-    async fn a_step_that_does_not_apply_alone_or_a_merge_means_one_commit() {
+    async fn a_step_that_does_not_apply_alone_a_merge_or_a_huge_message_means_one_commit() {
         let d = repo();
         let dir = d.path();
         run(dir, &["checkout", "--quiet", "-b", "task"]);
@@ -1017,7 +1050,7 @@ mod replay_tests {
         let head = commit(dir, "a.txt", "1\n", "changes it back");
         run(dir, &["checkout", "--quiet", "main"]);
         commit(dir, "a.txt", "2\n", "main changes the line too");
-        assert_eq!(replay(dir, &head, "main", "@1 +0000").await.unwrap(), None);
+        assert_eq!(replayed(dir, &head).await, None);
 
         run(dir, &["checkout", "--quiet", "-b", "merged", "main~1"]);
         commit(dir, "c.txt", "c\n", "own change");
@@ -1025,6 +1058,21 @@ mod replay_tests {
         let head = run(dir, &["rev-parse", "HEAD"]);
         run(dir, &["checkout", "--quiet", "main"]);
         commit(dir, "d.txt", "d\n", "main again");
-        assert_eq!(replay(dir, &head, "main", "@1 +0000").await.unwrap(), None);
+        assert_eq!(replayed(dir, &head).await, None);
+
+        run(dir, &["checkout", "--quiet", "-b", "wordy", "main~1"]);
+        let long = "x".repeat(MAX_REPLAYED_MESSAGE + 1);
+        let head = commit(dir, "e.txt", "e\n", &long);
+        run(dir, &["checkout", "--quiet", "main"]);
+        commit(dir, "f.txt", "f\n", "main once more");
+        assert_eq!(replayed(dir, &head).await, None);
+        // The same branch with a message within the bound is replayed.
+        run(
+            dir,
+            &["checkout", "--quiet", "-b", "short", &format!("{head}^")],
+        );
+        let head = commit(dir, "e.txt", "e\n", "within the bound");
+        run(dir, &["checkout", "--quiet", "main"]);
+        assert!(replayed(dir, &head).await.is_some());
     }
 }
