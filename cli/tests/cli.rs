@@ -36,32 +36,14 @@ fn backporcher(config: &Path, args: &[&str], stdin: Option<&str>) -> (i32, Strin
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_drives_a_live_controller() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let db = pgembed::testing::cluster()
-        .await
-        .fresh_database(&controller::store::MIGRATOR)
-        .await
-        .unwrap();
-    let store = controller::store::Store::connect(&db.url, 4).await.unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", http.local_addr().unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let server = controller::server::start(
-        Config {
-            database_url: Some(db.url.clone()),
-            data_dir: dir.path().join("controller"),
-            ..Config::default()
-        },
-        controller::server::Listeners { http, grpc },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let password = controller::http::bootstrap_admin(&store, "root")
-        .await
-        .unwrap();
+    let Served {
+        store,
+        url,
+        dir,
+        shutdown,
+        server,
+        password,
+    } = Served::start().await;
     let admin_cfg = dir.path().join("admin.toml");
     let cfg = admin_cfg.clone();
     let u = url.clone();
@@ -602,23 +584,18 @@ async fn the_cli_drives_a_live_controller() {
     assert!(err.contains("cannot reach the controller"), "{err}");
 }
 
-/// A controller serving on its own database with an admin (`root`, `password`) and one task of
-/// `repo` leased to a runner: what the tests of commands that read a task's run start from.
-struct Leased {
+/// A controller serving on its own database with an admin (`root`, `password`).
+struct Served {
     store: controller::store::Store,
     url: String,
     dir: tempfile::TempDir,
     shutdown: CancellationToken,
     server: controller::server::Running,
     password: String,
-    repo: controller::store::repos::Repo,
-    task: controller::store::Task,
-    lease: controller::store::claims::LeaseRef,
 }
 
-impl Leased {
-    async fn start(repo: &str, title: &str) -> Self {
-        use controller::store::claims::{ClaimRequest, LeaseRef};
+impl Served {
+    async fn start() -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let db = pgembed::testing::cluster()
             .await
@@ -645,6 +622,31 @@ impl Leased {
         let password = controller::http::bootstrap_admin(&store, "root")
             .await
             .unwrap();
+        Self {
+            store,
+            url,
+            dir,
+            shutdown,
+            server,
+            password,
+        }
+    }
+}
+
+/// [`Served`] with one task of `repo` leased to a runner: what the tests of commands that read
+/// a task's run start from.
+struct Leased {
+    served: Served,
+    repo: controller::store::repos::Repo,
+    task: controller::store::Task,
+    lease: controller::store::claims::LeaseRef,
+}
+
+impl Leased {
+    async fn start(repo: &str, title: &str) -> Self {
+        use controller::store::claims::{ClaimRequest, LeaseRef};
+        let served = Served::start().await;
+        let store = &served.store;
         let repo = store
             .add_repo(&controller::store::repos::NewRepo {
                 name: repo.into(),
@@ -677,12 +679,7 @@ impl Leased {
             .unwrap();
         let lease = LeaseRef::of(&claimed).unwrap();
         Self {
-            store,
-            url,
-            dir,
-            shutdown,
-            server,
-            password,
+            served,
             repo,
             task,
             lease,
@@ -694,12 +691,15 @@ impl Leased {
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_prints_every_page_of_a_long_log() {
     let Leased {
-        store,
-        url,
-        dir,
-        shutdown,
-        server,
-        password,
+        served:
+            Served {
+                store,
+                url,
+                dir,
+                shutdown,
+                server,
+                password,
+            },
         repo: _,
         task,
         lease,
@@ -746,12 +746,15 @@ async fn logs_prints_every_page_of_a_long_log() {
 #[tokio::test(flavor = "multi_thread")]
 async fn evidence_verifies_and_tampering_is_named() {
     let Leased {
-        store,
-        url,
-        dir,
-        shutdown,
-        server,
-        password,
+        served:
+            Served {
+                store,
+                url,
+                dir,
+                shutdown,
+                server,
+                password,
+            },
         repo,
         task,
         lease,

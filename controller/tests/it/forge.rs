@@ -150,6 +150,15 @@ pub(crate) fn make_bundle_commits_in(
 
 /// A task for issue `number`, run by a runner up to a stored result (status `pushing`).
 pub(crate) async fn task_at_pushing(env: &Env, number: i64, files: &[(&str, &str)]) -> Task {
+    task_at_pushing_commits(env, number, &[files]).await
+}
+
+/// [`task_at_pushing`] delivering a commit for each set of files.
+pub(crate) async fn task_at_pushing_commits(
+    env: &Env,
+    number: i64,
+    commits: &[&[(&str, &str)]],
+) -> Task {
     let mut t = NewTask::for_issue(env.repo.id, number, "Add two", "add fn two");
     t.created_by = "test".into();
     let task = env.store.create_task(&t).await.unwrap();
@@ -157,7 +166,7 @@ pub(crate) async fn task_at_pushing(env: &Env, number: i64, files: &[(&str, &str
         .triage(task.id, &Triage::default(), &crate::note("triaged"))
         .await
         .unwrap();
-    run_attempt(env, task.id, files).await
+    run_attempt_commits_in(env, REPO, task.id, commits).await
 }
 
 /// A runner claims the (queued) task and delivers `files` on its branch from the current main.

@@ -11,10 +11,9 @@ use std::time::Duration;
 use controller::pipeline::Pipeline;
 use controller::store::ops::Actor;
 use controller::store::repos::RepoSettings;
-use controller::store::tasks::{NewTask, Triage};
 use controller::store::{Status, Store, Task};
 
-use crate::forge::{Env, REPO, env, git, pipeline, run_attempt, task_at_pushing};
+use crate::forge::{Env, REPO, env, git, pipeline, run_attempt, task_at_pushing_commits};
 
 const SHARED: &str = "src/shared.rs";
 
@@ -81,8 +80,13 @@ async fn hurry(store: &Store) {
 
 /// A new task for a new issue, carrying `files`, at `pushing`.
 async fn task_with(env: &Env, title: &str, files: &[(&str, &str)]) -> Task {
+    task_with_commits(env, title, &[files]).await
+}
+
+/// [`task_with`] whose run delivers a commit for each set of files.
+async fn task_with_commits(env: &Env, title: &str, commits: &[&[(&str, &str)]]) -> Task {
     let n = env.sim.create_issue(REPO, title, "", "alice", &[]) as i64;
-    task_at_pushing(env, n, files).await
+    task_at_pushing_commits(env, n, commits).await
 }
 
 /// The merge commits on main after `since`, oldest first, each as (first parent: main before
@@ -151,29 +155,6 @@ async fn reasons(store: &Store, id: i64) -> Vec<(String, serde_json::Value)> {
         .into_iter()
         .map(|e| (e.reason, e.data.map(|d| d.0).unwrap_or_default()))
         .collect()
-}
-
-/// A task of its own issue whose run delivers two commits (`first`, then `second`, each adding
-/// one file), up to a stored result.
-async fn two_commit_task(env: &Env, title: &str, first: &str, second: &str) -> Task {
-    let n = env.sim.create_issue(REPO, title, "", "alice", &[]) as i64;
-    let mut t = NewTask::for_issue(env.repo.id, n, title, "two commits");
-    t.created_by = "test".into();
-    let t = env.store.create_task(&t).await.unwrap();
-    env.store
-        .triage(t.id, &Triage::default(), &crate::note("triaged"))
-        .await
-        .unwrap();
-    crate::forge::run_attempt_commits_in(
-        env,
-        REPO,
-        t.id,
-        &[
-            &[(first, "pub fn one() {}\n")],
-            &[(second, "pub fn two() {}\n")],
-        ],
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -450,8 +431,24 @@ async fn a_repository_that_merges_by_rebase_gets_its_branches_rebased_and_main_s
     let p = pipeline(&env, vec![]);
     // Each delivers two commits: whichever is rebased gets both replayed, in order, each keeping
     // its message.
-    let a = two_commit_task(&env, "Change a", "src/a.rs", "src/a2.rs").await;
-    let b = two_commit_task(&env, "Change b", "src/b.rs", "src/b2.rs").await;
+    let a = task_with_commits(
+        &env,
+        "Change a",
+        &[
+            &[("src/a.rs", "pub fn a() {}\n")],
+            &[("src/a2.rs", "pub fn a2() {}\n")],
+        ],
+    )
+    .await;
+    let b = task_with_commits(
+        &env,
+        "Change b",
+        &[
+            &[("src/b.rs", "pub fn b() {}\n")],
+            &[("src/b2.rs", "pub fn b2() {}\n")],
+        ],
+    )
+    .await;
     let ids = [a.id, b.id];
     until(
         &env,

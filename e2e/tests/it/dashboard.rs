@@ -232,26 +232,54 @@ fn session(hostile: &str) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// A controller (leases of 10 minutes) with repository `repo`, and a browser logged in to its
+/// dashboard as the admin `root`.
+struct AdminPage {
+    c: TestController,
+    repo: controller::store::repos::Repo,
+    b: Client,
+    _driver: tokio::process::Child,
+    _profile: tempfile::TempDir,
+}
+
+impl AdminPage {
+    async fn open(repo: &str) -> Self {
+        let c = TestController::start(Options {
+            lease: Duration::from_secs(600),
+            ..Options::default()
+        })
+        .await;
+        let password = controller::http::bootstrap_admin(&c.store, "root")
+            .await
+            .unwrap();
+        let repo = c.repo(repo).await;
+        let (b, _driver, _profile) = browser().await;
+        login(&b, &format!("http://{}", c.http), "root", &password).await;
+        Self {
+            c,
+            repo,
+            b,
+            _driver,
+            _profile,
+        }
+    }
+}
+
 #[tokio::test]
 async fn every_control_and_view_of_the_dashboard_in_chromium() {
     if skip() {
         return;
     }
-    let c = TestController::start(Options {
-        lease: Duration::from_secs(600),
-        ..Options::default()
-    })
-    .await;
+    let AdminPage {
+        c,
+        repo,
+        b,
+        _driver,
+        _profile,
+    } = AdminPage::open("acme/web").await;
     let store = c.store.clone();
-    let password = controller::http::bootstrap_admin(&store, "root")
-        .await
-        .unwrap();
-    let repo = c.repo("acme/web").await;
-    let (b, _driver, _profile) = browser().await;
     // A laptop's width first; a phone's at the end.
     b.set_window_size(1280, 800).await.unwrap();
-    let base = format!("http://{}", c.http);
-    login(&b, &base, "root", &password).await;
 
     // A new task from the form, with hostile text in its title and prompt.
     click_fresh(&b, "#new-task-open").await;
@@ -957,16 +985,14 @@ async fn a_plan_shows_while_it_is_made_and_is_approved_from_the_task_panel() {
     if skip() {
         return;
     }
-    let c = TestController::start(Options {
-        lease: Duration::from_secs(600),
-        ..Options::default()
-    })
-    .await;
+    let AdminPage {
+        c,
+        repo,
+        b,
+        _driver,
+        _profile,
+    } = AdminPage::open("acme/gated").await;
     let store = c.store.clone();
-    let password = controller::http::bootstrap_admin(&store, "root")
-        .await
-        .unwrap();
-    let repo = c.repo("acme/gated").await;
     store
         .update_repo(
             repo.id,
@@ -982,9 +1008,6 @@ async fn a_plan_shows_while_it_is_made_and_is_approved_from_the_task_panel() {
     let runner = store.register_runner("planner", &[], 4).await.unwrap().id;
     let lease = claim(&store, runner).await;
     assert_eq!(lease.task_id, task);
-    let (b, _driver, _profile) = browser().await;
-    let base = format!("http://{}", c.http);
-    login(&b, &base, "root", &password).await;
     let row = format!("#tasks tr[data-id=\"{task}\"]");
     wait_for(&b, &format!("{row} td.status span[data-planning=\"yes\"]")).await;
     wait_text(&b, &format!("{row} td.status"), "planning").await;
@@ -1038,4 +1061,6 @@ async fn a_plan_shows_while_it_is_made_and_is_approved_from_the_task_panel() {
             .any(|a| a.action == "plan_approve" && a.actor.contains("root")),
         "{audit:?}"
     );
+    b.close().await.unwrap();
+    c.stop().await;
 }
