@@ -259,6 +259,21 @@ const CLAIM_ALL_SQL: &str = claim_sql!("", "tasks t");
 const NEXT_LEASE_EXPIRY_SQL: &str = "SELECT EXTRACT(EPOCH FROM (min(lease_expires_at) - now()))::float8 \
      FROM tasks WHERE status IN ('leased', 'running', 'verifying')";
 
+/// Fails tasks past their deadline ([`Store::fail_past_deadline`]). Binds: $1 the statuses a
+/// deadline ends, $2 limit. The terminal statuses are also written out as the partial index on
+/// live tasks (`tasks_live`) says them (checked by a test), so a history of ended tasks is not read.
+const DEADLINE_SQL: &str = "UPDATE tasks SET status = 'failed', terminal_reason = 'timed_out', \
+               error = format('the task was still under way %s after its first lease (its deadline, \
+settings.task_deadline_secs, over %s attempts); split the issue or raise the deadline, then requeue it', \
+                 justify_interval(make_interval(secs => (SELECT task_deadline_secs FROM settings))), attempt), \
+               lease_token = NULL, lease_expires_at = NULL, \
+               ev_seq = ev_seq + 1, ev_actor = 'system', ev_reason = 'deadline', ev_data = NULL \
+             WHERE id IN (SELECT id FROM tasks WHERE status NOT IN ('merged', 'failed', 'canceled', 'finished') \
+               AND status = ANY($1) AND started_at IS NOT NULL AND parent_id IS NULL \
+               AND started_at < now() - make_interval(secs => (SELECT task_deadline_secs FROM settings)) \
+               AND (hold_kind IS NULL OR hold_kind NOT IN ('user', 'dispatch_approval', 'budget')) \
+               LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id";
+
 /// The claim statement's row: the candidate it locked, and the task if the claim won a slot.
 struct ClaimRow {
     candidate: TaskId,
@@ -493,38 +508,24 @@ impl Store {
     /// best-of-N candidate goes by its task's deadline: the task ending stops it)
     /// (`timed_out`, saying so), whatever they are doing — except waiting for a person (approval,
     /// a user's hold, a dispatch approval) or for the day's budget. A runner working on one learns
-    /// at its next heartbeat that the lease is gone and stops. Returns the tasks failed. The
-    /// live statuses are also written out as the partial index on live tasks (`tasks_live`) says
-    /// them, so a history of ended tasks is not read.
+    /// at its next heartbeat that the lease is gone and stops. Returns the tasks failed.
     pub async fn fail_past_deadline(&self, limit: i64) -> Result<Vec<TaskId>> {
-        Ok(sqlx::query_scalar(
-            "UPDATE tasks SET status = 'failed', terminal_reason = 'timed_out', \
-               error = format('the task was still under way %s after its first lease (its deadline, \
-settings.task_deadline_secs, over %s attempts); split the issue or raise the deadline, then requeue it', \
-                 justify_interval(make_interval(secs => (SELECT task_deadline_secs FROM settings))), attempt), \
-               lease_token = NULL, lease_expires_at = NULL, \
-               ev_seq = ev_seq + 1, ev_actor = 'system', ev_reason = 'deadline', ev_data = NULL \
-             WHERE id IN (SELECT id FROM tasks WHERE status NOT IN ('merged', 'failed', 'canceled', 'finished') \
-               AND status = ANY($1) AND started_at IS NOT NULL AND parent_id IS NULL \
-               AND started_at < now() - make_interval(secs => (SELECT task_deadline_secs FROM settings)) \
-               AND (hold_kind IS NULL OR hold_kind NOT IN ('user', 'dispatch_approval', 'budget')) \
-               LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
-        )
-        .bind(status_texts(&[
-            Status::Queued,
-            Status::Leased,
-            Status::Running,
-            Status::Verifying,
-            Status::Candidates,
-            Status::Pushing,
-            Status::PrOpen,
-            Status::Reviewing,
-            Status::CiWait,
-            Status::Merging,
-        ]))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(DEADLINE_SQL)
+            .bind(status_texts(&[
+                Status::Queued,
+                Status::Leased,
+                Status::Running,
+                Status::Verifying,
+                Status::Candidates,
+                Status::Pushing,
+                Status::PrOpen,
+                Status::Reviewing,
+                Status::CiWait,
+                Status::Merging,
+            ]))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Sets the deadline of every task, counted from its first lease.
@@ -677,6 +678,12 @@ mod tests {
             assert!(sql.contains(&format!("status IN {}", sql_list(Status::ACTIVE))));
             assert!(!sql.contains("ANY("), "{sql}");
         }
+        let live = include_str!("../../../migrations/0032_best_of.sql");
+        let terminal = format!("status NOT IN {}", sql_list(Status::TERMINAL));
+        assert!(live.contains(&format!(
+            "CREATE INDEX tasks_live ON tasks (repo_id) WHERE {terminal};"
+        )));
+        assert!(DEADLINE_SQL.contains(&terminal), "{DEADLINE_SQL}");
         let schema = include_str!("../../../migrations/0001_store.sql");
         for index in ["tasks_runner ON tasks (runner_id)", "tasks_live_leases"] {
             let at = schema.find(index).expect("the index exists");
