@@ -594,6 +594,7 @@ pub struct Task {
     #[serde(default)]
     pub candidate: Option<i32>,
     /// Plan gate: a runner is making the task's plan now (a read-only plan run, not the change).
+    #[serde(default)]
     pub planning: bool,
 }
 

@@ -489,8 +489,7 @@ pub struct Task {
     /// For a candidate: its place among its siblings (1..N).
     pub candidate: Option<i32>,
     /// Plan gate: the attempt that is (or was) a read-only plan run, as the claim decided it
-    /// (`None` when no attempt was); a query that does not read it leaves it `None`.
-    #[sqlx(default)]
+    /// (`None` when no attempt was).
     pub plan_attempt: Option<i32>,
 }
 
