@@ -1039,10 +1039,11 @@ mod replay_tests {
     }
 
     /// A commit that does not apply on its own (the branch as a whole does), a merge commit in
-    /// the branch, or a message too long for one argument of `git commit-tree`: no replay — the
-    /// caller makes the change as one commit.
+    /// the branch, a message too long for one argument of `git commit-tree`, or more commits
+    /// than [`MAX_REPLAYED`]: no replay — the caller makes the change as one commit.
     #[tokio::test]
-    async fn a_step_that_does_not_apply_alone_a_merge_or_a_huge_message_means_one_commit() {
+    async fn a_step_that_does_not_apply_alone_a_merge_a_huge_message_or_too_many_commits_mean_one_commit()
+     {
         let d = repo();
         let dir = d.path();
         run(dir, &["checkout", "--quiet", "-b", "task"]);
@@ -1062,14 +1063,22 @@ mod replay_tests {
 
         run(dir, &["checkout", "--quiet", "-b", "wordy", "main~1"]);
         let long = "x".repeat(MAX_REPLAYED_MESSAGE + 1);
-        let head = commit(dir, "e.txt", "e\n", &long);
+        let wordy = commit(dir, "e.txt", "e\n", &long);
         run(dir, &["checkout", "--quiet", "main"]);
         commit(dir, "f.txt", "f\n", "main once more");
+        assert_eq!(replayed(dir, &wordy).await, None);
+        // More commits than a replay takes.
+        run(dir, &["checkout", "--quiet", "-b", "long", "main~1"]);
+        let mut head = String::new();
+        for i in 0..=MAX_REPLAYED {
+            head = commit(dir, "g.txt", &format!("{i}\n"), &format!("step {i}"));
+        }
+        run(dir, &["checkout", "--quiet", "main"]);
         assert_eq!(replayed(dir, &head).await, None);
         // The same branch with a message within the bound is replayed.
         run(
             dir,
-            &["checkout", "--quiet", "-b", "short", &format!("{head}^")],
+            &["checkout", "--quiet", "-b", "short", &format!("{wordy}^")],
         );
         let head = commit(dir, "e.txt", "e\n", "within the bound");
         run(dir, &["checkout", "--quiet", "main"]);
