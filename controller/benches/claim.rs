@@ -2,7 +2,8 @@
 //!
 //! For each concurrency level, a fresh database gets `--tasks` queued tasks spread over
 //! `--repos` repositories (with `--durable`, on a server with fsync on); that many claimers (each a runner of its own, as a Tokio task with a pooled connection)
-//! claim until the queue is empty. Prints claims per second and p50/p99/max claim latency as a
+//! claim until the queue is empty. Prints claims per second, p50/p99/max claim latency and how
+//! many claims each statement made (the store gathers the claims that arrive together) as a
 //! Markdown table, and beside it the floor: what PostgreSQL itself does with the bare
 //! `UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED LIMIT 1)` on a queue of the same size,
 //! driven by `pgbench` with as many clients, on the same server in the same run — and our rate as
@@ -69,9 +70,9 @@ async fn main() {
     };
     println!("durable (fsync, synchronous_commit): {}\n", args.durable);
     println!(
-        "| claimers | tasks | repos | claims/s | p50 ms | p99 ms | max ms | floor claims/s | share |"
+        "| claimers | tasks | repos | claims/s | p50 ms | p99 ms | max ms | claims a statement | floor claims/s | share |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &args.claimers {
         let url = match &durable {
             Some(server) => {
@@ -97,6 +98,7 @@ async fn main() {
         };
         let store = Store::connect(&url, (n as u32) + 2).await.expect("connect");
         seed(&store, args.repos, args.tasks).await;
+        let batching = store.claim_batching();
         let start = Instant::now();
         let mut set = tokio::task::JoinSet::new();
         for i in 0..n {
@@ -131,6 +133,9 @@ async fn main() {
             lat.extend(l.expect("claimer"));
         }
         let wall = start.elapsed();
+        let after = store.claim_batching();
+        let per_statement = (after.requests - batching.requests) as f64
+            / (after.statements - batching.statements).max(1) as f64;
         assert_eq!(
             lat.len() as i64,
             args.tasks,
@@ -141,7 +146,7 @@ async fn main() {
         let rate = lat.len() as f64 / wall.as_secs_f64();
         let floor = floor(&store, &url, n, args.tasks).await;
         println!(
-            "| {n} | {} | {} | {rate:.0} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            "| {n} | {} | {} | {rate:.0} | {:.2} | {:.2} | {:.2} | {per_statement:.1} | {} | {} |",
             args.tasks,
             args.repos,
             pct(0.50),

@@ -14,24 +14,21 @@ use super::{Error, Result, Store};
 /// What is left of a daily budget, micro-dollars, for the budget row whose columns are prefixed
 /// by `$p` (`"r."` for a repository, `""` for settings) and whose budget column is `$budget`:
 /// NULL when no daily budget is set. Today's spend counts only if it was counted today (UTC);
-/// grants to running attempts count.
+/// grants to running attempts count. The rule is the SQL function `budget_left_today`
+/// (migration 0041), which the claim uses too.
 macro_rules! left_today {
     ($p:literal, $budget:literal) => {
         concat!(
-            "(CASE WHEN ",
+            "budget_left_today(",
             $p,
             $budget,
-            " IS NULL THEN NULL ELSE ",
+            ", ",
             $p,
-            $budget,
-            " - ",
-            "(CASE WHEN ",
+            "spend_day, ",
             $p,
-            "spend_day = (now() AT TIME ZONE 'UTC')::date THEN ",
+            "day_spent_microusd, ",
             $p,
-            "day_spent_microusd ELSE 0 END) - ",
-            $p,
-            "day_granted_microusd END)"
+            "day_granted_microusd)"
         )
     };
 }
@@ -42,7 +39,6 @@ macro_rules! day_left {
         left_today!($p, "budget_daily_microusd")
     };
 }
-pub(crate) use day_left;
 
 /// [`left_today!`] of the settings row (the fleet's budget).
 macro_rules! fleet_left {
@@ -50,8 +46,6 @@ macro_rules! fleet_left {
         left_today!($p, "budget_global_daily_microusd")
     };
 }
-pub(crate) use fleet_left;
-pub(crate) use left_today;
 
 /// Today's figures of one budget (a repository's or the fleet's), micro-dollars.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]

@@ -3,20 +3,25 @@
 //! period. The lease key — (task, attempt, lease token) and the runner — fences every runner
 //! write ([`crate::store::logs`], [`crate::store::completion`]).
 //!
-//! A claim is one `FOR UPDATE SKIP LOCKED` statement that honours holds, dependencies, the global
-//! pause, runner labels and the per-repo concurrency cap, and orders by priority then age. The cap
+//! A claim honours holds, dependencies, the global pause, runner labels, backends and capacity,
+//! the per-repo concurrency cap and the budgets, and orders by priority then age; candidates are
+//! locked `FOR UPDATE SKIP LOCKED`, so claimers take different tasks instead of waiting. The cap
 //! is exact without a shared counter: a capped repository has one slot row per unit of its cap
-//! (`repo_slots`, migration 0022); a claim takes a free slot with `FOR UPDATE SKIP LOCKED` and the
-//! tasks trigger frees it when the lease ends. A claim locks the repository's row only while the
+//! (`repo_slots`, migration 0022); a claim takes a free slot with `SKIP LOCKED` and the tasks
+//! trigger frees it when the lease ends. A claim locks the repository's row only while the
 //! repository has a daily budget; a change of the cap or the budget is fenced against the claims
 //! of the repository ([`fence_repo_limits`]).
+//!
+//! Claims are made in batches: the claims that arrive while one is under way are made together
+//! by one call of the database function `claim_batch` (migration 0041, where the rules are
+//! written), so that what a claim costs besides its own row — the statement, the round trip, the
+//! commit — is shared ([`Combiner`]). A claim alone is a batch of one.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::budgets::{day_left, fleet_left, left_today};
 use super::lifecycle::{self, RunnerId, Status, Task, TaskId, status_texts};
 use super::{Error, Result, Store};
 
@@ -109,150 +114,46 @@ macro_rules! take_back_sql {
     };
 }
 
-// The claim statement, with `$prelude` (extra CTEs) and `$from` choosing where candidates come from. Binds: $1 runner,
-// $2 runner labels, $3 lease seconds, $4 runner capacity (NULL: unlimited). Its status lists are
-// written out (`Status::UNSUCCESSFUL`, `Status::ACTIVE`, checked by a test) so the planner can use
-// the partial index on active tasks: with a bound array it cannot, and claims run at half speed.
-//
-// Nothing every claim of a repository writes is shared: the candidate is chosen first (the plan
-// that walks the head of the queue) and locked; then `gate` (`repo_claim_gate`, migration 0022)
-// checks that no change of the repository's cap or daily budget is under way and that the ones
-// read are still current, and keeps them so until the claim commits. A capped repository's claim
-// takes a free slot (`FOR UPDATE SKIP LOCKED`: claims of the repository take different slots
-// instead of waiting for each other); the repository's row is locked only while it has a daily
-// budget, the fleet's only while the fleet has one.
-//
-// Money: the claim grants the attempt the least of what is left of the task's budget, of its
-// repository's daily budget and of the fleet's (spend today and grants to running attempts
-// subtracted). The fleet's row is locked before the grant is computed; the repository's is
-// re-checked under its lock, so concurrent claims cannot together grant more than is left. The
-// slot is locked before the repository's budget is written and taken only if the budget allowed
-// it, so a claim that fails takes neither. A claim that lost a race retries with fresh figures.
-macro_rules! claim_sql {
-    ($prelude:literal, $from:literal) => {
-        concat!(
-            "WITH ", $prelude, " cand AS (",
-            "  SELECT t.id, t.repo_id FROM ", $from, " JOIN repos r ON r.id = t.repo_id",
-            "  WHERE t.status = 'queued'",
-            "    AND (t.hold_kind IS NULL OR (t.hold_kind IN ('circuit_breaker', 'reflection') AND t.hold_until <= now()))",
-            "    AND r.enabled AND (r.breaker_until IS NULL OR r.breaker_until <= now())",
-            "    AND (NOT t.labels_required OR t.required_labels <@ $2::text[])",
-            // Every runner has Claude Code; another backend only goes to a runner that offers it.
-            "    AND (t.agent = 'claude' OR EXISTS (SELECT 1 FROM runners WHERE id = $1 AND t.agent = ANY(backends)))",
-            "    AND (r.max_concurrency IS NULL OR EXISTS (SELECT 1 FROM repo_slots s",
-            "         WHERE s.repo_id = r.id AND s.task_id IS NULL AND s.slot <= r.max_concurrency))",
-            "    AND NOT EXISTS (SELECT 1 FROM task_dependencies d JOIN tasks dt ON dt.id = d.depends_on",
-            "                    WHERE d.task_id = t.id AND (dt.status <> 'merged' AND (NOT d.soft OR dt.status NOT IN ('failed', 'canceled'))))",
-            "    AND NOT (SELECT queue_paused FROM settings)",
-            // The runner's registry row, read in the claim itself: a runner disabled or drained
-            // a moment ago claims nothing, whatever its caller remembered of the registry.
-            "    AND (SELECT state FROM runners WHERE id = $1) = 'active'",
-            "    AND ($4::int IS NULL OR (SELECT count(*) FROM tasks h WHERE h.runner_id = $1",
-            "         AND h.status IN ('leased', 'running', 'verifying')) < $4)",
-            "  ORDER BY t.priority, t.created_at, t.id",
-            "  LIMIT 1",
-            "  FOR UPDATE OF t SKIP LOCKED",
-            // The fleet's row, locked only while a fleet budget is set (then claims take turns
-            // on it); read after the candidate is chosen, so the choice keeps its fast plan.
-            "), g AS (SELECT ", fleet_left!(""), " AS left_microusd FROM settings",
-            "  WHERE budget_global_daily_microusd IS NOT NULL FOR UPDATE",
-            "), grant_ AS (",
-            "  SELECT cand.id, cand.repo_id, r.max_concurrency AS cap, r.budget_daily_microusd AS daily,",
-            "    GREATEST(LEAST(",
-            // A candidate's own share of its parent's budget (best-of-N), else the task budget.
-            "      COALESCE(t.budget_task_microusd, r.budget_task_microusd, (SELECT budget_task_microusd FROM settings)) - t.cost_microusd,",
-            "      COALESCE(", day_left!("r."), ", 9223372036854775807),",
-            "      COALESCE((SELECT left_microusd FROM g), 9223372036854775807)), 0) AS amount",
-            "  FROM cand JOIN tasks t ON t.id = cand.id JOIN repos r ON r.id = cand.repo_id",
-            // Budgets are checked here, not in `cand`: an expression over the repository's
-            // budget columns there makes the planner give up the head-of-queue plan (5× slower
-            // claims). A candidate whose repository or fleet has nothing left is not claimed;
-            // the budget-hold sweep takes such tasks off the queue within a sweep.
-            "  WHERE COALESCE((SELECT left_microusd FROM g), 1) > 0",
-            "    AND COALESCE(", day_left!("r."), ", 1) > 0",
-            "), gate AS MATERIALIZED (",
-            "  SELECT grant_.id FROM grant_ WHERE repo_claim_gate(grant_.repo_id, grant_.cap, grant_.daily)",
-            "), free_slot AS MATERIALIZED (",
-            "  SELECT s.repo_id, s.slot FROM grant_ JOIN repo_slots s ON s.repo_id = grant_.repo_id",
-            "  WHERE grant_.cap IS NOT NULL AND EXISTS (SELECT 1 FROM gate)",
-            "    AND s.task_id IS NULL AND s.slot <= grant_.cap",
-            // Holders above the cap (it was lowered while over): no claim until they are gone.
-            "    AND NOT EXISTS (SELECT 1 FROM repo_slots h WHERE h.repo_id = grant_.repo_id AND h.slot > grant_.cap)",
-            "  ORDER BY s.slot LIMIT 1",
-            "  FOR UPDATE OF s SKIP LOCKED",
-            "), budget AS (",
-            "  UPDATE repos r SET",
-            "    day_spent_microusd = CASE WHEN r.spend_day = (now() AT TIME ZONE 'UTC')::date THEN r.day_spent_microusd ELSE 0 END,",
-            "    spend_day = (now() AT TIME ZONE 'UTC')::date,",
-            "    day_granted_microusd = r.day_granted_microusd + grant_.amount",
-            "  FROM grant_",
-            "  WHERE r.id = grant_.repo_id AND grant_.daily IS NOT NULL AND EXISTS (SELECT 1 FROM gate)",
-            "    AND (grant_.cap IS NULL OR EXISTS (SELECT 1 FROM free_slot))",
-            "    AND COALESCE(", day_left!("r."), " >= grant_.amount, false)",
-            "  RETURNING r.id",
-            "), won AS MATERIALIZED (",
-            "  SELECT grant_.id, grant_.amount FROM grant_",
-            "  WHERE EXISTS (SELECT 1 FROM gate)",
-            "    AND (grant_.cap IS NULL OR EXISTS (SELECT 1 FROM free_slot))",
-            "    AND (grant_.daily IS NULL OR EXISTS (SELECT 1 FROM budget))",
-            "), slot AS (",
-            "  UPDATE repo_slots s SET task_id = won.id FROM won, free_slot",
-            "  WHERE s.repo_id = free_slot.repo_id AND s.slot = free_slot.slot",
-            "), fleet AS (",
-            "  UPDATE settings SET day_granted_microusd = day_granted_microusd + won.amount,",
-            "    day_spent_microusd = CASE WHEN spend_day = (now() AT TIME ZONE 'UTC')::date THEN day_spent_microusd ELSE 0 END,",
-            "    spend_day = (now() AT TIME ZONE 'UTC')::date",
-            "  FROM won",
-            "  WHERE budget_global_daily_microusd IS NOT NULL",
-            "), claimed AS (",
-            "  UPDATE tasks t SET status = 'leased', attempt = t.attempt + 1, lease_token = gen_random_uuid(),",
-            "    runner_id = $1, leased_at = now(), lease_expires_at = now() + make_interval(secs => $3),",
-            "    hold_kind = NULL, hold_until = NULL, hold_by = NULL, granted_microusd = won.amount,",
-            "    started_at = COALESCE(t.started_at, now()),",
-            // Plan gate: until its plan is approved, a task of a gated repository is claimed
-            // only for a read-only plan run (candidates run under their parent's approved plan).
-            "    plan_attempt = CASE WHEN t.parent_id IS NULL AND t.plan_state IS DISTINCT FROM 'approved'",
-            "      AND (SELECT pr.plan_gate FROM repos pr WHERE pr.id = t.repo_id) THEN t.attempt + 1 END,",
-            "    ev_seq = t.ev_seq + 1, ev_actor = 'runner:' || $1, ev_reason = 'claimed',",
-            "    ev_data = jsonb_build_object('granted_microusd', won.amount)",
-            "  FROM won",
-            "  WHERE t.id = won.id",
-            "  RETURNING t.*",
-            ")",
-            "SELECT cand.id AS claim_candidate, claimed.*, r.name AS repo_name, r.clone_url AS repo_clone_url,",
-            "  r.default_branch AS repo_default_branch, r.verify_command AS repo_verify_command,",
-            "  r.egress_policy AS repo_egress_policy, grant_.amount AS repo_grant_microusd,",
-            "  r.agent_hooks AS repo_agent_hooks, r.env_image AS repo_env_image, r.env_setup AS repo_env_setup,",
-            // Reproduce-first: `on`, or `bugs` for a task triage called a bug.
-            "  COALESCE(r.reproduce_first = 'on' OR (r.reproduce_first = 'bugs' AND claimed.is_bug IS TRUE), false)",
-            "    AS repo_reproduce_first,",
-            "  COALESCE(claimed.plan_attempt = claimed.attempt, false) AS repo_plan_run,",
-            "  (SELECT p.text FROM task_plans p WHERE p.task_id = COALESCE(claimed.parent_id, claimed.id)",
-            "    AND p.state = 'approved') AS repo_plan,",
-            // What the lease carries besides: the environment's setup secrets and the
-            // repository's last ten learnings (empty when nothing was claimed: `r` is NULL then).
-            "  ARRAY(SELECT s.name FROM repo_secrets s WHERE s.repo_id = r.id ORDER BY s.name) AS repo_secret_names,",
-            "  ARRAY(SELECT s.value FROM repo_secrets s WHERE s.repo_id = r.id ORDER BY s.name) AS repo_secret_values,",
-            "  ARRAY(SELECT format('[%s] %s', l.outcome, l.summary) FROM learnings l WHERE l.repo_id = r.id",
-            "        ORDER BY l.id DESC LIMIT 10) AS repo_learnings",
-            " FROM cand LEFT JOIN claimed ON claimed.id = cand.id LEFT JOIN repos r ON r.id = claimed.repo_id",
-            " LEFT JOIN grant_ ON grant_.id = cand.id"
-        )
-    };
-}
+/// The claim statement: `claim_batch` (migration 0041) makes the claims of a batch, and this
+/// reads what each runner needs of its task's repository beside the task (once per repository
+/// of the batch: its secrets and learnings are the same for each of its tasks). Binds: $1 the runners,
+/// $2 their labels (a JSON array of arrays), $3 their capacities (NULL: no limit), $4 the lease
+/// lengths in seconds, one element per request.
+const CLAIM_SQL: &str = "WITH b AS MATERIALIZED (SELECT * FROM claim_batch($1, $2, $3, $4)), \
+     r AS (SELECT r.id, r.name, r.clone_url, r.default_branch, r.verify_command, r.egress_policy, \
+       r.agent_hooks, r.env_image, r.env_setup, r.reproduce_first, \
+       ARRAY(SELECT s.name FROM repo_secrets s WHERE s.repo_id = r.id ORDER BY s.name) AS secret_names, \
+       ARRAY(SELECT s.value FROM repo_secrets s WHERE s.repo_id = r.id ORDER BY s.name) AS secret_values, \
+       ARRAY(SELECT format('[%s] %s', l.outcome, l.summary) FROM learnings l WHERE l.repo_id = r.id \
+         ORDER BY l.id DESC LIMIT 10) AS learnings \
+       FROM repos r WHERE r.id IN (SELECT (b_task).repo_id FROM b)) \
+     SELECT b.b_req, b.b_lost, (b.b_task).*, r.name AS repo_name, \
+     r.clone_url AS repo_clone_url, r.default_branch AS repo_default_branch, \
+     r.verify_command AS repo_verify_command, r.egress_policy AS repo_egress_policy, \
+     b.b_amount AS repo_grant_microusd, r.agent_hooks AS repo_agent_hooks, \
+     r.env_image AS repo_env_image, r.env_setup AS repo_env_setup, \
+     COALESCE(r.reproduce_first = 'on' OR (r.reproduce_first = 'bugs' AND (b.b_task).is_bug IS TRUE), false) \
+       AS repo_reproduce_first, \
+     COALESCE((b.b_task).plan_attempt = (b.b_task).attempt, false) AS repo_plan_run, \
+     (SELECT p.text FROM task_plans p WHERE p.task_id = COALESCE((b.b_task).parent_id, (b.b_task).id) \
+       AND p.state = 'approved') AS repo_plan, \
+     r.secret_names AS repo_secret_names, r.secret_values AS repo_secret_values, \
+     r.learnings AS repo_learnings \
+     FROM b LEFT JOIN r ON r.id = (b.b_task).repo_id";
 
-/// Claims from the head of the queue: the first 128 queued tasks in claim order,
-/// read from the `(priority, created_at, id)` partial index whatever the planner's statistics say.
-/// This is the fast path; it keeps a claim O(1) in the queue length.
-/// The head is materialised so that no plan, however poor its statistics, re-reads it per row.
-const CLAIM_HEAD_SQL: &str = claim_sql!(
-    "head AS MATERIALIZED (SELECT id FROM tasks WHERE status = 'queued' \
-     ORDER BY priority, created_at, id LIMIT 128),",
-    "head JOIN tasks t ON t.id = head.id"
-);
-/// Claims from the whole queue: used when everything at the head is gated (held, waiting for
-/// dependencies, labels, caps) or locked by other claimers.
-const CLAIM_ALL_SQL: &str = claim_sql!("", "tasks t");
+/// Most claims one statement makes.
+const MAX_BATCH: usize = 32;
+/// Most claim statements this process has under way at once. A second starts only while
+/// [`SECOND_BATCH`] claims are waiting: fewer wait for the first to end and join the next.
+const MAX_RUNNING: usize = 2;
+/// Claims waiting that start a second statement beside the first.
+const SECOND_BATCH: usize = 8;
+/// Times a driver lets the claimers it just answered run before it gathers its next batch.
+const YIELDS: usize = 2;
+/// Times a claim is made again after it lost a race (a slot taken a moment before by another
+/// claimer, a change of its repository's limits under way); then it returns nothing, and the
+/// runner asks again.
+const MAX_TRIES: u32 = 4;
 
 /// Seconds until the next live lease expires, through the partial index on live leases (the
 /// status list written out, as in [`take_back_sql`]).
@@ -274,9 +175,11 @@ settings.task_deadline_secs, over %s attempts); split the issue or raise the dea
                AND (hold_kind IS NULL OR hold_kind NOT IN ('user', 'dispatch_approval', 'budget')) \
                LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id";
 
-/// The claim statement's row: the candidate it locked, and the task if the claim won a slot.
+/// A row of the claim statement: a request of the batch (1-based) and its task if it was
+/// served; `lost` when it lost a race and may try again.
 struct ClaimRow {
-    candidate: TaskId,
+    req: i32,
+    lost: bool,
     task: Option<(Task, ClaimedRepo)>,
 }
 
@@ -368,7 +271,6 @@ impl ClaimedRepo {
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
     fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
         use sqlx::Row;
-        let candidate = row.try_get("claim_candidate")?;
         let won: Option<TaskId> = row.try_get("id")?;
         let task = match won {
             Some(_) => Some((
@@ -377,7 +279,118 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
             )),
             None => None,
         };
-        Ok(Self { candidate, task })
+        Ok(Self {
+            req: row.try_get("b_req")?,
+            lost: row.try_get("b_lost")?,
+            task,
+        })
+    }
+}
+
+/// Gathers the claims that arrive while one is under way, so that one statement makes them
+/// together (each process has one; replicas are kept apart by the rows' locks, as single claims
+/// are). Under light load a claim runs alone at once; under a burst (runners asking for work at
+/// the same time) the claims that waited go together, at most [`MAX_BATCH`] in one statement and
+/// at most [`MAX_RUNNING`] statements at once.
+#[derive(Default)]
+pub(super) struct Combiner {
+    state: std::sync::Mutex<Gathered>,
+    /// Claim statements run, and claims answered by them (served or not), since the start.
+    statements: std::sync::atomic::AtomicU64,
+    requests: std::sync::atomic::AtomicU64,
+}
+
+/// How claims were gathered since the process started ([`Store::claim_batching`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimBatching {
+    /// Claim statements run.
+    pub statements: u64,
+    /// Claims those statements made (each try of a claim that lost a race counts).
+    pub requests: u64,
+}
+
+#[derive(Default)]
+struct Gathered {
+    waiting: std::collections::VecDeque<Waiting>,
+    running: usize,
+}
+
+/// A claim waiting for its batch.
+struct Waiting {
+    runner_id: RunnerId,
+    labels: Vec<String>,
+    lease_secs: f64,
+    capacity: Option<i32>,
+    tries: u32,
+    reply: tokio::sync::oneshot::Sender<Result<Option<(Task, ClaimedRepo)>>>,
+}
+
+impl std::fmt::Debug for Combiner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = self.lock();
+        f.debug_struct("Combiner")
+            .field("waiting", &g.waiting.len())
+            .field("running", &g.running)
+            .finish()
+    }
+}
+
+impl Combiner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gathered> {
+        // The state stays whole whatever panicked while it was held: take it back.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a claim; true when the caller must start a driver for it.
+    fn push(&self, w: Waiting) -> bool {
+        let mut g = self.lock();
+        g.waiting.push_back(w);
+        let start = g.running == 0 || (g.running < MAX_RUNNING && g.waiting.len() >= SECOND_BATCH);
+        if start {
+            g.running += 1;
+        }
+        start
+    }
+
+    /// Queues again a claim that lost a race, or answers it with nothing after [`MAX_TRIES`].
+    /// Called by a running driver, which takes it with its next batch.
+    fn again(&self, mut w: Waiting) {
+        w.tries += 1;
+        if w.tries >= MAX_TRIES {
+            let _ = w.reply.send(Ok(None));
+            return;
+        }
+        self.lock().waiting.push_back(w);
+    }
+
+    /// The next batch for a driver; `None` (and the driver counted out, under the same lock,
+    /// so that a claim queued after it is never left without one) when nothing waits.
+    fn take(&self, running: &mut Running<'_>) -> Option<Vec<Waiting>> {
+        let mut g = self.lock();
+        if g.waiting.is_empty() {
+            g.running -= 1;
+            running.1 = false;
+            return None;
+        }
+        let n = g.waiting.len().min(MAX_BATCH);
+        Some(g.waiting.drain(..n).collect())
+    }
+}
+
+/// A driver counted in [`Gathered::running`]; if it ends without being counted out (it panicked
+/// or its runtime stopped), it counts itself out and answers the waiting claims with an error
+/// rather than leave them waiting for a driver that is gone.
+struct Running<'a>(&'a Combiner, bool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            let mut g = self.0.lock();
+            g.running -= 1;
+            if g.running == 0 {
+                g.waiting.clear();
+            }
+        }
     }
 }
 
@@ -389,51 +402,139 @@ impl Store {
 
     /// [`Store::claim`], also returning what the runner needs of the task's repository (read in
     /// the same statement).
+    ///
+    /// Claims that arrive while another is under way wait for it to end and are then made
+    /// together, by one statement ([`Combiner`]); a claim that lost a race (the repository's
+    /// last slot taken a moment before, a change of its limits under way) is made again with the
+    /// next batch, at most [`MAX_TRIES`] times.
     pub async fn claim_with_repo(
         &self,
         req: &ClaimRequest<'_>,
     ) -> Result<Option<(Task, ClaimedRepo)>> {
-        // A claim that found a candidate but lost the repository's last slot (or what was left of
-        // its budget) to a concurrent claimer, or met a change of its limits, tries again: other
-        // repositories may still have work.
-        for _ in 0..4 {
-            let mut row = self.claim_once(CLAIM_HEAD_SQL, req).await?;
-            if row.is_none() {
-                row = self.claim_once(CLAIM_ALL_SQL, req).await?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let waiting = Waiting {
+            runner_id: req.runner_id,
+            labels: req.labels.to_vec(),
+            lease_secs: req.lease.as_secs_f64(),
+            capacity: req.capacity,
+            tries: 0,
+            reply,
+        };
+        if self.combiner.push(waiting) {
+            // Its own task: a caller that goes away does not take the others' claims with it.
+            tokio::spawn(self.clone().drive_claims());
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::Database(sqlx::Error::Io(std::io::Error::other(
+                "the claim was dropped: the controller is shutting down",
+            ))))
+        })
+    }
+
+    /// Makes the waiting claims, a batch at a time, until none waits.
+    async fn drive_claims(self) {
+        let mut running = Running(&self.combiner, true);
+        while let Some(batch) = self.combiner.take(&mut running) {
+            self.claim_batch(batch).await;
+            // The claimers just answered ask again at once (a runner's next lease, a claim that
+            // lost a race): let them, so that they join the next batch instead of the one after.
+            for _ in 0..YIELDS {
+                tokio::task::yield_now().await;
             }
-            match row {
-                None => return Ok(None),
-                // A best-of-N task is not run itself: its claim makes its candidates, which
-                // this and other runners claim next.
-                Some(ClaimRow {
-                    task: Some((t, r)), ..
-                }) if t.best_of > 1 && !r.plan_run => {
-                    self.fan_out(&t).await?;
+        }
+    }
+
+    /// How claims were gathered into statements since this process started.
+    pub fn claim_batching(&self) -> ClaimBatching {
+        use std::sync::atomic::Ordering::Relaxed;
+        ClaimBatching {
+            statements: self.combiner.statements.load(Relaxed),
+            requests: self.combiner.requests.load(Relaxed),
+        }
+    }
+
+    /// Makes one batch of claims and answers each.
+    async fn claim_batch(&self, batch: Vec<Waiting>) {
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.combiner.statements.fetch_add(1, Relaxed);
+            self.combiner
+                .requests
+                .fetch_add(batch.len() as u64, Relaxed);
+        }
+        let runners: Vec<RunnerId> = batch.iter().map(|w| w.runner_id).collect();
+        let labels: Vec<&[String]> = batch.iter().map(|w| w.labels.as_slice()).collect();
+        let capacities: Vec<Option<i32>> = batch.iter().map(|w| w.capacity).collect();
+        let leases: Vec<f64> = batch.iter().map(|w| w.lease_secs).collect();
+        let rows: Result<Vec<ClaimRow>> = sqlx::query_as(CLAIM_SQL)
+            .bind(&runners)
+            .bind(sqlx::types::Json(&labels))
+            .bind(&capacities)
+            .bind(&leases)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::from);
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                let told = e.to_string();
+                let mut first = Some(e);
+                for w in batch {
+                    let e = first.take().unwrap_or_else(|| {
+                        Error::Database(sqlx::Error::Io(std::io::Error::other(format!(
+                            "a claim made together with this one failed: {told}"
+                        ))))
+                    });
+                    let _ = w.reply.send(Err(e));
                 }
-                Some(ClaimRow { task: Some(t), .. }) => return Ok(Some(t)),
-                Some(ClaimRow {
-                    candidate,
-                    task: None,
-                }) => {
-                    tracing::debug!(candidate, "claim lost the repository slot; retrying");
+                return;
+            }
+        };
+        let size = batch.len();
+        let mut batch: Vec<Option<Waiting>> = batch.into_iter().map(Some).collect();
+        let mut fan_out = Vec::new();
+        for row in rows {
+            let Some(w) = usize::try_from(row.req - 1)
+                .ok()
+                .and_then(|i| batch.get_mut(i))
+                .and_then(Option::take)
+            else {
+                tracing::error!(
+                    req = row.req,
+                    size,
+                    "the claim statement answered a request it was not sent"
+                );
+                continue;
+            };
+            match row.task {
+                // A best-of-N task is not run itself: its claim makes its candidates, which this
+                // and other runners claim next.
+                Some((t, r)) if t.best_of > 1 && !r.plan_run => fan_out.push((t, w)),
+                Some(claimed) => {
+                    let _ = w.reply.send(Ok(Some(claimed)));
+                }
+                None => {
+                    debug_assert!(row.lost);
+                    tracing::debug!(
+                        runner = w.runner_id,
+                        tries = w.tries,
+                        "claim lost a race; trying again"
+                    );
+                    self.combiner.again(w);
                 }
             }
         }
-        Ok(None)
-    }
-
-    async fn claim_once(
-        &self,
-        sql: &'static str,
-        req: &ClaimRequest<'_>,
-    ) -> Result<Option<ClaimRow>> {
-        Ok(sqlx::query_as(sql)
-            .bind(req.runner_id)
-            .bind(req.labels)
-            .bind(req.lease.as_secs_f64())
-            .bind(req.capacity)
-            .fetch_optional(&self.pool)
-            .await?)
+        for w in batch.into_iter().flatten() {
+            let _ = w.reply.send(Ok(None));
+        }
+        for (t, w) in fan_out {
+            match self.fan_out(&t).await {
+                Ok(_) => self.combiner.again(w),
+                Err(e) => {
+                    let _ = w.reply.send(Err(e));
+                }
+            }
+        }
     }
 
     /// Extends a lease. Reports a pending cancellation so the runner can stop.
@@ -663,13 +764,23 @@ mod tests {
     /// planner must match carry the same list.
     #[test]
     fn the_written_out_lists_are_the_sets_and_match_the_indexes() {
-        for sql in [CLAIM_HEAD_SQL, CLAIM_ALL_SQL] {
-            assert!(sql.contains(&format!(
-                "dt.status NOT IN {}",
-                sql_list(Status::UNSUCCESSFUL)
-            )));
-            assert!(sql.contains(&format!("h.status IN {}", sql_list(Status::ACTIVE))));
+        let claim = include_str!("../../../migrations/0041_claim_batch.sql");
+        // Both candidate queries (the head of the queue, the whole queue) carry the lists.
+        for list in [
+            format!("dt.status NOT IN {}", sql_list(Status::UNSUCCESSFUL)),
+            format!("h.status IN {}", sql_list(Status::ACTIVE)),
+        ] {
+            assert!(claim.contains(&list), "{list}");
         }
+        assert_eq!(
+            claim
+                .matches(&format!(
+                    "dt.status NOT IN {}",
+                    sql_list(Status::UNSUCCESSFUL)
+                ))
+                .count(),
+            2
+        );
         for sql in [
             take_back_sql!("true"),
             take_back_sql!("lease_expires_at < now() ORDER BY lease_expires_at"),

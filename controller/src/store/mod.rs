@@ -263,6 +263,8 @@ pub struct Store {
     replica: uuid::Uuid,
     /// Window statistics computed lately ([`metrics`]).
     windows: metrics::WindowCache,
+    /// Claims waiting to be made together ([`claims`]).
+    combiner: std::sync::Arc<claims::Combiner>,
 }
 
 impl Store {
@@ -288,6 +290,7 @@ impl Store {
             pool,
             replica: uuid::Uuid::new_v4(),
             windows: Default::default(),
+            combiner: Default::default(),
         }
     }
 

@@ -8,7 +8,7 @@ use controller::store::claims::ClaimRequest;
 use controller::store::completion::{Completion, Outcome};
 use controller::store::repos::RepoSettings;
 use controller::store::tasks::{RetryPolicy, Triage};
-use controller::store::{HoldKind, Status, Store};
+use controller::store::{HoldKind, RunnerId, Status, Store};
 
 use crate::{claim, claim_req, force_status, note, queued, queued_with, repo, runner, store};
 
@@ -1111,4 +1111,102 @@ async fn every_connection_of_the_store_runs_without_jit() {
         .await
         .unwrap();
     assert_eq!(server, "on");
+}
+
+/// Claims that arrive together are made by one statement, and each keeps its own rules: the
+/// most urgent task goes to the first runner that may take it, a task needing a label to the
+/// runner that has it (not to an earlier one without), a runner at its capacity gets nothing
+/// more (its second claim of the batch counts its first), a disabled runner nothing at all.
+#[tokio::test]
+async fn claims_that_arrive_together_are_made_by_one_statement_each_by_its_own_rules() {
+    let store = store().await;
+    let gpu = repo(&store, "acme/gpu").await;
+    store
+        .update_repo(
+            gpu.id,
+            &RepoSettings {
+                runner_labels: Some(vec!["gpu".into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let plain = repo(&store, "acme/plain").await;
+    let needs_gpu = queued(&store, &gpu, "needs a gpu, oldest").await;
+    let older = queued(&store, &plain, "plain, older").await;
+    let urgent = queued(&store, &plain, "plain, urgent").await;
+    sqlx::query("UPDATE tasks SET priority = 10 WHERE id = $1")
+        .bind(urgent.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let _spare = queued(&store, &plain, "plain, newest").await;
+    let (first, disabled, with_gpu, one_lease) = (
+        runner(&store, "first").await,
+        runner(&store, "disabled").await,
+        runner(&store, "with-gpu").await,
+        runner(&store, "one-lease").await,
+    );
+    store.set_runner_state(disabled, "disabled").await.unwrap();
+    let gpu_labels = vec!["gpu".to_string()];
+    let before = store.claim_batching();
+    // The test's runtime runs on one thread: every claim below is queued before the first
+    // statement starts.
+    let asks: Vec<(RunnerId, Vec<String>, Option<i32>)> = vec![
+        (first, vec![], None),
+        (disabled, vec![], None),
+        (with_gpu, gpu_labels.clone(), None),
+        (one_lease, vec![], Some(1)),
+        (one_lease, vec![], Some(1)),
+    ];
+    let mut set = tokio::task::JoinSet::new();
+    for (i, (runner_id, labels, capacity)) in asks.into_iter().enumerate() {
+        let store = store.clone();
+        set.spawn(async move {
+            let req = ClaimRequest {
+                runner_id,
+                labels: &labels,
+                lease: Duration::from_secs(60),
+                capacity,
+            };
+            (
+                i,
+                store
+                    .claim(&req)
+                    .await
+                    .unwrap()
+                    .map(|t| (t.id, t.runner_id)),
+            )
+        });
+    }
+    let mut got = [None; 5];
+    while let Some(r) = set.join_next().await {
+        let (i, t) = r.unwrap();
+        got[i] = t;
+    }
+    assert_eq!(
+        got[0],
+        Some((urgent.id, Some(first))),
+        "the most urgent to the first"
+    );
+    assert_eq!(got[1], None, "a disabled runner claims nothing");
+    assert_eq!(
+        got[2],
+        Some((needs_gpu.id, Some(with_gpu))),
+        "the gpu task to the gpu runner"
+    );
+    assert_eq!(got[3], Some((older.id, Some(one_lease))));
+    assert_eq!(
+        got[4], None,
+        "the runner's capacity counts its claim in the same batch"
+    );
+    let after = store.claim_batching();
+    assert_eq!(
+        (
+            after.statements - before.statements,
+            after.requests - before.requests
+        ),
+        (1, 5),
+        "five claims, one statement"
+    );
 }
