@@ -367,6 +367,9 @@ impl Combiner {
     /// so that a claim queued after it is never left without one) when nothing waits.
     fn take(&self, running: &mut Running<'_>) -> Option<Vec<Waiting>> {
         let mut g = self.lock();
+        // A claim whose caller went away (a runner's lease call that was cut) is not made: its
+        // task would wait, leased to no one, until the lease lapsed.
+        g.waiting.retain(|w| !w.reply.is_closed());
         if g.waiting.is_empty() {
             g.running -= 1;
             running.1 = false;
@@ -511,7 +514,14 @@ impl Store {
                 // and other runners claim next.
                 Some((t, r)) if t.best_of > 1 && !r.plan_run => fan_out.push((t, w)),
                 Some(claimed) => {
-                    let _ = w.reply.send(Ok(Some(claimed)));
+                    if let Err(Ok(Some((t, _)))) = w.reply.send(Ok(Some(claimed))) {
+                        tracing::warn!(
+                            task = t.id,
+                            runner = w.runner_id,
+                            "the runner that claimed this task went away before it heard; the \
+                             lease is taken back when it lapses"
+                        );
+                    }
                 }
                 None => {
                     debug_assert!(row.lost);
