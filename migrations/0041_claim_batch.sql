@@ -99,7 +99,8 @@ BEGIN
 
     -- Rounds: candidates that some open request may take, as many as there are open requests,
     -- from the head of the queue (its first 128 in claim order), then from the whole queue once
-    -- the head has no more. Each candidate goes to the first open request that may take it.
+    -- the head has no more. Each candidate goes to the first open request that may take it. At
+    -- most 8 rounds: requests still open then get nothing this time and their runners ask again.
     <<rounds>>
     LOOP
         v_want := 0;

@@ -271,16 +271,7 @@ async fn dependency_cycles_are_refused_and_the_batch_writes_nothing() {
 async fn runner_labels_must_cover_the_task_labels() {
     let store = store().await;
     let repo = repo(&store, "acme/gpu").await;
-    store
-        .update_repo(
-            repo.id,
-            &RepoSettings {
-                runner_labels: Some(vec!["gpu".into()]),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    require_labels(&store, &repo, &["gpu"]).await;
     let r = runner(&store, "r1").await;
     let t = queued(&store, &repo, "needs gpu").await;
     assert_eq!(t.required_labels, vec!["gpu".to_string()]);
@@ -462,6 +453,20 @@ async fn eight_concurrent_claimers_over_ten_thousand_rows_never_double_claim() {
             .await
             .unwrap();
     assert_eq!(attempts, 0);
+}
+
+/// Makes every task of `repo` need a runner with `labels`.
+async fn require_labels(store: &Store, repo: &controller::store::repos::Repo, labels: &[&str]) {
+    store
+        .update_repo(
+            repo.id,
+            &RepoSettings {
+                runner_labels: Some(labels.iter().map(|l| l.to_string()).collect()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
 }
 
 /// Inserts `n` queued tasks round-robin over `repos` in one statement (through the trigger).
@@ -1121,16 +1126,7 @@ async fn every_connection_of_the_store_runs_without_jit() {
 async fn claims_that_arrive_together_are_made_by_one_statement_each_by_its_own_rules() {
     let store = store().await;
     let gpu = repo(&store, "acme/gpu").await;
-    store
-        .update_repo(
-            gpu.id,
-            &RepoSettings {
-                runner_labels: Some(vec!["gpu".into()]),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    require_labels(&store, &gpu, &["gpu"]).await;
     let plain = repo(&store, "acme/plain").await;
     let needs_gpu = queued(&store, &gpu, "needs a gpu, oldest").await;
     let older = queued(&store, &plain, "plain, older").await;
