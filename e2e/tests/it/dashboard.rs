@@ -109,6 +109,23 @@ async fn wait_task(
     panic!("task {id}: {what}: {:?}", store.task(id).await.unwrap());
 }
 
+/// Waits until the audit log holds an entry `check` accepts: an action's change is stored (and can
+/// be seen) a moment before the controller writes its audit entry and answers the page.
+async fn wait_audited(
+    store: &Store,
+    what: &str,
+    check: impl Fn(&controller::store::ops::AuditEntry) -> bool,
+) {
+    for _ in 0..150 {
+        if store.audit_log(50, None).await.unwrap().iter().any(&check) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let audit = store.audit_log(50, None).await.unwrap();
+    panic!("{what} not audited: {audit:?}");
+}
+
 async fn nothing_ran(b: &Client) {
     let pwned = b
         .execute("return window.__pwned === undefined;", vec![])
@@ -408,7 +425,6 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
     wait_text(&b, "#detail-title", "Second").await;
     click_fresh(&b, "#detail-actions button[data-action=\"cancel\"]").await;
     wait_task(&store, second, "canceled", |t| t.status == Status::Canceled).await;
-    let audit = store.audit_log(50, None).await.unwrap();
     for action in [
         "create_task",
         "edit",
@@ -420,12 +436,10 @@ async fn every_control_and_view_of_the_dashboard_in_chromium() {
         "requeue",
         "cancel",
     ] {
-        assert!(
-            audit
-                .iter()
-                .any(|a| a.action == action && a.actor.contains("root")),
-            "{action} not audited: {audit:?}"
-        );
+        wait_audited(&store, action, |a| {
+            a.action == action && a.actor.contains("root")
+        })
+        .await;
     }
 
     // The agent's work: a runner holds a task and ships its session; the panel shows it as a
@@ -847,13 +861,12 @@ async fn approval_switch(b: &Client, store: &Store) {
         "full-auto",
         "page error: {err}"
     );
-    let audit = store.audit_log(5, None).await.unwrap();
-    assert!(
-        audit.iter().any(|a| a.actor.contains("root")
+    wait_audited(store, "the approval mode's change", |a| {
+        a.actor.contains("root")
             && a.outcome == "ok"
-            && (a.action.contains("setting") || a.action.contains("approval"))),
-        "the change is audited: {audit:?}"
-    );
+            && (a.action.contains("setting") || a.action.contains("approval"))
+    })
+    .await;
     screenshot(b, "dash-10-approval-mode").await;
 }
 
@@ -1054,13 +1067,10 @@ async fn a_plan_shows_while_it_is_made_and_is_approved_from_the_task_panel() {
         Some("approved".to_owned())
     );
     assert!(!t.planning());
-    let audit = store.audit_log(20, None).await.unwrap();
-    assert!(
-        audit
-            .iter()
-            .any(|a| a.action == "plan_approve" && a.actor.contains("root")),
-        "{audit:?}"
-    );
+    wait_audited(&store, "plan_approve", |a| {
+        a.action == "plan_approve" && a.actor.contains("root")
+    })
+    .await;
     b.close().await.unwrap();
     c.stop().await;
 }
