@@ -809,14 +809,25 @@ mod tests {
             "CREATE INDEX tasks_live ON tasks (repo_id) WHERE {terminal};"
         )));
         assert!(DEADLINE_SQL.contains(&terminal), "{DEADLINE_SQL}");
-        let schema = include_str!("../../../migrations/0001_store.sql");
-        for index in ["tasks_runner ON tasks (runner_id)", "tasks_live_leases"] {
+        // The index by runner has the live statuses alone; the index by expiry also names its
+        // key as present (migration 0042), so a count by runner cannot read it instead.
+        let active = format!("WHERE status IN {}", sql_list(Status::ACTIVE));
+        for (schema, index, predicate) in [
+            (
+                include_str!("../../../migrations/0001_store.sql"),
+                "tasks_runner ON tasks (runner_id)",
+                format!("{active};"),
+            ),
+            (
+                include_str!("../../../migrations/0042_live_lease_index.sql"),
+                "CREATE INDEX tasks_live_leases ON tasks (lease_expires_at)",
+                format!("{active} AND lease_expires_at IS NOT NULL;"),
+            ),
+        ] {
             let at = schema.find(index).expect("the index exists");
-            let def = &schema[at..at + schema[at..].find(';').expect("a statement")];
-            assert!(
-                def.contains(&format!("WHERE status IN {}", sql_list(Status::ACTIVE))),
-                "{def}"
-            );
+            let def = &schema[at..=at + schema[at..].find(';').expect("a statement")];
+            let def = def.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(def.ends_with(&predicate), "{def}");
         }
     }
 }

@@ -1206,3 +1206,61 @@ async fn claims_that_arrive_together_are_made_by_one_statement_each_by_its_own_r
         "five claims, one statement"
     );
 }
+
+/// A runner's count of its leases (the claim's capacity check) reads that runner's leases alone,
+/// whatever the statistics say. Taken over a fresh backlog — nothing leased, every `runner_id`
+/// NULL — they once made the cached plan read every live lease of the fleet at each count and
+/// throw away the other runners' (migration 0042): a claim's cost grew with the fleet's leases.
+#[tokio::test]
+async fn a_runners_lease_count_reads_its_own_leases_whatever_the_statistics_say() {
+    let store = store().await;
+    let backlog = repo(&store, "acme/backlog").await;
+    // The statistics are taken now, before any lease.
+    seed_queued(&store, &[backlog.id], 1_000).await;
+    let mut runners = Vec::new();
+    for i in 0..10 {
+        let r = store
+            .register_runner(&format!("fleet-{i}"), &[], 1_000)
+            .await
+            .unwrap();
+        runners.push(r.id);
+    }
+    for _ in 0..40 {
+        for &runner_id in &runners {
+            let req = ClaimRequest {
+                runner_id,
+                labels: &[],
+                lease: Duration::from_secs(600),
+                capacity: Some(1_000),
+            };
+            assert!(store.claim(&req).await.unwrap().is_some());
+        }
+    }
+    // 400 live leases, 40 each; the plan is the generic one a PL/pgSQL function caches.
+    let mut conn = store.pool().acquire().await.unwrap();
+    for sql in [
+        "SET plan_cache_mode = force_generic_plan",
+        "PREPARE runner_leases(bigint) AS SELECT count(*) FROM tasks h \
+         WHERE h.runner_id = $1 AND h.status IN ('leased', 'running', 'verifying')",
+    ] {
+        sqlx::query(sql).execute(&mut *conn).await.unwrap();
+    }
+    // The runner's id is a number of ours: the statement is safe to build.
+    let explain = format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE runner_leases({})",
+        runners[3]
+    );
+    let sqlx::types::Json(plan): sqlx::types::Json<serde_json::Value> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    let scan = &plan[0]["Plan"]["Plans"][0];
+    assert_eq!(scan["Index Name"], "tasks_runner", "{plan:#}");
+    assert_eq!(scan["Actual Rows"], 40, "{plan:#}");
+    assert_eq!(
+        scan.get("Rows Removed by Filter").and_then(|v| v.as_i64()),
+        None,
+        "the count read other runners' leases: {plan:#}"
+    );
+}
