@@ -1236,15 +1236,30 @@ async fn a_runners_lease_count_reads_its_own_leases_whatever_the_statistics_say(
             assert!(store.claim(&req).await.unwrap().is_some());
         }
     }
-    // 400 live leases, 40 each; the plan is the generic one a PL/pgSQL function caches.
+    // 400 live leases, 40 each. The count is the claim's own (its text in `claim_batch`, the
+    // runner as a parameter), planned generically as the PL/pgSQL function caches it.
+    let claim = include_str!("../../../migrations/0041_claim_batch.sql");
+    let at = claim
+        .find("SELECT count(*) FROM tasks h")
+        .expect("the claim counts a runner's leases");
+    let end = at + claim[at..].find("))").expect("the count's end") + 1;
+    let count = claim[at..end]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("k.runner", "$1");
+    assert!(count.ends_with("'verifying')"), "{count}");
     let mut conn = store.pool().acquire().await.unwrap();
-    for sql in [
-        "SET plan_cache_mode = force_generic_plan",
-        "PREPARE runner_leases(bigint) AS SELECT count(*) FROM tasks h \
-         WHERE h.runner_id = $1 AND h.status IN ('leased', 'running', 'verifying')",
-    ] {
-        sqlx::query(sql).execute(&mut *conn).await.unwrap();
-    }
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "PREPARE runner_leases(bigint) AS {count}"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
     // The runner's id is a number of ours: the statement is safe to build.
     let explain = format!(
         "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE runner_leases({})",
