@@ -102,10 +102,27 @@ async fn act_fresh(c: &fantoccini::Client, css: &str, keys: Option<&str>) {
             Err(CmdError::Standard(e)) if e.error == ErrorStatus::StaleElementReference => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            // The driver focuses the element before typing; when the page replaced it between
+            // the lookup and the focus, the detached element cannot take the focus and the error
+            // reads "not interactable". Only an element that is gone now counts as replaced.
+            Err(CmdError::Standard(e))
+                if e.error == ErrorStatus::ElementNotInteractable && gone(&el).await =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             Err(e) => panic!("acting on {css}: {e}"),
         }
     }
     panic!("{css} was replaced on every one of 20 tries");
+}
+
+/// Whether `el` has left the page (the page replaced it since it was found).
+async fn gone(el: &fantoccini::elements::Element) -> bool {
+    use fantoccini::error::{CmdError, ErrorStatus};
+    matches!(
+        el.is_displayed().await,
+        Err(CmdError::Standard(e)) if e.error == ErrorStatus::StaleElementReference
+    )
 }
 
 /// Waits for the status cell of task `id` to read `want` (as the page shows it).
