@@ -54,3 +54,22 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/app.js", get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
         .route("/style.css", get(|| async { asset(STYLE_CSS, "text/css; charset=utf-8") }))
 }
+
+#[cfg(test)]
+mod tests {
+    /// A form submitted before the script has loaded (a slow link, a password manager that
+    /// submits at once) goes where the browser sends it by default: a GET, with the fields in the
+    /// URL — the password in history and access logs. Every form says POST.
+    #[test]
+    fn no_form_submits_its_fields_in_a_url() {
+        let forms: Vec<&str> = super::INDEX_HTML.split("<form").skip(1).collect();
+        assert!(forms.len() >= 2, "the page has its forms");
+        for form in forms {
+            let tag = &form[..form.find('>').expect("a form tag ends")];
+            assert!(
+                tag.contains("method=\"post\""),
+                "a form submits by GET: <form{tag}>"
+            );
+        }
+    }
+}

@@ -276,6 +276,29 @@ impl GitHubSim {
         .await;
     }
 
+    /// `by` reopens an issue (closed or not: the `issues` `reopened` webhook fires, sent by `by`).
+    pub async fn reopen_issue(&self, full_name: &str, number: u64, by: &str) {
+        let item = {
+            let mut st = self.state.lock().expect("sim lock");
+            let repo = st.repos.get_mut(full_name).expect("repository exists");
+            repo.version += 1;
+            let version = repo.version;
+            let item = repo.items.get_mut(&number).expect("issue exists");
+            item.state = "open".into();
+            item.events
+                .push(("reopened".into(), String::new(), by.into()));
+            item.updated = version;
+            item.clone()
+        };
+        let issue = self.item_json(full_name, &item);
+        self.deliver(
+            "issues",
+            json!({"action": "reopened", "issue": issue,
+                   "sender": shapes::user(&self.url(), by), "repository": self.repo_json(full_name)}),
+        )
+        .await;
+    }
+
     /// `by` edits an issue's body (and the `issues` `edited` webhook fires, sent by `by`).
     pub async fn edit_issue(&self, full_name: &str, number: u64, body: &str, by: &str) {
         let (item, old) = {

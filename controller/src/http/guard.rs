@@ -1,7 +1,8 @@
 //! What bounds the API's costly or abusable paths, shared by the handlers through
 //! [`super::AppState`]: password hashing ([`Passwords`]), the client address a login limit counts
 //! against ([`ClientAddr`]: the peer, or — only when the peer is a trusted proxy — the address
-//! the proxy forwarded), and the open log streams per user ([`Guard::open_stream`]).
+//! the proxy forwarded), and the open streams (log follows, the live task feed) per user
+//! ([`Guard::open_stream`]; counted by each controller replica in its own memory).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +18,37 @@ use super::{ApiError, AppState};
 
 /// Open log streams (`/api/tasks/{id}/logs/stream`) one user may have at once.
 pub const MAX_LOG_STREAMS: usize = 8;
+/// Open live task feeds (`/api/events`, one a dashboard tab) one user may have at once.
+pub const MAX_EVENT_STREAMS: usize = 16;
+
+/// What a stream slot is for; each kind has its own bound per user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// Following a task's log.
+    Logs,
+    /// The live task feed.
+    Events,
+}
+
+impl StreamKind {
+    fn most(self) -> usize {
+        match self {
+            StreamKind::Logs => MAX_LOG_STREAMS,
+            StreamKind::Events => MAX_EVENT_STREAMS,
+        }
+    }
+
+    fn refusal(self) -> String {
+        match self {
+            StreamKind::Logs => format!(
+                "you have {MAX_LOG_STREAMS} log streams open, the most one user may; close a log view (or a tab) and retry"
+            ),
+            StreamKind::Events => format!(
+                "you have {MAX_EVENT_STREAMS} live feeds open (one a dashboard tab), the most one user may; close a tab and retry"
+            ),
+        }
+    }
+}
 
 /// The bounds of one controller's API.
 pub struct Guard {
@@ -24,10 +56,8 @@ pub struct Guard {
     pub passwords: Passwords,
     /// Peers whose `X-Forwarded-For` is believed.
     trusted_proxies: Vec<IpAddr>,
-    /// Open log streams per user id.
-    streams: Mutex<HashMap<i64, usize>>,
-    /// Most log streams per user.
-    max_streams: usize,
+    /// Open streams per user id and kind.
+    streams: Mutex<HashMap<(i64, StreamKind), usize>>,
 }
 
 impl Guard {
@@ -37,25 +67,25 @@ impl Guard {
             passwords,
             trusted_proxies,
             streams: Mutex::new(HashMap::new()),
-            max_streams: MAX_LOG_STREAMS,
         }
     }
 
-    /// Takes one of `user`'s log stream slots, or says why not. The slot is given back when the
-    /// returned value is dropped (the stream ended or the client went away).
-    pub fn open_stream(self: &Arc<Self>, user: i64) -> Result<StreamSlot, ApiError> {
+    /// Takes one of `user`'s stream slots of `kind`, or says why not. The slot is given back
+    /// when the returned value is dropped (the stream ended or the client went away).
+    pub fn open_stream(
+        self: &Arc<Self>,
+        user: i64,
+        kind: StreamKind,
+    ) -> Result<StreamSlot, ApiError> {
         let mut open = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(user).or_default();
-        if *n >= self.max_streams {
-            return Err(ApiError::TooMany(format!(
-                "you have {} log streams open, the most one user may; close a log view (or a tab) and retry",
-                self.max_streams
-            )));
+        let n = open.entry((user, kind)).or_default();
+        if *n >= kind.most() {
+            return Err(ApiError::TooMany(kind.refusal()));
         }
         *n += 1;
         Ok(StreamSlot {
             guard: self.clone(),
-            user,
+            key: (user, kind),
         })
     }
 
@@ -81,19 +111,19 @@ impl Guard {
     }
 }
 
-/// One open log stream of a user; gives the slot back when dropped.
+/// One open stream of a user; gives the slot back when dropped.
 pub struct StreamSlot {
     guard: Arc<Guard>,
-    user: i64,
+    key: (i64, StreamKind),
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         let mut open = self.guard.streams.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.user) {
+        if let Some(n) = open.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                open.remove(&self.user);
+                open.remove(&self.key);
             }
         }
     }
@@ -144,17 +174,46 @@ impl FromRequestParts<AppState> for ClientAddr {
                 "the HTTP server records no peer addresses (serve with connect info)".into(),
             ));
         };
-        let forwarded = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        Ok(ClientAddr(state.guard.client(peer.ip(), forwarded)))
+        Ok(ClientAddr(state.guard.client(
+            peer.ip(),
+            forwarded_for(&parts.headers).as_deref(),
+        )))
     }
+}
+
+/// Every `X-Forwarded-For` line of a request as one list, in the order received. A proxy may
+/// append a line of its own instead of extending the client's: reading the first line alone would
+/// take the client's word for its address. `None` when there is none, or a line is not text.
+fn forwarded_for(headers: &axum::http::HeaderMap) -> Option<String> {
+    let lines = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect::<Option<Vec<_>>>()?;
+    (!lines.is_empty()).then(|| lines.join(","))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_cannot_choose_its_address_in_a_line_of_its_own() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let g = Guard::new(Passwords::new(1, std::time::Duration::ZERO), vec![proxy]);
+        // The client sends a line naming any address; the proxy adds a second line with the
+        // address it saw. The proxy's line is the one that counts.
+        let mut headers = axum::http::HeaderMap::new();
+        headers.append("x-forwarded-for", "198.51.100.1".parse().unwrap());
+        headers.append("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        let list = forwarded_for(&headers);
+        assert_eq!(list.as_deref(), Some("198.51.100.1,203.0.113.9"));
+        assert_eq!(
+            g.client(proxy, list.as_deref()),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(forwarded_for(&axum::http::HeaderMap::new()), None);
+    }
 
     #[test]
     fn forwarded_addresses_count_only_from_trusted_proxies() {
@@ -184,14 +243,29 @@ mod tests {
             Vec::new(),
         ));
         let held: Vec<_> = (0..MAX_LOG_STREAMS)
-            .map(|_| g.open_stream(1).unwrap())
+            .map(|_| g.open_stream(1, StreamKind::Logs).unwrap())
             .collect();
-        assert!(matches!(g.open_stream(1), Err(ApiError::TooMany(_))));
+        assert!(matches!(
+            g.open_stream(1, StreamKind::Logs),
+            Err(ApiError::TooMany(_))
+        ));
         assert!(
-            g.open_stream(2).is_ok(),
+            g.open_stream(2, StreamKind::Logs).is_ok(),
             "another user has slots of their own"
         );
+        let feeds: Vec<_> = (0..MAX_EVENT_STREAMS)
+            .map(|_| g.open_stream(1, StreamKind::Events).unwrap())
+            .collect();
+        assert!(
+            matches!(
+                g.open_stream(1, StreamKind::Events),
+                Err(ApiError::TooMany(e)) if e.contains("live feeds")
+            ),
+            "live feeds are bounded apart from log streams"
+        );
         drop(held);
-        assert!(g.open_stream(1).is_ok());
+        assert!(g.open_stream(1, StreamKind::Logs).is_ok());
+        drop(feeds);
+        assert!(g.open_stream(1, StreamKind::Events).is_ok());
     }
 }

@@ -43,7 +43,8 @@ pub(super) async fn login(
     }
     let target = format!("user:{}", req.username);
     let addr_key = addr.key();
-    let user_key = format!("user:{}@{}", req.username, addr.0);
+    // Per address as the address limit counts it (an IPv6 host's /64, not each of its addresses).
+    let user_key = format!("user:{}@{}", req.username, addr.key());
     let keys = [addr_key.as_str(), user_key.as_str()];
     let counts = s.store.count_login_attempt(&keys, LOGIN_WINDOW).await?;
     let anon = Actor {

@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
 use super::auth::{Caller, Role};
+use super::guard::StreamKind;
 use super::views::*;
 use super::{ApiError, ApiJson, ApiResult, AppState, audited, repo_names};
 use crate::store::Status;
@@ -444,7 +445,7 @@ pub(super) async fn task_logs_stream(
     let limit = page_limit(q.limit)?;
     let task = s.store.task(id).await?;
     let attempt = q.attempt.unwrap_or(task.attempt);
-    let slot = match s.guard.open_stream(c.user.id) {
+    let slot = match s.guard.open_stream(c.user.id, StreamKind::Logs) {
         Ok(slot) => slot,
         Err(e) => {
             let _ = s
@@ -574,24 +575,42 @@ pub(super) async fn task_action(
 
 pub(super) async fn events(
     State(s): State<AppState>,
-    _c: Caller,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    c: Caller,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let slot = match s.guard.open_stream(c.user.id, StreamKind::Events) {
+        Ok(slot) => slot,
+        Err(e) => {
+            let _ = s
+                .store
+                .audit(
+                    &c.actor(),
+                    "follow_events",
+                    None,
+                    "refused: too many live feeds",
+                    None,
+                )
+                .await;
+            return Err(e);
+        }
+    };
     let rx = s.events.subscribe();
     let stop = s_shutdown(&s.shutdown);
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        match rx.recv().await {
+    // The slot is held by the stream's state and given back when the client goes away.
+    let stream = futures::stream::unfold((rx, slot), |(mut rx, slot)| async move {
+        let event = match rx.recv().await {
             Ok(json) if json == crate::fanout::RESYNC => {
-                Some((Ok(SseEvent::default().event("resync").data("{}")), rx))
+                SseEvent::default().event("resync").data("{}")
             }
-            Ok(json) => Some((Ok(SseEvent::default().event("task").data(json)), rx)),
+            Ok(json) => SseEvent::default().event("task").data(json),
             // A slow client missed deltas: tell it to reload the list.
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                Some((Ok(SseEvent::default().event("resync").data("{}")), rx))
+                SseEvent::default().event("resync").data("{}")
             }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
-        }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), (rx, slot)))
     });
-    Sse::new(stream.take_until(stop)).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream.take_until(stop)).keep_alive(KeepAlive::default()))
 }
 
 fn s_shutdown(

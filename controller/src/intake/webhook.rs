@@ -11,8 +11,8 @@ use axum::http::StatusCode;
 use hmac::{KeyInit, Mac};
 
 use super::{
-    Intake, IntakeConfig, IntakeError, accept_issue, allowed, mentions_us, registered,
-    reopen_for_feedback,
+    Intake, IntakeConfig, IntakeError, TRIGGER_LABEL, accept_issue, allowed, mentions_us,
+    registered, reopen_for_feedback,
 };
 use crate::forge::{Feedback, Forge, Issue};
 use crate::store::{Error, Note, Store};
@@ -139,6 +139,8 @@ pub enum Decoded {
         action: String,
         /// Who caused the event.
         sender: String,
+        /// The label a `labeled` event added (`None` for other actions).
+        label: Option<String>,
         /// `owner/name`.
         repo: String,
         /// The issue as the payload shows it.
@@ -178,6 +180,7 @@ struct Payload {
     comment: Option<CommentJson>,
     review: Option<ReviewJson>,
     pull_request: Option<NumberRef>,
+    label: Option<LabelJson>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -263,6 +266,7 @@ pub fn decode(event: &str, body: &[u8]) -> Result<Decoded, IntakeError> {
                 .into();
             Ok(Decoded::Issue {
                 sender: p.sender.map(|s| s.login).unwrap_or_default(),
+                label: p.label.map(|l| l.name),
                 repo: repo()?,
                 action,
                 issue,
@@ -335,18 +339,46 @@ async fn process(
         Decoded::Issue {
             action,
             sender,
+            label,
             repo,
             issue,
         } => match action.as_str() {
             "opened" | "labeled" | "reopened" => {
-                if !allowed(config, &sender) {
+                // Only the person who put the trigger label on the issue may start a task: a
+                // `labeled` event counts for the trigger label alone (another label added later
+                // by a maintainer must not start what a stranger labelled), `opened` is sent by
+                // the author who labelled it at creation, and a reopen asks GitHub who labelled
+                // it, as the poller does.
+                let labeller = match action.as_str() {
+                    "labeled" if label.as_deref() != Some(TRIGGER_LABEL) => {
+                        return Ok(Intake::Ignored(format!(
+                            "the label added is `{}`, not `{TRIGGER_LABEL}`",
+                            label.unwrap_or_default()
+                        )));
+                    }
+                    "reopened" => match forge {
+                        Some(forge) => forge
+                            .label_actor(&repo, issue.number, TRIGGER_LABEL)
+                            .await
+                            .map_err(|e| IntakeError::Forge(e.to_string()))?
+                            .unwrap_or_default(),
+                        None => {
+                            return Ok(Intake::Ignored(
+                                "a reopened issue starts a task only where GitHub can say who labelled it".into(),
+                            ));
+                        }
+                    },
+                    _ => sender.clone(),
+                };
+                if !allowed(config, &labeller) {
                     tracing::warn!(
                         sender,
+                        labeller,
                         issue = issue.number,
-                        "an issue was opened or labelled by someone off the allowlist; no task"
+                        "an issue was labelled by someone off the allowlist; no task"
                     );
                     return Ok(Intake::Ignored(format!(
-                        "`{sender}` (who {action} the issue) is not on the allowlist"
+                        "`{labeller}` (who labelled the issue) is not on the allowlist"
                     )));
                 }
                 accept_issue(store, config, &repo, &issue, "github:webhook").await

@@ -519,6 +519,19 @@ async fn strangers_labels_and_edits_and_a_failed_delivery() {
         .await
         .unwrap();
     assert_eq!(count().await, 0, "the poller checks who labelled it too");
+    // A maintainer later adds another label, or reopens it: still mallory's label, no task.
+    env.sim.label_issue(REPO, n, "bug", "alice").await;
+    assert_eq!(
+        count().await,
+        0,
+        "another label from an allowlisted user does not adopt the stranger's trigger label"
+    );
+    env.sim.reopen_issue(REPO, n, "alice").await;
+    assert_eq!(
+        count().await,
+        0,
+        "a reopen by an allowlisted user asks who labelled the issue"
+    );
 
     // Alice labels her issue with hidden content: a task, and the timeline says what was hidden.
     let m = env.sim.create_issue(
@@ -620,5 +633,82 @@ async fn strangers_labels_and_edits_and_a_failed_delivery() {
     assert!(
         matches!(third, Ok(controller::intake::Intake::Duplicate)),
         "{third:?}"
+    );
+}
+
+/// A reopened issue starts a task only when GitHub says an allowlisted user put the trigger label
+/// on it; whoever reopens it does not adopt a stranger's label.
+#[tokio::test]
+async fn a_reopen_adopts_no_strangers_label() {
+    let env = env().await;
+    let cfg = intake_config();
+    let reopen = |n: u64, id: &'static str| {
+        let body = serde_json::json!({
+            "action": "reopened",
+            "issue": {"number": n, "title": "Closed idea", "body": "Add fn three.",
+                      "user": {"login": "alice"}, "labels": [{"name": labels::TRIGGER}],
+                      "state": "open"},
+            "repository": {"full_name": REPO},
+            "sender": {"login": "alice"},
+        })
+        .to_string();
+        let sig = {
+            use hmac::{KeyInit, Mac};
+            let mut mac =
+                hmac::Hmac::<sha2::Sha256>::new_from_slice(crate::forge::SECRET.as_bytes())
+                    .unwrap();
+            mac.update(body.as_bytes());
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+        };
+        let (store, forge, cfg) = (&env.store, env.forge.clone(), &cfg);
+        async move {
+            controller::intake::handle(
+                store,
+                cfg,
+                Some(forge.as_ref() as &dyn controller::forge::Forge),
+                "issues",
+                id,
+                Some(&sig),
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    // Labelled by mallory when she opened it, reopened by alice: ignored, naming mallory.
+    let by_mallory = env
+        .sim
+        .create_issue(REPO, "Closed idea", "x", "mallory", &[labels::TRIGGER]);
+    let got = reopen(by_mallory, "reopen-1").await;
+    assert!(
+        matches!(&got, Ok(controller::intake::Intake::Ignored(why)) if why.contains("mallory")),
+        "{got:?}"
+    );
+    // Labelled by alice: the reopen starts a task.
+    let by_alice = env
+        .sim
+        .create_issue(REPO, "Closed idea", "x", "alice", &[labels::TRIGGER]);
+    let got = reopen(by_alice, "reopen-2").await;
+    assert!(
+        matches!(got, Ok(controller::intake::Intake::Created(_))),
+        "{got:?}"
+    );
+    // GitHub cannot say who labelled it: the delivery fails, to be redelivered, with no task.
+    let again = env
+        .sim
+        .create_issue(REPO, "Closed idea", "x", "alice", &[labels::TRIGGER]);
+    env.sim
+        .fail_requests("GET", "/events", 502, "Bad Gateway", 20);
+    let got = reopen(again, "reopen-3").await;
+    assert!(
+        matches!(got, Err(controller::intake::IntakeError::Forge(_))),
+        "{got:?}"
+    );
+    env.sim.clear_faults();
+    assert!(
+        env.store
+            .live_task_of_issue(env.repo.id, again as i64)
+            .await
+            .unwrap()
+            .is_none()
     );
 }

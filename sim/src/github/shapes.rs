@@ -255,8 +255,7 @@ pub(super) fn issue_event(
     label_name: &str,
     actor: &str,
 ) -> Value {
-    let l = label(base, full, label_name);
-    json!({
+    let mut e = json!({
         "id": id,
         "node_id": format!("LE_{id}"),
         "url": format!("{base}/repos/{full}/issues/events/{id}"),
@@ -265,9 +264,14 @@ pub(super) fn issue_event(
         "commit_id": null,
         "commit_url": null,
         "created_at": CREATED,
-        "label": {"name": l["name"], "color": l["color"]},
         "performed_via_github_app": null,
-    })
+    });
+    // Only label events name a label.
+    if event.ends_with("labeled") {
+        let l = label(base, full, label_name);
+        e["label"] = json!({"name": l["name"], "color": l["color"]});
+    }
+    e
 }
 
 /// A commit status (`status`) in a combined status.
