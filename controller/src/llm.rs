@@ -96,7 +96,8 @@ impl ModelClient {
         self
     }
 
-    /// Sends one call; rate limits and overloads are retried a few times with backoff.
+    /// Sends one call; rate limits and overloads are retried a few times with backoff. A refusal
+    /// by the API (its status, after the retries) is a [`Refused`] inside the error.
     pub async fn call(&self, c: &Call<'_>) -> anyhow::Result<Reply> {
         if let Some(cli) = &self.config.cli {
             return self.call_cli(cli, c).await;
@@ -146,14 +147,15 @@ impl ModelClient {
                     delay *= 2;
                 }
                 Ok(r) => {
-                    let status = r.status();
+                    let status = r.status().as_u16();
                     let text = r.text().await.unwrap_or_default();
                     self.record(c, model, 0, 0).await;
-                    anyhow::bail!(
-                        "the model API refused the {} call with {status}: {}",
-                        c.purpose,
-                        text.chars().take(300).collect::<String>()
-                    );
+                    return Err(Refused {
+                        purpose: c.purpose.to_owned(),
+                        status,
+                        text: text.chars().take(300).collect(),
+                    }
+                    .into());
                 }
                 Err(e) if attempt < 4 => {
                     tracing::warn!(error = %e, purpose = c.purpose, "model API unreachable; retrying");
@@ -284,5 +286,25 @@ impl ModelClient {
             tracing::error!(error = %e, "recording model usage failed");
         }
         cost
+    }
+}
+
+/// The model API answered a call with an error status (after the retries of the busy ones).
+#[derive(Debug, thiserror::Error)]
+#[error("the model API refused the {purpose} call with {status}: {text}")]
+pub struct Refused {
+    /// What the call was for.
+    pub purpose: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// The start of the answer's body.
+    pub text: String,
+}
+
+impl Refused {
+    /// Whether the request itself was refused (a 4xx other than rate limiting or a timeout):
+    /// what was sent, not the service, is the cause — asking again or later does not help.
+    pub fn is_request_refused(&self) -> bool {
+        (400..500).contains(&self.status) && !matches!(self.status, 408 | 429)
     }
 }

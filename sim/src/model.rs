@@ -260,7 +260,13 @@ struct Inner {
     responses_failures: VecDeque<Failure>,
     /// Text that marks an agent's prompt, for the fallback agent.
     fallback_agent: Option<String>,
+    /// The context window, tokens ([`CONTEXT_TOKENS`] unless set).
+    context_tokens: Option<u64>,
 }
+
+/// The context window of the models the simulator plays, in tokens: a Messages request whose
+/// input is larger is refused with 400, as the real API refuses a prompt that is too long.
+pub const CONTEXT_TOKENS: u64 = 200_000;
 
 /// The simulator's state; cheap to clone.
 #[derive(Clone, Default)]
@@ -294,6 +300,12 @@ impl ModelSim {
     /// scripted model wrote it, then says it is done. So any issue goes through.
     pub fn set_fallback_agent(&self, trigger: &str) {
         self.inner.lock().expect("sim lock").fallback_agent = Some(trigger.to_owned());
+    }
+
+    /// A smaller (or larger) context window than [`CONTEXT_TOKENS`], to provoke "prompt is too
+    /// long" refusals with small requests.
+    pub fn set_context_tokens(&self, tokens: u64) {
+        self.inner.lock().expect("sim lock").context_tokens = Some(tokens);
     }
 
     /// Requests received so far.
@@ -831,6 +843,22 @@ async fn messages(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "model and messages are required",
+        );
+    }
+    let window = sim
+        .inner
+        .lock()
+        .expect("sim lock")
+        .context_tokens
+        .unwrap_or(CONTEXT_TOKENS);
+    if tokens(body.len()) > window {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            &format!(
+                "prompt is too long: {} tokens > {window} maximum",
+                tokens(body.len())
+            ),
         );
     }
     let received = Received::of(&uri, &model, cred, &json);

@@ -359,14 +359,35 @@ pub fn show_invisible(text: &str) -> (String, usize) {
     let mut n = 0;
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if invisible(c) || (c.is_control() && c != '\n' && c != '\t') {
+        if shown_as_marker(c) {
             n += 1;
-            out.push_str(&format!("⟦U+{:04X}⟧", c as u32));
+            out.push_str(&marker(c));
         } else {
             out.push(c);
         }
     }
     (out, n)
+}
+
+/// The length in bytes of `text` as [`show_invisible`] shows it, without building it.
+pub fn shown_len(text: &str) -> usize {
+    text.chars()
+        .map(|c| {
+            if shown_as_marker(c) {
+                marker(c).len()
+            } else {
+                c.len_utf8()
+            }
+        })
+        .sum()
+}
+
+fn shown_as_marker(c: char) -> bool {
+    invisible(c) || (c.is_control() && c != '\n' && c != '\t')
+}
+
+fn marker(c: char) -> String {
+    format!("⟦U+{:04X}⟧", c as u32)
 }
 
 #[cfg(test)]

@@ -131,7 +131,16 @@ impl Pusher {
             .unwrap_or_else(|_| base.clone());
         let changed = git(
             dir,
-            &["diff", "--name-only", "-z", &merge_base, &local],
+            // Without rename detection a moved file is named at both paths: moving a
+            // protected file (or a workflow) away is a change to where it was.
+            &[
+                "diff",
+                "--name-only",
+                "--no-renames",
+                "-z",
+                &merge_base,
+                &local,
+            ],
             None,
             "diff",
         )
@@ -263,6 +272,76 @@ pub(super) async fn git(
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The arguments of the unified diff of `range` shown to reviewers: no colour, no external diff
+/// driver or text conversion (the repository's attributes run nothing here).
+fn diff_args(range: &str) -> [&str; 5] {
+    [
+        "diff",
+        "--no-color",
+        "--no-ext-diff",
+        "--no-textconv",
+        range,
+    ]
+}
+
+/// Runs git in `dir` and keeps at most `max` bytes of what it prints: past that it is stopped and
+/// the text returned cut at a character boundary, with `false` (not whole). A change made of huge
+/// files (which compress to a small bundle) is never held whole in the controller's memory.
+async fn git_capped(
+    dir: &Path,
+    args: &[&str],
+    op: &'static str,
+    max: usize,
+) -> Result<(String, bool)> {
+    use tokio::io::AsyncReadExt;
+    let mut child = xcmd::Cmd::new("git", dir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .to_tokio()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| git_err(op, e))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    // Its complaint, bounded, read beside the output so that neither pipe can fill and stall it.
+    let complaint = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let mut head = stderr.take(16 * 1024);
+        let _ = head.read_to_end(&mut kept).await;
+        let _ = tokio::io::copy(&mut head.into_inner(), &mut tokio::io::sink()).await;
+        kept
+    });
+    let mut out = Vec::new();
+    let mut limited = stdout.take(max as u64 + 1);
+    limited
+        .read_to_end(&mut out)
+        .await
+        .map_err(|e| git_err(op, e))?;
+    if out.len() > max {
+        let _ = child.kill().await;
+        complaint.abort();
+        let mut text = String::from_utf8_lossy(&out).into_owned();
+        let mut cut = max.min(text.len());
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        return Ok((text, false));
+    }
+    let status = child.wait().await.map_err(|e| git_err(op, e))?;
+    let complaint = complaint.await.unwrap_or_default();
+    if !status.success() {
+        return Err(git_err(
+            op,
+            String::from_utf8_lossy(&complaint).trim().to_owned(),
+        ));
+    }
+    Ok((String::from_utf8_lossy(&out).trim().to_owned(), true))
 }
 
 /// What bringing a task branch up to date with the default branch did.
@@ -789,27 +868,7 @@ impl Pusher {
         let head_ref = format!("refs/remotes/origin/{branch}");
         let head = git(&dir, &["rev-parse", &head_ref], None, "rev-parse").await?;
         let range = format!("refs/remotes/origin/{default_branch}...{head}");
-        let mut text = git(
-            &dir,
-            &[
-                "diff",
-                "--no-color",
-                "--no-ext-diff",
-                "--no-textconv",
-                &range,
-            ],
-            None,
-            "diff",
-        )
-        .await?;
-        let complete = text.len() <= max;
-        if !complete {
-            let mut cut = max;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-        }
+        let (text, complete) = git_capped(&dir, &diff_args(&range), "diff", max).await?;
         Ok(BranchDiff {
             text,
             head,
@@ -864,32 +923,12 @@ impl Pusher {
         let diffed = async {
             let head = git(&dir, &["rev-parse", &local], None, "rev-parse").await?;
             let range = format!("refs/remotes/origin/{default_branch}...{head}");
-            let text = git(
-                &dir,
-                &[
-                    "diff",
-                    "--no-color",
-                    "--no-ext-diff",
-                    "--no-textconv",
-                    &range,
-                ],
-                None,
-                "diff",
-            )
-            .await?;
-            Ok::<_, ForgeError>((head, text))
+            let (text, complete) = git_capped(&dir, &diff_args(&range), "diff", max).await?;
+            Ok::<_, ForgeError>((head, text, complete))
         }
         .await;
         let _ = git(&dir, &["update-ref", "-d", &local], None, "update-ref").await;
-        let (head, mut text) = diffed?;
-        let complete = text.len() <= max;
-        if !complete {
-            let mut cut = max;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-        }
+        let (head, text, complete) = diffed?;
         Ok(BranchDiff {
             text,
             head,
@@ -929,6 +968,36 @@ pub(super) async fn fetch_branches(
     let mut args = vec!["fetch", "--quiet", "--no-tags", clone_url];
     args.extend(refspecs.iter().map(String::as_str));
     git(dir, &args, Some(auth), "fetch").await.map(drop)
+}
+
+#[cfg(test)]
+mod capped_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_past_the_cap_stops_the_command_and_comes_back_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        // A command whose output never ends: read whole, it would never come back.
+        let spew = ["-c", "alias.spew=!yes 0123456789abcdef", "spew"];
+        let (text, whole) = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            git_capped(dir.path(), &spew, "spew", 1_000_000),
+        )
+        .await
+        .expect("stopped at the cap")
+        .unwrap();
+        assert!(!whole);
+        assert_eq!(text.len(), 1_000_000);
+        // Under the cap: whole, and a failure names what git said.
+        let (text, whole) = git_capped(dir.path(), &["--version"], "version", 1_000)
+            .await
+            .unwrap();
+        assert!(whole && text.starts_with("git version"), "{text}");
+        let e = git_capped(dir.path(), &["log"], "log", 1_000)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not a git repository"), "{e}");
+    }
 }
 
 #[cfg(test)]

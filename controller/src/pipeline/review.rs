@@ -185,7 +185,7 @@ impl ModelReviewer {
                     repo: Some(input.repo),
                 })
                 .await
-                .map_err(|e| ReviewError::Unavailable(format!("{e:#}")))?;
+                .map_err(unavailable_or_refused)?;
             match parse_verdict(&reply.text) {
                 Ok(v) => return Ok(v),
                 Err(e) => {
@@ -200,9 +200,26 @@ impl ModelReviewer {
     }
 }
 
-/// The diff in parts of at most [`WINDOW`] bytes, split between files where possible, then
-/// between lines; refused past [`MAX_WINDOWS`] parts.
+/// Why a call to the reviewer failed. A request the model API refuses (too long, malformed: a
+/// 4xx other than rate limiting) is [`ReviewError::Unusable`], for a person: what the diff makes
+/// of the request is the agent's doing, and a refusal it provokes must not pass for an
+/// unavailable reviewer that a repository's fail-open mode would approve. Transport errors,
+/// timeouts and a busy API past the retries are [`ReviewError::Unavailable`].
+fn unavailable_or_refused(e: anyhow::Error) -> ReviewError {
+    match e.downcast_ref::<crate::llm::Refused>() {
+        Some(r) if r.is_request_refused() => ReviewError::Unusable(format!(
+            "the model API refused the review request ({}); a person must look: {e:#}",
+            r.status
+        )),
+        _ => ReviewError::Unavailable(format!("{e:#}")),
+    }
+}
+
+/// The diff in parts of at most [`WINDOW`] bytes as the reviewer is shown them (each invisible or
+/// control character counted as the marker that shows it, ten times its size or more), split
+/// between files where possible, then between lines; refused past [`MAX_WINDOWS`] parts.
 pub fn windows(diff: &str) -> Result<Vec<String>, ReviewError> {
+    let shown = textguard::shown_len;
     let mut files: Vec<&str> = Vec::new();
     let mut start = 0;
     for (i, _) in diff.match_indices("\ndiff --git ") {
@@ -212,29 +229,35 @@ pub fn windows(diff: &str) -> Result<Vec<String>, ReviewError> {
     files.push(&diff[start..]);
     let mut parts: Vec<String> = Vec::new();
     let mut current = String::new();
+    let mut current_len = 0;
     for file in files {
-        if current.len() + file.len() <= WINDOW {
+        if current_len + shown(file) <= WINDOW {
             current.push_str(file);
+            current_len += shown(file);
             continue;
         }
         if !current.is_empty() {
             parts.push(std::mem::take(&mut current));
+            current_len = 0;
         }
-        if file.len() <= WINDOW {
+        if shown(file) <= WINDOW {
             current.push_str(file);
+            current_len = shown(file);
             continue;
         }
         for line in file.split_inclusive('\n') {
-            if current.len() + line.len() > WINDOW && !current.is_empty() {
+            let n = shown(line);
+            if current_len + n > WINDOW && !current.is_empty() {
                 parts.push(std::mem::take(&mut current));
+                current_len = 0;
             }
-            if line.len() > WINDOW {
+            if n > WINDOW {
                 return Err(ReviewError::Unreviewable(format!(
-                    "one line of the diff is {} bytes, over the {WINDOW}-byte review window",
-                    line.len()
+                    "one line of the diff is {n} bytes as shown, over the {WINDOW}-byte review window"
                 )));
             }
             current.push_str(line);
+            current_len += n;
         }
     }
     if !current.is_empty() || parts.is_empty() {
@@ -423,5 +446,33 @@ mod tests {
         assert!(parts.last().unwrap().contains("f2"));
         let huge = file(1, WINDOW * (MAX_WINDOWS + 1));
         assert!(matches!(windows(&huge), Err(ReviewError::Unreviewable(_))));
+    }
+
+    #[test]
+    fn windows_are_measured_as_the_reviewer_is_shown_them() {
+        // Control characters are shown as markers twelve bytes long: a part of the diff that fits
+        // the window in bytes may not fit it as shown.
+        let line = format!("+{}\n", "\u{1}".repeat(99));
+        let diff = format!(
+            "diff --git a/f b/f\n--- a/f\n+++ b/f\n{}",
+            line.repeat(WINDOW / 200)
+        );
+        assert!(diff.len() < WINDOW, "fits one window in bytes");
+        let parts = windows(&diff).unwrap();
+        assert!(parts.len() > 1, "but not as shown");
+        for part in &parts {
+            assert!(textguard::shown_len(part) <= WINDOW);
+            assert_eq!(
+                textguard::shown_len(part),
+                textguard::show_invisible(part).0.len()
+            );
+        }
+        // Blown up past every window: not reviewed at all.
+        let many = format!(
+            "diff --git a/f b/f\n{}",
+            line.repeat(WINDOW * MAX_WINDOWS / 1000)
+        );
+        assert!(many.len() < WINDOW * MAX_WINDOWS / 5);
+        assert!(matches!(windows(&many), Err(ReviewError::Unreviewable(_))));
     }
 }

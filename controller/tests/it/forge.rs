@@ -98,6 +98,9 @@ pub(crate) fn make_bundle_in(
     make_bundle_commits_in(env, repo, branch, &[files])
 }
 
+/// The content that, given for a path in a bundle's files, deletes that file instead.
+pub(crate) const DELETED: &str = "\u{0}deleted";
+
 /// [`make_bundle_in`] with a commit for each set of files, in order.
 pub(crate) fn make_bundle_commits_in(
     env: &Env,
@@ -123,6 +126,10 @@ pub(crate) fn make_bundle_commits_in(
     for (i, files) in commits.iter().enumerate() {
         for (p, c) in *files {
             let path = work.join(p);
+            if *c == DELETED {
+                std::fs::remove_file(path).unwrap();
+                continue;
+            }
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, c).unwrap();
         }
@@ -1437,6 +1444,66 @@ async fn a_change_to_a_protected_path_is_refused_at_push() {
     assert_eq!(
         env.sim
             .branch_head("acme/guarded", done.branch.as_deref().unwrap()),
+        None,
+        "nothing was pushed"
+    );
+}
+
+/// Moving a protected file out of its protected place (git would show the pair as one rename,
+/// naming only the new path) is a change to the protected path too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_protected_file_moved_away_is_refused_at_push() {
+    let env = env().await;
+    let migration = "create table accounts (id int);\n".repeat(20);
+    env.sim
+        .create_repo(
+            "acme/moved",
+            "main",
+            &[
+                ("README.md", "# moved\n"),
+                (
+                    ".backporcher.toml",
+                    "protected_paths = [\"migrations/**\"]\n",
+                ),
+                ("migrations/0001.sql", &migration),
+            ],
+        )
+        .unwrap();
+    let repo = env
+        .store
+        .add_repo(&NewRepo {
+            name: "acme/moved".into(),
+            clone_url: format!("{}/acme/moved.git", env.base),
+            default_branch: "main".into(),
+        })
+        .await
+        .unwrap();
+    let mut t = NewTask::for_issue(repo.id, 1, "Tidy the tree", "x");
+    t.created_by = "test".into();
+    let task = env.store.create_task(&t).await.unwrap();
+    env.store
+        .triage(task.id, &Triage::default(), &crate::note("triaged"))
+        .await
+        .unwrap();
+    // One line changed: similar enough for git to call it a rename.
+    let moved = migration.replacen("accounts", "accounts_v2", 1);
+    let done = run_attempt_in(
+        &env,
+        "acme/moved",
+        task.id,
+        &[
+            ("migrations/0001.sql", DELETED),
+            ("archive/0001.sql", &moved),
+        ],
+    )
+    .await;
+    let p = pipeline(&env, vec![]);
+    let t = drive(&env, &p, task.id, Status::Failed).await;
+    let error = t.error.unwrap_or_default();
+    assert!(error.contains("`migrations/0001.sql`"), "{error}");
+    assert_eq!(
+        env.sim
+            .branch_head("acme/moved", done.branch.as_deref().unwrap()),
         None,
         "nothing was pushed"
     );

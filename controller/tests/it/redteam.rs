@@ -712,3 +712,68 @@ async fn a_reopen_adopts_no_strangers_label() {
             .is_none()
     );
 }
+
+/// The agent makes the review request too large for the model (here a small context window
+/// stands for a diff blown up past the real one): the API refuses it with 400. That is not an
+/// unavailable reviewer — a repository that fails open must not approve it: a person must look.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_review_request_the_model_refuses_waits_for_a_person_even_failing_open() {
+    let env = env().await;
+    env.sim.set_default_ci("success");
+    let model = ModelSim::new(Some("k".into()));
+    model.set_context_tokens(3_000);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let model_url = format!("http://{}", l.local_addr().unwrap());
+    model.serve(l);
+    let client = ModelClient::new(
+        ModelConfig {
+            base_url: model_url,
+            api_key: "k".into(),
+            timeout: Duration::from_secs(30),
+            cli: None,
+        },
+        env.store.clone(),
+    )
+    .unwrap();
+    let mut p = pipeline(&env, vec![]);
+    p.reviewer = Arc::new(ModelReviewer {
+        client,
+        model: "sonnet".into(),
+    });
+    env.store
+        .update_repo(
+            env.repo.id,
+            &RepoSettings {
+                approval_mode: Some("full-auto".into()),
+                review_fail_mode: Some("open".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let t = queued_task(&env, "Add a fixture").await;
+    let fixture = "padding padding padding padding\n".repeat(600);
+    run_attempt(&env, t.id, &[("fixture.txt", &fixture)]).await;
+    let held = drive(&env, &p, t.id, Status::ApprovalHold).await;
+    let review = held.review.unwrap().0;
+    assert!(
+        review["human_required"]
+            .as_str()
+            .unwrap_or("")
+            .contains("refused the review request"),
+        "{review}"
+    );
+    assert_ne!(review["approve"], serde_json::json!(true), "{review}");
+    p.run_due().await.unwrap();
+    assert_eq!(
+        env.store.task(t.id).await.unwrap().status,
+        Status::ApprovalHold
+    );
+    assert!(
+        !env.sim
+            .state_of(REPO, held.pr_number.unwrap() as u64)
+            .unwrap()
+            .1,
+        "not merged"
+    );
+}
