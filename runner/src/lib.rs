@@ -23,6 +23,7 @@ pub mod firewall;
 pub mod gateway;
 pub mod graphs;
 pub mod identity;
+pub mod model_requests;
 pub mod pin;
 pub mod privileges;
 pub mod prompt;
