@@ -395,10 +395,16 @@ impl Client {
                 },
             })
             .collect();
-        self.inner
-            .clone()
-            .upload_bundle(tokio_stream::iter(msgs))
-            .await?;
+        self.upload_bundle_chunks(tokio_stream::iter(msgs)).await
+    }
+
+    /// Uploads a bundle as the chunks `chunks` yields (the first names the lease, the last
+    /// carries the sha256 of the whole); [`Client::upload_bundle`] for one in memory.
+    pub async fn upload_bundle_chunks(
+        &self,
+        chunks: impl futures::Stream<Item = proto::BundleChunk> + Send + 'static,
+    ) -> Result<(), Status> {
+        self.inner.clone().upload_bundle(chunks).await?;
         Ok(())
     }
 

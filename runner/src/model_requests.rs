@@ -15,8 +15,10 @@ use crate::gateway::Api;
 /// or `custom`) and the Anthropic-defined client tools, by prefix (their types carry a date).
 const MESSAGES_CLIENT_TOOLS: &[&str] = &["custom", "bash_", "text_editor_", "computer_", "memory_"];
 
-/// Tool types of the Responses API the client runs itself.
-const RESPONSES_CLIENT_TOOLS: &[&str] = &["function", "custom", "local_shell"];
+/// Tool types of the Responses API the client runs itself, and `tool_search`, which the
+/// provider runs over the tool definitions of the request itself (the Codex CLI loads its tools
+/// through it) and which reaches nothing outside the request.
+const RESPONSES_CLIENT_TOOLS: &[&str] = &["function", "custom", "local_shell", "tool_search"];
 
 /// Top-level fields refused, per API, with why.
 fn refused_fields(api: Api) -> &'static [(&'static str, &'static str)] {
@@ -149,7 +151,8 @@ mod tests {
         let responses = json!({
             "model": "gpt-5.5", "store": false, "stream": true, "instructions": "be brief",
             "tools": [{"type": "function", "name": "shell", "parameters": {}},
-                      {"type": "custom", "name": "apply_patch"}, {"type": "local_shell"}],
+                      {"type": "custom", "name": "apply_patch"}, {"type": "local_shell"},
+                      {"type": "tool_search"}],
             "input": [{"type": "message", "role": "user", "content": [
                 {"type": "input_text", "text": "fix it"},
                 {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}],

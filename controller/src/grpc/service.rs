@@ -36,6 +36,24 @@ pub struct RunnerService {
     registry: Arc<RunnerCache>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Bundle uploads under way, by (task, attempt): one at a time for each live lease, so a
+    /// runner holds at most one bundle's bytes in this process per lease it has.
+    uploads: Arc<std::sync::Mutex<std::collections::HashSet<(i64, i32)>>>,
+}
+
+/// An upload's place in [`RunnerService::uploads`], given back when the upload ends.
+struct Uploading {
+    uploads: Arc<std::sync::Mutex<std::collections::HashSet<(i64, i32)>>>,
+    key: (i64, i32),
+}
+
+impl Drop for Uploading {
+    fn drop(&mut self) {
+        self.uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
 }
 
 impl RunnerService {
@@ -58,6 +76,7 @@ impl RunnerService {
             sessions,
             tracker,
             shutdown,
+            uploads: Arc::default(),
         }
     }
 
@@ -380,12 +399,33 @@ impl proto::runner_server::Runner for RunnerService {
         let runner = self.authenticate(&req).await?;
         let mut stream = req.into_inner();
         let mut lease = None;
+        let mut uploading = None;
         let mut data = Vec::new();
         let mut claimed_sha = String::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if lease.is_none() {
-                lease = Some(convert::lease(chunk.lease.as_ref(), runner.id)?);
+                // The lease is checked before any bytes are kept: a runner without one (or a
+                // plan run) holds no memory here, and one lease uploads one bundle at a time.
+                let l = convert::lease(chunk.lease.as_ref(), runner.id)?;
+                self.store.check_bundle_lease(&l).await.map_err(status)?;
+                let key = (l.task_id, l.attempt);
+                if !self
+                    .uploads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key)
+                {
+                    return Err(Status::already_exists(format!(
+                        "a bundle of task {} attempt {} is being uploaded already; wait for it to end",
+                        l.task_id, l.attempt
+                    )));
+                }
+                uploading = Some(Uploading {
+                    uploads: self.uploads.clone(),
+                    key,
+                });
+                lease = Some(l);
             }
             if data.len() + chunk.data.len() > self.config.max_bundle_bytes {
                 return Err(Status::invalid_argument(format!(
@@ -410,6 +450,7 @@ impl proto::runner_server::Runner for RunnerService {
             .store_bundle(&lease, &data, &sha)
             .await
             .map_err(status)?;
+        drop(uploading);
         Ok(Response::new(proto::UploadBundleResponse {
             size: data.len() as u64,
             sha256: sha,

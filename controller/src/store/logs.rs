@@ -12,6 +12,24 @@ use super::{Error, Result, Store};
 pub const MAX_LOG_CHUNK: usize = 256 * 1024;
 /// Most log bytes stored per attempt; the rest is acknowledged, counted and dropped.
 pub const MAX_LOG_BYTES: i64 = proto::limits::MAX_LOG_BYTES as i64;
+/// What a stored chunk counts against the cap beyond its bytes: its row (so a log of many tiny
+/// chunks is bounded in rows too).
+pub const CHUNK_ROW_COST: i64 = 64;
+/// The longest stream name a chunk may carry (`agent`, `agent.stderr`, `verify`, …).
+pub const MAX_STREAM_NAME: usize = 32;
+
+/// The lease that may store a bundle: live, this runner's, and not a read-only plan run. Binds
+/// $1 task, $2 attempt, $3 token, $4 runner, $5 the active statuses.
+const BUNDLE_LEASE: &str = "id = $1 AND attempt = $2 AND lease_token = $3 AND runner_id = $4 \
+    AND status = ANY($5) AND plan_attempt IS DISTINCT FROM attempt";
+
+/// Whether `s` is a stream name a log chunk may carry.
+fn stream_name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_STREAM_NAME
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
 /// Most bytes one page of log returns (at least one chunk is returned, whatever its size).
 pub const MAX_LOG_PAGE_BYTES: i64 = 4 * 1024 * 1024;
 
@@ -21,43 +39,71 @@ pub type LogRow = (i64, String, Vec<u8>, chrono::DateTime<chrono::Utc>);
 impl Store {
     /// Stores the result bundle of an attempt (replacing an earlier upload of the same attempt).
     pub async fn store_bundle(&self, lease: &LeaseRef, data: &[u8], sha256: &str) -> Result<()> {
-        let n = sqlx::query(
+        let n = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO task_bundles (task_id, attempt, size, sha256, data) \
-             SELECT id, attempt, $4, $5, $6 FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3 \
-               AND runner_id = $7 AND status = ANY($8) AND plan_attempt IS DISTINCT FROM attempt \
+             SELECT id, attempt, $6, $7, $8 FROM tasks WHERE {BUNDLE_LEASE} \
              ON CONFLICT (task_id, attempt) DO UPDATE SET size = EXCLUDED.size, sha256 = EXCLUDED.sha256, \
-               data = EXCLUDED.data, received_at = now()",
-        )
+               data = EXCLUDED.data, received_at = now()"
+        )))
         .bind(lease.task_id)
         .bind(lease.attempt)
         .bind(lease.token)
+        .bind(lease.runner_id)
+        .bind(status_texts(Status::ACTIVE))
         .bind(data.len() as i64)
         .bind(sha256)
         .bind(data)
-        .bind(lease.runner_id)
-        .bind(status_texts(Status::ACTIVE))
         .execute(&self.pool)
         .await?
         .rows_affected();
         if n == 0 {
+            return Err(self.bundle_refusal(lease).await);
+        }
+        Ok(())
+    }
+
+    /// Whether `lease` may upload a bundle now ([`Store::store_bundle`]'s own condition), so
+    /// that nothing of an upload is kept for a lease that cannot store it.
+    pub async fn check_bundle_lease(&self, lease: &LeaseRef) -> Result<()> {
+        let ok: Option<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM tasks WHERE {BUNDLE_LEASE}"
+        )))
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(lease.runner_id)
+        .bind(status_texts(Status::ACTIVE))
+        .fetch_optional(&self.pool)
+        .await?;
+        match ok {
+            Some(_) => Ok(()),
+            None => Err(self.bundle_refusal(lease).await),
+        }
+    }
+
+    /// Why `lease` may not store a bundle.
+    async fn bundle_refusal(&self, lease: &LeaseRef) -> Error {
+        {
             // Plan gate: a plan run's lease takes no bundle (nothing of it is ever pushed).
-            let plan_run: Option<bool> = sqlx::query_scalar(
+            let plan_run: Option<bool> = match sqlx::query_scalar(
                 "SELECT plan_attempt = attempt FROM tasks WHERE id = $1 AND attempt = $2",
             )
             .bind(lease.task_id)
             .bind(lease.attempt)
             .fetch_optional(&self.pool)
-            .await?
-            .flatten();
+            .await
+            {
+                Ok(p) => p.flatten(),
+                Err(e) => return e.into(),
+            };
             if plan_run == Some(true) {
-                return Err(Error::Invalid(format!(
+                return Error::Invalid(format!(
                     "task {} attempt {} is a read-only plan run: it takes no bundle and nothing of it is pushed",
                     lease.task_id, lease.attempt
-                )));
+                ));
             }
-            return Err(self.lease_lost(lease).await);
+            self.lease_lost(lease).await
         }
-        Ok(())
     }
 
     /// The stored bundle of an attempt: (sha256, bytes).
@@ -144,6 +190,12 @@ impl Store {
         if let Some((seq, _, _)) = chunks.iter().find(|(s, _, _)| *s < 0) {
             return Err(Error::Invalid(format!("log sequence {seq} is negative")));
         }
+        if let Some((seq, stream, _)) = chunks.iter().find(|(_, s, _)| !stream_name_ok(s)) {
+            return Err(Error::Invalid(format!(
+                "log chunk {seq} names its stream `{}`: a stream name is 1 to {MAX_STREAM_NAME} letters, digits, '.', '-' or '_'",
+                stream.chars().take(MAX_STREAM_NAME).collect::<String>()
+            )));
+        }
         let mut tx = self.pool.begin().await?;
         let stored: Option<i64> = sqlx::query_scalar(
             "INSERT INTO log_totals (task_id, attempt) \
@@ -174,10 +226,15 @@ impl Store {
         .await?;
         let mut room = cap - stored;
         let (mut keep, mut dropped) = (Vec::new(), 0i64);
-        for c in chunks.iter().filter(|c| !present.contains(&c.0)) {
-            let len = c.2.len() as i64;
-            if len <= room {
-                room -= len;
+        // Empty chunks are acknowledged and not stored; each stored one costs its row as well as
+        // its bytes, so many tiny chunks cannot pass the cap in rows.
+        for c in chunks
+            .iter()
+            .filter(|c| !present.contains(&c.0) && !c.2.is_empty())
+        {
+            let cost = c.2.len() as i64 + CHUNK_ROW_COST;
+            if cost <= room {
+                room -= cost;
                 keep.push(c);
             } else {
                 dropped += 1;
@@ -189,7 +246,7 @@ impl Store {
         let (inserted, stored_new): (i64, i64) = sqlx::query_as(
             "WITH ins AS (INSERT INTO log_chunks (task_id, attempt, seq, stream, data) \
                SELECT $1, $2, c.seq, c.stream, c.data FROM unnest($3::bigint[], $4::text[], $5::bytea[]) AS c(seq, stream, data) \
-               ON CONFLICT (task_id, attempt, seq) DO NOTHING RETURNING length(data) AS n) \
+               ON CONFLICT (task_id, attempt, seq) DO NOTHING RETURNING length(data) + $6 AS n) \
              SELECT COALESCE(sum(n), 0)::bigint, count(*) FROM ins",
         )
         .bind(lease.task_id)
@@ -197,6 +254,7 @@ impl Store {
         .bind(&seqs)
         .bind(&streams)
         .bind(&data)
+        .bind(CHUNK_ROW_COST)
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query("UPDATE log_totals SET bytes = bytes + $3, dropped_chunks = dropped_chunks + $4 WHERE task_id = $1 AND attempt = $2")

@@ -386,8 +386,11 @@ async fn a_runaway_log_is_capped_visibly_and_still_acknowledged() {
     let chunks: Vec<(i64, String, Vec<u8>)> = (0..10)
         .map(|i| (i, "stdout".to_string(), vec![b'x'; 100]))
         .collect();
+    // Each stored chunk counts its bytes and its row.
+    let row = controller::store::logs::CHUNK_ROW_COST;
+    let cap = 4 * (100 + row) + 2 * (10 + row) + 5;
     let acked = store
-        .append_logs_capped(&lease, &chunks, 450)
+        .append_logs_capped(&lease, &chunks, cap)
         .await
         .unwrap();
     assert_eq!(
@@ -398,7 +401,7 @@ async fn a_runaway_log_is_capped_visibly_and_still_acknowledged() {
     let more: Vec<(i64, String, Vec<u8>)> = (10..12)
         .map(|i| (i, "stdout".to_string(), vec![b'y'; 10]))
         .collect();
-    store.append_logs_capped(&lease, &more, 450).await.unwrap();
+    store.append_logs_capped(&lease, &more, cap).await.unwrap();
     let stored = store.log_chunks(t.id, lease.attempt).await.unwrap();
     assert_eq!(
         stored.len(),
@@ -407,7 +410,7 @@ async fn a_runaway_log_is_capped_visibly_and_still_acknowledged() {
     );
     assert_eq!(
         store.log_totals(t.id, lease.attempt).await.unwrap(),
-        (420, 6)
+        (4 * (100 + row) + 2 * (10 + row), 6)
     );
     assert_eq!(
         store.log_gaps(t.id, lease.attempt).await.unwrap(),
@@ -416,13 +419,37 @@ async fn a_runaway_log_is_capped_visibly_and_still_acknowledged() {
     );
     // Resending stored chunks changes nothing.
     store
-        .append_logs_capped(&lease, &chunks[..2], 450)
+        .append_logs_capped(&lease, &chunks[..2], cap)
         .await
         .unwrap();
     assert_eq!(
         store.log_totals(t.id, lease.attempt).await.unwrap(),
-        (420, 6)
+        (4 * (100 + row) + 2 * (10 + row), 6)
     );
+    // A runner that sends empty chunks by the million stores no row for them; one that names
+    // its stream with megabytes (or anything but a short name) is refused, naming the chunk.
+    let empty: Vec<(i64, String, Vec<u8>)> = (100..1100)
+        .map(|i| (i, "stdout".to_string(), Vec::new()))
+        .collect();
+    assert_eq!(store.append_logs(&lease, &empty).await.unwrap().len(), 1000);
+    assert_eq!(
+        store.log_chunks(t.id, lease.attempt).await.unwrap().len(),
+        6
+    );
+    for name in [
+        "x".repeat(1 << 20),
+        String::new(),
+        "agent\nforged line".into(),
+    ] {
+        let e = store
+            .append_logs(&lease, &[(2000, name, b"data".to_vec())])
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("log chunk 2000 names its stream"),
+            "{e}"
+        );
+    }
 }
 
 /// A task that loses its runner again and again (it may be what kills them) fails after

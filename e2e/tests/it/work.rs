@@ -298,3 +298,91 @@ async fn the_navigation_switch_travels_with_the_lease() {
         c.stop().await;
     }
 }
+
+/// A runner streams a bundle for a lease it does not hold, and keeps the stream open: refused at
+/// the first chunk, nothing of it kept. For a lease it holds, one upload at a time.
+#[tokio::test]
+async fn a_bundle_upload_is_checked_at_its_first_chunk() {
+    use futures::StreamExt as _;
+    let c = TestController::start(Options::default()).await;
+    let repo = c.repo("acme/widgets").await;
+    let (id, _) = enroll(&c, "r1", &[]).await;
+    let client = id.connect().unwrap();
+    client
+        .hello(&runner::client::HelloInfo {
+            labels: vec![],
+            capacity: 1,
+            backends: vec![],
+            boot_id: "x".into(),
+            active: vec![],
+        })
+        .await
+        .unwrap();
+    c.task(&repo, "sleep:1").await;
+    let (a, _) = client.lease(Duration::from_secs(5)).await.unwrap();
+    let a = a.expect("an assignment");
+    // One chunk, then a stream that never ends.
+    let endless = |lease: &Lease| {
+        let first = proto::BundleChunk {
+            lease: Some(proto::LeaseKey {
+                task_id: lease.task_id,
+                attempt: lease.attempt,
+                token: lease.token.clone(),
+            }),
+            data: vec![0u8; 1024 * 1024],
+            sha256: String::new(),
+        };
+        futures::stream::iter([first]).chain(futures::stream::pending())
+    };
+    let wrong = Lease {
+        token: uuid::Uuid::new_v4().to_string(),
+        ..a.lease.clone()
+    };
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.upload_bundle_chunks(endless(&wrong)),
+    )
+    .await
+    .expect("refused without waiting for the rest of the stream")
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err}");
+
+    // Its own lease: a second upload while the first is open is refused; once the first is
+    // gone, an upload goes through.
+    let held = {
+        let client = client.clone();
+        let stream = endless(&a.lease);
+        tokio::spawn(async move { client.upload_bundle_chunks(stream).await })
+    };
+    let mut second = None;
+    for _ in 0..100 {
+        match client.upload_bundle(&a.lease, b"bundle").await {
+            Err(e) if e.code() == Code::AlreadyExists => {
+                second = Some(e);
+                break;
+            }
+            // The first upload's chunk has not arrived yet.
+            Ok(()) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let second = second.expect("a second upload of the lease was refused");
+    assert!(
+        second.message().contains("being uploaded already"),
+        "{second}"
+    );
+    held.abort();
+    let mut stored = false;
+    for _ in 0..100 {
+        if client.upload_bundle(&a.lease, b"bundle").await.is_ok() {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stored,
+        "the lease uploads again once the first upload is gone"
+    );
+    c.stop().await;
+}
