@@ -207,13 +207,31 @@ const DEVCONTAINER_IGNORED: &[&str] = &[
     "postAttachCommand",
 ];
 
+/// What a snapshot belongs to beyond its recipe and manifests: the repository and the values of
+/// the secrets setup may be granted (a digest). Two repositories with the same files (a fork and
+/// its upstream), or one whose secrets changed, never share a snapshot: what setup installed
+/// with a secret stays with the repository it was granted to.
+pub fn scope(repo: &str, secrets: &crate::task::SetupSecrets) -> String {
+    let mut h = Sha256::new();
+    h.update(repo.as_bytes());
+    for (name, value) in &secrets.0 {
+        h.update([0]);
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(Sha256::digest(value.as_bytes()));
+    }
+    hex::encode(h.finalize())
+}
+
 /// Reads the environment of the repository at `commit` of `mirror`, unless the repository's
 /// settings set one (`settings`: base image and setup), which wins: `Ok(None)` for the runner's
 /// default image without setup, `Err` with what to change when the description is refused.
+/// `scope` ([`scope`]) goes into the snapshot's key.
 pub async fn describe(
     mirror: &Path,
     commit: &str,
     settings: Option<&(String, Vec<String>)>,
+    scope: &str,
 ) -> Result<Option<Environment>, String> {
     const TOML: &str = ".backporcher.toml";
     const DEVCONTAINER: &str = ".devcontainer/devcontainer.json";
@@ -304,7 +322,7 @@ pub async fn describe(
     let mut h = Sha256::new();
     h.update(
         format!(
-            "{RECIPE}\0{}\0{:?}\0{:?}\0{}\0{:?}\0",
+            "{RECIPE}\0{scope}\0{}\0{:?}\0{:?}\0{}\0{:?}\0",
             env.image, env.setup, env.env, env.setup_network, env.secrets
         )
         .as_bytes(),
@@ -703,15 +721,34 @@ mod tests {
             )],
         )
         .await;
-        let env = describe(&dir, &main, None).await.unwrap().unwrap();
+        let env = describe(&dir, &main, None, "").await.unwrap().unwrap();
         assert_eq!(env.image, "backporcher-env-python:latest");
         assert_eq!(env.setup, vec!["python3 -m venv /opt/env"]);
         assert_eq!(env.verify.as_deref(), Some("pytest -q"));
         assert_eq!(env.protected, vec!["migrations/**"]);
         assert!(env.setup_network);
         // A manifest change on the default branch changes the key.
-        let again = describe(&dir, &main, None).await.unwrap().unwrap();
+        let again = describe(&dir, &main, None, "").await.unwrap().unwrap();
         assert_eq!(env.key, again.key);
+        // Another repository with the same files, or other secret values: another snapshot.
+        let secrets = |v: &str| crate::task::SetupSecrets(vec![("NPM_TOKEN".into(), v.into())]);
+        let (ours, fork, rotated) = (
+            scope("acme/app", &secrets("a")),
+            scope("mallory/app", &secrets("a")),
+            scope("acme/app", &secrets("b")),
+        );
+        assert!(ours != fork && ours != rotated);
+        let keyed = |s: String| {
+            let (dir, main) = (dir.clone(), main.clone());
+            async move { describe(&dir, &main, None, &s).await.unwrap().unwrap().key }
+        };
+        let (k1, k2, k3) = (
+            keyed(ours.clone()).await,
+            keyed(fork).await,
+            keyed(rotated).await,
+        );
+        assert!(k1 != k2 && k1 != k3 && k1 != env.key);
+        assert_eq!(k1, keyed(ours).await);
         git(&dir, &["checkout", "--quiet", "main"]).await.unwrap();
         std::fs::write(dir.join("requirements.txt"), "pytest\nhypothesis\n").unwrap();
         git(
@@ -730,14 +767,17 @@ mod tests {
         .await
         .unwrap();
         let head = git(&dir, &["rev-parse", "HEAD"]).await.unwrap();
-        let changed = describe(&dir, &head, None).await.unwrap().unwrap();
+        let changed = describe(&dir, &head, None, "").await.unwrap().unwrap();
         assert_ne!(env.key, changed.key);
         // The repository's settings win over the file, and say so.
         let set = (
             "backporcher-env-rust:latest".to_string(),
             vec!["cargo fetch".to_string()],
         );
-        let by_settings = describe(&dir, &head, Some(&set)).await.unwrap().unwrap();
+        let by_settings = describe(&dir, &head, Some(&set), "")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(by_settings.source, "the repository's settings");
         assert_eq!(by_settings.image, "backporcher-env-rust:latest");
         assert_eq!(
@@ -777,7 +817,7 @@ mod tests {
             )],
         )
         .await;
-        let env = describe(&dir, &main, None).await.unwrap().unwrap();
+        let env = describe(&dir, &main, None, "").await.unwrap().unwrap();
         assert_eq!(env.source, ".devcontainer/devcontainer.json");
         assert_eq!(env.image, "backporcher-env-python:latest");
         assert_eq!(env.setup, vec!["make deps"]);
@@ -796,7 +836,7 @@ mod tests {
             &[],
         )
         .await;
-        let env = describe(&dir2, &main2, None).await.unwrap().unwrap();
+        let env = describe(&dir2, &main2, None, "").await.unwrap().unwrap();
         assert_eq!(env.image, "backporcher-env-rust:latest");
         assert!(
             env.notes
@@ -812,7 +852,10 @@ mod tests {
         )
         .await;
         let set = ("backporcher-env-rust:latest".to_string(), Vec::new());
-        let env = describe(&dir3, &main3, Some(&set)).await.unwrap().unwrap();
+        let env = describe(&dir3, &main3, Some(&set), "")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(env.source, "the repository's settings");
         assert!(
             env.notes
@@ -834,7 +877,7 @@ mod tests {
             &[],
         )
         .await;
-        let env = describe(&dir, &main, None).await.unwrap().unwrap();
+        let env = describe(&dir, &main, None, "").await.unwrap().unwrap();
         assert_eq!(env.source, ".devcontainer/devcontainer.json");
         assert_eq!(
             env.setup,
@@ -853,14 +896,14 @@ mod tests {
             &[],
         )
         .await;
-        let why = describe(&dir2, &main2, None).await.unwrap_err();
+        let why = describe(&dir2, &main2, None, "").await.unwrap_err();
         assert!(why.contains("`build` is not supported"), "{why}");
         let (dir3, main3) = repo_with(
             &[(".backporcher.toml", "[environment]\nimgae = \"x\"\n")],
             &[],
         )
         .await;
-        let why = describe(&dir3, &main3, None).await.unwrap_err();
+        let why = describe(&dir3, &main3, None, "").await.unwrap_err();
         assert!(why.contains("imgae"), "{why}");
         for d in [dir, dir2, dir3] {
             let _ = std::fs::remove_dir_all(d);

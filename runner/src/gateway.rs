@@ -50,53 +50,7 @@ impl std::fmt::Debug for Credential {
     }
 }
 
-/// The model API a task's agent CLI speaks, and so the only endpoints its token may call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Api {
-    /// Anthropic's Messages API (Claude Code).
-    #[default]
-    Messages,
-    /// OpenAI's Responses API (the Codex CLI).
-    Responses,
-}
-
-impl Api {
-    /// The endpoints forwarded (method, path without query); everything else is refused.
-    fn forwarded(self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Self::Messages => &[
-                ("POST", "/v1/messages"),
-                ("POST", "/v1/messages/count_tokens"),
-            ],
-            Self::Responses => &[("POST", "/v1/responses")],
-        }
-    }
-
-    /// The one paid endpoint (the others are free).
-    fn paid(self) -> &'static str {
-        match self {
-            Self::Messages => "/v1/messages",
-            Self::Responses => "/v1/responses",
-        }
-    }
-
-    /// The request field that bounds a call's output.
-    fn max_output_field(self) -> &'static str {
-        match self {
-            Self::Messages => "max_tokens",
-            Self::Responses => "max_output_tokens",
-        }
-    }
-
-    /// The forwarded endpoints, for messages.
-    fn describe(self) -> String {
-        self.forwarded()
-            .iter()
-            .map(|(m, p)| format!("{m} {p}"))
-            .collect::<Vec<_>>()
-            .join(" and ")
-    }
-}
+pub use crate::model_requests::Api;
 
 /// The output a call without `max_tokens` is reserved for (the upstream refuses such a call, and
 /// the reservation is then released).

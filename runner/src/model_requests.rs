@@ -9,7 +9,53 @@
 
 use serde_json::Value;
 
-use crate::gateway::Api;
+/// The model API a task's agent CLI speaks, and so the only endpoints its token may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Api {
+    /// Anthropic's Messages API (Claude Code).
+    #[default]
+    Messages,
+    /// OpenAI's Responses API (the Codex CLI).
+    Responses,
+}
+
+impl Api {
+    /// The endpoints forwarded (method, path without query); everything else is refused.
+    pub(crate) fn forwarded(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::Messages => &[
+                ("POST", "/v1/messages"),
+                ("POST", "/v1/messages/count_tokens"),
+            ],
+            Self::Responses => &[("POST", "/v1/responses")],
+        }
+    }
+
+    /// The one paid endpoint (the others are free).
+    pub(crate) fn paid(self) -> &'static str {
+        match self {
+            Self::Messages => "/v1/messages",
+            Self::Responses => "/v1/responses",
+        }
+    }
+
+    /// The request field that bounds a call's output.
+    pub(crate) fn max_output_field(self) -> &'static str {
+        match self {
+            Self::Messages => "max_tokens",
+            Self::Responses => "max_output_tokens",
+        }
+    }
+
+    /// The forwarded endpoints, for messages.
+    pub(crate) fn describe(self) -> String {
+        self.forwarded()
+            .iter()
+            .map(|(m, p)| format!("{m} {p}"))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+}
 
 /// Tool types the Messages API lets a client declare and run itself: custom tools (no `type`,
 /// or `custom`) and the Anthropic-defined client tools, by prefix (their types carry a date).

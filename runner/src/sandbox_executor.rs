@@ -313,6 +313,7 @@ impl SandboxExecutor {
             &checkout.mirror,
             &checkout.default_head,
             spec.environment.as_ref(),
+            &crate::environment::scope(&spec.repo, &spec.setup_secrets),
         )
         .await
         {

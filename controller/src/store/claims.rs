@@ -132,8 +132,7 @@ const CLAIM_SQL: &str = "WITH b AS MATERIALIZED (SELECT * FROM claim_batch($1, $
      r.verify_command AS repo_verify_command, r.egress_policy AS repo_egress_policy, \
      b.b_amount AS repo_grant_microusd, r.agent_hooks AS repo_agent_hooks, \
      r.env_image AS repo_env_image, r.env_setup AS repo_env_setup, \
-     COALESCE(r.reproduce_first = 'on' OR (r.reproduce_first = 'bugs' AND (b.b_task).is_bug IS TRUE), false) \
-       AS repo_reproduce_first, \
+     reproduce_first_asked(r.reproduce_first, (b.b_task).is_bug) AS repo_reproduce_first, \
      COALESCE((b.b_task).plan_attempt = (b.b_task).attempt, false) AS repo_plan_run, \
      (SELECT p.text FROM task_plans p WHERE p.task_id = COALESCE((b.b_task).parent_id, (b.b_task).id) \
        AND p.state = 'approved') AS repo_plan, \

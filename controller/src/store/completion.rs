@@ -336,14 +336,19 @@ impl Store {
                     // Reproduce-first: an issue not shown to be fixed follows the repository's
                     // policy — `hold` puts a hold on the task (its PR opens, marked, and waits for
                     // a person before it merges), `proceed` only marks it.
+                    // A lease that asked for it is owed a record: a runner that sends none has
+                    // not shown the issue reproduced, and its result is held like one that says so.
+                    let (policy, asked): (String, bool) = sqlx::query_as(
+                        "SELECT r.reproduce_policy, reproduce_first_asked(r.reproduce_first, t.is_bug) \
+                         FROM tasks t JOIN repos r ON r.id = t.repo_id WHERE t.id = $1",
+                    )
+                    .bind(lease.task_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let missing = (asked && c.reproduction.is_none())
+                        .then(super::reproduction::Reproduction::missing);
                     let (mut repro_data, mut hold) = (None, false);
-                    if let Some(r) = &c.reproduction {
-                        let policy: String = sqlx::query_scalar(
-                            "SELECT r.reproduce_policy FROM tasks t JOIN repos r ON r.id = t.repo_id WHERE t.id = $1",
-                        )
-                        .bind(lease.task_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
+                    if let Some(r) = c.reproduction.as_ref().or(missing.as_ref()) {
                         hold = !r.reproduced() && policy == "hold";
                         let message = hold.then(|| {
                             format!(

@@ -75,6 +75,18 @@ impl Reproduction {
         self.status == ReproStatus::Reproduced
     }
 
+    /// What stands for the record a lease asked for and the runner did not send: no test shown.
+    pub fn missing() -> Self {
+        Self {
+            status: ReproStatus::NoTest,
+            command: String::new(),
+            files: Vec::new(),
+            base: None,
+            head: None,
+            note: "the runner sent no reproduce-first record though its lease asked for one".into(),
+        }
+    }
+
     /// The record as kept: texts cut to a bound (a runner's word is not trusted for size).
     pub fn bounded(mut self) -> Self {
         let cut = |s: &mut String| {

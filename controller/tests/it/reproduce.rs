@@ -156,6 +156,51 @@ async fn not_reproduced_is_held_under_hold_and_only_marked_under_proceed() {
         "{data}"
     );
 
+    // A runner that leaves the record out of a completion its lease owed one: held the same,
+    // the timeline saying no record came; a lease that asked for none owes none.
+    let (_, lease) = lease_asks(&store, &repo, None).await;
+    let t = store
+        .complete(
+            &lease,
+            &Completion::new(Outcome::Succeeded),
+            &RetryPolicy::default(),
+        )
+        .await
+        .unwrap()
+        .task;
+    assert_eq!(t.status, Status::Pushing);
+    assert_eq!(t.hold_kind.0, Some(HoldKind::User));
+    let data = store
+        .timeline(t.id)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .data
+        .unwrap()
+        .0;
+    assert_eq!(data["reproduction"], "no_test", "{data}");
+    assert!(
+        data["summary"]
+            .as_str()
+            .unwrap()
+            .contains("sent no reproduce-first record"),
+        "{data}"
+    );
+    set(&store, &repo, "off", "hold").await;
+    let (asked, lease) = lease_asks(&store, &repo, Some(true)).await;
+    assert!(!asked);
+    let t = store
+        .complete(
+            &lease,
+            &Completion::new(Outcome::Succeeded),
+            &RetryPolicy::default(),
+        )
+        .await
+        .unwrap()
+        .task;
+    assert_eq!(t.hold_kind.0, None, "nothing was owed");
+
     // No test, `proceed`: marked, not held.
     set(&store, &repo, "on", "proceed").await;
     let (_, lease) = lease_asks(&store, &repo, None).await;
