@@ -77,6 +77,10 @@ pub enum ReviewError {
     /// approved, a human must look.
     #[error("the change has no valid evidence record: {0}")]
     NoEvidence(String),
+    /// The change touches files its plan, approved by the repository's policy rather than by a
+    /// person, did not name: a human must look.
+    #[error("the change goes beyond its automatically approved plan: {0}")]
+    BeyondPlan(String),
 }
 
 /// Something that reviews diffs.

@@ -414,6 +414,26 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         (Err(_), Ok(v)) if !v.approve => Ok(v),
         (Err(why), _) => Err(ReviewError::NoEvidence(why.clone())),
     };
+    // A plan the policy approved was the agent's own word about what it would touch: a change
+    // beyond its files is left to a person, whatever the reviewer said (a rejection still counts).
+    let beyond = p
+        .store
+        .beyond_policy_plan(task.id, &task.changed_files)
+        .await?;
+    let verdict = match verdict {
+        Ok(v) if !v.approve => Ok(v),
+        _ if !beyond.is_empty() => Err(ReviewError::BeyondPlan(format!(
+            "it changes {} the plan did not name ({})",
+            if beyond.len() == 1 { "a file" } else { "files" },
+            beyond
+                .iter()
+                .take(10)
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        v => v,
+    };
     let head = diff.head;
     match verdict {
         Ok(v) if v.approve => {
@@ -471,7 +491,8 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         Err(
             e @ (ReviewError::Unusable(_)
             | ReviewError::Unreviewable(_)
-            | ReviewError::NoEvidence(_)),
+            | ReviewError::NoEvidence(_)
+            | ReviewError::BeyondPlan(_)),
         ) => {
             tracing::warn!(task = task.id, error = %e, "no review verdict; a person must approve the merge");
             p.store

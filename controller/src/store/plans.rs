@@ -388,6 +388,30 @@ impl Store {
             .await?)
     }
 
+    /// The files of `changed` that a plan approved by the repository's policy does not name
+    /// (among its files, or in what its tests say), for the task (or a candidate's parent).
+    /// Empty when the plan was approved by a person, or there is none: the policy approved the
+    /// agent's own word about what it would touch, and a change beyond it is not covered.
+    pub async fn beyond_policy_plan(&self, id: TaskId, changed: &[String]) -> Result<Vec<String>> {
+        let plan: Option<sqlx::types::Json<PlanDoc>> = sqlx::query_scalar(
+            "SELECT p.plan FROM tasks t JOIN task_plans p ON p.task_id = COALESCE(t.parent_id, t.id) \
+             WHERE t.id = $1 AND p.state = 'approved' AND p.decided_by = 'policy'",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(plan) = plan else {
+            return Ok(Vec::new());
+        };
+        let named = |f: &str| {
+            plan.files
+                .iter()
+                .any(|p| p.trim_start_matches("./").trim_start_matches('/') == f)
+                || plan.tests.iter().any(|t| t.contains(f))
+        };
+        Ok(changed.iter().filter(|f| !named(f)).cloned().collect())
+    }
+
     /// The approved plan's text, if the task (or, for a candidate, its parent) has one.
     pub async fn approved_plan(&self, id: TaskId) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(

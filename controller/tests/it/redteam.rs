@@ -777,3 +777,87 @@ async fn a_review_request_the_model_refuses_waits_for_a_person_even_failing_open
         "not merged"
     );
 }
+
+/// The plan gate approves a plan by policy because the agent said it would touch one file; the
+/// implementation touches another as well. The reviewer (scripted to approve) is not enough: in
+/// full-auto the change waits for a person. A change within the plan goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_beyond_its_automatically_approved_plan_waits_for_a_person() {
+    let env = env().await;
+    env.sim.set_default_ci("success");
+    env.store
+        .update_repo(
+            env.repo.id,
+            &RepoSettings {
+                approval_mode: Some("full-auto".into()),
+                plan_gate: Some(true),
+                plan_auto_blast: Some(5),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let p = pipeline(&env, vec![]);
+    for (title, files, held) in [
+        (
+            "Add two beyond",
+            vec![
+                ("src/two.rs", "pub fn two() {}\n"),
+                ("src/auth.rs", "pub fn allow() -> bool { true }\n"),
+            ],
+            true,
+        ),
+        (
+            "Add two within",
+            vec![("src/two.rs", "pub fn two() -> u8 { 2 }\n")],
+            false,
+        ),
+    ] {
+        let t = queued_task(&env, title).await;
+        // The plan run: it names one file; the policy approves it.
+        let r = crate::runner(&env.store, &format!("plan-{}", t.id)).await;
+        let (planned, lease) = crate::claim(&env.store, r).await;
+        assert_eq!(
+            (planned.id, planned.plan_attempt),
+            (t.id, Some(planned.attempt))
+        );
+        let mut c = Completion::new(Outcome::Succeeded);
+        c.plan = Some(controller::store::plans::PlanReport {
+            plan_json: serde_json::json!({"files": ["src/two.rs"], "approach": "add it",
+                                          "risks": [], "tests": ["cargo test"]})
+            .to_string(),
+            blast_radius: Some(1),
+            blast_text: String::new(),
+            discarded: vec![],
+        });
+        env.store
+            .complete(&lease, &c, &RetryPolicy::default())
+            .await
+            .unwrap();
+        let plan = env.store.plan(t.id).await.unwrap().unwrap();
+        assert_eq!(plan.decided_by.as_deref(), Some("policy"));
+        // The implementation.
+        run_attempt(&env, t.id, &files).await;
+        if held {
+            let t = drive(&env, &p, t.id, Status::ApprovalHold).await;
+            let review = t.review.unwrap().0;
+            let why = review["human_required"].as_str().unwrap_or("");
+            assert!(
+                why.contains("beyond its automatically approved plan")
+                    && why.contains("`src/auth.rs`"),
+                "{review}"
+            );
+            p.run_due().await.unwrap();
+            let t = env.store.task(t.id).await.unwrap();
+            assert_eq!(t.status, Status::ApprovalHold, "a person decides");
+            assert!(
+                !env.sim
+                    .state_of(REPO, t.pr_number.unwrap() as u64)
+                    .unwrap()
+                    .1
+            );
+        } else {
+            drive(&env, &p, t.id, Status::Merged).await;
+        }
+    }
+}
