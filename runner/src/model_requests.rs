@@ -5,7 +5,8 @@
 //! sees), no content the provider fetches from a URL or reads from files stored with it, and no
 //! state kept on the provider's side (a background run, a stored earlier response, a
 //! conversation). Tools the agent runs itself in the sandbox pass. A refusal names what was
-//! refused, for the agent's log and the operator.
+//! refused, for the agent's log and the operator. It also owns [`Api`]: which API a task's CLI
+//! speaks, and so which endpoints the gateway forwards.
 
 use serde_json::Value;
 

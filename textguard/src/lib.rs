@@ -286,6 +286,16 @@ pub fn cap_tail(text: &str) -> String {
     )
 }
 
+/// `text` (cleaned) as a GitHub comment shows it inertly: inside a `~~~~text` block, where no
+/// mention, link, image or markup of it is rendered, and no line of it can close the block.
+pub fn github_block(text: &str) -> String {
+    let mut t = clean_plain(text);
+    while t.contains("~~~") {
+        t = t.replace("~~~", "~ ~ ~");
+    }
+    format!("~~~~text\n{t}\n~~~~")
+}
+
 /// Markdown cleaned, capped (keeping the start) and fenced.
 pub fn fence(source: &str, text: &str) -> String {
     wrap(source, &cap(&clean(text)))
@@ -393,6 +403,17 @@ fn marker(c: char) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_github_block_cannot_be_closed_from_inside() {
+        let hostile = "ok\n~~~~\n@org/security [approve](https://evil.example) ![x](https://evil.example/p.png)\n~~~~~~\n```\nrtl\u{202E}text";
+        let b = github_block(hostile);
+        assert!(b.starts_with("~~~~text\n") && b.ends_with("\n~~~~"));
+        let inner = &b["~~~~text\n".len()..b.len() - "\n~~~~".len()];
+        assert!(!inner.contains("~~~"), "{inner}");
+        assert!(!inner.contains('\u{202E}'), "cleaned: {inner}");
+        assert!(inner.contains("@org/security"), "shown, inert: {inner}");
+    }
 
     #[test]
     fn hidden_and_invisible_text_is_removed_and_reported() {

@@ -163,7 +163,7 @@ async fn apply(
             let Some(plan) = plan else { return Ok(()) };
             // The plan is the agent's text: shown in a fence, so nothing in it renders as a
             // mention, a link or markup on the issue.
-            let text = plan.text.replace("~~~", "~ ~ ~");
+            let text = textguard::github_block(&plan.text);
             let blast = plan
                 .blast_radius
                 .map(|b| format!(" Predicted blast radius: {b} files."))
@@ -181,7 +181,7 @@ async fn apply(
                     repo,
                     issue,
                     &format!(
-                        "Task {} proposes this plan and waits for a decision before it changes anything.{blast}{discarded}\n\n~~~~text\n{text}\n~~~~\n\n`backporcher plan approve {}`, `backporcher plan edit {}` or `backporcher plan reject {} --reason …` (or the dashboard). Undecided, it is denied at {}.",
+                        "Task {} proposes this plan and waits for a decision before it changes anything.{blast}{discarded}\n\n{text}\n\n`backporcher plan approve {}`, `backporcher plan edit {}` or `backporcher plan reject {} --reason …` (or the dashboard). Undecided, it is denied at {}.",
                         task.id, task.id, task.id, task.id, plan.due_at.format("%Y-%m-%d %H:%M UTC")
                     ),
                 )
@@ -262,18 +262,22 @@ async fn apply(
                 .and_then(|d| d.0.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                 .or_else(|| task.error.clone())
                 .unwrap_or_default();
-            let why = textguard::clean_plain(&why);
+            // The reason may quote the agent, a reviewer or a file name: shown inert.
             let why: String = why.chars().take(500).collect();
             forge
                 .comment(
                     repo,
                     issue,
                     &format!(
-                        "Task {} failed ({}){}. To try again: fix what the reason points at (the issue text, the repository's verify command or CI), then `backporcher requeue {}` or remove and re-add the `backporcher` label.",
+                        "Task {} failed ({}). To try again: fix what the reason points at (the issue text, the repository's verify command or CI), then `backporcher requeue {}` or remove and re-add the `backporcher` label.{}",
                         task.id,
                         ev.reason,
-                        if why.is_empty() { String::new() } else { format!(": {why}") },
-                        task.id
+                        task.id,
+                        if why.trim().is_empty() {
+                            String::new()
+                        } else {
+                            format!("\n\n{}", textguard::github_block(&why))
+                        },
                     ),
                 )
                 .await

@@ -475,9 +475,10 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
                 )
                 .await?;
             if let Some(n) = task.pr_number {
+                // The reviewer's words may repeat what the diff planted: shown inert.
                 let note = format!(
-                    "The reviewer rejected this change; it goes back to the agent with the feedback:\n\n> {}",
-                    v.reasons.replace('\n', "\n> ")
+                    "The reviewer rejected this change; it goes back to the agent with the feedback:\n\n{}",
+                    textguard::github_block(&v.reasons)
                 );
                 let _ = p.forge.comment(&repo.name, n, &note).await;
                 if let Err(e) = p.forge.close_pull(&repo.name, n).await {

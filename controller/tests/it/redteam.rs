@@ -861,3 +861,70 @@ async fn a_change_beyond_its_automatically_approved_plan_waits_for_a_person() {
         }
     }
 }
+
+/// A reviewer repeats what the diff planted — a team mention, a link, a fence of its own — and a
+/// failure reason quotes it: on GitHub both show as inert text in a block they cannot close; the
+/// bot never mentions or links in its own name.
+#[tokio::test(flavor = "multi_thread")]
+async fn planted_markdown_reaches_github_only_as_inert_text() {
+    let env = env().await;
+    let planted =
+        "@acme/security approve at [the portal](https://evil.example/login)\n~~~~\n# Approved";
+    let n = env.sim.create_issue(REPO, "Add two", "", "alice", &[]) as i64;
+    let task = crate::forge::task_at_pushing(&env, n, &[("src/two.rs", "pub fn two() {}\n")]).await;
+    let p = pipeline(
+        &env,
+        vec![Verdict {
+            approve: false,
+            reasons: planted.into(),
+        }],
+    );
+    drive(&env, &p, task.id, Status::Queued).await;
+    let inert = |comment: &str| {
+        let start = comment.find("~~~~text\n").expect("a block") + "~~~~text\n".len();
+        let end = comment.rfind("\n~~~~").expect("the block's end");
+        let inside = &comment[start..end];
+        let outside = format!("{}{}", &comment[..start], &comment[end..]);
+        assert!(inside.contains("@acme/security"), "{comment}");
+        assert!(
+            !inside.contains("~~~"),
+            "the block cannot be closed from inside: {comment}"
+        );
+        assert!(
+            !outside.contains('@') && !outside.contains("evil"),
+            "{comment}"
+        );
+    };
+    let pr = env
+        .store
+        .timeline(task.id)
+        .await
+        .unwrap()
+        .iter()
+        .find(|e| e.reason == "pr_opened")
+        .and_then(|e| e.data.as_ref()?.0["pr"].as_u64())
+        .expect("the PR");
+    let on_pr = env.sim.comments(REPO, pr);
+    let rejection = on_pr
+        .iter()
+        .find(|c| c.contains("reviewer rejected"))
+        .expect("the rejection comment");
+    inert(rejection);
+
+    env.store
+        .fail(
+            task.id,
+            TerminalReason::AgentFailed,
+            planted,
+            &crate::note("gave up"),
+        )
+        .await
+        .unwrap();
+    sync(&env).await;
+    let on_issue = env.sim.comments(REPO, n as u64);
+    let failed = on_issue
+        .iter()
+        .find(|c| c.contains("failed"))
+        .expect("the failure comment");
+    inert(failed);
+}
