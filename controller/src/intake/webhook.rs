@@ -9,6 +9,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use hmac::{KeyInit, Mac};
+use sha2::Digest;
 
 use super::{
     Intake, IntakeConfig, IntakeError, TRIGGER_LABEL, accept_issue, allowed, mentions_us,
@@ -120,12 +121,13 @@ pub async fn handle(
         return Err(IntakeError::BadSignature);
     }
     let decoded = decode(event, body)?;
-    if store.delivery_seen(delivery).await? {
+    let digest = sha2::Sha256::digest(body);
+    if store.delivery_seen(delivery, &digest).await? {
         return Ok(Intake::Duplicate);
     }
     let outcome = process(store, config, forge, decoded).await?;
     // Recorded only now: a delivery that failed above is processed when GitHub redelivers it.
-    store.record_delivery(delivery, event).await?;
+    store.record_delivery(delivery, event, &digest).await?;
     Ok(outcome)
 }
 

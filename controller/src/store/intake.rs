@@ -7,23 +7,32 @@ use super::lifecycle::{RepoId, Status, TaskId, status_texts, task_columns};
 use super::{Note, Result, Store, Task, lifecycle};
 
 impl Store {
-    /// Whether a webhook delivery was handled already.
-    pub async fn delivery_seen(&self, delivery: &str) -> Result<bool> {
+    /// Whether a webhook delivery was handled already: its id, or its body (by SHA-256: a
+    /// signed body sent again under another id is the same event).
+    pub async fn delivery_seen(&self, delivery: &str, body_sha256: &[u8]) -> Result<bool> {
         Ok(sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM webhook_deliveries WHERE delivery_id = $1)",
+            "SELECT EXISTS (SELECT 1 FROM webhook_deliveries WHERE delivery_id = $1 OR body_sha256 = $2)",
         )
         .bind(delivery)
+        .bind(body_sha256)
         .fetch_one(&self.pool)
         .await?)
     }
 
-    /// Records a handled webhook delivery id; `false` when it was recorded before.
-    pub async fn record_delivery(&self, delivery: &str, event: &str) -> Result<bool> {
+    /// Records a handled webhook delivery by id and body digest; `false` when it was recorded
+    /// before.
+    pub async fn record_delivery(
+        &self,
+        delivery: &str,
+        event: &str,
+        body_sha256: &[u8],
+    ) -> Result<bool> {
         Ok(sqlx::query(
-            "INSERT INTO webhook_deliveries (delivery_id, event) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            "INSERT INTO webhook_deliveries (delivery_id, event, body_sha256) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(delivery)
         .bind(event)
+        .bind(body_sha256)
         .execute(&self.pool)
         .await?
         .rows_affected()

@@ -300,6 +300,7 @@ async fn webhooks_twice_and_the_poller_make_one_task_and_strangers_none() {
     // GitHub redelivers the same event with a new delivery id now and then.
     env.sim.deliver("issues", serde_json::json!({
         "action": "labeled",
+        "label": {"name": "backporcher"},
         "issue": {"number": n, "title": "Add two", "body": "please", "state": "open", "user": {"login": "alice"}, "labels": [{"name": "backporcher"}]},
         "repository": {"full_name": REPO},
     })).await;

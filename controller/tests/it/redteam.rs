@@ -634,6 +634,22 @@ async fn strangers_labels_and_edits_and_a_failed_delivery() {
         matches!(third, Ok(controller::intake::Intake::Duplicate)),
         "{third:?}"
     );
+    // The same signed body replayed under a new delivery id (the header is not signed): the
+    // same event, not a new one.
+    let replayed = controller::intake::handle(
+        &env.store,
+        &cfg,
+        Some(env.forge.as_ref() as &dyn controller::forge::Forge),
+        "pull_request_review",
+        "delivery-forged-new-id",
+        Some(&sig),
+        body.as_bytes(),
+    )
+    .await;
+    assert!(
+        matches!(replayed, Ok(controller::intake::Intake::Duplicate)),
+        "{replayed:?}"
+    );
 }
 
 /// A reopened issue starts a task only when GitHub says an allowlisted user put the trigger label

@@ -540,6 +540,7 @@ async fn two_dependent_issues_run_in_order() {
     for n in [first, second] {
         sys.gh.deliver("issues", serde_json::json!({
             "action": "labeled",
+            "label": {"name": "backporcher"},
             "issue": {"number": n, "title": format!("issue {n}"), "body": if n == first { "Add schema.sql. MARK-DEP-A" } else { "Add query.sql. MARK-DEP-B" }, "state": "open", "user": {"login": "alice"}, "labels": [{"name": "backporcher"}]},
             "repository": {"full_name": sys.name},
         })).await;
