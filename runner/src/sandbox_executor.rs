@@ -879,10 +879,12 @@ impl SandboxExecutor {
     ) -> anyhow::Result<(ExecResult, String)> {
         let spec = &ctx.assignment.spec;
         let lease = &ctx.assignment.lease;
+        // The issue's title, without anything that would switch the repository's CI off.
+        let title = textguard::without_ci_skips(&spec.title);
         let message = if spec.issue_number > 0 {
             format!(
                 "{} (#{})\n\nBackporcher task {}, attempt {}.",
-                truncate(&spec.title, 72),
+                truncate(&title, 72),
                 spec.issue_number,
                 lease.task_id,
                 lease.attempt
@@ -890,7 +892,7 @@ impl SandboxExecutor {
         } else {
             format!(
                 "{}\n\nBackporcher task {}, attempt {}.",
-                truncate(&spec.title, 72),
+                truncate(&title, 72),
                 lease.task_id,
                 lease.attempt
             )

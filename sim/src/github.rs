@@ -704,6 +704,11 @@ impl GitHubSim {
             .unwrap_or_default()
     }
 
+    /// Title of an issue or pull request.
+    pub fn title_of(&self, full_name: &str, number: u64) -> Option<String> {
+        self.item(full_name, number).map(|i| i.title)
+    }
+
     /// State of an issue or pull request (`open`, `closed`) and whether it was merged.
     pub fn state_of(&self, full_name: &str, number: u64) -> Option<(String, bool)> {
         self.item(full_name, number)

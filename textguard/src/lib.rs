@@ -286,6 +286,40 @@ pub fn cap_tail(text: &str) -> String {
     )
 }
 
+/// `text` without the directives that make CI skip a commit or pull request (`[skip ci]`,
+/// `[ci skip]`, `[no ci]`, `[skip actions]`, `[actions skip]`, any case, and `skip-checks:`
+/// trailers): an issue title becomes a commit message and a PR title, and must not switch the
+/// repository's checks off.
+pub fn without_ci_skips(text: &str) -> String {
+    const DIRECTIVES: [&str; 5] = [
+        "[skip ci]",
+        "[ci skip]",
+        "[no ci]",
+        "[skip actions]",
+        "[actions skip]",
+    ];
+    let mut out: String = text
+        .lines()
+        .filter(|l| {
+            !l.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("skip-checks")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    loop {
+        let lower = out.to_ascii_lowercase();
+        let Some((at, len)) = DIRECTIVES
+            .iter()
+            .filter_map(|d| lower.find(d).map(|i| (i, d.len())))
+            .min()
+        else {
+            return out;
+        };
+        out.replace_range(at..at + len, "");
+    }
+}
+
 /// `text` (cleaned) as a GitHub comment shows it inertly: inside a `~~~~text` block, where no
 /// mention, link, image or markup of it is rendered, and no line of it can close the block.
 pub fn github_block(text: &str) -> String {
@@ -403,6 +437,35 @@ fn marker(c: char) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_ci_skip_directive_survives() {
+        for t in [
+            "Fix x [skip ci]",
+            "Fix x [CI Skip] and [no ci]",
+            "[skip [skip ci]ci] Fix x",
+            "Fix x [Skip Actions][actions skip]",
+            "Fix x\nskip-checks: true",
+            "Fix x\n  Skip-Checks:true",
+        ] {
+            let out = without_ci_skips(t).to_ascii_lowercase();
+            for d in [
+                "skip ci",
+                "ci skip",
+                "no ci",
+                "skip actions",
+                "actions skip",
+                "skip-checks",
+            ] {
+                assert!(!out.contains(d), "{t:?} -> {out:?}");
+            }
+            assert!(out.contains("fix x"), "{t:?} -> {out:?}");
+        }
+        assert_eq!(
+            without_ci_skips("Skip the CI step for docs"),
+            "Skip the CI step for docs"
+        );
+    }
 
     #[test]
     fn a_github_block_cannot_be_closed_from_inside() {

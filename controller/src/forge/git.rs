@@ -358,6 +358,9 @@ pub enum BranchUpdate {
         /// Rebased: the head it replaces (the push expects the branch still there); a merge
         /// commit descends from the head and replaces nothing.
         replaces: Option<String>,
+        /// The branch head it was made from: whoever brings it up to date must know that head
+        /// is the one that was reviewed, or the update carries an unreviewed commit along.
+        from: String,
     },
     /// The two conflict; what conflicts (bounded, cleaned text).
     Conflict(Vec<ConflictFile>),
@@ -457,7 +460,8 @@ impl Pusher {
             };
             return Ok(BranchUpdate::Made {
                 commit,
-                replaces: Some(head_sha),
+                replaces: Some(head_sha.clone()),
+                from: head_sha,
             });
         }
         let message = format!("Merge {default_branch} into {branch}");
@@ -479,6 +483,7 @@ impl Pusher {
         Ok(BranchUpdate::Made {
             commit,
             replaces: None,
+            from: head_sha,
         })
     }
 

@@ -122,19 +122,6 @@ impl Pusher {
             let _ = git(&dir, &["update-ref", "-d", &theirs], None, "update-ref").await;
         }
         let marker = revert_marker(req.merge_sha);
-        if let Ok(sha) = git(
-            &dir,
-            &["rev-parse", "--verify", "--quiet", &theirs],
-            None,
-            "rev-parse",
-        )
-        .await
-            && git(&dir, &["log", "-1", "--format=%B", &sha], None, "log")
-                .await?
-                .contains(&marker)
-        {
-            return Ok(Some(sha));
-        }
         let head = git(
             &dir,
             &[
@@ -175,6 +162,22 @@ impl Pusher {
             return Ok(None);
         };
         let tree = tree.lines().next().unwrap_or_default().to_owned();
+        // A revert already on the branch (a retried pass) is kept only when it is this very
+        // revert — its tree and its one parent — whatever its message says: a branch somebody
+        // else pushed (with the marker line copied) is replaced.
+        if let Ok(sha) = git(
+            &dir,
+            &["rev-parse", "--verify", "--quiet", &theirs],
+            None,
+            "rev-parse",
+        )
+        .await
+        {
+            let shape = git(&dir, &["log", "-1", "--format=%T %P", &sha], None, "log").await?;
+            if shape == format!("{tree} {head}") {
+                return Ok(Some(sha));
+            }
+        }
         let message = format!("{}\n\n{marker}\n", req.subject);
         let commit = git_as_bot(&dir, &["commit-tree", &tree, "-p", &head, "-m", &message]).await?;
         git(

@@ -483,6 +483,19 @@ impl Guard {
             self.store.set_revert_state(g, "closed", data).await?;
             return Ok(());
         }
+        // Only the revert the controller made is merged: a branch someone pushed to (or planted
+        // before the revert was made) is left to a person, whatever its CI says.
+        if g.revert_sha.as_deref() != Some(pr.head_sha.as_str()) {
+            tracing::warn!(guard = g.id, pr = number, head = pr.head_sha, made = ?g.revert_sha, "the revert PR's head is not the revert the controller made; left to a person");
+            self.store
+                .set_revert_state(
+                    g,
+                    "moved",
+                    json!({"pr": number, "url": g.revert_pr_url, "head": pr.head_sha, "made": g.revert_sha}),
+                )
+                .await?;
+            return Ok(());
+        }
         let green = match ci.get(self.forge.as_ref(), repo, &pr.head_sha).await? {
             CiVerdict::Green(_) => true,
             CiVerdict::NoChecks if repo.no_checks == "merge" => true,

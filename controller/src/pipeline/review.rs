@@ -63,8 +63,9 @@ pub struct Verdict {
 /// Why there is no verdict.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReviewError {
-    /// The reviewer could not be asked (no model configured, transport error, timeout): the
-    /// repository's fail mode decides.
+    /// The reviewer could not be asked (no model configured, transport error, the API busy past
+    /// its retries): the repository's fail mode decides. A review that runs out of time is
+    /// [`ReviewError::Unusable`]: how long it takes is the diff's doing too.
     #[error("the reviewer is unavailable: {0}")]
     Unavailable(String),
     /// The reviewer answered, but never with a usable verdict: a human must look.

@@ -275,7 +275,8 @@ async fn push(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
 }
 
 fn pr_title(task: &Task) -> String {
-    let t: String = textguard::clean_plain(&task.issue_title)
+    // Nothing in it may switch the repository's CI off (a squash merge's message is the title).
+    let t: String = textguard::without_ci_skips(&textguard::clean_plain(&task.issue_title))
         .chars()
         .filter(|c| *c != '\n')
         .take(100)
@@ -400,8 +401,11 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
     } else {
         match tokio::time::timeout(p.config.review_timeout, p.reviewer.review(&input)).await {
             Ok(r) => r,
-            Err(_) => Err(ReviewError::Unavailable(format!(
-                "the review timed out after {:?}",
+            // The diff decides how many windows are asked (and asked again): a review that does
+            // not finish is the change's doing as much as the model's, and is never taken for
+            // an unavailable reviewer that a repository failing open would approve.
+            Err(_) => Err(ReviewError::Unusable(format!(
+                "the review did not finish within {:?}; a person must look",
                 p.config.review_timeout
             ))),
         }
@@ -991,7 +995,13 @@ async fn refresh(p: &Pipeline, task: &Task, repo: &Repo, why: &str) -> StageResu
         Ok(BranchUpdate::Made {
             commit: sha,
             replaces,
+            from,
         }) => {
+            // Only the reviewed commit is brought up to date: a branch someone pushed to since
+            // the review would carry the push into a head the controller vouches for.
+            if head_unreviewed(p, task, &from).await? {
+                return Ok(());
+            }
             let refreshes = p.store.note_queue_refresh(task.id).await?;
             if refreshes > MAX_REFRESHES {
                 p.store

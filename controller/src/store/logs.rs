@@ -12,9 +12,10 @@ use super::{Error, Result, Store};
 pub const MAX_LOG_CHUNK: usize = 256 * 1024;
 /// Most log bytes stored per attempt; the rest is acknowledged, counted and dropped.
 pub const MAX_LOG_BYTES: i64 = proto::limits::MAX_LOG_BYTES as i64;
-/// What a stored chunk counts against the cap beyond its bytes: its row (so a log of many tiny
-/// chunks is bounded in rows too).
-pub const CHUNK_ROW_COST: i64 = 64;
+/// Most chunks stored per attempt (a log is bounded in rows as well as in bytes): past it, chunks
+/// are acknowledged, counted and dropped like those past the byte cap. An honest runner's chunks
+/// average far more than the 256 bytes this leaves each one of a full log.
+pub const MAX_LOG_CHUNKS: i64 = MAX_LOG_BYTES / 256;
 /// The longest stream name a chunk may carry (`agent`, `agent.stderr`, `verify`, …).
 pub const MAX_STREAM_NAME: usize = 32;
 
@@ -146,6 +147,7 @@ impl Store {
                 lease,
                 &[(seq, stream.to_owned(), data.to_vec())],
                 MAX_LOG_BYTES,
+                MAX_LOG_CHUNKS,
             )
             .await?;
         Ok(stored == 1)
@@ -170,7 +172,18 @@ impl Store {
         chunks: &[(i64, String, Vec<u8>)],
         cap: i64,
     ) -> Result<Vec<i64>> {
-        Ok(self.store_logs(lease, chunks, cap).await?.0)
+        Ok(self.store_logs(lease, chunks, cap, MAX_LOG_CHUNKS).await?.0)
+    }
+
+    /// [`Store::append_logs_capped`] with an explicit cap in chunks as well.
+    pub async fn append_logs_bounded(
+        &self,
+        lease: &LeaseRef,
+        chunks: &[(i64, String, Vec<u8>)],
+        cap: i64,
+        rows_cap: i64,
+    ) -> Result<Vec<i64>> {
+        Ok(self.store_logs(lease, chunks, cap, rows_cap).await?.0)
     }
 
     /// The one log-writing path: fenced, idempotent, capped. Returns the acknowledged sequence
@@ -180,6 +193,7 @@ impl Store {
         lease: &LeaseRef,
         chunks: &[(i64, String, Vec<u8>)],
         cap: i64,
+        rows_cap: i64,
     ) -> Result<(Vec<i64>, i64)> {
         if let Some((seq, _, data)) = chunks.iter().find(|(_, _, d)| d.len() > MAX_LOG_CHUNK) {
             return Err(Error::Invalid(format!(
@@ -197,11 +211,11 @@ impl Store {
             )));
         }
         let mut tx = self.pool.begin().await?;
-        let stored: Option<i64> = sqlx::query_scalar(
+        let stored: Option<(i64, i64)> = sqlx::query_as(
             "INSERT INTO log_totals (task_id, attempt) \
              SELECT id, attempt FROM tasks WHERE id = $1 AND attempt = $2 AND lease_token = $3 \
                AND runner_id = $4 AND status = ANY($5) \
-             ON CONFLICT (task_id, attempt) DO UPDATE SET bytes = log_totals.bytes RETURNING bytes",
+             ON CONFLICT (task_id, attempt) DO UPDATE SET bytes = log_totals.bytes RETURNING bytes, chunks",
         )
         .bind(lease.task_id)
         .bind(lease.attempt)
@@ -210,7 +224,7 @@ impl Store {
         .bind(status_texts(Status::ACTIVE))
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(stored) = stored else {
+        let Some((stored, stored_chunks)) = stored else {
             drop(tx);
             return Err(self.lease_lost(lease).await);
         };
@@ -226,15 +240,16 @@ impl Store {
         .await?;
         let mut room = cap - stored;
         let (mut keep, mut dropped) = (Vec::new(), 0i64);
-        // Empty chunks are acknowledged and not stored; each stored one costs its row as well as
-        // its bytes, so many tiny chunks cannot pass the cap in rows.
+        // Empty chunks are acknowledged and not stored; the rest count against both caps.
+        let mut rows_left = rows_cap - stored_chunks;
         for c in chunks
             .iter()
             .filter(|c| !present.contains(&c.0) && !c.2.is_empty())
         {
-            let cost = c.2.len() as i64 + CHUNK_ROW_COST;
-            if cost <= room {
-                room -= cost;
+            let len = c.2.len() as i64;
+            if len <= room && rows_left > 0 {
+                room -= len;
+                rows_left -= 1;
                 keep.push(c);
             } else {
                 dropped += 1;
@@ -246,7 +261,7 @@ impl Store {
         let (inserted, stored_new): (i64, i64) = sqlx::query_as(
             "WITH ins AS (INSERT INTO log_chunks (task_id, attempt, seq, stream, data) \
                SELECT $1, $2, c.seq, c.stream, c.data FROM unnest($3::bigint[], $4::text[], $5::bytea[]) AS c(seq, stream, data) \
-               ON CONFLICT (task_id, attempt, seq) DO NOTHING RETURNING length(data) + $6 AS n) \
+               ON CONFLICT (task_id, attempt, seq) DO NOTHING RETURNING length(data) AS n) \
              SELECT COALESCE(sum(n), 0)::bigint, count(*) FROM ins",
         )
         .bind(lease.task_id)
@@ -254,14 +269,14 @@ impl Store {
         .bind(&seqs)
         .bind(&streams)
         .bind(&data)
-        .bind(CHUNK_ROW_COST)
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query("UPDATE log_totals SET bytes = bytes + $3, dropped_chunks = dropped_chunks + $4 WHERE task_id = $1 AND attempt = $2")
+        sqlx::query("UPDATE log_totals SET bytes = bytes + $3, dropped_chunks = dropped_chunks + $4, chunks = chunks + $5 WHERE task_id = $1 AND attempt = $2")
             .bind(lease.task_id)
             .bind(lease.attempt)
             .bind(inserted)
             .bind(dropped)
+            .bind(stored_new)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -575,11 +575,13 @@ async fn a_merge_conflict_is_detected_and_the_branch_updated_or_requeued() {
     let controller::forge::git::BranchUpdate::Made {
         commit: new_head,
         replaces: None,
+        from,
     } = updated
     else {
         panic!("no conflict: merged, got {updated:?}");
     };
     assert_ne!(new_head, old_head);
+    assert_eq!(from, old_head, "made from the branch's head");
     p.pusher
         .push_update(
             REPO,

@@ -386,9 +386,7 @@ async fn a_runaway_log_is_capped_visibly_and_still_acknowledged() {
     let chunks: Vec<(i64, String, Vec<u8>)> = (0..10)
         .map(|i| (i, "stdout".to_string(), vec![b'x'; 100]))
         .collect();
-    // Each stored chunk counts its bytes and its row.
-    let row = controller::store::logs::CHUNK_ROW_COST;
-    let cap = 4 * (100 + row) + 2 * (10 + row) + 5;
+    let cap = 450;
     let acked = store
         .append_logs_capped(&lease, &chunks, cap)
         .await
@@ -410,7 +408,7 @@ async fn a_runaway_log_is_capped_visibly_and_still_acknowledged() {
     );
     assert_eq!(
         store.log_totals(t.id, lease.attempt).await.unwrap(),
-        (4 * (100 + row) + 2 * (10 + row), 6)
+        (420, 6)
     );
     assert_eq!(
         store.log_gaps(t.id, lease.attempt).await.unwrap(),
@@ -424,7 +422,7 @@ async fn a_runaway_log_is_capped_visibly_and_still_acknowledged() {
         .unwrap();
     assert_eq!(
         store.log_totals(t.id, lease.attempt).await.unwrap(),
-        (4 * (100 + row) + 2 * (10 + row), 6)
+        (420, 6)
     );
     // A runner that sends empty chunks by the million stores no row for them; one that names
     // its stream with megabytes (or anything but a short name) is refused, naming the chunk.
@@ -435,6 +433,20 @@ async fn a_runaway_log_is_capped_visibly_and_still_acknowledged() {
     assert_eq!(
         store.log_chunks(t.id, lease.attempt).await.unwrap().len(),
         6
+    );
+    // Tiny chunks stop at the cap in rows, whatever room the byte cap leaves.
+    let tiny: Vec<(i64, String, Vec<u8>)> = (3000..3010)
+        .map(|i| (i, "stdout".to_string(), b"z".to_vec()))
+        .collect();
+    let acked = store
+        .append_logs_bounded(&lease, &tiny, 1 << 20, 9)
+        .await
+        .unwrap();
+    assert_eq!(acked.len(), 10, "all acknowledged");
+    assert_eq!(
+        store.log_chunks(t.id, lease.attempt).await.unwrap().len(),
+        9,
+        "six stored before, three more fit in nine rows"
     );
     for name in [
         "x".repeat(1 << 20),

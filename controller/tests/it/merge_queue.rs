@@ -517,3 +517,77 @@ async fn a_repository_that_merges_by_rebase_gets_its_branches_rebased_and_main_s
         "CI ran on the rebased head"
     );
 }
+
+/// Someone pushes a commit onto a queued task's branch after its review (a collaborator, a bot,
+/// another task's code running in CI with a writable token), and before the task's own stage
+/// looks again. When a task that touches the same file merges, the queue brings that branch up to
+/// date: the update must not carry the push into a head the controller vouches for. The task is
+/// reviewed again instead, and the pushed file never reaches main on the old review.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_pushed_onto_a_queued_branch_is_not_carried_in_by_its_update() {
+    let env = env().await;
+    mode(&env, "review-merge").await;
+    recorded_ci(&env);
+    env.sim
+        .push_commit(REPO, "main", &[(SHARED, &base_file())])
+        .unwrap();
+    let p = pipeline(&env, vec![]);
+    let a = task_with(&env, "a", &[(SHARED, &edited(&env, 10, "// a"))])
+        .await
+        .id;
+    let b = task_with(&env, "b", &[(SHARED, &edited(&env, 40, "// b"))])
+        .await
+        .id;
+    until(
+        &env,
+        &p,
+        "both waiting for approval",
+        |t| t.iter().all(|t| t.status == Status::ApprovalHold),
+        &[a, b],
+    )
+    .await;
+    // B's own stage does not look again before A merges.
+    sqlx::query("UPDATE tasks SET stage_due_at = now() + interval '1 hour' WHERE id = $1")
+        .bind(b)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    let branch = env.store.task(b).await.unwrap().branch.unwrap();
+    env.sim
+        .push_commit(REPO, &branch, &[("src/backdoor.rs", "pub fn open() {}\n")])
+        .unwrap();
+    let actor = Actor {
+        name: "user:alice".into(),
+        user_id: None,
+    };
+    env.store.approve(a, &actor).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while env.store.task(a).await.unwrap().status != Status::Merged {
+        assert!(tokio::time::Instant::now() < deadline, "A never merged");
+        p.run_due().await.unwrap();
+        sqlx::query(
+            "UPDATE tasks SET stage_due_at = LEAST(stage_due_at, now() + interval '30 milliseconds') \
+             WHERE id = $1 AND stage_due_at IS NOT NULL",
+        )
+        .bind(a)
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let r = reasons(&env.store, b).await;
+    assert!(
+        r.iter().any(|(x, _)| x == "head_moved_after_review"),
+        "B is reviewed again: {r:?}"
+    );
+    assert!(
+        !r.iter().any(|(x, _)| x == "branch_updated"),
+        "B's branch was not brought up to date from the pushed commit: {r:?}"
+    );
+    let main = env.sim.branch_head(REPO, "main").unwrap();
+    let tree = git(
+        &env.sim.git_dir(REPO),
+        &["ls-tree", "-r", "--name-only", &main],
+    );
+    assert!(!tree.contains("src/backdoor.rs"), "{tree}");
+}

@@ -525,3 +525,75 @@ async fn a_guard_step_that_keeps_failing_ends_the_watch_at_the_bound() {
         bound as usize
     );
 }
+
+/// The merged change's own code, running in main's CI with a writable token, plants a commit on
+/// the revert branch before the guard makes its revert — a backdoor, with the revert's marker
+/// line copied — and fails main's CI so the guard reverts. The guard makes its own revert
+/// instead, and what merges is that revert: the planted file never reaches main.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revert_branch_planted_before_the_revert_is_replaced_not_merged() {
+    let (env, p, guard) = setup().await;
+    let (task, sha) = merged(&env, &p, &[("src/three.rs", "pub fn three() {}\n")]).await;
+    let work = env.dir.path().join("planted");
+    git(
+        env.dir.path(),
+        &[
+            "clone",
+            "--quiet",
+            &env.sim.git_dir(REPO).to_string_lossy(),
+            &work.to_string_lossy(),
+        ],
+    );
+    let branch = format!("backporcher/revert-{}", task.id);
+    git(&work, &["checkout", "--quiet", "-b", &branch]);
+    std::fs::write(work.join("src/backdoor.rs"), "pub fn open() {}\n").unwrap();
+    git(&work, &["add", "-A"]);
+    let message = format!(
+        "Revert \"Add a function\"\n\n{}\n",
+        controller::forge::revert::revert_marker(&sha)
+    );
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=ci",
+            "-c",
+            "user.email=ci@localhost",
+            "commit",
+            "--quiet",
+            "-m",
+            &message,
+        ],
+    );
+    let planted = git(&work, &["rev-parse", "HEAD"]);
+    git(
+        &work,
+        &[
+            "push",
+            "--quiet",
+            "origin",
+            &format!("HEAD:refs/heads/{branch}"),
+        ],
+    );
+
+    env.sim.fail_ci(REPO, &sha, LOG);
+    let g = guard_until(&env, &guard, task.id, "reverted and merged", |g| {
+        g.revert_state.as_deref() == Some("merged")
+    })
+    .await;
+    assert_ne!(
+        g.revert_sha.as_deref(),
+        Some(planted.as_str()),
+        "the planted commit was not adopted"
+    );
+    assert_eq!(
+        file_on_main(&env, "src/backdoor.rs"),
+        None,
+        "the planted file never merged"
+    );
+    assert_eq!(
+        file_on_main(&env, "src/three.rs"),
+        None,
+        "the change was reverted"
+    );
+}

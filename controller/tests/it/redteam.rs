@@ -944,3 +944,61 @@ async fn planted_markdown_reaches_github_only_as_inert_text() {
         .expect("the failure comment");
     inert(failed);
 }
+
+/// A reviewer that never answers in time.
+struct Slow;
+
+#[async_trait::async_trait]
+impl controller::pipeline::Reviewer for Slow {
+    async fn review(
+        &self,
+        _input: &controller::pipeline::ReviewInput,
+    ) -> Result<Verdict, controller::pipeline::review::ReviewError> {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(Verdict {
+            approve: true,
+            reasons: "late".into(),
+        })
+    }
+}
+
+/// The agent makes its change take longer to review than the stage allows (more windows, each
+/// asked again): a review that runs out of time is left to a person, even failing open.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_review_that_runs_out_of_time_waits_for_a_person_even_failing_open() {
+    let env = env().await;
+    env.sim.set_default_ci("success");
+    env.store
+        .update_repo(
+            env.repo.id,
+            &RepoSettings {
+                approval_mode: Some("full-auto".into()),
+                review_fail_mode: Some("open".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut p = pipeline(&env, vec![]);
+    p.reviewer = Arc::new(Slow);
+    p.config.review_timeout = Duration::from_millis(300);
+    let t = queued_task(&env, "Add two [skip ci]").await;
+    run_attempt(&env, t.id, &[("src/two.rs", "pub fn two() {}\n")]).await;
+    let held = drive(&env, &p, t.id, Status::ApprovalHold).await;
+    let review = held.review.unwrap().0;
+    assert!(
+        review["human_required"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not finish"),
+        "{review}"
+    );
+    let pr = held.pr_number.unwrap() as u64;
+    assert!(!env.sim.state_of(REPO, pr).unwrap().1, "not merged");
+    // The title asked CI to skip the change: neither the PR's title nor its commit does.
+    let title = env.sim.title_of(REPO, pr).unwrap();
+    assert!(
+        title.starts_with("Add two") && !title.to_lowercase().contains("skip ci"),
+        "{title}"
+    );
+}
