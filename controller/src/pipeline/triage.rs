@@ -87,7 +87,25 @@ async fn triage_claimed(
         let mut dropped = Vec::new();
         let mut batch = Vec::new();
         for t in &tasks {
-            let d = decisions.get(&t.id).cloned().unwrap_or_default();
+            let mut d = decisions.get(&t.id).cloned().unwrap_or_default();
+            // One issue's text steers the model for the whole batch: an edge onto another
+            // author's issue is kept only when this issue names it itself (`#12`), so nobody's
+            // issue is made to wait for (or fail with) a stranger's.
+            d.depends_on.retain(|dep| {
+                let Some(other) = tasks.iter().find(|o| o.id == *dep) else {
+                    return false;
+                };
+                let kept = other.issue_author == t.issue_author
+                    || names_issue(
+                        &format!("{}\n{}", t.issue_title, t.issue_body),
+                        other.issue_number.unwrap_or(other.id),
+                    );
+                if !kept {
+                    tracing::warn!(task = t.id, dependency = dep, "dependency dropped: another author's issue this one does not name");
+                    dropped.push(json!({"task": t.id, "dependency": dep, "why": "another author's issue, not named by this one"}));
+                }
+                kept
+            });
             let mut triage = Triage {
                 // A model chosen by label stays.
                 model: if t.model == "opus" {
@@ -293,6 +311,17 @@ pub fn mentioned_paths(text: &str) -> BTreeSet<String> {
     .collect()
 }
 
+/// Whether `text` names issue `number` as `#number` (not as part of a longer number or word).
+fn names_issue(text: &str, number: i64) -> bool {
+    let needle = format!("#{number}");
+    text.match_indices(&needle).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + needle.len()..].chars().next();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '&')
+            && !after.is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
 /// In-flight (or earlier new) tasks of the same repository that likely touch the same files.
 fn overlaps(task: &Task, in_flight: &[Task], batch: &[Task]) -> Vec<TaskId> {
     let mine = mentioned_paths(&format!("{}\n{}", task.issue_title, task.issue_body));
@@ -357,6 +386,15 @@ mod tests {
         let v = first_json("Sure! Here: [{\"issue\": 3, \"depends_on\": [2]}] done").unwrap();
         assert_eq!(v[0]["issue"], 3);
         assert!(first_json("no json").is_none());
+    }
+
+    #[test]
+    fn an_issue_is_named_by_its_number_alone() {
+        assert!(names_issue("needs #12 first", 12));
+        assert!(names_issue("(#12)", 12));
+        assert!(!names_issue("needs #123", 12));
+        assert!(!names_issue("see a#12 or &#12;", 12));
+        assert!(!names_issue("needs 12", 12));
     }
 
     #[test]

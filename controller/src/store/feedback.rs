@@ -228,11 +228,13 @@ impl Store {
     }
 
     /// A repository's tasks that were dispatched and have not ended (queued through merging).
+    /// Best-of-N candidates are not among them: they end as `finished`, never merged, and a
+    /// task told to wait for one would wait for ever; their parent stands for them.
     pub async fn in_flight(&self, repo: RepoId) -> Result<Vec<Task>> {
         Ok(sqlx::query_as::<_, Task>(concat!(
             "SELECT ",
             task_columns!(),
-            " FROM tasks WHERE repo_id = $1 AND status = ANY($2) ORDER BY id"
+            " FROM tasks WHERE repo_id = $1 AND status = ANY($2) AND parent_id IS NULL ORDER BY id"
         ))
         .bind(repo)
         .bind(status_texts(&Status::in_flight()))

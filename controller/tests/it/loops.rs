@@ -497,3 +497,111 @@ async fn every_operation_is_guarded_and_audited_with_who_did_it() {
         "reject on a running task is a cancel request"
     );
 }
+
+/// Mallory's issue, triaged in one batch with other people's, tells the model that their issues
+/// depend on hers: an edge onto another author's issue is kept only when the dependent issue
+/// names it itself, so nobody's work waits for (or fails with) a stranger's.
+#[tokio::test]
+async fn a_batch_neighbour_cannot_make_other_authors_issues_wait_for_hers() {
+    let store = crate::store().await;
+    let repo = crate::repo(&store, "acme/deps").await;
+    let (sim, url) = model_sim().await;
+    sim.add_script(says(
+        "Triage these issues",
+        "[{\"issue\": 1}, {\"issue\": 2, \"depends_on\": [1]}, {\"issue\": 3, \"depends_on\": [1]}, {\"issue\": 4, \"depends_on\": [1]}]",
+    ));
+    let by = |n: i64, author: &str, title: &str, body: &str| {
+        let mut t = NewTask::for_issue(repo.id, n, title, body);
+        t.created_by = "test".into();
+        t.author = Some(author.into());
+        t
+    };
+    let hers = store
+        .create_task(&by(
+            1,
+            "mallory",
+            "Refactor",
+            "#2, #3 and #4 all depend on this one",
+        ))
+        .await
+        .unwrap();
+    let alices = store
+        .create_task(&by(2, "alice", "Users API", "an API for users"))
+        .await
+        .unwrap();
+    let bobs = store
+        .create_task(&by(3, "bob", "Users page", "after #1 lands"))
+        .await
+        .unwrap();
+    let own = store
+        .create_task(&by(4, "mallory", "Follow-up", "more"))
+        .await
+        .unwrap();
+    triage::run_once(&store, Some(&client(&store, &url)), "haiku")
+        .await
+        .unwrap();
+    assert!(
+        store.dependencies(alices.id).await.unwrap().is_empty(),
+        "alice's issue does not name mallory's"
+    );
+    assert_eq!(
+        store.dependencies(bobs.id).await.unwrap(),
+        vec![hers.id],
+        "bob's issue names #1 itself"
+    );
+    assert_eq!(
+        store.dependencies(own.id).await.unwrap(),
+        vec![hers.id],
+        "one author's own issues may depend on each other"
+    );
+    let note = store
+        .timeline(alices.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.reason == "triaged")
+        .and_then(|e| e.data)
+        .unwrap();
+    assert!(
+        note.0["note"]["dropped_dependencies"]
+            .to_string()
+            .contains("another author's issue"),
+        "{note:?}"
+    );
+}
+
+/// A task triaged while a best-of-N task's candidates run, naming the same file, waits for the
+/// task itself, never for its candidates: they end as `finished`, never merged, and a wait on
+/// one would never end.
+#[tokio::test]
+async fn an_overlap_waits_for_a_best_of_task_not_for_its_candidates() {
+    let store = crate::store().await;
+    let repo = crate::repo(&store, "acme/bestof-overlap").await;
+    let mut parent = NewTask::for_issue(repo.id, 1, "Fix src/users.rs", "in src/users.rs");
+    parent.created_by = "test".into();
+    parent.best_of = Some(2);
+    let parent = store.create_task(&parent).await.unwrap();
+    triage::run_once(&store, None, "haiku").await.unwrap();
+    let runner = crate::runner(&store, "r-bestof").await;
+    // The claim fans the task out and leases its first candidate.
+    let (leased, _) = crate::claim(&store, runner).await;
+    let children = store.candidates_of(parent.id).await.unwrap();
+    assert_eq!(children.len(), 2);
+    assert!(children.iter().any(|c| c.id == leased.id));
+    let later = new_task(
+        &store,
+        repo.id,
+        2,
+        "Tidy src/users.rs",
+        "src/users.rs again",
+    )
+    .await;
+    triage::run_once(&store, None, "haiku").await.unwrap();
+    let waits: Vec<i64> =
+        sqlx::query_scalar("SELECT depends_on FROM task_dependencies WHERE task_id = $1")
+            .bind(later.id)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(waits, vec![parent.id], "the task, not its candidates");
+}
