@@ -184,13 +184,6 @@ impl Loops {
         .map(|(m, n)| format!("{m}×{n}"))
         .collect::<Vec<_>>()
         .join(", ");
-        let diagnosis = task
-            .retry_context
-            .0
-            .as_array()
-            .and_then(|a| a.iter().rev().find(|i| i["kind"] == "diagnosis"))
-            .and_then(|i| i["text"].as_str())
-            .map(|s| cap(s, 400));
         let (outcome, summary) = if task.status == Status::Merged {
             let files: Vec<&str> = task
                 .changed_files
@@ -220,17 +213,18 @@ impl Loops {
                 .0
                 .map(|r| r.as_str())
                 .unwrap_or("failed");
+            // Only what the controller itself knows: the reason and the retries. The error text
+            // and the reflection's diagnosis repeat the agent's own output, which goes back to
+            // this task's retries and never into every later task's prompt.
             (
                 "failed",
                 format!(
-                    "Failed ({reason}) on \"{title}\": {}{}",
-                    cap(
-                        &textguard::clean_plain(task.error.as_deref().unwrap_or("")),
-                        300
-                    ),
-                    diagnosis
-                        .map(|d| format!(" Diagnosis: {d}"))
-                        .unwrap_or_default()
+                    "Failed ({reason}) on \"{title}\"{}.",
+                    if retries.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" after retries ({retries})")
+                    }
                 ),
             )
         };
