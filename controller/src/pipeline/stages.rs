@@ -377,6 +377,7 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         )
         .await?;
     let fail_closed = repo.review_fail_mode == "closed";
+    let unreadable = unreadable_changes(&diff.text);
     let input = ReviewInput {
         task: task.id,
         repo: repo.id,
@@ -397,6 +398,18 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         Err(ReviewError::Unreviewable(format!(
             "the diff is larger than {} bytes",
             WINDOW * MAX_WINDOWS
+        )))
+    } else if !unreadable.is_empty() {
+        // Nothing is approved unseen: a binary file (or a byte that makes git call a text file
+        // binary) or a submodule pointer shows the reviewer nothing of what it carries.
+        Err(ReviewError::Unreviewable(format!(
+            "the change holds what the reviewer cannot read: {}",
+            unreadable
+                .iter()
+                .take(10)
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )))
     } else {
         match tokio::time::timeout(p.config.review_timeout, p.reviewer.review(&input)).await {
@@ -554,6 +567,26 @@ async fn review(p: &Pipeline, task: &Task, repo: &Repo) -> StageResult {
         }
     }
     Ok(())
+}
+
+/// The files of a unified diff whose content it does not show: binary files (`Binary files … and
+/// b/x differ`) and submodule pointers (`+Subproject commit …`).
+fn unreadable_changes(diff: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut current = "";
+    for line in diff.lines() {
+        if let Some(rest) = line.strip_prefix("diff --git ") {
+            current = rest.rsplit_once(" b/").map_or(rest, |(_, b)| b);
+        } else if (line.starts_with("Binary files ") && line.ends_with(" differ"))
+            || line.starts_with("+Subproject commit ")
+            || line.starts_with("-Subproject commit ")
+        {
+            if out.last().map(String::as_str) != Some(current) {
+                out.push(current.to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// The commit the reviewer saw (or the controller's own update of it), if any.

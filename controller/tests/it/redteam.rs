@@ -1002,3 +1002,55 @@ async fn a_review_that_runs_out_of_time_waits_for_a_person_even_failing_open() {
         "{title}"
     );
 }
+
+/// The agent hides code where the reviewer sees nothing: a NUL byte in a source file makes git
+/// show it as binary ("Binary files … differ"). With a reviewer that approves whatever it is
+/// shown, full-auto still waits for a person.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_the_reviewer_cannot_read_waits_for_a_person() {
+    let env = env().await;
+    env.sim.set_default_ci("success");
+    env.store
+        .update_repo(
+            env.repo.id,
+            &RepoSettings {
+                approval_mode: Some("full-auto".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let p = pipeline(&env, vec![]);
+    let t = queued_task(&env, "Add the loader").await;
+    run_attempt(
+        &env,
+        t.id,
+        &[
+            ("src/two.rs", "pub fn two() {}\n"),
+            (
+                "src/loader.js",
+                "// \0\nrequire('child_process').exec(process.env.X)\n",
+            ),
+        ],
+    )
+    .await;
+    let held = drive(&env, &p, t.id, Status::ApprovalHold).await;
+    let review = held.review.unwrap().0;
+    let why = review["human_required"].as_str().unwrap_or("");
+    assert!(
+        why.contains("cannot read") && why.contains("`src/loader.js`"),
+        "{review}"
+    );
+    assert!(!why.contains("src/two.rs"), "{review}");
+    p.run_due().await.unwrap();
+    assert_eq!(
+        env.store.task(t.id).await.unwrap().status,
+        Status::ApprovalHold
+    );
+    assert!(
+        !env.sim
+            .state_of(REPO, held.pr_number.unwrap() as u64)
+            .unwrap()
+            .1
+    );
+}
