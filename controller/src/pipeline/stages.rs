@@ -577,13 +577,12 @@ fn unreadable_changes(diff: &str) -> Vec<String> {
     for line in diff.lines() {
         if let Some(rest) = line.strip_prefix("diff --git ") {
             current = rest.rsplit_once(" b/").map_or(rest, |(_, b)| b);
-        } else if (line.starts_with("Binary files ") && line.ends_with(" differ"))
+        } else if ((line.starts_with("Binary files ") && line.ends_with(" differ"))
             || line.starts_with("+Subproject commit ")
-            || line.starts_with("-Subproject commit ")
+            || line.starts_with("-Subproject commit "))
+            && out.last().map(String::as_str) != Some(current)
         {
-            if out.last().map(String::as_str) != Some(current) {
-                out.push(current.to_owned());
-            }
+            out.push(current.to_owned());
         }
     }
     out
