@@ -308,7 +308,24 @@ pub fn mentioned_paths(text: &str) -> BTreeSet<String> {
                 && !ext.chars().all(|c| c.is_ascii_digit()))
     })
     .map(|w| w.trim_start_matches("./").to_owned())
+    .take(MAX_MENTIONED_PATHS)
     .collect()
+}
+
+/// Most paths read from one issue's text, and most changed files of one task compared, when
+/// looking for overlaps: the check compares every pair, and an issue of thousands of paths (or a
+/// task of thousands of files) must not hold the triage loop for minutes.
+const MAX_MENTIONED_PATHS: usize = 200;
+const MAX_CHANGED_COMPARED: usize = 2_000;
+
+/// Whether `a` and `b` name the same file: equal, or one is the other under a directory.
+fn same_file(a: &str, b: &str) -> bool {
+    let under = |long: &str, short: &str| {
+        long.len() > short.len()
+            && long.ends_with(short)
+            && long.as_bytes()[long.len() - short.len() - 1] == b'/'
+    };
+    a == b || under(a, b) || under(b, a)
 }
 
 /// Whether `text` names issue `number` as `#number` (not as part of a longer number or word).
@@ -332,17 +349,14 @@ fn overlaps(task: &Task, in_flight: &[Task], batch: &[Task]) -> Vec<TaskId> {
         let theirs: BTreeSet<String> = other
             .changed_files
             .iter()
+            .take(MAX_CHANGED_COMPARED)
             .cloned()
             .chain(mentioned_paths(&format!(
                 "{}\n{}",
                 other.issue_title, other.issue_body
             )))
             .collect();
-        mine.iter().any(|p| {
-            theirs
-                .iter()
-                .any(|q| q == p || q.ends_with(&format!("/{p}")) || p.ends_with(&format!("/{q}")))
-        })
+        mine.iter().any(|p| theirs.iter().any(|q| same_file(p, q)))
     };
     in_flight
         .iter()
@@ -386,6 +400,19 @@ mod tests {
         let v = first_json("Sure! Here: [{\"issue\": 3, \"depends_on\": [2]}] done").unwrap();
         assert_eq!(v[0]["issue"], 3);
         assert!(first_json("no json").is_none());
+    }
+
+    #[test]
+    fn overlaps_read_a_bounded_number_of_paths_and_match_whole_names() {
+        let many: String = (0..5_000).map(|i| format!("a/b{i}.rs ")).collect();
+        assert_eq!(mentioned_paths(&many).len(), MAX_MENTIONED_PATHS);
+        assert!(same_file("src/api.rs", "src/api.rs"));
+        assert!(same_file("crates/x/src/api.rs", "src/api.rs"));
+        assert!(same_file("api.rs", "src/api.rs"));
+        assert!(
+            !same_file("src/myapi.rs", "api.rs"),
+            "a whole name, not a suffix"
+        );
     }
 
     #[test]
