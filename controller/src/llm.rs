@@ -203,6 +203,8 @@ impl ModelClient {
         } else {
             "ANTHROPIC_API_KEY"
         };
+        // The prompt holds untrusted text (a diff, an issue): the CLI runs on the controller's
+        // host, so it is offered no tool and no MCP server — one answer, nothing else.
         let mut cmd = xcmd::Cmd::new(cli, &home)
             .args([
                 "-p",
@@ -210,6 +212,9 @@ impl ModelClient {
                 "json",
                 "--max-turns",
                 "1",
+                "--tools",
+                "",
+                "--strict-mcp-config",
                 "--model",
                 model,
             ])

@@ -343,7 +343,11 @@ impl Sandbox {
             .iter()
             .map(|(h, c, ro)| format!("{}:{c}:{}", h.display(), if *ro { "ro" } else { "rw" }))
             .collect();
-        let mut env = spec.env.clone();
+        // No interpreter cache is written into the work tree (what a run leaves there is
+        // committed, and a binary file is something no reviewer can read); the run's own
+        // environment comes after and may say otherwise.
+        let mut env = vec!["PYTHONDONTWRITEBYTECODE=1".to_string()];
+        env.extend(spec.env.iter().cloned());
         let network_mode = match &spec.egress {
             Egress::None { socket_dir } => {
                 binds.push(format!("{}:/run/bp:rw", socket_dir.display()));

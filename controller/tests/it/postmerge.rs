@@ -597,3 +597,38 @@ async fn a_revert_branch_planted_before_the_revert_is_replaced_not_merged() {
         "the change was reverted"
     );
 }
+
+/// Someone pushes onto the revert branch after the guard opened its PR (while its CI runs): the
+/// guard merges only the revert it made, so the PR is left to a person (`moved`), and the pushed
+/// file never reaches main.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revert_pr_whose_head_moved_is_left_to_a_person() {
+    let (env, p, guard) = setup().await;
+    let (task, sha) = merged(&env, &p, &[("src/three.rs", "pub fn three() {}\n")]).await;
+    env.sim.fail_ci(REPO, &sha, LOG);
+    // The pass that opens the revert PR does not merge it yet: the push lands in between.
+    let g = guard_until(&env, &guard, task.id, "reverted, its PR open", |g| {
+        g.revert_pr_number.is_some() && g.revert_state.as_deref() == Some("open")
+    })
+    .await;
+    env.sim
+        .push_commit(
+            REPO,
+            g.revert_branch.as_deref().unwrap(),
+            &[("src/backdoor.rs", "pub fn open() {}\n")],
+        )
+        .unwrap();
+    let g = guard_until(&env, &guard, task.id, "left to a person", |g| {
+        g.revert_state.as_deref() == Some("moved")
+    })
+    .await;
+    assert_eq!(g.state, "reverted");
+    assert_eq!(file_on_main(&env, "src/backdoor.rs"), None);
+    assert!(
+        !env.sim
+            .state_of(REPO, g.revert_pr_number.unwrap() as u64)
+            .unwrap()
+            .1,
+        "the revert PR was not merged"
+    );
+}

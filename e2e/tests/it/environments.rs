@@ -32,6 +32,13 @@ async fn a_real_python_project_is_verified_by_its_own_suite_in_its_own_environme
         1,
     );
     assert_ne!(broken, original);
+    // The fix round's version: the original with a comment (a change of its own to push).
+    let fixed = original.replacen(
+        "    def u(s):\n        return s\n",
+        "    def u(s):\n        # Text is unicode already.\n        return s\n",
+        1,
+    );
+    assert_ne!(fixed, original);
     // A fresh environment key per run (the snapshot is removed at the end).
     let config = format!(
         "verify = \"/opt/env/bin/python -m pytest -q -x -p no:cacheprovider test_six.py\"\n\
@@ -75,17 +82,19 @@ async fn a_real_python_project_is_verified_by_its_own_suite_in_its_own_environme
     ));
     // The agent breaks `six.u`; the suite's failure comes back in the fix round.
     model.add_script(agent_script(
-        "MARK-SIX",
+        "MARK-SIX-1",
         "/workspace/six.py",
         &broken,
         "FAILED test_six.py::test_u",
-        &original,
+        &fixed,
     ));
     let number = gh
         .open_issue(
             &sys.name,
-            "Tidy six.u MARK-SIX",
-            "Keep u() simple.",
+            // The mark in the body only: the title reaches later tasks' prompts in the
+            // repository's learnings, and the next task must not be answered by this script.
+            "Tidy six.u",
+            "Keep u() simple. MARK-SIX-1",
             "alice",
             &[labels::TRIGGER],
         )

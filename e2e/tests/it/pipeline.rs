@@ -387,6 +387,19 @@ async fn subscription_users_get_the_controllers_calls_through_claude_p() {
             && r.last_user_text.contains("review this pull request")),
         "the OAuth token reached the API through the CLI"
     );
+    // The CLI runs on the controller's host with a prompt of untrusted text: it offers the
+    // model no tool at all.
+    for r in got
+        .iter()
+        .filter(|r| r.last_user_text.contains("review this pull request"))
+    {
+        let tools = r
+            .body
+            .get("tools")
+            .and_then(|t| t.as_array())
+            .map_or(0, Vec::len);
+        assert_eq!(tools, 0, "tools offered: {}", r.body["tools"]);
+    }
     let ledger: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM usage_ledger WHERE purpose = 'review' AND input_tokens > 0",
     )

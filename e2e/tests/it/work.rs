@@ -304,7 +304,12 @@ async fn the_navigation_switch_travels_with_the_lease() {
 #[tokio::test]
 async fn a_bundle_upload_is_checked_at_its_first_chunk() {
     use futures::StreamExt as _;
-    let c = TestController::start(Options::default()).await;
+    let c = TestController::start(Options {
+        // Nothing heartbeats here: a lease long enough for the test under any load.
+        lease: Duration::from_secs(120),
+        ..Options::default()
+    })
+    .await;
     let repo = c.repo("acme/widgets").await;
     let (id, _) = enroll(&c, "r1", &[]).await;
     let client = id.connect().unwrap();
@@ -354,6 +359,9 @@ async fn a_bundle_upload_is_checked_at_its_first_chunk() {
         let stream = endless(&a.lease);
         tokio::spawn(async move { client.upload_bundle_chunks(stream).await })
     };
+    // Let its first chunk (1 MiB) reach the controller before the second upload starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "the first upload is still open");
     let mut second = None;
     for _ in 0..100 {
         match client.upload_bundle(&a.lease, b"bundle").await {
