@@ -474,6 +474,19 @@ async fn forward(State(gw): State<Inner>, req: Request) -> Response {
         tracing::warn!(task = task_id, reason = %why, "a sandbox's model request was refused");
         return refuse(StatusCode::FORBIDDEN, "permission_error", &why);
     }
+    // What is forwarded is what was checked: the body written again from the parsed value, so a
+    // key given twice (`"tools"` with a server tool, then `"tools": []`) cannot show the check
+    // one value and the provider, whose parser may keep the first, another.
+    let body = match serde_json::to_vec(&request) {
+        Ok(b) => axum::body::Bytes::from(b),
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!("the request body cannot be forwarded: {e}"),
+            );
+        }
+    };
     let model = request
         .get("model")
         .and_then(Value::as_str)
@@ -1095,6 +1108,52 @@ mod tests {
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         (url, seen)
+    }
+
+    /// A key given twice: the check and the provider must see the same value. The gateway
+    /// forwards the body it checked, written again, so the provider gets only what passed.
+    #[tokio::test]
+    async fn a_duplicate_key_cannot_show_the_check_one_body_and_the_provider_another() {
+        let got: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = got.clone();
+        let app = Router::new().fallback(move |req: Request| {
+            let seen = seen.clone();
+            async move {
+                let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).into_owned());
+                axum::Json(
+                    json!({"type": "message", "usage": {"input_tokens": 10, "output_tokens": 1}}),
+                )
+            }
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        let gw = Gateway::new(&up, Credential::ApiKey("sk-real".into())).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        gw.serve_tcp(l);
+        let token = gw.register(1, 50_000_000, Prices::default());
+        let raw = r#"{"model": "sonnet", "max_tokens": 10, "messages": [],
+            "tools": [{"type": "web_search_20250305", "name": "web_search"}], "tools": []}"#;
+        let resp = reqwest::Client::new()
+            .post(format!("{url}/v1/messages"))
+            .header("x-api-key", token.token())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let bodies = got.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 1);
+        assert!(!bodies[0].contains("web_search"), "{}", bodies[0]);
+        let v: Value = serde_json::from_str(&bodies[0]).unwrap();
+        assert_eq!(v["tools"], json!([]));
     }
 
     /// The agent asks the provider to act for it — search the web, reach an MCP server, fetch a
