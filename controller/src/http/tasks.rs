@@ -445,22 +445,7 @@ pub(super) async fn task_logs_stream(
     let limit = page_limit(q.limit)?;
     let task = s.store.task(id).await?;
     let attempt = q.attempt.unwrap_or(task.attempt);
-    let slot = match s.guard.open_stream(c.user.id, StreamKind::Logs) {
-        Ok(slot) => slot,
-        Err(e) => {
-            let _ = s
-                .store
-                .audit(
-                    &c.actor(),
-                    "follow_logs",
-                    Some(&format!("task:{id}")),
-                    "refused: too many log streams",
-                    None,
-                )
-                .await;
-            return Err(e);
-        }
-    };
+    let slot = open_stream(&s, &c, StreamKind::Logs, Some(&format!("task:{id}"))).await?;
     let task_stop = s.shutdown.clone();
     // Each poll reads only the chunks after the last one sent, a page at a time; the slot is
     // held by the stream's state and given back when the stream is dropped.
@@ -573,26 +558,33 @@ pub(super) async fn task_action(
     Ok(Json(task_view(&task, &repo.name)))
 }
 
+/// One of the caller's stream slots of `kind`; a refusal (too many open) is audited.
+async fn open_stream(
+    s: &AppState,
+    c: &Caller,
+    kind: StreamKind,
+    target: Option<&str>,
+) -> Result<super::guard::StreamSlot, ApiError> {
+    let refused = match s.guard.open_stream(c.user.id, kind) {
+        Ok(slot) => return Ok(slot),
+        Err(e) => e,
+    };
+    let (action, outcome) = match kind {
+        StreamKind::Logs => ("follow_logs", "refused: too many log streams"),
+        StreamKind::Events => ("follow_events", "refused: too many live feeds"),
+    };
+    let _ = s
+        .store
+        .audit(&c.actor(), action, target, outcome, None)
+        .await;
+    Err(refused)
+}
+
 pub(super) async fn events(
     State(s): State<AppState>,
     c: Caller,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let slot = match s.guard.open_stream(c.user.id, StreamKind::Events) {
-        Ok(slot) => slot,
-        Err(e) => {
-            let _ = s
-                .store
-                .audit(
-                    &c.actor(),
-                    "follow_events",
-                    None,
-                    "refused: too many live feeds",
-                    None,
-                )
-                .await;
-            return Err(e);
-        }
-    };
+    let slot = open_stream(&s, &c, StreamKind::Events, None).await?;
     let rx = s.events.subscribe();
     let stop = s_shutdown(&s.shutdown);
     // The slot is held by the stream's state and given back when the client goes away.

@@ -9,9 +9,8 @@ use controller::forge::{Forge, labels};
 use controller::pipeline::review::ReviewError;
 use controller::pipeline::{Pipeline, ReviewInput, Reviewer, Verdict};
 use controller::store::Status;
-use controller::store::repos::RepoSettings;
 
-use crate::forge::{Env, REPO, drive, env, pipeline, task_at_pushing};
+use crate::forge::{Env, REPO, drive, env, full_auto, pipeline, task_at_pushing};
 
 /// Approves everything, and keeps what it was shown.
 #[derive(Default, Clone)]
@@ -33,19 +32,6 @@ fn watched(env: &Env) -> (Pipeline, Watching) {
     let mut p = pipeline(env, vec![]);
     p.reviewer = Arc::new(w.clone());
     (p, w)
-}
-
-async fn full_auto(env: &Env) {
-    env.store
-        .update_repo(
-            env.repo.id,
-            &RepoSettings {
-                approval_mode: Some("full-auto".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
 }
 
 #[tokio::test]

@@ -73,6 +73,23 @@ pub(crate) async fn env() -> Env {
     }
 }
 
+/// Sets the test repository's settings.
+pub(crate) async fn configure(env: &Env, settings: RepoSettings) {
+    env.store.update_repo(env.repo.id, &settings).await.unwrap();
+}
+
+/// The test repository merges on its own: full-auto.
+pub(crate) async fn full_auto(env: &Env) {
+    configure(
+        env,
+        RepoSettings {
+            approval_mode: Some("full-auto".into()),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 pub(crate) fn intake_config() -> IntakeConfig {
     IntakeConfig {
         webhook_secret: SECRET.into(),

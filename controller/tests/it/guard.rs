@@ -458,6 +458,34 @@ async fn log_pages_return_exactly_the_window_asked_and_log_streams_are_capped_pe
             .any(|r| r["actor"] == "user:vic" && r["outcome"] == "refused: too many log streams"),
         "the refusal is audited"
     );
+    // The live task feed is bounded apart: 16 at once (her 8 log streams still open), then 429,
+    // audited.
+    let mut feeds = Vec::new();
+    for _ in 0..controller::http::guard::MAX_EVENT_STREAMS {
+        let resp = vic
+            .get(format!("{base}/api/events"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        feeds.push(resp);
+    }
+    let resp = vic
+        .get(format!("{base}/api/events"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        audit(&base, &token)
+            .await
+            .iter()
+            .any(|r| r["actor"] == "user:vic" && r["outcome"] == "refused: too many live feeds"),
+        "the refusal is audited"
+    );
+    drop(feeds);
     // Anonymous callers get no stream at all; another user has slots of their own.
     let resp = follow(&reqwest::Client::new(), None).await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);

@@ -19,8 +19,33 @@ use controller::store::{Status, TerminalReason};
 use sim::model::{Match, ModelSim, Script, Step};
 
 use crate::forge::{
-    REPO, drive, env, git, intake_config, make_bundle, pipeline, run_attempt, sync,
+    REPO, configure, drive, env, full_auto, git, intake_config, make_bundle, pipeline, run_attempt,
+    sync,
 };
+
+/// A pipeline whose reviewer is the real model-API client, reaching `model` (served here).
+fn model_reviewed(env: &crate::forge::Env, model: &ModelSim) -> controller::pipeline::Pipeline {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let model_url = format!("http://{}", l.local_addr().unwrap());
+    model.serve(tokio::net::TcpListener::from_std(l).unwrap());
+    let client = ModelClient::new(
+        ModelConfig {
+            base_url: model_url,
+            api_key: "k".into(),
+            timeout: Duration::from_secs(30),
+            cli: None,
+        },
+        env.store.clone(),
+    )
+    .unwrap();
+    let mut p = pipeline(env, vec![]);
+    p.reviewer = Arc::new(ModelReviewer {
+        client,
+        model: "sonnet".into(),
+    });
+    p
+}
 
 /// A task for a new issue, queued.
 async fn queued_task(env: &crate::forge::Env, title: &str) -> controller::store::Task {
@@ -231,24 +256,7 @@ async fn answers_without_a_verdict_or_a_diff_too_large_never_merge_unreviewed() 
     let env = env().await;
     env.sim.set_default_ci("success");
     let model = ModelSim::new(Some("k".into()));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let model_url = format!("http://{}", l.local_addr().unwrap());
-    model.serve(l);
-    let client = ModelClient::new(
-        ModelConfig {
-            base_url: model_url,
-            api_key: "k".into(),
-            timeout: Duration::from_secs(30),
-            cli: None,
-        },
-        env.store.clone(),
-    )
-    .unwrap();
-    let mut p = pipeline(&env, vec![]);
-    p.reviewer = Arc::new(ModelReviewer {
-        client,
-        model: "sonnet".into(),
-    });
+    let p = model_reviewed(&env, &model);
     let answers = [
         ("NOVERDICT", "The change looks plausible. I will not give a verdict line.".to_string()),
         ("TRUNCATED", "The change adds a function and then VERD".to_string()),
@@ -351,24 +359,7 @@ async fn answers_without_a_verdict_or_a_diff_too_large_never_merge_unreviewed() 
 async fn the_tail_of_a_large_diff_is_reviewed() {
     let env = env().await;
     let model = ModelSim::new(Some("k".into()));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let model_url = format!("http://{}", l.local_addr().unwrap());
-    model.serve(l);
-    let client = ModelClient::new(
-        ModelConfig {
-            base_url: model_url,
-            api_key: "k".into(),
-            timeout: Duration::from_secs(30),
-            cli: None,
-        },
-        env.store.clone(),
-    )
-    .unwrap();
-    let mut p = pipeline(&env, vec![]);
-    p.reviewer = Arc::new(ModelReviewer {
-        client,
-        model: "sonnet".into(),
-    });
+    let p = model_reviewed(&env, &model);
     model.add_script(Script {
         selector: "Tail check".into(),
         steps: vec![
@@ -429,16 +420,14 @@ async fn a_commit_pushed_after_the_approval_is_reviewed_before_it_merges() {
             },
         ],
     );
-    env.store
-        .update_repo(
-            env.repo.id,
-            &RepoSettings {
-                approval_mode: Some("review-merge".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    configure(
+        &env,
+        RepoSettings {
+            approval_mode: Some("review-merge".into()),
+            ..Default::default()
+        },
+    )
+    .await;
     let t = queued_task(&env, "Add two").await;
     run_attempt(&env, t.id, &[("src/two.rs", "pub fn two() {}\n")]).await;
     let held = drive(&env, &p, t.id, Status::ApprovalHold).await;
@@ -738,35 +727,16 @@ async fn a_review_request_the_model_refuses_waits_for_a_person_even_failing_open
     env.sim.set_default_ci("success");
     let model = ModelSim::new(Some("k".into()));
     model.set_context_tokens(3_000);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let model_url = format!("http://{}", l.local_addr().unwrap());
-    model.serve(l);
-    let client = ModelClient::new(
-        ModelConfig {
-            base_url: model_url,
-            api_key: "k".into(),
-            timeout: Duration::from_secs(30),
-            cli: None,
+    let p = model_reviewed(&env, &model);
+    configure(
+        &env,
+        RepoSettings {
+            approval_mode: Some("full-auto".into()),
+            review_fail_mode: Some("open".into()),
+            ..Default::default()
         },
-        env.store.clone(),
     )
-    .unwrap();
-    let mut p = pipeline(&env, vec![]);
-    p.reviewer = Arc::new(ModelReviewer {
-        client,
-        model: "sonnet".into(),
-    });
-    env.store
-        .update_repo(
-            env.repo.id,
-            &RepoSettings {
-                approval_mode: Some("full-auto".into()),
-                review_fail_mode: Some("open".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    .await;
     let t = queued_task(&env, "Add a fixture").await;
     let fixture = "padding padding padding padding\n".repeat(600);
     run_attempt(&env, t.id, &[("fixture.txt", &fixture)]).await;
@@ -801,18 +771,16 @@ async fn a_review_request_the_model_refuses_waits_for_a_person_even_failing_open
 async fn a_change_beyond_its_automatically_approved_plan_waits_for_a_person() {
     let env = env().await;
     env.sim.set_default_ci("success");
-    env.store
-        .update_repo(
-            env.repo.id,
-            &RepoSettings {
-                approval_mode: Some("full-auto".into()),
-                plan_gate: Some(true),
-                plan_auto_blast: Some(5),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    configure(
+        &env,
+        RepoSettings {
+            approval_mode: Some("full-auto".into()),
+            plan_gate: Some(true),
+            plan_auto_blast: Some(5),
+            ..Default::default()
+        },
+    )
+    .await;
     let p = pipeline(&env, vec![]);
     for (title, files, held) in [
         (
@@ -968,17 +936,15 @@ impl controller::pipeline::Reviewer for Slow {
 async fn a_review_that_runs_out_of_time_waits_for_a_person_even_failing_open() {
     let env = env().await;
     env.sim.set_default_ci("success");
-    env.store
-        .update_repo(
-            env.repo.id,
-            &RepoSettings {
-                approval_mode: Some("full-auto".into()),
-                review_fail_mode: Some("open".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    configure(
+        &env,
+        RepoSettings {
+            approval_mode: Some("full-auto".into()),
+            review_fail_mode: Some("open".into()),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut p = pipeline(&env, vec![]);
     p.reviewer = Arc::new(Slow);
     p.config.review_timeout = Duration::from_millis(300);
@@ -1010,16 +976,7 @@ async fn a_review_that_runs_out_of_time_waits_for_a_person_even_failing_open() {
 async fn a_change_the_reviewer_cannot_read_waits_for_a_person() {
     let env = env().await;
     env.sim.set_default_ci("success");
-    env.store
-        .update_repo(
-            env.repo.id,
-            &RepoSettings {
-                approval_mode: Some("full-auto".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    full_auto(&env).await;
     let p = pipeline(&env, vec![]);
     let t = queued_task(&env, "Add the loader").await;
     run_attempt(

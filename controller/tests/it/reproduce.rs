@@ -69,11 +69,20 @@ fn record(status: ReproStatus, base_exit: i32) -> Reproduction {
 }
 
 async fn complete(store: &Store, lease: &LeaseRef, r: Reproduction) -> controller::store::Task {
+    complete_with(store, lease, Some(r)).await
+}
+
+/// A successful completion carrying `r` as its reproduce-first record (or none).
+async fn complete_with(
+    store: &Store,
+    lease: &LeaseRef,
+    r: Option<Reproduction>,
+) -> controller::store::Task {
     store
         .complete(
             lease,
             &Completion {
-                reproduction: Some(r),
+                reproduction: r,
                 ..Completion::new(Outcome::Succeeded)
             },
             &RetryPolicy::default(),
@@ -159,15 +168,7 @@ async fn not_reproduced_is_held_under_hold_and_only_marked_under_proceed() {
     // A runner that leaves the record out of a completion its lease owed one: held the same,
     // the timeline saying no record came; a lease that asked for none owes none.
     let (_, lease) = lease_asks(&store, &repo, None).await;
-    let t = store
-        .complete(
-            &lease,
-            &Completion::new(Outcome::Succeeded),
-            &RetryPolicy::default(),
-        )
-        .await
-        .unwrap()
-        .task;
+    let t = complete_with(&store, &lease, None).await;
     assert_eq!(t.status, Status::Pushing);
     assert_eq!(t.hold_kind.0, Some(HoldKind::User));
     let data = store
@@ -190,15 +191,7 @@ async fn not_reproduced_is_held_under_hold_and_only_marked_under_proceed() {
     set(&store, &repo, "off", "hold").await;
     let (asked, lease) = lease_asks(&store, &repo, Some(true)).await;
     assert!(!asked);
-    let t = store
-        .complete(
-            &lease,
-            &Completion::new(Outcome::Succeeded),
-            &RetryPolicy::default(),
-        )
-        .await
-        .unwrap()
-        .task;
+    let t = complete_with(&store, &lease, None).await;
     assert_eq!(t.hold_kind.0, None, "nothing was owed");
 
     // No test, `proceed`: marked, not held.

@@ -70,11 +70,9 @@ async fn a_runner_runs_tasks_end_to_end() {
     c.stop().await;
 }
 
-#[tokio::test]
-async fn duplicate_completions_are_acknowledged_and_stale_attempts_refused() {
-    let c = TestController::start(Options::default()).await;
-    let repo = c.repo("acme/widgets").await;
-    let (id, _) = enroll(&c, "r1", &[]).await;
+/// A runner `name`, enrolled and said hello (capacity 1), talking to `c` by hand.
+async fn hello(c: &TestController, name: &str) -> runner::client::Client {
+    let (id, _) = enroll(c, name, &[]).await;
     let client = id.connect().unwrap();
     client
         .hello(&runner::client::HelloInfo {
@@ -86,6 +84,14 @@ async fn duplicate_completions_are_acknowledged_and_stale_attempts_refused() {
         })
         .await
         .unwrap();
+    client
+}
+
+#[tokio::test]
+async fn duplicate_completions_are_acknowledged_and_stale_attempts_refused() {
+    let c = TestController::start(Options::default()).await;
+    let repo = c.repo("acme/widgets").await;
+    let client = hello(&c, "r1").await;
     let t = c.task(&repo, "sleep:1").await;
     let (a, _) = client.lease(Duration::from_secs(5)).await.unwrap();
     let a = a.expect("an assignment");
@@ -311,18 +317,7 @@ async fn a_bundle_upload_is_checked_at_its_first_chunk() {
     })
     .await;
     let repo = c.repo("acme/widgets").await;
-    let (id, _) = enroll(&c, "r1", &[]).await;
-    let client = id.connect().unwrap();
-    client
-        .hello(&runner::client::HelloInfo {
-            labels: vec![],
-            capacity: 1,
-            backends: vec![],
-            boot_id: "x".into(),
-            active: vec![],
-        })
-        .await
-        .unwrap();
+    let client = hello(&c, "r1").await;
     c.task(&repo, "sleep:1").await;
     let (a, _) = client.lease(Duration::from_secs(5)).await.unwrap();
     let a = a.expect("an assignment");
