@@ -43,18 +43,36 @@ impl Backoff {
     }
 }
 
-/// Whether a gRPC failure is worth retrying (the controller is away or restarting).
+/// Whether a gRPC failure is worth retrying (the controller is away or restarting, or — for
+/// `ALREADY_EXISTS` — an earlier try of the same call is still ending there: a bundle upload cut
+/// off on this side may still be open on the controller's for a moment, and it takes one upload
+/// of a lease at a time).
 pub fn transient(status: &tonic::Status) -> bool {
     use tonic::Code::*;
     matches!(
         status.code(),
-        Unavailable | Unknown | DeadlineExceeded | Cancelled | ResourceExhausted | Internal
+        Unavailable
+            | Unknown
+            | DeadlineExceeded
+            | Cancelled
+            | ResourceExhausted
+            | Internal
+            | AlreadyExists
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upload_still_open_on_the_controller_is_waited_for() {
+        assert!(transient(&tonic::Status::already_exists(
+            "being uploaded already"
+        )));
+        assert!(!transient(&tonic::Status::invalid_argument("too large")));
+        assert!(!transient(&tonic::Status::aborted("lease lost")));
+    }
 
     #[test]
     fn delays_grow_to_the_cap_with_jitter() {
