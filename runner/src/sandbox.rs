@@ -42,6 +42,8 @@ pub const RUNNER_LABEL: &str = "backporcher.runner";
 pub const GATEWAY_NETWORK: &str = "bp-gateway-only";
 /// Network for `open`.
 pub const OPEN_NETWORK: &str = "bp-open";
+/// Times a missing sandbox network is created (and looked for again) before the runner gives up.
+const NETWORK_TRIES: u32 = 5;
 /// Upstream DNS server of `gateway-only` containers: TEST-NET-1, routed nowhere.
 pub const NO_DNS: &str = "192.0.2.1";
 /// Bridge driver option that turns inter-container traffic off.
@@ -279,7 +281,15 @@ impl Sandbox {
                 })?;
             }
         }
-        if inspect().await.is_err() {
+        // Another runner on this host (a second process, a fresh machine's first start) may be
+        // creating it at this very moment, and Docker answers neither "exists" nor "created"
+        // until that ends: a few tries, a moment apart, then the error.
+        let mut tries = 0;
+        while inspect().await.is_err() && tries < NETWORK_TRIES {
+            tries += 1;
+            if tries > 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(tries))).await;
+            }
             let req = NetworkCreateRequest {
                 name: name.into(),
                 driver: Some("bridge".into()),
@@ -299,7 +309,7 @@ impl Sandbox {
             };
             if let Err(e) = self.docker.create_network(req).await {
                 // Another runner on this host may have created it meanwhile.
-                tracing::debug!(error = %e, network = name, "creating a sandbox network");
+                tracing::debug!(error = %e, network = name, tries, "creating a sandbox network");
             }
         }
         let net = inspect()

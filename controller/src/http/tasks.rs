@@ -144,7 +144,8 @@ async fn open_issue_for(
     prompt: &str,
 ) -> Result<crate::forge::Issue, ApiError> {
     let Some(forge) = &s.forge else {
-        return Err(ApiError::Invalid(
+        // The request is well formed; this controller cannot act on it as set up.
+        return Err(ApiError::Conflict(
             "no GitHub connection is configured, so no issue can be opened; create the task without `open_issue`".into(),
         ));
     };

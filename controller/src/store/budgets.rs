@@ -108,6 +108,8 @@ const HOLD_SQL: &str = concat!(
     "dispatch resumes at %s or when the budget is raised', over.scope, round(over.budget / 1e6, 2), ",
     "round(over.spent / 1e6, 2), round(over.granted / 1e6, 2), to_char($1 AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI \"UTC\"'))) ",
     "FROM over WHERE t.repo_id = over.id AND t.status = 'queued' AND t.hold_kind IS NULL ",
+    // A claim not started yet holds its grant already: it goes ahead.
+    "  AND NOT EXISTS (SELECT 1 FROM task_claims c WHERE c.task_id = t.id) ",
     "RETURNING t.id"
 );
 
@@ -143,7 +145,8 @@ impl Store {
         sqlx::query(
             "UPDATE settings SET budget_task_microusd = $1, budget_global_daily_microusd = $2, \
              day_granted_microusd = (SELECT COALESCE(sum(granted_microusd), 0) FROM tasks \
-                                     WHERE status IN ('leased', 'running', 'verifying')), \
+                                     WHERE status IN ('leased', 'running', 'verifying')) \
+               + (SELECT COALESCE(sum(granted_microusd), 0) FROM task_claims), \
              updated_at = now()",
         )
         .bind(task_microusd)

@@ -70,6 +70,9 @@ impl Store {
     /// not leased under it any more is left alone. Returns the candidates.
     pub async fn fan_out(&self, parent: &Task) -> Result<Vec<Task>> {
         let mut tx = self.pool.begin().await?;
+        if let Some(lease) = super::claims::LeaseRef::of(parent) {
+            Self::start_claim(&mut tx, &lease).await?;
+        }
         let moved: Option<(i32, i64, i64)> = sqlx::query_as(
             "UPDATE tasks t SET status = 'candidates', lease_token = NULL, lease_expires_at = NULL, \
                ev_seq = t.ev_seq + 1, ev_actor = 'system', ev_reason = 'fan_out', \

@@ -4,8 +4,18 @@
 //! write ([`crate::store::logs`], [`crate::store::completion`]).
 //!
 //! A claim honours holds, dependencies, the global pause, runner labels, backends and capacity,
-//! the per-repo concurrency cap and the budgets, and orders by priority then age; candidates are
-//! locked `FOR UPDATE SKIP LOCKED`, so claimers take different tasks instead of waiting. The cap
+//! the per-repo concurrency cap and the budgets, and orders by priority then age; candidates'
+//! queue rows are locked `FOR UPDATE SKIP LOCKED`, so claimers take different tasks instead of
+//! waiting.
+//!
+//! A claim does not rewrite the task row (migration 0046): it takes the task out of `task_queue`
+//! and writes a narrow `task_claims` row (runner, attempt, token, expiry, grant, plan run), and
+//! the runner is told the lease as the task row will hold it. The runner's first report starts
+//! the claim ([`Store::start_claim`], in the transaction of its step): the task row takes the
+//! lease, `queued → leased`. Until then the claim counts as a live lease everywhere (capacity,
+//! active tasks, slots, grants); renewals extend it; a claim never started lapses at its expiry,
+//! goes with its runner, and goes when its task leaves the queue or is held — its slot and grant
+//! returned, the task queued again with the same attempt number. The cap
 //! is exact without a shared counter: a capped repository has one slot row per unit of its cap
 //! (`repo_slots`, migration 0022); a claim takes a free slot with `SKIP LOCKED` and the tasks
 //! trigger frees it when the lease ends. A claim locks the repository's row only while the
@@ -13,7 +23,7 @@
 //! of the repository ([`fence_repo_limits`]).
 //!
 //! Claims are made in batches: the claims that arrive while one is under way are made together
-//! by one call of the database function `claim_batch` (migration 0041, where the rules are
+//! by one call of the database function `claim_batch` (migration 0046, where the rules are
 //! written), so that what a claim costs besides its own row — the statement, the round trip, the
 //! commit — is shared ([`Combiner`]). A claim alone is a batch of one.
 
@@ -114,7 +124,7 @@ macro_rules! take_back_sql {
     };
 }
 
-/// The claim statement: `claim_batch` (migration 0041) makes the claims of a batch, and this
+/// The claim statement: `claim_batch` (migration 0046) makes the claims of a batch, and this
 /// reads what each runner needs of its task's repository beside the task (once per repository
 /// of the batch: its secrets and learnings are the same for each of its tasks). Binds: $1 the runners,
 /// $2 their labels (a JSON array of arrays), $3 their capacities (NULL: no limit), $4 the lease
@@ -156,7 +166,8 @@ const MAX_TRIES: u32 = 4;
 
 /// Seconds until the next live lease expires, through the partial index on live leases (the
 /// status list written out, as in [`take_back_sql`]).
-const NEXT_LEASE_EXPIRY_SQL: &str = "SELECT EXTRACT(EPOCH FROM (min(lease_expires_at) - now()))::float8 \
+const NEXT_LEASE_EXPIRY_SQL: &str = "SELECT EXTRACT(EPOCH FROM (LEAST(min(lease_expires_at), \
+       (SELECT min(expires_at) FROM task_claims)) - now()))::float8 \
      FROM tasks WHERE status IN ('leased', 'running', 'verifying')";
 
 /// Fails tasks past their deadline ([`Store::fail_past_deadline`]). Binds: $1 the statuses a
@@ -561,10 +572,28 @@ impl Store {
         .bind(lease.runner_id)
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            Some((expires_at, cancel_requested)) => Ok(Renewal {
+        if let Some((expires_at, cancel_requested)) = row {
+            return Ok(Renewal {
                 expires_at,
                 cancel_requested,
+            });
+        }
+        // A claim not started yet (the runner renews before its first report reached us).
+        let claim: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "UPDATE task_claims SET expires_at = now() + make_interval(secs => $4) \
+             WHERE task_id = $1 AND attempt = $2 AND token = $3 AND runner_id = $5 RETURNING expires_at",
+        )
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(length.as_secs_f64())
+        .bind(lease.runner_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match claim {
+            Some(expires_at) => Ok(Renewal {
+                expires_at,
+                cancel_requested: false,
             }),
             None => Err(self.lease_lost(lease).await),
         }
@@ -584,12 +613,18 @@ impl Store {
         let ids: Vec<i64> = leases.iter().map(|l| l.task_id).collect();
         let attempts: Vec<i32> = leases.iter().map(|l| l.attempt).collect();
         let tokens: Vec<Uuid> = leases.iter().map(|l| l.token).collect();
+        // Started leases on the task rows, claims not started yet on theirs.
         let rows: Vec<(TaskId, i32, DateTime<Utc>, bool)> = sqlx::query_as(
-            "UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => $4) \
-             FROM unnest($1::bigint[], $2::int[], $3::uuid[]) AS k(id, attempt, token) \
-             WHERE t.id = k.id AND t.attempt = k.attempt AND t.lease_token = k.token \
-               AND t.runner_id = $5 AND t.status = ANY($6) \
-             RETURNING t.id, t.attempt, t.lease_expires_at, t.cancel_requested_at IS NOT NULL",
+            "WITH k AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::uuid[]) AS k(id, attempt, token)), \
+             started AS (UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => $4) \
+               FROM k WHERE t.id = k.id AND t.attempt = k.attempt AND t.lease_token = k.token \
+                 AND t.runner_id = $5 AND t.status = ANY($6) \
+               RETURNING t.id, t.attempt, t.lease_expires_at, t.cancel_requested_at IS NOT NULL AS cancel), \
+             claimed AS (UPDATE task_claims c SET expires_at = now() + make_interval(secs => $4) \
+               FROM k WHERE c.task_id = k.id AND c.attempt = k.attempt AND c.token = k.token \
+                 AND c.runner_id = $5 \
+               RETURNING c.task_id, c.attempt, c.expires_at, false) \
+             SELECT * FROM started UNION ALL SELECT * FROM claimed",
         )
         .bind(&ids)
         .bind(&attempts)
@@ -650,14 +685,54 @@ impl Store {
     /// Takes back leases that expired: re-queued without spending a retry (`lease_expired`), or
     /// canceled when cancellation had been requested. Processes at most `limit` rows.
     pub async fn reap_expired(&self, limit: i64) -> Result<Vec<Reaped>> {
-        self.take_back(
-            take_back_sql!("lease_expires_at < now() ORDER BY lease_expires_at"),
-            limit,
-            None,
-            "lease_expired",
-            "reaper",
-        )
-        .await
+        let mut reaped = self.lapse_claims(limit, None, true).await?;
+        let left = limit - reaped.len() as i64;
+        if left > 0 {
+            reaped.extend(
+                self.take_back(
+                    take_back_sql!("lease_expires_at < now() ORDER BY lease_expires_at"),
+                    left,
+                    None,
+                    "lease_expired",
+                    "reaper",
+                )
+                .await?,
+            );
+        }
+        Ok(reaped)
+    }
+
+    /// Drops claims that were never started — expired ones, or every one of `runner` — at most
+    /// `limit`: their slots and grants come back and their tasks rejoin the queue
+    /// (`claims_lapse`, migration 0046). Nothing ran under them, so nothing is counted against
+    /// the task.
+    async fn lapse_claims(
+        &self,
+        limit: i64,
+        runner: Option<RunnerId>,
+        expired: bool,
+    ) -> Result<Vec<Reaped>> {
+        let rows: Vec<(TaskId, RunnerId)> = sqlx::query_as("SELECT * FROM claims_lapse($1, $2, $3)")
+            .bind(limit)
+            .bind(runner)
+            .bind(expired)
+            .fetch_all(&self.pool)
+            .await?;
+        for (task, runner) in &rows {
+            tracing::info!(
+                task,
+                runner,
+                "a claim the runner never started was taken back; the task is queued again"
+            );
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(task_id, runner_id)| Reaped {
+                task_id,
+                status: Status::Queued,
+                runner_id: Some(runner_id),
+            })
+            .collect())
     }
 
     /// Takes back every lease of a runner that is gone (disabled, revoked, or known dead):
@@ -667,14 +742,18 @@ impl Store {
         runner: RunnerId,
         actor: &str,
     ) -> Result<Vec<Reaped>> {
-        self.take_back(
-            take_back_sql!("true"),
-            i64::MAX,
-            Some(runner),
-            "runner_lost",
-            actor,
-        )
-        .await
+        let mut reaped = self.lapse_claims(i64::MAX, Some(runner), false).await?;
+        reaped.extend(
+            self.take_back(
+                take_back_sql!("true"),
+                i64::MAX,
+                Some(runner),
+                "runner_lost",
+                actor,
+            )
+            .await?,
+        );
+        Ok(reaped)
     }
 
     async fn take_back(
@@ -708,7 +787,7 @@ impl Store {
     /// Gives every live lease at least `grace` more time: called when a controller starts, so
     /// runners that were cut off by the restart can reconnect before their work is taken back.
     pub async fn grant_grace(&self, grace: Duration) -> Result<u64> {
-        Ok(sqlx::query(
+        let started = sqlx::query(
             "UPDATE tasks SET lease_expires_at = GREATEST(lease_expires_at, now() + make_interval(secs => $1)) \
              WHERE status = ANY($2)",
         )
@@ -716,7 +795,39 @@ impl Store {
         .bind(status_texts(Status::ACTIVE))
         .execute(&self.pool)
         .await?
-        .rows_affected())
+        .rows_affected();
+        let claimed = sqlx::query(
+            "UPDATE task_claims SET expires_at = GREATEST(expires_at, now() + make_interval(secs => $1))",
+        )
+        .bind(grace.as_secs_f64())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(started + claimed)
+    }
+
+    /// [`Store::start_claim`] on its own: for a write whose lease fence failed, made again when
+    /// this started the claim (a runner that wrote before it reported its first step).
+    pub async fn start_claim_now(&self, lease: &LeaseRef) -> Result<bool> {
+        let mut conn = self.pool.acquire().await?;
+        Self::start_claim(&mut conn, lease).await
+    }
+
+    /// Starts the claim `lease` names, if it is one not started yet: the task row takes the
+    /// lease (`queued → leased`, migration 0046's `claim_start`). A lease already started, or
+    /// gone, is left as it is (the caller's own fence then decides). Runs in `conn`, so that the
+    /// runner's step that follows is in the same transaction.
+    pub(super) async fn start_claim(
+        conn: &mut sqlx::PgConnection,
+        lease: &LeaseRef,
+    ) -> Result<bool> {
+        Ok(sqlx::query_scalar("SELECT claim_start($1, $2, $3, $4)")
+            .bind(lease.task_id)
+            .bind(lease.attempt)
+            .bind(lease.token)
+            .bind(lease.runner_id)
+            .fetch_one(conn)
+            .await?)
     }
 
     pub(super) async fn lease_lost(&self, lease: &LeaseRef) -> Error {
@@ -773,7 +884,7 @@ mod tests {
     /// planner must match carry the same list.
     #[test]
     fn the_written_out_lists_are_the_sets_and_match_the_indexes() {
-        let claim = include_str!("../../../migrations/0041_claim_batch.sql");
+        let claim = include_str!("../../../migrations/0046_claim_queue.sql");
         // The candidate queries carry the lists.
         for list in [
             format!("dt.status NOT IN {}", sql_list(Status::UNSUCCESSFUL)),
@@ -788,7 +899,7 @@ mod tests {
             .skip(1)
             .map(|q| {
                 &q[..q
-                    .find("FOR UPDATE OF t SKIP LOCKED")
+                    .find("FOR UPDATE OF qu SKIP LOCKED")
                     .expect("a locking clause")]
             })
             .collect();

@@ -128,6 +128,9 @@ impl Store {
     }
 
     async fn runner_step(&self, lease: &LeaseRef, step: lifecycle::Step) -> Result<Task> {
+        // The runner's first report on a claim starts it (the task row takes the lease).
+        let mut tx = self.pool.begin().await?;
+        Self::start_claim(&mut tx, lease).await?;
         let row = sqlx::query_as::<_, Task>(concat!(
             "UPDATE tasks SET status = $4, ",
             "ev_seq = ev_seq + 1, ev_actor = 'runner:' || runner_id, ev_reason = $6, ev_data = NULL ",
@@ -141,8 +144,9 @@ impl Store {
         .bind(status_texts(step.from))
         .bind(step.name)
         .bind(lease.runner_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         match row {
             Some(t) => Ok(t),
             None => {
@@ -175,6 +179,8 @@ impl Store {
         policy: &RetryPolicy,
     ) -> Result<Completed> {
         let mut tx = self.pool.begin().await?;
+        // A claim completed before any step was reported (a runner that could not set up).
+        Self::start_claim(&mut tx, lease).await?;
         let row: Option<LockedLease> = sqlx::query_as(
             "SELECT status, attempt, lease_token, cancel_requested_at IS NOT NULL AS cancel_requested, runner_id, parent_id, \
              plan_attempt \

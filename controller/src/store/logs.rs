@@ -40,6 +40,17 @@ pub type LogRow = (i64, String, Vec<u8>, chrono::DateTime<chrono::Utc>);
 impl Store {
     /// Stores the result bundle of an attempt (replacing an earlier upload of the same attempt).
     pub async fn store_bundle(&self, lease: &LeaseRef, data: &[u8], sha256: &str) -> Result<()> {
+        if self.store_bundle_once(lease, data, sha256).await?
+            || (self.start_claim_now(lease).await?
+                && self.store_bundle_once(lease, data, sha256).await?)
+        {
+            return Ok(());
+        }
+        Err(self.bundle_refusal(lease).await)
+    }
+
+    /// One try of [`Store::store_bundle`]: whether the lease took it.
+    async fn store_bundle_once(&self, lease: &LeaseRef, data: &[u8], sha256: &str) -> Result<bool> {
         let n = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO task_bundles (task_id, attempt, size, sha256, data) \
              SELECT id, attempt, $6, $7, $8 FROM tasks WHERE {BUNDLE_LEASE} \
@@ -57,15 +68,22 @@ impl Store {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        if n == 0 {
-            return Err(self.bundle_refusal(lease).await);
-        }
-        Ok(())
+        Ok(n > 0)
     }
 
     /// Whether `lease` may upload a bundle now ([`Store::store_bundle`]'s own condition), so
     /// that nothing of an upload is kept for a lease that cannot store it.
     pub async fn check_bundle_lease(&self, lease: &LeaseRef) -> Result<()> {
+        if self.bundle_lease_ok(lease).await?
+            || (self.start_claim_now(lease).await? && self.bundle_lease_ok(lease).await?)
+        {
+            return Ok(());
+        }
+        Err(self.bundle_refusal(lease).await)
+    }
+
+    /// Whether `lease` is one that may store a bundle now.
+    async fn bundle_lease_ok(&self, lease: &LeaseRef) -> Result<bool> {
         let ok: Option<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT 1 FROM tasks WHERE {BUNDLE_LEASE}"
         )))
@@ -76,10 +94,7 @@ impl Store {
         .bind(status_texts(Status::ACTIVE))
         .fetch_optional(&self.pool)
         .await?;
-        match ok {
-            Some(_) => Ok(()),
-            None => Err(self.bundle_refusal(lease).await),
-        }
+        Ok(ok.is_some())
     }
 
     /// Why `lease` may not store a bundle.
@@ -226,6 +241,9 @@ impl Store {
         .await?;
         let Some((stored, stored_chunks)) = stored else {
             drop(tx);
+            if self.start_claim_now(lease).await? {
+                return Box::pin(self.store_logs(lease, chunks, cap, rows_cap)).await;
+            }
             return Err(self.lease_lost(lease).await);
         };
         // Resends of stored chunks are acknowledged again and count against nothing.

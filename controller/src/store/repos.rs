@@ -179,7 +179,8 @@ pub const MAX_CONCURRENCY: i32 = 1000;
 const REPO_COLUMNS: &str = "id, name, clone_url, default_branch, verify_command, approval_mode, \
     review_fail_mode, egress_policy, allow_workflow_changes, agent_hooks, agent, agent_fallback, budget_task_microusd, \
     budget_daily_microusd, max_concurrency, \
-    (SELECT count(*)::int FROM tasks t WHERE t.repo_id = repos.id AND t.status IN ('leased', 'running', 'verifying')) AS active_tasks, \
+    (SELECT count(*)::int FROM tasks t WHERE t.repo_id = repos.id AND t.status IN ('leased', 'running', 'verifying')) \
+      + (SELECT count(*)::int FROM task_claims c WHERE c.repo_id = repos.id) AS active_tasks, \
     runner_labels, stack, enabled, merge_method, ci_ignore, no_checks, \
     no_checks_grace_secs, env_image, env_setup, reproduce_first, reproduce_policy, \
     guard_window_secs, guard_window_commits, best_of, best_of_models, plan_gate, plan_auto_blast, \

@@ -332,7 +332,9 @@ impl Store {
 }
 
 /// How many leases a runner holds: `Status::ACTIVE` written out for the `tasks_runner` index.
-const RUNNER_LEASES_SQL: &str = "SELECT count(*) FROM tasks WHERE runner_id = $1 AND status IN ('leased', 'running', 'verifying')";
+/// Claims not started yet count too.
+const RUNNER_LEASES_SQL: &str = "SELECT (SELECT count(*) FROM task_claims WHERE runner_id = $1) \
+    + count(*) FROM tasks WHERE runner_id = $1 AND status IN ('leased', 'running', 'verifying')";
 
 #[cfg(test)]
 mod tests {

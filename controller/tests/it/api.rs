@@ -223,6 +223,13 @@ async fn roles_csrf_tokens_and_every_endpoint() {
     let (_, audit) = admin.call(Method::GET, "/api/audit", None).await;
     assert!(audit.to_string().contains("set_secret"), "{audit}");
     assert!(!audit.to_string().contains("tok-registry"), "{audit}");
+    // Without a GitHub connection no issue can be opened: a conflict with how the controller
+    // is set up (not a malformed request), and nothing is created.
+    let (code, body) = olga
+        .call(Method::POST, "/api/tasks", Some(json!({"repo": "acme/api", "title": "Add a route", "prompt": "GET /ping returns pong", "open_issue": true})))
+        .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("without `open_issue`"), "{body}");
     let (code, task) = olga
         .call(Method::POST, "/api/tasks", Some(json!({"repo": "acme/api", "title": "Add a route", "prompt": "GET /ping returns pong"})))
         .await;
@@ -583,7 +590,8 @@ async fn task_changes_arrive_over_sse_and_the_openapi_document_lists_every_route
     assert!(got.is_ok(), "no delta for task {id}: {seen}");
     assert!(seen.contains("event: task"));
 
-    // A claim (which sends no NOTIFY) reaches the live view within a fraction of a second.
+    // A claim, once its runner starts it (which sends no NOTIFY), reaches the live view within
+    // a fraction of a second.
     let runner = store.register_runner("sse-r", &[], 1).await.unwrap().id;
     let claimed = store
         .claim(&controller::store::claims::ClaimRequest {
@@ -596,6 +604,12 @@ async fn task_changes_arrive_over_sse_and_the_openapi_document_lists_every_route
         .unwrap()
         .expect("the queued task is claimed");
     assert_eq!(claimed.id, id);
+    assert!(
+        store
+            .start_claim_now(&controller::store::claims::LeaseRef::of(&claimed).unwrap())
+            .await
+            .unwrap()
+    );
     let at = std::time::Instant::now();
     seen.clear();
     let got = tokio::time::timeout(Duration::from_secs(10), async {

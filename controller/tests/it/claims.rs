@@ -408,7 +408,7 @@ async fn the_per_repo_cap_holds_under_concurrent_claimers() {
         won += usize::from(ok.unwrap());
     }
     assert_eq!(won, 3, "exactly the cap");
-    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE status = 'leased'")
+    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM task_claims")
         .fetch_one(store.pool())
         .await
         .unwrap();
@@ -447,12 +447,16 @@ async fn eight_concurrent_claimers_over_ten_thousand_rows_never_double_claim() {
         per_claimer.iter().all(|n| *n > 0),
         "all claimers made progress: {per_claimer:?}"
     );
-    let attempts: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM tasks WHERE attempt <> 1 OR status <> 'leased'")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-    assert_eq!(attempts, 0);
+    // Each task holds one claim, of its first attempt, and none is left in the queue.
+    let (unclaimed, queued): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM tasks t WHERE NOT EXISTS \
+                  (SELECT 1 FROM task_claims c WHERE c.task_id = t.id AND c.attempt = 1)), \
+                (SELECT count(*) FROM task_queue)",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((unclaimed, queued), (0, 0));
 }
 
 /// Makes every task of `repo` need a runner with `labels`.
@@ -729,10 +733,11 @@ async fn set_cap(store: &Store, repo: i64, cap: i32) {
         .unwrap();
 }
 
-/// Active tasks of `repo`, and how many of them hold a slot.
+/// Active tasks of `repo` (claims not started yet among them), and how many of them hold a slot.
 async fn active_and_slotted(store: &Store, repo: i64) -> (i64, i64) {
     sqlx::query_as(
-        "SELECT (SELECT count(*) FROM tasks WHERE repo_id = $1 AND status IN ('leased', 'running', 'verifying')), \
+        "SELECT (SELECT count(*) FROM tasks WHERE repo_id = $1 AND status IN ('leased', 'running', 'verifying')) \
+                + (SELECT count(*) FROM task_claims WHERE repo_id = $1), \
                 (SELECT count(*) FROM repo_slots WHERE repo_id = $1 AND task_id IS NOT NULL)",
     )
     .bind(repo)
@@ -1233,12 +1238,14 @@ async fn a_runners_lease_count_reads_its_own_leases_whatever_the_statistics_say(
                 lease: Duration::from_secs(600),
                 capacity: Some(1_000),
             };
-            assert!(store.claim(&req).await.unwrap().is_some());
+            let t = store.claim(&req).await.unwrap().unwrap();
+            let lease = controller::store::claims::LeaseRef::of(&t).unwrap();
+            assert!(store.start_claim_now(&lease).await.unwrap());
         }
     }
     // 400 live leases, 40 each. The count is the claim's own (its text in `claim_batch`, the
     // runner as a parameter), planned generically as the PL/pgSQL function caches it.
-    let claim = include_str!("../../../migrations/0041_claim_batch.sql");
+    let claim = include_str!("../../../migrations/0046_claim_queue.sql");
     let at = claim
         .find("SELECT count(*) FROM tasks h")
         .expect("the claim counts a runner's leases");
@@ -1300,4 +1307,244 @@ async fn a_runners_lease_count_reads_its_own_leases_whatever_the_statistics_say(
     .await
     .unwrap();
     assert_eq!(count, 40);
+}
+
+/// Claims one task for `r` with a lease of `lease`, without starting it: the task row stays
+/// `queued` and the claim holds the slot and the grant.
+async fn claim_only(
+    store: &Store,
+    r: RunnerId,
+    lease: Duration,
+) -> (controller::store::Task, controller::store::claims::LeaseRef) {
+    let t = store
+        .claim(&ClaimRequest {
+            runner_id: r,
+            labels: &[],
+            lease,
+            capacity: None,
+        })
+        .await
+        .unwrap()
+        .expect("a task to claim");
+    let lease = controller::store::claims::LeaseRef::of(&t).unwrap();
+    (t, lease)
+}
+
+/// A capped repository with a daily budget and two queued tasks.
+async fn capped_and_budgeted(store: &Store) -> (controller::store::repos::Repo, RunnerId) {
+    store.set_fleet_budgets(1_000_000, None).await.unwrap();
+    let repo = repo(store, "acme/claims").await;
+    store
+        .update_repo(
+            repo.id,
+            &RepoSettings {
+                max_concurrency: Some(1),
+                budget_daily_microusd: Some(10_000_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    queued(store, &repo, "first").await;
+    queued(store, &repo, "second").await;
+    (repo.clone(), runner(store, "r1").await)
+}
+
+/// What the repository holds for running attempts: (active counted with claims, slots taken,
+/// granted today).
+async fn held(store: &Store, repo: i64) -> (i64, i64, i64) {
+    let (active, slotted) = active_and_slotted(store, repo).await;
+    (
+        active,
+        slotted,
+        store.repo_day(repo).await.unwrap().granted_microusd,
+    )
+}
+
+/// A claim leaves the task row alone until the runner's first report starts it: the row stays
+/// `queued` (out of the queue), the claim holds the slot and the grant, and the start turns the
+/// row into the lease the claim returned, with its `claimed` timeline entry.
+#[tokio::test]
+async fn a_claim_is_a_narrow_row_until_its_runner_starts_it() {
+    let store = store().await;
+    let (repo, r) = capped_and_budgeted(&store).await;
+    let (t, lease) = claim_only(&store, r, Duration::from_secs(60)).await;
+    assert_eq!(t.status, Status::Leased, "the runner is told its lease");
+    let row = store.task(t.id).await.unwrap();
+    assert_eq!(
+        (row.status, row.attempt, row.lease_token),
+        (Status::Queued, 0, None)
+    );
+    assert_eq!(held(&store, repo.id).await, (1, 1, 1_000_000));
+    assert!(
+        store.claim(&claim_req(r)).await.unwrap().is_none(),
+        "the claim holds the repository's one slot"
+    );
+    assert_eq!(store.runner_lease_count(r).await.unwrap(), 1);
+    let started = store.start_agent(&lease).await.unwrap();
+    assert_eq!(started.status, Status::Running);
+    assert_eq!(
+        (started.attempt, started.lease_token, started.runner_id),
+        (t.attempt, t.lease_token, t.runner_id)
+    );
+    let reasons: Vec<String> = store
+        .timeline(t.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.ends_with(&["claimed".to_string(), "start_agent".to_string()]),
+        "{reasons:?}"
+    );
+    assert_eq!(held(&store, repo.id).await, (1, 1, 1_000_000));
+    assert_eq!(store.runner_lease_count(r).await.unwrap(), 1);
+}
+
+/// From the runner's side: a claim it never started lapses at its expiry — slot and grant come
+/// back, the task is claimed again under the same attempt number — and the stale claim can
+/// neither start, renew, log nor complete afterwards.
+#[tokio::test]
+async fn a_claim_never_started_lapses_and_its_runner_cannot_use_it_after() {
+    let store = store().await;
+    let (repo, r) = capped_and_budgeted(&store).await;
+    let (t, stale) = claim_only(&store, r, Duration::from_millis(10)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let reaped = store.reap_expired(100).await.unwrap();
+    assert_eq!(
+        reaped.iter().map(|x| (x.task_id, x.status)).collect::<Vec<_>>(),
+        vec![(t.id, Status::Queued)]
+    );
+    assert_eq!(held(&store, repo.id).await, (0, 0, 0));
+    let r2 = runner(&store, "r2").await;
+    let (again, fresh) = claim(&store, r2).await;
+    assert_eq!(again.id, t.id, "the task keeps its place in the queue");
+    assert_eq!(again.attempt, t.attempt, "nothing ran: no attempt is spent");
+    assert_ne!(fresh.token, stale.token);
+    let e = store.start_agent(&stale).await.unwrap_err();
+    assert!(
+        matches!(e, controller::store::Error::LeaseLost { .. }),
+        "{e}"
+    );
+    assert!(store.renew(&stale, Duration::from_secs(60)).await.is_err());
+    assert!(
+        store
+            .append_log(&stale, 0, "stdout", b"late")
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .complete(
+                &stale,
+                &Completion::new(Outcome::Succeeded),
+                &RetryPolicy::default()
+            )
+            .await
+            .is_err()
+    );
+    // The new holder is untouched by all that.
+    let now = store.task(t.id).await.unwrap();
+    assert_eq!(
+        (now.status, now.runner_id, now.lease_token),
+        (Status::Leased, Some(r2), Some(fresh.token))
+    );
+}
+
+/// From another runner's side: a claim cannot be started, renewed or completed with a token it
+/// does not hold or by a runner it was not made for.
+#[tokio::test]
+async fn a_claim_starts_only_for_its_own_runner_and_token() {
+    let store = store().await;
+    let repo = repo(&store, "acme/fence").await;
+    queued(&store, &repo, "t").await;
+    let r = runner(&store, "r1").await;
+    let thief = runner(&store, "thief").await;
+    let (t, lease) = claim_only(&store, r, Duration::from_secs(60)).await;
+    for stolen in [
+        controller::store::claims::LeaseRef {
+            runner_id: thief,
+            ..lease
+        },
+        controller::store::claims::LeaseRef {
+            token: uuid::Uuid::new_v4(),
+            ..lease
+        },
+        controller::store::claims::LeaseRef {
+            attempt: lease.attempt + 1,
+            ..lease
+        },
+    ] {
+        assert!(!store.start_claim_now(&stolen).await.unwrap());
+        assert!(store.start_agent(&stolen).await.is_err());
+        assert!(store.renew(&stolen, Duration::from_secs(60)).await.is_err());
+        assert!(
+            store
+                .complete(
+                    &stolen,
+                    &Completion::new(Outcome::Succeeded),
+                    &RetryPolicy::default()
+                )
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(store.task(t.id).await.unwrap().status, Status::Queued);
+    // The owner renews the claim (before its first report) and starts it.
+    let renewed = store.renew(&lease, Duration::from_secs(600)).await.unwrap();
+    assert!(renewed.expires_at > chrono::Utc::now() + chrono::Duration::seconds(300));
+    let many = store
+        .renew_many(r, &[lease], Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(many[0].1.is_some(), "a claim renews in a batch too");
+    assert_eq!(
+        store.start_agent(&lease).await.unwrap().status,
+        Status::Running
+    );
+}
+
+/// A claim not yet started goes with its task: canceled, the task ends and the slot and grant
+/// come back; held, the task stays queued and held, and the claim's start is refused.
+#[tokio::test]
+async fn a_cancel_or_a_hold_takes_a_claim_not_yet_started_with_it() {
+    let store = store().await;
+    let (repo, r) = capped_and_budgeted(&store).await;
+    let (t, lease) = claim_only(&store, r, Duration::from_secs(60)).await;
+    let (_, canceled) = store.cancel(t.id, &note("not needed")).await.unwrap();
+    assert_eq!(canceled.status, Status::Canceled);
+    assert_eq!(held(&store, repo.id).await, (0, 0, 0));
+    assert!(store.start_agent(&lease).await.is_err());
+
+    let (t, lease) = claim_only(&store, r, Duration::from_secs(60)).await;
+    store
+        .hold(t.id, HoldKind::User, None, &note("wait"))
+        .await
+        .unwrap();
+    assert_eq!(held(&store, repo.id).await, (0, 0, 0));
+    assert!(store.start_agent(&lease).await.is_err());
+    let row = store.task(t.id).await.unwrap();
+    assert_eq!((row.status, row.hold_kind.0), (Status::Queued, Some(HoldKind::User)));
+    assert!(
+        store.claim(&claim_req(r)).await.unwrap().is_none(),
+        "a held task is not claimed"
+    );
+}
+
+/// A runner that is disabled loses its claims as well as its leases.
+#[tokio::test]
+async fn disabling_a_runner_takes_back_its_claims() {
+    let store = store().await;
+    let (repo, r) = capped_and_budgeted(&store).await;
+    let (t, lease) = claim_only(&store, r, Duration::from_secs(600)).await;
+    let (_, released) = store.set_runner_state(r, "disabled").await.unwrap();
+    assert_eq!(
+        released.iter().map(|x| x.task_id).collect::<Vec<_>>(),
+        vec![t.id]
+    );
+    assert_eq!(held(&store, repo.id).await, (0, 0, 0));
+    assert!(store.start_agent(&lease).await.is_err());
+    let r2 = runner(&store, "r2").await;
+    assert_eq!(claim(&store, r2).await.0.id, t.id);
 }

@@ -415,11 +415,13 @@ async fn the_circuit_breaker_trips_on_repeated_failures_releases_itself_and_noti
     crate::eventually(Duration::from_secs(10), "the breaker to release", || {
         let store = store.clone();
         async move {
-            store
-                .claim(&crate::claim_req(runner))
-                .await
-                .unwrap()
-                .is_some()
+            match store.claim(&crate::claim_req(runner)).await.unwrap() {
+                Some(t) => store
+                    .start_claim_now(&controller::store::claims::LeaseRef::of(&t).unwrap())
+                    .await
+                    .unwrap(),
+                None => false,
+            }
         }
     })
     .await;

@@ -111,7 +111,8 @@ pub fn claim_req(runner: RunnerId) -> ClaimRequest<'static> {
     }
 }
 
-/// Claims the next task for `runner`, expecting one.
+/// Claims the next task for `runner`, expecting one, and starts the claim as a runner's first
+/// report does: the task row is `leased` under the returned lease.
 pub async fn claim(store: &Store, runner: RunnerId) -> (Task, LeaseRef) {
     let t = store
         .claim(&claim_req(runner))
@@ -119,6 +120,10 @@ pub async fn claim(store: &Store, runner: RunnerId) -> (Task, LeaseRef) {
         .expect("claim")
         .expect("a task to claim");
     let lease = LeaseRef::of(&t).expect("lease token");
+    assert!(
+        store.start_claim_now(&lease).await.expect("start the claim"),
+        "the claim starts"
+    );
     (t, lease)
 }
 

@@ -47,14 +47,13 @@ fn plan_json(files: &[&str]) -> String {
     .to_string()
 }
 
-/// Claims the next task as runner `r`: the task, whether the lease is a plan run, and the
-/// approved plan it carries.
+/// Claims the next task as runner `r` and starts the claim (as a runner's first report does):
+/// the task, whether the lease is a plan run, and the approved plan it carries.
 async fn lease(store: &Store, r: i64) -> Option<(Task, bool, Option<String>)> {
-    store
-        .claim_with_repo(&claim_req(r))
-        .await
-        .unwrap()
-        .map(|(t, repo)| (t, repo.plan_run, repo.plan))
+    let (t, repo) = store.claim_with_repo(&claim_req(r)).await.unwrap()?;
+    let lease = controller::store::claims::LeaseRef::of(&t).unwrap();
+    assert!(store.start_claim_now(&lease).await.unwrap());
+    Some((t, repo.plan_run, repo.plan))
 }
 
 /// A plan run delivering `plan` with `blast` and `discarded`.

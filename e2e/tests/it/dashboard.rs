@@ -184,7 +184,10 @@ async fn claim(store: &Store, runner: i64) -> LeaseRef {
         .await
         .unwrap()
         .expect("a queued task to claim");
-    LeaseRef::of(&t).unwrap()
+    let lease = LeaseRef::of(&t).unwrap();
+    // As a runner's first report does: the task row takes the lease.
+    assert!(store.start_claim_now(&lease).await.unwrap());
+    lease
 }
 
 fn line(v: Value) -> Vec<u8> {
