@@ -712,12 +712,13 @@ impl Store {
         runner: Option<RunnerId>,
         expired: bool,
     ) -> Result<Vec<Reaped>> {
-        let rows: Vec<(TaskId, RunnerId)> = sqlx::query_as("SELECT * FROM claims_lapse($1, $2, $3)")
-            .bind(limit)
-            .bind(runner)
-            .bind(expired)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(TaskId, RunnerId)> =
+            sqlx::query_as("SELECT * FROM claims_lapse($1, $2, $3)")
+                .bind(limit)
+                .bind(runner)
+                .bind(expired)
+                .fetch_all(&self.pool)
+                .await?;
         for (task, runner) in &rows {
             tracing::info!(
                 task,

@@ -229,7 +229,13 @@ async fn roles_csrf_tokens_and_every_endpoint() {
         .call(Method::POST, "/api/tasks", Some(json!({"repo": "acme/api", "title": "Add a route", "prompt": "GET /ping returns pong", "open_issue": true})))
         .await;
     assert_eq!(code, StatusCode::CONFLICT, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("without `open_issue`"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("without `open_issue`"),
+        "{body}"
+    );
     let (code, task) = olga
         .call(Method::POST, "/api/tasks", Some(json!({"repo": "acme/api", "title": "Add a route", "prompt": "GET /ping returns pong"})))
         .await;

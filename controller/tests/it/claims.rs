@@ -1413,7 +1413,10 @@ async fn a_claim_never_started_lapses_and_its_runner_cannot_use_it_after() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let reaped = store.reap_expired(100).await.unwrap();
     assert_eq!(
-        reaped.iter().map(|x| (x.task_id, x.status)).collect::<Vec<_>>(),
+        reaped
+            .iter()
+            .map(|x| (x.task_id, x.status))
+            .collect::<Vec<_>>(),
         vec![(t.id, Status::Queued)]
     );
     assert_eq!(held(&store, repo.id).await, (0, 0, 0));
@@ -1525,7 +1528,10 @@ async fn a_cancel_or_a_hold_takes_a_claim_not_yet_started_with_it() {
     assert_eq!(held(&store, repo.id).await, (0, 0, 0));
     assert!(store.start_agent(&lease).await.is_err());
     let row = store.task(t.id).await.unwrap();
-    assert_eq!((row.status, row.hold_kind.0), (Status::Queued, Some(HoldKind::User)));
+    assert_eq!(
+        (row.status, row.hold_kind.0),
+        (Status::Queued, Some(HoldKind::User))
+    );
     assert!(
         store.claim(&claim_req(r)).await.unwrap().is_none(),
         "a held task is not claimed"

@@ -121,7 +121,10 @@ pub async fn claim(store: &Store, runner: RunnerId) -> (Task, LeaseRef) {
         .expect("a task to claim");
     let lease = LeaseRef::of(&t).expect("lease token");
     assert!(
-        store.start_claim_now(&lease).await.expect("start the claim"),
+        store
+            .start_claim_now(&lease)
+            .await
+            .expect("start the claim"),
         "the claim starts"
     );
     (t, lease)
