@@ -30,7 +30,8 @@ CREATE TABLE task_queue (
 );
 CREATE INDEX task_queue_order ON task_queue (priority, created_at, task_id);
 
--- No foreign key: a claim pays for no referential check. A claim whose task is gone lapses.
+-- No foreign key: a claim pays for no referential check. A task's deletion takes its claim
+-- (`tasks_claims_gone`).
 CREATE TABLE task_claims (
     task_id          bigint PRIMARY KEY,
     repo_id          bigint NOT NULL,
@@ -113,6 +114,21 @@ CREATE TRIGGER tasks_queue_insert AFTER INSERT ON tasks
 CREATE TRIGGER tasks_queue_update AFTER UPDATE OF status, priority, hold_kind ON tasks
     FOR EACH ROW WHEN (OLD.status = 'queued' OR NEW.status = 'queued')
     EXECUTE FUNCTION tasks_queue_follow();
+
+-- Tasks deleted (their repository removed, a bench's reset) take their claims with them: the
+-- runners' capacity, slots and grants come back at once rather than at the claims' expiry. Once
+-- a statement, so that a bulk delete of ended tasks (retention) costs one probe per task.
+CREATE FUNCTION tasks_claims_gone() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    c task_claims;
+BEGIN
+    FOR c IN DELETE FROM task_claims tc USING gone WHERE tc.task_id = gone.id RETURNING tc.* LOOP
+        PERFORM claim_release(c, false);
+    END LOOP;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER tasks_claims_gone AFTER DELETE ON tasks REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION tasks_claims_gone();
 
 -- Starts the claim (task, attempt, token, runner): the task row takes the lease, `queued →
 -- leased` with the `claimed` timeline row. False when there is no such claim (started already,

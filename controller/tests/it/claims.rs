@@ -1554,3 +1554,22 @@ async fn disabling_a_runner_takes_back_its_claims() {
     let r2 = runner(&store, "r2").await;
     assert_eq!(claim(&store, r2).await.0.id, t.id);
 }
+
+/// A task deleted by hand (an operator's SQL, a bench's reset) takes its claim with it: the
+/// runner's capacity, the slot and the grant come back at once, not at the claim's expiry.
+#[tokio::test]
+async fn a_deleted_task_takes_its_claim_with_it() {
+    let store = store().await;
+    let (repo, r) = capped_and_budgeted(&store).await;
+    let (t, _) = claim_only(&store, r, Duration::from_secs(600)).await;
+    assert_eq!(store.runner_lease_count(r).await.unwrap(), 1);
+    sqlx::query("DELETE FROM tasks WHERE id = $1")
+        .bind(t.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(store.runner_lease_count(r).await.unwrap(), 0);
+    assert_eq!(held(&store, repo.id).await, (0, 0, 0));
+    let (next, _) = claim(&store, r).await;
+    assert_ne!(next.id, t.id);
+}
