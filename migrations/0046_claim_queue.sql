@@ -75,17 +75,16 @@ BEGIN
     END IF;
 END $$;
 
--- Drops the claim on `task`, if any (see `claim_release`). True when there was one.
-CREATE FUNCTION claim_drop(task bigint, requeue boolean) RETURNS boolean LANGUAGE plpgsql AS $$
+-- Drops the claim on `task`, if any (see `claim_release`).
+CREATE FUNCTION claim_drop(task bigint, requeue boolean) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     c task_claims;
 BEGIN
     DELETE FROM task_claims WHERE task_id = task RETURNING * INTO c;
     IF NOT FOUND THEN
-        RETURN false;
+        RETURN;
     END IF;
     PERFORM claim_release(c, requeue);
-    RETURN true;
 END $$;
 
 -- The queue follows the task rows. A task leaving `queued` takes a claim not yet started with it

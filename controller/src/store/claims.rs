@@ -559,42 +559,9 @@ impl Store {
 
     /// Extends a lease. Reports a pending cancellation so the runner can stop.
     pub async fn renew(&self, lease: &LeaseRef, length: Duration) -> Result<Renewal> {
-        let row: Option<(DateTime<Utc>, bool)> = sqlx::query_as(
-            "UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $4) \
-             WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = ANY($5) AND runner_id = $6 \
-             RETURNING lease_expires_at, cancel_requested_at IS NOT NULL",
-        )
-        .bind(lease.task_id)
-        .bind(lease.attempt)
-        .bind(lease.token)
-        .bind(length.as_secs_f64())
-        .bind(status_texts(Status::ACTIVE))
-        .bind(lease.runner_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some((expires_at, cancel_requested)) = row {
-            return Ok(Renewal {
-                expires_at,
-                cancel_requested,
-            });
-        }
-        // A claim not started yet (the runner renews before its first report reached us).
-        let claim: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "UPDATE task_claims SET expires_at = now() + make_interval(secs => $4) \
-             WHERE task_id = $1 AND attempt = $2 AND token = $3 AND runner_id = $5 RETURNING expires_at",
-        )
-        .bind(lease.task_id)
-        .bind(lease.attempt)
-        .bind(lease.token)
-        .bind(length.as_secs_f64())
-        .bind(lease.runner_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        match claim {
-            Some(expires_at) => Ok(Renewal {
-                expires_at,
-                cancel_requested: false,
-            }),
+        let renewed = self.renew_many(lease.runner_id, &[*lease], length).await?;
+        match renewed.into_iter().next().and_then(|(_, r)| r) {
+            Some(r) => Ok(r),
             None => Err(self.lease_lost(lease).await),
         }
     }
@@ -807,11 +774,28 @@ impl Store {
         Ok(started + claimed)
     }
 
-    /// [`Store::start_claim`] on its own: for a write whose lease fence failed, made again when
-    /// this started the claim (a runner that wrote before it reported its first step).
+    /// [`Store::start_claim`] on its own.
     pub async fn start_claim_now(&self, lease: &LeaseRef) -> Result<bool> {
         let mut conn = self.pool.acquire().await?;
         Self::start_claim(&mut conn, lease).await
+    }
+
+    /// Runs the fenced write `write` (`None`: its lease fence found no started lease); when it
+    /// finds none and `lease` is a claim not yet started — the runner's first report, or a write
+    /// that came before it — starts the claim and runs `write` once more. A claim starts once, so
+    /// the write runs at most twice.
+    pub(super) async fn fenced<T, F, Fut>(&self, lease: &LeaseRef, write: F) -> Result<Option<T>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        if let Some(done) = write().await? {
+            return Ok(Some(done));
+        }
+        if self.start_claim_now(lease).await? {
+            return write().await;
+        }
+        Ok(None)
     }
 
     /// Starts the claim `lease` names, if it is one not started yet: the task row takes the

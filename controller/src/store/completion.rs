@@ -129,24 +129,9 @@ impl Store {
 
     async fn runner_step(&self, lease: &LeaseRef, step: lifecycle::Step) -> Result<Task> {
         // The runner's first report on a claim starts it (the task row takes the lease).
-        let mut tx = self.pool.begin().await?;
-        Self::start_claim(&mut tx, lease).await?;
-        let row = sqlx::query_as::<_, Task>(concat!(
-            "UPDATE tasks SET status = $4, ",
-            "ev_seq = ev_seq + 1, ev_actor = 'runner:' || runner_id, ev_reason = $6, ev_data = NULL ",
-            "WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = ANY($5) AND runner_id = $7 RETURNING ",
-            task_columns!()
-        ))
-        .bind(lease.task_id)
-        .bind(lease.attempt)
-        .bind(lease.token)
-        .bind(step.to.as_str())
-        .bind(status_texts(step.from))
-        .bind(step.name)
-        .bind(lease.runner_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let row = self
+            .fenced(lease, || self.runner_step_once(lease, step))
+            .await?;
         match row {
             Some(t) => Ok(t),
             None => {
@@ -167,6 +152,30 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// One try of a runner's step under its lease: the task after it, or `None` when the lease
+    /// fence found nothing.
+    async fn runner_step_once(
+        &self,
+        lease: &LeaseRef,
+        step: lifecycle::Step,
+    ) -> Result<Option<Task>> {
+        Ok(sqlx::query_as::<_, Task>(concat!(
+            "UPDATE tasks SET status = $4, ",
+            "ev_seq = ev_seq + 1, ev_actor = 'runner:' || runner_id, ev_reason = $6, ev_data = NULL ",
+            "WHERE id = $1 AND attempt = $2 AND lease_token = $3 AND status = ANY($5) AND runner_id = $7 RETURNING ",
+            task_columns!()
+        ))
+        .bind(lease.task_id)
+        .bind(lease.attempt)
+        .bind(lease.token)
+        .bind(step.to.as_str())
+        .bind(status_texts(step.from))
+        .bind(step.name)
+        .bind(lease.runner_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Records the runner's result and moves the task on. Idempotent: the same attempt completing

@@ -40,17 +40,22 @@ pub type LogRow = (i64, String, Vec<u8>, chrono::DateTime<chrono::Utc>);
 impl Store {
     /// Stores the result bundle of an attempt (replacing an earlier upload of the same attempt).
     pub async fn store_bundle(&self, lease: &LeaseRef, data: &[u8], sha256: &str) -> Result<()> {
-        if self.store_bundle_once(lease, data, sha256).await?
-            || (self.start_claim_now(lease).await?
-                && self.store_bundle_once(lease, data, sha256).await?)
-        {
-            return Ok(());
+        let stored = self
+            .fenced(lease, || self.store_bundle_once(lease, data, sha256))
+            .await?;
+        match stored {
+            Some(()) => Ok(()),
+            None => Err(self.bundle_refusal(lease).await),
         }
-        Err(self.bundle_refusal(lease).await)
     }
 
-    /// One try of [`Store::store_bundle`]: whether the lease took it.
-    async fn store_bundle_once(&self, lease: &LeaseRef, data: &[u8], sha256: &str) -> Result<bool> {
+    /// One try of [`Store::store_bundle`]: `None` when the lease did not take it.
+    async fn store_bundle_once(
+        &self,
+        lease: &LeaseRef,
+        data: &[u8],
+        sha256: &str,
+    ) -> Result<Option<()>> {
         let n = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO task_bundles (task_id, attempt, size, sha256, data) \
              SELECT id, attempt, $6, $7, $8 FROM tasks WHERE {BUNDLE_LEASE} \
@@ -68,22 +73,20 @@ impl Store {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        Ok(n > 0)
+        Ok((n > 0).then_some(()))
     }
 
     /// Whether `lease` may upload a bundle now ([`Store::store_bundle`]'s own condition), so
     /// that nothing of an upload is kept for a lease that cannot store it.
     pub async fn check_bundle_lease(&self, lease: &LeaseRef) -> Result<()> {
-        if self.bundle_lease_ok(lease).await?
-            || (self.start_claim_now(lease).await? && self.bundle_lease_ok(lease).await?)
-        {
-            return Ok(());
+        match self.fenced(lease, || self.bundle_lease_ok(lease)).await? {
+            Some(()) => Ok(()),
+            None => Err(self.bundle_refusal(lease).await),
         }
-        Err(self.bundle_refusal(lease).await)
     }
 
-    /// Whether `lease` is one that may store a bundle now.
-    async fn bundle_lease_ok(&self, lease: &LeaseRef) -> Result<bool> {
+    /// `Some` when `lease` is one that may store a bundle now.
+    async fn bundle_lease_ok(&self, lease: &LeaseRef) -> Result<Option<()>> {
         let ok: Option<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT 1 FROM tasks WHERE {BUNDLE_LEASE}"
         )))
@@ -94,7 +97,7 @@ impl Store {
         .bind(status_texts(Status::ACTIVE))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(ok.is_some())
+        Ok(ok.map(|_| ()))
     }
 
     /// Why `lease` may not store a bundle.

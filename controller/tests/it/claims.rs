@@ -1381,6 +1381,35 @@ async fn a_claim_is_a_narrow_row_until_its_runner_starts_it() {
         "the claim holds the repository's one slot"
     );
     assert_eq!(store.runner_lease_count(r).await.unwrap(), 1);
+    // Grants recounted when a budget changes count the claim's; the restart grace extends it.
+    store
+        .update_repo(
+            repo.id,
+            &RepoSettings {
+                budget_daily_microusd: Some(20_000_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .set_fleet_budgets(1_000_000, Some(50_000_000))
+        .await
+        .unwrap();
+    assert_eq!(held(&store, repo.id).await, (1, 1, 1_000_000));
+    assert_eq!(store.fleet_day().await.unwrap().granted_microusd, 1_000_000);
+    assert_eq!(
+        store.grant_grace(Duration::from_secs(600)).await.unwrap(),
+        1
+    );
+    let graced: bool = sqlx::query_scalar(
+        "SELECT expires_at > now() + interval '300 seconds' FROM task_claims WHERE task_id = $1",
+    )
+    .bind(t.id)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert!(graced, "the restart grace extends a claim not yet started");
     let started = store.start_agent(&lease).await.unwrap();
     assert_eq!(started.status, Status::Running);
     assert_eq!(
