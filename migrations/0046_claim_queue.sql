@@ -7,15 +7,15 @@
 --   leaves it, a priority change follows.
 -- * A claim takes its candidates out of `task_queue` and writes a narrow `task_claims` row (the
 --   runner, the attempt it will be, the lease token and expiry, the grant, the plan run). The task
---   row is only locked, and stays `queued`. Claimers lock the queue row (SKIP LOCKED) as well as
---   the task row: the queue row is what a claim deletes, so a claimer whose snapshot still saw a
---   task another has just claimed finds its queue row gone and passes it by (the task row, only
---   locked by the other claim, would not tell it).
+--   row is neither written nor locked, and stays `queued`. Claimers lock the queue row (SKIP
+--   LOCKED): it is what a claim deletes, so a claimer whose snapshot still saw a task another has
+--   just claimed finds its queue row gone and passes it by; a change of the task row that takes
+--   it out of the queue deletes the queue row too, and so waits for the claim.
 -- * The runner's first call on the lease (it reports the agent starting before anything else)
 --   starts the claim (`claim_start`): the task row takes the lease — `queued → leased` with its
---   timeline row, as a claim wrote it before — and the runner's step follows in the same
---   transaction. A claim is thus one narrow insert, and a task row is rewritten once for the
---   lease and the start together.
+--   timeline row, as a claim wrote it before — and the runner's step follows. A claim is thus
+--   one narrow insert; the task row's lease is written on the runner's call, off the claim's
+--   path.
 -- * A claim that is never started lapses at its expiry (the reaper, `claims_lapse`), goes with
 --   its runner, or goes when its task leaves the queue (a cancel, a failure) or is held: its slot
 --   and grant come back, and a task still queued rejoins `task_queue`.

@@ -11,8 +11,9 @@
 //! A claim does not rewrite the task row (migration 0046): it takes the task out of `task_queue`
 //! and writes a narrow `task_claims` row (runner, attempt, token, expiry, grant, plan run), and
 //! the runner is told the lease as the task row will hold it. The runner's first report starts
-//! the claim ([`Store::start_claim`], in the transaction of its step): the task row takes the
-//! lease, `queued → leased`. Until then the claim counts as a live lease everywhere (capacity,
+//! the claim ([`Store::start_claim`]: its step's fence finds no started lease, the claim is
+//! started, the step made again — [`Store::fenced`]): the task row takes the lease,
+//! `queued → leased`. Until then the claim counts as a live lease everywhere (capacity,
 //! active tasks, slots, grants); renewals extend it; a claim never started lapses at its expiry,
 //! goes with its runner, and goes when its task leaves the queue or is held — its slot and grant
 //! returned, the task queued again with the same attempt number. The cap
@@ -800,8 +801,8 @@ impl Store {
 
     /// Starts the claim `lease` names, if it is one not started yet: the task row takes the
     /// lease (`queued → leased`, migration 0046's `claim_start`). A lease already started, or
-    /// gone, is left as it is (the caller's own fence then decides). Runs in `conn`, so that the
-    /// runner's step that follows is in the same transaction.
+    /// gone, is left as it is (the caller's own fence then decides). Runs in `conn`, so that a
+    /// caller's transaction (a completion, a fan-out) holds what it starts.
     pub(super) async fn start_claim(
         conn: &mut sqlx::PgConnection,
         lease: &LeaseRef,
