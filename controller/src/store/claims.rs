@@ -138,13 +138,16 @@ const CLAIM_SQL: &str = "WITH b AS MATERIALIZED (SELECT * FROM claim_batch($1, $
        ARRAY(SELECT format('[%s] %s', l.outcome, l.summary) FROM learnings l WHERE l.repo_id = r.id \
          ORDER BY l.id DESC LIMIT 10) AS learnings \
        FROM repos r WHERE r.id IN (SELECT (b_task).repo_id FROM b)) \
-     SELECT b.b_req, b.b_lost, (b.b_task).*, r.name AS repo_name, \
+     SELECT b.b_req, b.b_lost, (b.b_task).*, (b.b_claim).attempt AS claim_attempt, \
+     (b.b_claim).token AS claim_token, (b.b_claim).runner_id AS claim_runner_id, \
+     (b.b_claim).expires_at AS claim_expires_at, (b.b_claim).plan_attempt AS claim_plan_attempt, \
+     r.name AS repo_name, \
      r.clone_url AS repo_clone_url, r.default_branch AS repo_default_branch, \
      r.verify_command AS repo_verify_command, r.egress_policy AS repo_egress_policy, \
      b.b_amount AS repo_grant_microusd, r.agent_hooks AS repo_agent_hooks, \
      r.env_image AS repo_env_image, r.env_setup AS repo_env_setup, \
      reproduce_first_asked(r.reproduce_first, (b.b_task).is_bug) AS repo_reproduce_first, \
-     COALESCE((b.b_task).plan_attempt = (b.b_task).attempt, false) AS repo_plan_run, \
+     COALESCE((b.b_claim).plan_attempt = (b.b_claim).attempt, false) AS repo_plan_run, \
      (SELECT p.text FROM task_plans p WHERE p.task_id = COALESCE((b.b_task).parent_id, (b.b_task).id) \
        AND p.state = 'approved') AS repo_plan, \
      r.secret_names AS repo_secret_names, r.secret_values AS repo_secret_values, \
@@ -284,10 +287,20 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for ClaimRow {
         use sqlx::Row;
         let won: Option<TaskId> = row.try_get("id")?;
         let task = match won {
-            Some(_) => Some((
-                <Task as sqlx::FromRow<_>>::from_row(row)?,
-                <ClaimedRepo as sqlx::FromRow<_>>::from_row(row)?,
-            )),
+            Some(_) => {
+                let mut task = <Task as sqlx::FromRow<_>>::from_row(row)?;
+                // The claim laid over its task as it is: the task as `claim_start` (migration
+                // 0046) will make it when the runner's first report starts the claim.
+                task.status = Status::Leased;
+                task.attempt = row.try_get("claim_attempt")?;
+                task.lease_token = Some(row.try_get("claim_token")?);
+                task.runner_id = Some(row.try_get("claim_runner_id")?);
+                task.lease_expires_at = Some(row.try_get("claim_expires_at")?);
+                task.hold_kind = lifecycle::OptHold(None);
+                task.hold_until = None;
+                task.plan_attempt = row.try_get("claim_plan_attempt")?;
+                Some((task, <ClaimedRepo as sqlx::FromRow<_>>::from_row(row)?))
+            }
             None => None,
         };
         Ok(Self {
@@ -870,7 +883,7 @@ mod tests {
     /// planner must match carry the same list.
     #[test]
     fn the_written_out_lists_are_the_sets_and_match_the_indexes() {
-        let claim = include_str!("../../../migrations/0046_claim_queue.sql");
+        let claim = include_str!("../../../migrations/0047_claim_head_order.sql");
         // The candidate queries carry the lists.
         for list in [
             format!("dt.status NOT IN {}", sql_list(Status::UNSUCCESSFUL)),
@@ -880,13 +893,15 @@ mod tests {
         }
         // The two candidate queries differ only in where they read from: their conditions,
         // order and locking are one text, so a rule changed in one and not the other fails here.
-        let rules: Vec<&str> = claim
+        // The head's query orders by the head's columns (so that its join keeps that order).
+        let rules: Vec<String> = claim
             .split("WHERE t.status = 'queued'")
             .skip(1)
             .map(|q| {
-                &q[..q
+                q[..q
                     .find("FOR UPDATE OF qu SKIP LOCKED")
                     .expect("a locking clause")]
+                    .replace("head.", "qu.")
             })
             .collect();
         assert_eq!(rules.len(), 2, "the head's query and the whole queue's");

@@ -1602,3 +1602,50 @@ async fn a_deleted_task_takes_its_claim_with_it() {
     let (next, _) = claim(&store, r).await;
     assert_ne!(next.id, t.id);
 }
+
+/// The task a claim hands its runner is the task the claim's start writes: the claim is laid
+/// over the task row by the controller, and what it lays must be what `claim_start` writes
+/// (the status, the attempt, the lease, the runner, holds cleared, a gated task's plan run).
+#[tokio::test]
+async fn the_task_a_claim_returns_is_the_task_its_start_writes() {
+    let store = store().await;
+    let repo = repo(&store, "acme/overlay").await;
+    store
+        .update_repo(
+            repo.id,
+            &RepoSettings {
+                plan_gate: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let r = runner(&store, "r1").await;
+    let t = queued(&store, &repo, "tripped once").await;
+    let until = chrono::Utc::now() + chrono::Duration::milliseconds(50);
+    store
+        .hold(
+            t.id,
+            HoldKind::CircuitBreaker,
+            Some(until),
+            &note("breaker"),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (told, lease) = claim_only(&store, r, Duration::from_secs(60)).await;
+    assert_eq!(told.id, t.id);
+    assert!(told.planning(), "a gated task's first run plans");
+    assert!(store.start_claim_now(&lease).await.unwrap());
+    let written = store.task(t.id).await.unwrap();
+    let fields = |t: &controller::store::Task| {
+        let mut v = serde_json::to_value(t).unwrap();
+        v.as_object_mut().unwrap().remove("updated_at");
+        v
+    };
+    assert_eq!(fields(&told), fields(&written));
+    assert_eq!(
+        (written.status, written.hold_kind.0, written.runner_id),
+        (Status::Leased, None, Some(r))
+    );
+}
