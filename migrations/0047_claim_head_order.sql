@@ -13,6 +13,11 @@
 --   row as it is and the claim row beside it; the controller lays the claim over the task as
 --   `claim_start` will write it (a test compares the two).
 --
+-- * A claim commits durably where commits are asynchronous (`synchronous_commit = off` is
+--   raised to `local` for a transaction that claims): a crash cannot take back a claim a runner
+--   was told of, and the queue rows a claim deletes can be marked dead in the queue's index at
+--   once, so the next claim's walk of the head does not pass them in the heap.
+--
 -- The rules of a claim are unchanged (0046 says them).
 
 DROP FUNCTION claim_batch(bigint[], jsonb, integer[], float8[]);
@@ -263,6 +268,15 @@ BEGIN
             day_spent_microusd = CASE WHEN spend_day = (now() AT TIME ZONE 'UTC')::date THEN day_spent_microusd ELSE 0 END,
             spend_day = (now() AT TIME ZONE 'UTC')::date
          WHERE budget_global_daily_microusd IS NOT NULL;
+    END IF;
+
+    -- Claims commit durably even where commits are asynchronous: a runner is told of a claim
+    -- that a crash of the database cannot take back, and the queue rows the claims delete are
+    -- dead to the next claim at once (an asynchronous commit's deletions cannot be marked dead
+    -- in the queue's index until its WAL is flushed, so each claim would walk past the last
+    -- ~200 ms of claimed rows in the heap). Never lowered: only `off` is raised, to `local`.
+    IF cardinality(v_got_task) > 0 AND current_setting('synchronous_commit') = 'off' THEN
+        PERFORM set_config('synchronous_commit', 'local', true);
     END IF;
 
     -- The claims, in one statement: the winners leave the queue and their claims are written;
