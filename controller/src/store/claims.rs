@@ -10,7 +10,9 @@
 //!
 //! A claim does not rewrite the task row (migration 0046): it takes the task out of `task_queue`
 //! and writes a narrow `task_claims` row (runner, attempt, token, expiry, grant, plan run), and
-//! the runner is told the lease as the task row will hold it. The runner's first report starts
+//! the runner is told the lease as the task row will hold it (the claim laid over the task row
+//! here, as `claim_start` will write it). A claim commits durably even where commits are
+//! asynchronous (migration 0047). The runner's first report starts
 //! the claim ([`Store::start_claim`]: its step's fence finds no started lease, the claim is
 //! started, the step made again — [`Store::fenced`]): the task row takes the lease,
 //! `queued → leased`. Until then the claim counts as a live lease everywhere (capacity,
@@ -24,8 +26,8 @@
 //! of the repository ([`fence_repo_limits`]).
 //!
 //! Claims are made in batches: the claims that arrive while one is under way are made together
-//! by one call of the database function `claim_batch` (migration 0046, where the rules are
-//! written), so that what a claim costs besides its own row — the statement, the round trip, the
+//! by one call of the database function `claim_batch` (migrations 0046 and 0047, where the rules
+//! are written), so that what a claim costs besides its own row — the statement, the round trip, the
 //! commit — is shared ([`Combiner`]). A claim alone is a batch of one.
 
 use std::time::Duration;
@@ -125,7 +127,7 @@ macro_rules! take_back_sql {
     };
 }
 
-/// The claim statement: `claim_batch` (migration 0046) makes the claims of a batch, and this
+/// The claim statement: `claim_batch` (migration 0047) makes the claims of a batch, and this
 /// reads what each runner needs of its task's repository beside the task (once per repository
 /// of the batch: its secrets and learnings are the same for each of its tasks). Binds: $1 the runners,
 /// $2 their labels (a JSON array of arrays), $3 their capacities (NULL: no limit), $4 the lease

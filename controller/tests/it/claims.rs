@@ -1649,3 +1649,37 @@ async fn the_task_a_claim_returns_is_the_task_its_start_writes() {
         (Status::Leased, None, Some(r))
     );
 }
+
+/// A transaction that claims commits durably even on a server whose commits are asynchronous
+/// (`off` is raised to `local`), and a stricter setting is never lowered.
+#[tokio::test]
+async fn a_claim_commits_durably_where_commits_are_asynchronous() {
+    let store = store().await;
+    let repo = repo(&store, "acme/durable").await;
+    let r = runner(&store, "r1").await;
+    queued(&store, &repo, "t").await;
+    for (set, after) in [("off", "local"), ("remote_apply", "remote_apply")] {
+        let mut tx = store.pool().begin().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL synchronous_commit = {set}"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        let claimed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM claim_batch(ARRAY[$1]::bigint[], '[[]]', ARRAY[NULL]::int[], ARRAY[60]::float8[]) \
+             WHERE NOT b_lost",
+        )
+        .bind(r)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(claimed, 1);
+        let now: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(now, after, "synchronous_commit was {set}");
+        tx.rollback().await.unwrap();
+    }
+}
