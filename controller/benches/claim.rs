@@ -164,7 +164,7 @@ async fn main() {
             floor.map_or("—".into(), |f| format!("{f:.0}")),
             floor.map_or("—".into(), |f| format!("{:.0} %", 100.0 * rate / f)),
         );
-        store.pool().close().await;
+        store.close().await;
     }
     if let Some(server) = durable {
         server.stop().await.expect("stop");

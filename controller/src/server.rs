@@ -90,7 +90,7 @@ impl Database {
 
     /// Closes the pool and stops the embedded server.
     pub async fn close(self) {
-        self.store.pool().close().await;
+        self.store.close().await;
         if let Some(server) = self.embedded
             && let Err(e) = server.stop().await
         {

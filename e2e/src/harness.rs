@@ -292,7 +292,7 @@ impl TestController {
         if let Some(running) = self.running {
             running.stopped().await.expect("controller ran");
         }
-        self.store.pool().close().await;
+        self.store.close().await;
         (self.db_url, self.grpc, self.http, self.options)
     }
 

@@ -1683,3 +1683,76 @@ async fn a_claim_commits_durably_where_commits_are_asynchronous() {
         tx.rollback().await.unwrap();
     }
 }
+
+/// The claim statement as `pg_stat_activity` shows it (the last statement of a backend).
+const CLAIM_ACTIVITY: &str = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+     AND pid <> pg_backend_pid() AND query LIKE 'WITH b AS MATERIALIZED (SELECT * FROM claim_batch%'";
+
+/// Claims run on the connections the claims keep (two at most), not on the pool's in turn — each
+/// pooled connection would plan the claim again after every `ANALYZE` of the tasks, and each
+/// claim would first pay the pool's liveness round trip. The store still closes with them kept.
+#[tokio::test]
+async fn claims_run_on_the_connections_they_keep_and_the_store_still_closes() {
+    let store = store().await;
+    let repo = repo(&store, "acme/kept").await;
+    let r = runner(&store, "r1").await;
+    for i in 0..12 {
+        queued(&store, &repo, &format!("t{i}")).await;
+    }
+    // Several idle connections in the pool, as a busy controller has.
+    let held: Vec<_> = futures::future::join_all((0..8).map(|_| store.pool().acquire())).await;
+    drop(held);
+    for _ in 0..12 {
+        claim(&store, r).await;
+    }
+    let backends: Vec<i32> = sqlx::query_scalar(CLAIM_ACTIVITY)
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert!(
+        (1..=2).contains(&backends.len()),
+        "twelve claims one after another ran on {} backends: {backends:?}",
+        backends.len()
+    );
+    tokio::time::timeout(Duration::from_secs(10), store.close())
+        .await
+        .expect("the store closes though the claims keep connections");
+}
+
+/// A kept claim connection the server ended (a restart, an operator's `pg_terminate_backend`) is
+/// let go and replaced. A claim made at once on it fails, with an error and nothing lost; the
+/// next is made. One idle for over a second is checked before use and replaced without a failed
+/// claim.
+#[tokio::test]
+async fn a_kept_claim_connection_the_server_ended_is_replaced() {
+    let store = store().await;
+    let repo = repo(&store, "acme/kept").await;
+    let r = runner(&store, "r1").await;
+    for i in 0..3 {
+        queued(&store, &repo, &format!("t{i}")).await;
+    }
+    let end_claim_backends = || async {
+        let ended: Vec<bool> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT pg_terminate_backend(pid, 5000) FROM ({CLAIM_ACTIVITY}) a"
+        )))
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert!(!ended.is_empty() && ended.iter().all(|e| *e), "{ended:?}");
+    };
+    claim(&store, r).await;
+    end_claim_backends().await;
+    let failed = store.claim(&claim_req(r)).await;
+    assert!(
+        failed.is_err(),
+        "a claim on the ended connection cannot have been made: {failed:?}"
+    );
+    claim(&store, r).await;
+    end_claim_backends().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    claim(&store, r).await;
+    assert!(
+        store.claim(&claim_req(r)).await.unwrap().is_none(),
+        "three tasks, three claims made: the failed claim took none"
+    );
+}

@@ -65,7 +65,7 @@ async fn the_controller_runs_on_its_own_embedded_postgres_and_keeps_data_across_
                 .await
                 .expect("data survived the restart");
         }
-        store.pool().close().await;
+        store.close().await;
         server.stop().await;
         assert!(
             !dir.join("postgres/postmaster.pid").exists(),

@@ -66,7 +66,7 @@ async fn a_cancel_asked_while_the_controller_was_away_arrives_in_the_next_heartb
         .await
         .unwrap();
     assert_eq!(store.task(t.id).await.unwrap().status, Status::Running);
-    store.pool().close().await;
+    store.close().await;
     let c = TestController::start_again(db, grpc, http, opts).await;
     let back = Instant::now();
     c.wait_status(t.id, "canceled", Duration::from_secs(10))
