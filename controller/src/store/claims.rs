@@ -29,8 +29,8 @@
 //! by one call of the database function `claim_batch` (migrations 0046 and 0047, where the rules
 //! are written), so that what a claim costs besides its own row — the statement, the round trip, the
 //! commit — is shared ([`Combiner`]). A claim alone is a batch of one. The statements run on at
-//! most two connections the claims keep for themselves (not the pool's in turn), so that their
-//! plans stay planned; [`Store::close`] lets them go.
+//! most two connections the claims keep for themselves (a quarter of the pool at most; not the
+//! pool's in turn), so that their plans stay planned; [`Store::close`] lets them go.
 
 use std::time::Duration;
 
@@ -344,7 +344,7 @@ pub struct ClaimBatching {
     pub requests: u64,
 }
 
-/// The connections claim drivers keep between batches (at most [`MAX_RUNNING`]), each with when
+/// The connections claim drivers keep between batches ([`Store::claim_connections_kept`]), each with when
 /// it last answered; none once the store is closed ([`Store::close`]), so that closing the pool
 /// does not wait for them.
 #[derive(Default)]
@@ -404,11 +404,11 @@ impl Combiner {
         start
     }
 
-    /// Keeps a claim connection for the next driver (or lets it go back to the pool when enough are
-    /// kept, or the store is closed).
-    fn park(&self, conn: ClaimConn) {
+    /// Keeps a claim connection for the next driver (or lets it go back to the pool when `keep`
+    /// are kept, or the store is closed).
+    fn park(&self, conn: ClaimConn, keep: usize) {
         let mut p = self.parked.lock().unwrap_or_else(|e| e.into_inner());
-        if !p.closed && p.conns.len() < MAX_RUNNING {
+        if !p.closed && p.conns.len() < keep {
             p.conns.push((conn, std::time::Instant::now()));
         }
     }
@@ -524,8 +524,15 @@ impl Store {
             }
         }
         if let Some(conn) = conn {
-            self.combiner.park(conn);
+            self.combiner.park(conn, self.claim_connections_kept());
         }
+    }
+
+    /// How many connections the claims keep: [`MAX_RUNNING`], but at most a quarter of the pool
+    /// (none in a pool of fewer than four), so the rest of the store never waits for them.
+    fn claim_connections_kept(&self) -> usize {
+        let pool = usize::try_from(self.pool.options().get_max_connections()).unwrap_or(0);
+        (pool / 4).min(MAX_RUNNING)
     }
 
     /// The connection for the next claim statement: a kept one (checked first if it was idle

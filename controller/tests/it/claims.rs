@@ -1756,3 +1756,25 @@ async fn a_kept_claim_connection_the_server_ended_is_replaced() {
         "three tasks, three claims made: the failed claim took none"
     );
 }
+
+/// A small pool keeps its connections for everything else: claims keep at most a quarter of the
+/// pool, so in a pool of two (an admin command's) they keep none and both can be taken at once
+/// after a claim.
+#[tokio::test]
+async fn claims_keep_no_connection_of_a_pool_of_two() {
+    let (big, url) = crate::store_and_url().await;
+    let repo = repo(&big, "acme/small").await;
+    let r = runner(&big, "r1").await;
+    queued(&big, &repo, "t").await;
+    let store = Store::connect(&url, 2).await.unwrap();
+    store.claim(&claim_req(r)).await.unwrap().expect("a task");
+    let both = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::future::try_join(store.pool().acquire(), store.pool().acquire()),
+    )
+    .await;
+    assert!(
+        matches!(both, Ok(Ok(_))),
+        "the claim kept a connection of a pool of two"
+    );
+}
