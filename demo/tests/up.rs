@@ -176,7 +176,14 @@ impl Up {
         {
             match rx.recv_timeout(Duration::from_secs(300)) {
                 Ok(l) => printed.push(l),
-                Err(_) => {
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait();
+                    panic!(
+                        "backporcher-up ended ({status:?}) before printing `Local runner:` (its \
+                         error is on stderr above): {printed:?}"
+                    );
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     let _ = child.kill();
                     panic!(
                         "backporcher-up printed no `Local runner:` within 5 minutes: {printed:?}"

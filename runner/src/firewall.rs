@@ -106,18 +106,12 @@ impl Firewall {
     /// missing. An error means the sandbox networks are not safe to use.
     pub fn ensure(&self) -> anyhow::Result<usize> {
         for chain in [IN_CHAIN, OUT_CHAIN] {
-            // `-N` fails when the chain exists; `-L` tells which.
-            if !ipt(&["-n", "-L", chain])? {
-                anyhow::ensure!(
-                    ipt(&["-N", chain])?,
-                    "iptables refused to create chain {chain}; the runner needs CAP_NET_ADMIN (run it as root, or with the capabilities deploy/systemd/backporcher-runner.service grants)"
-                );
-            }
+            ensure_chain(chain)?;
         }
-        if !ipt(&["-n", "-L", "DOCKER-USER"])? {
+        if ensure_chain("DOCKER-USER")? {
             anyhow::ensure!(
-                ipt(&["-N", "DOCKER-USER"])? && ipt(&["-I", "FORWARD", "-j", "DOCKER-USER"])?,
-                "cannot create the DOCKER-USER chain"
+                ipt(&["-I", "FORWARD", "-j", "DOCKER-USER"])?,
+                "cannot send forwarded traffic through the DOCKER-USER chain; {NEEDS_NET_ADMIN}"
             );
         }
         let mut missing = 0;
@@ -132,7 +126,7 @@ impl Firewall {
             add.extend(spec.iter().map(String::as_str));
             anyhow::ensure!(
                 ipt(&add)?,
-                "iptables refused `{}`; the runner needs CAP_NET_ADMIN (run it as root, or with the capabilities deploy/systemd/backporcher-runner.service grants)",
+                "iptables refused `{}`; {NEEDS_NET_ADMIN}",
                 add.join(" ")
             );
         }
@@ -149,6 +143,28 @@ impl Firewall {
             }
         }
     }
+}
+
+/// What an error says when iptables refuses the runner.
+const NEEDS_NET_ADMIN: &str = "the runner needs CAP_NET_ADMIN (run it as root, or with the \
+     capabilities deploy/systemd/backporcher-runner.service grants)";
+
+/// Creates `chain` unless it exists; true when this call created it. Another runner of the host
+/// may create it at the same moment (two runners starting together, each finding it missing):
+/// a refused `-N` is an error only if the chain is still missing after it.
+fn ensure_chain(chain: &str) -> anyhow::Result<bool> {
+    // `-N` fails when the chain exists; `-L` tells which.
+    if ipt(&["-n", "-L", chain])? {
+        return Ok(false);
+    }
+    if ipt(&["-N", chain])? {
+        return Ok(true);
+    }
+    anyhow::ensure!(
+        ipt(&["-n", "-L", chain])?,
+        "iptables refused to create chain {chain}; {NEEDS_NET_ADMIN}"
+    );
+    Ok(false)
 }
 
 fn ipt(args: &[&str]) -> anyhow::Result<bool> {
@@ -201,6 +217,21 @@ pub fn dns_leak_affected(version: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runners of one host starting together each find the chains missing and create them: every
+    /// one succeeds (one creates the chain, the others find it made). Before, all but one failed
+    /// with "iptables refused to create chain". Needs root, as the runner does.
+    #[test]
+    fn runners_starting_together_all_find_their_chain() {
+        let chain = format!("BP-TEST-{}", std::process::id());
+        let made: Vec<anyhow::Result<bool>> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..6).map(|_| s.spawn(|| ensure_chain(&chain))).collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let _ = ipt(&["-X", &chain]);
+        let created = made.iter().filter(|m| matches!(m, Ok(true))).count();
+        assert!(made.iter().all(Result::is_ok) && created == 1, "{made:?}");
+    }
 
     #[test]
     fn the_dns_leak_versions() {

@@ -344,9 +344,9 @@ pub struct ClaimBatching {
     pub requests: u64,
 }
 
-/// The connections claim drivers keep between batches ([`Store::claim_connections_kept`]), each with when
-/// it last answered; none once the store is closed ([`Store::close`]), so that closing the pool
-/// does not wait for them.
+/// The connections claim drivers keep between batches ([`Store::claim_connections_kept`]), each
+/// with when it last answered; none once the store is closed ([`Store::close`]), so that closing
+/// the pool does not wait for them.
 #[derive(Default)]
 struct Parked {
     conns: Vec<(ClaimConn, std::time::Instant)>,
@@ -958,10 +958,6 @@ impl Store {
     }
 }
 
-/// Fences a change of `repo`'s cap or daily budget (in `tx`, before its row is written): waits
-/// for the claims of the repository under way and keeps new ones out until `tx` ends, and waits
-/// for its leases that are ending now, so that the slots and the grant the repository's triggers
-/// rebuild count every running attempt (`repo_limits_fence`, migration 0022).
 /// Whether the connection a statement ran on can run the next: it answered, even if only with
 /// an error of the statement's — not when it broke (the link was cut) or the server is ending
 /// the session (a shutdown or restart: SQLSTATE class 57, or a connection exception, class 08).
@@ -976,6 +972,10 @@ fn connection_lives<T>(result: &std::result::Result<T, sqlx::Error>) -> bool {
     }
 }
 
+/// Fences a change of `repo`'s cap or daily budget (in `tx`, before its row is written): waits
+/// for the claims of the repository under way and keeps new ones out until `tx` ends, and waits
+/// for its leases that are ending now, so that the slots and the grant the repository's triggers
+/// rebuild count every running attempt (`repo_limits_fence`, migration 0022).
 pub(super) async fn fence_repo_limits(
     tx: &mut sqlx::PgConnection,
     repo: super::RepoId,
