@@ -1,8 +1,9 @@
 //! Claim throughput and latency straight on the store.
 //!
 //! For each concurrency level, a fresh database gets `--tasks` queued tasks spread over
-//! `--repos` repositories (with `--durable`, on a server with fsync on); that many claimers (each a runner of its own, as a Tokio task with a pooled connection)
-//! claim until the queue is empty. Prints claims per second, p50/p99/max claim latency and how
+//! `--repos` repositories (with `--durable`, on a server with fsync on); that many claimers
+//! (each a runner of its own, as a Tokio task claiming through one store) claim until the queue
+//! is empty. Prints claims per second, p50/p99/max claim latency and how
 //! many claims each statement made (the store gathers the claims that arrive together) as a
 //! Markdown table, and beside it the floor: what PostgreSQL itself does with the bare
 //! `UPDATE … WHERE id = (SELECT … FOR UPDATE SKIP LOCKED LIMIT 1)` on a queue of the same size,
