@@ -311,8 +311,12 @@ async fn heartbeats(a: &Args) {
     tokio::time::sleep(Duration::from_secs(a.window)).await;
     let used = (cpu_ticks(child.id()) - t0) as f64 / ticks_per_s;
     let wall = w0.elapsed().as_secs_f64();
+    // A lease the runner never started is a claim (`task_claims`); one it started is on the
+    // task row. Both count, and only while unexpired: renewals kept them.
     let renewed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM tasks WHERE status = 'leased' AND lease_expires_at > now()",
+        "SELECT (SELECT count(*) FROM tasks WHERE status IN ('leased', 'running', 'verifying') \
+           AND lease_expires_at > now()) \
+         + (SELECT count(*) FROM task_claims WHERE expires_at > now())",
     )
     .fetch_one(store.pool())
     .await
