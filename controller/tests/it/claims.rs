@@ -1720,7 +1720,7 @@ async fn claims_run_on_the_connections_they_keep_and_the_store_still_closes() {
 }
 
 /// A kept claim connection the server ended (a restart, an operator's `pg_terminate_backend`) is
-/// let go and replaced. A claim made at once on it fails, with an error and nothing lost; the
+/// let go and replaced. A claim made at once on it fails, with an error and nothing taken; the
 /// next is made. One idle for over a second is checked before use and replaced without a failed
 /// claim.
 #[tokio::test]
@@ -1728,7 +1728,7 @@ async fn a_kept_claim_connection_the_server_ended_is_replaced() {
     let store = store().await;
     let repo = repo(&store, "acme/kept").await;
     let r = runner(&store, "r1").await;
-    for i in 0..3 {
+    for i in 0..4 {
         queued(&store, &repo, &format!("t{i}")).await;
     }
     let end_claim_backends = || async {
@@ -1740,20 +1740,33 @@ async fn a_kept_claim_connection_the_server_ended_is_replaced() {
         .unwrap();
         assert!(!ended.is_empty() && ended.iter().all(|e| *e), "{ended:?}");
     };
+    // Before the claim that keeps the connection: at least as long ago as it was kept.
+    let at = std::time::Instant::now();
     claim(&store, r).await;
     end_claim_backends().await;
-    let failed = store.claim(&claim_req(r)).await;
-    assert!(
-        failed.is_err(),
-        "a claim on the ended connection cannot have been made: {failed:?}"
-    );
+    let first = store.claim(&claim_req(r)).await;
+    let mut made = 1;
+    match first {
+        Err(_) => {}
+        // The check's second passed on a slow machine: the ended connection was replaced first.
+        Ok(Some(_)) if at.elapsed() >= Duration::from_secs(1) => made += 1,
+        other => panic!("a claim on the ended connection cannot have been made: {other:?}"),
+    }
+    // A broken connection kept would fail this one too.
     claim(&store, r).await;
+    made += 1;
     end_claim_backends().await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     claim(&store, r).await;
-    assert!(
-        store.claim(&claim_req(r)).await.unwrap().is_none(),
-        "three tasks, three claims made: the failed claim took none"
+    made += 1;
+    let mut left = 0;
+    while store.claim(&claim_req(r)).await.unwrap().is_some() {
+        left += 1;
+    }
+    assert_eq!(
+        made + left,
+        4,
+        "every task claimed once, none by the failed claim"
     );
 }
 
