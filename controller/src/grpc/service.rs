@@ -39,6 +39,62 @@ pub struct RunnerService {
     /// Bundle uploads under way, by (task, attempt): one at a time for each live lease, so a
     /// runner holds at most one bundle's bytes in this process per lease it has.
     uploads: Arc<std::sync::Mutex<std::collections::HashSet<(i64, i32)>>>,
+    /// The lease call each runner has waiting for work: one at a time, a new one ends the one
+    /// before ([`LeaseWaits`]).
+    lease_waits: Arc<LeaseWaits>,
+}
+
+/// The waiting lease call of each runner. A runner asks for work with one call at a time, so a
+/// second call from the same runner (its first cut off on the way, or a hostile runner opening
+/// many) ends the one before with nothing: a runner holds at most one waiting call, and a queue
+/// event makes at most one claim for it instead of one per call it opened.
+#[derive(Default)]
+struct LeaseWaits {
+    calls: std::sync::Mutex<std::collections::HashMap<i64, (u64, CancellationToken)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// A lease call's place in [`LeaseWaits`]; `ended` fires when a later call of its runner came.
+struct LeaseWait<'a> {
+    waits: &'a LeaseWaits,
+    runner: i64,
+    id: u64,
+    ended: CancellationToken,
+}
+
+impl LeaseWaits {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, (u64, CancellationToken)>> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enters a call of `runner`, ending the one it had waiting.
+    fn enter(&self, runner: i64) -> LeaseWait<'_> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ended = CancellationToken::new();
+        if let Some((_, before)) = self.lock().insert(runner, (id, ended.clone())) {
+            before.cancel();
+        }
+        LeaseWait {
+            waits: self,
+            runner,
+            id,
+            ended,
+        }
+    }
+}
+
+impl Drop for LeaseWait<'_> {
+    fn drop(&mut self) {
+        let mut calls = self.waits.lock();
+        if calls
+            .get(&self.runner)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            calls.remove(&self.runner);
+        }
+    }
 }
 
 /// An upload's place in [`RunnerService::uploads`], given back when the upload ends.
@@ -77,6 +133,7 @@ impl RunnerService {
             tracker,
             shutdown,
             uploads: Arc::default(),
+            lease_waits: Arc::default(),
         }
     }
 
@@ -274,6 +331,7 @@ impl proto::runner_server::Runner for RunnerService {
         let wait =
             Duration::from_millis(u64::from(req.get_ref().wait_ms)).min(self.config.lease_wait);
         let deadline = tokio::time::Instant::now() + wait;
+        let call = self.lease_waits.enter(runner.id);
         let mut current = runner;
         loop {
             if current.state != "active" {
@@ -325,6 +383,8 @@ impl proto::runner_server::Runner for RunnerService {
             let sweep = (deadline - now).min(Duration::from_secs(1));
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(Status::unavailable("the controller is shutting down; retry")),
+                // A later lease call of this runner took this one's place.
+                _ = call.ended.cancelled() => return Ok(Response::new(proto::LeaseResponse::default())),
                 _ = notified => {}
                 _ = tokio::time::sleep(sweep) => {}
             }

@@ -389,3 +389,54 @@ async fn a_bundle_upload_is_checked_at_its_first_chunk() {
     );
     c.stop().await;
 }
+
+/// A runner holds at most one lease call waiting for work: a hostile runner that opens fifty finds
+/// each ended, with nothing, by the next, and a queued task makes one claim for it instead of one
+/// per call it opened (fifty before). Its last call still gets the task.
+#[tokio::test]
+async fn a_runner_that_opens_many_lease_calls_keeps_one_waiting() {
+    // Calls may wait a minute here, so an ended call is told from one whose wait ran out.
+    let c = TestController::start(Options {
+        configure: e2e::harness::Configure(Some(std::sync::Arc::new(|c| {
+            c.lease_wait = Duration::from_secs(60)
+        }))),
+        ..Options::default()
+    })
+    .await;
+    let repo = c.repo("acme/widgets").await;
+    let client = hello(&c, "r1").await;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let client = client.clone();
+        calls.spawn(async move { client.lease(Duration::from_secs(30)).await });
+    }
+    for _ in 0..49 {
+        let answer = tokio::time::timeout(Duration::from_secs(10), calls.join_next())
+            .await
+            .expect("an ended call is answered long before its 30 s")
+            .expect("a call")
+            .expect("the call's task");
+        let (assignment, drain) = answer.expect("an ended call is answered, not refused");
+        assert!(assignment.is_none() && !drain);
+    }
+    let before = c.store.claim_batching().requests;
+    let t = c.task(&repo, "sleep:1").await;
+    let (assignment, _) = tokio::time::timeout(Duration::from_secs(10), calls.join_next())
+        .await
+        .expect("the waiting call is woken by the task")
+        .expect("a call")
+        .expect("the call's task")
+        .expect("the lease");
+    assert_eq!(
+        assignment
+            .expect("the waiting call gets the task")
+            .lease
+            .task_id,
+        t.id
+    );
+    let made = c.store.claim_batching().requests - before;
+    assert!(
+        made <= 2,
+        "one queued task made {made} claims for one runner"
+    );
+}
