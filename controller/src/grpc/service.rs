@@ -23,7 +23,7 @@ use crate::pki::{Pki, cert_identity};
 use crate::store::claims::{ClaimRequest, LeaseRef};
 use crate::store::completion::Completion;
 use crate::store::runners::{HelloInfo, Runner};
-use crate::store::{Error, Status as TaskStatus, Store};
+use crate::store::{Error, RunnerId, Status as TaskStatus, Store};
 
 /// The service state. Cheap to clone.
 #[derive(Clone)]
@@ -50,14 +50,14 @@ pub struct RunnerService {
 /// event makes at most one claim for it instead of one per call it opened.
 #[derive(Default)]
 struct LeaseWaits {
-    calls: std::sync::Mutex<std::collections::HashMap<i64, (u64, CancellationToken)>>,
+    calls: std::sync::Mutex<std::collections::HashMap<RunnerId, (u64, CancellationToken)>>,
     next: std::sync::atomic::AtomicU64,
 }
 
 /// A lease call's place in [`LeaseWaits`]; `ended` fires when a later call of its runner came.
 struct LeaseWait<'a> {
     waits: &'a LeaseWaits,
-    runner: i64,
+    runner: RunnerId,
     id: u64,
     ended: CancellationToken,
 }
@@ -65,12 +65,13 @@ struct LeaseWait<'a> {
 impl LeaseWaits {
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, (u64, CancellationToken)>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<RunnerId, (u64, CancellationToken)>>
+    {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Enters a call of `runner`, ending the one it had waiting.
-    fn enter(&self, runner: i64) -> LeaseWait<'_> {
+    fn enter(&self, runner: RunnerId) -> LeaseWait<'_> {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ended = CancellationToken::new();
         if let Some((_, before)) = self.lock().insert(runner, (id, ended.clone())) {

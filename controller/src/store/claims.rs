@@ -578,28 +578,26 @@ impl Store {
         let labels: Vec<&[String]> = batch.iter().map(|w| w.labels.as_slice()).collect();
         let capacities: Vec<Option<i32>> = batch.iter().map(|w| w.capacity).collect();
         let leases: Vec<f64> = batch.iter().map(|w| w.lease_secs).collect();
-        let rows = match conn.take() {
-            Some(c) => Ok(c),
-            None => self.claim_connection().await,
-        };
-        let rows = match rows {
-            Ok(mut c) => {
-                let rows = sqlx::query_as::<_, ClaimRow>(CLAIM_SQL)
-                    .bind(&runners)
-                    .bind(sqlx::types::Json(&labels))
-                    .bind(&capacities)
-                    .bind(&leases)
-                    .fetch_all(&mut *c)
-                    .await;
-                if connection_lives(&rows) {
-                    *conn = Some(c);
-                } else {
-                    c.close_on_drop();
-                }
-                rows.map_err(Error::from)
+        let rows: Result<Vec<ClaimRow>> = async {
+            let mut c = match conn.take() {
+                Some(c) => c,
+                None => self.claim_connection().await?,
+            };
+            let rows = sqlx::query_as(CLAIM_SQL)
+                .bind(&runners)
+                .bind(sqlx::types::Json(&labels))
+                .bind(&capacities)
+                .bind(&leases)
+                .fetch_all(&mut *c)
+                .await;
+            if connection_lives(&rows) {
+                *conn = Some(c);
+            } else {
+                c.close_on_drop();
             }
-            Err(e) => Err(e),
-        };
+            Ok(rows?)
+        }
+        .await;
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
